@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Start (or stop) the real services the test suite needs, on loopback, in a private directory:
+# PostgreSQL 15 (as the `postgres` user; it refuses to run as root), Redis, and Docker Engine.
+#   source .ci/services.sh && services_start   → exports DATABASE_URL and REDIS_URL
+#   services_stop                              → stops what services_start started
+set -euo pipefail
+
+SERVICES_DIR=${SERVICES_DIR:-$(mktemp -d /tmp/modelport-ci.XXXXXX)}
+PG_PORT=${PG_PORT:-55432}
+REDIS_PORT=${REDIS_PORT:-56379}
+SHARED_DIR=${SHARED_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/shared}
+STARTED_DOCKERD=0
+
+_apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+_pg_bin() {
+  if command -v initdb >/dev/null 2>&1; then dirname "$(readlink -f "$(command -v initdb)")"; return; fi
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+}
+
+services_start() {
+  _apt_install redis-server chromium debootstrap
+  chmod 755 "$SERVICES_DIR"
+  local pgbin; pgbin=$(_pg_bin)
+  mkdir -p "$SERVICES_DIR/pg"; chown postgres:postgres "$SERVICES_DIR/pg"
+  su postgres -c "$pgbin/initdb -D $SERVICES_DIR/pg/data -A trust -U postgres --no-sync -E UTF8" >/dev/null
+  su postgres -c "$pgbin/pg_ctl -D $SERVICES_DIR/pg/data -l $SERVICES_DIR/pg/log -w start \
+    -o '-p $PG_PORT -k $SERVICES_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off \
+        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200'" >/dev/null
+  su postgres -c "$pgbin/createdb -h 127.0.0.1 -p $PG_PORT -U postgres modelport"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --save '' \
+    --appendonly no --dir "$SERVICES_DIR" --pidfile "$SERVICES_DIR/redis.pid" \
+    --logfile "$SERVICES_DIR/redis.log"
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! docker info >/dev/null 2>&1; then
+    STARTED_DOCKERD=1
+    DOCKERD_LOG="$SERVICES_DIR/dockerd.log" "$SHARED_DIR/scripts/start-dockerd"
+  fi
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/modelport"
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+  echo "services up: $DATABASE_URL $REDIS_URL docker=$(docker version --format '{{.Server.Version}}')"
+}
+
+services_stop() {
+  set +e
+  # Containers the tests labelled, in case a test died before its own cleanup.
+  local leftover; leftover=$(docker ps -aq --filter label=modelport.managed=1 2>/dev/null)
+  [ -n "$leftover" ] && docker rm -f $leftover >/dev/null 2>&1
+  [ -f "$SERVICES_DIR/redis.pid" ] && redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+  local pgbin; pgbin=$(_pg_bin)
+  [ -d "$SERVICES_DIR/pg/data" ] && su postgres -c "$pgbin/pg_ctl -D $SERVICES_DIR/pg/data -m fast -w stop" >/dev/null 2>&1
+  if [ "$STARTED_DOCKERD" = 1 ]; then pkill -TERM -x dockerd; sleep 2; fi
+  rm -rf "$SERVICES_DIR"
+  set -e
+}

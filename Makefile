@@ -1,0 +1,48 @@
+# Modelport — two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+MLFLOW_PORT ?= 5000
+MODELPORT_DATA_DIR ?= $(CURDIR)/var
+export MODELPORT_DATA_DIR MLFLOW_PORT
+
+.PHONY: help install run test lint format migrate clean-data
+
+help:
+	@echo "make run    install (first time), migrate, seed an admin, start web + worker + beat + MLflow"
+	@echo "make test   lint, then the test suite"
+	@echo "make lint   ruff, makemigrations --check, manage.py check"
+
+$(VENV)/.installed: requirements/base.txt requirements/dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Modelport needs Python 3.11+; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
+	@touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	@mkdir -p "$(MODELPORT_DATA_DIR)/mlflow"
+	$(BIN)/python manage.py bootstrap
+	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
+	MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/python manage.py makemigrations --check --dry-run --noinput
+	$(BIN)/python manage.py check
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean-data:
+	rm -rf "$(MODELPORT_DATA_DIR)"

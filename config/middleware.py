@@ -1,0 +1,61 @@
+"""Middleware that binds the request context (request id, source, client IP)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from . import request_context
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def _source_for(path: str) -> str:
+    if path.startswith("/api/") or path.startswith("/serve/"):
+        return "api"
+    if path.startswith("/admin/"):
+        return "admin"
+    return "portal"
+
+
+class RequestContextMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = (incoming if _VALID_REQUEST_ID.match(incoming)
+                      else request_context.new_request_id())
+        ctx = request_context.RequestContext(
+            request_id=request_id,
+            source=_source_for(request.path),
+            ip=request.META.get("REMOTE_ADDR"),
+        )
+        request.request_id = request_id  # type: ignore[attr-defined]
+        with request_context.bind(ctx):
+            response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response
+
+
+class DomainErrorMiddleware:
+    """Portal pages: a service's NotFound is a 404 page, PermissionDenied a 403 — never a 500."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+        from django.http import Http404
+
+        from .errors import NotFound, PermissionDenied
+
+        if isinstance(exception, NotFound):
+            raise Http404(exception.message) from exception
+        if isinstance(exception, PermissionDenied):
+            raise DjangoPermissionDenied(exception.message) from exception

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from . import views
+
+app_name = "frontend"
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("teams/", views.team_list, name="teams"),
+    path("teams/<slug:slug>/", views.team_detail, name="team-detail"),
+    path("teams/<slug:slug>/members/<str:username>/role", views.member_role, name="member-role"),
+    path("teams/<slug:slug>/members/<str:username>/remove", views.member_remove,
+         name="member-remove"),
+    path("tokens/", views.token_list, name="tokens"),
+    path("tokens/<uuid:token_id>/revoke", views.token_revoke, name="token-revoke"),
+    path("audit/", views.audit_log, name="audit"),
+]

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import ApiToken, AuditEvent, Membership, Team
+from ..roles import Role
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    my_role = serializers.SerializerMethodField()
+    member_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Team
+        fields = ["slug", "name", "description", "my_role", "member_count", "created_at",
+                  "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = {"slug": {"validators": []}}  # uniqueness → 409 from the service
+
+    def get_my_role(self, team: Team) -> str | None:
+        roles = self.context.get("my_roles", {})
+        return roles.get(team.pk)
+
+
+class TeamUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username")
+    email = serializers.EmailField(source="user.email", read_only=True)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+    class Meta:
+        model = Membership
+        fields = ["username", "email", "role", "created_at"]
+        read_only_fields = ["created_at"]
+
+
+class MembershipRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "prefix", "status", "created_at", "expires_at", "revoked_at",
+                  "last_used_at"]
+        read_only_fields = fields
+
+
+class ApiTokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    expires_in_days = serializers.IntegerField(required=False, min_value=1, allow_null=True)
+
+
+class ApiTokenCreatedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    token = serializers.CharField(help_text="The secret. Shown only in this response.")
+    expires_at = serializers.DateTimeField()
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_username")
+    team = serializers.CharField(source="team_slug")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "created_at", "actor", "action", "object_type", "object_id",
+                  "object_repr", "team", "before", "after", "request_id", "source", "ip"]
+        read_only_fields = fields

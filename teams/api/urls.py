@@ -1,0 +1,19 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+router = SimpleRouter()
+router.register("teams", views.TeamViewSet, basename="team")
+router.register("tokens", views.TokenViewSet, basename="token")
+router.register("audit", views.AuditEventViewSet, basename="audit")
+
+members = views.MemberViewSet
+urlpatterns = [
+    path("teams/<slug:team_slug>/members/",
+         members.as_view({"get": "list", "post": "create"}), name="team-members"),
+    path("teams/<slug:team_slug>/members/<str:username>/",
+         members.as_view({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+         name="team-member-detail"),
+    *router.urls,
+]

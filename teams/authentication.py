@@ -1,0 +1,73 @@
+"""DRF authentication by ``Authorization: Bearer <token>``, with a reason on every refusal."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from . import tokens
+from .models import ApiToken
+
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def authenticate_token(raw: str) -> ApiToken:
+    """The active token for ``raw`` or ``AuthenticationFailed`` saying why not."""
+    prefix = tokens.parse_prefix(raw)
+    token = (ApiToken.objects.select_related("user").filter(prefix=prefix).first()
+             if prefix else None)
+    if token is None or not tokens.matches(raw, token.digest):
+        raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
+    if token.revoked_at is not None:
+        raise exceptions.AuthenticationFailed(
+            f"Token '{token.name}' was revoked on {token.revoked_at:%Y-%m-%d %H:%M} UTC.",
+            code="token_revoked")
+    now = timezone.now()
+    if token.expires_at <= now:
+        raise exceptions.AuthenticationFailed(
+            f"Token '{token.name}' expired on {token.expires_at:%Y-%m-%d %H:%M} UTC.",
+            code="token_expired")
+    if not token.user.is_active:
+        raise exceptions.AuthenticationFailed("The token's user is deactivated.",
+                                              code="user_inactive")
+    if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "basic":
+            raise exceptions.AuthenticationFailed(
+                "HTTP Basic is accepted only on POST /api/v1/tokens/; "
+                "call the API with 'Authorization: Bearer <token>'.", code="basic_not_accepted")
+        if scheme.lower() != "bearer":
+            return None
+        value = value.strip()
+        if not value or " " in value:
+            raise exceptions.AuthenticationFailed(
+                "Malformed Authorization header; expected 'Bearer <token>'.", code="token_invalid")
+        token = authenticate_token(value)
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        return f'{self.keyword} realm="api"'
+
+
+class TokenBasicAuthentication(authentication.BasicAuthentication):
+    """HTTP Basic, accepted only where a script obtains its first token."""
+
+    def authenticate_credentials(self, userid, password, request=None):
+        try:
+            return super().authenticate_credentials(userid, password, request)
+        except exceptions.AuthenticationFailed:
+            raise exceptions.AuthenticationFailed("Invalid username or password.",
+                                                  code="bad_credentials") from None

@@ -1,0 +1,217 @@
+"""Business operations on teams, memberships and API tokens.
+
+Every function here is the one way to perform its verb: the API, the portal, Django admin and
+management commands all call it. Each checks the actor's role, runs in a transaction and writes an
+audit record.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+
+from . import audit, tokens
+from .access import require_platform_admin, require_team_role
+from .models import ApiToken, Membership, Team, slug_validator
+from .roles import Role, is_platform_admin
+
+TEAM_FIELDS = ["slug", "name", "description"]
+MEMBERSHIP_FIELDS = ["team", "user", "role"]
+TOKEN_FIELDS = ["name", "prefix", "user", "expires_at", "revoked_at"]
+
+
+# --- Teams ------------------------------------------------------------------------------------
+def _validate_slug(slug: str) -> None:
+    try:
+        slug_validator(slug)
+    except ValidationError as exc:
+        raise InvalidInput(f"'{slug}' is not a valid slug. {exc.messages[0]}", field="slug") \
+            from None
+
+
+@transaction.atomic
+def create_team(*, actor, slug: str, name: str, description: str = "") -> Team:
+    require_platform_admin(actor, "create teams")
+    slug = (slug or "").strip()
+    _validate_slug(slug)
+    if not (name or "").strip():
+        raise InvalidInput("A team needs a name.", field="name")
+    if Team.objects.filter(slug=slug).exists():
+        raise Conflict(f"A team with slug '{slug}' already exists.", code="slug_taken")
+    try:
+        with transaction.atomic():
+            team = Team.objects.create(slug=slug, name=name.strip(), description=description)
+    except IntegrityError:
+        raise Conflict(f"A team with slug '{slug}' already exists.", code="slug_taken") from None
+    audit.record(actor=actor, action="team.created", obj=team, team=team,
+                 after=audit.snapshot(team, TEAM_FIELDS))
+    return team
+
+
+@transaction.atomic
+def update_team(*, actor, team: Team, name: str | None = None,
+                description: str | None = None) -> Team:
+    require_team_role(actor, team, Role.MAINTAINER, "editing the team")
+    team = Team.objects.select_for_update().get(pk=team.pk)
+    before = audit.snapshot(team, TEAM_FIELDS)
+    if name is not None:
+        if not name.strip():
+            raise InvalidInput("A team needs a name.", field="name")
+        team.name = name.strip()
+    if description is not None:
+        team.description = description
+    team.save()
+    after = audit.snapshot(team, TEAM_FIELDS)
+    if after != before:
+        audit.record(actor=actor, action="team.updated", obj=team, team=team,
+                     before=before, after=after)
+    return team
+
+
+@transaction.atomic
+def delete_team(*, actor, team: Team) -> None:
+    require_platform_admin(actor, "delete teams")
+    before = audit.snapshot(team, TEAM_FIELDS)
+    audit.record(actor=actor, action="team.deleted", obj=team, team=None, before=before)
+    team.delete()
+
+
+# --- Memberships ------------------------------------------------------------------------------
+def _validate_role(role: str) -> Role:
+    if role not in Role.values:
+        raise InvalidInput(f"'{role}' is not a role; use one of {', '.join(Role.values)}.",
+                           field="role")
+    return Role(role)
+
+
+def _maintainer_count(team: Team) -> int:
+    return team.memberships.filter(role=Role.MAINTAINER).count()
+
+
+@transaction.atomic
+def add_member(*, actor, team: Team, username: str, role: str) -> Membership:
+    require_team_role(actor, team, Role.MAINTAINER, "adding members")
+    role_value = _validate_role(role)
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise InvalidInput(f"No user named '{username}'.", field="username")
+    if not user.is_active:
+        raise InvalidInput(f"User '{username}' is deactivated.", field="username")
+    if Membership.objects.filter(team=team, user=user).exists():
+        raise Conflict(f"'{username}' is already a member of '{team.slug}'.",
+                       code="already_member")
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(team=team, user=user, role=role_value)
+    except IntegrityError:
+        raise Conflict(f"'{username}' is already a member of '{team.slug}'.",
+                       code="already_member") from None
+    audit.record(actor=actor, action="membership.created", obj=membership, team=team,
+                 after=audit.snapshot(membership, MEMBERSHIP_FIELDS))
+    return membership
+
+
+def _membership(team: Team, username: str) -> Membership:
+    membership = (Membership.objects.select_for_update().select_related("user", "team")
+                  .filter(team=team, user__username=username).first())
+    if membership is None:
+        raise NotFound(f"'{username}' is not a member of '{team.slug}'.")
+    return membership
+
+
+@transaction.atomic
+def change_member_role(*, actor, team: Team, username: str,
+                       role: str) -> Membership:
+    require_team_role(actor, team, Role.MAINTAINER, "changing roles")
+    role_value = _validate_role(role)
+    membership = _membership(team, username)
+    before = audit.snapshot(membership, MEMBERSHIP_FIELDS)
+    if (membership.role == Role.MAINTAINER and role_value != Role.MAINTAINER
+            and _maintainer_count(team) == 1 and not is_platform_admin(actor)):
+        raise Conflict(f"'{username}' is the last maintainer of '{team.slug}'; "
+                       "make someone else maintainer first.", code="last_maintainer")
+    membership.role = role_value
+    membership.save(update_fields=["role"])
+    audit.record(actor=actor, action="membership.updated", obj=membership, team=team,
+                 before=before, after=audit.snapshot(membership, MEMBERSHIP_FIELDS))
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, actor, team: Team, username: str) -> None:
+    require_team_role(actor, team, Role.MAINTAINER, "removing members")
+    membership = _membership(team, username)
+    if (membership.role == Role.MAINTAINER and _maintainer_count(team) == 1
+            and not is_platform_admin(actor)):
+        raise Conflict(f"'{username}' is the last maintainer of '{team.slug}'; "
+                       "make someone else maintainer first.", code="last_maintainer")
+    before = audit.snapshot(membership, MEMBERSHIP_FIELDS)
+    audit.record(actor=actor, action="membership.deleted", obj=membership, team=team,
+                 before=before)
+    membership.delete()
+
+
+# --- API tokens -------------------------------------------------------------------------------
+@transaction.atomic
+def create_token(*, actor, name: str,
+                 expires_in_days: int | None = None) -> tuple[ApiToken, str]:
+    """Create a token for ``actor``; returns it with the secret, which is never stored."""
+    if not actor or not actor.is_authenticated:
+        raise PermissionDenied("Log in to create a token.")
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("A token needs a name.", field="name")
+    if len(name) > 100:
+        raise InvalidInput("Token names are at most 100 characters.", field="name")
+    days = settings.MODELPORT_TOKEN_DEFAULT_DAYS if expires_in_days is None else expires_in_days
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise InvalidInput("expires_in_days must be a whole number of days, at least 1.",
+                           field="expires_in_days")
+    if days > settings.MODELPORT_TOKEN_MAX_DAYS:
+        raise InvalidInput(f"expires_in_days may be at most {settings.MODELPORT_TOKEN_MAX_DAYS}.",
+                           field="expires_in_days")
+    if ApiToken.objects.active().filter(user=actor, name=name).exists():
+        raise Conflict(f"You already have an active token named '{name}'.", code="name_taken")
+    secret = tokens.generate()
+    token = ApiToken.objects.create(user=actor, name=name, prefix=secret.prefix,
+                                    digest=secret.digest,
+                                    expires_at=timezone.now() + timedelta(days=days))
+    audit.record(actor=actor, action="token.created", obj=token,
+                 after=audit.snapshot(token, TOKEN_FIELDS))
+    return token, secret.token
+
+
+@transaction.atomic
+def revoke_token(*, actor, token: ApiToken) -> ApiToken:
+    if token.user_id != getattr(actor, "pk", None) and not is_platform_admin(actor):
+        raise NotFound("No such token.")
+    token = ApiToken.objects.select_for_update().get(pk=token.pk)
+    if token.revoked_at is not None:
+        return token
+    before = audit.snapshot(token, TOKEN_FIELDS)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    audit.record(actor=actor, action="token.revoked", obj=token, before=before,
+                 after=audit.snapshot(token, TOKEN_FIELDS))
+    return token
+
+
+# --- Users (platform admins, from Django admin) ------------------------------------------------
+USER_FIELDS = ["username", "email", "first_name", "last_name", "is_active", "is_staff",
+               "is_superuser"]
+
+
+def record_user_change(*, actor, user, before: dict | None, created: bool) -> None:
+    """Audit a user saved through Django admin (its forms do the saving)."""
+    after = audit.snapshot(user, USER_FIELDS)
+    if not created and after == before:
+        return
+    audit.record(actor=actor, action="user.created" if created else "user.updated", obj=user,
+                 before=before, after=after)

@@ -1,0 +1,84 @@
+"""Shared fixtures: real services or an honest skip.
+
+A test that needs PostgreSQL, Redis, Docker or Chromium asks for it through a fixture or marker
+here. Without the service the test is skipped with the reason — except under
+``MODELPORT_REQUIRE_SERVICES=1`` (CI), where every skip is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+pytest_plugins = ["tests.fixtures"]
+
+REQUIRE_SERVICES = os.environ.get("MODELPORT_REQUIRE_SERVICES") == "1"
+
+
+def missing_service(reason: str) -> None:
+    """Skip (on a laptop) or fail (in CI) because a real service is not available."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} — MODELPORT_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under MODELPORT_REQUIRE_SERVICES=1: {report.longrepr}")
+
+
+def pytest_sessionstart(session) -> None:  # noqa: ANN001
+    if REQUIRE_SERVICES and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        pytest.exit("MODELPORT_REQUIRE_SERVICES=1 needs DATABASE_URL=postgres://…", returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _service_markers(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("postgres"):
+        from django.db import connection
+
+        if connection.vendor != "postgresql":
+            missing_service("needs PostgreSQL: set DATABASE_URL=postgres://…")
+    if request.node.get_closest_marker("browser") and not shutil.which("chromium"):
+        missing_service("needs Debian's chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        missing_service("needs Redis: set REDIS_URL=redis://…")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        missing_service(f"Redis at {url} does not answer: {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        missing_service(f"needs a Docker Engine (../shared/scripts/start-dockerd): {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(settings, tmp_path) -> None:  # noqa: ANN001
+    """Each test writes artifacts and state under its own temporary data dir."""
+    settings.MODELPORT_DATA_DIR = tmp_path / "data"
+    settings.MODELPORT_DATA_DIR.mkdir()
