@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import AliasTransitionRequest, ModelAlias, ModelVersion, RegisteredModel
+
+
+class AliasSummarySerializer(serializers.ModelSerializer):
+    alias = serializers.CharField(source="name")
+    version = serializers.IntegerField(source="version.version")
+
+    class Meta:
+        model = ModelAlias
+        fields = ["alias", "version", "updated_at"]
+
+
+class RegisteredModelSerializer(serializers.ModelSerializer):
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    latest_version = serializers.IntegerField(read_only=True, allow_null=True)
+    version_count = serializers.IntegerField(read_only=True)
+    aliases = AliasSummarySerializer(many=True, read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True,
+                                       default=None)
+
+    class Meta:
+        model = RegisteredModel
+        fields = ["name", "team", "description", "card", "tags", "latest_version",
+                  "version_count", "aliases", "created_by", "created_at", "updated_at"]
+
+
+class RegisteredModelCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    team = serializers.CharField(max_length=50, help_text="Slug of the owning team.")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    card = serializers.CharField(required=False, allow_blank=True, default="")
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False,
+                                 default=list)
+
+
+class RegisteredModelUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True)
+    card = serializers.CharField(required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False)
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name", read_only=True)
+    aliases = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", read_only=True,
+                                       default=None)
+    artifact = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "version", "status", "status_message", "progress", "sandboxed",
+                  "source_format", "source", "description", "flavor", "signature",
+                  "input_example", "requirements", "params", "metrics", "lineage",
+                  "reference_stats", "aliases", "artifact", "created_by", "created_at",
+                  "validated_at"]
+
+    def get_aliases(self, version: ModelVersion) -> list[str]:
+        return sorted(alias.name for alias in version.aliases.all())
+
+    def get_artifact(self, version: ModelVersion) -> dict | None:
+        if not version.artifact_sha256:
+            return None
+        return {"sha256": version.artifact_sha256, "size": version.artifact_size}
+
+
+class ModelVersionListSerializer(ModelVersionSerializer):
+    class Meta(ModelVersionSerializer.Meta):
+        fields = ["model", "version", "status", "status_message", "progress", "flavor",
+                  "aliases", "metrics", "lineage", "artifact", "created_by", "created_at"]
+
+
+class VersionUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(required=False)
+    format = serializers.CharField(required=False, default="mlflow")
+    input_example = serializers.CharField(required=False, allow_blank=True)
+    reference_data = serializers.FileField(required=False)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    params = serializers.CharField(required=False, allow_blank=True,
+                                   help_text="JSON object of training parameters.")
+    metrics = serializers.CharField(required=False, allow_blank=True,
+                                    help_text="JSON object of evaluation metrics.")
+    git_commit = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    dataset_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    dataset_hash = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+
+class VersionAcceptedSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+
+
+class ReferenceUploadSerializer(serializers.Serializer):
+    file = serializers.FileField()
+
+
+class AliasSetSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class TransitionRequestSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    version = serializers.IntegerField(source="version.version")
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    decided_by = serializers.CharField(source="decided_by.username", default=None)
+
+    class Meta:
+        model = AliasTransitionRequest
+        fields = ["id", "model", "alias", "version", "status", "requested_by", "comment",
+                  "decided_by", "decided_at", "created_at"]
+
+
+class DecisionSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="")

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from teams.models import Team
+from teams.roles import is_platform_admin
+
+name_validator = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9._-]{0,98}[a-z0-9])?$",
+    "Use 1-100 lowercase letters, digits, '.', '_' and '-', starting and ending with a letter "
+    "or digit.",
+)
+alias_validator = RegexValidator(
+    r"^[a-z][a-z0-9_-]{0,49}$",
+    "Aliases are 1-50 lowercase letters, digits, '_' and '-', starting with a letter.",
+)
+
+
+class RegisteredModelQuerySet(models.QuerySet):
+    def visible_to(self, user) -> RegisteredModelQuerySet:
+        if is_platform_admin(user):
+            return self
+        if not user or not user.is_authenticated:
+            return self.none()
+        return self.filter(team__memberships__user=user)
+
+
+class RegisteredModel(models.Model):
+    name = models.CharField(max_length=100, unique=True, validators=[name_validator])
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="models")
+    description = models.TextField(blank=True)
+    card = models.TextField(blank=True, help_text="Model card, in Markdown.")
+    tags = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RegisteredModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class VersionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    VALIDATING = "validating", "Validating"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class ModelVersion(models.Model):
+    """One immutable version. Only the validation task moves ``status`` (pending → ready/failed)
+    and fills in what validation learns; nothing else changes after creation."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=VersionStatus.choices,
+                              default=VersionStatus.PENDING, db_index=True)
+    status_message = models.TextField(blank=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    source_format = models.CharField(max_length=20)  # mlflow | sklearn | runs | models
+    source = models.CharField(max_length=500, blank=True)
+    description = models.TextField(blank=True)
+    flavor = models.CharField(max_length=60, blank=True)
+    signature = models.JSONField(null=True, blank=True)
+    input_example = models.JSONField(null=True, blank=True)
+    requirements = models.JSONField(default=list, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    lineage = models.JSONField(default=dict, blank=True)
+    reference_stats = models.JSONField(null=True, blank=True)
+    validation = models.JSONField(default=dict, blank=True)
+    sandboxed = models.BooleanField(null=True)
+    artifact_name = models.CharField(max_length=200, blank=True)
+    artifact_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    artifact_size = models.BigIntegerField(null=True, blank=True)
+    staging_dir = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["model", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="unique_model_version"),
+            models.CheckConstraint(condition=Q(version__gte=1), name="version_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.version}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == VersionStatus.READY
+
+
+class ModelAlias(models.Model):
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField(max_length=50, validators=[alias_validator])
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model", "name"]
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="unique_alias")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.name}"
+
+
+class TransitionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class AliasTransitionRequest(models.Model):
+    """An engineer's request to move a protected alias; a maintainer approves or rejects it."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE,
+                              related_name="transition_requests")
+    alias = models.CharField(max_length=50)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=20, choices=TransitionStatus.choices,
+                              default=TransitionStatus.PENDING, db_index=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True,
+                                     on_delete=models.SET_NULL, related_name="+")
+    comment = models.TextField(blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.alias} → v{self.version.version} ({self.status})"

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(name="registry.tasks.validate_version", acks_late=True, ignore_result=True,
+             autoretry_for=(ConnectionError,), retry_backoff=True, max_retries=3)
+def validate_version(version_id: int) -> None:
+    """Validate an uploaded version in the sandbox (idempotent: a retry re-checks the status)."""
+    services.validate_version(version_id=version_id)
+
+
+@shared_task(name="registry.tasks.sync_mlflow", ignore_result=True, expires=120)
+def sync_mlflow() -> None:
+    """Beat: import versions that training scripts registered in the MLflow tracking server."""
+    import logging
+
+    try:
+        imported = services.sync_from_mlflow()
+    except Exception as exc:  # noqa: BLE001 - MLflow down must not fill the logs with tracebacks
+        logging.getLogger(__name__).warning("MLflow sync skipped: %s", exc)
+        return
+    if imported:
+        logging.getLogger(__name__).info("MLflow sync imported %d version(s)", len(imported))

@@ -1,0 +1,171 @@
+"""Registry pages of the portal. Thin: scoped querysets to read, services to change."""
+
+from __future__ import annotations
+
+import json
+
+import markdown
+import nh3
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, Max, Prefetch
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from config.errors import DomainError
+from teams.models import Team
+from teams.roles import Role, at_least, is_platform_admin
+
+from . import mlmodel, services
+from .filtersets import RegisteredModelFilterSet
+from .forms import AliasForm, ModelCreateForm, VersionUploadForm
+from .models import AliasTransitionRequest, ModelAlias, RegisteredModel, TransitionStatus
+
+
+def _model(request: HttpRequest, name: str) -> RegisteredModel:
+    model = (RegisteredModel.objects.visible_to(request.user).select_related("team")
+             .filter(name=name).first())
+    if model is None:
+        raise Http404(f"No model '{name}'.")
+    return model
+
+
+def _role(request: HttpRequest, team: Team) -> str | None:
+    return "maintainer" if is_platform_admin(request.user) else team.role_of(request.user)
+
+
+def _writable_teams(request: HttpRequest):
+    teams = Team.objects.visible_to(request.user)
+    if is_platform_admin(request.user):
+        return teams
+    return teams.filter(memberships__user=request.user,
+                        memberships__role__in=[Role.ENGINEER, Role.MAINTAINER])
+
+
+@login_required
+def model_list(request: HttpRequest) -> HttpResponse:
+    form = ModelCreateForm(request.POST or None, teams=_writable_teams(request))
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            model = services.create_model(actor=request.user, team=data["team"],
+                                          name=data["name"], description=data["description"],
+                                          tags=data["tags"])
+        except DomainError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            messages.success(request, f"Model '{model.name}' created. Register its first "
+                                      "version below.")
+            return redirect("registry:model-detail", name=model.name)
+    queryset = (RegisteredModel.objects.visible_to(request.user).select_related("team")
+                .prefetch_related(Prefetch("aliases", queryset=ModelAlias.objects
+                                           .select_related("version")))
+                .annotate(latest=Max("versions__version"), version_count=Count("versions"))
+                .order_by("name"))
+    filterset = RegisteredModelFilterSet(request.GET, queryset=queryset)
+    models = filterset.qs if filterset.is_valid() else queryset.none()
+    page = Paginator(models, 50).get_page(request.GET.get("page"))
+    return render(request, "registry/model_list.html", {
+        "page": page, "filterset": filterset, "form": form,
+        "teams": Team.objects.visible_to(request.user),
+        "can_create": _writable_teams(request).exists(),
+    })
+
+
+@login_required
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = _model(request, name)
+    role = _role(request, model.team)
+    can_write = at_least(role, Role.ENGINEER)
+    upload_form = VersionUploadForm()
+    if request.method == "POST" and can_write:
+        upload_form = VersionUploadForm(request.POST, request.FILES)
+        if upload_form.is_valid():
+            data = upload_form.cleaned_data
+            try:
+                version = services.register_upload(
+                    actor=request.user, model=model, upload=data["file"], fmt=data["format"],
+                    input_example=data["input_example"] or None,
+                    reference_data=data["reference_data"], description=data["description"])
+            except DomainError as exc:
+                upload_form.add_error(exc.field if exc.field in upload_form.fields else None,
+                                      exc.message)
+            else:
+                messages.success(request, f"Version {version.version} uploaded; validating.")
+                return redirect("registry:version-detail", name=name, number=version.version)
+    versions = list(model.versions.select_related("created_by").prefetch_related("aliases")
+                    .order_by("-version")[:50])
+    metric_names = sorted({key for v in versions for key in (v.metrics or {})})
+    latest_ready = next((v for v in versions if v.is_ready), None)
+    example = json.dumps(latest_ready.input_example) if latest_ready and \
+        latest_ready.input_example else None
+    card = nh3.clean(markdown.markdown(model.card, extensions=["tables", "fenced_code"]))
+    return render(request, "registry/model_detail.html", {
+        "model": model, "role": role, "can_write": can_write,
+        "can_approve": at_least(role, Role.MAINTAINER), "versions": versions,
+        "aliases": model.aliases.select_related("version").order_by("name"),
+        "metric_names": metric_names, "latest_ready": latest_ready, "example": example,
+        "columns": mlmodel.columns_of(latest_ready.signature if latest_ready else None),
+        "card_html": card, "upload_form": upload_form, "alias_form": AliasForm(),
+        "transitions": model.transition_requests.filter(status=TransitionStatus.PENDING)
+        .select_related("version", "requested_by"),
+    })
+
+
+@login_required
+def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model = _model(request, name)
+    version = model.versions.select_related("created_by").filter(version=number).first()
+    if version is None:
+        raise Http404(f"'{name}' has no version {number}.")
+    template = ("registry/_version_status.html" if request.headers.get("HX-Request")
+                else "registry/version_detail.html")
+    return render(request, template, {
+        "model": model, "version": version,
+        "columns": mlmodel.columns_of(version.signature),
+        "example": json.dumps(version.input_example) if version.input_example else None,
+        "aliases": sorted(a.name for a in version.aliases.all()),
+    })
+
+
+@login_required
+@require_POST
+def alias_set(request: HttpRequest, name: str) -> HttpResponse:
+    model = _model(request, name)
+    form = AliasForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give an alias name and a version number.")
+        return redirect("registry:model-detail", name=name)
+    try:
+        result = services.set_alias(actor=request.user, model=model,
+                                    alias=form.cleaned_data["alias"],
+                                    version_number=form.cleaned_data["version"])
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        if isinstance(result, AliasTransitionRequest):
+            messages.info(request, f"'{result.alias}' is protected: a maintainer must approve "
+                                   f"moving it to version {result.version.version}.")
+        else:
+            messages.success(request, f"'{result.name}' now points to version "
+                                      f"{result.version.version}.")
+    return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_POST
+def transition_decide(request: HttpRequest, name: str, pk: int, decision: str) -> HttpResponse:
+    model = _model(request, name)
+    transition = model.transition_requests.filter(pk=pk).first()
+    if transition is None or decision not in {"approve", "reject"}:
+        raise Http404("No such request.")
+    try:
+        services.decide_transition(actor=request.user, request=transition,
+                                   approve=decision == "approve")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Request {decision}d.")
+    return redirect("registry:model-detail", name=name)
