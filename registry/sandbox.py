@@ -45,15 +45,19 @@ def _read_result(job_dir: Path, logs: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+PLATFORM_PACKAGES = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
+
+
+def platform_requirements() -> list[str]:
+    """This platform's own versions of the scikit-learn stack, pinned (one shared image)."""
+    from importlib import metadata
+
+    return [f"{name}=={metadata.version(name)}" for name in PLATFORM_PACKAGES]
+
+
 def sandbox_requirements(model_requirements: list[str]) -> list[str]:
     """The serving image a model is validated in: its own requirements when it has them."""
-    if model_requirements:
-        return model_requirements
-    import mlflow
-    import sklearn
-
-    return [f"mlflow=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}",
-            "cloudpickle", "numpy", "pandas"]
+    return model_requirements or platform_requirements()
 
 
 def _prepare(job_dir: Path) -> None:

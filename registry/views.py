@@ -9,7 +9,7 @@ import nh3
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, Max, Prefetch
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -62,8 +62,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
     queryset = (RegisteredModel.objects.visible_to(request.user).select_related("team")
                 .prefetch_related(Prefetch("aliases", queryset=ModelAlias.objects
                                            .select_related("version")))
-                .annotate(latest=Max("versions__version"), version_count=Count("versions"))
-                .order_by("name"))
+                .with_version_summary().order_by("name"))
     filterset = RegisteredModelFilterSet(request.GET, queryset=queryset)
     models = filterset.qs if filterset.is_valid() else queryset.none()
     page = Paginator(models, 50).get_page(request.GET.get("page"))

@@ -59,6 +59,24 @@ def _load_estimator(path: Path) -> tuple[Any, str | None]:
     return estimator, original or sklearn.__version__
 
 
+def _pinned_requirements(sklearn_version: str) -> list[str]:
+    """This sandbox's scikit-learn stack, pinned, with scikit-learn at the pickle's version.
+
+    The image has mlflow-skinny; the model records ``mlflow`` of the same version.
+    """
+    from importlib import metadata
+
+    pins = [f"scikit-learn=={sklearn_version}"]
+    for name, recorded in (("mlflow-skinny", "mlflow"), ("numpy", "numpy"), ("pandas", "pandas"),
+                           ("scipy", "scipy"), ("skops", "skops")):
+        try:
+            pins.append(f"{recorded}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            if name == "mlflow-skinny":  # running outside the image: the full mlflow package
+                pins.append(f"mlflow=={metadata.version('mlflow')}")
+    return pins
+
+
 def _convert_sklearn(job_dir: Path, example: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -71,7 +89,7 @@ def _convert_sklearn(job_dir: Path, example: dict[str, Any]) -> tuple[Path, dict
     mlflow.sklearn.save_model(
         estimator, str(out), signature=signature, input_example=frame,
         serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-        pip_requirements=[f"scikit-learn=={made_with}", "cloudpickle", "numpy", "pandas"],
+        pip_requirements=_pinned_requirements(made_with),
     )
     return out, {"sklearn_version": made_with, "estimator": type(estimator).__name__}
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Max, Prefetch
+from django.db.models import Prefetch
 from django.http import FileResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -63,9 +63,7 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                 .select_related("team", "created_by")
                 .prefetch_related(Prefetch("aliases",
                                            queryset=ModelAlias.objects.select_related("version")))
-                .annotate(latest_version=Max("versions__version"),
-                          version_count=Count("versions", distinct=True))
-                .order_by("name"))
+                .with_version_summary().order_by("name"))
 
     def get_object(self) -> RegisteredModel:
         model = visible_model(self.request.user, self.kwargs["name"])
