@@ -26,7 +26,7 @@ def missing_service(reason: str) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
+def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail"):
@@ -34,7 +34,7 @@ def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
         report.longrepr = (f"skipped under MODELPORT_REQUIRE_SERVICES=1: {report.longrepr}")
 
 
-def pytest_sessionstart(session) -> None:  # noqa: ANN001
+def pytest_sessionstart(session) -> None:
     if REQUIRE_SERVICES and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         pytest.exit("MODELPORT_REQUIRE_SERVICES=1 needs DATABASE_URL=postgres://…", returncode=3)
 
@@ -78,7 +78,40 @@ def docker_client() -> Iterator[object]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_data_dir(settings, tmp_path) -> None:  # noqa: ANN001
+def _isolated_data_dir(settings, tmp_path) -> None:
     """Each test writes artifacts and state under its own temporary data dir."""
     settings.MODELPORT_DATA_DIR = tmp_path / "data"
     settings.MODELPORT_DATA_DIR.mkdir()
+    settings.STORAGES = {**settings.STORAGES, "artifacts": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(tmp_path / "data" / "artifacts")}}}
+
+
+@pytest.fixture(scope="session")
+def platform_serving_image(docker_client) -> str:
+    """The offline base image and the one serving image the suite shares, built once.
+
+    The base comes from Debian packages (``platform/images/build-base.sh``: debootstrap +
+    docker import, no registry pull); the serving image holds this platform's scikit-learn
+    stack, so every test model saved with ``registry.sandbox.platform_requirements()`` uses it.
+    """
+    import subprocess
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from registry.sandbox import platform_requirements
+    from workers.runtimes.images import ImageBuilder
+
+    base = settings.MODELPORT_SERVING_BASE_IMAGE
+    script = Path(__file__).resolve().parent.parent / "platform" / "images" / "build-base.sh"
+    built = subprocess.run(["bash", str(script), "--tag", base], capture_output=True, text=True,
+                           timeout=1200, check=False)
+    if built.returncode != 0:
+        pytest.fail(f"building {base} failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}")
+    lines: list[str] = []
+    try:
+        return ImageBuilder(docker_client, base).ensure_image(platform_requirements(),
+                                                              lines.append)
+    except Exception as exc:
+        pytest.fail(f"serving image build failed: {exc}\n" + "\n".join(lines[-40:]))

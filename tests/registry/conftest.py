@@ -157,3 +157,14 @@ def iris(ml_team, team_engineer):
 
 def example_json() -> str:
     return json.dumps(EXAMPLE)
+
+
+@pytest.fixture
+def sandbox_image(request):
+    """Validation uses Docker when it answers: make sure its image exists first."""
+    from tests.conftest import REQUIRE_SERVICES
+    from workers.runtime_status import docker_answers
+
+    if docker_answers() or REQUIRE_SERVICES:
+        return request.getfixturevalue("platform_serving_image")
+    return None

@@ -25,7 +25,7 @@ from tests.fixtures import bearer_client
 
 from .conftest import COLUMNS, EXAMPLE
 
-pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image")]
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from tests.fixtures import bearer_client
 
 from .conftest import COLUMNS, example_json, malicious_pickle, tar_dir, zip_dir
 
-pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+pytestmark = [pytest.mark.django_db, pytest.mark.slow, pytest.mark.usefixtures("sandbox_image")]
 
 
 def register(client, capture, **fields):
