@@ -1,0 +1,395 @@
+"""``modelport`` — the command line for people (tables, progress) and CI jobs (``--json``).
+
+Exit codes: 0 success, 1 other error, 2 usage, 3 authentication/permission, 4 not found,
+5 conflict (name taken, quota exceeded), 6 invalid input, 7 rate limited, 8 server error,
+9 timed out waiting, 10 what we waited for failed (version ``failed``, deployment ``failed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import errors
+from .client import Client
+from .config import save_config
+
+
+# --- output -------------------------------------------------------------------------------------
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
+    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines = [line.rstrip() for line in lines]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, *, columns: list[str] | None = None, text: str | None = None) \
+            -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, default=str))
+        elif columns is not None:
+            print(table(data if isinstance(data, list) else [data], columns))
+        elif text is not None:
+            print(text)
+        else:
+            print(json.dumps(data, indent=2, default=str))
+
+    def progress(self, message: str) -> None:
+        if not self.as_json and sys.stderr.isatty():
+            sys.stderr.write("\r\033[K" + message)
+            sys.stderr.flush()
+        elif not self.as_json:
+            sys.stderr.write(message + "\n")
+
+    def done(self) -> None:
+        if not self.as_json and sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+
+def bar(fraction: float, width: int = 30) -> str:
+    filled = int(max(0.0, min(1.0, fraction)) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
+
+
+def _json_arg(value: str | None) -> Any:
+    if value is None:
+        return None
+    if value == "-":
+        return json.loads(sys.stdin.read())
+    if value.startswith("@"):
+        return json.loads(Path(value[1:]).read_text())
+    return json.loads(value)
+
+
+# --- commands -------------------------------------------------------------------------------------
+def cmd_login(args: argparse.Namespace, out: Output) -> int:
+    username = args.username or input("Username: ")
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
+        getpass.getpass("Password: ")
+    client = Client(args.login_url or args.url, token="")
+    token = client.create_token(username, password, name=args.token_name,
+                                expires_in_days=args.expires_in_days)
+    path = save_config({"url": client.url, "token": token["token"]})
+    out.emit({"url": client.url, "token_id": token["id"], "expires_at": token["expires_at"],
+              "config": str(path)},
+             text=f"Logged in to {client.url}; token '{args.token_name}' saved in {path} "
+                  f"(expires {token['expires_at']}).")
+    return 0
+
+
+def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> int:
+    out.emit(client.info())
+    return 0
+
+
+def cmd_teams(client: Client, args: argparse.Namespace, out: Output) -> int:
+    out.emit(client.teams(), columns=["slug", "name", "my_role", "member_count"])
+    return 0
+
+
+def cmd_models_list(client: Client, args: argparse.Namespace, out: Output) -> int:
+    rows = client.models(team=args.team, tag=args.tag, alias=args.alias, search=args.search)
+    for row in rows:
+        row["aliases"] = [f"{a['alias']}=v{a['version']}" for a in row.get("aliases", [])]
+    out.emit(rows, columns=["name", "team", "latest_version", "aliases", "tags"])
+    return 0
+
+
+def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> int:
+    model = client.model(args.name)
+    versions = client.versions(args.name)
+    if out.as_json:
+        out.emit({**model, "versions": versions})
+        return 0
+    print(f"{model['name']}  (team {model['team']})  {model['description']}")
+    out.emit(versions, columns=["version", "status", "flavor", "aliases", "metrics",
+                                "created_by", "created_at"])
+    return 0
+
+
+def cmd_models_create(client: Client, args: argparse.Namespace, out: Output) -> int:
+    out.emit(client.create_model(name=args.name, team=args.team, description=args.description,
+                                 tags=args.tag or []), columns=["name", "team", "tags"])
+    return 0
+
+
+def cmd_models_register(client: Client, args: argparse.Namespace, out: Output) -> int:
+    def upload_progress(done: int, total: int) -> None:
+        out.progress(f"uploading {Path(args.file).name} {bar(done / total if total else 1)}")
+
+    accepted = client.register_version(
+        args.name, None if args.source else args.file, source=args.source, format=args.format,
+        input_example=_json_arg(args.input_example), reference_data=args.reference_data,
+        description=args.description, git_commit=args.git_commit,
+        metrics=_json_arg(args.metrics), progress=upload_progress)
+    out.done()
+    if not args.wait:
+        out.emit(accepted, text=f"{args.name} v{accepted['version']}: {accepted['status']}")
+        return 0
+
+    def show(version: dict) -> None:
+        out.progress(f"{args.name} v{version['version']}: {version['status']} "
+                     f"{bar(version.get('progress', 0) / 100)} {version['status_message']}")
+
+    ready = client.wait_for_version(args.name, accepted["version"], timeout=args.timeout,
+                                    on_progress=show)
+    out.done()
+    out.emit(ready, text=f"{args.name} v{ready['version']} is ready "
+                         f"(sha256 {ready['artifact']['sha256'][:12]}…)")
+    return 0
+
+
+def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.set_alias(args.name, args.alias, args.version, comment=args.comment)
+    if result.get("status") == "pending":
+        out.emit(result, text=f"'{args.alias}' is protected: request {result['id']} waits for "
+                              "a maintainer.")
+    else:
+        out.emit(result, text=f"{args.name}@{args.alias} -> v{result['version']}")
+    return 0
+
+
+def _watch(client: Client, name: str, out: Output, timeout: float) -> int:
+    def show(dep: dict) -> None:
+        out.progress(f"{name}: {dep['status']} {bar(dep.get('progress', 0) / 100)} "
+                     f"rev {dep.get('revision')} {dep.get('status_message', '')}")
+
+    healthy = client.wait_until_healthy(name, timeout=timeout, on_progress=show)
+    out.done()
+    out.emit(healthy, text=f"{name} is healthy at {healthy.get('endpoint', '')}")
+    return 0
+
+
+def cmd_deploy(client: Client, args: argparse.Namespace, out: Output) -> int:
+    strategy = None
+    if args.strategy:
+        strategy = {"type": args.strategy}
+        if args.steps:
+            strategy["steps"] = [int(s) for s in args.steps.split(",")]
+        if args.interval:
+            strategy["interval_s"] = args.interval
+    created = client.deploy(name=args.name, team=args.team, model=args.model,
+                            version=args.version, alias=args.alias, replicas=args.replicas,
+                            cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
+                            strategy=strategy)
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(created, columns=["name", "status", "revision", "endpoint"])
+    return 0
+
+
+def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.watch:
+        return _watch(client, args.name, out, args.timeout)
+    dep = client.deployment(args.name)
+    if out.as_json:
+        out.emit(dep)
+        return 0
+    print(f"{dep['name']}: {dep['status']} (revision {dep.get('revision')}) "
+          f"{dep.get('status_message', '')}")
+    out.emit(dep.get("replicas", []), columns=["id", "revision", "status", "url"])
+    return 0
+
+
+def cmd_rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.rollback(args.name, args.revision)
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(result, columns=["name", "status", "revision"])
+    return 0
+
+
+def cmd_logs(client: Client, args: argparse.Namespace, out: Output) -> int:
+    logs = client.logs(args.name, replica=args.replica, tail=args.tail)
+    if out.as_json or not isinstance(logs, dict):
+        out.emit(logs)
+        return 0
+    for replica, text in (logs.get("replicas") or logs).items():
+        print(f"==> {replica} <==\n{text}")
+    return 0
+
+
+def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.csv:
+        payload: Any = Path(args.csv).read_bytes()
+        result = client.predict(args.name, payload, content_type="text/csv")
+    else:
+        result = client.predict(args.name, _json_arg(args.data or "-"))
+    out.emit(result)
+    return 0
+
+
+def cmd_quota_show(client: Client, args: argparse.Namespace, out: Output) -> int:
+    out.emit(client.quota(args.team))
+    return 0
+
+
+def cmd_quota_request(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.request_resources(team=args.team, justification=args.justification,
+                                      cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
+                                      gpu_model=args.gpu_model, expires_at=args.until)
+    out.emit(result, text=f"request {result.get('id')} filed: {result.get('status')}")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelport", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="platform URL (default: $MODELPORT_URL or login config)")
+    parser.add_argument("--token", help="API token (default: $MODELPORT_TOKEN or login config)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    login = sub.add_parser("login", help="get a token with your password and save it")
+    login.add_argument("--url", dest="login_url", help="platform URL")
+    login.add_argument("--username")
+    login.add_argument("--password-stdin", action="store_true")
+    login.add_argument("--token-name", default="cli")
+    login.add_argument("--expires-in-days", type=int)
+
+    sub.add_parser("info", help="platform version, runtime, MLflow URI, limits") \
+        .set_defaults(func=cmd_info)
+    sub.add_parser("teams", help="teams you can see").set_defaults(func=cmd_teams)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True)
+    listing = models.add_parser("list")
+    for flag in ("--team", "--tag", "--alias", "--search"):
+        listing.add_argument(flag)
+    listing.set_defaults(func=cmd_models_list)
+    show = models.add_parser("show")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_models_show)
+    create = models.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--team", required=True)
+    create.add_argument("--description", default="")
+    create.add_argument("--tag", action="append")
+    create.set_defaults(func=cmd_models_create)
+    register = models.add_parser("register", help="upload a version (or import --source)")
+    register.add_argument("name")
+    register.add_argument("file", nargs="?")
+    register.add_argument("--source", help="runs:/<run>/<path> or models:/<name>/<version>")
+    register.add_argument("--format", default="mlflow", choices=["mlflow", "sklearn"])
+    register.add_argument("--input-example", help="JSON, @file or - for stdin")
+    register.add_argument("--reference-data", help="CSV/Parquet drift baseline")
+    register.add_argument("--description", default="")
+    register.add_argument("--git-commit")
+    register.add_argument("--metrics", help="JSON object")
+    register.add_argument("--wait", action="store_true", help="wait until ready or failed")
+    register.add_argument("--timeout", type=float, default=900)
+    register.set_defaults(func=cmd_models_register)
+    alias = models.add_parser("alias", help="point an alias at a version")
+    alias.add_argument("name")
+    alias.add_argument("alias")
+    alias.add_argument("version", type=int)
+    alias.add_argument("--comment", default="")
+    alias.set_defaults(func=cmd_models_alias)
+
+    deploy = sub.add_parser("deploy", help="deploy a version or an alias")
+    deploy.add_argument("name")
+    deploy.add_argument("--team", required=True)
+    deploy.add_argument("--model", required=True)
+    which = deploy.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int)
+    which.add_argument("--alias")
+    deploy.add_argument("--replicas", type=int, default=1)
+    deploy.add_argument("--cpu", type=float, default=1.0)
+    deploy.add_argument("--memory-mb", type=int, default=1024)
+    deploy.add_argument("--gpus", type=int, default=0)
+    deploy.add_argument("--strategy", choices=["rolling", "blue_green", "canary"])
+    deploy.add_argument("--steps", help="canary traffic steps, e.g. 10,50,100")
+    deploy.add_argument("--interval", type=int, help="seconds between canary steps")
+    deploy.add_argument("--wait", action="store_true")
+    deploy.add_argument("--timeout", type=float, default=600)
+    deploy.set_defaults(func=cmd_deploy)
+
+    status = sub.add_parser("status", help="a deployment's status (--watch: live progress)")
+    status.add_argument("name")
+    status.add_argument("--watch", action="store_true")
+    status.add_argument("--timeout", type=float, default=600)
+    status.set_defaults(func=cmd_status)
+
+    rollback = sub.add_parser("rollback", help="back to the previous healthy revision")
+    rollback.add_argument("name")
+    rollback.add_argument("--revision", type=int)
+    rollback.add_argument("--wait", action="store_true")
+    rollback.add_argument("--timeout", type=float, default=600)
+    rollback.set_defaults(func=cmd_rollback)
+
+    logs = sub.add_parser("logs", help="container logs of a deployment's replicas")
+    logs.add_argument("name")
+    logs.add_argument("--replica")
+    logs.add_argument("--tail", type=int, default=200)
+    logs.set_defaults(func=cmd_logs)
+
+    predict = sub.add_parser("predict", help="call a deployment through the gateway")
+    predict.add_argument("name")
+    predict.add_argument("--data", help="JSON body, @file, or - for stdin (default)")
+    predict.add_argument("--csv", help="a CSV file to send as text/csv")
+    predict.set_defaults(func=cmd_predict)
+
+    quota = sub.add_parser("quota", help="team quotas and resource requests").add_subparsers(
+        dest="quota_command", required=True)
+    quota_show = quota.add_parser("show")
+    quota_show.add_argument("team")
+    quota_show.set_defaults(func=cmd_quota_show)
+    quota_request = quota.add_parser("request")
+    quota_request.add_argument("--team", required=True)
+    quota_request.add_argument("--justification", required=True)
+    quota_request.add_argument("--cpu", type=float)
+    quota_request.add_argument("--memory-mb", type=int)
+    quota_request.add_argument("--gpus", type=int)
+    quota_request.add_argument("--gpu-model")
+    quota_request.add_argument("--until", help="ISO 8601 expiry of a temporary grant")
+    quota_request.set_defaults(func=cmd_quota_request)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    try:
+        if args.command == "login":
+            return cmd_login(args, out)
+        with Client(args.url, args.token) as client:
+            return args.func(client, args, out)
+    except errors.ModelportError as exc:
+        out.done()
+        if args.json:
+            print(json.dumps({"error": exc.message, "status": exc.status, "code": exc.code}),
+                  file=sys.stderr)
+        else:
+            print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except (json.JSONDecodeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 6
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,319 @@
+"""``Client``: a typed wrapper of Modelport's REST API v1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import errors
+from .config import load_config
+
+ProgressFn = Callable[[int, int], None]
+JSON = dict[str, Any]
+TERMINAL_VERSION = {"ready", "failed"}
+TERMINAL_DEPLOYMENT = {"healthy", "failed", "stopped"}
+
+
+class _ProgressFile:
+    """A file-like object that reports how much of itself has been read."""
+
+    def __init__(self, path: Path, progress: ProgressFn | None) -> None:
+        self._file = path.open("rb")
+        self._size = path.stat().st_size
+        self._read = 0
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._read += len(chunk)
+        if self._progress:
+            self._progress(self._read, self._size)
+        return chunk
+
+    # httpx sizes the multipart body from these, so uploads carry a Content-Length.
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Client:
+    """``Client(url, token)``; both default to ``MODELPORT_URL``/``MODELPORT_TOKEN`` or the
+    file written by ``modelport login``."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+        saved = load_config()
+        self.url = (url or os.environ.get("MODELPORT_URL") or saved.get("url")
+                    or "http://127.0.0.1:8000").rstrip("/")
+        self.token = token or os.environ.get("MODELPORT_TOKEN") or saved.get("token")
+        headers = {"Accept": "application/json", "User-Agent": "modelport-client/0.1"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = path if path.startswith(("/serve/", "/healthz", "/readyz")) else f"/api/v1{path}"
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise errors.ModelportError(f"{method} {url} timed out: {exc}") from None
+        except httpx.TransportError as exc:
+            raise errors.ModelportError(f"cannot reach Modelport at {self.url}: {exc}") from None
+        if response.status_code == 204:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400:
+            raise errors.from_response(response.status_code, body)
+        return body
+
+    def _all(self, path: str, params: dict[str, Any] | None = None) -> Iterator[JSON]:
+        params = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        page = self.request("GET", path, params=params)
+        while True:
+            if isinstance(page, list):
+                yield from page
+                return
+            yield from page["results"]
+            if not page.get("next"):
+                return
+            page = self.request("GET", page["next"].split("/api/v1", 1)[-1])
+
+    # --- platform -----------------------------------------------------------------------------
+    def info(self) -> JSON:
+        return self.request("GET", "/info/")
+
+    def create_token(self, username: str, password: str, *, name: str,
+                     expires_in_days: int | None = None) -> JSON:
+        """Obtain a token with a password (HTTP Basic, accepted only here)."""
+        body: JSON = {"name": name}
+        if expires_in_days:
+            body["expires_in_days"] = expires_in_days
+        response = self._http.post("/api/v1/tokens/", json=body, auth=(username, password),
+                                   headers={"Authorization": ""})
+        if response.status_code >= 400:
+            raise errors.from_response(response.status_code, response.json())
+        return response.json()
+
+    def tokens(self) -> list[JSON]:
+        return list(self._all("/tokens/"))
+
+    def revoke_token(self, token_id: str) -> None:
+        self.request("DELETE", f"/tokens/{token_id}/")
+
+    def teams(self) -> list[JSON]:
+        return list(self._all("/teams/"))
+
+    # --- registry -----------------------------------------------------------------------------
+    def models(self, *, team: str | None = None, tag: str | None = None,
+               alias: str | None = None, search: str | None = None) -> list[JSON]:
+        return list(self._all("/models/", {"team": team, "tag": tag, "alias": alias,
+                                           "search": search}))
+
+    def model(self, name: str) -> JSON:
+        return self.request("GET", f"/models/{name}/")
+
+    def create_model(self, *, name: str, team: str, description: str = "",
+                     tags: list[str] | None = None, card: str = "") -> JSON:
+        return self.request("POST", "/models/", json={"name": name, "team": team,
+                                                      "description": description,
+                                                      "tags": tags or [], "card": card})
+
+    def versions(self, name: str) -> list[JSON]:
+        return list(self._all(f"/models/{name}/versions/"))
+
+    def version(self, name: str, version: int) -> JSON:
+        return self.request("GET", f"/models/{name}/versions/{version}/")
+
+    def register_version(self, name: str, path: str | os.PathLike[str] | None = None, *,
+                         format: str = "mlflow", source: str | None = None,
+                         input_example: Any = None,
+                         reference_data: str | os.PathLike[str] | None = None,
+                         description: str = "", metrics: dict | None = None,
+                         params: dict | None = None, git_commit: str | None = None,
+                         dataset_name: str | None = None,
+                         progress: ProgressFn | None = None) -> JSON:
+        """Upload a model file (``format`` mlflow or sklearn) or import ``source``
+        (``runs:/…``, ``models:/…``). Returns ``{"version", "status": "pending"}``."""
+        if source:
+            return self.request("POST", f"/models/{name}/versions/",
+                                json={"source": source, "description": description})
+        if path is None:
+            raise errors.BadRequest("give a file path or a source")
+        data: JSON = {"format": format, "description": description}
+        if input_example is not None:
+            data["input_example"] = (input_example if isinstance(input_example, str)
+                                     else json.dumps(input_example))
+        for key, value in (("metrics", metrics), ("params", params)):
+            if value:
+                data[key] = json.dumps(value)
+        for key, value in (("git_commit", git_commit), ("dataset_name", dataset_name)):
+            if value:
+                data[key] = value
+        with contextlib.ExitStack() as stack:
+            model_file = _ProgressFile(Path(path), progress)
+            stack.callback(model_file.close)
+            files: dict[str, Any] = {"file": (Path(path).name, model_file)}
+            if reference_data:
+                files["reference_data"] = (Path(reference_data).name,
+                                           stack.enter_context(Path(reference_data).open("rb")))
+            return self.request("POST", f"/models/{name}/versions/", data=data, files=files,
+                                timeout=None)
+
+    def wait_for_version(self, name: str, version: int, *, timeout: float = 600,
+                         on_progress: Callable[[JSON], None] | None = None,
+                         interval: float = 1.0) -> JSON:
+        """Poll until the version is ``ready`` (returned) or ``failed`` (raises)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.version(name, version)
+            if on_progress:
+                on_progress(current)
+            if current["status"] == "ready":
+                return current
+            if current["status"] == "failed":
+                raise errors.OperationFailed(f"{name} v{version} failed: "
+                                             f"{current['status_message']}", body=current)
+            if time.monotonic() > deadline:
+                raise errors.TimeoutExpired(f"{name} v{version} is still {current['status']} "
+                                            f"after {timeout:.0f}s")
+            time.sleep(interval)
+
+    def set_alias(self, name: str, alias: str, version: int, *, comment: str = "") -> JSON:
+        return self.request("PUT", f"/models/{name}/aliases/{alias}/",
+                            json={"version": version, "comment": comment})
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.request("DELETE", f"/models/{name}/aliases/{alias}/")
+
+    def download_artifact(self, name: str, version: int, target: str | os.PathLike[str]) -> Path:
+        path = Path(target)
+        with self._http.stream("GET", f"/api/v1/models/{name}/versions/{version}/artifact/") \
+                as response:
+            if response.status_code >= 400:
+                response.read()
+                raise errors.from_response(response.status_code, response.json())
+            with path.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+        return path
+
+    # --- deployments ----------------------------------------------------------------------------
+    def deployments(self, *, team: str | None = None, model: str | None = None) -> list[JSON]:
+        return list(self._all("/deployments/", {"team": team, "model": model}))
+
+    def deployment(self, name: str) -> JSON:
+        return self.request("GET", f"/deployments/{name}/")
+
+    def deploy(self, *, name: str, team: str, model: str, version: int | None = None,
+               alias: str | None = None, replicas: int = 1, cpu: float = 1.0,
+               memory_mb: int = 1024, gpus: int = 0, strategy: JSON | None = None) -> JSON:
+        body: JSON = {"name": name, "team": team, "model": model, "replicas": replicas,
+                      "resources": {"cpu": cpu, "memory_mb": memory_mb, "gpus": gpus}}
+        if version is not None:
+            body["version"] = version
+        if alias:
+            body["alias"] = alias
+        if strategy:
+            body["strategy"] = strategy
+        return self.request("POST", "/deployments/", json=body)
+
+    def update_deployment(self, name: str, **changes: Any) -> JSON:
+        return self.request("PATCH", f"/deployments/{name}/", json=changes)
+
+    def wait_until_healthy(self, name: str, *, timeout: float = 300,
+                           on_progress: Callable[[JSON], None] | None = None,
+                           interval: float = 1.0) -> JSON:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.deployment(name)
+            if on_progress:
+                on_progress(current)
+            if current["status"] == "healthy":
+                return current
+            if current["status"] in ("failed", "stopped"):
+                raise errors.OperationFailed(f"deployment {name} is {current['status']}: "
+                                             f"{current.get('status_message', '')}",
+                                             body=current)
+            if time.monotonic() > deadline:
+                raise errors.TimeoutExpired(f"deployment {name} is still {current['status']} "
+                                            f"after {timeout:.0f}s")
+            time.sleep(interval)
+
+    def rollback(self, name: str, revision: int | None = None) -> JSON:
+        body = {"revision": revision} if revision else {}
+        return self.request("POST", f"/deployments/{name}/rollback/", json=body)
+
+    def stop(self, name: str) -> JSON:
+        return self.request("POST", f"/deployments/{name}/stop/")
+
+    def start(self, name: str) -> JSON:
+        return self.request("POST", f"/deployments/{name}/start/")
+
+    def delete_deployment(self, name: str) -> None:
+        self.request("DELETE", f"/deployments/{name}/")
+
+    def events(self, name: str) -> list[JSON]:
+        return list(self._all(f"/deployments/{name}/events/"))
+
+    def logs(self, name: str, *, replica: str | None = None, tail: int = 200) -> Any:
+        return self.request("GET", f"/deployments/{name}/logs/",
+                            params={k: v for k, v in {"replica": replica, "tail": tail}.items()
+                                    if v is not None})
+
+    def predict(self, name: str, payload: Any, *, content_type: str = "application/json",
+                route_key: str | None = None) -> Any:
+        headers = {"Content-Type": content_type}
+        if route_key:
+            headers["X-Modelport-Route-Key"] = route_key
+        content = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
+        return self.request("POST", f"/serve/{name}/invocations", content=content,
+                            headers=headers)
+
+    def metrics(self, name: str, **window: Any) -> JSON:
+        return self.request("GET", f"/deployments/{name}/metrics/", params=window)
+
+    # --- quotas -----------------------------------------------------------------------------------
+    def quota(self, team: str) -> JSON:
+        return self.request("GET", f"/teams/{team}/quota/")
+
+    def request_resources(self, *, team: str, justification: str, cpu: float | None = None,
+                          memory_mb: int | None = None, gpus: int | None = None,
+                          gpu_model: str | None = None, expires_at: str | None = None) -> JSON:
+        body = {"team": team, "justification": justification, "cpu": cpu,
+                "memory_mb": memory_mb, "gpus": gpus, "gpu_model": gpu_model,
+                "expires_at": expires_at}
+        return self.request("POST", "/resource-requests/",
+                            json={k: v for k, v in body.items() if v is not None})
+
+    def resource_requests(self, *, team: str | None = None,
+                          status: str | None = None) -> list[JSON]:
+        return list(self._all("/resource-requests/", {"team": team, "status": status}))

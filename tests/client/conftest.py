@@ -1,0 +1,5 @@
+from tests.registry.conftest import (  # noqa: F401 - shared fixtures
+    iris_estimator,
+    mlflow_model_dir,
+    sandbox_image,
+)
