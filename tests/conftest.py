@@ -7,6 +7,7 @@ here. Without the service the test is skipped with the reason — except under
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -73,8 +74,17 @@ def docker_client() -> Iterator[object]:
         client.ping()
     except Exception as exc:
         missing_service(f"needs a Docker Engine (../shared/scripts/start-dockerd): {exc}")
+    _remove_test_containers(client)
     yield client
+    _remove_test_containers(client)
     client.close()
+
+
+def _remove_test_containers(client) -> None:
+    """Containers tests label ``modelport.test=1``, including those of a crashed earlier run."""
+    for container in client.containers.list(all=True, filters={"label": "modelport.test=1"}):
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
 
 
 @pytest.fixture(autouse=True)

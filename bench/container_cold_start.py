@@ -1,0 +1,106 @@
+"""Cold start of a hardened serving container: `start_replica` → `/ready` answers 200.
+
+Compares the model bind-mounted read-only at /model (the default) with the model baked into a
+thin image layer, on the real Docker Engine, with a tiny iris LogisticRegression; the two are
+measured alternately so that background load hits both alike. A local process (no container,
+LocalRuntime) is the reference.
+
+    .venv/bin/python bench/container_cold_start.py [--runs 5] [--base-image modelport/base:bookworm]
+
+Needs the base image (platform/images/build-base.sh); builds the serving image when missing.
+Containers are labelled modelport.test=1 and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import docker
+
+from workers.runtimes.base import ReplicaSpec, wait_ready
+from workers.runtimes.docker import DockerRuntime
+from workers.runtimes.images import ImageBuilder
+from workers.runtimes.local import LocalRuntime
+
+
+def save_iris(path: Path, requirements: list[str]) -> None:
+    import mlflow.sklearn
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True, as_frame=True)
+    model = LogisticRegression(max_iter=300).fit(x, y)
+    mlflow.sklearn.save_model(model, str(path), input_example=x.head(2),
+                              pip_requirements=requirements)
+    for p in [path.parent, path, *path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def measure(rt: DockerRuntime | LocalRuntime, spec: ReplicaSpec) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    state = rt.start_replica(spec)
+    t_started = time.perf_counter() - t0
+    try:
+        if not wait_ready(state.url or "", timeout=120, interval=0.01):
+            raise SystemExit(f"not ready: {rt.logs(state.id, 40)}")
+        return t_started, time.perf_counter() - t0
+    finally:
+        rt.remove_replica(state.id)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--base-image", default="modelport/base:bookworm")
+    args = ap.parse_args()
+
+    client = docker.from_env(timeout=300)
+    reqs = [f"{n}=={md.version(n)}" for n in
+            ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")]
+    builder = ImageBuilder(client, args.base_image)
+    t0 = time.perf_counter()
+    image = builder.ensure_image(reqs, lambda line: None)
+    print(f"serving image {image}: ensure_image {time.perf_counter() - t0:.1f}s")
+    rt = DockerRuntime(client, port_range=(21900, 21999), base_image=args.base_image,
+                       extra_labels={"modelport.test": "1"})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        save_iris(model_dir, reqs)
+        baked = "modelport/model-bench:iris"
+        t0 = time.perf_counter()
+        builder.bake_model(image, model_dir, baked)
+        print(f"bake thin model layer: {time.perf_counter() - t0:.2f}s")
+        local = LocalRuntime(Path(tmp) / "local-state", port_range=(21900, 21999))
+        modes = {"mount": (rt, image, str(model_dir)), "baked": (rt, baked, None),
+                 "local": (local, None, str(model_dir))}
+        runs: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+        try:
+            for i in range(args.runs + 1):
+                for mode, (runtime, img, mdir) in modes.items():
+                    result = measure(runtime, ReplicaSpec("bench", 1, 0, image=img,
+                                                          model_dir=mdir))
+                    if i:  # the first round warms the page cache
+                        runs[mode].append(result)
+        finally:
+            client.images.remove(baked, force=True)
+        rows = []
+        for mode, results in runs.items():
+            ready = [r[1] for r in results]
+            rows.append((mode, statistics.median(r[0] for r in results),
+                         statistics.median(ready), min(ready), max(ready)))
+    print(f"\n{'model':<6} {'create+start s':>14} {'→ /ready median s':>18} {'min':>6} {'max':>6}")
+    for mode, started, med, lo, hi in rows:
+        print(f"{mode:<6} {started:>14.2f} {med:>18.2f} {lo:>6.2f} {hi:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

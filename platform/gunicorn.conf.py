@@ -1,0 +1,19 @@
+"""gunicorn settings for the web container (env-driven; `gunicorn -c platform/gunicorn.conf.py`)."""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = 10
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Heartbeat files in memory, not on a possibly slow or read-only filesystem.
+SHM = "/dev/shm"  # noqa: S108 - gunicorn's recommended worker_tmp_dir in containers
+worker_tmp_dir = SHM if os.path.isdir(SHM) else None
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
+max_requests_jitter = 200

@@ -1,0 +1,435 @@
+"""The ASGI application: a minimal raw-ASGI router over one loaded model.
+
+Raw ASGI (no framework) because the request path is a handful of dict lookups, one orjson
+parse, the signature check, ``predict`` and one orjson dump; a framework's request/response
+objects and middleware stack would cost more than the model itself for small models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from serving import __version__, metrics, protocol
+from serving.batching import Batcher
+from serving.config import Settings
+from serving.errors import MalformedRequest, ServingError
+from serving.loader import LoadedModel, load
+from serving.schema import validate
+from serving.shipping import PredictionLog, Shipper
+
+log = logging.getLogger("serving.app")
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+PREDICT_THREAD_AUTO_S = 0.002
+
+
+class ModelServer:
+    """ASGI callable. Loads the model in a background thread at startup."""
+
+    def __init__(self, settings: Settings, *, load_in_background: bool = True) -> None:
+        self.settings = settings
+        self.model: LoadedModel | None = None
+        self.load_error: str | None = None
+        self.load_in_background = load_in_background
+        self.name = settings.model_name
+        self.version = settings.model_version
+        self.max_body = settings.max_body_bytes
+        self.buffer: PredictionLog | None = None
+        self.shipper: Shipper | None = None
+        if settings.ingest_url:
+            self.buffer = PredictionLog(settings.log_buffer_size)
+        self.predict_in_thread = False
+        self.batcher: Batcher | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._load_task: asyncio.Future[None] | None = None
+        self.get_routes = {
+            "/ping": self.ping,
+            "/health": self.health,
+            "/ready": self.ready,
+            "/version": self.version_info,
+            "/metrics": self.metrics,
+            "/v2/health/ready": self.v2_ready,
+            "/v2/health/live": self.health,
+            "/v2": self.v2_server,
+        }
+
+    # --- ASGI entry point ---
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            method = scope["method"]
+            if method == "POST":
+                if path == "/invocations":
+                    await self.invocations(scope, receive, send)
+                    return
+                if path.startswith("/v2/models/") and path.endswith("/infer"):
+                    await self.v2_infer(scope, receive, send)
+                    return
+            elif method == "GET":
+                handler = self.get_routes.get(path)
+                if handler is not None:
+                    await handler(send)
+                    return
+                if path.startswith("/v2/models/"):
+                    await self.v2_model_get(path, send)
+                    return
+            await self.error(send, 404, "ENDPOINT_NOT_FOUND", f"no route for {method} {path}")
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    # --- lifecycle ---
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.buffer is not None:
+            s = self.settings
+            self.shipper = Shipper(
+                self.buffer,
+                s.ingest_url,
+                s.ingest_token,
+                envelope={"deployment": s.deployment, "revision": s.revision, "replica": s.replica},
+                batch_size=s.ship_batch_size,
+                interval=s.ship_interval_s,
+            )
+            self.shipper.start()
+        if self.load_in_background:
+            self._load_task = loop.run_in_executor(None, self._load)
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            model = load(self.settings.model_dir)
+        except BaseException as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load from %s", self.settings.model_dir)
+            return
+        mode = os.environ.get("MODELPORT_PREDICT_THREAD", "auto").lower()
+        if mode == "auto":
+            self.predict_in_thread = model.probe_seconds > PREDICT_THREAD_AUTO_S
+        else:
+            self.predict_in_thread = mode in ("1", "true", "always", "yes")
+        if self.predict_in_thread:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        batching = os.environ.get("MODELPORT_BATCHING", "auto").lower()
+        if model.input_mode == "ndarray" and batching not in ("0", "off", "false", "no"):
+            max_rows = int(os.environ.get("MODELPORT_MAX_BATCH_ROWS") or 1024)
+            self.batcher = Batcher(model.predict, self._executor, max_rows=max_rows)
+        if not self.version:
+            self.version = str(model.mlmodel.get("model_uuid") or "")
+        metrics.MODEL_LOAD_SECONDS.set(model.load_seconds)
+        metrics.MODEL_READY.set(1)
+        self.model = model
+        log.warning(
+            "model loaded in %.2fs: flavor=%s input=%s predict_in_thread=%s batching=%s",
+            model.load_seconds, model.flavor, model.input_mode, self.predict_in_thread,
+            self.batcher is not None,
+        )
+
+    async def shutdown(self) -> None:
+        if self.shipper is not None:
+            await self.shipper.stop(flush_timeout=2.0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    # --- health and info ---
+    async def ping(self, send: Send) -> None:
+        # MLflow's contract: 200 once the model is loaded.
+        if self.model is None:
+            await self.not_ready(send)
+        else:
+            await respond(send, 200, b"\n", JSON)
+
+    async def health(self, send: Send) -> None:
+        await respond(send, 200, b'{"status":"alive"}', JSON)
+
+    async def ready(self, send: Send) -> None:
+        if self.model is None:
+            await self.not_ready(send)
+        else:
+            await respond(send, 200, b'{"ready":true}', JSON)
+
+    async def v2_ready(self, send: Send) -> None:
+        await self.ready(send)
+
+    async def not_ready(self, send: Send) -> None:
+        if self.load_error:
+            message = f"model failed to load: {self.load_error}"
+            await self.error(send, 503, "INTERNAL_ERROR", message)
+        else:
+            await self.error(send, 503, "TEMPORARILY_UNAVAILABLE", "model is loading")
+
+    async def version_info(self, send: Send) -> None:
+        doc: dict[str, Any] = {
+            "server": "modelport-serving",
+            "server_version": __version__,
+            "model_name": self.name,
+            "model_version": self.version,
+            "ready": self.model is not None,
+        }
+        if self.model is not None:
+            m = self.model
+            doc.update(
+                flavor=m.flavor,
+                input_mode=m.input_mode,
+                batching=self.batcher is not None,
+                mlflow_version=m.mlmodel.get("mlflow_version"),
+                signature=m.signature.describe(),
+                **m.info,
+            )
+        await respond(send, 200, orjson.dumps(doc), JSON)
+
+    async def metrics(self, send: Send) -> None:
+        body, ctype = metrics.exposition()
+        await respond(send, 200, body, ctype.encode())
+
+    async def v2_server(self, send: Send) -> None:
+        doc = {"name": "modelport-serving", "version": __version__, "extensions": []}
+        await respond(send, 200, orjson.dumps(doc), JSON)
+
+    async def v2_model_get(self, path: str, send: Send) -> None:
+        parts = path[len("/v2/models/"):].strip("/").split("/")
+        if parts[0] != self.name:
+            await self.error(send, 404, "NOT_FOUND", f"model '{parts[0]}' is not served here")
+            return
+        if parts[-1] == "ready":
+            await self.ready(send)
+            return
+        if self.model is None:
+            await self.not_ready(send)
+            return
+        sig = self.model.signature
+        if sig.kind == "columns":
+            inputs = [
+                {"name": c.name, "datatype": _v2_type(c.type), "shape": [-1]} for c in sig.columns
+            ]
+        else:
+            inputs = [
+                {"name": t.name or "input-0", "datatype": _v2_type(t.dtype.name),
+                 "shape": list(t.shape)}
+                for t in sig.tensors
+            ]
+        doc = {
+            "name": self.name,
+            "versions": [self.version] if self.version else [],
+            "platform": f"mlflow_{self.model.flavor}",
+            "inputs": inputs,
+        }
+        await respond(send, 200, orjson.dumps(doc), JSON)
+
+    # --- prediction ---
+    async def invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.predict_request(scope, receive, send, "invocations")
+
+    async def v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = scope["path"][len("/v2/models/"):].split("/")
+        if parts[0] != self.name:
+            await self.error(send, 404, "NOT_FOUND", f"model '{parts[0]}' is not served here")
+            return
+        await self.predict_request(scope, receive, send, "v2_infer")
+
+    async def predict_request(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: str
+    ) -> None:
+        started = time.perf_counter()
+        request_id = b""
+        content_type = b""
+        content_length = -1
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"x-request-id":
+                request_id = value
+            elif key == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    content_length = -1
+        if not request_id or len(request_id) > 200 or not request_id.isascii():
+            request_id = os.urandom(16).hex().encode()
+        raw: Any = None
+        predictions: Any = None
+        error: str | None = None
+        metrics.IN_FLIGHT.inc()
+        try:
+            model = self.model
+            if model is None:
+                if self.load_error:
+                    raise ServingError(
+                        f"model failed to load: {self.load_error}", "INTERNAL_ERROR", 503
+                    )
+                raise ServingError("model is loading", "TEMPORARILY_UNAVAILABLE", 503)
+            body = await self.read_body(receive, content_length)
+            mime = content_type.split(b";", 1)[0].strip().lower()
+            if endpoint == "v2_infer":
+                names = set(model.signature.names) if model.signature.kind == "columns" else None
+                table, v2_id, raw = protocol.parse_v2(body, names)
+                params = None
+            elif mime in (b"application/json", b""):
+                table, params, raw = protocol.parse_mlflow_json(body)
+            elif mime == b"text/csv":
+                table, raw = protocol.parse_csv(body)
+                params = None
+            else:
+                raise ServingError(
+                    "unsupported Content-Type "
+                    f"'{content_type.decode(errors='replace')}': use application/json or text/csv",
+                    "BAD_REQUEST",
+                    415,
+                )
+            batch = validate(table, model.signature, protocol.may_contain_bools(body))
+            try:
+                if self.batcher is not None:
+                    predictions = await self.batcher.submit(batch)
+                elif self.predict_in_thread:
+                    loop = asyncio.get_running_loop()
+                    predictions = await loop.run_in_executor(
+                        self._executor, model.predict, batch, params
+                    )
+                else:
+                    predictions = model.predict(batch, params)
+            except Exception as exc:  # noqa: BLE001 - the model's own failure → 500
+                log.warning("prediction failed: %s: %s", type(exc).__name__, exc)
+                raise ServingError(
+                    f"prediction failed: {type(exc).__name__}: {exc}", "INTERNAL_ERROR", 500
+                ) from None
+            metrics.ROWS.inc(batch.n_rows)
+            if endpoint == "v2_infer":
+                out = protocol.encode_v2(
+                    predictions, self.name, self.version, v2_id or request_id.decode()
+                )
+            else:
+                out = protocol.encode_predictions(predictions)
+            status = 200
+        except ServingError as exc:
+            status = exc.status
+            error = exc.message
+            out = protocol.error_body(exc.error_code, exc.message)
+        except Exception as exc:
+            log.exception("unexpected error")
+            status = 500
+            error = f"{type(exc).__name__}: {exc}"
+            out = protocol.error_body("INTERNAL_ERROR", error)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", JSON),
+                    (b"content-length", str(len(out)).encode()),
+                    (b"x-request-id", request_id),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": out})
+        elapsed = time.perf_counter() - started
+        metrics.observe(endpoint, status, elapsed)
+        if self.buffer is not None:
+            self.buffer.add(
+                (
+                    request_id.decode(),
+                    time.time(),
+                    elapsed * 1000.0,
+                    status,
+                    endpoint,
+                    raw,
+                    protocol.jsonable(predictions) if predictions is not None else None,
+                    error,
+                )
+            )
+
+    async def read_body(self, receive: Receive, content_length: int) -> bytes:
+        limit = self.max_body
+        if content_length > limit:
+            raise ServingError(
+                f"request body of {content_length} bytes exceeds the limit of {limit} bytes",
+                "REQUEST_LIMIT_EXCEEDED",
+                413,
+            )
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise MalformedRequest("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ServingError(
+                    f"request body exceeds the limit of {limit} bytes",
+                    "REQUEST_LIMIT_EXCEEDED",
+                    413,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def error(self, send: Send, status: int, code: str, message: str) -> None:
+        await respond(send, status, protocol.error_body(code, message), JSON)
+
+
+async def respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _v2_type(mlflow_type: str) -> str:
+    return {
+        "double": "FP64",
+        "float64": "FP64",
+        "float": "FP32",
+        "float32": "FP32",
+        "long": "INT64",
+        "int64": "INT64",
+        "integer": "INT32",
+        "int32": "INT32",
+        "boolean": "BOOL",
+        "bool": "BOOL",
+    }.get(mlflow_type, "BYTES")
+
+
+def create_app() -> ModelServer:
+    """uvicorn factory: settings come from the environment (set by ``python -m serving``)."""
+    return ModelServer(Settings.from_env())

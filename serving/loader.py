@@ -1,0 +1,225 @@
+"""Load one MLflow model directory and expose ``predict(batch)``.
+
+scikit-learn flavor models are loaded directly (skops / pickle / cloudpickle, as MLflow does)
+and called on a numpy array in signature column order when that gives the same answer as a
+DataFrame; otherwise a DataFrame is built. Other flavors go through ``mlflow.pyfunc``, imported
+only then.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving import protocol
+from serving.errors import ServingError
+from serving.schema import Batch, Rows, Signature, validate
+
+log = logging.getLogger("serving.loader")
+
+FEATURE_NAME_WARNING = "X does not have valid feature names"
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def read_mlmodel(model_dir: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(model_dir) / "MLmodel"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} not found: not an MLflow model directory")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with path.open() as f:
+        doc = yaml.load(f, Loader=loader)  # noqa: S506 - safe loader
+    if not isinstance(doc, dict) or "flavors" not in doc:
+        raise ModelLoadError(f"{path} has no 'flavors' section")
+    return doc
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model plus what the request path needs to call it."""
+
+    model_dir: str
+    mlmodel: dict[str, Any]
+    signature: Signature
+    flavor: str
+    input_mode: str  # "ndarray" | "frame" | "pyfunc"
+    predict_fn: Any
+    load_seconds: float = 0.0
+    probe_seconds: float = 0.0
+    accepts_params: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, batch: Batch, params: dict[str, Any] | None = None) -> Any:
+        if self.input_mode == "ndarray":
+            return self.predict_fn(batch.as_matrix())
+        if self.input_mode == "frame":
+            return self.predict_fn(batch.as_frame())
+        data: Any
+        data = batch.tensor if batch.tensor is not None else batch.as_frame()
+        if params and self.accepts_params:
+            return self.predict_fn(data, params=params)
+        return self.predict_fn(data)
+
+
+def load(model_dir: str) -> LoadedModel:
+    """Load the model, choose the fastest correct input mode, then freeze the GC."""
+    started = time.perf_counter()
+    mlmodel = read_mlmodel(model_dir)
+    signature = Signature.from_mlmodel(mlmodel)
+    flavors = mlmodel["flavors"]
+    _add_code_paths(model_dir, flavors)
+    if "sklearn" in flavors and _sklearn_is_pyfunc_default(flavors):
+        model = _load_sklearn(model_dir, mlmodel, signature)
+    else:
+        model = _load_pyfunc(model_dir, mlmodel, signature)
+    model.load_seconds = time.perf_counter() - started
+    gc.collect()
+    gc.freeze()
+    return model
+
+
+def _add_code_paths(model_dir: str, flavors: dict[str, Any]) -> None:
+    for conf in flavors.values():
+        code = conf.get("code") if isinstance(conf, dict) else None
+        if code:
+            path = str(Path(model_dir) / code)
+            if path not in sys.path:
+                sys.path.insert(0, path)
+
+
+def _sklearn_is_pyfunc_default(flavors: dict[str, Any]) -> bool:
+    pyfunc = flavors.get("python_function") or {}
+    return pyfunc.get("loader_module", "mlflow.sklearn") == "mlflow.sklearn"
+
+
+def _pickle_allowed() -> bool:
+    value = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true").strip().lower()
+    return value in ("true", "1")
+
+
+def load_sklearn_estimator(model_dir: str, conf: dict[str, Any]) -> Any:
+    """Deserialize the estimator named by ``flavors.sklearn`` exactly as mlflow.sklearn does."""
+    if not _pickle_allowed():
+        raise ModelLoadError("MLFLOW_ALLOW_PICKLE_DESERIALIZATION is false: refusing to load")
+    path = Path(model_dir) / conf.get("pickled_model", "model.pkl")
+    fmt = conf.get("serialization_format", "pickle")
+    if fmt == "skops":
+        import skops.io
+
+        return skops.io.load(path, trusted=conf.get("skops_trusted_types") or None)
+    with path.open("rb") as f:
+        if fmt == "pickle":
+            return pickle.load(f)  # noqa: S301 - model artifacts are trusted code by design
+        if fmt == "cloudpickle":
+            import cloudpickle
+
+            return cloudpickle.load(f)
+    raise ModelLoadError(f"unknown sklearn serialization_format {fmt!r}")
+
+
+def _load_sklearn(model_dir: str, mlmodel: dict[str, Any], signature: Signature) -> LoadedModel:
+    flavors = mlmodel["flavors"]
+    estimator = load_sklearn_estimator(model_dir, flavors["sklearn"])
+    fn_name = (flavors.get("python_function") or {}).get("predict_fn") or "predict"
+    fn = getattr(estimator, fn_name)
+    mode = _choose_input_mode(model_dir, estimator, fn, signature)
+    model = LoadedModel(
+        model_dir=model_dir,
+        mlmodel=mlmodel,
+        signature=signature,
+        flavor="sklearn",
+        input_mode=mode,
+        predict_fn=fn,
+        info={"estimator": type(estimator).__name__, "predict_fn": fn_name},
+    )
+    model.probe_seconds = _time_probe(model, model_dir)
+    return model
+
+
+def _choose_input_mode(model_dir: str, estimator: Any, fn: Any, signature: Signature) -> str:
+    """ndarray when it predicts exactly what a DataFrame would; DataFrame otherwise."""
+    if signature.kind == "tensor":
+        return "ndarray"
+    if signature.kind != "columns" or not signature.all_numeric:
+        return "frame"
+    probe = probe_batch(model_dir, signature)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from_frame = fn(probe.as_frame())
+            from_array = fn(probe.as_matrix())
+        same = np.array_equal(np.asarray(from_frame), np.asarray(from_array))
+    except Exception:
+        log.info("estimator does not accept a plain array; using DataFrames", exc_info=True)
+        return "frame"
+    if not same:
+        return "frame"
+    if hasattr(estimator, "feature_names_in_"):
+        # Fitted on a DataFrame; the array is in the same column order, so the check is moot.
+        warnings.filterwarnings("ignore", message=FEATURE_NAME_WARNING, category=UserWarning)
+    return "ndarray"
+
+
+def probe_batch(model_dir: str, signature: Signature) -> Batch:
+    """A small valid batch: the model's serving input example, or zeros per column."""
+    example = Path(model_dir) / "serving_input_example.json"
+    if example.is_file():
+        try:
+            table, _, _ = protocol.parse_mlflow_json(example.read_bytes())
+            return validate(table, signature)
+        except (ServingError, OSError):
+            log.info("serving input example unusable for probing", exc_info=True)
+    row = [0.0 if c.type not in ("long", "integer") else 0 for c in signature.columns]
+    return validate(Rows(rows=[row, row], columns=signature.names), signature, maybe_bools=False)
+
+
+def _time_probe(model: LoadedModel, model_dir: str) -> float:
+    if model.signature.kind == "none":
+        return 0.0
+    try:
+        if model.signature.kind != "columns":
+            return 0.0
+        batch = probe_batch(model_dir, model.signature)
+        timings = []
+        for _ in range(5):
+            t = time.perf_counter()
+            model.predict(batch)
+            timings.append(time.perf_counter() - t)
+        return sorted(timings)[len(timings) // 2]
+    except Exception:
+        log.info("probe prediction failed", exc_info=True)
+        return 0.0
+
+
+def _load_pyfunc(model_dir: str, mlmodel: dict[str, Any], signature: Signature) -> LoadedModel:
+    import inspect
+
+    import mlflow.pyfunc
+
+    pyfunc_model = mlflow.pyfunc.load_model(model_dir)
+    accepts_params = "params" in inspect.signature(pyfunc_model.predict).parameters
+    flavor = next((f for f in mlmodel["flavors"] if f != "python_function"), "python_function")
+    return LoadedModel(
+        model_dir=model_dir,
+        mlmodel=mlmodel,
+        signature=signature,
+        flavor=flavor,
+        input_mode="pyfunc",
+        predict_fn=pyfunc_model.predict,
+        accepts_params=accepts_params,
+        info={"loader": "mlflow.pyfunc"},
+    )

@@ -1,0 +1,52 @@
+"""Serving image tags: one per normalized requirement set, built once and then reused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from workers.runtimes.images import normalize_requirements, requirements_digest
+
+
+def test_normalization_ignores_order_comments_case_and_options() -> None:
+    a = ["scikit-learn==1.9.1", "numpy==2.4.6", "# comment", "", "-r other.txt",
+         "--extra-index-url https://example.invalid/simple"]
+    b = ["NumPy == 2.4.6  # pinned", "scikit_learn==1.9.1", "numpy==2.4.6"]
+    assert normalize_requirements(a) == normalize_requirements(b) == [
+        "numpy==2.4.6", "scikit-learn==1.9.1"]
+    assert requirements_digest(a) == requirements_digest(b)
+
+
+def test_mlflow_becomes_skinny_and_extras_markers_survive() -> None:
+    out = normalize_requirements(["mlflow==3.17.2", "uvicorn[Standard]>=0.34,<0.55",
+                                  "pywin32==306; sys_platform == 'win32'"])
+    assert "mlflow-skinny==3.17.2" in out
+    assert "uvicorn[standard]<0.55,>=0.34" in out
+    assert any(line.startswith("pywin32==306; sys_platform") for line in out)
+    assert normalize_requirements(["mlflow==3.17.2"], mlflow_skinny=False) == ["mlflow==3.17.2"]
+
+
+def test_tag_differs_per_requirement_set() -> None:
+    from workers.runtimes.images import ImageBuilder
+
+    builder = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None,
+                           pip_index_url=None, pip_extra_index_urls=[])
+    t1 = builder.tag_for(["scikit-learn==1.9.1"])
+    t2 = builder.tag_for(["scikit-learn==1.9.0"])
+    assert t1 != t2
+    assert t1.startswith("modelport/serving:") and len(t1.split(":")[1]) == 12
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_second_ensure_image_reuses_the_tag(image_builder: Any, serving_image: str,
+                                           iris_requirements: list[str]) -> None:
+    # Same set, other order and spelling: a new model version with the same requirements.
+    again = [r.upper() for r in reversed(iris_requirements)] + ["# from a newer version"]
+    lines: list[str] = []
+    tag = image_builder.ensure_image(again, lines.append)
+    assert tag == serving_image
+    assert any("cached" in line for line in lines), lines
+    assert not any(line.startswith("Step ") for line in lines), "must not rebuild"

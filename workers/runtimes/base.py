@@ -1,0 +1,164 @@
+"""The container-runtime interface that Docker, local-process and (later) Kubernetes/Swarm
+runtimes implement. No Django import here: runtimes take explicit constructor arguments."""
+
+from __future__ import annotations
+
+import abc
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+LABEL_MANAGED = "modelport.managed"
+LABEL_DEPLOYMENT = "modelport.deployment"
+LABEL_REVISION = "modelport.revision"
+LABEL_REPLICA = "modelport.replica"
+LABEL_MODEL = "modelport.model"
+LABEL_MODEL_VERSION = "modelport.model_version"
+LABEL_PORT = "modelport.port"
+
+LogFn = Callable[[str], None]
+
+
+class ReplicaRuntimeError(Exception):
+    """A runtime could not carry out an operation (the message says why)."""
+
+
+class ReplicaStatus(StrEnum):
+    RUNNING = "running"
+    STARTING = "starting"
+    EXITED = "exited"
+    DEAD = "dead"
+    MISSING = "missing"
+
+
+@dataclass
+class ReplicaSpec:
+    """What one replica of one deployment revision should be."""
+
+    deployment: str
+    revision: int
+    replica: int
+    image: str | None = None  # serving image (Docker); a baked image needs no model_dir
+    model_dir: str | None = None  # MLflow model dir on the host, mounted read-only at /model
+    model_name: str = ""
+    model_version: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    cpu: float = 1.0  # cores
+    memory_mb: int = 1024
+    pids_limit: int = 256
+    gpu_device_ids: list[str] = field(default_factory=list)
+    port: int | None = None  # None: the runtime allocates one (host networking)
+    labels: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+
+    @property
+    def name(self) -> str:
+        """Stable replica name: the id under which the runtime knows it."""
+        return replica_name(self.deployment, self.revision, self.replica)
+
+
+@dataclass
+class ReplicaState:
+    """What one replica is, as found by the runtime (always rediscoverable from labels/state)."""
+
+    id: str
+    deployment: str
+    revision: int
+    replica: int
+    status: ReplicaStatus
+    url: str | None = None
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    restart_count: int = 0
+    port: int | None = None
+    image: str | None = None
+    model_name: str = ""
+    model_version: str = ""
+    message: str = ""
+    health: str | None = None  # runtime health probe: starting/healthy/unhealthy, None if none
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)
+
+
+class Runtime(abc.ABC):
+    """Carries out desired state on one execution backend."""
+
+    name: str = "abstract"
+    sandboxed: bool = False
+
+    @abc.abstractmethod
+    def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
+        """Make sure an image (or environment) serving models with these requirements exists;
+        return its reference. Cached: the same requirement set never builds twice."""
+
+    @abc.abstractmethod
+    def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
+        """Start one replica (idempotent: an already running replica of that name is returned)."""
+
+    @abc.abstractmethod
+    def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
+        """Stop gracefully (SIGTERM, then SIGKILL after `timeout`). Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def remove_replica(self, replica_id: str) -> None:
+        """Stop if needed and forget the replica. Unknown ids are ignored."""
+
+    @abc.abstractmethod
+    def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
+        """Every replica this runtime manages (of one deployment, when given)."""
+
+    @abc.abstractmethod
+    def get_replica(self, replica_id: str) -> ReplicaState:
+        """One replica; status MISSING when it does not exist."""
+
+    @abc.abstractmethod
+    def logs(self, replica_id: str, tail: int = 200) -> str:
+        """The last `tail` lines of the replica's output."""
+
+    @abc.abstractmethod
+    def stats(self, replica_id: str) -> dict[str, float]:
+        """`{"cpu_percent": float, "memory_bytes": float, ...}` of a running replica."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool:
+        """Whether the backend answers."""
+
+
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
+
+
+def replica_name(deployment: str, revision: int, replica: int) -> str:
+    safe = _NAME_BAD.sub("-", deployment).strip("-.") or "deployment"
+    return f"mp-{safe}-r{revision}-{replica}"
+
+
+def missing_state(replica_id: str) -> ReplicaState:
+    return ReplicaState(id=replica_id, deployment="", revision=0, replica=0,
+                        status=ReplicaStatus.MISSING)
+
+
+def wait_ready(url: str, timeout: float = 60, interval: float = 0.1,
+               path: str = "/ready", alive: Callable[[], bool] | None = None) -> bool:
+    """Poll `url + path` until it answers 200, `timeout` passes, or `alive()` turns False."""
+    deadline = time.monotonic() + timeout
+    target = url.rstrip("/") + path
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(target, timeout=2) as resp:  # noqa: S310 - http URL
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if alive is not None and not alive():
+            return False
+        time.sleep(interval)
+    return False

@@ -1,0 +1,384 @@
+"""Docker runtime: each replica is one hardened container, found again by its labels."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_MODEL_VERSION,
+    LABEL_PORT,
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    LogFn,
+    ReplicaRuntimeError,
+    ReplicaSpec,
+    ReplicaState,
+    ReplicaStatus,
+    Runtime,
+    missing_state,
+)
+from .images import ImageBuilder
+from .ports import PortAllocator
+
+HOST_NETWORK = "host"
+CONTAINER_PORT = 8080
+MODEL_MOUNT = "/model"
+DOCKER_SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
+
+# Hardening applied to every model container (also asserted by the end-to-end tests).
+HARDENING: dict[str, Any] = {
+    "user": "10001:10001",
+    "read_only": True,
+    "tmpfs": {"/tmp": "size=64m"},  # noqa: S108 - a private tmpfs per container
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 3},
+}
+
+_STATUS = {
+    "created": ReplicaStatus.STARTING,
+    "restarting": ReplicaStatus.STARTING,
+    "running": ReplicaStatus.RUNNING,
+    "paused": ReplicaStatus.RUNNING,
+    "exited": ReplicaStatus.EXITED,
+    "dead": ReplicaStatus.DEAD,
+    "removing": ReplicaStatus.DEAD,
+}
+
+
+class DockerRuntime(Runtime):
+    """Runs replicas as containers on one Docker Engine.
+
+    network="host": each replica binds `bind_host` (127.0.0.1) on a port from `port_range`;
+    its url is http://127.0.0.1:<port>. Any other value is a named (bridge) network that this
+    process's own container shares (compose/production); the url is
+    http://<container name>:8080. network="none" runs replicas without a network (sandbox).
+    """
+
+    name = "docker"
+    sandboxed = True
+
+    def __init__(self, client: Any = None, *, network: str = HOST_NETWORK,
+                 port_range: tuple[int, int] = (20000, 20999), bind_host: str = "127.0.0.1",
+                 base_image: str = "modelport/base:bookworm",
+                 image_builder: ImageBuilder | None = None,
+                 state_dir: str | os.PathLike[str] | None = None,
+                 host_path_map: dict[str, str] | None = None,
+                 extra_labels: dict[str, str] | None = None,
+                 healthcheck: bool = True) -> None:
+        if client is None:
+            import docker
+
+            client = docker.from_env()
+        self.client = client
+        self.network = network or HOST_NETWORK
+        self.bind_host = bind_host
+        self.state_dir = Path(state_dir) if state_dir else None
+        lock = self.state_dir / "docker-ports.lock" if self.state_dir else None
+        self.ports = PortAllocator(port_range, host=bind_host, lock_path=lock)
+        self.images = image_builder or ImageBuilder(
+            client, base_image, lock_dir=self.state_dir / "locks" if self.state_dir else None)
+        # Paths as this process sees them -> as the Docker daemon's host sees them (a worker
+        # running in a container with the data dir on a volume). None: discovered from this
+        # process's own container's mounts, if it runs in one (compose).
+        self.host_path_map = dict(host_path_map) if host_path_map is not None else None
+        self.extra_labels = dict(extra_labels or {})
+        self.healthcheck = healthcheck
+
+    # --- images -----------------------------------------------------------------------------
+    def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
+        return self.images.ensure_image(requirements, on_log)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
+        from docker.errors import APIError, ImageNotFound, NotFound
+        from docker.types import DeviceRequest
+
+        if not spec.image:
+            raise ReplicaRuntimeError("the docker runtime needs spec.image (see ensure_image)")
+        name = spec.name
+        existing = self._get(name)
+        if existing is not None:
+            state = self._state(existing)
+            if state.alive and existing.status != "created":  # created: a start that failed
+                return state
+            existing.remove(force=True)
+
+        labels = {**self.extra_labels, **spec.labels,
+                  LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
+                  LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
+                  LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
+        volumes: dict[str, dict[str, str]] = {}
+        if spec.model_dir:
+            host_dir = self._host_path(spec.model_dir)
+            volumes[host_dir] = {"bind": MODEL_MOUNT, "mode": "ro"}
+        for src in volumes:
+            if any(src.rstrip("/").endswith(sock) for sock in DOCKER_SOCKET_PATHS):
+                raise ReplicaRuntimeError(
+                    "refusing to mount the Docker socket into a model container")
+
+        kwargs: dict[str, Any] = dict(HARDENING)
+        kwargs.update(
+            name=name, detach=True, labels=labels, volumes=volumes,
+            nano_cpus=int(spec.cpu * 1e9) if spec.cpu else None,
+            mem_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
+            memswap_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
+            pids_limit=int(spec.pids_limit) if spec.pids_limit else None,
+            stop_signal="SIGTERM",
+        )
+        if spec.gpu_device_ids:
+            kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpu_device_ids),
+                                                       capabilities=[["gpu"]])]
+        env = {
+            "MODELPORT_MODEL_DIR": MODEL_MOUNT,
+            "MODELPORT_WORKERS": str(spec.workers),
+            "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
+            "MODELPORT_MODEL_VERSION": str(spec.model_version),
+            "MODELPORT_DEPLOYMENT": spec.deployment,
+            "MODELPORT_REVISION": str(spec.revision),
+            "MODELPORT_REPLICA": str(spec.replica),
+            "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
+        }
+        threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = threads
+        env.update(spec.env)
+
+        with self.ports.locked():
+            port: int | None = None
+            if self.network == HOST_NETWORK:
+                port = spec.port or self.ports.allocate(self._used_ports())
+                env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+                labels[LABEL_PORT] = str(port)
+                kwargs["network_mode"] = HOST_NETWORK
+            elif self.network == "none":
+                kwargs["network_mode"] = "none"
+            else:
+                # Inside its own network namespace: reachable only on the named network.
+                env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104
+                           MODELPORT_PORT=str(CONTAINER_PORT))
+                kwargs["network"] = self.network
+                kwargs["hostname"] = name
+            if self.healthcheck:
+                kwargs["healthcheck"] = _healthcheck(port or CONTAINER_PORT)
+            kwargs["environment"] = env
+            try:
+                container = self.client.containers.run(spec.image, **kwargs)
+            except ImageNotFound as exc:
+                raise ReplicaRuntimeError(f"image {spec.image} not found: {exc}") from exc
+            except (APIError, NotFound) as exc:
+                if port is not None and not spec.port:
+                    self.ports.release(port)
+                raced = self._get(name) if getattr(exc, "status_code", None) == 409 else None
+                if raced is not None:  # another worker created it a moment ago
+                    return self._state(raced)
+                raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
+        container.reload()
+        return self._state(container)
+
+    def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
+        from docker.errors import APIError
+
+        container = self._get(replica_id)
+        if container is None:
+            return
+        try:
+            container.stop(timeout=int(timeout))
+        except APIError as exc:  # already gone / being removed
+            if getattr(exc, "status_code", None) not in (304, 404, 409):
+                raise
+
+    def remove_replica(self, replica_id: str) -> None:
+        from docker.errors import APIError
+
+        container = self._get(replica_id)
+        if container is None:
+            return
+        port = container.labels.get(LABEL_PORT)
+        try:
+            container.remove(force=True, v=True)
+        except APIError as exc:
+            if getattr(exc, "status_code", None) not in (404, 409):
+                raise
+        if port and port.isdigit():
+            self.ports.release(int(port))
+
+    # --- discovery --------------------------------------------------------------------------
+    def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
+        # Only replicas: other managed containers (validation sandboxes) carry no deployment.
+        filters = [f"{LABEL_MANAGED}=1", LABEL_DEPLOYMENT]
+        if deployment is not None:
+            filters.append(f"{LABEL_DEPLOYMENT}={deployment}")
+        containers = self.client.containers.list(all=True, filters={"label": filters})
+        states = [self._state(c) for c in containers]
+        return sorted(states, key=lambda s: (s.deployment, s.revision, s.replica, s.id))
+
+    def get_replica(self, replica_id: str) -> ReplicaState:
+        container = self._get(replica_id)
+        return missing_state(replica_id) if container is None else self._state(container)
+
+    def logs(self, replica_id: str, tail: int = 200) -> str:
+        container = self._get(replica_id)
+        if container is None:
+            return ""
+        return container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8", "replace")
+
+    def stats(self, replica_id: str) -> dict[str, float]:
+        container = self._get(replica_id)
+        if container is None or container.status != "running":
+            return {"cpu_percent": 0.0, "memory_bytes": 0.0, "memory_limit_bytes": 0.0}
+        raw = container.stats(stream=False)
+        return _parse_stats(raw)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except Exception:  # noqa: BLE001 - any failure means "does not answer"
+            return False
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _get(self, replica_id: str) -> Any | None:
+        from docker.errors import NotFound
+
+        try:
+            container = self.client.containers.get(replica_id)
+        except NotFound:
+            return None
+        if container.labels.get(LABEL_MANAGED) != "1":
+            return None  # never touch containers Modelport does not manage
+        return container
+
+    def _used_ports(self) -> set[int]:
+        used = set()
+        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"}):
+            port = c.labels.get(LABEL_PORT, "")
+            if port.isdigit():
+                used.add(int(port))
+        return used
+
+    def host_path(self, path: str) -> str:
+        """`path` as the Docker daemon's host sees it (for bind mounts)."""
+        return self._host_path(path)
+
+    def _host_path(self, path: str) -> str:
+        p = str(Path(path).resolve())
+        if self.host_path_map is None:
+            self.host_path_map = self._own_mounts()
+        for inside, outside in sorted(self.host_path_map.items(), key=lambda kv: -len(kv[0])):
+            inside = inside.rstrip("/")
+            if p == inside or p.startswith(inside + "/"):
+                return outside.rstrip("/") + p[len(inside):]
+        return p
+
+    def _own_mounts(self) -> dict[str, str]:
+        """Destination -> host source of the mounts of the container this process runs in."""
+        own = own_container_id()
+        if own is None:
+            return {}
+        try:
+            attrs = self.client.api.inspect_container(own)
+        except Exception:  # noqa: BLE001 - not visible to this daemon: no mapping
+            return {}
+        return {m["Destination"]: m["Source"] for m in attrs.get("Mounts") or []
+                if m.get("Type") in ("bind", "volume") and m.get("Source")}
+
+    def _state(self, container: Any) -> ReplicaState:
+        attrs = container.attrs
+        st = attrs.get("State", {})
+        labels = container.labels
+        raw_status = st.get("Status", container.status)
+        status = _STATUS.get(raw_status, ReplicaStatus.DEAD)
+        health = (st.get("Health") or {}).get("Status")
+        if status is ReplicaStatus.RUNNING and health == "starting":
+            status = ReplicaStatus.STARTING
+        port = labels.get(LABEL_PORT)
+        if self.network == HOST_NETWORK or attrs.get("HostConfig", {}).get("NetworkMode") == "host":
+            url = f"http://{self.bind_host}:{port}" if port else None
+        elif self.network == "none":
+            url = None
+        else:
+            url = f"http://{container.name}:{CONTAINER_PORT}"
+        running = status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)
+        message = st.get("Error") or ""
+        if st.get("OOMKilled"):
+            message = (message + " OOM killed").strip()
+        if health == "unhealthy":
+            message = (message + " healthcheck failing").strip()
+        return ReplicaState(
+            id=container.name,
+            deployment=labels.get(LABEL_DEPLOYMENT, ""),
+            revision=_int(labels.get(LABEL_REVISION)),
+            replica=_int(labels.get(LABEL_REPLICA)),
+            status=status,
+            url=url,
+            exit_code=None if running else st.get("ExitCode"),
+            started_at=_time(st.get("StartedAt")),
+            finished_at=None if running else _time(st.get("FinishedAt")),
+            restart_count=int(attrs.get("RestartCount") or 0),
+            port=int(port) if port and port.isdigit() else None,
+            image=(attrs.get("Config") or {}).get("Image"),
+            model_name=labels.get(LABEL_MODEL, ""),
+            model_version=labels.get(LABEL_MODEL_VERSION, ""),
+            message=message,
+            health=health,
+            labels=dict(labels),
+        )
+
+
+def own_container_id() -> str | None:
+    """The id of the Docker container this process runs in (from /proc/self/mountinfo)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)", text)
+    return match.group(1) if match else None
+
+
+def _healthcheck(port: int) -> dict[str, Any]:
+    probe = (f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/ready', timeout=2)")
+    return {"test": ["CMD", "python", "-c", probe], "interval": 5_000_000_000,
+            "timeout": 3_000_000_000, "retries": 3, "start_period": 60_000_000_000}
+
+
+def _parse_stats(raw: dict[str, Any]) -> dict[str, float]:
+    cpu, pre = raw.get("cpu_stats") or {}, raw.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage", {}).get("total_usage", 0)
+                 - pre.get("cpu_usage", {}).get("total_usage", 0))
+    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    ncpu = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or [1])
+    cpu_percent = (cpu_delta / sys_delta) * ncpu * 100.0 if cpu_delta > 0 and sys_delta > 0 else 0
+    mem = raw.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    # Like `docker stats`: usage minus page cache (cgroup v2: inactive_file, v1: total_inactive).
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+    usage = max(0, mem.get("usage", 0) - cache)
+    return {"cpu_percent": float(cpu_percent), "memory_bytes": float(usage),
+            "memory_limit_bytes": float(mem.get("limit", 0))}
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value or value.startswith("0001-"):
+        return None
+    # Docker: RFC 3339 with nanoseconds, e.g. 2026-11-24T01:02:03.123456789Z
+    head, _, frac = value.rstrip("Z").partition(".")
+    frac = "".join(ch for ch in frac if ch.isdigit())[:6]
+    text = f"{head}.{frac or '0'}+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
