@@ -1,0 +1,132 @@
+"""Portal pages for quotas, resource requests, capacity and notifications. Thin: read with
+querysets scoped to the user, change state through ``quotas.services``."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from notifications.models import Notification
+from notifications.services import mark_read
+from quotas import services
+from quotas.models import Reservation, ResourceRequest
+from teams.access import get_visible_team
+from teams.roles import is_platform_admin
+
+from .forms import DecisionForm, HostForm, QuotaSetForm, ResourceRequestForm
+from .views import _apply
+
+
+@login_required
+def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
+    team = get_visible_team(request.user, slug)
+    intent = request.POST.get("intent") if request.method == "POST" else None
+    request_form = ResourceRequestForm(request.POST if intent == "request" else None,
+                                       gpu_models=services.gpu_models())
+    usage = services.usage(team)
+    quota_form = QuotaSetForm(request.POST if intent == "set" else None,
+                              initial=usage.base.as_dict())
+    if intent == "request" and request_form.is_valid():
+        data = {k: v for k, v in request_form.cleaned_data.items() if v not in (None, "")}
+        if _apply(request, request_form, lambda: services.file_request(
+                actor=request.user, team=team, **data)):
+            messages.success(request, "Request sent; platform admins are notified.")
+            return redirect("frontend:team-quota", slug=slug)
+    elif intent == "set" and quota_form.is_valid() and _apply(
+            request, quota_form, lambda: services.set_quota(actor=request.user, team=team,
+                                                            **quota_form.cleaned_data)):
+        messages.success(request, f"Quota of {slug} updated.")
+        return redirect("frontend:team-quota", slug=slug)
+    return render(request, "frontend/team_quota.html", {
+        "team": team, "usage": usage, "request_form": request_form, "quota_form": quota_form,
+        "reservations": Reservation.objects.filter(team=team).order_by("owner"),
+        "requests": ResourceRequest.objects.filter(team=team)
+        .select_related("requested_by", "decided_by")[:20],
+        "can_set": is_platform_admin(request.user),
+    })
+
+
+@login_required
+def resource_requests(request: HttpRequest) -> HttpResponse:
+    """Platform admins: the queue of pending requests with each team's usage and history.
+    Everyone else: the requests of their teams."""
+    admin = is_platform_admin(request.user)
+    status = request.GET.get("status", "pending" if admin else "")
+    queryset = (ResourceRequest.objects.visible_to(request.user)
+                .select_related("team", "requested_by", "decided_by"))
+    if status in ResourceRequest.Status.values:
+        queryset = queryset.filter(status=status)
+    page = Paginator(queryset, 25).get_page(request.GET.get("page"))
+    items = []
+    for item in page:
+        entry = {"request": item}
+        if admin and item.is_pending:
+            entry["usage"] = services.usage(item.team)
+            entry["history"] = ResourceRequest.objects.filter(team=item.team) \
+                .exclude(pk=item.pk)[:5]
+            entry["form"] = DecisionForm(prefix=f"r{item.pk}", initial={
+                "cpu": item.cpu.normalize(), "memory_mb": item.memory_mb, "gpus": item.gpus})
+        items.append(entry)
+    return render(request, "frontend/resource_requests.html", {
+        "items": items, "page": page, "status": status, "statuses": ResourceRequest.Status.choices,
+        "is_queue": admin,
+    })
+
+
+@login_required
+@require_POST
+def decide_request(request: HttpRequest, request_id: int) -> HttpResponse:
+    item = ResourceRequest.objects.visible_to(request.user).filter(pk=request_id).first()
+    if item is None:
+        messages.error(request, "No such request.")
+        return redirect("frontend:quota-requests")
+    form = DecisionForm(request.POST, prefix=f"r{item.pk}")
+    decision = request.POST.get("decision")
+    if not form.is_valid():
+        messages.error(request, "Amounts must be numbers.")
+    elif decision == "approve":
+        data = form.cleaned_data
+        if _apply(request, None, lambda: services.approve_request(
+                actor=request.user, request=item, comment=data["comment"], cpu=data["cpu"],
+                memory_mb=data["memory_mb"], gpus=data["gpus"])):
+            messages.success(request, f"Request #{item.pk} approved.")
+    elif decision == "deny":
+        if _apply(request, None, lambda: services.deny_request(
+                actor=request.user, request=item, comment=form.cleaned_data["comment"])):
+            messages.success(request, f"Request #{item.pk} denied.")
+    else:
+        messages.error(request, "Choose approve or deny.")
+    return redirect("frontend:quota-requests")
+
+
+@login_required
+def capacity(request: HttpRequest) -> HttpResponse:
+    admin = is_platform_admin(request.user)
+    form = HostForm(request.POST or None) if admin else None
+    if form is not None and request.method == "POST" and form.is_valid() and _apply(
+            request, form, lambda: services.register_host(actor=request.user,
+                                                          **form.cleaned_data)):
+        messages.success(request, f"Registered {form.cleaned_data['name']}.")
+        return redirect("frontend:capacity")
+    return render(request, "frontend/capacity.html", {
+        "capacity": services.capacity(request.user), "form": form,
+    })
+
+
+@login_required
+def notifications(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        mark_read(user=request.user)
+        return redirect("frontend:notifications")
+    page = Paginator(Notification.objects.filter(user=request.user), 50) \
+        .get_page(request.GET.get("page"))
+    return render(request, "frontend/notifications.html", {"page": page})
+
+
+def team_usage(teams) -> list:
+    """Gauges for the dashboard: one usage summary per team."""
+    return [services.usage(team) for team in teams]

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..models import Reservation, ResourceRequest
+
+
+def _cpu(**kwargs) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=12, decimal_places=3, coerce_to_string=False,
+                                    **kwargs)
+
+
+class QuotaResourcesSerializer(serializers.Serializer):
+    cpu = _cpu(help_text="Cores; fractions allowed (0.5 = 500 millicores).")
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+    deployments = serializers.IntegerField(required=False)
+
+
+class QuotaUpdateSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+    deployments = serializers.IntegerField()
+
+
+class QuotaReservationSerializer(serializers.ModelSerializer):
+    cpu = _cpu()
+
+    class Meta:
+        model = Reservation
+        fields = ["owner", "state", "cpu", "memory_mb", "gpus", "deployments",
+                  "over_limit_since", "created_at"]
+        read_only_fields = fields
+
+
+class QuotaGrantSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+    request = serializers.IntegerField(source="request_id", allow_null=True)
+
+
+class QuotaSerializer(serializers.Serializer):
+    team = serializers.CharField(source="team.slug")
+    limits = QuotaResourcesSerializer(help_text="Base quota plus active temporary grants.")
+    base = QuotaResourcesSerializer(help_text="The quota set by platform admins.")
+    granted = QuotaResourcesSerializer(help_text="Active temporary grants, summed.")
+    used = QuotaResourcesSerializer(help_text="reserved + pending: what admission counts.")
+    reserved = QuotaResourcesSerializer(help_text="Held by running deployments.")
+    pending = QuotaResourcesSerializer(help_text="Admitted deployments not running yet.")
+    free = QuotaResourcesSerializer(help_text="limits - used; negative after a grant expired.")
+    requested = QuotaResourcesSerializer(help_text="Asked for in pending resource requests.")
+    grants = QuotaGrantSerializer(many=True)
+    reservations = QuotaReservationSerializer(many=True)
+
+
+class ResourceRequestSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+    cpu = _cpu()
+    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    decided_by = serializers.CharField(source="decided_by.username", default=None)
+    granted = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ResourceRequest
+        fields = ["id", "team", "status", "cpu", "memory_mb", "gpus", "gpu_model",
+                  "justification", "expires_at", "granted", "requested_by", "decided_by",
+                  "decided_at", "comment", "created_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(QuotaResourcesSerializer)
+    def get_granted(self, obj: ResourceRequest) -> dict:
+        return QuotaResourcesSerializer({"cpu": obj.granted_cpu, "memory_mb": obj.granted_memory_mb,
+                                    "gpus": obj.granted_gpus}).data
+
+
+class ResourceRequestCreateSerializer(serializers.Serializer):
+    team = serializers.SlugField()
+    cpu = _cpu(required=False, default=0)
+    memory_mb = serializers.IntegerField(required=False, default=0)
+    gpus = serializers.IntegerField(required=False, default=0)
+    gpu_model = serializers.CharField(required=False, allow_blank=True, default="",
+                                      max_length=100)
+    justification = serializers.CharField()
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None,
+                                           help_text="End of a temporary grant; omit for "
+                                                     "a permanent raise.")
+
+
+class ResourceRequestApproveSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+    cpu = _cpu(required=False, allow_null=True, default=None,
+               help_text="Grant less than asked; omit to grant what was asked.")
+    memory_mb = serializers.IntegerField(required=False, allow_null=True, default=None)
+    gpus = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+
+class ResourceRequestDenySerializer(serializers.Serializer):
+    comment = serializers.CharField(help_text="Why; the requester reads it.")
+
+
+class CapacityGpuHolderSerializer(serializers.Serializer):
+    team = serializers.CharField()
+    owner = serializers.CharField()
+    since = serializers.DateTimeField()
+
+
+class CapacityGpuDeviceSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    model = serializers.CharField()
+    active = serializers.BooleanField()
+    allocated_to = CapacityGpuHolderSerializer(allow_null=True)
+
+
+class CapacityHostSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    active = serializers.BooleanField()
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    cpu_overcommit = serializers.DecimalField(max_digits=5, decimal_places=2,
+                                              coerce_to_string=False)
+    memory_overcommit = serializers.DecimalField(max_digits=5, decimal_places=2,
+                                                 coerce_to_string=False)
+    schedulable_cpu = _cpu()
+    schedulable_memory_mb = serializers.IntegerField()
+    gpus_allocated = serializers.IntegerField()
+    gpus = CapacityGpuDeviceSerializer(many=True)
+
+
+class CapacityTotalsSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    schedulable_cpu = _cpu()
+    schedulable_memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+
+
+class CapacityAllocatedSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+    gpu_devices = serializers.IntegerField(required=False)
+
+
+class CapacityGpuModelSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    total = serializers.IntegerField()
+    allocated = serializers.IntegerField()
+    free = serializers.IntegerField()
+
+
+class CapacitySerializer(serializers.Serializer):
+    hosts = CapacityHostSerializer(many=True)
+    totals = CapacityTotalsSerializer()
+    allocated = CapacityAllocatedSerializer(help_text="Sum of every team's reservations.")
+    committed = CapacityAllocatedSerializer(help_text="Sum of every team's base quota.")
+    gpu_models = CapacityGpuModelSerializer(many=True)

@@ -1,0 +1,939 @@
+"""Business operations on quotas, resource requests, admission, GPUs and capacity.
+
+One function per verb; the API, the portal, Django admin and Celery tasks all call these. Each
+mutation checks the actor's role (``teams.access``), runs in a transaction and writes an audit
+record. ``admit`` is the single call site deployments use when they create, scale or change
+resources: it locks the team's quota row so concurrent deploys cannot over-allocate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q, Sum
+from django.urls import reverse
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidInput, NotFound
+from notifications.services import notify
+from teams import audit
+from teams.access import require_platform_admin, require_team_role
+from teams.models import Team
+from teams.roles import Role
+
+from .models import (
+    GpuAllocation,
+    GpuDevice,
+    Host,
+    QuotaGrant,
+    Reservation,
+    ResourceRequest,
+    TeamQuota,
+)
+
+QUOTA_FIELDS = ["cpu", "memory_mb", "gpus", "deployments"]
+REQUEST_FIELDS = ["status", "cpu", "memory_mb", "gpus", "gpu_model", "expires_at",
+                  "granted_cpu", "granted_memory_mb", "granted_gpus", "comment"]
+RESERVATION_FIELDS = ["owner", "state", "cpu", "memory_mb", "gpus", "deployments"]
+HOST_FIELDS = ["name", "kind", "cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
+               "active"]
+
+# Anything above these is a typo, not a request (400, not 409).
+MAX_AMOUNT = {"cpu": Decimal("100000"), "memory_mb": 1024 ** 3, "gpus": 10000,
+              "deployments": 100000}
+UNIT = {"cpu": "CPU", "memory_mb": "MB memory", "gpus": "GPU", "deployments": "deployment"}
+LABEL = {"cpu": "CPU", "memory_mb": "Memory (MB)", "gpus": "GPUs", "deployments": "Deployments"}
+
+
+# --- Amounts ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resources:
+    cpu: Decimal = Decimal("0")
+    memory_mb: int = 0
+    gpus: int = 0
+    deployments: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(*(getattr(self, f.name) + getattr(other, f.name)
+                           for f in fields(self)))
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(*(getattr(self, f.name) - getattr(other, f.name)
+                           for f in fields(self)))
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def of(cls, obj) -> Resources:
+        return cls(cpu=Decimal(obj.cpu), memory_mb=obj.memory_mb, gpus=obj.gpus,
+                   deployments=getattr(obj, "deployments", 0))
+
+
+def fmt(value) -> str:
+    """4 → '4', 1.500 → '1.5': numbers as people write them."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+def _cpu(value, field: str = "cpu") -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise InvalidInput(f"{field} must be a number of cores, e.g. 0.5 or 4.",
+                           field=field) from None
+    if not number.is_finite():
+        raise InvalidInput(f"{field} must be a finite number.", field=field)
+    if abs(number) > MAX_AMOUNT["cpu"] * 1000:
+        raise InvalidInput(f"{field}={value} is beyond any machine here.", field=field)
+    if number != number.quantize(Decimal("0.001")):
+        raise InvalidInput(f"{field} has at most 3 decimal places (1 millicore).", field=field)
+    return number.quantize(Decimal("0.001"))
+
+
+def _whole(value, field: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = Decimal(str(value))
+        if number != number.to_integral_value():
+            raise ValueError
+        return int(number)
+    except (InvalidOperation, ValueError, OverflowError):
+        raise InvalidInput(f"{field} must be a whole number.", field=field) from None
+
+
+def _amounts(*, cpu=0, memory_mb=0, gpus=0, deployments=0,
+             allow_negative: bool = False) -> Resources:
+    """Validated amounts; negative only for deltas (scale down), absurd values refused."""
+    resources = Resources(cpu=_cpu(cpu or 0), memory_mb=_whole(memory_mb or 0, "memory_mb"),
+                          gpus=_whole(gpus or 0, "gpus"),
+                          deployments=_whole(deployments or 0, "deployments"))
+    for name, value in resources.as_dict().items():
+        if value < 0 and not allow_negative:
+            raise InvalidInput(f"{name} cannot be negative.", field=name)
+        if abs(value) > MAX_AMOUNT[name]:
+            raise InvalidInput(f"{name}={fmt(value)} is beyond any machine here "
+                               f"(at most {fmt(MAX_AMOUNT[name])}).", field=name)
+    return resources
+
+
+def _default_limits() -> dict:
+    return {"cpu": _cpu(settings.MODELPORT_DEFAULT_QUOTA_CPU),
+            "memory_mb": settings.MODELPORT_DEFAULT_QUOTA_MEMORY_MB,
+            "gpus": settings.MODELPORT_DEFAULT_QUOTA_GPUS,
+            "deployments": settings.MODELPORT_DEFAULT_QUOTA_DEPLOYMENTS}
+
+
+# --- Reading usage ------------------------------------------------------------------------------
+def get_quota(team: Team) -> TeamQuota:
+    """The team's quota row, created with the settings' defaults the first time it is needed."""
+    quota = TeamQuota.objects.filter(team=team).first()
+    if quota is None:
+        try:
+            with transaction.atomic():
+                quota = TeamQuota.objects.create(team=team, **_default_limits())
+        except IntegrityError:  # created concurrently
+            quota = TeamQuota.objects.get(team=team)
+    return quota
+
+
+def _locked_quota(team: Team) -> TeamQuota:
+    get_quota(team)
+    return TeamQuota.objects.select_for_update().get(team=team)
+
+
+def _sum(queryset, names: Iterable[str]) -> dict:
+    totals = queryset.aggregate(**{name: Sum(name) for name in names})
+    return {name: totals[name] or 0 for name in names}
+
+
+def _grants(team: Team, at: datetime | None = None) -> Resources:
+    totals = _sum(QuotaGrant.objects.active(at).filter(team=team), ["cpu", "memory_mb", "gpus"])
+    return Resources(cpu=Decimal(totals["cpu"]), memory_mb=totals["memory_mb"],
+                     gpus=totals["gpus"])
+
+
+def _reserved(team: Team, state: str | None = None) -> Resources:
+    queryset = Reservation.objects.filter(team=team)
+    if state:
+        queryset = queryset.filter(state=state)
+    totals = _sum(queryset, ["cpu", "memory_mb", "gpus", "deployments"])
+    return Resources(cpu=Decimal(totals["cpu"]), memory_mb=totals["memory_mb"],
+                     gpus=totals["gpus"], deployments=totals["deployments"])
+
+
+def effective_limits(team: Team, quota: TeamQuota | None = None) -> Resources:
+    return Resources.of(quota or get_quota(team)) + _grants(team)
+
+
+@dataclass(frozen=True)
+class Usage:
+    team: Team
+    base: Resources       # the team's quota
+    granted: Resources    # active temporary grants on top
+    limits: Resources     # base + granted
+    reserved: Resources   # held by running deployments
+    pending: Resources    # admitted, not running yet
+    used: Resources       # reserved + pending: what admission counts
+    free: Resources       # limits - used (negative when a grant expired under running load)
+    requested: Resources  # asked for in pending resource requests
+    grants: list[QuotaGrant]
+
+    def percent(self, name: str) -> int:
+        limit = getattr(self.limits, name)
+        return min(100, round(100 * getattr(self.used, name) / limit)) if limit else 0
+
+    @property
+    def gauges(self) -> list[dict]:
+        return [{"name": name, "label": LABEL[name],
+                 "limit": getattr(self.limits, name), "used": getattr(self.used, name),
+                 "reserved": getattr(self.reserved, name),
+                 "pending": getattr(self.pending, name), "free": getattr(self.free, name),
+                 "percent": self.percent(name),
+                 "over": getattr(self.free, name) < 0}
+                for name in QUOTA_FIELDS]
+
+
+def usage(team: Team) -> Usage:
+    """Limits, reservations, pending and free for one team (callers check visibility)."""
+    quota = get_quota(team)
+    base, granted = Resources.of(quota), _grants(team)
+    reserved = _reserved(team, Reservation.State.RUNNING)
+    pending = _reserved(team, Reservation.State.PENDING)
+    limits, used = base + granted, reserved + pending
+    asked = _sum(ResourceRequest.objects.filter(team=team, status=ResourceRequest.Status.PENDING),
+                 ["cpu", "memory_mb", "gpus"])
+    return Usage(team=team, base=base, granted=granted, limits=limits, reserved=reserved,
+                 pending=pending, used=used, free=limits - used,
+                 requested=Resources(cpu=Decimal(asked["cpu"]), memory_mb=asked["memory_mb"],
+                                     gpus=asked["gpus"]),
+                 grants=list(QuotaGrant.objects.active().filter(team=team)))
+
+
+# --- Admission (used by deployments) ------------------------------------------------------------
+def _refusal(team: Team, needs: Resources, limits: Resources, used: Resources) -> Conflict | None:
+    parts, numbers = [], {}
+    free = limits - used
+    for name in QUOTA_FIELDS:
+        need = getattr(needs, name)
+        if need > 0 and need > getattr(free, name):
+            unit = UNIT[name] + ("s" if name in ("gpus", "deployments") and need != 1 else "")
+            if name == "memory_mb":
+                parts.append(f"needs {fmt(need)} MB memory; team {team.slug} has "
+                             f"{fmt(getattr(free, name))} of {fmt(getattr(limits, name))} MB free")
+            else:
+                parts.append(f"needs {fmt(need)} {unit}; team {team.slug} has "
+                             f"{fmt(getattr(free, name))} of {fmt(getattr(limits, name))} free")
+            numbers[name] = {"needs": need, "free": getattr(free, name),
+                             "limit": getattr(limits, name)}
+    if not parts:
+        return None
+    return Conflict("; ".join(parts) + ".", code="quota_exceeded",
+                    extra={"team": team.slug, "resources": {
+                        name: {k: float(v) if isinstance(v, Decimal) else v
+                               for k, v in value.items()} for name, value in numbers.items()}})
+
+
+@transaction.atomic
+def admit(*, team: Team, owner: str, cpu=0, memory_mb=0, gpus=0,
+          deployments=0, actor=None) -> Reservation:
+    """Add a delta to ``owner``'s reservation (created if absent) if the team's quota allows.
+
+    Create a deployment: ``admit(owner="deployment:x", cpu=2, memory_mb=4096, deployments=1)``;
+    scale 2 → 3 replicas of 1 CPU: ``admit(owner=..., cpu=1, ...)``; scale down with negative
+    deltas (never refused). Raises ``Conflict(code="quota_exceeded")`` with the numbers.
+    """
+    delta = _amounts(cpu=cpu, memory_mb=memory_mb, gpus=gpus, deployments=deployments,
+                     allow_negative=True)
+    return _apply_reservation(team=team, owner=_owner(owner), actor=actor,
+                              target=lambda current: current + delta)
+
+
+@transaction.atomic
+def resize(*, owner: str, cpu=0, memory_mb=0, gpus=0, deployments=0,
+           team: Team | None = None, actor=None) -> Reservation:
+    """Set ``owner``'s reservation to these totals, admitting only the growth.
+
+    With ``team`` it also creates the reservation when there is none, so "make it so" calls
+    (reconcile, retries) are idempotent and race-free: the totals are applied under the lock.
+    """
+    owner = _owner(owner)
+    target = _amounts(cpu=cpu, memory_mb=memory_mb, gpus=gpus, deployments=deployments)
+    if team is None:
+        reservation = Reservation.objects.filter(owner=owner).select_related("team").first()
+        if reservation is None:
+            raise NotFound(f"No reservation for '{owner}'.")
+        team = reservation.team
+    return _apply_reservation(team=team, owner=owner, actor=actor, target=lambda current: target)
+
+
+def _apply_reservation(*, team: Team, owner: str, actor, target) -> Reservation:
+    """Under the team's quota lock: read the owner's reservation, compute the new totals,
+    refuse growth that does not fit, save and audit."""
+    quota = _locked_quota(team)  # serialises every admission of this team
+    reservation = Reservation.objects.select_for_update().filter(owner=owner).first()
+    if reservation is not None and reservation.team_id != team.pk:
+        raise Conflict(f"'{owner}' already holds resources of team "
+                       f"'{reservation.team.slug}'.", code="owner_taken")
+    current = Resources.of(reservation) if reservation else Resources()
+    after = target(current)
+    for name, value in after.as_dict().items():
+        if value < 0:
+            raise InvalidInput(f"{owner} holds {fmt(getattr(current, name))} {name}; "
+                               f"cannot release {fmt(getattr(current, name) - value)}.",
+                               field=name)
+    growth = Resources(*(max(a - c, 0) for a, c in zip(after.as_dict().values(),
+                                                      current.as_dict().values(),
+                                                      strict=True)))
+    refusal = _refusal(team, growth, effective_limits(team, quota), _reserved(team))
+    if refusal:
+        raise refusal
+    before = audit.snapshot(reservation, RESERVATION_FIELDS)
+    if reservation is None:
+        reservation = Reservation(team=team, owner=owner)
+    elif after == current:
+        return reservation  # nothing to change, nothing to audit
+    for name, value in after.as_dict().items():
+        setattr(reservation, name, value)
+    reservation.save()
+    audit.record(actor=actor, action="quota.admitted" if before is None else "quota.resized",
+                 obj=reservation, team=team, before=before,
+                 after=audit.snapshot(reservation, RESERVATION_FIELDS))
+    if Reservation.objects.filter(team=team, over_limit_since__isnull=False).exists():
+        _flag_over_limit(team, quota, reason="usage changed")  # scaling down clears flags
+    return reservation
+
+
+@transaction.atomic
+def mark_running(*, owner: str, running: bool = True) -> Reservation:
+    """The deployment's replicas are up (or no longer are): moves it between pending/reserved."""
+    reservation = Reservation.objects.select_for_update().filter(owner=_owner(owner)).first()
+    if reservation is None:
+        raise NotFound(f"No reservation for '{owner}'.")
+    state = Reservation.State.RUNNING if running else Reservation.State.PENDING
+    if reservation.state != state:
+        reservation.state = state
+        reservation.save(update_fields=["state", "updated_at"])
+    return reservation
+
+
+@transaction.atomic
+def release(*, owner: str, actor=None) -> bool:
+    """Give back everything ``owner`` holds (its reservation and its replicas' GPUs)."""
+    owner = _owner(owner)
+    release_gpus(owner=owner)
+    reservation = Reservation.objects.select_for_update().filter(owner=owner) \
+        .select_related("team").first()
+    if reservation is None:
+        return False
+    audit.record(actor=actor, action="quota.released", obj=reservation, team=reservation.team,
+                 before=audit.snapshot(reservation, RESERVATION_FIELDS))
+    reservation.delete()
+    return True
+
+
+def _owner(owner: str) -> str:
+    owner = (owner or "").strip()
+    if not owner or len(owner) > 200:
+        raise InvalidInput("owner must be 1-200 characters, e.g. 'deployment:fraud-v2'.",
+                           field="owner")
+    return owner
+
+
+# --- GPUs ------------------------------------------------------------------------------------
+def gpu_models() -> list[str]:
+    return list(GpuDevice.objects.filter(active=True, host__active=True).order_by("model")
+                .values_list("model", flat=True).distinct())
+
+
+def _free_devices(model: str | None):
+    busy = GpuAllocation.objects.filter(device=OuterRef("pk"), released_at__isnull=True)
+    devices = GpuDevice.objects.filter(active=True, host__active=True).filter(~Exists(busy))
+    if model:
+        devices = devices.filter(model=model)
+    return devices.order_by("host__name", "device_id")
+
+
+def allocate_gpus(*, team: Team, count: int, owner: str, model: str | None = None,
+                  actor=None) -> list[GpuAllocation]:
+    """Hand ``count`` specific devices to one replica (``owner``), within the team's reserved
+    GPUs. Idempotent for the same owner and count. Devices are never shared."""
+    owner = _owner(owner)
+    count = _whole(count, "count")
+    if count < 1 or count > MAX_AMOUNT["gpus"]:
+        raise InvalidInput("count must be at least 1.", field="count")
+    if model and model not in gpu_models():
+        raise InvalidInput(f"No GPU model '{model}' in the inventory.", field="gpu_model")
+    for _attempt in range(5):
+        try:
+            return _allocate_gpus(team=team, count=count, owner=owner, model=model, actor=actor)
+        except IntegrityError:  # another team took the same device between read and insert
+            continue
+    raise Conflict("GPU inventory is busy; try again.", code="gpu_contention")
+
+
+@transaction.atomic
+def _allocate_gpus(*, team, count, owner, model, actor) -> list[GpuAllocation]:
+    _locked_quota(team)
+    existing = list(GpuAllocation.objects.active().filter(owner=owner).select_related("device"))
+    if existing:
+        if len(existing) == count and all(a.team_id == team.pk for a in existing):
+            return existing
+        raise Conflict(f"'{owner}' already holds {len(existing)} GPU(s); release them first.",
+                       code="gpus_already_allocated")
+    reserved = _reserved(team).gpus
+    in_use = GpuAllocation.objects.active().filter(team=team).count()
+    if in_use + count > reserved:
+        raise Conflict(f"needs {count} GPU{'s' if count != 1 else ''}; team {team.slug} has "
+                       f"{reserved - in_use} of {reserved} reserved GPUs unassigned.",
+                       code="quota_exceeded")
+    devices = list(_free_devices(model).select_for_update(skip_locked=True)[:count])
+    if len(devices) < count:
+        what = f" of model {model}" if model else ""
+        raise Conflict(f"needs {count} GPU{'s' if count != 1 else ''}{what}; only "
+                       f"{len(devices)} free in the inventory.", code="gpus_unavailable")
+    now = timezone.now()
+    with transaction.atomic():
+        allocations = [GpuAllocation.objects.create(device=d, team=team, owner=owner,
+                                                    allocated_at=now) for d in devices]
+    audit.record(actor=actor, action="gpu.allocated", object_type="gpuallocation",
+                 object_id=owner, object_repr=owner, team=team,
+                 after={"devices": [str(d) for d in devices]})
+    return allocations
+
+
+@transaction.atomic
+def release_gpus(*, owner: str, actor=None) -> int:
+    """Free the devices of a stopped replica (or of every replica under ``owner/``)."""
+    owner = _owner(owner)
+    allocations = list(GpuAllocation.objects.select_for_update().active()
+                       .filter(Q(owner=owner) | Q(owner__startswith=f"{owner}/"))
+                       .select_related("device__host", "team"))
+    if not allocations:
+        return 0
+    now = timezone.now()
+    GpuAllocation.objects.filter(pk__in=[a.pk for a in allocations]).update(released_at=now)
+    audit.record(actor=actor, action="gpu.released", object_type="gpuallocation",
+                 object_id=owner, object_repr=owner, team=allocations[0].team,
+                 before={"devices": [str(a.device) for a in allocations]})
+    return len(allocations)
+
+
+def release_stale_gpus(*, live_owners: Iterable[str], actor=None) -> int:
+    """Free devices whose replica no longer exists (crashed without releasing)."""
+    live = set(live_owners)
+    stale = set(GpuAllocation.objects.active().exclude(owner__in=live)
+                .values_list("owner", flat=True))
+    return sum(release_gpus(owner=owner, actor=actor) for owner in sorted(stale))
+
+
+def device_ids(owner: str) -> list[str]:
+    """What the Docker runtime passes as ``device_requests`` for this replica."""
+    return list(GpuAllocation.objects.active().filter(owner=owner)
+                .order_by("device__device_id").values_list("device__device_id", flat=True))
+
+
+# --- Quotas set by platform admins --------------------------------------------------------------
+@transaction.atomic
+def set_quota(*, actor, team: Team, cpu, memory_mb, gpus, deployments) -> TeamQuota:
+    require_platform_admin(actor, "set quotas")
+    limits = _amounts(cpu=cpu, memory_mb=memory_mb, gpus=gpus, deployments=deployments)
+    quota = _locked_quota(team)
+    _check_capacity(team, limits + _grants(team), gpu_model=None)
+    before = audit.snapshot(quota, QUOTA_FIELDS)
+    for name, value in limits.as_dict().items():
+        setattr(quota, name, value)
+    quota.save()
+    after = audit.snapshot(quota, QUOTA_FIELDS)
+    if after != before:
+        audit.record(actor=actor, action="quota.updated", obj=quota, team=team,
+                     before=before, after=after)
+        _flag_over_limit(team, quota, reason="its quota was lowered")
+    return quota
+
+
+def _check_capacity(team: Team, limits: Resources, *, gpu_model: str | None) -> None:
+    """A team may not be promised more than the whole platform can run (with overcommit).
+
+    Skipped until capacity is registered, so a fresh install works with default quotas.
+    """
+    for name in ("cpu", "memory_mb", "gpus"):
+        if getattr(limits, name) > MAX_AMOUNT[name]:
+            raise Conflict(f"That would give team {team.slug} a {name} limit of "
+                           f"{fmt(getattr(limits, name))}, beyond any machine here.",
+                           code="exceeds_capacity")
+    hosts = list(Host.objects.filter(active=True))
+    if not hosts:
+        return
+    total = capacity_totals(hosts)
+    problems = []
+    if limits.cpu > total["schedulable_cpu"]:
+        problems.append(f"{fmt(limits.cpu)} CPU but the platform has "
+                        f"{fmt(total['schedulable_cpu'])} (with overcommit)")
+    if limits.memory_mb > total["schedulable_memory_mb"]:
+        problems.append(f"{limits.memory_mb} MB memory but the platform has "
+                        f"{total['schedulable_memory_mb']} MB (with overcommit)")
+    devices = GpuDevice.objects.filter(active=True, host__active=True)
+    if gpu_model:
+        devices = devices.filter(model=gpu_model)
+    if limits.gpus > devices.count():
+        what = f" {gpu_model}" if gpu_model else ""
+        problems.append(f"{limits.gpus} GPUs but the platform has {devices.count()}{what}")
+    if problems:
+        raise Conflict(f"That would give team {team.slug} a limit of " + "; ".join(problems)
+                       + ".", code="exceeds_capacity")
+
+
+def _flag_over_limit(team: Team, quota: TeamQuota, *, reason: str) -> list[Reservation]:
+    """Flag (never stop) the newest reservations that no longer fit; tell the team."""
+    limits = effective_limits(team, quota)
+    reservations = list(Reservation.objects.select_for_update().filter(team=team)
+                        .order_by("-created_at", "-id"))
+    remaining = _reserved(team)
+    flagged: list[Reservation] = []
+    newly_flagged = False
+    now = timezone.now()
+    for reservation in reservations:
+        over = any(getattr(remaining, n) > getattr(limits, n) for n in QUOTA_FIELDS)
+        if over:
+            flagged.append(reservation)
+            remaining = remaining - Resources.of(reservation)
+            if reservation.over_limit_since is None:
+                newly_flagged = True
+                reservation.over_limit_since = now
+                reservation.save(update_fields=["over_limit_since", "updated_at"])
+        elif reservation.over_limit_since is not None:
+            reservation.over_limit_since = None
+            reservation.save(update_fields=["over_limit_since", "updated_at"])
+    if newly_flagged:  # tell the team once, not at every later check
+        owners = ", ".join(r.owner for r in flagged)
+        audit.record(actor=None, action="quota.over_limit", object_type="teamquota",
+                     object_id=str(quota.pk), object_repr=str(quota), team=team,
+                     after={"flagged": [r.owner for r in flagged], "reason": reason})
+        notify(users=[m.user for m in team.memberships.select_related("user")],
+               text=f"Team {team.slug} is over its quota because {reason}: {owners} keep "
+                    "running but are flagged; scale down or request resources.",
+               link=_team_link(team), kind="quota.over_limit")
+    return flagged
+
+
+# --- Resource requests -------------------------------------------------------------------------
+def _team_link(team: Team) -> str:
+    return reverse("frontend:team-detail", args=[team.slug])
+
+
+def _request_link(request: ResourceRequest) -> str:
+    return reverse("frontend:quota-requests") + f"#request-{request.pk}"
+
+
+def _admins():
+    return get_user_model().objects.filter(Q(is_staff=True) | Q(is_superuser=True),
+                                           is_active=True)
+
+
+def _describe(amounts: Resources) -> str:
+    parts = [f"{fmt(amounts.cpu)} CPU" if amounts.cpu else "",
+             f"{amounts.memory_mb} MB memory" if amounts.memory_mb else "",
+             f"{amounts.gpus} GPU{'s' if amounts.gpus != 1 else ''}" if amounts.gpus else ""]
+    return ", ".join(p for p in parts if p) or "nothing"
+
+
+@transaction.atomic
+def file_request(*, actor, team: Team, justification: str, cpu=0, memory_mb=0,
+                 gpus=0, gpu_model: str = "", expires_at: datetime | None = None
+                 ) -> ResourceRequest:
+    require_team_role(actor, team, Role.VIEWER, "requesting resources")
+    amounts = _amounts(cpu=cpu, memory_mb=memory_mb, gpus=gpus)
+    if not (amounts.cpu or amounts.memory_mb or amounts.gpus):
+        raise InvalidInput("Ask for some CPU, memory or GPUs.")
+    justification = (justification or "").strip()
+    if not justification:
+        raise InvalidInput("Say why the team needs it.", field="justification")
+    gpu_model = (gpu_model or "").strip()
+    if gpu_model:
+        known = gpu_models()
+        if gpu_model not in known:
+            choices = ", ".join(known) or "none registered"
+            raise InvalidInput(f"Unknown GPU model '{gpu_model}'; the platform has: {choices}.",
+                               field="gpu_model")
+        if not amounts.gpus:
+            raise InvalidInput("A GPU model needs a number of GPUs.", field="gpus")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("expires_at is in the past; a temporary grant must end in the "
+                           "future.", field="expires_at")
+    request = ResourceRequest.objects.create(
+        team=team, requested_by=actor, cpu=amounts.cpu, memory_mb=amounts.memory_mb,
+        gpus=amounts.gpus, gpu_model=gpu_model, justification=justification,
+        expires_at=expires_at)
+    audit.record(actor=actor, action="resource_request.created", obj=request, team=team,
+                 after=audit.snapshot(request, REQUEST_FIELDS))
+    until = f" until {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
+    notify(users=_admins(), text=f"{actor.get_username()} asks {_describe(amounts)} more for "
+                                 f"team {team.slug}{until}.",
+           link=_request_link(request), kind="resource_request.created",
+           subject=f"[Modelport] Resource request #{request.pk} from {team.slug}")
+    return request
+
+
+def _locked_request(request: ResourceRequest) -> ResourceRequest:
+    locked = ResourceRequest.objects.select_for_update().filter(pk=request.pk).first()
+    if locked is None:
+        raise NotFound(f"No resource request #{request.pk}.")
+    if not locked.is_pending:
+        raise Conflict(f"Request #{locked.pk} is already {locked.get_status_display().lower()}.",
+                       code="already_decided")
+    return locked
+
+
+@transaction.atomic
+def approve_request(*, actor, request: ResourceRequest, comment: str = "",
+                    cpu=None, memory_mb=None, gpus=None) -> ResourceRequest:
+    """Grant the request in full or in part; raises the quota (or adds a temporary grant)."""
+    require_platform_admin(actor, "approve resource requests")
+    request = _locked_request(request)
+    team = request.team
+    asked = Resources.of(request)
+    granted = _amounts(cpu=asked.cpu if cpu is None else cpu,
+                       memory_mb=asked.memory_mb if memory_mb is None else memory_mb,
+                       gpus=asked.gpus if gpus is None else gpus)
+    for name in ("cpu", "memory_mb", "gpus"):
+        if getattr(granted, name) > getattr(asked, name):
+            raise InvalidInput(f"Cannot grant more {name} than asked ({fmt(getattr(asked, name))});"
+                               " set the quota directly instead.", field=name)
+    if not (granted.cpu or granted.memory_mb or granted.gpus):
+        raise InvalidInput("Granting nothing is a denial; deny the request instead.")
+    if request.expires_at is not None and request.expires_at <= timezone.now():
+        raise Conflict(f"Request #{request.pk} asked for resources until "
+                       f"{request.expires_at:%Y-%m-%d %H:%M} UTC, which has passed.",
+                       code="request_expired")
+    quota = _locked_quota(team)
+    _check_capacity(team, effective_limits(team, quota) + granted, gpu_model=request.gpu_model)
+    before = audit.snapshot(request, REQUEST_FIELDS)
+    if request.is_temporary:
+        grant = QuotaGrant.objects.create(team=team, request=request, cpu=granted.cpu,
+                                          memory_mb=granted.memory_mb, gpus=granted.gpus,
+                                          expires_at=request.expires_at)
+        audit.record(actor=actor, action="quota.granted", obj=grant, team=team,
+                     after={**audit.snapshot(grant, ["cpu", "memory_mb", "gpus", "expires_at"]),
+                            "request": request.pk})
+    else:
+        quota_before = audit.snapshot(quota, QUOTA_FIELDS)
+        quota.cpu += granted.cpu
+        quota.memory_mb += granted.memory_mb
+        quota.gpus += granted.gpus
+        quota.save()
+        audit.record(actor=actor, action="quota.updated", obj=quota, team=team,
+                     before=quota_before, after=audit.snapshot(quota, QUOTA_FIELDS))
+    full = granted == Resources(cpu=asked.cpu, memory_mb=asked.memory_mb, gpus=asked.gpus)
+    request.status = (ResourceRequest.Status.APPROVED if full
+                      else ResourceRequest.Status.PARTIALLY_APPROVED)
+    request.granted_cpu, request.granted_memory_mb, request.granted_gpus = \
+        granted.cpu, granted.memory_mb, granted.gpus
+    request.decided_by, request.decided_at = actor, timezone.now()
+    request.comment = (comment or "").strip()
+    request.save()
+    audit.record(actor=actor, action="resource_request.approved", obj=request, team=team,
+                 before=before, after=audit.snapshot(request, REQUEST_FIELDS))
+    _flag_over_limit(team, quota, reason="its limits changed")  # clears flags that now fit
+    how = "approved" if full else f"partially approved ({_describe(granted)})"
+    until = f" until {request.expires_at:%Y-%m-%d %H:%M} UTC" if request.is_temporary else ""
+    note = f" Comment: {request.comment}" if request.comment else ""
+    notify(users=[request.requested_by],
+           text=f"Your request #{request.pk} for team {team.slug} was {how}{until}.{note}",
+           link=_team_link(team), kind="resource_request.approved",
+           subject=f"[Modelport] Request #{request.pk} {how.split(' (')[0]}")
+    return request
+
+
+@transaction.atomic
+def deny_request(*, actor, request: ResourceRequest, comment: str) -> ResourceRequest:
+    require_platform_admin(actor, "deny resource requests")
+    comment = (comment or "").strip()
+    if not comment:
+        raise InvalidInput("Tell the team why (comment).", field="comment")
+    request = _locked_request(request)
+    before = audit.snapshot(request, REQUEST_FIELDS)
+    request.status = ResourceRequest.Status.DENIED
+    request.decided_by, request.decided_at, request.comment = actor, timezone.now(), comment
+    request.save()
+    audit.record(actor=actor, action="resource_request.denied", obj=request,
+                 team=request.team, before=before, after=audit.snapshot(request, REQUEST_FIELDS))
+    notify(users=[request.requested_by],
+           text=f"Your request #{request.pk} for team {request.team.slug} was denied: {comment}",
+           link=_team_link(request.team), kind="resource_request.denied",
+           subject=f"[Modelport] Request #{request.pk} denied")
+    return request
+
+
+def expire_grants(*, now: datetime | None = None) -> list[QuotaGrant]:
+    """Beat task: take back temporary grants that ended; expire undecided requests whose
+    period passed. Over-limit deployments are flagged and the team notified."""
+    now = now or timezone.now()
+    expired = []
+    for grant_id in list(QuotaGrant.objects.due(now).values_list("pk", flat=True)):
+        with transaction.atomic():
+            grant = (QuotaGrant.objects.select_for_update().select_related("team")
+                     .filter(pk=grant_id, expired_at__isnull=True).first())
+            if grant is None:
+                continue
+            quota = _locked_quota(grant.team)
+            grant.expired_at = now
+            grant.save(update_fields=["expired_at"])
+            audit.record(actor=None, action="quota.grant_expired", obj=grant, team=grant.team,
+                         before=audit.snapshot(grant, ["cpu", "memory_mb", "gpus",
+                                                       "expires_at"]))
+            notify(users=[m.user for m in grant.team.memberships.select_related("user")],
+                   text=f"A temporary grant of {_describe(Resources.of(grant))} to team "
+                        f"{grant.team.slug} ended.", link=_team_link(grant.team),
+                   kind="quota.grant_expired")
+            _flag_over_limit(grant.team, quota, reason="a temporary grant ended")
+            expired.append(grant)
+    stale = ResourceRequest.objects.filter(status=ResourceRequest.Status.PENDING,
+                                           expires_at__lte=now)
+    for request_id in list(stale.values_list("pk", flat=True)):
+        with transaction.atomic():
+            request = ResourceRequest.objects.select_for_update().select_related("team") \
+                .filter(pk=request_id, status=ResourceRequest.Status.PENDING).first()
+            if request is None:
+                continue
+            request.status = ResourceRequest.Status.EXPIRED
+            request.save(update_fields=["status"])
+            audit.record(actor=None, action="resource_request.expired", obj=request,
+                         team=request.team, after={"status": "expired"})
+            notify(users=[request.requested_by],
+                   text=f"Your request #{request.pk} for team {request.team.slug} expired "
+                        "before anyone decided on it.", link=_team_link(request.team),
+                   kind="resource_request.expired")
+    return expired
+
+
+# --- Capacity ------------------------------------------------------------------------------------
+def _overcommit(value, field: str) -> Decimal:
+    ratio = _cpu(value, field)
+    if ratio < 1 or ratio > 100:
+        raise InvalidInput(f"{field} is a ratio between 1 (no overcommit) and 100.", field=field)
+    return ratio.quantize(Decimal("0.01"))
+
+
+def _gpu_inventory(gpus: Iterable) -> list[tuple[str, str]]:
+    inventory, seen = [], set()
+    for item in gpus or []:
+        device_id, model = ((item.get("device_id"), item.get("model")) if isinstance(item, dict)
+                            else item)
+        device_id, model = str(device_id or "").strip(), str(model or "").strip()
+        if not device_id or not model:
+            raise InvalidInput("Each GPU needs a device_id and a model.", field="gpus")
+        if device_id in seen:
+            raise InvalidInput(f"GPU device '{device_id}' is listed twice.", field="gpus")
+        seen.add(device_id)
+        inventory.append((device_id, model))
+    return inventory
+
+
+@transaction.atomic
+def register_host(*, actor, name: str, cpu, memory_mb, kind: str = Host.Kind.HOST,
+                  cpu_overcommit=1, memory_overcommit=1, gpus: Iterable = ()) -> Host:
+    """Add a host or pool, with its GPUs as ``[(device_id, model), ...]``."""
+    require_platform_admin(actor, "register capacity")
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise InvalidInput("A host needs a name (at most 100 characters).", field="name")
+    if kind not in Host.Kind.values:
+        raise InvalidInput(f"kind is one of {', '.join(Host.Kind.values)}.", field="kind")
+    amounts = _amounts(cpu=cpu, memory_mb=memory_mb)
+    inventory = _gpu_inventory(gpus)
+    if Host.objects.filter(name=name).exists():
+        raise Conflict(f"A host named '{name}' exists.", code="name_taken")
+    host = Host.objects.create(name=name, kind=kind, cpu=amounts.cpu,
+                               memory_mb=amounts.memory_mb,
+                               cpu_overcommit=_overcommit(cpu_overcommit, "cpu_overcommit"),
+                               memory_overcommit=_overcommit(memory_overcommit,
+                                                             "memory_overcommit"))
+    for device_id, model in inventory:
+        GpuDevice.objects.create(host=host, device_id=device_id, model=model)
+    audit.record(actor=actor, action="host.created", obj=host,
+                 after={**audit.snapshot(host, HOST_FIELDS),
+                        "gpus": [f"{d} ({m})" for d, m in inventory]})
+    return host
+
+
+@transaction.atomic
+def update_host(*, actor, host: Host, **changes) -> Host:
+    """Change cpu, memory_mb, overcommit ratios, kind or active (GPUs: add/remove_gpu)."""
+    require_platform_admin(actor, "edit capacity")
+    host = Host.objects.select_for_update().get(pk=host.pk)
+    before = audit.snapshot(host, HOST_FIELDS)
+    unknown = set(changes) - {"cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
+                              "active", "kind"}
+    if unknown:
+        raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a host.")
+    if "cpu" in changes or "memory_mb" in changes:
+        amounts = _amounts(cpu=changes.get("cpu", host.cpu),
+                           memory_mb=changes.get("memory_mb", host.memory_mb))
+        host.cpu, host.memory_mb = amounts.cpu, amounts.memory_mb
+    for field in ("cpu_overcommit", "memory_overcommit"):
+        if field in changes:
+            setattr(host, field, _overcommit(changes[field], field))
+    if "kind" in changes:
+        if changes["kind"] not in Host.Kind.values:
+            raise InvalidInput(f"kind is one of {', '.join(Host.Kind.values)}.", field="kind")
+        host.kind = changes["kind"]
+    if "active" in changes:
+        host.active = bool(changes["active"])
+    host.save()
+    after = audit.snapshot(host, HOST_FIELDS)
+    if after != before:
+        audit.record(actor=actor, action="host.updated", obj=host, before=before, after=after)
+    return host
+
+
+@transaction.atomic
+def add_gpu(*, actor, host: Host, device_id: str, model: str) -> GpuDevice:
+    require_platform_admin(actor, "edit capacity")
+    [(device_id, model)] = _gpu_inventory([(device_id, model)])
+    if GpuDevice.objects.filter(host=host, device_id=device_id).exists():
+        raise Conflict(f"{host.name} already has GPU '{device_id}'.", code="device_taken")
+    device = GpuDevice.objects.create(host=host, device_id=device_id, model=model)
+    audit.record(actor=actor, action="gpu.added", obj=device,
+                 after={"host": host.name, "device_id": device_id, "model": model})
+    return device
+
+
+@transaction.atomic
+def remove_gpu(*, actor, device: GpuDevice) -> None:
+    require_platform_admin(actor, "edit capacity")
+    device = GpuDevice.objects.select_for_update().select_related("host").get(pk=device.pk)
+    if device.allocations.filter(released_at__isnull=True).exists():
+        raise Conflict(f"GPU {device} is allocated; stop its replica first.",
+                       code="device_in_use")
+    audit.record(actor=actor, action="gpu.removed", obj=device,
+                 before={"host": device.host.name, "device_id": device.device_id,
+                         "model": device.model})
+    if device.allocations.exists():
+        device.active = False  # keep history
+        device.save(update_fields=["active"])
+    else:
+        device.delete()
+
+
+def capacity_totals(hosts: Iterable[Host] | None = None) -> dict:
+    hosts = list(Host.objects.filter(active=True) if hosts is None else hosts)
+    cpu = sum((h.cpu for h in hosts), Decimal("0"))
+    memory = sum(h.memory_mb for h in hosts)
+    return {
+        "cpu": cpu, "memory_mb": memory,
+        "schedulable_cpu": sum((h.cpu * h.cpu_overcommit for h in hosts), Decimal("0"))
+        .quantize(Decimal("0.001")),
+        "schedulable_memory_mb": int(sum(h.memory_mb * h.memory_overcommit for h in hosts)),
+        "gpus": GpuDevice.objects.filter(active=True, host__in=hosts).count(),
+    }
+
+
+def capacity(user) -> dict:
+    """Hosts/pools, totals, what is allocated, and every GPU device with its holder. Other
+    teams' holders are shown as '(another team)' to non-admins."""
+    visible = set(Team.objects.visible_to(user).values_list("pk", flat=True))
+    active_allocations = {a.device_id: a for a in GpuAllocation.objects.active()
+                          .select_related("team")}
+    hosts = []
+    for host in Host.objects.prefetch_related("gpus").order_by("name"):
+        devices = []
+        for device in host.gpus.all():
+            allocation = active_allocations.get(device.pk)
+            holder = None
+            if allocation is not None:
+                mine = allocation.team_id in visible
+                holder = {"team": allocation.team.slug if mine else "(another team)",
+                          "owner": allocation.owner if mine else "",
+                          "since": allocation.allocated_at}
+            devices.append({"device_id": device.device_id, "model": device.model,
+                            "active": device.active, "allocated_to": holder})
+        hosts.append({
+            "name": host.name, "kind": host.kind, "active": host.active, "cpu": host.cpu,
+            "memory_mb": host.memory_mb, "cpu_overcommit": host.cpu_overcommit,
+            "memory_overcommit": host.memory_overcommit,
+            "schedulable_cpu": (host.cpu * host.cpu_overcommit).quantize(Decimal("0.001")),
+            "schedulable_memory_mb": int(host.memory_mb * host.memory_overcommit),
+            "gpus_allocated": sum(1 for d in devices if d["allocated_to"]),
+            "gpus": devices,
+        })
+    reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
+    committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])
+    models = {}
+    for host in hosts:
+        if not host["active"]:
+            continue
+        for device in host["gpus"]:
+            if not device["active"]:
+                continue
+            entry = models.setdefault(device["model"], {"model": device["model"], "total": 0,
+                                                        "allocated": 0})
+            entry["total"] += 1
+            entry["allocated"] += 1 if device["allocated_to"] else 0
+    for entry in models.values():
+        entry["free"] = entry["total"] - entry["allocated"]
+    return {
+        "hosts": hosts,
+        "totals": capacity_totals(),
+        "allocated": {"cpu": Decimal(reserved["cpu"]), "memory_mb": reserved["memory_mb"],
+                      "gpus": reserved["gpus"], "gpu_devices": len(active_allocations)},
+        "committed": {"cpu": Decimal(committed["cpu"]), "memory_mb": committed["memory_mb"],
+                      "gpus": committed["gpus"]},
+        "gpu_models": sorted(models.values(), key=lambda m: m["model"]),
+    }
+
+
+# --- Drift between desired state and what runs ----------------------------------------------------
+@dataclass(frozen=True)
+class DriftReport:
+    missing: list[str]      # reserved as running, but nothing runs for it
+    unreserved: list[str]   # runs, but holds no reservation
+    stale_gpus: list[str]   # GPU holders (replicas) that no longer run
+
+    @property
+    def has_drift(self) -> bool:
+        return bool(self.missing or self.unreserved or self.stale_gpus)
+
+    def as_dict(self) -> dict:
+        return {"missing": self.missing, "unreserved": self.unreserved,
+                "stale_gpus": self.stale_gpus}
+
+
+@transaction.atomic
+def check_usage_drift(*, running_owners: Iterable[str],
+                      running_replicas: Iterable[str] | None = None) -> DriftReport:
+    """Compare reservations with what actually runs (owners found by container labels).
+
+    Reports, never fixes: an audit event ``quota.drift_detected`` and a notification to
+    platform admins when they disagree.
+    """
+    running = set(running_owners)
+    reserved_running = set(Reservation.objects.filter(state=Reservation.State.RUNNING)
+                           .values_list("owner", flat=True))
+    all_reserved = set(Reservation.objects.values_list("owner", flat=True))
+    stale: list[str] = []
+    if running_replicas is not None:
+        replicas = set(running_replicas)
+        stale = sorted(set(GpuAllocation.objects.active().exclude(owner__in=replicas)
+                           .values_list("owner", flat=True)))
+    report = DriftReport(missing=sorted(reserved_running - running),
+                         unreserved=sorted(running - all_reserved), stale_gpus=stale)
+    if report.has_drift:
+        audit.record(actor=None, action="quota.drift_detected", object_type="capacity",
+                     object_repr="usage vs running containers", after=report.as_dict())
+        notify(users=_admins(), kind="quota.drift",
+               text=f"Usage drift: {len(report.missing)} reserved but not running, "
+                    f"{len(report.unreserved)} running without a reservation, "
+                    f"{len(report.stale_gpus)} GPU holders gone.",
+               link=reverse("frontend:capacity"))
+    return report
