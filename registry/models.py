@@ -19,19 +19,23 @@ alias_validator = RegexValidator(
 )
 
 
-class RegisteredModelQuerySet(models.QuerySet):
-    def with_version_summary(self) -> RegisteredModelQuerySet:
-        """``latest_version`` and ``version_count`` as correlated subqueries: evaluated only for
-        the rows fetched (an index lookup each) and left out of ``count()``, unlike a GROUP BY
-        over every version."""
-        versions = ModelVersion.objects.filter(model=models.OuterRef("pk"))
-        return self.annotate(
-            latest_version=models.Subquery(versions.order_by("-version").values("version")[:1]),
-            version_count=models.Subquery(
-                versions.order_by().values("model").annotate(n=models.Count("pk")).values("n"),
-                output_field=models.IntegerField()),
-        )
+def attach_version_summary(page: list[RegisteredModel]) -> list[RegisteredModel]:
+    """Set ``latest_version`` and ``version_count`` on a page of models with one grouped query.
 
+    Done after pagination on purpose: as annotations, PostgreSQL would compute them for every
+    row an OFFSET skips too (page 100 of 10,000 models: 5,000 rows' worth)."""
+    ids = [model.pk for model in page]
+    stats = {row["model_id"]: row for row in ModelVersion.objects.filter(model_id__in=ids)
+             .order_by().values("model_id")
+             .annotate(latest=models.Max("version"), n=models.Count("pk"))}
+    for model in page:
+        row = stats.get(model.pk)
+        model.latest_version = row["latest"] if row else None
+        model.version_count = row["n"] if row else 0
+    return page
+
+
+class RegisteredModelQuerySet(models.QuerySet):
     def visible_to(self, user) -> RegisteredModelQuerySet:
         if is_platform_admin(user):
             return self

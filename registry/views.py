@@ -21,7 +21,13 @@ from teams.roles import Role, at_least, is_platform_admin
 from . import mlmodel, services
 from .filtersets import RegisteredModelFilterSet
 from .forms import AliasForm, ModelCreateForm, VersionUploadForm
-from .models import AliasTransitionRequest, ModelAlias, RegisteredModel, TransitionStatus
+from .models import (
+    AliasTransitionRequest,
+    ModelAlias,
+    RegisteredModel,
+    TransitionStatus,
+    attach_version_summary,
+)
 
 
 def _model(request: HttpRequest, name: str) -> RegisteredModel:
@@ -62,10 +68,11 @@ def model_list(request: HttpRequest) -> HttpResponse:
     queryset = (RegisteredModel.objects.visible_to(request.user).select_related("team")
                 .prefetch_related(Prefetch("aliases", queryset=ModelAlias.objects
                                            .select_related("version")))
-                .with_version_summary().order_by("name"))
+                .order_by("name"))
     filterset = RegisteredModelFilterSet(request.GET, queryset=queryset)
     models = filterset.qs if filterset.is_valid() else queryset.none()
     page = Paginator(models, 50).get_page(request.GET.get("page"))
+    attach_version_summary(page.object_list)
     return render(request, "registry/model_list.html", {
         "page": page, "filterset": filterset, "form": form,
         "teams": Team.objects.visible_to(request.user),

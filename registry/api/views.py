@@ -16,7 +16,13 @@ from teams.access import get_visible_team
 
 from .. import services, storage
 from ..filtersets import RegisteredModelFilterSet
-from ..models import AliasTransitionRequest, ModelAlias, ModelVersion, RegisteredModel
+from ..models import (
+    AliasTransitionRequest,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+    attach_version_summary,
+)
 from . import serializers as s
 
 
@@ -63,11 +69,16 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                 .select_related("team", "created_by")
                 .prefetch_related(Prefetch("aliases",
                                            queryset=ModelAlias.objects.select_related("version")))
-                .with_version_summary().order_by("name"))
+                .order_by("name"))
+
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        attach_version_summary(page)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def get_object(self) -> RegisteredModel:
         model = visible_model(self.request.user, self.kwargs["name"])
-        return self.get_queryset().get(pk=model.pk)
+        return attach_version_summary([self.get_queryset().get(pk=model.pk)])[0]
 
     def create(self, request: Request) -> Response:
         body = s.RegisteredModelCreateSerializer(data=request.data)
@@ -75,7 +86,8 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         data = dict(body.validated_data)
         team = get_visible_team(request.user, data.pop("team"))
         model = services.create_model(actor=request.user, team=team, **data)
-        return Response(self.get_serializer(self.get_queryset().get(pk=model.pk)).data,
+        return Response(self.get_serializer(attach_version_summary(
+            [self.get_queryset().get(pk=model.pk)])[0]).data,
                         status=status.HTTP_201_CREATED)
 
     def partial_update(self, request: Request, name: str) -> Response:
@@ -83,7 +95,7 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         body = s.RegisteredModelUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         services.update_model(actor=request.user, model=model, **body.validated_data)
-        return Response(self.get_serializer(self.get_queryset().get(pk=model.pk)).data)
+        return Response(self.get_serializer(self.get_object()).data)
 
     def destroy(self, request: Request, name: str) -> Response:
         services.delete_model(actor=request.user, model=visible_model(request.user, name))
