@@ -48,7 +48,7 @@ class TeamAdmin(admin.ModelAdmin):
                 created.updated_at
             obj._state.adding, obj._state.db = False, created._state.db
 
-    def save_formset(self, request, form, formset, change):  # noqa: ANN001, ANN201
+    def save_formset(self, request, form, formset, change):
         team = form.instance
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for deleted in formset.deleted_forms:

@@ -26,7 +26,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", PASSWORD)
 
     @factory.post_generation
-    def _save(obj, create, extracted, **kwargs):  # noqa: ANN001, ANN202, N805
+    def _save(obj, create, extracted, **kwargs):
         if create:
             obj.save()
 
@@ -55,7 +55,7 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     role = Role.ENGINEER
 
 
-def make_token(user, *, name: str = "test", days: int = 30) -> tuple[ApiToken, str]:  # noqa: ANN001
+def make_token(user, *, name: str = "test", days: int = 30) -> tuple[ApiToken, str]:
     """A token row plus its secret, made directly (the service path is tested on its own)."""
     secret = tokens.generate()
     token = ApiToken.objects.create(user=user, name=name, prefix=secret.prefix,

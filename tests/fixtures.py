@@ -3,47 +3,47 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import AdminFactory, MembershipFactory, TeamFactory, UserFactory, make_token
 from teams.roles import Role
+from tests.factories import AdminFactory, MembershipFactory, TeamFactory, UserFactory, make_token
 
 
 @pytest.fixture
-def team(db):  # noqa: ANN001, ANN201
+def team(db):
     return TeamFactory(slug="ml-search", name="ML Search")
 
 
 @pytest.fixture
-def admin_user(db):  # noqa: ANN001, ANN201
+def admin_user(db):
     return AdminFactory(username="root")
 
 
-def member(team, role: Role, username: str | None = None):  # noqa: ANN001, ANN201
+def member(team, role: Role, username: str | None = None):
     user = UserFactory(username=username or f"{role.value}-{team.slug}")
     MembershipFactory(team=team, user=user, role=role)
     return user
 
 
 @pytest.fixture
-def maintainer(team):  # noqa: ANN001, ANN201
+def maintainer(team):
     return member(team, Role.MAINTAINER, "mia")
 
 
 @pytest.fixture
-def engineer(team):  # noqa: ANN001, ANN201
+def engineer(team):
     return member(team, Role.ENGINEER, "eve")
 
 
 @pytest.fixture
-def viewer(team):  # noqa: ANN001, ANN201
+def viewer(team):
     return member(team, Role.VIEWER, "vic")
 
 
 @pytest.fixture
-def outsider(db):  # noqa: ANN001, ANN201
+def outsider(db):
     return UserFactory(username="otto")
 
 
-def bearer_client(user) -> APIClient:  # noqa: ANN001
+def bearer_client(user) -> APIClient:
     """An API client authenticated the way scripts are: with a real Bearer token."""
     client = APIClient()
     if user is not None:
@@ -53,5 +53,5 @@ def bearer_client(user) -> APIClient:  # noqa: ANN001
 
 
 @pytest.fixture
-def api_as():  # noqa: ANN201
+def api_as():
     return bearer_client

@@ -7,8 +7,8 @@ import re
 import pytest
 import requests
 
-from tests.factories import PASSWORD, AdminFactory, UserFactory
 from teams.models import AuditEvent, Membership
+from tests.factories import PASSWORD, AdminFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -7,13 +7,13 @@ import re
 import pytest
 from django.test import Client
 
-from tests.factories import PASSWORD, UserFactory
 from teams.models import ApiToken, AuditEvent, Membership, Team
+from tests.factories import PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def logged_in(user) -> Client:  # noqa: ANN001
+def logged_in(user) -> Client:
     client = Client()
     client.force_login(user)
     return client

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from tests.factories import UserFactory, make_token
 from teams.models import ApiToken, AuditEvent, Membership, Team
+from tests.factories import UserFactory, make_token
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def console(admin_user) -> Client:  # noqa: ANN001
+def console(admin_user) -> Client:
     client = Client()
     client.force_login(admin_user)
     return client

@@ -5,10 +5,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tests.factories import TeamFactory, UserFactory
-from tests.fixtures import bearer_client
 from teams import services
 from teams.models import AuditEvent
+from tests.factories import TeamFactory, UserFactory
+from tests.fixtures import bearer_client
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +40,7 @@ def test_an_edit_that_changes_nothing_is_not_recorded(team, maintainer):
     assert not AuditEvent.objects.filter(action="team.updated").exists()
 
 
-def _seed_events(admin_user):  # noqa: ANN001, ANN202
+def _seed_events(admin_user):
     alice = UserFactory(username="alice")
     a = services.create_team(actor=admin_user, slug="team-a", name="A")
     services.create_team(actor=admin_user, slug="team-b", name="B")

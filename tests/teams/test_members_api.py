@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from teams.models import AuditEvent, Membership
 from tests.factories import UserFactory
 from tests.fixtures import bearer_client
-from teams.models import AuditEvent, Membership
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""Each role × each endpoint of teams, members, tokens and audit: the expected HTTP status.
+"""Each role x each endpoint of teams, members, tokens and audit: the expected HTTP status.
 
 Roles: anonymous (no credentials), outsider (a user in no team), viewer / engineer / maintainer of
 team ``ml-search``, and a platform admin (staff) who is in no team.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from teams.roles import Role
 from tests.factories import AdminFactory, MembershipFactory, TeamFactory, UserFactory
 from tests.fixtures import bearer_client
-from teams.roles import Role
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +42,7 @@ CASES = [
 ]
 
 
-def _user_for(role: str):  # noqa: ANN202
+def _user_for(role: str):
     team = TeamFactory(slug="ml-search")
     UserFactory(username="candidate")
     MembershipFactory(team=team, user=UserFactory(username="target"), role=Role.ENGINEER)

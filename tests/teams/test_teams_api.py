@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures import bearer_client
 from teams.models import AuditEvent, Team
+from tests.fixtures import bearer_client
 
 pytestmark = pytest.mark.django_db
 

@@ -7,10 +7,10 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tests.factories import PASSWORD, UserFactory, make_token
-from tests.fixtures import bearer_client
 from teams import tokens
 from teams.models import ApiToken, AuditEvent
+from tests.factories import PASSWORD, UserFactory, make_token
+from tests.fixtures import bearer_client
 
 pytestmark = pytest.mark.django_db
 
