@@ -1,0 +1,78 @@
+"""Console for deployments: read the desired state, revisions and events; stop deployments."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from config.errors import DomainError
+
+from . import services
+from .models import Deployment, DeploymentEvent, Replica, Revision
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class RevisionInline(ReadOnlyInline):
+    model = Revision
+    fields = ["number", "model_version", "state", "reason", "image", "healthy_at", "created_at"]
+    readonly_fields = fields
+
+
+class ReplicaInline(ReadOnlyInline):
+    model = Replica
+    fields = ["runtime_id", "revision", "status", "ready", "url", "restart_count", "last_probe"]
+    readonly_fields = fields
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "model", "status", "revision", "replicas", "stopped",
+                    "updated_at"]
+    list_filter = ["status", "stopped", "team"]
+    search_fields = ["name", "model__name"]
+    readonly_fields = [f.name for f in Deployment._meta.fields]
+    inlines = [ReplicaInline, RevisionInline]
+    actions = ["stop_deployments"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Stop selected deployments (remove their containers)")
+    def stop_deployments(self, request: HttpRequest, queryset) -> None:
+        stopped = 0
+        for d in queryset:
+            try:
+                services.stop(actor=request.user, deployment=d)
+                stopped += 1
+            except DomainError as exc:
+                self.message_user(request, f"{d.name}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"Stopping {stopped} deployment(s).", messages.SUCCESS)
+
+
+@admin.register(DeploymentEvent)
+class DeploymentEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "deployment", "revision", "kind", "message"]
+    list_filter = ["kind"]
+    search_fields = ["deployment__name", "message"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -1,0 +1,51 @@
+"""The one place deployments talk to quota admission (``quotas.services``)."""
+
+from __future__ import annotations
+
+import contextlib
+from decimal import Decimal
+
+from teams.models import Team
+
+
+def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb: int,
+               gpus: int, actor=None) -> None:
+    """Reserve ``replicas`` x resources (and one deployment) for ``owner``, or raise
+    ``Conflict(code="quota_exceeded")`` with the numbers. Idempotent: sets the totals."""
+    from quotas import services as quotas
+    from quotas.models import Reservation
+
+    totals = {"cpu": Decimal(cpu) * replicas, "memory_mb": memory_mb * replicas,
+              "gpus": gpus * replicas, "deployments": 1}
+    if Reservation.objects.filter(owner=owner).exists():
+        quotas.resize(owner=owner, actor=actor, **totals)
+    else:
+        quotas.admit(team=team, owner=owner, actor=actor, **totals)
+
+
+def release_spec(*, owner: str, actor=None) -> None:
+    from quotas import services as quotas
+
+    quotas.release(owner=owner, actor=actor)
+
+
+def mark_running(*, owner: str, running: bool) -> None:
+    from config.errors import NotFound
+    from quotas import services as quotas
+
+    with contextlib.suppress(NotFound):
+        quotas.mark_running(owner=owner, running=running)
+
+
+def gpu_devices(*, team: Team, owner: str, count: int) -> list[str]:
+    """Specific GPU devices for one replica (idempotent per owner), as Docker device ids."""
+    from quotas import services as quotas
+
+    quotas.allocate_gpus(team=team, count=count, owner=owner)
+    return quotas.device_ids(owner)
+
+
+def release_gpus(*, owner: str) -> None:
+    from quotas import services as quotas
+
+    quotas.release_gpus(owner=owner)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .. import services
+from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision
+
+
+class DeploymentResourcesSerializer(serializers.Serializer):
+    cpu = serializers.FloatField(required=False, help_text="Cores per replica, e.g. 0.5.")
+    memory_mb = serializers.IntegerField(required=False, help_text="Memory per replica (MB).")
+    gpus = serializers.IntegerField(required=False, help_text="GPUs per replica.")
+
+
+class DeploymentStrategySerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=STRATEGIES, required=False, default="rolling")
+    steps = serializers.ListField(child=serializers.IntegerField(), required=False,
+                                  help_text="Canary: traffic percentages, ending at 100.")
+    interval_s = serializers.FloatField(required=False,
+                                        help_text="Canary: seconds between steps.")
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=50)
+    team = serializers.CharField(max_length=50, help_text="Slug of the owning team.")
+    model = serializers.CharField(max_length=100, help_text="Registered model name.")
+    version = serializers.IntegerField(required=False, allow_null=True,
+                                       help_text="Model version to pin (or give alias).")
+    alias = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                  help_text="Alias to follow, e.g. production.")
+    replicas = serializers.IntegerField(required=False, default=1)
+    resources = DeploymentResourcesSerializer(required=False)
+    strategy = DeploymentStrategySerializer(required=False)
+
+
+class DeploymentUpdateSerializer(serializers.Serializer):
+    version = serializers.IntegerField(required=False, allow_null=True)
+    alias = serializers.CharField(required=False, allow_blank=True, allow_null=True)
+    replicas = serializers.IntegerField(required=False)
+    resources = DeploymentResourcesSerializer(required=False)
+    strategy = DeploymentStrategySerializer(required=False)
+
+
+class RollbackSerializer(serializers.Serializer):
+    revision = serializers.IntegerField(required=False, allow_null=True,
+                                        help_text="Default: the previous healthy revision.")
+
+
+class ReplicaSerializer(serializers.Serializer):
+    id = serializers.CharField(source="runtime_id")
+    revision = serializers.IntegerField()
+    index = serializers.IntegerField()
+    status = serializers.CharField()
+    ready = serializers.BooleanField()
+    url = serializers.CharField()
+    message = serializers.CharField()
+    restart_count = serializers.IntegerField()
+    last_probe = serializers.DateTimeField(allow_null=True)
+
+
+class TrafficSerializer(serializers.Serializer):
+    revision = serializers.IntegerField()
+    percent = serializers.IntegerField()
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    model = serializers.CharField(source="model.name", read_only=True)
+    version = serializers.IntegerField(source="version.version", read_only=True, default=None,
+                                       allow_null=True)
+    alias = serializers.SerializerMethodField(help_text="The alias followed, or null.")
+    desired_replicas = serializers.IntegerField(source="replicas", read_only=True,
+                                                help_text="The replica count asked for.")
+    resources = serializers.SerializerMethodField()
+    replicas = serializers.SerializerMethodField(
+        help_text="Each running replica: {id, revision, status, url, ...}.")
+    traffic = TrafficSerializer(many=True, read_only=True)
+    endpoint = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", read_only=True,
+                                       default=None)
+
+    class Meta:
+        model = Deployment
+        fields = ["name", "team", "model", "version", "alias", "desired_replicas", "resources",
+                  "strategy", "status", "status_message", "progress", "stopped", "revision",
+                  "endpoint", "replicas", "traffic", "created_by", "created_at", "updated_at",
+                  "reconciled_at"]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_alias(self, obj: Deployment) -> str | None:
+        return obj.alias or None
+
+    @extend_schema_field(DeploymentResourcesSerializer)
+    def get_resources(self, obj: Deployment) -> dict:
+        return {"cpu": float(obj.cpu), "memory_mb": obj.memory_mb, "gpus": obj.gpus}
+
+    @extend_schema_field(ReplicaSerializer(many=True))
+    def get_replicas(self, obj: Deployment) -> list:
+        return ReplicaSerializer(obj.replica_set.all(), many=True).data
+
+    def get_endpoint(self, obj: Deployment) -> str:
+        return services.endpoint(obj)
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    model_version = serializers.IntegerField(source="model_version.version", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True,
+                                       default=None)
+
+    class Meta:
+        model = Revision
+        fields = ["number", "model_version", "spec", "reason", "image", "state", "healthy_at",
+                  "created_by", "created_at"]
+
+
+class EventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeploymentEvent
+        fields = ["id", "kind", "message", "revision", "created_at"]
+
+
+class ReplicaLogsSerializer(serializers.Serializer):
+    replica = serializers.CharField()
+    logs = serializers.CharField()

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from teams.access import get_visible_team
+
+from .. import services
+from ..filtersets import DeploymentFilterSet
+from ..models import Deployment, Replica
+from . import serializers as s
+
+_SPEC_KEYS = ("version", "alias", "replicas", "resources", "strategy")
+
+
+def _spec_args(data: dict) -> dict:
+    """Only the keys the client sent (PATCH leaves the rest as they are)."""
+    out = {}
+    for key in _SPEC_KEYS:
+        if key in data:
+            value = data[key]
+            out[key] = dict(value) if isinstance(value, dict) else value
+    return out
+
+
+@extend_schema_view(
+    create=extend_schema(request=s.DeploymentCreateSerializer,
+                         responses={202: s.DeploymentSerializer}),
+    partial_update=extend_schema(request=s.DeploymentUpdateSerializer,
+                                 responses={202: s.DeploymentSerializer}),
+)
+class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.DeploymentSerializer
+    lookup_field = "name"
+    lookup_value_regex = r"[a-z0-9-]+"
+    filterset_class = DeploymentFilterSet
+    filter_backends = [DjangoFilterBackend]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    queryset = Deployment.objects.none()
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        return (Deployment.objects.visible_to(self.request.user)
+                .select_related("team", "model", "version", "created_by")
+                .prefetch_related(Prefetch("replica_set",
+                                           queryset=Replica.objects.order_by("revision", "index")))
+                .order_by("name"))
+
+    def _deployment(self, name: str) -> Deployment:
+        return services.get_visible(self.request.user, name)
+
+    def _show(self, d: Deployment, code: int = status.HTTP_200_OK) -> Response:
+        return Response(self.get_serializer(self.get_queryset().get(pk=d.pk)).data, status=code)
+
+    def retrieve(self, request: Request, name: str) -> Response:
+        return self._show(self._deployment(name))
+
+    def create(self, request: Request) -> Response:
+        body = s.DeploymentCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        team = get_visible_team(request.user, data.pop("team"))
+        d = services.create_deployment(actor=request.user, team=team, name=data.pop("name"),
+                                       model=data.pop("model"), **_spec_args(data))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    def partial_update(self, request: Request, name: str) -> Response:
+        d = self._deployment(name)
+        body = s.DeploymentUpdateSerializer(data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        d = services.update_deployment(actor=request.user, deployment=d,
+                                       **_spec_args(dict(body.validated_data)))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, name: str) -> Response:
+        services.delete(actor=request.user, deployment=self._deployment(name))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=s.RollbackSerializer, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, name: str) -> Response:
+        body = s.RollbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        d = services.rollback(actor=request.user, deployment=self._deployment(name),
+                              revision=body.validated_data.get("revision"))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, name: str) -> Response:
+        d = services.stop(actor=request.user, deployment=self._deployment(name))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, name: str) -> Response:
+        d = services.start(actor=request.user, deployment=self._deployment(name))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=s.RevisionSerializer(many=True))
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def revisions(self, request: Request, name: str) -> Response:
+        d = self._deployment(name)
+        page = self.paginate_queryset(d.revisions.select_related("model_version", "created_by")
+                                      .order_by("-number"))
+        return self.get_paginated_response(s.RevisionSerializer(page, many=True).data)
+
+    @extend_schema(responses=s.EventSerializer(many=True), parameters=[
+        OpenApiParameter("since", OpenApiTypes.INT, description="Only events with id > since")])
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def events(self, request: Request, name: str) -> Response:
+        d = self._deployment(name)
+        events = d.events.order_by("-created_at", "-id")
+        since = request.query_params.get("since")
+        if since and since.isdigit():
+            events = events.filter(id__gt=int(since))
+        page = self.paginate_queryset(events)
+        return self.get_paginated_response(s.EventSerializer(page, many=True).data)
+
+    @extend_schema(responses=s.ReplicaLogsSerializer(many=True), parameters=[
+        OpenApiParameter("replica", OpenApiTypes.STR, description="Replica id (default: all)"),
+        OpenApiParameter("tail", OpenApiTypes.INT, description="Lines per replica (200)")])
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def logs(self, request: Request, name: str) -> Response:
+        d = self._deployment(name)
+        tail = request.query_params.get("tail", "200")
+        logs = services.replica_logs(actor=request.user, deployment=d,
+                                     replica=request.query_params.get("replica") or None,
+                                     tail=int(tail) if tail.isdigit() else 200)
+        return Response(s.ReplicaLogsSerializer(logs, many=True).data)

@@ -1,0 +1,248 @@
+"""The serving gateway: ``POST /serve/<deployment>/invocations``.
+
+Authenticates the Bearer token, checks the caller may view the deployment's team (404 if not),
+picks a ready replica by the deployment's traffic split (sticky by ``X-Modelport-Route-Key``),
+proxies the body with a pooled HTTP client and returns the replica's answer. Routing tables are
+cached in process and reloaded only when the deployment's ``routing_version`` changes (checked
+at most once a second); token checks are cached for a few seconds. No per-request DB query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import urllib3
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions
+
+from teams.authentication import authenticate_token
+from teams.models import Membership
+from teams.roles import is_platform_admin
+
+from .models import Deployment, Replica
+
+ROUTE_CHECK_S = 1.0
+AUTH_TTL_S = 5.0
+FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-ID", "Content-Encoding")
+RETURN_HEADERS = ("Content-Type",)
+
+_pool = urllib3.PoolManager(num_pools=64, maxsize=32, block=False, retries=False)
+_lock = threading.Lock()
+
+
+@dataclass
+class Route:
+    version: tuple[int, int]  # (deployment pk, routing_version)
+    team_id: int
+    checked: float
+    # [(revision, percent, [url, ...]), ...] — only revisions with ready replicas
+    revisions: list[tuple[int, int, list[str]]] = field(default_factory=list)
+
+    def pick(self, key: str | None, exclude: set[str]) -> tuple[int, str] | None:
+        choices = [(rev, pct, [u for u in urls if u not in exclude])
+                   for rev, pct, urls in self.revisions]
+        choices = [(rev, pct, urls) for rev, pct, urls in choices if urls]
+        if not choices:
+            return None
+        total = sum(pct for _, pct, _ in choices)
+        if key:
+            h = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)
+            bucket, spin = h % max(total, 1), h // 101
+        else:
+            bucket, spin = random.randrange(max(total, 1)), random.randrange(1 << 30)  # noqa: S311
+        if total <= 0:
+            rev, _, urls = choices[spin % len(choices)]
+            return rev, urls[spin % len(urls)]
+        for rev, pct, urls in choices:
+            if bucket < pct:
+                return rev, urls[spin % len(urls)]
+            bucket -= pct
+        rev, _, urls = choices[-1]
+        return rev, urls[spin % len(urls)]
+
+
+_routes: dict[str, Route] = {}
+_auth: dict[str, tuple[float, bool, frozenset[int]]] = {}
+FLUSH_S = 1.0
+_stats: dict[tuple[int, int], list] = {}  # (deployment pk, revision) -> [n, errors, [ms...]]
+_last_flush = [time.monotonic()]
+
+
+def record(deployment_id: int, revision: int, status: int, elapsed_ms: float) -> None:
+    """Count one proxied request (5xx and unreachable replicas are errors)."""
+    with _lock:
+        entry = _stats.setdefault((deployment_id, revision), [0, 0, []])
+        entry[0] += 1
+        entry[1] += status >= 500
+        if len(entry[2]) < 5000:
+            entry[2].append(elapsed_ms)
+    if time.monotonic() - _last_flush[0] >= FLUSH_S:
+        flush()
+
+
+def flush() -> None:
+    """Write what was counted since the last flush (one INSERT, at most once a second)."""
+    from django.utils import timezone
+
+    from .models import TrafficSample
+
+    with _lock:
+        taken = dict(_stats)
+        _stats.clear()
+        _last_flush[0] = time.monotonic()
+    if not taken:
+        return
+    now = timezone.now()
+    rows = []
+    for (deployment_id, revision), (n, errors, times) in taken.items():
+        times = sorted(times)
+        p95 = times[min(len(times) - 1, int(0.95 * len(times)))] if times else 0.0
+        rows.append(TrafficSample(deployment_id=deployment_id, revision=revision, at=now,
+                                  requests=n, errors=errors, p95_ms=p95))
+    try:
+        TrafficSample.objects.bulk_create(rows)
+    except Exception:  # noqa: BLE001 - e.g. the deployment was deleted meanwhile
+        import logging
+
+        logging.getLogger(__name__).warning("could not store gateway traffic samples")
+
+
+def _load(name: str, version: tuple[int, int], team_id: int, traffic: list) -> Route:
+    ready: dict[int, list[str]] = {}
+    for rev, url in (Replica.objects.filter(deployment__name=name, ready=True)
+                     .exclude(url="").order_by("revision", "index")
+                     .values_list("revision", "url")):
+        ready.setdefault(rev, []).append(url)
+    weights = {int(t["revision"]): int(t["percent"]) for t in (traffic or [])
+               if isinstance(t, dict) and "revision" in t}
+    if weights:
+        revisions = [(rev, weights[rev], urls) for rev, urls in ready.items() if rev in weights]
+        if not revisions:  # the split names revisions with nothing ready: use what is ready
+            revisions = [(rev, 1, urls) for rev, urls in ready.items()]
+    else:
+        revisions = [(rev, 1, urls) for rev, urls in ready.items()]
+    return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions)
+
+
+def route_for(name: str) -> Route | None:
+    now = time.monotonic()
+    route = _routes.get(name)
+    if route is not None and now - route.checked < ROUTE_CHECK_S:
+        return route
+    row = Deployment.objects.filter(name=name).values_list(
+        "pk", "routing_version", "team_id", "traffic").first()
+    if row is None:
+        _routes.pop(name, None)
+        return None
+    pk, routing_version, team_id, traffic = row
+    version = (pk, routing_version)
+    if route is not None and route.version == version:
+        route.checked = now
+        return route
+    route = _load(name, version, team_id, traffic)
+    with _lock:
+        _routes[name] = route
+    return route
+
+
+def invalidate(name: str | None = None) -> None:
+    with _lock:
+        if name is None:
+            _routes.clear()
+            _auth.clear()
+            _stats.clear()
+        else:
+            _routes.pop(name, None)
+
+
+def _caller(raw: str) -> tuple[bool, frozenset[int]]:
+    """(is platform admin, team ids) for a token; AuthenticationFailed when invalid."""
+    digest = hashlib.sha256(raw.encode()).hexdigest()
+    cached = _auth.get(digest)
+    now = time.monotonic()
+    if cached and cached[0] > now:
+        return cached[1], cached[2]
+    token = authenticate_token(raw)
+    admin = is_platform_admin(token.user)
+    teams = frozenset(Membership.objects.filter(user=token.user).values_list("team_id",
+                                                                             flat=True))
+    with _lock:
+        if len(_auth) > 10000:
+            _auth.clear()
+        _auth[digest] = (now + AUTH_TTL_S, admin, teams)
+    return admin, teams
+
+
+def _error(status: int, detail: str, code: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"detail": detail, "code": code}, status=status)
+    for key, value in headers.items():
+        response[key] = value
+    return response
+
+
+@csrf_exempt
+def invocations(request: HttpRequest, name: str) -> HttpResponse:
+    if request.method != "POST":
+        return _error(405, f"Method {request.method} not allowed; POST a scoring request.",
+                      "method_not_allowed", Allow="POST")
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return _error(401, "Authentication required: send 'Authorization: Bearer <token>'.",
+                      "not_authenticated", **{"WWW-Authenticate": 'Bearer realm="api"'})
+    try:
+        admin, teams = _caller(raw.strip())
+    except exceptions.AuthenticationFailed as exc:
+        return _error(401, str(exc.detail), exc.get_codes() if isinstance(exc.get_codes(), str)
+                      else "token_invalid", **{"WWW-Authenticate": 'Bearer realm="api"'})
+    route = route_for(name)
+    if route is None or not (admin or route.team_id in teams):
+        return _error(404, f"No deployment '{name}'.", "not_found")
+    key = request.headers.get("X-Modelport-Route-Key")
+    headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
+    headers["X-Request-ID"] = getattr(request, "request_id", headers.get("X-Request-ID", ""))
+    body = request.body
+    tried: set[str] = set()
+    last_error = ""
+    for _attempt in range(2):
+        picked = route.pick(key, tried)
+        if picked is None:
+            break
+        revision, url = picked
+        tried.add(url)
+        started = time.monotonic()
+        try:
+            upstream = _pool.request(
+                "POST", url.rstrip("/") + "/invocations", body=body, headers=headers,
+                timeout=urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S),
+                preload_content=True, redirect=False)
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                urllib3.exceptions.ProtocolError) as exc:
+            last_error = f"{exc.__class__.__name__}"
+            record(route.version[0], revision, 502, (time.monotonic() - started) * 1000)
+            continue  # the replica went away: once more on another one
+        except urllib3.exceptions.ReadTimeoutError:
+            record(route.version[0], revision, 504, (time.monotonic() - started) * 1000)
+            return _error(504, f"Deployment '{name}' did not answer within "
+                               f"{settings.MODELPORT_GATEWAY_TIMEOUT_S:g} s.", "upstream_timeout")
+        except urllib3.exceptions.HTTPError as exc:
+            last_error = f"{exc.__class__.__name__}"
+            continue
+        record(route.version[0], revision, upstream.status,
+               (time.monotonic() - started) * 1000)
+        response = HttpResponse(upstream.data, status=upstream.status,
+                                content_type=upstream.headers.get("Content-Type",
+                                                                  "application/json"))
+        response["X-Modelport-Revision"] = str(revision)
+        return response
+    if not tried:
+        return _error(503, f"Deployment '{name}' has no ready replica right now; check its "
+                           "status and events.", "no_ready_replica", **{"Retry-After": "5"})
+    return _error(502, f"Deployment '{name}': replicas did not answer ({last_error}).",
+                  "upstream_unavailable", **{"Retry-After": "1"})

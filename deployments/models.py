@@ -1,0 +1,190 @@
+"""Desired state of deployments (what should run) and a cache of what runs.
+
+``Deployment`` holds the spec people edit; every spec change creates an immutable ``Revision``.
+The reconciler (``deployments.reconcile``) writes ``Replica`` rows, ``traffic`` and ``status`` so
+API reads never call the container runtime.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+from registry.models import ModelVersion, RegisteredModel
+from teams.models import Team
+from teams.roles import is_platform_admin
+
+name_validator = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
+    "Use 1-50 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
+)
+
+STRATEGIES = ("rolling", "blue_green", "canary")
+
+
+class DeploymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    BUILDING = "building", "Building"
+    STARTING = "starting", "Starting"
+    HEALTHY = "healthy", "Healthy"
+    DEGRADED = "degraded", "Degraded"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+
+
+class DeploymentQuerySet(models.QuerySet):
+    def visible_to(self, user) -> DeploymentQuerySet:
+        if is_platform_admin(user):
+            return self
+        if not user or not user.is_authenticated:
+            return self.none()
+        return self.filter(team__memberships__user=user)
+
+
+class Deployment(models.Model):
+    name = models.CharField(max_length=50, unique=True, validators=[name_validator])
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="deployments")
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT,
+                              related_name="deployments")
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="+", help_text="Pinned version (or follow alias).")
+    alias = models.CharField(max_length=50, blank=True,
+                             help_text="Alias followed; resolved when a revision is made.")
+    replicas = models.PositiveIntegerField(default=1)
+    cpu = models.DecimalField(max_digits=7, decimal_places=2, default=1)
+    memory_mb = models.PositiveIntegerField(default=1024)
+    gpus = models.PositiveIntegerField(default=0)
+    strategy = models.JSONField(default=dict, blank=True)
+    stopped = models.BooleanField(default=False)
+    # Written by the reconciler.
+    revision = models.PositiveIntegerField(default=0, help_text="The revision that should run.")
+    status = models.CharField(max_length=20, choices=DeploymentStatus.choices,
+                              default=DeploymentStatus.PENDING, db_index=True)
+    status_message = models.TextField(blank=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    traffic = models.JSONField(default=list, blank=True,
+                               help_text='[{"revision": N, "percent": P}, ...]')
+    routing_version = models.PositiveBigIntegerField(default=0)
+    reconciled_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def owner(self) -> str:
+        """The quota reservation this deployment holds."""
+        return f"deployment:{self.name}"
+
+    @property
+    def strategy_type(self) -> str:
+        return (self.strategy or {}).get("type", "rolling")
+
+
+class RevisionState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    ROLLING_OUT = "rolling_out", "Rolling out"
+    ACTIVE = "active", "Active"
+    SUPERSEDED = "superseded", "Superseded"
+    FAILED = "failed", "Failed"
+
+
+class Revision(models.Model):
+    """One immutable snapshot of a deployment's spec, with the model version it resolved to.
+    Only ``state``, ``image`` and ``healthy_at`` are filled in later by the reconciler."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="revisions")
+    number = models.PositiveIntegerField()
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    spec = models.JSONField(default=dict)
+    reason = models.CharField(max_length=200, blank=True)
+    image = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=20, choices=RevisionState.choices,
+                             default=RevisionState.PENDING)
+    healthy_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["deployment", "-number"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "number"],
+                                               name="unique_deployment_revision")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} r{self.number}"
+
+
+class DeploymentEvent(models.Model):
+    class Kind(models.TextChoices):
+        INFO = "info", "Info"
+        BUILD = "build", "Build"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+        TRAFFIC = "traffic", "Traffic"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    revision = models.PositiveIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.INFO)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}: {self.message[:60]}"
+
+
+class Replica(models.Model):
+    """The reconciler's view of one container (a cache: the runtime is the truth)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="replica_set")
+    runtime_id = models.CharField(max_length=200, unique=True)
+    revision = models.PositiveIntegerField()
+    index = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=20)
+    ready = models.BooleanField(default=False)
+    url = models.CharField(max_length=300, blank=True)
+    message = models.TextField(blank=True)
+    restart_count = models.PositiveIntegerField(default=0)
+    last_probe = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["deployment", "revision", "index"]
+
+    def __str__(self) -> str:
+        return self.runtime_id
+
+
+
+
+class TrafficSample(models.Model):
+    """What the gateway saw for one revision over about a second (written at most once a second
+    per gateway process): the canary compares new and old revisions with these."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="traffic_samples")
+    revision = models.PositiveIntegerField()
+    at = models.DateTimeField(db_index=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    p95_ms = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} r{self.revision} @ {self.at:%H:%M:%S}"

@@ -1,0 +1,685 @@
+"""The reconciler: make what runs match what the database says should run.
+
+Level-triggered and idempotent: every call looks at the deployment's desired revision and the
+containers the runtime finds by label, and converges — build/find the image, unpack the model,
+start missing replicas, replace dead ones, shift traffic, drain and remove what nobody wants.
+Safe to run twice at once (per-deployment lock) and safe to kill at any point: the next run
+(beat, every few seconds) picks up from what it finds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from registry import storage
+from registry.models import ModelVersion
+
+from . import admission
+from .locks import deployment_lock
+from .models import (
+    Deployment,
+    DeploymentEvent,
+    DeploymentStatus,
+    Replica,
+    Revision,
+    RevisionState,
+)
+
+log = logging.getLogger(__name__)
+Kind = DeploymentEvent.Kind
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+def model_dir_for(version: ModelVersion) -> Path:
+    """The version's MLflow model dir, unpacked once per artifact under the data dir and made
+    world-readable (containers run as uid 10001 and mount it read-only)."""
+    if not version.artifact_name:
+        raise RuntimeError(f"{version} has no stored artifact.")
+    root = Path(settings.MODELPORT_DATA_DIR) / "deployments" / "models"
+    target = root / (version.artifact_sha256 or f"v{version.pk}")
+    if (target / "MLmodel").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
+    try:
+        storage.unpack_artifact(version.artifact_name, staging)
+        for path in [staging, *staging.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        try:
+            os.rename(staging, target)
+        except OSError:  # a concurrent reconcile unpacked it first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def ready_status(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(HTTP status of GET url/ready, body text); (0, "") when nothing answers."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ready", timeout=timeout) as resp:  # noqa: S310
+            return resp.status, resp.read(4000).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(4000).decode("utf-8", "replace")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0, ""
+
+
+def probe(url: str | None, timeout: float = 1.0) -> bool:
+    if not url:
+        return False
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ready", timeout=timeout) as resp:  # noqa: S310
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def event(d: Deployment, message: str, *, kind: str = Kind.INFO,
+          revision: int | None = None) -> None:
+    DeploymentEvent.objects.create(deployment=d, kind=kind, message=message[:20000],
+                                   revision=revision)
+
+
+class BuildLog:
+    """Streams image build lines into events, a batch every ~2 s."""
+
+    def __init__(self, d: Deployment, revision: int) -> None:
+        self.d, self.revision, self.lines, self.last = d, revision, [], time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip()
+        if line:
+            self.lines.append(line)
+        if self.lines and (time.monotonic() - self.last > 2 or len(self.lines) >= 50):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            event(self.d, "\n".join(self.lines), kind=Kind.BUILD, revision=self.revision)
+            self.lines = []
+        self.last = time.monotonic()
+
+
+def set_status(d: Deployment, status: str, message: str = "", progress: int | None = None,
+               **extra: Any) -> None:
+    values: dict[str, Any] = {"status": status, "status_message": message[:2000],
+                              "reconciled_at": timezone.now(), **extra}
+    if progress is not None:
+        values["progress"] = progress
+    Deployment.objects.filter(pk=d.pk).update(**values)
+    for key, value in values.items():
+        setattr(d, key, value)
+
+
+# --- The reconciler -----------------------------------------------------------------------------
+class Reconciler:
+    def __init__(self, d: Deployment, runtime: Any) -> None:
+        self.d = d
+        self.runtime = runtime
+        self.draining: set[str] = set()
+        self.load_error = ""
+        self._ingest_env: dict[str, str] | None = None
+
+    # What runs, published to the DB cache the API and the gateway read.
+    def observe(self) -> list[Any]:
+        return self.runtime.list_replicas(self.d.name)
+
+    def publish(self, states: list[Any] | None = None,
+                traffic: list[dict[str, int]] | None = None) -> list[Any]:
+        d = self.d
+        states = self.observe() if states is None else states
+        now = timezone.now()
+        seen = []
+        signature = []
+        with transaction.atomic():
+            rows = {r.runtime_id: r for r in Replica.objects.filter(deployment=d)}
+            for s in states:
+                ready = s.alive and s.id not in self.draining and probe(s.url)
+                status = "draining" if s.id in self.draining else (
+                    "ready" if ready else s.status.value)
+                row = rows.get(s.id) or Replica(deployment=d, runtime_id=s.id)
+                row.revision, row.index, row.status, row.ready = s.revision, s.replica, status, \
+                    ready
+                row.url, row.message = s.url or "", s.message or ""
+                row.restart_count, row.last_probe = s.restart_count, now
+                row.save()
+                seen.append(s.id)
+                signature.append((s.id, s.revision, s.url, ready))
+            Replica.objects.filter(deployment=d).exclude(runtime_id__in=seen).delete()
+            current = Deployment.objects.select_for_update().get(pk=d.pk)
+            new_traffic = current.traffic if traffic is None else traffic
+            old_sig = sorted((r.runtime_id, r.revision, r.url or None, r.ready)
+                             for r in rows.values())
+            if sorted(signature) != old_sig or new_traffic != current.traffic:
+                Deployment.objects.filter(pk=d.pk).update(
+                    traffic=new_traffic, routing_version=F("routing_version") + 1)
+            d.traffic = new_traffic
+        return states
+
+    def still_current(self) -> bool:
+        fresh = Deployment.objects.filter(pk=self.d.pk).values("revision", "stopped").first()
+        return bool(fresh) and fresh["revision"] == self.d.revision \
+            and fresh["stopped"] == self.d.stopped
+
+    def remove(self, states: list[Any], *, drain: bool) -> None:
+        """Take replicas out of routing, wait for in-flight requests, then remove them."""
+        if not states:
+            return
+        if drain:
+            self.draining.update(s.id for s in states)
+            self.publish()
+            time.sleep(settings.MODELPORT_DRAIN_SECONDS)
+        for s in states:
+            self.remove_container(s.id)
+            self.draining.discard(s.id)
+
+    def ingest_env(self) -> dict[str, str]:
+        """Where replicas ship their prediction log (monitoring), one token per reconcile."""
+        if self._ingest_env is None:
+            self._ingest_env = {}
+            from django.apps import apps
+
+            if apps.is_installed("monitoring"):
+                try:
+                    from monitoring.services import ingest_environment
+
+                    self._ingest_env = ingest_environment(deployment=self.d)
+                except Exception:
+                    log.warning("no ingest token for %s", self.d.name, exc_info=True)
+        return self._ingest_env
+
+    def remove_container(self, replica_id: str) -> None:
+        self.runtime.remove_replica(replica_id)
+        if self.d.gpus:
+            admission.release_gpus(owner=f"{self.d.owner}/{replica_id}")
+
+    def last_logs(self, replica_id: str, lines: int = 20) -> str:
+        try:
+            return self.runtime.logs(replica_id, tail=lines).strip()
+        except Exception as exc:  # noqa: BLE001 - logs are best effort
+            return f"(logs unavailable: {exc})"
+
+    def run(self) -> str:
+        d = self.d
+        if d.stopped:
+            return self.stop_all()
+        target = Revision.objects.select_related("model_version").get(deployment=d,
+                                                                      number=d.revision)
+        states = self.observe()
+        ours = {s.replica: s for s in states if s.revision == target.number}
+        old = [s for s in states if s.revision != target.number]
+        if target.state == RevisionState.FAILED:
+            serving = (Revision.objects.select_related("model_version")
+                       .filter(deployment=d, state=RevisionState.ACTIVE).order_by("-number")
+                       .first())
+            if serving is not None:  # keep the last good revision whole while we wait
+                self.heal(serving, states)
+            self.publish()
+            if not old and serving is None:
+                set_status(d, DeploymentStatus.FAILED, d.status_message or
+                           f"Revision {target.number} failed.", 0)
+            return "failed"
+
+        # 1. Image and model files.
+        if not target.image or not all(s.alive for s in ours.values()) \
+                or len(ours) < d.replicas:
+            if not target.image:
+                set_status(d, DeploymentStatus.BUILDING,
+                           f"Preparing the serving image for {target.model_version}.", 10)
+            build = BuildLog(d, target.number)
+            try:
+                image = self.runtime.ensure_image(list(target.model_version.requirements or []),
+                                                  build)
+            except Exception as exc:  # noqa: BLE001 - any build failure fails the revision
+                build.flush()
+                return self.fail(target, f"Image build failed: {exc}", old)
+            build.flush()
+            if image != target.image:
+                Revision.objects.filter(pk=target.pk).update(image=image)
+                target.image = image
+        try:
+            model_dir = str(model_dir_for(target.model_version))
+        except Exception as exc:  # noqa: BLE001
+            return self.fail(target, f"Cannot unpack the model artifact: {exc}", old)
+
+        # 2. Replace dead replicas of the target revision; remove surplus ones.
+        for index, s in sorted(ours.items()):
+            if index >= d.replicas:
+                event(d, f"Scaling down: removing {s.id}.", revision=target.number)
+                self.remove([s], drain=True)
+                del ours[index]
+            elif not s.alive:
+                logs = self.last_logs(s.id)
+                event(d, f"Replica {s.id} {s.status.value} (exit code {s.exit_code}"
+                         f"{', ' + s.message if s.message else ''}); replacing it.\n"
+                         f"Last log lines:\n{logs}", kind=Kind.WARNING, revision=target.number)
+                self.remove_container(s.id)
+                del ours[index]
+                if self.crash_looping(target):
+                    self.publish()
+                    set_status(d, DeploymentStatus.DEGRADED if ours else DeploymentStatus.FAILED,
+                               f"Replica {index} of revision {target.number} keeps crashing; "
+                               f"see events for its last log lines.", d.progress)
+                    return "crash-loop"
+
+        # 3. Start what is missing, following the strategy.
+        missing = [i for i in range(d.replicas) if i not in ours]
+        first_rollout = target.healthy_at is None
+        if missing and self.crash_looping(target):  # back off: a human has to look
+            self.publish()
+            set_status(d, DeploymentStatus.DEGRADED if ours else DeploymentStatus.FAILED,
+                       f"Revision {target.number} keeps crashing ({len(ours)} of {d.replicas} "
+                       "replicas up); see events for the last log lines, then roll back or "
+                       "change the deployment.", d.progress)
+            return "crash-loop"
+        if missing:
+            if target.state == RevisionState.PENDING:
+                Revision.objects.filter(pk=target.pk).update(state=RevisionState.ROLLING_OUT)
+                target.state = RevisionState.ROLLING_OUT
+            if first_rollout:
+                set_status(d, DeploymentStatus.STARTING,
+                           f"Starting {len(missing)} replica(s) of revision {target.number}.",
+                           max(d.progress, 30))
+            else:
+                set_status(d, DeploymentStatus.DEGRADED,
+                           f"Replacing {len(missing)} replica(s) of revision {target.number}.",
+                           d.progress)
+            # GPU deployments hold exactly their reserved devices: no surge, replace in place.
+            rolling = (d.strategy_type == "rolling" or d.gpus) and old and first_rollout
+            if rolling:
+                result = self.rolling(target, model_dir, missing, ours, old)
+            else:
+                result = self.start_and_wait(target, model_dir, missing, ours,
+                                             first_rollout=first_rollout)
+            if result:
+                return result
+        # 4. Every replica of the target is up: switch traffic, drain and stop the rest.
+        states = self.observe()
+        ours = {s.replica: s for s in states if s.revision == target.number}
+        old = [s for s in states if s.revision != target.number]
+        ready = [s for s in ours.values() if s.alive and probe(s.url)]
+        if not ready:
+            self.publish(states)
+            set_status(d, DeploymentStatus.STARTING if not old else DeploymentStatus.DEGRADED,
+                       f"No replica of revision {target.number} is ready yet.", d.progress)
+            return "starting"
+        if old and first_rollout and d.strategy_type == "canary":
+            result = self.canary(target, old)
+            if result:
+                return result
+        self.publish(states, traffic=[{"revision": target.number, "percent": 100}])
+        if old:
+            event(d, f"Traffic: 100% to revision {target.number}; draining "
+                     f"{len(old)} old replica(s).", kind=Kind.TRAFFIC, revision=target.number)
+            self.remove(old, drain=True)
+            self.publish()
+        return self.settle(target, len(ready))
+
+    def heal(self, revision: Revision, states: list[Any]) -> None:
+        """Replace dead or missing replicas of a revision that is not the desired one (the last
+        healthy revision while the desired one failed)."""
+        d = self.d
+        want = int((revision.spec or {}).get("replicas") or d.replicas)
+        ours = {s.replica: s for s in states if s.revision == revision.number}
+        for index, s in list(ours.items()):
+            if not s.alive:
+                event(d, f"Replica {s.id} of serving revision {revision.number} "
+                         f"{s.status.value} (exit code {s.exit_code}); replacing it.\n"
+                         f"Last log lines:\n{self.last_logs(s.id)}", kind=Kind.WARNING,
+                      revision=revision.number)
+                self.remove_container(s.id)
+                del ours[index]
+        missing = [i for i in range(want) if i not in ours]
+        if not missing or not revision.image:
+            return
+        model_dir = str(model_dir_for(revision.model_version))
+        for index in missing:
+            self.wait(revision, self.start(revision, model_dir, index))
+
+    # --- strategies ---------------------------------------------------------------------------
+    def start(self, target: Revision, model_dir: str, index: int) -> Any:
+        from workers.runtimes import ReplicaSpec
+
+        d = self.d
+        spec = ReplicaSpec(deployment=d.name, revision=target.number, replica=index,
+                           image=target.image or None, model_dir=model_dir,
+                           model_name=d.model.name,
+                           model_version=str(target.model_version.version),
+                           cpu=float(d.cpu), memory_mb=d.memory_mb)
+        if d.gpus:
+            spec.gpu_device_ids = admission.gpu_devices(team=d.team, count=d.gpus,
+                                                        owner=f"{d.owner}/{spec.name}")
+        spec.env.update(self.ingest_env())
+        state = self.runtime.start_replica(spec)
+        event(d, f"Started replica {state.id} ({state.url or 'no url'}).",
+              revision=target.number)
+        return state
+
+    def wait(self, target: Revision, state: Any) -> bool:
+        """Poll the replica's /ready until 200; give up early when the container exits or the
+        model server reports that the model failed to load (it stays up answering 503)."""
+        deadline = time.monotonic() + settings.MODELPORT_READY_TIMEOUT_S
+        self.load_error = ""
+        while state.url and time.monotonic() < deadline:
+            status, body = ready_status(state.url)
+            if status == 200:
+                event(self.d, f"Replica {state.id} is ready.", revision=target.number)
+                return True
+            if status == 503 and "failed to load" in body:
+                self.load_error = body[:2000]
+                return False
+            if not self.runtime.get_replica(state.id).alive or not self.still_current():
+                return False
+            time.sleep(0.25)
+        return False
+
+    def start_and_wait(self, target: Revision, model_dir: str, missing: list[int],
+                       ours: dict[int, Any], *, first_rollout: bool = True) -> str | None:
+        d = self.d
+        try:
+            started = [self.start(target, model_dir, i) for i in missing]
+        except Exception as exc:  # noqa: BLE001
+            if not first_rollout:  # a healthy revision is not failed by one replacement
+                event(d, f"Replica replacement failed: {exc}", kind=Kind.WARNING,
+                      revision=target.number)
+                return "degraded"
+            return self.fail(target, f"Starting replicas failed: {exc}", self.old_alive(target))
+        self.publish()
+        for n, state in enumerate(started, 1):
+            if not self.wait(target, state):
+                if not self.still_current():
+                    return "superseded"
+                if not first_rollout:
+                    event(d, f"Replica {state.id} did not become ready; it will be replaced."
+                             f"\nLast log lines:\n{self.last_logs(state.id)}",
+                          kind=Kind.WARNING, revision=target.number)
+                    self.remove_container(state.id)
+                    self.publish()
+                    set_status(d, DeploymentStatus.DEGRADED,
+                               f"A replacement replica of revision {target.number} did not "
+                               "become ready; retrying.", d.progress)
+                    return "degraded"
+                return self.not_ready(target, state)
+            if first_rollout:
+                set_status(d, DeploymentStatus.STARTING,
+                           f"{n} of {len(started)} new replica(s) ready.",
+                           30 + int(60 * n / len(started)))
+            self.publish()
+        return None
+
+    def rolling(self, target: Revision, model_dir: str, missing: list[int],
+                ours: dict[int, Any], old: list[Any]) -> str | None:
+        """One new replica at a time: start, wait ready, shift its share of traffic, drain and
+        remove one old replica."""
+        d = self.d
+        old_revision = max(s.revision for s in old)
+        remaining = sorted(old, key=lambda s: (s.revision, s.replica))
+        for n, index in enumerate(missing, 1):
+            if d.gpus and remaining:  # free this replica's devices first
+                self.remove([remaining.pop(0)], drain=True)
+                self.publish()
+            try:
+                state = self.start(target, model_dir, index)
+            except Exception as exc:  # noqa: BLE001
+                return self.fail(target, f"Starting replica {index} failed: {exc}",
+                                 self.old_alive(target))
+            if not self.wait(target, state):
+                if not self.still_current():
+                    return "superseded"
+                return self.not_ready(target, state)
+            ready_new = len(ours) + n
+            percent = min(100, round(100 * ready_new / d.replicas))
+            traffic = [{"revision": target.number, "percent": percent}]
+            if percent < 100:
+                traffic.append({"revision": old_revision, "percent": 100 - percent})
+            self.publish(traffic=traffic)
+            event(d, f"Traffic: {percent}% to revision {target.number}.", kind=Kind.TRAFFIC,
+                  revision=target.number)
+            set_status(d, DeploymentStatus.STARTING,
+                       f"Rolling out revision {target.number}: {ready_new} of {d.replicas} "
+                       "replicas ready.", 30 + int(60 * ready_new / d.replicas))
+            if remaining and percent < 100:
+                self.remove([remaining.pop(0)], drain=True)
+                self.publish()
+        return None
+
+    def canary(self, target: Revision, old: list[Any]) -> str | None:
+        """Shift traffic in steps; any new replica dying during a step rolls back."""
+        d = self.d
+        old_revision = max(s.revision for s in old)
+        steps = (d.strategy or {}).get("steps") or [10, 50, 100]
+        interval = float((d.strategy or {}).get("interval_s", 60))
+        for step in steps:
+            if step >= 100:
+                break
+            self.publish(traffic=[{"revision": target.number, "percent": step},
+                                  {"revision": old_revision, "percent": 100 - step}])
+            event(d, f"Canary: {step}% of traffic to revision {target.number}.",
+                  kind=Kind.TRAFFIC, revision=target.number)
+            set_status(d, DeploymentStatus.STARTING,
+                       f"Canary at {step}% for revision {target.number}.",
+                       90 + int(10 * step / 100))
+            deadline = time.monotonic() + interval
+            while time.monotonic() < deadline:
+                if not self.still_current():
+                    return "superseded"
+                dead = [s for s in self.observe()
+                        if s.revision == target.number and not s.alive]
+                if dead:
+                    reason = (f"Canary failed at {step}%: replica {dead[0].id} exited "
+                              f"(code {dead[0].exit_code}).\n{self.last_logs(dead[0].id)}")
+                    self.publish(traffic=[{"revision": old_revision, "percent": 100}])
+                    return self.auto_rollback(target, old_revision, reason)
+                time.sleep(min(1.0, interval))
+            verdict = self.compare(target, old_revision)
+            if verdict:
+                self.publish(traffic=[{"revision": old_revision, "percent": 100}])
+                return self.auto_rollback(target, old_revision,
+                                          f"Canary failed at {step}%: {verdict}")
+            event(d, f"Canary at {step}% looks fine: {self.summary(target, old_revision)}",
+                  kind=Kind.TRAFFIC, revision=target.number)
+        return None
+
+    def window(self, target: Revision, revision: int) -> tuple[int, int, float]:
+        """(requests, errors, request-weighted p95 ms) the gateways saw for a revision since
+        the target revision was created."""
+        from .models import TrafficSample
+
+        samples = TrafficSample.objects.filter(deployment=self.d, revision=revision,
+                                               at__gte=target.created_at)
+        n = errors = 0
+        weighted = 0.0
+        for requests, errs, p95 in samples.values_list("requests", "errors", "p95_ms"):
+            n, errors, weighted = n + requests, errors + errs, weighted + p95 * requests
+        return n, errors, (weighted / n if n else 0.0)
+
+    def summary(self, target: Revision, old_revision: int) -> str:
+        new_n, new_err, new_p95 = self.window(target, target.number)
+        old_n, old_err, old_p95 = self.window(target, old_revision)
+        return (f"new {new_n} requests, {new_err} errors, p95 {new_p95:.0f} ms; "
+                f"old {old_n} requests, {old_err} errors, p95 {old_p95:.0f} ms.")
+
+    def compare(self, target: Revision, old_revision: int) -> str | None:
+        """Why the canary is worse than the old revision, or None."""
+        new_n, new_err, new_p95 = self.window(target, target.number)
+        old_n, old_err, old_p95 = self.window(target, old_revision)
+        if new_n < settings.MODELPORT_CANARY_MIN_REQUESTS:
+            return None
+        new_rate = new_err / new_n
+        old_rate = old_err / old_n if old_n else 0.0
+        if new_rate > old_rate + settings.MODELPORT_CANARY_MAX_ERROR_RATE_DELTA:
+            return (f"error rate {new_rate:.1%} vs {old_rate:.1%} on revision {old_revision} "
+                    f"({self.summary(target, old_revision)})")
+        if old_p95 > 0 and new_p95 > old_p95 * settings.MODELPORT_CANARY_MAX_P95_RATIO:
+            return (f"p95 latency {new_p95:.0f} ms vs {old_p95:.0f} ms on revision "
+                    f"{old_revision} ({self.summary(target, old_revision)})")
+        return None
+
+    # --- outcomes -----------------------------------------------------------------------------
+    def old_alive(self, target: Revision) -> list[Any]:
+        return [s for s in self.observe() if s.revision != target.number and s.alive]
+
+    def crash_looping(self, target: Revision) -> bool:
+        since = timezone.now() - timedelta(minutes=10)
+        replaced = DeploymentEvent.objects.filter(
+            deployment=self.d, revision=target.number, kind=Kind.WARNING,
+            message__startswith="Replica ", created_at__gte=since).count()
+        return replaced > settings.MODELPORT_CRASH_LOOP_RESTARTS
+
+    def not_ready(self, target: Revision, state: Any) -> str:
+        current = self.runtime.get_replica(state.id)
+        logs = self.last_logs(state.id)
+        if self.load_error:
+            why = f"could not load the model ({self.load_error})"
+        elif not current.alive:
+            why = "exited"
+        else:
+            why = f"was not ready after {settings.MODELPORT_READY_TIMEOUT_S} s"
+        return self.fail(target, f"Replica {state.id} of revision {target.number} {why} "
+                                 f"(exit code {current.exit_code}).\nLast log lines:\n{logs}",
+                         self.old_alive(target))
+
+    def fail(self, target: Revision, message: str, old: list[Any]) -> str:
+        d = self.d
+        Revision.objects.filter(pk=target.pk).update(state=RevisionState.FAILED)
+        target.state = RevisionState.FAILED
+        event(d, message, kind=Kind.ERROR, revision=target.number)
+        # The failed revision's replicas serve nothing; old ones keep serving.
+        mine = [s for s in self.observe() if s.revision == target.number]
+        for s in mine:
+            self.remove_container(s.id)
+        serving = [s for s in old if s.alive]
+        if serving:
+            rev = max(s.revision for s in serving)
+            self.publish(traffic=[{"revision": rev, "percent": 100}])
+            set_status(d, DeploymentStatus.FAILED,
+                       f"Revision {target.number} failed; revision {rev} keeps serving. "
+                       f"{message.splitlines()[0]}", d.progress)
+        else:
+            self.publish(traffic=[])
+            set_status(d, DeploymentStatus.FAILED, message.splitlines()[0], 0)
+        return "failed"
+
+    def auto_rollback(self, target: Revision, old_revision: int, reason: str) -> str:
+        from . import services
+
+        d = self.d
+        event(d, reason, kind=Kind.ERROR, revision=target.number)
+        Revision.objects.filter(pk=target.pk).update(state=RevisionState.FAILED)
+        for s in self.observe():
+            if s.revision == target.number:
+                self.remove_container(s.id)
+        fresh = Deployment.objects.get(pk=d.pk)
+        services.rollback(actor=None, deployment=fresh, revision=old_revision, system=True)
+        return "rolled-back"
+
+    def settle(self, target: Revision, ready: int) -> str:
+        d = self.d
+        now = timezone.now()
+        if target.healthy_at is None or target.state != RevisionState.ACTIVE:
+            Revision.objects.filter(deployment=d, state=RevisionState.ACTIVE) \
+                .exclude(pk=target.pk).update(state=RevisionState.SUPERSEDED)
+            Revision.objects.filter(pk=target.pk).update(
+                state=RevisionState.ACTIVE, healthy_at=target.healthy_at or now)
+            target.healthy_at = target.healthy_at or now
+            event(d, f"Revision {target.number} is healthy: {ready} of {d.replicas} "
+                     "replica(s) ready.", revision=target.number)
+        admission.mark_running(owner=d.owner, running=True)
+        if ready >= d.replicas:
+            if d.status != DeploymentStatus.HEALTHY:
+                set_status(d, DeploymentStatus.HEALTHY,
+                           f"{ready} of {d.replicas} replica(s) ready (revision "
+                           f"{target.number}).", 100)
+            else:
+                Deployment.objects.filter(pk=d.pk).update(reconciled_at=now)
+            return "healthy"
+        set_status(d, DeploymentStatus.DEGRADED,
+                   f"{ready} of {d.replicas} replica(s) ready (revision {target.number}).", 100)
+        return "degraded"
+
+    def revoke_ingest(self) -> None:
+        from django.apps import apps
+
+        if apps.is_installed("monitoring"):
+            try:
+                from monitoring.services import revoke_ingest_tokens
+
+                revoke_ingest_tokens(deployment=self.d)
+            except Exception:
+                log.warning("could not revoke ingest tokens of %s", self.d.name, exc_info=True)
+
+    def stop_all(self) -> str:
+        d = self.d
+        states = self.observe()
+        if states:
+            self.publish(states, traffic=[])
+            for s in states:
+                self.remove_container(s.id)
+            event(d, f"Stopped: removed {len(states)} replica(s).")
+        self.publish([], traffic=[])
+        admission.mark_running(owner=d.owner, running=False)
+        self.revoke_ingest()
+        if d.status != DeploymentStatus.STOPPED:
+            set_status(d, DeploymentStatus.STOPPED, "Stopped.", 0)
+        return "stopped"
+
+
+def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
+    """One level-triggered pass for one deployment; returns what happened."""
+    with deployment_lock(deployment_id) as got:
+        if not got:
+            return "busy"
+        d = (Deployment.objects.select_related("team", "model").filter(pk=deployment_id)
+             .first())
+        if d is None:
+            return "gone"
+        if runtime is None:
+            from workers.runtimes import get_runtime
+
+            runtime = get_runtime()
+        name = d.name
+        try:
+            outcome = Reconciler(d, runtime).run()
+            for _again in range(5):  # the spec changed mid-rollout: converge to the new one
+                if outcome != "superseded":
+                    break
+                d = (Deployment.objects.select_related("team", "model")
+                     .filter(pk=deployment_id).first())
+                if d is None:  # deleted while we were starting replicas: clean up
+                    remove_deployment_containers(name, runtime)
+                    return "gone"
+                outcome = Reconciler(d, runtime).run()
+            return outcome
+        except Exception as exc:
+            log.exception("reconcile of %s failed", d.name)
+            event(d, f"Reconcile error: {exc.__class__.__name__}: {exc}", kind=Kind.ERROR,
+                  revision=d.revision)
+            raise
+
+
+def remove_deployment_containers(name: str, runtime: Any = None) -> int:
+    """Remove every container labelled with this deployment name (after a delete)."""
+    if runtime is None:
+        from workers.runtimes import get_runtime
+
+        runtime = get_runtime()
+    states = runtime.list_replicas(name)
+    for s in states:
+        runtime.remove_replica(s.id)
+    return len(states)

@@ -1,0 +1,421 @@
+"""Business operations on deployments: one function per verb.
+
+Each verb checks the actor's role, validates everything before touching anything, admits the
+resources through ``admission.admit_spec``, writes a new immutable revision when the spec
+changes, records an audit event, and enqueues ``reconcile`` after the transaction commits.
+Nothing here calls the container runtime except ``replica_logs`` (read-only).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from config.errors import Conflict, InvalidInput, NotFound
+from registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionStatus
+from teams import audit
+from teams.access import require_team_role
+from teams.models import Team
+from teams.roles import Role
+
+from . import admission
+from .models import (
+    STRATEGIES,
+    Deployment,
+    DeploymentEvent,
+    DeploymentStatus,
+    Revision,
+    name_validator,
+)
+
+DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
+                     "memory_mb", "gpus", "strategy", "stopped", "revision"]
+MAX_CPU = Decimal("256")
+MAX_MEMORY_MB = 1024 * 1024
+MAX_GPUS = 64
+_UNSET: Any = object()
+
+
+# --- Validation ---------------------------------------------------------------------------------
+def _replicas(value: Any) -> int:
+    limit = settings.MODELPORT_MAX_REPLICAS
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            if isinstance(value, bool) or str(value).strip() != str(int(str(value).strip())):
+                raise ValueError
+            value = int(str(value).strip())
+        except (TypeError, ValueError):
+            raise InvalidInput("replicas must be a whole number.", field="replicas") from None
+    if value < 1 or value > limit:
+        raise InvalidInput(f"replicas must be between 1 and {limit} (got {value}).",
+                           field="replicas")
+    return value
+
+
+def _resources(raw: Any) -> tuple[Decimal, int, int]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("resources must be an object like {\"cpu\": 1, \"memory_mb\": 1024, "
+                           "\"gpus\": 0}.", field="resources")
+    unknown = sorted(set(raw) - {"cpu", "memory_mb", "gpus"})
+    if unknown:
+        raise InvalidInput(f"resources has unknown key(s) {', '.join(unknown)}; expected cpu, "
+                           "memory_mb, gpus.", field="resources")
+    try:
+        cpu_raw = raw.get("cpu", 1)
+        if isinstance(cpu_raw, bool):
+            raise InvalidOperation
+        cpu = Decimal(str(cpu_raw))
+        if not cpu.is_finite():
+            raise InvalidOperation
+    except (InvalidOperation, ValueError):
+        raise InvalidInput(f"resources.cpu must be a number of cores, e.g. 0.5 (got "
+                           f"{raw.get('cpu')!r}).", field="resources") from None
+    if cpu <= 0 or cpu > MAX_CPU or cpu != cpu.quantize(Decimal("0.01")):
+        raise InvalidInput(f"resources.cpu must be more than 0 and at most {MAX_CPU}, in steps "
+                           "of 0.01.", field="resources")
+
+    def whole(key: str, default: int, minimum: int, maximum: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"resources.{key} must be a whole number (got {value!r}).",
+                               field="resources")
+        if value < minimum or value > maximum:
+            raise InvalidInput(f"resources.{key} must be between {minimum} and {maximum} "
+                               f"(got {value}).", field="resources")
+        return value
+
+    memory_mb = whole("memory_mb", 1024, 64, MAX_MEMORY_MB)
+    gpus = whole("gpus", 0, 0, MAX_GPUS)
+    return cpu, memory_mb, gpus
+
+
+def _strategy(raw: Any) -> dict[str, Any]:
+    if raw in (None, {}):
+        return {"type": "rolling"}
+    if not isinstance(raw, dict):
+        raise InvalidInput("strategy must be an object like {\"type\": \"rolling\"}.",
+                           field="strategy")
+    kind = raw.get("type", "rolling")
+    if kind not in STRATEGIES:
+        raise InvalidInput(f"strategy.type must be one of {', '.join(STRATEGIES)} "
+                           f"(got {kind!r}).", field="strategy")
+    unknown = sorted(set(raw) - {"type", "steps", "interval_s"})
+    if unknown:
+        raise InvalidInput(f"strategy has unknown key(s) {', '.join(unknown)}.", field="strategy")
+    out: dict[str, Any] = {"type": kind}
+    if kind == "canary":
+        steps = raw.get("steps", [10, 50, 100])
+        if (not isinstance(steps, list) or not steps
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 100
+                           for s in steps)
+                or steps != sorted(steps) or steps[-1] != 100):
+            raise InvalidInput("strategy.steps must be increasing percentages ending at 100, "
+                               "e.g. [10, 50, 100].", field="strategy")
+        interval = raw.get("interval_s", 60)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+                or not 0 <= interval <= 86400:
+            raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
+                               field="strategy")
+        out.update(steps=steps, interval_s=interval)
+    elif "steps" in raw or "interval_s" in raw:
+        raise InvalidInput("strategy.steps and interval_s apply only to canary.",
+                           field="strategy")
+    return out
+
+
+def _model(team: Team, name: Any) -> RegisteredModel:
+    model = RegisteredModel.objects.filter(name=str(name or "")).first()
+    if model is None or model.team_id != team.pk:
+        raise InvalidInput(f"Team '{team.slug}' has no model '{name}'.", field="model")
+    return model
+
+
+def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVersion | None,
+                                                                        str, ModelVersion]:
+    """(pinned version or None, alias or "", the ready version a revision runs)."""
+    if version not in (None, "") and alias not in (None, ""):
+        raise InvalidInput("Give either version or alias, not both.", field="version")
+    if alias not in (None, ""):
+        found = ModelAlias.objects.select_related("version").filter(model=model,
+                                                                    name=str(alias)).first()
+        if found is None:
+            raise InvalidInput(f"Model '{model.name}' has no alias '{alias}'.", field="alias")
+        target, pinned, alias = found.version, None, str(alias)
+    else:
+        if version in (None, ""):
+            raise InvalidInput("Give the model version (a number) or an alias to deploy.",
+                               field="version")
+        if isinstance(version, bool):
+            version = "x"
+        try:
+            number = int(version)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"version must be a number (got {version!r}).",
+                               field="version") from None
+        target = ModelVersion.objects.filter(model=model, version=number).first()
+        if target is None:
+            raise InvalidInput(f"Model '{model.name}' has no version {number}.", field="version")
+        pinned, alias = target, ""
+    if target.status != VersionStatus.READY:
+        raise InvalidInput(f"'{model.name}' v{target.version} is {target.status}, not ready; "
+                           "only ready versions can be deployed.", field="version")
+    return pinned, alias, target
+
+
+def _spec(d: Deployment) -> dict[str, Any]:
+    return {"model": d.model.name, "version": d.version.version if d.version else None,
+            "alias": d.alias or None, "replicas": d.replicas,
+            "resources": {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus},
+            "strategy": d.strategy}
+
+
+def _new_revision(d: Deployment, target: ModelVersion, *, actor, reason: str) -> Revision:
+    number = (d.revisions.aggregate(top=Max("number"))["top"] or 0) + 1
+    spec = _spec(d)
+    spec["model_version"] = target.version
+    revision = Revision.objects.create(deployment=d, number=number, model_version=target,
+                                       spec=spec, reason=reason[:200], created_by=actor)
+    d.revision = number
+    d.status, d.progress = DeploymentStatus.PENDING, 0
+    d.status_message = f"Revision {number}: {reason}"
+    d.save()
+    event(d, f"Revision {number} created ({reason}): {target}.", revision=number)
+    return revision
+
+
+def event(d: Deployment, message: str, *, kind: str = DeploymentEvent.Kind.INFO,
+          revision: int | None = None) -> DeploymentEvent:
+    return DeploymentEvent.objects.create(deployment=d, kind=kind, message=message,
+                                          revision=revision)
+
+
+def enqueue_reconcile(deployment_id: int) -> None:
+    from .tasks import reconcile
+
+    reconcile.delay(deployment_id)
+
+
+def _after_commit(d: Deployment) -> None:
+    pk = d.pk
+    transaction.on_commit(lambda: enqueue_reconcile(pk))
+
+
+def _locked(d: Deployment) -> Deployment:
+    return Deployment.objects.select_for_update(of=("self",)) \
+        .select_related("team", "model", "version") \
+        .get(pk=d.pk)
+
+
+# --- Verbs --------------------------------------------------------------------------------------
+@transaction.atomic
+def create_deployment(*, actor, team: Team, name: str, model: str, version: Any = None,
+                      alias: Any = None, replicas: Any = 1, resources: Any = None,
+                      strategy: Any = None) -> Deployment:
+    require_team_role(actor, team, Role.ENGINEER, "deploying models")
+    try:
+        name_validator(name)
+    except ValidationError as exc:
+        raise InvalidInput(f"'{name}' is not a valid deployment name. {exc.messages[0]}",
+                           field="name") from None
+    registered = _model(team, model)
+    pinned, alias, target = _resolve(registered, version, alias)
+    replicas = _replicas(replicas)
+    cpu, memory_mb, gpus = _resources(resources)
+    strategy = _strategy(strategy)
+    if Deployment.objects.filter(name=name).exists():
+        raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken")
+    try:
+        with transaction.atomic():
+            d = Deployment.objects.create(name=name, team=team, model=registered, version=pinned,
+                                          alias=alias, replicas=replicas, cpu=cpu,
+                                          memory_mb=memory_mb, gpus=gpus, strategy=strategy,
+                                          created_by=actor)
+    except IntegrityError:
+        raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
+    admission.admit_spec(team=team, owner=d.owner, replicas=replicas, cpu=cpu,
+                         memory_mb=memory_mb, gpus=gpus, actor=actor)
+    _new_revision(d, target, actor=actor, reason="created")
+    audit.record(actor=actor, action="deployment.created", obj=d, team=team,
+                 after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
+                      alias: Any = _UNSET, replicas: Any = _UNSET, resources: Any = _UNSET,
+                      strategy: Any = _UNSET) -> Deployment:
+    """Any spec change (or re-resolving a followed alias) makes a new revision."""
+    require_team_role(actor, deployment.team, Role.ENGINEER, "changing deployments")
+    d = _locked(deployment)
+    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
+    current = Revision.objects.filter(deployment=d, number=d.revision).first()
+    if version is not _UNSET or alias is not _UNSET:
+        new_version = None if version is _UNSET else version
+        new_alias = None if alias is _UNSET else alias
+        if version is _UNSET and new_alias in (None, ""):
+            raise InvalidInput("Give the model version (a number) or an alias to deploy.",
+                               field="alias")
+        pinned, new_alias, target = _resolve(d.model, new_version, new_alias)
+    else:
+        pinned, new_alias = d.version, d.alias
+        if d.alias:  # following an alias: re-resolve it
+            pinned, new_alias, target = _resolve(d.model, None, d.alias)
+        else:
+            target = d.version
+    new_replicas = d.replicas if replicas is _UNSET else _replicas(replicas)
+    if resources is _UNSET:
+        cpu, memory_mb, gpus = d.cpu, d.memory_mb, d.gpus
+    else:
+        merged = {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus,
+                  **(resources if isinstance(resources, dict) else {})}
+        cpu, memory_mb, gpus = _resources(merged if isinstance(resources, dict) else resources)
+    new_strategy = d.strategy if strategy is _UNSET else _strategy(strategy)
+    d.version, d.alias, d.replicas, d.strategy = pinned, new_alias, new_replicas, new_strategy
+    d.cpu, d.memory_mb, d.gpus = cpu, memory_mb, gpus
+    changed = (current is None or current.model_version_id != target.pk
+               or _spec(d) != {k: v for k, v in current.spec.items() if k != "model_version"})
+    if not changed:
+        d.save()
+        return d
+    if not d.stopped:
+        admission.admit_spec(team=d.team, owner=d.owner, replicas=new_replicas, cpu=cpu,
+                             memory_mb=memory_mb, gpus=gpus, actor=actor)
+    _new_revision(d, target, actor=actor, reason="spec changed")
+    audit.record(actor=actor, action="deployment.updated", obj=d, team=d.team, before=before,
+                 after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def rollback(*, actor, deployment: Deployment, revision: int | None = None,
+             system: bool = False) -> Deployment:
+    """A new revision with the spec and model version of an earlier one (default: the newest
+    earlier revision that was healthy). ``system``: the reconciler's automatic rollback."""
+    if not system:
+        require_team_role(actor, deployment.team, Role.ENGINEER, "rolling back deployments")
+    d = _locked(deployment)
+    earlier = d.revisions.filter(number__lt=d.revision)
+    if revision is None:
+        source = earlier.filter(healthy_at__isnull=False).order_by("-number").first()
+        if source is None:
+            raise Conflict(f"'{d.name}' has no earlier healthy revision to roll back to.",
+                           code="no_previous_revision")
+    else:
+        source = d.revisions.filter(number=revision).first()
+        if source is None:
+            raise InvalidInput(f"'{d.name}' has no revision {revision}.", field="revision")
+        if source.number == d.revision:
+            raise InvalidInput(f"Revision {revision} is the current revision.", field="revision")
+    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
+    spec = source.spec
+    res = spec.get("resources") or {}
+    d.alias = spec.get("alias") or ""
+    d.version = None if d.alias else source.model_version
+    d.replicas = int(spec.get("replicas") or d.replicas)
+    d.cpu = Decimal(str(res.get("cpu", d.cpu)))
+    d.memory_mb = int(res.get("memory_mb", d.memory_mb))
+    d.gpus = int(res.get("gpus", d.gpus))
+    d.strategy = spec.get("strategy") or d.strategy
+    if not d.stopped:
+        admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
+                             memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
+    _new_revision(d, source.model_version, actor=actor,
+                  reason=f"rollback to revision {source.number}")
+    audit.record(actor=actor, action="deployment.rolled_back", obj=d, team=d.team,
+                 before=before, after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def stop(*, actor, deployment: Deployment) -> Deployment:
+    require_team_role(actor, deployment.team, Role.ENGINEER, "stopping deployments")
+    d = _locked(deployment)
+    if d.stopped:
+        return d
+    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
+    d.stopped = True
+    d.status, d.status_message, d.progress = DeploymentStatus.PENDING, "Stopping.", 0
+    d.save()
+    admission.release_spec(owner=d.owner, actor=actor)
+    event(d, "Stop requested.", revision=d.revision)
+    audit.record(actor=actor, action="deployment.stopped", obj=d, team=d.team, before=before,
+                 after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def start(*, actor, deployment: Deployment) -> Deployment:
+    require_team_role(actor, deployment.team, Role.ENGINEER, "starting deployments")
+    d = _locked(deployment)
+    if not d.stopped:
+        return d
+    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
+    admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
+                         memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
+    d.stopped = False
+    d.status, d.status_message, d.progress = DeploymentStatus.PENDING, "Starting.", 0
+    d.save()
+    event(d, "Start requested.", revision=d.revision)
+    audit.record(actor=actor, action="deployment.started", obj=d, team=d.team, before=before,
+                 after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def delete(*, actor, deployment: Deployment) -> None:
+    """Forget the deployment and give back its quota; its containers are removed after commit
+    (and by the garbage collection in ``reconcile_all`` if that is interrupted)."""
+    require_team_role(actor, deployment.team, Role.ENGINEER, "deleting deployments")
+    d = _locked(deployment)
+    name = d.name
+    audit.record(actor=actor, action="deployment.deleted", obj=d, team=d.team,
+                 before=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    admission.release_spec(owner=d.owner, actor=actor)
+    d.delete()
+    transaction.on_commit(lambda: enqueue_remove(name))
+
+
+def enqueue_remove(name: str) -> None:
+    from .tasks import remove_containers
+
+    remove_containers.delay(name)
+
+
+def get_visible(user, name: str) -> Deployment:
+    d = (Deployment.objects.visible_to(user).select_related("team", "model", "version")
+         .filter(name=name).first())
+    if d is None:
+        raise NotFound(f"No deployment '{name}'.")
+    return d
+
+
+def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
+                 tail: int = 200) -> list[dict[str, str]]:
+    """Recent log lines of one replica (or of each), read through the runtime."""
+    require_team_role(actor, deployment.team, Role.VIEWER, "reading logs")
+    from workers.runtimes import get_runtime
+
+    ids = list(deployment.replica_set.values_list("runtime_id", flat=True))
+    if replica:
+        if replica not in ids:
+            raise NotFound(f"Deployment '{deployment.name}' has no replica '{replica}'.")
+        ids = [replica]
+    tail = max(1, min(int(tail), 5000))
+    runtime = get_runtime()
+    return [{"replica": rid, "logs": runtime.logs(rid, tail=tail)} for rid in ids]
+
+
+def endpoint(d: Deployment) -> str:
+    return f"{settings.MODELPORT_BASE_URL.rstrip('/')}/serve/{d.name}/invocations"

@@ -1,0 +1,124 @@
+"""Deployment pages of the portal. Thin: scoped querysets to read, services to change."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from config.errors import DomainError
+from teams.models import Team
+from teams.roles import Role, at_least, is_platform_admin
+
+from . import services
+from .filtersets import DeploymentFilterSet
+from .forms import DeploymentCreateForm
+from .models import Deployment
+
+
+def _deployment(request: HttpRequest, name: str) -> Deployment:
+    d = (Deployment.objects.visible_to(request.user).select_related("team", "model", "version")
+         .filter(name=name).first())
+    if d is None:
+        raise Http404(f"No deployment '{name}'.")
+    return d
+
+
+def _can_change(request: HttpRequest, team: Team) -> bool:
+    return is_platform_admin(request.user) or at_least(team.role_of(request.user), Role.ENGINEER)
+
+
+def _context(request: HttpRequest, d: Deployment) -> dict:
+    return {"d": d, "replicas": d.replica_set.order_by("revision", "index"),
+            "events": d.events.order_by("-created_at", "-id")[:50],
+            "revisions": d.revisions.select_related("model_version").order_by("-number")[:20],
+            "endpoint": services.endpoint(d), "can_change": _can_change(request, d.team),
+            "busy": d.status in ("pending", "building", "starting")}
+
+
+def _writable_teams(request: HttpRequest):
+    teams = Team.objects.visible_to(request.user)
+    if is_platform_admin(request.user):
+        return teams
+    return teams.filter(memberships__user=request.user,
+                        memberships__role__in=[Role.ENGINEER, Role.MAINTAINER])
+
+
+@login_required
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    queryset = (Deployment.objects.visible_to(request.user)
+                .select_related("team", "model", "version").order_by("name"))
+    filtered = DeploymentFilterSet(request.GET, queryset=queryset).qs
+    writable = _writable_teams(request)
+    initial = {"model": request.GET.get("model", "")}
+    form = DeploymentCreateForm(request.POST or None, teams=writable, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            d = services.create_deployment(
+                actor=request.user, team=data["team"], name=data["name"], model=data["model"],
+                version=data["version"], alias=data["alias"] or None,
+                replicas=data["replicas"],
+                resources={"cpu": float(data["cpu"]), "memory_mb": data["memory_mb"]},
+                strategy={"type": data["strategy"]})
+        except DomainError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            messages.success(request, f"Deploying '{d.name}': revision {d.revision} is "
+                                      "rolling out.")
+            return redirect("deployments:detail", name=d.name)
+    return render(request, "deployments/list.html",
+                  {"deployments": filtered, "teams": Team.objects.visible_to(request.user),
+                   "form": form, "can_create": writable.exists()})
+
+
+@login_required
+def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
+    return render(request, "deployments/detail.html", _context(request, _deployment(request, name)))
+
+
+@login_required
+def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
+    """The htmx-polled fragment: status, progress, replicas, events."""
+    return render(request, "deployments/_status.html",
+                  _context(request, _deployment(request, name)))
+
+
+@login_required
+def deployment_logs(request: HttpRequest, name: str) -> HttpResponse:
+    d = _deployment(request, name)
+    try:
+        logs = services.replica_logs(actor=request.user, deployment=d,
+                                     replica=request.GET.get("replica") or None, tail=200)
+    except DomainError as exc:
+        raise Http404(exc.message) from exc
+    return render(request, "deployments/_logs.html", {"d": d, "logs": logs})
+
+
+@login_required
+@require_POST
+def deployment_action(request: HttpRequest, name: str, verb: str) -> HttpResponse:
+    d = _deployment(request, name)
+    try:
+        if verb == "stop":
+            services.stop(actor=request.user, deployment=d)
+            messages.success(request, f"Stopping '{d.name}'.")
+        elif verb == "start":
+            services.start(actor=request.user, deployment=d)
+            messages.success(request, f"Starting '{d.name}'.")
+        elif verb == "rollback":
+            number = request.POST.get("revision")
+            services.rollback(actor=request.user, deployment=d,
+                              revision=int(number) if number and number.isdigit() else None)
+            messages.success(request, f"Rolling '{d.name}' back.")
+        elif verb == "delete":
+            services.delete(actor=request.user, deployment=d)
+            messages.success(request, f"Deleted '{d.name}'; its containers are being removed.")
+            return redirect("deployments:list")
+        else:
+            raise Http404(f"Unknown action '{verb}'.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect("deployments:detail", name=d.name)

@@ -1,0 +1,100 @@
+"""Fixtures for deployments: a ready iris version with a stored artifact, made directly (no
+validation sandbox), whose requirements are the platform's own — so every Docker test shares
+the one serving image that already exists on the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from registry.models import ModelVersion, RegisteredModel, VersionStatus
+from teams.roles import Role
+from tests.factories import MembershipFactory, TeamFactory, UserFactory
+
+COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+
+@pytest.fixture(scope="session")
+def iris_dir(tmp_path_factory) -> Path:
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from registry.sandbox import platform_requirements
+
+    data = load_iris()
+    frame = pd.DataFrame(data.data, columns=COLUMNS)
+    model = LogisticRegression(max_iter=300).fit(frame, data.target)
+    target = tmp_path_factory.mktemp("deploy-iris") / "iris"
+    example = pd.DataFrame(ROWS, columns=COLUMNS)
+    mlflow.sklearn.save_model(
+        model, str(target), signature=infer_signature(example, model.predict(example)),
+        input_example=example, pip_requirements=platform_requirements(),
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE)
+    return target
+
+
+def make_version(model: RegisteredModel, number: int, model_dir: Path,
+                 status: str = VersionStatus.READY) -> ModelVersion:
+    from registry import storage
+    from registry.sandbox import platform_requirements
+
+    stored = storage.store_model_dir(model_dir)
+    return ModelVersion.objects.create(
+        model=model, version=number, status=status, source_format="mlflow", flavor="sklearn",
+        requirements=platform_requirements(), artifact_name=stored.name,
+        artifact_sha256=stored.sha256, artifact_size=stored.size,
+        input_example={"dataframe_split": {"columns": COLUMNS, "data": ROWS}})
+
+
+@pytest.fixture
+def other_team(db):
+    return TeamFactory(slug="other-team")
+
+
+@pytest.fixture
+def stranger(other_team):
+    user = UserFactory(username="stan")
+    MembershipFactory(team=other_team, user=user, role=Role.MAINTAINER)
+    return user
+
+
+@pytest.fixture
+def iris_model(team, engineer):
+    return RegisteredModel.objects.create(name="iris", team=team, created_by=engineer)
+
+
+@pytest.fixture
+def v1(iris_model, iris_dir):
+    return make_version(iris_model, 1, iris_dir)
+
+
+@pytest.fixture
+def v2(iris_model, iris_dir):
+    return make_version(iris_model, 2, iris_dir)
+
+
+@pytest.fixture
+def no_enqueue(monkeypatch):
+    """Record reconcile requests instead of running them (tests drive the reconciler)."""
+    calls: list[int] = []
+    monkeypatch.setattr("deployments.services.enqueue_reconcile", calls.append)
+    return calls
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_containers(client, names: list[str]) -> None:
+    for name in names:
+        for c in client.containers.list(all=True,
+                                        filters={"label": f"modelport.deployment={name}"}):
+            with contextlib.suppress(Exception):
+                c.remove(force=True, v=True)
