@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import Alert, AlertRule, Comparison, TaskType
+from ..services import METRICS
+
+
+class RangeQuerySerializer(serializers.Serializer):
+    start = serializers.DateTimeField(required=False, help_text="ISO 8601; default end - 24 h.")
+    end = serializers.DateTimeField(required=False, help_text="ISO 8601; default now.")
+    revision = serializers.IntegerField(required=False, min_value=0,
+                                        help_text="Only this deployment revision.")
+
+
+class MetricsQuerySerializer(RangeQuerySerializer):
+    step = serializers.IntegerField(required=False, min_value=60,
+                                    help_text="Seconds per point, a multiple of 60; default "
+                                              "gives at most 240 points.")
+
+
+class PredictionsSeriesSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["classes", "numeric", "none"])
+    classes = serializers.DictField(child=serializers.ListField(child=serializers.FloatField()),
+                                    required=False, help_text="Count per class per step.")
+    mean = serializers.ListField(child=serializers.FloatField(allow_null=True), required=False)
+    histogram = serializers.DictField(required=False,
+                                      help_text="{edges, counts} of numeric predictions.")
+
+
+def _series(help_text: str) -> serializers.ListField:
+    return serializers.ListField(child=serializers.FloatField(allow_null=True),
+                                 help_text=help_text)
+
+
+class MetricsSerializer(serializers.Serializer):
+    deployment = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    step = serializers.IntegerField()
+    timestamps = serializers.ListField(child=serializers.DateTimeField())
+    requests = _series("Requests per step.")
+    requests_per_min = _series("Average requests per minute in each step.")
+    errors = _series("Responses with status ≥ 400 per step.")
+    error_rate = _series("Errors as a percentage of requests.")
+    latency_mean = _series("Mean latency (ms).")
+    latency_p50 = _series("Median latency (ms), from the fixed-bucket histogram.")
+    latency_p95 = _series("p95 latency (ms).")
+    latency_p99 = _series("p99 latency (ms).")
+    predictions = PredictionsSeriesSerializer()
+    quality = serializers.DictField(help_text="Ground-truth quality per step: accuracy and f1 "
+                                              "(classification) or mae and rmse (regression).")
+    totals = serializers.DictField()
+
+
+class FeatureDriftSerializer(serializers.Serializer):
+    feature = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["numeric", "categorical"])
+    test = serializers.ChoiceField(choices=["ks", "chi2"])
+    statistic = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+    psi = serializers.FloatField()
+    n = serializers.IntegerField(help_text="Rows of live input behind the figures.")
+    drifted = serializers.BooleanField()
+
+
+class DriftSerializer(serializers.Serializer):
+    deployment = serializers.CharField()
+    revision = serializers.IntegerField()
+    model_version = serializers.IntegerField(allow_null=True)
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    rows = serializers.IntegerField()
+    reference = serializers.DictField()
+    thresholds = serializers.DictField(child=serializers.FloatField())
+    features = FeatureDriftSerializer(many=True)
+    drifted = serializers.ListField(child=serializers.CharField())
+
+
+class FeedbackItemSerializer(serializers.Serializer):
+    request_id = serializers.CharField(max_length=100)
+    label = serializers.JSONField()
+
+
+class FeedbackResultSerializer(serializers.Serializer):
+    matched = serializers.IntegerField()
+    updated = serializers.IntegerField()
+    unmatched = serializers.ListField(child=serializers.CharField(),
+                                      help_text="Request ids with no logged prediction.")
+
+
+class IngestRecordSerializer(serializers.Serializer):
+    request_id = serializers.CharField(max_length=100)
+    timestamp = serializers.DateTimeField()
+    latency_ms = serializers.FloatField(min_value=0)
+    status = serializers.IntegerField(min_value=100, max_value=599)
+    endpoint = serializers.CharField(required=False)
+    inputs = serializers.JSONField(required=False)
+    outputs = serializers.JSONField(required=False)
+    error = serializers.CharField(required=False, allow_null=True)
+
+
+class IngestBatchSerializer(serializers.Serializer):
+    deployment = serializers.CharField()
+    revision = serializers.CharField(required=False)
+    replica = serializers.CharField(required=False)
+    records = IngestRecordSerializer(many=True)
+
+
+class IngestResultSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    sampled_out = serializers.IntegerField()
+
+
+class AlertRuleSerializer(serializers.ModelSerializer):
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    firing = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AlertRule
+        fields = ["id", "deployment", "name", "metric", "comparison", "threshold",
+                  "window_minutes", "enabled", "webhook_url", "emails", "retrain_webhook_url",
+                  "firing", "last_value", "last_evaluated_at", "created_at"]
+
+    def get_firing(self, rule: AlertRule) -> bool:
+        return any(a.state == "firing" for a in rule.alerts.all())
+
+
+class AlertRuleCreateSerializer(serializers.Serializer):
+    deployment = serializers.CharField(help_text="Deployment name.")
+    name = serializers.CharField(max_length=100)
+    metric = serializers.CharField(help_text="One of: " + ", ".join(
+        f"{k} ({v})" for k, v in METRICS.items()))
+    comparison = serializers.ChoiceField(choices=Comparison.choices, default=">")
+    threshold = serializers.FloatField()
+    window_minutes = serializers.IntegerField(default=5, min_value=1, max_value=10080)
+    enabled = serializers.BooleanField(default=True)
+    webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
+                                        help_text="Slack-compatible: receives {\"text\": …}.")
+    emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list)
+    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
+                                                help_text="Called with the alert as JSON when "
+                                                          "the rule fires.")
+
+
+class AlertRuleUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    metric = serializers.CharField(required=False)
+    comparison = serializers.ChoiceField(choices=Comparison.choices, required=False)
+    threshold = serializers.FloatField(required=False)
+    window_minutes = serializers.IntegerField(min_value=1, max_value=10080, required=False)
+    enabled = serializers.BooleanField(required=False)
+    webhook_url = serializers.CharField(required=False, allow_blank=True)
+    emails = serializers.ListField(child=serializers.EmailField(), required=False)
+    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True)
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    rule = serializers.IntegerField(source="rule.id", read_only=True)
+    rule_name = serializers.CharField(source="rule.name", read_only=True)
+    deployment = serializers.CharField(source="rule.deployment.name", read_only=True)
+    metric = serializers.CharField(source="rule.metric", read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = ["id", "rule", "rule_name", "deployment", "metric", "state", "value",
+                  "message", "started_at", "resolved_at", "notified"]
+
+
+class ModelMonitoringSerializer(serializers.Serializer):
+    psi_threshold = serializers.FloatField(required=False)
+    p_value_threshold = serializers.FloatField(required=False)
+    task = serializers.ChoiceField(choices=TaskType.choices, required=False)
+
+
+class DeploymentMonitoringSerializer(serializers.Serializer):
+    sampling_rate = serializers.FloatField(min_value=0, max_value=1)

@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import NotFound
+from deployments.models import Deployment
+from registry.models import RegisteredModel
+
+from .. import services
+from ..models import Alert, AlertRule, AlertState, ModelMonitoring
+from . import serializers as s
+
+
+def visible_deployment(user, name: str) -> Deployment:
+    deployment = (Deployment.objects.visible_to(user).select_related("team", "model", "version")
+                  .filter(name=name).first())
+    if deployment is None:
+        raise NotFound(f"No deployment '{name}'.")
+    return deployment
+
+
+def _range(request: Request, serializer_class=s.MetricsQuerySerializer):
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    data = query.validated_data
+    start, end, step = services.time_range(data.get("start"), data.get("end"), data.get("step"))
+    return start, end, step, data.get("revision")
+
+
+class IngestView(APIView):
+    """Prediction logs from replicas, authenticated by a deployment-scoped ingest token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    parser_classes: list = []  # the body is read raw and parsed once, with orjson
+
+    @extend_schema(
+        operation_id="ingest_predictions",
+        request=s.IngestBatchSerializer,
+        responses={202: s.IngestResultSerializer, 400: OpenApiResponse(description="Malformed"),
+                   401: OpenApiResponse(description="Missing, invalid or foreign ingest token"),
+                   404: OpenApiResponse(description="Unknown deployment"),
+                   413: OpenApiResponse(description="Batch too large")},
+        parameters=[OpenApiParameter("Authorization", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="Bearer mpi_… (the deployment's ingest token)")],
+    )
+    def post(self, request: Request) -> Response:
+        token = services.authenticate_ingest(request.META.get("HTTP_AUTHORIZATION", ""))
+        from django.conf import settings
+
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.MODELPORT_INGEST_MAX_BYTES:
+            raise services.BatchTooLarge(f"The batch is {length} bytes; the limit is "
+                                         f"{settings.MODELPORT_INGEST_MAX_BYTES}.")
+        body = request._request.read(settings.MODELPORT_INGEST_MAX_BYTES + 1)
+        result = services.ingest_predictions(token=token, body=body)
+        return Response(result, status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentMonitoringViewSet(viewsets.ViewSet):
+    lookup_field = "name"
+
+    @extend_schema(operation_id="deployment_metrics", parameters=[s.MetricsQuerySerializer],
+                   responses=s.MetricsSerializer)
+    def metrics(self, request: Request, name: str) -> Response:
+        deployment = visible_deployment(request.user, name)
+        start, end, step, revision = _range(request)
+        body = services.metrics_series(deployments=[deployment], start=start, end=end,
+                                       step=step, revision=revision)
+        body["quality"] = services.quality_series(deployment=deployment, start=start, end=end,
+                                                  step=step, revision=revision)
+        return Response({"deployment": deployment.name, **body})
+
+    @extend_schema(operation_id="deployment_drift", parameters=[s.RangeQuerySerializer],
+                   responses=s.DriftSerializer)
+    def drift(self, request: Request, name: str) -> Response:
+        deployment = visible_deployment(request.user, name)
+        start, end, _, revision = _range(request, s.RangeQuerySerializer)
+        return Response(services.drift_report(deployment=deployment, start=start, end=end,
+                                              revision=revision))
+
+    @extend_schema(operation_id="deployment_feedback",
+                   request=s.FeedbackItemSerializer(many=True),
+                   responses=s.FeedbackResultSerializer)
+    def feedback(self, request: Request, name: str) -> Response:
+        deployment = visible_deployment(request.user, name)
+        return Response(services.submit_feedback(actor=request.user, deployment=deployment,
+                                                 items=request.data))
+
+    @extend_schema(operation_id="deployment_monitoring_retrieve",
+                   responses=s.DeploymentMonitoringSerializer)
+    def monitoring_settings(self, request: Request, name: str) -> Response:
+        deployment = visible_deployment(request.user, name)
+        return Response({"sampling_rate": services.sampling_rate_of(deployment)})
+
+    @extend_schema(operation_id="deployment_monitoring_update",
+                   request=s.DeploymentMonitoringSerializer,
+                   responses=s.DeploymentMonitoringSerializer)
+    def update_monitoring_settings(self, request: Request, name: str) -> Response:
+        deployment = visible_deployment(request.user, name)
+        body = s.DeploymentMonitoringSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        row = services.set_sampling_rate(actor=request.user, deployment=deployment,
+                                         sampling_rate=body.validated_data["sampling_rate"])
+        return Response({"sampling_rate": row.sampling_rate})
+
+
+class ModelMonitoringViewSet(viewsets.ViewSet):
+    def _model(self, name: str) -> RegisteredModel:
+        model = RegisteredModel.objects.visible_to(self.request.user).filter(name=name).first()
+        if model is None:
+            raise NotFound(f"No model '{name}'.")
+        return model
+
+    @staticmethod
+    def _body(row: ModelMonitoring | None) -> dict:
+        return {"psi_threshold": row.psi_threshold if row else 0.2,
+                "p_value_threshold": row.p_value_threshold if row else 0.01,
+                "task": row.task if row else "auto"}
+
+    @extend_schema(operation_id="model_monitoring_retrieve",
+                   responses=s.ModelMonitoringSerializer)
+    def retrieve(self, request: Request, model_name: str) -> Response:
+        model = self._model(model_name)
+        return Response(self._body(ModelMonitoring.objects.filter(model=model).first()))
+
+    @extend_schema(operation_id="model_monitoring_update", request=s.ModelMonitoringSerializer,
+                   responses=s.ModelMonitoringSerializer)
+    def update(self, request: Request, model_name: str) -> Response:
+        model = self._model(model_name)
+        body = s.ModelMonitoringSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        row = services.set_model_monitoring(actor=request.user, model=model,
+                                            **body.validated_data)
+        return Response(self._body(row))
+
+
+class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                       viewsets.GenericViewSet):
+    serializer_class = s.AlertRuleSerializer
+    queryset = AlertRule.objects.none()
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    filter_backends: list = []
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        rules = (AlertRule.objects.visible_to(self.request.user).select_related("deployment")
+                 .prefetch_related(Prefetch("alerts", queryset=Alert.objects.filter(
+                     state=AlertState.FIRING))).order_by("deployment__name", "name"))
+        deployment = self.request.query_params.get("deployment")
+        if deployment:
+            rules = rules.filter(deployment__name=deployment)
+        return rules
+
+    def get_object(self) -> AlertRule:
+        rule = self.get_queryset().filter(pk=self.kwargs["pk"]).first()
+        if rule is None:
+            raise NotFound(f"No alert rule {self.kwargs['pk']}.")
+        return rule
+
+    @extend_schema(parameters=[OpenApiParameter("deployment", OpenApiTypes.STR)])
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=s.AlertRuleCreateSerializer, responses={201: s.AlertRuleSerializer})
+    def create(self, request: Request) -> Response:
+        body = s.AlertRuleCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        deployment = visible_deployment(request.user, data.pop("deployment"))
+        rule = services.create_alert_rule(actor=request.user, deployment=deployment, **data)
+        return Response(self.get_serializer(self.get_queryset().get(pk=rule.pk)).data,
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.AlertRuleUpdateSerializer, responses=s.AlertRuleSerializer)
+    def partial_update(self, request: Request, pk: str) -> Response:
+        body = s.AlertRuleUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        rule = services.update_alert_rule(actor=request.user, rule=self.get_object(),
+                                          **body.validated_data)
+        return Response(self.get_serializer(self.get_queryset().get(pk=rule.pk)).data)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.delete_alert_rule(actor=request.user, rule=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AlertViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.AlertSerializer
+    queryset = Alert.objects.none()
+    filter_backends: list = []
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        alerts = Alert.objects.visible_to(self.request.user).select_related(
+            "rule", "rule__deployment")
+        params = self.request.query_params
+        if params.get("deployment"):
+            alerts = alerts.filter(rule__deployment__name=params["deployment"])
+        if params.get("state") in AlertState.values:
+            alerts = alerts.filter(state=params["state"])
+        return alerts.order_by("-started_at", "-id")
+
+    @extend_schema(parameters=[
+        OpenApiParameter("deployment", OpenApiTypes.STR),
+        OpenApiParameter("state", OpenApiTypes.STR, enum=AlertState.values)])
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        return super().list(request, *args, **kwargs)

@@ -1,0 +1,104 @@
+"""Beat tasks (rollup, prune, alert evaluation) and the notification deliveries."""
+
+from __future__ import annotations
+
+import logging
+
+import requests
+from celery import shared_task
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+
+from . import prom, services
+from .models import Alert
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="monitoring.tasks.rollup", ignore_result=True, expires=60)
+def rollup(max_passes: int = 20) -> int:
+    """Beat: fold new raw prediction records into minute rollups until caught up."""
+    total = 0
+    for _ in range(max_passes):
+        n = services.rollup()
+        total += n
+        if n == 0:
+            break
+    return total
+
+
+@shared_task(name="monitoring.tasks.prune", ignore_result=True, expires=3600)
+def prune() -> dict:
+    """Beat: delete raw records past ``MODELPORT_MONITORING_RAW_RETENTION_DAYS``."""
+    return services.prune()
+
+
+@shared_task(name="monitoring.tasks.evaluate_alerts", ignore_result=True, expires=120)
+def evaluate_alerts() -> int:
+    """Beat: evaluate alert rules; each firing/resolved transition is notified by its own task."""
+    events = services.evaluate_alerts()
+    for alert_id, event in events:
+        transaction.on_commit(lambda a=alert_id, e=event: notify_alert.delay(a, e))
+    return len(events)
+
+
+def _post(url: str, payload: dict) -> str:
+    response = requests.post(url, json=payload, timeout=settings.MODELPORT_ALERT_WEBHOOK_TIMEOUT_S)
+    response.raise_for_status()
+    return f"HTTP {response.status_code}"
+
+
+def _email(text: str, recipients: list[str]) -> str:
+    sent = send_mail(subject=text[:120], message=text, from_email=None,
+                     recipient_list=recipients)
+    return f"sent {sent} message(s)"
+
+
+MAX_ATTEMPTS = 4
+
+
+@shared_task(name="monitoring.tasks.notify_alert", ignore_result=True, acks_late=True)
+def notify_alert(alert_id: int, event: str, channels: list[str] | None = None,
+                 attempt: int = 1) -> dict:
+    """Send an alert's transition to its rule's webhook (Slack-compatible ``{"text"}``), emails
+    and — when it starts firing — the retraining webhook. Each outcome is kept on the alert;
+    a failed channel (only that one) is retried with backoff, up to ``MAX_ATTEMPTS`` times."""
+    alert = (Alert.objects.select_related("rule", "rule__deployment", "rule__deployment__model")
+             .filter(pk=alert_id).first())
+    if alert is None:
+        return {}
+    rule = alert.rule
+    text = services.notification_text(alert, event)
+    senders = {}
+    if rule.webhook_url:
+        senders["webhook"] = lambda: _post(rule.webhook_url, {"text": text})
+    if rule.emails:
+        senders["email"] = lambda: _email(text, rule.emails)
+    if event == "firing" and rule.retrain_webhook_url:
+        senders["retrain"] = lambda: _post(rule.retrain_webhook_url,
+                                           services.retrain_payload(alert))
+    outcome: dict[str, str] = {}
+    failed = []
+    for channel, send in senders.items():
+        if channels is not None and channel not in channels:
+            continue
+        try:
+            outcome[channel] = send()
+            prom.NOTIFICATIONS.labels(channel, "ok").inc()
+        except Exception as exc:  # noqa: BLE001 - one failing channel must not stop the others
+            log.warning("alert %s: %s notification failed (attempt %d): %s", alert_id, channel,
+                        attempt, exc)
+            outcome[channel] = f"failed (attempt {attempt}): {exc}"[:300]
+            prom.NOTIFICATIONS.labels(channel, "failed").inc()
+            failed.append(channel)
+    with transaction.atomic():
+        row = Alert.objects.select_for_update().get(pk=alert_id)
+        notified = dict(row.notified or {})
+        notified[event] = {**notified.get(event, {}), **outcome}
+        row.notified = notified
+        row.save(update_fields=["notified"])
+    if failed and attempt < MAX_ATTEMPTS:
+        notify_alert.apply_async((alert_id, event, failed, attempt + 1),
+                                 countdown=30 * 2 ** (attempt - 1))
+    return outcome

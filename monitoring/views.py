@@ -1,0 +1,187 @@
+"""Monitoring pages of the portal and the Prometheus endpoint. Thin: services compute."""
+
+from __future__ import annotations
+
+from datetime import UTC, timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_GET, require_POST
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from config.errors import DomainError
+from deployments.models import Deployment, Revision
+from registry.models import RegisteredModel
+from teams.roles import Role, at_least, is_platform_admin
+
+from . import prom, services
+from .models import Alert, AlertRule, Comparison
+
+RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
+          "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+
+@require_GET
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: platform metrics in the Prometheus text format. When
+    ``MODELPORT_METRICS_TOKEN`` is set, scrapers must send it as a Bearer token."""
+    expected = settings.MODELPORT_METRICS_TOKEN
+    if expected and request.META.get("HTTP_AUTHORIZATION", "") != f"Bearer {expected}":
+        return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    return HttpResponse(generate_latest(prom.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+def _utc(value):
+    """datetime-local inputs have no offset: they are read as UTC, like the page shows."""
+    if value is not None and timezone.is_naive(value):
+        return timezone.make_aware(value, UTC)
+    return value
+
+
+def _range(request: HttpRequest):
+    choice = request.GET.get("range", "24h")
+    start = _utc(parse_datetime(request.GET.get("start", "") or ""))
+    end = _utc(parse_datetime(request.GET.get("end", "") or ""))
+    if start is None:
+        choice = choice if choice in RANGES else "24h"
+        end = end or timezone.now()
+        start = end - RANGES[choice]
+    else:
+        choice = "custom"
+    start, end, step = services.time_range(start, end)
+    return choice, start, end, step
+
+
+def _deployment(request: HttpRequest, name: str) -> Deployment:
+    deployment = (Deployment.objects.visible_to(request.user)
+                  .select_related("team", "model", "version").filter(name=name).first())
+    if deployment is None:
+        raise Http404(f"No deployment '{name}'.")
+    return deployment
+
+
+def _can_edit(request: HttpRequest, deployment: Deployment) -> bool:
+    if is_platform_admin(request.user):
+        return True
+    return at_least(deployment.team.role_of(request.user), Role.ENGINEER)
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    """Every deployment the user can see, with the last hour at a glance."""
+    end = timezone.now()
+    start, end, _ = services.time_range(end - timedelta(hours=1), end)
+    rows = []
+    for deployment in (Deployment.objects.visible_to(request.user)
+                       .select_related("model", "team").order_by("name")):
+        totals = services.metrics_series(deployments=[deployment], start=start, end=end,
+                                         step=3600)["totals"]
+        firing = Alert.objects.filter(rule__deployment=deployment, state="firing").count()
+        rows.append({"deployment": deployment, "totals": totals, "firing": firing})
+    return render(request, "monitoring/index.html", {"rows": rows})
+
+
+@login_required
+def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
+    deployment = _deployment(request, name)
+    try:
+        choice, start, end, step = _range(request)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("monitoring:deployment", name=name)
+    revisions = list(Revision.objects.filter(deployment=deployment)
+                     .select_related("model_version").order_by("-number")[:50])
+    compare = [int(r) for r in request.GET.getlist("compare") if r.isdigit()][:2]
+    panels = []
+    for revision in (compare if len(compare) == 2 else [None]):
+        series = services.metrics_series(deployments=[deployment], start=start, end=end,
+                                         step=step, revision=revision)
+        series["quality"] = services.quality_series(deployment=deployment, start=start,
+                                                    end=end, step=step, revision=revision)
+        drift = services.drift_report(deployment=deployment, start=start, end=end,
+                                      revision=revision)
+        pid = f"r{revision}" if revision is not None else "all"
+        panels.append({"revision": revision, "series": series, "drift": drift, "id": pid,
+                       "series_id": f"series-{pid}", "drift_id": f"drift-{pid}"})
+    rules = AlertRule.objects.filter(deployment=deployment).prefetch_related("alerts")
+    alerts = Alert.objects.filter(rule__deployment=deployment).select_related("rule")[:20]
+    return render(request, "monitoring/deployment.html", {
+        "deployment": deployment, "panels": panels, "comparing": len(panels) == 2,
+        "compare": compare, "revisions": revisions, "range": choice, "ranges": list(RANGES),
+        "start": start, "end": end, "step": step, "rules": rules, "alerts": alerts,
+        "can_edit": _can_edit(request, deployment), "metrics": services.METRICS,
+        "comparisons": Comparison.values,
+        "sampling_rate": services.sampling_rate_of(deployment),
+        "replica_stats": False,
+    })
+
+
+@login_required
+def model_page(request: HttpRequest, name: str) -> HttpResponse:
+    model = (RegisteredModel.objects.visible_to(request.user).select_related("team")
+             .filter(name=name).first())
+    if model is None:
+        raise Http404(f"No model '{name}'.")
+    try:
+        choice, start, end, step = _range(request)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("monitoring:model", name=name)
+    deployments = list(Deployment.objects.visible_to(request.user).filter(model=model)
+                       .order_by("name"))
+    series = services.metrics_series(deployments=deployments, start=start, end=end, step=step)
+    rows = []
+    for deployment in deployments:
+        totals = services.metrics_series(deployments=[deployment], start=start, end=end,
+                                         step=step)["totals"]
+        drift = services.drift_report(deployment=deployment, start=start, end=end)
+        firing = Alert.objects.filter(rule__deployment=deployment, state="firing").count()
+        rows.append({"deployment": deployment, "totals": totals, "drifted": drift["drifted"],
+                     "firing": firing})
+    return render(request, "monitoring/model.html", {
+        "model": model, "rows": rows, "series": series, "range": choice,
+        "ranges": list(RANGES), "start": start, "end": end, "step": step,
+        "p": {"id": "model", "series": series, "series_id": "series-model"},
+    })
+
+
+@login_required
+@require_POST
+def rule_create(request: HttpRequest, name: str) -> HttpResponse:
+    deployment = _deployment(request, name)
+    post = request.POST
+    try:
+        services.create_alert_rule(
+            actor=request.user, deployment=deployment, name=post.get("name", ""),
+            metric=post.get("metric", ""), comparison=post.get("comparison", ">"),
+            threshold=float(post.get("threshold") or "nan"),
+            window_minutes=int(post.get("window_minutes") or 5),
+            webhook_url=post.get("webhook_url", ""),
+            emails=[e.strip() for e in post.get("emails", "").split(",") if e.strip()],
+            retrain_webhook_url=post.get("retrain_webhook_url", ""))
+    except (DomainError, ValueError) as exc:
+        messages.error(request, getattr(exc, "message", None) or f"Invalid rule: {exc}")
+    else:
+        messages.success(request, "Alert rule created.")
+    return redirect("monitoring:deployment", name=name)
+
+
+@login_required
+@require_POST
+def rule_delete(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    deployment = _deployment(request, name)
+    rule = AlertRule.objects.filter(deployment=deployment, pk=pk).first()
+    if rule is None:
+        raise Http404("No such rule.")
+    try:
+        services.delete_alert_rule(actor=request.user, rule=rule)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Alert rule '{rule.name}' deleted.")
+    return redirect("monitoring:deployment", name=name)
