@@ -8,10 +8,11 @@ class DomainError(Exception):
     code = "invalid"
 
     def __init__(self, message: str, *, code: str | None = None,
-                 field: str | None = None) -> None:
+                 field: str | None = None, extra: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.extra = extra or {}  # machine-readable details added to the API body
         if code:
             self.code = code
 

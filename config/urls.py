@@ -3,6 +3,9 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from deployments import gateway as deployments_gateway
+from monitoring import views as monitoring_views
+
 from . import system
 
 api_v1 = [
@@ -10,6 +13,10 @@ api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
     path("", include("teams.api.urls")),
+    path("", include("registry.api.urls")),
+    path("", include("quotas.api.urls")),
+    path("", include("deployments.api.urls")),
+    path("", include("monitoring.api.urls")),
 ]
 
 admin.site.site_header = "Modelport console"
@@ -19,10 +26,16 @@ admin.site.index_title = "Platform administration"
 urlpatterns = [
     path("healthz", system.healthz, name="healthz"),
     path("readyz", system.readyz, name="readyz"),
+    path("metrics", monitoring_views.prometheus_metrics, name="prometheus-metrics"),
     path("api/v1/", include((api_v1, "api-v1"))),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html",
                                                 redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("models/", include("registry.urls")),
+    path("deployments/", include("deployments.urls")),
+    path("monitoring/", include("monitoring.urls")),
+    path("serve/<str:name>/invocations", deployments_gateway.invocations,
+         name="serve-invocations"),
     path("", include("frontend.urls")),
 ]

@@ -7,7 +7,14 @@ from teams.roles import is_platform_admin
 
 
 def portal(request: HttpRequest) -> dict:
+    user = getattr(request, "user", None)
+    unread = 0
+    if user is not None and user.is_authenticated:
+        from notifications.models import Notification
+
+        unread = Notification.objects.unread().filter(user=user).count()
     return {
         "modelport_version": settings.MODELPORT_VERSION,
-        "is_platform_admin": is_platform_admin(getattr(request, "user", None)),
+        "is_platform_admin": is_platform_admin(user),
+        "unread_notifications": unread,
     }

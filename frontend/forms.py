@@ -40,3 +40,66 @@ class TokenCreateForm(forms.Form):
         field.validators.append(MaxValueValidator(limit))
         field.widget.attrs["max"] = limit
         field.help_text = f"At most {limit} days."
+
+
+# --- Quotas -------------------------------------------------------------------------------------
+class ResourceRequestForm(forms.Form):
+    cpu = forms.DecimalField(label="More CPU (cores)", required=False, decimal_places=3,
+                             initial=0, widget=forms.NumberInput(attrs={"step": "0.1"}))
+    memory_mb = forms.IntegerField(label="More memory (MB)", required=False, initial=0)
+    gpus = forms.IntegerField(label="More GPUs", required=False, initial=0)
+    gpu_model = forms.ChoiceField(label="GPU model", required=False, choices=[])
+    justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}),
+                                    help_text="What it is for; the platform team reads this.")
+    expires_at = forms.DateTimeField(
+        label="Until (optional)", required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="For a temporary grant, in UTC. Leave empty for a permanent raise.")
+
+    def __init__(self, *args, gpu_models: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        models = gpu_models or []
+        self.fields["gpu_model"].choices = [("", "Any")] + [(m, m) for m in models]
+        if len(models) < 2:
+            self.fields["gpu_model"].widget = forms.HiddenInput()
+
+
+class QuotaSetForm(forms.Form):
+    cpu = forms.DecimalField(label="CPU (cores)", decimal_places=3)
+    memory_mb = forms.IntegerField(label="Memory (MB)")
+    gpus = forms.IntegerField(label="GPUs")
+    deployments = forms.IntegerField(label="Deployments")
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                              help_text="Required to deny; the requester reads it.")
+    cpu = forms.DecimalField(label="CPU to grant (cores)", required=False, decimal_places=3)
+    memory_mb = forms.IntegerField(label="Memory to grant (MB)", required=False)
+    gpus = forms.IntegerField(label="GPUs to grant", required=False)
+
+
+class HostForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    kind = forms.ChoiceField(choices=[("host", "Host"), ("pool", "Pool")])
+    cpu = forms.DecimalField(label="CPU (cores)", decimal_places=3)
+    memory_mb = forms.IntegerField(label="Memory (MB)")
+    cpu_overcommit = forms.DecimalField(label="CPU overcommit ratio", initial=1,
+                                        decimal_places=2)
+    memory_overcommit = forms.DecimalField(label="Memory overcommit ratio", initial=1,
+                                           decimal_places=2)
+    gpus = forms.CharField(label="GPUs", required=False,
+                           widget=forms.Textarea(attrs={"rows": 3}),
+                           help_text="One per line: device id and model, e.g. '0 A100-80GB'.")
+
+    def clean_gpus(self) -> list[tuple[str, str]]:
+        inventory = []
+        for number, line in enumerate(self.cleaned_data["gpus"].splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise forms.ValidationError(f"Line {number}: write the device id, a space, "
+                                            "then the model.")
+            inventory.append((parts[0], parts[1].strip()))
+        return inventory

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import quota_views, views
 
 app_name = "frontend"
 urlpatterns = [
@@ -13,4 +13,10 @@ urlpatterns = [
     path("tokens/", views.token_list, name="tokens"),
     path("tokens/<uuid:token_id>/revoke", views.token_revoke, name="token-revoke"),
     path("audit/", views.audit_log, name="audit"),
+    path("teams/<slug:slug>/quota/", quota_views.team_quota, name="team-quota"),
+    path("resource-requests/", quota_views.resource_requests, name="quota-requests"),
+    path("resource-requests/<int:request_id>/decide", quota_views.decide_request,
+         name="quota-decide"),
+    path("capacity/", quota_views.capacity, name="capacity"),
+    path("notifications/", quota_views.notifications, name="notifications"),
 ]

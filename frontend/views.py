@@ -11,6 +11,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
+from quotas import services as quota_services
+from quotas.models import ResourceRequest
 from teams import services
 from teams.access import get_visible_team
 from teams.filtersets import AuditEventFilterSet
@@ -41,8 +43,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
              .annotate(member_count=Count("memberships")).order_by("slug"))
     my_roles = dict(Membership.objects.filter(user=request.user).values_list("team_id", "role"))
     activity = AuditEvent.objects.visible_to(request.user).select_related("team")[:10]
+    gauge_teams = list(teams.filter(pk__in=list(my_roles))[:6]) or list(teams[:6])
     return render(request, "frontend/dashboard.html", {
         "teams": teams[:20],
+        "usages": [quota_services.usage(team) for team in gauge_teams],
+        "pending_requests": ResourceRequest.objects.filter(
+            status=ResourceRequest.Status.PENDING).count()
+        if is_platform_admin(request.user) else 0,
         "my_roles": my_roles,
         "activity": activity,
         "runtime": describe_runtime(),
@@ -97,6 +104,7 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "frontend/team_detail.html", {
         "team": team, "members": members, "my_role": role, "can_manage": can_manage,
         "add_form": add_form, "edit_form": edit_form, "roles": Role.choices,
+        "usage": quota_services.usage(team),
     })
 
 

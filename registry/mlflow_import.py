@@ -110,6 +110,18 @@ def download(source: str, dest: Path) -> Download:
                     lineage={**lineage, **extra_lineage})
 
 
+def tracking_server_answers(timeout: float = 2.0) -> bool:
+    """A quick health check, so the periodic sync never waits on MLflow's client retries
+    (up to minutes of backoff) when no tracking server runs."""
+    import requests
+
+    try:
+        return requests.get(f"{settings.MLFLOW_TRACKING_URI.rstrip('/')}/health",
+                            timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 @dataclass(frozen=True)
 class RemoteVersion:
     name: str

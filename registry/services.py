@@ -103,6 +103,10 @@ def update_model(*, actor, model: RegisteredModel, description: str | None = Non
 @transaction.atomic
 def delete_model(*, actor, model: RegisteredModel) -> None:
     require_team_role(actor, model.team, Role.MAINTAINER, "deleting models")
+    deployed = sorted(model.deployments.values_list("name", flat=True))
+    if deployed:
+        raise Conflict(f"Model '{model.name}' is deployed as {', '.join(deployed)}; delete "
+                       "those deployments first.", code="model_deployed")
     audit.record(actor=actor, action="model.deleted", obj=model, team=model.team,
                  before=audit.snapshot(model, MODEL_FIELDS))
     model.aliases.all().delete()
@@ -327,8 +331,12 @@ def sync_from_mlflow() -> list[ModelVersion]:
     A version lands in the Modelport model of the same name; a new model is created in the team
     named by the MLflow tag ``modelport.team``, else in ``MODELPORT_MLFLOW_SYNC_TEAM``.
     """
-    from .mlflow_import import registered_versions
+    from .mlflow_import import registered_versions, tracking_server_answers
 
+    if not tracking_server_answers():
+        log.info("MLflow tracking server at %s does not answer; sync skipped",
+                 settings.MLFLOW_TRACKING_URI)
+        return []
     known = set(ModelVersion.objects.filter(source__startswith="models:/")
                 .values_list("source", flat=True))
     imported: list[ModelVersion] = []

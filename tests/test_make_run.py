@@ -69,14 +69,15 @@ def test_make_run_serves_the_portal_and_stops_everything_on_ctrl_c(tmp_path):
             headers={"Referer": f"{base}/login/"})
         assert response.status_code == 200 and "demo" in response.text
 
-        # beat → broker files → worker → database: the dashboard shows a live worker.
-        deadline = time.monotonic() + 60
+        # beat → broker files → worker and reconciler → database: the dashboard shows both.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            if "alive" in session.get(f"{base}/", timeout=5).text:
+            if "2 alive" in session.get(f"{base}/", timeout=5).text:
                 break
             time.sleep(1)
         else:
-            pytest.fail("no live worker on the dashboard:\n" + log.read_text()[-4000:])
+            pytest.fail("worker and reconciler not both alive on the dashboard:\n"
+                        + log.read_text()[-4000:])
         static = session.get(f"{base}/static/frontend/vendor/pico.min.css", timeout=5)
         assert static.status_code == 200
     finally:

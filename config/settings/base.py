@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from .env import (
     env_bool,
@@ -58,7 +59,12 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "teams",
+    "notifications",
+    "quotas",
+    "registry",
     "workers",
+    "deployments",
+    "monitoring",
     "frontend",
 ]
 
@@ -166,6 +172,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "VersionStatusEnum": "registry.models.VersionStatus",
+        "TransitionStatusEnum": "registry.models.TransitionStatus",
+        "ResourceRequestStatusEnum": "quotas.models.RequestStatus",
+    },
 }
 
 # --- Celery: Redis when REDIS_URL is set, else an embedded file-backed broker ---------------
@@ -193,11 +204,24 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("MODELPORT_TASK_SOFT_TIME_LIMIT", 600, min
 CELERY_TASK_TIME_LIMIT = env_int("MODELPORT_TASK_TIME_LIMIT", 660, minimum=1)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = False
+# Reconciling deployments never waits behind long work (image builds, model validation):
+# its own queue, consumed by its own worker process (Procfile "reconciler").
+CELERY_TASK_ROUTES = {"deployments.tasks.*": {"queue": "deployments"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(MODELPORT_DATA_DIR / "celerybeat-schedule")
+_HEARTBEAT = timedelta(seconds=env_int("MODELPORT_HEARTBEAT_SECONDS", 15, minimum=1))
 CELERY_BEAT_SCHEDULE = {
-    "worker-heartbeat": {
-        "task": "workers.tasks.heartbeat",
-        "schedule": timedelta(seconds=env_int("MODELPORT_HEARTBEAT_SECONDS", 15, minimum=1)),
+    # One heartbeat per queue, so the dashboard shows that each kind of worker consumes.
+    "worker-heartbeat": {"task": "workers.tasks.heartbeat", "schedule": _HEARTBEAT},
+    "reconciler-heartbeat": {"task": "workers.tasks.heartbeat", "schedule": _HEARTBEAT,
+                             "options": {"queue": "deployments"}},
+    "quotas-expire-grants": {
+        "task": "quotas.tasks.expire_grants",
+        "schedule": timedelta(seconds=env_int("MODELPORT_GRANT_EXPIRY_SECONDS", 60, minimum=1)),
+    },
+    "quotas-usage-drift": {
+        "task": "quotas.tasks.check_usage_drift",
+        "schedule": crontab(hour=env_int("MODELPORT_DRIFT_CHECK_HOUR", 3, minimum=0, maximum=23),
+                            minute=30),
     },
 }
 CELERY_TIMEZONE = "UTC"
@@ -206,15 +230,62 @@ CELERY_TIMEZONE = "UTC"
 MODELPORT_TOKEN_DEFAULT_DAYS = env_int("MODELPORT_TOKEN_DEFAULT_DAYS", 90, minimum=1)
 MODELPORT_TOKEN_MAX_DAYS = env_int("MODELPORT_TOKEN_MAX_DAYS", 365, minimum=1)
 
+# --- Quotas: what a team gets before anyone asks for more ---------------------------------------
+MODELPORT_DEFAULT_QUOTA_CPU = env_float("MODELPORT_DEFAULT_QUOTA_CPU", 8, minimum=0)
+MODELPORT_DEFAULT_QUOTA_MEMORY_MB = env_int("MODELPORT_DEFAULT_QUOTA_MEMORY_MB", 16384, minimum=0)
+MODELPORT_DEFAULT_QUOTA_GPUS = env_int("MODELPORT_DEFAULT_QUOTA_GPUS", 0, minimum=0)
+MODELPORT_DEFAULT_QUOTA_DEPLOYMENTS = env_int("MODELPORT_DEFAULT_QUOTA_DEPLOYMENTS", 5, minimum=0)
+# Where people reach the portal; links in notification emails start with it.
+MODELPORT_BASE_URL = env_str("MODELPORT_BASE_URL", "http://127.0.0.1:8000")
+
 # --- Runtimes (workers/runtimes) ------------------------------------------------------------
 MODELPORT_RUNTIME = env_choice("MODELPORT_RUNTIME", "auto", ("auto", "docker", "local"))
 MODELPORT_DOCKER_NETWORK = env_str("MODELPORT_DOCKER_NETWORK", "host")
 MODELPORT_PORT_RANGE = env_port_range("MODELPORT_PORT_RANGE", (20000, 20999))
 MODELPORT_SERVING_BASE_IMAGE = env_str("MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
 
+# --- Registry ---------------------------------------------------------------------------------
+MODELPORT_PROTECTED_ALIASES = env_list("MODELPORT_PROTECTED_ALIASES", ["production"])
+MODELPORT_ARCHIVE_MAX_MEMBERS = env_int("MODELPORT_ARCHIVE_MAX_MEMBERS", 2000, minimum=1)
+MODELPORT_ARCHIVE_MAX_MB = env_int("MODELPORT_ARCHIVE_MAX_MB", 2048, minimum=1)
+MODELPORT_SANDBOX_TIMEOUT_S = env_int("MODELPORT_SANDBOX_TIMEOUT_S", 300, minimum=5)
+MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
+MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)
+_ARTIFACT_BACKEND = env_str("MODELPORT_ARTIFACT_STORAGE",
+                            "django.core.files.storage.FileSystemStorage")
+STORAGES["artifacts"] = {
+    "BACKEND": _ARTIFACT_BACKEND,
+    # Other backends (e.g. django-storages' S3Storage) take their options from their own settings.
+    "OPTIONS": ({"location": str(MODELPORT_DATA_DIR / "artifacts")}
+                if _ARTIFACT_BACKEND.endswith("FileSystemStorage") else {}),
+}
+
 # --- MLflow -----------------------------------------------------------------------------------
 MLFLOW_PORT = env_int("MLFLOW_PORT", 5000, minimum=1, maximum=65535)
 MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{MLFLOW_PORT}")
+MODELPORT_MLFLOW_SYNC_SECONDS = env_int("MODELPORT_MLFLOW_SYNC_SECONDS", 30, minimum=5)
+MODELPORT_MLFLOW_SYNC_TEAM = env_str("MODELPORT_MLFLOW_SYNC_TEAM", "demo")
+CELERY_BEAT_SCHEDULE["registry-mlflow-sync"] = {
+    "task": "registry.tasks.sync_mlflow",
+    "schedule": timedelta(seconds=MODELPORT_MLFLOW_SYNC_SECONDS),
+}
+
+# --- Deployments (desired state, reconciler, gateway) -----------------------------------------
+MODELPORT_RECONCILE_SECONDS = env_int("MODELPORT_RECONCILE_SECONDS", 10, minimum=1)
+MODELPORT_READY_TIMEOUT_S = env_int("MODELPORT_READY_TIMEOUT_S", 180, minimum=1)
+MODELPORT_DRAIN_SECONDS = env_float("MODELPORT_DRAIN_SECONDS", 3, minimum=0)
+MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
+MODELPORT_CRASH_LOOP_RESTARTS = env_int("MODELPORT_CRASH_LOOP_RESTARTS", 3, minimum=1)
+# Canary: roll back when the new revision's error rate exceeds the old one's by this much, or its
+# p95 latency is this many times the old one's (once it has served MIN_REQUESTS).
+MODELPORT_CANARY_MAX_ERROR_RATE_DELTA = env_float("MODELPORT_CANARY_MAX_ERROR_RATE_DELTA", 0.05,
+                                                  minimum=0)
+MODELPORT_CANARY_MAX_P95_RATIO = env_float("MODELPORT_CANARY_MAX_P95_RATIO", 2.0, minimum=1)
+MODELPORT_CANARY_MIN_REQUESTS = env_int("MODELPORT_CANARY_MIN_REQUESTS", 20, minimum=1)
+CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
+    "task": "deployments.tasks.reconcile_all",
+    "schedule": timedelta(seconds=MODELPORT_RECONCILE_SECONDS),
+}
 
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------
 MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)
@@ -237,4 +308,34 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- Monitoring (prediction-log ingest, rollups, drift, alerts) -------------------------------
+MODELPORT_MONITORING_RAW_RETENTION_DAYS = env_int("MODELPORT_MONITORING_RAW_RETENTION_DAYS", 7,
+                                                  minimum=1)
+MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS = env_int(
+    "MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS", 400, minimum=1)
+MODELPORT_INGEST_MAX_BYTES = env_int("MODELPORT_INGEST_MAX_BYTES", 16 * 1024 * 1024, minimum=1024)
+MODELPORT_INGEST_MAX_RECORDS = env_int("MODELPORT_INGEST_MAX_RECORDS", 10000, minimum=1)
+MODELPORT_MONITORING_SHIP_BATCH_SIZE = env_int("MODELPORT_MONITORING_SHIP_BATCH_SIZE", 1000,
+                                               minimum=1)
+MODELPORT_MONITORING_ROLLUP_SECONDS = env_int("MODELPORT_MONITORING_ROLLUP_SECONDS", 20, minimum=1)
+# Records younger than this are left for the next rollup pass (in-flight ingest transactions).
+MODELPORT_MONITORING_ROLLUP_DELAY_S = env_float("MODELPORT_MONITORING_ROLLUP_DELAY_S", 5,
+                                                minimum=0)
+MODELPORT_MONITORING_ALERT_SECONDS = env_int("MODELPORT_MONITORING_ALERT_SECONDS", 60, minimum=1)
+MODELPORT_ALERT_WEBHOOK_TIMEOUT_S = env_float("MODELPORT_ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=0.1)
+# When set, GET /metrics requires "Authorization: Bearer <this>" (Prometheus bearer_token).
+MODELPORT_METRICS_TOKEN = env_str("MODELPORT_METRICS_TOKEN", "")
+CELERY_BEAT_SCHEDULE["monitoring-rollup"] = {
+    "task": "monitoring.tasks.rollup",
+    "schedule": timedelta(seconds=MODELPORT_MONITORING_ROLLUP_SECONDS),
+}
+CELERY_BEAT_SCHEDULE["monitoring-evaluate-alerts"] = {
+    "task": "monitoring.tasks.evaluate_alerts",
+    "schedule": timedelta(seconds=MODELPORT_MONITORING_ALERT_SECONDS),
+}
+CELERY_BEAT_SCHEDULE["monitoring-prune"] = {
+    "task": "monitoring.tasks.prune",
+    "schedule": timedelta(minutes=env_int("MODELPORT_MONITORING_PRUNE_MINUTES", 60, minimum=1)),
 }

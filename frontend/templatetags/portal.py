@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import template
 
 register = template.Library()
@@ -9,3 +11,20 @@ register = template.Library()
 def lookup(mapping: dict, key):
     """``{{ my_roles|lookup:team.pk }}``: a dict value by a variable key."""
     return mapping.get(key) if mapping else None
+
+
+@register.filter
+def amount(value):
+    """Decimal('1.500') → '1.5', Decimal('8.000') → '8'; other values unchanged."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return value
+
+
+@register.filter
+def amount_fraction(value, fraction: str):
+    """A fraction of a limit, for <meter low/high>."""
+    try:
+        return amount(Decimal(str(value)) * Decimal(fraction))
+    except (ArithmeticError, ValueError):
+        return 0

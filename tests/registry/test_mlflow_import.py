@@ -167,3 +167,12 @@ def test_models_path_is_resolved_relative_to_the_tracking_server(tmp_path: Path)
     from registry.mlflow_import import check_source
 
     assert check_source(" models:/iris/3 ") == "models:/iris/3"
+
+
+def test_sync_returns_at_once_when_no_tracking_server_answers(settings):
+    settings.MLFLOW_TRACKING_URI = "http://127.0.0.1:1"  # nothing listens on port 1
+    import time
+
+    started = time.monotonic()
+    assert services.sync_from_mlflow() == []
+    assert time.monotonic() - started < 5
