@@ -251,9 +251,11 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
 @transaction.atomic
 def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
                       alias: Any = _UNSET, replicas: Any = _UNSET, resources: Any = _UNSET,
-                      strategy: Any = _UNSET) -> Deployment:
-    """Any spec change (or re-resolving a followed alias) makes a new revision."""
-    require_team_role(actor, deployment.team, Role.ENGINEER, "changing deployments")
+                      strategy: Any = _UNSET, system: bool = False) -> Deployment:
+    """Any spec change (or re-resolving a followed alias) makes a new revision. ``system``: a
+    rollout the platform starts itself (an alias the deployment follows has moved)."""
+    if not system:
+        require_team_role(actor, deployment.team, Role.ENGINEER, "changing deployments")
     d = _locked(deployment)
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
     current = Revision.objects.filter(deployment=d, number=d.revision).first()
@@ -293,6 +295,20 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)
     return d
+
+
+@transaction.atomic
+def follow_alias(*, actor, model: RegisteredModel, alias: str) -> list[Deployment]:
+    """Roll out every deployment that follows ``model@alias`` to the version the alias names
+    now. Called by the registry right after it moves an alias (by whoever was allowed to move
+    it), each rollout by the deployment's own strategy; unchanged deployments stay as they are."""
+    rolled = []
+    for d in Deployment.objects.filter(model=model, alias=alias).select_related("team"):
+        before = d.revision
+        d = update_deployment(actor=actor, deployment=d, system=True)
+        if d.revision != before:
+            rolled.append(d)
+    return rolled
 
 
 @transaction.atomic

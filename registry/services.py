@@ -502,6 +502,10 @@ def _move_alias(*, actor, model: RegisteredModel, alias: str,
         current.save()
     audit.record(actor=actor, action="alias.moved", obj=current, team=model.team, before=before,
                  after={"version": version.version})
+    # Deployments that follow this alias roll out to the new version (explicitly, no signals).
+    from deployments.services import follow_alias
+
+    follow_alias(actor=actor, model=model, alias=alias)
     return current
 
 

@@ -207,3 +207,32 @@ def test_a_deployed_model_cannot_be_deleted(api, v1, maintainer):
     response = bearer_client(maintainer).delete("/api/v1/models/iris/")
     assert response.status_code == 409 and response.json()["code"] == "model_deployed"
     assert "iris-prod" in response.json()["detail"]
+
+
+def test_moving_a_followed_alias_rolls_the_deployment_out(api, engineer, iris_model, v1, v2,
+                                                          no_enqueue,
+                                                          django_capture_on_commit_callbacks):
+    from registry import services as registry_services
+
+    registry_services.set_alias(actor=engineer, model=iris_model, alias="champion",
+                                version_number=1)
+    created = api.post("/api/v1/deployments/", {
+        "name": "iris-champ", "team": iris_model.team.slug, "model": "iris",
+        "alias": "champion", "replicas": 1,
+        "resources": {"cpu": 0.5, "memory_mb": 512, "gpus": 0}}, format="json")
+    assert created.status_code in (201, 202), created.content
+    d = Deployment.objects.get(name="iris-champ")
+    assert d.revisions.get(number=d.revision).model_version == v1
+
+    with django_capture_on_commit_callbacks(execute=True):
+        registry_services.set_alias(actor=engineer, model=iris_model, alias="champion",
+                                    version_number=2)
+    d.refresh_from_db()
+    assert d.revision == 2
+    assert d.revisions.get(number=2).model_version == v2
+    assert d.pk in no_enqueue  # the move enqueued a reconcile
+
+    registry_services.set_alias(actor=engineer, model=iris_model, alias="champion",
+                                version_number=2)  # no move, no new revision
+    d.refresh_from_db()
+    assert d.revision == 2
