@@ -66,9 +66,12 @@ def main() -> None:
         started = time.perf_counter()
         RegisteredModel.objects.all().delete()
         models = RegisteredModel.objects.bulk_create(
-            [RegisteredModel(name=f"model-{i:05d}", team=team, created_by=user,
-                             description=f"Model number {i} for {'fraud' if i % 7 else 'churn'}",
-                             tags=["tabular", f"group-{i % 20}"]) for i in range(args.models)],
+            [RegisteredModel(
+                name=f"model-{i:05d}", team=team, created_by=user,
+                description=(description := f"Model number {i} for "
+                                            f"{'fraud' if i % 7 else 'churn'}"),
+                search_text=RegisteredModel.compute_search_text(f"model-{i:05d}", description),
+                tags=["tabular", f"group-{i % 20}"]) for i in range(args.models)],
             batch_size=2000)
         batch: list[ModelVersion] = []
         for model in models:

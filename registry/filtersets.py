@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import django_filters
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 from .models import RegisteredModel
 
@@ -24,4 +24,6 @@ class RegisteredModelFilterSet(django_filters.FilterSet):
         return queryset.filter(tags__icontains=f'"{value}"')
 
     def filter_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        return queryset.filter(Q(name__icontains=value) | Q(description__icontains=value))
+        # A plain LIKE on a lower-cased column (trigram-indexed on PostgreSQL): several times
+        # cheaper per row than icontains' UPPER(name) LIKE … OR UPPER(description) LIKE ….
+        return queryset.filter(search_text__contains=value.lower())

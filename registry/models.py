@@ -50,6 +50,8 @@ class RegisteredModel(models.Model):
     description = models.TextField(blank=True)
     card = models.TextField(blank=True, help_text="Model card, in Markdown.")
     tags = models.JSONField(default=list, blank=True)
+    search_text = models.TextField(blank=True, editable=False,
+                                   help_text="Lower-case name and description, for ?search=.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -62,6 +64,14 @@ class RegisteredModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        self.search_text = self.compute_search_text(self.name, self.description)
+        super().save(*args, **kwargs)
+
+    @staticmethod
+    def compute_search_text(name: str, description: str) -> str:
+        return f"{name}\n{description}".lower()
 
 
 class VersionStatus(models.TextChoices):
