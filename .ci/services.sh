@@ -45,6 +45,9 @@ services_start() {
     STARTED_DOCKERD=1
     DOCKERD_LOG="$SERVICES_DIR/dockerd.log" "$SHARED_DIR/scripts/start-dockerd"
   fi
+  # The Swarm tests join a single-node swarm themselves (and leave it); remember whether this
+  # engine was in one already, so services_stop leaves only a swarm the tests left behind.
+  SWARM_BEFORE=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
   export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/modelport"
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
   echo "services up: $DATABASE_URL $REDIS_URL docker=$(docker version --format '{{.Server.Version}}')"
@@ -55,6 +58,15 @@ services_stop() {
   # Containers the tests labelled, in case a test died before its own cleanup.
   local leftover; leftover=$(docker ps -aq --filter label=modelport.managed=1 2>/dev/null)
   [ -n "$leftover" ] && docker rm -f $leftover >/dev/null 2>&1
+  # Swarm services the tests created, and the swarm itself if the tests joined it and died
+  # before their own `docker swarm leave --force` (pytest killed, timeout).
+  local services; services=$(docker service ls -q --filter label=modelport.managed=1 2>/dev/null)
+  [ -n "$services" ] && docker service rm $services >/dev/null 2>&1
+  if [ "${SWARM_BEFORE:-unknown}" = inactive ] && \
+     [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = active ]; then
+    docker swarm leave --force >/dev/null 2>&1
+    docker network rm docker_gwbridge >/dev/null 2>&1
+  fi
   [ -f "$SERVICES_DIR/redis.pid" ] && redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
   local pgbin; pgbin=$(_pg_bin)
   [ -d "$SERVICES_DIR/pg/data" ] && su postgres -c "$pgbin/pg_ctl -D $SERVICES_DIR/pg/data -m fast -w stop" >/dev/null 2>&1

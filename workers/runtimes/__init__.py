@@ -1,13 +1,17 @@
 """Container runtimes that carry out desired state: Docker (one host), local processes (no
-Docker), later Kubernetes/Swarm. `get_runtime()` picks one from Django settings, read lazily;
-the runtime classes themselves take explicit arguments and never import Django."""
+Docker), Docker Swarm and Kubernetes. `get_runtime()` picks one from Django settings, read
+lazily; `runtime_for_target(target)` builds the one an execution target names; the runtime
+classes themselves take explicit arguments and never import Django."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import (
+    BackendHealth,
+    NodeInfo,
     ReplicaRuntimeError,
     ReplicaSpec,
     ReplicaState,
@@ -19,18 +23,23 @@ from .base import (
 if TYPE_CHECKING:
     from .docker import DockerRuntime
     from .local import LocalRuntime
+    from .swarm import SwarmRuntime
 
 __all__ = [
+    "BackendHealth",
+    "NodeInfo",
     "ReplicaRuntimeError",
     "ReplicaSpec",
     "ReplicaState",
     "ReplicaStatus",
     "Runtime",
     "get_runtime",
+    "runtime_for_target",
     "wait_ready",
 ]
 
 RUNTIME_NAMES = ("auto", "docker", "local")
+MIN_DOCKER_API = "1.41"  # Swarm services with CapabilityDrop and a pids limit
 
 
 def get_runtime(name: str | None = None) -> Runtime:
@@ -56,13 +65,13 @@ def _data_dir(settings: object) -> Path:
     return Path(getattr(settings, "MODELPORT_DATA_DIR"))  # noqa: B009 - required setting
 
 
-def _docker(settings: object) -> DockerRuntime:
-    import docker
-
+def _docker(settings: object, *, endpoint: str | None = None, network: str | None = None,
+            port_range: list[int] | tuple[int, int] | None = None,
+            timeout: int | None = None) -> DockerRuntime:
     from .docker import DockerRuntime
     from .images import ImageBuilder
 
-    client = docker.from_env(timeout=int(getattr(settings, "MODELPORT_DOCKER_TIMEOUT", 120)))
+    client = _client(settings, endpoint, timeout)
     state_dir = _data_dir(settings) / "runtime"
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
     builder = ImageBuilder(client, base_image, lock_dir=state_dir / "locks")
@@ -74,12 +83,13 @@ def _docker(settings: object) -> DockerRuntime:
         host_map = {str(_data_dir(settings).resolve()): str(host_data_dir)}
     return DockerRuntime(
         client,
-        network=getattr(settings, "MODELPORT_DOCKER_NETWORK", "host"),
-        port_range=tuple(getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
+        network=network or getattr(settings, "MODELPORT_DOCKER_NETWORK", "host"),
+        port_range=tuple(port_range or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
         base_image=base_image,
         image_builder=builder,
         state_dir=state_dir,
         host_path_map=host_map,
+        publish_host=getattr(settings, "MODELPORT_DOCKER_PUBLISH_HOST", "") or None,
     )
 
 
@@ -90,3 +100,86 @@ def _local(settings: object) -> LocalRuntime:
         _data_dir(settings) / "runtime",
         port_range=tuple(getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
     )
+
+
+def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
+    """The runtime that carries out deployments on an execution target (a
+    ``workers.models.ExecutionTarget``, or None for the settings' runtime).
+
+    A ``docker`` target with an empty endpoint is this machine's Docker exactly as
+    ``get_runtime()`` configures it (MODELPORT_RUNTIME, so "auto"/"local" keep working).
+    ``timeout``: seconds per Docker API call (health checks want a short one)."""
+    from django.conf import settings
+
+    if target is None:
+        return get_runtime()
+    options = dict(target.settings or {})
+    if target.kind == "docker":
+        if not target.endpoint and not options:
+            return get_runtime()
+        return _docker(settings, endpoint=target.endpoint or None, timeout=timeout,
+                       network=options.get("network"), port_range=options.get("port_range"))
+    if target.kind == "swarm":
+        return _swarm(settings, target.endpoint or None, options, timeout=timeout)
+    if target.kind == "kubernetes":
+        return _kubernetes(settings, target, options)
+    raise ReplicaRuntimeError(f"execution target {target.name} has unknown kind {target.kind!r}")
+
+
+def _client(settings: object, endpoint: str | None, timeout: int | None = None) -> Any:
+    import docker
+
+    timeout = timeout or int(getattr(settings, "MODELPORT_DOCKER_TIMEOUT", 120))
+    if endpoint:
+        try:  # asks the engine for its API version
+            return docker.DockerClient(base_url=endpoint, timeout=timeout)
+        except docker.errors.DockerException:
+            # Not answering now: a client all the same, whose calls fail with the reason (a
+            # health check reports it; a reconcile retries on the next beat).
+            return docker.DockerClient(base_url=endpoint, timeout=timeout,
+                                       version=MIN_DOCKER_API)
+    return docker.from_env(timeout=timeout)
+
+
+def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
+           timeout: int | None = None) -> SwarmRuntime:
+    from .images import ImageBuilder
+    from .swarm import DEFAULT_GPU_RESOURCE, SwarmRuntime
+
+    client = _client(settings, endpoint, timeout)
+    state_dir = _data_dir(settings) / "runtime"
+    base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
+    return SwarmRuntime(
+        client,
+        network=options.get("network") or "host",
+        overlay_network=options.get("overlay_network") or "",
+        port_range=tuple(options.get("port_range")
+                         or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
+        base_image=base_image,
+        image_builder=ImageBuilder(client, base_image, lock_dir=state_dir / "locks"),
+        state_dir=state_dir,
+        gpu_resource=options.get("gpu_resource") or DEFAULT_GPU_RESOURCE,
+    )
+
+
+def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runtime:
+    try:
+        from .kubernetes import KubernetesRuntime
+    except ImportError as exc:
+        raise ReplicaRuntimeError(f"the kubernetes runtime is not available: {exc}") from exc
+    kwargs: dict[str, Any] = {"namespace": target.namespace or "default",
+                              "context": target.kube_context or None,
+                              "in_cluster": bool(target.in_cluster), **options}
+    # Images are built by this worker's Docker engine (and pushed to settings "registry").
+    # docker.from_env() does not connect yet: without an engine, building fails and says so.
+    from .images import ImageBuilder
+
+    base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
+    kwargs["image_builder"] = ImageBuilder(_client(settings, None), base_image,
+                                           lock_dir=_data_dir(settings) / "runtime" / "locks")
+    accepted = inspect.signature(KubernetesRuntime).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ReplicaRuntimeError(f"the kubernetes runtime does not take {', '.join(unknown)}")
+    return KubernetesRuntime(**kwargs)

@@ -89,6 +89,44 @@ class ReplicaState:
         return self.status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)
 
 
+@dataclass
+class NodeInfo:
+    """One machine of an execution backend, as the backend reports it."""
+
+    name: str
+    role: str = ""  # swarm: manager/worker; kubernetes: node roles; docker: "engine"
+    state: str = ""  # ready/down/...
+    available: bool = True  # schedulable (swarm availability "active", k8s not cordoned)
+    cpu: float = 0.0  # cores the backend may allocate
+    memory_mb: int = 0
+    gpus: int | None = None  # None: the backend does not report GPUs
+
+
+@dataclass
+class BackendHealth:
+    """What `Runtime.describe()` returns: reachable or not, nodes, allocatable resources."""
+
+    reachable: bool
+    nodes: list[NodeInfo] = field(default_factory=list)
+    message: str = ""
+    version: str = ""
+
+    @property
+    def cpu(self) -> float:
+        return sum(n.cpu for n in self.nodes if n.available)
+
+    @property
+    def memory_mb(self) -> int:
+        return sum(n.memory_mb for n in self.nodes if n.available)
+
+    @property
+    def gpus(self) -> int | None:
+        counts = [n.gpus for n in self.nodes if n.available]
+        if not counts or all(c is None for c in counts):
+            return None
+        return sum(c or 0 for c in counts)
+
+
 class Runtime(abc.ABC):
     """Carries out desired state on one execution backend."""
 
@@ -131,6 +169,17 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> bool:
         """Whether the backend answers."""
+
+    def describe(self) -> BackendHealth:
+        """Reachable or not, its nodes and what they can allocate (never raises). Runtimes
+        that can list their nodes override this; the default only pings."""
+        try:
+            reachable = self.ping()
+        except Exception as exc:  # noqa: BLE001 - describe reports, it does not fail
+            return BackendHealth(reachable=False, message=str(exc))
+        return BackendHealth(reachable=reachable,
+                             message="" if reachable else f"the {self.name} backend does not "
+                                                          "answer")
 
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")

@@ -16,7 +16,9 @@ from .base import (
     LABEL_PORT,
     LABEL_REPLICA,
     LABEL_REVISION,
+    BackendHealth,
     LogFn,
+    NodeInfo,
     ReplicaRuntimeError,
     ReplicaSpec,
     ReplicaState,
@@ -59,7 +61,10 @@ class DockerRuntime(Runtime):
     network="host": each replica binds `bind_host` (127.0.0.1) on a port from `port_range`;
     its url is http://127.0.0.1:<port>. Any other value is a named (bridge) network that this
     process's own container shares (compose/production); the url is
-    http://<container name>:8080. network="none" runs replicas without a network (sandbox).
+    http://<container name>:8080. With `publish_host` (e.g. 127.0.0.1) a replica on a named
+    network also publishes its port on that host address at a port from `port_range`, and that
+    is its url: for a platform running on the host itself, with replicas isolated on a bridge.
+    network="none" runs replicas without a network (sandbox).
     """
 
     name = "docker"
@@ -72,7 +77,8 @@ class DockerRuntime(Runtime):
                  state_dir: str | os.PathLike[str] | None = None,
                  host_path_map: dict[str, str] | None = None,
                  extra_labels: dict[str, str] | None = None,
-                 healthcheck: bool = True) -> None:
+                 healthcheck: bool = True,
+                 publish_host: str | None = None) -> None:
         if client is None:
             import docker
 
@@ -91,6 +97,7 @@ class DockerRuntime(Runtime):
         self.host_path_map = dict(host_path_map) if host_path_map is not None else None
         self.extra_labels = dict(extra_labels or {})
         self.healthcheck = healthcheck
+        self.publish_host = publish_host or None
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -166,8 +173,13 @@ class DockerRuntime(Runtime):
                            MODELPORT_PORT=str(CONTAINER_PORT))
                 kwargs["network"] = self.network
                 kwargs["hostname"] = name
-            if self.healthcheck:
-                kwargs["healthcheck"] = _healthcheck(port or CONTAINER_PORT)
+                if self.publish_host:
+                    port = spec.port or self.ports.allocate(self._used_ports())
+                    kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.publish_host, port)}
+                    labels[LABEL_PORT] = str(port)
+            if self.healthcheck:  # probes from inside the container's own network namespace
+                in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
+                kwargs["healthcheck"] = _healthcheck(in_container or CONTAINER_PORT)
             kwargs["environment"] = env
             try:
                 container = self.client.containers.run(spec.image, **kwargs)
@@ -243,6 +255,19 @@ class DockerRuntime(Runtime):
         except Exception:  # noqa: BLE001 - any failure means "does not answer"
             return False
 
+    def describe(self) -> BackendHealth:
+        """One node: the engine's CPUs and memory from `docker info` (which reports no GPUs;
+        the capacity registry's GPU inventory does)."""
+        try:
+            info = self.client.info()
+        except Exception as exc:  # noqa: BLE001 - unreachable is an answer here
+            return BackendHealth(reachable=False, message=str(exc))
+        node = NodeInfo(name=str(info.get("Name") or "docker"), role="engine", state="ready",
+                        cpu=float(info.get("NCPU") or 0),
+                        memory_mb=int(info.get("MemTotal") or 0) // (1024 * 1024), gpus=None)
+        return BackendHealth(reachable=True, nodes=[node],
+                             version=str(info.get("ServerVersion") or ""))
+
     # --- helpers ----------------------------------------------------------------------------
     def _get(self, replica_id: str) -> Any | None:
         from docker.errors import NotFound
@@ -256,9 +281,11 @@ class DockerRuntime(Runtime):
         return container
 
     def _used_ports(self) -> set[int]:
+        # The low-level list carries the labels: one API call, and no per-container inspect that
+        # fails with 404 when another process removes a container meanwhile.
         used = set()
-        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=1"}):
-            port = c.labels.get(LABEL_PORT, "")
+        for c in self.client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=1"}):
+            port = (c.get("Labels") or {}).get(LABEL_PORT, "")
             if port.isdigit():
                 used.add(int(port))
         return used
@@ -303,6 +330,8 @@ class DockerRuntime(Runtime):
             url = f"http://{self.bind_host}:{port}" if port else None
         elif self.network == "none":
             url = None
+        elif self.publish_host and port:
+            url = f"http://{self.publish_host}:{port}"
         else:
             url = f"http://{container.name}:{CONTAINER_PORT}"
         running = status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -82,6 +83,22 @@ def requirements_digest(requirements: Iterable[str], mlflow_skinny: bool = True)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+@functools.cache
+def _pip_config() -> dict[str, str]:
+    """``pip config list``, read once per process: starting pip takes 1-3 s, and a runtime (so
+    an ImageBuilder) is made for every reconcile. A changed pip config needs a worker restart."""
+    config: dict[str, str] = {}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition("=")
+            config[key.split(".")[-1]] = value.strip().strip("'\"")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return config
+
+
 def host_pip_index() -> tuple[str | None, list[str]]:
     """The index URL and extra index URLs this host's pip uses (env vars first, then
     ``pip config``), keeping only http(s) ones: a ``file://`` index is not reachable from a
@@ -90,15 +107,7 @@ def host_pip_index() -> tuple[str | None, list[str]]:
     extra = (os.environ.get("MODELPORT_PIP_EXTRA_INDEX_URL")
              or os.environ.get("PIP_EXTRA_INDEX_URL") or "").split()
     if not index or not extra:
-        config: dict[str, str] = {}
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                                  capture_output=True, text=True, timeout=30, check=False)
-            for line in proc.stdout.splitlines():
-                key, _, value = line.partition("=")
-                config[key.split(".")[-1]] = value.strip().strip("'\"")
-        except (OSError, subprocess.SubprocessError):
-            pass
+        config = _pip_config()
         index = index or config.get("index-url") or None
         extra = extra or config.get("extra-index-url", "").split()
     web = ("http://", "https://")

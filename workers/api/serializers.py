@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import ExecutionTarget, TargetKind
+
+
+def _cpu(**kwargs) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=12, decimal_places=3, coerce_to_string=False,
+                                    **kwargs)
+
+
+class TargetSerializer(serializers.ModelSerializer):
+    capacity = serializers.SerializerMethodField(
+        help_text="What deployments may reserve here; 0 = not limited here.")
+
+    class Meta:
+        model = ExecutionTarget
+        fields = ["name", "kind", "endpoint", "kube_context", "in_cluster", "namespace",
+                  "settings", "capacity", "enabled", "is_default", "created_at", "updated_at"]
+
+    def get_capacity(self, obj: ExecutionTarget) -> dict:
+        return {"cpu": float(obj.cpu), "memory_mb": obj.memory_mb, "gpus": obj.gpus}
+
+
+class TargetCapacitySerializer(serializers.Serializer):
+    cpu = _cpu(required=False, min_value=0)
+    memory_mb = serializers.IntegerField(required=False, min_value=0)
+    gpus = serializers.IntegerField(required=False, min_value=0)
+
+
+class TargetWriteSerializer(serializers.Serializer):
+    """Fields are checked together by ``workers.services`` (the kind decides what applies)."""
+
+    name = serializers.CharField(max_length=50)
+    kind = serializers.ChoiceField(choices=TargetKind.choices, default=TargetKind.DOCKER)
+    endpoint = serializers.CharField(required=False, allow_blank=True, max_length=300,
+                                     help_text="unix:///var/run/docker.sock, tcp://host:2376…")
+    kube_context = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    in_cluster = serializers.BooleanField(required=False)
+    namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
+    settings = serializers.JSONField(
+        required=False, help_text='e.g. {"network": "overlay", "overlay_network": "models", '
+                                  '"port_range": [20000, 20999]}')
+    capacity = TargetCapacitySerializer(required=False)
+    enabled = serializers.BooleanField(required=False)
+    is_default = serializers.BooleanField(required=False)
+
+
+class TargetUpdateSerializer(TargetWriteSerializer):
+    name = serializers.CharField(max_length=50, required=False)
+    kind = serializers.ChoiceField(choices=TargetKind.choices, required=False)
+
+
+class NodeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    role = serializers.CharField()
+    state = serializers.CharField()
+    available = serializers.BooleanField()
+    cpu = serializers.FloatField()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField(allow_null=True)
+
+
+class AllocatableSerializer(serializers.Serializer):
+    cpu = serializers.FloatField()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField(allow_null=True, help_text="null: not reported.")
+
+
+class ReservedSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+
+
+class TargetHealthSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    reachable = serializers.BooleanField()
+    message = serializers.CharField(allow_blank=True)
+    version = serializers.CharField(allow_blank=True)
+    nodes = NodeSerializer(many=True)
+    allocatable = AllocatableSerializer()
+    reserved = ReservedSerializer()
+    capacity = TargetCapacitySerializer()
+    checked_at = serializers.DateTimeField()

@@ -1,0 +1,529 @@
+"""Docker Swarm runtime: each replica is one single-replica Swarm service, found again by labels.
+
+Why a service per revision x replica (and not one service per revision with N tasks):
+
+* the reconciler manages replicas one by one — a rolling update drains and removes *that* old
+  replica, a scale-down removes index >= replicas, a dead replica is replaced by index. Swarm
+  cannot remove a chosen task from a service (scaling down picks the tasks itself), so with N
+  tasks per service the replica being drained and the one being removed could differ;
+* with host networking every task of one service gets the same environment, so all would bind
+  the same port. ``{{.Task.Slot}}`` templates cannot do arithmetic (port = base + slot), and a
+  slot is reused by a task's replacement, so the port would have to be computed inside the
+  model server from the slot — possible, but then the port is known only from the template,
+  not from a label the gateway can read before the task runs.
+
+So the unit Swarm schedules, restarts and reports on is exactly the unit the reconciler and the
+gateway route to. Swarm still does what it is for: it places each service on a node with room
+(reservations), restarts a killed or unhealthy task itself (restart policy + health check), and
+spreads services over nodes. A new revision is new services, started (and ready) before the
+old ones are drained — start-first at the reconciler's level.
+
+Hardening: the same as plain Docker containers where Swarm can express it — non-root user,
+read-only root filesystem with a private tmpfs at /tmp, every capability dropped (API >= 1.41),
+CPU/memory limits and a pids limit (API >= 1.41). Swarm services cannot set
+``no-new-privileges`` before Docker API 1.44 (``Privileges.NoNewPrivileges``), nor
+``memswap_limit``; on older engines the replica runs without them (non-root with no
+capabilities and a read-only root, so a setuid binary has nothing to gain, but the flag is not
+there). Swarm cannot pin specific GPU devices: GPUs are requested as a *count* of a generic
+resource (``NVIDIA-GPU`` by default) and Swarm picks the devices.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_MODEL_VERSION,
+    LABEL_PORT,
+    LABEL_REPLICA,
+    LABEL_REVISION,
+    BackendHealth,
+    LogFn,
+    NodeInfo,
+    ReplicaRuntimeError,
+    ReplicaSpec,
+    ReplicaState,
+    ReplicaStatus,
+    Runtime,
+    missing_state,
+)
+from .docker import (
+    CONTAINER_PORT,
+    DOCKER_SOCKET_PATHS,
+    HARDENING,
+    HOST_NETWORK,
+    MODEL_MOUNT,
+    _healthcheck,
+    _int,
+    _parse_stats,
+    _time,
+)
+from .images import ImageBuilder
+from .ports import PortAllocator
+
+OVERLAY = "overlay"
+NETWORK_MODES = (HOST_NETWORK, OVERLAY)
+DEFAULT_GPU_RESOURCE = "NVIDIA-GPU"
+TMPFS_BYTES = 64 * 1024 * 1024
+STOP_GRACE_NS = 10_000_000_000
+
+# Swarm task states -> replica status. A task that Swarm is still placing, pulling or whose
+# health check has not passed yet is STARTING; Swarm marks a task "running" only once its
+# container runs (and, with a health check, not before it turned healthy).
+_TASK_STATUS = {
+    **dict.fromkeys(("new", "allocated", "pending", "assigned", "accepted", "preparing", "ready",
+                     "starting"), ReplicaStatus.STARTING),
+    "running": ReplicaStatus.RUNNING,
+    "complete": ReplicaStatus.EXITED,
+    "shutdown": ReplicaStatus.EXITED,
+    "failed": ReplicaStatus.DEAD,
+    "rejected": ReplicaStatus.DEAD,
+    "remove": ReplicaStatus.DEAD,
+    "orphaned": ReplicaStatus.DEAD,
+}
+
+
+class SwarmRuntime(Runtime):
+    """Runs replicas as Swarm services through a manager's Docker endpoint.
+
+    network="host": every service joins the node's host network and its one task binds
+    `bind_host` (127.0.0.1) on a port from `port_range`; url http://127.0.0.1:<port>. For a
+    single node (tests, CI): the allocator can only check ports on the machine it runs on.
+    network="overlay": every service joins `overlay_network` (an attachable overlay network
+    Modelport's gateway also joins); the model server listens on 8080 and the url is
+    http://<service name>:8080 (Swarm's DNS + VIP for the service).
+    """
+
+    name = "swarm"
+    sandboxed = True
+
+    def __init__(self, client: Any = None, *, network: str = HOST_NETWORK,
+                 overlay_network: str = "", port_range: tuple[int, int] = (20000, 20999),
+                 bind_host: str = "127.0.0.1", base_image: str = "modelport/base:bookworm",
+                 image_builder: ImageBuilder | None = None,
+                 state_dir: str | os.PathLike[str] | None = None,
+                 extra_labels: dict[str, str] | None = None,
+                 gpu_resource: str = DEFAULT_GPU_RESOURCE, restart_attempts: int = 3,
+                 healthcheck: bool = True) -> None:
+        if client is None:
+            import docker
+
+            client = docker.from_env()
+        if network not in NETWORK_MODES:
+            raise ValueError(f"swarm network mode {network!r}; expected one of {NETWORK_MODES}")
+        if network == OVERLAY and not overlay_network:
+            raise ValueError("swarm overlay mode needs the overlay network's name")
+        self.client = client
+        self.network = network
+        self.overlay_network = overlay_network
+        self.bind_host = bind_host
+        self.state_dir = Path(state_dir) if state_dir else None
+        # The same lock file as the Docker runtime: both hand out ports of one host.
+        lock = self.state_dir / "docker-ports.lock" if self.state_dir else None
+        self.ports = PortAllocator(port_range, host=bind_host, lock_path=lock)
+        self.images = image_builder or ImageBuilder(
+            client, base_image, lock_dir=self.state_dir / "locks" if self.state_dir else None)
+        self.extra_labels = dict(extra_labels or {})
+        self.gpu_resource = gpu_resource
+        self.restart_attempts = restart_attempts
+        self.healthcheck = healthcheck
+
+    # --- images -----------------------------------------------------------------------------
+    def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
+        """Built on the manager's engine. A multi-node swarm needs the image on every node
+        (a registry); a single node runs the local image as is."""
+        return self.images.ensure_image(requirements, on_log)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
+        from docker.errors import APIError
+
+        if not spec.image:
+            raise ReplicaRuntimeError("the swarm runtime needs spec.image (see ensure_image)")
+        name = spec.name
+        existing = self._get(name)
+        if existing is not None:
+            state = self._state(existing, self._tasks([existing]))
+            if state.alive:
+                return state
+            self._remove_service(existing)  # stopped or given up by Swarm: start afresh
+
+        with self.ports.locked():
+            port: int | None = None
+            if self.network == HOST_NETWORK:
+                port = spec.port or self.ports.allocate(self._used_ports())
+            kwargs = self.service_spec(spec, port)
+            try:
+                self.client.api.create_service(**kwargs)
+            except APIError as exc:
+                if port is not None and not spec.port:
+                    self.ports.release(port)
+                raced = self._get(name) if getattr(exc, "status_code", None) == 409 else None
+                if raced is not None:  # another worker created it a moment ago
+                    return self._state(raced, self._tasks([raced]))
+                raise ReplicaRuntimeError(f"creating service {name} failed: {exc}") from exc
+        service = self._get(name)
+        if service is None:
+            raise ReplicaRuntimeError(f"service {name} vanished right after it was created")
+        return self._state(service, self._tasks([service]))
+
+    def service_spec(self, spec: ReplicaSpec, port: int | None) -> dict[str, Any]:
+        """The keyword arguments of ``APIClient.create_service`` for one replica."""
+        from docker.types import (
+            ContainerSpec,
+            EndpointSpec,
+            Healthcheck,
+            Mount,
+            Resources,
+            RestartPolicy,
+            RollbackConfig,
+            ServiceMode,
+            TaskTemplate,
+            UpdateConfig,
+        )
+
+        labels = {**self.extra_labels, **spec.labels,
+                  LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
+                  LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
+                  LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
+        env = replica_env(spec)
+        if port is not None:
+            env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+            labels[LABEL_PORT] = str(port)
+        else:
+            env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104 - own network namespace
+                       MODELPORT_PORT=str(CONTAINER_PORT))
+        mounts = [Mount(target="/tmp", source=None, type="tmpfs",  # noqa: S108 - private tmpfs
+                        tmpfs_size=TMPFS_BYTES)]
+        if spec.model_dir:
+            source = str(Path(spec.model_dir).resolve())
+            if any(source.rstrip("/").endswith(sock) for sock in DOCKER_SOCKET_PATHS):
+                raise ReplicaRuntimeError(
+                    "refusing to mount the Docker socket into a model container")
+            mounts.append(Mount(target=MODEL_MOUNT, source=source, type="bind", read_only=True))
+        healthcheck = None
+        if self.healthcheck:
+            healthcheck = Healthcheck(**_healthcheck(port or CONTAINER_PORT))
+        container = ContainerSpec(
+            spec.image, env=env, user=HARDENING["user"], labels=labels, mounts=mounts,
+            read_only=True, cap_drop=list(HARDENING["cap_drop"]), stop_signal="SIGTERM",
+            stop_grace_period=STOP_GRACE_NS, healthcheck=healthcheck,
+            hostname=None if port is not None else spec.name)
+        if self._api_at_least("1.44"):  # Privileges.NoNewPrivileges exists from API 1.44 on
+            container["Privileges"] = {**(container.get("Privileges") or {}),
+                                       "NoNewPrivileges": True}
+        nano = int(spec.cpu * 1e9) if spec.cpu else None
+        memory = int(spec.memory_mb) * 1024 * 1024 if spec.memory_mb else None
+        gpus = len(spec.gpu_device_ids)
+        resources = Resources(cpu_limit=nano, mem_limit=memory, cpu_reservation=nano,
+                              mem_reservation=memory,
+                              generic_resources={self.gpu_resource: gpus} if gpus else None)
+        if spec.pids_limit:
+            resources.setdefault("Limits", {})["Pids"] = int(spec.pids_limit)
+        template = TaskTemplate(
+            container, resources=resources,
+            # Swarm restarts a failed or unhealthy task itself, up to `restart_attempts`
+            # times in 10 minutes; after that the reconciler sees the replica dead, replaces
+            # the service and its crash-loop back-off applies.
+            restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000,
+                                         max_attempts=self.restart_attempts,
+                                         window=600_000_000_000),
+            networks=[HOST_NETWORK if port is not None else self.overlay_network])
+        # An in-place update (by an operator: `docker service update`) starts the new task
+        # first and rolls back on failure. In host mode the one port cannot be bound twice,
+        # so there the update stops the old task first.
+        order = "stop-first" if port is not None else "start-first"
+        return {
+            "task_template": template, "name": spec.name, "labels": labels,
+            "mode": ServiceMode("replicated", replicas=1),
+            "update_config": UpdateConfig(parallelism=1, order=order, failure_action="rollback",
+                                          monitor=30_000_000_000),
+            "rollback_config": RollbackConfig(parallelism=1, order=order),
+            "endpoint_spec": EndpointSpec(mode="dnsrr" if port is not None else "vip"),
+        }
+
+    def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
+        """Scale the service to 0 (Swarm stops the task gracefully, within the stop grace
+        period); the service stays, so its logs and state can still be read."""
+        from docker.errors import APIError
+
+        service = self._get(replica_id)
+        if service is None:
+            return
+        try:
+            service.scale(0)
+        except APIError as exc:
+            if getattr(exc, "status_code", None) not in (404, 409):
+                raise
+
+    def remove_replica(self, replica_id: str) -> None:
+        service = self._get(replica_id)
+        if service is not None:
+            self._remove_service(service)
+
+    # --- discovery --------------------------------------------------------------------------
+    def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
+        filters = [f"{LABEL_MANAGED}=1", LABEL_DEPLOYMENT]
+        if deployment is not None:
+            filters.append(f"{LABEL_DEPLOYMENT}={deployment}")
+        services = self.client.services.list(filters={"label": filters})
+        tasks = self._tasks(services)
+        states = [self._state(s, tasks) for s in services]
+        return sorted(states, key=lambda s: (s.deployment, s.revision, s.replica, s.id))
+
+    def get_replica(self, replica_id: str) -> ReplicaState:
+        service = self._get(replica_id)
+        if service is None:
+            return missing_state(replica_id)
+        return self._state(service, self._tasks([service]))
+
+    def logs(self, replica_id: str, tail: int = 200) -> str:
+        """Through the manager, from whichever node ran the task (json-file/journald logs)."""
+        service = self._get(replica_id)
+        if service is None:
+            return ""
+        chunks = self.client.api.service_logs(service.id, stdout=True, stderr=True, tail=tail,
+                                              follow=False, is_tty=False)
+        text = b"".join(chunks).decode("utf-8", "replace")
+        if text:
+            return text
+        # The manager gathers service logs from the nodes' agents and can come back empty
+        # for a task that just started: read the container directly when it runs here.
+        container = self._local_container(service)
+        if container is None:
+            return ""
+        return container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8", "replace")
+
+    def stats(self, replica_id: str) -> dict[str, float]:
+        """Live figures of the running task's container. Swarm has no stats API: only tasks
+        on the node this endpoint belongs to are measured; others read as zero."""
+        zero = {"cpu_percent": 0.0, "memory_bytes": 0.0, "memory_limit_bytes": 0.0}
+        service = self._get(replica_id)
+        container = self._local_container(service, running=True) if service else None
+        if container is None:
+            return zero  # not running, or on another node
+        return _parse_stats(container.stats(stream=False))
+
+    def ping(self) -> bool:
+        """The endpoint answers and is a Swarm manager (only managers can create services)."""
+        try:
+            info = self.client.info()
+        except Exception:  # noqa: BLE001 - any failure means "does not answer"
+            return False
+        swarm = info.get("Swarm") or {}
+        return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
+
+    def describe(self) -> BackendHealth:
+        try:
+            info = self.client.info()
+        except Exception as exc:  # noqa: BLE001 - unreachable is an answer here
+            return BackendHealth(reachable=False, message=str(exc))
+        swarm = info.get("Swarm") or {}
+        version = str(info.get("ServerVersion") or "")
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            return BackendHealth(reachable=False, version=version,
+                                 message="the engine answers but is not a Swarm manager "
+                                         f"(swarm state {swarm.get('LocalNodeState')!r})")
+        try:
+            nodes = self.client.nodes.list()
+        except Exception as exc:  # noqa: BLE001
+            return BackendHealth(reachable=False, version=version, message=str(exc))
+        return BackendHealth(reachable=True, version=version,
+                             nodes=sorted((_node(n.attrs) for n in nodes),
+                                          key=lambda n: n.name))
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _local_container(self, service: Any, *, running: bool = False) -> Any | None:
+        """The container of the service's current task, if it is on this endpoint's node."""
+        from docker.errors import APIError, NotFound
+
+        task = _current_task(self._tasks([service]).get(service.id, []))
+        status = (task or {}).get("Status") or {}
+        container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
+        if not container_id or (running and status.get("State") != "running"):
+            return None
+        try:
+            return self.client.containers.get(container_id)
+        except (NotFound, APIError):
+            return None  # on another node, or already removed
+
+    def _api_at_least(self, version: str) -> bool:
+        from docker.utils import version_gte
+
+        api = getattr(self.client.api, "_version", None) or "1.41"
+        return version_gte(api, version)
+
+    def _get(self, replica_id: str) -> Any | None:
+        from docker.errors import NotFound
+
+        try:
+            service = self.client.services.get(replica_id)
+        except NotFound:
+            return None
+        labels = (service.attrs.get("Spec") or {}).get("Labels") or {}
+        if labels.get(LABEL_MANAGED) != "1" or service.name != replica_id:
+            return None  # never touch services Modelport does not manage (or id prefixes)
+        return service
+
+    def _tasks(self, services: list[Any]) -> dict[str, list[dict[str, Any]]]:
+        """Tasks of these services, by service id (one API call)."""
+        if not services:
+            return {}
+        by_service: dict[str, list[dict[str, Any]]] = {s.id: [] for s in services}
+        for task in self.client.api.tasks(filters={"service": [s.id for s in services]}):
+            if task.get("ServiceID") in by_service:
+                by_service[task["ServiceID"]].append(task)
+        return by_service
+
+    def _remove_service(self, service: Any) -> None:
+        from docker.errors import APIError
+
+        port = ((service.attrs.get("Spec") or {}).get("Labels") or {}).get(LABEL_PORT, "")
+        try:
+            service.remove()
+        except APIError as exc:
+            if getattr(exc, "status_code", None) not in (404, 409):
+                raise
+        if port.isdigit():
+            self.ports.release(int(port))
+
+    def _used_ports(self) -> set[int]:
+        """Ports claimed by managed services and by plain managed containers on this host."""
+        used = set()
+        for service in self.client.services.list(filters={"label": f"{LABEL_MANAGED}=1"}):
+            port = ((service.attrs.get("Spec") or {}).get("Labels") or {}).get(LABEL_PORT, "")
+            if port.isdigit():
+                used.add(int(port))
+        # The raw list (one call, no inspect per container): task containers come and go.
+        for c in self.client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=1"}):
+            port = (c.get("Labels") or {}).get(LABEL_PORT, "")
+            if port.isdigit():
+                used.add(int(port))
+        return used
+
+    def _state(self, service: Any, tasks: dict[str, list[dict[str, Any]]]) -> ReplicaState:
+        spec = service.attrs.get("Spec") or {}
+        labels = spec.get("Labels") or {}
+        history = tasks.get(service.id, [])
+        task = _current_task(history)
+        wanted = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1)
+        task_status = (task or {}).get("Status") or {}
+        raw = task_status.get("State", "")
+        container = task_status.get("ContainerStatus") or {}
+        failed = [t for t in history if (t.get("Status") or {}).get("State") in
+                  ("failed", "rejected")]
+        restarting = False
+        if wanted == 0:
+            status = ReplicaStatus.EXITED  # stopped (scaled to 0)
+        elif task is None:
+            status = ReplicaStatus.STARTING  # created; Swarm has not made a task yet
+        else:
+            status = _TASK_STATUS.get(raw, ReplicaStatus.DEAD)
+            if status is ReplicaStatus.DEAD and task.get("DesiredState") in ("running",
+                                                                              "ready"):
+                # Failed, and Swarm still wants it running: it replaces the task itself (after
+                # the restart delay), so the replica is coming back, not lost. When Swarm gives
+                # up (restart attempts used up) no task is desired running any more: dead.
+                status, restarting = ReplicaStatus.STARTING, True
+            elif task.get("DesiredState") not in ("running", "ready") \
+                    and status is not ReplicaStatus.EXITED:
+                status = ReplicaStatus.DEAD
+        running = status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)
+        port = labels.get(LABEL_PORT, "")
+        if port.isdigit():
+            url: str | None = f"http://{self.bind_host}:{port}"
+        else:
+            url = f"http://{service.name}:{CONTAINER_PORT}"
+        message = task_status.get("Err") or ""
+        if restarting:
+            message = f"Swarm is restarting the task ({len(failed)} failed): {message}".strip()
+        if not message and not running and failed:
+            message = (failed[0].get("Status") or {}).get("Err") or ""
+        exit_code = container.get("ExitCode")
+        if exit_code is None and failed:
+            exit_code = ((failed[0].get("Status") or {}).get("ContainerStatus") or {}) \
+                .get("ExitCode")
+        image = (((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image")
+                 or "").split("@")[0]
+        return ReplicaState(
+            id=service.name,
+            deployment=labels.get(LABEL_DEPLOYMENT, ""),
+            revision=_int(labels.get(LABEL_REVISION)),
+            replica=_int(labels.get(LABEL_REPLICA)),
+            status=status,
+            url=url,
+            exit_code=None if running else exit_code,
+            started_at=_time(task_status.get("Timestamp")) if raw == "running" else None,
+            finished_at=None if running else _time(task_status.get("Timestamp")),
+            restart_count=len(failed),
+            port=int(port) if port.isdigit() else None,
+            image=image or None,
+            model_name=labels.get(LABEL_MODEL, ""),
+            model_version=labels.get(LABEL_MODEL_VERSION, ""),
+            message=message,
+            health="healthy" if raw == "running" and self.healthcheck else None,
+            labels=dict(labels),
+        )
+
+
+def replica_env(spec: ReplicaSpec) -> dict[str, str]:
+    """The model server's environment, as the Docker runtime sets it (without host/port)."""
+    env = {
+        "MODELPORT_MODEL_DIR": MODEL_MOUNT,
+        "MODELPORT_WORKERS": str(spec.workers),
+        "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
+        "MODELPORT_MODEL_VERSION": str(spec.model_version),
+        "MODELPORT_DEPLOYMENT": spec.deployment,
+        "MODELPORT_REVISION": str(spec.revision),
+        "MODELPORT_REPLICA": str(spec.replica),
+        "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
+    }
+    threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = threads
+    env.update(spec.env)
+    return env
+
+
+def _current_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The task Swarm wants running (the newest, if a replacement overlaps), else the newest
+    (Swarm gave up: max restart attempts reached)."""
+    if not tasks:
+        return None
+    newest = sorted(tasks, key=lambda t: (t.get("CreatedAt") or "",
+                                          (t.get("Version") or {}).get("Index", 0)),
+                    reverse=True)
+    for task in newest:
+        # A replacement waiting out the restart delay is desired "ready", then "running".
+        if task.get("DesiredState") in ("running", "ready"):
+            return task
+    return newest[0]
+
+
+def _node(attrs: dict[str, Any]) -> NodeInfo:
+    description = attrs.get("Description") or {}
+    resources = description.get("Resources") or {}
+    gpus = 0
+    for item in resources.get("GenericResources") or []:
+        discrete = item.get("DiscreteResourceSpec") or {}
+        named = item.get("NamedResourceSpec") or {}
+        if "GPU" in str(discrete.get("Kind", "")).upper():
+            gpus += int(discrete.get("Value") or 0)
+        elif "GPU" in str(named.get("Kind", "")).upper():
+            gpus += 1
+    spec = attrs.get("Spec") or {}
+    status = attrs.get("Status") or {}
+    return NodeInfo(
+        name=str(description.get("Hostname") or attrs.get("ID", "")[:12]),
+        role=str(spec.get("Role") or ""),
+        state=str(status.get("State") or ""),
+        available=spec.get("Availability") == "active" and status.get("State") == "ready",
+        cpu=int(resources.get("NanoCPUs") or 0) / 1e9,
+        memory_mb=int(resources.get("MemoryBytes") or 0) // (1024 * 1024),
+        gpus=gpus,
+    )

@@ -1,0 +1,49 @@
+"""Portal page of execution targets (under Capacity): health for everyone signed in;
+registering, enabling/disabling and choosing the default for platform admins."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from frontend.views import _apply
+from teams.roles import is_platform_admin
+
+from . import services
+from .forms import TargetForm
+from .models import ExecutionTarget
+from .targets import target_summary
+
+
+@login_required
+def targets(request: HttpRequest) -> HttpResponse:
+    admin = is_platform_admin(request.user)
+    form = TargetForm(request.POST or None) if admin else None
+    if form is not None and request.method == "POST" and form.is_valid() and _apply(
+            request, form, lambda: services.create_target(actor=request.user,
+                                                          **form.service_values())):
+        messages.success(request, f"Registered execution target {form.cleaned_data['name']}.")
+        return redirect("targets:list")
+    summaries = [target_summary(t) for t in ExecutionTarget.objects.order_by("name")]
+    return render(request, "workers/targets.html", {
+        "summaries": summaries, "form": form, "admin": admin,
+        "default": services.default_target(),
+    })
+
+
+@login_required
+@require_POST
+def change_target(request: HttpRequest, name: str) -> HttpResponse:
+    target = get_object_or_404(ExecutionTarget, name=name)
+    intent = request.POST.get("intent")
+    changes = {"enable": {"enabled": True}, "disable": {"enabled": False},
+               "default": {"is_default": True}}.get(intent or "")
+    if changes is None:
+        messages.error(request, "Unknown action.")
+    elif _apply(request, None, lambda: services.update_target(actor=request.user, target=target,
+                                                              **changes)):
+        messages.success(request, f"Execution target {name} updated.")
+    return redirect("targets:list")
