@@ -42,7 +42,9 @@ class DeploymentAdmin(admin.ModelAdmin):
     search_fields = ["name", "model__name"]
     readonly_fields = [f.name for f in Deployment._meta.fields]
     inlines = [ReplicaInline, RevisionInline]
-    actions = ["stop_deployments"]
+    actions = ["stop_deployments", "start_deployments"]
+    list_select_related = ["team", "model"]
+    list_per_page = 50
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -53,21 +55,31 @@ class DeploymentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
-    @admin.action(description="Stop selected deployments (remove their containers)")
-    def stop_deployments(self, request: HttpRequest, queryset) -> None:
-        stopped = 0
-        for d in queryset:
+    def _apply(self, request: HttpRequest, queryset, call, verb: str) -> None:
+        done = 0
+        for d in queryset.select_related("team"):
             try:
-                services.stop(actor=request.user, deployment=d)
-                stopped += 1
+                call(actor=request.user, deployment=d)
+                done += 1
             except DomainError as exc:
                 self.message_user(request, f"{d.name}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"Stopping {stopped} deployment(s).", messages.SUCCESS)
+        if done:
+            self.message_user(request, f"{verb} {done} deployment(s).", messages.SUCCESS)
+
+    @admin.action(description="Stop selected deployments (remove their containers)")
+    def stop_deployments(self, request: HttpRequest, queryset) -> None:
+        self._apply(request, queryset, services.stop, "Stopping")
+
+    @admin.action(description="Start selected stopped deployments (admits their quota again)")
+    def start_deployments(self, request: HttpRequest, queryset) -> None:
+        self._apply(request, queryset, services.start, "Starting")
 
 
 @admin.register(DeploymentEvent)
 class DeploymentEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "deployment", "revision", "kind", "message"]
+    list_select_related = ["deployment"]
+    list_per_page = 50
     list_filter = ["kind"]
     search_fields = ["deployment__name", "message"]
 

@@ -17,10 +17,26 @@ def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb
 
     totals = {"cpu": Decimal(cpu) * replicas, "memory_mb": memory_mb * replicas,
               "gpus": gpus * replicas, "deployments": 1}
+    check_target(owner=owner, cpu=totals["cpu"], memory_mb=totals["memory_mb"],
+                 gpus=totals["gpus"])
     if Reservation.objects.filter(owner=owner).exists():
         quotas.resize(owner=owner, actor=actor, **totals)
     else:
         quotas.admit(team=team, owner=owner, actor=actor, **totals)
+
+
+def check_target(*, owner: str, cpu: Decimal, memory_mb: int, gpus: int) -> None:
+    """The deployment's execution target must hold it, when the target has registered
+    capacity: ``Conflict(code="target_capacity_exceeded")`` otherwise."""
+    from workers import services as targets
+
+    from .models import Deployment
+
+    d = Deployment.objects.filter(name=owner.removeprefix("deployment:")).first()
+    target = targets.deployment_target(d) if d is not None else targets.default_target()
+    if target is not None:
+        targets.check_target_capacity(target=target, owner=owner, cpu=cpu,
+                                      memory_mb=memory_mb, gpus=gpus)
 
 
 def release_spec(*, owner: str, actor=None) -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from teams.models import Team
+from workers.models import ExecutionTarget
 
 from .models import STRATEGIES
 
@@ -19,7 +22,42 @@ class DeploymentCreateForm(forms.Form):
     memory_mb = forms.IntegerField(initial=1024, label="Memory per replica (MB)")
     strategy = forms.ChoiceField(choices=[(s, s.replace("_", "/")) for s in STRATEGIES],
                                  initial="rolling")
+    canary_steps = forms.CharField(
+        required=False, initial="10,50,100", label="Canary steps (% of traffic)",
+        help_text="Canary only: increasing percentages ending at 100, e.g. 10,50,100.")
+    canary_interval_s = forms.IntegerField(
+        required=False, initial=60, min_value=0, max_value=86400,
+        label="Seconds per canary step",
+        help_text="Canary only: how long each step runs before its error rate and p95 are "
+                  "compared with the old revision's.")
+
+    target = forms.ModelChoiceField(
+        queryset=ExecutionTarget.objects.none(), to_field_name="name", required=False,
+        label="Execution target", empty_label="(the default target)",
+        help_text="Where it runs: one Docker host, a Swarm or a Kubernetes namespace.")
 
     def __init__(self, *args, teams=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["team"].queryset = teams if teams is not None else Team.objects.none()
+        self.fields["target"].queryset = ExecutionTarget.objects.enabled().order_by("name")
+
+    def clean_canary_steps(self) -> list[int] | None:
+        raw = self.cleaned_data["canary_steps"].replace(" ", "")
+        if not raw:
+            return None
+        try:
+            return [int(part) for part in raw.split(",") if part]
+        except ValueError:
+            raise forms.ValidationError("Give whole percentages separated by commas, "
+                                        "e.g. 10,50,100.") from None
+
+    def strategy_spec(self) -> dict[str, Any]:
+        """The ``strategy`` object for ``services.create_deployment`` (which validates it)."""
+        data = self.cleaned_data
+        spec: dict[str, Any] = {"type": data["strategy"]}
+        if data["strategy"] == "canary":
+            if data.get("canary_steps"):
+                spec["steps"] = data["canary_steps"]
+            if data.get("canary_interval_s") is not None:
+                spec["interval_s"] = data["canary_interval_s"]
+        return spec

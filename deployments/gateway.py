@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import urllib3
@@ -25,10 +27,14 @@ from teams.authentication import authenticate_token
 from teams.models import Membership
 from teams.roles import is_platform_admin
 
+from . import shadowing
 from .models import Deployment, Replica
+from .shadowing import Shadow
 
 ROUTE_CHECK_S = 1.0
-AUTH_TTL_S = 5.0
+REVOKE_CHECK_S = 1.0
+REVOKE_LOOKBACK_S = 10.0  # > REVOKE_CHECK_S: a revocation racing a cache fill is seen again
+_last_revoke_check = [0.0]
 FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-ID", "Content-Encoding")
 RETURN_HEADERS = ("Content-Type",)
 
@@ -43,6 +49,7 @@ class Route:
     checked: float
     # [(revision, percent, [url, ...]), ...] — only revisions with ready replicas
     revisions: list[tuple[int, int, list[str]]] = field(default_factory=list)
+    shadow: Shadow | None = None
 
     def pick(self, key: str | None, exclude: set[str]) -> tuple[int, str] | None:
         choices = [(rev, pct, [u for u in urls if u not in exclude])
@@ -113,7 +120,8 @@ def flush() -> None:
         logging.getLogger(__name__).warning("could not store gateway traffic samples")
 
 
-def _load(name: str, version: tuple[int, int], team_id: int, traffic: list) -> Route:
+def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
+          shadow: dict | None = None) -> Route:
     ready: dict[int, list[str]] = {}
     for rev, url in (Replica.objects.filter(deployment__name=name, ready=True)
                      .exclude(url="").order_by("revision", "index")
@@ -127,7 +135,16 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list) -> R
             revisions = [(rev, 1, urls) for rev, urls in ready.items()]
     else:
         revisions = [(rev, 1, urls) for rev, urls in ready.items()]
-    return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions)
+    mirror = None
+    if shadow and shadow.get("revision") is not None:
+        number = int(shadow["revision"])
+        revisions = [entry for entry in revisions if entry[0] != number]
+        if ready.get(number):
+            mirror = Shadow(revision=number, percent=int(shadow.get("percent", 100)),
+                            tolerance=float(shadow.get("tolerance", 1e-6)),
+                            urls=tuple(ready[number]))
+    return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions,
+                 shadow=mirror)
 
 
 def route_for(name: str) -> Route | None:
@@ -136,16 +153,16 @@ def route_for(name: str) -> Route | None:
     if route is not None and now - route.checked < ROUTE_CHECK_S:
         return route
     row = Deployment.objects.filter(name=name).values_list(
-        "pk", "routing_version", "team_id", "traffic").first()
+        "pk", "routing_version", "team_id", "traffic", "shadow").first()
     if row is None:
         _routes.pop(name, None)
         return None
-    pk, routing_version, team_id, traffic = row
+    pk, routing_version, team_id, traffic, shadow = row
     version = (pk, routing_version)
     if route is not None and route.version == version:
         route.checked = now
         return route
-    route = _load(name, version, team_id, traffic)
+    route = _load(name, version, team_id, traffic, shadow)
     with _lock:
         _routes[name] = route
     return route
@@ -159,23 +176,58 @@ def invalidate(name: str | None = None) -> None:
             _stats.clear()
         else:
             _routes.pop(name, None)
+    if name is None:
+        shadowing.reset()
+
+
+def _forget_revoked(now: float) -> None:
+    """At most once every ``REVOKE_CHECK_S`` (and only with tokens cached): drop the tokens
+    revoked lately from this process's cache — one small query, so a revocation stops working
+    here within about a second instead of waiting for the entry's TTL."""
+    if now - _last_revoke_check[0] < REVOKE_CHECK_S:
+        return
+    if not _auth:  # nothing cached, nothing to drop
+        _last_revoke_check[0] = now
+        return
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from teams.models import ApiToken
+
+    _last_revoke_check[0] = now
+    since = timezone.now() - timedelta(seconds=REVOKE_LOOKBACK_S)
+    revoked = list(ApiToken.objects.filter(revoked_at__gte=since)
+                   .values_list("digest", flat=True))
+    with _lock:
+        for digest in revoked:
+            _auth.pop(digest, None)
 
 
 def _caller(raw: str) -> tuple[bool, frozenset[int]]:
-    """(is platform admin, team ids) for a token; AuthenticationFailed when invalid."""
+    """(is platform admin, team ids) for a token; AuthenticationFailed when invalid.
+
+    Cached per process for ``MODELPORT_GATEWAY_AUTH_TTL_S`` (5 s; never past the token's
+    expiry): a removed membership or a deactivated user takes effect within that window, a
+    revoked token within about ``REVOKE_CHECK_S`` (see ``_forget_revoked``)."""
     digest = hashlib.sha256(raw.encode()).hexdigest()
-    cached = _auth.get(digest)
     now = time.monotonic()
+    _forget_revoked(now)
+    cached = _auth.get(digest)
     if cached and cached[0] > now:
         return cached[1], cached[2]
     token = authenticate_token(raw)
     admin = is_platform_admin(token.user)
     teams = frozenset(Membership.objects.filter(user=token.user).values_list("team_id",
                                                                              flat=True))
+    from django.utils import timezone
+
+    until = now + min(settings.MODELPORT_GATEWAY_AUTH_TTL_S,
+                      (token.expires_at - timezone.now()).total_seconds())
     with _lock:
         if len(_auth) > 10000:
             _auth.clear()
-        _auth[digest] = (now + AUTH_TTL_S, admin, teams)
+        _auth[digest] = (until, admin, teams)
     return admin, teams
 
 
@@ -184,6 +236,25 @@ def _error(status: int, detail: str, code: str, **headers: str) -> JsonResponse:
     for key, value in headers.items():
         response[key] = value
     return response
+
+
+_SERVE_PATH = re.compile(r"^/serve/([^/]+)/invocations$")
+
+
+class GatewayMiddleware:
+    """Answers ``/serve/<name>/invocations`` right here, placed after the request-id middleware:
+    the gateway needs no session, user, CSRF or messages middleware and no URL resolving (it
+    authenticates its own Bearer tokens), and skipping them halves its CPU per request. Every
+    other path goes on down the stack."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        match = _SERVE_PATH.match(request.path_info)
+        if match is None:
+            return self.get_response(request)
+        return invocations(request, match.group(1))
 
 
 @csrf_exempt
@@ -240,6 +311,9 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
                                 content_type=upstream.headers.get("Content-Type",
                                                                   "application/json"))
         response["X-Modelport-Revision"] = str(revision)
+        if route.shadow is not None:
+            shadowing.mirror(route.version[0], route.shadow, body, headers, upstream.status,
+                             upstream.data)
         return response
     if not tried:
         return _error(503, f"Deployment '{name}' has no ready replica right now; check its "

@@ -20,7 +20,7 @@ name_validator = RegexValidator(
     "Use 1-50 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
 )
 
-STRATEGIES = ("rolling", "blue_green", "canary")
+STRATEGIES = ("rolling", "blue_green", "canary", "shadow")
 
 
 class DeploymentStatus(models.TextChoices):
@@ -56,6 +56,11 @@ class Deployment(models.Model):
     memory_mb = models.PositiveIntegerField(default=1024)
     gpus = models.PositiveIntegerField(default=0)
     strategy = models.JSONField(default=dict, blank=True)
+    target = models.ForeignKey(
+        "workers.ExecutionTarget", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="deployments",
+        help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
+                  "one flagged default).")
     stopped = models.BooleanField(default=False)
     # Written by the reconciler.
     revision = models.PositiveIntegerField(default=0, help_text="The revision that should run.")
@@ -65,6 +70,9 @@ class Deployment(models.Model):
     progress = models.PositiveSmallIntegerField(default=0)
     traffic = models.JSONField(default=list, blank=True,
                                help_text='[{"revision": N, "percent": P}, ...]')
+    shadow = models.JSONField(
+        default=dict, blank=True,
+        help_text='Mirroring now: {"revision": N, "percent": P, "tolerance": T} or {}.')
     routing_version = models.PositiveBigIntegerField(default=0)
     reconciled_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
@@ -94,6 +102,7 @@ class RevisionState(models.TextChoices):
     PENDING = "pending", "Pending"
     ROLLING_OUT = "rolling_out", "Rolling out"
     ACTIVE = "active", "Active"
+    SHADOW = "shadow", "Shadowing"
     SUPERSEDED = "superseded", "Superseded"
     FAILED = "failed", "Failed"
 
@@ -188,3 +197,53 @@ class TrafficSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment_id} r{self.revision} @ {self.at:%H:%M:%S}"
+
+
+class ShadowSampleQuerySet(models.QuerySet):
+    def summary(self, deployment_id: int, revision: int) -> dict:
+        """Totals for one shadow revision: requests, errors, agreement (share of compared
+        requests whose predictions agreed, None before any) and request-weighted p50/p95."""
+        n = errors = compared = agreed = dropped = 0
+        p50 = p95 = 0.0
+        for row in self.filter(deployment_id=deployment_id, revision=revision).values_list(
+                "requests", "errors", "compared", "agreed", "dropped", "p50_ms", "p95_ms"):
+            n, errors, compared = n + row[0], errors + row[1], compared + row[2]
+            agreed, dropped = agreed + row[3], dropped + row[4]
+            p50, p95 = p50 + row[5] * row[0], p95 + row[6] * row[0]
+        return {"revision": revision, "requests": n, "errors": errors, "compared": compared,
+                "agreed": agreed, "dropped": dropped,
+                "agreement": round(agreed / compared, 4) if compared else None,
+                "p50_ms": round(p50 / n, 2) if n else None,
+                "p95_ms": round(p95 / n, 2) if n else None}
+
+
+class ShadowSample(models.Model):
+    """What the gateway saw of the requests it mirrored to a shadow revision over about a
+    second (one row per gateway process and second): the stable answer is what callers got, the
+    shadow's answer is only compared with it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="shadow_samples")
+    revision = models.PositiveIntegerField(help_text="The shadow revision.")
+    at = models.DateTimeField(db_index=True)
+    requests = models.PositiveIntegerField(default=0, help_text="Requests mirrored.")
+    errors = models.PositiveIntegerField(default=0,
+                                         help_text="5xx, unreachable or timed out.")
+    compared = models.PositiveIntegerField(
+        default=0, help_text="Mirrored requests whose stable answer was a 200 to compare with.")
+    agreed = models.PositiveIntegerField(
+        default=0, help_text="Compared requests with equal predictions (numbers within the "
+                             "strategy's tolerance).")
+    dropped = models.PositiveIntegerField(
+        default=0, help_text="Requests not mirrored because the shadow was too far behind.")
+    p50_ms = models.FloatField(default=0)
+    p95_ms = models.FloatField(default=0)
+
+    objects = ShadowSampleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["deployment", "revision", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} shadow r{self.revision} @ {self.at:%H:%M:%S}"

@@ -37,6 +37,7 @@ from .models import (
     Replica,
     Revision,
     RevisionState,
+    ShadowSample,
 )
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ class Reconciler:
         return self.runtime.list_replicas(self.d.name)
 
     def publish(self, states: list[Any] | None = None,
-                traffic: list[dict[str, int]] | None = None) -> list[Any]:
+                traffic: list[dict[str, int]] | None = None,
+                shadow: dict[str, Any] | None = None) -> list[Any]:
         d = self.d
         states = self.observe() if states is None else states
         now = timezone.now()
@@ -164,12 +166,15 @@ class Reconciler:
             Replica.objects.filter(deployment=d).exclude(runtime_id__in=seen).delete()
             current = Deployment.objects.select_for_update().get(pk=d.pk)
             new_traffic = current.traffic if traffic is None else traffic
+            new_shadow = current.shadow if shadow is None else shadow
             old_sig = sorted((r.runtime_id, r.revision, r.url or None, r.ready)
                              for r in rows.values())
-            if sorted(signature) != old_sig or new_traffic != current.traffic:
+            if sorted(signature) != old_sig or new_traffic != current.traffic \
+                    or new_shadow != current.shadow:
                 Deployment.objects.filter(pk=d.pk).update(
-                    traffic=new_traffic, routing_version=F("routing_version") + 1)
-            d.traffic = new_traffic
+                    traffic=new_traffic, shadow=new_shadow,
+                    routing_version=F("routing_version") + 1)
+            d.traffic, d.shadow = new_traffic, new_shadow
         return states
 
     def still_current(self) -> bool:
@@ -236,6 +241,13 @@ class Reconciler:
                            f"Revision {target.number} failed.", 0)
             return "failed"
 
+        states = self.end_stale_shadows(target, states)
+        ours = {s.replica: s for s in states if s.revision == target.number}
+        old = [s for s in states if s.revision != target.number]
+        # A shadow strategy shadows the revision that serves now; with nothing serving yet, the
+        # new revision simply takes the traffic.
+        serving = self.serving_revision(target) if d.strategy_type == "shadow" else None
+
         # 1. Image and model files.
         if not target.image or not all(s.alive for s in ours.values()) \
                 or len(ours) < d.replicas:
@@ -280,7 +292,7 @@ class Reconciler:
 
         # 3. Start what is missing, following the strategy.
         missing = [i for i in range(d.replicas) if i not in ours]
-        first_rollout = target.healthy_at is None
+        first_rollout = target.healthy_at is None and target.state != RevisionState.SHADOW
         if missing and self.crash_looping(target):  # back off: a human has to look
             self.publish()
             set_status(d, DeploymentStatus.DEGRADED if ours else DeploymentStatus.FAILED,
@@ -301,7 +313,8 @@ class Reconciler:
                            f"Replacing {len(missing)} replica(s) of revision {target.number}.",
                            d.progress)
             # GPU deployments hold exactly their reserved devices: no surge, replace in place.
-            rolling = (d.strategy_type == "rolling" or d.gpus) and old and first_rollout
+            rolling = (d.strategy_type == "rolling" or (d.gpus and serving is None)) and old \
+                and first_rollout
             if rolling:
                 result = self.rolling(target, model_dir, missing, ours, old)
             else:
@@ -319,6 +332,8 @@ class Reconciler:
             set_status(d, DeploymentStatus.STARTING if not old else DeploymentStatus.DEGRADED,
                        f"No replica of revision {target.number} is ready yet.", d.progress)
             return "starting"
+        if serving is not None:
+            return self.shadow(target, serving, len(ready))
         if old and first_rollout and d.strategy_type == "canary":
             result = self.canary(target, old)
             if result:
@@ -353,6 +368,84 @@ class Reconciler:
             self.wait(revision, self.start(revision, model_dir, index))
 
     # --- strategies ---------------------------------------------------------------------------
+    def serving_revision(self, target: Revision) -> Revision | None:
+        """The newest active revision other than the target (healed if its replicas died)."""
+        return (Revision.objects.select_related("model_version")
+                .filter(deployment=self.d, state=RevisionState.ACTIVE)
+                .exclude(pk=target.pk).order_by("-number").first())
+
+    def traffic_revision(self, old: list[Any]) -> int:
+        """Of the old replicas' revisions, the one that carries the most traffic now (never a
+        shadow: shadows carry none)."""
+        numbers = {s.revision for s in old}
+        shares = {int(t["revision"]): int(t.get("percent", 0)) for t in (self.d.traffic or [])
+                  if isinstance(t, dict) and t.get("revision") in numbers}
+        if shares:
+            return max(shares, key=lambda rev: (shares[rev], rev))
+        return max(numbers)
+
+    def end_stale_shadows(self, target: Revision, states: list[Any]) -> list[Any]:
+        """Stop mirroring to, and remove, shadow revisions that are no longer the desired one
+        (promoted, rolled back or replaced by a newer shadow). They carry no traffic: no drain."""
+        d = self.d
+        stale = Revision.objects.filter(deployment=d, state=RevisionState.SHADOW) \
+            .exclude(pk=target.pk)
+        numbers = set(stale.values_list("number", flat=True))
+        mirrored = (d.shadow or {}).get("revision")
+        if mirrored is not None and mirrored != target.number:
+            numbers.add(int(mirrored))
+        if not numbers:
+            return states
+        if d.shadow:
+            self.publish(states, shadow={})
+        for number in sorted(numbers):
+            gone = [s for s in states if s.revision == number]
+            summary = ShadowSample.objects.summary(d.pk, number)
+            agreement = ("n/a" if summary["agreement"] is None
+                         else f"{summary['agreement']:.1%}")
+            event(d, f"Shadow revision {number} ended: {summary['requests']} mirrored "
+                     f"request(s), {summary['errors']} error(s), p95 "
+                     f"{summary['p95_ms'] or 0:.1f} ms, prediction agreement {agreement}; "
+                     f"removing its {len(gone)} replica(s).", kind=Kind.TRAFFIC, revision=number)
+            for s in gone:
+                self.remove_container(s.id)
+        Revision.objects.filter(deployment=d, state=RevisionState.SHADOW,
+                                number__in=numbers).update(state=RevisionState.SUPERSEDED)
+        states = [s for s in states if s.revision not in numbers]
+        self.publish(states)
+        return states
+
+    def shadow(self, target: Revision, serving: Revision, ready: int) -> str:
+        """The target revision's replicas are up: keep 100% of traffic on the serving revision
+        and let the gateways mirror the configured share of requests to the target."""
+        d = self.d
+        self.heal(serving, self.observe())
+        percent = int((d.strategy or {}).get("percent", 100))
+        config = {"revision": target.number, "percent": percent,
+                  "tolerance": (d.strategy or {}).get("tolerance", 1e-6)}
+        states = self.publish(traffic=[{"revision": serving.number, "percent": 100}],
+                              shadow=config)
+        if target.state != RevisionState.SHADOW:
+            Revision.objects.filter(pk=target.pk).update(state=RevisionState.SHADOW)
+            target.state = RevisionState.SHADOW
+            event(d, f"Shadow: mirroring {percent}% of requests to revision {target.number}; "
+                     f"revision {serving.number} keeps 100% of traffic and answers every "
+                     "caller.", kind=Kind.TRAFFIC, revision=target.number)
+        admission.mark_running(owner=d.owner, running=True)
+        want = int((serving.spec or {}).get("replicas") or d.replicas)
+        stable = sum(1 for s in states if s.revision == serving.number and s.alive
+                     and probe(s.url))
+        message = (f"Revision {serving.number} serves ({stable} of {want} replica(s) ready); "
+                   f"revision {target.number} shadows {percent}% of requests ({ready} of "
+                   f"{d.replicas} replica(s) ready).")
+        whole = stable >= want and ready >= d.replicas
+        status = DeploymentStatus.HEALTHY if whole else DeploymentStatus.DEGRADED
+        if d.status != status or d.status_message != message:
+            set_status(d, status, message, 100)
+        else:
+            Deployment.objects.filter(pk=d.pk).update(reconciled_at=timezone.now())
+        return "shadowing"
+
     def start(self, target: Revision, model_dir: str, index: int) -> Any:
         from workers.runtimes import ReplicaSpec
 
@@ -428,7 +521,7 @@ class Reconciler:
         """One new replica at a time: start, wait ready, shift its share of traffic, drain and
         remove one old replica."""
         d = self.d
-        old_revision = max(s.revision for s in old)
+        old_revision = self.traffic_revision(old)
         remaining = sorted(old, key=lambda s: (s.revision, s.replica))
         for n, index in enumerate(missing, 1):
             if d.gpus and remaining:  # free this replica's devices first
@@ -462,7 +555,7 @@ class Reconciler:
     def canary(self, target: Revision, old: list[Any]) -> str | None:
         """Shift traffic in steps; any new replica dying during a step rolls back."""
         d = self.d
-        old_revision = max(s.revision for s in old)
+        old_revision = self.traffic_revision(old)
         steps = (d.strategy or {}).get("steps") or [10, 50, 100]
         interval = float((d.strategy or {}).get("interval_s", 60))
         for step in steps:
@@ -567,12 +660,12 @@ class Reconciler:
         serving = [s for s in old if s.alive]
         if serving:
             rev = max(s.revision for s in serving)
-            self.publish(traffic=[{"revision": rev, "percent": 100}])
+            self.publish(traffic=[{"revision": rev, "percent": 100}], shadow={})
             set_status(d, DeploymentStatus.FAILED,
                        f"Revision {target.number} failed; revision {rev} keeps serving. "
                        f"{message.splitlines()[0]}", d.progress)
         else:
-            self.publish(traffic=[])
+            self.publish(traffic=[], shadow={})
             set_status(d, DeploymentStatus.FAILED, message.splitlines()[0], 0)
         return "failed"
 
@@ -628,11 +721,11 @@ class Reconciler:
         d = self.d
         states = self.observe()
         if states:
-            self.publish(states, traffic=[])
+            self.publish(states, traffic=[], shadow={})
             for s in states:
                 self.remove_container(s.id)
             event(d, f"Stopped: removed {len(states)} replica(s).")
-        self.publish([], traffic=[])
+        self.publish([], traffic=[], shadow={})
         admission.mark_running(owner=d.owner, running=False)
         self.revoke_ingest()
         if d.status != DeploymentStatus.STOPPED:
@@ -650,9 +743,9 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
         if d is None:
             return "gone"
         if runtime is None:
-            from workers.runtimes import get_runtime
+            from workers.services import deployment_runtime
 
-            runtime = get_runtime()
+            runtime = deployment_runtime(d)  # the deployment's execution target's runtime
         name = d.name
         try:
             outcome = Reconciler(d, runtime).run()
@@ -673,12 +766,18 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
             raise
 
 
-def remove_deployment_containers(name: str, runtime: Any = None) -> int:
-    """Remove every container labelled with this deployment name (after a delete)."""
+def remove_deployment_containers(name: str, runtime: Any = None,
+                                 target_id: int | None = None) -> int:
+    """Remove every container labelled with this deployment name (after a delete), on the
+    execution target it ran on (``target_id``; None: the default target)."""
     if runtime is None:
-        from workers.runtimes import get_runtime
+        from workers.models import ExecutionTarget
+        from workers.runtimes import runtime_for_target
+        from workers.services import default_target
 
-        runtime = get_runtime()
+        target = (ExecutionTarget.objects.filter(pk=target_id).first() if target_id
+                  else default_target())
+        runtime = runtime_for_target(target)
     states = runtime.list_replicas(name)
     for s in states:
         runtime.remove_replica(s.id)

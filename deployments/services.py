@@ -22,6 +22,7 @@ from teams import audit
 from teams.access import require_team_role
 from teams.models import Team
 from teams.roles import Role
+from workers import services as targets
 
 from . import admission
 from .models import (
@@ -30,15 +31,19 @@ from .models import (
     DeploymentEvent,
     DeploymentStatus,
     Revision,
+    RevisionState,
+    ShadowSample,
     name_validator,
 )
 
 DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
-                     "memory_mb", "gpus", "strategy", "stopped", "revision"]
+                     "memory_mb", "gpus", "strategy", "stopped", "revision", "target"]
 MAX_CPU = Decimal("256")
 MAX_MEMORY_MB = 1024 * 1024
 MAX_GPUS = 64
 _UNSET: Any = object()
+SHADOW_DEFAULT_PERCENT = 100
+SHADOW_DEFAULT_TOLERANCE = 1e-6
 
 
 # --- Validation ---------------------------------------------------------------------------------
@@ -106,10 +111,30 @@ def _strategy(raw: Any) -> dict[str, Any]:
     if kind not in STRATEGIES:
         raise InvalidInput(f"strategy.type must be one of {', '.join(STRATEGIES)} "
                            f"(got {kind!r}).", field="strategy")
-    unknown = sorted(set(raw) - {"type", "steps", "interval_s"})
+    unknown = sorted(set(raw) - {"type", "steps", "interval_s", "percent", "tolerance"})
     if unknown:
         raise InvalidInput(f"strategy has unknown key(s) {', '.join(unknown)}.", field="strategy")
     out: dict[str, Any] = {"type": kind}
+    if kind == "shadow":
+        percent = raw.get("percent", SHADOW_DEFAULT_PERCENT)
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+            raise InvalidInput("strategy.percent (the share of requests mirrored to the shadow "
+                               f"revision) must be a whole number from 1 to 100 (got {percent!r}).",
+                               field="strategy")
+        tolerance = raw.get("tolerance", SHADOW_DEFAULT_TOLERANCE)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+                or not 0 <= tolerance <= 1e6:
+            raise InvalidInput("strategy.tolerance (how far apart two numeric predictions may be "
+                               "and still agree) must be a number from 0 to 1000000 "
+                               f"(got {tolerance!r}).", field="strategy")
+        if "steps" in raw or "interval_s" in raw:
+            raise InvalidInput("strategy.steps and interval_s apply only to canary.",
+                               field="strategy")
+        out.update(percent=percent, tolerance=tolerance)
+        return out
+    if "percent" in raw or "tolerance" in raw:
+        raise InvalidInput("strategy.percent and tolerance apply only to shadow.",
+                           field="strategy")
     if kind == "canary":
         steps = raw.get("steps", [10, 50, 100])
         if (not isinstance(steps, list) or not steps
@@ -217,7 +242,8 @@ def _locked(d: Deployment) -> Deployment:
 @transaction.atomic
 def create_deployment(*, actor, team: Team, name: str, model: str, version: Any = None,
                       alias: Any = None, replicas: Any = 1, resources: Any = None,
-                      strategy: Any = None) -> Deployment:
+                      strategy: Any = None, target: Any = None) -> Deployment:
+    """``target``: the execution target's name (default: ``workers.services.default_target``)."""
     require_team_role(actor, team, Role.ENGINEER, "deploying models")
     try:
         name_validator(name)
@@ -225,7 +251,8 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
         raise InvalidInput(f"'{name}' is not a valid deployment name. {exc.messages[0]}",
                            field="name") from None
     registered = _model(team, model)
-    pinned, alias, target = _resolve(registered, version, alias)
+    pinned, alias, resolved = _resolve(registered, version, alias)
+    execution_target = targets.resolve_target(target)
     replicas = _replicas(replicas)
     cpu, memory_mb, gpus = _resources(resources)
     strategy = _strategy(strategy)
@@ -236,12 +263,12 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
             d = Deployment.objects.create(name=name, team=team, model=registered, version=pinned,
                                           alias=alias, replicas=replicas, cpu=cpu,
                                           memory_mb=memory_mb, gpus=gpus, strategy=strategy,
-                                          created_by=actor)
+                                          target=execution_target, created_by=actor)
     except IntegrityError:
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
     admission.admit_spec(team=team, owner=d.owner, replicas=replicas, cpu=cpu,
                          memory_mb=memory_mb, gpus=gpus, actor=actor)
-    _new_revision(d, target, actor=actor, reason="created")
+    _new_revision(d, resolved, actor=actor, reason="created")
     audit.record(actor=actor, action="deployment.created", obj=d, team=team,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)
@@ -341,6 +368,8 @@ def rollback(*, actor, deployment: Deployment, revision: int | None = None,
     d.memory_mb = int(res.get("memory_mb", d.memory_mb))
     d.gpus = int(res.get("gpus", d.gpus))
     d.strategy = spec.get("strategy") or d.strategy
+    if (d.strategy or {}).get("type") == "shadow":  # a rollback takes the traffic, never shadows
+        d.strategy = {"type": "rolling"}
     if not d.stopped:
         admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
                              memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
@@ -350,6 +379,56 @@ def rollback(*, actor, deployment: Deployment, revision: int | None = None,
                  before=before, after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)
     return d
+
+
+def _shadowing(d: Deployment, verb: str) -> Revision:
+    current = d.revisions.select_related("model_version").filter(number=d.revision).first()
+    if current is None or current.state != RevisionState.SHADOW:
+        state = current.get_state_display().lower() if current else "missing"
+        raise Conflict(f"'{d.name}' has no shadow to {verb}: revision {d.revision} is {state}"
+                       f"{'' if d.strategy_type == 'shadow' else ', not a shadow'}.",
+                       code="no_shadow")
+    return current
+
+
+@transaction.atomic
+def promote(*, actor, deployment: Deployment, strategy: Any = None) -> Deployment:
+    """End a shadow by rolling its model version out for real: a new revision with the shadow's
+    spec and a strategy that takes the traffic (default rolling); the shadow's replicas are
+    removed and the stable revision is drained like in any rollout."""
+    require_team_role(actor, deployment.team, Role.ENGINEER, "promoting shadow revisions")
+    d = _locked(deployment)
+    shadow = _shadowing(d, "promote")
+    new_strategy = _strategy(strategy if strategy not in (None, {}) else {"type": "rolling"})
+    if new_strategy["type"] == "shadow":
+        raise InvalidInput("Promoting rolls the shadow out for real: give strategy rolling, "
+                           "blue_green or canary.", field="strategy")
+    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
+    d.strategy = new_strategy
+    if not d.stopped:
+        admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
+                             memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
+    _new_revision(d, shadow.model_version, actor=actor,
+                  reason=f"promote shadow revision {shadow.number}")
+    audit.record(actor=actor, action="deployment.promoted", obj=d, team=d.team, before=before,
+                 after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
+    """End a shadow without promoting it: back to the revision that serves (a rollback to it,
+    which removes the shadow's replicas)."""
+    require_team_role(actor, deployment.team, Role.ENGINEER, "discarding shadow revisions")
+    d = _locked(deployment)
+    _shadowing(d, "discard")
+    serving = (d.revisions.filter(state=RevisionState.ACTIVE).exclude(number=d.revision)
+               .order_by("-number").first())
+    if serving is None:
+        raise Conflict(f"'{d.name}' has no serving revision to go back to.",
+                       code="no_previous_revision")
+    return rollback(actor=actor, deployment=d, revision=serving.number)
 
 
 @transaction.atomic
@@ -395,18 +474,18 @@ def delete(*, actor, deployment: Deployment) -> None:
     (and by the garbage collection in ``reconcile_all`` if that is interrupted)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "deleting deployments")
     d = _locked(deployment)
-    name = d.name
+    name, target_id = d.name, d.target_id
     audit.record(actor=actor, action="deployment.deleted", obj=d, team=d.team,
                  before=audit.snapshot(d, DEPLOYMENT_FIELDS))
     admission.release_spec(owner=d.owner, actor=actor)
     d.delete()
-    transaction.on_commit(lambda: enqueue_remove(name))
+    transaction.on_commit(lambda: enqueue_remove(name, target_id))
 
 
-def enqueue_remove(name: str) -> None:
+def enqueue_remove(name: str, target_id: int | None = None) -> None:
     from .tasks import remove_containers
 
-    remove_containers.delay(name)
+    remove_containers.delay(name, target_id)
 
 
 def get_visible(user, name: str) -> Deployment:
@@ -421,7 +500,7 @@ def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
                  tail: int = 200) -> list[dict[str, str]]:
     """Recent log lines of one replica (or of each), read through the runtime."""
     require_team_role(actor, deployment.team, Role.VIEWER, "reading logs")
-    from workers.runtimes import get_runtime
+    from workers.services import deployment_runtime
 
     ids = list(deployment.replica_set.values_list("runtime_id", flat=True))
     if replica:
@@ -429,8 +508,17 @@ def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
             raise NotFound(f"Deployment '{deployment.name}' has no replica '{replica}'.")
         ids = [replica]
     tail = max(1, min(int(tail), 5000))
-    runtime = get_runtime()
+    runtime = deployment_runtime(deployment)
     return [{"replica": rid, "logs": runtime.logs(rid, tail=tail)} for rid in ids]
+
+
+def shadow_summary(d: Deployment) -> dict[str, Any] | None:
+    """The numbers of the revision the gateways mirror requests to now, or None."""
+    revision = (d.shadow or {}).get("revision")
+    if revision is None:
+        return None
+    summary = ShadowSample.objects.summary(d.pk, int(revision))
+    return {**summary, "percent": int(d.shadow.get("percent", 100))}
 
 
 def endpoint(d: Deployment) -> str:

@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
+from registry.models import RegisteredModel, version_detail_fields
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
@@ -35,6 +36,7 @@ def _context(request: HttpRequest, d: Deployment) -> dict:
             "events": d.events.order_by("-created_at", "-id")[:50],
             "revisions": d.revisions.select_related("model_version").order_by("-number")[:20],
             "endpoint": services.endpoint(d), "can_change": _can_change(request, d.team),
+            "shadow": services.shadow_summary(d),
             "busy": d.status in ("pending", "building", "starting")}
 
 
@@ -46,13 +48,25 @@ def _writable_teams(request: HttpRequest):
                         memberships__role__in=[Role.ENGINEER, Role.MAINTAINER])
 
 
+def _initial_for_model(request: HttpRequest, name: str) -> dict[str, str]:
+    """Prefill the deploy form from a model page's link: the model and its team."""
+    initial = {"model": name}
+    model = (RegisteredModel.objects.visible_to(request.user).select_related("team")
+             .filter(name=name).first() if name else None)
+    if model is not None:
+        initial["team"] = model.team.slug
+    return initial
+
+
 @login_required
 def deployment_list(request: HttpRequest) -> HttpResponse:
     queryset = (Deployment.objects.visible_to(request.user)
-                .select_related("team", "model", "version").order_by("name"))
+                .select_related("team", "model", "version")
+                .defer("model__card", "model__search_text", *version_detail_fields("version__"))
+                .order_by("name"))
     filtered = DeploymentFilterSet(request.GET, queryset=queryset).qs
     writable = _writable_teams(request)
-    initial = {"model": request.GET.get("model", "")}
+    initial = _initial_for_model(request, request.GET.get("model", ""))
     form = DeploymentCreateForm(request.POST or None, teams=writable, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -62,7 +76,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
                 version=data["version"], alias=data["alias"] or None,
                 replicas=data["replicas"],
                 resources={"cpu": float(data["cpu"]), "memory_mb": data["memory_mb"]},
-                strategy={"type": data["strategy"]})
+                strategy=form.strategy_spec(), target=data.get("target"))
         except DomainError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         else:
@@ -113,6 +127,12 @@ def deployment_action(request: HttpRequest, name: str, verb: str) -> HttpRespons
             services.rollback(actor=request.user, deployment=d,
                               revision=int(number) if number and number.isdigit() else None)
             messages.success(request, f"Rolling '{d.name}' back.")
+        elif verb == "promote":
+            services.promote(actor=request.user, deployment=d)
+            messages.success(request, f"Promoting the shadow of '{d.name}': it rolls out now.")
+        elif verb == "discard":
+            services.discard_shadow(actor=request.user, deployment=d)
+            messages.success(request, f"Discarding the shadow of '{d.name}'.")
         elif verb == "delete":
             services.delete(actor=request.user, deployment=d)
             messages.success(request, f"Deleted '{d.name}'; its containers are being removed.")

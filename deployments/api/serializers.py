@@ -19,6 +19,12 @@ class DeploymentStrategySerializer(serializers.Serializer):
                                   help_text="Canary: traffic percentages, ending at 100.")
     interval_s = serializers.FloatField(required=False,
                                         help_text="Canary: seconds between steps.")
+    percent = serializers.IntegerField(
+        required=False, help_text="Shadow: share of requests (1-100 %, default 100) mirrored "
+                                  "to the new revision while the old one answers.")
+    tolerance = serializers.FloatField(
+        required=False, help_text="Shadow: numeric predictions this close (absolute or "
+                                  "relative, default 1e-6) count as agreeing.")
 
 
 class DeploymentCreateSerializer(serializers.Serializer):
@@ -32,6 +38,9 @@ class DeploymentCreateSerializer(serializers.Serializer):
     replicas = serializers.IntegerField(required=False, default=1)
     resources = DeploymentResourcesSerializer(required=False)
     strategy = DeploymentStrategySerializer(required=False)
+    target = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, max_length=50,
+        help_text="Execution target name (GET /api/v1/targets/); default: the default target.")
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
@@ -45,6 +54,25 @@ class DeploymentUpdateSerializer(serializers.Serializer):
 class RollbackSerializer(serializers.Serializer):
     revision = serializers.IntegerField(required=False, allow_null=True,
                                         help_text="Default: the previous healthy revision.")
+
+
+class PromoteSerializer(serializers.Serializer):
+    strategy = DeploymentStrategySerializer(
+        required=False, help_text="How the shadow's version rolls out (default rolling).")
+
+
+class ShadowSerializer(serializers.Serializer):
+    revision = serializers.IntegerField(help_text="The shadow revision.")
+    percent = serializers.IntegerField(help_text="Share of requests mirrored to it.")
+    requests = serializers.IntegerField(help_text="Requests mirrored so far.")
+    errors = serializers.IntegerField(help_text="5xx, unreachable or timed out.")
+    dropped = serializers.IntegerField(help_text="Not mirrored: the shadow was too far behind.")
+    compared = serializers.IntegerField(help_text="Mirrored requests the stable revision "
+                                                  "answered with 200.")
+    agreed = serializers.IntegerField(help_text="Compared requests with equal predictions.")
+    agreement = serializers.FloatField(allow_null=True, help_text="agreed / compared.")
+    p50_ms = serializers.FloatField(allow_null=True)
+    p95_ms = serializers.FloatField(allow_null=True)
 
 
 class ReplicaSerializer(serializers.Serializer):
@@ -77,15 +105,26 @@ class DeploymentSerializer(serializers.ModelSerializer):
         help_text="Each running replica: {id, revision, status, url, ...}.")
     traffic = TrafficSerializer(many=True, read_only=True)
     endpoint = serializers.SerializerMethodField()
+    shadow = serializers.SerializerMethodField(
+        help_text="While a shadow revision receives mirrored requests: its numbers; else null.")
     created_by = serializers.CharField(source="created_by.username", read_only=True,
                                        default=None)
+    target = serializers.SerializerMethodField(
+        help_text="The execution target it runs on (its own, else the default).")
 
     class Meta:
         model = Deployment
         fields = ["name", "team", "model", "version", "alias", "desired_replicas", "resources",
                   "strategy", "status", "status_message", "progress", "stopped", "revision",
-                  "endpoint", "replicas", "traffic", "created_by", "created_at", "updated_at",
-                  "reconciled_at"]
+                  "endpoint", "replicas", "traffic", "shadow", "target", "created_by",
+                  "created_at", "updated_at", "reconciled_at"]
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_target(self, obj: Deployment) -> str | None:
+        from workers.services import deployment_target
+
+        target = deployment_target(obj)
+        return target.name if target is not None else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_alias(self, obj: Deployment) -> str | None:
@@ -101,6 +140,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_endpoint(self, obj: Deployment) -> str:
         return services.endpoint(obj)
+
+    @extend_schema_field(ShadowSerializer(allow_null=True))
+    def get_shadow(self, obj: Deployment) -> dict | None:
+        return services.shadow_summary(obj)
 
 
 class RevisionSerializer(serializers.ModelSerializer):

@@ -68,7 +68,8 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         data = dict(body.validated_data)
         team = get_visible_team(request.user, data.pop("team"))
         d = services.create_deployment(actor=request.user, team=team, name=data.pop("name"),
-                                       model=data.pop("model"), **_spec_args(data))
+                                       model=data.pop("model"), target=data.pop("target", None),
+                                       **_spec_args(data))
         return self._show(d, status.HTTP_202_ACCEPTED)
 
     def partial_update(self, request: Request, name: str) -> Response:
@@ -91,6 +92,24 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         body.is_valid(raise_exception=True)
         d = services.rollback(actor=request.user, deployment=self._deployment(name),
                               revision=body.validated_data.get("revision"))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=s.PromoteSerializer, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def promote(self, request: Request, name: str) -> Response:
+        """End a shadow: roll the shadow revision's version out for real."""
+        body = s.PromoteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        strategy = body.validated_data.get("strategy")
+        d = services.promote(actor=request.user, deployment=self._deployment(name),
+                             strategy=dict(strategy) if strategy else None)
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def discard(self, request: Request, name: str) -> Response:
+        """End a shadow without promoting it: back to the serving revision."""
+        d = services.discard_shadow(actor=request.user, deployment=self._deployment(name))
         return self._show(d, status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: s.DeploymentSerializer})

@@ -98,3 +98,21 @@ def remove_containers(client, names: list[str]) -> None:
                                         filters={"label": f"modelport.deployment={name}"}):
             with contextlib.suppress(Exception):
                 c.remove(force=True, v=True)
+
+
+@pytest.fixture
+def docker_env(docker_client, settings, no_enqueue):
+    """Docker runtime on host networking; yields a list the test appends its deployment names
+    to, whose containers are removed afterwards."""
+    from deployments import gateway
+
+    settings.MODELPORT_RUNTIME = "docker"
+    settings.MODELPORT_DOCKER_NETWORK = "host"
+    settings.MODELPORT_PORT_RANGE = (21500, 21999)
+    settings.MODELPORT_DRAIN_SECONDS = 1.5
+    settings.MODELPORT_READY_TIMEOUT_S = 120
+    gateway.invalidate()
+    names: list[str] = []
+    yield names
+    remove_containers(docker_client, names)
+    gateway.invalidate()

@@ -180,12 +180,14 @@ def test_stop_releases_quota_and_start_admits_again(api, v1):
 
 
 def test_delete_forgets_and_releases(api, v1, monkeypatch, django_capture_on_commit_callbacks):
-    removed: list[str] = []
-    monkeypatch.setattr("deployments.services.enqueue_remove", removed.append)
+    removed: list[tuple[str, int | None]] = []
+    monkeypatch.setattr("deployments.services.enqueue_remove",
+                        lambda name, target_id=None: removed.append((name, target_id)))
     api.post(URL, body(), format="json")
+    target_id = Deployment.objects.get(name="iris-prod").target_id
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete(f"{URL}iris-prod/").status_code == 204
-    assert removed == ["iris-prod"]
+    assert removed == [("iris-prod", target_id)]  # removed on the target it ran on
     assert not Deployment.objects.exists() and not Reservation.objects.exists()
     assert AuditEvent.objects.filter(action="deployment.deleted").exists()
 

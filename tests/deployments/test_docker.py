@@ -14,26 +14,12 @@ from django.test import Client
 from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
 from deployments.reconcile import reconcile_deployment
-from tests.deployments.conftest import COLUMNS, ROWS, remove_containers, unique_name
+from tests.deployments.conftest import COLUMNS, ROWS, unique_name
 from tests.factories import make_token
 from tests.fixtures import bearer_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 URL = "/api/v1/deployments/"
-
-
-@pytest.fixture
-def docker_env(docker_client, settings, no_enqueue):
-    settings.MODELPORT_RUNTIME = "docker"
-    settings.MODELPORT_DOCKER_NETWORK = "host"
-    settings.MODELPORT_PORT_RANGE = (21500, 21999)
-    settings.MODELPORT_DRAIN_SECONDS = 1.5
-    settings.MODELPORT_READY_TIMEOUT_S = 120
-    gateway.invalidate()
-    names: list[str] = []
-    yield names
-    remove_containers(docker_client, names)
-    gateway.invalidate()
 
 
 def containers(client, name: str, *, all_: bool = True) -> list:

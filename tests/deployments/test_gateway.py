@@ -150,8 +150,9 @@ def test_routing_table_is_cached_until_the_version_changes(deployment, engineer,
     add_replica(deployment, upstreams("a"))
     client = client_for(engineer)
     assert post(client).status_code == 200
-    # No query per request: at most a routing-version check and one stats insert a second.
-    with django_assert_max_num_queries(2):
+    # No query per request: at most a routing-version check, a revoked-token check and one
+    # stats insert a second.
+    with django_assert_max_num_queries(3):
         for _ in range(20):
             assert post(client).status_code == 200
 
@@ -169,3 +170,17 @@ def test_gateway_counts_requests_per_revision(deployment, engineer, upstreams):
     totals = TrafficSample.objects.filter(deployment=deployment, revision=1)
     assert sum(t.requests for t in totals) >= 10
     assert sum(t.errors for t in totals) == sum(t.requests for t in totals) - 10
+
+
+def test_a_revoked_token_stops_working_at_the_next_revocation_check(deployment, engineer,
+                                                                    upstreams):
+    from teams.services import revoke_token
+
+    add_replica(deployment, upstreams("a"))
+    token, secret = make_token(engineer, name="gw-revoke")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert post(client).status_code == 200  # checked once, cached
+    revoke_token(actor=engineer, token=token)
+    gateway._last_revoke_check[0] = 0.0  # as if REVOKE_CHECK_S had passed
+    response = post(client)
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]

@@ -81,3 +81,27 @@ def test_deploy_form(engineer, viewer, v1, no_enqueue):
     d = Deployment.objects.get(name="iris-form")
     assert d.strategy == {"type": "blue_green"} and float(d.cpu) == 0.5
     assert "Deploy a model" not in logged_in(viewer).get("/deployments/").content.decode()
+
+
+def test_deploy_form_follows_an_alias_with_a_canary_schedule(engineer, maintainer, iris_model,
+                                                              v1, no_enqueue):
+    from registry import services as registry_services
+
+    registry_services.set_alias(actor=maintainer, model=iris_model, alias="production",
+                                version_number=1)
+    client = logged_in(engineer)
+    page = client.get("/deployments/?model=iris").content.decode()
+    assert '<option value="ml-search" selected>' in page  # the model's team, prefilled
+    assert "Seconds per canary step" in page
+    form = {"name": "iris-canary", "team": "ml-search", "model": "iris", "alias": "production",
+            "replicas": "1", "cpu": "0.5", "memory_mb": "512", "strategy": "canary",
+            "canary_steps": "50, 10, 100", "canary_interval_s": "2"}
+    page = client.post("/deployments/", form).content.decode()
+    assert "strategy.steps must be increasing" in page and not Deployment.objects.exists()
+    page = client.post("/deployments/", {**form, "canary_steps": "ten"}).content.decode()
+    assert "whole percentages" in page and not Deployment.objects.exists()
+    response = client.post("/deployments/", {**form, "canary_steps": "25,50,100"})
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    d = Deployment.objects.get(name="iris-canary")
+    assert d.alias == "production" and d.version is None
+    assert d.strategy == {"type": "canary", "steps": [25, 50, 100], "interval_s": 2}

@@ -253,12 +253,13 @@ def test_beat_sweeps_containers_of_deleted_deployments_only(fast, monkeypatch, e
 
     runtime = FakeRuntime(upstreams)
     monkeypatch.setattr("workers.runtimes.get_runtime", lambda name=None: runtime)
-    monkeypatch.setattr("deployments.services.enqueue_remove", lambda name: None)
+    monkeypatch.setattr("deployments.services.enqueue_remove",
+                        lambda name, target_id=None: None)
     d = create(engineer, team)
     reconcile_deployment(d.pk, runtime)
     runtime.start_replica(ReplicaSpec(deployment="someone-elses", revision=1, replica=0))
     services.delete(actor=engineer, deployment=d)  # its removal task "was lost"
-    assert tasks.orphans() == ["iris-rc"]
+    assert [name for name, _target in tasks.orphans()] == ["iris-rc"]
     tasks.reconcile_all()
     assert [s.deployment for s in runtime.list_replicas()] == ["someone-elses"]
 

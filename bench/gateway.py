@@ -1,0 +1,310 @@
+"""Benchmark: the serving gateway against calling the replica directly, and deploy/rollback times.
+
+    .venv/bin/python bench/gateway.py            # 10 s per wrk cell, about 2 minutes
+    .venv/bin/python bench/gateway.py --quick    # 3 s per cell
+
+Runs the platform as the Procfile does — web under gunicorn (2 workers x 4 threads) and the
+reconciler worker — against ``DATABASE_URL`` / ``REDIS_URL`` from the environment (or the
+embedded SQLite and broker) with a temporary data dir, on the real Docker Engine. Then, all
+through the real API:
+
+1. deploys an iris LogisticRegression (1 replica, warm serving image) and times POST →
+   ``healthy``;
+2. drives ``POST /serve/{name}/invocations`` (Bearer token) and the replica's own
+   ``/invocations`` with the same ``wrk`` Lua script as ``bench/serving.py`` (1-row
+   ``dataframe_split``) at 1 and 16 connections;
+3. rolls out version 2, then times POST rollback → traffic on the new revision, and → healthy.
+
+Prints a table with the targets: the gateway adds ≤ 1 ms at p50 and keeps ≥ 80 % of direct
+throughput at 16 connections; deploy → healthy < 5 s; rollback < 3 s. Everything it started
+(processes, containers) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def _bench_serving():
+    """bench/serving.py's helpers (wrk runner, process wrapper) — imported by path: its module
+    name would shadow the ``serving`` package."""
+    spec = importlib.util.spec_from_file_location("bench_serving", REPO_ROOT / "bench" /
+                                                  "serving.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bs = _bench_serving()
+COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+ROWS = [[5.1, 3.5, 1.4, 0.2]]
+
+
+def procfile_command(name: str, env: dict[str, str]) -> list[str]:
+    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
+        key, _, command = line.partition(":")
+        if key.strip() == name:
+            return shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)],
+                                      command.strip()))
+    raise KeyError(name)
+
+
+def setup_django(data_dir: Path) -> None:
+    os.environ["MODELPORT_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def seed(tmp: Path) -> tuple[str, str, str]:
+    """A team, an engineer with a token, and a model with two ready versions (same artifact,
+    platform requirements: the serving image already built is reused)."""
+    import mlflow.sklearn
+    import pandas as pd
+    from django.contrib.auth import get_user_model
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from registry import storage
+    from registry.models import ModelVersion, RegisteredModel, VersionStatus
+    from registry.sandbox import platform_requirements
+    from teams import services as team_services
+    from teams.models import Membership, Team
+    from teams.roles import Role
+
+    suffix = uuid.uuid4().hex[:6]
+    team = Team.objects.create(slug=f"bench-gw-{suffix}", name="Gateway benchmark")
+    user = get_user_model().objects.create_user(f"bench-gw-{suffix}", password=None)
+    Membership.objects.create(team=team, user=user, role=Role.ENGINEER)
+    _, secret = team_services.create_token(actor=user, name="bench")
+    data = load_iris()
+    frame = pd.DataFrame(data.data, columns=COLUMNS)
+    model = LogisticRegression(max_iter=300).fit(frame, data.target)
+    example = pd.DataFrame(ROWS, columns=COLUMNS)
+    model_dir = tmp / "iris"
+    mlflow.sklearn.save_model(
+        model, str(model_dir), signature=infer_signature(example, model.predict(example)),
+        input_example=example, pip_requirements=platform_requirements(),
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE)
+    registered = RegisteredModel.objects.create(name=f"bench-iris-{suffix}", team=team,
+                                                created_by=user)
+    stored = storage.store_model_dir(model_dir)
+    for number in (1, 2):
+        ModelVersion.objects.create(
+            model=registered, version=number, status=VersionStatus.READY,
+            source_format="mlflow", flavor="sklearn", requirements=platform_requirements(),
+            artifact_name=stored.name, artifact_sha256=stored.sha256,
+            artifact_size=stored.size)
+    return secret, team.slug, registered.name
+
+
+class Api:
+    def __init__(self, base: str, token: str) -> None:
+        import requests
+
+        self.base, self.session = base, requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, **kwargs) -> dict:
+        response = self.session.request(method, f"{self.base}/api/v1{path}", timeout=30,
+                                        **kwargs)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json() if response.content else {}
+
+    def wait(self, name: str, done, timeout: float = 300) -> tuple[float, dict]:
+        """Seconds until ``done(deployment)``, polling every 50 ms."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            d = self.call("GET", f"/deployments/{name}/")
+            if done(d):
+                return time.perf_counter() - started, d
+            if d["status"] == "failed":
+                raise RuntimeError(f"{name} failed: {d['status_message']}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} not done after {timeout} s: {d['status']} "
+                           f"{d['status_message']}")
+
+
+def remove_containers(name: str) -> None:
+    """What the deployment's delete did not remove yet (the worker stops right after)."""
+    import docker
+
+    client = docker.from_env()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = client.containers.list(all=True, filters={"label": f"modelport.deployment={name}"})
+        if not left:
+            return
+        time.sleep(0.5)
+    for container in left:
+        container.remove(force=True, v=True)
+
+
+def timeline(api: Api, name: str, revision: int) -> str:
+    """The revision's events as seconds since it was created (where the time went)."""
+    from datetime import datetime
+
+    events = api.call("GET", f"/deployments/{name}/events/", params={"page_size": 100})
+    rows = [e for e in events.get("results", events) if e["revision"] == revision]
+    rows.sort(key=lambda e: e["id"])
+    if not rows:
+        return ""
+    def at(e: dict) -> datetime:
+        return datetime.fromisoformat(e["created_at"].replace("Z", "+00:00"))
+
+    start = at(rows[0])
+    return "\n".join(f"      +{(at(e) - start).total_seconds():6.2f} s  "
+                     f"{e['message'].splitlines()[0][:90]}" for e in rows)
+
+
+def healthy_on(revision: int):
+    return lambda d: d["status"] == "healthy" and d["revision"] == revision \
+        and d["traffic"] == [{"revision": revision, "percent": 100}]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk cell (10)")
+    ap.add_argument("--quick", action="store_true", help="3 s per cell")
+    ap.add_argument("--rollbacks", type=int, default=3, help="rollback timings to take (3)")
+    args = ap.parse_args()
+    duration = 3 if args.quick else args.duration
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="modelport-bench-gw-"))
+    procs: list = []
+    cleanup: list = []
+    try:
+        return run(args, duration, tmp, procs, cleanup)
+    finally:
+        for step in cleanup:
+            try:
+                step()
+            except Exception as exc:  # report and go on cleaning up
+                print(f"cleanup: {exc}", file=sys.stderr)
+        for p in procs:
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    setup_django(data_dir)
+    secret, team, model = seed(tmp)
+    port = bs.free_port()
+    env = {**os.environ, "MODELPORT_DATA_DIR": str(data_dir), "MODELPORT_WEB_PORT": str(port),
+           "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
+           "MODELPORT_RUNTIME": "docker", "MODELPORT_DOCKER_NETWORK": "host",
+           "MODELPORT_BASE_URL": f"http://127.0.0.1:{port}",
+           "PATH": f"{bs.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("web", "reconciler"):
+        procs.append(bs.Proc(procfile_command(name, env), env))
+    base = f"http://127.0.0.1:{port}"
+    procs[0].wait_200(f"{base}/healthz", timeout=120)
+    api = Api(base, secret)
+    name = f"bench-gw-{uuid.uuid4().hex[:6]}"
+    spec = {"name": name, "team": team, "model": model,
+            "version": 1, "replicas": 1, "resources": {"cpu": 1, "memory_mb": 1024},
+            "strategy": {"type": "rolling"}}
+
+    # Warm-up: the worker has booted and the image and model files are in the page cache.
+    print("warm-up deploy ...", flush=True)
+    api.call("POST", "/deployments/", json={**spec, "name": f"{name}-warm"})
+    cleanup.append(lambda: remove_containers(f"{name}-warm"))
+    api.wait(f"{name}-warm", healthy_on(1))
+    api.call("DELETE", f"/deployments/{name}-warm/")
+    print("deploying (warm image) ...", flush=True)
+    started = time.perf_counter()
+    api.call("POST", "/deployments/", json=spec)
+    cleanup.append(lambda: remove_containers(name))
+    cleanup.insert(0, lambda: api.call("DELETE", f"/deployments/{name}/"))
+    deploy_s, d = api.wait(name, healthy_on(1))
+    deploy_s = time.perf_counter() - started
+    replica = d["replicas"][0]["url"]
+    print(f"  deploy → healthy {deploy_s:.2f} s\n{timeline(api, name, 1)}", flush=True)
+
+    body = bs.body_for(COLUMNS, ROWS, 1)
+    auth = {"Authorization": f"Bearer {secret}"}
+    cells: dict[tuple[str, int], dict] = {}
+    targets = [("direct", f"{replica}/invocations", None),
+               ("gateway", f"{base}/serve/{name}/invocations", auth)]
+    for _label, url, headers in targets:  # warm up both (connections, route and token caches)
+        bs.run_wrk(url, 4, 1, body, tmp, headers=headers)
+    for conns in (1, 16):
+        for label, url, headers in targets:
+            r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
+            cells[(label, conns)] = r
+            print(f"  {label:8} c={conns:<2} {r['rps']:8.0f} req/s p50 {r['p50']:7.2f} ms "
+                  f"p99 {r['p99']:7.2f} ms" + (f"  ERRORS {r['errors']}" if r["errors"] else ""),
+                  flush=True)
+
+    print("rolling out version 2, then timing rollbacks ...", flush=True)
+    api.call("PATCH", f"/deployments/{name}/", json={"version": 2})
+    api.wait(name, healthy_on(2))
+    switched, healthy = [], []
+    revision = 2
+    for _ in range(args.rollbacks):
+        started = time.perf_counter()
+        d = api.call("POST", f"/deployments/{name}/rollback/", json={})
+        revision = d["revision"]
+        api.wait(name, lambda d, r=revision: d["traffic"] == [{"revision": r, "percent": 100}])
+        switched.append(time.perf_counter() - started)
+        api.wait(name, healthy_on(revision))
+        healthy.append(time.perf_counter() - started)
+        print(f"  rollback to r{revision}: traffic {switched[-1]:.2f} s, healthy "
+              f"{healthy[-1]:.2f} s\n{timeline(api, name, revision)}", flush=True)
+    report(duration, deploy_s, cells, switched, healthy)
+    return 0
+
+
+def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy: list) -> None:
+    print(f"\nGateway vs direct (wrk, {duration} s per cell, 1-row iris dataframe_split, "
+          "gunicorn 2 workers x 4 threads as in the Procfile, 1 replica)\n")
+    print("| conns | direct req/s | p50 ms | p99 ms | gateway req/s | p50 ms | p99 ms | "
+          "gateway/direct req/s | added p50 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for conns in (1, 16):
+        d, g = cells[("direct", conns)], cells[("gateway", conns)]
+        ratio = g["rps"] / d["rps"] if d["rps"] else float("nan")
+        print(f"| {conns} | {d['rps']:.0f} | {d['p50']:.2f} | {d['p99']:.2f} | {g['rps']:.0f} | "
+              f"{g['p50']:.2f} | {g['p99']:.2f} | {ratio:.2f} | {g['p50'] - d['p50']:+.2f} |")
+    added = cells[("gateway", 1)]["p50"] - cells[("direct", 1)]["p50"]
+    ratio16 = cells[("gateway", 16)]["rps"] / max(cells[("direct", 16)]["rps"], 1e-9)
+    med_switch = statistics.median(switched) if switched else float("nan")
+    med_healthy = statistics.median(healthy) if healthy else float("nan")
+    print("\n| measure | value | target | met |\n|---|---|---|---|")
+    for label, value, target, met in [
+        ("gateway added p50, 1 conn", f"{added:.2f} ms", "≤ 1 ms", added <= 1.0),
+        ("gateway throughput, 16 conns", f"{ratio16:.0%} of direct", "≥ 80 %", ratio16 >= 0.8),
+        ("deploy → healthy (warm image)", f"{deploy_s:.2f} s", "< 5 s", deploy_s < 5),
+        ("rollback → traffic on it (median)", f"{med_switch:.2f} s", "< 3 s", med_switch < 3),
+        ("rollback → healthy (median)", f"{med_healthy:.2f} s", "< 3 s", med_healthy < 3),
+    ]:
+        print(f"| {label} | {value} | {target} | {'yes' if met else 'no'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
