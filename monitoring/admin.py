@@ -25,6 +25,8 @@ class ReadOnlyMixin:
 class AlertRuleAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["name", "deployment", "metric", "comparison", "threshold", "window_minutes",
                     "enabled", "last_value", "last_evaluated_at"]
+    list_select_related = ["deployment"]
+    list_per_page = 50
     list_filter = ["metric", "enabled"]
     search_fields = ["name", "deployment__name"]
 
@@ -32,6 +34,8 @@ class AlertRuleAdmin(ReadOnlyMixin, admin.ModelAdmin):
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["rule", "state", "value", "started_at", "resolved_at"]
+    list_select_related = ["rule__deployment"]
+    list_per_page = 50
     list_filter = ["state"]
     search_fields = ["rule__name", "rule__deployment__name", "message"]
 
@@ -39,6 +43,7 @@ class AlertAdmin(ReadOnlyMixin, admin.ModelAdmin):
 @admin.register(IngestToken)
 class IngestTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["deployment", "prefix", "created_at", "last_used_at", "revoked"]
+    list_select_related = ["deployment"]
     list_filter = ["revoked"]
     exclude = ["digest"]
     actions = ["revoke_all_of_deployment"]

@@ -168,6 +168,28 @@ class FeatureSketch(models.Model):
         return f"{self.deployment_id} r{self.revision} {self.hour:%Y-%m-%d %H}h"
 
 
+class ReplicaStat(models.Model):
+    """One CPU/memory sample of one replica (``monitoring.tasks.collect_replica_stats``, every
+    ``MODELPORT_MONITORING_REPLICA_STATS_SECONDS``). Kept as long as raw prediction records."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+",
+                                   db_index=False)
+    runtime_id = models.CharField(max_length=200, help_text="The replica's id in its runtime.")
+    revision = models.PositiveIntegerField(default=0)
+    index = models.PositiveIntegerField(default=0, help_text="Replica number in its revision.")
+    at = models.DateTimeField()
+    cpu_percent = models.FloatField(help_text="100 = one core fully used.")
+    memory_mb = models.FloatField()
+    memory_limit_mb = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["deployment", "at"], name="mon_replstat_dep_at"),
+                   models.Index(fields=["at"], name="mon_replstat_at")]
+
+    def __str__(self) -> str:
+        return f"{self.runtime_id} {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 class RollupCursor(models.Model):
     """How far the rollup task got through ``PredictionRecord`` ids (one row, name='rollup')."""
 

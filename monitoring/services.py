@@ -20,6 +20,7 @@ import secrets
 import time
 import zlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -32,8 +33,8 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from config.errors import DomainError, InvalidInput, NotFound
-from deployments.models import Deployment, Revision
+from config.errors import Conflict, DomainError, InvalidInput, NotFound
+from deployments.models import Deployment, Replica, Revision
 from registry.models import RegisteredModel
 from teams import audit
 from teams.access import require_team_role
@@ -53,6 +54,7 @@ from .models import (
     MinuteRollup,
     ModelMonitoring,
     PredictionRecord,
+    ReplicaStat,
     RollupCursor,
     TaskType,
 )
@@ -624,7 +626,133 @@ def prune(*, now: datetime | None = None, chunk: int = 20000) -> dict[str, int]:
     rollup_cutoff = now - timedelta(days=settings.MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS)
     minutes = MinuteRollup.objects.filter(minute__lt=rollup_cutoff).delete()[0]
     sketches = FeatureSketch.objects.filter(hour__lt=rollup_cutoff).delete()[0]
-    return {"records": deleted, "rollups": minutes, "sketches": sketches}
+    replica_stats = ReplicaStat.objects.filter(at__lt=raw_cutoff).delete()[0]
+    return {"records": deleted, "rollups": minutes, "sketches": sketches,
+            "replica_stats": replica_stats}
+
+
+# --- Replica CPU and memory ------------------------------------------------------------------
+ALIVE_REPLICA_STATUSES = ("ready", "running", "starting", "draining")
+MIB = 1024.0 * 1024.0
+
+
+def _sample(runtime: Any, replica: Replica) -> tuple[Replica, dict[str, float] | None]:
+    try:
+        return replica, runtime.stats(replica.runtime_id)
+    except Exception as exc:  # noqa: BLE001 - a replica that vanished meanwhile is skipped
+        log.info("no stats for replica %s: %s", replica.runtime_id, exc)
+        return replica, None
+
+
+def collect_replica_stats(*, runtime: Any = None, now: datetime | None = None) -> int:
+    """Sample CPU and memory of every live replica (the reconciler's ``Replica`` rows) from
+    the runtime, in parallel — Docker's one-off stats call waits about a second per container
+    — and store one ``ReplicaStat`` row each. Returns the number stored."""
+    replicas = list(Replica.objects.filter(status__in=ALIVE_REPLICA_STATUSES)
+                    .select_related("deployment"))
+    if not replicas:
+        return 0
+    runtimes: dict[int | None, Any] = {}
+    if runtime is None:  # each replica through its deployment's execution target's runtime
+        from workers.services import deployment_runtime
+
+        for replica in replicas:
+            key = replica.deployment.target_id
+            if key not in runtimes:
+                try:
+                    runtimes[key] = deployment_runtime(replica.deployment)
+                except Exception:  # a target that cannot be reached is skipped
+                    log.info("no runtime for target %s", key, exc_info=True)
+                    runtimes[key] = None
+        replicas = [r for r in replicas if runtimes[r.deployment.target_id] is not None]
+    with ThreadPoolExecutor(max_workers=max(1, min(
+            settings.MODELPORT_MONITORING_REPLICA_STATS_THREADS, len(replicas)))) as pool:
+        samples = list(pool.map(
+            lambda r: _sample(runtime or runtimes[r.deployment.target_id], r), replicas))
+    now = now or timezone.now()
+    rows = []
+    for replica, sample in samples:
+        if not sample or not sample.get("memory_bytes"):
+            continue  # gone, or stopped between the reconciler's look and ours
+        limit = float(sample.get("memory_limit_bytes") or 0.0) / MIB
+        configured = float(replica.deployment.memory_mb or 0)
+        if not limit or (configured and limit > 4 * configured):
+            # No cgroup limit reported (local processes), or the host's RAM (no limit set).
+            limit = configured or None
+        rows.append(ReplicaStat(
+            deployment_id=replica.deployment_id, runtime_id=replica.runtime_id,
+            revision=replica.revision, index=replica.index, at=now,
+            cpu_percent=round(float(sample.get("cpu_percent") or 0.0), 3),
+            memory_mb=round(float(sample.get("memory_bytes") or 0.0) / MIB, 3),
+            memory_limit_mb=limit))
+    ReplicaStat.objects.bulk_create(rows)
+    return len(rows)
+
+
+def replica_series(*, deployment: Deployment, start: datetime, end: datetime, step: int,
+                   revision: int | None = None) -> dict[str, Any]:
+    """Per replica and step: mean CPU % and peak memory (MB), aligned with ``metrics_series``'
+    timestamps. ``replicas`` lists each replica seen in the range (newest revision first)."""
+    n = max(1, math.ceil((end - start).total_seconds() / step))
+    rows = ReplicaStat.objects.filter(deployment=deployment, at__gte=start, at__lt=end)
+    if revision is not None:
+        rows = rows.filter(revision=revision)
+    cpu_sum: dict[str, list[float]] = {}
+    cpu_n: dict[str, list[int]] = {}
+    memory: dict[str, list[float | None]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    if connection.vendor == "postgresql":
+        # The database groups by step: a month at 15 s is ~170,000 rows per replica.
+        table = ReplicaStat._meta.db_table
+        where = "deployment_id = %s AND at >= %s AND at < %s"
+        params: list[Any] = [deployment.pk, start, end]
+        if revision is not None:
+            where += " AND revision = %s"
+            params.append(revision)
+        sql = (f"SELECT runtime_id, revision, index, "  # noqa: S608 - constant names
+               f"floor((extract(epoch FROM at) - %s) / %s)::int, sum(cpu_percent), count(*), "
+               f"max(memory_mb), max(memory_limit_mb), max(at) FROM {table} WHERE {where} "
+               f"GROUP BY 1, 2, 3, 4")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [start.timestamp(), step, *params])
+            grouped = cursor.fetchall()
+    else:
+        buckets: dict[tuple, list] = {}
+        start_ts = start.timestamp()
+        for rid, rev, idx, at, cpu, mem, lim in rows.values_list(
+                "runtime_id", "revision", "index", "at", "cpu_percent", "memory_mb",
+                "memory_limit_mb"):
+            key = (rid, rev, idx, int((at.timestamp() - start_ts) // step))
+            b = buckets.setdefault(key, [0.0, 0, 0.0, None, at])
+            b[0] += cpu
+            b[1] += 1
+            b[2] = max(b[2], mem)
+            b[3] = lim if b[3] is None or (lim is not None and lim > b[3]) else b[3]
+            b[4] = max(b[4], at)
+        grouped = [(*k, *v) for k, v in buckets.items()]
+    for rid, rev, idx, i, cpu, count, mem, limit, last in grouped:
+        if not 0 <= i < n:
+            continue
+        if rid not in info:
+            info[rid] = {"replica": rid, "revision": rev, "index": idx, "memory_limit_mb": None,
+                         "last_seen": last}
+            cpu_sum[rid], cpu_n[rid] = [0.0] * n, [0] * n
+            memory[rid] = [None] * n
+        cpu_sum[rid][i] += cpu
+        cpu_n[rid][i] += count
+        memory[rid][i] = mem if memory[rid][i] is None else max(memory[rid][i], mem)
+        if limit is not None:
+            info[rid]["memory_limit_mb"] = _round(limit)
+        info[rid]["last_seen"] = max(info[rid]["last_seen"], last)
+    order = sorted(info, key=lambda rid: (-info[rid]["revision"], info[rid]["index"], rid))
+    return {
+        "replicas": [{**info[rid], "last_seen": info[rid]["last_seen"].isoformat()}
+                     for rid in order],
+        "replica_cpu": {rid: [_round(s / c, 2) if c else None
+                              for s, c in zip(cpu_sum[rid], cpu_n[rid], strict=True)]
+                        for rid in order},
+        "replica_memory": {rid: [_round(m, 1) for m in memory[rid]] for rid in order},
+    }
 
 
 # --- Reading: metrics series -----------------------------------------------------------------
@@ -1012,23 +1140,29 @@ def _check_rule(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _check_rule_name(deployment: Deployment, name: Any, exclude: int | None = None) -> str:
+    name = (name or "").strip() if isinstance(name, str) else ""
+    if not 0 < len(name) <= 100:
+        raise InvalidInput("name must be 1-100 characters.", field="name")
+    taken = AlertRule.objects.filter(deployment=deployment, name=name)
+    if exclude is not None:
+        taken = taken.exclude(pk=exclude)
+    if taken.exists():
+        raise Conflict(f"Deployment '{deployment.name}' already has a rule named '{name}'.",
+                       code="name_taken", field="name")
+    return name
+
+
 @transaction.atomic
 def create_alert_rule(*, actor, deployment: Deployment, name: str, metric: str,
                       threshold: float, comparison: str = ">", window_minutes: int = 5,
                       webhook_url: str = "", emails: list[str] | None = None,
                       retrain_webhook_url: str = "", enabled: bool = True) -> AlertRule:
     require_team_role(actor, deployment.team, Role.ENGINEER, "creating alert rules")
-    name = (name or "").strip()
-    if not 0 < len(name) <= 100:
-        raise InvalidInput("name must be 1-100 characters.", field="name")
+    name = _check_rule_name(deployment, name)
     data = _check_rule({"metric": metric, "threshold": threshold, "comparison": comparison,
                         "window_minutes": window_minutes, "webhook_url": webhook_url,
                         "emails": emails, "retrain_webhook_url": retrain_webhook_url})
-    if AlertRule.objects.filter(deployment=deployment, name=name).exists():
-        from config.errors import Conflict
-
-        raise Conflict(f"Deployment '{deployment.name}' already has a rule named '{name}'.",
-                       code="name_taken")
     rule = AlertRule.objects.create(deployment=deployment, name=name, enabled=enabled,
                                     created_by=actor, **data)
     audit.record(actor=actor, action="alert_rule.created", obj=rule, team=deployment.team,
@@ -1043,6 +1177,7 @@ def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
     before = audit.snapshot(rule, RULE_FIELDS)
     data = {f: getattr(rule, f) for f in RULE_FIELDS} | {k: v for k, v in changes.items()
                                                          if k in RULE_FIELDS and v is not None}
+    data["name"] = _check_rule_name(rule.deployment, data.get("name"), exclude=rule.pk)
     data = _check_rule(data)
     for field, value in data.items():
         setattr(rule, field, value)
@@ -1194,3 +1329,34 @@ def set_sampling_rate(*, actor, deployment: Deployment, sampling_rate: float
                  team=deployment.team, before=before, after=audit.snapshot(row,
                                                                             ["sampling_rate"]))
     return row
+
+
+# --- Reading: many deployments at a glance (portal lists) -----------------------------------
+def totals_by_deployment(*, deployment_ids: list[int], start: datetime, end: datetime
+                         ) -> dict[int, dict[str, Any]]:
+    """Requests, errors, error rate, latency p50/p95/p99 and firing alerts per deployment over
+    ``[start, end)``: two grouped queries for any number of deployments (the ``totals`` of
+    ``metrics_series``, without its per-step series)."""
+    from django.db.models import Count, Sum
+
+    empty = {"requests": 0.0, "errors": 0.0, "error_rate": None, "latency_p50": None,
+             "latency_p95": None, "latency_p99": None, "firing": 0}
+    result: dict[int, dict[str, Any]] = {pk: dict(empty) for pk in deployment_ids}
+    rows = (MinuteRollup.objects.filter(deployment_id__in=deployment_ids, minute__gte=start,
+                                        minute__lt=end)
+            .order_by().values("deployment_id")
+            .annotate(n=Sum("count"), e=Sum("errors"), **{c: Sum(c) for c in LATENCY_COLUMNS}))
+    for row in rows:
+        total, errors = float(row["n"] or 0), float(row["e"] or 0)
+        buckets = [float(row[c] or 0) for c in LATENCY_COLUMNS]
+        result[row["deployment_id"]].update({
+            "requests": _round(total), "errors": _round(errors),
+            "error_rate": _round(100.0 * errors / total) if total else None,
+            "latency_p50": _round(stats.percentile(buckets, 0.5)),
+            "latency_p95": _round(stats.percentile(buckets, 0.95)),
+            "latency_p99": _round(stats.percentile(buckets, 0.99))})
+    for row in (Alert.objects.filter(state=AlertState.FIRING,
+                                     rule__deployment_id__in=deployment_ids)
+                .order_by().values("rule__deployment_id").annotate(n=Count("id"))):
+        result[row["rule__deployment_id"]]["firing"] = row["n"]
+    return result

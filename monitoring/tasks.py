@@ -1,4 +1,4 @@
-"""Beat tasks (rollup, prune, alert evaluation) and the notification deliveries."""
+"""Beat tasks (rollup, prune, replica stats, alert evaluation) and the notification deliveries."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def rollup(max_passes: int = 20) -> int:
 def prune() -> dict:
     """Beat: delete raw records past ``MODELPORT_MONITORING_RAW_RETENTION_DAYS``."""
     return services.prune()
+
+
+@shared_task(name="monitoring.tasks.collect_replica_stats", ignore_result=True, expires=15)
+def collect_replica_stats() -> int:
+    """Beat: one CPU/memory sample of every live replica (``services.collect_replica_stats``)."""
+    return services.collect_replica_stats()
 
 
 @shared_task(name="monitoring.tasks.evaluate_alerts", ignore_result=True, expires=120)

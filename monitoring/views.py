@@ -9,9 +9,10 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.errors import DomainError
@@ -20,7 +21,8 @@ from registry.models import RegisteredModel
 from teams.roles import Role, at_least, is_platform_admin
 
 from . import prom, services
-from .models import Alert, AlertRule, Comparison
+from .forms import AlertRuleForm, DriftThresholdsForm, SamplingForm
+from .models import Alert, AlertRule, Comparison, ModelMonitoring, TaskType
 
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -76,13 +78,12 @@ def index(request: HttpRequest) -> HttpResponse:
     """Every deployment the user can see, with the last hour at a glance."""
     end = timezone.now()
     start, end, _ = services.time_range(end - timedelta(hours=1), end)
-    rows = []
-    for deployment in (Deployment.objects.visible_to(request.user)
-                       .select_related("model", "team").order_by("name")):
-        totals = services.metrics_series(deployments=[deployment], start=start, end=end,
-                                         step=3600)["totals"]
-        firing = Alert.objects.filter(rule__deployment=deployment, state="firing").count()
-        rows.append({"deployment": deployment, "totals": totals, "firing": firing})
+    deployments = list(Deployment.objects.visible_to(request.user)
+                       .select_related("model", "team").order_by("name"))
+    totals = services.totals_by_deployment(deployment_ids=[d.pk for d in deployments],
+                                           start=start, end=end)
+    rows = [{"deployment": d, "totals": totals[d.pk], "firing": totals[d.pk]["firing"]}
+            for d in deployments]
     return render(request, "monitoring/index.html", {"rows": rows})
 
 
@@ -103,6 +104,8 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
                                          step=step, revision=revision)
         series["quality"] = services.quality_series(deployment=deployment, start=start,
                                                     end=end, step=step, revision=revision)
+        series |= services.replica_series(deployment=deployment, start=start, end=end,
+                                          step=step, revision=revision)
         drift = services.drift_report(deployment=deployment, start=start, end=end,
                                       revision=revision)
         pid = f"r{revision}" if revision is not None else "all"
@@ -117,7 +120,7 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
         "can_edit": _can_edit(request, deployment), "metrics": services.METRICS,
         "comparisons": Comparison.values,
         "sampling_rate": services.sampling_rate_of(deployment),
-        "replica_stats": False,
+        "replica_stats_seconds": settings.MODELPORT_MONITORING_REPLICA_STATS_SECONDS,
     })
 
 
@@ -150,25 +153,108 @@ def model_page(request: HttpRequest, name: str) -> HttpResponse:
     })
 
 
+def _form_page(request: HttpRequest, template: str, context: dict, *, invalid: bool
+               ) -> HttpResponse:
+    return render(request, template, context, status=400 if invalid else 200)
+
+
+def _attach(form, exc: DomainError) -> None:
+    """A service's error, shown next to the field it names (else above the form)."""
+    form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+
+
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def rule_create(request: HttpRequest, name: str) -> HttpResponse:
     deployment = _deployment(request, name)
-    post = request.POST
-    try:
-        services.create_alert_rule(
-            actor=request.user, deployment=deployment, name=post.get("name", ""),
-            metric=post.get("metric", ""), comparison=post.get("comparison", ">"),
-            threshold=float(post.get("threshold") or "nan"),
-            window_minutes=int(post.get("window_minutes") or 5),
-            webhook_url=post.get("webhook_url", ""),
-            emails=[e.strip() for e in post.get("emails", "").split(",") if e.strip()],
-            retrain_webhook_url=post.get("retrain_webhook_url", ""))
-    except (DomainError, ValueError) as exc:
-        messages.error(request, getattr(exc, "message", None) or f"Invalid rule: {exc}")
-    else:
-        messages.success(request, "Alert rule created.")
-    return redirect("monitoring:deployment", name=name)
+    form = AlertRuleForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            rule = services.create_alert_rule(actor=request.user, deployment=deployment,
+                                              **form.cleaned_data)
+        except DomainError as exc:
+            _attach(form, exc)
+        else:
+            messages.success(request, f"Alert rule '{rule.name}' created.")
+            return redirect(reverse("monitoring:deployment", args=[name]) + "#alert-rules")
+    return _form_page(request, "monitoring/rule_form.html",
+                      {"deployment": deployment, "form": form, "rule": None},
+                      invalid=request.method == "POST")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def rule_edit(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    deployment = _deployment(request, name)
+    rule = AlertRule.objects.filter(deployment=deployment, pk=pk).first()
+    if rule is None:
+        raise Http404("No such rule.")
+    form = AlertRuleForm(request.POST or None, initial=AlertRuleForm.initial_from(rule))
+    if request.method == "POST" and form.is_valid():
+        try:
+            rule = services.update_alert_rule(actor=request.user, rule=rule,
+                                              **form.cleaned_data)
+        except DomainError as exc:
+            _attach(form, exc)
+        else:
+            messages.success(request, f"Alert rule '{rule.name}' saved.")
+            return redirect(reverse("monitoring:deployment", args=[name]) + "#alert-rules")
+    return _form_page(request, "monitoring/rule_form.html",
+                      {"deployment": deployment, "form": form, "rule": rule},
+                      invalid=request.method == "POST")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def deployment_settings(request: HttpRequest, name: str) -> HttpResponse:
+    """The deployment's sampling rate."""
+    deployment = _deployment(request, name)
+    form = SamplingForm(request.POST or None,
+                        initial={"sampling_rate": services.sampling_rate_of(deployment)})
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.set_sampling_rate(actor=request.user, deployment=deployment,
+                                       sampling_rate=form.cleaned_data["sampling_rate"])
+        except DomainError as exc:
+            _attach(form, exc)
+        else:
+            messages.success(request, "Sampling rate saved.")
+            return redirect("monitoring:deployment", name=name)
+    return _form_page(request, "monitoring/settings_form.html", {
+        "form": form, "title": f"Monitoring settings · {deployment.name}",
+        "heading": f"{deployment.name}: sampling", "back": reverse("monitoring:deployment",
+                                                                   args=[name]),
+        "can_edit": _can_edit(request, deployment)}, invalid=request.method == "POST")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def model_settings(request: HttpRequest, name: str) -> HttpResponse:
+    """The model's drift thresholds and ground-truth task."""
+    model = (RegisteredModel.objects.visible_to(request.user).select_related("team")
+             .filter(name=name).first())
+    if model is None:
+        raise Http404(f"No model '{name}'.")
+    row = ModelMonitoring.objects.filter(model=model).first()
+    form = DriftThresholdsForm(request.POST or None, initial={
+        "psi_threshold": row.psi_threshold if row else 0.2,
+        "p_value_threshold": row.p_value_threshold if row else 0.01,
+        "task": row.task if row else TaskType.AUTO})
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.set_model_monitoring(actor=request.user, model=model, **form.cleaned_data)
+        except DomainError as exc:
+            _attach(form, exc)
+        else:
+            messages.success(request, "Drift thresholds saved.")
+            return redirect("monitoring:model", name=name)
+    can_edit = is_platform_admin(request.user) or at_least(model.team.role_of(request.user),
+                                                           Role.MAINTAINER)
+    return _form_page(request, "monitoring/settings_form.html", {
+        "form": form, "title": f"Drift thresholds · {model.name}",
+        "heading": f"{model.name}: drift thresholds",
+        "back": reverse("monitoring:model", args=[name]), "can_edit": can_edit},
+        invalid=request.method == "POST")
 
 
 @login_required

@@ -33,6 +33,19 @@ def _series(help_text: str) -> serializers.ListField:
                                  help_text=help_text)
 
 
+class SampledReplicaSerializer(serializers.Serializer):
+    replica = serializers.CharField(help_text="The replica's id in its runtime (container name).")
+    revision = serializers.IntegerField()
+    index = serializers.IntegerField()
+    memory_limit_mb = serializers.FloatField(allow_null=True)
+    last_seen = serializers.DateTimeField()
+
+
+def _per_replica(help_text: str) -> serializers.DictField:
+    return serializers.DictField(child=serializers.ListField(
+        child=serializers.FloatField(allow_null=True)), help_text=help_text)
+
+
 class MetricsSerializer(serializers.Serializer):
     deployment = serializers.CharField()
     start = serializers.DateTimeField()
@@ -50,6 +63,9 @@ class MetricsSerializer(serializers.Serializer):
     predictions = PredictionsSeriesSerializer()
     quality = serializers.DictField(help_text="Ground-truth quality per step: accuracy and f1 "
                                               "(classification) or mae and rmse (regression).")
+    replicas = SampledReplicaSerializer(many=True, help_text="Replicas sampled in the range.")
+    replica_cpu = _per_replica("Per replica id: mean CPU % per step (100 = one core).")
+    replica_memory = _per_replica("Per replica id: peak memory (MB) per step.")
     totals = serializers.DictField()
 
 

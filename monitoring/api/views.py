@@ -79,6 +79,8 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
                                        step=step, revision=revision)
         body["quality"] = services.quality_series(deployment=deployment, start=start, end=end,
                                                   step=step, revision=revision)
+        body |= services.replica_series(deployment=deployment, start=start, end=end, step=step,
+                                        revision=revision)
         return Response({"deployment": deployment.name, **body})
 
     @extend_schema(operation_id="deployment_drift", parameters=[s.RangeQuerySerializer],

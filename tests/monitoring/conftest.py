@@ -14,6 +14,7 @@ from deployments.models import Deployment, Revision
 from monitoring import services
 from registry import reference
 from registry.models import ModelVersion, RegisteredModel
+from tests.deployments.conftest import iris_dir, no_enqueue  # noqa: F401 - fixtures for replicas
 from tests.factories import TeamFactory
 
 FEATURES = ["x1", "x2", "color"]

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from monitoring import services
 from monitoring.models import IngestToken, PredictionRecord
-from serving.shipping import Shipper
+from serving.shipping import Shipper, encode_record
 
 from .conftest import batch, minutes_ago, record
 
@@ -37,12 +37,12 @@ def test_a_batch_shaped_like_the_model_servers_is_stored(deployment, ingest_toke
     shipper = Shipper(buffer=None, url="http://unused", envelope={
         "deployment": "churn-prod", "revision": "1", "replica": "churn-prod-r1-0"})
     now = minutes_ago(1).timestamp()
-    body = shipper.encode([
+    body = shipper.encode([encode_record(r) for r in [
         ("req-a", now, 12.5, 200, "invocations",
          {"columns": ["x1", "x2", "color"], "data": [[0.1, 2.0, "red"]]}, [1], None),
         ("req-b", now, 3.0, 500, "invocations", {"instances": [[0.2, 1.0, "blue"]]}, None,
          "prediction failed: boom"),
-    ])
+    ]])
     response = post(body, ingest_token)
     assert response.status_code == 202, response.content
     assert response.json() == {"accepted": 2, "sampled_out": 0}
@@ -166,12 +166,14 @@ def test_the_model_servers_shipper_delivers_over_http(live_server, team):
     shipper = Shipper(PredictionLog(100), url, env["MODELPORT_INGEST_TOKEN"], envelope={
         "deployment": "churn-prod", "revision": "1", "replica": "churn-prod-r1-0"})
     now = minutes_ago(1).timestamp()
-    shipper._post(shipper.encode([("live-1", now, 4.2, 200, "invocations",
-                                   {"instances": [[0.1, 1.0, "red"]]}, [0], None)]))
+    shipper._post(shipper.encode([encode_record(("live-1", now, 4.2, 200, "invocations",
+                                                 {"instances": [[0.1, 1.0, "red"]]}, [0],
+                                                 None))]))
     assert PredictionRecord.objects.get().request_id == "live-1"
     bad = Shipper(PredictionLog(100), url, "mpi_wrong_token", envelope={"deployment": "x"})
     with pytest.raises(ShipError) as refused:
-        bad._post(bad.encode([("live-2", now, 1.0, 200, "invocations", None, None, None)]))
+        bad._post(bad.encode([encode_record(("live-2", now, 1.0, 200, "invocations", None,
+                                             None, None))]))
     assert "401" in str(refused.value)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.test import Client
 
 from deployments.models import Revision
@@ -9,6 +11,13 @@ from monitoring import services
 from monitoring.models import AlertRule
 
 from .conftest import ingest_direct, make_version, minutes_ago, record, roll
+
+
+def embedded(html: str, element_id: str) -> dict:
+    """The JSON a page embeds with ``json_script`` under ``element_id``."""
+    start = html.index(f'<script id="{element_id}" type="application/json">')
+    body = html[html.index(">", start) + 1:html.index("</script>", start)]
+    return json.loads(body)
 
 
 def logged_in(user) -> Client:
@@ -41,7 +50,18 @@ def test_compare_two_revisions_side_by_side(deployment, ml_model, viewer):
     html = logged_in(viewer).get(
         "/monitoring/deployments/churn-prod/?range=1h&compare=1&compare=2").content.decode()
     assert 'id="series-r1"' in html and 'id="series-r2"' in html
+    assert 'id="drift-r1"' in html and 'id="drift-r2"' in html
     assert "Revision 1" in html and "Revision 2" in html
+    # Each column holds only its revision's traffic: stable (r1) fast, canary (r2) slow.
+    r1, r2 = embedded(html, "series-r1"), embedded(html, "series-r2")
+    assert r1["totals"]["requests"] == 10 and r2["totals"]["requests"] == 10
+    assert r1["totals"]["latency_p50"] < 20 < 60 < r2["totals"]["latency_p50"]
+    assert embedded(html, "drift-r2")["revision"] == 2
+    # Changing the range keeps the comparison.
+    assert '<input type="hidden" name="compare" value="2">' in html
+    # Without a choice the picker offers the two newest revisions (canary vs stable).
+    plain = logged_in(viewer).get("/monitoring/deployments/churn-prod/").content.decode()
+    assert '<option value="2" selected>' in plain and '<option value="1" selected>' in plain
 
 
 def test_model_page_and_scoping(deployment, viewer, outsider):

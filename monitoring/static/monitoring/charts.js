@@ -66,6 +66,21 @@
         datasets: names.map(function (n, i) { return line(n, q[n] || [], i + 2); })},
         options: opts(q.task === "regression" ? "error" : "score")};
     },
+    replica: function (s, canvas) {
+      var id = canvas.dataset.replica;
+      var cpu = (s.replica_cpu || {})[id], mem = (s.replica_memory || {})[id];
+      if (!cpu || !mem) return null;
+      var info = (s.replicas || []).filter(function (r) { return r.replica === id; })[0] || {};
+      var memory = line("memory MB", mem, 2, {yAxisID: "mem"});
+      var scales = {x: {ticks: {maxTicksLimit: 8}},
+        y: {beginAtZero: true, position: "left", title: {display: true, text: "CPU %"}},
+        mem: {beginAtZero: true, position: "right", grid: {drawOnChartArea: false},
+              title: {display: true, text: "memory MB"}}};
+      if (info.memory_limit_mb) scales.mem.suggestedMax = info.memory_limit_mb;
+      return {type: "line", data: {labels: s.timestamps.map(label),
+        datasets: [line("CPU %", cpu, 0, {yAxisID: "y"}), memory]},
+        options: opts("", {scales: scales})};
+    },
     drift: function (d) {
       var f = d.features || [];
       if (!f.length) return null;
@@ -82,7 +97,7 @@
     document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
       var source = document.getElementById(canvas.dataset.source);
       if (!source) return;
-      var config = builders[canvas.dataset.chart](JSON.parse(source.textContent));
+      var config = builders[canvas.dataset.chart](JSON.parse(source.textContent), canvas);
       if (!config) {
         canvas.parentElement.innerHTML = '<p class="empty">No data in this range.</p>';
         return;

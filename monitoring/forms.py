@@ -1,0 +1,62 @@
+"""Portal forms for alert rules, sampling and drift thresholds.
+
+They only parse what the browser sends; the rules (known metric, comparison, URLs, ranges,
+roles) live in ``services``, whose error messages the views attach to the named field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from .models import AlertRule, Comparison, TaskType
+from .services import METRICS
+
+
+class AlertRuleForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="e.g. “p95 latency”; unique per deployment.")
+    # Plain text fields with a select: an unknown value gets the service's message, which lists
+    # the metrics that exist, rather than Django's generic "Select a valid choice".
+    metric = forms.CharField(widget=forms.Select(choices=list(METRICS.items())))
+    comparison = forms.CharField(initial=">",
+                                 widget=forms.Select(choices=Comparison.choices))
+    threshold = forms.FloatField(help_text="In the metric's unit: ms, %, requests/min, PSI, 0-1.")
+    window_minutes = forms.IntegerField(initial=5, label="Window (minutes)")
+    webhook_url = forms.CharField(required=False, max_length=500, label="Webhook URL",
+                                  widget=forms.URLInput(attrs={
+                                      "placeholder": "https://hooks.slack.com/…"}),
+                                  help_text="Slack-compatible JSON {\"text\": …}.")
+    emails = forms.CharField(required=False, label="Emails",
+                             help_text="Comma-separated addresses.")
+    retrain_webhook_url = forms.CharField(required=False, max_length=500,
+                                          label="Retraining webhook URL",
+                                          widget=forms.URLInput(),
+                                          help_text="POSTed when the rule starts firing.")
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def clean_emails(self) -> list[str]:
+        return [e.strip() for e in self.cleaned_data.get("emails", "").split(",") if e.strip()]
+
+    @classmethod
+    def initial_from(cls, rule: AlertRule) -> dict[str, Any]:
+        return {"name": rule.name, "metric": rule.metric, "comparison": rule.comparison,
+                "threshold": rule.threshold, "window_minutes": rule.window_minutes,
+                "webhook_url": rule.webhook_url, "emails": ", ".join(rule.emails or []),
+                "retrain_webhook_url": rule.retrain_webhook_url, "enabled": rule.enabled}
+
+
+class SamplingForm(forms.Form):
+    sampling_rate = forms.FloatField(
+        help_text="Share of prediction records kept, 0-1 (0.1 keeps one in ten; charts and "
+                  "counts are weighted back up).")
+
+
+class DriftThresholdsForm(forms.Form):
+    psi_threshold = forms.FloatField(label="PSI threshold",
+                                     help_text="A feature drifts when its PSI exceeds this "
+                                               "(default 0.2)…")
+    p_value_threshold = forms.FloatField(label="p-value threshold",
+                                         help_text="…and its KS / chi-squared p-value is below "
+                                                   "this (default 0.01).")
+    task = forms.ChoiceField(choices=TaskType.choices, label="Quality metrics",
+                             help_text="Which ground-truth metrics to compute.")
