@@ -5,12 +5,17 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 MLFLOW_PORT ?= 5000
 MODELPORT_DATA_DIR ?= $(CURDIR)/var
-export MODELPORT_DATA_DIR MLFLOW_PORT
+# Links, the printed curl line and where replicas ship their prediction logs follow PORT.
+MODELPORT_BASE_URL ?= http://127.0.0.1:$(PORT)
+DURATION ?= 180
+export MODELPORT_DATA_DIR MLFLOW_PORT MODELPORT_BASE_URL
 
-.PHONY: help install run test lint format migrate clean-data
+.PHONY: help install run test lint format migrate clean-data demo-traffic
 
 help:
 	@echo "make run    install (first time), migrate, seed an admin, start web + worker + beat + MLflow"
+	@echo "           and, unless MODELPORT_DEMO=0, seeds and deploys two demo models"
+	@echo "make demo-traffic [DURATION=180]  traffic with drift and ground truth to the demo"
 	@echo "make test   lint, then the test suite"
 	@echo "make lint   ruff, makemigrations --check, manage.py check"
 
@@ -31,6 +36,9 @@ run: migrate
 	$(BIN)/python manage.py bootstrap
 	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
 	MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+demo-traffic: install
+	$(BIN)/python manage.py demo_traffic --duration $(DURATION)
 
 lint: install
 	$(BIN)/ruff check .
