@@ -15,33 +15,13 @@ It creates (or reuses) a scratch database ``modelport_bench_monitoring`` on that
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def _bench_database(url: str, name: str) -> str:
-    import psycopg
-
-    parsed = urlparse(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunparse(parsed._replace(path=f"/{name}"))
-
-
-def _pct(timings: list[float], q: float) -> float:
-    ordered = sorted(timings)
-    return ordered[max(0, round(len(ordered) * q) - 1)]
+from scratch import percentile as _pct
+from scratch import setup_django
 
 
 def main() -> None:
@@ -53,23 +33,12 @@ def main() -> None:
                         help="records the seeded 7 days of rollups stand for")
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit("Set DATABASE_URL=postgres://… (a server where a scratch database may be made)")
-    os.environ["DATABASE_URL"] = _bench_database(url, "modelport_bench_monitoring")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
-    os.environ.setdefault("MODELPORT_DATA_DIR", str(ROOT / "var" / "bench"))
-    os.environ["DJANGO_ALLOWED_HOSTS"] = "testserver"
-    os.environ["MODELPORT_MONITORING_ROLLUP_DELAY_S"] = "0"
-
-    import django
-
-    django.setup()
+    setup_django("modelport_bench_monitoring",
+                 env={"MODELPORT_MONITORING_ROLLUP_DELAY_S": "0"})
     import numpy as np
     import orjson
     import pandas as pd
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
     from rest_framework.test import APIClient
 
@@ -81,7 +50,6 @@ def main() -> None:
     from teams import services as team_services
     from teams.models import Membership, Team
 
-    call_command("migrate", verbosity=0)
     print(f"PostgreSQL {connection.cursor().connection.info.server_version}, "
           f"database {connection.settings_dict['NAME']}")
     user, _ = get_user_model().objects.get_or_create(username="bench")

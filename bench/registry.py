@@ -9,26 +9,10 @@ bulk inserts, then times list, search, filter and detail calls through the full 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def _bench_database(url: str, name: str) -> str:
-    import psycopg
-
-    parsed = urlparse(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunparse(parsed._replace(path=f"/{name}"))
+from scratch import percentile, setup_django
 
 
 def main() -> None:
@@ -37,27 +21,14 @@ def main() -> None:
     parser.add_argument("--versions-per-model", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        sys.exit("Set DATABASE_URL=postgres://… (a server where a scratch database may be made)")
-    os.environ["DATABASE_URL"] = _bench_database(url, "modelport_bench")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
-    os.environ.setdefault("MODELPORT_DATA_DIR", str(ROOT / "var" / "bench"))
-    os.environ["DJANGO_ALLOWED_HOSTS"] = "testserver"
-
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    setup_django("modelport_bench")
+    from django.contrib.auth import get_user_model
     from django.db import connection
     from rest_framework.test import APIClient
 
     from registry.models import ModelAlias, ModelVersion, RegisteredModel
     from teams import services as team_services
     from teams.models import Membership, Team
-
-    call_command("migrate", verbosity=0)
-    from django.contrib.auth import get_user_model
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     team, _ = Team.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
@@ -113,9 +84,7 @@ def main() -> None:
             response = client.get(path)
             timings.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200, (path, response.status_code)
-        timings.sort()
-        p95 = timings[int(len(timings) * 0.95) - 1]
-        print(f"{label:<24} {statistics.median(timings):8.1f} {p95:8.1f}")
+        print(f"{label:<24} {statistics.median(timings):8.1f} {percentile(timings, 0.95):8.1f}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ def portal(request: HttpRequest) -> dict:
         unread = Notification.objects.unread().filter(user=user).count()
     return {
         "modelport_version": settings.MODELPORT_VERSION,
+        "modelport_base_url": settings.MODELPORT_BASE_URL.rstrip("/"),
         "is_platform_admin": is_platform_admin(user),
         "unread_notifications": unread,
     }

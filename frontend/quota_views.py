@@ -6,6 +6,8 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -61,13 +63,24 @@ def resource_requests(request: HttpRequest) -> HttpResponse:
     if status in ResourceRequest.Status.values:
         queryset = queryset.filter(status=status)
     page = Paginator(queryset, 25).get_page(request.GET.get("page"))
+    pending = [item for item in page if admin and item.is_pending]
+    # Usage and history for every team on the page in a fixed number of queries.
+    usages = services.usages({item.team_id: item.team for item in pending}.values())
+    history: dict[int, list[ResourceRequest]] = {}
+    if pending:
+        earlier = (ResourceRequest.objects.filter(team_id__in=list(usages))
+                   .annotate(rank=Window(RowNumber(), partition_by=F("team_id"),
+                                         order_by=[F("created_at").desc(), F("id").desc()]))
+                   .filter(rank__lte=6))  # five besides the request itself
+        for row in earlier:
+            history.setdefault(row.team_id, []).append(row)
     items = []
     for item in page:
         entry = {"request": item}
-        if admin and item.is_pending:
-            entry["usage"] = services.usage(item.team)
-            entry["history"] = ResourceRequest.objects.filter(team=item.team) \
-                .exclude(pk=item.pk)[:5]
+        if item in pending:
+            entry["usage"] = usages[item.team_id]
+            entry["history"] = [r for r in history.get(item.team_id, [])
+                                if r.pk != item.pk][:5]
             entry["form"] = DecisionForm(prefix=f"r{item.pk}", initial={
                 "cpu": item.cpu.normalize(), "memory_mb": item.memory_mb, "gpus": item.gpus})
         items.append(entry)
@@ -112,8 +125,12 @@ def capacity(request: HttpRequest) -> HttpResponse:
                                                           **form.cleaned_data)):
         messages.success(request, f"Registered {form.cleaned_data['name']}.")
         return redirect("frontend:capacity")
+    from workers.models import ExecutionTarget
+    from workers.targets import target_summary
+
     return render(request, "frontend/capacity.html", {
         "capacity": services.capacity(request.user), "form": form,
+        "targets": [target_summary(t) for t in ExecutionTarget.objects.order_by("name")],
     })
 
 
@@ -125,8 +142,3 @@ def notifications(request: HttpRequest) -> HttpResponse:
     page = Paginator(Notification.objects.filter(user=request.user), 50) \
         .get_page(request.GET.get("page"))
     return render(request, "frontend/notifications.html", {"page": page})
-
-
-def team_usage(teams) -> list:
-    """Gauges for the dashboard: one usage summary per team."""
-    return [services.usage(team) for team in teams]

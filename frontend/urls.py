@@ -1,10 +1,12 @@
 from django.urls import path
 
-from . import quota_views, views
+from . import dashboard_views, quota_views, search_views, views
 
 app_name = "frontend"
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
+    path("", dashboard_views.dashboard, name="dashboard"),
+    path("dashboard/live/", dashboard_views.dashboard_live, name="dashboard-live"),
+    path("search/", search_views.search, name="search"),
     path("teams/", views.team_list, name="teams"),
     path("teams/<slug:slug>/", views.team_detail, name="team-detail"),
     path("teams/<slug:slug>/members/<str:username>/role", views.member_role, name="member-role"),

@@ -12,14 +12,11 @@ from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
 from quotas import services as quota_services
-from quotas.models import ResourceRequest
 from teams import services
 from teams.access import get_visible_team
 from teams.filtersets import AuditEventFilterSet
 from teams.models import ApiToken, AuditEvent, Membership, Team
 from teams.roles import Role, at_least, is_platform_admin
-from workers.runtime_status import describe_runtime
-from workers.services import live_workers
 
 from .forms import MemberAddForm, MemberRoleForm, TeamCreateForm, TeamEditForm, TokenCreateForm
 
@@ -35,27 +32,6 @@ def _apply(request: HttpRequest, form, call) -> bool:
             messages.error(request, exc.message)
         return False
     return True
-
-
-@login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
-    teams = (Team.objects.visible_to(request.user)
-             .annotate(member_count=Count("memberships")).order_by("slug"))
-    my_roles = dict(Membership.objects.filter(user=request.user).values_list("team_id", "role"))
-    activity = AuditEvent.objects.visible_to(request.user).select_related("team")[:10]
-    gauge_teams = list(teams.filter(pk__in=list(my_roles))[:6]) or list(teams[:6])
-    return render(request, "frontend/dashboard.html", {
-        "teams": teams[:20],
-        "usages": [quota_services.usage(team) for team in gauge_teams],
-        "pending_requests": ResourceRequest.objects.filter(
-            status=ResourceRequest.Status.PENDING).count()
-        if is_platform_admin(request.user) else 0,
-        "my_roles": my_roles,
-        "activity": activity,
-        "runtime": describe_runtime(),
-        "workers": live_workers(),
-        "active_tokens": ApiToken.objects.active().filter(user=request.user).count(),
-    })
 
 
 @login_required

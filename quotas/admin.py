@@ -51,6 +51,7 @@ class ServiceErrorsMixin:
 @admin.register(TeamQuota)
 class TeamQuotaAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     list_display = ["team", "cpu", "memory_mb", "gpus", "deployments", "updated_at"]
+    list_select_related = ["team"]
     search_fields = ["team__slug"]
     fields = ["team", "cpu", "memory_mb", "gpus", "deployments", "usage"]
     readonly_fields = ["usage"]
@@ -85,6 +86,8 @@ class DenyForm(forms.Form):
 class ResourceRequestAdmin(admin.ModelAdmin):
     list_display = ["id", "team", "status", "cpu", "memory_mb", "gpus", "gpu_model",
                     "expires_at", "requested_by", "created_at"]
+    list_select_related = ["team", "requested_by"]
+    list_per_page = 50
     list_filter = ["status", "team"]
     search_fields = ["team__slug", "justification", "requested_by__username"]
     actions = ["approve", "deny"]
@@ -213,6 +216,7 @@ class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 @admin.register(GpuAllocation)
 class GpuAllocationAdmin(ReadOnlyAdmin):
     list_display = ["device", "team", "owner", "allocated_at", "released_at"]
+    list_select_related = ["device", "team"]
     list_filter = ["team", "device__model"]
     search_fields = ["owner", "device__device_id", "team__slug"]
 
@@ -221,6 +225,7 @@ class GpuAllocationAdmin(ReadOnlyAdmin):
 class ReservationAdmin(ReadOnlyAdmin):
     list_display = ["owner", "team", "state", "cpu", "memory_mb", "gpus", "deployments",
                     "over_limit_since"]
+    list_select_related = ["team"]
     list_filter = ["state", "team"]
     search_fields = ["owner", "team__slug"]
 
@@ -228,4 +233,5 @@ class ReservationAdmin(ReadOnlyAdmin):
 @admin.register(QuotaGrant)
 class QuotaGrantAdmin(ReadOnlyAdmin):
     list_display = ["team", "cpu", "memory_mb", "gpus", "expires_at", "expired_at", "request"]
+    list_select_related = ["team", "request"]
     list_filter = ["team"]

@@ -220,6 +220,53 @@ def usage(team: Team) -> Usage:
                  grants=list(QuotaGrant.objects.active().filter(team=team)))
 
 
+def usages(teams: Iterable[Team]) -> dict[int, Usage]:
+    """``usage`` for many teams at once (dashboard, request queue): four grouped queries
+    whatever the number of teams, plus two for teams that have no quota row yet."""
+    teams = list(teams)
+    ids = [team.pk for team in teams]
+    quotas = {q.team_id: q for q in TeamQuota.objects.filter(team_id__in=ids)}
+    missing = [pk for pk in ids if pk not in quotas]
+    if missing:  # first look at these teams: their rows get the settings' defaults
+        TeamQuota.objects.bulk_create([TeamQuota(team_id=pk, **_default_limits())
+                                       for pk in missing], ignore_conflicts=True)
+        quotas.update({q.team_id: q for q in TeamQuota.objects.filter(team_id__in=missing)})
+    grants: dict[int, list[QuotaGrant]] = {pk: [] for pk in ids}
+    for grant in QuotaGrant.objects.active().filter(team_id__in=ids):
+        grants[grant.team_id].append(grant)
+    held: dict[tuple[int, str], Resources] = {}
+    for row in (Reservation.objects.filter(team_id__in=ids).order_by()
+                .values("team_id", "state")
+                .annotate(**{f"t_{n}": Sum(n) for n in ("cpu", "memory_mb", "gpus",
+                                                          "deployments")})):
+        held[(row["team_id"], row["state"])] = Resources(
+            cpu=Decimal(row["t_cpu"] or 0), memory_mb=row["t_memory_mb"] or 0,
+            gpus=row["t_gpus"] or 0, deployments=row["t_deployments"] or 0)
+    asked = {row["team_id"]: row for row in (
+        ResourceRequest.objects.filter(team_id__in=ids, status=ResourceRequest.Status.PENDING)
+        .order_by().values("team_id")
+        .annotate(t_cpu=Sum("cpu"), t_memory_mb=Sum("memory_mb"), t_gpus=Sum("gpus")))}
+    result = {}
+    for team in teams:
+        granted = Resources()
+        for grant in grants[team.pk]:
+            granted += Resources(cpu=Decimal(grant.cpu), memory_mb=grant.memory_mb,
+                                 gpus=grant.gpus)
+        base = Resources.of(quotas[team.pk])
+        reserved = held.get((team.pk, Reservation.State.RUNNING), Resources())
+        pending = held.get((team.pk, Reservation.State.PENDING), Resources())
+        limits, used = base + granted, reserved + pending
+        row = asked.get(team.pk) or {}
+        result[team.pk] = Usage(
+            team=team, base=base, granted=granted, limits=limits, reserved=reserved,
+            pending=pending, used=used, free=limits - used,
+            requested=Resources(cpu=Decimal(row.get("t_cpu") or 0),
+                                memory_mb=row.get("t_memory_mb") or 0,
+                                gpus=row.get("t_gpus") or 0),
+            grants=grants[team.pk])
+    return result
+
+
 # --- Admission (used by deployments) ------------------------------------------------------------
 def _refusal(team: Team, needs: Resources, limits: Resources, used: Resources) -> Conflict | None:
     parts, numbers = [], {}

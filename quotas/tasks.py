@@ -20,11 +20,18 @@ def expire_grants() -> int:
 
 
 def _running_from_runtime() -> tuple[set[str], set[str]] | None:
-    """Owners and replica ids of the containers that run, found by their labels."""
+    """Owners and replica ids of the containers that run, found by their labels on every
+    execution target that is enabled or still has deployments (None if one does not answer:
+    a partial view would report running deployments as missing)."""
     try:
-        from workers.runtimes import get_runtime
+        from django.db.models import Q
 
-        replicas = get_runtime().list_replicas()
+        from workers.models import ExecutionTarget
+        from workers.runtimes import runtime_for_target
+
+        targets = list(ExecutionTarget.objects.filter(
+            Q(enabled=True) | Q(deployments__isnull=False)).distinct()) or [None]
+        replicas = [r for target in targets for r in runtime_for_target(target).list_replicas()]
     except Exception:
         log.warning("usage drift check skipped: no container runtime answered", exc_info=True)
         return None

@@ -40,6 +40,8 @@ class AliasInline(ReadOnlyMixin, admin.TabularInline):
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(admin.ModelAdmin):
     list_display = ["name", "team", "created_by", "created_at"]
+    list_select_related = ["team", "created_by"]
+    list_per_page = 50
     list_filter = ["team"]
     search_fields = ["name", "description"]
     inlines = [AliasInline, VersionInline]
@@ -70,6 +72,8 @@ class RegisteredModelAdmin(admin.ModelAdmin):
 class ModelVersionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["model", "version", "status", "flavor", "sandboxed", "created_by",
                     "created_at"]
+    list_select_related = ["model", "created_by"]
+    list_per_page = 50
     list_filter = ["status", "flavor", "sandboxed"]
     search_fields = ["model__name", "artifact_sha256"]
 
@@ -81,6 +85,7 @@ class ModelVersionAdmin(ReadOnlyMixin, admin.ModelAdmin):
 class AliasTransitionRequestAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["model", "alias", "version", "status", "requested_by", "decided_by",
                     "created_at"]
+    list_select_related = ["model", "version", "requested_by", "decided_by"]
     list_filter = ["status", "alias"]
     actions = ["approve", "reject"]
 

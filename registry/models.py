@@ -19,6 +19,17 @@ alias_validator = RegexValidator(
 )
 
 
+# Large JSON columns that list pages never show: ``defer`` them when versions are joined in
+# (``.defer(*version_detail_fields("version__"))``); a page of 100 rows otherwise decodes
+# ~3,000 JSON documents it throws away.
+VERSION_DETAIL_FIELDS = ("signature", "input_example", "requirements", "params", "metrics",
+                         "lineage", "reference_stats", "validation")
+
+
+def version_detail_fields(prefix: str = "") -> list[str]:
+    return [prefix + name for name in VERSION_DETAIL_FIELDS]
+
+
 def attach_version_summary(page: list[RegisteredModel]) -> list[RegisteredModel]:
     """Set ``latest_version`` and ``version_count`` on a page of models with one grouped query.
 

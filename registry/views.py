@@ -27,6 +27,7 @@ from .models import (
     RegisteredModel,
     TransitionStatus,
     attach_version_summary,
+    version_detail_fields,
 )
 
 
@@ -66,8 +67,10 @@ def model_list(request: HttpRequest) -> HttpResponse:
                                       "version below.")
             return redirect("registry:model-detail", name=model.name)
     queryset = (RegisteredModel.objects.visible_to(request.user).select_related("team")
+                .defer("card", "search_text")
                 .prefetch_related(Prefetch("aliases", queryset=ModelAlias.objects
-                                           .select_related("version")))
+                                           .select_related("version")
+                                           .defer(*version_detail_fields("version__"))))
                 .order_by("name"))
     filterset = RegisteredModelFilterSet(request.GET, queryset=queryset)
     models = filterset.qs if filterset.is_valid() else queryset.none()
@@ -115,6 +118,8 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "metric_names": metric_names, "latest_ready": latest_ready, "example": example,
         "columns": mlmodel.columns_of(latest_ready.signature if latest_ready else None),
         "card_html": card, "upload_form": upload_form, "alias_form": AliasForm(),
+        "deployment_name": model.deployments.visible_to(request.user).order_by("name")
+        .values_list("name", flat=True).first(),
         "transitions": model.transition_requests.filter(status=TransitionStatus.PENDING)
         .select_related("version", "requested_by"),
     })

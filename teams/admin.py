@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db import transaction
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
 
 from config.errors import DomainError
+from quotas import services as quota_services
 
 from . import audit, services
 from .models import ApiToken, AuditEvent, Membership, Team
@@ -24,15 +28,49 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ["created_at"]
 
 
+class SetQuotaForm(forms.Form):
+    cpu = forms.DecimalField(label="CPU (cores)", min_value=0, decimal_places=3)
+    memory_mb = forms.IntegerField(label="Memory (MB)", min_value=0)
+    gpus = forms.IntegerField(label="GPUs", min_value=0)
+    deployments = forms.IntegerField(label="Deployments", min_value=0)
+
+
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "member_count", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+    actions = ["set_quota"]
 
-    @admin.display(description="Members")
+    def get_queryset(self, request: HttpRequest):
+        # The member count in one query with the page, not one per row.
+        return super().get_queryset(request).annotate(members=Count("memberships"))
+
+    @admin.action(description="Set the quota of selected teams (asks for the limits)")
+    def set_quota(self, request: HttpRequest, queryset):
+        """Same limits for every selected team, each through ``quotas.services.set_quota``
+        (audited; refused per team when capacity cannot hold it)."""
+        form = SetQuotaForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return TemplateResponse(request, "admin/teams/team/set_quota.html", {
+                **self.admin_site.each_context(request), "title": "Set team quotas",
+                "queryset": queryset, "form": form, "opts": self.model._meta,
+                "usages": [quota_services.usage(team) for team in queryset],
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            })
+        done = 0
+        for team in queryset:
+            try:
+                quota_services.set_quota(actor=request.user, team=team, **form.cleaned_data)
+                done += 1
+            except DomainError as exc:
+                self.message_user(request, f"{team.slug}: {exc.message}", level=messages.ERROR)
+        self.message_user(request, f"Quota set for {done} team(s).")
+        return None
+
+    @admin.display(description="Members", ordering="members")
     def member_count(self, team: Team) -> int:
-        return team.memberships.count()
+        return team.members
 
     def get_readonly_fields(self, request, obj=None):
         return ["slug"] if obj else []
@@ -93,6 +131,7 @@ class TeamAdmin(admin.ModelAdmin):
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
     list_display = ["team", "user", "role", "created_at"]
+    list_select_related = ["team", "user"]
     list_filter = ["role", "team"]
     search_fields = ["team__slug", "user__username"]
 
@@ -115,6 +154,7 @@ class MembershipAdmin(admin.ModelAdmin):
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ["name", "user", "prefix", "status", "created_at", "expires_at",
                     "last_used_at"]
+    list_select_related = ["user"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "user__username"]
     readonly_fields = ["id", "user", "name", "prefix", "created_at", "expires_at", "revoked_at",
@@ -146,6 +186,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_filter = ["source", "object_type"]
     search_fields = ["actor_username", "action", "object_repr", "team_slug", "request_id"]
     date_hierarchy = "created_at"
+    list_per_page = 50
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 from django import template
@@ -28,3 +29,11 @@ def amount_fraction(value, fraction: str):
         return amount(Decimal(str(value)) * Decimal(fraction))
     except (ArithmeticError, ValueError):
         return 0
+
+
+@register.filter
+def as_json(value) -> str:
+    """A value as compact JSON text (for copy-paste snippets); '' for None."""
+    if value in (None, ""):
+        return ""
+    return json.dumps(value, separators=(", ", ": "))
