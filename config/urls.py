@@ -16,6 +16,7 @@ api_v1 = [
     path("", include("registry.api.urls")),
     path("", include("quotas.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("workers.api.urls")),
     path("", include("monitoring.api.urls")),
 ]
 
@@ -35,7 +36,9 @@ urlpatterns = [
     path("models/", include("registry.urls")),
     path("deployments/", include("deployments.urls")),
     path("monitoring/", include("monitoring.urls")),
+    path("demo/", include("demo.urls")),
     path("serve/<str:name>/invocations", deployments_gateway.invocations,
          name="serve-invocations"),
+    path("capacity/targets/", include("workers.urls")),
     path("", include("frontend.urls")),
 ]

@@ -48,6 +48,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    "frontend",  # before the admin: its admin/base_site.html themes the console
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -65,13 +66,14 @@ INSTALLED_APPS = [
     "workers",
     "deployments",
     "monitoring",
-    "frontend",
+    "demo",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RequestContextMiddleware",
+    "deployments.gateway.GatewayMiddleware",  # /serve/…/invocations: skips what follows
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -176,6 +178,7 @@ SPECTACULAR_SETTINGS = {
         "VersionStatusEnum": "registry.models.VersionStatus",
         "TransitionStatusEnum": "registry.models.TransitionStatus",
         "ResourceRequestStatusEnum": "quotas.models.RequestStatus",
+        "TargetKindEnum": "workers.models.TargetKind",
     },
 }
 
@@ -241,7 +244,13 @@ MODELPORT_BASE_URL = env_str("MODELPORT_BASE_URL", "http://127.0.0.1:8000")
 # --- Runtimes (workers/runtimes) ------------------------------------------------------------
 MODELPORT_RUNTIME = env_choice("MODELPORT_RUNTIME", "auto", ("auto", "docker", "local"))
 MODELPORT_DOCKER_NETWORK = env_str("MODELPORT_DOCKER_NETWORK", "host")
+# With a named (bridge) network: also publish each replica's port on this host address (e.g.
+# 127.0.0.1) and call it there, for a platform that runs on the host rather than on the network.
+MODELPORT_DOCKER_PUBLISH_HOST = env_str("MODELPORT_DOCKER_PUBLISH_HOST", "")
 MODELPORT_PORT_RANGE = env_port_range("MODELPORT_PORT_RANGE", (20000, 20999))
+# The execution target (by name) deployments run on unless they name one; empty: the target
+# flagged default (the migration creates "default": this machine's Docker, as configured above).
+MODELPORT_DEFAULT_TARGET = env_str("MODELPORT_DEFAULT_TARGET", "")
 MODELPORT_SERVING_BASE_IMAGE = env_str("MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
 
 # --- Registry ---------------------------------------------------------------------------------
@@ -275,6 +284,9 @@ MODELPORT_RECONCILE_SECONDS = env_int("MODELPORT_RECONCILE_SECONDS", 10, minimum
 MODELPORT_READY_TIMEOUT_S = env_int("MODELPORT_READY_TIMEOUT_S", 180, minimum=1)
 MODELPORT_DRAIN_SECONDS = env_float("MODELPORT_DRAIN_SECONDS", 3, minimum=0)
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
+# How long a gateway process trusts a token check (memberships, deactivation); revocations are
+# picked up within about a second regardless.
+MODELPORT_GATEWAY_AUTH_TTL_S = env_float("MODELPORT_GATEWAY_AUTH_TTL_S", 5, minimum=0)
 MODELPORT_CRASH_LOOP_RESTARTS = env_int("MODELPORT_CRASH_LOOP_RESTARTS", 3, minimum=1)
 # Canary: roll back when the new revision's error rate exceeds the old one's by this much, or its
 # p95 latency is this many times the old one's (once it has served MIN_REQUESTS).
@@ -297,6 +309,9 @@ MODELPORT_ADMIN_USERNAME = env_str("MODELPORT_ADMIN_USERNAME", "admin")
 MODELPORT_ADMIN_PASSWORD = env_str("MODELPORT_ADMIN_PASSWORD", "")
 MODELPORT_ADMIN_EMAIL = env_str("MODELPORT_ADMIN_EMAIL", "admin@localhost")
 MODELPORT_DEMO = env_bool("MODELPORT_DEMO", True)
+# The demo's deployment (`manage.py seed_demo`); replica container names derive from it, so two
+# installations sharing one Docker host (a `make run` and the test suite) need different names.
+MODELPORT_DEMO_DEPLOYMENT = env_str("MODELPORT_DEMO_DEPLOYMENT", "iris-classifier")
 
 EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "modelport@localhost")
@@ -334,6 +349,15 @@ CELERY_BEAT_SCHEDULE["monitoring-rollup"] = {
 CELERY_BEAT_SCHEDULE["monitoring-evaluate-alerts"] = {
     "task": "monitoring.tasks.evaluate_alerts",
     "schedule": timedelta(seconds=MODELPORT_MONITORING_ALERT_SECONDS),
+}
+# Per-replica CPU/memory samples for the monitoring page (kept like raw records).
+MODELPORT_MONITORING_REPLICA_STATS_SECONDS = env_int("MODELPORT_MONITORING_REPLICA_STATS_SECONDS",
+                                                     15, minimum=1)
+MODELPORT_MONITORING_REPLICA_STATS_THREADS = env_int("MODELPORT_MONITORING_REPLICA_STATS_THREADS",
+                                                     8, minimum=1)
+CELERY_BEAT_SCHEDULE["monitoring-replica-stats"] = {
+    "task": "monitoring.tasks.collect_replica_stats",
+    "schedule": timedelta(seconds=MODELPORT_MONITORING_REPLICA_STATS_SECONDS),
 }
 CELERY_BEAT_SCHEDULE["monitoring-prune"] = {
     "task": "monitoring.tasks.prune",
