@@ -1,20 +1,25 @@
 """Cold start of a hardened serving container: `start_replica` → `/ready` answers 200.
 
 Compares the model bind-mounted read-only at /model (the default) with the model baked into a
-thin image layer, on the real Docker Engine, with a tiny iris LogisticRegression; the two are
-measured alternately so that background load hits both alike. A local process (no container,
-LocalRuntime) is the reference.
+thin image layer, on the real Docker Engine, with a tiny iris LogisticRegression; the modes are
+measured alternately so that background load hits them alike. "mount, no replay" is the default
+with MODELPORT_FAST_IMPORTS=0 (skops computes its trusted types at import, as before
+serving/fastimport.py). "python -c pass" is the floor: the same image and hardening running
+an empty interpreter (create + start + exit). A local process (no container, LocalRuntime) is
+the reference.
 
     .venv/bin/python bench/container_cold_start.py [--runs 5] [--base-image modelport/base:bookworm]
 
 Needs the base image (platform/images/build-base.sh); builds the serving image when missing.
-Containers are labelled modelport.test=1 and removed at the end.
+Containers are labelled modelport.bench=1 (not modelport.test: test suites remove those) and
+removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+import os
 import statistics
 import sys
 import tempfile
@@ -44,16 +49,44 @@ def save_iris(path: Path, requirements: list[str]) -> None:
         p.chmod(0o755 if p.is_dir() else 0o644)
 
 
-def measure(rt: DockerRuntime | LocalRuntime, spec: ReplicaSpec) -> tuple[float, float]:
+def measure(rt: DockerRuntime | LocalRuntime,
+            spec: ReplicaSpec) -> tuple[float, float, float]:
+    """(create+start s, → /ready s, CPU seconds the container used to get ready).
+
+    The CPU figure (from the container's cgroup) hardly moves with machine load, unlike the
+    wall-clock ones; NaN for the local process."""
     t0 = time.perf_counter()
     state = rt.start_replica(spec)
     t_started = time.perf_counter() - t0
     try:
-        if not wait_ready(state.url or "", timeout=120, interval=0.01):
-            raise SystemExit(f"not ready: {rt.logs(state.id, 40)}")
-        return t_started, time.perf_counter() - t0
+        if not wait_ready(state.url or "", timeout=300, interval=0.02):
+            replica = rt.get_replica(state.id)
+            raise SystemExit(f"{state.id} not ready after 300 s ({replica.status.value}, "
+                             f"{replica.message or 'no message'}): {rt.logs(state.id, 40)}")
+        ready = time.perf_counter() - t0
+        cpu = float("nan")
+        if isinstance(rt, DockerRuntime):
+            stats = rt.client.containers.get(state.id).stats(stream=False, one_shot=True)
+            cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+        return t_started, ready, cpu
     finally:
         rt.remove_replica(state.id)
+
+
+def container_floor(client, image: str) -> float:
+    """create + start + exit of `python -c pass` in the serving image, hardened the same way."""
+    from workers.runtimes.docker import HARDENING
+
+    kwargs = {k: v for k, v in HARDENING.items() if k != "restart_policy"}
+    t0 = time.perf_counter()
+    container = client.containers.run(image, entrypoint=["python", "-c", "pass"], detach=True,
+                                      network_mode="host", labels={"modelport.bench": "1"},
+                                      **kwargs)
+    try:
+        container.wait(timeout=120)
+        return time.perf_counter() - t0
+    finally:
+        container.remove(force=True)
 
 
 def main() -> None:
@@ -70,7 +103,7 @@ def main() -> None:
     image = builder.ensure_image(reqs, lambda line: None)
     print(f"serving image {image}: ensure_image {time.perf_counter() - t0:.1f}s")
     rt = DockerRuntime(client, port_range=(21900, 21999), base_image=args.base_image,
-                       extra_labels={"modelport.test": "1"})
+                       extra_labels={"modelport.bench": "1"})
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -79,27 +112,37 @@ def main() -> None:
         t0 = time.perf_counter()
         builder.bake_model(image, model_dir, baked)
         print(f"bake thin model layer: {time.perf_counter() - t0:.2f}s")
-        local = LocalRuntime(Path(tmp) / "local-state", port_range=(21900, 21999))
-        modes = {"mount": (rt, image, str(model_dir)), "baked": (rt, baked, None),
-                 "local": (local, None, str(model_dir))}
-        runs: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+        local = LocalRuntime(Path(tmp) / "local-state", port_range=(21800, 21899))
+        no_replay = {"MODELPORT_FAST_IMPORTS": "0"}
+        modes = {"mount": (rt, image, str(model_dir), {}),
+                 "mount, no replay": (rt, image, str(model_dir), no_replay),
+                 "baked": (rt, baked, None, {}),
+                 "local": (local, None, str(model_dir), {})}
+        runs: dict[str, list[tuple[float, float, float]]] = {
+            m: [] for m in [*modes, "python -c pass"]}
         try:
             for i in range(args.runs + 1):
-                for mode, (runtime, img, mdir) in modes.items():
+                for mode, (runtime, img, mdir, env) in modes.items():
                     result = measure(runtime, ReplicaSpec("bench", 1, 0, image=img,
-                                                          model_dir=mdir))
+                                                          model_dir=mdir, env=env))
                     if i:  # the first round warms the page cache
                         runs[mode].append(result)
+                floor = container_floor(client, image)
+                if i:
+                    runs["python -c pass"].append((floor, floor, float("nan")))
         finally:
             client.images.remove(baked, force=True)
         rows = []
         for mode, results in runs.items():
             ready = [r[1] for r in results]
             rows.append((mode, statistics.median(r[0] for r in results),
-                         statistics.median(ready), min(ready), max(ready)))
-    print(f"\n{'model':<6} {'create+start s':>14} {'→ /ready median s':>18} {'min':>6} {'max':>6}")
-    for mode, started, med, lo, hi in rows:
-        print(f"{mode:<6} {started:>14.2f} {med:>18.2f} {lo:>6.2f} {hi:>6.2f}")
+                         statistics.median(ready), min(ready), max(ready),
+                         statistics.median(r[2] for r in results)))
+    print(f"\n{'model':<16} {'create+start s':>14} {'→ /ready median s':>18} {'min':>6} "
+          f"{'max':>6} {'CPU s to ready':>15}   (python -c pass: → exit)")
+    for mode, started, med, lo, hi, cpu in rows:
+        print(f"{mode:<16} {started:>14.2f} {med:>18.2f} {lo:>6.2f} {hi:>6.2f} {cpu:>15.2f}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Prediction logs: a bounded in-memory buffer and a background task that ships it.
 
-The request path only appends a tuple to a deque (no I/O, no serialization). A background
-asyncio task turns records into JSON batches and POSTs them to ``MODELPORT_INGEST_URL`` from a
-worker thread, retrying with exponential backoff. When the buffer is full the oldest record is
-dropped and counted; inference never waits on shipping.
+After the response has been sent, the request path encodes its record to JSON (one small
+``orjson.dumps``, a few µs) and appends the bytes to a deque — no I/O. A background asyncio task
+joins buffered records into batches (a byte concatenation) and POSTs them to
+``MODELPORT_INGEST_URL`` from a worker thread, retrying with exponential backoff. Encoding per
+record rather than per batch keeps the event loop from stalling: a 1000-record batch encoded at
+once held it for 10-30 ms every second, which showed up in p99 latency. When the buffer is full
+the oldest record is dropped and counted; inference never waits on shipping.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ MAX_BACKOFF_S = 30.0
 
 
 class PredictionLog:
-    """Bounded buffer of prediction records; when full, the oldest record is dropped."""
+    """Bounded buffer of prediction records, each kept as its JSON encoding (``encode_record``);
+    when full, the oldest record is dropped."""
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = max(1, maxlen)
-        self.records: deque[LogRecord] = deque()
+        self.records: deque[bytes] = deque()
         self.dropped = 0
 
     def add(self, record: LogRecord) -> None:
@@ -47,23 +51,37 @@ class PredictionLog:
             self.records.popleft()
             self.dropped += 1
             metrics.LOG_DROPPED.inc()
-        self.records.append(record)
+        self.records.append(encode_record(record))
 
-    def take(self, n: int) -> list[LogRecord]:
-        out = []
+    def take(self, n: int) -> list[bytes]:
         records = self.records
-        while records and len(out) < n:
-            out.append(records.popleft())
-        return out
+        n = min(n, len(records))
+        return [records.popleft() for _ in range(n)]
 
     def __len__(self) -> int:
         return len(self.records)
 
 
+_second: tuple[int, str] = (-1, "")
+
+
+def iso_timestamp(ts: float) -> str:
+    """``ts`` (Unix seconds) as ISO 8601 UTC with milliseconds, like
+    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` at a tenth of the
+    cost: the date and time up to the second are formatted once per second."""
+    global _second
+    second = int(ts // 1)
+    cached, prefix = _second
+    if cached != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (second, prefix)
+    return f"{prefix}.{int((ts - second) * 1000):03d}+00:00"
+
+
 def record_to_dict(r: LogRecord) -> dict[str, Any]:
     return {
         "request_id": r[0],
-        "timestamp": datetime.fromtimestamp(r[1], UTC).isoformat(timespec="milliseconds"),
+        "timestamp": iso_timestamp(r[1]),
         "latency_ms": round(r[2], 3),
         "status": r[3],
         "endpoint": r[4],
@@ -71,6 +89,21 @@ def record_to_dict(r: LogRecord) -> dict[str, Any]:
         "outputs": r[6],
         "error": r[7],
     }
+
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def encode_record(r: LogRecord) -> bytes:
+    """One record as a JSON object. Inputs or outputs JSON cannot express are logged as their
+    text (truncated) rather than failing the batch they would travel in."""
+    doc = record_to_dict(r)
+    try:
+        return orjson.dumps(doc, option=_DUMPS_OPTIONS, default=str)
+    except (orjson.JSONEncodeError, TypeError, ValueError):
+        doc["inputs"] = str(doc["inputs"])[:10_000]
+        doc["outputs"] = str(doc["outputs"])[:10_000]
+        return orjson.dumps(doc)
 
 
 class ShipError(Exception):
@@ -101,7 +134,9 @@ class Shipper:
         self.interval = interval
         self.timeout = timeout
         self.poster = poster or self._post
-        self.pending: list[LogRecord] = []
+        self.pending: list[bytes] = []
+        head = orjson.dumps(self.envelope)[:-1]  # the envelope object without its closing brace
+        self._head = head + (b',"records":[' if len(head) > 1 else b'"records":[')
         self.failures = 0
         self.shipped = 0
         self._task: asyncio.Task[None] | None = None
@@ -136,7 +171,12 @@ class Shipper:
             await asyncio.sleep(delay)
             delay = self.interval
             metrics.LOG_BUFFERED.set(len(self.buffer))
-            while self.pending or len(self.buffer):
+            # Ship what is buffered now, in full batches; records that arrive meanwhile wait
+            # for the next tick. (Shipping "until the buffer is empty" never ended under steady
+            # traffic: it posted a batch of a few records per request or two, which cost the
+            # server ~200 µs of CPU per request.)
+            batches = -(-len(self.buffer) // self.batch_size) + (1 if self.pending else 0)
+            for _ in range(batches):
                 try:
                     ok = await self.ship_batch()
                 except asyncio.CancelledError:
@@ -184,9 +224,9 @@ class Shipper:
         self.pending = []
         return True
 
-    def encode(self, batch: list[LogRecord]) -> bytes:
-        doc = {**self.envelope, "records": [record_to_dict(r) for r in batch]}
-        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
+    def encode(self, batch: list[bytes]) -> bytes:
+        """The batch document: the envelope plus ``records``, joined from encoded records."""
+        return b"".join((self._head, b",".join(batch), b"]}"))
 
     def _post(self, body: bytes) -> None:
         headers = {"Content-Type": "application/json"}

@@ -324,7 +324,10 @@ def test_prediction_logs_are_shipped_in_batches_with_token(iris_server, receiver
 def test_full_log_buffer_drops_and_counts_while_ingest_is_down(regressor_server) -> None:
     for _ in range(12):  # buffer holds 5; the ingest URL refuses connections
         assert post(regressor_server, {"instances": [[0.01] * 10]}).status_code == 200
-    assert metric(regressor_server, "modelport_prediction_logs_dropped_total") >= 7
+    # 12 records, room for 5 in the buffer plus the one batch (≤ 5) the shipper holds for its
+    # retry: at least 2 dropped — 7 when all 12 arrive before the shipper's first tick (0.2 s),
+    # fewer on a busy machine where a tick moves some into the retry batch first.
+    assert metric(regressor_server, "modelport_prediction_logs_dropped_total") >= 2
     deadline = time.monotonic() + 5
     while metric(regressor_server, "modelport_prediction_log_ship_failures_total") < 1:
         assert time.monotonic() < deadline, "no shipping failure recorded"

@@ -20,7 +20,23 @@ def test_full_buffer_drops_oldest_and_counts() -> None:
     for i in range(5):
         buf.add(record(i))
     assert buf.dropped == 2
-    assert [r[0] for r in buf.take(10)] == ["r2", "r3", "r4"]
+    assert [orjson.loads(r)["request_id"] for r in buf.take(10)] == ["r2", "r3", "r4"]
+
+
+def test_records_are_encoded_when_logged_with_the_same_timestamps_as_datetime() -> None:
+    from datetime import UTC, datetime
+
+    from serving.shipping import encode_record, iso_timestamp
+
+    for ts in (1_700_000_000.0, 1_700_000_000.9995, 1_700_000_059.123456, 1_799_999_999.001):
+        expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+        assert iso_timestamp(ts)[:19] == expected[:19]
+        assert abs(int(iso_timestamp(ts)[20:23]) - int(expected[20:23])) <= 1
+    assert iso_timestamp(1_700_000_000.25) == "2023-11-14T22:13:20.250+00:00"
+    # Values JSON cannot hold are logged as text instead of poisoning the batch.
+    odd = orjson.loads(encode_record(("r", 1_700_000_000.0, 1.0, 200, "invocations",
+                                      {(1, 2): object()}, [1], None)))
+    assert odd["request_id"] == "r" and isinstance(odd["inputs"], str)
 
 
 def test_shipper_sends_batches_with_envelope_and_retries_after_failure() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docker.errors import APIError
 
 from workers.runtimes.base import ReplicaSpec, ReplicaStatus, wait_ready
 
@@ -195,7 +197,7 @@ def test_named_network_mode_uses_container_name_and_fixed_port(
         docker_client: Any, deployment_name: str, monkeypatch: Any, tmp_path: Path) -> None:
     """Compose/production: replicas join a named network, bind 0.0.0.0:8080 in their own
     namespace, publish nothing, and are reached by container name (checked on the call: this
-    host has no bridge network)."""
+    test process is not on that network; the next test runs one for real)."""
     from docker.models.containers import ContainerCollection
 
     from workers.runtimes.docker import DockerRuntime
@@ -217,6 +219,59 @@ def test_named_network_mode_uses_container_name_and_fixed_port(
     assert kwargs["environment"]["MODELPORT_PORT"] == "8080"
     assert "modelport.port" not in kwargs["labels"]
     assert kwargs["user"] == "10001:10001" and kwargs["read_only"] is True
+
+
+def removed(network: Any) -> bool:
+    try:
+        network.remove()
+    except APIError as exc:  # still has an endpoint while its container is being removed
+        return getattr(exc, "status_code", None) == 404
+    return True
+
+
+def test_bridge_network_replica_is_reached_through_a_port_published_on_loopback(
+        docker_client: Any, serving_image: str, iris_model_dir: Path, deployment_name: str,
+        tmp_path: Path) -> None:
+    """A replica on a bridge network this test creates, hardened as always, published on
+    127.0.0.1 only. All test traffic goes to 127.0.0.1 (Docker's proxy forwards it); the
+    network's subnet is taken from 198.18.0.0/15 (RFC 2544, benchmarking), away from the
+    10/8, 172.16/12 and 192.168/16 ranges this machine must not be sent traffic on."""
+    from docker.types import IPAMConfig, IPAMPool
+
+    from workers.runtimes.docker import CONTAINER_PORT, DockerRuntime
+
+    subnet = f"198.18.{int(deployment_name[2:], 16) % 250 + 1}.0/24"
+    network = docker_client.networks.create(
+        f"{deployment_name}-net", driver="bridge", labels={TEST_LABEL: "1"},
+        ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]))
+    try:
+        rt = DockerRuntime(docker_client, network=network.name, publish_host="127.0.0.1",
+                           port_range=(21450, 21499), state_dir=tmp_path / "runtime",
+                           extra_labels={TEST_LABEL: "1"})
+        state = rt.start_replica(spec_for(deployment_name, serving_image, iris_model_dir))
+        assert state.port is not None and 21450 <= state.port <= 21499
+        assert state.url == f"http://127.0.0.1:{state.port}"
+        assert wait_ready(state.url, timeout=180, alive=lambda: rt.get_replica(state.id).alive)
+        assert predict(state.url, ROWS) == [0, 2]
+
+        container = docker_client.containers.get(state.id)
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == [network.name]
+        assert container.attrs["HostConfig"]["NetworkMode"] == network.name
+        assert container.attrs["HostConfig"]["PortBindings"] == {
+            f"{CONTAINER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(state.port)}]}
+        assert_hardened(container, cpu=1.0, memory_mb=768, pids=128)
+        # The healthcheck probes the container's own port 8080, not the published one.
+        assert wait_for(lambda: rt.get_replica(state.id).health == "healthy", timeout=120)
+        assert rt.list_replicas(deployment_name)[0].url == state.url  # rediscovered by labels
+
+        rt.remove_replica(state.id)
+        assert rt.get_replica(state.id).status is ReplicaStatus.MISSING
+    finally:
+        for c in docker_client.api.containers(
+                all=True, filters={"label": f"modelport.deployment={deployment_name}"}):
+            with contextlib.suppress(APIError):  # already gone or being removed
+                docker_client.api.remove_container(c["Id"], force=True, v=True)
+        wait_for(lambda: removed(network))
 
 
 def test_host_paths_are_translated_for_the_daemon(docker_client: Any, tmp_path: Path) -> None:
