@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from config.errors import DomainError
 
 from . import services
-from .models import Deployment, DeploymentEvent, Replica, Revision
+from .models import Deployment, DeploymentEvent, Replica, Revision, ShadowSample
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -87,4 +87,27 @@ class DeploymentEventAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(ShadowSample)
+class ShadowSampleAdmin(admin.ModelAdmin):
+    """What the gateways recorded of the requests they mirrored to shadow revisions (written by
+    the gateway only; the totals are on the deployment's page and in its API detail)."""
+
+    list_display = ["at", "deployment", "revision", "requests", "errors", "dropped", "compared",
+                    "agreed", "p50_ms", "p95_ms"]
+    list_select_related = ["deployment"]
+    list_per_page = 50
+    list_filter = ["at", ("deployment", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["deployment__name"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False

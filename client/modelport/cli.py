@@ -1,8 +1,9 @@
 """``modelport`` — the command line for people (tables, progress) and CI jobs (``--json``).
 
 Exit codes: 0 success, 1 other error, 2 usage, 3 authentication/permission, 4 not found,
-5 conflict (name taken, quota exceeded), 6 invalid input, 7 rate limited, 8 server error,
-9 timed out waiting, 10 what we waited for failed (version ``failed``, deployment ``failed``).
+5 conflict (name taken, quota exceeded, no shadow to promote or discard), 6 invalid input,
+7 rate limited, 8 server error, 9 timed out waiting, 10 what we waited for failed (version
+``failed``, deployment ``failed``).
 """
 
 from __future__ import annotations
@@ -182,21 +183,55 @@ def _watch(client: Client, name: str, out: Output, timeout: float) -> int:
     return 0
 
 
+def _strategy(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``strategy`` object from ``--strategy`` and its options (None: the server's
+    default). Options of another strategy are sent as given: the server names the mismatch."""
+    if not args.strategy:
+        return None
+    strategy: dict[str, Any] = {"type": args.strategy}
+    if args.steps:
+        strategy["steps"] = args.steps
+    if args.interval:
+        strategy["interval_s"] = args.interval
+    if getattr(args, "shadow_percent", None) is not None:
+        strategy["percent"] = args.shadow_percent
+    if getattr(args, "tolerance", None) is not None:
+        strategy["tolerance"] = args.tolerance
+    return strategy
+
+
 def cmd_deploy(client: Client, args: argparse.Namespace, out: Output) -> int:
-    strategy = None
-    if args.strategy:
-        strategy = {"type": args.strategy}
-        if args.steps:
-            strategy["steps"] = [int(s) for s in args.steps.split(",")]
-        if args.interval:
-            strategy["interval_s"] = args.interval
     created = client.deploy(name=args.name, team=args.team, model=args.model,
                             version=args.version, alias=args.alias, replicas=args.replicas,
                             cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
-                            strategy=strategy)
+                            strategy=_strategy(args))
     if args.wait:
         return _watch(client, args.name, out, args.timeout)
     out.emit(created, columns=["name", "status", "revision", "endpoint"])
+    return 0
+
+
+def cmd_update(client: Client, args: argparse.Namespace, out: Output) -> int:
+    changes: dict[str, Any] = {}
+    if args.version is not None:
+        changes["version"] = args.version
+    if args.alias:
+        changes["alias"] = args.alias
+    if args.replicas is not None:
+        changes["replicas"] = args.replicas
+    resources = {"cpu": args.cpu, "memory_mb": args.memory_mb, "gpus": args.gpus}
+    if any(v is not None for v in resources.values()):
+        changes["resources"] = {k: v for k, v in resources.items() if v is not None}
+    strategy = _strategy(args)
+    if strategy:
+        changes["strategy"] = strategy
+    if not changes:
+        raise errors.BadRequest("nothing to change: give --version, --alias, --replicas, "
+                                "--cpu, --memory-mb, --gpus or --strategy")
+    updated = client.update_deployment(args.name, **changes)
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(updated, columns=["name", "status", "revision", "strategy"])
     return 0
 
 
@@ -210,11 +245,35 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
     print(f"{dep['name']}: {dep['status']} (revision {dep.get('revision')}) "
           f"{dep.get('status_message', '')}")
     out.emit(dep.get("replicas", []), columns=["id", "revision", "status", "url"])
+    shadow = dep.get("shadow")
+    if shadow:
+        print(f"\nshadow: revision {shadow['revision']} gets a copy of {shadow['percent']}% of "
+              "requests (answers go nowhere; promote or discard it)")
+        agreement = shadow.get("agreement")
+        out.emit({**shadow, "agreement": None if agreement is None else f"{agreement:.1%}"},
+                 columns=["requests", "errors", "dropped", "compared", "agreed", "agreement",
+                          "p50_ms", "p95_ms"])
     return 0
 
 
 def cmd_rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
     result = client.rollback(args.name, args.revision)
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(result, columns=["name", "status", "revision"])
+    return 0
+
+
+def cmd_promote(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.promote(args.name, _strategy(args))
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(result, columns=["name", "status", "revision", "strategy"])
+    return 0
+
+
+def cmd_discard(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.discard(args.name)
     if args.wait:
         return _watch(client, args.name, out, args.timeout)
     out.emit(result, columns=["name", "status", "revision"])
@@ -255,6 +314,29 @@ def cmd_quota_request(client: Client, args: argparse.Namespace, out: Output) -> 
 
 
 # --- parser ---------------------------------------------------------------------------------------
+def _steps(value: str) -> list[int]:
+    try:
+        return [int(step) for step in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole percentages separated by commas, e.g. 10,50,100 (got {value!r})"
+        ) from None
+
+
+def _strategy_arguments(parser: argparse.ArgumentParser, *, shadow: bool = True,
+                        default: str = "rolling") -> None:
+    kinds = ["rolling", "blue_green", "canary", *(["shadow"] if shadow else [])]
+    parser.add_argument("--strategy", choices=kinds,
+                        help=f"how the new revision rolls out (default: {default})")
+    parser.add_argument("--steps", type=_steps, help="canary traffic steps, e.g. 10,50,100")
+    parser.add_argument("--interval", type=int, help="seconds between canary steps")
+    if shadow:
+        parser.add_argument("--shadow-percent", type=int,
+                            help="shadow: share of requests mirrored, 1-100 (default 100)")
+        parser.add_argument("--tolerance", type=float,
+                            help="shadow: numeric predictions this close agree (default 1e-6)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelport", description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="platform URL (default: $MODELPORT_URL or login config)")
@@ -319,12 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--cpu", type=float, default=1.0)
     deploy.add_argument("--memory-mb", type=int, default=1024)
     deploy.add_argument("--gpus", type=int, default=0)
-    deploy.add_argument("--strategy", choices=["rolling", "blue_green", "canary"])
-    deploy.add_argument("--steps", help="canary traffic steps, e.g. 10,50,100")
-    deploy.add_argument("--interval", type=int, help="seconds between canary steps")
+    _strategy_arguments(deploy)
     deploy.add_argument("--wait", action="store_true")
     deploy.add_argument("--timeout", type=float, default=600)
     deploy.set_defaults(func=cmd_deploy)
+
+    update = sub.add_parser("update", help="change a deployment (a new revision), e.g. shadow "
+                                           "a new version")
+    update.add_argument("name")
+    which = update.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int)
+    which.add_argument("--alias")
+    update.add_argument("--replicas", type=int)
+    update.add_argument("--cpu", type=float)
+    update.add_argument("--memory-mb", type=int)
+    update.add_argument("--gpus", type=int)
+    _strategy_arguments(update, default="the deployment's current strategy")
+    update.add_argument("--wait", action="store_true")
+    update.add_argument("--timeout", type=float, default=600)
+    update.set_defaults(func=cmd_update)
 
     status = sub.add_parser("status", help="a deployment's status (--watch: live progress)")
     status.add_argument("name")
@@ -338,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--wait", action="store_true")
     rollback.add_argument("--timeout", type=float, default=600)
     rollback.set_defaults(func=cmd_rollback)
+
+    promote = sub.add_parser("promote", help="roll a shadow revision out for real")
+    promote.add_argument("name")
+    _strategy_arguments(promote, shadow=False)
+    promote.add_argument("--wait", action="store_true")
+    promote.add_argument("--timeout", type=float, default=600)
+    promote.set_defaults(func=cmd_promote)
+
+    discard = sub.add_parser("discard", help="end a shadow without promoting it")
+    discard.add_argument("name")
+    discard.add_argument("--wait", action="store_true")
+    discard.add_argument("--timeout", type=float, default=600)
+    discard.set_defaults(func=cmd_discard)
 
     logs = sub.add_parser("logs", help="container logs of a deployment's replicas")
     logs.add_argument("name")

@@ -272,6 +272,18 @@ class Client:
         body = {"revision": revision} if revision else {}
         return self.request("POST", f"/deployments/{name}/rollback/", json=body)
 
+    def promote(self, name: str, strategy: JSON | None = None) -> JSON:
+        """End a shadow by rolling its version out for real, as a new revision with
+        ``strategy`` (default rolling; not shadow). ``Conflict`` (code ``no_shadow``) when
+        nothing shadows."""
+        body = {"strategy": strategy} if strategy else {}
+        return self.request("POST", f"/deployments/{name}/promote/", json=body)
+
+    def discard(self, name: str) -> JSON:
+        """End a shadow without promoting it: back to the serving revision's spec.
+        ``Conflict`` (code ``no_shadow``) when nothing shadows."""
+        return self.request("POST", f"/deployments/{name}/discard/")
+
     def stop(self, name: str) -> JSON:
         return self.request("POST", f"/deployments/{name}/stop/")
 

@@ -7,10 +7,15 @@ import json
 import stat
 
 import pytest
+from django.utils import timezone
 from modelport import Client, Conflict, NotFound, cli
 from modelport.errors import AuthenticationError
 
+from deployments.models import Deployment, Revision, ShadowSample
+from registry.models import RegisteredModel
+from teams.models import Team
 from teams.roles import Role
+from tests.deployments.conftest import make_version
 from tests.factories import PASSWORD, MembershipFactory, TeamFactory, UserFactory
 from tests.registry.conftest import zip_dir
 
@@ -119,3 +124,113 @@ def test_table_output_for_people():
     text = cli.table([{"name": "iris", "tags": ["a", "b"], "latest_version": None}],
                      ["name", "tags", "latest_version"])
     assert text.splitlines() == ["NAME  TAGS  LATEST_VERSION", "iris  a,b   -"]
+
+
+# --- deployments: the shadow strategy ----------------------------------------------------------
+@pytest.fixture
+def iris_versions(engineer, iris_dir):
+    """Two ready iris versions made directly (no validation sandbox), as tests/deployments
+    makes them."""
+    model = RegisteredModel.objects.create(name="iris", team=Team.objects.get(slug="ml-search"),
+                                           created_by=engineer)
+    return [make_version(model, number, iris_dir) for number in (1, 2)]
+
+
+@pytest.fixture
+def no_reconcile(monkeypatch):
+    """Record reconcile requests instead of running them. The reconciler starts containers on
+    Docker; the shadow's end-to-end run (replicas, mirroring, promote, discard) is
+    tests/deployments/test_shadow.py. Here the server's answers to the client are tested."""
+    calls: list[int] = []
+    monkeypatch.setattr("deployments.services.enqueue_reconcile", calls.append)
+    return calls
+
+
+def shadowing(name: str, *, serving: int, shadow: int, percent: int) -> None:
+    """What the reconciler leaves while shadowing (serving revision active with all traffic, the
+    new one in state shadow) and what the gateway records of two seconds of mirroring."""
+    d = Deployment.objects.get(name=name)
+    Revision.objects.filter(deployment=d, number=serving).update(state="active")
+    Revision.objects.filter(deployment=d, number=shadow).update(state="shadow")
+    Deployment.objects.filter(pk=d.pk).update(
+        status="healthy", traffic=[{"revision": serving, "percent": 100}],
+        shadow={"revision": shadow, "percent": percent, "tolerance": 0.001})
+    for requests, agreed, p50, p95 in ((30, 29, 2.0, 4.0), (10, 10, 4.0, 8.0)):
+        ShadowSample.objects.create(deployment=d, revision=shadow, at=timezone.now(),
+                                    requests=requests, errors=0, compared=requests,
+                                    agreed=agreed, p50_ms=p50, p95_ms=p95)
+
+
+def test_cli_update_starts_a_shadow_and_promote_or_discard_without_one_is_a_conflict(
+        live_server, token, iris_versions, no_reconcile, capsys):
+    base = ["--url", live_server.url, "--token", token]
+    assert cli.main([*base, "deploy", "iris-prod", "--team", "ml-search", "--model", "iris",
+                     "--version", "1", "--cpu", "0.5", "--memory-mb", "512"]) == 0
+    capsys.readouterr()
+
+    assert cli.main([*base, "promote", "iris-prod"]) == 5
+    assert "has no shadow to promote" in capsys.readouterr().err
+    assert cli.main([*base, "--json", "discard", "iris-prod"]) == 5
+    error = json.loads(capsys.readouterr().err)
+    assert error["status"] == 409 and error["code"] == "no_shadow"
+    with Client(live_server.url, token) as mp, pytest.raises(Conflict) as conflict:
+        mp.promote("iris-prod", {"type": "canary"})
+    assert conflict.value.code == "no_shadow"
+
+    assert cli.main([*base, "update", "iris-prod", "--strategy", "canary",
+                     "--shadow-percent", "20"]) == 6
+    assert "only to shadow" in capsys.readouterr().err
+    assert cli.main([*base, "update", "iris-prod"]) == 6
+    assert "nothing to change" in capsys.readouterr().err
+    assert cli.main([*base, "--json", "update", "iris-prod", "--version", "2", "--strategy",
+                     "shadow", "--shadow-percent", "20", "--tolerance", "0.001"]) == 0
+    updated = json.loads(capsys.readouterr().out)
+    assert updated["revision"] == 2 and updated["version"] == 2
+    assert updated["strategy"] == {"type": "shadow", "percent": 20, "tolerance": 0.001}
+    assert updated["shadow"] is None  # until the reconciler has started it
+    assert len(no_reconcile) == 2
+
+
+def test_cli_status_shows_the_shadow_numbers_then_discard_and_promote_end_it(
+        live_server, token, iris_versions, no_reconcile, capsys):
+    base = ["--url", live_server.url, "--token", token]
+    with Client(live_server.url, token) as mp:
+        mp.deploy(name="iris-prod", team="ml-search", model="iris", version=1, cpu=0.5,
+                  memory_mb=512)
+        mp.update_deployment("iris-prod", version=2, strategy={"type": "shadow", "percent": 20})
+    shadowing("iris-prod", serving=1, shadow=2, percent=20)
+
+    assert cli.main([*base, "status", "iris-prod"]) == 0
+    text = capsys.readouterr().out
+    assert "shadow: revision 2 gets a copy of 20% of requests" in text
+    header, row = text.strip().splitlines()[-2:]
+    assert header.split() == ["REQUESTS", "ERRORS", "DROPPED", "COMPARED", "AGREED",
+                              "AGREEMENT", "P50_MS", "P95_MS"]
+    assert row.split() == ["40", "0", "0", "40", "39", "97.5%", "2.5", "5.0"]
+    assert cli.main([*base, "--json", "status", "iris-prod"]) == 0
+    assert json.loads(capsys.readouterr().out)["shadow"] == {
+        "revision": 2, "percent": 20, "requests": 40, "errors": 0, "dropped": 0,
+        "compared": 40, "agreed": 39, "agreement": 0.975, "p50_ms": 2.5, "p95_ms": 5.0}
+
+    # Discard: back to revision 1's spec as revision 3, rolled out with rolling.
+    assert cli.main([*base, "--json", "discard", "iris-prod"]) == 0
+    discarded = json.loads(capsys.readouterr().out)
+    assert discarded["revision"] == 3 and discarded["version"] == 1
+    assert discarded["strategy"]["type"] == "rolling"
+    assert cli.main([*base, "discard", "iris-prod"]) == 5  # revision 3 is no shadow
+    capsys.readouterr()
+
+    # Shadow v2 again, then promote it with a canary.
+    with Client(live_server.url, token) as mp:
+        mp.update_deployment("iris-prod", version=2, strategy={"type": "shadow"})
+    shadowing("iris-prod", serving=3, shadow=4, percent=100)
+    assert cli.main([*base, "--json", "promote", "iris-prod", "--strategy", "canary",
+                     "--steps", "50,100"]) == 0
+    promoted = json.loads(capsys.readouterr().out)
+    assert promoted["revision"] == 5 and promoted["version"] == 2
+    assert promoted["strategy"]["type"] == "canary" and promoted["strategy"]["steps"] == [50, 100]
+    assert Revision.objects.get(deployment__name="iris-prod", number=5).reason == \
+        "promote shadow revision 4"
+    with pytest.raises(SystemExit) as usage:  # promoting to another shadow is no choice
+        cli.main([*base, "promote", "iris-prod", "--strategy", "shadow"])
+    assert usage.value.code == 2
