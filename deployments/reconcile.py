@@ -210,6 +210,13 @@ class Reconciler:
         return self._ingest_env
 
     def remove_container(self, replica_id: str) -> None:
+        """Stop the replica gracefully first (SIGTERM: the model server ships the prediction
+        logs still in its buffer, up to a second's worth), then remove it. A dead replica's stop
+        is a no-op; one that ignores SIGTERM is killed after MODELPORT_STOP_TIMEOUT_S."""
+        try:
+            self.runtime.stop_replica(replica_id, timeout=settings.MODELPORT_STOP_TIMEOUT_S)
+        except Exception:  # removal below is what matters; a failed stop only loses logs
+            log.warning("graceful stop of %s failed; removing it", replica_id, exc_info=True)
         self.runtime.remove_replica(replica_id)
         if self.d.gpus:
             admission.release_gpus(owner=f"{self.d.owner}/{replica_id}")

@@ -283,6 +283,8 @@ CELERY_BEAT_SCHEDULE["registry-mlflow-sync"] = {
 MODELPORT_RECONCILE_SECONDS = env_int("MODELPORT_RECONCILE_SECONDS", 10, minimum=1)
 MODELPORT_READY_TIMEOUT_S = env_int("MODELPORT_READY_TIMEOUT_S", 180, minimum=1)
 MODELPORT_DRAIN_SECONDS = env_float("MODELPORT_DRAIN_SECONDS", 3, minimum=0)
+# Replicas being removed get SIGTERM and this long to ship their last prediction logs.
+MODELPORT_STOP_TIMEOUT_S = env_float("MODELPORT_STOP_TIMEOUT_S", 5, minimum=0)
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.
