@@ -320,8 +320,10 @@ class Reconciler:
                            f"Replacing {len(missing)} replica(s) of revision {target.number}.",
                            d.progress)
             # GPU deployments hold exactly their reserved devices: no surge, replace in place.
-            rolling = (d.strategy_type == "rolling" or (d.gpus and serving is None)) and old \
-                and first_rollout
+            # A rollback starts every replica first and switches at once (blue/green).
+            rollback = bool((target.spec or {}).get("rollback_of"))
+            rolling = ((d.strategy_type == "rolling" and not rollback)
+                       or (d.gpus and serving is None)) and old and first_rollout
             if rolling:
                 result = self.rolling(target, model_dir, missing, ours, old)
             else:
@@ -341,7 +343,8 @@ class Reconciler:
             return "starting"
         if serving is not None:
             return self.shadow(target, serving, len(ready))
-        if old and first_rollout and d.strategy_type == "canary":
+        if old and first_rollout and d.strategy_type == "canary" \
+                and not (target.spec or {}).get("rollback_of"):
             result = self.canary(target, old)
             if result:
                 return result

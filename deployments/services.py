@@ -201,10 +201,15 @@ def _spec(d: Deployment) -> dict[str, Any]:
             "strategy": d.strategy}
 
 
-def _new_revision(d: Deployment, target: ModelVersion, *, actor, reason: str) -> Revision:
+def _new_revision(d: Deployment, target: ModelVersion, *, actor, reason: str,
+                  rollback_of: int | None = None) -> Revision:
     number = (d.revisions.aggregate(top=Max("number"))["top"] or 0) + 1
     spec = _spec(d)
     spec["model_version"] = target.version
+    if rollback_of is not None:
+        # The reconciler switches a rollback's traffic at once (blue/green), whatever the
+        # deployment's strategy: an incident rollback must not walk canary steps.
+        spec["rollback_of"] = rollback_of
     revision = Revision.objects.create(deployment=d, number=number, model_version=target,
                                        spec=spec, reason=reason[:200], created_by=actor)
     d.revision = number
@@ -310,7 +315,8 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
     d.version, d.alias, d.replicas, d.strategy = pinned, new_alias, new_replicas, new_strategy
     d.cpu, d.memory_mb, d.gpus = cpu, memory_mb, gpus
     changed = (current is None or current.model_version_id != target.pk
-               or _spec(d) != {k: v for k, v in current.spec.items() if k != "model_version"})
+               or _spec(d) != {k: v for k, v in current.spec.items()
+                               if k not in ("model_version", "rollback_of")})
     if not changed:
         d.save()
         return d
@@ -374,7 +380,7 @@ def rollback(*, actor, deployment: Deployment, revision: int | None = None,
         admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
                              memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
     _new_revision(d, source.model_version, actor=actor,
-                  reason=f"rollback to revision {source.number}")
+                  reason=f"rollback to revision {source.number}", rollback_of=source.number)
     audit.record(actor=actor, action="deployment.rolled_back", obj=d, team=d.team,
                  before=before, after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)

@@ -124,6 +124,28 @@ def test_canary_steps_traffic(fast, engineer, team, v1, v2, upstreams):  # noqa:
     assert d.traffic == [{"revision": 2, "percent": 100}]
 
 
+def test_a_rollback_of_a_canary_deployment_switches_at_once(fast, engineer, team, v1, v2,
+                                                           upstreams):  # noqa: F811
+    runtime = FakeRuntime(upstreams)
+    d = create(engineer, team, replicas=1,
+               strategy={"type": "canary", "steps": [10, 50, 100], "interval_s": 0})
+    reconcile_deployment(d.pk, runtime)
+    services.update_deployment(actor=engineer, deployment=d, version=2)
+    assert reconcile_deployment(d.pk, runtime) == "healthy"
+    services.rollback(actor=engineer, deployment=d)
+    assert reconcile_deployment(d.pk, runtime) == "healthy"
+    d.refresh_from_db()
+    assert d.strategy_type == "canary"  # kept for the next change
+    assert d.traffic == [{"revision": 3, "percent": 100}]
+    rollback_traffic = list(d.events.filter(kind="traffic", revision=3)
+                            .values_list("message", flat=True))
+    assert rollback_traffic and not any("Canary" in m for m in rollback_traffic)
+    # The next version change walks the canary steps again.
+    services.update_deployment(actor=engineer, deployment=d, version=2)
+    assert reconcile_deployment(d.pk, runtime) == "healthy"
+    assert d.events.filter(kind="traffic", revision=4, message__contains="Canary").exists()
+
+
 def test_stop_removes_replicas(fast, engineer, team, v1, upstreams):  # noqa: F811
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team)
