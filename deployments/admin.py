@@ -30,7 +30,8 @@ class RevisionInline(ReadOnlyInline):
 
 class ReplicaInline(ReadOnlyInline):
     model = Replica
-    fields = ["runtime_id", "revision", "status", "ready", "url", "restart_count", "last_probe"]
+    fields = ["runtime_id", "revision", "status", "ready", "url", "host", "host_status",
+              "restart_count", "last_probe"]
     readonly_fields = fields
 
 

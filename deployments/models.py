@@ -169,6 +169,23 @@ class Replica(models.Model):
     message = models.TextField(blank=True)
     restart_count = models.PositiveIntegerField(default=0)
     last_probe = models.DateTimeField(null=True, blank=True)
+    # Placement on one of several plain Docker hosts (a docker target with "placement":
+    # "hosts", see workers/hosts.py). Empty on every other target: there the runtime is the
+    # truth and this row only a cache.
+    host = models.ForeignKey("quotas.Host", null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="replicas")
+    cpu = models.DecimalField(max_digits=7, decimal_places=2, default=0,
+                              help_text="What it reserves on its host.")
+    memory_mb = models.PositiveIntegerField(default=0)
+    gpus = models.PositiveIntegerField(default=0)
+    host_status = models.CharField(
+        max_length=20, blank=True,
+        help_text="What its host worker last reported: placing, running, starting, exited, "
+                  "dead, missing, failed; lost when the host stopped answering.")
+    exit_code = models.IntegerField(null=True, blank=True)
+    host_logs = models.TextField(blank=True, help_text="The last log lines its host reported.")
+    placed_at = models.DateTimeField(null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -176,7 +193,6 @@ class Replica(models.Model):
 
     def __str__(self) -> str:
         return self.runtime_id
-
 
 
 

@@ -27,6 +27,8 @@ from django.utils import timezone
 
 from registry import storage
 from registry.models import ModelVersion
+from workers.hosts import PlacementPending
+from workers.runtimes import ReplicaStatus
 
 from . import admission
 from .locks import deployment_lock
@@ -42,6 +44,8 @@ from .models import (
 
 log = logging.getLogger(__name__)
 Kind = DeploymentEvent.Kind
+PUBLISHED_FIELDS = ["revision", "index", "status", "ready", "url", "message", "restart_count",
+                    "last_probe", "updated_at"]
 
 
 # --- Helpers ------------------------------------------------------------------------------------
@@ -136,6 +140,10 @@ class Reconciler:
         self.draining: set[str] = set()
         self.load_error = ""
         self._ingest_env: dict[str, str] | None = None
+        # Several plain Docker hosts: the runtime places replicas, owns their rows and GPUs.
+        self.places = bool(getattr(runtime, "places_replicas", False))
+        self.rescheduled: dict[int, str] = {}  # replica index -> the lost host it ran on
+        self.no_room = ""  # why a replica could not be placed now (no host had room, …)
 
     # What runs, published to the DB cache the API and the gateway read.
     def observe(self) -> list[Any]:
@@ -152,6 +160,8 @@ class Reconciler:
         with transaction.atomic():
             rows = {r.runtime_id: r for r in Replica.objects.filter(deployment=d)}
             for s in states:
+                if self.places and s.id not in rows:
+                    continue  # removed meanwhile: the placing runtime's rows are its state
                 ready = s.alive and s.id not in self.draining and probe(s.url)
                 status = "draining" if s.id in self.draining else (
                     "ready" if ready else s.status.value)
@@ -160,7 +170,10 @@ class Reconciler:
                     ready
                 row.url, row.message = s.url or "", s.message or ""
                 row.restart_count, row.last_probe = s.restart_count, now
-                row.save()
+                if row.pk is None:
+                    row.save()
+                else:  # never clobber what a host worker reports meanwhile
+                    row.save(update_fields=PUBLISHED_FIELDS)
                 seen.append(s.id)
                 signature.append((s.id, s.revision, s.url, ready))
             Replica.objects.filter(deployment=d).exclude(runtime_id__in=seen).delete()
@@ -283,6 +296,13 @@ class Reconciler:
                 event(d, f"Scaling down: removing {s.id}.", revision=target.number)
                 self.remove([s], drain=True)
                 del ours[index]
+            elif s.status == ReplicaStatus.LOST:  # its host stopped answering: not a crash
+                event(d, f"Rescheduling replica {index} of revision {target.number}: its host "
+                         f"{s.host or '?'} was lost ({s.id}).", kind=Kind.WARNING,
+                      revision=target.number)
+                self.remove_container(s.id)
+                self.rescheduled[index] = s.host
+                del ours[index]
             elif not s.alive:
                 logs = self.last_logs(s.id)
                 event(d, f"Replica {s.id} {s.status.value} (exit code {s.exit_code}"
@@ -375,7 +395,11 @@ class Reconciler:
             return
         model_dir = str(model_dir_for(revision.model_version))
         for index in missing:
-            self.wait(revision, self.start(revision, model_dir, index))
+            try:
+                self.wait(revision, self.start(revision, model_dir, index))
+            except PlacementPending as exc:
+                self.capacity_short(revision, exc, started=1)
+                return
 
     # --- strategies ---------------------------------------------------------------------------
     def serving_revision(self, target: Revision) -> Revision | None:
@@ -465,14 +489,44 @@ class Reconciler:
                            model_name=d.model.name,
                            model_version=str(target.model_version.version),
                            cpu=float(d.cpu), memory_mb=d.memory_mb)
-        if d.gpus:
+        if d.gpus and self.places:
+            spec.gpus = d.gpus  # the placing runtime allocates devices on the chosen host
+        elif d.gpus:
             spec.gpu_device_ids = admission.gpu_devices(team=d.team, count=d.gpus,
                                                         owner=f"{d.owner}/{spec.name}")
-        spec.env.update(self.ingest_env())
+        if not self.places:  # host workers issue their replicas' ingest tokens themselves
+            spec.env.update(self.ingest_env())
         state = self.runtime.start_replica(spec)
-        event(d, f"Started replica {state.id} ({state.url or 'no url'}).",
+        where = f" on host {state.host}" if state.host else ""
+        event(d, f"Started replica {state.id}{where} ({state.url or 'no url'}).",
               revision=target.number)
+        lost_host = self.rescheduled.pop(index, None)
+        if lost_host is not None:
+            from teams import audit
+
+            audit.record(actor=None, action="deployment.replica_rescheduled", obj=d,
+                         team=d.team, before={"replica": index, "host": lost_host},
+                         after={"replica": index, "host": state.host, "id": state.id,
+                                "revision": target.number})
         return state
+
+    def capacity_short(self, target: Revision, exc: PlacementPending, started: int = 0) -> str:
+        """A replica cannot be placed now (no host has room, or the host has not reported it
+        yet): an event (once per distinct reason), the deployment pending (nothing runs) or
+        degraded, the revision not failed; beat retries."""
+        d = self.d
+        message = str(exc)
+        self.no_room = f"Waiting for {exc.waiting_for}: {message}"
+        last = d.events.filter(kind=Kind.WARNING).values_list("message", flat=True).first()
+        if last != message:
+            event(d, message, kind=Kind.WARNING, revision=target.number)
+        if started:
+            return ""
+        running = any(s.status == ReplicaStatus.RUNNING for s in self.observe())
+        set_status(d, DeploymentStatus.DEGRADED if running else DeploymentStatus.PENDING,
+                   self.no_room, d.progress)
+        self.publish()
+        return "no-capacity"
 
     def wait(self, target: Revision, state: Any) -> bool:
         """Poll the replica's /ready until 200; give up early when the container exits or the
@@ -495,8 +549,14 @@ class Reconciler:
     def start_and_wait(self, target: Revision, model_dir: str, missing: list[int],
                        ours: dict[int, Any], *, first_rollout: bool = True) -> str | None:
         d = self.d
+        started: list[Any] = []
         try:
-            started = [self.start(target, model_dir, i) for i in missing]
+            for i in missing:
+                started.append(self.start(target, model_dir, i))
+        except PlacementPending as exc:
+            outcome = self.capacity_short(target, exc, started=len(started))
+            if outcome:
+                return outcome
         except Exception as exc:  # noqa: BLE001
             if not first_rollout:  # a healthy revision is not failed by one replacement
                 event(d, f"Replica replacement failed: {exc}", kind=Kind.WARNING,
@@ -539,6 +599,8 @@ class Reconciler:
                 self.publish()
             try:
                 state = self.start(target, model_dir, index)
+            except PlacementPending as exc:
+                return self.capacity_short(target, exc) or "no-capacity"
             except Exception as exc:  # noqa: BLE001
                 return self.fail(target, f"Starting replica {index} failed: {exc}",
                                  self.old_alive(target))
@@ -712,8 +774,10 @@ class Reconciler:
             else:
                 Deployment.objects.filter(pk=d.pk).update(reconciled_at=now)
             return "healthy"
+        waiting = f" {self.no_room}" if self.no_room else ""
         set_status(d, DeploymentStatus.DEGRADED,
-                   f"{ready} of {d.replicas} replica(s) ready (revision {target.number}).", 100)
+                   f"{ready} of {d.replicas} replica(s) ready (revision {target.number})."
+                   f"{waiting}", 100)
         return "degraded"
 
     def revoke_ingest(self) -> None:

@@ -165,8 +165,15 @@ class GpuDeviceInline(admin.TabularInline):
 @admin.register(Host)
 class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     list_display = ["name", "kind", "cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
-                    "gpu_count", "active"]
-    list_filter = ["kind", "active"]
+                    "gpu_count", "active", "state", "last_heartbeat", "placed_replicas"]
+    list_filter = ["kind", "active", "state"]
+    # Written by the host worker's heartbeat (several plain Docker hosts), not by hand.
+    heartbeat_fields = ["queue", "target", "address", "docker_version", "state",
+                        "last_heartbeat", "lost_at"]
+
+    @admin.display(description="Replicas placed")
+    def placed_replicas(self, host: Host) -> int:
+        return host.replicas.count()
     search_fields = ["name", "gpus__device_id", "gpus__model"]
     inlines = [GpuDeviceInline]
 
@@ -175,7 +182,7 @@ class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
         return host.gpus.filter(active=True).count()
 
     def get_readonly_fields(self, request, obj=None):
-        return ["name"] if obj else []
+        return ["name", *self.heartbeat_fields] if obj else self.heartbeat_fields
 
     def save_model(self, request: HttpRequest, obj: Host, form, change: bool) -> None:
         values = {f: getattr(obj, f) for f in ("cpu", "memory_mb", "cpu_overcommit",

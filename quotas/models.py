@@ -172,6 +172,10 @@ class Host(models.Model):
         HOST = "host", "Host"
         POOL = "pool", "Pool"
 
+    class State(models.TextChoices):
+        ALIVE = "alive", "Alive"
+        LOST = "lost", "Lost (no heartbeat)"
+
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.HOST)
     cpu = models.DecimalField(**CPU_FIELD)
@@ -179,6 +183,23 @@ class Host(models.Model):
     cpu_overcommit = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("1"))
     memory_overcommit = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("1"))
     active = models.BooleanField(default=True)
+    # A Docker host running a host worker (``MODELPORT_HOST_NAME``) registers and refreshes
+    # itself with these; hosts registered by hand (capacity only) leave them empty.
+    queue = models.CharField(
+        max_length=120, blank=True,
+        help_text="Celery queue its host worker consumes (host.<name>); empty: capacity only, "
+                  "no replicas are placed here.")
+    target = models.ForeignKey(
+        "workers.ExecutionTarget", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="hosts",
+        help_text="The multi-host docker target whose replicas may be placed here.")
+    address = models.CharField(max_length=200, blank=True,
+                               help_text="Where its replicas answer (the host worker's "
+                                         "MODELPORT_HOST_ADDRESS).")
+    docker_version = models.CharField(max_length=40, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ALIVE)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    lost_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -191,6 +212,11 @@ class Host(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_docker_host(self) -> bool:
+        """Registered by a host worker: replicas can be placed here."""
+        return bool(self.queue)
 
 
 class GpuDevice(models.Model):

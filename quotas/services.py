@@ -403,18 +403,21 @@ def gpu_models() -> list[str]:
                 .values_list("model", flat=True).distinct())
 
 
-def _free_devices(model: str | None):
+def _free_devices(model: str | None, host: Host | None = None):
     busy = GpuAllocation.objects.filter(device=OuterRef("pk"), released_at__isnull=True)
     devices = GpuDevice.objects.filter(active=True, host__active=True).filter(~Exists(busy))
     if model:
         devices = devices.filter(model=model)
+    if host is not None:
+        devices = devices.filter(host=host)
     return devices.order_by("host__name", "device_id")
 
 
 def allocate_gpus(*, team: Team, count: int, owner: str, model: str | None = None,
-                  actor=None) -> list[GpuAllocation]:
+                  actor=None, host: Host | None = None) -> list[GpuAllocation]:
     """Hand ``count`` specific devices to one replica (``owner``), within the team's reserved
-    GPUs. Idempotent for the same owner and count. Devices are never shared."""
+    GPUs. Idempotent for the same owner and count. Devices are never shared. ``host``: only
+    that host's devices (a replica placed on one of several Docker hosts)."""
     owner = _owner(owner)
     count = _whole(count, "count")
     if count < 1 or count > MAX_AMOUNT["gpus"]:
@@ -423,14 +426,15 @@ def allocate_gpus(*, team: Team, count: int, owner: str, model: str | None = Non
         raise InvalidInput(f"No GPU model '{model}' in the inventory.", field="gpu_model")
     for _attempt in range(5):
         try:
-            return _allocate_gpus(team=team, count=count, owner=owner, model=model, actor=actor)
+            return _allocate_gpus(team=team, count=count, owner=owner, model=model, actor=actor,
+                                  host=host)
         except IntegrityError:  # another team took the same device between read and insert
             continue
     raise Conflict("GPU inventory is busy; try again.", code="gpu_contention")
 
 
 @transaction.atomic
-def _allocate_gpus(*, team, count, owner, model, actor) -> list[GpuAllocation]:
+def _allocate_gpus(*, team, count, owner, model, actor, host=None) -> list[GpuAllocation]:
     _locked_quota(team)
     existing = list(GpuAllocation.objects.active().filter(owner=owner).select_related("device"))
     if existing:
@@ -444,9 +448,9 @@ def _allocate_gpus(*, team, count, owner, model, actor) -> list[GpuAllocation]:
         raise Conflict(f"needs {count} GPU{'s' if count != 1 else ''}; team {team.slug} has "
                        f"{reserved - in_use} of {reserved} reserved GPUs unassigned.",
                        code="quota_exceeded")
-    devices = list(_free_devices(model).select_for_update(skip_locked=True)[:count])
+    devices = list(_free_devices(model, host).select_for_update(skip_locked=True)[:count])
     if len(devices) < count:
-        what = f" of model {model}" if model else ""
+        what = (f" of model {model}" if model else "") + (f" on {host.name}" if host else "")
         raise Conflict(f"needs {count} GPU{'s' if count != 1 else ''}{what}; only "
                        f"{len(devices)} free in the inventory.", code="gpus_unavailable")
     now = timezone.now()
@@ -892,6 +896,9 @@ def capacity(user) -> dict:
     visible = set(Team.objects.visible_to(user).values_list("pk", flat=True))
     active_allocations = {a.device_id: a for a in GpuAllocation.objects.active()
                           .select_related("team")}
+    from workers.placement import host_summaries
+
+    docker = {h["name"]: h for h in host_summaries()}  # hosts with a host worker
     hosts = []
     for host in Host.objects.prefetch_related("gpus").order_by("name"):
         devices = []
@@ -913,6 +920,7 @@ def capacity(user) -> dict:
             "schedulable_memory_mb": int(host.memory_mb * host.memory_overcommit),
             "gpus_allocated": sum(1 for d in devices if d["allocated_to"]),
             "gpus": devices,
+            "docker": docker.get(host.name),
         })
     reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
     committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])

@@ -19,6 +19,7 @@ from .env import (
     env_int,
     env_list,
     env_path,
+    env_pattern,
     env_port_range,
     env_str,
 )
@@ -252,6 +253,36 @@ MODELPORT_PORT_RANGE = env_port_range("MODELPORT_PORT_RANGE", (20000, 20999))
 # flagged default (the migration creates "default": this machine's Docker, as configured above).
 MODELPORT_DEFAULT_TARGET = env_str("MODELPORT_DEFAULT_TARGET", "")
 MODELPORT_SERVING_BASE_IMAGE = env_str("MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
+
+# --- Several plain Docker hosts (docs/beyond-one-host.md) ------------------------------------
+# Set on a host worker only: the Celery worker started on each Docker host of a multi-host
+# docker target ("placement": "hosts"). It consumes MODELPORT_HOST_QUEUE (host.<name>), starts
+# and removes that host's replicas on its local Docker Engine, and registers the host (CPU,
+# memory, GPUs from `docker info`) in the capacity registry. Empty everywhere else.
+MODELPORT_HOST_NAME = env_pattern(
+    "MODELPORT_HOST_NAME", "", r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?",
+    "use 1-63 lowercase letters, digits, dots and hyphens (it names the host's queue and "
+    "its containers)")
+MODELPORT_HOST_QUEUE = env_str("MODELPORT_HOST_QUEUE",
+                               f"host.{MODELPORT_HOST_NAME}" if MODELPORT_HOST_NAME else "")
+# The multi-host docker target this host serves (empty: the first such target).
+MODELPORT_HOST_TARGET = env_str("MODELPORT_HOST_TARGET", "")
+# The address this host's replicas bind to and are called at by the gateway and reconciler.
+MODELPORT_HOST_ADDRESS = env_str("MODELPORT_HOST_ADDRESS", "127.0.0.1")
+# GPUs of this host as device_id=model (e.g. "0=A100-80GB,1=A100-80GB"), added to those the
+# engine advertises as generic resources in `docker info`.
+MODELPORT_HOST_GPUS = env_list("MODELPORT_HOST_GPUS", [])
+# Beat asks every host worker for a heartbeat this often; a host silent for LOST_SECONDS is
+# lost: its replicas are marked lost and rescheduled on other hosts.
+MODELPORT_HOST_HEARTBEAT_SECONDS = env_int("MODELPORT_HOST_HEARTBEAT_SECONDS", 15, minimum=1)
+MODELPORT_HOST_LOST_SECONDS = env_float("MODELPORT_HOST_LOST_SECONDS", 60, minimum=1)
+# How long one reconcile waits for a host worker to start a replica (an image build included)
+# before leaving it to the next pass; below the task soft time limit.
+MODELPORT_HOST_START_TIMEOUT_S = env_int("MODELPORT_HOST_START_TIMEOUT_S", 300, minimum=1)
+CELERY_BEAT_SCHEDULE["hosts-check"] = {
+    "task": "workers.tasks.check_hosts",
+    "schedule": timedelta(seconds=MODELPORT_HOST_HEARTBEAT_SECONDS),
+}
 
 # --- Registry ---------------------------------------------------------------------------------
 MODELPORT_PROTECTED_ALIASES = env_list("MODELPORT_PROTECTED_ALIASES", ["production"])

@@ -7,6 +7,7 @@ deployment fails loudly at start-up instead of silently falling back to a defaul
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -84,6 +85,15 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env_str(name, default)
     if value not in choices:
         raise ImproperlyConfigured(f"{name}={value!r} must be one of: {', '.join(choices)}.")
+    return value
+
+
+def env_pattern(name: str, default: str, pattern: str, hint: str) -> str:
+    """A string that must match ``pattern`` whole (when set): e.g. a name used in queue and
+    container names. ``hint`` says what is allowed."""
+    value = env_str(name, default)
+    if value and not re.fullmatch(pattern, value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not valid: {hint}.")
     return value
 
 

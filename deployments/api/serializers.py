@@ -85,6 +85,11 @@ class ReplicaSerializer(serializers.Serializer):
     message = serializers.CharField()
     restart_count = serializers.IntegerField()
     last_probe = serializers.DateTimeField(allow_null=True)
+    host = serializers.SerializerMethodField(
+        help_text="The Docker host it is placed on (a multi-host docker target), else empty.")
+
+    def get_host(self, obj) -> str:
+        return obj.host.name if obj.host_id else ""
 
 
 class TrafficSerializer(serializers.Serializer):

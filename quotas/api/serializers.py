@@ -115,6 +115,27 @@ class CapacityGpuDeviceSerializer(serializers.Serializer):
     allocated_to = CapacityGpuHolderSerializer(allow_null=True)
 
 
+class CapacityFreeSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+
+
+class CapacityDockerHostSerializer(serializers.Serializer):
+    """A Docker host with a host worker (several plain Docker hosts)."""
+
+    state = serializers.ChoiceField(choices=["alive", "silent", "lost"],
+                                    help_text="silent: no heartbeat lately, not lost yet.")
+    queue = serializers.CharField()
+    address = serializers.CharField()
+    target = serializers.CharField()
+    last_heartbeat = serializers.DateTimeField(allow_null=True)
+    lost_at = serializers.DateTimeField(allow_null=True)
+    docker_version = serializers.CharField()
+    replicas = serializers.IntegerField(help_text="Replicas placed on it.")
+    free = CapacityFreeSerializer(help_text="Schedulable minus what placed replicas reserve.")
+
+
 class CapacityHostSerializer(serializers.Serializer):
     name = serializers.CharField()
     kind = serializers.CharField()
@@ -129,6 +150,9 @@ class CapacityHostSerializer(serializers.Serializer):
     schedulable_memory_mb = serializers.IntegerField()
     gpus_allocated = serializers.IntegerField()
     gpus = CapacityGpuDeviceSerializer(many=True)
+    docker = CapacityDockerHostSerializer(
+        allow_null=True, help_text="Set for hosts a host worker registered; null for capacity "
+                                   "registered by hand.")
 
 
 class CapacityTotalsSerializer(serializers.Serializer):

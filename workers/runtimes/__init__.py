@@ -67,7 +67,8 @@ def _data_dir(settings: object) -> Path:
 
 def _docker(settings: object, *, endpoint: str | None = None, network: str | None = None,
             port_range: list[int] | tuple[int, int] | None = None,
-            timeout: int | None = None) -> DockerRuntime:
+            timeout: int | None = None, host_name: str = "",
+            bind_host: str = "127.0.0.1") -> DockerRuntime:
     from .docker import DockerRuntime
     from .images import ImageBuilder
 
@@ -90,7 +91,19 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
         state_dir=state_dir,
         host_path_map=host_map,
         publish_host=getattr(settings, "MODELPORT_DOCKER_PUBLISH_HOST", "") or None,
+        host_name=host_name,
+        bind_host=bind_host,
     )
+
+
+def host_worker_runtime(host_name: str) -> DockerRuntime:
+    """The runtime a host worker (several plain Docker hosts) uses for its own replicas: this
+    machine's Docker Engine, replicas bound to MODELPORT_HOST_ADDRESS, named and labelled
+    with ``host_name``."""
+    from django.conf import settings
+
+    return _docker(settings, host_name=host_name,
+                   bind_host=getattr(settings, "MODELPORT_HOST_ADDRESS", "") or "127.0.0.1")
 
 
 def _local(settings: object) -> LocalRuntime:
@@ -115,6 +128,10 @@ def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
         return get_runtime()
     options = dict(target.settings or {})
     if target.kind == "docker":
+        if options.get("placement") == "hosts":  # several plain Docker hosts, one worker each
+            from workers.hosts import HostsRuntime
+
+            return HostsRuntime(target)
         if not target.endpoint and not options:
             return get_runtime()
         return _docker(settings, endpoint=target.endpoint or None, timeout=timeout,

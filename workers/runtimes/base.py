@@ -20,6 +20,7 @@ LABEL_REPLICA = "modelport.replica"
 LABEL_MODEL = "modelport.model"
 LABEL_MODEL_VERSION = "modelport.model_version"
 LABEL_PORT = "modelport.port"
+LABEL_HOST = "modelport.host"  # the host worker that placed it (several plain Docker hosts)
 
 LogFn = Callable[[str], None]
 
@@ -34,6 +35,7 @@ class ReplicaStatus(StrEnum):
     EXITED = "exited"
     DEAD = "dead"
     MISSING = "missing"
+    LOST = "lost"  # on a Docker host that stopped answering (several plain Docker hosts)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ReplicaSpec:
     port: int | None = None  # None: the runtime allocates one (host networking)
     labels: dict[str, str] = field(default_factory=dict)
     workers: int = 1
+    gpus: int = 0  # how many, for runtimes that place replicas and pick the devices themselves
 
     @property
     def name(self) -> str:
@@ -83,6 +86,7 @@ class ReplicaState:
     message: str = ""
     health: str | None = None  # runtime health probe: starting/healthy/unhealthy, None if none
     labels: dict[str, str] = field(default_factory=dict)
+    host: str = ""  # the Docker host it was placed on (several plain Docker hosts), else ""
 
     @property
     def alive(self) -> bool:

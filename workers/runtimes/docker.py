@@ -10,6 +10,7 @@ from typing import Any
 
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_HOST,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_MODEL_VERSION,
@@ -45,7 +46,9 @@ HARDENING: dict[str, Any] = {
 }
 
 _STATUS = {
-    "created": ReplicaStatus.STARTING,
+    # Created but never started: start_replica creates and starts in one call (under the
+    # deployment's lock), so a container still "created" lost its starter (a killed worker).
+    "created": ReplicaStatus.DEAD,
     "restarting": ReplicaStatus.STARTING,
     "running": ReplicaStatus.RUNNING,
     "paused": ReplicaStatus.RUNNING,
@@ -65,6 +68,11 @@ class DockerRuntime(Runtime):
     network also publishes its port on that host address at a port from `port_range`, and that
     is its url: for a platform running on the host itself, with replicas isolated on a bridge.
     network="none" runs replicas without a network (sandbox).
+
+    `host_name` (a host worker of several plain Docker hosts): containers are named
+    `<replica name>.<host_name>` and labelled `modelport.host=<host_name>`, and this runtime
+    lists only those — so a host worker never touches containers another host or a
+    single-host installation sharing the engine started.
     """
 
     name = "docker"
@@ -78,7 +86,8 @@ class DockerRuntime(Runtime):
                  host_path_map: dict[str, str] | None = None,
                  extra_labels: dict[str, str] | None = None,
                  healthcheck: bool = True,
-                 publish_host: str | None = None) -> None:
+                 publish_host: str | None = None,
+                 host_name: str = "") -> None:
         if client is None:
             import docker
 
@@ -98,6 +107,10 @@ class DockerRuntime(Runtime):
         self.extra_labels = dict(extra_labels or {})
         self.healthcheck = healthcheck
         self.publish_host = publish_host or None
+        self.host_name = host_name
+
+    def container_name(self, spec: ReplicaSpec) -> str:
+        return f"{spec.name}.{self.host_name}" if self.host_name else spec.name
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -110,7 +123,7 @@ class DockerRuntime(Runtime):
 
         if not spec.image:
             raise ReplicaRuntimeError("the docker runtime needs spec.image (see ensure_image)")
-        name = spec.name
+        name = self.container_name(spec)
         existing = self._get(name)
         if existing is not None:
             state = self._state(existing)
@@ -122,6 +135,8 @@ class DockerRuntime(Runtime):
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
                   LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
                   LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
+        if self.host_name:
+            labels[LABEL_HOST] = self.host_name
         volumes: dict[str, dict[str, str]] = {}
         if spec.model_dir:
             host_dir = self._host_path(spec.model_dir)
@@ -228,8 +243,12 @@ class DockerRuntime(Runtime):
         filters = [f"{LABEL_MANAGED}=1", LABEL_DEPLOYMENT]
         if deployment is not None:
             filters.append(f"{LABEL_DEPLOYMENT}={deployment}")
+        if self.host_name:
+            filters.append(f"{LABEL_HOST}={self.host_name}")
         containers = self.client.containers.list(all=True, filters={"label": filters})
         states = [self._state(c) for c in containers]
+        if not self.host_name:  # host workers' containers are theirs, even on a shared engine
+            states = [s for s in states if not s.host]
         return sorted(states, key=lambda s: (s.deployment, s.revision, s.replica, s.id))
 
     def get_replica(self, replica_id: str) -> ReplicaState:
@@ -336,6 +355,8 @@ class DockerRuntime(Runtime):
             url = f"http://{container.name}:{CONTAINER_PORT}"
         running = status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)
         message = st.get("Error") or ""
+        if raw_status == "created":
+            message = "created but never started (the worker starting it stopped)"
         if st.get("OOMKilled"):
             message = (message + " OOM killed").strip()
         if health == "unhealthy":
@@ -358,6 +379,7 @@ class DockerRuntime(Runtime):
             message=message,
             health=health,
             labels=dict(labels),
+            host=labels.get(LABEL_HOST, ""),
         )
 
 
