@@ -32,7 +32,7 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 run: migrate
-	@mkdir -p "$(MODELPORT_DATA_DIR)/mlflow"
+	@mkdir -p "$(MODELPORT_DATA_DIR)/mlflow" "$(MODELPORT_DATA_DIR)/run"
 	$(BIN)/python manage.py bootstrap
 	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
 	MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile

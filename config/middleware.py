@@ -12,6 +12,18 @@ from . import request_context
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
+def client_ip(request: HttpRequest) -> str | None:
+    """The caller's address. Behind the edge (``config/edge.py``) gunicorn listens on a unix
+    socket, so ``REMOTE_ADDR`` is empty and the edge's last ``X-Forwarded-For`` entry — the peer
+    it saw — is the caller; only processes that can open the socket can send that. On TCP the
+    header is ignored: anyone could forge it."""
+    remote = request.META.get("REMOTE_ADDR")
+    if remote:
+        return remote
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    return forwarded.rsplit(",", 1)[-1].strip() or None
+
+
 def _source_for(path: str) -> str:
     if path.startswith("/api/") or path.startswith("/serve/"):
         return "api"
@@ -31,7 +43,7 @@ class RequestContextMiddleware:
         ctx = request_context.RequestContext(
             request_id=request_id,
             source=_source_for(request.path),
-            ip=request.META.get("REMOTE_ADDR"),
+            ip=client_ip(request),
         )
         request.request_id = request_id  # type: ignore[attr-defined]
         with request_context.bind(ctx):

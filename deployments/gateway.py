@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import urllib3
 from django.conf import settings
@@ -81,14 +82,20 @@ _stats: dict[tuple[int, int], list] = {}  # (deployment pk, revision) -> [n, err
 _last_flush = [time.monotonic()]
 
 
-def record(deployment_id: int, revision: int, status: int, elapsed_ms: float) -> None:
-    """Count one proxied request (5xx and unreachable replicas are errors)."""
+def count(deployment_id: int, revision: int, status: int, elapsed_ms: float) -> None:
+    """Count one proxied request (5xx and unreachable replicas are errors) — in memory only;
+    ``flush`` writes the counts."""
     with _lock:
         entry = _stats.setdefault((deployment_id, revision), [0, 0, []])
         entry[0] += 1
         entry[1] += status >= 500
         if len(entry[2]) < 5000:
             entry[2].append(elapsed_ms)
+
+
+def record(deployment_id: int, revision: int, status: int, elapsed_ms: float) -> None:
+    """Count one proxied request and write the counts when the last flush is ``FLUSH_S`` old."""
+    count(deployment_id, revision, status, elapsed_ms)
     if time.monotonic() - _last_flush[0] >= FLUSH_S:
         flush()
 
@@ -147,6 +154,14 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
                  shadow=mirror)
 
 
+def cached_route(name: str) -> Route | None:
+    """The cached route when it was checked less than ``ROUTE_CHECK_S`` ago — no query."""
+    route = _routes.get(name)
+    if route is not None and time.monotonic() - route.checked < ROUTE_CHECK_S:
+        return route
+    return None
+
+
 def route_for(name: str) -> Route | None:
     now = time.monotonic()
     route = _routes.get(name)
@@ -180,7 +195,7 @@ def invalidate(name: str | None = None) -> None:
         shadowing.reset()
 
 
-def _forget_revoked(now: float) -> None:
+def forget_revoked(now: float) -> None:
     """At most once every ``REVOKE_CHECK_S`` (and only with tokens cached): drop the tokens
     revoked lately from this process's cache — one small query, so a revocation stops working
     here within about a second instead of waiting for the entry's TTL."""
@@ -204,18 +219,31 @@ def _forget_revoked(now: float) -> None:
             _auth.pop(digest, None)
 
 
-def _caller(raw: str) -> tuple[bool, frozenset[int]]:
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def cached_caller(digest: str) -> tuple[bool, frozenset[int]] | None:
+    """(is platform admin, team ids) from this process's token cache — no query; None when the
+    token is not cached (or its entry expired)."""
+    cached = _auth.get(digest)
+    if cached and cached[0] > time.monotonic():
+        return cached[1], cached[2]
+    return None
+
+
+def caller(raw: str) -> tuple[bool, frozenset[int]]:
     """(is platform admin, team ids) for a token; AuthenticationFailed when invalid.
 
     Cached per process for ``MODELPORT_GATEWAY_AUTH_TTL_S`` (5 s; never past the token's
     expiry): a removed membership or a deactivated user takes effect within that window, a
-    revoked token within about ``REVOKE_CHECK_S`` (see ``_forget_revoked``)."""
-    digest = hashlib.sha256(raw.encode()).hexdigest()
+    revoked token within about ``REVOKE_CHECK_S`` (see ``forget_revoked``)."""
+    digest = token_digest(raw)
     now = time.monotonic()
-    _forget_revoked(now)
-    cached = _auth.get(digest)
-    if cached and cached[0] > now:
-        return cached[1], cached[2]
+    forget_revoked(now)
+    cached = cached_caller(digest)
+    if cached is not None:
+        return cached
     token = authenticate_token(raw)
     admin = is_platform_admin(token.user)
     teams = frozenset(Membership.objects.filter(user=token.user).values_list("team_id",
@@ -231,9 +259,57 @@ def _caller(raw: str) -> tuple[bool, frozenset[int]]:
     return admin, teams
 
 
-def _error(status: int, detail: str, code: str, **headers: str) -> JsonResponse:
-    response = JsonResponse({"detail": detail, "code": code}, status=status)
-    for key, value in headers.items():
+class Refusal(NamedTuple):
+    """An answer the gateway gives itself (the same from the Django path and the edge)."""
+
+    status: int
+    detail: str
+    code: str
+    headers: dict[str, str]
+
+
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+def method_not_allowed(method: str) -> Refusal:
+    return Refusal(405, f"Method {method} not allowed; POST a scoring request.",
+                   "method_not_allowed", {"Allow": "POST"})
+
+
+def not_authenticated() -> Refusal:
+    return Refusal(401, "Authentication required: send 'Authorization: Bearer <token>'.",
+                   "not_authenticated", BEARER_CHALLENGE)
+
+
+def token_refused(exc: exceptions.AuthenticationFailed) -> Refusal:
+    codes = exc.get_codes()
+    return Refusal(401, str(exc.detail), codes if isinstance(codes, str) else "token_invalid",
+                   BEARER_CHALLENGE)
+
+
+def not_found(name: str) -> Refusal:
+    return Refusal(404, f"No deployment '{name}'.", "not_found", {})
+
+
+def timed_out(name: str) -> Refusal:
+    return Refusal(504, f"Deployment '{name}' did not answer within "
+                        f"{settings.MODELPORT_GATEWAY_TIMEOUT_S:g} s.", "upstream_timeout", {})
+
+
+def no_ready_replica(name: str) -> Refusal:
+    return Refusal(503, f"Deployment '{name}' has no ready replica right now; check its "
+                        "status and events.", "no_ready_replica", {"Retry-After": "5"})
+
+
+def unavailable(name: str, last_error: str) -> Refusal:
+    return Refusal(502, f"Deployment '{name}': replicas did not answer ({last_error}).",
+                   "upstream_unavailable", {"Retry-After": "1"})
+
+
+def _error(refusal: Refusal) -> JsonResponse:
+    response = JsonResponse({"detail": refusal.detail, "code": refusal.code},
+                            status=refusal.status)
+    for key, value in refusal.headers.items():
         response[key] = value
     return response
 
@@ -260,21 +336,18 @@ class GatewayMiddleware:
 @csrf_exempt
 def invocations(request: HttpRequest, name: str) -> HttpResponse:
     if request.method != "POST":
-        return _error(405, f"Method {request.method} not allowed; POST a scoring request.",
-                      "method_not_allowed", Allow="POST")
+        return _error(method_not_allowed(request.method or ""))
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
-        return _error(401, "Authentication required: send 'Authorization: Bearer <token>'.",
-                      "not_authenticated", **{"WWW-Authenticate": 'Bearer realm="api"'})
+        return _error(not_authenticated())
     try:
-        admin, teams = _caller(raw.strip())
+        admin, teams = caller(raw.strip())
     except exceptions.AuthenticationFailed as exc:
-        return _error(401, str(exc.detail), exc.get_codes() if isinstance(exc.get_codes(), str)
-                      else "token_invalid", **{"WWW-Authenticate": 'Bearer realm="api"'})
+        return _error(token_refused(exc))
     route = route_for(name)
     if route is None or not (admin or route.team_id in teams):
-        return _error(404, f"No deployment '{name}'.", "not_found")
+        return _error(not_found(name))
     key = request.headers.get("X-Modelport-Route-Key")
     headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
     headers["X-Request-ID"] = getattr(request, "request_id", headers.get("X-Request-ID", ""))
@@ -300,8 +373,7 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
             continue  # the replica went away: once more on another one
         except urllib3.exceptions.ReadTimeoutError:
             record(route.version[0], revision, 504, (time.monotonic() - started) * 1000)
-            return _error(504, f"Deployment '{name}' did not answer within "
-                               f"{settings.MODELPORT_GATEWAY_TIMEOUT_S:g} s.", "upstream_timeout")
+            return _error(timed_out(name))
         except urllib3.exceptions.HTTPError as exc:
             last_error = f"{exc.__class__.__name__}"
             continue
@@ -316,7 +388,5 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
                              upstream.data)
         return response
     if not tried:
-        return _error(503, f"Deployment '{name}' has no ready replica right now; check its "
-                           "status and events.", "no_ready_replica", **{"Retry-After": "5"})
-    return _error(502, f"Deployment '{name}': replicas did not answer ({last_error}).",
-                  "upstream_unavailable", **{"Retry-After": "1"})
+        return _error(no_ready_replica(name))
+    return _error(unavailable(name, last_error))

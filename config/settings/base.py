@@ -316,6 +316,12 @@ MODELPORT_READY_TIMEOUT_S = env_int("MODELPORT_READY_TIMEOUT_S", 180, minimum=1)
 MODELPORT_DRAIN_SECONDS = env_float("MODELPORT_DRAIN_SECONDS", 3, minimum=0)
 # Replicas being removed get SIGTERM and this long to ship their last prediction logs.
 MODELPORT_STOP_TIMEOUT_S = env_float("MODELPORT_STOP_TIMEOUT_S", 5, minimum=0)
+# The edge (config/edge.py): the front door on PORT that answers /serve/ itself and streams
+# everything else to the Django web server at MODELPORT_WEB_UPSTREAM (unix:/path or http://...).
+MODELPORT_EDGE_HOST = env_str("MODELPORT_EDGE_HOST", "127.0.0.1")
+MODELPORT_EDGE_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+MODELPORT_EDGE_WORKERS = env_int("MODELPORT_EDGE_WORKERS", 1, minimum=1, maximum=64)
+MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.

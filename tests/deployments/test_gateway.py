@@ -3,63 +3,13 @@ body/content-type/request-id pass-through, traffic split, retry on a dead replic
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 from django.test import Client
 
 from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
+from tests.deployments.conftest import dead_url
 from tests.factories import make_token
-
-
-class Echo(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        answer = json.dumps({"predictions": [self.server.tag], "echo": body.decode(),
-                             "content_type": self.headers.get("Content-Type"),
-                             "request_id": self.headers.get("X-Request-ID")}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def upstreams():
-    servers = []
-
-    def make(tag: str) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-        server.tag = tag
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield make
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

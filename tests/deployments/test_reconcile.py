@@ -10,7 +10,7 @@ from deployments.locks import deployment_lock
 from deployments.models import Deployment, Revision
 from deployments.reconcile import reconcile_deployment
 from quotas.models import Reservation
-from tests.deployments.test_gateway import dead_url, upstreams  # noqa: F401 - fixture
+from tests.deployments.conftest import dead_url
 from workers.runtimes import ReplicaState, ReplicaStatus
 
 
@@ -65,7 +65,7 @@ def create(engineer, team, **extra):
     return services.create_deployment(actor=engineer, team=team, **args)
 
 
-def test_converges_and_is_idempotent(fast, engineer, team, v1, upstreams):  # noqa: F811
+def test_converges_and_is_idempotent(fast, engineer, team, v1, upstreams):
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team)
     assert reconcile_deployment(d.pk, runtime) == "healthy"
@@ -85,7 +85,7 @@ def test_converges_and_is_idempotent(fast, engineer, team, v1, upstreams):  # no
 
 
 def test_a_failing_revision_leaves_the_old_one_serving(fast, engineer, team, v1, v2,
-                                                       upstreams):  # noqa: F811
+                                                       upstreams):
     runtime = FakeRuntime(upstreams, broken={2})
     d = create(engineer, team)
     reconcile_deployment(d.pk, runtime)
@@ -109,7 +109,7 @@ def test_a_failing_revision_leaves_the_old_one_serving(fast, engineer, team, v1,
     assert reconcile_deployment(d.pk, runtime) == "healthy"
 
 
-def test_canary_steps_traffic(fast, engineer, team, v1, v2, upstreams):  # noqa: F811
+def test_canary_steps_traffic(fast, engineer, team, v1, v2, upstreams):
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team, replicas=1,
                strategy={"type": "canary", "steps": [10, 50, 100], "interval_s": 0})
@@ -125,7 +125,7 @@ def test_canary_steps_traffic(fast, engineer, team, v1, v2, upstreams):  # noqa:
 
 
 def test_a_rollback_of_a_canary_deployment_switches_at_once(fast, engineer, team, v1, v2,
-                                                           upstreams):  # noqa: F811
+                                                           upstreams):
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team, replicas=1,
                strategy={"type": "canary", "steps": [10, 50, 100], "interval_s": 0})
@@ -146,7 +146,7 @@ def test_a_rollback_of_a_canary_deployment_switches_at_once(fast, engineer, team
     assert d.events.filter(kind="traffic", revision=4, message__contains="Canary").exists()
 
 
-def test_stop_removes_replicas(fast, engineer, team, v1, upstreams):  # noqa: F811
+def test_stop_removes_replicas(fast, engineer, team, v1, upstreams):
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team)
     reconcile_deployment(d.pk, runtime)
@@ -157,7 +157,7 @@ def test_stop_removes_replicas(fast, engineer, team, v1, upstreams):  # noqa: F8
     assert not d.replica_set.exists()
 
 
-def test_a_second_reconcile_at_once_steps_aside(fast, engineer, team, v1, upstreams):  # noqa: F811
+def test_a_second_reconcile_at_once_steps_aside(fast, engineer, team, v1, upstreams):
     d = create(engineer, team)
     with deployment_lock(d.pk) as got:
         assert got
@@ -167,7 +167,7 @@ def test_a_second_reconcile_at_once_steps_aside(fast, engineer, team, v1, upstre
 
 
 def test_canary_rolls_back_when_the_new_revision_errs_more(fast, engineer, team, v1, v2,
-                                                           upstreams):  # noqa: F811
+                                                           upstreams):
     from deployments.models import TrafficSample
 
     runtime = FakeRuntime(upstreams)
@@ -192,7 +192,7 @@ def test_canary_rolls_back_when_the_new_revision_errs_more(fast, engineer, team,
 
 
 def test_gpu_replicas_get_their_own_devices_and_give_them_back(fast, engineer, team, v1, v2,
-                                                               upstreams):  # noqa: F811
+                                                               upstreams):
     from quotas.models import GpuAllocation, GpuDevice, Host, TeamQuota
     from quotas.services import get_quota
 
@@ -223,7 +223,7 @@ def test_gpu_replicas_get_their_own_devices_and_give_them_back(fast, engineer, t
 
 
 def test_a_failing_replacement_degrades_but_never_fails_a_healthy_revision(
-        fast, engineer, team, v1, upstreams):  # noqa: F811
+        fast, engineer, team, v1, upstreams):
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team)
     reconcile_deployment(d.pk, runtime)
@@ -240,7 +240,7 @@ def test_a_failing_replacement_degrades_but_never_fails_a_healthy_revision(
 
 
 def test_crash_loop_stops_restarting_and_says_why(fast, settings, engineer, team, v1,
-                                                  upstreams):  # noqa: F811
+                                                  upstreams):
     settings.MODELPORT_CRASH_LOOP_RESTARTS = 1
     runtime = FakeRuntime(upstreams)
     d = create(engineer, team)
@@ -269,7 +269,7 @@ def test_redis_lock_is_exclusive(settings, redis_url, engineer, team, v1, no_enq
 
 
 def test_beat_sweeps_containers_of_deleted_deployments_only(fast, monkeypatch, engineer, team,
-                                                            v1, upstreams):  # noqa: F811
+                                                            v1, upstreams):
     from deployments import tasks
     from workers.runtimes import ReplicaSpec
 
@@ -314,7 +314,7 @@ def test_redis_lock_is_renewed_while_held_and_expires_when_the_holder_dies(
 
 
 def test_replicas_get_an_ingest_token_for_monitoring_revoked_on_stop(fast, engineer, team, v1,
-                                                                     upstreams):  # noqa: F811
+                                                                     upstreams):
     from monitoring.models import IngestToken
 
     runtime = FakeRuntime(upstreams)

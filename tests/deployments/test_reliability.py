@@ -96,6 +96,7 @@ def plane(tmp_path, redis_url, docker_client, settings, no_enqueue):
         "MODELPORT_RECONCILE_SECONDS": "2", "MODELPORT_WEB_PORT": str(_free_port()),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     })
+    (Path(settings.MODELPORT_DATA_DIR) / "run").mkdir(parents=True, exist_ok=True)  # web.sock
     control = ControlPlane(env, tmp_path / "logs")
     names: list[str] = []
     control.names = names
@@ -179,7 +180,7 @@ def test_restarting_web_worker_and_beat_keeps_replicas_serving(plane, docker_cli
                                                                v1):
     name = unique_name("restart")
     plane.names.append(name)
-    for proc in ("web", "reconciler", "beat"):
+    for proc in ("edge", "web", "reconciler", "beat"):
         plane.start(proc)
     api = bearer_client(engineer)
     deploy(api, name, replicas=2)
@@ -214,9 +215,9 @@ def test_restarting_web_worker_and_beat_keeps_replicas_serving(plane, docker_cli
     caller = threading.Thread(target=call_replicas)
     caller.start()
     try:
-        plane.stop("web", "reconciler", "beat")
+        plane.stop("edge", "web", "reconciler", "beat")
         time.sleep(2)  # the control plane is down: replicas keep serving
-        for proc in ("web", "reconciler", "beat"):
+        for proc in ("edge", "web", "reconciler", "beat"):
             plane.start(proc)
         wait_for("web back", lambda: _up(web), plane, timeout=90)
         gateway = [requests.post(gateway_url, json=BODY, headers=auth, timeout=10)

@@ -126,7 +126,11 @@ def test_web_probes_use_the_platform_health_endpoints() -> None:
     from config import system
 
     web = next(spec for name, spec in pod_specs() if name == "modelport-web")
-    (c,) = web["containers"]
+    edge, gunicorn = web["containers"]  # the edge (probed, on the port) in front of gunicorn
+    c = edge
+    assert c["command"][:3] == ["python", "-m", "config.edge"]
+    socket = c["command"][c["command"].index("--upstream") + 1]
+    assert {"name": "GUNICORN_BIND", "value": socket} in gunicorn["env"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert resolve("/healthz").func is system.healthz

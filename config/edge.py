@@ -1,0 +1,70 @@
+"""Start the edge (``deployments.edge``): Modelport's front door, under uvicorn.
+
+    python -m config.edge --port 8000 --upstream unix:var/run/web.sock
+
+Everything but ``/serve/<name>/invocations`` goes on to the Django web server at ``--upstream``
+(``MODELPORT_WEB_UPSTREAM``): ``unix:/path/web.sock`` (gunicorn ``--bind unix:...``, the default
+setup) or ``http://host:port`` (a sidecar or a compose service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+django.setup()
+
+from django.conf import settings  # noqa: E402  (after django.setup())
+
+from deployments.edge import Edge  # noqa: E402
+from serving.server import NoDelayHttpToolsProtocol  # noqa: E402
+
+log = logging.getLogger("modelport.edge")
+
+
+def upstream(value: str) -> str:
+    """``unix:/path`` or ``http://host:port``; anything else is refused loudly."""
+    if value.startswith("unix:/") or value.startswith("unix:."):
+        return value
+    if value.startswith("http://") and len(value) > len("http://"):
+        return value.rstrip("/")
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a web server address: use unix:/path/web.sock or http://host:port")
+
+
+def application() -> Edge:
+    """The ASGI app, for ``uvicorn --factory config.edge:application``."""
+    return Edge(upstream(os.environ.get("MODELPORT_WEB_UPSTREAM")
+                         or settings.MODELPORT_WEB_UPSTREAM))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m config.edge",
+                                     description="Modelport's edge: the gateway and a proxy "
+                                                 "to the Django web server.")
+    parser.add_argument("--host", default=settings.MODELPORT_EDGE_HOST)
+    parser.add_argument("--port", type=int, default=settings.MODELPORT_EDGE_PORT)
+    parser.add_argument("--upstream", type=upstream, default=settings.MODELPORT_WEB_UPSTREAM
+                        or None, help="the Django web server: unix:/path or http://host:port")
+    parser.add_argument("--workers", type=int, default=settings.MODELPORT_EDGE_WORKERS)
+    args = parser.parse_args(argv)
+    if not args.upstream:
+        parser.error("--upstream (or MODELPORT_WEB_UPSTREAM) is required")
+    os.environ["MODELPORT_WEB_UPSTREAM"] = args.upstream  # for the factory, in every worker
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s edge %(levelname)s %(message)s")
+    log.info("edge on http://%s:%s -> web %s (%d worker%s)", args.host, args.port,
+             args.upstream, args.workers, "" if args.workers == 1 else "s")
+    uvicorn.run("config.edge:application", factory=True, host=args.host, port=args.port,
+                workers=args.workers, loop="uvloop", http=NoDelayHttpToolsProtocol, lifespan="on",
+                access_log=False, proxy_headers=False, server_header=False,
+                timeout_graceful_shutdown=10, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

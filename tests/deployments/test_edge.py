@@ -1,0 +1,319 @@
+"""The edge (``config/edge.py``) as the Procfile runs it: a real uvicorn process on a TCP port in
+front of a real gunicorn on a unix socket, both on the test's PostgreSQL database.
+
+Serving requests are answered by the edge itself (same refusals, headers and counters as the
+Django gateway, tested in test_gateway.py); everything else is streamed to Django unchanged —
+forms with CSRF and session cookies, the API, multipart uploads, chunked bodies — and the client
+address reaches the audit log. Replicas are stand-in HTTP servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from deployments.models import Deployment, Revision, TrafficSample
+from teams.models import AuditEvent
+from tests.deployments.conftest import dead_url
+from tests.deployments.test_gateway import add_replica
+from tests.factories import make_token
+from tests.test_make_run import _free_port
+from tests.workers.test_celery_worker import _database_url, _stop
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+SCORE = b'{"inputs": [[1, 2]]}'
+
+
+class Front:
+    def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path) -> None:
+        self.base, self.procs, self.logs = base, procs, logs
+
+    def output(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
+
+
+def _start(name: str, argv: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env,
+                            stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait_up(url: str, procs: list[subprocess.Popen], logs: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.2)
+    _stop(*procs)
+    pytest.fail(f"{url} did not answer:\n" + "\n".join(
+        p.read_text()[-3000:] for p in logs.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
+    """gunicorn on a unix socket and the edge on a free port, as `make run` starts them."""
+    tmp = tmp_path_factory.mktemp("edge")
+    logs = tmp / "logs"
+    (tmp / "data" / "run").mkdir(parents=True)
+    logs.mkdir()
+    with django_db_blocker.unblock():
+        database_url = _database_url()
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    env.update({"DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
+                "MODELPORT_DATA_DIR": str(tmp / "data"), "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30"})
+    socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
+    port = _free_port()
+    procs = [
+        _start("web", ["-m", "gunicorn", "config.wsgi", "--bind", socket, "--workers", "1",
+                       "--threads", "4"], env, logs),
+        _start("edge", ["-m", "config.edge", "--port", str(port), "--upstream", socket],
+               env, logs),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    _wait_up(f"{base}/healthz", procs, logs)
+    yield Front(base, procs, logs)
+    _stop(*procs)
+
+
+@pytest.fixture
+def deployment(team, engineer, v1):
+    name = f"edge-{os.urandom(3).hex()}"
+    d = Deployment.objects.create(name=name, team=team, model=v1.model, version=v1, revision=1)
+    Revision.objects.create(deployment=d, number=1, model_version=v1)
+    return d
+
+
+def bearer(user) -> dict[str, str]:
+    _, secret = make_token(user, name="edge")
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def score(front: Front, name: str, headers: dict[str, str] | None = None,
+          data: bytes = SCORE, **kw) -> requests.Response:
+    return requests.post(f"{front.base}/serve/{name}/invocations", data=data,
+                         headers={"Content-Type": "application/json", **(headers or {})},
+                         timeout=10, **kw)
+
+
+def eventually(check, timeout: float = 5.0):
+    """The edge re-reads a routing table at most once a second: poll until ``check`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+# --- the gateway, answered by the edge -------------------------------------------------------
+
+
+def test_edge_refuses_like_the_gateway(front, deployment, engineer, viewer, stranger):
+    name = deployment.name
+    missing = score(front, name)
+    assert missing.status_code == 401 and missing.json()["code"] == "not_authenticated"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    bad = score(front, name, {"Authorization": "Bearer mp_nope"})
+    assert bad.status_code == 401 and bad.json()["code"] == "token_invalid"
+    assert score(front, name, bearer(stranger)).status_code == 404
+    assert score(front, "no-such-deployment", bearer(engineer)).status_code == 404
+    empty = score(front, name, bearer(viewer))
+    assert empty.status_code == 503 and empty.json()["code"] == "no_ready_replica"
+    assert empty.headers["Retry-After"] == "5"
+    get = requests.get(f"{front.base}/serve/{name}/invocations", headers=bearer(engineer),
+                       timeout=10)
+    assert get.status_code == 405 and get.headers["Allow"] == "POST"
+
+
+def test_edge_proxies_body_content_type_and_request_id(front, deployment, engineer, upstreams):
+    add_replica(deployment, upstreams("a"))
+    auth = bearer(engineer)
+    response = eventually(lambda: (r := score(front, deployment.name, {
+        **auth, "Content-Type": "text/csv", "X-Request-ID": "abc-1"}, data=b"a,b\n1,2\n"))
+        .status_code == 200 and r)
+    assert response, front.output()
+    data = response.json()
+    assert data["echo"] == "a,b\n1,2\n" and data["content_type"] == "text/csv"
+    assert data["request_id"] == "abc-1" and response.headers["X-Request-ID"] == "abc-1"
+    assert response.headers["X-Modelport-Revision"] == "1"
+    generated = score(front, deployment.name, auth)
+    assert len(generated.headers["X-Request-ID"]) == 32
+    assert generated.json()["request_id"] == generated.headers["X-Request-ID"]
+
+
+def test_edge_retries_once_on_another_replica_then_gives_502(front, deployment, engineer,
+                                                             upstreams):
+    add_replica(deployment, dead_url(), index=0)
+    add_replica(deployment, upstreams("alive"), index=1)
+    auth = bearer(engineer)
+    assert eventually(lambda: score(front, deployment.name, auth).status_code == 200)
+    for _ in range(10):
+        response = score(front, deployment.name, auth)
+        assert response.status_code == 200 and response.json()["predictions"] == ["alive"]
+
+    dead = Deployment.objects.create(name=f"{deployment.name}-dead", team=deployment.team,
+                                     model=deployment.model, version=deployment.version,
+                                     revision=1)
+    add_replica(dead, dead_url())
+    response = score(front, dead.name, auth)
+    assert response.status_code == 502 and response.json()["code"] == "upstream_unavailable"
+
+
+def test_edge_splits_traffic_and_sticks_by_route_key(front, deployment, engineer, upstreams,
+                                                     v1):
+    Revision.objects.create(deployment=deployment, number=2, model_version=v1)
+    add_replica(deployment, upstreams("old"), revision=1)
+    add_replica(deployment, upstreams("new"), revision=2)
+    Deployment.objects.filter(pk=deployment.pk).update(
+        traffic=[{"revision": 2, "percent": 20}, {"revision": 1, "percent": 80}],
+        routing_version=99)
+    auth = bearer(engineer)
+    time.sleep(1.2)  # the edge re-reads the table within a second
+    with requests.Session() as session:
+        seen = [session.post(f"{front.base}/serve/{deployment.name}/invocations", data=SCORE,
+                             headers=auth, timeout=10).json()["predictions"][0]
+                for _ in range(200)]
+        share = seen.count("new") / len(seen)
+        assert 0.08 < share < 0.35, share
+        sticky = {session.post(f"{front.base}/serve/{deployment.name}/invocations",
+                               data=SCORE, headers={**auth, "X-Modelport-Route-Key": "user-7"},
+                               timeout=10).json()["predictions"][0] for _ in range(20)}
+    assert len(sticky) == 1
+
+
+def test_edge_counts_requests_per_revision(front, deployment, engineer, upstreams):
+    add_replica(deployment, upstreams("a"))
+    auth = bearer(engineer)
+    assert eventually(lambda: score(front, deployment.name, auth).status_code == 200)
+    for _ in range(9):
+        assert score(front, deployment.name, auth).status_code == 200
+
+    def counted() -> bool:
+        rows = TrafficSample.objects.filter(deployment=deployment, revision=1)
+        return sum(r.requests for r in rows) >= 10
+    assert eventually(counted, timeout=5), front.output()
+
+
+def test_edge_refuses_a_body_over_the_limit_with_413(front, deployment, engineer, upstreams,
+                                                     settings):
+    add_replica(deployment, upstreams("a"))
+    auth = bearer(engineer)
+    assert eventually(lambda: score(front, deployment.name, auth).status_code == 200)
+    big = b"x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    response = score(front, deployment.name, auth, data=big)
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+
+
+def test_edge_stops_a_revoked_token_within_seconds(front, deployment, engineer, upstreams):
+    from teams.services import revoke_token
+
+    add_replica(deployment, upstreams("a"))
+    token, secret = make_token(engineer, name="edge-revoke")
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert eventually(lambda: score(front, deployment.name, auth).status_code == 200)
+    revoke_token(actor=engineer, token=token)  # the cache would trust it for 30 s
+    refused = eventually(lambda: (r := score(front, deployment.name, auth)).status_code == 401
+                         and [r], timeout=4)  # a 401 Response is falsy
+    assert refused and "revoked" in refused[0].json()["detail"]
+
+
+# --- everything else, streamed to Django ----------------------------------------------------
+
+
+def with_password(user, password: str, settings) -> None:
+    """Hashed as the web process (dev settings) checks it; the test settings' MD5 is not
+    there."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    user.set_password(password)
+    user.save()
+
+
+def test_edge_forwards_the_portal_with_csrf_and_session_cookies(front, engineer, settings):
+    with_password(engineer, "edge-pass-1", settings)
+    with requests.Session() as browser:
+        login = browser.get(f"{front.base}/login/", timeout=10)
+        assert login.status_code == 200 and "csrftoken" in browser.cookies
+        answer = browser.post(f"{front.base}/login/", timeout=10, allow_redirects=False, data={
+            "username": engineer.username, "password": "edge-pass-1",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            headers={"Referer": f"{front.base}/login/"})
+        assert answer.status_code == 302, answer.text[:500]
+        assert "sessionid" in browser.cookies
+        home = browser.get(f"{front.base}/", timeout=10)
+        assert home.status_code == 200 and engineer.username in home.text
+    assert requests.get(f"{front.base}/static/frontend/vendor/htmx.min.js",
+                        timeout=10).status_code == 200
+
+
+def test_edge_forwards_the_api_and_the_client_address_reaches_the_audit_log(front, engineer,
+                                                                           settings):
+    with_password(engineer, "edge-pass-2", settings)
+    basic = base64.b64encode(f"{engineer.username}:edge-pass-2".encode()).decode()
+
+    def body():  # no Content-Length: sent chunked, which the edge buffers for WSGI
+        yield b'{"name": "from-edge", '
+        yield b'"expires_in_days": 3}'
+
+    created = requests.post(f"{front.base}/api/v1/tokens/", data=body(), timeout=10,
+                            headers={"Authorization": f"Basic {basic}",
+                                     "Content-Type": "application/json",
+                                     "X-Request-ID": "edge-audit-1"})
+    assert created.status_code == 201, created.text
+    assert created.headers["X-Request-ID"] == "edge-audit-1"
+    entry = AuditEvent.objects.get(request_id="edge-audit-1")
+    assert entry.ip == "127.0.0.1"
+    listed = requests.get(f"{front.base}/api/v1/tokens/?page_size=50", timeout=10,
+                          headers={"Authorization": f"Bearer {created.json()['token']}"})
+    assert listed.status_code == 200
+    assert "from-edge" in [t["name"] for t in listed.json()["results"]]
+
+
+def test_edge_streams_a_multipart_upload_to_django(front, engineer, team):
+    from registry.models import RegisteredModel
+
+    RegisteredModel.objects.create(name="edge-upload", team=team, created_by=engineer)
+    auth = bearer(engineer)
+    junk = os.urandom(3 * 1024 * 1024)  # over the in-memory limit: streamed, spooled to disk
+    response = requests.post(f"{front.base}/api/v1/models/edge-upload/versions/", timeout=30,
+                             headers=auth, files={"file": ("model.zip", junk)},
+                             data={"format": "mlflow", "team": team.slug})
+    assert 400 <= response.status_code < 500, response.text[:500]
+    assert "zip" in response.text.lower() or "archive" in response.text.lower(), response.text
+
+
+def test_edge_answers_502_when_the_web_server_is_down(tmp_path, redis_url):
+    """A second edge whose web server never started: a clear 502, never a hang."""
+    port = _free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.dev",
+           "MODELPORT_DATA_DIR": str(tmp_path), "DATABASE_URL": _database_url(),
+           "REDIS_URL": redis_url}
+    proc = _start("edge-alone", ["-m", "config.edge", "--port", str(port), "--upstream",
+                                 f"unix:{tmp_path / 'missing.sock'}"], env, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        response = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert response is not None, (tmp_path / "edge-alone.log").read_text()
+        assert response.status_code == 502 and response.json()["code"] == "web_unavailable"
+        assert response.headers["Retry-After"] == "2"
+    finally:
+        _stop(proc)
