@@ -19,7 +19,9 @@ Run it with ``python -m config.edge`` (the Procfile's ``edge`` process).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,8 +34,6 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from rest_framework import exceptions
 from yarl import URL
-
-from config import request_context
 
 from . import gateway, shadowing
 from .upstream import Pool, UpstreamError, UpstreamTimeout
@@ -55,6 +55,16 @@ SKIP_ANSWER = HOP_BY_HOP | {b"date"}  # uvicorn writes its own Date
 FORWARD = {name.lower().encode(): name.encode() for name in gateway.FORWARD_HEADERS
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
+
+
+_ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across edge workers
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """A 32-hex-digit request id like Django's (uuid4().hex), without a getrandom() call per
+    request: a random per-process prefix and a counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class Edge:
@@ -159,8 +169,8 @@ class Edge:
                 headers.append((FORWARD[key], value))
             elif key == b"x-modelport-route-key":
                 route_key = value
-        request_id = (incoming_id.decode() if _VALID_REQUEST_ID.match(incoming_id)
-                      else request_context.new_request_id())
+        request_id = (incoming_id.decode() if incoming_id and _VALID_REQUEST_ID.match(incoming_id)
+                      else _new_request_id())
         headers.append((b"X-Request-ID", request_id.encode()))
         if scope["method"] != "POST":
             await self._refuse(send, gateway.method_not_allowed(scope["method"]), request_id)

@@ -53,6 +53,10 @@ class Route:
     shadow: Shadow | None = None
 
     def pick(self, key: str | None, exclude: set[str]) -> tuple[int, str] | None:
+        if not key and not exclude and len(self.revisions) == 1:  # the common case, fast
+            rev, _, urls = self.revisions[0]
+            return (rev, urls[0] if len(urls) == 1
+                    else urls[random.randrange(len(urls))]) if urls else None  # noqa: S311
         choices = [(rev, pct, [u for u in urls if u not in exclude])
                    for rev, pct, urls in self.revisions]
         choices = [(rev, pct, urls) for rev, pct, urls in choices if urls]
