@@ -4,9 +4,9 @@
     .venv/bin/python bench/gateway.py --quick    # 3 s per cell
 
 Runs the platform as the Procfile does — the edge (``config/edge.py``, which answers
-``/serve/`` itself), web under gunicorn behind it, and the reconciler worker — against ``DATABASE_URL`` / ``REDIS_URL`` from the environment (or the
-embedded SQLite and broker) with a temporary data dir, on the real Docker Engine. Then, all
-through the real API:
+``/serve/`` itself), web under gunicorn behind it, and the reconciler worker — against
+``DATABASE_URL`` / ``REDIS_URL`` from the environment (or the embedded SQLite and broker) with a
+temporary data dir, on the real Docker Engine. Then, all through the real API:
 
 1. deploys an iris LogisticRegression (1 replica, warm serving image) and times POST →
    ``healthy``;
@@ -256,10 +256,14 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
         bs.run_wrk(url, 4, 1, body, tmp, headers=headers)
     for conns in (1, 16):
         for label, url, headers in targets:
+            before = cpu_seconds(procs[0].popen.pid)
             r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
+            r["edge_us"] = ((cpu_seconds(procs[0].popen.pid) - before) * 1e6
+                            / max(r["rps"] * duration, 1))
             cells[(label, conns)] = r
             print(f"  {label:8} c={conns:<2} {r['rps']:8.0f} req/s p50 {r['p50']:7.2f} ms "
-                  f"p99 {r['p99']:7.2f} ms" + (f"  ERRORS {r['errors']}" if r["errors"] else ""),
+                  f"p99 {r['p99']:7.2f} ms" + (f"  ERRORS {r['errors']}" if r["errors"] else "")
+                  + (f"  edge CPU {r['edge_us']:.0f} µs/request" if label == "gateway" else ""),
                   flush=True)
 
     print("rolling out version 2, then timing rollbacks ...", flush=True)
@@ -281,17 +285,24 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy: list) -> None:
     print(f"\nGateway vs direct (wrk, {duration} s per cell, 1-row iris dataframe_split, "
           "the Procfile's edge — 1 uvicorn worker — in front of gunicorn, 1 replica)\n")
     print("| conns | direct req/s | p50 ms | p99 ms | gateway req/s | p50 ms | p99 ms | "
-          "gateway/direct req/s | added p50 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "gateway/direct req/s | added p50 ms | edge CPU µs/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for conns in (1, 16):
         d, g = cells[("direct", conns)], cells[("gateway", conns)]
         ratio = g["rps"] / d["rps"] if d["rps"] else float("nan")
         print(f"| {conns} | {d['rps']:.0f} | {d['p50']:.2f} | {d['p99']:.2f} | {g['rps']:.0f} | "
-              f"{g['p50']:.2f} | {g['p99']:.2f} | {ratio:.2f} | {g['p50'] - d['p50']:+.2f} |")
+              f"{g['p50']:.2f} | {g['p99']:.2f} | {ratio:.2f} | {g['p50'] - d['p50']:+.2f} | "
+              f"{g['edge_us']:.0f} |")
     added = cells[("gateway", 1)]["p50"] - cells[("direct", 1)]["p50"]
     ratio16 = cells[("gateway", 16)]["rps"] / max(cells[("direct", 16)]["rps"], 1e-9)
     med_switch = statistics.median(switched) if switched else float("nan")
