@@ -79,6 +79,15 @@ def test_production_settings_pass_check_deploy_with_no_warnings(tmp_path):
     assert "System check identified no issues" in result.stdout
 
 
+def test_production_collectstatic_builds_the_manifest(tmp_path):
+    """The compose web container runs collectstatic with WhiteNoise's manifest storage, which
+    fails on any reference to a file that is not shipped (e.g. a vendored script's source
+    map)."""
+    result = _manage(["collectstatic", "--noinput"], PRODUCTION, tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (tmp_path / "static" / "staticfiles.json").exists()
+
+
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     environment = {k: v for k, v in PRODUCTION.items() if k != "DJANGO_SECRET_KEY"}
     result = _manage(["check"], environment, tmp_path)
