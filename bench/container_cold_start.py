@@ -3,12 +3,17 @@
 Compares the model bind-mounted read-only at /model (the default) with the model baked into a
 thin image layer, on the real Docker Engine, with a tiny iris LogisticRegression; the modes are
 measured alternately so that background load hits them alike. "mount, no replay" is the default
-with MODELPORT_FAST_IMPORTS=0 (skops computes its trusted types at import, as before
-serving/fastimport.py). "python -c pass" is the floor: the same image and hardening running
-an empty interpreter (create + start + exit). A local process (no container, LocalRuntime) is
-the reference.
+with MODELPORT_FAST_IMPORTS=0 (none of serving/fastimport.py: skops computes its trusted types
+at import, SciPy parses and renders its docstrings, skops searches each ufunc's module). "python
+-c pass" is the floor: the same image and hardening running an empty interpreter (create +
+start + exit). A local process (no container, LocalRuntime) is the reference.
 
     .venv/bin/python bench/container_cold_start.py [--runs 5] [--base-image modelport/base:bookworm]
+
+`--compare-source DIR` also builds a serving image from another source tree (a directory with
+serving/ and platform/, e.g. an older commit:
+`git archive HEAD serving platform | tar -x -C DIR`) and measures it in the same rounds as
+"mount, DIR"; that image is removed at the end.
 
 Needs the base image (platform/images/build-base.sh); builds the serving image when missing.
 Containers are labelled modelport.bench=1 (not modelport.test: test suites remove those) and
@@ -93,6 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--base-image", default="modelport/base:bookworm")
+    ap.add_argument("--compare-source", metavar="DIR",
+                    help="also measure a serving image built from this source tree")
     args = ap.parse_args()
 
     client = docker.from_env(timeout=300)
@@ -102,6 +109,12 @@ def main() -> None:
     t0 = time.perf_counter()
     image = builder.ensure_image(reqs, lambda line: None)
     print(f"serving image {image}: ensure_image {time.perf_counter() - t0:.1f}s")
+    compare_image = None
+    if args.compare_source:
+        compare = ImageBuilder(client, args.base_image, repository="modelport/serving-compare",
+                               source_dir=args.compare_source)
+        compare_image = compare.ensure_image(reqs, lambda line: None)
+        print(f"comparison image {compare_image} from {args.compare_source}")
     rt = DockerRuntime(client, port_range=(21900, 21999), base_image=args.base_image,
                        extra_labels={"modelport.bench": "1"})
 
@@ -118,6 +131,9 @@ def main() -> None:
                  "mount, no replay": (rt, image, str(model_dir), no_replay),
                  "baked": (rt, baked, None, {}),
                  "local": (local, None, str(model_dir), {})}
+        if compare_image:
+            modes[f"mount, {Path(args.compare_source).name}"] = (rt, compare_image,
+                                                                 str(model_dir), {})
         runs: dict[str, list[tuple[float, float, float]]] = {
             m: [] for m in [*modes, "python -c pass"]}
         try:
@@ -132,6 +148,8 @@ def main() -> None:
                     runs["python -c pass"].append((floor, floor, float("nan")))
         finally:
             client.images.remove(baked, force=True)
+            if compare_image:
+                client.images.remove(compare_image, force=True)
         rows = []
         for mode, results in runs.items():
             ready = [r[1] for r in results]

@@ -38,8 +38,11 @@ ENV VIRTUAL_ENV=/opt/venv \
     MODELPORT_MODEL_DIR=/model MODELPORT_HOST=0.0.0.0 MODELPORT_PORT=8080
 WORKDIR /app
 COPY serving/ /app/serving/
-# skops computes its trusted-type list at import by importing all of scikit-learn; record it
-# once here and the server replays it (serving/fastimport.py: ~0.3 s off every cold start).
+# skops computes its trusted-type list at import by importing all of scikit-learn, and SciPy
+# parses and re-renders ~600 docstrings while it is imported: record both once here (the list,
+# and SciPy's docstring parses/renders keyed by content, beside it in
+# serving-import-cache.docstrings.pickle) and the server replays them while the model loads
+# (serving/fastimport.py). Recording needs no network: the offline build works as before.
 RUN python -m compileall -q /app/serving >/dev/null \
  && python -m serving.fastimport --record /app/serving-import-cache.json
 USER 10001:10001

@@ -153,3 +153,108 @@ def test_replayed_skops_import_still_refuses_a_model_needing_an_untrusted_type(
     assert out["replayed"] is True
     assert out["load"].startswith("UntrustedTypesFoundException"), out["load"]
     assert TREE_TYPE in out["load"]
+
+
+IMPORT_REPLAY_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, sys, types
+    from serving import fastimport
+    with fastimport.import_replay(sys.argv[1]) as state:
+        fastimport.import_skops(sys.argv[1])
+        import scipy.stats  # noqa: F401 - imported by scikit-learn already
+    from skops.io import _trusted_types as t
+    import scipy._lib._docscrape as docscrape
+    import skops.io._utils as utils
+    docs = {}
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "scipy" and isinstance(module, types.ModuleType):
+            for attr, value in list(vars(module).items()):
+                doc = getattr(value, "__doc__", None)
+                if isinstance(doc, str):  # SciPy's examples print fresh random draws
+                    doc = [x for x in doc.splitlines() if "# may vary" not in x]
+                    doc = repr(doc)
+                    docs[name + "." + attr] = hashlib.sha256(doc.encode()).hexdigest()
+    replay = state.get("docstrings")
+    print(json.dumps({
+        "lists": {k: list(v) for k, v in vars(t).items() if k.endswith("_TYPE_NAMES")},
+        "docs": docs,
+        "hits": replay.hits if replay else 0,
+        "patched": [f.__qualname__ for f in (docscrape.FunctionDoc.__init__,
+                    docscrape.FunctionDoc.__str__, utils.whichmodule,
+                    utils.get_public_type_names, t.get_public_type_names)],
+        "finders": [type(f).__name__ for f in sys.meta_path],
+    }))
+    """
+)
+
+
+def test_replayed_scipy_docstrings_and_skops_module_search_change_nothing(tmp_path) -> None:
+    """The recorded SciPy docstring parse/render and the one-pass ufunc module search give
+    byte-identical docstrings and the same skops trusted lists, and leave no hook behind."""
+    cache = tmp_path / "cache.json"
+    run_python("-m", "serving.fastimport", "--record", str(cache))
+    assert (tmp_path / "cache.docstrings.pickle").is_file()
+    real = json.loads(run_python("-c", IMPORT_REPLAY_SCRIPT, str(tmp_path / "missing.json"),
+                                 env={"MODELPORT_FAST_IMPORTS": "0"}))
+    fast = json.loads(run_python("-c", IMPORT_REPLAY_SCRIPT, str(cache)))
+    assert real["hits"] == 0 and fast["hits"] > 300
+    assert fast["lists"] == real["lists"]
+    assert len(fast["lists"]["SCIPY_UFUNC_TYPE_NAMES"]) > 100
+    # The real run imports every scikit-learn module (skops' discovery), so it has more.
+    common = fast["docs"].keys() & real["docs"].keys()
+    assert len(common) > 5000
+    assert {k for k in common if fast["docs"][k] != real["docs"][k]} == set()
+    assert fast["patched"] == ["FunctionDoc.__init__", "FunctionDoc.__str__", "whichmodule",
+                               "get_public_type_names", "get_public_type_names"]
+    assert "_AroundImport" not in fast["finders"]
+
+
+def test_a_stale_docstring_recording_is_not_used(tmp_path) -> None:
+    import pickle
+
+    cache = tmp_path / "cache.json"
+    run_python("-m", "serving.fastimport", "--record", str(cache))
+    docs = tmp_path / "cache.docstrings.pickle"
+    recording = pickle.loads(docs.read_bytes())
+    recording["versions"]["scipy"] = "0.0.1"
+    docs.write_bytes(pickle.dumps(recording))
+    out = json.loads(run_python("-c", IMPORT_REPLAY_SCRIPT, str(cache)))
+    assert out["hits"] == 0
+
+
+def test_one_pass_module_search_names_the_module_skops_whichmodule_names(monkeypatch) -> None:
+    """Objects without ``__module__``: the first module in sys.modules order with the attribute,
+    through module ``__getattr__`` and non-module entries too; what it cannot settle is left
+    to skops."""
+    import types
+
+    from skops.io._utils import whichmodule
+
+    from serving.fastimport import first_modules
+
+    def make(name: str) -> object:
+        return type(name, (), {"__module__": None, "__name__": name})()
+
+    a, b, c, alias = make("fa"), make("fb"), make("fc"), make("fd")
+    alias.__name__ = "not_an_attribute_anywhere"
+    lazy = types.ModuleType("mp_test_lazy")
+    lazy.__getattr__ = lambda name: b if name == "fb" else (_ for _ in ()).throw(
+        AttributeError(name))
+
+    class NotAModule:
+        fc = c
+
+    first = types.ModuleType("mp_test_first")
+    first.fa = a
+    later = types.ModuleType("mp_test_later")
+    later.fa, later.fb, later.fc, later.fd = a, b, c, alias
+    # Appended in this order after everything already imported.
+    for name, module in (("mp_test_first", first), ("mp_test_lazy", lazy),
+                         ("mp_test_other", NotAModule()), ("mp_test_later", later)):
+        monkeypatch.setitem(sys.modules, name, module)
+    found = first_modules([a, b, c, alias])
+    assert {found[id(o)][2] for o in (a, b, c)} == {"mp_test_first", "mp_test_lazy",
+                                                     "mp_test_other"}
+    for obj in (a, b, c):
+        assert found[id(obj)][2] == whichmodule(obj, obj.__name__)
+    assert id(alias) not in found
