@@ -543,7 +543,7 @@ class Reconciler:
                 return False
             if not self.runtime.get_replica(state.id).alive or not self.still_current():
                 return False
-            time.sleep(0.25)
+            time.sleep(0.1)  # a ready replica takes traffic ~0.05 s later on average
         return False
 
     def start_and_wait(self, target: Revision, model_dir: str, missing: list[int],
