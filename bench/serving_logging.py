@@ -108,11 +108,16 @@ def cpu_seconds(proc: Proc) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+SETTLE_S = 1.5  # > the ship interval: the last second's records are shipped before CPU is read
+
+
 def measure(proc: Proc, url: str, conns: int, duration: int, body: bytes, tmp: Path) -> dict:
     """One wrk run, plus the server's CPU time per request (robust to other load on the
-    machine, unlike req/s: it counts only this process's work)."""
+    machine, unlike req/s: it counts only this process's work). CPU is read ``SETTLE_S`` after
+    the run (either mode), so the shipping of the run's last records counts too."""
     before = cpu_seconds(proc)
     r = run_wrk(url, conns, duration, body, tmp)
+    time.sleep(SETTLE_S)
     used = cpu_seconds(proc) - before
     served = r["rps"] * duration
     r["cpu_us"] = used / served * 1e6 if served else float("nan")
@@ -249,7 +254,8 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[Proc]) -> int:
 async def in_process_cost(models: dict, logging_env: dict[str, str],
                           args: argparse.Namespace) -> list[tuple]:
     """CPU µs per request of the model server's ASGI app called directly, logging off vs on
-    (the median of 2 x ``repeats`` alternating runs; shipping really POSTs, from its thread)."""
+    (the median of 2 x ``repeats`` alternating runs; shipping really POSTs, from its thread, and
+    each "on" run ends by flushing its records, so all of their logging work is counted)."""
     sys.path.insert(0, str(REPO_ROOT))
     os.environ.setdefault("MODELPORT_PREDICT_THREAD", "0")
     from serving.app import ModelServer
@@ -286,6 +292,8 @@ async def in_process_cost(models: dict, logging_env: dict[str, str],
                     started = time.process_time()
                     for _ in range(args.in_process_requests):
                         await app(scope, receive, send)
+                    if app.shipper is not None:  # the run's records encoded and POSTed count
+                        await app.shipper.flush()
                     cpu[mode].append((time.process_time() - started)
                                      / args.in_process_requests * 1e6)
             off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])

@@ -356,7 +356,9 @@ def _ingest(token: IngestToken, body: bytes) -> dict[str, Any]:
     if dropped:
         prom.SAMPLED_OUT.labels(deployment.name).inc(dropped)
     prom.INGEST_SECONDS.observe((timezone.now() - started).total_seconds())
-    return {"accepted": len(rows), "sampled_out": dropped}
+    # The rate goes back to the replica, which then leaves the other records out before any
+    # work (serving/shipping.py; the same hash of the request id as _keep).
+    return {"accepted": len(rows), "sampled_out": dropped, "sampling_rate": rate}
 
 
 # --- Rollups ---------------------------------------------------------------------------------

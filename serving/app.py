@@ -355,15 +355,19 @@ class ModelServer:
         elapsed = time.perf_counter() - started
         metrics.observe(endpoint, status, elapsed)
         if self.buffer is not None:
+            # References only; the shipper builds and encodes the record later. A JSON body
+            # that parsed (``raw`` is set) is logged verbatim, CSV as the parsed table; the
+            # predictions as the response body holding them (v2: the predictions object).
+            json_body = raw is not None and (endpoint == "v2_infer" or mime != b"text/csv")
             self.buffer.add(
                 (
-                    request_id.decode(),
+                    request_id,
                     time.time(),
                     elapsed * 1000.0,
                     status,
                     endpoint,
-                    raw,
-                    protocol.jsonable(predictions) if predictions is not None else None,
+                    body if json_body else raw,
+                    out if status == 200 and endpoint == "invocations" else predictions,
                     error,
                 )
             )

@@ -52,6 +52,10 @@ LOG_DROPPED = Counter(
 LOG_SHIPPED = Counter(
     "modelport_prediction_logs_shipped", "Prediction log records delivered to the ingest endpoint"
 )
+LOG_SAMPLED_OUT = Counter(
+    "modelport_prediction_logs_sampled_out",
+    "Prediction log records not kept because of the deployment's sampling rate",
+)
 SHIP_FAILURES = Counter(
     "modelport_prediction_log_ship_failures", "Failed attempts to deliver a batch of log records"
 )

@@ -126,6 +126,9 @@ class IngestBatchSerializer(serializers.Serializer):
 class IngestResultSerializer(serializers.Serializer):
     accepted = serializers.IntegerField()
     sampled_out = serializers.IntegerField()
+    sampling_rate = serializers.FloatField(
+        help_text="The deployment's sampling rate: replicas keep only the requests it keeps "
+                  "(the same hash of the request id) and do no logging work for the others.")
 
 
 class AlertRuleSerializer(serializers.ModelSerializer):

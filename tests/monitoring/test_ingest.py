@@ -10,9 +10,9 @@ from rest_framework.test import APIClient
 
 from monitoring import services
 from monitoring.models import IngestToken, PredictionRecord
-from serving.shipping import Shipper, encode_record
+from serving.shipping import Shipper
 
-from .conftest import batch, minutes_ago, record
+from .conftest import batch, minutes_ago, record, roll
 
 URL = "/api/v1/ingest/predictions/"
 
@@ -37,19 +37,50 @@ def test_a_batch_shaped_like_the_model_servers_is_stored(deployment, ingest_toke
     shipper = Shipper(buffer=None, url="http://unused", envelope={
         "deployment": "churn-prod", "revision": "1", "replica": "churn-prod-r1-0"})
     now = minutes_ago(1).timestamp()
-    body = shipper.encode([encode_record(r) for r in [
+    body = shipper.encode([
         ("req-a", now, 12.5, 200, "invocations",
          {"columns": ["x1", "x2", "color"], "data": [[0.1, 2.0, "red"]]}, [1], None),
         ("req-b", now, 3.0, 500, "invocations", {"instances": [[0.2, 1.0, "blue"]]}, None,
          "prediction failed: boom"),
-    ]])
+    ])
     response = post(body, ingest_token)
     assert response.status_code == 202, response.content
-    assert response.json() == {"accepted": 2, "sampled_out": 0}
+    assert response.json() == {"accepted": 2, "sampled_out": 0, "sampling_rate": 1.0}
     stored = {r.request_id: r for r in PredictionRecord.objects.all()}
     assert stored["req-a"].latency_ms == 12.5 and stored["req-a"].outputs == [1]
     assert stored["req-b"].status == 500 and stored["req-b"].error.startswith("prediction")
     assert stored["req-a"].revision == 1 and stored["req-a"].replica == "churn-prod-r1-0"
+
+
+def test_request_and_response_bodies_logged_verbatim_roll_up_like_parsed_ones(
+        deployment, ingest_token):
+    """The model server splices JSON request bodies (every MLflow format, params included) and
+    its ``{"predictions": …}`` responses into the batch as sent; rollups read them alike."""
+    from monitoring.models import FeatureSketch, MinuteRollup
+
+    shipper = Shipper(buffer=None, url="http://unused", envelope={"deployment": "churn-prod"})
+    now = minutes_ago(1).timestamp()
+    bodies = [
+        b'{"dataframe_split": {"columns": ["x1", "x2", "color"], "data": [[0.1, 2.0, "red"]]}}',
+        b'{"dataframe_records": [{"x1": 0.2, "x2": 1.0, "color": "red"}], "params": {"k": 1}}',
+        b'{\n  "instances": [[0.3, 1.5, "blue"]]\n}',
+        b'{"inputs": {"x1": [0.4], "x2": [1.1], "color": ["green"]}}',
+    ]
+    records = [(f"v-{i}".encode(), now, 2.0, 200, "invocations", b, b'{"predictions":[1]}',
+                None) for i, b in enumerate(bodies)]
+    # CSV arrives as the parsed table (the replica cannot splice CSV text into JSON).
+    records.append(("csv", now, 2.0, 200, "invocations",
+                    {"columns": ["x1", "x2", "color"], "data": [["0.5", "1.0", "red"]]},
+                    b'{"predictions":[0]}', None))
+    response = post(shipper.encode(records), ingest_token)
+    assert response.status_code == 202, response.content
+    assert PredictionRecord.objects.get(request_id="v-0").inputs == orjson.loads(bodies[0])
+    assert PredictionRecord.objects.get(request_id="v-0").outputs == [1]
+    assert roll() == 5
+    rollup = MinuteRollup.objects.get()
+    assert rollup.predictions["classes"] == {"1": 4, "0": 1}
+    colors = FeatureSketch.objects.get().features["color"]["counts"]
+    assert colors == {"red": 3, "blue": 1, "green": 1}
 
 
 @pytest.mark.parametrize("header", [None, "Bearer mpi_nope_nope", "Bearer mpt_user_token",
@@ -142,6 +173,22 @@ def test_sampling_rate_keeps_a_deterministic_share(deployment, ingest_token, eng
     assert PredictionRecord.objects.filter(request_id__in=kept).count() == 2 * len(kept)
 
 
+def test_replicas_sample_with_the_same_hash_so_their_records_are_all_kept(
+        deployment, ingest_token, engineer):
+    from serving.shipping import keeps
+
+    services.set_sampling_rate(actor=engineer, deployment=deployment, sampling_rate=0.25)
+    answer = post(batch([]), ingest_token)  # an empty batch is how an idle replica asks
+    assert answer.status_code == 202 and answer.json()["sampling_rate"] == 0.25
+    ids = [f"req-{i}" for i in range(2000)]
+    assert [keeps(i, 0.25) for i in ids] == [services._keep(i, 0.25) for i in ids]
+    pre_sampled = [record(i, minutes_ago(1), request_id=r) for i, r in enumerate(ids)
+                   if keeps(r.encode(), 0.25)]
+    body = post(batch(pre_sampled), ingest_token).json()
+    assert body["accepted"] == len(pre_sampled) and body["sampled_out"] == 0
+    assert 400 < len(pre_sampled) < 600
+
+
 def test_ingest_environment_for_replicas(deployment, settings):
     settings.MODELPORT_BASE_URL = "http://127.0.0.1:8000/"
     env = services.ingest_environment(deployment=deployment)
@@ -152,8 +199,9 @@ def test_ingest_environment_for_replicas(deployment, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_model_servers_shipper_delivers_over_http(live_server, team):
-    """serving.shipping.Shipper, unchanged, POSTs to a running Modelport."""
+def test_the_model_servers_shipper_delivers_over_http(live_server, team, engineer):
+    """serving.shipping.Shipper, unchanged, POSTs to a running Modelport and learns the
+    deployment's sampling rate from the answer."""
     from registry.models import RegisteredModel
     from serving.shipping import PredictionLog, ShipError
 
@@ -166,14 +214,17 @@ def test_the_model_servers_shipper_delivers_over_http(live_server, team):
     shipper = Shipper(PredictionLog(100), url, env["MODELPORT_INGEST_TOKEN"], envelope={
         "deployment": "churn-prod", "revision": "1", "replica": "churn-prod-r1-0"})
     now = minutes_ago(1).timestamp()
-    shipper._post(shipper.encode([encode_record(("live-1", now, 4.2, 200, "invocations",
+    shipper.learn(shipper._post(shipper.encode([("live-1", now, 4.2, 200, "invocations",
                                                  {"instances": [[0.1, 1.0, "red"]]}, [0],
-                                                 None))]))
+                                                 None)])))
     assert PredictionRecord.objects.get().request_id == "live-1"
+    assert shipper.buffer.sampling_rate == 1.0
+    services.set_sampling_rate(actor=engineer, deployment=deployment, sampling_rate=0.3)
+    shipper.learn(shipper._post(shipper.encode([])))  # an empty batch: how replicas ask
+    assert shipper.buffer.sampling_rate == 0.3
     bad = Shipper(PredictionLog(100), url, "mpi_wrong_token", envelope={"deployment": "x"})
     with pytest.raises(ShipError) as refused:
-        bad._post(bad.encode([encode_record(("live-2", now, 1.0, 200, "invocations", None,
-                                             None, None))]))
+        bad._post(bad.encode([("live-2", now, 1.0, 200, "invocations", None, None, None)]))
     assert "401" in str(refused.value)
 
 

@@ -316,7 +316,8 @@ def test_prediction_logs_are_shipped_in_batches_with_token(iris_server, receiver
     assert batch["replica"] == "iris-0"
     record = next(r for r in batch["records"] if r["request_id"] == "ship-me-1")
     assert record["status"] == 200 and record["outputs"] == [0]
-    assert record["inputs"] == [ROW] and record["latency_ms"] > 0
+    # A JSON request body is logged as sent (verbatim, never re-encoded).
+    assert record["inputs"] == {"instances": [ROW]} and record["latency_ms"] > 0
     assert record["timestamp"].endswith("+00:00")
     assert f"Bearer {INGEST_TOKEN}" in receiver.auth_headers
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import orjson
 import pytest
 
@@ -20,7 +21,7 @@ def test_full_buffer_drops_oldest_and_counts() -> None:
     for i in range(5):
         buf.add(record(i))
     assert buf.dropped == 2
-    assert [orjson.loads(r)["request_id"] for r in buf.take(10)] == ["r2", "r3", "r4"]
+    assert [r[0] for r in buf.take(10)] == ["r2", "r3", "r4"]
 
 
 def test_records_are_encoded_when_logged_with_the_same_timestamps_as_datetime() -> None:
@@ -67,6 +68,124 @@ def test_shipper_sends_batches_with_envelope_and_retries_after_failure() -> None
     assert sent[0]["records"][0]["timestamp"] == "2023-11-14T22:13:20.000+00:00"
     assert shipper.shipped == 5 and shipper.failures == 0
     assert shipper.backoff() <= 0.01
+
+
+def test_json_bodies_and_predictions_go_into_the_batch_verbatim_without_reencoding() -> None:
+    body = b'{"dataframe_split": {"columns": ["a", "b"],\n "data": [[1.5, 2], [3, 4]]}}'
+    response = b'{"predictions":[0,2]}'
+    records = [
+        (b"hdr-1", 1_700_000_000.25, 0.91234, 200, "invocations", body, response, None),
+        # CSV input (the parsed table) and v2 predictions (an object) are encoded here.
+        ("csv-1", 1_700_000_000.5, 1.0, 200, "invocations",
+         {"columns": ["a"], "data": [["1"]]}, None, None),
+        ("v2-1", 1_700_000_001.0, 2.0, 200, "v2_infer", body, np.array([[0.25, 0.75]]), None),
+        ("bad-1", 1_700_000_001.0, 3.0, 400, "invocations", None, None, "no such column"),
+    ]
+    shipper = Shipper(PredictionLog(10), "http://unused", envelope={"deployment": "d"})
+    doc = orjson.loads(shipper.encode(records))
+    first, csv, v2, bad = doc["records"]
+    assert first == {"request_id": "hdr-1", "timestamp": "2023-11-14T22:13:20.250+00:00",
+                     "latency_ms": 0.912, "status": 200, "endpoint": "invocations",
+                     "inputs": orjson.loads(body), "outputs": [0, 2], "error": None}
+    assert csv["inputs"] == {"columns": ["a"], "data": [["1"]]} and csv["outputs"] is None
+    assert v2["outputs"] == [[0.25, 0.75]] and v2["timestamp"].startswith("2023-11-14T22:13:21")
+    assert bad["error"] == "no such column" and bad["inputs"] is None
+    assert body in shipper.encode(records)  # spliced in as sent, whitespace and all
+
+
+def test_one_record_json_cannot_hold_does_not_cost_the_rest_of_the_batch() -> None:
+    shipper = Shipper(PredictionLog(10), "http://unused")
+    records = [record(1), ("odd", 1_700_000_000.0, 1.0, 200, "invocations",
+                           {(1, 2): object()}, [1], None), record(2)]
+    doc = orjson.loads(shipper.encode(records))
+    assert [r["request_id"] for r in doc["records"]] == ["r1", "odd", "r2"]
+    assert doc["records"][0]["inputs"] == [[1]] and isinstance(doc["records"][1]["inputs"], str)
+
+
+def test_batches_are_encoded_in_chunks_that_yield_to_the_event_loop() -> None:
+    records = [record(i) for i in range(1000)]
+    ticks = 0
+
+    async def ticker(stop: asyncio.Event) -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def scenario() -> bytes:
+        shipper = Shipper(PredictionLog(10), "http://unused", batch_size=1000)
+        stop = asyncio.Event()
+        task = asyncio.create_task(ticker(stop))
+        await asyncio.sleep(0)
+        body = await shipper.encode_in_chunks(records)
+        stop.set()
+        await task
+        assert body == shipper.encode(records)
+        return body
+
+    body = asyncio.run(scenario())
+    assert len(orjson.loads(body)["records"]) == 1000
+    assert ticks > 2  # the loop ran other tasks between chunks
+
+
+def test_request_path_keeps_references_and_encodes_nothing() -> None:
+    body = b'{"instances": [[1.0]]}'
+    buf = PredictionLog(10)
+    rec = (b"id", 1_700_000_000.0, 1.0, 200, "invocations", body, b'{"predictions":[1]}', None)
+    buf.add(rec)
+    (kept,) = buf.take(1)
+    assert kept is rec and kept[5] is body
+
+
+def test_sampling_rate_from_the_ingest_answer_leaves_records_out_before_any_work() -> None:
+    import zlib
+
+    answers = [b'{"accepted":1,"sampled_out":0,"sampling_rate":0.25}', b"12"]
+    buf = PredictionLog(maxlen=5000)
+    shipper = Shipper(buf, "http://unused", poster=lambda body: answers.pop(0))
+    buf.add(record(0))
+    assert asyncio.run(shipper.ship_batch()) is True
+    assert buf.sampling_rate == 0.25
+    ids = [f"req-{i}".encode() for i in range(2000)]
+    for request_id in ids:
+        buf.add((request_id, 1_700_000_000.0, 1.0, 200, "invocations", None, None, None))
+    kept = [r[0] for r in buf.take(5000)]
+    # The ingest endpoint's rule (monitoring.services._keep): crc32 of the request id.
+    assert kept == [i for i in ids if zlib.crc32(i) / 2**32 < 0.25]
+    assert 400 < len(kept) < 600 and buf.sampled_out == 2000 - len(kept)
+    buf.add((kept[0], 1_700_000_000.0, 1.0, 200, "invocations", None, None, None))
+    assert asyncio.run(shipper.ship_batch()) is True and answers == []
+    assert buf.sampling_rate == 0.25  # an answer without a rate (an older platform) keeps it
+
+
+def test_an_idle_replica_at_sampling_rate_zero_asks_for_the_rate_with_an_empty_batch(
+        monkeypatch) -> None:
+    from serving import shipping
+
+    monkeypatch.setattr(shipping, "RATE_REFRESH_S", 0.0)
+    sent: list[dict] = []
+
+    def poster(body: bytes) -> bytes:
+        sent.append(orjson.loads(body))
+        return b'{"accepted":0,"sampled_out":0,"sampling_rate":1.0}'
+
+    async def scenario() -> PredictionLog:
+        buf = PredictionLog(maxlen=10)
+        buf.sampling_rate = 0.0
+        buf.add(record(1))  # left out: nothing to ship
+        shipper = Shipper(buf, "http://unused", envelope={"deployment": "d"}, interval=0.01,
+                          poster=poster)
+        shipper.start()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if buf.sampling_rate == 1.0:
+                break
+        await shipper.stop()
+        return buf
+
+    buf = asyncio.run(scenario())
+    assert buf.sampling_rate == 1.0 and buf.sampled_out == 1
+    assert sent[0] == {"deployment": "d", "records": []}
 
 
 def test_permanent_rejection_drops_the_batch_instead_of_retrying_forever() -> None:
