@@ -233,14 +233,14 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
 
     # Warm-up: the worker has booted and the image and model files are in the page cache.
     print("warm-up deploy ...", flush=True)
+    cleanup.append(lambda: remove_containers(f"{name}-warm"))  # even if the POST fails
     api.call("POST", "/deployments/", json={**spec, "name": f"{name}-warm"})
-    cleanup.append(lambda: remove_containers(f"{name}-warm"))
     api.wait(f"{name}-warm", healthy_on(1))
     api.call("DELETE", f"/deployments/{name}-warm/")
     print("deploying (warm image) ...", flush=True)
     started = time.perf_counter()
-    api.call("POST", "/deployments/", json=spec)
     cleanup.append(lambda: remove_containers(name))
+    api.call("POST", "/deployments/", json=spec)
     cleanup.insert(0, lambda: api.call("DELETE", f"/deployments/{name}/"))
     deploy_s, d = api.wait(name, healthy_on(1))
     deploy_s = time.perf_counter() - started
