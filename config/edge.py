@@ -21,9 +21,15 @@ django.setup()
 from django.conf import settings  # noqa: E402  (after django.setup())
 
 from deployments.edge import Edge  # noqa: E402
-from serving.server import NoDelayHttpToolsProtocol  # noqa: E402
+from deployments.edge_protocol import EdgeHttpProtocol  # noqa: E402
 
 log = logging.getLogger("modelport.edge")
+
+# EdgeHttpProtocol answers /serve/ itself only when uvicorn hands it the Edge unwrapped: no
+# proxy-headers or message-logging middleware (tests/deployments/test_edge_protocol.py).
+UVICORN_OPTIONS = dict(factory=True, loop="uvloop", http=EdgeHttpProtocol, lifespan="on",
+                       access_log=False, proxy_headers=False, server_header=False,
+                       timeout_graceful_shutdown=10, log_level="warning")
 
 
 def upstream(value: str) -> str:
@@ -60,10 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s edge %(levelname)s %(message)s")
     log.info("edge on http://%s:%s -> web %s (%d worker%s)", args.host, args.port,
              args.upstream, args.workers, "" if args.workers == 1 else "s")
-    uvicorn.run("config.edge:application", factory=True, host=args.host, port=args.port,
-                workers=args.workers, loop="uvloop", http=NoDelayHttpToolsProtocol, lifespan="on",
-                access_log=False, proxy_headers=False, server_header=False,
-                timeout_graceful_shutdown=10, log_level="warning")
+    uvicorn.run("config.edge:application", host=args.host, port=args.port,
+                workers=args.workers, **UVICORN_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ Run it with ``python -m config.edge`` (the Procfile's ``edge`` process).
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 import orjson
@@ -36,7 +37,7 @@ from rest_framework import exceptions
 from yarl import URL
 
 from . import gateway, shadowing
-from .upstream import Pool, UpstreamError, UpstreamTimeout
+from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
 
@@ -55,16 +56,122 @@ SKIP_ANSWER = HOP_BY_HOP | {b"date"}  # uvicorn writes its own Date
 FORWARD = {name.lower().encode(): name.encode() for name in gateway.FORWARD_HEADERS
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
+_EDGE_ERROR = b'{"detail":"The edge failed to answer this request.","code":"edge_error"}'
 
 
-_ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across edge workers
+_ID_PREFIX = os.urandom(8).hex().encode()  # per process: ids stay unique across edge workers
 _ID_COUNTER = itertools.count(1)
 
 
-def _new_request_id() -> str:
+def _new_request_id() -> bytes:
     """A 32-hex-digit request id like Django's (uuid4().hex), without a getrandom() call per
     request: a random per-process prefix and a counter."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
+
+
+class Reply(NamedTuple):
+    """An answer to write: status, headers (lower-case names), body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def _refusal(refusal: gateway.Refusal, request_id: bytes) -> Reply:
+    body = orjson.dumps({"detail": refusal.detail, "code": refusal.code})
+    headers = [*JSON, (b"content-length", b"%d" % len(body)), (b"x-request-id", request_id)]
+    headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in refusal.headers.items()]
+    return Reply(refusal.status, headers, body)
+
+
+class Exchange:
+    """One gateway request on its way to a replica and back: the retry state of
+    ``Edge.handle`` between callbacks."""
+
+    __slots__ = ("attempts", "body", "done", "edge", "forward", "key", "last_error", "name",
+                 "request_id", "revision", "route", "started", "tried")
+
+    def __init__(self, edge: Edge, name: str, forward: list[tuple[bytes, bytes]],
+                 key: str | None, request_id: bytes, body: bytes | None,
+                 done: Callable[[Reply], None]) -> None:
+        self.edge = edge
+        self.name = name
+        self.forward = forward
+        self.key = key
+        self.request_id = request_id
+        self.body = body
+        self.done = done
+        self.route: gateway.Route | None = None
+        self.tried: set[str] = set()
+        self.last_error = ""
+        self.attempts = 0
+        self.revision = 0
+        self.started = 0.0
+
+    def refuse(self, refusal: gateway.Refusal) -> None:
+        self.done(_refusal(refusal, self.request_id))
+
+    def admit(self, caller: tuple[bool, frozenset[int]], route: gateway.Route | None) -> None:
+        admin, teams = caller
+        if route is None or not (admin or route.team_id in teams):
+            self.refuse(gateway.not_found(self.name))
+        elif self.body is None:
+            self.refuse(gateway.Refusal(413, f"Request body over {self.edge.max_body} bytes.",
+                                        "payload_too_large", {}))
+        else:
+            self.route = route
+            self.relay()
+
+    def relay(self) -> None:
+        """Send the body to a replica picked by the traffic split: at most two attempts, the
+        second on another replica (or the same one when a pooled connection had gone stale)."""
+        picked = self.route.pick(self.key, self.tried)
+        if picked is None and self.last_error == "the replica closed the connection":
+            picked = self.route.pick(self.key, set())
+        if picked is None:
+            self.refuse(gateway.no_ready_replica(self.name) if not self.tried
+                        else gateway.unavailable(self.name, self.last_error))
+            return
+        self.revision, url = picked
+        self.tried.add(url)
+        self.attempts += 1
+        self.started = time.monotonic()
+        self.edge.replicas.send(url, b"/invocations", self.body, self.forward,
+                                self.edge.timeout, self.answered)
+
+    def answered(self, answer: Answer | None, error: Exception | None) -> None:
+        try:
+            self._answered(answer, error)
+        except Exception:  # the client must get an answer, whatever broke
+            log.exception("the edge failed to answer POST /serve/%s/invocations", self.name)
+            self.done(Reply(500, [*JSON, (b"content-length", b"%d" % len(_EDGE_ERROR)),
+                                  (b"x-request-id", self.request_id)], _EDGE_ERROR))
+
+    def _answered(self, answer: Answer | None, error: Exception | None) -> None:
+        deployment_id = self.route.version[0]
+        elapsed_ms = (time.monotonic() - self.started) * 1000
+        if answer is None:
+            if isinstance(error, UpstreamTimeout):
+                gateway.count(deployment_id, self.revision, 504, elapsed_ms)
+                self.refuse(gateway.timed_out(self.name))
+                return
+            gateway.count(deployment_id, self.revision, 502, elapsed_ms)
+            self.last_error = str(error)
+            if self.attempts < 2:
+                self.relay()  # the replica went away: once more on another one
+            else:
+                self.refuse(gateway.unavailable(self.name, self.last_error))
+            return
+        gateway.count(deployment_id, self.revision, answer.status, elapsed_ms)
+        if self.route.shadow is not None:
+            shadowing.mirror(deployment_id, self.route.shadow, self.body,
+                             {k.decode(): v.decode("latin-1") for k, v in self.forward},
+                             answer.status, answer.body)
+        self.done(Reply(answer.status, [
+            (b"content-type", answer.content_type),
+            (b"content-length", b"%d" % len(answer.body)),
+            (b"x-modelport-revision", b"%d" % self.revision),
+            (b"x-request-id", self.request_id)], answer.body))
 
 
 class Edge:
@@ -73,15 +180,21 @@ class Edge:
     def __init__(self, web_upstream: str, *, max_body: int | None = None) -> None:
         self.web_upstream = web_upstream
         self.max_body = max_body or settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
+        self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
         self.replicas = Pool()
         self.web: aiohttp.ClientSession | None = None
         self.web_base = ""
         self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelport-edge")
         self.chores: list[asyncio.Task] = []
+        self.lookups: set[asyncio.Task] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        # Django, DRF and the gateway's imports are hundreds of thousands of long-lived objects:
+        # out of the collector's sight, a full collection no longer walks them all.
+        gc.collect()
+        gc.freeze()
         if self.web_upstream.startswith("unix:"):
             connector: aiohttp.BaseConnector = aiohttp.UnixConnector(
                 path=self.web_upstream[len("unix:"):], limit=256)
@@ -94,6 +207,7 @@ class Edge:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=600.0))
         self.chores = [asyncio.create_task(self._every(gateway.FLUSH_S, gateway.flush)),
+                       asyncio.create_task(self._expire_replica_requests()),
                        asyncio.create_task(self._every(gateway.REVOKE_CHECK_S,
                                                        self._forget_revoked))]
 
@@ -114,6 +228,11 @@ class Edge:
                 await self._sync(chore)
             except Exception:  # a database hiccup must not end the chore
                 log.exception("edge chore %s failed", getattr(chore, "__name__", chore))
+
+    async def _expire_replica_requests(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            self.replicas.expire()
 
     @staticmethod
     def _forget_revoked() -> None:
@@ -158,95 +277,92 @@ class Edge:
     # --- the gateway --------------------------------------------------------------------------
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
-        headers: list[tuple[bytes, bytes]] = []
+        """The gateway through the ASGI interface, for the requests the edge's own protocol
+        (``deployments.edge_protocol``) leaves to uvicorn: a percent-encoded name, a request
+        pipelined behind another, a method other than POST."""
+        body = await self._read_body(receive)
+        answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.handle(method=scope["method"], headers=scope["headers"], name=name, body=body,
+                    done=lambda reply: answered.done() or answered.set_result(reply))
+        reply = await answered
+        await send({"type": "http.response.start", "status": reply.status,
+                    "headers": reply.headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    def handle(self, *, method: str, headers: Iterable[tuple[bytes, bytes]], name: str,
+               body: bytes | None, done: Callable[[Reply], None],
+               tokens: dict[bytes, tuple[str, str]] | None = None) -> None:
+        """Answer one request for deployment ``name``: ``done(reply)`` is called once, with a
+        refusal or the replica's answer. ``headers`` are the request's (lower-case names);
+        ``body`` is None when it was over ``max_body``.
+
+        With the token and the route in the gateway's caches — nearly every request — nothing
+        here awaits: the body goes to a pooled replica connection and ``done`` runs from that
+        connection's parser. A cache miss looks the token or route up in a worker thread.
+
+        ``tokens``: the connection's last ``Authorization`` header and its (token, SHA-256
+        digest), so a client sending the same token on a keep-alive connection is not hashed
+        again on every request. It lives as long as the connection."""
+        forward: list[tuple[bytes, bytes]] = []
         authorization = route_key = incoming_id = b""
-        for key, value in scope["headers"]:
+        for key, value in headers:
             if key == b"authorization":
                 authorization = value
             elif key == b"x-request-id":
                 incoming_id = value
             elif key in FORWARD:
-                headers.append((FORWARD[key], value))
+                forward.append((FORWARD[key], value))
             elif key == b"x-modelport-route-key":
                 route_key = value
-        request_id = (incoming_id.decode() if incoming_id and _VALID_REQUEST_ID.match(incoming_id)
+        request_id = (incoming_id if incoming_id and _VALID_REQUEST_ID.match(incoming_id)
                       else _new_request_id())
-        headers.append((b"X-Request-ID", request_id.encode()))
-        if scope["method"] != "POST":
-            await self._refuse(send, gateway.method_not_allowed(scope["method"]), request_id)
+        forward.append((b"X-Request-ID", request_id))
+        if method != "POST":
+            done(_refusal(gateway.method_not_allowed(method), request_id))
             return
-        scheme, _, raw = authorization.decode("latin-1").partition(" ")
-        raw = raw.strip()
-        if scheme.lower() != "bearer" or not raw:
-            await self._refuse(send, gateway.not_authenticated(), request_id)
+        known = tokens.get(authorization) if tokens is not None else None
+        if known is None:
+            scheme, _, raw = authorization.decode("latin-1").partition(" ")
+            raw = raw.strip()
+            if scheme.lower() != "bearer" or not raw:
+                done(_refusal(gateway.not_authenticated(), request_id))
+                return
+            known = (raw, gateway.token_digest(raw))
+            if tokens is not None:
+                tokens.clear()
+                tokens[authorization] = known
+        raw, digest = known
+        exchange = Exchange(self, name, forward, route_key.decode("latin-1") or None,
+                            request_id, body, done)
+        caller = gateway.cached_caller(digest)
+        route = gateway.cached_route(name)
+        if caller is None or route is None:
+            task = asyncio.get_running_loop().create_task(
+                self._look_up(exchange, raw, caller, route))
+            self.lookups.add(task)
+            task.add_done_callback(self.lookups.discard)
             return
+        exchange.admit(caller, route)
+
+    async def _look_up(self, exchange: Exchange, raw: str,
+                       caller: tuple[bool, frozenset[int]] | None,
+                       route: gateway.Route | None) -> None:
         try:
-            caller = gateway.cached_caller(gateway.token_digest(raw))
             if caller is None:
                 caller = await self._sync(gateway.caller, raw)
-            route = gateway.cached_route(name) or await self._sync(gateway.route_for, name)
+            if route is None:
+                route = await self._sync(gateway.route_for, exchange.name)
         except exceptions.AuthenticationFailed as exc:
-            await self._refuse(send, gateway.token_refused(exc), request_id)
+            exchange.refuse(gateway.token_refused(exc))
             return
         except DatabaseError:
             log.exception("database unavailable for a token or routing check")
-            await self._refuse(send, gateway.Refusal(
+            exchange.refuse(gateway.Refusal(
                 503, "Modelport cannot check this token or route right now (its database is "
                      "not answering); try again shortly.", "control_plane_unavailable",
-                {"Retry-After": "5"}), request_id)
+                {"Retry-After": "5"}))
             return
-        admin, teams = caller
-        if route is None or not (admin or route.team_id in teams):
-            await self._refuse(send, gateway.not_found(name), request_id)
-            return
-        body = await self._read_body(receive)
-        if body is None:
-            await self._refuse(send, gateway.Refusal(
-                413, f"Request body over {self.max_body} bytes.", "payload_too_large", {}),
-                request_id)
-            return
-        key = route_key.decode("latin-1") or None
-        tried: set[str] = set()
-        last_error = ""
-        for _attempt in range(2):
-            picked = route.pick(key, tried)
-            if picked is None and last_error == "the replica closed the connection":
-                picked = route.pick(key, set())  # a pooled connection went stale: same replica
-            if picked is None:
-                break
-            revision, url = picked
-            tried.add(url)
-            started = time.monotonic()
-            try:
-                answer = await self.replicas.post(url, b"/invocations", body, headers,
-                                                  settings.MODELPORT_GATEWAY_TIMEOUT_S)
-            except UpstreamError as exc:
-                last_error = str(exc)
-                gateway.count(route.version[0], revision, 502,
-                              (time.monotonic() - started) * 1000)
-                continue  # the replica went away: once more on another one
-            except UpstreamTimeout:
-                gateway.count(route.version[0], revision, 504,
-                              (time.monotonic() - started) * 1000)
-                await self._refuse(send, gateway.timed_out(name), request_id)
-                return
-            gateway.count(route.version[0], revision, answer.status,
-                          (time.monotonic() - started) * 1000)
-            await send({"type": "http.response.start", "status": answer.status, "headers": [
-                (b"content-type", answer.content_type),
-                (b"content-length", b"%d" % len(answer.body)),
-                (b"x-modelport-revision", b"%d" % revision),
-                (b"x-request-id", request_id.encode())]})
-            await send({"type": "http.response.body", "body": answer.body})
-            if route.shadow is not None:
-                shadowing.mirror(route.version[0], route.shadow, body,
-                                 {k.decode(): v.decode("latin-1") for k, v in headers},
-                                 answer.status, answer.body)
-            return
-        if not tried:
-            await self._refuse(send, gateway.no_ready_replica(name), request_id)
-        else:
-            await self._refuse(send, gateway.unavailable(name, last_error), request_id)
+        exchange.admit(caller, route)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole request body, or None once it passes ``max_body``."""
@@ -264,15 +380,6 @@ class Edge:
                 return None
             parts.append(chunk)
         return b"".join(parts)
-
-    @staticmethod
-    async def _refuse(send: Send, refusal: gateway.Refusal, request_id: str) -> None:
-        body = orjson.dumps({"detail": refusal.detail, "code": refusal.code})
-        headers = [*JSON, (b"content-length", str(len(body)).encode()),
-                   (b"x-request-id", request_id.encode())]
-        headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in refusal.headers.items()]
-        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     # --- everything else: Django ----------------------------------------------------------------
 

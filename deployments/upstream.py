@@ -4,8 +4,9 @@ The edge's hot path is one small POST to a replica per prediction. aiohttp's cli
 in about 150 µs of CPU per request — half of the edge's cost — for features the path never
 uses (cookies, redirects, auto headers, multidict bookkeeping, a task per timeout). This
 client does only what the path needs: one request at a time per connection, a
-``Content-Length`` body, the answer parsed by ``httptools`` (the parser uvicorn uses), idle
-connections reused per replica and dropped before the replica's own keep-alive timeout (5 s).
+``Content-Length`` body, the answer parsed by ``httptools`` (the parser uvicorn uses) and handed
+to a callback, idle connections reused per replica and dropped before the replica's own
+keep-alive timeout (5 s).
 The edge still uses aiohttp for the general proxy to Django (streaming, any method).
 """
 
@@ -16,12 +17,14 @@ import contextlib
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
 
 IDLE_S = 4.0  # below uvicorn's keep-alive timeout on the replica side (5 s)
 MAX_IDLE_PER_REPLICA = 256
+EXPIRE_EVERY_S = 0.25  # how late, at most, a request's timeout is noticed
 
 
 class UpstreamError(Exception):
@@ -41,16 +44,23 @@ class Answer:
         self.body = body
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; ``request`` may be awaited by one caller at a time."""
+OnAnswer = Callable[[Answer | None, Exception | None], None]
 
-    def __init__(self) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time. ``send`` takes a callback,
+    not a future: the edge answers a cached request without a task or an await, and the
+    callback runs straight from the parser when the replica's answer is complete."""
+
+    def __init__(self, pool: Pool, address: tuple[str, int]) -> None:
+        self.pool = pool
+        self.address = address
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Answer] | None = None
+        self.on_answer: OnAnswer | None = None
+        self.deadline = 0.0
         self.closed = False
         self.idle_since = 0.0
-        self._header = b""
         self._content_type = b"application/json"
         self._body: list[bytes] = []
 
@@ -66,8 +76,8 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"bad answer from the replica: {exc}"))
             self.close()
+            self._fail(UpstreamError(f"bad answer from the replica: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -83,39 +93,38 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         answer = Answer(self.parser.get_status_code(), self._content_type, b"".join(self._body))
-        if not self.parser.should_keep_alive():
-            self.close()
         self._body = []
         self._content_type = b"application/json"
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(answer)
+        on_answer, self.on_answer = self.on_answer, None
+        self.pool.busy.discard(self)
+        if not self.parser.should_keep_alive():
+            self.close()
+        elif on_answer is not None:
+            self.pool.give_back(self)
+        if on_answer is not None:
+            on_answer(answer, None)
 
     # use
+    def send(self, data: bytes, timeout: float, on_answer: OnAnswer) -> None:
+        self.on_answer = on_answer
+        self.deadline = time.monotonic() + timeout
+        self.pool.busy.add(self)
+        self.transport.write(data)
+
     def _fail(self, exc: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        on_answer, self.on_answer = self.on_answer, None
+        self.pool.busy.discard(self)
+        if on_answer is not None:
+            on_answer(None, exc)
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
-    async def request(self, head: bytes, body: bytes, timeout: float) -> Answer:
-        loop = asyncio.get_running_loop()
-        self.waiter = waiter = loop.create_future()
-        self.transport.write(head + body)
-        timer = loop.call_later(timeout, self._time_out, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-
-    def _time_out(self, waiter: asyncio.Future) -> None:
-        if not waiter.done():
-            waiter.set_exception(UpstreamTimeout())
-            self.close()  # a late answer must not be read as the next request's
+    def time_out(self) -> None:
+        self.close()  # a late answer must not be read as the next request's
+        self._fail(UpstreamTimeout())
 
 
 class Pool:
@@ -124,29 +133,57 @@ class Pool:
     def __init__(self, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
         self.idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._connecting: set[asyncio.Task] = set()
+        self.busy: set[_Connection] = set()  # waiting for an answer; see ``expire``
 
-    async def post(self, url: str, path: bytes, body: bytes, headers: list[tuple[bytes, bytes]],
-                   timeout: float) -> Answer:
-        """POST ``body`` to ``url`` + ``path``; ``UpstreamError`` when the replica cannot be
-        reached or drops the connection, ``UpstreamTimeout`` when it does not answer in time."""
-        address, prefix = _address(url)
-        head = b"".join([b"POST ", prefix, path, b" HTTP/1.1\r\nHost: ", b"%s:%d" % (
-            address[0].encode(), address[1]), b"\r\nContent-Length: ", b"%d" % len(body),
-            b"\r\n", *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n"])
-        connection = self._take(address)
-        if connection is None:
-            connection = await self._connect(address)
+    def send(self, url: str, path: bytes, body: bytes, headers: list[tuple[bytes, bytes]],
+             timeout: float, on_answer: OnAnswer) -> None:
+        """POST ``body`` to ``url`` + ``path``; ``on_answer(answer, None)`` when the replica
+        answers, ``on_answer(None, UpstreamError)`` when it cannot be reached or drops the
+        connection, ``on_answer(None, UpstreamTimeout)`` when it does not answer in time —
+        exactly once, and never before ``send`` returns when a connection must be opened."""
         try:
-            answer = await connection.request(head, body, timeout)
-        except BaseException:
-            connection.close()
-            raise
-        if not connection.closed:
-            self._give_back(address, connection)
-        return answer
+            address, prefix = _address(url)
+        except UpstreamError as exc:
+            on_answer(None, exc)
+            return
+        data = b"".join([b"POST ", prefix, path, b" HTTP/1.1\r\nHost: ", b"%s:%d" % (
+            address[0].encode(), address[1]), b"\r\nContent-Length: ", b"%d" % len(body),
+            b"\r\n", *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n", body])
+        connection = self._take(address)
+        if connection is not None:
+            connection.send(data, timeout, on_answer)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._connect_and_send(address, data, timeout, on_answer))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect_and_send(self, address: tuple[str, int], data: bytes, timeout: float,
+                                on_answer: OnAnswer) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self, address), *address),
+                self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            on_answer(None, UpstreamError(f"cannot connect to {address[0]}:{address[1]} "
+                                          f"({exc.__class__.__name__})"))
+            return
+        connection.send(data, timeout, on_answer)
+
+    def expire(self) -> None:
+        """Fail the requests past their timeout with ``UpstreamTimeout`` (and close their
+        connections). The edge calls this every ``EXPIRE_EVERY_S``: one check for all
+        requests instead of a timer armed and cancelled per request."""
+        now = time.monotonic()
+        for connection in [c for c in self.busy if c.deadline <= now]:
+            connection.time_out()
 
     def _take(self, address: tuple[str, int]) -> _Connection | None:
         idle = self.idle.get(address)
+        if not idle:
+            return None
         now = time.monotonic()
         while idle:
             connection = idle.pop()
@@ -155,25 +192,19 @@ class Pool:
             connection.close()
         return None
 
-    def _give_back(self, address: tuple[str, int], connection: _Connection) -> None:
-        idle = self.idle.setdefault(address, deque())
+    def give_back(self, connection: _Connection) -> None:
+        idle = self.idle.get(connection.address)
+        if idle is None:
+            idle = self.idle[connection.address] = deque()
         if len(idle) >= MAX_IDLE_PER_REPLICA:
             connection.close()
             return
         connection.idle_since = time.monotonic()
         idle.append(connection)
 
-    async def _connect(self, address: tuple[str, int]) -> _Connection:
-        loop = asyncio.get_running_loop()
-        try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(_Connection, *address), self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"cannot connect to {address[0]}:{address[1]} "
-                                f"({exc.__class__.__name__})") from exc
-        return connection
-
     def close(self) -> None:
+        for task in list(self._connecting):
+            task.cancel()
         for idle in self.idle.values():
             for connection in idle:
                 connection.close()

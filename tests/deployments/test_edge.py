@@ -74,7 +74,8 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update({"DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
                 "MODELPORT_DATA_DIR": str(tmp / "data"), "DATABASE_URL": database_url,
-                "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30"})
+                "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30",
+                "MODELPORT_GATEWAY_TIMEOUT_S": "2"})
     socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
     port = _free_port()
     procs = [
