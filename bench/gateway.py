@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -254,17 +255,20 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
                ("gateway", f"{base}/serve/{name}/invocations", auth)]
     for _label, url, headers in targets:  # warm up both (connections, route and token caches)
         bs.run_wrk(url, 4, 1, body, tmp, headers=headers)
+    container = replica_cgroup(name)
     for conns in (1, 16):
         for label, url, headers in targets:
-            before = cpu_seconds(procs[0].popen.pid)
+            before = cpu_split(procs[0].popen.pid, container)
             r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
-            r["edge_us"] = ((cpu_seconds(procs[0].popen.pid) - before) * 1e6
-                            / max(r["rps"] * duration, 1))
+            after = cpu_split(procs[0].popen.pid, container)
+            requests = max(r["rps"] * duration, 1)
+            r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / requests for k in after}
+            r["edge_us"] = r["cpu_us"]["edge"]
             cells[(label, conns)] = r
             print(f"  {label:8} c={conns:<2} {r['rps']:8.0f} req/s p50 {r['p50']:7.2f} ms "
                   f"p99 {r['p99']:7.2f} ms" + (f"  ERRORS {r['errors']}" if r["errors"] else "")
-                  + (f"  edge CPU {r['edge_us']:.0f} µs/request" if label == "gateway" else ""),
-                  flush=True)
+                  + "  CPU µs/request: " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                                     r["cpu_us"].items()), flush=True)
 
     print("rolling out version 2, then timing rollbacks ...", flush=True)
     api.call("PATCH", f"/deployments/{name}/", json={"version": 2})
@@ -283,6 +287,36 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
               f"{healthy[-1]:.2f} s\n{timeline(api, name, revision)}", flush=True)
     report(duration, deploy_s, cells, switched, healthy)
     return 0
+
+
+def replica_cgroup(name: str) -> Path | None:
+    """The replica container's cpuacct cgroup directory (cgroup v1 or v2), when readable."""
+    import docker
+
+    container = docker.from_env().containers.list(
+        filters={"label": f"modelport.deployment={name}"})[0]
+    for candidate in (Path("/sys/fs/cgroup/cpuacct/docker") / container.id,
+                      Path("/sys/fs/cgroup/system.slice") / f"docker-{container.id}.scope"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def cpu_split(edge_pid: int, replica: Path | None) -> dict[str, float]:
+    """CPU seconds so far: the edge process, the replica's container, finished children (the
+    wrk runs), and the whole machine (busy time from /proc/stat)."""
+    split = {"edge": cpu_seconds(edge_pid)}
+    if replica is not None:
+        if (replica / "cpuacct.usage").exists():
+            split["replica"] = int((replica / "cpuacct.usage").read_text()) / 1e9
+        else:
+            usage = (replica / "cpu.stat").read_text().split()
+            split["replica"] = int(usage[usage.index("usage_usec") + 1]) / 1e6
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    split["wrk"] = children.ru_utime + children.ru_stime
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    split["machine"] = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return split
 
 
 def cpu_seconds(pid: int) -> float:
