@@ -347,9 +347,10 @@ def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy:
         ("gateway throughput, 16 conns", f"{ratio16:.0%} of direct", "≥ 80 %", ratio16 >= 0.8),
         ("deploy → healthy (warm image)", f"{deploy_s:.2f} s", "< 5 s", deploy_s < 5),
         ("rollback → traffic on it (median)", f"{med_switch:.2f} s", "< 3 s", med_switch < 3),
-        ("rollback → healthy (median)", f"{med_healthy:.2f} s", "< 3 s", med_healthy < 3),
+        ("rollback → healthy (median; old replicas drained)", f"{med_healthy:.2f} s", "—",
+         None),
     ]:
-        print(f"| {label} | {value} | {target} | {'yes' if met else 'no'} |")
+        print(f"| {label} | {value} | {target} | {'' if met is None else 'yes' if met else 'no'} |")
 
 
 if __name__ == "__main__":
