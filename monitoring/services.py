@@ -248,9 +248,13 @@ COLUMNS = ("deployment_id", "revision", "replica", "request_id", "timestamp", "l
            "status", "endpoint", "inputs", "outputs", "error", "weight", "received_at")
 
 
-_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
+# PostgreSQL's text and jsonb cannot hold NUL (U+0000): one in a request would fail the whole
+# batch, so it is stored as U+FFFD, the replacement character, like any undecodable byte.
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\x00]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n",
-                               "\r": "\\r"})
+                               "\r": "\\r", "\x00": "\ufffd"})
+# In JSON text: a \u0000 escape that is not itself an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def _copy_field(value: Any) -> str:
@@ -268,8 +272,10 @@ def _copy_json(value: Any) -> str:
     if value is None:
         return "\\N"
     # orjson escapes control characters inside strings, so only backslashes need doubling.
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode().replace("\\",
-                                                                                 "\\\\")
+    text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    if "\\u0000" in text:
+        text = _JSON_NUL.sub(r"\1\\ufffd", text)
+    return text.replace("\\", "\\\\")
 
 
 def _write(rows: list[tuple]) -> None:

@@ -36,12 +36,24 @@ def test_copy_round_trips_awkward_values(deployment, ingest_token):
     assert naive.timestamp.utcoffset().total_seconds() == 0 and naive.timestamp.hour == 1
 
 
-def test_a_value_postgres_refuses_fails_the_whole_batch(deployment, ingest_token):
+def test_a_nul_character_is_stored_as_the_replacement_character_not_refused(deployment,
+                                                                            ingest_token):
+    """PostgreSQL text and jsonb cannot hold U+0000; one odd request must not cost the
+    replica its whole batch (it used to: a 400 for all 1,000 records)."""
     records = [record(i, minutes_ago(1)) for i in range(5)]
-    records[3]["outputs"] = ["nul \u0000 char"]
+    records[1]["inputs"] = {"columns": ["note"], "data": [["a \u0000 b"]]}
+    records[2]["outputs"] = ["nul \u0000 char", "escaped \\u0000 stays text"]
+    records[3]["error"] = "bad \u0000 byte"
+    records[4]["request_id"] = "id-\u0000"
     response = post(batch(records), ingest_token)
-    assert response.status_code == 400
-    assert PredictionRecord.objects.count() == 0
+    assert response.status_code == 202, response.content
+    assert PredictionRecord.objects.count() == 5
+    stored = {r.request_id: r for r in PredictionRecord.objects.all()}
+    assert stored[records[1]["request_id"]].inputs["data"] == [["a \ufffd b"]]
+    assert stored[records[2]["request_id"]].outputs == ["nul \ufffd char",
+                                                        "escaped \\u0000 stays text"]
+    assert stored[records[3]["request_id"]].error == "bad \ufffd byte"
+    assert "id-\ufffd" in stored
 
 
 def test_sql_step_sums_match(deployment, viewer):
