@@ -5,7 +5,7 @@ Through ASGI, every prediction paid for a scope dict, a ``RequestResponseCycle``
 ``asyncio.Event``, a task, ``receive`` and ``send`` message dicts and a regular-expression check
 of every response header: a canned answer cost ~100 µs of CPU that way and 43 µs here. On two
 cores, where the load generator, the replica and the edge share the CPU, that is throughput
-taken from the replica (bench/gateway.py: the edge went from 243 to 114 to 140 µs per request).
+taken from the replica (bench/gateway.py: the edge went from 243 to 106 to 140 µs per request).
 
 This protocol answers ``POST /serve/<name>/invocations`` itself: the parser's callbacks collect
 the headers and body, ``Edge.handle`` (the same code the ASGI path uses) decides — without a
@@ -69,7 +69,7 @@ class FastCycle:
         self.name = name
         self.headers = headers
         self.keep_alive = keep_alive
-        self.body: bytearray | None = bytearray()  # None once over the edge's max_body
+        self.body: bytes | bytearray | None = b""  # None once over the edge's max_body
         self.disconnected = False
         self.response_complete = False
         self.message_event = _NO_WAITER
@@ -85,6 +85,8 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.edge: Edge | None = self.app if isinstance(self.app, Edge) else None
         self.tokens: dict[bytes, tuple[str, str]] = {}  # see Edge.handle
+        self.idle_until: float | None = None  # see on_response_complete
+        self.names: dict[bytes, str] = {}  # this connection's /serve/ URLs and their names
 
     def on_headers_complete(self) -> None:
         match = None
@@ -98,8 +100,12 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
             super().on_headers_complete()
             return
         self.scope["method"] = "POST"  # read by handle_websocket_upgrade and logging, if ever
-        self.cycle = FastCycle(self, match.group(1).decode("ascii"), self.headers,
-                               self.parser.should_keep_alive())
+        name = self.names.get(self.url)
+        if name is None:
+            if len(self.names) > 16:
+                self.names.clear()
+            name = self.names[self.url] = match.group(1).decode("ascii")
+        self.cycle = FastCycle(self, name, self.headers, self.parser.should_keep_alive())
         if self.expect_100_continue:
             self.transport.write(_CONTINUE)
 
@@ -111,6 +117,10 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
         if cycle.body is not None:
             if len(cycle.body) + len(body) > self.edge.max_body:
                 cycle.body = None  # read on, keep nothing: the answer is 413
+            elif not cycle.body:
+                cycle.body = body  # the usual case: the whole body in one piece, not copied
+            elif type(cycle.body) is bytes:
+                cycle.body = bytearray(cycle.body) + body
             else:
                 cycle.body += body
 
@@ -121,7 +131,8 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
             return
         try:
             self.edge.handle(method="POST", headers=cycle.headers, name=cycle.name,
-                             body=None if cycle.body is None else bytes(cycle.body),
+                             body=(cycle.body if type(cycle.body) is not bytearray
+                                   else bytes(cycle.body)),
                              done=cycle.answer, tokens=self.tokens)
         except Exception:
             log.exception("the edge failed to answer POST /serve/%s/invocations", cycle.name)
@@ -146,3 +157,37 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
         if not cycle.keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+    # Keep-alive timeout. uvicorn arms a timer after every answer and cancels it when the next
+    # request's first bytes arrive: on a busy keep-alive connection, a timer made and dropped
+    # per request. Here one timer stays armed and checks, when it fires, whether the
+    # connection has really been idle for ``timeout_keep_alive`` — the same rule, for both
+    # the fast path and the ASGI path.
+
+    def on_response_complete(self) -> None:
+        """uvicorn's ``on_response_complete`` with the timer armed lazily."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self.idle_until = self.loop.time() + self.timeout_keep_alive
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self._keep_alive_due)
+
+    def _unset_keepalive_if_required(self) -> None:
+        self.idle_until = None  # busy: the timer, if it fires, lets the connection be
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self.idle_until is None:
+            return  # a request is under way; its answer arms the timer again
+        remaining = self.idle_until - self.loop.time()
+        if remaining > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(remaining, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()

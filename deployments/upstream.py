@@ -143,13 +143,15 @@ class Pool:
         connection, ``on_answer(None, UpstreamTimeout)`` when it does not answer in time —
         exactly once, and never before ``send`` returns when a connection must be opened."""
         try:
-            address, prefix = _address(url)
+            address, start = _address(url, path)
         except UpstreamError as exc:
             on_answer(None, exc)
             return
-        data = b"".join([b"POST ", prefix, path, b" HTTP/1.1\r\nHost: ", b"%s:%d" % (
-            address[0].encode(), address[1]), b"\r\nContent-Length: ", b"%d" % len(body),
-            b"\r\n", *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n", body])
+        parts = [start, b"%d\r\n" % len(body)]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"\r\n", body)
+        data = b"".join(parts)
         connection = self._take(address)
         if connection is not None:
             connection.send(data, timeout, on_answer)
@@ -211,17 +213,20 @@ class Pool:
         self.idle.clear()
 
 
-_addresses: dict[str, tuple[tuple[str, int], bytes]] = {}
+_addresses: dict[tuple[str, bytes], tuple[tuple[str, int], bytes]] = {}
 
 
-def _address(url: str) -> tuple[tuple[str, int], bytes]:
-    """((host, port), path prefix) of a replica URL such as ``http://127.0.0.1:20001``."""
-    known = _addresses.get(url)
+def _address(url: str, path: bytes) -> tuple[tuple[str, int], bytes]:
+    """((host, port), the request's first bytes up to the Content-Length value) for a replica
+    URL such as ``http://127.0.0.1:20001`` and a path — computed once per replica."""
+    known = _addresses.get((url, path))
     if known is None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise UpstreamError(f"replica URL {url!r} is not http://host:port")
-        known = ((parts.hostname, parts.port or 80), parts.path.rstrip("/").encode())
+        address = (parts.hostname, parts.port or 80)
+        known = (address, b"POST %s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: " % (
+            parts.path.rstrip("/").encode(), path, address[0].encode(), address[1]))
         if len(_addresses) < 10000:
-            _addresses[url] = known
+            _addresses[(url, path)] = known
     return known

@@ -138,6 +138,29 @@ def test_connection_close_is_honoured(front, ready):
         assert answers.closed()
 
 
+def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not(front, ready):
+    """uvicorn's keep-alive timeout (5 s) with the edge's single lazily re-armed timer."""
+    name, token = ready
+    busy, busy_answers = connect(front)
+    idle, idle_answers = connect(front)
+    with busy, idle:
+        idle.sendall(request(name, token))
+        assert idle_answers.read(1)[0]["status"] == 200
+        started = time.monotonic()
+        for i in range(4):  # a request every 2 s for 8 s: never idle for 5 s
+            busy.sendall(request(name, token))
+            assert busy_answers.read(1)[0]["status"] == 200
+            if i == 1:  # ~2 s idle: still open
+                idle.settimeout(0.1)
+                with pytest.raises(TimeoutError):
+                    idle.recv(1)
+            time.sleep(2)
+        assert idle_answers.closed(timeout=5)  # closed after ~5 s idle
+        assert time.monotonic() - started < 12
+        busy.sendall(request(name, token))
+        assert busy_answers.read(1)[0]["status"] == 200
+
+
 def test_a_percent_encoded_name_takes_the_asgi_path_and_answers_alike(front, ready):
     name, token = ready
     encoded = "".join(f"%{ord(c):02x}" for c in name)
