@@ -56,7 +56,6 @@ SKIP_ANSWER = HOP_BY_HOP | {b"date"}  # uvicorn writes its own Date
 FORWARD = {name.lower().encode(): name.encode() for name in gateway.FORWARD_HEADERS
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
-_EDGE_ERROR = b'{"detail":"The edge failed to answer this request.","code":"edge_error"}'
 
 
 _ID_PREFIX = os.urandom(8).hex().encode()  # per process: ids stay unique across edge workers
@@ -77,9 +76,17 @@ class Reply(NamedTuple):
     body: bytes
 
 
-def _refusal(refusal: gateway.Refusal, request_id: bytes) -> Reply:
+def edge_error(request_id: bytes | None = None) -> Reply:
+    """The 500 for a bug in the edge itself (logged where it happened)."""
+    return _refusal(gateway.Refusal(500, "The edge failed to answer this request.",
+                                    "edge_error", {}), request_id)
+
+
+def _refusal(refusal: gateway.Refusal, request_id: bytes | None) -> Reply:
     body = orjson.dumps({"detail": refusal.detail, "code": refusal.code})
-    headers = [*JSON, (b"content-length", b"%d" % len(body)), (b"x-request-id", request_id)]
+    headers = [*JSON, (b"content-length", b"%d" % len(body))]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id))
     headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in refusal.headers.items()]
     return Reply(refusal.status, headers, body)
 
@@ -144,8 +151,7 @@ class Exchange:
             self._answered(answer, error)
         except Exception:  # the client must get an answer, whatever broke
             log.exception("the edge failed to answer POST /serve/%s/invocations", self.name)
-            self.done(Reply(500, [*JSON, (b"content-length", b"%d" % len(_EDGE_ERROR)),
-                                  (b"x-request-id", self.request_id)], _EDGE_ERROR))
+            self.done(edge_error(self.request_id))
 
     def _answered(self, answer: Answer | None, error: Exception | None) -> None:
         deployment_id = self.route.version[0]

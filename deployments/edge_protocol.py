@@ -32,15 +32,12 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from serving.server import NoDelayHttpToolsProtocol
 
-from .edge import Edge, Reply
+from .edge import Edge, Reply, edge_error
 
 log = logging.getLogger("modelport.edge")
 
 _SERVE_URL = re.compile(rb"^/serve/([A-Za-z0-9._~\-]+)/invocations(?:\?|$)")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_ERROR_BODY = b'{"detail":"The edge failed to answer this request.","code":"edge_error"}'
-_ERROR = Reply(500, [(b"content-type", b"application/json"),
-                     (b"content-length", b"%d" % len(_ERROR_BODY))], _ERROR_BODY)
 
 
 class _Message:
@@ -137,7 +134,7 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
         except Exception:
             log.exception("the edge failed to answer POST /serve/%s/invocations", cycle.name)
             cycle.keep_alive = False
-            cycle.answer(_ERROR)
+            cycle.answer(edge_error())
 
     def write_answer(self, cycle: FastCycle, reply: Reply) -> None:
         if cycle.response_complete:

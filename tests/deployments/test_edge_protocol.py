@@ -250,3 +250,18 @@ def test_a_replica_that_does_not_answer_in_time_gives_504(front, deployment, eng
         server.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_bug_after_the_replica_answered_still_gets_the_client_a_500_once():
+    """If counting or mirroring a replica's answer raises, the client gets a JSON 500 with its
+    request id — once — instead of a connection left hanging."""
+    from deployments.edge import Edge, Exchange
+    from deployments.upstream import Answer
+
+    replies = []
+    exchange = Exchange(Edge("unix:/nonexistent/web.sock"), "demo", [], None, b"req-1",
+                        b"{}", replies.append)  # no route set: counting the answer raises
+    exchange.answered(Answer(200, b"application/json", b"{}"), None)
+    assert len(replies) == 1 and replies[0].status == 500
+    assert json.loads(replies[0].body)["code"] == "edge_error"
+    assert (b"x-request-id", b"req-1") in replies[0].headers
