@@ -30,6 +30,7 @@ class Settings:
     log_buffer_size: int = 10_000
     ship_batch_size: int = 500
     ship_interval_s: float = 1.0
+    unix_socket: str = ""  # "@name": also listen on this abstract unix socket (serving.sockets)
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -54,7 +55,15 @@ class Settings:
             log_buffer_size=int(e.get("MODELPORT_LOG_BUFFER_SIZE") or 10_000),
             ship_batch_size=int(e.get("MODELPORT_SHIP_BATCH_SIZE") or 500),
             ship_interval_s=float(e.get("MODELPORT_SHIP_INTERVAL_S") or 1.0),
+            unix_socket=_unix_socket(e.get("MODELPORT_UNIX_SOCKET", "")),
         )
+
+
+def _unix_socket(value: str) -> str:
+    if value and (not value.startswith("@") or len(value) < 2 or "\0" in value):
+        raise SystemExit(f"MODELPORT_UNIX_SOCKET={value!r}: expected an abstract socket name "
+                         "starting with @")
+    return value
 
 
 def cpu_limit() -> int:
@@ -83,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="bind address (env MODELPORT_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (env MODELPORT_PORT, default 8080)")
     p.add_argument("--workers", type=int, help="worker processes (default: container CPU limit)")
+    p.add_argument("--unix-socket",
+                   help="also listen on this abstract unix socket, @name "
+                        "(env MODELPORT_UNIX_SOCKET)")
     p.add_argument(
         "--name", help="model name reported by /version and /v2 (env MODELPORT_MODEL_NAME)"
     )
@@ -98,6 +110,7 @@ def export_args_to_env(args: argparse.Namespace) -> None:
         "MODELPORT_PORT": args.port,
         "MODELPORT_WORKERS": args.workers,
         "MODELPORT_MODEL_NAME": args.name,
+        "MODELPORT_UNIX_SOCKET": args.unix_socket,
     }
     for key, value in pairs.items():
         if value is not None:

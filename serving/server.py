@@ -14,8 +14,12 @@ import tempfile
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from serving.config import Settings
+from serving.sockets import bind_unix
+
+STARTUP_FAILURE = 3  # uvicorn's exit code when the server cannot start
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -53,29 +57,53 @@ def run(settings: Settings, log_level: str = "warning") -> None:
     # by the signal, so orchestrators see a clean stop.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    config = uvicorn.Config(
+        "serving.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http=NoDelayHttpToolsProtocol,
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        server_header=False,
+        proxy_headers=False,
+        date_header=False,
+        timeout_graceful_shutdown=5,
+        # Workers load the model (GIL-heavy) right after start: give health pings slack.
+        timeout_worker_healthcheck=30,
+        backlog=2048,
+    )
     try:
-        uvicorn.run(
-            "serving.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http=NoDelayHttpToolsProtocol,
-            lifespan="on",
-            access_log=False,
-            log_level=log_level,
-            server_header=False,
-            proxy_headers=False,
-            date_header=False,
-            timeout_graceful_shutdown=5,
-            # Workers load the model (GIL-heavy) right after start: give health pings slack.
-            timeout_worker_healthcheck=30,
-            backlog=2048,
-        )
+        sockets = listen(config, settings)
+        # What uvicorn.run does, with our own list of listening sockets.
+        if settings.workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server = uvicorn.Server(config)
+            server.run(sockets=sockets)
+            if not server.started:
+                sys.exit(STARTUP_FAILURE)
     finally:
         if multiproc_dir:
             shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+
+def listen(config: uvicorn.Config, settings: Settings) -> list[socket.socket]:
+    """The TCP socket on host:port, and the abstract unix socket when one is asked for. A name
+    already taken is fatal: another process holding it would receive the edge's traffic."""
+    sockets = [config.bind_socket()]
+    if settings.unix_socket:
+        try:
+            sockets.append(bind_unix(settings.unix_socket))
+        except OSError as exc:
+            sockets[0].close()
+            logging.getLogger("serving").error(
+                "cannot listen on the unix socket %s: %s", settings.unix_socket, exc)
+            sys.exit(STARTUP_FAILURE)
+    return sockets
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

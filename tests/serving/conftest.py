@@ -238,7 +238,8 @@ class LiveServer:
 
 
 def start_server(
-    name: str, model_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None
+    name: str, model_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> LiveServer:
     port = free_port()
     env = {
@@ -257,7 +258,7 @@ def start_server(
     log_path = log_dir / f"{name}.log"
     cmd = [
         sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "1", "--name", name, "--log-level", "info",
+        "--port", str(port), "--workers", str(workers), "--name", name, "--log-level", "info",
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
