@@ -322,6 +322,9 @@ MODELPORT_EDGE_HOST = env_str("MODELPORT_EDGE_HOST", "127.0.0.1")
 MODELPORT_EDGE_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
 MODELPORT_EDGE_WORKERS = env_int("MODELPORT_EDGE_WORKERS", 1, minimum=1, maximum=64)
 MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
+# Replicas on host networking (and local processes) also listen on an abstract unix socket,
+# which the edge uses instead of loopback TCP (serving/sockets.py); off: TCP only.
+MODELPORT_REPLICA_SOCKETS = env_bool("MODELPORT_REPLICA_SOCKETS", True)
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.

@@ -102,5 +102,5 @@ def docker_runtime(docker_client: Any, base_image: str, tmp_path: Path) -> Any:
 
     return DockerRuntime(docker_client, network="host", port_range=TEST_PORT_RANGE,
                          base_image=base_image, state_dir=tmp_path / "runtime",
-                         extra_labels={TEST_LABEL: "1"})
+                         extra_labels={TEST_LABEL: "1"}, unix_sockets=True)
 

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from docker.errors import APIError
 
+from serving.sockets import replica_socket
+from tests.unix_http import unix_request
 from workers.runtimes.base import ReplicaSpec, ReplicaStatus, wait_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -88,6 +90,13 @@ def test_hardened_replicas_serve_and_are_rediscovered(
 
         assert wait_ready(state.url, timeout=120, alive=alive), rt.logs(state.id, 50)
         assert predict(state.url) == [0, 2]
+        # Host networking: the same server also answers on its abstract unix socket, from
+        # this side of the container (what the edge uses).
+        status, answer = unix_request(replica_socket("127.0.0.1", state.port), "POST",
+                                      "/invocations",
+                                      {"dataframe_split": {"columns": IRIS_COLUMNS,
+                                                           "data": ROWS}})
+        assert (status, answer) == (200, {"predictions": [0, 2]})
 
     # Idempotent start: the running replica is returned, not a second container.
     again = rt.start_replica(spec_for(deployment_name, serving_image, iris_model_dir, 0))
@@ -106,6 +115,7 @@ def test_hardened_replicas_serve_and_are_rediscovered(
     env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
     assert env["MODELPORT_HOST"] == "127.0.0.1"
     assert env["MODELPORT_PORT"] == str(states[0].port)
+    assert env["MODELPORT_UNIX_SOCKET"] == f"@modelport-replica:127.0.0.1:{states[0].port}"
 
     stats = rt.stats(states[0].id)
     assert stats["memory_bytes"] > 10 * 1024 * 1024

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from serving.sockets import replica_socket
+from tests.unix_http import unix_request
 from workers.runtimes.base import ReplicaSpec, ReplicaStatus, wait_ready
 from workers.runtimes.local import LocalRuntime, make_preexec
 
@@ -52,7 +54,8 @@ def test_local_replica_start_predict_rediscover_stop(iris_model_dir: Path, tmp_p
     _serving_available()
     monkeypatch.setenv("DJANGO_SECRET_KEY", "worker-secret-must-not-leak")
     state_dir = tmp_path / "state"
-    rt = LocalRuntime(state_dir, port_range=(21500, 21599), python=sys.executable)
+    rt = LocalRuntime(state_dir, port_range=(21500, 21599), python=sys.executable,
+                      unix_sockets=True)
     assert rt.ping() and not rt.sandboxed
     spec = ReplicaSpec(deployment="local-iris", revision=2, replica=0,
                        model_dir=str(iris_model_dir), model_name="iris", model_version="1",
@@ -63,6 +66,9 @@ def test_local_replica_start_predict_rediscover_stop(iris_model_dir: Path, tmp_p
         assert wait_ready(state.url, timeout=90,
                           alive=lambda: rt.get_replica(state.id).alive), rt.logs(state.id)
         assert _predict(state.url) == [0]
+        # It also answers on its abstract unix socket (what the edge uses on this machine).
+        assert unix_request(replica_socket("127.0.0.1", state.port), "GET", "/ready") == (
+            200, {"ready": True})
 
         # A new runtime object (a restarted worker) finds the replica from the state file.
         again = LocalRuntime(state_dir, port_range=(21500, 21599))

@@ -6,6 +6,7 @@ classes themselves take explicit arguments and never import Django."""
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "ReplicaStatus",
     "Runtime",
     "get_runtime",
+    "replica_sockets_enabled",
     "runtime_for_target",
     "wait_ready",
 ]
@@ -59,6 +61,11 @@ def get_runtime(name: str | None = None) -> Runtime:
     except Exception:  # noqa: BLE001 - no SDK, no socket, permission denied: fall back
         return _local(settings)
     return runtime if runtime.ping() else _local(settings)
+
+
+def replica_sockets_enabled(settings: object) -> bool:
+    """Whether replicas on host networking also listen on an abstract unix socket (Linux)."""
+    return sys.platform == "linux" and bool(getattr(settings, "MODELPORT_REPLICA_SOCKETS", True))
 
 
 def _data_dir(settings: object) -> Path:
@@ -93,6 +100,7 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
         publish_host=getattr(settings, "MODELPORT_DOCKER_PUBLISH_HOST", "") or None,
         host_name=host_name,
         bind_host=bind_host,
+        unix_sockets=replica_sockets_enabled(settings),
     )
 
 
@@ -112,6 +120,7 @@ def _local(settings: object) -> LocalRuntime:
     return LocalRuntime(
         _data_dir(settings) / "runtime",
         port_range=tuple(getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
+        unix_sockets=replica_sockets_enabled(settings),
     )
 
 

@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from serving.sockets import replica_socket
+
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_HOST,
@@ -28,7 +30,7 @@ from .base import (
     missing_state,
 )
 from .images import ImageBuilder
-from .ports import PortAllocator
+from .ports import PortAllocator, port_and_socket_bindable, port_is_bindable
 
 HOST_NETWORK = "host"
 CONTAINER_PORT = 8080
@@ -87,7 +89,8 @@ class DockerRuntime(Runtime):
                  extra_labels: dict[str, str] | None = None,
                  healthcheck: bool = True,
                  publish_host: str | None = None,
-                 host_name: str = "") -> None:
+                 host_name: str = "",
+                 unix_sockets: bool = False) -> None:
         if client is None:
             import docker
 
@@ -97,7 +100,9 @@ class DockerRuntime(Runtime):
         self.bind_host = bind_host
         self.state_dir = Path(state_dir) if state_dir else None
         lock = self.state_dir / "docker-ports.lock" if self.state_dir else None
-        self.ports = PortAllocator(port_range, host=bind_host, lock_path=lock)
+        self.ports = PortAllocator(
+            port_range, host=bind_host, lock_path=lock,
+            bindable=port_and_socket_bindable if unix_sockets else port_is_bindable)
         self.images = image_builder or ImageBuilder(
             client, base_image, lock_dir=self.state_dir / "locks" if self.state_dir else None)
         # Paths as this process sees them -> as the Docker daemon's host sees them (a worker
@@ -108,6 +113,8 @@ class DockerRuntime(Runtime):
         self.healthcheck = healthcheck
         self.publish_host = publish_host or None
         self.host_name = host_name
+        # Host networking: replicas also listen on an abstract unix socket (serving/sockets.py)
+        self.unix_sockets = unix_sockets
 
     def container_name(self, spec: ReplicaSpec) -> str:
         return f"{spec.name}.{self.host_name}" if self.host_name else spec.name
@@ -178,6 +185,8 @@ class DockerRuntime(Runtime):
             if self.network == HOST_NETWORK:
                 port = spec.port or self.ports.allocate(self._used_ports())
                 env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+                if self.unix_sockets:
+                    env["MODELPORT_UNIX_SOCKET"] = replica_socket(self.bind_host, port)
                 labels[LABEL_PORT] = str(port)
                 kwargs["network_mode"] = HOST_NETWORK
             elif self.network == "none":

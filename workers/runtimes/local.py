@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from serving.sockets import replica_socket
+
 from .base import (
     LogFn,
     ReplicaRuntimeError,
@@ -33,7 +35,7 @@ from .base import (
     missing_state,
 )
 from .images import REPO_ROOT
-from .ports import PortAllocator
+from .ports import PortAllocator, port_and_socket_bindable, port_is_bindable
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The only variables of the worker's environment a replica inherits: never its secrets
@@ -102,7 +104,8 @@ class LocalRuntime(Runtime):
                  source_dir: str | os.PathLike[str] = REPO_ROOT,
                  address_space_overhead_mb: int = 2048,
                  cpu_seconds: int | None = None,
-                 nproc: int | None = None) -> None:
+                 nproc: int | None = None,
+                 unix_sockets: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.state_dir / "local-runtime.json"
@@ -113,8 +116,10 @@ class LocalRuntime(Runtime):
         self.address_space_overhead_mb = address_space_overhead_mb
         self.cpu_seconds = cpu_seconds
         self.nproc = nproc
-        self.ports = PortAllocator(port_range, host=bind_host,
-                                   lock_path=self.state_dir / "local-ports.lock")
+        self.unix_sockets = unix_sockets  # replicas also listen on an abstract unix socket
+        self.ports = PortAllocator(
+            port_range, host=bind_host, lock_path=self.state_dir / "local-ports.lock",
+            bindable=port_and_socket_bindable if unix_sockets else port_is_bindable)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # --- images -----------------------------------------------------------------------------
@@ -156,6 +161,8 @@ class LocalRuntime(Runtime):
                 "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads,
             })
+            if self.unix_sockets:
+                env["MODELPORT_UNIX_SOCKET"] = replica_socket(self.bind_host, port)
             cmd = [self.python, "-m", "serving", "--model-dir", env["MODELPORT_MODEL_DIR"],
                    "--host", self.bind_host, "--port", str(port),
                    "--workers", str(spec.workers)]
