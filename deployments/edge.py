@@ -36,6 +36,8 @@ from django.db import DatabaseError, close_old_connections
 from rest_framework import exceptions
 from yarl import URL
 
+from workers.runtimes import replica_sockets_enabled
+
 from . import gateway, shadowing
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
@@ -187,7 +189,7 @@ class Edge:
         self.web_upstream = web_upstream
         self.max_body = max_body or settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
         self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
-        self.replicas = Pool()
+        self.replicas = Pool(unix_sockets=replica_sockets_enabled(settings))
         self.web: aiohttp.ClientSession | None = None
         self.web_base = ""
         self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelport-edge")

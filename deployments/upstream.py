@@ -7,6 +7,12 @@ client does only what the path needs: one request at a time per connection, a
 ``Content-Length`` body, the answer parsed by ``httptools`` (the parser uvicorn uses) and handed
 to a callback, idle connections reused per replica and dropped before the replica's own
 keep-alive timeout (5 s).
+
+A replica on this machine is reached over its abstract unix socket when it has one (see
+``serving/sockets.py``): about 30 µs of CPU less per request, edge and replica together, than
+loopback TCP. A replica without one (another machine, its own network namespace, an older
+image, ``MODELPORT_REPLICA_SOCKETS=false``) is reached over TCP; the miss is remembered for
+``NO_SOCKET_RETRY_S``.
 The edge still uses aiohttp for the general proxy to Django (streaming, any method).
 """
 
@@ -22,9 +28,12 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from serving.sockets import replica_socket, unix_address
+
 IDLE_S = 4.0  # below uvicorn's keep-alive timeout on the replica side (5 s)
 MAX_IDLE_PER_REPLICA = 256
 EXPIRE_EVERY_S = 0.25  # how late, at most, a request's timeout is noticed
+NO_SOCKET_RETRY_S = 30.0  # a replica found without a unix socket is tried again after this
 
 
 class UpstreamError(Exception):
@@ -68,7 +77,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family != socket.AF_UNIX:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -128,13 +137,17 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle connections per replica (``http://host:port``)."""
+    """Idle connections per replica (``http://host:port``). With ``unix_sockets``, new
+    connections go over the replica's abstract unix socket when it listens on one."""
 
-    def __init__(self, connect_timeout: float = 2.0) -> None:
+    def __init__(self, connect_timeout: float = 2.0, *, unix_sockets: bool = False) -> None:
         self.connect_timeout = connect_timeout
+        self.unix_sockets = unix_sockets
         self.idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._connecting: set[asyncio.Task] = set()
         self.busy: set[_Connection] = set()  # waiting for an answer; see ``expire``
+        self._no_socket: dict[tuple[str, int], float] = {}  # address -> when to try again
+        self.opened = {"unix": 0, "tcp": 0}  # connections opened, by transport
 
     def send(self, url: str, path: bytes, body: bytes, headers: list[tuple[bytes, bytes]],
              timeout: float, on_answer: OnAnswer) -> None:
@@ -163,16 +176,37 @@ class Pool:
 
     async def _connect_and_send(self, address: tuple[str, int], data: bytes, timeout: float,
                                 on_answer: OnAnswer) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self, address), *address),
-                self.connect_timeout)
+            connection = await asyncio.wait_for(self._open(address), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             on_answer(None, UpstreamError(f"cannot connect to {address[0]}:{address[1]} "
                                           f"({exc.__class__.__name__})"))
             return
         connection.send(data, timeout, on_answer)
+
+    async def _open(self, address: tuple[str, int]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self.unix_sockets and self._no_socket.get(address, 0.0) <= time.monotonic():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, unix_address(replica_socket(*address)))
+                _, connection = await loop.create_unix_connection(
+                    lambda: _Connection(self, address), sock=sock)
+            except OSError:  # no such socket here: this replica is reached over TCP
+                sock.close()
+                self._no_socket[address] = time.monotonic() + NO_SOCKET_RETRY_S
+            except BaseException:
+                sock.close()
+                raise
+            else:
+                self._no_socket.pop(address, None)
+                self.opened["unix"] += 1
+                return connection
+        _, connection = await loop.create_connection(lambda: _Connection(self, address),
+                                                     *address)
+        self.opened["tcp"] += 1
+        return connection
 
     def expire(self) -> None:
         """Fail the requests past their timeout with ``UpstreamTimeout`` (and close their

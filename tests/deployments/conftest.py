@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import socketserver
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
+from serving.sockets import replica_socket, unix_address
 from teams.roles import Role
 from tests.factories import MembershipFactory, TeamFactory, UserFactory
 
@@ -149,14 +151,23 @@ class Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def upstreams():
+    """``make(tag)``: a stand-in replica on 127.0.0.1 answering ``{"predictions": [tag]}``;
+    with ``unix_tag``, also on its abstract unix socket, answering that tag there."""
     servers = []
 
-    def make(tag: str) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    def make(tag: str, unix_tag: str | None = None) -> str:
+        server = serve(ThreadingHTTPServer(("127.0.0.1", 0), Echo), tag)
+        port = server.server_address[1]
+        if unix_tag is not None:
+            serve(socketserver.ThreadingUnixStreamServer(
+                unix_address(replica_socket("127.0.0.1", port)), Echo), unix_tag)
+        return f"http://127.0.0.1:{port}"
+
+    def serve(server: socketserver.BaseServer, tag: str) -> socketserver.BaseServer:
         server.tag = tag
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return server
 
     yield make
     for server in servers:

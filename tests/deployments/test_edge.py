@@ -156,6 +156,21 @@ def test_edge_proxies_body_content_type_and_request_id(front, deployment, engine
     assert generated.json()["request_id"] == generated.headers["X-Request-ID"]
 
 
+def test_edge_calls_a_replica_on_this_machine_over_its_unix_socket(front, deployment, engineer,
+                                                                    upstreams):
+    """The stand-in answers "tcp" on its port and "unix" on its abstract unix socket: the edge
+    uses the socket. Every other test here has TCP-only stand-ins, so the fallback is tested
+    there."""
+    add_replica(deployment, upstreams("tcp", unix_tag="unix"))
+    auth = bearer(engineer)
+    response = eventually(lambda: (r := score(front, deployment.name, auth)).status_code == 200
+                          and r)
+    assert response, front.output()
+    assert response.json()["predictions"] == ["unix"]
+    assert [score(front, deployment.name, auth).json()["predictions"] for _ in range(5)] == [
+        ["unix"]] * 5
+
+
 def test_edge_retries_once_on_another_replica_then_gives_502(front, deployment, engineer,
                                                              upstreams):
     add_replica(deployment, dead_url(), index=0)
