@@ -1,6 +1,6 @@
 """Benchmark: the serving gateway against calling the replica directly, and deploy/rollback times.
 
-    .venv/bin/python bench/gateway.py            # 10 s per wrk cell, about 2 minutes
+    .venv/bin/python bench/gateway.py            # 10 s per wrk cell, about 2.5 minutes
     .venv/bin/python bench/gateway.py --quick    # 3 s per cell
 
 Runs the platform as the Procfile does — the edge (``config/edge.py``, which answers
@@ -15,7 +15,13 @@ temporary data dir, on the real Docker Engine. Then, all through the real API:
    ``dataframe_split``) at 1 and 16 connections;
 3. rolls out version 2, then times POST rollback → traffic on the new revision, and → healthy.
 
-Prints a table with the targets: the gateway adds ≤ 1 ms at p50 and keeps ≥ 80 % of direct
+The edge reaches the replica over its abstract unix socket (``serving/sockets.py``); with
+``--tcp`` the platform runs with ``MODELPORT_REPLICA_SOCKETS=false`` and uses loopback TCP, to
+compare. The report says which transport the edge's connections used.
+
+At 16 connections it measures ``--pairs`` direct/gateway pairs back to back and reports the
+pair with the median ratio (the machine's speed drifts between cells). Prints a table with the
+targets: the gateway adds ≤ 1 ms at p50 and keeps ≥ 80 % of direct
 throughput at 16 connections; deploy → healthy < 5 s; rollback < 3 s. Everything it started
 (processes, containers) is removed at the end.
 """
@@ -191,6 +197,10 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk cell (10)")
     ap.add_argument("--quick", action="store_true", help="3 s per cell")
     ap.add_argument("--rollbacks", type=int, default=3, help="rollback timings to take (3)")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="direct/gateway pairs at 16 connections; the median is reported (3)")
+    ap.add_argument("--tcp", action="store_true",
+                    help="edge → replica over loopback TCP (MODELPORT_REPLICA_SOCKETS=false)")
     args = ap.parse_args()
     duration = 3 if args.quick else args.duration
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -220,6 +230,7 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
            "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
            "MODELPORT_RUNTIME": "docker", "MODELPORT_DOCKER_NETWORK": "host",
            "MODELPORT_BASE_URL": f"http://127.0.0.1:{port}",
+           "MODELPORT_REPLICA_SOCKETS": "false" if args.tcp else "true",
            "PATH": f"{bs.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     (data_dir / "run").mkdir()  # gunicorn's unix socket, as `make run` prepares it
     for name in ("edge", "web", "reconciler"):
@@ -256,19 +267,36 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     for _label, url, headers in targets:  # warm up both (connections, route and token caches)
         bs.run_wrk(url, 4, 1, body, tmp, headers=headers)
     container = replica_cgroup(name)
+    ratios: list[float] = []
     for conns in (1, 16):
-        for label, url, headers in targets:
-            before = cpu_split(procs[0].popen.pid, container)
-            r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
-            after = cpu_split(procs[0].popen.pid, container)
-            requests = max(r["rps"] * duration, 1)
-            r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / requests for k in after}
-            r["edge_us"] = r["cpu_us"]["edge"]
-            cells[(label, conns)] = r
-            print(f"  {label:8} c={conns:<2} {r['rps']:8.0f} req/s p50 {r['p50']:7.2f} ms "
-                  f"p99 {r['p99']:7.2f} ms" + (f"  ERRORS {r['errors']}" if r["errors"] else "")
-                  + "  CPU µs/request: " + ", ".join(f"{k} {v:.0f}" for k, v in
-                                                     r["cpu_us"].items()), flush=True)
+        # At 16 connections the ratio swings with this machine's speed from one 10 s cell to
+        # the next: measure ``--pairs`` direct/gateway pairs back to back, keep the median.
+        pairs = []
+        for _ in range(args.pairs if conns == 16 else 1):
+            pair = {}
+            for label, url, headers in targets:
+                before = cpu_split(procs[0].popen.pid, container)
+                r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
+                after = cpu_split(procs[0].popen.pid, container)
+                requests = max(r["rps"] * duration, 1)
+                r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / requests for k in after}
+                r["edge_us"] = r["cpu_us"]["edge"]
+                pair[label] = r
+                print(f"  {label:8} c={conns:<2} {r['rps']:8.0f} req/s p50 {r['p50']:7.2f} ms "
+                      f"p99 {r['p99']:7.2f} ms"
+                      + (f"  ERRORS {r['errors']}" if r["errors"] else "")
+                      + "  CPU µs/request: " + ", ".join(f"{k} {v:.0f}" for k, v in
+                                                         r["cpu_us"].items()), flush=True)
+            pairs.append((pair["gateway"]["rps"] / max(pair["direct"]["rps"], 1e-9), pair))
+        pairs.sort(key=lambda p: p[0])
+        _, median = pairs[(len(pairs) - 1) // 2]
+        for label in ("direct", "gateway"):
+            cells[(label, conns)] = median[label]
+        if conns == 16:
+            ratios = [ratio for ratio, _ in pairs]
+
+    transport = edge_transport(replica)
+    print(f"  edge → replica: {transport}", flush=True)
 
     print("rolling out version 2, then timing rollbacks ...", flush=True)
     api.call("PATCH", f"/deployments/{name}/", json={"version": 2})
@@ -285,8 +313,20 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
         healthy.append(time.perf_counter() - started)
         print(f"  rollback to r{revision}: traffic {switched[-1]:.2f} s, healthy "
               f"{healthy[-1]:.2f} s\n{timeline(api, name, revision)}", flush=True)
-    report(duration, deploy_s, cells, switched, healthy)
+    report(duration, deploy_s, cells, switched, healthy, transport, ratios)
     return 0
+
+
+def edge_transport(replica_url: str) -> str:
+    """How the edge's pooled connections reach the replica: connected sockets on the
+    replica's abstract unix socket, as /proc/net/unix lists them (state 03: connected)."""
+    from serving.sockets import replica_socket
+
+    host, port = replica_url.rsplit("/", 1)[-1].rsplit(":", 1)
+    name = replica_socket(host, int(port))
+    connected = sum(1 for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+                    if line.split()[-1:] == [name] and line.split()[5] == "03")
+    return f"unix socket {name} ({connected} connections)" if connected else "TCP"
 
 
 def replica_cgroup(name: str) -> Path | None:
@@ -325,9 +365,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy: list) -> None:
+def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy: list,
+           transport: str, ratios: list[float]) -> None:
     print(f"\nGateway vs direct (wrk, {duration} s per cell, 1-row iris dataframe_split, "
-          "the Procfile's edge — 1 uvicorn worker — in front of gunicorn, 1 replica)\n")
+          "the Procfile's edge — 1 uvicorn worker — in front of gunicorn, 1 replica; "
+          f"edge → replica over {transport.split(' (')[0].split(' @')[0]})\n")
     print("| conns | direct req/s | p50 ms | p99 ms | gateway req/s | p50 ms | p99 ms | "
           "gateway/direct req/s | added p50 ms | edge CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -344,7 +386,10 @@ def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy:
     print("\n| measure | value | target | met |\n|---|---|---|---|")
     for label, value, target, met in [
         ("gateway added p50, 1 conn", f"{added:.2f} ms", "≤ 1 ms", added <= 1.0),
-        ("gateway throughput, 16 conns", f"{ratio16:.0%} of direct", "≥ 80 %", ratio16 >= 0.8),
+        ("gateway throughput, 16 conns" + (f" (median of {len(ratios)} pairs: "
+                                           + ", ".join(f"{r:.0%}" for r in ratios) + ")"
+                                           if len(ratios) > 1 else ""),
+         f"{ratio16:.0%} of direct", "≥ 80 %", ratio16 >= 0.8),
         ("deploy → healthy (warm image)", f"{deploy_s:.2f} s", "< 5 s", deploy_s < 5),
         ("rollback → traffic on it (median)", f"{med_switch:.2f} s", "< 3 s", med_switch < 3),
         ("rollback → healthy (median; old replicas drained)", f"{med_healthy:.2f} s", "—",
