@@ -9,7 +9,7 @@ to a callback, idle connections reused per replica and dropped before the replic
 keep-alive timeout (5 s).
 
 A replica on this machine is reached over its abstract unix socket when it has one (see
-``serving/sockets.py``): about 30 µs of CPU less per request, edge and replica together, than
+``serving/sockets.py``): 20 to 25 µs of CPU less per request, edge and replica together, than
 loopback TCP. A replica without one (another machine, its own network namespace, an older
 image, ``MODELPORT_REPLICA_SOCKETS=false``) is reached over TCP; the miss is remembered for
 ``NO_SOCKET_RETRY_S``.
