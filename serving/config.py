@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.sockets import unix_address
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
@@ -60,9 +62,12 @@ class Settings:
 
 
 def _unix_socket(value: str) -> str:
-    if value and (not value.startswith("@") or len(value) < 2 or "\0" in value):
-        raise SystemExit(f"MODELPORT_UNIX_SOCKET={value!r}: expected an abstract socket name "
-                         "starting with @")
+    if value:
+        try:
+            unix_address(value)
+        except ValueError:
+            raise SystemExit(f"MODELPORT_UNIX_SOCKET={value!r}: expected an abstract socket "
+                             "name starting with @") from None
     return value
 
 

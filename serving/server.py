@@ -14,12 +14,11 @@ import tempfile
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from serving.config import Settings
 from serving.sockets import bind_unix
-
-STARTUP_FAILURE = 3  # uvicorn's exit code when the server cannot start
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):

@@ -26,7 +26,7 @@ def replica_socket(host: str, port: int) -> str:
 
 def unix_address(name: str) -> str:
     """``@name`` as the kernel spells an abstract socket's address."""
-    if not name.startswith(ABSTRACT_PREFIX) or len(name) < 2:
+    if not name.startswith(ABSTRACT_PREFIX) or len(name) < 2 or "\0" in name:
         raise ValueError(f"{name!r} is not an abstract socket name (@name)")
     return "\0" + name[1:]
 
