@@ -10,6 +10,7 @@ router.register("audit", views.AuditEventViewSet, basename="audit")
 
 members = views.MemberViewSet
 urlpatterns = [
+    path("platform/settings/", views.PlatformSettingsView.as_view(), name="platform-settings"),
     path("teams/<slug:team_slug>/members/",
          members.as_view({"get": "list", "post": "create"}), name="team-members"),
     path("teams/<slug:team_slug>/members/<str:username>/",
