@@ -3,12 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-MLFLOW_PORT ?= 5000
 MODELPORT_DATA_DIR ?= $(CURDIR)/var
 # Links, the printed curl line and where replicas ship their prediction logs follow PORT.
 MODELPORT_BASE_URL ?= http://127.0.0.1:$(PORT)
 DURATION ?= 180
-export MODELPORT_DATA_DIR MLFLOW_PORT MODELPORT_BASE_URL
+export MODELPORT_DATA_DIR MODELPORT_BASE_URL
 
 .PHONY: help install run test lint format migrate clean-data demo-traffic
 
@@ -33,6 +32,7 @@ migrate: install
 
 run: migrate
 	@mkdir -p "$(MODELPORT_DATA_DIR)/mlflow" "$(MODELPORT_DATA_DIR)/run"
+	@chmod 700 "$(MODELPORT_DATA_DIR)/mlflow"
 	$(BIN)/python manage.py bootstrap
 	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
 	MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile

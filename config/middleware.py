@@ -29,6 +29,8 @@ def _source_for(path: str) -> str:
         return "api"
     if path.startswith("/admin/"):
         return "admin"
+    if path.startswith("/mlflow/"):
+        return "mlflow"
     return "portal"
 
 

@@ -76,7 +76,8 @@ def info(request: Request) -> Response:
     return Response({
         "version": settings.MODELPORT_VERSION,
         "runtime": describe_runtime(),
-        "mlflow_tracking_uri": settings.MLFLOW_TRACKING_URI,
+        # Stock clients log through the platform's authenticated route, never to the server.
+        "mlflow_tracking_uri": f"{settings.MODELPORT_BASE_URL.rstrip('/')}/mlflow",
         "broker": "embedded" if settings.CELERY_EMBEDDED_BROKER else "redis",
         "limits": {
             "max_upload_mb": settings.MODELPORT_MAX_UPLOAD_MB,

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from deployments import gateway as deployments_gateway
 from monitoring import views as monitoring_views
+from registry.mlflow_route import mlflow_route
 
 from . import system
 
@@ -39,6 +40,9 @@ urlpatterns = [
     path("demo/", include("demo.urls")),
     path("serve/<str:name>/invocations", deployments_gateway.invocations,
          name="serve-invocations"),
+    # MLflow's tracking API and UI, behind the platform's sign-in (registry/mlflow_route.py).
+    path("mlflow/", mlflow_route, name="mlflow"),
+    path("mlflow/<path:rest>", mlflow_route, name="mlflow-path"),
     path("capacity/targets/", include("workers.urls")),
     path("", include("frontend.urls")),
 ]

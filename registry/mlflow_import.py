@@ -1,28 +1,41 @@
-"""Bring models in from an MLflow tracking server: ``runs:/…``/``models:/…`` imports and the
-periodic sync that picks up versions a training script registered with stock ``mlflow``.
+"""Bring models in from the MLflow tracking server: ``runs:/…``/``models:/…`` imports and the
+listing the periodic sync reads.
 
-Downloading artifacts and reading run metadata execute no model code; loading still happens
-only in the sandbox, through the same validation as uploads.
+Everything goes to the server over ``mlflow_upstream`` (its REST and artifact APIs), never
+through MLflow's Python client: the client would resolve the model registry from this process's
+environment (issue 24: ``models:/`` imports failing against a stray ``./mlflow.db``) and would
+read whatever a run's artifact location says, local files included. Here an artifact is fetched
+only from the server's own artifact store (``mlflow-artifacts:/``), file by file, streamed to
+disk, within the archive limits uploads have. Downloading and reading metadata execute no model
+code; loading still happens only in the sandbox, through the same validation as uploads.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 
 from config.errors import InvalidInput
 
-from . import archives
+from . import archives, mlflow_upstream
+from .mlflow_upstream import MlflowError, Unavailable
 
 SOURCE_PATTERN = re.compile(
     r"^(?:runs:/(?P<run_id>[0-9a-zA-Z]{8,64})/(?P<path>[\w./-]+)"
     r"|models:/(?P<name>[^/\s]{1,200})/(?P<ref>\d+|@?[\w-]{1,100}))$")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+API = "/api/2.0/mlflow"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+STORE_SCHEME = "mlflow-artifacts:"
+PAGE = 1000
+MAX_DEPTH = 20
 
 
 @dataclass
@@ -46,63 +59,167 @@ def check_source(source: str) -> str:
     return source
 
 
-def _client():
-    from mlflow import MlflowClient
+# --- Resolving a source to a folder of the server's artifact store ------------------------------
+def _store_path(uri: str, what: str) -> str:
+    """``mlflow-artifacts:/1/abc/artifacts`` → ``1/abc/artifacts``; anything else is refused."""
+    if not uri.startswith(STORE_SCHEME):
+        raise ImportFailed(f"{what} is stored at {uri!r}, outside the tracking server's "
+                           "artifact store; only mlflow-artifacts:/ locations are imported.")
+    path = uri[len(STORE_SCHEME):].lstrip("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ImportFailed(f"{what} has an unsafe artifact location {uri!r}.")
+    return path
 
-    uri = settings.MLFLOW_TRACKING_URI
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+def _join(base: str, relative: str) -> str:
+    relative = relative.strip("/")
+    if any(part in ("", ".", "..") for part in relative.split("/")) and relative:
+        raise ImportFailed(f"unsafe artifact path {relative!r}")
+    return posixpath.join(base, relative) if relative else base
 
 
-def _run_lineage(client, run_id: str) -> tuple[dict, dict, dict]:
-    if not run_id:
+def _listing(path: str) -> list[dict[str, Any]]:
+    body = mlflow_upstream.call("GET", ARTIFACTS, params={"path": path})
+    files = body.get("files") or []
+    return [entry for entry in files if isinstance(entry, dict)]
+
+
+def _logged_model_path(model_id: str) -> str:
+    body = mlflow_upstream.call("GET", f"{API}/logged-models/{quote(model_id, safe='')}")
+    info = (body.get("model") or {}).get("info") or {}
+    return _store_path(str(info.get("artifact_uri") or ""), f"logged model {model_id}")
+
+
+def _run_model_path(run: dict[str, Any], run_id: str, relative: str) -> str:
+    """Where ``runs:/<run>/<relative>`` lives: the run's own artifacts, else (MLflow 3) the
+    logged model of that name whose source run it is."""
+    info = run.get("info") or {}
+    run_root = _store_path(str(info.get("artifact_uri") or ""), f"run {run_id}")
+    candidate = _join(run_root, relative)
+    if _listing(candidate):
+        return candidate
+    name, _, rest = relative.strip("/").partition("/")
+    token = None
+    while True:
+        body = mlflow_upstream.call("POST", f"{API}/logged-models/search", json={
+            "experiment_ids": [str(info.get("experiment_id") or "0")],
+            "filter": f"name = '{name}'", "max_results": 100,
+            **({"page_token": token} if token else {})})
+        for model in body.get("models") or []:
+            model_info = model.get("info") or {}
+            if model_info.get("source_run_id") == run_id:
+                return _join(_logged_model_path(str(model_info.get("model_id"))), rest)
+        token = body.get("next_page_token")
+        if not token:
+            return candidate  # nothing there: the download says so
+
+
+def _version_model_path(name: str, version: str) -> str:
+    body = mlflow_upstream.call("GET", f"{API}/model-versions/get-download-uri",
+                                params={"name": name, "version": version})
+    uri = str(body.get("artifact_uri") or "")
+    if uri.startswith("models:/m-"):
+        return _logged_model_path(uri[len("models:/"):].split("/", 1)[0])
+    return _store_path(uri, f"models:/{name}/{version}")
+
+
+def _download_tree(path: str, target: Path) -> None:
+    """Stream every file under ``path`` into ``target``, within the upload archive limits."""
+    max_members = settings.MODELPORT_ARCHIVE_MAX_MEMBERS
+    max_bytes = settings.MODELPORT_ARCHIVE_MAX_MB * 1048576
+    members, total = 0, 0
+    pending: list[tuple[str, Path, int]] = [(path, target, 0)]
+    while pending:
+        remote, local, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ImportFailed(f"{remote} is nested more than {MAX_DEPTH} folders deep.")
+        local.mkdir(parents=True, exist_ok=True)
+        for entry in _listing(remote):
+            name = posixpath.basename(str(entry.get("path") or ""))
+            if name in ("", ".", "..") or "\\" in name or "\x00" in name:
+                raise ImportFailed(f"unsafe file name in {remote}: {entry.get('path')!r}")
+            members += 1
+            if members > max_members:
+                raise ImportFailed(f"the model has more than {max_members} files "
+                                   "(MODELPORT_ARCHIVE_MAX_MEMBERS).")
+            if entry.get("is_dir"):
+                pending.append((posixpath.join(remote, name), local / name, depth + 1))
+                continue
+            with mlflow_upstream.stream("GET", f"{ARTIFACTS}/{quote(posixpath.join(remote, name))}"
+                                        ) as response, (local / name).open("wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ImportFailed(f"the model is larger than {max_bytes // 1048576} MB "
+                                           "(MODELPORT_ARCHIVE_MAX_MB).")
+                    out.write(chunk)
+    if members == 0:
+        raise ImportFailed(f"no files at {path} in the tracking server's artifact store.")
+
+
+# --- Run metadata ----------------------------------------------------------------------------
+def _pairs(items: Any) -> dict[str, Any]:
+    return {str(item.get("key")): item.get("value") for item in items or []
+            if isinstance(item, dict) and item.get("key") is not None}
+
+
+def _run_lineage(run: dict[str, Any], run_id: str) -> tuple[dict, dict, dict]:
+    if not run:
         return {}, {}, {}
-    run = client.get_run(run_id)
-    lineage = {"mlflow_run_id": run_id, "mlflow_experiment_id": run.info.experiment_id}
-    commit = run.data.tags.get(GIT_COMMIT_TAG)
-    if commit:
-        lineage["git_commit"] = commit
+    info, data = run.get("info") or {}, run.get("data") or {}
+    tags = _pairs(data.get("tags"))
+    lineage = {"mlflow_run_id": run_id,
+               "mlflow_experiment_id": str(info.get("experiment_id") or "")}
+    if tags.get(GIT_COMMIT_TAG):
+        lineage["git_commit"] = tags[GIT_COMMIT_TAG]
     for tag in ("dataset_name", "dataset_hash"):
-        if run.data.tags.get(tag):
-            lineage[tag] = run.data.tags[tag]
-    inputs = getattr(run, "inputs", None)
-    datasets = getattr(inputs, "dataset_inputs", None) or []
+        if tags.get(tag):
+            lineage[tag] = tags[tag]
+    datasets = (run.get("inputs") or {}).get("dataset_inputs") or []
     if datasets and "dataset_name" not in lineage:
-        lineage["dataset_name"] = datasets[0].dataset.name
-        lineage["dataset_hash"] = datasets[0].dataset.digest
-    return dict(run.data.params), dict(run.data.metrics), lineage
+        dataset = datasets[0].get("dataset") or {}
+        lineage["dataset_name"] = dataset.get("name", "")
+        lineage["dataset_hash"] = dataset.get("digest", "")
+    return _pairs(data.get("params")), _pairs(data.get("metrics")), lineage
+
+
+def _get_run(run_id: str) -> dict[str, Any]:
+    return mlflow_upstream.call("GET", f"{API}/runs/get", params={"run_id": run_id}).get(
+        "run") or {}
 
 
 def download(source: str, dest: Path) -> Download:
     """Download ``source`` into ``dest`` and collect its run's params, metrics and lineage."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    client = _client()
     match = SOURCE_PATTERN.match(source)
     if match is None:
         raise ImportFailed(f"not an MLflow model URI: {source}")
+    target = dest / "download"
     try:
-        run_id = match.group("run_id") or ""
         extra_lineage: dict[str, Any] = {}
         if match.group("name"):
             name, ref = match.group("name"), match.group("ref")
-            version = (client.get_model_version_by_alias(name, ref.lstrip("@"))
-                       if not ref.isdigit() else client.get_model_version(name, ref))
-            run_id = version.run_id or ""
-            extra_lineage = {"mlflow_model": name, "mlflow_model_version": str(version.version)}
-        target = dest / "download"
-        target.mkdir(parents=True, exist_ok=True)
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=source, dst_path=str(target),
-            tracking_uri=settings.MLFLOW_TRACKING_URI))
-        params, metrics, lineage = _run_lineage(client, run_id)
-    except MlflowException as exc:
-        raise ImportFailed(f"MLflow at {settings.MLFLOW_TRACKING_URI} refused {source}: "
-                           f"{exc.message}") from None
-    except OSError as exc:
-        raise ImportFailed(f"MLflow at {settings.MLFLOW_TRACKING_URI} is unreachable: "
-                           f"{exc}") from None
-    root = archives.find_model_root(local if local.is_dir() else local.parent)
+            if not ref.isdigit():
+                ref = str((mlflow_upstream.call(
+                    "GET", f"{API}/registered-models/alias",
+                    params={"name": name, "alias": ref.lstrip("@")}).get("model_version")
+                    or {}).get("version") or "")
+            version = mlflow_upstream.call("GET", f"{API}/model-versions/get", params={
+                "name": name, "version": ref}).get("model_version") or {}
+            run_id = str(version.get("run_id") or "")
+            remote = _version_model_path(name, ref)
+            extra_lineage = {"mlflow_model": name, "mlflow_model_version": ref}
+            run = _get_run(run_id) if run_id else {}
+        else:
+            run_id = match.group("run_id")
+            run = _get_run(run_id)
+            remote = _run_model_path(run, run_id, match.group("path"))
+        _download_tree(remote, target)
+        params, metrics, lineage = _run_lineage(run, run_id)
+    except MlflowError as exc:
+        raise ImportFailed(f"MLflow refused {source}: {exc.message}") from None
+    except Unavailable as exc:
+        raise ImportFailed(str(exc)) from None
+    root = archives.find_model_root(target)
     model_dir = dest / "model"
     shutil.move(str(root), str(model_dir))
     shutil.rmtree(target, ignore_errors=True)
@@ -110,34 +227,40 @@ def download(source: str, dest: Path) -> Download:
                     lineage={**lineage, **extra_lineage})
 
 
-def tracking_server_answers(timeout: float = 2.0) -> bool:
-    """A quick health check, so the periodic sync never waits on MLflow's client retries
-    (up to minutes of backoff) when no tracking server runs."""
-    import requests
-
-    try:
-        return requests.get(f"{settings.MLFLOW_TRACKING_URI.rstrip('/')}/health",
-                            timeout=timeout).status_code == 200
-    except requests.RequestException:
-        return False
-
-
+# --- What the sync reads ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class RemoteVersion:
     name: str
     version: str
     team_tag: str
+    created_ms: int
+
+
+def _paged(path: str, key: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    token = None
+    while True:
+        body = mlflow_upstream.call("GET", path, params={
+            **params, "max_results": PAGE, **({"page_token": token} if token else {})})
+        found.extend(item for item in body.get(key) or [] if isinstance(item, dict))
+        token = body.get("next_page_token")
+        if not token:
+            return found
 
 
 def registered_versions() -> list[RemoteVersion]:
-    """Every model version in the tracking server's registry, with its ``modelport.team`` tag."""
-    client = _client()
+    """Every model version in the tracking server's registry, with its ``modelport.team`` tag
+    (the version's own, else its registered model's). Prompts are not models: left out."""
+    models = {m.get("name"): _pairs(m.get("tags"))
+              for m in _paged(f"{API}/registered-models/search", "registered_models", {})}
     found: list[RemoteVersion] = []
-    for registered in client.search_registered_models(max_results=1000):
-        team = (registered.tags or {}).get("modelport.team", "")
-        for version in client.search_model_versions(f"name='{registered.name}'",
-                                                    max_results=1000):
-            found.append(RemoteVersion(name=registered.name, version=str(version.version),
-                                       team_tag=(version.tags or {}).get("modelport.team",
-                                                                         team)))
+    for version in _paged(f"{API}/model-versions/search", "model_versions", {}):
+        name = str(version.get("name") or "")
+        model_tags, tags = models.get(name, {}), _pairs(version.get("tags"))
+        if "mlflow.prompt.is_prompt" in model_tags or "mlflow.prompt.is_prompt" in tags:
+            continue
+        found.append(RemoteVersion(
+            name=name, version=str(version.get("version") or ""),
+            team_tag=str(tags.get("modelport.team") or model_tags.get("modelport.team") or ""),
+            created_ms=int(version.get("creation_timestamp") or 0)))
     return found

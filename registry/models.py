@@ -183,3 +183,61 @@ class AliasTransitionRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.alias} → v{self.version.version} ({self.status})"
+
+
+class MlflowObjectKind(models.TextChoices):
+    EXPERIMENT = "experiment", "Experiment"
+    RUN = "run", "Run"
+    LOGGED_MODEL = "logged_model", "Logged model"
+    REGISTERED_MODEL = "registered_model", "Registered model"
+
+
+class MlflowObject(models.Model):
+    """Who created an MLflow experiment, run, logged model or registered model through the
+    platform's MLflow route. Only that user (and platform admins) may change it afterwards: a
+    run's or logged model's artifacts are what imports and synced versions read, so another
+    team must not be able to overwrite them."""
+
+    kind = models.CharField(max_length=20, choices=MlflowObjectKind.choices)
+    key = models.CharField(max_length=256)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "key"],
+                                               name="unique_mlflow_object")]
+
+    def __str__(self) -> str:
+        return f"MLflow {self.kind} {self.key}"
+
+
+class MlflowVersionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    IMPORTED = "imported", "Imported"
+    REFUSED = "refused", "Refused"
+
+
+class MlflowVersion(models.Model):
+    """A version in MLflow's model registry and who created it (through the platform's route,
+    which read the number from MLflow's answer). The sync imports it for that user only, and
+    only where they may register; otherwise ``reason`` says why, recorded once."""
+
+    name = models.CharField(max_length=256)
+    version = models.PositiveIntegerField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=20, choices=MlflowVersionStatus.choices,
+                              default=MlflowVersionStatus.PENDING)
+    reason = models.TextField(blank=True)
+    imported = models.ForeignKey(ModelVersion, null=True, blank=True,
+                                 on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"],
+                                               name="unique_mlflow_version")]
+
+    def __str__(self) -> str:
+        return f"MLflow {self.name} v{self.version}"

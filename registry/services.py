@@ -276,13 +276,13 @@ def _enqueue_validation(version_id: int) -> None:
 
 
 def register_from_source(*, actor, model: RegisteredModel, source: str,
-                         description: str = "", system: bool = False) -> ModelVersion:
+                         description: str = "") -> ModelVersion:
     """Import ``runs:/…`` or ``models:/…`` from the tracking server: version N ``pending``;
-    the worker downloads it, then validates it like an upload. ``system`` is the MLflow sync."""
+    the worker downloads it, then validates it like an upload. The MLflow sync calls it as the
+    version's creator (``mlflow_services``), so the same role check applies."""
     from .mlflow_import import check_source
 
-    if not system:
-        require_team_role(actor, model.team, Role.ENGINEER, "registering versions")
+    require_team_role(actor, model.team, Role.ENGINEER, "registering versions")
     source = check_source(source)
     staging = _staging_root() / uuid.uuid4().hex
     (staging / "input").mkdir(parents=True)
@@ -291,7 +291,7 @@ def register_from_source(*, actor, model: RegisteredModel, source: str,
             number = _next_version(model)
             version = ModelVersion.objects.create(
                 model=model, version=number, source_format="import", source=source,
-                description=description, created_by=actor if not system else None,
+                description=description, created_by=actor,
                 staging_dir=str(staging),
                 status_message="Waiting for a worker to download it from MLflow.")
             audit.record(actor=actor, action="version.registered", obj=version,
@@ -323,49 +323,6 @@ def _download_import(version: ModelVersion, staging: Path) -> None:
         requirements=metadata.requirements, params=fetched.params, metrics=fetched.metrics,
         lineage=fetched.lineage, reference_stats=stats)
     version.refresh_from_db()
-
-
-def sync_from_mlflow() -> list[ModelVersion]:
-    """Import versions registered in the tracking server that Modelport does not have yet.
-
-    A version lands in the Modelport model of the same name; a new model is created in the team
-    named by the MLflow tag ``modelport.team``, else in ``MODELPORT_MLFLOW_SYNC_TEAM``.
-    """
-    from .mlflow_import import registered_versions, tracking_server_answers
-
-    if not tracking_server_answers():
-        log.info("MLflow tracking server at %s does not answer; sync skipped",
-                 settings.MLFLOW_TRACKING_URI)
-        return []
-    known = set(ModelVersion.objects.filter(source__startswith="models:/")
-                .values_list("source", flat=True))
-    imported: list[ModelVersion] = []
-    for remote in registered_versions():
-        source = f"models:/{remote.name}/{remote.version}"
-        if source in known:
-            continue
-        model = RegisteredModel.objects.filter(name=remote.name).first()
-        if model is None:
-            team = Team.objects.filter(
-                slug=remote.team_tag or settings.MODELPORT_MLFLOW_SYNC_TEAM).first()
-            try:
-                name_validator(remote.name)
-            except ValidationError:
-                log.warning("MLflow model %r is not a valid Modelport name; skipped",
-                            remote.name)
-                continue
-            if team is None:
-                log.warning("MLflow model %r has no team (tag modelport.team); skipped",
-                            remote.name)
-                continue
-            with transaction.atomic():
-                model = RegisteredModel.objects.create(
-                    name=remote.name, team=team, description="Synced from MLflow.")
-                audit.record(actor=None, action="model.created", obj=model, team=team,
-                             after=audit.snapshot(model, MODEL_FIELDS))
-        imported.append(register_from_source(actor=None, model=model, source=source,
-                                             system=True))
-    return imported
 
 
 # --- Validation (runs in the Celery worker) ---------------------------------------------------

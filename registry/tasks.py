@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import services
+from . import mlflow_services, services
 
 
 @shared_task(name="registry.tasks.validate_version", acks_late=True, ignore_result=True,
@@ -18,7 +18,7 @@ def sync_mlflow() -> None:
     import logging
 
     try:
-        imported = services.sync_from_mlflow()
+        imported = mlflow_services.sync_from_mlflow()
     except Exception as exc:  # noqa: BLE001 - MLflow down must not fill the logs with tracebacks
         logging.getLogger(__name__).warning("MLflow sync skipped: %s", exc)
         return

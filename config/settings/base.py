@@ -301,10 +301,15 @@ STORAGES["artifacts"] = {
 }
 
 # --- MLflow -----------------------------------------------------------------------------------
-MLFLOW_PORT = env_int("MLFLOW_PORT", 5000, minimum=1, maximum=65535)
-MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{MLFLOW_PORT}")
+# The tracking server listens where only the platform reaches it — a unix socket in a 0700
+# directory under `make run` (the Procfile's mlflow line), an internal address in compose and
+# Kubernetes — and stock clients log through the platform's authenticated route
+# MODELPORT_BASE_URL/mlflow (registry/mlflow_route.py) with MLFLOW_TRACKING_TOKEN=<API token>.
+MODELPORT_MLFLOW_UPSTREAM = env_pattern(
+    "MODELPORT_MLFLOW_UPSTREAM", f"unix:{MODELPORT_DATA_DIR / 'run' / 'mlflow' / 'mlflow.sock'}",
+    r"unix:/\S+|https?://[^/\s]+(/\S*)?",
+    "use unix:/absolute/path/mlflow.sock or http://host:port (the server's internal address)")
 MODELPORT_MLFLOW_SYNC_SECONDS = env_int("MODELPORT_MLFLOW_SYNC_SECONDS", 30, minimum=5)
-MODELPORT_MLFLOW_SYNC_TEAM = env_str("MODELPORT_MLFLOW_SYNC_TEAM", "demo")
 CELERY_BEAT_SCHEDULE["registry-mlflow-sync"] = {
     "task": "registry.tasks.sync_mlflow",
     "schedule": timedelta(seconds=MODELPORT_MLFLOW_SYNC_SECONDS),
@@ -364,7 +369,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every request at INFO: the MLflow route would log each client call twice.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"},
+                "httpcore": {"level": "WARNING"}},
 }
 
 # --- Monitoring (prediction-log ingest, rollups, drift, alerts) -------------------------------

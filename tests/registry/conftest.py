@@ -168,3 +168,129 @@ def sandbox_image(request):
     if docker_answers() or REQUIRE_SERVICES:
         return request.getfixturevalue("platform_serving_image")
     return None
+
+
+# --- MLflow behind the platform (tests/registry/test_mlflow_*.py) ------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def procfile_command(name: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {name} process in the Procfile")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """The tracking server started exactly as `make run` starts it (the Procfile's line, in a
+    shell, with only MODELPORT_DATA_DIR set): a unix socket in a 0700 folder, no TCP port."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    data = tmp_path_factory.mktemp("mlflow-data")
+    (data / "mlflow").mkdir()
+    socket_path = data / "run" / "mlflow" / "mlflow.sock"
+    log = (data / "mlflow.log").open("w")
+    env = {"PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "HOME": str(data),
+           "MODELPORT_DATA_DIR": str(data)}
+    process = subprocess.Popen(["sh", "-c", procfile_command("mlflow")], cwd=data, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if socket_path.exists():
+                try:
+                    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path))) as c:
+                        if c.get("http://localhost/health", timeout=2).status_code == 200:
+                            break
+                except httpx.HTTPError:
+                    pass
+            if process.poll() is not None:
+                pytest.fail("mlflow exited: " + (data / "mlflow.log").read_text()[-3000:])
+            time.sleep(0.5)
+        else:
+            pytest.fail("mlflow did not answer within 180 s: "
+                        + (data / "mlflow.log").read_text()[-3000:])
+        yield {"data": data, "socket": socket_path, "pid": process.pid}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def mlflow_upstream(settings, mlflow_server) -> str:
+    settings.MODELPORT_MLFLOW_UPSTREAM = f"unix:{mlflow_server['socket']}"
+    return settings.MODELPORT_MLFLOW_UPSTREAM
+
+
+TRAINING_SCRIPT = '''
+"""A user's training script: stock mlflow, configured only by the environment."""
+import json, sys
+import mlflow, mlflow.sklearn
+import pandas as pd
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+name, requirements, tags = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+if tags:
+    mlflow.MlflowClient().create_registered_model(name, tags=tags)
+data = load_iris(as_frame=True)
+X = data.data.set_axis(["sepal_length", "sepal_width", "petal_length", "petal_width"], axis=1)
+model = LogisticRegression(max_iter=300).fit(X, data.target)
+mlflow.set_experiment("iris-training")
+with mlflow.start_run() as run:
+    mlflow.log_param("max_iter", 300)
+    mlflow.log_metric("accuracy", 0.97)
+    mlflow.set_tag("mlflow.source.git.commit", "deadbeef")
+    mlflow.sklearn.log_model(model, name="model", input_example=X.head(2),
+                             registered_model_name=name or None,
+                             pip_requirements=requirements,
+                             serialization_format="cloudpickle")
+print("RUN_ID=" + run.info.run_id)
+'''
+
+
+@pytest.fixture
+def tracking(live_server, settings, mlflow_upstream, tmp_path):
+    """Run the training script in a separate process with only the documented environment:
+    ``MLFLOW_TRACKING_URI`` from ``GET /api/v1/info/`` and ``MLFLOW_TRACKING_TOKEN``."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from registry.sandbox import sandbox_requirements
+
+    settings.MODELPORT_BASE_URL = live_server.url
+    uri = requests.get(f"{live_server.url}/api/v1/info/", timeout=10).json()[
+        "mlflow_tracking_uri"]
+    assert uri == f"{live_server.url}/mlflow"
+    workdir = tmp_path / "training"
+    workdir.mkdir()
+    script = workdir / "train.py"
+    script.write_text(TRAINING_SCRIPT)
+
+    def train(token: str | None, name: str = "", *, tags: dict | None = None
+              ) -> subprocess.CompletedProcess:
+        env = {"PATH": os.environ["PATH"], "HOME": str(workdir), "MLFLOW_TRACKING_URI": uri}
+        if token:
+            env["MLFLOW_TRACKING_TOKEN"] = token
+        return subprocess.run(
+            [sys.executable, str(script), name, json.dumps(sandbox_requirements([])),
+             json.dumps(tags or {})], cwd=workdir, env=env, capture_output=True, text=True,
+            timeout=600, check=False)
+
+    train.uri = uri
+    train.workdir = workdir
+    return train
