@@ -4,9 +4,11 @@ periodic sync that imports the model versions training scripts registered.
 A version is imported only for the user who created it through the route (recorded from MLflow's
 answer, ``MlflowVersion``), into the Modelport model of that name or a new one in the team
 ``mlflow_teams`` resolves, and only when that user may register there; it is registered and
-audited as that user. A version nobody may own is not imported, and the reason is recorded once —
-an audit event ``mlflow.version_refused`` (its creator sees it among their recent activity, the
-team's maintainers in the audit log) and a line on the model's page — not every 30 seconds.
+audited as that user. A version nobody may own is not imported, and the reason is recorded
+once, not every 30 seconds: an audit event ``mlflow.version_refused`` (its creator sees it among
+their recent activity, the team's maintainers in the audit log), a line on the model's page when
+Modelport has the model, and the tag ``modelport.import`` on the version in MLflow, where the
+script's author looks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 # A version MLflow has but the route has not recorded yet (its answer is on the way back): the
 # sync leaves it for a later pass instead of calling it unowned.
 RECORD_GRACE = timedelta(minutes=2)
+IMPORT_TAG = "modelport.import"
 NO_CREATOR = ("It was not created through Modelport's MLflow route with an API token "
               "(MLFLOW_TRACKING_TOKEN), so it belongs to nobody.")
 
@@ -79,6 +82,20 @@ def _refuse(record: MlflowVersion, reason: str, team: Team | None) -> None:
                  object_repr=f"{record.name} v{record.version}", team=team,
                  after={"name": record.name, "version": record.version, "reason": reason})
     log.warning("MLflow %s v%s not imported: %s", record.name, record.version, reason)
+    _tell_mlflow(record, f"not imported: {reason}")
+
+
+def _tell_mlflow(record: MlflowVersion, status: str) -> None:
+    """Leave the outcome on the version in MLflow too (tag ``modelport.import``), where the
+    script's author looks. Best effort: the record and the audit event are what count."""
+    from . import mlflow_upstream
+
+    try:
+        mlflow_upstream.call("POST", "/api/2.0/mlflow/model-versions/set-tag", json={
+            "name": record.name, "version": str(record.version), "key": IMPORT_TAG,
+            "value": status[:5000]})
+    except (mlflow_upstream.MlflowError, mlflow_upstream.Unavailable) as exc:
+        log.warning("could not tag MLflow %s v%s: %s", record.name, record.version, exc)
 
 
 def _import_one(remote, known: set[str]) -> ModelVersion | None:
@@ -124,6 +141,8 @@ def _import_one(remote, known: set[str]) -> ModelVersion | None:
             return None
         record.status, record.reason, record.imported = MlflowVersionStatus.IMPORTED, "", version
         record.save(update_fields=["status", "reason", "imported"])
+        _tell_mlflow(record, f"imported as {model.name} v{version.version} in team "
+                             f"{model.team.slug}")
         return version
 
 

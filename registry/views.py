@@ -18,7 +18,7 @@ from config.errors import DomainError
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import mlmodel, services
+from . import mlflow_services, mlmodel, services
 from .filtersets import RegisteredModelFilterSet
 from .forms import AliasForm, ModelCreateForm, VersionUploadForm
 from .models import (
@@ -122,6 +122,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         .values_list("name", flat=True).first(),
         "transitions": model.transition_requests.filter(status=TransitionStatus.PENDING)
         .select_related("version", "requested_by"),
+        "mlflow_refused": mlflow_services.refused_versions(model),
     })
 
 

@@ -367,8 +367,8 @@ def test_webhooks_gateway_and_other_unoffered_apis_are_refused(alice, team_a_mod
 
 def test_graphql_passes_only_mlflows_read_queries(alice):
     run_id = a_run(alice)
-    query = ('query { mlflowGetRun(input: {runId: "%s"}) { run { info { runId } } } }'
-             % run_id)
+    query = "query { mlflowGetRun(input: {runId: \"RUN\"}) { run { info { runId } } } }"
+    query = query.replace("RUN", run_id)
     answer = alice.ok("POST", "/mlflow/graphql", {"query": query})
     assert answer["data"]["mlflowGetRun"]["run"]["info"]["runId"] == run_id
     refused(alice.call("POST", "/mlflow/graphql", {

@@ -1,0 +1,194 @@
+"""The whole path a user takes: a training script in its own process, configured only by the
+documented environment (``MLFLOW_TRACKING_URI`` from ``GET /api/v1/info/``, and
+``MLFLOW_TRACKING_TOKEN``), logs through the live platform to the real tracking server the
+Procfile starts; beat's sync then imports the version for the token's user — or refuses, saying
+why once. Validation runs in the Docker sandbox like any upload.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from registry import mlflow_services, mlflow_upstream, services
+from registry.models import MlflowVersion, ModelVersion, RegisteredModel
+from teams.models import AuditEvent, Membership
+from teams.roles import Role
+from tests.factories import MembershipFactory, TeamFactory, UserFactory, make_token
+
+from .conftest import procfile_command
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow,
+              pytest.mark.usefixtures("sandbox_image")]
+
+
+def engineer_of(slug: str, name: str, role: Role = Role.ENGINEER):
+    user = UserFactory(username=name)
+    MembershipFactory(team=TeamFactory(slug=slug), user=user, role=role)
+    return user
+
+
+def token(user) -> str:
+    return make_token(user, name=f"training-{user.username}")[1]
+
+
+def test_a_training_script_logs_and_its_version_is_imported_for_its_author(tracking):
+    alice = engineer_of("team-a", "alice")
+    stray = Path("mlflow.db")
+    existed = stray.exists()
+    done = tracking(token(alice), "iris-tracked")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = done.stdout.split("RUN_ID=")[1].strip()
+
+    imported = mlflow_services.sync_from_mlflow()
+    assert [v.source for v in imported] == ["models:/iris-tracked/1"]
+    model = RegisteredModel.objects.get(name="iris-tracked")
+    assert model.team.slug == "team-a" and model.created_by == alice
+    version = model.versions.get()
+    assert version.status == "ready", version.status_message
+    assert version.created_by == alice
+    assert version.lineage["mlflow_run_id"] == run_id
+    assert version.lineage["git_commit"] == "deadbeef"
+    assert version.params == {"max_iter": "300"} and version.metrics == {"accuracy": 0.97}
+    registered = AuditEvent.objects.get(action="version.registered")
+    assert registered.actor == alice and registered.team_slug == "team-a"
+    assert MlflowVersion.objects.get(name="iris-tracked", version=1).imported == version
+    tags = mlflow_upstream.call("GET", "/api/2.0/mlflow/model-versions/get", params={
+        "name": "iris-tracked", "version": "1"})["model_version"]["tags"]
+    assert {"key": "modelport.import",
+            "value": "imported as iris-tracked v1 in team team-a"} in tags
+    assert mlflow_services.sync_from_mlflow() == []  # once
+    # The import asked the server itself: no registry resolved from the working directory.
+    assert stray.exists() == existed and not (tracking.workdir / "mlflow.db").exists()
+
+
+def test_another_teams_engineer_cannot_log_into_a_model_of_team_a(tracking):
+    alice = engineer_of("team-a", "alice")
+    bob = engineer_of("team-b", "bob")
+    services.create_model(actor=alice, team=alice.memberships.get().team, name="fraud")
+    done = tracking(token(bob), "fraud")
+    assert done.returncode != 0
+    assert "PERMISSION_DENIED" in done.stderr and "belongs to team 'team-a'" in done.stderr
+    assert mlflow_services.sync_from_mlflow() == []
+    assert not ModelVersion.objects.filter(model__name="fraud").exists()
+    found = mlflow_upstream.client().get("/api/2.0/mlflow/model-versions/search",
+                                         params={"filter": "name='fraud'"}).json()
+    assert "model_versions" not in found  # nothing reached MLflow's registry
+
+
+def test_a_team_tag_naming_another_team_is_refused(tracking):
+    engineer_of("team-a", "alice")
+    bob = engineer_of("team-b", "bob")
+    done = tracking(token(bob), "sneaky", tags={"modelport.team": "team-a"})
+    assert done.returncode != 0 and "PERMISSION_DENIED" in done.stderr
+    assert "would be created in team 'team-a'" in done.stderr
+    assert mlflow_services.sync_from_mlflow() == []
+    assert not RegisteredModel.objects.filter(name="sneaky").exists()
+
+
+def test_a_viewer_cannot_log(tracking):
+    viewer = engineer_of("team-a", "vera", Role.VIEWER)
+    done = tracking(token(viewer), "iris-viewer")
+    assert done.returncode != 0
+    assert "PERMISSION_DENIED" in done.stderr and "engineer or maintainer" in done.stderr
+
+
+def test_without_a_token_the_script_is_refused(tracking):
+    done = tracking(None, "iris-anonymous")
+    assert done.returncode != 0 and "UNAUTHENTICATED" in done.stderr
+    assert "MLFLOW_TRACKING_TOKEN" in done.stderr
+
+
+def test_a_version_nobody_may_own_is_not_imported_and_the_reason_is_recorded_once(
+        tracking, monkeypatch):
+    alice = engineer_of("team-a", "alice")
+    done = tracking(token(alice), "churn")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Alice loses the engineer role before beat's sync comes round.
+    Membership.objects.filter(user=alice).update(role=Role.VIEWER)
+    # A second version written straight into the server (someone with access to its socket):
+    # no creator was recorded for it. Recorded versions need no grace period in a test.
+    monkeypatch.setattr(mlflow_services, "RECORD_GRACE", mlflow_services.timedelta(0))
+    source = mlflow_upstream.call("GET", "/api/2.0/mlflow/model-versions/get",
+                                  params={"name": "churn", "version": "1"})["model_version"]
+    mlflow_upstream.call("POST", "/api/2.0/mlflow/model-versions/create", json={
+        "name": "churn", "source": source["source"], "run_id": source["run_id"],
+        "model_id": source["source"].removeprefix("models:/")})
+
+    for _ in range(2):
+        assert mlflow_services.sync_from_mlflow() == []
+    assert not RegisteredModel.objects.filter(name="churn").exists()
+    first, second = MlflowVersion.objects.filter(name="churn").order_by("version")
+    assert first.status == second.status == "refused"
+    assert "'alice' is an engineer or maintainer in no team" in first.reason
+    assert second.created_by is None and "not created through Modelport" in second.reason
+    events = AuditEvent.objects.filter(action="mlflow.version_refused").order_by("object_id")
+    assert [(e.object_repr, e.actor) for e in events] == [("churn v1", alice),
+                                                          ("churn v2", None)]
+    tags = mlflow_upstream.call("GET", "/api/2.0/mlflow/model-versions/get", params={
+        "name": "churn", "version": "1"})["model_version"]["tags"]
+    assert {"key": "modelport.import", "value": f"not imported: {first.reason}"} in tags
+    # Alice sees that it was refused on her dashboard's recent activity.
+    portal = Client()
+    portal.force_login(alice)
+    assert "mlflow.version_refused" in portal.get("/").content.decode()
+
+
+def test_a_refused_version_shows_on_its_models_page(tracking):
+    alice = engineer_of("team-a", "alice")
+    team = alice.memberships.get().team
+    maintainer = UserFactory(username="mia")
+    MembershipFactory(team=team, user=maintainer, role=Role.MAINTAINER)
+    services.create_model(actor=maintainer, team=team, name="churn-page")
+    done = tracking(token(alice), "churn-page")
+    assert done.returncode == 0, done.stderr[-3000:]
+    Membership.objects.filter(user=alice).update(role=Role.VIEWER)
+    assert mlflow_services.sync_from_mlflow() == []
+    portal = Client()
+    portal.force_login(maintainer)
+    page = portal.get("/models/churn-page/").content.decode()
+    assert "Not imported from MLflow" in page and "alice" in page
+    assert "needs engineer or higher" in page
+
+
+def _listening_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _tree(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            pending.extend(int(c) for c in children.read_text().split())
+    return found
+
+
+def test_the_tracking_server_listens_only_on_a_private_socket(mlflow_server):
+    socket_path = mlflow_server["socket"]
+    assert stat.S_ISSOCK(socket_path.stat().st_mode)
+    assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+    listening = _listening_inodes()
+    processes = _tree(mlflow_server["pid"])
+    for pid in processes:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                assert target[8:-1] not in listening, f"process {pid} listens on TCP"
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                for pid in processes]
+    assert not any("huey" in c for c in commands), commands  # no job runner
+    assert len(commands) == 2, commands  # `mlflow server` and its one uvicorn worker
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in procfile_command("mlflow")
