@@ -4,8 +4,9 @@ Runs the real Makefile target in a process group with a fresh data dir and a fre
 venv this suite runs in (so no reinstall), and the embedded broker and SQLite of a bare laptop.
 The same process carries the first-run demo (issue 9): two models trained, validated in the
 Docker sandbox and one deployed in Docker until healthy; the printed curl line answers; demo
-traffic with ground truth goes through; seeding again creates nothing. One `make run` for all of
-it keeps CI time down.
+traffic with ground truth goes through; seeding again creates nothing; a training script logs
+through the platform's MLflow route and its version is imported (issue 24). One `make run` for
+all of it keeps CI time down.
 """
 
 from __future__ import annotations
@@ -86,18 +87,106 @@ def _remove_demo_containers(docker_client, name: str) -> int:
     return len(found)
 
 
+def _listening_tcp_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _descendants(pid: int) -> list[int]:
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            pending.extend(int(child) for child in children.read_text().split())
+    return found
+
+
+def _mlflow_processes(root: int) -> list[tuple[int, str, int]]:
+    """(pid, command line, RSS in kB) of MLflow's processes under `make run` (honcho gives
+    each process its own session, so the tree is walked)."""
+    found = []
+    for pid in _descendants(root):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4
+        except OSError:
+            continue  # gone meanwhile
+        if " -m mlflow " in args or "mlflow.server" in args or "huey" in args:
+            found.append((pid, args.strip(), rss))
+    return found
+
+
+def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
+                                         root: int) -> None:
+    """Issue 24: a training script in its own process, configured only by the documented
+    environment, logs and registers a model; beat's sync imports it as the token's user. The
+    tracking server itself answers on no TCP port and runs no job runner (issue 26)."""
+    import sys
+
+    from registry.sandbox import sandbox_requirements
+    from tests.mlflow_training import TRAINING_SCRIPT
+
+    uri = requests.get(f"{base}/api/v1/info/", timeout=10).json()["mlflow_tracking_uri"]
+    assert uri == f"{base}/mlflow"
+    workdir = tmp_path / "training"
+    workdir.mkdir()
+    (workdir / "train.py").write_text(TRAINING_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "train.py", "iris-from-script", json.dumps(sandbox_requirements([])),
+         "{}"], cwd=workdir, capture_output=True, text=True, timeout=300, check=False,
+        env={"PATH": os.environ["PATH"], "HOME": str(workdir), "MLFLOW_TRACKING_URI": uri,
+             "MLFLOW_TRACKING_TOKEN": token})
+    assert done.returncode == 0, done.stderr[-3000:]
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{base}/api/v1/models/iris-from-script/versions/1/"
+    deadline = time.monotonic() + 300  # beat syncs every 30 s, then the sandbox validates
+    while True:
+        answer = requests.get(url, headers=headers, timeout=10)
+        if answer.status_code == 200 and answer.json()["status"] in ("ready", "failed"):
+            break
+        assert time.monotonic() < deadline, f"not imported: {answer.status_code} {answer.text}"
+        time.sleep(3)
+    version = answer.json()
+    assert version["status"] == "ready", version["status_message"]
+    assert version["created_by"] == "admin"
+    assert not (workdir / "mlflow.db").exists() and not (ROOT / "mlflow.db").exists()
+    anonymous = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json={}, timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "UNAUTHENTICATED"
+
+    processes = _mlflow_processes(root)
+    assert [args for _, args, _ in processes if "huey" in args] == []
+    assert len(processes) == 2, processes  # `mlflow server` and its uvicorn worker
+    listening = _listening_tcp_inodes()
+    for pid, args, _ in processes:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            assert not (target.startswith("socket:[") and target[8:-1] in listening), \
+                f"MLflow listens on TCP: {args}"
+    socket_dir = tmp_path / "var" / "run" / "mlflow"
+    assert (socket_dir / "mlflow.sock").is_socket()
+    assert socket_dir.stat().st_mode & 0o777 == 0o700
+    print("MLflow processes (RSS kB):", [(args[:60], rss) for _, args, rss in processes])
+
+
 def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         tmp_path, docker_client, platform_serving_image):
     if not (ROOT / ".venv" / ".installed").exists():
         pytest.skip("make run installs the venv first; run `make install` once")
-    port, mlflow_port = _free_port(), _free_port()
+    port = _free_port()
     # Replica containers are named after the deployment: unique, so a developer's own
     # `make run` demo on the same Docker host is never touched.
     demo_name = f"demo-test-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items()
            if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
            and not k.startswith("PYTEST")}
-    env.update({"PORT": str(port), "MLFLOW_PORT": str(mlflow_port),
+    env.update({"PORT": str(port),
                 "MODELPORT_DATA_DIR": str(tmp_path / "var"),
                 "MODELPORT_ADMIN_PASSWORD": "first-run-password",
                 "MODELPORT_HEARTBEAT_SECONDS": "2", "MODELPORT_DEMO": "1",
@@ -182,6 +271,8 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
                 "Authorization": f"Bearer {old_token}"}).status_code != 401:
             assert time.monotonic() < deadline, "the previous demo token still works"
             time.sleep(1)
+
+        _training_script_logs_through_mlflow(base, new_token, tmp_path, process.pid)
 
         # Deleting the deployment (as a user would) removes its container.
         deleted = requests.delete(f"{base}/api/v1/deployments/{demo_name}/", timeout=10,
