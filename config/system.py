@@ -76,8 +76,9 @@ def info(request: Request) -> Response:
     return Response({
         "version": settings.MODELPORT_VERSION,
         "runtime": describe_runtime(),
-        # Stock clients log through the platform's authenticated route, never to the server.
-        "mlflow_tracking_uri": f"{settings.MODELPORT_BASE_URL.rstrip('/')}/mlflow",
+        # Stock clients log through the platform's authenticated route, at the address this
+        # client reached the API by (MODELPORT_BASE_URL may be an in-cluster name).
+        "mlflow_tracking_uri": request.build_absolute_uri("/mlflow"),
         "broker": "embedded" if settings.CELERY_EMBEDDED_BROKER else "redis",
         "limits": {
             "max_upload_mb": settings.MODELPORT_MAX_UPLOAD_MB,

@@ -55,6 +55,6 @@ def test_readyz_checks_the_embedded_file_broker(settings, tmp_path):
 def test_info_tells_clients_what_they_need(settings):
     body = Client().get("/api/v1/info/").json()
     assert body["version"] == settings.MODELPORT_VERSION
-    assert body["mlflow_tracking_uri"] == f"{settings.MODELPORT_BASE_URL}/mlflow"
+    assert body["mlflow_tracking_uri"] == "http://testserver/mlflow"  # where the client came
     assert body["runtime"] in {"docker", "local (unsandboxed)"}
     assert body["limits"]["max_upload_mb"] == settings.MODELPORT_MAX_UPLOAD_MB

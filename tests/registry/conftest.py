@@ -236,7 +236,7 @@ def mlflow_upstream(settings, mlflow_server) -> str:
 
 
 @pytest.fixture
-def tracking(live_server, settings, mlflow_upstream, tmp_path):
+def tracking(live_server, mlflow_upstream, tmp_path):
     """Run the training script in a separate process with only the documented environment:
     ``MLFLOW_TRACKING_URI`` from ``GET /api/v1/info/`` and ``MLFLOW_TRACKING_TOKEN``."""
     import os
@@ -248,7 +248,6 @@ def tracking(live_server, settings, mlflow_upstream, tmp_path):
     from registry.sandbox import sandbox_requirements
     from tests.mlflow_training import TRAINING_SCRIPT
 
-    settings.MODELPORT_BASE_URL = live_server.url
     uri = requests.get(f"{live_server.url}/api/v1/info/", timeout=10).json()[
         "mlflow_tracking_uri"]
     assert uri == f"{live_server.url}/mlflow"
