@@ -77,8 +77,18 @@ def _is_page(request: HttpRequest, rest: str) -> bool:
             and "text/html" in request.headers.get("Accept", ""))
 
 
+def _declared_length(request: HttpRequest) -> int | None:
+    declared = request.META.get("CONTENT_LENGTH")
+    if not declared:
+        return None
+    try:
+        return int(declared)
+    except ValueError:
+        raise Refusal(400, INVALID_PARAMETER_VALUE, "Content-Length is not a number.") from None
+
+
 def _read_json(request: HttpRequest) -> bytes:
-    length = int(request.META.get("CONTENT_LENGTH") or 0)
+    length = _declared_length(request) or 0
     if length > MAX_JSON:
         raise Refusal(413, INVALID_PARAMETER_VALUE,
                       f"The request body is over {MAX_JSON // 1048576} MB.")
@@ -103,7 +113,7 @@ def _target(call: Call, request: HttpRequest) -> str:
     return f"{call.upstream}?{query}" if query and not call.write else call.upstream
 
 
-def _answer(upstream: httpx.Response, body: Any) -> HttpResponse:
+def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponse:
     response = (StreamingHttpResponse(body, status=upstream.status_code)
                 if not isinstance(body, bytes) else HttpResponse(body, status=upstream.status_code))
     for name, value in upstream.headers.multi_items():
@@ -113,6 +123,11 @@ def _answer(upstream: httpx.Response, body: Any) -> HttpResponse:
         if isinstance(body, bytes) and lowered in ("content-length", "content-encoding"):
             continue
         response[name] = value
+    if not (call.endpoint == "ui" or call.endpoint.startswith("static-files/")):
+        # Answers are served from the portal's origin: whatever MLflow returns (an artifact
+        # someone logged, above all) must never run as a page there, with the portal's session.
+        response["Content-Security-Policy"] = "sandbox"
+        response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
@@ -167,8 +182,9 @@ def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponse:
                 raise Refusal(400, INVALID_PARAMETER_VALUE, "Give exactly one GraphQL query.")
             plan = call.rule(caller, params, call.args)
         if request.method not in ("GET", "HEAD"):
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-            content = _body_chunks(request) if length else b""
+            # A chunked upload has no length: it streams on chunked (the server reads to EOF).
+            length = _declared_length(request)
+            content = _body_chunks(request) if length != 0 else b""
     client = mlflow_upstream.client()
     try:
         upstream = client.send(client.build_request(
@@ -179,7 +195,7 @@ def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponse:
         return _error(503, "TEMPORARILY_UNAVAILABLE", "Modelport's MLflow tracking server is "
                                                       "not answering; try again shortly.")
     if plan.after is None:
-        return _answer(upstream, _relay(upstream))
+        return _answer(call, upstream, _relay(upstream))
     try:
         body = upstream.read()
     finally:
@@ -190,4 +206,4 @@ def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponse:
         except ValueError:
             answer = {}
         plan.after(answer if isinstance(answer, dict) else {})
-    return _answer(upstream, body)
+    return _answer(call, upstream, body)

@@ -140,6 +140,7 @@ def test_the_portal_session_opens_the_ui_but_only_reads(alice, client):
     client.force_login(alice.user)
     page = client.get("/mlflow/", HTTP_ACCEPT="text/html")
     assert page.status_code == 200 and b"MLflow" in b"".join(page.streaming_content)
+    assert "Content-Security-Policy" not in page  # MLflow's own UI runs its scripts
     assert client.post("/mlflow/ajax-api/2.0/mlflow/experiments/search", '{"max_results": 5}',
                        content_type="application/json").status_code == 200
     refused(client.post("/mlflow/ajax-api/2.0/mlflow/experiments/create",
@@ -186,6 +187,9 @@ def test_artifacts_stream_both_ways(alice):
     got = alice.client.get(url, HTTP_AUTHORIZATION=f"Bearer {alice.token}")
     assert got.status_code == 200 and got.streaming
     assert b"".join(got.streaming_content) == payload
+    # Served from the portal's origin, an artifact never runs as a page there.
+    assert got["Content-Security-Policy"] == "sandbox"
+    assert got["X-Content-Type-Options"] == "nosniff"
 
 
 @pytest.mark.parametrize("body", [
