@@ -8,7 +8,14 @@ from django.http import HttpRequest
 from config.errors import DomainError
 
 from . import services
-from .models import AliasTransitionRequest, ModelAlias, ModelVersion, RegisteredModel
+from .models import (
+    AliasTransitionRequest,
+    MlflowObject,
+    MlflowVersion,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+)
 
 
 class ReadOnlyMixin:
@@ -107,3 +114,29 @@ class AliasTransitionRequestAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Reject selected alias moves")
     def reject(self, request: HttpRequest, queryset) -> None:
         self._decide(request, queryset, approve=False)
+
+
+@admin.register(MlflowVersion)
+class MlflowVersionAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """MLflow versions the route recorded and what the sync did with each (why not, if not)."""
+
+    list_display = ["name", "version", "created_by", "status", "reason", "created_at"]
+    list_select_related = ["created_by"]
+    list_filter = ["status"]
+    search_fields = ["name", "created_by__username"]
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(MlflowObject)
+class MlflowObjectAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Who created which MLflow experiment, run, logged model or registered model."""
+
+    list_display = ["kind", "key", "created_by", "created_at"]
+    list_select_related = ["created_by"]
+    list_filter = ["kind"]
+    search_fields = ["key", "created_by__username"]
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -11,6 +11,7 @@ all of it keeps CI time down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -102,9 +103,10 @@ def _descendants(pid: int) -> list[int]:
     while pending:
         current = pending.pop()
         found.append(current)
-        children = Path(f"/proc/{current}/task/{current}/children")
-        if children.exists():
-            pending.extend(int(child) for child in children.read_text().split())
+        # Children hang off the thread that forked them: read every thread's list.
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
+                pending.extend(int(child) for child in children.read_text().split())
     return found
 
 

@@ -7,6 +7,7 @@ why once. Validation runs in the Docker sandbox like any upload.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -171,9 +172,10 @@ def _tree(pid: int) -> list[int]:
     while pending:
         current = pending.pop()
         found.append(current)
-        children = Path(f"/proc/{current}/task/{current}/children")
-        if children.exists():
-            pending.extend(int(c) for c in children.read_text().split())
+        # Children hang off the thread that forked them: read every thread's list.
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the thread ended meanwhile
+                pending.extend(int(child) for child in children.read_text().split())
     return found
 
 
