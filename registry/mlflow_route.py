@@ -160,6 +160,14 @@ def mlflow_route(request: HttpRequest, rest: str = "") -> HttpResponse:
         return _forward(request, caller, call)
     except Refusal as refusal:
         return _error(refusal.status, refusal.error_code, refusal.message)
+    except mlflow_upstream.Unavailable as exc:  # a rule had to ask MLflow (a model's tags)
+        log.warning("%s", exc)
+        return _unavailable()
+
+
+def _unavailable() -> JsonResponse:
+    return _error(503, "TEMPORARILY_UNAVAILABLE", "Modelport's MLflow tracking server is not "
+                                                  "answering; try again shortly.")
 
 
 def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponse:
@@ -192,8 +200,7 @@ def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponse:
             headers=_headers(request, length)), stream=True)
     except httpx.HTTPError as exc:
         log.warning("MLflow at %s did not answer: %s", mlflow_upstream.describe(), exc)
-        return _error(503, "TEMPORARILY_UNAVAILABLE", "Modelport's MLflow tracking server is "
-                                                      "not answering; try again shortly.")
+        return _unavailable()
     if plan.after is None:
         return _answer(call, upstream, _relay(upstream))
     try:

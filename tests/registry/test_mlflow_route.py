@@ -383,4 +383,8 @@ def test_graphql_passes_only_mlflows_read_queries(alice):
 def test_an_unreachable_tracking_server_is_503(alice, settings, tmp_path):
     settings.MODELPORT_MLFLOW_UPSTREAM = f"unix:{tmp_path / 'nothing.sock'}"
     refused(alice.call("POST", "experiments/search", {}), 503, "TEMPORARILY_UNAVAILABLE")
+    # also when a rule must ask MLflow first (the tags of a model Modelport does not have)
+    refused(alice.call("POST", "model-versions/create", {"name": unique("m"),
+                                                         "source": "runs:/x/model"}),
+            503, "TEMPORARILY_UNAVAILABLE")
     assert mlflow_services.sync_from_mlflow() == []
