@@ -140,6 +140,7 @@ def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
     workdir = tmp_path / "training"
     workdir.mkdir()
     (workdir / "train.py").write_text(TRAINING_SCRIPT)
+    stray = (ROOT / "mlflow.db").exists()
     done = subprocess.run(
         [sys.executable, "train.py", "iris-from-script", json.dumps(sandbox_requirements([])),
          "{}"], cwd=workdir, capture_output=True, text=True, timeout=300, check=False,
@@ -158,7 +159,8 @@ def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
     version = answer.json()
     assert version["status"] == "ready", version["status_message"]
     assert version["created_by"] == "admin"
-    assert not (workdir / "mlflow.db").exists() and not (ROOT / "mlflow.db").exists()
+    # Issue 24: the import no longer resolves MLflow's registry from a working directory.
+    assert not (workdir / "mlflow.db").exists() and (ROOT / "mlflow.db").exists() == stray
     anonymous = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json={}, timeout=10)
     assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "UNAUTHENTICATED"
 
