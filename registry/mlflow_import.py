@@ -62,20 +62,22 @@ def check_source(source: str) -> str:
 # --- Resolving a source to a folder of the server's artifact store ------------------------------
 def _store_path(uri: str, what: str) -> str:
     """``mlflow-artifacts:/1/abc/artifacts`` → ``1/abc/artifacts``; anything else is refused."""
-    if not uri.startswith(STORE_SCHEME):
+    if not uri.startswith(STORE_SCHEME) or uri.startswith(STORE_SCHEME + "//"):
         raise ImportFailed(f"{what} is stored at {uri!r}, outside the tracking server's "
                            "artifact store; only mlflow-artifacts:/ locations are imported.")
     path = uri[len(STORE_SCHEME):].lstrip("/")
-    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+    if any(part in ("", ".", "..") for part in path.split("/")):
         raise ImportFailed(f"{what} has an unsafe artifact location {uri!r}.")
     return path
 
 
 def _join(base: str, relative: str) -> str:
     relative = relative.strip("/")
-    if any(part in ("", ".", "..") for part in relative.split("/")) and relative:
+    if not relative:
+        return base
+    if any(part in ("", ".", "..") for part in relative.split("/")):
         raise ImportFailed(f"unsafe artifact path {relative!r}")
-    return posixpath.join(base, relative) if relative else base
+    return posixpath.join(base, relative)
 
 
 def _listing(path: str) -> list[dict[str, Any]]:
