@@ -91,6 +91,17 @@ def test_artifacts_outside_the_servers_store_are_never_read(iris, team_engineer,
     assert "outside the tracking server's artifact store" in version.status_message
 
 
+@pytest.mark.usefixtures("mlflow_upstream")
+def test_a_run_path_climbing_out_of_the_run_is_refused(iris, team_engineer):
+    experiment = mlflow_upstream_call("experiments/create",
+                                      {"name": f"climb-{uuid.uuid4().hex[:6]}"})
+    run = mlflow_upstream_call("runs/create", {"experiment_id": experiment["experiment_id"]})
+    bearer_client(team_engineer).post("/api/v1/models/iris/versions/", {
+        "source": f"runs:/{run['run']['info']['run_id']}/../../model"}, format="json")
+    version = ModelVersion.objects.get()
+    assert version.status == "failed" and "unsafe artifact path" in version.status_message
+
+
 def mlflow_upstream_call(endpoint: str, body: dict) -> dict:
     return mlflow_upstream.call("POST", f"/api/2.0/mlflow/{endpoint}", json=body)
 
