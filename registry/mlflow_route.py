@@ -1,4 +1,4 @@
-"""MLflow's tracking API and UI at ``MODELPORT_BASE_URL/mlflow``, behind the platform's sign-in.
+"""MLflow's tracking API and UI at the portal's ``/mlflow``, behind the platform's sign-in.
 
 Stock clients log with ``MLFLOW_TRACKING_URI`` (``GET /api/v1/info/``) and
 ``MLFLOW_TRACKING_TOKEN=<Modelport API token>``, which MLflow sends as ``Authorization: Bearer``;

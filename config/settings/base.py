@@ -303,8 +303,8 @@ STORAGES["artifacts"] = {
 # --- MLflow -----------------------------------------------------------------------------------
 # The tracking server listens where only the platform reaches it — a unix socket in a 0700
 # directory under `make run` (the Procfile's mlflow line), an internal address in compose and
-# Kubernetes — and stock clients log through the platform's authenticated route
-# MODELPORT_BASE_URL/mlflow (registry/mlflow_route.py) with MLFLOW_TRACKING_TOKEN=<API token>.
+# Kubernetes — and stock clients log through the portal's authenticated route /mlflow
+# (registry/mlflow_route.py) with MLFLOW_TRACKING_TOKEN=<API token>.
 MODELPORT_MLFLOW_UPSTREAM = env_pattern(
     "MODELPORT_MLFLOW_UPSTREAM", f"unix:{MODELPORT_DATA_DIR / 'run' / 'mlflow' / 'mlflow.sock'}",
     r"unix:/\S+|https?://[^/\s]+(/\S*)?",
