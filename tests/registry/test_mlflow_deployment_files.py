@@ -28,6 +28,7 @@ def test_make_run_serves_mlflow_on_a_unix_socket_in_a_private_folder():
     assert 'chmod 700 "${MODELPORT_DATA_DIR}/run/mlflow"' in command
     assert "--port" not in command and "--host" not in command
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in command
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in command
 
 
 def test_compose_mlflow_has_no_port_and_only_the_platforms_volume_holds_its_socket():
@@ -40,6 +41,7 @@ def test_compose_mlflow_has_no_port_and_only_the_platforms_volume_holds_its_sock
     assert "--uds /data/run/mlflow/mlflow.sock" in mlflow["command"][2]
     assert "chmod 700 /data/run/mlflow" in mlflow["command"][2]
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert mlflow["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
     app_env = compose["x-app-env"]
     assert app_env["MODELPORT_MLFLOW_UPSTREAM"] == "unix:/data/run/mlflow/mlflow.sock"
     # MLflow's own variable would point the mlflow library in web and worker elsewhere.
@@ -56,6 +58,7 @@ def test_kubernetes_lets_only_web_and_the_worker_reach_mlflow():
     env = {e["name"]: e.get("value") for e in
            deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
