@@ -62,6 +62,10 @@ class Deployment(models.Model):
         help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
                   "one flagged default).")
     stopped = models.BooleanField(default=False)
+    # Outbound network access for the model's code, granted by a platform admin (audited,
+    # ``services.set_egress``). Without it a replica has no network at all.
+    egress = models.BooleanField(default=False)
+    egress_reason = models.CharField(max_length=300, blank=True)
     # Written by the reconciler.
     revision = models.PositiveIntegerField(default=0, help_text="The revision that should run.")
     status = models.CharField(max_length=20, choices=DeploymentStatus.choices,

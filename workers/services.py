@@ -16,6 +16,7 @@ from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput
+from core import replica_keys
 from teams import audit
 from teams.access import require_platform_admin
 
@@ -498,6 +499,9 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         if row.gpus:
             spec.gpu_device_ids = quotas.device_ids(f"{d.owner}/{row.runtime_id}")
         spec.env.update(_ingest_env(d))
+        spec.env[replica_keys.ENV] = replica_keys.replica_key(settings.SECRET_KEY, d.pk,
+                                                              row.revision)
+        spec.egress = bool((revision.spec or {}).get("egress"))
         state = runtime.start_replica(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the reconciler, which waits for it
         Replica.objects.filter(pk=row.pk, host_status="placing").update(

@@ -244,7 +244,13 @@ MODELPORT_BASE_URL = env_str("MODELPORT_BASE_URL", "http://127.0.0.1:8000")
 
 # --- Runtimes (workers/runtimes) ------------------------------------------------------------
 MODELPORT_RUNTIME = env_choice("MODELPORT_RUNTIME", "auto", ("auto", "docker", "local"))
-MODELPORT_DOCKER_NETWORK = env_str("MODELPORT_DOCKER_NETWORK", "host")
+# "none": replicas have no network and serve on a socket file under the data dir that only the
+# platform reaches (docs/security.md); "host": loopback ports (replicas then need their key);
+# any other value: that named network.
+MODELPORT_DOCKER_NETWORK = env_str("MODELPORT_DOCKER_NETWORK", "none")
+# Where a deployment that a platform admin granted egress runs instead: "host" (on an engine
+# without a bridge) or a bridge network's name. It still serves only on its socket.
+MODELPORT_DOCKER_EGRESS_NETWORK = env_str("MODELPORT_DOCKER_EGRESS_NETWORK", "host")
 # With a named (bridge) network: also publish each replica's port on this host address (e.g.
 # 127.0.0.1) and call it there, for a platform that runs on the host rather than on the network.
 MODELPORT_DOCKER_PUBLISH_HOST = env_str("MODELPORT_DOCKER_PUBLISH_HOST", "")
@@ -322,9 +328,10 @@ MODELPORT_EDGE_HOST = env_str("MODELPORT_EDGE_HOST", "127.0.0.1")
 MODELPORT_EDGE_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
 MODELPORT_EDGE_WORKERS = env_int("MODELPORT_EDGE_WORKERS", 1, minimum=1, maximum=64)
 MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
-# Replicas on host networking (and local processes) also listen on an abstract unix socket,
-# which the edge uses instead of loopback TCP (serving/sockets.py); off: TCP only.
-MODELPORT_REPLICA_SOCKETS = env_bool("MODELPORT_REPLICA_SOCKETS", True)
+# Replicas without a network ship their prediction logs to this socket, which the edge serves
+# (only POST /api/v1/ingest/predictions/); its directory is mounted read-only into replicas.
+# Empty: <MODELPORT_DATA_DIR>/run/ingest/ingest.sock (workers.runtimes.ingest_socket).
+MODELPORT_INGEST_SOCKET = env_str("MODELPORT_INGEST_SOCKET", "")
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.

@@ -4,7 +4,8 @@ front of a real gunicorn on a unix socket, both on the test's PostgreSQL databas
 Serving requests are answered by the edge itself (same refusals, headers and counters as the
 Django gateway, tested in test_gateway.py); everything else is streamed to Django unchanged —
 forms with CSRF and session cookies, the API, multipart uploads, chunked bodies — and the client
-address reaches the audit log. Replicas are stand-in HTTP servers on 127.0.0.1.
+address reaches the audit log. Replicas are stand-in HTTP servers on unix socket files (and,
+where a test says so, on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -71,8 +72,11 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     logs.mkdir()
     with django_db_blocker.unblock():
         database_url = _database_url()
+    from django.conf import settings
+
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update({"DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
+                "DJANGO_SECRET_KEY": settings.SECRET_KEY,  # replica keys derive from it
                 "MODELPORT_DATA_DIR": str(tmp / "data"), "DATABASE_URL": database_url,
                 "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30",
                 "MODELPORT_GATEWAY_TIMEOUT_S": "2"})
@@ -156,19 +160,24 @@ def test_edge_proxies_body_content_type_and_request_id(front, deployment, engine
     assert generated.json()["request_id"] == generated.headers["X-Request-ID"]
 
 
-def test_edge_calls_a_replica_on_this_machine_over_its_unix_socket(front, deployment, engineer,
-                                                                    upstreams):
-    """The stand-in answers "tcp" on its port and "unix" on its abstract unix socket: the edge
-    uses the socket. Every other test here has TCP-only stand-ins, so the fallback is tested
-    there."""
-    add_replica(deployment, upstreams("tcp", unix_tag="unix"))
+def test_edge_sends_each_revision_its_own_replica_key_over_socket_and_tcp(
+        front, deployment, engineer, upstreams):
+    """Replicas without a network are reached over their socket file, replicas on a network
+    over TCP; both get the key of their own revision, which only the platform can compute."""
+    from django.conf import settings
+
+    from core.replica_keys import replica_key
+
+    add_replica(deployment, upstreams("unix"))
+    add_replica(deployment, upstreams("tcp", unix=False), index=1)
     auth = bearer(engineer)
     response = eventually(lambda: (r := score(front, deployment.name, auth)).status_code == 200
                           and r)
     assert response, front.output()
-    assert response.json()["predictions"] == ["unix"]
-    assert [score(front, deployment.name, auth).json()["predictions"] for _ in range(5)] == [
-        ["unix"]] * 5
+    answers = [score(front, deployment.name, auth).json() for _ in range(12)]
+    assert {a["predictions"][0] for a in answers} == {"unix", "tcp"}
+    assert {a["replica_key"] for a in answers} == {
+        replica_key(settings.SECRET_KEY, deployment.pk, 1)}
 
 
 def test_edge_retries_once_on_another_replica_then_gives_502(front, deployment, engineer,
