@@ -146,8 +146,9 @@ class Exchange:
         self.tried.add(url)
         self.attempts += 1
         self.started = time.monotonic()
+        key = self.route.keys.get(self.revision)
         self.edge.replicas.send(url, b"/invocations", self.body,
-                                [*self.forward, (KEY_HEADER, self.route.keys[self.revision])],
+                                [*self.forward, (KEY_HEADER, key)] if key else self.forward,
                                 self.edge.timeout, self.answered)
 
     def answered(self, answer: Answer | None, error: Exception | None) -> None:

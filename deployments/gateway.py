@@ -30,7 +30,7 @@ from teams.models import Membership
 from teams.roles import is_platform_admin
 
 from . import shadowing
-from .models import Deployment, Replica
+from .models import Deployment, Replica, Revision
 from .replica_http import ReplicaClient
 from .shadowing import Shadow
 
@@ -151,15 +151,15 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
     else:
         revisions = [(rev, 1, urls) for rev, urls in ready.items()]
     mirror = None
-    keys = {rev: replica_keys.replica_key(settings.SECRET_KEY, version[0], rev)
-            for rev in ready}
+    keys = dict(Revision.objects.filter(deployment_id=version[0], number__in=list(ready))
+                .values_list("number", "replica_key"))
     if shadow and shadow.get("revision") is not None:
         number = int(shadow["revision"])
         revisions = [entry for entry in revisions if entry[0] != number]
         if ready.get(number):
             mirror = Shadow(revision=number, percent=int(shadow.get("percent", 100)),
                             tolerance=float(shadow.get("tolerance", 1e-6)),
-                            urls=tuple(ready[number]), key=keys[number])
+                            urls=tuple(ready[number]), key=keys.get(number, ""))
     return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions,
                  shadow=mirror, keys={rev: key.encode() for rev, key in keys.items()})
 
@@ -371,7 +371,8 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
         revision, url = picked
         tried.add(url)
         started = time.monotonic()
-        headers[replica_keys.HEADER] = route.keys[revision].decode()
+        if route.keys.get(revision):
+            headers[replica_keys.HEADER] = route.keys[revision].decode()
         try:
             upstream = _pool.post(
                 url, "/invocations", body, headers,

@@ -490,8 +490,8 @@ class Reconciler:
                                                         owner=f"{d.owner}/{spec.name}")
         if not self.places:  # host workers issue their replicas' ingest tokens themselves
             spec.env.update(self.ingest_env())
-        spec.env[replica_keys.ENV] = replica_keys.replica_key(settings.SECRET_KEY, d.pk,
-                                                              target.number)
+        if target.replica_key:
+            spec.env[replica_keys.ENV] = target.replica_key
         spec.egress = bool((target.spec or {}).get("egress"))
         state = self.runtime.start_replica(spec)
         where = f" on host {state.host}" if state.host else ""

@@ -90,7 +90,10 @@ def _call(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, st
     try:
         url = random.choice(shadow.urls)  # noqa: S311
         headers[SHADOW_HEADER] = "1"
-        headers[replica_keys.HEADER] = shadow.key
+        if shadow.key:
+            headers[replica_keys.HEADER] = shadow.key
+        else:
+            headers.pop(replica_keys.HEADER, None)
         started = time.monotonic()
         try:
             answer = _pool.post(

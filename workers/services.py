@@ -499,8 +499,8 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         if row.gpus:
             spec.gpu_device_ids = quotas.device_ids(f"{d.owner}/{row.runtime_id}")
         spec.env.update(_ingest_env(d))
-        spec.env[replica_keys.ENV] = replica_keys.replica_key(settings.SECRET_KEY, d.pk,
-                                                              row.revision)
+        if revision.replica_key:
+            spec.env[replica_keys.ENV] = revision.replica_key
         spec.egress = bool((revision.spec or {}).get("egress"))
         state = runtime.start_replica(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the reconciler, which waits for it

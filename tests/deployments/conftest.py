@@ -94,6 +94,13 @@ def no_enqueue(monkeypatch):
     return calls
 
 
+def key_of(deployment, revision: int) -> str:
+    """The replica key of a deployment's revision (what its replicas demand)."""
+    from deployments.models import Revision
+
+    return Revision.objects.get(deployment=deployment, number=revision).replica_key
+
+
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -22,7 +22,7 @@ import requests
 
 from deployments.models import Deployment, Revision, TrafficSample
 from teams.models import AuditEvent
-from tests.deployments.conftest import dead_url
+from tests.deployments.conftest import dead_url, key_of
 from tests.deployments.test_gateway import add_replica
 from tests.factories import make_token
 from tests.test_make_run import _free_port
@@ -72,11 +72,8 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     logs.mkdir()
     with django_db_blocker.unblock():
         database_url = _database_url()
-    from django.conf import settings
-
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update({"DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-                "DJANGO_SECRET_KEY": settings.SECRET_KEY,  # replica keys derive from it
                 "MODELPORT_DATA_DIR": str(tmp / "data"), "DATABASE_URL": database_url,
                 "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30",
                 "MODELPORT_GATEWAY_TIMEOUT_S": "2"})
@@ -163,11 +160,7 @@ def test_edge_proxies_body_content_type_and_request_id(front, deployment, engine
 def test_edge_sends_each_revision_its_own_replica_key_over_socket_and_tcp(
         front, deployment, engineer, upstreams):
     """Replicas without a network are reached over their socket file, replicas on a network
-    over TCP; both get the key of their own revision, which only the platform can compute."""
-    from django.conf import settings
-
-    from core.replica_keys import replica_key
-
+    over TCP; both get the key of their own revision, which only the platform knows."""
     add_replica(deployment, upstreams("unix"))
     add_replica(deployment, upstreams("tcp", unix=False), index=1)
     auth = bearer(engineer)
@@ -177,7 +170,7 @@ def test_edge_sends_each_revision_its_own_replica_key_over_socket_and_tcp(
     answers = [score(front, deployment.name, auth).json() for _ in range(12)]
     assert {a["predictions"][0] for a in answers} == {"unix", "tcp"}
     assert {a["replica_key"] for a in answers} == {
-        replica_key(settings.SECRET_KEY, deployment.pk, 1)}
+        key_of(deployment, 1)}
 
 
 def test_edge_retries_once_on_another_replica_then_gives_502(front, deployment, engineer,

@@ -66,6 +66,15 @@ def _data_dir(settings: object) -> Path:
     return Path(getattr(settings, "MODELPORT_DATA_DIR"))  # noqa: B009 - required setting
 
 
+def replica_network(settings: object, endpoint: str | None) -> str:
+    """MODELPORT_DOCKER_NETWORK ("none" by default) for this machine's engine; "host" for an
+    engine elsewhere: a replica without a network is served on a socket file, which only the
+    machine it runs on can reach."""
+    if endpoint and not str(endpoint).startswith("unix://"):
+        return "host"
+    return str(getattr(settings, "MODELPORT_DOCKER_NETWORK", "none") or "none")
+
+
 def ingest_socket(settings: object) -> Path:
     """Where the edge serves prediction-log ingest for replicas without a network."""
     configured = getattr(settings, "MODELPORT_INGEST_SOCKET", "")
@@ -90,13 +99,9 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
     host_data_dir = getattr(settings, "MODELPORT_DOCKER_HOST_DATA_DIR", None)
     if host_data_dir:
         host_map = {str(_data_dir(settings).resolve()): str(host_data_dir)}
-    if not network:
-        # A replica without a network is served on a socket file only this machine reaches.
-        remote = bool(endpoint) and not str(endpoint).startswith("unix://")
-        network = "host" if remote else getattr(settings, "MODELPORT_DOCKER_NETWORK", "none")
     return DockerRuntime(
         client,
-        network=network,
+        network=network or replica_network(settings, endpoint),
         port_range=tuple(port_range or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
         base_image=base_image,
         image_builder=builder,

@@ -323,10 +323,16 @@ class DockerRuntime(Runtime):
         return missing_state(replica_id) if container is None else self._state(container)
 
     def logs(self, replica_id: str, tail: int = 200) -> str:
+        from docker.errors import APIError
+
         container = self._get(replica_id)
         if container is None:
             return ""
-        return container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8", "replace")
+        try:
+            return container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8",
+                                                                              "replace")
+        except APIError:  # removed meanwhile ("dead or marked for removal")
+            return ""
 
     def stats(self, replica_id: str) -> dict[str, float]:
         container = self._get(replica_id)
