@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from aiohttp import ClientError, web
 from django.conf import settings
@@ -40,6 +41,8 @@ class IngestSocket:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.path = ingest_socket(settings)
+        # Django checks Host against ALLOWED_HOSTS: the platform's own public name passes.
+        self.host = urlsplit(settings.MODELPORT_BASE_URL).netloc or "localhost"
         self.runner: web.AppRunner | None = None
         self.lock: int | None = None
         self.waiting: asyncio.Task | None = None
@@ -91,6 +94,7 @@ class IngestSocket:
         body = await request.read()
         headers = {name: request.headers[name] for name in PASSED_HEADERS
                    if name in request.headers}
+        headers["Host"] = self.host
         web_session = self.edge.web
         if web_session is None:
             return _unavailable()

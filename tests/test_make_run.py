@@ -60,6 +60,12 @@ def _counts(env: dict[str, str]) -> dict[str, int]:
     return json.loads(out.split("COUNTS=", 1)[1].splitlines()[0])
 
 
+def _recorded(env: dict[str, str], deployment: str) -> int:
+    out = _manage(env, "shell", "-c", "from monitoring.models import PredictionRecord as R; "
+                  f"print('N=%d' % R.objects.filter(deployment__name={deployment!r}).count())")
+    return int(out.split("N=", 1)[1].split()[0])
+
+
 def _curl_line(text: str) -> str:
     lines = [line[line.index("curl -sS"):] for line in text.splitlines() if "curl -sS" in line]
     assert lines, "no curl line printed"
@@ -161,6 +167,15 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
                          out)
         assert sent, out
         assert int(sent[1]) > 10 and int(sent[2]) > 0 and int(sent[4]) > 0, out
+        # The replica has no network: its prediction log reached the platform through the
+        # edge's ingest socket, mounted read-only into the container.
+        deadline = time.monotonic() + 60
+        while (logged := _recorded(env, demo_name)) < int(sent[1]) // 2:
+            assert time.monotonic() < deadline, f"{logged} prediction records arrived"
+            time.sleep(2)
+        (replica,) = docker_client.containers.list(
+            filters={"label": f"modelport.deployment={demo_name}"})
+        assert replica.attrs["HostConfig"]["NetworkMode"] == "none"
 
         # Seeding again creates nothing; it prints a curl line with a new token and revokes
         # the previous one (whose secret was never stored).

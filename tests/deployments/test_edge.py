@@ -34,8 +34,9 @@ SCORE = b'{"inputs": [[1, 2]]}'
 
 
 class Front:
-    def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path) -> None:
-        self.base, self.procs, self.logs = base, procs, logs
+    def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path,
+                 data: Path) -> None:
+        self.base, self.procs, self.logs, self.data = base, procs, logs, data
 
     def output(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
@@ -87,7 +88,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     ]
     base = f"http://127.0.0.1:{port}"
     _wait_up(f"{base}/healthz", procs, logs)
-    yield Front(base, procs, logs)
+    yield Front(base, procs, logs, tmp / "data")
     _stop(*procs)
 
 
@@ -335,3 +336,37 @@ def test_edge_answers_502_when_the_web_server_is_down(tmp_path, redis_url):
         assert response.headers["Retry-After"] == "2"
     finally:
         _stop(proc)
+
+
+# --- the ingest socket for replicas without a network -----------------------------------------
+
+
+def test_ingest_socket_passes_only_prediction_logs_to_django(front, deployment):
+    """What a replica without a network can reach of the platform: one path, with its own
+    ingest token; not the portal, not the API, not another method."""
+    from monitoring import services as monitoring
+    from monitoring.models import PredictionRecord
+    from serving import sockets
+    from serving.shipping import Shipper
+
+    socket_url = sockets.unix_url(str(front.data / "run" / "ingest" / "ingest.sock"))
+    assert oct((front.data / "run" / "ingest" / "ingest.sock").stat().st_mode & 0o777) == "0o666"
+    token = monitoring.issue_ingest_token(deployment=deployment)
+    shipper = Shipper(buffer=None, url=f"{socket_url}/api/v1/ingest/predictions/", token=token,
+                      envelope={"deployment": deployment.name, "revision": "1",
+                                "replica": f"mp-{deployment.name}-r1-0"})
+    body = shipper.encode([("via-socket-1", time.time(), 1.0, 200, "invocations",
+                            {"inputs": [[1, 2]]}, [0], None)])
+    assert b"sampling_rate" in shipper._post(body)  # through the edge to Django and back
+    assert PredictionRecord.objects.filter(deployment=deployment,
+                                           request_id="via-socket-1").exists()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    for method, path in [("GET", "/api/v1/ingest/predictions/"), ("GET", "/"),
+                         ("GET", "/login/"), ("GET", "/api/v1/deployments/"),
+                         ("POST", "/api/v1/tokens/"), ("GET", "/admin/"),
+                         ("POST", f"/serve/{deployment.name}/invocations")]:
+        status, _ = sockets.request(socket_url + path, method, b"{}", headers, timeout=10)
+        assert status in (404, 405), (method, path, status)
+    wrong_token = sockets.request(socket_url + "/api/v1/ingest/predictions/", "POST", body,
+                                  {**headers, "Authorization": "Bearer mpi_nope"}, timeout=10)
+    assert wrong_token[0] == 401
