@@ -120,7 +120,8 @@ class Autoscaling:
 # --- object builders (plain dicts: what is sent is what the schema tests validate) ---------------
 def container_env(spec: ReplicaSpec) -> list[dict[str, Any]]:
     """The Docker runtime's environment, minus what differs per pod or is secret: the replica's
-    name comes from the downward API, ``spec.env`` (the ingest token) from the revision's Secret."""
+    name comes from the downward API, ``spec.env`` (the ingest token, the replica key) from the
+    revision's Secret."""
     threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
     plain = {
         "MODELPORT_MODEL_DIR": MODEL_PATH,
@@ -260,8 +261,9 @@ def build_service(spec: ReplicaSpec, *, namespace: str, service_type: str = "Clu
 
 def build_secret(spec: ReplicaSpec, *, namespace: str,
                  extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """``spec.env`` (the ingest URL and token) kept out of the pod template: the template must
-    not change between calls (a change would roll the revision), and a token is a secret."""
+    """``spec.env`` (the ingest URL and token, the replica key) kept out of the pod template:
+    the template must not change between calls (a change would roll the revision), and both are
+    secrets (anyone who may read Deployments would otherwise read them)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
