@@ -313,6 +313,11 @@ class FakeKubeAPI:
             if method == "GET":
                 return h._send(200, obj)
             if method == "DELETE":
+                want_rv = ((body or {}).get("preconditions") or {}).get("resourceVersion")
+                if want_rv is not None and want_rv != obj["metadata"]["resourceVersion"]:
+                    return h._status(409, "Conflict", "Precondition failed: ResourceVersion "
+                                     f"in precondition: {want_rv}, in object meta: "
+                                     f"{obj['metadata']['resourceVersion']}")
                 del store[(ns, name)]
                 if kind == "deployments":
                     sel = obj["spec"]["selector"]["matchLabels"]

@@ -49,6 +49,7 @@ def keyed_spec(**kwargs: Any) -> Any:
 @pytest.fixture(autouse=True)
 def fresh_sweeps() -> None:
     kube_policy._synced.clear()
+    kube_policy._orphans.clear()
 
 
 # --- the policy ---------------------------------------------------------------------------------
@@ -218,7 +219,9 @@ def test_a_terminating_pod_stays_fenced_until_it_is_gone(fake: FakeKubeAPI) -> N
     assert fake.get("pods", pod)["metadata"]["deletionTimestamp"]
     assert fake.get("networkpolicies", "mp-iris-r3") is not None
     fake.finish_terminating()
-    rt.sync_network_policies()
+    rt.sync_network_policies()  # orphaned once: kept (a start may be under way)
+    assert fake.get("networkpolicies", "mp-iris-r3") is not None
+    rt.sync_network_policies()  # orphaned twice at the same version: deleted
     assert fake.get("networkpolicies", "mp-iris-r3") is None
 
 
@@ -255,11 +258,39 @@ def test_the_sweep_follows_settings_keeps_granted_egress_and_drops_orphans(
     assert policy["spec"]["egress"] == [{}]
     assert policy["spec"]["ingress"][0]["from"][0]["podSelector"] == {
         "matchLabels": {"role": "gateway"}}
+    assert fake.get("networkpolicies", "mp-gone-r9") is not None  # seen orphaned once
+    moved.sync_network_policies()
     assert fake.get("networkpolicies", "mp-gone-r9") is None
+    (delete,) = fake.calls("DELETE", "networkpolicies")
+    assert delete["body"]["preconditions"]["resourceVersion"]
     # Nothing to change: no writes.
     before = len([r for r in fake.requests if r["method"] != "GET"])
     moved.sync_network_policies()
     assert len([r for r in fake.requests if r["method"] != "GET"]) == before
+
+
+def test_the_sweep_never_deletes_the_policy_of_a_revision_being_started(
+        fake: FakeKubeAPI) -> None:  # noqa: F811
+    """Between two sweeps a start gives the orphan-looking policy its Deployment, or rewrites
+    it: either way it stays."""
+    rt = runtime_for(fake)
+    policy = build_network_policy(spec(revision=5), namespace=NS, peers=PolicyPeers(),
+                                  port=8080)
+    rt.networking.create_namespaced_network_policy(NS, policy)  # the start's first step
+    rt.sync_network_policies()  # sees it with no Deployment yet
+    rt.start_replica(spec(revision=5))  # the start goes on: the same policy, then the rest
+    rt.sync_network_policies()
+    assert fake.get("networkpolicies", "mp-iris-r5") is not None
+
+    orphan = build_network_policy(spec(revision=6), namespace=NS, peers=PolicyPeers(),
+                                  port=8080)
+    rt.networking.create_namespaced_network_policy(NS, orphan)
+    rt.sync_network_policies()
+    moved = runtime_for(fake, network_policy={"platform_namespace": "ml-platform"})
+    moved._apply_policy(moved.network_policy_for(spec(revision=6)))  # rewritten meanwhile
+    rt.sync_network_policies()  # orphaned again, but at another version: kept
+    assert fake.get("networkpolicies", "mp-iris-r6") is not None
+    assert fake.calls("DELETE", "networkpolicies") == []
 
 
 def test_the_sweep_runs_at_most_once_a_minute_and_never_fails_a_listing(

@@ -25,8 +25,9 @@ unfenced; deleted with the revision's other objects once none of its pods is lef
 terminating pod still runs model code). ``NetworkPolicies.sync_network_policies`` — run by
 ``list_replicas()`` over the whole namespace at most once a minute — adds the policy of a
 revision started before policies existed, follows a change of the target's settings, and
-deletes policies whose revision is gone. It never grants egress: only ``start_replica``, which
-knows what the platform admin decided, does.
+deletes policies whose revision is gone (found gone by two sweeps in a row). It never grants
+egress and never overrides a concurrent start: only ``start_replica``, which knows what the
+platform admin decided, is authoritative.
 
 Builders return plain dicts, no Django: what is built is what the schema tests validate.
 """
@@ -241,12 +242,14 @@ def policy_from_metadata(labels: Mapping[str, str], annotations: Mapping[str, st
                    namespace=namespace,
                    pod_selector={LABEL_MANAGED: "1", LABEL_DEPLOYMENT: deployment,
                                  LABEL_REVISION: revision},
-                   labels={k: v for k, v in labels.items() if k != LABEL_REPLICA},
+                   labels={k: v for k, v in labels.items()
+                           if k not in (LABEL_REPLICA, "pod-template-hash")},
                    annotations={k: annotations[k] for k in kept if k in annotations},
                    egress=egress, peers=peers, port=port)
 
 
 _synced: dict[tuple[str, str], float] = {}  # (API server, namespace) -> last sweep
+_orphans: dict[tuple[str, str], dict[str, str]] = {}  # -> policies orphaned at the last sweep
 
 
 class NetworkPolicies:
@@ -322,19 +325,24 @@ class NetworkPolicies:
     def sync_network_policies(self) -> None:
         """Bring the namespace's policies in line with its revisions: one per revision that has
         a Deployment or pods (missing ones added without egress, existing ones keeping theirs,
-        rules following the target's settings), none for revisions that are gone."""
+        rules following the target's settings), none for revisions that are gone.
+
+        It yields to ``start_replica``, which is authoritative: a create that meets an existing
+        policy or a replace that meets a newer version is dropped, and a policy is deleted only
+        when two sweeps (a minute or more apart) found it orphaned at the same version — a
+        revision being started in between has its Deployment by then."""
         from kubernetes.client.exceptions import ApiException
 
         managed = label_selector({LABEL_MANAGED: "1"})
         try:
-            deployments = self.apps.list_namespaced_deployment(
-                self.namespace, label_selector=managed,
-                _request_timeout=self.request_timeout_s).items
             policies = self.networking.list_namespaced_network_policy(
                 self.namespace, label_selector=managed,
                 _request_timeout=self.request_timeout_s).items
+            deployments = self.apps.list_namespaced_deployment(
+                self.namespace, label_selector=managed,
+                _request_timeout=self.request_timeout_s).items
         except ApiException as exc:
-            raise self._error("listing deployments and network policies", exc) from exc
+            raise self._error("listing network policies and deployments", exc) from exc
         pods = self._list_pods(managed)
         existing = {p.metadata.name: p for p in policies}
         wanted: dict[str, dict[str, Any]] = {}
@@ -360,10 +368,40 @@ class NetworkPolicies:
             wanted[name] = body
         for name, body in wanted.items():
             current = existing.get(name)
-            if current is None or not self._same_policy(current, body):
-                self._apply_policy(body)
-        for name in sorted(set(existing) - set(wanted)):
-            self._delete(self.networking.delete_namespaced_network_policy, name)
+            try:
+                if current is None:
+                    self.networking.create_namespaced_network_policy(
+                        self.namespace, body, _request_timeout=self.request_timeout_s)
+                elif not self._same_policy(current, body):
+                    meta = {**body["metadata"],
+                            "resourceVersion": current.metadata.resource_version}
+                    self.networking.replace_namespaced_network_policy(
+                        name, self.namespace, {**body, "metadata": meta},
+                        _request_timeout=self.request_timeout_s)
+            except ApiException as exc:
+                if exc.status not in (404, 409):  # written meanwhile: that writer decided
+                    raise self._error(f"writing network policy {name}", exc) from exc
+        self._delete_orphans({name: existing[name].metadata.resource_version
+                              for name in set(existing) - set(wanted)})
+
+    def _delete_orphans(self, orphans: dict[str, str]) -> None:
+        """Delete the policies that were orphaned at the same version in the previous sweep
+        too (the delete carries that version as a precondition)."""
+        from kubernetes.client.exceptions import ApiException
+
+        key = (str(self.api_client.configuration.host), self.namespace)
+        before = _orphans.get(key, {})
+        for name, version in sorted(orphans.items()):
+            if before.get(name) != version:
+                continue
+            try:
+                self.networking.delete_namespaced_network_policy(
+                    name, self.namespace, body={"preconditions": {"resourceVersion": version}},
+                    _request_timeout=self.request_timeout_s)
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise self._error(f"deleting network policy {name}", exc) from exc
+        _orphans[key] = {n: v for n, v in orphans.items() if before.get(n) != v}
 
     def isolation_warnings(self) -> list[str]:
         """What the target's health should say: no default-deny policy in the namespace (pods
