@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
 CLIENT_LABEL = "modelport.replica-client"  # on the platform pods that call replicas
-ANN_EGRESS = "modelport.egress"  # "true" on a revision's objects and pods granted egress
+ANN_EGRESS = "modelport.egress"  # on a revision's policy: "true" when egress was granted
 
 DEFAULT_PLATFORM_NAMESPACE = "modelport"
 DEFAULT_CLIENT_PODS = {CLIENT_LABEL: "true"}

@@ -79,8 +79,8 @@ from .docker import (
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
+from .swarm_networks import OVERLAY, isolation_warnings, network_attrs
 
-OVERLAY = "overlay"
 NETWORK_MODES = (HOST_NETWORK, OVERLAY)
 DEFAULT_GPU_RESOURCE = "NVIDIA-GPU"
 TMPFS_BYTES = 64 * 1024 * 1024
@@ -283,7 +283,7 @@ class SwarmRuntime(Runtime):
         """Egress granted but no egress network configured: fine when the overlay leads out
         anyway (not internal; the target's health warns about it), refused otherwise."""
         attrs = self._network_attrs(self.overlay_network)
-        if attrs is None or attrs.get("Internal"):
+        if attrs is not None and attrs.get("Internal"):  # a missing one: Docker says so
             raise ReplicaRuntimeError(
                 f"deployment {spec.deployment} was granted egress, but this swarm target's "
                 f"overlay network {self.overlay_network!r} is internal and the target has no "
@@ -291,42 +291,13 @@ class SwarmRuntime(Runtime):
                 "out")
 
     def _network_attrs(self, name: str) -> dict[str, Any] | None:
-        from docker.errors import NotFound
-
-        try:
-            return self.client.api.inspect_network(name)
-        except NotFound:
-            return None
+        return network_attrs(self.client, name)
 
     def isolation_warnings(self) -> list[str]:
         """What the target's health should say about how far replicas' code reaches."""
-        if self.network == HOST_NETWORK:
-            return ["Replicas share the node's network: their code reaches what the node "
-                    "reaches; the replica key still keeps others from calling them. Use overlay "
-                    "mode with an internal overlay network to fence them in."]
-        warnings = []
-        overlay = self._network_attrs(self.overlay_network)
-        if overlay is None:
-            warnings.append(f"The overlay network {self.overlay_network!r} does not exist: "
-                            "replicas cannot start (docker network create -d overlay "
-                            f"--internal --attachable {self.overlay_network}).")
-        elif overlay.get("Driver") != "overlay":
-            warnings.append(f"{self.overlay_network!r} is a {overlay.get('Driver')} network, "
-                            "not an overlay network: replicas on other nodes cannot join it.")
-        elif not overlay.get("Internal"):
-            warnings.append(f"The overlay network {self.overlay_network!r} is not internal: "
-                            "replicas' code reaches the outside world and whatever the nodes "
-                            "route to. Recreate it with --internal; grant egress per "
-                            "deployment with an egress network instead.")
-        if self.egress_network:
-            egress = self._network_attrs(self.egress_network)
-            if egress is None:
-                warnings.append(f"The egress network {self.egress_network!r} does not exist: "
-                                "replicas granted egress cannot start.")
-            elif egress.get("Internal"):
-                warnings.append(f"The egress network {self.egress_network!r} is internal: "
-                                "replicas granted egress reach nothing outside.")
-        return warnings
+        return isolation_warnings(self.client, network=self.network,
+                                  overlay_network=self.overlay_network,
+                                  egress_network=self.egress_network)
 
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
         """Scale the service to 0 (Swarm stops the task gracefully, within the stop grace
