@@ -46,6 +46,8 @@ def swarm(docker_client: Any) -> Iterator[Any]:
             docker_client.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377",
                                      default_addr_pool=[ADDRESS_POOL], subnet_size=24)
         except APIError as exc:
+            if not had_gwbridge:
+                _remove_gwbridge(docker_client)
             missing_service(f"needs a Docker Swarm: docker swarm init failed: {exc}")
         joined = True
     elif not state.get("ControlAvailable"):
@@ -58,9 +60,7 @@ def swarm(docker_client: Any) -> Iterator[Any]:
             with contextlib.suppress(APIError):
                 docker_client.swarm.leave(force=True)
             if not had_gwbridge:
-                for network in docker_client.networks.list(names=["docker_gwbridge"]):
-                    with contextlib.suppress(APIError):
-                        network.remove()
+                _remove_gwbridge(docker_client)
 
 
 def _create_gwbridge(client: Any) -> None:
@@ -73,3 +73,11 @@ def _create_gwbridge(client: Any) -> None:
         options={"com.docker.network.bridge.name": "docker_gwbridge",
                  "com.docker.network.bridge.enable_icc": "false",
                  "com.docker.network.bridge.enable_ip_masquerade": "true"})
+
+
+def _remove_gwbridge(client: Any) -> None:
+    from docker.errors import APIError
+
+    for network in client.networks.list(names=["docker_gwbridge"]):
+        with contextlib.suppress(APIError):
+            network.remove()
