@@ -187,6 +187,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         client,
         network=options.get("network") or "host",
         overlay_network=options.get("overlay_network") or "",
+        egress_network=options.get("egress_network") or "",
         port_range=tuple(options.get("port_range")
                          or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
         base_image=base_image,

@@ -118,6 +118,9 @@ class BackendHealth:
     nodes: list[NodeInfo] = field(default_factory=list)
     message: str = ""
     version: str = ""
+    # What an operator should know about the isolation this backend gives replicas (e.g. they
+    # share a node's network); shown with the target's health.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def cpu(self) -> float:
