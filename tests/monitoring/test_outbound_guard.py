@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitoring import tasks
+from config.errors import InvalidInput
+from monitoring import services, tasks
 from monitoring.models import Alert, AlertRule
 from teams.models import AuditEvent
 from tests.fixtures import bearer_client
@@ -109,10 +110,12 @@ def test_a_rule_whose_stored_webhook_is_now_refused_can_still_be_disabled(deploy
 
 
 def test_a_url_too_long_to_store_is_a_400_not_a_500(deployment, engineer):
-    answer = bearer_client(engineer).post(
-        RULES, rule_body(webhook_url="https://93.184.215.14/" + "a" * 500), format="json")
-    assert answer.status_code == 400
-    assert "longer than 500 characters" in " ".join(answer.json()["webhook_url"])
+    long_url = "https://93.184.215.14/" + "a" * 500
+    answer = bearer_client(engineer).post(RULES, rule_body(webhook_url=long_url), format="json")
+    assert answer.status_code == 400 and "webhook_url" in answer.json()
+    with pytest.raises(InvalidInput, match="longer than 500 characters"):
+        services.create_alert_rule(actor=engineer, deployment=deployment, name="long",
+                                   metric="error_rate", threshold=1, webhook_url=long_url)
 
 
 # --- at delivery ------------------------------------------------------------------------------
