@@ -2,7 +2,10 @@
 
 Every URL the platform fetches or calls on someone's behalf is checked here first: a user who
 may write a webhook URL must not turn the platform into a scanner of its own loopback services,
-private networks or a cloud metadata endpoint. Django-free: callers pass the allow-list
+private networks or a cloud metadata endpoint. ``check_url`` resolves the host once and
+refuses internal addresses that no allow-list entry names (``DestinationRefused``, its message
+the reason); ``post_json`` then connects to exactly the addresses checked — no second lookup, no
+redirects, TLS verified against the URL's name. Django-free: callers pass the allow-list
 (``teams.models.PlatformSettings.outbound_allowlist``) in.
 """
 
