@@ -44,6 +44,7 @@ def _persistent_secret_key(data_dir: Path) -> str:
 
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or _persistent_secret_key(MODELPORT_DATA_DIR)
+# Off unless asked for (DJANGO_DEBUG=1): the debug page shows settings, source and request data.
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -165,6 +166,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.rest.exception_handler",
+    "DEFAULT_METADATA_CLASS": "config.metadata.Metadata",
     "DEFAULT_THROTTLE_RATES": {"token_create": env_str("MODELPORT_TOKEN_CREATE_RATE", "30/min")},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
