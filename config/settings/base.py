@@ -11,10 +11,12 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from csp.constants import NONCE
 
 from .env import (
     env_bool,
     env_choice,
+    env_combinations,
     env_float,
     env_int,
     env_list,
@@ -61,6 +63,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "axes",
+    "csp",
     "teams",
     "notifications",
     "quotas",
@@ -73,6 +77,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # outside the gateway: every response gets the policy
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RequestContextMiddleware",
     "deployments.gateway.GatewayMiddleware",  # /serve/…/invocations: skips what follows
@@ -83,6 +88,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.DomainErrorMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a flagged sign-in into the lockout answer
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -146,6 +152,48 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+
+# The portal's 403 page (config/error_views.py) instead of Django's CSRF failure page.
+CSRF_FAILURE_VIEW = "config.error_views.csrf_failure"
+
+# --- Content-Security-Policy (django-csp) on every response -----------------------------------
+# Scripts and styles come from this origin only: no inline <script>, style="" or on*=
+# attributes (a template that really needs one gives it {{ request.csp_nonce }}). The Swagger UI
+# page adds its asset origin (config/api_docs.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", NONCE],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# --- Sign-in brute-force protection (django-axes): portal, console and HTTP Basic -------------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username/IP before the check
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After this many failed sign-ins within the cool-off window, that username from that IP is
+# refused (portal: a message; API: 429 with Retry-After) until the window has passed.
+AXES_FAILURE_LIMIT = env_int("MODELPORT_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("MODELPORT_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+# What is locked: by default a username from one IP address, so a guesser elsewhere cannot
+# lock a colleague out. Alternatives are comma-separated (e.g. "username+ip_address,ip_address").
+AXES_LOCKOUT_PARAMETERS = env_combinations("MODELPORT_LOGIN_LOCKOUT_BY", ["username+ip_address"],
+                                           ("username", "ip_address", "user_agent"))
+# A refused attempt during the lockout does not extend it: Retry-After stays true.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "config.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
+AXES_LOCKOUT_CALLABLE = "teams.lockout.lockout_response"
+AXES_VERBOSE = False
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "frontend:dashboard"
