@@ -5,7 +5,9 @@ Read the environment here (through ``env``) and nowhere else.
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,16 +35,31 @@ MODELPORT_VERSION = "0.1.0"
 MODELPORT_DATA_DIR = env_path("MODELPORT_DATA_DIR", BASE_DIR / "var")
 
 
+def _private_dir(path: Path) -> Path:
+    """The data dir, created 0700 when missing (`make run` also makes an existing one 0700 and
+    runs every process with umask 077); an existing directory's mode is the operator's."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700, exist_ok=True)
+    return path
+
+
 def _persistent_secret_key(data_dir: Path) -> str:
-    """A per-install key kept under the data dir, so `make run` needs no configuration."""
+    """A per-install key kept under the data dir, so `make run` needs no configuration. Written
+    to a 0600 temporary file and linked into place: never readable by others, never seen
+    half-written by a process starting at the same time."""
     path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
+    if not path.exists():
+        _private_dir(data_dir)
+        fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process of this start-up linked its key first: use that one
+        finally:
+            os.unlink(temporary)
+    return path.read_text().strip()
 
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or _persistent_secret_key(MODELPORT_DATA_DIR)
@@ -144,7 +161,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = MODELPORT_DATA_DIR / "static"
+STATIC_ROOT = _private_dir(MODELPORT_DATA_DIR) / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -152,6 +169,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Stored files (artifacts, uploads) get the process's umask — 0600 under `make run` — instead of
+# Django's fixed 0644.
+FILE_UPLOAD_PERMISSIONS = None
 
 # The portal's 403 page (config/error_views.py) instead of Django's CSRF failure page.
 CSRF_FAILURE_VIEW = "config.error_views.csrf_failure"
@@ -191,6 +211,7 @@ AXES_LOCKOUT_PARAMETERS = env_combinations("MODELPORT_LOGIN_LOCKOUT_BY", ["usern
 # A refused attempt during the lockout does not extend it: Retry-After stays true.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # each failure, for the console (Axes → Access failures)
 AXES_CLIENT_IP_CALLABLE = "config.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
 AXES_LOCKOUT_CALLABLE = "teams.lockout.lockout_response"
 AXES_VERBOSE = False
