@@ -13,7 +13,7 @@ import base64
 from datetime import timedelta
 
 import pytest
-from axes.models import AccessAttempt
+from axes.models import AccessAttempt, AccessFailureLog
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from rest_framework.test import APIClient
@@ -154,6 +154,9 @@ def test_lockouts_are_audited_and_listed_in_the_console(admin_user):
     console = Client()
     console.force_login(admin_user)
     page = console.get("/admin/axes/accessattempt/")
+    assert page.status_code == 200 and "eve" in page.content.decode()
+    assert AccessFailureLog.objects.filter(username="eve").count() == 5
+    page = console.get("/admin/axes/accessfailurelog/")
     assert page.status_code == 200 and "eve" in page.content.decode()
 
 
