@@ -282,3 +282,16 @@ def test_host_paths_are_translated_for_the_daemon(docker_client: Any, tmp_path: 
                        state_dir=tmp_path)
     assert rt._host_path(str(tmp_path / "models" / "m1")) == "/srv/modelport/data/models/m1"
     assert rt._host_path("/elsewhere/m") == "/elsewhere/m"
+
+
+def test_target_health_warns_when_replicas_share_a_network(docker_client: Any,
+                                                           tmp_path: Path) -> None:
+    from workers.runtimes.docker import DockerRuntime
+
+    isolated = DockerRuntime(docker_client, state_dir=tmp_path).describe()
+    assert isolated.reachable and isolated.warnings == []
+    for network in ("host", "modelport"):
+        health = DockerRuntime(docker_client, network=network, state_dir=tmp_path).describe()
+        (warning,) = health.warnings
+        assert "their code reaches what is on it" in warning
+        assert "MODELPORT_DOCKER_NETWORK=none" in warning

@@ -358,7 +358,18 @@ class DockerRuntime(Runtime):
                         cpu=float(info.get("NCPU") or 0),
                         memory_mb=int(info.get("MemTotal") or 0) // (1024 * 1024), gpus=None)
         return BackendHealth(reachable=True, nodes=[node],
-                             version=str(info.get("ServerVersion") or ""))
+                             version=str(info.get("ServerVersion") or ""),
+                             warnings=self.isolation_warnings())
+
+    def isolation_warnings(self) -> list[str]:
+        """What a target's health says when replicas are not isolated (docs/security.md)."""
+        if self.network == NO_NETWORK:
+            return []
+        where = ("this machine's network" if self.network == HOST_NETWORK
+                 else f"the network {self.network!r}")
+        return [f"Replicas share {where}: their code reaches what is on it (and beyond it); "
+                "the replica key still keeps others from calling them. Replicas on the "
+                "platform's own machine are isolated with MODELPORT_DOCKER_NETWORK=none."]
 
     # --- helpers ----------------------------------------------------------------------------
     def _get(self, replica_id: str) -> Any | None:
