@@ -289,20 +289,23 @@ class NetworkPolicies:
         for _attempt in range(5):
             current = self._read(self.networking.read_namespaced_network_policy, name)
             try:
-                if current is None:
-                    self.networking.create_namespaced_network_policy(
-                        self.namespace, body, _request_timeout=self.request_timeout_s)
-                elif not self._same_policy(current, body):
-                    meta = {**body["metadata"],
-                            "resourceVersion": current.metadata.resource_version}
-                    self.networking.replace_namespaced_network_policy(
-                        name, self.namespace, {**body, "metadata": meta},
-                        _request_timeout=self.request_timeout_s)
+                self._write_policy(current, body)
                 return
             except ApiException as exc:
                 if exc.status not in (404, 409):  # 404/409: changed under us, read again
                     raise self._error(f"writing network policy {name}", exc) from exc
         raise ReplicaRuntimeError(f"network policy {name} kept changing under us; try again")
+
+    def _write_policy(self, current: Any | None, body: dict[str, Any]) -> None:
+        """Create the policy, or replace ``current`` when it differs (ApiException on a race)."""
+        if current is None:
+            self.networking.create_namespaced_network_policy(
+                self.namespace, body, _request_timeout=self.request_timeout_s)
+        elif not self._same_policy(current, body):
+            meta = {**body["metadata"], "resourceVersion": current.metadata.resource_version}
+            self.networking.replace_namespaced_network_policy(
+                body["metadata"]["name"], self.namespace, {**body, "metadata": meta},
+                _request_timeout=self.request_timeout_s)
 
     def _same_policy(self, current: Any, body: dict[str, Any]) -> bool:
         spec = self.api_client.sanitize_for_serialization(current.spec)
@@ -369,15 +372,7 @@ class NetworkPolicies:
         for name, body in wanted.items():
             current = existing.get(name)
             try:
-                if current is None:
-                    self.networking.create_namespaced_network_policy(
-                        self.namespace, body, _request_timeout=self.request_timeout_s)
-                elif not self._same_policy(current, body):
-                    meta = {**body["metadata"],
-                            "resourceVersion": current.metadata.resource_version}
-                    self.networking.replace_namespaced_network_policy(
-                        name, self.namespace, {**body, "metadata": meta},
-                        _request_timeout=self.request_timeout_s)
+                self._write_policy(current, body)
             except ApiException as exc:
                 if exc.status not in (404, 409):  # written meanwhile: that writer decided
                     raise self._error(f"writing network policy {name}", exc) from exc
