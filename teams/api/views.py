@@ -129,7 +129,11 @@ class TokenCreateThrottle(ScopedRateThrottle):
     create=extend_schema(
         summary="Create an API token (HTTP Basic accepted here only)",
         request=s.ApiTokenCreateSerializer,
-        responses={201: s.ApiTokenCreatedSerializer},
+        responses={201: s.ApiTokenCreatedSerializer,
+                   429: OpenApiResponse(description=(
+                       "Too many failed sign-ins for this username from this address "
+                       "(code locked_out), or too many tokens created; wait Retry-After "
+                       "seconds."))},
     ),
     destroy=extend_schema(summary="Revoke a token", responses={204: OpenApiResponse()}),
 )
