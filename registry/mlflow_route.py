@@ -123,7 +123,11 @@ def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponse:
         if isinstance(body, bytes) and lowered in ("content-length", "content-encoding"):
             continue
         response[name] = value
-    if not (call.endpoint == "ui" or call.endpoint.startswith("static-files/")):
+    if call.endpoint == "ui":
+        # MLflow's UI styles itself with inline <style> (CSS-in-JS): the portal's policy
+        # (django-csp) with that one directive relaxed; scripts stay 'self' only.
+        response._csp_replace = {"style-src": ["'self'", "'unsafe-inline'"]}
+    elif not call.endpoint.startswith("static-files/"):
         # Answers are served from the portal's origin: whatever MLflow returns (an artifact
         # someone logged, above all) must never run as a page there, with the portal's session.
         response["Content-Security-Policy"] = "sandbox"

@@ -29,6 +29,9 @@ def test_a_signed_in_member_browses_mlflows_ui(live_server, page):  # noqa: F811
         HTTP_AUTHORIZATION=f"Bearer {make_token(alice)[1]}")
     assert created.status_code == 200, created.content
 
+    blocked = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text
+            else None)
     page.goto(f"{live_server.url}/mlflow/")
     assert "/login/" in page.url  # signed out: the portal's login first
     page.fill("input[name=username]", "vera")
@@ -36,3 +39,4 @@ def test_a_signed_in_member_browses_mlflows_ui(live_server, page):  # noqa: F811
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server.url}/mlflow/**")
     page.get_by_text(name).first.wait_for(timeout=30000)
+    assert blocked == []  # the portal's CSP lets MLflow's UI style itself
