@@ -246,8 +246,9 @@ def test_model_pod_policies_match_the_shipped_platform_pods() -> None:
     assert config["data"]["MODELPORT_BASE_URL"] == \
         f"http://modelport-web.{peers.platform_namespace}.svc:{peers.ingest_port}"
     role = next(o for o in all_objects() if o["kind"] == "Role")
-    (deny,) = [o for o in all_objects() if o["kind"] == "NetworkPolicy"]
-    assert deny["metadata"]["namespace"] == role["metadata"]["namespace"]
+    # The models namespace's one policy (the platform namespace has MLflow's, mlflow.yaml).
+    (deny,) = [o for o in all_objects() if o["kind"] == "NetworkPolicy"
+               and o["metadata"]["namespace"] == role["metadata"]["namespace"]]
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     models = next(o for o in all_objects() if o["kind"] == "Namespace"
                   and o["metadata"]["name"] == role["metadata"]["namespace"])
