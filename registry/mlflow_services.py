@@ -158,9 +158,11 @@ def sync_from_mlflow() -> list[ModelVersion]:
         return []
     known = set(ModelVersion.objects.filter(source__startswith="models:/")
                 .values_list("source", flat=True))
+    done = set(MlflowVersion.objects.filter(status=MlflowVersionStatus.IMPORTED)
+               .values_list("name", "version"))
     imported: list[ModelVersion] = []
     for remote in registered_versions():
-        if not remote.version.isdigit():
+        if not remote.version.isdigit() or (remote.name, int(remote.version)) in done:
             continue
         version = _import_one(remote, known)
         if version is not None:
