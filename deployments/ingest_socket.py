@@ -26,6 +26,7 @@ from django.conf import settings
 
 from serving.sockets import bind_unix
 from workers.runtimes import ingest_socket
+from workers.runtimes.base import private_dirs
 
 if TYPE_CHECKING:
     from .edge import Edge
@@ -68,7 +69,7 @@ class IngestSocket:
     async def _try_serve(self) -> bool:
         """Serve the socket if no other edge process does; True when this one does."""
         directory = self.path.parent
-        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dirs(directory.parent)
         directory.mkdir(exist_ok=True)
         directory.chmod(0o755)  # replicas (another uid) traverse it read-only
         fd = os.open(directory.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)

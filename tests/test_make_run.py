@@ -51,6 +51,10 @@ COUNTS = ("import json; from registry.models import *; from deployments.models i
           "'active_tokens': ApiToken.objects.active().count()}))")
 
 
+# Folders of the data dir that are mounted into containers (docs/security.md).
+CONTAINER_MOUNTS = ("deployments/models/", "staging/", "run/replicas/", "run/ingest")
+
+
 def _manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
     done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "manage.py", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -259,15 +263,17 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         assert "production" in page and "diabetes-regressor" in session.get(
             f"{base}/models/", timeout=10).text
 
-        # Nothing under the data dir is readable by other users of the host but the model
-        # dirs mounted into containers (and a validation job's folder while it runs).
+        # Nothing under the data dir is readable by other users of the host but the folders
+        # mounted into containers: model dirs, a validation job's folder while it runs, each
+        # replica's socket folder and the ingest socket's (their parents stay private).
         data_dir = tmp_path / "var"
         assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
         shared = [str(p.relative_to(data_dir)) for p in data_dir.rglob("*")
                   if not p.is_symlink() and not p.is_socket()
                   and stat.S_IMODE(p.lstat().st_mode) & 0o077]
-        assert [p for p in shared if not p.startswith(("deployments/models/", "staging/"))] \
-            == [], shared
+        assert [p for p in shared if not p.startswith(CONTAINER_MOUNTS)] == [], shared
+        for private in ("run", "run/replicas"):
+            assert stat.S_IMODE((data_dir / private).stat().st_mode) == 0o700, private
         assert stat.S_IMODE((data_dir / "modelport.sqlite3").stat().st_mode) == 0o600
 
         # Demo traffic: drifted segment, a few malformed requests, ground truth matched.

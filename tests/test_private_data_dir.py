@@ -29,6 +29,7 @@ from tests.deployments.conftest import (  # noqa: F401 - fixtures
 )
 from tests.fixtures import bearer_client
 from tests.registry.conftest import zip_dir
+from tests.test_make_run import CONTAINER_MOUNTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,5 +134,6 @@ def test_under_make_runs_umask_containers_still_read_the_model(
     assert opened and all(mode(p) == 0o755 for p in opened)  # the mounted leaf only
     assert mode(models) == 0o700  # its parents stay private
     leaked = [p for p in shared_with_others(data)
-              if not p.split(" ", 1)[1].startswith(("deployments/models/", "staging/"))]
+              if not p.split(" ", 1)[1].startswith(CONTAINER_MOUNTS)]
     assert leaked == []
+    assert mode(data / "run") == 0o700 and mode(data / "run" / "replicas") == 0o700

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 
 from serving import sockets
 
@@ -191,6 +192,21 @@ class Runtime(abc.ABC):
         return BackendHealth(reachable=reachable,
                              message="" if reachable else f"the {self.name} backend does not "
                                                           "answer")
+
+
+def private_dirs(path: Path) -> Path:
+    """``path`` and its missing parents, each created 0700 (``mkdir(parents=True)`` would give
+    the parents the umask's default): where replicas' sockets live, only the platform may enter.
+    Existing directories are left as they are."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        directory.chmod(0o700)
+    return path
 
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")

@@ -31,6 +31,7 @@ from .base import (
     ReplicaStatus,
     Runtime,
     missing_state,
+    private_dirs,
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
@@ -269,7 +270,7 @@ class DockerRuntime(Runtime):
             raise ReplicaRuntimeError("this Docker runtime has no socket directory")
         directory = self.socket_dir / name
         if create:
-            self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dirs(self.socket_dir)
             directory.mkdir(exist_ok=True)
             directory.chmod(0o777)  # reachable only through the 0700 parent
         return directory

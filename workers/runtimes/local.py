@@ -38,6 +38,7 @@ from .base import (
     ReplicaStatus,
     Runtime,
     missing_state,
+    private_dirs,
 )
 from .images import REPO_ROOT
 
@@ -280,9 +281,7 @@ class LocalRuntime(Runtime):
 
     def _socket_path(self, rid: str) -> Path:
         """The replica's socket, in a directory of its own (mode 0700, like its parent)."""
-        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory = self.socket_dir / rid
-        directory.mkdir(mode=0o700, exist_ok=True)
+        directory = private_dirs(self.socket_dir / rid)
         return directory / SOCKET_NAME
 
     def _alive(self, rec: dict[str, Any]) -> bool:
