@@ -22,7 +22,7 @@ from serving.config import Settings
 from serving.errors import MalformedRequest, ServingError
 from serving.loader import LoadedModel, load
 from serving.schema import validate
-from serving.shipping import PredictionLog, Shipper
+from serving.shipping import MAX_REQUEST_ID, PredictionLog, Shipper
 
 log = logging.getLogger("serving.app")
 
@@ -118,6 +118,8 @@ class ModelServer:
                 envelope={"deployment": s.deployment, "revision": s.revision, "replica": s.replica},
                 batch_size=s.ship_batch_size,
                 interval=s.ship_interval_s,
+                max_bytes=s.ship_max_bytes,
+                max_payload=s.log_max_payload_bytes,
             )
             self.shipper.start()
         if self.load_in_background:
@@ -273,7 +275,7 @@ class ModelServer:
                     content_length = int(value)
                 except ValueError:
                     content_length = -1
-        if not request_id or len(request_id) > 200 or not request_id.isascii():
+        if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isascii():
             request_id = os.urandom(16).hex().encode()
         raw: Any = None
         predictions: Any = None

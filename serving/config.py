@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.shipping import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
 from serving.sockets import unix_address
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -32,6 +33,8 @@ class Settings:
     log_buffer_size: int = 10_000
     ship_batch_size: int = 500
     ship_interval_s: float = 1.0
+    ship_max_bytes: int = DEFAULT_MAX_BATCH_BYTES  # the ingest endpoint's limit
+    log_max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # larger bodies are logged as null
     unix_socket: str = ""  # "@name": also listen on this abstract unix socket (serving.sockets)
 
     @classmethod
@@ -57,6 +60,9 @@ class Settings:
             log_buffer_size=int(e.get("MODELPORT_LOG_BUFFER_SIZE") or 10_000),
             ship_batch_size=int(e.get("MODELPORT_SHIP_BATCH_SIZE") or 500),
             ship_interval_s=float(e.get("MODELPORT_SHIP_INTERVAL_S") or 1.0),
+            ship_max_bytes=int(e.get("MODELPORT_SHIP_MAX_BYTES") or DEFAULT_MAX_BATCH_BYTES),
+            log_max_payload_bytes=int(e.get("MODELPORT_LOG_MAX_PAYLOAD_BYTES")
+                                      or DEFAULT_MAX_PAYLOAD_BYTES),
             unix_socket=_unix_socket(e.get("MODELPORT_UNIX_SOCKET", "")),
         )
 
