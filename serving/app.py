@@ -358,9 +358,11 @@ class ModelServer:
         metrics.observe(endpoint, status, elapsed)
         if self.buffer is not None:
             # References only; the shipper builds and encodes the record later. A JSON body
-            # that parsed (``raw`` is set) is logged verbatim, CSV as the parsed table; the
+            # orjson parsed (``raw`` is set) is logged verbatim, CSV as the parsed table; the
             # predictions as the response body holding them (v2: the predictions object).
             json_body = raw is not None and (endpoint == "v2_infer" or mime != b"text/csv")
+            if json_body and (b"NaN" in body or b"Infinity" in body):
+                json_body = False  # maybe read leniently (protocol.load_json): not for orjson
             self.buffer.add(
                 (
                     request_id,

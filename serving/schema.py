@@ -189,9 +189,23 @@ def show(value: Any) -> str:
 
 
 def type_error(column: str, expected: str, value: Any, row: int) -> InputError:
+    if value is None:
+        return InputError(f"column '{column}': expected {expected}, got null in row {row}")
     return InputError(
         f"column '{column}': expected {expected}, got {json_type(value)} {show(value)} in row {row}"
     )
+
+
+def missing_value(spec: ColumnSpec, what: str, row: int) -> InputError:
+    """A required column without a value in ``row``: ``what`` is null, NaN, no value, …"""
+    return InputError(
+        f"column '{spec.name}': expected {spec.type}, got {what} in row {row} "
+        "(the column is required)"
+    )
+
+
+def _missing_kind(v: Any) -> str:
+    return "no value" if v is MISSING else "null" if v is None else "an empty CSV cell"
 
 
 EMPTY_BATCH = "empty batch: the request contains no rows"
@@ -201,36 +215,44 @@ EMPTY_BATCH = "empty batch: the request contains no rows"
 
 
 def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.ndarray:
-    """Convert one column's values to a typed array, raising on the first bad value."""
+    """Convert one column's values to a typed array, raising on the first bad value.
+
+    A missing value (null, an absent key, an empty CSV cell; NaN in a float column) is an
+    error in a required column. In an optional one it becomes NaN (float columns, and integer
+    columns, which turn float64 like a pandas column would), None (string, boolean) or NaT.
+    Infinity is refused in every float column: no model is trained on it."""
     t = spec.type
     name = spec.name
+    required = spec.required
     n = len(values)
     if t in FLOAT_TYPES:
         out = np.empty(n, dtype=NUMPY_DTYPE[t])
-        for i, v in enumerate(values):
-            tv = type(v)
-            if tv is float or tv is int:
-                out[i] = v
-            elif v is None or v is MISSING:
-                out[i] = math.nan
-            elif from_csv and tv is str:
-                if v == "":
-                    out[i] = math.nan
-                    continue
-                try:
-                    out[i] = float(v)
-                except ValueError:
-                    raise type_error(name, t, v, i) from None
-            elif isinstance(v, (np.floating, np.integer)):
-                out[i] = v
-            else:
-                raise type_error(name, t, v, i)
+        if t == "double":
+            _convert_floats(spec, values, from_csv, out)
+            return out
+        with np.errstate(over="ignore"):  # a double too large for float32: named below
+            _convert_floats(spec, values, from_csv, out)
+        _check_float32_range(spec, out, values)
         return out
     if t in INT_TYPES:
         out = np.empty(n, dtype=NUMPY_DTYPE[t])
         info = np.iinfo(out.dtype)
+        absent: list[int] = []
         for i, v in enumerate(values):
             tv = type(v)
+            if tv is int:
+                if not info.min <= v <= info.max:
+                    raise InputError(
+                        f"column '{name}': value {v} in row {i} is out of range for {t}"
+                    )
+                out[i] = v
+                continue
+            if v is None or v is MISSING or (from_csv and v == ""):
+                if required:
+                    raise missing_value(spec, _missing_kind(v), i)
+                absent.append(i)
+                out[i] = 0
+                continue
             if from_csv and tv is str:
                 try:
                     v = int(v)
@@ -244,26 +266,47 @@ def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.nd
                     )
                 out[i] = v
             elif tv is float and v.is_integer():
+                if not info.min <= v <= info.max:
+                    raise InputError(
+                        f"column '{name}': value {v} in row {i} is out of range for {t}"
+                    )
                 out[i] = int(v)
+            elif tv is float and v != v:
+                raise missing_value(spec, "NaN", i) if required else type_error(name, t, v, i)
             else:
-                raise type_error(name, t, None if v is MISSING else v, i)
+                raise type_error(name, t, v, i)
+        if absent:
+            floats = out.astype(np.float64)
+            floats[absent] = math.nan
+            return floats
         return out
     if t == "boolean":
         out = np.empty(n, dtype=np.bool_)
+        absent = []
         for i, v in enumerate(values):
             if type(v) is bool:
                 out[i] = v
+            elif v is None or v is MISSING or (from_csv and v == ""):
+                if required:
+                    raise missing_value(spec, _missing_kind(v), i)
+                absent.append(i)
             elif from_csv and isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
                 out[i] = v.lower() in ("true", "1")
             else:
-                raise type_error(name, t, None if v is MISSING else v, i)
+                raise type_error(name, t, v, i)
+        if absent:
+            objects = out.astype(object)
+            objects[absent] = None
+            return objects
         return out
     if t in ("string", "binary"):
         out = np.empty(n, dtype=object)
         for i, v in enumerate(values):
-            if type(v) is str or v is None:
+            if type(v) is str:
                 out[i] = v
-            elif v is MISSING:
+            elif v is None or v is MISSING:
+                if required:
+                    raise missing_value(spec, _missing_kind(v), i)
                 out[i] = None
             else:
                 raise type_error(name, t, v, i)
@@ -272,6 +315,8 @@ def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.nd
         out = np.empty(n, dtype="datetime64[ns]")
         for i, v in enumerate(values):
             if v is None or v is MISSING or v == "":
+                if required:
+                    raise missing_value(spec, _missing_kind(v), i)
                 out[i] = np.datetime64("NaT")
                 continue
             if not isinstance(v, str):
@@ -284,8 +329,60 @@ def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.nd
     # array / object / map / any: accept as given (best effort)
     out = np.empty(n, dtype=object)
     for i, v in enumerate(values):
+        if required and (v is None or v is MISSING):
+            raise missing_value(spec, _missing_kind(v), i)
         out[i] = None if v is MISSING else v
     return out
+
+
+def _convert_floats(spec: ColumnSpec, values: list[Any], from_csv: bool,
+                    out: np.ndarray) -> None:
+    name, t, required = spec.name, spec.type, spec.required
+    for i, v in enumerate(values):
+        tv = type(v)
+        if tv is float:
+            if v - v != 0.0:  # NaN or ±inf
+                _non_finite(spec, v, i)
+            out[i] = v
+        elif tv is int:
+            out[i] = v
+        elif v is None or v is MISSING or (from_csv and v == ""):
+            if required:
+                raise missing_value(spec, _missing_kind(v), i)
+            out[i] = math.nan
+        elif from_csv and tv is str:
+            try:
+                f = float(v)
+            except ValueError:
+                raise type_error(name, t, v, i) from None
+            if f - f != 0.0:
+                _non_finite(spec, f, i)
+            out[i] = f
+        elif isinstance(v, (np.floating, np.integer)):
+            if isinstance(v, np.floating) and not np.isfinite(v):
+                _non_finite(spec, float(v), i)
+            out[i] = v
+        else:
+            raise type_error(name, t, v, i)
+
+
+def _non_finite(spec: ColumnSpec, value: float, row: int) -> None:
+    """NaN is a missing value (allowed only in an optional column); ±inf is never allowed."""
+    if value != value:
+        if spec.required:
+            raise missing_value(spec, "NaN", row)
+        return
+    raise InputError(f"column '{spec.name}': expected a finite {spec.type}, got "
+                     f"{'-' if value < 0 else ''}inf in row {row}")
+
+
+def _check_float32_range(spec: ColumnSpec, out: np.ndarray, values: list[Any]) -> None:
+    """A finite double too large for float32 became ±inf in ``out``: name it."""
+    overflow = np.isinf(out)
+    if overflow.any():
+        row = int(np.argmax(overflow))
+        raise InputError(f"column '{spec.name}': value {show(values[row])} in row {row} is out "
+                         "of range for float")
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -380,6 +477,8 @@ def _numeric_matrix(
             if not sig.all_float:
                 return None
             a = np.array(rows, dtype=np.float64)
+            if not np.isfinite(a).all():  # "nan" or "inf" cells: the careful path decides
+                return None
         else:
             a = np.array(rows)
     except (ValueError, TypeError):
@@ -522,7 +621,13 @@ def _check_tensor(data: Any, spec: TensorSpec, maybe_bools: bool) -> np.ndarray:
         )
     if arr.ndim and arr.shape[0] == 0:
         raise InputError(EMPTY_BATCH)
-    return arr.astype(want, copy=False) if want.kind != "O" else arr
+    if want.kind == "O":
+        return arr
+    with np.errstate(over="ignore"):
+        out = arr.astype(want, copy=False)
+    if want.kind == "f" and out is not arr and np.isinf(out).any() and np.isfinite(arr).all():
+        raise InputError(f"{label}: a value is out of range for {want.name}")
+    return out
 
 
 def _flat(data: Any) -> Any:
@@ -585,6 +690,6 @@ def _csv_guess(values: list[str]) -> np.ndarray:
     for dtype in (np.int64, np.float64):
         try:
             return np.array(values, dtype=dtype)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer beyond int64
             continue
     return np.array(values, dtype=object)

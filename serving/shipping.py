@@ -255,7 +255,12 @@ def encode_record(r: LogRecord, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES) ->
 
 
 def _as_text(value: Any) -> Any:
-    return value if value is None or type(value) is bytes else str(value)[:10_000]
+    if value is None or type(value) is bytes:
+        return value
+    try:
+        return str(value)[:10_000]
+    except Exception:  # noqa: BLE001 - e.g. RecursionError: too deep even to print
+        return None
 
 
 def encode_records(records: Sequence[LogRecord],
