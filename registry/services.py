@@ -225,7 +225,8 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
             archive = staging / "upload"
             _save_upload(upload, archive)
             limits = archives.Limits(max_members=settings.MODELPORT_ARCHIVE_MAX_MEMBERS,
-                                     max_bytes=settings.MODELPORT_ARCHIVE_MAX_MB * 1048576)
+                                     max_bytes=settings.MODELPORT_ARCHIVE_MAX_MB * 1048576,
+                                     max_ratio=settings.MODELPORT_ARCHIVE_MAX_RATIO)
             root = archives.extract_model_archive(archive, staging / "extracted", limits)
             metadata = mlmodel.read_metadata(root)
             shutil.move(str(root), str(job_input / "model"))
