@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from config import uploads
 from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from teams import audit
 from teams.access import require_team_role
@@ -164,15 +165,16 @@ def _save_upload(upload: UploadedFile, target: Path) -> None:
 
 
 def _check_size(upload: UploadedFile, field: str) -> None:
-    limit = settings.MODELPORT_MAX_UPLOAD_MB * 1024 * 1024
-    if upload.size is not None and upload.size > limit:
-        raise UploadTooLarge(f"{field} is {upload.size / 1048576:.1f} MB; the limit is "
-                             f"{settings.MODELPORT_MAX_UPLOAD_MB} MB.")
+    if upload.size is not None and upload.size > uploads.limit_bytes():
+        raise uploads.too_large(upload.size, field)
 
 
-class UploadTooLarge(InvalidInput):
-    status_code = 413
-    code = "too_large"
+def authorize_upload(*, actor, model: RegisteredModel, action: str = "registering versions"
+                     ) -> None:
+    """The role an upload needs (engineer), checked alone: views call it before they read the
+    request body, so a viewer's upload is refused without being received.
+    ``register_upload`` and ``replace_reference`` check it again."""
+    require_team_role(actor, model.team, Role.ENGINEER, action)
 
 
 def _next_version(model: RegisteredModel) -> int:

@@ -346,6 +346,13 @@ CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
 
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------
 MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)
+# Uploaded files are counted as they stream in and stopped at MODELPORT_MAX_UPLOAD_MB (413),
+# with or without a Content-Length (config/uploads.py).
+FILE_UPLOAD_HANDLERS = [
+    "config.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 MODELPORT_MAX_REPLICAS = env_int("MODELPORT_MAX_REPLICAS", 16, minimum=1)
 MODELPORT_HEARTBEAT_STALE_SECONDS = env_float("MODELPORT_HEARTBEAT_STALE_SECONDS", 90, minimum=1)
 
