@@ -291,6 +291,9 @@ MODELPORT_ARCHIVE_MAX_MB = env_int("MODELPORT_ARCHIVE_MAX_MB", 2048, minimum=1)
 # An archive expanding more than this many times its own size (past 64 MB) is refused as a
 # decompression bomb before it is inflated (registry/archives.py).
 MODELPORT_ARCHIVE_MAX_RATIO = env_int("MODELPORT_ARCHIVE_MAX_RATIO", 100, minimum=1)
+# Reference data (the drift baseline) with more columns is refused in the request, from its
+# CSV header line or Parquet footer; it is parsed and profiled by a worker (registry/reference.py).
+MODELPORT_REFERENCE_MAX_COLUMNS = env_int("MODELPORT_REFERENCE_MAX_COLUMNS", 2000, minimum=1)
 MODELPORT_SANDBOX_TIMEOUT_S = env_int("MODELPORT_SANDBOX_TIMEOUT_S", 300, minimum=5)
 MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
 MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)

@@ -14,7 +14,7 @@ from config import uploads
 from config.errors import NotFound
 from teams.access import get_visible_team
 
-from .. import services, storage
+from .. import baselines, services, storage
 from ..filtersets import RegisteredModelFilterSet
 from ..models import (
     AliasTransitionRequest,
@@ -167,15 +167,16 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
         response["X-Checksum-SHA256"] = found.artifact_sha256
         return response
 
-    @extend_schema(request={"multipart/form-data": s.ReferenceUploadSerializer})
+    @extend_schema(request={"multipart/form-data": s.ReferenceUploadSerializer},
+                   responses={202: s.ModelVersionSerializer})
     @action(detail=True, methods=["put"], parser_classes=[MultiPartParser])
     def reference(self, request: Request, model_name: str, version: str) -> Response:
         found = self._version()
         _authorize_upload(request, found.model, "replacing reference data")
-        services.replace_reference(actor=request.user, version=found,
-                                   upload=request.FILES.get("file"))
+        baselines.replace_reference(actor=request.user, version=found,
+                                    upload=request.FILES.get("file"))
         found.refresh_from_db()
-        return Response(self.get_serializer(found).data)
+        return Response(self.get_serializer(found).data, status=status.HTTP_202_ACCEPTED)
 
 
 class AliasViewSet(viewsets.GenericViewSet):
