@@ -9,8 +9,14 @@ MODELPORT_DATA_DIR ?= $(CURDIR)/var
 MODELPORT_BASE_URL ?= http://127.0.0.1:$(PORT)
 DURATION ?= 180
 export MODELPORT_DATA_DIR MLFLOW_PORT MODELPORT_BASE_URL
+# Every process make run starts writes under MODELPORT_DATA_DIR (SQLite, secret key, broker
+# queue, MLflow store, artifacts, logs): the directory is private (0700) and each process runs
+# with umask 077, so no other user of the host reads any of it. Model containers (uid 10001) are
+# not affected: the code that bind-mounts a directory into one makes that directory readable
+# (registry/sandbox.py, deployments/reconcile.py); a container never walks its host parents.
+PRIVATE := umask 077 &&
 
-.PHONY: help install run test lint format migrate clean-data demo-traffic
+.PHONY: help install run test lint format migrate data-dir clean-data demo-traffic
 
 help:
 	@echo "make run    install (first time), migrate, seed an admin, start web + worker + beat + MLflow"
@@ -28,17 +34,20 @@ $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 
 install: $(VENV)/.installed
 
-migrate: install
-	$(BIN)/python manage.py migrate --noinput
+data-dir:
+	@$(PRIVATE) mkdir -p "$(MODELPORT_DATA_DIR)/mlflow" "$(MODELPORT_DATA_DIR)/run"
+	@chmod 700 "$(MODELPORT_DATA_DIR)"
+
+migrate: install data-dir
+	$(PRIVATE) $(BIN)/python manage.py migrate --noinput
 
 run: migrate
-	@mkdir -p "$(MODELPORT_DATA_DIR)/mlflow" "$(MODELPORT_DATA_DIR)/run"
-	$(BIN)/python manage.py bootstrap
+	$(PRIVATE) $(BIN)/python manage.py bootstrap
 	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
-	MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+	$(PRIVATE) MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
 demo-traffic: install
-	$(BIN)/python manage.py demo_traffic --duration $(DURATION)
+	$(PRIVATE) $(BIN)/python manage.py demo_traffic --duration $(DURATION)
 
 lint: install
 	$(BIN)/ruff check .

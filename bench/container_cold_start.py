@@ -115,19 +115,24 @@ def main() -> None:
                                source_dir=args.compare_source)
         compare_image = compare.ensure_image(reqs, lambda line: None)
         print(f"comparison image {compare_image} from {args.compare_source}")
-    rt = DockerRuntime(client, port_range=(21900, 21999), base_image=args.base_image,
-                       extra_labels={"modelport.bench": "1"})
-
     with tempfile.TemporaryDirectory() as tmp:
+        # As `make run` runs replicas: no network, served on a socket file; and, to compare,
+        # on the host network with a loopback port.
+        rt = DockerRuntime(client, base_image=args.base_image, state_dir=Path(tmp) / "docker",
+                           extra_labels={"modelport.bench": "1"})
+        tcp = DockerRuntime(client, network="host", port_range=(21900, 21999),
+                            base_image=args.base_image, state_dir=Path(tmp) / "docker-tcp",
+                            extra_labels={"modelport.bench": "1"})
         model_dir = Path(tmp) / "model"
         save_iris(model_dir, reqs)
         baked = "modelport/model-bench:iris"
         t0 = time.perf_counter()
         builder.bake_model(image, model_dir, baked)
         print(f"bake thin model layer: {time.perf_counter() - t0:.2f}s")
-        local = LocalRuntime(Path(tmp) / "local-state", port_range=(21800, 21899))
+        local = LocalRuntime(Path(tmp) / "local-state")
         no_replay = {"MODELPORT_FAST_IMPORTS": "0"}
         modes = {"mount": (rt, image, str(model_dir), {}),
+                 "mount, host network": (tcp, image, str(model_dir), {}),
                  "mount, no replay": (rt, image, str(model_dir), no_replay),
                  "baked": (rt, baked, None, {}),
                  "local": (local, None, str(model_dir), {})}

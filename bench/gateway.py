@@ -15,9 +15,13 @@ temporary data dir, on the real Docker Engine. Then, all through the real API:
    ``dataframe_split``) at 1 and 16 connections;
 3. rolls out version 2, then times POST rollback → traffic on the new revision, and → healthy.
 
-The edge reaches the replica over its abstract unix socket (``serving/sockets.py``); with
-``--tcp`` the platform runs with ``MODELPORT_REPLICA_SOCKETS=false`` and uses loopback TCP, to
-compare. The report says which transport the edge's connections used.
+The replica has no network (``MODELPORT_DOCKER_NETWORK=none``, the default): the edge reaches
+it over its socket file (``serving/sockets.py``). ``wrk`` cannot open a unix socket, so "direct"
+is measured on a twin of the replica — the same image, model, CPU and memory limits — that this
+benchmark starts on the host network with a loopback port. With ``--tcp`` the platform itself
+runs replicas on the host network (``MODELPORT_DOCKER_NETWORK=host``, each demanding its replica
+key) and the edge uses loopback TCP, to compare. The report says which transport the edge's
+connections used.
 
 At 16 connections it measures ``--pairs`` direct/gateway pairs back to back and reports the
 pair with the median ratio (the machine's speed drifts between cells). Prints a table with the
@@ -200,7 +204,7 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=3,
                     help="direct/gateway pairs at 16 connections; the median is reported (3)")
     ap.add_argument("--tcp", action="store_true",
-                    help="edge → replica over loopback TCP (MODELPORT_REPLICA_SOCKETS=false)")
+                    help="replicas on the host network, edge → replica over loopback TCP")
     args = ap.parse_args()
     duration = 3 if args.quick else args.duration
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -228,9 +232,9 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     port = bs.free_port()
     env = {**os.environ, "MODELPORT_DATA_DIR": str(data_dir), "MODELPORT_WEB_PORT": str(port),
            "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-           "MODELPORT_RUNTIME": "docker", "MODELPORT_DOCKER_NETWORK": "host",
+           "MODELPORT_RUNTIME": "docker",
+           "MODELPORT_DOCKER_NETWORK": "host" if args.tcp else "none",
            "MODELPORT_BASE_URL": f"http://127.0.0.1:{port}",
-           "MODELPORT_REPLICA_SOCKETS": "false" if args.tcp else "true",
            "PATH": f"{bs.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     (data_dir / "run").mkdir()  # gunicorn's unix socket, as `make run` prepares it
     for name in ("edge", "web", "reconciler"):
@@ -262,11 +266,16 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     body = bs.body_for(COLUMNS, ROWS, 1)
     auth = {"Authorization": f"Bearer {secret}"}
     cells: dict[tuple[str, int], dict] = {}
-    targets = [("direct", f"{replica}/invocations", None),
-               ("gateway", f"{base}/serve/{name}/invocations", auth)]
-    for _label, url, headers in targets:  # warm up both (connections, route and token caches)
+    key = {"X-Modelport-Replica-Key": replica_key(name)}
+    if replica.startswith("http://"):  # --tcp: the replica itself, with its key
+        direct, direct_cgroup = f"{replica}/invocations", replica_cgroup(name)
+    else:
+        twin = tcp_twin(name, tmp, cleanup, base)
+        direct, direct_cgroup = f"{twin}/invocations", replica_cgroup(f"{name}-twin")
+    targets = [("direct", direct, key, direct_cgroup),
+               ("gateway", f"{base}/serve/{name}/invocations", auth, replica_cgroup(name))]
+    for _label, url, headers, _cg in targets:  # warm up both (connections, route, token caches)
         bs.run_wrk(url, 4, 1, body, tmp, headers=headers)
-    container = replica_cgroup(name)
     ratios: list[float] = []
     for conns in (1, 16):
         # At 16 connections the ratio swings with this machine's speed from one 10 s cell to
@@ -274,7 +283,7 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
         pairs = []
         for _ in range(args.pairs if conns == 16 else 1):
             pair = {}
-            for label, url, headers in targets:
+            for label, url, headers, container in targets:
                 before = cpu_split(procs[0].popen.pid, container)
                 r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
                 after = cpu_split(procs[0].popen.pid, container)
@@ -319,14 +328,57 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
 
 def edge_transport(replica_url: str) -> str:
     """How the edge's pooled connections reach the replica: connected sockets on the
-    replica's abstract unix socket, as /proc/net/unix lists them (state 03: connected)."""
-    from serving.sockets import replica_socket
+    replica's socket file, as /proc/net/unix lists them (state 03: connected), else TCP."""
+    from serving.sockets import is_unix_url, split_unix_url
 
-    host, port = replica_url.rsplit("/", 1)[-1].rsplit(":", 1)
-    name = replica_socket(host, int(port))
+    if not is_unix_url(replica_url):
+        return "TCP"
+    path, _ = split_unix_url(replica_url)
     connected = sum(1 for line in Path("/proc/net/unix").read_text().splitlines()[1:]
-                    if line.split()[-1:] == [name] and line.split()[5] == "03")
-    return f"unix socket {name} ({connected} connections)" if connected else "TCP"
+                    if line.split()[-1:] == [path] and line.split()[5] == "03")
+    return f"unix socket {path} ({connected} connections)"
+
+
+def replica_key(name: str) -> str:
+    """The key the deployment's revision-1 replicas demand (core/replica_keys.py)."""
+    from deployments.models import Revision
+
+    return Revision.objects.get(deployment__name=name, number=1).replica_key
+
+
+def tcp_twin(name: str, tmp: Path, cleanup: list, base: str) -> str:
+    """A copy of the deployment's replica on the host network with a loopback port, for wrk
+    (same image, model mount, limits, key and prediction logging — over TCP to the platform's
+    ingest); removed at the end."""
+    import docker
+
+    from workers.runtimes.docker import DockerRuntime
+
+    client = docker.from_env()
+    original = client.containers.list(filters={"label": f"modelport.deployment={name}"})[0]
+    env = dict(e.split("=", 1) for e in original.attrs["Config"]["Env"])
+    host = original.attrs["HostConfig"]
+    model = next(m["Source"] for m in original.attrs["Mounts"] if m["Destination"] == "/model")
+    from workers.runtimes.base import ReplicaSpec
+
+    runtime = DockerRuntime(client, network="host", port_range=(23900, 23999),
+                            state_dir=tmp / "twin")
+    spec = ReplicaSpec(deployment=f"{name}-twin", revision=1, replica=0,
+                       image=original.attrs["Config"]["Image"], model_dir=model,
+                       model_name=env.get("MODELPORT_MODEL_NAME", ""),
+                       cpu=host["NanoCpus"] / 1e9, memory_mb=host["Memory"] // 1048576,
+                       env={key: env[key] for key in (
+                           "MODELPORT_REPLICA_KEY", "MODELPORT_INGEST_TOKEN",
+                           "MODELPORT_SHIP_BATCH_SIZE") if key in env})
+    if "MODELPORT_INGEST_TOKEN" in spec.env:
+        spec.env["MODELPORT_INGEST_URL"] = f"{base}/api/v1/ingest/predictions/"
+    state = runtime.start_replica(spec)
+    cleanup.append(lambda: runtime.remove_replica(state.id))
+    from workers.runtimes.base import wait_ready
+
+    if not wait_ready(state.url, timeout=120):
+        raise RuntimeError(f"the TCP twin did not become ready: {runtime.logs(state.id)}")
+    return state.url
 
 
 def replica_cgroup(name: str) -> Path | None:

@@ -1,17 +1,18 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from deployments import gateway as deployments_gateway
 from monitoring import views as monitoring_views
 
 from . import system
+from .api_docs import SwaggerUIView
 
 api_v1 = [
     path("info/", system.info, name="info"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
+    path("docs/", SwaggerUIView.as_view(url_name="api-v1:schema"), name="docs"),
     path("", include("teams.api.urls")),
     path("", include("registry.api.urls")),
     path("", include("quotas.api.urls")),
@@ -19,6 +20,12 @@ api_v1 = [
     path("", include("workers.api.urls")),
     path("", include("monitoring.api.urls")),
 ]
+
+# What a failed request shows: JSON under /api/ and /serve/, the portal's own pages elsewhere.
+handler400 = "config.error_views.bad_request"
+handler403 = "config.error_views.permission_denied"
+handler404 = "config.error_views.page_not_found"
+handler500 = "config.error_views.server_error"
 
 admin.site.site_header = "Modelport console"
 admin.site.site_title = "Modelport console"

@@ -36,9 +36,9 @@ from django.db import DatabaseError, close_old_connections
 from rest_framework import exceptions
 from yarl import URL
 
-from workers.runtimes import replica_sockets_enabled
+from core import replica_keys
 
-from . import gateway, shadowing
+from . import gateway, ingest_socket, shadowing
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
@@ -58,6 +58,7 @@ SKIP_ANSWER = HOP_BY_HOP | {b"date"}  # uvicorn writes its own Date
 FORWARD = {name.lower().encode(): name.encode() for name in gateway.FORWARD_HEADERS
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
+KEY_HEADER = replica_keys.HEADER.encode()
 
 
 _ID_PREFIX = os.urandom(8).hex().encode()  # per process: ids stay unique across edge workers
@@ -145,7 +146,9 @@ class Exchange:
         self.tried.add(url)
         self.attempts += 1
         self.started = time.monotonic()
-        self.edge.replicas.send(url, b"/invocations", self.body, self.forward,
+        key = self.route.keys.get(self.revision)
+        self.edge.replicas.send(url, b"/invocations", self.body,
+                                [*self.forward, (KEY_HEADER, key)] if key else self.forward,
                                 self.edge.timeout, self.answered)
 
     def answered(self, answer: Answer | None, error: Exception | None) -> None:
@@ -189,7 +192,8 @@ class Edge:
         self.web_upstream = web_upstream
         self.max_body = max_body or settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
         self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
-        self.replicas = Pool(unix_sockets=replica_sockets_enabled(settings))
+        self.replicas = Pool()
+        self.ingest: ingest_socket.IngestSocket | None = None
         self.web: aiohttp.ClientSession | None = None
         self.web_base = ""
         self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelport-edge")
@@ -214,6 +218,8 @@ class Edge:
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=600.0))
+        self.ingest = ingest_socket.IngestSocket(self)
+        await self.ingest.start()
         self.chores = [asyncio.create_task(self._every(gateway.FLUSH_S, gateway.flush)),
                        asyncio.create_task(self._expire_replica_requests()),
                        asyncio.create_task(self._every(gateway.REVOKE_CHECK_S,
@@ -222,6 +228,8 @@ class Edge:
     async def shutdown(self) -> None:
         for chore in self.chores:
             chore.cancel()
+        if self.ingest is not None:
+            await self.ingest.stop()
         await self._sync(gateway.flush)
         self.replicas.close()
         if self.web is not None:

@@ -24,12 +24,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
+from core import replica_keys
 from teams.authentication import authenticate_token
 from teams.models import Membership
 from teams.roles import is_platform_admin
 
 from . import shadowing
-from .models import Deployment, Replica
+from .models import Deployment, Replica, Revision
+from .replica_http import ReplicaClient
 from .shadowing import Shadow
 
 ROUTE_CHECK_S = 1.0
@@ -39,7 +41,7 @@ _last_revoke_check = [0.0]
 FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-ID", "Content-Encoding")
 RETURN_HEADERS = ("Content-Type",)
 
-_pool = urllib3.PoolManager(num_pools=64, maxsize=32, block=False, retries=False)
+_pool = ReplicaClient(maxsize=32)
 _lock = threading.Lock()
 
 
@@ -51,6 +53,8 @@ class Route:
     # [(revision, percent, [url, ...]), ...] — only revisions with ready replicas
     revisions: list[tuple[int, int, list[str]]] = field(default_factory=list)
     shadow: Shadow | None = None
+    # revision -> its replicas' key, as the edge sends it (core/replica_keys.py)
+    keys: dict[int, bytes] = field(default_factory=dict)
 
     def pick(self, key: str | None, exclude: set[str]) -> tuple[int, str] | None:
         if not key and not exclude and len(self.revisions) == 1:  # the common case, fast
@@ -147,15 +151,17 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
     else:
         revisions = [(rev, 1, urls) for rev, urls in ready.items()]
     mirror = None
+    keys = dict(Revision.objects.filter(deployment_id=version[0], number__in=list(ready))
+                .values_list("number", "replica_key"))
     if shadow and shadow.get("revision") is not None:
         number = int(shadow["revision"])
         revisions = [entry for entry in revisions if entry[0] != number]
         if ready.get(number):
             mirror = Shadow(revision=number, percent=int(shadow.get("percent", 100)),
                             tolerance=float(shadow.get("tolerance", 1e-6)),
-                            urls=tuple(ready[number]))
+                            urls=tuple(ready[number]), key=keys.get(number, ""))
     return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions,
-                 shadow=mirror)
+                 shadow=mirror, keys={rev: key.encode() for rev, key in keys.items()})
 
 
 def cached_route(name: str) -> Route | None:
@@ -365,11 +371,12 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
         revision, url = picked
         tried.add(url)
         started = time.monotonic()
+        if route.keys.get(revision):
+            headers[replica_keys.HEADER] = route.keys[revision].decode()
         try:
-            upstream = _pool.request(
-                "POST", url.rstrip("/") + "/invocations", body=body, headers=headers,
-                timeout=urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S),
-                preload_content=True, redirect=False)
+            upstream = _pool.post(
+                url, "/invocations", body, headers,
+                urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S))
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 urllib3.exceptions.ProtocolError) as exc:
             last_error = f"{exc.__class__.__name__}"

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from core.replica_keys import new_key
 from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
 from teams.roles import is_platform_admin
@@ -62,6 +63,10 @@ class Deployment(models.Model):
         help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
                   "one flagged default).")
     stopped = models.BooleanField(default=False)
+    # Outbound network access for the model's code, granted by a platform admin (audited,
+    # ``services.set_egress``). Without it a replica has no network at all.
+    egress = models.BooleanField(default=False)
+    egress_reason = models.CharField(max_length=300, blank=True)
     # Written by the reconciler.
     revision = models.PositiveIntegerField(default=0, help_text="The revision that should run.")
     status = models.CharField(max_length=20, choices=DeploymentStatus.choices,
@@ -121,6 +126,9 @@ class Revision(models.Model):
     state = models.CharField(max_length=20, choices=RevisionState.choices,
                              default=RevisionState.PENDING)
     healthy_at = models.DateTimeField(null=True, blank=True)
+    # What its replicas demand in X-Modelport-Replica-Key (core/replica_keys.py); empty for
+    # revisions made before replica keys existed (their replicas demand none).
+    replica_key = models.CharField(max_length=64, blank=True, default=new_key, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

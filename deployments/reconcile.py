@@ -9,13 +9,12 @@ Safe to run twice at once (per-deployment lock) and safe to kill at any point: t
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core import replica_keys
 from registry import storage
 from registry.models import ModelVersion
+from serving import sockets
 from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
@@ -75,24 +76,17 @@ def model_dir_for(version: ModelVersion) -> Path:
 
 
 def ready_status(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """(HTTP status of GET url/ready, body text); (0, "") when nothing answers."""
+    """(HTTP status of GET url/ready, body text); (0, "") when nothing answers. ``url`` is a
+    replica's: http:// or, for a replica without a network, http+unix://."""
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/ready", timeout=timeout) as resp:  # noqa: S310
-            return resp.status, resp.read(4000).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(4000).decode("utf-8", "replace")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        status, body = sockets.request(url.rstrip("/") + "/ready", timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError):
         return 0, ""
+    return status, body[:4000].decode("utf-8", "replace")
 
 
 def probe(url: str | None, timeout: float = 1.0) -> bool:
-    if not url:
-        return False
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/ready", timeout=timeout) as resp:  # noqa: S310
-            return resp.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
+    return bool(url) and ready_status(url or "", timeout)[0] == 200
 
 
 def event(d: Deployment, message: str, *, kind: str = Kind.INFO,
@@ -496,6 +490,9 @@ class Reconciler:
                                                         owner=f"{d.owner}/{spec.name}")
         if not self.places:  # host workers issue their replicas' ingest tokens themselves
             spec.env.update(self.ingest_env())
+        if target.replica_key:
+            spec.env[replica_keys.ENV] = target.replica_key
+        spec.egress = bool((target.spec or {}).get("egress"))
         state = self.runtime.start_replica(spec)
         where = f" on host {state.host}" if state.host else ""
         event(d, f"Started replica {state.id}{where} ({state.url or 'no url'}).",

@@ -19,7 +19,7 @@ from django.db.models import Max
 from config.errors import Conflict, InvalidInput, NotFound
 from registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionStatus
 from teams import audit
-from teams.access import require_team_role
+from teams.access import require_platform_admin, require_team_role
 from teams.models import Team
 from teams.roles import Role
 from workers import services as targets
@@ -37,7 +37,8 @@ from .models import (
 )
 
 DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
-                     "memory_mb", "gpus", "strategy", "stopped", "revision", "target"]
+                     "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "egress",
+                     "egress_reason"]
 MAX_CPU = Decimal("256")
 MAX_MEMORY_MB = 1024 * 1024
 MAX_GPUS = 64
@@ -195,10 +196,13 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
 
 
 def _spec(d: Deployment) -> dict[str, Any]:
-    return {"model": d.model.name, "version": d.version.version if d.version else None,
+    spec = {"model": d.model.name, "version": d.version.version if d.version else None,
             "alias": d.alias or None, "replicas": d.replicas,
             "resources": {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus},
             "strategy": d.strategy}
+    if d.egress:  # only when granted: revisions made before egress existed compare equal
+        spec["egress"] = True
+    return spec
 
 
 def _new_revision(d: Deployment, target: ModelVersion, *, actor, reason: str,
@@ -325,6 +329,39 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
                              memory_mb=memory_mb, gpus=gpus, actor=actor)
     _new_revision(d, target, actor=actor, reason="spec changed")
     audit.record(actor=actor, action="deployment.updated", obj=d, team=d.team, before=before,
+                 after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+    _after_commit(d)
+    return d
+
+
+@transaction.atomic
+def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = "") -> Deployment:
+    """Grant or withdraw outbound network access for a deployment's model code. Platform admins
+    only, with a reason when granting; a new revision, so replicas restart on the network
+    (docs/security.md: what a model can reach with and without it)."""
+    require_platform_admin(actor, "grant or withdraw a deployment's network access")
+    if not isinstance(allowed, bool):
+        raise InvalidInput("allowed must be true or false.", field="allowed")
+    reason = (reason or "").strip()
+    if allowed and not reason:
+        raise InvalidInput("Say why this model needs the network (the audit log keeps it).",
+                           field="reason")
+    if len(reason) > 300:
+        raise InvalidInput("The reason is at most 300 characters.", field="reason")
+    d = _locked(deployment)
+    if d.egress == allowed:
+        return d
+    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
+    d.egress, d.egress_reason = allowed, reason if allowed else ""
+    current = Revision.objects.filter(deployment=d, number=d.revision) \
+        .select_related("model_version").first()
+    target = current.model_version if current is not None else d.version
+    if target is None:
+        raise Conflict(f"'{d.name}' has no revision yet.", code="no_revision")
+    _new_revision(d, target, actor=actor,
+                  reason="network access granted" if allowed else "network access withdrawn")
+    audit.record(actor=actor, action="deployment.egress_granted" if allowed
+                 else "deployment.egress_withdrawn", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)
     return d

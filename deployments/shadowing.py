@@ -22,6 +22,10 @@ from typing import Any
 import urllib3
 from django.conf import settings
 
+from core import replica_keys
+
+from .replica_http import ReplicaClient
+
 log = logging.getLogger(__name__)
 
 WORKERS = 4
@@ -29,7 +33,7 @@ MAX_PENDING = 64
 FLUSH_S = 1.0
 SHADOW_HEADER = "X-Modelport-Shadow"
 
-_pool = urllib3.PoolManager(num_pools=32, maxsize=WORKERS, block=False, retries=False)
+_pool = ReplicaClient(maxsize=WORKERS)
 _lock = threading.Lock()
 _idle = threading.Condition(_lock)
 _executor: list[ThreadPoolExecutor] = []
@@ -46,6 +50,7 @@ class Shadow:
     percent: int
     tolerance: float
     urls: tuple[str, ...]
+    key: str = ""  # the shadow revision's replica key
 
 
 @dataclass
@@ -85,12 +90,15 @@ def _call(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, st
     try:
         url = random.choice(shadow.urls)  # noqa: S311
         headers[SHADOW_HEADER] = "1"
+        if shadow.key:
+            headers[replica_keys.HEADER] = shadow.key
+        else:
+            headers.pop(replica_keys.HEADER, None)
         started = time.monotonic()
         try:
-            answer = _pool.request(
-                "POST", url.rstrip("/") + "/invocations", body=body, headers=headers,
-                timeout=urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S),
-                preload_content=True, redirect=False)
+            answer = _pool.post(
+                url, "/invocations", body, headers,
+                urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S))
             status, data = answer.status, answer.data
         except urllib3.exceptions.HTTPError:
             status, data = 0, b""

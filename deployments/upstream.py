@@ -8,11 +8,10 @@ client does only what the path needs: one request at a time per connection, a
 to a callback, idle connections reused per replica and dropped before the replica's own
 keep-alive timeout (5 s).
 
-A replica on this machine is reached over its abstract unix socket when it has one (see
-``serving/sockets.py``): 20 to 25 µs of CPU less per request, edge and replica together, than
-loopback TCP. A replica without one (another machine, its own network namespace, an older
-image, ``MODELPORT_REPLICA_SOCKETS=false``) is reached over TCP; the miss is remembered for
-``NO_SOCKET_RETRY_S``.
+A replica on this machine has no network and is reached over its unix socket file
+(``http+unix://…``, ``serving/sockets.py``): 20 to 25 µs of CPU less per request, edge and
+replica together, than loopback TCP. A replica on a network (another Docker host, Swarm,
+Kubernetes) is reached over TCP (``http://host:port``).
 The edge still uses aiohttp for the general proxy to Django (streaming, any method).
 """
 
@@ -24,16 +23,30 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
 
-from serving.sockets import replica_socket, unix_address
+from serving.sockets import connect_async, is_unix_url, split_unix_url
 
 IDLE_S = 4.0  # below uvicorn's keep-alive timeout on the replica side (5 s)
 MAX_IDLE_PER_REPLICA = 256
 EXPIRE_EVERY_S = 0.25  # how late, at most, a request's timeout is noticed
-NO_SOCKET_RETRY_S = 30.0  # a replica found without a unix socket is tried again after this
+
+
+class Address(NamedTuple):
+    """Where a replica listens: a unix socket file (``port`` 0) or a TCP host and port."""
+
+    host: str  # the socket path for a unix socket
+    port: int
+
+    @property
+    def unix(self) -> bool:
+        return self.port == 0
+
+    def __str__(self) -> str:
+        return self.host if self.unix else f"{self.host}:{self.port}"
 
 
 class UpstreamError(Exception):
@@ -61,7 +74,7 @@ class _Connection(asyncio.Protocol):
     not a future: the edge answers a cached request without a task or an await, and the
     callback runs straight from the parser when the replica's answer is complete."""
 
-    def __init__(self, pool: Pool, address: tuple[str, int]) -> None:
+    def __init__(self, pool: Pool, address: Address) -> None:
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
@@ -137,16 +150,13 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle connections per replica (``http://host:port``). With ``unix_sockets``, new
-    connections go over the replica's abstract unix socket when it listens on one."""
+    """Idle connections per replica (``http+unix://…`` or ``http://host:port``)."""
 
-    def __init__(self, connect_timeout: float = 2.0, *, unix_sockets: bool = False) -> None:
+    def __init__(self, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
-        self.unix_sockets = unix_sockets
-        self.idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self.idle: dict[Address, deque[_Connection]] = {}
         self._connecting: set[asyncio.Task] = set()
         self.busy: set[_Connection] = set()  # waiting for an answer; see ``expire``
-        self._no_socket: dict[tuple[str, int], float] = {}  # address -> when to try again
         self.opened = {"unix": 0, "tcp": 0}  # connections opened, by transport
 
     def send(self, url: str, path: bytes, body: bytes, headers: list[tuple[bytes, bytes]],
@@ -174,37 +184,32 @@ class Pool:
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
-    async def _connect_and_send(self, address: tuple[str, int], data: bytes, timeout: float,
+    async def _connect_and_send(self, address: Address, data: bytes, timeout: float,
                                 on_answer: OnAnswer) -> None:
         try:
             connection = await asyncio.wait_for(self._open(address), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            on_answer(None, UpstreamError(f"cannot connect to {address[0]}:{address[1]} "
+            on_answer(None, UpstreamError(f"cannot connect to {address} "
                                           f"({exc.__class__.__name__})"))
             return
         connection.send(data, timeout, on_answer)
 
-    async def _open(self, address: tuple[str, int]) -> _Connection:
+    async def _open(self, address: Address) -> _Connection:
         loop = asyncio.get_running_loop()
-        if self.unix_sockets and self._no_socket.get(address, 0.0) <= time.monotonic():
+        if address.unix:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
-                await loop.sock_connect(sock, unix_address(replica_socket(*address)))
+                await connect_async(sock, address.host)
                 _, connection = await loop.create_unix_connection(
                     lambda: _Connection(self, address), sock=sock)
-            except OSError:  # no such socket here: this replica is reached over TCP
-                sock.close()
-                self._no_socket[address] = time.monotonic() + NO_SOCKET_RETRY_S
             except BaseException:
                 sock.close()
                 raise
-            else:
-                self._no_socket.pop(address, None)
-                self.opened["unix"] += 1
-                return connection
+            self.opened["unix"] += 1
+            return connection
         _, connection = await loop.create_connection(lambda: _Connection(self, address),
-                                                     *address)
+                                                     address.host, address.port)
         self.opened["tcp"] += 1
         return connection
 
@@ -216,7 +221,7 @@ class Pool:
         for connection in [c for c in self.busy if c.deadline <= now]:
             connection.time_out()
 
-    def _take(self, address: tuple[str, int]) -> _Connection | None:
+    def _take(self, address: Address) -> _Connection | None:
         idle = self.idle.get(address)
         if not idle:
             return None
@@ -247,20 +252,30 @@ class Pool:
         self.idle.clear()
 
 
-_addresses: dict[tuple[str, bytes], tuple[tuple[str, int], bytes]] = {}
+_addresses: dict[tuple[str, bytes], tuple[Address, bytes]] = {}
 
 
-def _address(url: str, path: bytes) -> tuple[tuple[str, int], bytes]:
-    """((host, port), the request's first bytes up to the Content-Length value) for a replica
-    URL such as ``http://127.0.0.1:20001`` and a path — computed once per replica."""
+def _address(url: str, path: bytes) -> tuple[Address, bytes]:
+    """(where the replica listens, the request's first bytes up to the Content-Length value)
+    for a replica URL — ``http+unix://<socket path>`` or ``http://127.0.0.1:20001`` — and a
+    path, computed once per replica."""
     known = _addresses.get((url, path))
     if known is None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise UpstreamError(f"replica URL {url!r} is not http://host:port")
-        address = (parts.hostname, parts.port or 80)
-        known = (address, b"POST %s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: " % (
-            parts.path.rstrip("/").encode(), path, address[0].encode(), address[1]))
+        if is_unix_url(url):
+            try:
+                socket_path, prefix = split_unix_url(url)
+            except ValueError as exc:
+                raise UpstreamError(str(exc)) from None
+            address, host = Address(socket_path, 0), b"localhost"
+        else:
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise UpstreamError(f"replica URL {url!r} is neither http+unix:// nor "
+                                    "http://host:port")
+            address, prefix = Address(parts.hostname, parts.port or 80), parts.path
+            host = b"%s:%d" % (address.host.encode(), address.port)
+        known = (address, b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Length: " % (
+            prefix.rstrip("/").encode(), path, host))
         if len(_addresses) < 10000:
             _addresses[(url, path)] = known
     return known

@@ -37,6 +37,7 @@ def _context(request: HttpRequest, d: Deployment) -> dict:
             "revisions": d.revisions.select_related("model_version").order_by("-number")[:20],
             "endpoint": services.endpoint(d), "can_change": _can_change(request, d.team),
             "shadow": services.shadow_summary(d),
+            "is_platform_admin": is_platform_admin(request.user),
             "busy": d.status in ("pending", "building", "starting")}
 
 
@@ -133,6 +134,13 @@ def deployment_action(request: HttpRequest, name: str, verb: str) -> HttpRespons
         elif verb == "discard":
             services.discard_shadow(actor=request.user, deployment=d)
             messages.success(request, f"Discarding the shadow of '{d.name}'.")
+        elif verb == "egress":
+            allowed = request.POST.get("allowed") == "true"
+            services.set_egress(actor=request.user, deployment=d, allowed=allowed,
+                                reason=request.POST.get("reason", ""))
+            messages.success(request, f"Network access of '{d.name}' "
+                                      f"{'granted' if allowed else 'withdrawn'}; its replicas "
+                                      "restart.")
         elif verb == "delete":
             services.delete(actor=request.user, deployment=d)
             messages.success(request, f"Deleted '{d.name}'; its containers are being removed.")

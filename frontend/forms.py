@@ -103,3 +103,32 @@ class HostForm(forms.Form):
                                             "then the model.")
             inventory.append((parts[0], parts[1].strip()))
         return inventory
+
+
+class PlatformSettingsForm(forms.Form):
+    """Platform settings on the capacity page (platform admins); lists one entry per line."""
+
+    package_index_url = forms.CharField(
+        label="Package index", required=False, max_length=500,
+        help_text="PEP 503 index (…/simple) model environments' wheels come from. Empty: the "
+                  "index this host's pip uses.")
+    package_extra_index_urls = forms.CharField(
+        label="Extra package indexes", required=False,
+        widget=forms.Textarea(attrs={"rows": 2}), help_text="One URL per line.")
+    allowed_packages = forms.CharField(
+        label="Allowed packages", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One name per line: the only packages model requirements (and their "
+                  "dependencies) may use. Empty: any package available as a wheel.")
+    outbound_allowlist = forms.CharField(
+        label="Internal destinations the platform may call", required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line: host, host:port, IP or CIDR (e.g. alerts.internal:8443, "
+                  "10.20.0.0/16). Everything else that resolves to a loopback, private, "
+                  "link-local or metadata address is refused for webhooks.")
+
+    def cleaned_lists(self) -> dict[str, object]:
+        data = self.cleaned_data
+        return {"package_index_url": data["package_index_url"],
+                **{key: data[key].split() for key in ("package_extra_index_urls",
+                                                      "allowed_packages",
+                                                      "outbound_allowlist")}}

@@ -16,10 +16,12 @@ from notifications.models import Notification
 from notifications.services import mark_read
 from quotas import services
 from quotas.models import Reservation, ResourceRequest
+from teams import services as team_services
 from teams.access import get_visible_team
 from teams.roles import is_platform_admin
+from workers.runtimes.images import host_pip_index
 
-from .forms import DecisionForm, HostForm, QuotaSetForm, ResourceRequestForm
+from .forms import DecisionForm, HostForm, PlatformSettingsForm, QuotaSetForm, ResourceRequestForm
 from .views import _apply
 
 
@@ -128,10 +130,31 @@ def capacity(request: HttpRequest) -> HttpResponse:
     from workers.models import ExecutionTarget
     from workers.targets import target_summary
 
+    platform = team_services.platform_settings()
+    host_index, host_extra = host_pip_index()
     return render(request, "frontend/capacity.html", {
         "capacity": services.capacity(request.user), "form": form,
         "targets": [target_summary(t) for t in ExecutionTarget.objects.order_by("name")],
+        "platform": platform, "host_index": host_index, "host_extra_indexes": host_extra,
+        "settings_form": PlatformSettingsForm(initial={
+            "package_index_url": platform.package_index_url,
+            **{key: "\n".join(getattr(platform, key)) for key in (
+                "package_extra_index_urls", "allowed_packages", "outbound_allowlist")},
+        }) if admin else None,
     })
+
+
+@login_required
+@require_POST
+def platform_settings(request: HttpRequest) -> HttpResponse:
+    form = PlatformSettingsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Check the platform settings: " + "; ".join(
+            f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+    elif _apply(request, None, lambda: team_services.update_platform_settings(
+            actor=request.user, **form.cleaned_lists())):
+        messages.success(request, "Platform settings saved.")
+    return redirect("frontend:capacity")
 
 
 @login_required

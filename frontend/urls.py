@@ -20,5 +20,6 @@ urlpatterns = [
     path("resource-requests/<int:request_id>/decide", quota_views.decide_request,
          name="quota-decide"),
     path("capacity/", quota_views.capacity, name="capacity"),
+    path("capacity/settings/", quota_views.platform_settings, name="platform-settings"),
     path("notifications/", quota_views.notifications, name="notifications"),
 ]

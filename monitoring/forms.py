@@ -25,13 +25,16 @@ class AlertRuleForm(forms.Form):
     webhook_url = forms.CharField(required=False, max_length=500, label="Webhook URL",
                                   widget=forms.URLInput(attrs={
                                       "placeholder": "https://hooks.slack.com/…"}),
-                                  help_text="Slack-compatible JSON {\"text\": …}.")
+                                  help_text="Slack-compatible JSON {\"text\": …}. Loopback, "
+                                            "private, link-local and metadata addresses are "
+                                            "refused unless a platform admin allow-lists them.")
     emails = forms.CharField(required=False, label="Emails",
                              help_text="Comma-separated addresses.")
     retrain_webhook_url = forms.CharField(required=False, max_length=500,
                                           label="Retraining webhook URL",
                                           widget=forms.URLInput(),
-                                          help_text="POSTed when the rule starts firing.")
+                                          help_text="POSTed when the rule starts firing; "
+                                                    "the same destinations are refused.")
     enabled = forms.BooleanField(required=False, initial=True)
 
     def clean_emails(self) -> list[str]:

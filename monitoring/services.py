@@ -24,7 +24,6 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import orjson
@@ -41,7 +40,7 @@ from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role
 
-from . import extract, prom, stats
+from . import extract, prom, stats, webhooks
 from .models import (
     LATENCY_COLUMNS,
     Alert,
@@ -1225,14 +1224,10 @@ RULE_FIELDS = ["name", "metric", "window_minutes", "comparison", "threshold", "e
                "webhook_url", "emails", "retrain_webhook_url"]
 
 
-def _check_url(value: str, field: str) -> str:
-    value = (value or "").strip()
-    if value and urlparse(value).scheme not in ("http", "https"):
-        raise InvalidInput("Use an http:// or https:// URL.", field=field)
-    return value
-
-
-def _check_rule(data: dict[str, Any]) -> dict[str, Any]:
+def _check_rule(data: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate a rule's fields. ``stored``: the rule's current values — a webhook URL left as
+    it was is not checked again here (it is at each delivery), so a rule whose destination has
+    since become internal can still be disabled or edited."""
     if data.get("metric") not in METRICS:
         raise InvalidInput(f"Unknown metric '{data.get('metric')}'; use one of "
                            f"{', '.join(sorted(METRICS))}.", field="metric")
@@ -1250,7 +1245,9 @@ def _check_rule(data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("emails must be a list of addresses.", field="emails")
     data["emails"] = emails
     for field in ("webhook_url", "retrain_webhook_url"):
-        data[field] = _check_url(data.get(field, ""), field)
+        value = data.get(field, "")
+        if stored is None or value != stored.get(field):
+            data[field] = webhooks.check_rule_url(value, field)
     return data
 
 
@@ -1289,10 +1286,10 @@ def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
     require_team_role(actor, rule.deployment.team, Role.ENGINEER, "editing alert rules")
     rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
     before = audit.snapshot(rule, RULE_FIELDS)
-    data = {f: getattr(rule, f) for f in RULE_FIELDS} | {k: v for k, v in changes.items()
-                                                         if k in RULE_FIELDS and v is not None}
+    stored = {f: getattr(rule, f) for f in RULE_FIELDS}
+    data = stored | {k: v for k, v in changes.items() if k in RULE_FIELDS and v is not None}
     data["name"] = _check_rule_name(rule.deployment, data.get("name"), exclude=rule.pk)
-    data = _check_rule(data)
+    data = _check_rule(data, stored=stored)
     for field, value in data.items():
         setattr(rule, field, value)
     rule.save()

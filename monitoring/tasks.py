@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import requests
 from celery import shared_task
-from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 
-from . import prom, services
+from . import prom, services, webhooks
 from .models import Alert
 
 log = logging.getLogger(__name__)
@@ -49,12 +47,6 @@ def evaluate_alerts() -> int:
     return len(events)
 
 
-def _post(url: str, payload: dict) -> str:
-    response = requests.post(url, json=payload, timeout=settings.MODELPORT_ALERT_WEBHOOK_TIMEOUT_S)
-    response.raise_for_status()
-    return f"HTTP {response.status_code}"
-
-
 def _email(text: str, recipients: list[str]) -> str:
     sent = send_mail(subject=text[:120], message=text, from_email=None,
                      recipient_list=recipients)
@@ -68,8 +60,10 @@ MAX_ATTEMPTS = 4
 def notify_alert(alert_id: int, event: str, channels: list[str] | None = None,
                  attempt: int = 1) -> dict:
     """Send an alert's transition to its rule's webhook (Slack-compatible ``{"text"}``), emails
-    and — when it starts firing — the retraining webhook. Each outcome is kept on the alert;
-    a failed channel (only that one) is retried with backoff, up to ``MAX_ATTEMPTS`` times."""
+    and — when it starts firing — the retraining webhook. Each outcome is kept on the alert:
+    ``HTTP <status>``, ``refused: <reason>`` (an internal destination, checked again now) or
+    ``failed (attempt n): <what>`` — never a destination's answer. A failed channel (only that
+    one) is retried with backoff, up to ``MAX_ATTEMPTS`` times; a refused one is not."""
     alert = (Alert.objects.select_related("rule", "rule__deployment", "rule__deployment__model")
              .filter(pk=alert_id).first())
     if alert is None:
@@ -78,12 +72,12 @@ def notify_alert(alert_id: int, event: str, channels: list[str] | None = None,
     text = services.notification_text(alert, event)
     senders = {}
     if rule.webhook_url:
-        senders["webhook"] = lambda: _post(rule.webhook_url, {"text": text})
+        senders["webhook"] = lambda: webhooks.post(rule.webhook_url, {"text": text})
     if rule.emails:
         senders["email"] = lambda: _email(text, rule.emails)
     if event == "firing" and rule.retrain_webhook_url:
-        senders["retrain"] = lambda: _post(rule.retrain_webhook_url,
-                                           services.retrain_payload(alert))
+        senders["retrain"] = lambda: webhooks.post(rule.retrain_webhook_url,
+                                                   services.retrain_payload(alert))
     outcome: dict[str, str] = {}
     failed = []
     for channel, send in senders.items():
@@ -92,10 +86,21 @@ def notify_alert(alert_id: int, event: str, channels: list[str] | None = None,
         try:
             outcome[channel] = send()
             prom.NOTIFICATIONS.labels(channel, "ok").inc()
-        except Exception as exc:  # noqa: BLE001 - one failing channel must not stop the others
+        except webhooks.Undelivered as exc:
+            log.warning("alert %s: %s notification not delivered (attempt %d): %s", alert_id,
+                        channel, attempt, exc.outcome)
+            refused = exc.outcome.startswith("refused:")
+            outcome[channel] = (exc.outcome if refused
+                                else f"failed (attempt {attempt}): {exc.outcome}")[:300]
+            prom.NOTIFICATIONS.labels(channel, "refused" if refused else "failed").inc()
+            if exc.retry:
+                failed.append(channel)
+        except Exception as exc:  # one failing channel must not stop the others
             log.warning("alert %s: %s notification failed (attempt %d): %s", alert_id, channel,
-                        attempt, exc)
-            outcome[channel] = f"failed (attempt {attempt}): {exc}"[:300]
+                        attempt, exc, exc_info=channel != "email")
+            # The mail server is the platform's own; any other text could come from elsewhere.
+            shown = str(exc) if channel == "email" else "unexpected error (see the worker log)"
+            outcome[channel] = f"failed (attempt {attempt}): {shown}"[:300]
             prom.NOTIFICATIONS.labels(channel, "failed").inc()
             failed.append(channel)
     with transaction.atomic():

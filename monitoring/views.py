@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from datetime import UTC, timedelta
 
 from django.conf import settings
@@ -14,10 +15,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rest_framework.exceptions import AuthenticationFailed
 
 from config.errors import DomainError
 from deployments.models import Deployment, Revision
 from registry.models import RegisteredModel
+from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
 
 from . import prom, services
@@ -28,13 +31,44 @@ RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(h
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
 
 
+def _metrics_refusal(request: HttpRequest) -> HttpResponse | None:
+    """Who may read ``/metrics`` (it names every deployment): Prometheus with the bearer
+    ``MODELPORT_METRICS_TOKEN``, or a platform admin by API token or session. None: allowed."""
+    scheme, _, value = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        expected = settings.MODELPORT_METRICS_TOKEN
+        if expected and hmac.compare_digest(value.encode(), expected.encode()):
+            return None
+        try:
+            user = authenticate_token(value).user
+        except AuthenticationFailed:
+            return _metrics_401("Invalid bearer token: send MODELPORT_METRICS_TOKEN or a "
+                                "platform admin's API token.")
+    else:
+        user = request.user
+        if not user.is_authenticated:
+            return _metrics_401("Authentication required: send 'Authorization: Bearer "
+                                "<MODELPORT_METRICS_TOKEN>' (or a platform admin's API token).")
+    if not is_platform_admin(user):
+        return HttpResponse("forbidden: only platform admins read /metrics\n", status=403,
+                            content_type="text/plain")
+    return None
+
+
+def _metrics_401(text: str) -> HttpResponse:
+    response = HttpResponse(text + "\n", status=401, content_type="text/plain")
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """``GET /metrics``: platform metrics in the Prometheus text format. When
-    ``MODELPORT_METRICS_TOKEN`` is set, scrapers must send it as a Bearer token."""
-    expected = settings.MODELPORT_METRICS_TOKEN
-    if expected and request.META.get("HTTP_AUTHORIZATION", "") != f"Bearer {expected}":
-        return HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+    """``GET /metrics``: platform metrics in the Prometheus text format, for Prometheus (bearer
+    ``MODELPORT_METRICS_TOKEN``) and platform admins; anonymous callers get a 401."""
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     return HttpResponse(generate_latest(prom.REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
 

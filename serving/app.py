@@ -8,6 +8,7 @@ objects and middleware stack would cost more than the model itself for small mod
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -33,6 +34,9 @@ Send = Any
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 PREDICT_THREAD_AUTO_S = 0.002
+KEY_HEADER = b"x-modelport-replica-key"
+# Answered without the replica key: liveness and readiness probes, which reveal nothing.
+PUBLIC_PATHS = frozenset({"/ping", "/health", "/ready", "/v2/health/ready", "/v2/health/live"})
 
 
 class ModelServer:
@@ -46,6 +50,7 @@ class ModelServer:
         self.name = settings.model_name
         self.version = settings.model_version
         self.max_body = settings.max_body_bytes
+        self.key = settings.replica_key.encode() if settings.replica_key else None
         self.buffer: PredictionLog | None = None
         self.shipper: Shipper | None = None
         if settings.ingest_url:
@@ -71,6 +76,11 @@ class ModelServer:
         if kind == "http":
             path = scope["path"]
             method = scope["method"]
+            if self.key is not None and path not in PUBLIC_PATHS and not self.keyed(scope):
+                await self.error(send, 403, "PERMISSION_DENIED",
+                                 "this model server answers only the platform; call the "
+                                 "deployment through the gateway (/serve/<deployment>/…)")
+                return
             if method == "POST":
                 if path == "/invocations":
                     await self.invocations(scope, receive, send)
@@ -89,6 +99,13 @@ class ModelServer:
             await self.error(send, 404, "ENDPOINT_NOT_FOUND", f"no route for {method} {path}")
         elif kind == "lifespan":
             await self.lifespan(receive, send)
+
+    def keyed(self, scope: Scope) -> bool:
+        """Whether the request carries this replica's key (only the platform knows it)."""
+        for key, value in scope["headers"]:
+            if key == KEY_HEADER:
+                return hmac.compare_digest(value, self.key or b"")
+        return False
 
     # --- lifecycle ---
     async def lifespan(self, receive: Receive, send: Send) -> None:

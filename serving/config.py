@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.shipping import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
-from serving.sockets import unix_address
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -35,7 +34,11 @@ class Settings:
     ship_interval_s: float = 1.0
     ship_max_bytes: int = DEFAULT_MAX_BATCH_BYTES  # the ingest endpoint's limit
     log_max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # larger bodies are logged as null
-    unix_socket: str = ""  # "@name": also listen on this abstract unix socket (serving.sockets)
+    # Listen on this unix socket file (serving.sockets); with it and no MODELPORT_PORT, only there.
+    unix_socket: str = ""
+    # When set, every request but the health checks must carry it in X-Modelport-Replica-Key:
+    # only the platform (the edge, shadowing, probes) knows it.
+    replica_key: str = ""
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -44,10 +47,11 @@ class Settings:
         model_dir = e.get("MODELPORT_MODEL_DIR", "")
         if not model_dir:
             raise SystemExit("MODELPORT_MODEL_DIR (or --model-dir) is required")
+        unix_socket = _unix_socket(e.get("MODELPORT_UNIX_SOCKET", ""))
         return cls(
             model_dir=model_dir,
             host=e.get("MODELPORT_HOST", "127.0.0.1"),
-            port=int(e.get("MODELPORT_PORT", "8080")),
+            port=_port(e.get("MODELPORT_PORT"), unix_socket),
             workers=int(e.get("MODELPORT_WORKERS") or cpu_limit()),
             model_name=e.get("MODELPORT_MODEL_NAME") or Path(model_dir).name or "model",
             model_version=e.get("MODELPORT_MODEL_VERSION", ""),
@@ -63,18 +67,23 @@ class Settings:
             ship_max_bytes=int(e.get("MODELPORT_SHIP_MAX_BYTES") or DEFAULT_MAX_BATCH_BYTES),
             log_max_payload_bytes=int(e.get("MODELPORT_LOG_MAX_PAYLOAD_BYTES")
                                       or DEFAULT_MAX_PAYLOAD_BYTES),
-            unix_socket=_unix_socket(e.get("MODELPORT_UNIX_SOCKET", "")),
+            unix_socket=unix_socket,
+            replica_key=e.get("MODELPORT_REPLICA_KEY", ""),
         )
 
 
 def _unix_socket(value: str) -> str:
-    if value:
-        try:
-            unix_address(value)
-        except ValueError:
-            raise SystemExit(f"MODELPORT_UNIX_SOCKET={value!r}: expected an abstract socket "
-                             "name starting with @") from None
+    if value and not value.startswith("/"):
+        raise SystemExit(f"MODELPORT_UNIX_SOCKET={value!r}: expected the absolute path of a "
+                         "socket file")
     return value
+
+
+def _port(value: str | None, unix_socket: str) -> int:
+    """MODELPORT_PORT; 0 (no TCP listener) when unset or empty and a unix socket is given."""
+    if value in (None, ""):
+        return 0 if unix_socket else 8080
+    return int(value)
 
 
 def cpu_limit() -> int:
@@ -104,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, help="port (env MODELPORT_PORT, default 8080)")
     p.add_argument("--workers", type=int, help="worker processes (default: container CPU limit)")
     p.add_argument("--unix-socket",
-                   help="also listen on this abstract unix socket, @name "
+                   help="listen on this unix socket file; TCP too only with --port "
                         "(env MODELPORT_UNIX_SOCKET)")
     p.add_argument(
         "--name", help="model name reported by /version and /v2 (env MODELPORT_MODEL_NAME)"

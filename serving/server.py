@@ -91,17 +91,22 @@ def run(settings: Settings, log_level: str = "warning") -> None:
 
 
 def listen(config: uvicorn.Config, settings: Settings) -> list[socket.socket]:
-    """The TCP socket on host:port, and the abstract unix socket when one is asked for. A name
-    already taken is fatal: another process holding it would receive the edge's traffic."""
-    sockets = [config.bind_socket()]
+    """The TCP socket on host:port (unless the port is 0) and the unix socket file when one is
+    asked for. A socket that cannot be bound is fatal."""
+    sockets = [config.bind_socket()] if settings.port else []
     if settings.unix_socket:
         try:
             sockets.append(bind_unix(settings.unix_socket))
         except OSError as exc:
-            sockets[0].close()
+            for sock in sockets:
+                sock.close()
             logging.getLogger("serving").error(
                 "cannot listen on the unix socket %s: %s", settings.unix_socket, exc)
             sys.exit(STARTUP_FAILURE)
+    if not sockets:
+        logging.getLogger("serving").error("nothing to listen on: set MODELPORT_PORT or "
+                                           "MODELPORT_UNIX_SOCKET")
+        sys.exit(STARTUP_FAILURE)
     return sockets
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from . import tokens
+from . import lockout, tokens
 from .models import ApiToken
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -63,11 +63,15 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
 
 class TokenBasicAuthentication(authentication.BasicAuthentication):
-    """HTTP Basic, accepted only where a script obtains its first token."""
+    """HTTP Basic, accepted only where a script obtains its first token; brute force is
+    refused with 429 after ``AXES_FAILURE_LIMIT`` failures (``teams.lockout``)."""
 
     def authenticate_credentials(self, userid, password, request=None):
         try:
-            return super().authenticate_credentials(userid, password, request)
+            user, auth = super().authenticate_credentials(userid, password, request)
         except exceptions.AuthenticationFailed:
+            lockout.refuse_if_locked_out(request, {"username": userid})
             raise exceptions.AuthenticationFailed("Invalid username or password.",
                                                   code="bad_credentials") from None
+        lockout.signed_in(request, user)
+        return user, auth

@@ -152,3 +152,31 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         who = self.actor_username or "system"
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {who} {self.action}"
+
+
+class PlatformSettings(models.Model):
+    """Settings platform admins change at run time, one row (pk=1): where model environments'
+    packages come from, which packages they may use, and which internal destinations the
+    platform may call (alert webhooks…) although they are loopback or private addresses.
+    Read through ``teams.services.platform_settings()``; changed only by
+    ``teams.services.update_platform_settings`` (audited)."""
+
+    # Empty: the index this host's pip uses (MODELPORT_PIP_INDEX_URL / PIP_INDEX_URL / pip config).
+    package_index_url = models.CharField(max_length=500, blank=True)
+    package_extra_index_urls = models.JSONField(default=list, blank=True)
+    # Canonical project names a model's requirements may name (dependencies included); empty: any.
+    allowed_packages = models.JSONField(default=list, blank=True)
+    # "host", "host:port", an IP address or a CIDR network the platform may call even though it
+    # resolves to a loopback, private, link-local or otherwise internal address.
+    outbound_allowlist = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        verbose_name = verbose_name_plural = "platform settings"
+        constraints = [models.CheckConstraint(condition=Q(pk=1),
+                                              name="platform_settings_singleton")]
+
+    def __str__(self) -> str:
+        return "Platform settings"

@@ -7,6 +7,7 @@ audit record.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.conf import settings
@@ -14,12 +15,14 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from packaging.utils import canonicalize_name
 
 from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from core.netguard import parse_allow_entry
 
 from . import audit, tokens
 from .access import require_platform_admin, require_team_role
-from .models import ApiToken, Membership, Team, slug_validator
+from .models import ApiToken, Membership, PlatformSettings, Team, slug_validator
 from .roles import Role, is_platform_admin
 
 TEAM_FIELDS = ["slug", "name", "description"]
@@ -215,3 +218,70 @@ def record_user_change(*, actor, user, before: dict | None, created: bool) -> No
         return
     audit.record(actor=actor, action="user.created" if created else "user.updated", obj=user,
                  before=before, after=after)
+
+
+# --- Platform settings ------------------------------------------------------------------------
+PLATFORM_SETTINGS_FIELDS = ["package_index_url", "package_extra_index_urls", "allowed_packages",
+                            "outbound_allowlist"]
+_PACKAGE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$", re.IGNORECASE)
+
+
+def platform_settings() -> PlatformSettings:
+    """The one row of platform settings (created with defaults on first use)."""
+    row, _ = PlatformSettings.objects.get_or_create(pk=1)
+    return row
+
+
+def _index_url(value: str, field: str) -> str:
+    value = (value or "").strip()
+    if value and (not value.startswith(("http://", "https://")) or " " in value
+                  or len(value) > 500):
+        raise InvalidInput(f"{value!r} is not an http(s) URL of a package index (a PEP 503 "
+                           "'simple' index such as https://pypi.org/simple).", field=field)
+    return value
+
+
+def _string_list(value: object, field: str) -> list[str]:
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,]+", value) if part]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput("Give a list of strings.", field=field)
+    return [v.strip() for v in value if v.strip()]
+
+
+@transaction.atomic
+def update_platform_settings(*, actor, package_index_url: str | None = None,
+                             package_extra_index_urls: list[str] | None = None,
+                             allowed_packages: list[str] | None = None,
+                             outbound_allowlist: list[str] | None = None) -> PlatformSettings:
+    """Change what is given (None: unchanged). Platform admins only; audited."""
+    require_platform_admin(actor, "change platform settings")
+    row = PlatformSettings.objects.select_for_update().get_or_create(pk=1)[0]
+    before = audit.snapshot(row, PLATFORM_SETTINGS_FIELDS)
+    if package_index_url is not None:
+        row.package_index_url = _index_url(package_index_url, "package_index_url")
+    if package_extra_index_urls is not None:
+        row.package_extra_index_urls = [
+            _index_url(url, "package_extra_index_urls")
+            for url in _string_list(package_extra_index_urls, "package_extra_index_urls")]
+    if allowed_packages is not None:
+        names = _string_list(allowed_packages, "allowed_packages")
+        bad = [n for n in names if not _PACKAGE_NAME.match(n)]
+        if bad:
+            raise InvalidInput(f"{bad[0]!r} is not a Python package name.",
+                               field="allowed_packages")
+        row.allowed_packages = sorted({canonicalize_name(n) for n in names})
+    if outbound_allowlist is not None:
+        entries = []
+        for raw in _string_list(outbound_allowlist, "outbound_allowlist"):
+            try:
+                entries.append(str(parse_allow_entry(raw)))
+            except ValueError as exc:
+                raise InvalidInput(f"Outbound allow-list: {exc}.",
+                                   field="outbound_allowlist") from None
+        row.outbound_allowlist = list(dict.fromkeys(entries))
+    row.updated_by = actor if getattr(actor, "is_authenticated", False) else None
+    row.save()
+    audit.record(actor=actor, action="platform.settings_changed", obj=row, before=before,
+                 after=audit.snapshot(row, PLATFORM_SETTINGS_FIELDS))
+    return row

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -58,6 +59,12 @@ def _manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
 def _counts(env: dict[str, str]) -> dict[str, int]:
     out = _manage(env, "shell", "-c", COUNTS)
     return json.loads(out.split("COUNTS=", 1)[1].splitlines()[0])
+
+
+def _recorded(env: dict[str, str], deployment: str) -> int:
+    out = _manage(env, "shell", "-c", "from monitoring.models import PredictionRecord as R; "
+                  f"print('N=%d' % R.objects.filter(deployment__name={deployment!r}).count())")
+    return int(out.split("N=", 1)[1].split()[0])
 
 
 def _curl_line(text: str) -> str:
@@ -140,6 +147,10 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
                         + log.read_text()[-4000:])
         static = session.get(f"{base}/static/frontend/vendor/pico.min.css", timeout=5)
         assert static.status_code == 200
+        # Production-safe by default: DEBUG off (the portal's 404 page), a CSP on every page.
+        missing = session.get(f"{base}/no-such-page/", timeout=5)
+        assert missing.status_code == 404 and 'class="error-page"' in missing.text
+        assert "script-src 'self'" in missing.headers["Content-Security-Policy"]
 
         # The demo: seeded in the background, deployed in Docker, healthy, curl printed.
         text = _wait_for_demo(log, process, timeout=600)
@@ -155,12 +166,32 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         assert "production" in page and "diabetes-regressor" in session.get(
             f"{base}/models/", timeout=10).text
 
+        # Nothing under the data dir is readable by other users of the host but the model
+        # dirs mounted into containers (and a validation job's folder while it runs).
+        data_dir = tmp_path / "var"
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        shared = [str(p.relative_to(data_dir)) for p in data_dir.rglob("*")
+                  if not p.is_symlink() and not p.is_socket()
+                  and stat.S_IMODE(p.lstat().st_mode) & 0o077]
+        assert [p for p in shared if not p.startswith(("deployments/models/", "staging/"))] \
+            == [], shared
+        assert stat.S_IMODE((data_dir / "modelport.sqlite3").stat().st_mode) == 0o600
+
         # Demo traffic: drifted segment, a few malformed requests, ground truth matched.
         out = _manage(env, "demo_traffic", "--duration", "15")
         sent = re.search(r"Sent (\d+) requests \((\d+) drifted, (\d+) errors\), (\d+) labelled",
                          out)
         assert sent, out
         assert int(sent[1]) > 10 and int(sent[2]) > 0 and int(sent[4]) > 0, out
+        # The replica has no network: its prediction log reached the platform through the
+        # edge's ingest socket, mounted read-only into the container.
+        deadline = time.monotonic() + 60
+        while (logged := _recorded(env, demo_name)) < int(sent[1]) // 2:
+            assert time.monotonic() < deadline, f"{logged} prediction records arrived"
+            time.sleep(2)
+        (replica,) = docker_client.containers.list(
+            filters={"label": f"modelport.deployment={demo_name}"})
+        assert replica.attrs["HostConfig"]["NetworkMode"] == "none"
 
         # Seeding again creates nothing; it prints a curl line with a new token and revokes
         # the previous one (whose secret was never stored).

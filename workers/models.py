@@ -43,8 +43,10 @@ class ExecutionTarget(models.Model):
     Registered by platform admins; a deployment names one (default: ``default_target()``).
 
     ``settings`` holds what only some kinds use: ``network`` (docker/swarm: "host" or, for
-    docker, a bridge network name; swarm: "overlay"), ``overlay_network`` (swarm),
-    ``port_range`` ([first, last], host networking), ``gpu_resource`` (swarm generic resource).
+    docker, a bridge network name; swarm: "overlay"), ``overlay_network`` and
+    ``egress_network`` (swarm), ``port_range`` ([first, last], host networking),
+    ``gpu_resource`` (swarm generic resource), ``network_policy`` (kubernetes: who the platform
+    is, for the model pods' NetworkPolicies); the rest of the kubernetes runtime's arguments.
     Capacity 0 means "not limited here" (the capacity registry and team quotas still apply).
     """
 

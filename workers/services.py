@@ -16,6 +16,7 @@ from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput
+from core import replica_keys
 from teams import audit
 from teams.access import require_platform_admin
 
@@ -43,9 +44,11 @@ TARGET_FIELDS = ["name", "kind", "endpoint", "kube_context", "in_cluster", "name
 ENDPOINT_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
 SETTINGS_KEYS = {
     TargetKind.DOCKER: {"network", "port_range", "placement"},
-    TargetKind.SWARM: {"network", "overlay_network", "port_range", "gpu_resource"},
+    TargetKind.SWARM: {"network", "overlay_network", "egress_network", "port_range",
+                       "gpu_resource"},
     TargetKind.KUBERNETES: {"image_pull_secrets", "registry", "service_account",
-                            "node_selector", "url_mode", "service_type", "gpu_resource"},
+                            "node_selector", "url_mode", "service_type", "gpu_resource",
+                            "network_policy"},
 }
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -77,6 +80,23 @@ def _target_settings(kind: str, raw: Any) -> dict[str, Any]:
             raise InvalidInput("settings.overlay_network names the attachable overlay network "
                                "the gateway shares with the replicas (overlay mode needs it).",
                                field="settings")
+    if "egress_network" in raw:
+        egress = raw["egress_network"]
+        if not isinstance(egress, str) or not egress.strip():
+            raise InvalidInput("settings.egress_network names the overlay network that leads "
+                               "out, for deployments a platform admin granted egress.",
+                               field="settings")
+        if network != "overlay" or egress == raw.get("overlay_network"):
+            raise InvalidInput("settings.egress_network applies to overlay mode and differs "
+                               "from overlay_network (in host mode replicas already share the "
+                               "node's network).", field="settings")
+    if "network_policy" in raw:
+        from .runtimes.kube_policy import PolicyPeers
+
+        try:
+            PolicyPeers.from_settings(raw["network_policy"])
+        except ValueError as exc:
+            raise InvalidInput(f"settings.{exc}.", field="settings") from None
     if "port_range" in raw:
         ports = raw["port_range"]
         if (not isinstance(ports, list) or len(ports) != 2
@@ -498,6 +518,9 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         if row.gpus:
             spec.gpu_device_ids = quotas.device_ids(f"{d.owner}/{row.runtime_id}")
         spec.env.update(_ingest_env(d))
+        if revision.replica_key:
+            spec.env[replica_keys.ENV] = revision.replica_key
+        spec.egress = bool((revision.spec or {}).get("egress"))
         state = runtime.start_replica(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the reconciler, which waits for it
         Replica.objects.filter(pk=row.pk, host_status="placing").update(

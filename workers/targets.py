@@ -1,6 +1,7 @@
 """Reading execution targets' health for the capacity page and the API: reachable or not,
-nodes, allocatable CPU/memory/GPUs (the runtime's ``describe()``), what deployments there have
-reserved. Cached briefly so a page of targets does not ask every backend on each view."""
+nodes, allocatable CPU/memory/GPUs, warnings about the isolation replicas get there (the
+runtime's ``describe()``), what deployments there have reserved. Cached briefly so a page of
+targets does not ask every backend on each view."""
 
 from __future__ import annotations
 
@@ -33,11 +34,12 @@ def target_health(target: ExecutionTarget, *, fresh: bool = False) -> dict[str, 
             "reachable": health.reachable, "message": health.message,
             "version": health.version, "nodes": [asdict(n) for n in health.nodes],
             "allocatable": {"cpu": health.cpu, "memory_mb": health.memory_mb,
-                            "gpus": health.gpus}}
+                            "gpus": health.gpus},
+            "warnings": list(health.warnings)}
     except Exception as exc:  # noqa: BLE001 - e.g. no SDK, bad endpoint, bad kubeconfig
         body = {"reachable": False, "message": f"{exc.__class__.__name__}: {exc}",
                 "version": "", "nodes": [],
-                "allocatable": {"cpu": 0.0, "memory_mb": 0, "gpus": None}}
+                "allocatable": {"cpu": 0.0, "memory_mb": 0, "gpus": None}, "warnings": []}
     body.update(name=target.name, kind=target.kind, checked_at=timezone.now())
     _cache[key] = (now, body)
     return body

@@ -5,16 +5,20 @@ Read the environment here (through ``env``) and nowhere else.
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from csp.constants import NONCE
 
 from .env import (
     env_bool,
     env_choice,
+    env_combinations,
     env_float,
     env_int,
     env_list,
@@ -31,19 +35,35 @@ MODELPORT_VERSION = "0.1.0"
 MODELPORT_DATA_DIR = env_path("MODELPORT_DATA_DIR", BASE_DIR / "var")
 
 
+def _private_dir(path: Path) -> Path:
+    """The data dir, created 0700 when missing (`make run` also makes an existing one 0700 and
+    runs every process with umask 077); an existing directory's mode is the operator's."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700, exist_ok=True)
+    return path
+
+
 def _persistent_secret_key(data_dir: Path) -> str:
-    """A per-install key kept under the data dir, so `make run` needs no configuration."""
+    """A per-install key kept under the data dir, so `make run` needs no configuration. Written
+    to a 0600 temporary file and linked into place: never readable by others, never seen
+    half-written by a process starting at the same time."""
     path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
+    if not path.exists():
+        _private_dir(data_dir)
+        fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".secret_key-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process of this start-up linked its key first: use that one
+        finally:
+            os.unlink(temporary)
+    return path.read_text().strip()
 
 
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or _persistent_secret_key(MODELPORT_DATA_DIR)
+# Off unless asked for (DJANGO_DEBUG=1): the debug page shows settings, source and request data.
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -60,6 +80,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "axes",
+    "csp",
     "teams",
     "notifications",
     "quotas",
@@ -72,6 +94,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # outside the gateway: every response gets the policy
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RequestContextMiddleware",
     "deployments.gateway.GatewayMiddleware",  # /serve/…/invocations: skips what follows
@@ -82,6 +105,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.DomainErrorMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a flagged sign-in into the lockout answer
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -137,7 +161,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = MODELPORT_DATA_DIR / "static"
+STATIC_ROOT = _private_dir(MODELPORT_DATA_DIR) / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -145,6 +169,52 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# Stored files (artifacts, uploads) get the process's umask — 0600 under `make run` — instead of
+# Django's fixed 0644.
+FILE_UPLOAD_PERMISSIONS = None
+
+# The portal's 403 page (config/error_views.py) instead of Django's CSRF failure page.
+CSRF_FAILURE_VIEW = "config.error_views.csrf_failure"
+
+# --- Content-Security-Policy (django-csp) on every response -----------------------------------
+# Scripts and styles come from this origin only: no inline <script>, style="" or on*=
+# attributes (a template that really needs one gives it {{ request.csp_nonce }}). The Swagger UI
+# page adds its asset origin (config/api_docs.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", NONCE],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# --- Sign-in brute-force protection (django-axes): portal, console and HTTP Basic -------------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username/IP before the check
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After this many failed sign-ins within the cool-off window, that username from that IP is
+# refused (portal: a message; API: 429 with Retry-After) until the window has passed.
+AXES_FAILURE_LIMIT = env_int("MODELPORT_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("MODELPORT_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+# What is locked: by default a username from one IP address, so a guesser elsewhere cannot
+# lock a colleague out. Alternatives are comma-separated (e.g. "username+ip_address,ip_address").
+AXES_LOCKOUT_PARAMETERS = env_combinations("MODELPORT_LOGIN_LOCKOUT_BY", ["username+ip_address"],
+                                           ("username", "ip_address", "user_agent"))
+# A refused attempt during the lockout does not extend it: Retry-After stays true.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True  # each failure, for the console (Axes → Access failures)
+AXES_CLIENT_IP_CALLABLE = "config.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
+AXES_LOCKOUT_CALLABLE = "teams.lockout.lockout_response"
+AXES_VERBOSE = False
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "frontend:dashboard"
@@ -165,6 +235,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.rest.exception_handler",
+    "DEFAULT_METADATA_CLASS": "config.metadata.Metadata",
     "DEFAULT_THROTTLE_RATES": {"token_create": env_str("MODELPORT_TOKEN_CREATE_RATE", "30/min")},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -244,7 +315,13 @@ MODELPORT_BASE_URL = env_str("MODELPORT_BASE_URL", "http://127.0.0.1:8000")
 
 # --- Runtimes (workers/runtimes) ------------------------------------------------------------
 MODELPORT_RUNTIME = env_choice("MODELPORT_RUNTIME", "auto", ("auto", "docker", "local"))
-MODELPORT_DOCKER_NETWORK = env_str("MODELPORT_DOCKER_NETWORK", "host")
+# "none": replicas have no network and serve on a socket file under the data dir that only the
+# platform reaches (docs/security.md); "host": loopback ports (replicas then need their key);
+# any other value: that named network.
+MODELPORT_DOCKER_NETWORK = env_str("MODELPORT_DOCKER_NETWORK", "none")
+# Where a deployment that a platform admin granted egress runs instead: "host" (on an engine
+# without a bridge) or a bridge network's name. It still serves only on its socket.
+MODELPORT_DOCKER_EGRESS_NETWORK = env_str("MODELPORT_DOCKER_EGRESS_NETWORK", "host")
 # With a named (bridge) network: also publish each replica's port on this host address (e.g.
 # 127.0.0.1) and call it there, for a platform that runs on the host rather than on the network.
 MODELPORT_DOCKER_PUBLISH_HOST = env_str("MODELPORT_DOCKER_PUBLISH_HOST", "")
@@ -328,9 +405,10 @@ MODELPORT_EDGE_HOST = env_str("MODELPORT_EDGE_HOST", "127.0.0.1")
 MODELPORT_EDGE_PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
 MODELPORT_EDGE_WORKERS = env_int("MODELPORT_EDGE_WORKERS", 1, minimum=1, maximum=64)
 MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
-# Replicas on host networking (and local processes) also listen on an abstract unix socket,
-# which the edge uses instead of loopback TCP (serving/sockets.py); off: TCP only.
-MODELPORT_REPLICA_SOCKETS = env_bool("MODELPORT_REPLICA_SOCKETS", True)
+# Replicas without a network ship their prediction logs to this socket, which the edge serves
+# (only POST /api/v1/ingest/predictions/); its directory is mounted read-only into replicas.
+# Empty: <MODELPORT_DATA_DIR>/run/ingest/ingest.sock (workers.runtimes.ingest_socket).
+MODELPORT_INGEST_SOCKET = env_str("MODELPORT_INGEST_SOCKET", "")
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.

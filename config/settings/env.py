@@ -81,6 +81,21 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_combinations(name: str, default: list[str], parts: tuple[str, ...]) -> list[list[str]]:
+    """Comma-separated alternatives, each one part or several joined by ``+``
+    (``username+ip_address,ip_address``): a list of lists of allowed parts."""
+    combos = [[part.strip() for part in item.split("+")] for item in env_list(name, default)]
+    for combo in combos:
+        unknown = [part for part in combo if part not in parts]
+        if unknown or not combo:
+            raise ImproperlyConfigured(
+                f"{name}: {'+'.join(combo)!r} is not valid; join {', '.join(parts)} with '+' and "
+                "separate alternatives with ','.")
+    if not combos:
+        raise ImproperlyConfigured(f"{name} must name at least one of: {', '.join(parts)}.")
+    return combos
+
+
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env_str(name, default)
     if value not in choices:

@@ -6,6 +6,9 @@ from .base import DATABASES
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
+# Sign-in lockouts (django-axes) stay on, at the production limit: axes keeps its state in the
+# database (its default handler), which each test rolls back or flushes — one test's failed
+# sign-ins never lock out another's. Nothing here calls authenticate() without a request.
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 STORAGES = {
     **STORAGES,

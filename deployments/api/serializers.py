@@ -56,6 +56,14 @@ class RollbackSerializer(serializers.Serializer):
                                         help_text="Default: the previous healthy revision.")
 
 
+class EgressSerializer(serializers.Serializer):
+    allowed = serializers.BooleanField(
+        help_text="true: the model's code may open outbound connections; false: no network.")
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300,
+                                   help_text="Why the model needs the network (required to "
+                                             "grant; kept in the audit log).")
+
+
 class PromoteSerializer(serializers.Serializer):
     strategy = DeploymentStrategySerializer(
         required=False, help_text="How the shadow's version rolls out (default rolling).")
@@ -81,7 +89,9 @@ class ReplicaSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     status = serializers.CharField()
     ready = serializers.BooleanField()
-    url = serializers.CharField()
+    url = serializers.CharField(
+        help_text="Where the platform reaches it (http+unix://… for a replica without a "
+                  "network); only the platform can: call the deployment's endpoint.")
     message = serializers.CharField()
     restart_count = serializers.IntegerField()
     last_probe = serializers.DateTimeField(allow_null=True)
@@ -120,7 +130,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Deployment
         fields = ["name", "team", "model", "version", "alias", "desired_replicas", "resources",
-                  "strategy", "status", "status_message", "progress", "stopped", "revision",
+                  "strategy", "status", "status_message", "progress", "stopped", "egress",
+                  "egress_reason", "revision",
                   "endpoint", "replicas", "traffic", "shadow", "target", "created_by",
                   "created_at", "updated_at", "reconciled_at"]
 

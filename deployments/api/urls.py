@@ -1,7 +1,7 @@
-from rest_framework.routers import SimpleRouter
+from config.rest import Router
 
 from . import views
 
-router = SimpleRouter()
+router = Router()
 router.register("deployments", views.DeploymentViewSet, basename="deployment")
 urlpatterns = router.urls

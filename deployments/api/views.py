@@ -112,6 +112,17 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         d = services.discard_shadow(actor=request.user, deployment=self._deployment(name))
         return self._show(d, status.HTTP_202_ACCEPTED)
 
+    @extend_schema(request=s.EgressSerializer, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def egress(self, request: Request, name: str) -> Response:
+        """Grant or withdraw the model's outbound network access (platform admins)."""
+        body = s.EgressSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        d = services.set_egress(actor=request.user, deployment=self._deployment(name),
+                                allowed=body.validated_data["allowed"],
+                                reason=body.validated_data.get("reason", ""))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
     @extend_schema(request=None, responses={202: s.DeploymentSerializer})
     @action(detail=True, methods=["post"])
     def stop(self, request: Request, name: str) -> Response:

@@ -156,6 +156,13 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         return any(a.state == "firing" for a in rule.alerts.all())
 
 
+_REFUSED = (" http(s) only, at most 500 characters. A host that is or resolves to a loopback, "
+            "private, link-local, metadata or otherwise internal address is refused (400, and "
+            "again at each delivery) unless a platform admin allow-lists it.")
+WEBHOOK_HELP = 'Slack-compatible: receives {"text": …}.' + _REFUSED
+RETRAIN_HELP = "Called with the alert as JSON when the rule fires." + _REFUSED
+
+
 class AlertRuleCreateSerializer(serializers.Serializer):
     deployment = serializers.CharField(help_text="Deployment name.")
     name = serializers.CharField(max_length=100)
@@ -166,11 +173,10 @@ class AlertRuleCreateSerializer(serializers.Serializer):
     window_minutes = serializers.IntegerField(default=5, min_value=1, max_value=10080)
     enabled = serializers.BooleanField(default=True)
     webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
-                                        help_text="Slack-compatible: receives {\"text\": …}.")
+                                        max_length=500, help_text=WEBHOOK_HELP)
     emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list)
     retrain_webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
-                                                help_text="Called with the alert as JSON when "
-                                                          "the rule fires.")
+                                                max_length=500, help_text=RETRAIN_HELP)
 
 
 class AlertRuleUpdateSerializer(serializers.Serializer):
@@ -180,9 +186,11 @@ class AlertRuleUpdateSerializer(serializers.Serializer):
     threshold = serializers.FloatField(required=False)
     window_minutes = serializers.IntegerField(min_value=1, max_value=10080, required=False)
     enabled = serializers.BooleanField(required=False)
-    webhook_url = serializers.CharField(required=False, allow_blank=True)
+    webhook_url = serializers.CharField(required=False, allow_blank=True, max_length=500,
+                                        help_text=WEBHOOK_HELP)
     emails = serializers.ListField(child=serializers.EmailField(), required=False)
-    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True)
+    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True,
+                                                max_length=500, help_text=RETRAIN_HELP)
 
 
 class AlertSerializer(serializers.ModelSerializer):
@@ -195,6 +203,10 @@ class AlertSerializer(serializers.ModelSerializer):
         model = Alert
         fields = ["id", "rule", "rule_name", "deployment", "metric", "state", "value",
                   "message", "started_at", "resolved_at", "notified"]
+        extra_kwargs = {"notified": {"help_text": (
+            "Per event (firing, resolved) and channel (webhook, retrain, email): 'HTTP <status>', "
+            "'refused: <reason>' (an internal destination), 'failed (attempt n): <what>' or "
+            "'sent n message(s)'. Never the destination's answer.")}}
 
 
 class ModelMonitoringSerializer(serializers.Serializer):

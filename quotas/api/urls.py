@@ -1,9 +1,10 @@
 from django.urls import path
-from rest_framework.routers import SimpleRouter
+
+from config.rest import Router
 
 from . import views
 
-router = SimpleRouter()
+router = Router()
 router.register("resource-requests", views.ResourceRequestViewSet, basename="resource-request")
 
 urlpatterns = [

@@ -71,3 +71,26 @@ class AuditEventSerializer(serializers.ModelSerializer):
         fields = ["id", "created_at", "actor", "action", "object_type", "object_id",
                   "object_repr", "team", "before", "after", "request_id", "source", "ip"]
         read_only_fields = fields
+
+
+class PlatformSettingsSerializer(serializers.Serializer):
+    """Platform settings (``GET`` any signed-in user, ``PATCH`` platform admins)."""
+
+    package_index_url = serializers.CharField(
+        required=False, allow_blank=True, max_length=500,
+        help_text="PEP 503 index model environments' wheels come from; empty: the index this "
+                  "host's pip uses.")
+    package_extra_index_urls = serializers.ListField(
+        child=serializers.CharField(max_length=500), required=False)
+    allowed_packages = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False,
+        help_text="Packages a model's requirements (and their dependencies) may name; empty: "
+                  "any package the index has as a wheel.")
+    outbound_allowlist = serializers.ListField(
+        child=serializers.CharField(max_length=300), required=False,
+        help_text="Internal destinations (host, host:port, IP or CIDR) the platform may call "
+                  "although they are loopback, private or link-local (e.g. an in-house alert "
+                  "receiver).")
+    updated_at = serializers.DateTimeField(read_only=True)
+    updated_by = serializers.CharField(source="updated_by.username", read_only=True,
+                                       default=None, allow_null=True)

@@ -1,15 +1,17 @@
 from django.urls import path
-from rest_framework.routers import SimpleRouter
+
+from config.rest import Router
 
 from . import views
 
-router = SimpleRouter()
+router = Router()
 router.register("teams", views.TeamViewSet, basename="team")
 router.register("tokens", views.TokenViewSet, basename="token")
 router.register("audit", views.AuditEventViewSet, basename="audit")
 
 members = views.MemberViewSet
 urlpatterns = [
+    path("platform/settings/", views.PlatformSettingsView.as_view(), name="platform-settings"),
     path("teams/<slug:team_slug>/members/",
          members.as_view({"get": "list", "post": "create"}), name="team-members"),
     path("teams/<slug:team_slug>/members/<str:username>/",

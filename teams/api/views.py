@@ -7,6 +7,7 @@ from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
 
 from config.errors import NotFound, PermissionDenied
 
@@ -128,7 +129,11 @@ class TokenCreateThrottle(ScopedRateThrottle):
     create=extend_schema(
         summary="Create an API token (HTTP Basic accepted here only)",
         request=s.ApiTokenCreateSerializer,
-        responses={201: s.ApiTokenCreatedSerializer},
+        responses={201: s.ApiTokenCreatedSerializer,
+                   429: OpenApiResponse(description=(
+                       "Too many failed sign-ins for this username from this address "
+                       "(code locked_out), or too many tokens created; wait Retry-After "
+                       "seconds."))},
     ),
     destroy=extend_schema(summary="Revoke a token", responses={204: OpenApiResponse()}),
 )
@@ -185,3 +190,22 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         if not is_platform_admin(user) and not maintains:
             raise PermissionDenied("Only platform admins and team maintainers read the audit log.")
         return AuditEvent.objects.visible_to(user)
+
+
+class PlatformSettingsView(APIView):
+    """One object: the settings platform admins change at run time."""
+
+    serializer_class = s.PlatformSettingsSerializer
+
+    @extend_schema(summary="Platform settings", responses={200: s.PlatformSettingsSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(s.PlatformSettingsSerializer(services.platform_settings()).data)
+
+    @extend_schema(summary="Change platform settings (platform admins)",
+                   request=s.PlatformSettingsSerializer,
+                   responses={200: s.PlatformSettingsSerializer})
+    def patch(self, request: Request) -> Response:
+        serializer = s.PlatformSettingsSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        row = services.update_platform_settings(actor=request.user, **serializer.validated_data)
+        return Response(s.PlatformSettingsSerializer(row).data)

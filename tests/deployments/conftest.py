@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
-from serving.sockets import replica_socket, unix_address
+from serving.sockets import bind_unix, unix_url
 from teams.roles import Role
 from tests.factories import MembershipFactory, TeamFactory, UserFactory
 
@@ -94,6 +94,13 @@ def no_enqueue(monkeypatch):
     return calls
 
 
+def key_of(deployment, revision: int) -> str:
+    """The replica key of a deployment's revision (what its replicas demand)."""
+    from deployments.models import Revision
+
+    return Revision.objects.get(deployment=deployment, number=revision).replica_key
+
+
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -108,12 +115,13 @@ def remove_containers(client, names: list[str]) -> None:
 
 @pytest.fixture
 def docker_env(docker_client, settings, no_enqueue):
-    """Docker runtime on host networking; yields a list the test appends its deployment names
-    to, whose containers are removed afterwards."""
+    """The Docker runtime as ``make run`` has it: replicas without a network, reached over
+    their socket files under the test's data dir. Yields a list the test appends its
+    deployment names to, whose containers are removed afterwards."""
     from deployments import gateway
 
     settings.MODELPORT_RUNTIME = "docker"
-    settings.MODELPORT_DOCKER_NETWORK = "host"
+    settings.MODELPORT_DOCKER_NETWORK = "none"
     settings.MODELPORT_PORT_RANGE = (21500, 21999)
     settings.MODELPORT_DRAIN_SECONDS = 1.5
     settings.MODELPORT_READY_TIMEOUT_S = 120
@@ -138,7 +146,8 @@ class Echo(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         answer = json.dumps({"predictions": [self.server.tag], "echo": body.decode(),
                              "content_type": self.headers.get("Content-Type"),
-                             "request_id": self.headers.get("X-Request-ID")}).encode()
+                             "request_id": self.headers.get("X-Request-ID"),
+                             "replica_key": self.headers.get("X-Modelport-Replica-Key")}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
@@ -148,20 +157,39 @@ class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def address_string(self):  # a unix socket peer has no host/port
+        return "replica"
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, handler) -> None:
+        super().__init__(path, handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = bind_unix(path)
+        self.server_address = path
+        self.server_activate()
+
+    def get_request(self):
+        request, _ = self.socket.accept()
+        return request, ("replica", 0)
+
 
 @pytest.fixture
-def upstreams():
-    """``make(tag)``: a stand-in replica on 127.0.0.1 answering ``{"predictions": [tag]}``;
-    with ``unix_tag``, also on its abstract unix socket, answering that tag there."""
+def upstreams(tmp_path_factory):
+    """``make(tag)``: a stand-in replica answering ``{"predictions": [tag]}`` (and echoing what
+    it got) — on its own unix socket file, like a replica without a network (``unix=True``,
+    the default), or on 127.0.0.1 over TCP, like a replica on a network."""
     servers = []
 
-    def make(tag: str, unix_tag: str | None = None) -> str:
+    def make(tag: str, *, unix: bool = True) -> str:
+        if unix:
+            path = str(tmp_path_factory.mktemp("replica") / "serve.sock")
+            serve(UnixHTTPServer(path, Echo), tag)
+            return unix_url(path)
         server = serve(ThreadingHTTPServer(("127.0.0.1", 0), Echo), tag)
-        port = server.server_address[1]
-        if unix_tag is not None:
-            serve(socketserver.ThreadingUnixStreamServer(
-                unix_address(replica_socket("127.0.0.1", port)), Echo), unix_tag)
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{server.server_address[1]}"
 
     def serve(server: socketserver.BaseServer, tag: str) -> socketserver.BaseServer:
         server.tag = tag

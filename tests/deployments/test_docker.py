@@ -69,7 +69,8 @@ def test_deploy_predict_and_heal(docker_client, docker_env, engineer, stranger, 
     assert data["status"] == "healthy" and data["progress"] == 100
     assert data["traffic"] == [{"revision": 1, "percent": 100}]
     assert len(data["replicas"]) == 2
-    assert all(r["ready"] and r["url"].startswith("http://127.0.0.1:") for r in data["replicas"])
+    # No network: each replica is reached over its own socket file under the data dir.
+    assert all(r["ready"] and r["url"].startswith("http+unix://") for r in data["replicas"])
     assert len(containers(docker_client, name, all_=False)) == 2
 
     client = gateway_client(engineer)

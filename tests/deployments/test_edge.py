@@ -4,7 +4,8 @@ front of a real gunicorn on a unix socket, both on the test's PostgreSQL databas
 Serving requests are answered by the edge itself (same refusals, headers and counters as the
 Django gateway, tested in test_gateway.py); everything else is streamed to Django unchanged —
 forms with CSRF and session cookies, the API, multipart uploads, chunked bodies — and the client
-address reaches the audit log. Replicas are stand-in HTTP servers on 127.0.0.1.
+address reaches the audit log. Replicas are stand-in HTTP servers on unix socket files (and,
+where a test says so, on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import requests
 
 from deployments.models import Deployment, Revision, TrafficSample
 from teams.models import AuditEvent
-from tests.deployments.conftest import dead_url
+from tests.deployments.conftest import dead_url, key_of
 from tests.deployments.test_gateway import add_replica
 from tests.factories import make_token
 from tests.test_make_run import _free_port
@@ -33,8 +34,9 @@ SCORE = b'{"inputs": [[1, 2]]}'
 
 
 class Front:
-    def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path) -> None:
-        self.base, self.procs, self.logs = base, procs, logs
+    def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path,
+                 data: Path) -> None:
+        self.base, self.procs, self.logs, self.data = base, procs, logs, data
 
     def output(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
@@ -86,7 +88,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     ]
     base = f"http://127.0.0.1:{port}"
     _wait_up(f"{base}/healthz", procs, logs)
-    yield Front(base, procs, logs)
+    yield Front(base, procs, logs, tmp / "data")
     _stop(*procs)
 
 
@@ -156,19 +158,20 @@ def test_edge_proxies_body_content_type_and_request_id(front, deployment, engine
     assert generated.json()["request_id"] == generated.headers["X-Request-ID"]
 
 
-def test_edge_calls_a_replica_on_this_machine_over_its_unix_socket(front, deployment, engineer,
-                                                                    upstreams):
-    """The stand-in answers "tcp" on its port and "unix" on its abstract unix socket: the edge
-    uses the socket. Every other test here has TCP-only stand-ins, so the fallback is tested
-    there."""
-    add_replica(deployment, upstreams("tcp", unix_tag="unix"))
+def test_edge_sends_each_revision_its_own_replica_key_over_socket_and_tcp(
+        front, deployment, engineer, upstreams):
+    """Replicas without a network are reached over their socket file, replicas on a network
+    over TCP; both get the key of their own revision, which only the platform knows."""
+    add_replica(deployment, upstreams("unix"))
+    add_replica(deployment, upstreams("tcp", unix=False), index=1)
     auth = bearer(engineer)
     response = eventually(lambda: (r := score(front, deployment.name, auth)).status_code == 200
                           and r)
     assert response, front.output()
-    assert response.json()["predictions"] == ["unix"]
-    assert [score(front, deployment.name, auth).json()["predictions"] for _ in range(5)] == [
-        ["unix"]] * 5
+    answers = [score(front, deployment.name, auth).json() for _ in range(12)]
+    assert {a["predictions"][0] for a in answers} == {"unix", "tcp"}
+    assert {a["replica_key"] for a in answers} == {
+        key_of(deployment, 1)}
 
 
 def test_edge_retries_once_on_another_replica_then_gives_502(front, deployment, engineer,
@@ -333,3 +336,37 @@ def test_edge_answers_502_when_the_web_server_is_down(tmp_path, redis_url):
         assert response.headers["Retry-After"] == "2"
     finally:
         _stop(proc)
+
+
+# --- the ingest socket for replicas without a network -----------------------------------------
+
+
+def test_ingest_socket_passes_only_prediction_logs_to_django(front, deployment):
+    """What a replica without a network can reach of the platform: one path, with its own
+    ingest token; not the portal, not the API, not another method."""
+    from monitoring import services as monitoring
+    from monitoring.models import PredictionRecord
+    from serving import sockets
+    from serving.shipping import Shipper
+
+    socket_url = sockets.unix_url(str(front.data / "run" / "ingest" / "ingest.sock"))
+    assert oct((front.data / "run" / "ingest" / "ingest.sock").stat().st_mode & 0o777) == "0o666"
+    token = monitoring.issue_ingest_token(deployment=deployment)
+    shipper = Shipper(buffer=None, url=f"{socket_url}/api/v1/ingest/predictions/", token=token,
+                      envelope={"deployment": deployment.name, "revision": "1",
+                                "replica": f"mp-{deployment.name}-r1-0"})
+    body = shipper.encode([("via-socket-1", time.time(), 1.0, 200, "invocations",
+                            {"inputs": [[1, 2]]}, [0], None)])
+    assert b"sampling_rate" in shipper._post(body)  # through the edge to Django and back
+    assert PredictionRecord.objects.filter(deployment=deployment,
+                                           request_id="via-socket-1").exists()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    for method, path in [("GET", "/api/v1/ingest/predictions/"), ("GET", "/"),
+                         ("GET", "/login/"), ("GET", "/api/v1/deployments/"),
+                         ("POST", "/api/v1/tokens/"), ("GET", "/admin/"),
+                         ("POST", f"/serve/{deployment.name}/invocations")]:
+        status, _ = sockets.request(socket_url + path, method, b"{}", headers, timeout=10)
+        assert status in (404, 405), (method, path, status)
+    wrong_token = sockets.request(socket_url + "/api/v1/ingest/predictions/", "POST", body,
+                                  {**headers, "Authorization": "Bearer mpi_nope"}, timeout=10)
+    assert wrong_token[0] == 401

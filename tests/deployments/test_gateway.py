@@ -8,7 +8,7 @@ from django.test import Client
 
 from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
-from tests.deployments.conftest import dead_url
+from tests.deployments.conftest import dead_url, key_of
 from tests.factories import make_token
 
 
@@ -61,6 +61,16 @@ def test_proxies_body_content_type_and_request_id(deployment, engineer, upstream
     assert data["echo"] == "a,b\n1,2\n" and data["content_type"] == "text/csv"
     assert data["request_id"] == "abc-1" and response["X-Request-ID"] == "abc-1"
     assert response["X-Modelport-Revision"] == "1"
+
+
+def test_sends_the_revisions_replica_key_over_socket_and_tcp(deployment, engineer, upstreams):
+
+    add_replica(deployment, upstreams("unix"), index=0)
+    add_replica(deployment, upstreams("tcp", unix=False), index=1)
+    answers = [post(client_for(engineer)).json() for _ in range(12)]
+    assert {a["predictions"][0] for a in answers} == {"unix", "tcp"}
+    assert {a["replica_key"] for a in answers} == {
+        key_of(deployment, 1)}
 
 
 def test_retries_once_on_another_replica(deployment, engineer, upstreams):

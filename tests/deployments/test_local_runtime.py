@@ -34,7 +34,7 @@ def test_deploy_predict_stop_with_local_processes(local_runtime, engineer, team,
                                    version=1, replicas=1)
     assert reconcile_deployment(d.pk) == "healthy"
     d.refresh_from_db()
-    assert d.status == "healthy" and d.replica_set.get().url.startswith("http://127.0.0.1:22")
+    assert d.status == "healthy" and d.replica_set.get().url.startswith("http+unix://")
     _, secret = make_token(engineer, name="local")
     response = Client(HTTP_AUTHORIZATION=f"Bearer {secret}").post(
         "/serve/iris-local/invocations", content_type="application/json",

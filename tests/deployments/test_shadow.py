@@ -17,7 +17,14 @@ from django.test import Client
 from deployments import gateway, shadowing
 from deployments.models import Deployment, Replica, Revision, ShadowSample
 from deployments.reconcile import reconcile_deployment
-from tests.deployments.conftest import COLUMNS, ROWS, make_version, remove_containers, unique_name
+from tests.deployments.conftest import (
+    COLUMNS,
+    ROWS,
+    key_of,
+    make_version,
+    remove_containers,
+    unique_name,
+)
 from tests.deployments.test_docker import containers, converge, deploy, gateway_client, invoke
 from tests.fixtures import bearer_client
 
@@ -102,6 +109,7 @@ class Answer(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.seen.append(self.headers.get("X-Modelport-Shadow"))
+        self.server.keys.append(self.headers.get("X-Modelport-Replica-Key"))
         if self.server.release is not None:
             self.server.release.wait(30)
         answer = json.dumps({"predictions": self.server.tag}).encode()
@@ -121,7 +129,7 @@ def stand_ins():
 
     def make(tag, release=None) -> tuple[str, ThreadingHTTPServer]:
         server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-        server.tag, server.release, server.seen = tag, release, []
+        server.tag, server.release, server.seen, server.keys = tag, release, [], []
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}", server
@@ -164,6 +172,9 @@ def test_gateway_mirrors_in_the_background_and_records_agreement(team, engineer,
         release.set()
     assert shadowing.drain()
     assert shadow.seen == ["1"] * 5  # marked as a shadow copy for the replica's own logs
+    # Each revision's replicas get their own key: the shadow's copy is not sent the stable's.
+    assert stable.keys == [key_of(d, 1)] * 5
+    assert shadow.keys == [key_of(d, 2)] * 5
     summary = ShadowSample.objects.summary(d.pk, 2)
     assert summary["requests"] == 5 and summary["errors"] == 0 and summary["compared"] == 5
     assert summary["agreed"] == 0 and summary["agreement"] == 0.0  # 2 vs 1 on the second row

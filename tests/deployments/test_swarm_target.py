@@ -12,6 +12,7 @@ import pytest
 from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
 from deployments.reconcile import reconcile_deployment
+from serving.sockets import request
 from tests.deployments.test_docker import deploy, gateway_client, invoke
 from tests.fixtures import bearer_client
 from tests.swarm_fixtures import remove_services, swarm  # noqa: F401 - fixture
@@ -75,6 +76,11 @@ def test_deploy_kill_canary_rollback_delete_on_swarm(swarm, swarm_target, engine
     client = gateway_client(engineer)
     response = invoke(client, name)
     assert response.status_code == 200 and response.json()["predictions"] == [0, 2]
+    # Straight to a replica on the node's network, without the key the gateway sends: refused.
+    status, body = request(data["replicas"][0]["url"] + "/invocations", "POST",
+                           b'{"dataframe_split": {"columns": ["a"], "data": [[1]]}}',
+                           {"Content-Type": "application/json"}, timeout=10)
+    assert status == 403 and b"PERMISSION_DENIED" in body
     logs = api.get(f"{URL}{name}/logs/", {"replica": data["replicas"][0]["id"]}).json()
     assert logs[0]["logs"]  # through the Swarm runtime
 

@@ -1,44 +1,47 @@
-"""The edge's replica pool picks the transport: a replica's abstract unix socket when it
-listens on one (serving/sockets.py), else its TCP port. Real sockets on uvloop; each stand-in
-replica answers with the transport it was reached on."""
+"""The edge's replica pool reaches a replica where its URL says: its unix socket file
+(``http+unix://…``, a replica without a network) or its TCP port (a replica on a network).
+Real sockets on uvloop; each stand-in replica answers with the transport it was reached on
+and echoes the request head it received."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 import uvloop
 
 from deployments import upstream
 from deployments.upstream import Answer, Pool
-from serving.sockets import bind_unix, replica_socket
+from serving.sockets import MAX_PATH, bind_unix, unix_url
 
 
 class _Replica(asyncio.Protocol):
-    def __init__(self, tag: bytes) -> None:
+    def __init__(self, tag: bytes, heads: list[bytes]) -> None:
         self.tag = tag
+        self.heads = heads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         if data.endswith(b"\r\n\r\n" + b"{}"):
+            self.heads.append(data)
             body = b'{"via": "%s"}' % self.tag
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
-async def _replica(*, unix: bool) -> tuple[str, list[asyncio.base_events.Server]]:
-    """A stand-in replica on a free TCP port, and on its unix socket when ``unix``."""
+async def _replica(path: Path | None, heads: list[bytes]) -> tuple[str, asyncio.Server]:
+    """A stand-in replica on the socket file ``path``, or on a free TCP port without one."""
     loop = asyncio.get_running_loop()
-    tcp = await loop.create_server(lambda: _Replica(b"tcp"), "127.0.0.1", 0)
-    port = tcp.sockets[0].getsockname()[1]
-    servers = [tcp]
-    if unix:
-        servers.append(await loop.create_server(
-            lambda: _Replica(b"unix"), sock=bind_unix(replica_socket("127.0.0.1", port))))
-    return f"http://127.0.0.1:{port}", servers
+    if path is None:
+        tcp = await loop.create_server(lambda: _Replica(b"tcp", heads), "127.0.0.1", 0)
+        return f"http://127.0.0.1:{tcp.sockets[0].getsockname()[1]}", tcp
+    server = await loop.create_server(lambda: _Replica(b"unix", heads),
+                                      sock=bind_unix(str(path)))
+    return unix_url(str(path)), server
 
 
 async def _send(pool: Pool, url: str) -> Answer:
@@ -59,70 +62,73 @@ def _run(scenario) -> None:
     uvloop.run(scenario())
 
 
-def test_a_replica_with_a_unix_socket_is_reached_over_it_and_the_connection_is_reused() -> None:
+def test_a_replica_without_a_network_is_reached_over_its_socket_file_and_reused(
+        tmp_path: Path) -> None:
     async def scenario() -> None:
-        url, servers = await _replica(unix=True)
-        pool = Pool(unix_sockets=True)
+        heads: list[bytes] = []
+        url, server = await _replica(tmp_path / "serve.sock", heads)
+        pool = Pool()
         for _ in range(3):
             answer = await _send(pool, url)
             assert (answer.status, answer.body) == (200, b'{"via": "unix"}')
         assert pool.opened == {"unix": 1, "tcp": 0}
+        assert heads[0].startswith(b"POST /invocations HTTP/1.1\r\nHost: localhost\r\n")
         pool.close()
-        for server in servers:
-            server.close()
+        server.close()
 
     _run(scenario)
 
 
-def test_a_replica_without_one_is_reached_over_tcp_and_not_asked_again_for_a_while(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_socket_path_longer_than_the_kernel_allows_is_still_reached(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = deep / "serve.sock"
+    assert len(str(path)) > MAX_PATH
+
     async def scenario() -> None:
-        url, servers = await _replica(unix=False)
-        pool = Pool(unix_sockets=True)
-        assert (await _send(pool, url)).body == b'{"via": "tcp"}'
-        pool.close()  # the next request opens a new connection
-        tries = []
-        real = upstream.unix_address
-        monkeypatch.setattr(upstream, "unix_address",
-                            lambda name: tries.append(name) or real(name))
-        assert (await _send(pool, url)).body == b'{"via": "tcp"}'
-        assert tries == [] and pool.opened == {"unix": 0, "tcp": 2}
-        # Once the retry time has passed, a socket that appeared meanwhile is used.
-        port = int(url.rsplit(":", 1)[1])
-        servers.append(await asyncio.get_running_loop().create_server(
-            lambda: _Replica(b"unix"), sock=bind_unix(replica_socket("127.0.0.1", port))))
-        pool.close()
-        pool._no_socket = {key: 0.0 for key in pool._no_socket}
+        url, server = await _replica(path, [])
+        pool = Pool()
         assert (await _send(pool, url)).body == b'{"via": "unix"}'
-        assert pool.opened == {"unix": 1, "tcp": 2}
         pool.close()
-        for server in servers:
-            server.close()
+        server.close()
 
     _run(scenario)
 
 
-def test_with_sockets_off_the_pool_uses_tcp_even_when_the_replica_has_one() -> None:
+def test_a_replica_on_a_network_is_reached_over_tcp() -> None:
     async def scenario() -> None:
-        url, servers = await _replica(unix=True)
-        pool = Pool(unix_sockets=False)
+        heads: list[bytes] = []
+        url, server = await _replica(None, heads)
+        pool = Pool()
         assert (await _send(pool, url)).body == b'{"via": "tcp"}'
         assert pool.opened == {"unix": 0, "tcp": 1}
+        port = url.rsplit(":", 1)[1]
+        assert f"Host: 127.0.0.1:{port}\r\n".encode() in heads[0]
         pool.close()
-        for server in servers:
-            server.close()
+        server.close()
 
     _run(scenario)
 
 
-def test_a_dead_replica_is_an_upstream_error_on_both_transports() -> None:
+def test_a_dead_replica_is_an_upstream_error_on_both_transports(tmp_path: Path) -> None:
     async def scenario() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        pool = Pool(unix_sockets=True)
+        pool = Pool()
         with pytest.raises(upstream.UpstreamError, match=f"cannot connect to 127.0.0.1:{port}"):
             await _send(pool, f"http://127.0.0.1:{port}")
+        gone = tmp_path / "gone.sock"
+        with pytest.raises(upstream.UpstreamError, match=f"cannot connect to {gone}"):
+            await _send(pool, unix_url(str(gone)))
         assert pool.opened == {"unix": 0, "tcp": 0}
+
+    _run(scenario)
+
+
+def test_a_url_of_another_scheme_is_refused_not_fetched() -> None:
+    async def scenario() -> None:
+        with pytest.raises(upstream.UpstreamError, match="neither http\\+unix"):
+            await _send(Pool(), "https://example.invalid/")
 
     _run(scenario)

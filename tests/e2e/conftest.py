@@ -40,13 +40,25 @@ def browser() -> Iterator[object]:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+CSP_VIOLATION_MARKERS = ("Content Security Policy", "Content-Security-Policy")
+
+
 @pytest.fixture
 def page(browser):
+    """A fresh page. Every browser test is also a Content-Security-Policy check: a message of
+    Chromium's console saying that the policy refused a script, style, image or connection
+    fails the test (the portal must work under its policy, not around it)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15000)
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(f"{page.url}: {message.text}")
+            if any(marker in message.text for marker in CSP_VIOLATION_MARKERS) else None)
     yield page
     context.close()
+    if violations:
+        pytest.fail("Content-Security-Policy violations:\n" + "\n".join(violations),
+                    pytrace=False)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_dashboard_shows_my_models_deployment_health_gauges_and_alerts(team, eng
     assert "errors high" in page and "error rate 12.5 &gt; 5" in page
     assert 'id="dash-ml-search-cpu"' in page  # quota gauge of my team
     assert 'hx-get="/dashboard/live/"' in page
-    assert 'hx-trigger="every 10s [document.visibilityState' in page  # paused in hidden tabs
+    assert 'hx-trigger="every 10s" data-poll-visible' in page  # paused in hidden tabs (portal.js)
 
 
 def test_live_fragment_has_health_and_alerts_without_the_page_chrome(team, engineer):

@@ -14,6 +14,7 @@ from django.core import mail
 from monitoring import services, tasks
 from monitoring.models import Alert, AlertRule, Feedback
 from teams.models import AuditEvent
+from teams.services import update_platform_settings
 from tests.fixtures import bearer_client
 
 from .conftest import ingest_direct, minutes_ago, record, roll
@@ -123,8 +124,12 @@ def test_alert_rule_api_validates_the_metric(deployment, engineer, viewer):
     assert client.delete(f"/api/v1/alert-rules/{rule_id}/").status_code == 204
 
 
-def test_rules_fire_notify_and_resolve(deployment, engineer, receiver, settings):
+def test_rules_fire_notify_and_resolve(deployment, engineer, receiver, settings, admin_user):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    # The receiver is on loopback: a platform admin allow-lists it (test_outbound_guard.py
+    # shows what happens otherwise).
+    update_platform_settings(actor=admin_user, outbound_allowlist=[
+        receiver.url.removeprefix("http://")])
     rule = services.create_alert_rule(
         actor=engineer, deployment=deployment, name="p95 latency", metric="latency_p95",
         comparison=">", threshold=200, window_minutes=5,
@@ -165,7 +170,8 @@ def test_rules_fire_notify_and_resolve(deployment, engineer, receiver, settings)
     assert alerts["results"][0]["notified"]["firing"]["webhook"] == "HTTP 200"
 
 
-def test_a_failing_webhook_is_recorded_not_raised(deployment, engineer):
+def test_a_failing_webhook_is_recorded_not_raised(deployment, engineer, admin_user):
+    update_platform_settings(actor=admin_user, outbound_allowlist=["127.0.0.1:9"])
     rule = services.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
                                       metric="requests_per_min", comparison="<", threshold=1000,
                                       webhook_url="http://127.0.0.1:9/nothing-listens")

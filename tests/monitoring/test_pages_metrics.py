@@ -89,13 +89,14 @@ def test_rules_from_the_page(deployment, engineer, viewer):
     assert AlertRule.objects.count() == 0
 
 
-def test_prometheus_metrics(deployment, engineer):
+def test_prometheus_metrics(deployment, engineer, settings):
+    settings.MODELPORT_METRICS_TOKEN = "prometheus-secret"
     ingest_direct(deployment, [record(i, minutes_ago(2)) for i in range(7)])
     services.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
                                metric="requests_per_min", comparison="<", threshold=1000)
     roll()
     services.evaluate_alerts()
-    response = Client().get("/metrics")
+    response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer prometheus-secret")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
@@ -117,7 +118,7 @@ def test_monitoring_index_lists_visible_deployments(deployment, other_deployment
     assert 'href="/monitoring/"' in html
 
 
-def test_grafana_dashboard_uses_exposed_metrics(deployment, engineer):
+def test_grafana_dashboard_uses_exposed_metrics(deployment, engineer, admin_user):
     import json
     import re
     from pathlib import Path
@@ -128,7 +129,7 @@ def test_grafana_dashboard_uses_exposed_metrics(deployment, engineer):
     dashboard = json.loads(path.read_text())
     ingest_direct(deployment, [record(i, minutes_ago(2)) for i in range(2)])
     roll()
-    exposed = Client().get("/metrics").content.decode()
+    exposed = logged_in(admin_user).get("/metrics").content.decode()
     platform_row = [p for p in dashboard["panels"] if p["gridPos"]["y"] < 29
                     and p["type"] != "row"]
     names = {name for p in platform_row for t in p["targets"]

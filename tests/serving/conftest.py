@@ -239,8 +239,10 @@ class LiveServer:
 
 def start_server(
     name: str, model_dir: Path, log_dir: Path, extra_env: dict[str, str] | None = None,
-    workers: int = 1,
+    workers: int = 1, tcp: bool = True,
 ) -> LiveServer:
+    """``python -m serving``; with ``tcp=False`` no TCP listener (a unix socket in
+    ``extra_env``), the port it would have had stays free."""
     port = free_port()
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "DJANGO_"))
@@ -257,8 +259,9 @@ def start_server(
     env.update(extra_env or {})
     log_path = log_dir / f"{name}.log"
     cmd = [
-        sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(workers), "--name", name, "--log-level", "info",
+        sys.executable, "-m", "serving", "--model-dir", str(model_dir),
+        *(["--host", "127.0.0.1", "--port", str(port)] if tcp else []),
+        "--workers", str(workers), "--name", name, "--log-level", "info",
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

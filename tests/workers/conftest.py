@@ -100,7 +100,7 @@ def deployment_name(docker_client: Any) -> Iterator[str]:
 def docker_runtime(docker_client: Any, base_image: str, tmp_path: Path) -> Any:
     from workers.runtimes.docker import DockerRuntime
 
-    return DockerRuntime(docker_client, network="host", port_range=TEST_PORT_RANGE,
+    return DockerRuntime(docker_client, port_range=TEST_PORT_RANGE,
                          base_image=base_image, state_dir=tmp_path / "runtime",
-                         extra_labels={TEST_LABEL: "1"}, unix_sockets=True)
+                         extra_labels={TEST_LABEL: "1"})
 

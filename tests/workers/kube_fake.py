@@ -3,6 +3,7 @@
 NOT a cluster: no scheduler, no kubelet, no containers. A small HTTP server on 127.0.0.1 that
 speaks the REST paths and status codes of the real API server for apps/v1 Deployments,
 v1 Services/Secrets/Pods (list, read, patch, delete, log), autoscaling/v2 HPAs,
+networking.k8s.io/v1 NetworkPolicies (list, read, create, replace, delete),
 metrics.k8s.io pod metrics, nodes and /version; plus a minimal ReplicaSet controller (a
 Deployment's ``spec.replicas`` pods exist, surplus ones go lowest pod-deletion-cost first) so
 the runtime's pod handling can be exercised. Tests set pod statuses by hand (``set_status``).
@@ -32,10 +33,13 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$"), "pods"),
     (re.compile(r"^/apis/autoscaling/v2/namespaces/([^/]+)/horizontalpodautoscalers"
                 r"(?:/([^/]+))?$"), "horizontalpodautoscalers"),
+    (re.compile(r"^/apis/networking.k8s.io/v1/namespaces/([^/]+)/networkpolicies"
+                r"(?:/([^/]+))?$"), "networkpolicies"),
 ]
 _KINDS = {"deployments": ("apps/v1", "Deployment"), "services": ("v1", "Service"),
           "secrets": ("v1", "Secret"), "pods": ("v1", "Pod"),
-          "horizontalpodautoscalers": ("autoscaling/v2", "HorizontalPodAutoscaler")}
+          "horizontalpodautoscalers": ("autoscaling/v2", "HorizontalPodAutoscaler"),
+          "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy")}
 
 
 def now() -> str:
@@ -73,6 +77,10 @@ class FakeKubeAPI:
         self.nodes: list[dict[str, Any]] = []
         self.conflict_once: set[tuple[str, str]] = set()  # (kind, name): next patch gets 409
         self.new_pod_status: dict[str, Any] | None = None  # status of pods created from now
+        # Deleting a Deployment leaves its pods terminating (as a real cluster does for the
+        # grace period) instead of removing them at once; finish_terminating() removes them.
+        self.pods_linger = False
+        self.forbidden: set[str] = set()  # kinds the caller's Role does not cover: 403
         self._rv = itertools.count(1)
         self._pod_seq = itertools.count(1)
         self.lock = threading.RLock()
@@ -134,6 +142,13 @@ class FakeKubeAPI:
             self.objects["pods"].pop((namespace, name), None)
             self.reconcile()
 
+    def finish_terminating(self, namespace: str = "models") -> None:
+        """The grace period is over: terminating pods are gone."""
+        with self.lock:
+            for key in [k for k, p in self.objects["pods"].items()
+                        if k[0] == namespace and p["metadata"].get("deletionTimestamp")]:
+                del self.objects["pods"][key]
+
     # --- the ReplicaSet controller --------------------------------------------------------------
     def reconcile(self) -> None:
         with self.lock:
@@ -142,7 +157,8 @@ class FakeKubeAPI:
                 sel = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"]
                                .items())
                 pods = [p for (pns, _), p in self.objects["pods"].items()
-                        if pns == ns and matches(p["metadata"].get("labels", {}), sel)]
+                        if pns == ns and matches(p["metadata"].get("labels", {}), sel)
+                        and not p["metadata"].get("deletionTimestamp")]
                 while len(pods) < want:
                     pods.append(self._new_pod(ns, name, dep))
                 if len(pods) > want:
@@ -201,6 +217,9 @@ class FakeKubeAPI:
             def do_PATCH(self) -> None:
                 api.dispatch(self, "PATCH")
 
+            def do_PUT(self) -> None:
+                api.dispatch(self, "PUT")
+
             def do_DELETE(self) -> None:
                 api.dispatch(self, "DELETE")
 
@@ -223,6 +242,9 @@ class FakeKubeAPI:
             self.requests.append({"method": method, "path": path, "query": query, "body": body,
                                   "content_type": ctype, "kind": kind,
                                   "authorization": h.headers.get("Authorization", "")})
+        if kind in self.forbidden:
+            return h._status(403, "Forbidden", f"{kind} is forbidden: the service account "
+                             "cannot do this in this namespace")
         if path in ("/version", "/version/"):  # the client asks for /version/
             return h._send(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.6-fake",
                                  "gitCommit": "0" * 40, "gitTreeState": "clean",
@@ -291,15 +313,40 @@ class FakeKubeAPI:
             if method == "GET":
                 return h._send(200, obj)
             if method == "DELETE":
+                want_rv = ((body or {}).get("preconditions") or {}).get("resourceVersion")
+                if want_rv is not None and want_rv != obj["metadata"]["resourceVersion"]:
+                    return h._status(409, "Conflict", "Precondition failed: ResourceVersion "
+                                     f"in precondition: {want_rv}, in object meta: "
+                                     f"{obj['metadata']['resourceVersion']}")
                 del store[(ns, name)]
                 if kind == "deployments":
                     sel = obj["spec"]["selector"]["matchLabels"]
                     for key in [k for k, p in self.objects["pods"].items() if k[0] == ns and all(
                             p["metadata"].get("labels", {}).get(a) == b for a, b in sel.items())]:
-                        del self.objects["pods"][key]
+                        if self.pods_linger:
+                            self.objects["pods"][key]["metadata"]["deletionTimestamp"] = now()
+                        else:
+                            del self.objects["pods"][key]
                 self.reconcile()  # a deleted pod of a Deployment is replaced
                 return h._send(200, {"kind": "Status", "apiVersion": "v1",
                                      "status": "Success"})
+            if method == "PUT":
+                if body.get("kind") != kind_name or body.get("apiVersion") != api_version \
+                        or body["metadata"].get("name") != name:
+                    return h._status(400, "BadRequest", "kind/apiVersion/name do not match")
+                want_rv = body["metadata"].get("resourceVersion")
+                if want_rv is None:
+                    return h._status(422, "Invalid", "metadata.resourceVersion: must be "
+                                     "specified for an update")
+                if want_rv != obj["metadata"]["resourceVersion"]:
+                    return h._status(409, "Conflict", "the object has been modified; please "
+                                     "apply your changes to the latest version and try again")
+                kept = {k: obj["metadata"][k] for k in ("namespace", "uid",
+                                                         "creationTimestamp")}
+                replaced = copy.deepcopy(body)
+                replaced["metadata"].update(kept, resourceVersion=str(next(self._rv)))
+                store[(ns, name)] = replaced
+                return h._send(200, replaced)
             if method == "PATCH":
                 if ctype not in PATCH_TYPES or not isinstance(body, dict):
                     return h._status(415, "UnsupportedMediaType",

@@ -152,7 +152,7 @@ def _rbac_rule(request: dict[str, Any]) -> tuple[str, str, str]:
     if sub:
         resource = f"{resource}/{sub}"
     verb = {"GET": "get" if name else "list", "POST": "create", "PATCH": "patch",
-            "DELETE": "delete"}[method]
+            "PUT": "update", "DELETE": "delete"}[method]
     return group, resource, verb
 
 
@@ -175,6 +175,11 @@ def test_the_runtime_role_grants_every_call_the_runtime_makes() -> None:
         a = rt.start_replica(spec).id
         spec.replica = 1
         b = rt.start_replica(spec).id
+        # Other settings: the revision's NetworkPolicy is replaced; the sweep lists and syncs.
+        KubernetesRuntime(namespace="modelport-models", api_client=client.ApiClient(cfg),
+                          network_policy={"client_pods": {"role": "gateway"}}, pod_wait_s=2,
+                          poll_interval_s=0.05).start_replica(spec)
+        rt.list_replicas()
         rt.list_replicas("iris")
         rt.get_replica(a)
         fake.logs[(a, False)] = "x\n"
@@ -187,6 +192,8 @@ def test_the_runtime_role_grants_every_call_the_runtime_makes() -> None:
         needed = {_rbac_rule(r) for r in fake.requests if "/namespaces/" in r["path"]}
     finally:
         fake.stop()
+    assert {("networking.k8s.io", "networkpolicies", verb)
+            for verb in ("get", "list", "create", "update", "delete")} <= needed
     assert needed - granted == set()
     assert {r["path"] for r in cluster} == {"/version/", "/api/v1/nodes"}
     cluster_role = next(o for o in all_objects() if o["kind"] == "ClusterRole")
@@ -211,3 +218,37 @@ def test_container_commands_parse_as_shell_and_python() -> None:
                     compile(words[i + 1], f"{name}:{c['name']}", "exec")
             checked += 1
     assert checked >= 4  # worker, reconciler, migrate, mlflow
+
+
+def test_model_pod_policies_match_the_shipped_platform_pods() -> None:
+    """The runtime's default NetworkPolicy peers (workers/runtimes/kube_policy.py) are the
+    manifests' pods: only web (edge, gateway) and the reconciler (readiness probes) may call
+    replicas; the ingest port is web's; the models namespace denies everything else."""
+    from workers.runtimes.kube_policy import PolicyPeers, selects
+
+    peers = PolicyPeers()
+    templates = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]
+                 for o in all_objects() if o["kind"] in ("Deployment", "Job")}
+    namespaces = {o["metadata"]["name"]: o["metadata"]["namespace"]
+                  for o in all_objects() if o["kind"] in ("Deployment", "Job")}
+    clients = {name for name, meta in templates.items()
+               if selects(peers.client_pods, meta["labels"])}
+    assert clients == {"modelport-web", "modelport-reconciler"}
+    assert {namespaces[n] for n in clients} == {peers.platform_namespace}
+    ingest = {name for name, meta in templates.items()
+              if selects(peers.ingest_pods, meta["labels"])}
+    assert ingest == {"modelport-web"}
+    web = next(spec for name, spec in pod_specs() if name == "modelport-web")
+    assert peers.ingest_port in {p["containerPort"] for c in web["containers"]
+                                 for p in c.get("ports", [])}
+    config = next(o for o in all_objects() if o["kind"] == "ConfigMap")
+    # Replicas ship to MODELPORT_BASE_URL: the web Service, which targets that port.
+    assert config["data"]["MODELPORT_BASE_URL"] == \
+        f"http://modelport-web.{peers.platform_namespace}.svc:{peers.ingest_port}"
+    role = next(o for o in all_objects() if o["kind"] == "Role")
+    (deny,) = [o for o in all_objects() if o["kind"] == "NetworkPolicy"]
+    assert deny["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    models = next(o for o in all_objects() if o["kind"] == "Namespace"
+                  and o["metadata"]["name"] == role["metadata"]["namespace"])
+    assert models["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"

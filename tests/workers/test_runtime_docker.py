@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from docker.errors import APIError
 
-from serving.sockets import replica_socket
-from tests.unix_http import unix_request
+from serving.sockets import request, split_unix_url
 from workers.runtimes.base import ReplicaSpec, ReplicaStatus, wait_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -34,12 +32,12 @@ def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.2) -> Any:
 
 
 def predict(url: str, rows: list[list[float]] = ROWS) -> list[Any]:
+    """Over the replica's socket file (http+unix://) or its TCP port (http://)."""
     body = json.dumps({"dataframe_split": {"columns": IRIS_COLUMNS, "data": rows}}).encode()
-    req = urllib.request.Request(url + "/invocations", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
-        return json.loads(resp.read())["predictions"]
+    status, answer = request(url + "/invocations", "POST", body,
+                             {"Content-Type": "application/json"}, timeout=10)
+    assert status == 200, answer
+    return json.loads(answer)["predictions"]
 
 
 def spec_for(deployment: str, image: str, model_dir: Path | None, replica: int = 0,
@@ -80,9 +78,9 @@ def test_hardened_replicas_serve_and_are_rediscovered(
     assert rt.ping() and rt.sandboxed
     states = [rt.start_replica(spec_for(deployment_name, serving_image, iris_model_dir, i))
               for i in range(2)]
-    ports = [s.port for s in states]
-    assert len(set(ports)) == 2, "two replicas must never share a port"
-    assert all(rt.ports.start <= p <= rt.ports.end for p in ports)
+    sockets = [split_unix_url(s.url)[0] for s in states]
+    assert len(set(sockets)) == 2, "two replicas must never share a socket"
+    assert all(s.port is None for s in states)  # no network, no port
 
     for state in states:
         def alive(sid: str = state.id) -> bool:
@@ -90,17 +88,10 @@ def test_hardened_replicas_serve_and_are_rediscovered(
 
         assert wait_ready(state.url, timeout=120, alive=alive), rt.logs(state.id, 50)
         assert predict(state.url) == [0, 2]
-        # Host networking: the same server also answers on its abstract unix socket, from
-        # this side of the container (what the edge uses).
-        status, answer = unix_request(replica_socket("127.0.0.1", state.port), "POST",
-                                      "/invocations",
-                                      {"dataframe_split": {"columns": IRIS_COLUMNS,
-                                                           "data": ROWS}})
-        assert (status, answer) == (200, {"predictions": [0, 2]})
 
     # Idempotent start: the running replica is returned, not a second container.
     again = rt.start_replica(spec_for(deployment_name, serving_image, iris_model_dir, 0))
-    assert again.id == states[0].id and again.port == states[0].port
+    assert again.id == states[0].id and again.url == states[0].url
 
     listed = rt.list_replicas(deployment_name)
     assert [s.replica for s in listed] == [0, 1]
@@ -111,11 +102,10 @@ def test_hardened_replicas_serve_and_are_rediscovered(
 
     container = docker_client.containers.get(states[0].id)
     assert_hardened(container, cpu=1.0, memory_mb=768, pids=128)
-    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert container.attrs["HostConfig"]["NetworkMode"] == "none"
     env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
-    assert env["MODELPORT_HOST"] == "127.0.0.1"
-    assert env["MODELPORT_PORT"] == str(states[0].port)
-    assert env["MODELPORT_UNIX_SOCKET"] == f"@modelport-replica:127.0.0.1:{states[0].port}"
+    assert env["MODELPORT_PORT"] == "" and env["MODELPORT_HOST"] == ""
+    assert env["MODELPORT_UNIX_SOCKET"] == "/run/modelport/serve.sock"
 
     stats = rt.stats(states[0].id)
     assert stats["memory_bytes"] > 10 * 1024 * 1024
@@ -175,7 +165,8 @@ def test_baked_model_image_serves_without_a_mount(
                           alive=lambda: docker_runtime.get_replica(state.id).alive)
         assert predict(state.url, ROWS[:1]) == [0]
         container = docker_client.containers.get(state.id)
-        assert not container.attrs["Mounts"]
+        # No model mount: only the replica's own socket directory.
+        assert [m["Destination"] for m in container.attrs["Mounts"]] == ["/run/modelport"]
         assert_hardened(container, cpu=1.0, memory_mb=768, pids=128)
         docker_runtime.remove_replica(state.id)
     finally:
@@ -287,6 +278,20 @@ def test_bridge_network_replica_is_reached_through_a_port_published_on_loopback(
 def test_host_paths_are_translated_for_the_daemon(docker_client: Any, tmp_path: Path) -> None:
     from workers.runtimes.docker import DockerRuntime
 
-    rt = DockerRuntime(docker_client, host_path_map={str(tmp_path): "/srv/modelport/data"})
+    rt = DockerRuntime(docker_client, host_path_map={str(tmp_path): "/srv/modelport/data"},
+                       state_dir=tmp_path)
     assert rt._host_path(str(tmp_path / "models" / "m1")) == "/srv/modelport/data/models/m1"
     assert rt._host_path("/elsewhere/m") == "/elsewhere/m"
+
+
+def test_target_health_warns_when_replicas_share_a_network(docker_client: Any,
+                                                           tmp_path: Path) -> None:
+    from workers.runtimes.docker import DockerRuntime
+
+    isolated = DockerRuntime(docker_client, state_dir=tmp_path).describe()
+    assert isolated.reachable and isolated.warnings == []
+    for network in ("host", "modelport"):
+        health = DockerRuntime(docker_client, network=network, state_dir=tmp_path).describe()
+        (warning,) = health.warnings
+        assert "their code reaches what is on it" in warning
+        assert "MODELPORT_DOCKER_NETWORK=none" in warning

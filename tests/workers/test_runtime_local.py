@@ -7,14 +7,13 @@ import os
 import signal
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from serving.sockets import replica_socket
-from tests.unix_http import unix_request
+from serving.sockets import request, split_unix_url
+from tests.unix_http import listening
 from workers.runtimes.base import ReplicaSpec, ReplicaStatus, wait_ready
 from workers.runtimes.local import LocalRuntime, make_preexec
 
@@ -33,10 +32,10 @@ def _serving_available() -> None:
 def _predict(url: str) -> list[Any]:
     body = json.dumps({"dataframe_split": {"columns": IRIS_COLUMNS,
                                            "data": [[5.1, 3.5, 1.4, 0.2]]}}).encode()
-    req = urllib.request.Request(url + "/invocations", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())["predictions"]
+    status, answer = request(url + "/invocations", "POST", body,
+                             {"Content-Type": "application/json"}, timeout=10)
+    assert status == 200, answer
+    return json.loads(answer)["predictions"]
 
 
 def _wait_status(rt: LocalRuntime, rid: str, statuses: tuple[ReplicaStatus, ...],
@@ -54,8 +53,7 @@ def test_local_replica_start_predict_rediscover_stop(iris_model_dir: Path, tmp_p
     _serving_available()
     monkeypatch.setenv("DJANGO_SECRET_KEY", "worker-secret-must-not-leak")
     state_dir = tmp_path / "state"
-    rt = LocalRuntime(state_dir, port_range=(21500, 21599), python=sys.executable,
-                      unix_sockets=True)
+    rt = LocalRuntime(state_dir, python=sys.executable)
     assert rt.ping() and not rt.sandboxed
     spec = ReplicaSpec(deployment="local-iris", revision=2, replica=0,
                        model_dir=str(iris_model_dir), model_name="iris", model_version="1",
@@ -63,19 +61,21 @@ def test_local_replica_start_predict_rediscover_stop(iris_model_dir: Path, tmp_p
     state = rt.start_replica(spec)
     try:
         assert state.status == ReplicaStatus.RUNNING and state.url
+        assert state.url.startswith("http+unix://") and state.port is None
         assert wait_ready(state.url, timeout=90,
                           alive=lambda: rt.get_replica(state.id).alive), rt.logs(state.id)
         assert _predict(state.url) == [0]
-        # It also answers on its abstract unix socket (what the edge uses on this machine).
-        assert unix_request(replica_socket("127.0.0.1", state.port), "GET", "/ready") == (
-            200, {"ready": True})
+        # Only on its socket file, in a directory only this user may enter.
+        socket_path, _ = split_unix_url(state.url)
+        assert socket_path.startswith(str(state_dir))
+        assert oct(Path(socket_path).parent.stat().st_mode & 0o777) == "0o700"
 
         # A new runtime object (a restarted worker) finds the replica from the state file.
-        again = LocalRuntime(state_dir, port_range=(21500, 21599))
+        again = LocalRuntime(state_dir)
         (found,) = again.list_replicas("local-iris")
         assert found.id == state.id and found.status == ReplicaStatus.RUNNING
-        assert found.port == state.port and found.revision == 2
-        assert again.start_replica(spec).port == state.port  # idempotent
+        assert found.url == state.url and found.revision == 2
+        assert again.start_replica(spec).url == state.url  # idempotent
         assert again.stats(state.id)["memory_bytes"] > 10 * 1024 * 1024
 
         # Limits were applied in the child; the worker's secrets were not passed on.
@@ -83,7 +83,8 @@ def test_local_replica_start_predict_rediscover_stop(iris_model_dir: Path, tmp_p
         limits = Path(f"/proc/{pid}/limits").read_text()
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"worker-secret-must-not-leak" not in environ
-        assert b"MODELPORT_PORT=" in environ
+        assert b"MODELPORT_PORT=" not in environ and b"MODELPORT_UNIX_SOCKET=" in environ
+        assert _tcp_listeners(pid) == []  # nothing on the machine's network
         assert "Max core file size        0" in limits
         assert str((1024 + rt.address_space_overhead_mb) * 1024 * 1024) in limits
 
@@ -94,11 +95,12 @@ def test_local_replica_start_predict_rediscover_stop(iris_model_dir: Path, tmp_p
         rt.remove_replica(state.id)
     assert rt.list_replicas() == []
     assert rt.get_replica(state.id).status == ReplicaStatus.MISSING
+    assert not listening(socket_path) and not Path(socket_path).parent.exists()
 
 
 def test_killed_local_replica_is_reported(iris_model_dir: Path, tmp_path: Path) -> None:
     _serving_available()
-    rt = LocalRuntime(tmp_path / "state", port_range=(21600, 21699))
+    rt = LocalRuntime(tmp_path / "state")
     spec = ReplicaSpec(deployment="local-kill", revision=1, replica=0,
                        model_dir=str(iris_model_dir))
     state = rt.start_replica(spec)
@@ -121,6 +123,22 @@ def test_preexec_sets_limits_in_a_child() -> None:
         preexec_fn=make_preexec(256, address_space_overhead_mb=256, cpu_seconds=30),
         capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(512 * 1024 * 1024), "0", "30"]
+
+
+def _tcp_listeners(pid: int) -> list[str]:
+    """The TCP sockets process ``pid`` listens on (its fds matched in /proc/net/tcp{,6})."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    listening = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                listening.append(fields[1])
+    return listening
 
 
 def _pid(state_dir: Path, rid: str) -> int:

@@ -7,13 +7,7 @@ import threading
 
 import pytest
 
-from serving.sockets import bind_unix, replica_socket
-from workers.runtimes.ports import (
-    NoFreePortError,
-    PortAllocator,
-    port_and_socket_bindable,
-    port_is_bindable,
-)
+from workers.runtimes.ports import NoFreePortError, PortAllocator, port_is_bindable
 
 
 def _free_range(size: int) -> tuple[int, int]:
@@ -88,17 +82,3 @@ def test_concurrent_allocation_has_no_collisions(tmp_path) -> None:
 def test_rejects_bad_range() -> None:
     with pytest.raises(ValueError):
         PortAllocator((2000, 1000))
-
-
-def test_skips_ports_whose_replica_socket_name_is_taken() -> None:
-    """A replica finds its abstract unix socket name taken → it refuses to start; the allocator
-    therefore passes over such a port (with unix sockets on) as it does a bound one."""
-    start, end = _free_range(2)
-    squatter = bind_unix(replica_socket("127.0.0.1", start))
-    try:
-        with_sockets = PortAllocator((start, end), bindable=port_and_socket_bindable)
-        assert with_sockets.allocate() == end
-        assert PortAllocator((start, end)).allocate() == start  # TCP only: the port is free
-    finally:
-        squatter.close()
-    assert port_and_socket_bindable(start)

@@ -1,22 +1,46 @@
 """The Swarm runtime on a real single-node swarm: hardened single-replica services of a tiny
-MLflow sklearn model, found again by labels; a killed task is replaced by Swarm itself."""
+MLflow sklearn model, found again by labels, answering only requests with their replica key; a
+killed task is replaced by Swarm itself. Overlay mode (internal network, egress network) is
+checked on its service spec and on real overlay networks that carry no traffic."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from serving.sockets import request
 from tests.swarm_fixtures import remove_services, swarm  # noqa: F401 - fixture
-from tests.workers.test_runtime_docker import predict, spec_for, wait_for
-from workers.runtimes.base import ReplicaStatus, wait_ready
+from tests.workers.test_runtime_docker import IRIS_COLUMNS, ROWS, spec_for, wait_for
+from workers.runtimes.base import ReplicaRuntimeError, ReplicaSpec, ReplicaStatus, wait_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TEST_LABEL = "modelport.test"
 SWARM_PORT_RANGE = (22000, 22499)
+KEY_HEADER = "X-Modelport-Replica-Key"
+REPLICA_KEY = "swarm-test-replica-key-" + "0" * 41
+SHARES_NODE = "share the node's network"
+
+
+def invoke(url: str, key: str | None) -> tuple[int, Any]:
+    """POST /invocations, with the replica key when given: (status, parsed body)."""
+    body = json.dumps({"dataframe_split": {"columns": IRIS_COLUMNS, "data": ROWS}}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers[KEY_HEADER] = key
+    status, answer = request(url + "/invocations", "POST", body, headers, timeout=10)
+    return status, json.loads(answer)
+
+
+def predict(url: str) -> list[Any]:
+    status, answer = invoke(url, REPLICA_KEY)
+    assert status == 200, answer
+    return answer["predictions"]
 
 
 @pytest.fixture
@@ -51,7 +75,8 @@ def test_hardened_services_serve_are_rediscovered_and_healed_by_swarm(
     assert health.cpu > 0 and health.memory_mb > 0
 
     specs = [spec_for(swarm_deployment, serving_image, iris_model_dir, replica=i, cpu=0.5,
-                      memory_mb=768, pids_limit=128) for i in range(2)]
+                      memory_mb=768, pids_limit=128, env={"MODELPORT_REPLICA_KEY": REPLICA_KEY})
+             for i in range(2)]
     states = [runtime.start_replica(spec) for spec in specs]
     assert [s.id for s in states] == [spec.name for spec in specs]
     ports = {s.port for s in states}
@@ -63,6 +88,22 @@ def test_hardened_services_serve_are_rediscovered_and_healed_by_swarm(
                            alive=lambda s=state: runtime.get_replica(s.id).alive)
         assert ready, (runtime.get_replica(state.id).message, runtime.logs(state.id))
         assert predict(state.url) == [0, 2]
+
+    # On the node's network anyone there can connect, so the replica answers only its key:
+    # 403 without it or with another, 200 with it; the health checks stay open.
+    url = states[0].url
+    for key in (None, "", "not-the-key", REPLICA_KEY[:-1]):
+        status, answer = invoke(url, key)
+        assert status == 403 and answer["error_code"] == "PERMISSION_DENIED", (key, answer)
+    assert invoke(url, REPLICA_KEY)[0] == 200
+    assert request(url + "/ready", timeout=5)[0] == 200
+    assert request(url + "/metrics", timeout=5)[0] == 403
+    # The key reached the task's environment (the service spec), nothing else carries it.
+    env = swarm.services.get(states[0].id).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert f"MODELPORT_REPLICA_KEY={REPLICA_KEY}" in env
+    assert REPLICA_KEY not in json.dumps(swarm.services.get(states[0].id).attrs["Spec"]["Labels"])
+    # And the target's health says what host mode gives.
+    assert any(SHARES_NODE in w for w in health.warnings), health.warnings
 
     # One single-replica service per replica, labelled like containers, hardened.
     service = swarm.services.get(states[0].id)
@@ -177,3 +218,94 @@ def test_overlay_mode_joins_the_named_network_and_listens_on_8080(swarm_runtime:
     assert "modelport.port" not in kwargs["labels"]
     with pytest.raises(ValueError, match="overlay network"):
         SwarmRuntime(swarm_runtime.client, network="overlay")
+
+
+def test_overlay_replicas_granted_egress_also_join_the_egress_network(swarm_runtime: Any) -> None:
+    """The spec only (no service is created)."""
+    from workers.runtimes.swarm import SwarmRuntime
+
+    overlay = SwarmRuntime(swarm_runtime.client, network="overlay", overlay_network="models",
+                           egress_network="outbound")
+    fenced = ReplicaSpec(deployment="fraud", revision=3, replica=0, image="img:1",
+                         env={"MODELPORT_REPLICA_KEY": REPLICA_KEY})
+    granted = ReplicaSpec(deployment="fraud", revision=4, replica=0, image="img:1",
+                          egress=True)
+    assert overlay.service_spec(fenced, None)["task_template"]["Networks"] == [
+        {"Target": "models"}]
+    assert f"MODELPORT_REPLICA_KEY={REPLICA_KEY}" in \
+        overlay.service_spec(fenced, None)["task_template"]["ContainerSpec"]["Env"]
+    assert overlay.service_spec(granted, None)["task_template"]["Networks"] == [
+        {"Target": "models"}, {"Target": "outbound"}]
+    # Host mode: the node's network, egress or not (it reaches what the node reaches anyway).
+    assert swarm_runtime.service_spec(granted, 22001)["task_template"]["Networks"] == [
+        {"Target": "host"}]
+    with pytest.raises(ValueError, match="overlay mode"):
+        SwarmRuntime(swarm_runtime.client, network="host", egress_network="outbound")
+    with pytest.raises(ValueError, match="differ"):
+        SwarmRuntime(swarm_runtime.client, network="overlay", overlay_network="models",
+                     egress_network="models")
+
+
+@pytest.fixture
+def overlay_networks(swarm: Any, deployment_name: str) -> Any:  # noqa: F811
+    """An internal and an ordinary overlay network, on subnets from 198.19.0.0/16 (RFC 2544
+    benchmarking): created in the swarm's store only — no service joins them, so no container,
+    interface or packet exists on them."""
+    from docker.types import IPAMConfig, IPAMPool
+
+    third = int(deployment_name[2:], 16) % 50 + 100
+    made = []
+    try:
+        for suffix, internal, octet in (("int", True, third), ("ext", False, third + 50)):
+            made.append(swarm.networks.create(
+                f"{deployment_name}-{suffix}", driver="overlay", internal=internal,
+                attachable=True, labels={TEST_LABEL: "1"},
+                ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=f"198.19.{octet}.0/24")])))
+        yield tuple(n.name for n in made)
+    finally:
+        for network in made:
+            with contextlib.suppress(Exception):
+                network.remove()
+
+
+def test_target_health_says_how_far_replicas_reach_in_each_network_mode(
+        swarm: Any, overlay_networks: tuple[str, str]) -> None:  # noqa: F811
+    from workers.runtimes.swarm import SwarmRuntime
+
+    internal, ordinary = overlay_networks
+    assert swarm.api.inspect_network(internal)["Internal"] is True
+
+    def warnings(**kwargs: Any) -> list[str]:
+        health = SwarmRuntime(swarm, network="overlay", **kwargs).describe()
+        assert health.reachable and health.nodes, health.message
+        return health.warnings
+
+    assert warnings(overlay_network=internal) == []  # the recommended set-up
+    assert warnings(overlay_network=internal, egress_network=ordinary) == []
+    (leaky,) = warnings(overlay_network=ordinary)
+    assert "is not internal" in leaky and "outside world" in leaky
+    assert [w.split(":")[0] for w in warnings(overlay_network=ordinary,
+                                              egress_network=internal)] == [
+        f"The overlay network {ordinary!r} is not internal",
+        f"The egress network {internal!r} is internal"]
+    (missing,) = warnings(overlay_network=f"{internal}-missing")
+    assert "does not exist" in missing and "--internal" in missing
+    (host,) = SwarmRuntime(swarm, network="host").describe().warnings
+    assert SHARES_NODE in host and "replica key" in host
+
+
+def test_egress_on_an_internal_overlay_without_an_egress_network_is_refused(
+        swarm: Any, overlay_networks: tuple[str, str], deployment_name: str) -> None:  # noqa: F811
+    from workers.runtimes.swarm import SwarmRuntime
+
+    internal, ordinary = overlay_networks
+    granted = ReplicaSpec(deployment=deployment_name, revision=1, replica=0, image="img:1",
+                          egress=True, labels={TEST_LABEL: "1"})
+    runtime = SwarmRuntime(swarm, network="overlay", overlay_network=internal)
+    with pytest.raises(ReplicaRuntimeError, match=r"granted egress.*egress_network"):
+        runtime.start_replica(granted)
+    assert swarm.services.list(filters={"label": f"modelport.deployment={deployment_name}"}) \
+        == []
+    # An overlay that leads out already needs no egress network (its health warns instead).
+    SwarmRuntime(swarm, network="overlay",
+                 overlay_network=ordinary)._check_egress_without_network(granted)

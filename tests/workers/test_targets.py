@@ -99,6 +99,14 @@ def test_only_platform_admins_change_targets(engineer, default_target):
     ({"settings": {"port_range": [30000, 20000]}}, "settings", "port_range"),
     ({"settings": {"colour": "blue"}}, "settings", "colour"),
     ({"settings": "host"}, "settings", "object"),
+    ({"settings": {"network": "overlay", "overlay_network": "models",
+                   "egress_network": "models"}}, "settings", "egress_network"),
+    ({"settings": {"network": "host", "egress_network": "out"}}, "settings", "egress_network"),
+    ({"kind": "kubernetes", "endpoint": "", "namespace": "m", "in_cluster": True,
+      "settings": {"network_policy": {"ingest_port": 0}}}, "settings", "ingest_port"),
+    ({"kind": "kubernetes", "endpoint": "", "namespace": "m", "in_cluster": True,
+      "settings": {"network_policy": {"client_pod": {"a": "b"}}}}, "settings",
+     "network_policy has unknown key(s) client_pod"),
     ({"capacity": {"cpu": -1}}, "capacity", "greater than or equal"),
     ({"kind": "kubernetes", "endpoint": ""}, "namespace", "namespace"),
     ({"kind": "kubernetes", "namespace": "models"}, "endpoint", "context"),
@@ -196,13 +204,16 @@ def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, def
     assert (runtime.ports.start, runtime.ports.end) == (23000, 23099)
     swarm = services.create_target(actor=admin_user, name="swarm-o", kind="swarm",
                                    settings={"network": "overlay", "overlay_network": "models",
+                                             "egress_network": "outbound",
                                              "gpu_resource": "AMD-GPU"})
     runtime = runtime_for_target(swarm)
     assert isinstance(runtime, SwarmRuntime)
-    assert (runtime.network, runtime.overlay_network, runtime.gpu_resource) == (
-        "overlay", "models", "AMD-GPU")
+    assert (runtime.network, runtime.overlay_network, runtime.egress_network,
+            runtime.gpu_resource) == ("overlay", "models", "outbound", "AMD-GPU")
+    policy = {"platform_namespace": "ml", "client_pods": {"role": "gateway"}}
     k8s = services.create_target(actor=admin_user, name="k8s", kind="kubernetes",
-                                 namespace="models", kube_context="prod")
+                                 namespace="models", kube_context="prod",
+                                 settings={"network_policy": policy})
     from workers.runtimes.kubernetes import KubernetesRuntime
 
     monkeypatch.setattr(KubernetesRuntime, "__init__",
@@ -211,6 +222,7 @@ def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, def
     assert isinstance(runtime, KubernetesRuntime)
     assert runtime.kwargs["namespace"] == "models" and runtime.kwargs["context"] == "prod"
     assert runtime.kwargs["in_cluster"] is False
+    assert runtime.kwargs["network_policy"] == policy
 
 
 def test_an_unreachable_target_reads_as_unreachable(admin_api, admin_user):
@@ -221,6 +233,7 @@ def test_an_unreachable_target_reads_as_unreachable(admin_api, admin_user):
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["reachable"] is False and body["nodes"] == [] and body["message"]
+    assert body["warnings"] == []
     assert body["reserved"] == {"cpu": 0.0, "memory_mb": 0, "gpus": 0}
 
 

@@ -82,6 +82,11 @@ class TargetHealthSerializer(serializers.Serializer):
     version = serializers.CharField(allow_blank=True)
     nodes = NodeSerializer(many=True)
     allocatable = AllocatableSerializer()
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="What operators should know about the isolation replicas get on this target "
+                  "(e.g. replicas share the node's network; the overlay network is not "
+                  "internal; no default-deny NetworkPolicy).")
     reserved = ReservedSerializer()
     capacity = TargetCapacitySerializer()
     checked_at = serializers.DateTimeField()

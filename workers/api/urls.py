@@ -1,8 +1,8 @@
-from rest_framework.routers import SimpleRouter
+from config.rest import Router
 
 from . import views
 
-router = SimpleRouter()
+router = Router()
 router.register("targets", views.TargetViewSet, basename="target")
 
 urlpatterns = router.urls

@@ -6,7 +6,6 @@ classes themselves take explicit arguments and never import Django."""
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ __all__ = [
     "ReplicaStatus",
     "Runtime",
     "get_runtime",
-    "replica_sockets_enabled",
+    "ingest_socket",
     "runtime_for_target",
     "wait_ready",
 ]
@@ -63,13 +62,24 @@ def get_runtime(name: str | None = None) -> Runtime:
     return runtime if runtime.ping() else _local(settings)
 
 
-def replica_sockets_enabled(settings: object) -> bool:
-    """Whether replicas on host networking also listen on an abstract unix socket (Linux)."""
-    return sys.platform == "linux" and bool(getattr(settings, "MODELPORT_REPLICA_SOCKETS", True))
-
-
 def _data_dir(settings: object) -> Path:
     return Path(getattr(settings, "MODELPORT_DATA_DIR"))  # noqa: B009 - required setting
+
+
+def replica_network(settings: object, endpoint: str | None) -> str:
+    """MODELPORT_DOCKER_NETWORK ("none" by default) for this machine's engine; "host" for an
+    engine elsewhere: a replica without a network is served on a socket file, which only the
+    machine it runs on can reach."""
+    if endpoint and not str(endpoint).startswith("unix://"):
+        return "host"
+    return str(getattr(settings, "MODELPORT_DOCKER_NETWORK", "none") or "none")
+
+
+def ingest_socket(settings: object) -> Path:
+    """Where the edge serves prediction-log ingest for replicas without a network."""
+    configured = getattr(settings, "MODELPORT_INGEST_SOCKET", "")
+    return Path(configured) if configured else _data_dir(settings) / "run" / "ingest" / \
+        "ingest.sock"
 
 
 def _docker(settings: object, *, endpoint: str | None = None, network: str | None = None,
@@ -91,7 +101,7 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
         host_map = {str(_data_dir(settings).resolve()): str(host_data_dir)}
     return DockerRuntime(
         client,
-        network=network or getattr(settings, "MODELPORT_DOCKER_NETWORK", "host"),
+        network=network or replica_network(settings, endpoint),
         port_range=tuple(port_range or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
         base_image=base_image,
         image_builder=builder,
@@ -100,7 +110,9 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
         publish_host=getattr(settings, "MODELPORT_DOCKER_PUBLISH_HOST", "") or None,
         host_name=host_name,
         bind_host=bind_host,
-        unix_sockets=replica_sockets_enabled(settings),
+        socket_dir=_data_dir(settings) / "run" / "replicas",
+        ingest_socket=ingest_socket(settings),
+        egress_network=getattr(settings, "MODELPORT_DOCKER_EGRESS_NETWORK", "host"),
     )
 
 
@@ -110,18 +122,14 @@ def host_worker_runtime(host_name: str) -> DockerRuntime:
     with ``host_name``."""
     from django.conf import settings
 
-    return _docker(settings, host_name=host_name,
+    return _docker(settings, host_name=host_name, network="host",
                    bind_host=getattr(settings, "MODELPORT_HOST_ADDRESS", "") or "127.0.0.1")
 
 
 def _local(settings: object) -> LocalRuntime:
     from .local import LocalRuntime
 
-    return LocalRuntime(
-        _data_dir(settings) / "runtime",
-        port_range=tuple(getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
-        unix_sockets=replica_sockets_enabled(settings),
-    )
+    return LocalRuntime(_data_dir(settings) / "runtime")
 
 
 def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
@@ -179,6 +187,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         client,
         network=options.get("network") or "host",
         overlay_network=options.get("overlay_network") or "",
+        egress_network=options.get("egress_network") or "",
         port_range=tuple(options.get("port_range")
                          or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
         base_image=base_image,

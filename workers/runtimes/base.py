@@ -4,14 +4,15 @@ runtimes implement. No Django import here: runtimes take explicit constructor ar
 from __future__ import annotations
 
 import abc
+import http.client
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+from serving import sockets
 
 LABEL_MANAGED = "modelport.managed"
 LABEL_DEPLOYMENT = "modelport.deployment"
@@ -21,6 +22,7 @@ LABEL_MODEL = "modelport.model"
 LABEL_MODEL_VERSION = "modelport.model_version"
 LABEL_PORT = "modelport.port"
 LABEL_HOST = "modelport.host"  # the host worker that placed it (several plain Docker hosts)
+LABEL_SOCKET = "modelport.socket"  # the unix socket a replica without a network serves on
 
 LogFn = Callable[[str], None]
 
@@ -58,6 +60,8 @@ class ReplicaSpec:
     labels: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     gpus: int = 0  # how many, for runtimes that place replicas and pick the devices themselves
+    # Outbound network access a platform admin granted; without it a replica reaches nothing.
+    egress: bool = False
 
     @property
     def name(self) -> str:
@@ -114,6 +118,9 @@ class BackendHealth:
     nodes: list[NodeInfo] = field(default_factory=list)
     message: str = ""
     version: str = ""
+    # What an operator should know about the isolation this backend gives replicas (e.g. they
+    # share a node's network); shown with the target's health.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def cpu(self) -> float:
@@ -201,15 +208,15 @@ def missing_state(replica_id: str) -> ReplicaState:
 
 def wait_ready(url: str, timeout: float = 60, interval: float = 0.1,
                path: str = "/ready", alive: Callable[[], bool] | None = None) -> bool:
-    """Poll `url + path` until it answers 200, `timeout` passes, or `alive()` turns False."""
+    """Poll `url + path` (http:// or http+unix://) until it answers 200, `timeout` passes, or
+    `alive()` turns False."""
     deadline = time.monotonic() + timeout
     target = url.rstrip("/") + path
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(target, timeout=2) as resp:  # noqa: S310 - http URL
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            if sockets.request(target, timeout=2)[0] == 200:
+                return True
+        except (OSError, http.client.HTTPException):
             pass
         if alive is not None and not alive():
             return False

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from serving.sockets import replica_socket
+from serving.sockets import SOCKET_NAME, unix_url
 
 from .base import (
     LABEL_DEPLOYMENT,
@@ -19,6 +21,7 @@ from .base import (
     LABEL_PORT,
     LABEL_REPLICA,
     LABEL_REVISION,
+    LABEL_SOCKET,
     BackendHealth,
     LogFn,
     NodeInfo,
@@ -30,11 +33,15 @@ from .base import (
     missing_state,
 )
 from .images import ImageBuilder
-from .ports import PortAllocator, port_and_socket_bindable, port_is_bindable
+from .ports import PortAllocator
 
 HOST_NETWORK = "host"
+NO_NETWORK = "none"
 CONTAINER_PORT = 8080
 MODEL_MOUNT = "/model"
+SOCKET_MOUNT = "/run/modelport"  # the replica's own socket directory
+INGEST_MOUNT = "/run/modelport-ingest"  # the platform's ingest socket, read-only
+INGEST_PATH = "/api/v1/ingest/predictions/"  # the one path the ingest socket answers
 DOCKER_SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
 
 # Hardening applied to every model container (also asserted by the end-to-end tests).
@@ -63,13 +70,21 @@ _STATUS = {
 class DockerRuntime(Runtime):
     """Runs replicas as containers on one Docker Engine.
 
-    network="host": each replica binds `bind_host` (127.0.0.1) on a port from `port_range`;
-    its url is http://127.0.0.1:<port>. Any other value is a named (bridge) network that this
-    process's own container shares (compose/production); the url is
-    http://<container name>:8080. With `publish_host` (e.g. 127.0.0.1) a replica on a named
+    network="none" (the default on one machine): a replica has no network at all — its code
+    reaches nothing, not the outside world, not another replica, not the platform — and serves
+    only on a unix socket file in a directory of its own under `socket_dir` (mode 0700 on the
+    host), mounted at /run/modelport; its url is ``http+unix://…``. Its prediction log goes to
+    the platform's ingest socket (`ingest_socket`, the edge listens there), mounted read-only.
+    A deployment a platform admin granted egress runs on `egress_network` instead ("host" here,
+    or a bridge network), still serving only on its socket.
+
+    network="host": each replica binds `bind_host` on a port from `port_range`; its url is
+    http://<bind_host>:<port> (several plain Docker hosts, where the edge is elsewhere). Any
+    other value is a named (bridge) network that this process's own container shares; the url
+    is http://<container name>:8080. With `publish_host` (e.g. 127.0.0.1) a replica on a named
     network also publishes its port on that host address at a port from `port_range`, and that
-    is its url: for a platform running on the host itself, with replicas isolated on a bridge.
-    network="none" runs replicas without a network (sandbox).
+    is its url. On a network, replicas answer only requests carrying their replica key
+    (``MODELPORT_REPLICA_KEY``, set by the reconciler).
 
     `host_name` (a host worker of several plain Docker hosts): containers are named
     `<replica name>.<host_name>` and labelled `modelport.host=<host_name>`, and this runtime
@@ -80,7 +95,7 @@ class DockerRuntime(Runtime):
     name = "docker"
     sandboxed = True
 
-    def __init__(self, client: Any = None, *, network: str = HOST_NETWORK,
+    def __init__(self, client: Any = None, *, network: str = NO_NETWORK,
                  port_range: tuple[int, int] = (20000, 20999), bind_host: str = "127.0.0.1",
                  base_image: str = "modelport/base:bookworm",
                  image_builder: ImageBuilder | None = None,
@@ -90,19 +105,19 @@ class DockerRuntime(Runtime):
                  healthcheck: bool = True,
                  publish_host: str | None = None,
                  host_name: str = "",
-                 unix_sockets: bool = False) -> None:
+                 socket_dir: str | os.PathLike[str] | None = None,
+                 ingest_socket: str | os.PathLike[str] | None = None,
+                 egress_network: str = HOST_NETWORK) -> None:
         if client is None:
             import docker
 
             client = docker.from_env()
         self.client = client
-        self.network = network or HOST_NETWORK
+        self.network = network or NO_NETWORK
         self.bind_host = bind_host
         self.state_dir = Path(state_dir) if state_dir else None
         lock = self.state_dir / "docker-ports.lock" if self.state_dir else None
-        self.ports = PortAllocator(
-            port_range, host=bind_host, lock_path=lock,
-            bindable=port_and_socket_bindable if unix_sockets else port_is_bindable)
+        self.ports = PortAllocator(port_range, host=bind_host, lock_path=lock)
         self.images = image_builder or ImageBuilder(
             client, base_image, lock_dir=self.state_dir / "locks" if self.state_dir else None)
         # Paths as this process sees them -> as the Docker daemon's host sees them (a worker
@@ -113,8 +128,13 @@ class DockerRuntime(Runtime):
         self.healthcheck = healthcheck
         self.publish_host = publish_host or None
         self.host_name = host_name
-        # Host networking: replicas also listen on an abstract unix socket (serving/sockets.py)
-        self.unix_sockets = unix_sockets
+        if self.network == NO_NETWORK and socket_dir is None:
+            if self.state_dir is None:
+                raise ValueError("network='none' needs socket_dir (or state_dir)")
+            socket_dir = self.state_dir / "sockets"
+        self.socket_dir = Path(socket_dir) if socket_dir else None
+        self.ingest_socket = Path(ingest_socket) if ingest_socket else None
+        self.egress_network = egress_network or HOST_NETWORK
 
     def container_name(self, spec: ReplicaSpec) -> str:
         return f"{spec.name}.{self.host_name}" if self.host_name else spec.name
@@ -182,15 +202,13 @@ class DockerRuntime(Runtime):
 
         with self.ports.locked():
             port: int | None = None
-            if self.network == HOST_NETWORK:
+            if self.network == NO_NETWORK:
+                self._isolate(spec, name, env, labels, volumes, kwargs)
+            elif self.network == HOST_NETWORK:
                 port = spec.port or self.ports.allocate(self._used_ports())
                 env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
-                if self.unix_sockets:
-                    env["MODELPORT_UNIX_SOCKET"] = replica_socket(self.bind_host, port)
                 labels[LABEL_PORT] = str(port)
                 kwargs["network_mode"] = HOST_NETWORK
-            elif self.network == "none":
-                kwargs["network_mode"] = "none"
             else:
                 # Inside its own network namespace: reachable only on the named network.
                 env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104
@@ -201,9 +219,12 @@ class DockerRuntime(Runtime):
                     port = spec.port or self.ports.allocate(self._used_ports())
                     kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.publish_host, port)}
                     labels[LABEL_PORT] = str(port)
-            if self.healthcheck:  # probes from inside the container's own network namespace
-                in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
-                kwargs["healthcheck"] = _healthcheck(in_container or CONTAINER_PORT)
+            if self.healthcheck:  # probes from inside the container
+                if self.network == NO_NETWORK:
+                    kwargs["healthcheck"] = _socket_healthcheck()
+                else:
+                    in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
+                    kwargs["healthcheck"] = _healthcheck(in_container or CONTAINER_PORT)
             kwargs["environment"] = env
             try:
                 container = self.client.containers.run(spec.image, **kwargs)
@@ -218,6 +239,40 @@ class DockerRuntime(Runtime):
                 raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
         container.reload()
         return self._state(container)
+
+    def _isolate(self, spec: ReplicaSpec, name: str, env: dict[str, str],
+                 labels: dict[str, str], volumes: dict[str, dict[str, str]],
+                 kwargs: dict[str, Any]) -> None:
+        """No network (or the egress network a platform admin granted): serve on a socket in
+        the replica's own directory, ship the prediction log to the platform's ingest socket."""
+        directory = self._socket_dir_of(name, create=True)
+        volumes[self._host_path(str(directory))] = {"bind": SOCKET_MOUNT, "mode": "rw"}
+        env.update(MODELPORT_UNIX_SOCKET=f"{SOCKET_MOUNT}/{SOCKET_NAME}", MODELPORT_PORT="",
+                   MODELPORT_HOST="")
+        labels[LABEL_SOCKET] = str(directory / SOCKET_NAME)
+        if env.get("MODELPORT_INGEST_URL") and self.ingest_socket is not None:
+            env["MODELPORT_INGEST_URL"] = (unix_url(f"{INGEST_MOUNT}/{self.ingest_socket.name}")
+                                           + INGEST_PATH)
+            volumes[self._host_path(str(self.ingest_socket.parent))] = {
+                "bind": INGEST_MOUNT, "mode": "ro"}
+        if not spec.egress:
+            kwargs["network_mode"] = NO_NETWORK
+        elif self.egress_network == HOST_NETWORK:
+            kwargs["network_mode"] = HOST_NETWORK
+        else:
+            kwargs["network"] = self.egress_network
+
+    def _socket_dir_of(self, name: str, *, create: bool = False) -> Path:
+        """A replica's own socket directory: 0700 parents keep everyone else on the host out;
+        the directory itself is writable by the container's user, which binds the socket."""
+        if self.socket_dir is None:
+            raise ReplicaRuntimeError("this Docker runtime has no socket directory")
+        directory = self.socket_dir / name
+        if create:
+            self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(exist_ok=True)
+            directory.chmod(0o777)  # reachable only through the 0700 parent
+        return directory
 
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
         from docker.errors import APIError
@@ -245,6 +300,9 @@ class DockerRuntime(Runtime):
                 raise
         if port and port.isdigit():
             self.ports.release(int(port))
+        if container.labels.get(LABEL_SOCKET) and self.socket_dir is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self._socket_dir_of(container.name), ignore_errors=True)
 
     # --- discovery --------------------------------------------------------------------------
     def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
@@ -265,10 +323,16 @@ class DockerRuntime(Runtime):
         return missing_state(replica_id) if container is None else self._state(container)
 
     def logs(self, replica_id: str, tail: int = 200) -> str:
+        from docker.errors import APIError
+
         container = self._get(replica_id)
         if container is None:
             return ""
-        return container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8", "replace")
+        try:
+            return container.logs(tail=tail, stdout=True, stderr=True).decode("utf-8",
+                                                                              "replace")
+        except APIError:  # removed meanwhile ("dead or marked for removal")
+            return ""
 
     def stats(self, replica_id: str) -> dict[str, float]:
         container = self._get(replica_id)
@@ -294,7 +358,18 @@ class DockerRuntime(Runtime):
                         cpu=float(info.get("NCPU") or 0),
                         memory_mb=int(info.get("MemTotal") or 0) // (1024 * 1024), gpus=None)
         return BackendHealth(reachable=True, nodes=[node],
-                             version=str(info.get("ServerVersion") or ""))
+                             version=str(info.get("ServerVersion") or ""),
+                             warnings=self.isolation_warnings())
+
+    def isolation_warnings(self) -> list[str]:
+        """What a target's health says when replicas are not isolated (docs/security.md)."""
+        if self.network == NO_NETWORK:
+            return []
+        where = ("this machine's network" if self.network == HOST_NETWORK
+                 else f"the network {self.network!r}")
+        return [f"Replicas share {where}: their code reaches what is on it (and beyond it); "
+                "the replica key still keeps others from calling them. Replicas on the "
+                "platform's own machine are isolated with MODELPORT_DOCKER_NETWORK=none."]
 
     # --- helpers ----------------------------------------------------------------------------
     def _get(self, replica_id: str) -> Any | None:
@@ -354,9 +429,12 @@ class DockerRuntime(Runtime):
         if status is ReplicaStatus.RUNNING and health == "starting":
             status = ReplicaStatus.STARTING
         port = labels.get(LABEL_PORT)
-        if self.network == HOST_NETWORK or attrs.get("HostConfig", {}).get("NetworkMode") == "host":
+        if labels.get(LABEL_SOCKET):
+            url = unix_url(labels[LABEL_SOCKET])
+        elif (self.network == HOST_NETWORK
+              or attrs.get("HostConfig", {}).get("NetworkMode") == HOST_NETWORK):
             url = f"http://{self.bind_host}:{port}" if port else None
-        elif self.network == "none":
+        elif self.network == NO_NETWORK:
             url = None
         elif self.publish_host and port:
             url = f"http://{self.publish_host}:{port}"
@@ -404,6 +482,14 @@ def own_container_id() -> str | None:
 
 def _healthcheck(port: int) -> dict[str, Any]:
     probe = (f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/ready', timeout=2)")
+    return {"test": ["CMD", "python", "-c", probe], "interval": 5_000_000_000,
+            "timeout": 3_000_000_000, "retries": 3, "start_period": 60_000_000_000}
+
+
+def _socket_healthcheck() -> dict[str, Any]:
+    probe = ("import sys; from serving.sockets import request, unix_url; "
+             f"sys.exit(request(unix_url('{SOCKET_MOUNT}/{SOCKET_NAME}') + '/ready', "
+             "timeout=2)[0] != 200)")
     return {"test": ["CMD", "python", "-c", probe], "interval": 5_000_000_000,
             "timeout": 3_000_000_000, "retries": 3, "start_period": 60_000_000_000}
 

@@ -1,5 +1,5 @@
-"""Kubernetes runtime: per revision a Deployment, a Service, a Secret (and optionally a
-HorizontalPodAutoscaler), through the official ``kubernetes`` client.
+"""Kubernetes runtime: per revision a Deployment, a Service, a Secret, a NetworkPolicy (and
+optionally a HorizontalPodAutoscaler), through the official ``kubernetes`` client.
 
 How the runtime's replica notion maps onto Kubernetes (honestly, not one-to-one):
 
@@ -28,6 +28,12 @@ starts), the image is immutable and content-addressed, and no artifact-download 
 to live in the cluster. The price: the worker needs a Docker Engine and push access to a registry
 the nodes can pull from (``image_pull_secrets`` for a private one).
 
+Isolation: the revision's NetworkPolicy (``kube_policy.py``) lets only the platform's pods reach
+the model pods and the model pods reach only DNS and the platform's ingest (anything, when a
+platform admin granted the deployment egress); the replica key and the ingest token travel in
+the revision's Secret, never in the pod template; pods mount no service-account token and use
+neither the host's network nor host paths.
+
 No Django import: the runtime takes explicit constructor arguments.
 """
 
@@ -35,10 +41,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +66,19 @@ from .base import (
     Runtime,
     missing_state,
 )
+from .kube_names import (
+    ANN_DEPLOYMENT,
+    ANN_INDICES,
+    ANN_MODEL,
+    ANN_MODEL_VERSION,
+    label_selector,
+    label_value,
+    object_annotations,
+    object_labels,
+    revision_object_name,
+    selector_labels,
+)
+from .kube_policy import NetworkPolicies, PolicyPeers
 
 CONTAINER_NAME = "model"
 CONTAINER_PORT = 8080
@@ -68,11 +86,6 @@ MODEL_PATH = "/model"
 RUN_AS = 10001
 TMP_SIZE = "64Mi"
 
-# Annotations (keys follow the same syntax as labels).
-ANN_INDICES = "modelport.replica-indices"  # on the Deployment: "0,1,2"
-ANN_DEPLOYMENT = "modelport.deployment-name"  # the unabridged names, on pods and objects
-ANN_MODEL = "modelport.model-name"
-ANN_MODEL_VERSION = "modelport.model-version-name"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 # Container waiting reasons that mean "this replica is not going to come up by itself".
@@ -82,33 +95,8 @@ FAILED_REASONS = frozenset({
     "ErrImageNeverPull",
 })
 
-_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
-_DNS_BAD = re.compile(r"[^a-z0-9-]+")
 
-
-# --- naming -------------------------------------------------------------------------------------
-def label_value(text: str) -> str:
-    """`text` as a valid label value (<= 63 chars, alphanumeric at both ends); a short hash is
-    appended whenever characters had to be changed, so different names never collide."""
-    clean = _LABEL_VALUE_BAD.sub("-", str(text)).strip("-_.")
-    if clean == text and len(clean) <= 63:
-        return clean
-    digest = hashlib.sha256(str(text).encode()).hexdigest()[:8]
-    return f"{clean[:54].rstrip('-_.')}-{digest}".lstrip("-_.")
-
-
-def revision_object_name(deployment: str, revision: int) -> str:
-    """DNS-1035 name of a revision's Deployment/Service/Secret/HPA: ``mp-<deployment>-r<n>``,
-    short enough (<= 52) that pod names keep their ReplicaSet hash and random suffix."""
-    slug = _DNS_BAD.sub("-", deployment.lower()).strip("-") or "deployment"
-    name = f"mp-{slug}-r{int(revision)}"
-    if len(name) <= 52 and slug == deployment:
-        return name
-    digest = hashlib.sha256(deployment.encode()).hexdigest()[:6]
-    tail = f"-{digest}-r{int(revision)}"
-    return f"mp-{slug[:52 - 3 - len(tail)].rstrip('-')}{tail}"
-
-
+# --- quantities ---------------------------------------------------------------------------------
 def cpu_quantity(cores: float) -> str:
     return f"{max(1, round(float(cores) * 1000))}m"
 
@@ -130,28 +118,10 @@ class Autoscaling:
 
 
 # --- object builders (plain dicts: what is sent is what the schema tests validate) ---------------
-def selector_labels(spec: ReplicaSpec) -> dict[str, str]:
-    return {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: label_value(spec.deployment),
-            LABEL_REVISION: str(int(spec.revision))}
-
-
-def object_labels(spec: ReplicaSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Label keys are the caller's (valid keys); values are made valid label values."""
-    labels = {k: label_value(v) for k, v in {**(extra or {}), **spec.labels}.items()}
-    labels.update(selector_labels(spec))
-    labels[LABEL_MODEL] = label_value(spec.model_name)
-    labels[LABEL_MODEL_VERSION] = label_value(str(spec.model_version))
-    return labels
-
-
-def object_annotations(spec: ReplicaSpec) -> dict[str, str]:
-    return {ANN_DEPLOYMENT: spec.deployment, ANN_MODEL: spec.model_name,
-            ANN_MODEL_VERSION: str(spec.model_version)}
-
-
 def container_env(spec: ReplicaSpec) -> list[dict[str, Any]]:
     """The Docker runtime's environment, minus what differs per pod or is secret: the replica's
-    name comes from the downward API, ``spec.env`` (the ingest token) from the revision's Secret."""
+    name comes from the downward API, ``spec.env`` (the ingest token, the replica key) from the
+    revision's Secret."""
     threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
     plain = {
         "MODELPORT_MODEL_DIR": MODEL_PATH,
@@ -291,8 +261,9 @@ def build_service(spec: ReplicaSpec, *, namespace: str, service_type: str = "Clu
 
 def build_secret(spec: ReplicaSpec, *, namespace: str,
                  extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """``spec.env`` (the ingest URL and token) kept out of the pod template: the template must
-    not change between calls (a change would roll the revision), and a token is a secret."""
+    """``spec.env`` (the ingest URL and token, the replica key) kept out of the pod template:
+    the template must not change between calls (a change would roll the revision), and both are
+    secrets (anyone who may read Deployments would otherwise read them)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -419,7 +390,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 # --- the runtime --------------------------------------------------------------------------------
-class KubernetesRuntime(Runtime):
+class KubernetesRuntime(NetworkPolicies, Runtime):
     """Runs replicas as pods of one Deployment per revision in one namespace.
 
     Credentials: ``api_client`` (a ready ``kubernetes.client.ApiClient``), else in-cluster
@@ -431,10 +402,14 @@ class KubernetesRuntime(Runtime):
     ``spec.model_dir`` into a thin layer and pushes that. Without ``registry`` images are used
     as built (a single-node cluster sharing the worker's Docker image store, e.g. kind/minikube
     with the image loaded; the pods use ``imagePullPolicy: IfNotPresent``).
+
+    Network: ``network_policy`` (a ``kube_policy.PolicyPeers`` or the target's settings dict)
+    says which pods are the platform (callers of replicas, the ingest) and where DNS is.
     """
 
     name = "kubernetes"
     sandboxed = True
+    container_port = CONTAINER_PORT
 
     def __init__(self, *, namespace: str = "default", context: str | None = None,
                  in_cluster: bool = False, api_client: Any = None,
@@ -451,11 +426,16 @@ class KubernetesRuntime(Runtime):
                  service_account: str | None = None,
                  gpu_resource: str = "nvidia.com/gpu",
                  cluster_domain: str = "cluster.local",
+                 network_policy: PolicyPeers | Mapping[str, Any] | None = None,
                  pod_wait_s: float = 120.0,
                  poll_interval_s: float = 0.5,
                  request_timeout_s: float = 30.0) -> None:
         if url_mode not in ("pod", "service"):
             raise ValueError("url_mode must be 'pod' or 'service'")
+        try:
+            self.policy_peers = PolicyPeers.from_settings(network_policy)
+        except ValueError as exc:
+            raise ReplicaRuntimeError(f"the kubernetes runtime's settings: {exc}") from exc
         self.namespace = namespace
         self.context = context
         self.in_cluster = in_cluster
@@ -484,6 +464,7 @@ class KubernetesRuntime(Runtime):
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.autoscaling_api = client.AutoscalingV2Api(self.api_client)
+        self.networking = client.NetworkingV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.version_api = client.VersionApi(self.api_client)
 
@@ -602,6 +583,7 @@ class KubernetesRuntime(Runtime):
             secret_name = name + "-env"
             self._upsert_secret(build_secret(spec, namespace=self.namespace,
                                              extra_labels=self.extra_labels))
+        self._ensure_policy(spec)  # before any pod of the revision exists
         self._ensure_deployment(spec, image, secret_name)
         if self._read(self.core.read_namespaced_service, name) is None:
             self._create_if_missing(self.core.create_namespaced_service,
@@ -716,7 +698,7 @@ class KubernetesRuntime(Runtime):
         revision that holds none; else wait for the ReplicaSet to create one."""
         from kubernetes.client.exceptions import ApiException
 
-        selector = _selector(selector_labels(spec))
+        selector = label_selector(selector_labels(spec))
         deadline = time.monotonic() + self.pod_wait_s
         while True:
             pods = [p for p in self._list_pods(selector) if p.metadata.deletion_timestamp is None]
@@ -835,20 +817,26 @@ class KubernetesRuntime(Runtime):
             self._set_hpa_floor(name, len(left))
 
     def delete_revision(self, name: str) -> None:
-        """Delete a revision's Deployment (its pods go with it), Service, Secret and HPA."""
+        """Delete a revision's Deployment (its pods go with it), Service, Secret and HPA; its
+        NetworkPolicy once its pods are gone (``_retire_policy``)."""
         calls = [self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service,
                  self.autoscaling_api.delete_namespaced_horizontal_pod_autoscaler]
         for call in calls:
             self._delete(call, name)
         self._delete(self.core.delete_namespaced_secret, name + "-env")
+        self._retire_policy(name)
 
     # --- discovery --------------------------------------------------------------------------
     def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
-        """Pods holding a replica index (terminating pods are no longer replicas)."""
+        """Pods holding a replica index (terminating pods are no longer replicas). Over the
+        whole namespace (the beat's sweep) it also keeps the NetworkPolicies in step, at most
+        once a minute (``kube_policy.NetworkPolicies.sync_network_policies``)."""
+        if deployment is None:
+            self._sweep_policies()
         wanted = {LABEL_MANAGED: "1"}
         if deployment is not None:
             wanted[LABEL_DEPLOYMENT] = label_value(deployment)
-        selector = _selector(wanted) + f",{LABEL_REPLICA}"
+        selector = label_selector(wanted) + f",{LABEL_REPLICA}"
         states = [self._state(p) for p in self._list_pods(selector)
                   if p.metadata.deletion_timestamp is None]
         if deployment is not None:
@@ -933,9 +921,13 @@ class KubernetesRuntime(Runtime):
             return BackendHealth(reachable=False, message=f"the API server does not answer: "
                                                           f"{exc}")
         try:
+            warnings = self.isolation_warnings()
+        except Exception as exc:  # noqa: BLE001 - reported, the API server still answers
+            warnings = [f"Could not check the namespace's NetworkPolicies: {exc}"]
+        try:
             nodes = self.core.list_node(_request_timeout=self.request_timeout_s).items
         except ApiException as exc:
-            return BackendHealth(reachable=True, version=version,
+            return BackendHealth(reachable=True, version=version, warnings=warnings,
                                  message=f"cannot list nodes ({exc.status} {exc.reason}); "
                                          "grant the modelport-nodes ClusterRole to see capacity")
         out = []
@@ -953,7 +945,7 @@ class KubernetesRuntime(Runtime):
                 cpu=float(parse_quantity(alloc.get("cpu", "0"))),
                 memory_mb=int(parse_quantity(alloc.get("memory", "0")) / (1024 * 1024)),
                 gpus=int(parse_quantity(gpus)) if gpus is not None else 0))
-        return BackendHealth(reachable=True, nodes=out, version=version)
+        return BackendHealth(reachable=True, nodes=out, version=version, warnings=warnings)
 
     # --- helpers ----------------------------------------------------------------------------
     def _state(self, pod: Any) -> ReplicaState:
@@ -1017,6 +1009,3 @@ class KubernetesRuntime(Runtime):
         return ReplicaRuntimeError(f"{what} in namespace {self.namespace} failed: "
                                    f"{exc.status} {detail}")
 
-
-def _selector(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in labels.items())

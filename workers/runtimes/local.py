@@ -2,9 +2,13 @@
 
 Not a sandbox (``sandboxed = False``): the model runs as the same user as the worker. Limits
 come from ``resource.setrlimit`` in the child (address space, open files, no core dumps, and
-optionally CPU seconds and process count). Replicas are recorded in a JSON state file, keyed by
-replica id with the pid and the kernel's start time of that pid, so a restarted worker finds
-them again and never signals a recycled pid.
+optionally CPU seconds and process count). A replica listens only on a unix socket file in a
+directory of its own under the state dir (``serving/sockets.py``), never on a TCP port, so other
+users of the machine cannot call it. Model code itself runs as the platform's user, so it can
+reach what that user can (other replicas, the data dir): that is what "unsandboxed" means, and
+the portal says so. Replicas are recorded in a JSON state file, keyed by replica id with the
+pid and the kernel's start time of that pid, so a restarted worker finds them again and never
+signals a recycled pid.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import fcntl
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.sockets import replica_socket
+from serving.sockets import SOCKET_NAME, unix_url
 
 from .base import (
     LogFn,
@@ -35,7 +40,6 @@ from .base import (
     missing_state,
 )
 from .images import REPO_ROOT
-from .ports import PortAllocator, port_and_socket_bindable, port_is_bindable
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The only variables of the worker's environment a replica inherits: never its secrets
@@ -99,27 +103,21 @@ class LocalRuntime(Runtime):
     sandboxed = False
 
     def __init__(self, state_dir: str | os.PathLike[str], *,
-                 port_range: tuple[int, int] = (20000, 20999), bind_host: str = "127.0.0.1",
                  python: str = sys.executable,
                  source_dir: str | os.PathLike[str] = REPO_ROOT,
                  address_space_overhead_mb: int = 2048,
                  cpu_seconds: int | None = None,
-                 nproc: int | None = None,
-                 unix_sockets: bool = False) -> None:
+                 nproc: int | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.state_dir / "local-runtime.json"
         self.log_dir = self.state_dir / "local-logs"
-        self.bind_host = bind_host
+        self.socket_dir = self.state_dir / "local-sockets"
         self.python = python
         self.source_dir = Path(source_dir)
         self.address_space_overhead_mb = address_space_overhead_mb
         self.cpu_seconds = cpu_seconds
         self.nproc = nproc
-        self.unix_sockets = unix_sockets  # replicas also listen on an abstract unix socket
-        self.ports = PortAllocator(
-            port_range, host=bind_host, lock_path=self.state_dir / "local-ports.lock",
-            bindable=port_and_socket_bindable if unix_sockets else port_is_bindable)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # --- images -----------------------------------------------------------------------------
@@ -138,16 +136,15 @@ class LocalRuntime(Runtime):
             rec = state.get(rid)
             if rec is not None and self._alive(rec):
                 return self._to_state(rid, rec)
-            used = {int(r["port"]) for k, r in state.items() if k != rid and self._alive(r)}
-            port = spec.port or self.ports.allocate(used)
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            socket_path = self._socket_path(rid)
             log_path = self.log_dir / f"{rid}.log"
             env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV}
             env.update(spec.env)
             threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
             env.update({
                 "MODELPORT_MODEL_DIR": str(Path(spec.model_dir).resolve()),
-                "MODELPORT_HOST": self.bind_host, "MODELPORT_PORT": str(port),
+                "MODELPORT_UNIX_SOCKET": str(socket_path),
                 "MODELPORT_WORKERS": str(spec.workers),
                 "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
                 "MODELPORT_MODEL_VERSION": str(spec.model_version),
@@ -161,11 +158,8 @@ class LocalRuntime(Runtime):
                 "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads,
             })
-            if self.unix_sockets:
-                env["MODELPORT_UNIX_SOCKET"] = replica_socket(self.bind_host, port)
             cmd = [self.python, "-m", "serving", "--model-dir", env["MODELPORT_MODEL_DIR"],
-                   "--host", self.bind_host, "--port", str(port),
-                   "--workers", str(spec.workers)]
+                   "--unix-socket", str(socket_path), "--workers", str(spec.workers)]
             with open(log_path, "ab") as log_fh:
                 proc = subprocess.Popen(
                     cmd, cwd=str(self.source_dir), env=env, stdin=subprocess.DEVNULL,
@@ -176,7 +170,8 @@ class LocalRuntime(Runtime):
                         cpu_seconds=self.cpu_seconds, nproc=self.nproc))
             self._children[proc.pid] = proc
             rec = {
-                "pid": proc.pid, "start_ticks": proc_start_ticks(proc.pid), "port": port,
+                "pid": proc.pid, "start_ticks": proc_start_ticks(proc.pid),
+                "socket": str(socket_path),
                 "deployment": spec.deployment, "revision": spec.revision,
                 "replica": spec.replica, "model_dir": env["MODELPORT_MODEL_DIR"],
                 "model_name": spec.model_name, "model_version": str(spec.model_version),
@@ -212,7 +207,8 @@ class LocalRuntime(Runtime):
         if rec:
             with contextlib.suppress(OSError):
                 Path(rec["log"]).unlink()
-            self.ports.release(int(rec["port"]))
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self._socket_path(replica_id).parent)
 
     # --- discovery --------------------------------------------------------------------------
     def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
@@ -282,6 +278,13 @@ class LocalRuntime(Runtime):
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _socket_path(self, rid: str) -> Path:
+        """The replica's socket, in a directory of its own (mode 0700, like its parent)."""
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory = self.socket_dir / rid
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory / SOCKET_NAME
+
     def _alive(self, rec: dict[str, Any]) -> bool:
         pid = int(rec["pid"])
         ticks = proc_start_ticks(pid)
@@ -321,11 +324,11 @@ class LocalRuntime(Runtime):
         return ReplicaState(
             id=rid, deployment=rec.get("deployment", ""), revision=int(rec.get("revision", 0)),
             replica=int(rec.get("replica", 0)), status=status,
-            url=f"http://{self.bind_host}:{rec['port']}",
+            url=unix_url(rec["socket"]) if rec.get("socket") else None,
             exit_code=None if alive else code,
             started_at=datetime.fromisoformat(rec["started_at"]) if rec.get("started_at")
             else None,
-            restart_count=int(rec.get("restart_count", 0)), port=int(rec["port"]),
+            restart_count=int(rec.get("restart_count", 0)),
             image=f"local:{self.python}", model_name=rec.get("model_name", ""),
             model_version=rec.get("model_version", ""), labels=dict(rec.get("labels") or {}),
         )

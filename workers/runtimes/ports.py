@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from serving.sockets import name_is_free, replica_socket
-
 
 class NoFreePortError(Exception):
     """Every port of the range is taken."""
@@ -34,12 +32,6 @@ def port_is_bindable(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def port_and_socket_bindable(port: int, host: str = "127.0.0.1") -> bool:
-    """``port_is_bindable``, and the replica's abstract unix socket name for that port
-    (serving/sockets.py) is free: a replica finding it taken would refuse to start."""
-    return port_is_bindable(port, host) and name_is_free(replica_socket(host, port))
 
 
 class PortAllocator:

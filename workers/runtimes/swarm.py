@@ -26,6 +26,20 @@ CPU/memory limits and a pids limit (API >= 1.41). Swarm services cannot set
 capabilities and a read-only root, so a setuid binary has nothing to gain, but the flag is not
 there). Swarm cannot pin specific GPU devices: GPUs are requested as a *count* of a generic
 resource (``NVIDIA-GPU`` by default) and Swarm picks the devices.
+
+Isolation (issue 24): every replica demands its replica key (``MODELPORT_REPLICA_KEY`` in the
+task's environment; health checks excepted), so nothing but the platform gets predictions out
+of it on any network. What the model's code can reach depends on the network mode:
+
+* overlay mode with an **internal** overlay network (``docker network create -d overlay
+  --internal --attachable …``, the recommended setup): the replica reaches the overlay — the
+  platform's containers joined to it and other replicas, which refuse it without their key —
+  and nothing beyond: no outside world, no node ports, no Docker socket. A deployment a
+  platform admin granted egress also joins ``egress_network`` (an ordinary overlay network),
+  which leads out.
+* host mode (single-node tests and CI): the replica shares the node's network and reaches
+  whatever the node reaches. ``describe()`` says so on the target's health, as it says when the
+  overlay network is not internal.
 """
 
 from __future__ import annotations
@@ -65,8 +79,8 @@ from .docker import (
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
+from .swarm_networks import OVERLAY, isolation_warnings, network_attrs
 
-OVERLAY = "overlay"
 NETWORK_MODES = (HOST_NETWORK, OVERLAY)
 DEFAULT_GPU_RESOURCE = "NVIDIA-GPU"
 TMPFS_BYTES = 64 * 1024 * 1024
@@ -94,9 +108,10 @@ class SwarmRuntime(Runtime):
     network="host": every service joins the node's host network and its one task binds
     `bind_host` (127.0.0.1) on a port from `port_range`; url http://127.0.0.1:<port>. For a
     single node (tests, CI): the allocator can only check ports on the machine it runs on.
-    network="overlay": every service joins `overlay_network` (an attachable overlay network
-    Modelport's gateway also joins); the model server listens on 8080 and the url is
-    http://<service name>:8080 (Swarm's DNS + VIP for the service).
+    network="overlay": every service joins `overlay_network` (an attachable, internal overlay
+    network Modelport's gateway also joins); the model server listens on 8080 and the url is
+    http://<service name>:8080 (Swarm's DNS + VIP for the service). Replicas granted egress
+    also join `egress_network`.
     """
 
     name = "swarm"
@@ -109,7 +124,7 @@ class SwarmRuntime(Runtime):
                  state_dir: str | os.PathLike[str] | None = None,
                  extra_labels: dict[str, str] | None = None,
                  gpu_resource: str = DEFAULT_GPU_RESOURCE, restart_attempts: int = 3,
-                 healthcheck: bool = True) -> None:
+                 healthcheck: bool = True, egress_network: str = "") -> None:
         if client is None:
             import docker
 
@@ -118,9 +133,15 @@ class SwarmRuntime(Runtime):
             raise ValueError(f"swarm network mode {network!r}; expected one of {NETWORK_MODES}")
         if network == OVERLAY and not overlay_network:
             raise ValueError("swarm overlay mode needs the overlay network's name")
+        if egress_network and network != OVERLAY:
+            raise ValueError("an egress network applies to overlay mode (in host mode replicas "
+                             "already share the node's network)")
+        if egress_network and egress_network == overlay_network:
+            raise ValueError("the egress network must differ from the replicas' overlay network")
         self.client = client
         self.network = network
         self.overlay_network = overlay_network
+        self.egress_network = egress_network
         self.bind_host = bind_host
         self.state_dir = Path(state_dir) if state_dir else None
         # The same lock file as the Docker runtime: both hand out ports of one host.
@@ -158,6 +179,8 @@ class SwarmRuntime(Runtime):
             if self.network == HOST_NETWORK:
                 port = spec.port or self.ports.allocate(self._used_ports())
             kwargs = self.service_spec(spec, port)
+            if spec.egress and self.network == OVERLAY and not self.egress_network:
+                self._check_egress_without_network(spec)
             try:
                 self.client.api.create_service(**kwargs)
             except APIError as exc:
@@ -233,7 +256,7 @@ class SwarmRuntime(Runtime):
             restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000,
                                          max_attempts=self.restart_attempts,
                                          window=600_000_000_000),
-            networks=[HOST_NETWORK if port is not None else self.overlay_network])
+            networks=self._networks(spec, port))
         # An in-place update (by an operator: `docker service update`) starts the new task
         # first and rolls back on failure. In host mode the one port cannot be bound twice,
         # so there the update stops the old task first.
@@ -246,6 +269,35 @@ class SwarmRuntime(Runtime):
             "rollback_config": RollbackConfig(parallelism=1, order=order),
             "endpoint_spec": EndpointSpec(mode="dnsrr" if port is not None else "vip"),
         }
+
+    def _networks(self, spec: ReplicaSpec, port: int | None) -> list[str]:
+        """Host mode: the node's network. Overlay mode: the replicas' overlay network, plus the
+        egress network for a deployment a platform admin granted egress."""
+        if port is not None:
+            return [HOST_NETWORK]
+        if spec.egress and self.egress_network:
+            return [self.overlay_network, self.egress_network]
+        return [self.overlay_network]
+
+    def _check_egress_without_network(self, spec: ReplicaSpec) -> None:
+        """Egress granted but no egress network configured: fine when the overlay leads out
+        anyway (not internal; the target's health warns about it), refused otherwise."""
+        attrs = self._network_attrs(self.overlay_network)
+        if attrs is not None and attrs.get("Internal"):  # a missing one: Docker says so
+            raise ReplicaRuntimeError(
+                f"deployment {spec.deployment} was granted egress, but this swarm target's "
+                f"overlay network {self.overlay_network!r} is internal and the target has no "
+                "egress_network: set settings.egress_network to an overlay network that leads "
+                "out")
+
+    def _network_attrs(self, name: str) -> dict[str, Any] | None:
+        return network_attrs(self.client, name)
+
+    def isolation_warnings(self) -> list[str]:
+        """What the target's health should say about how far replicas' code reaches."""
+        return isolation_warnings(self.client, network=self.network,
+                                  overlay_network=self.overlay_network,
+                                  egress_network=self.egress_network)
 
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
         """Scale the service to 0 (Swarm stops the task gracefully, within the stop grace
@@ -333,9 +385,13 @@ class SwarmRuntime(Runtime):
             nodes = self.client.nodes.list()
         except Exception as exc:  # noqa: BLE001
             return BackendHealth(reachable=False, version=version, message=str(exc))
+        try:
+            warnings = self.isolation_warnings()
+        except Exception as exc:  # noqa: BLE001 - reported, the target is still reachable
+            warnings = [f"Could not check the replicas' networks: {exc}"]
         return BackendHealth(reachable=True, version=version,
                              nodes=sorted((_node(n.attrs) for n in nodes),
-                                          key=lambda n: n.name))
+                                          key=lambda n: n.name), warnings=warnings)
 
     # --- helpers ----------------------------------------------------------------------------
     def _local_container(self, service: Any, *, running: bool = False) -> Any | None:

@@ -1,0 +1,1 @@
+"""What every part of the platform shares and that depends on nothing above it."""

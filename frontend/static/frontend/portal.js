@@ -1,0 +1,42 @@
+/* The portal's own behaviour, kept out of the templates: the Content-Security-Policy allows
+   scripts from this origin only (no inline <script>, no on*= attributes). */
+(function () {
+  var root = document.documentElement;
+  function isDark() { return root.dataset.theme ? root.dataset.theme === "dark" : matchMedia("(prefers-color-scheme: dark)").matches; }
+  function label() { document.querySelectorAll("[data-theme-toggle]").forEach(function (b) { b.setAttribute("aria-pressed", String(isDark())); }); }
+  label();
+  document.addEventListener("click", function (e) {
+    if (!e.target.matches("[data-theme-toggle]")) return;
+    root.dataset.theme = isDark() ? "light" : "dark";
+    try { localStorage.setItem("theme", root.dataset.theme); } catch (err) {}
+    label();
+  });
+  // "/" jumps to the global search box (unless typing in a field already).
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey) return;
+    var t = e.target;
+    if (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName)) return;
+    var box = document.getElementById("global-search");
+    if (box) { e.preventDefault(); box.focus(); box.select(); }
+  });
+  // Copy buttons: data-copy names the element whose text is copied.
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest("[data-copy]");
+    if (!btn) return;
+    navigator.clipboard.writeText(document.getElementById(btn.dataset.copy).textContent.trim());
+    btn.textContent = "Copied";
+  });
+  // Forms with data-confirm ask before they are sent (e.g. deleting a deployment).
+  document.addEventListener("submit", function (e) {
+    var message = e.target.dataset && e.target.dataset.confirm;
+    if (message && !window.confirm(message)) e.preventDefault();
+  });
+  // Polling marked data-poll-visible skips its request while the tab is hidden (htmx's
+  // "[condition]" trigger filters need eval, which the policy forbids).
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var elt = e.detail && e.detail.elt;
+    if (elt && elt.hasAttribute("data-poll-visible") && document.visibilityState !== "visible") {
+      e.preventDefault();
+    }
+  });
+})();
