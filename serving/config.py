@@ -7,9 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.shipping import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
-
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Prediction-log shipping (serving.shipping): a batch stays below the ingest endpoint's 16 MiB
+# default (the platform passes its own limit); a larger request or response body is logged as
+# null. Here, not in serving.shipping, so that the supervisor process imports nothing heavy.
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")

@@ -44,6 +44,7 @@ import numpy as np
 import orjson
 
 from serving import metrics, sockets
+from serving.config import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
 from serving.protocol import jsonable
 
 log = logging.getLogger("serving.shipping")
@@ -57,8 +58,6 @@ Poster = Callable[[bytes], bytes | None]  # the ingest endpoint's answer, if any
 
 PERMANENT_STATUSES = frozenset({400, 404, 413, 422})
 MAX_LOG_DEPTH = 128  # the ingest endpoint stores JSON nested up to 254 levels
-DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # a logged request or response body, verbatim
-DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024  # below the ingest endpoint's 16 MiB default
 MAX_ERROR_CHARS = 2000  # what the ingest endpoint keeps of an error message
 MAX_REQUEST_ID = 100  # the ingest endpoint's limit
 MAX_BACKOFF_S = 30.0

@@ -236,7 +236,7 @@ def small_front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory)
                env, logs),
     ]
     _wait_up(f"http://127.0.0.1:{port}/healthz", procs, logs)
-    yield Front(f"http://127.0.0.1:{port}", procs, logs), port
+    yield Front(f"http://127.0.0.1:{port}", procs, logs, tmp / "data"), port
     _stop(*procs)
 
 
