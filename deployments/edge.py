@@ -406,6 +406,7 @@ class Edge:
         headers: list[tuple[str, str]] = []
         forwarded_for = ""
         chunked = False
+        declared = 0
         for key, value in scope["headers"]:
             if key == b"x-forwarded-for":
                 forwarded_for = value.decode("latin-1")
@@ -413,6 +414,24 @@ class Edge:
                 chunked = b"chunked" in value.lower()
             elif key not in HOP_BY_HOP:
                 headers.append((key.decode("latin-1"), value.decode("latin-1")))
+                if key == b"content-length" and value.isdigit():
+                    declared = int(value)
+        # No request to Django may be larger than an upload (MODELPORT_MAX_UPLOAD_MB, plus the
+        # multipart envelope config.uploads allows): refused here before any of it is read,
+        # or once a chunked body, which must be buffered for WSGI, grows past it.
+        limit = (settings.MODELPORT_MAX_UPLOAD_MB + 1) * 1048576
+
+        async def too_large() -> None:
+            body = orjson.dumps({"detail": "Request body over the upload limit of "
+                                           f"{settings.MODELPORT_MAX_UPLOAD_MB} MB "
+                                           "(MODELPORT_MAX_UPLOAD_MB).", "code": "too_large"})
+            await send({"type": "http.response.start", "status": 413, "headers": [
+                *JSON, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+
+        if declared > limit:
+            await too_large()
+            return
         client = scope.get("client")
         if client:
             forwarded_for = f"{forwarded_for}, {client[0]}" if forwarded_for else client[0]
@@ -422,11 +441,17 @@ class Edge:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         data: Any
-        if chunked:  # WSGI needs a length: read the body first
+        if chunked:  # WSGI needs a length: read the body first, up to the limit
             parts = []
+            size = 0
             while True:
                 message = await receive()
-                parts.append(message.get("body", b""))
+                part = message.get("body", b"")
+                size += len(part)
+                if size > limit:
+                    await too_large()
+                    return
+                parts.append(part)
                 if not message.get("more_body"):
                     break
             data = b"".join(parts)

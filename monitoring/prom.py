@@ -18,6 +18,10 @@ INGESTED = Counter("modelport_ingest_records", "Prediction records accepted by i
 SAMPLED_OUT = Counter("modelport_ingest_sampled_out_records",
                       "Prediction records dropped by the deployment's sampling rate",
                       ["deployment"], registry=REGISTRY)
+REJECTED = Counter("modelport_ingest_rejected_records",
+                   "Prediction records dropped one by one because they could not be stored "
+                   "(the rest of their batch is kept), by reason",
+                   ["deployment", "reason"], registry=REGISTRY)
 BATCHES = Counter("modelport_ingest_batches", "Ingest batches by outcome", ["outcome"],
                   registry=REGISTRY)
 INGEST_SECONDS = Histogram("modelport_ingest_batch_seconds", "Time to validate and store a batch",

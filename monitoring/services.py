@@ -1,10 +1,11 @@
 """Business operations of monitoring: ingest, rollups, drift, ground truth, alert rules.
 
 Replicas ship prediction logs with a deployment-scoped ingest token (``issue_ingest_token``);
-``ingest_predictions`` validates a whole batch before writing any of it, then writes it in one
-transaction (PostgreSQL ``COPY`` or ``bulk_create``). The ``rollup`` beat task folds new raw
-records into per-minute ``MinuteRollup`` rows and per-hour ``FeatureSketch`` rows; everything
-people read (charts, the metrics and drift APIs, alert evaluation) comes from those.
+``ingest_predictions`` checks a batch record by record, drops (and counts) the records it cannot
+take, and writes the others in one transaction (PostgreSQL ``COPY`` or ``bulk_create``). The
+``rollup`` beat task folds new raw records into per-minute ``MinuteRollup`` rows and per-hour
+``FeatureSketch`` rows; everything people read (charts, the metrics and drift APIs, alert
+evaluation) comes from those.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def ingest_environment(*, deployment: Deployment) -> dict[str, str]:
         "MODELPORT_INGEST_TOKEN": issue_ingest_token(deployment=deployment),
         # Larger shipped batches keep ingest above 20,000 records/s (bench/monitoring.py).
         "MODELPORT_SHIP_BATCH_SIZE": str(settings.MODELPORT_MONITORING_SHIP_BATCH_SIZE),
+        # Replicas cut their batches to what this endpoint accepts (and bodies to a quarter).
+        "MODELPORT_SHIP_MAX_BYTES": str(settings.MODELPORT_INGEST_MAX_BYTES),
     }
 
 
@@ -173,8 +176,36 @@ def sampling_rate_of(deployment: Deployment, *, cached: bool = False) -> float:
     return rate
 
 
-def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
-                    ) -> tuple[list[tuple], int]:
+class Rejections:
+    """Records of one batch dropped one by one: counted per reason (Prometheus and the answer),
+    the first few explained, so one bad record never costs the others."""
+
+    SHOWN = 20
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.by_reason: dict[str, int] = defaultdict(int)
+        self.shown: list[dict[str, Any]] = []
+
+    def add(self, index: int, reason: str, detail: str) -> None:
+        self.count += 1
+        self.by_reason[reason] += 1
+        if len(self.shown) < self.SHOWN:
+            self.shown.append({"index": index, "reason": reason, "detail": detail})
+
+    def publish(self, deployment: str) -> None:
+        for reason, n in self.by_reason.items():
+            prom.REJECTED.labels(deployment, reason).inc(n)
+
+
+# Timestamps outside [now - rollup retention, now + this] are refused: a record from year 1
+# would make the rollup's minute arithmetic fail, and one from the far future is a clock gone
+# wrong whose minutes would never be pruned.
+MAX_CLOCK_SKEW = timedelta(days=1)
+
+
+def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime,
+                    rejections: Rejections) -> tuple[list[tuple], int]:
     records = doc.get("records")
     if not isinstance(records, list):
         raise InvalidInput("'records' must be a list.", field="records")
@@ -182,17 +213,22 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
         raise BatchTooLarge(f"{len(records)} records in one batch; the limit is "
                             f"{settings.MODELPORT_INGEST_MAX_RECORDS}.")
     # The model server sends the revision as a string ("3", or "r3"): its digits are the number.
-    digits = re.sub(r"\D", "", str(doc.get("revision") or ""))[:9]
+    sent = doc.get("revision")
+    digits = re.sub(r"\D", "", sent[:200] if type(sent) is str else
+                    str(sent) if type(sent) is int else "")[:9]
     revision = int(digits) if digits else 0
-    replica = str(doc.get("replica") or "")[:200]
+    replica = doc.get("replica")
+    replica = replica[:200] if type(replica) is str else ""
     weight = 1.0 / rate if rate > 0 else 0.0
     deployment_id = deployment.pk
+    earliest = now - timedelta(days=settings.MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS)
+    latest = now + MAX_CLOCK_SKEW
     rows = []
     dropped = 0
     fromiso = datetime.fromisoformat
     inf = math.inf
     for i, r in enumerate(records):
-        # Fast path: one combined check per record; _explain() names the problem when it fails.
+        # Fast path: one combined check per record; _problem() names what is wrong when it fails.
         try:
             request_id = r["request_id"]
             timestamp_text = r["timestamp"]
@@ -200,47 +236,58 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
             latency = r.get("latency_ms", 0)
             status = r.get("status", 200)
             error = r.get("error") or ""
+            endpoint = r.get("endpoint") or ""
         except (KeyError, TypeError, ValueError, AttributeError):
-            _explain(i, r)
-            raise  # _explain always raises; this keeps type checkers content
+            rejections.add(i, *_problem(i, r, earliest, latest))
+            continue
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=UTC)
+            timestamp_text = timestamp.isoformat()
         kind = type(latency)
         if type(request_id) is not str or not 0 < len(request_id) <= MAX_REQUEST_ID \
                 or (kind is not float and kind is not int) or not 0 <= latency < inf \
                 or type(status) is not int or not 100 <= status <= 599 \
-                or type(error) is not str:
-            _explain(i, r)
-        if timestamp.tzinfo is None:
-            timestamp = timestamp.replace(tzinfo=UTC)
-            timestamp_text = timestamp.isoformat()
+                or type(error) is not str or type(endpoint) is not str \
+                or not earliest <= timestamp <= latest:
+            rejections.add(i, *_problem(i, r, earliest, latest))
+            continue
         if rate < 1.0 and not _keep(request_id, rate):
             dropped += 1
             continue
-        endpoint = r.get("endpoint") or ""
         rows.append((deployment_id, revision, replica, request_id, timestamp, float(latency),
-                     status, endpoint[:40] if type(endpoint) is str else str(endpoint)[:40],
-                     r.get("inputs"), r.get("outputs"), error[:2000], weight, now,
-                     timestamp_text))
+                     status, endpoint[:40], r.get("inputs"), r.get("outputs"), error[:2000],
+                     weight, now, timestamp_text, i))
     return rows, dropped
 
 
-def _explain(i: int, r: Any) -> None:
-    """Raise the precise error for record ``i`` (the slow path of ``_validated_rows``)."""
+def _problem(i: int, r: Any, earliest: datetime, latest: datetime) -> tuple[str, str]:
+    """(reason, explanation) for record ``i``, which the fast path of ``_validated_rows``
+    refused."""
     where = f"records[{i}]"
     if not isinstance(r, dict):
-        raise InvalidInput(f"{where} must be an object.")
+        return "not_an_object", f"{where} must be an object."
     request_id = r.get("request_id")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
-        raise InvalidInput(f"{where}.request_id must be a string of 1-{MAX_REQUEST_ID} "
-                           "characters.")
-    _parse_time(r.get("timestamp"), where)
+        return "request_id", (f"{where}.request_id must be a string of 1-{MAX_REQUEST_ID} "
+                              "characters.")
+    try:
+        timestamp, _ = _parse_time(r.get("timestamp"), where)
+    except InvalidInput as exc:
+        return "timestamp", exc.message
+    if not earliest <= timestamp <= latest:
+        return "timestamp", (f"{where}.timestamp {timestamp.isoformat()} is outside "
+                             f"{earliest:%Y-%m-%d} … {latest:%Y-%m-%d}: older than the rollup "
+                             "retention or in the future.")
     latency = r.get("latency_ms", 0)
     if not isinstance(latency, (int, float)) or isinstance(latency, bool) \
             or not math.isfinite(latency) or latency < 0:
-        raise InvalidInput(f"{where}.latency_ms must be a non-negative number.")
+        return "latency_ms", f"{where}.latency_ms must be a non-negative number."
     status = r.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise InvalidInput(f"{where}.status must be an HTTP status code.")
-    raise InvalidInput(f"{where}.error must be a string or null.")
+        return "status", f"{where}.status must be an HTTP status code."
+    if not isinstance(r.get("endpoint") or "", str):
+        return "endpoint", f"{where}.endpoint must be a string or null."
+    return "error", f"{where}.error must be a string or null."
 
 
 COLUMNS = ("deployment_id", "revision", "replica", "request_id", "timestamp", "latency_ms",
@@ -277,33 +324,83 @@ def _copy_json(value: Any) -> str:
     return text.replace("\\", "\\\\")
 
 
-def _write(rows: list[tuple]) -> None:
+def _payload_problem(i: int, exc: Exception) -> tuple[str, str]:
+    """Why record ``i``'s inputs or outputs cannot be stored as JSON (orjson's refusal)."""
+    message = str(exc)
+    if "Recursion limit" in message:
+        return "too_deep", (f"records[{i}]: inputs or outputs are nested deeper than the "
+                            f"{MAX_STORED_DEPTH} levels that can be stored.")
+    return "unstorable", f"records[{i}]: inputs or outputs cannot be stored: {message[:200]}"
+
+
+# orjson (which encodes jsonb for COPY) refuses documents nested deeper than this.
+MAX_STORED_DEPTH = 254
+
+
+def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]]:
+    """(record index, what ``_write`` stores) per row: a COPY text line on PostgreSQL, a model
+    instance elsewhere. Rows whose payloads cannot be encoded are rejected here, alone."""
+    prepared: list[tuple[int, Any]] = []
+    if connection.vendor == "postgresql":
+        field, as_json = _copy_field, _copy_json
+        received = rows[0][12].isoformat() if rows else ""
+        for r in rows:
+            try:
+                line = "\t".join((str(r[0]), str(r[1]), field(r[2]), field(r[3]), field(r[13]),
+                                  repr(r[5]), str(r[6]), field(r[7]), as_json(r[8]),
+                                  as_json(r[9]), field(r[10]), repr(r[11]), received))
+            except (TypeError, ValueError) as exc:  # orjson: too deep, or not JSON at all
+                rejections.add(r[14], *_payload_problem(r[14], exc))
+                continue
+            prepared.append((r[14], line))
+        return prepared
+    for r in rows:
+        try:  # Django's JSONField encodes with json.dumps, which recurses: check with orjson
+            orjson.dumps(r[8])
+            orjson.dumps(r[9])
+        except (TypeError, ValueError) as exc:
+            rejections.add(r[14], *_payload_problem(r[14], exc))
+            continue
+        prepared.append((r[14], PredictionRecord(**dict(zip(COLUMNS, r[:len(COLUMNS)],
+                                                            strict=True)))))
+    return prepared
+
+
+def _write(items: list[Any]) -> None:
+    """Store prepared rows (``_prepared``) in the current transaction."""
     if connection.vendor == "postgresql":
         # COPY, with the text block built here: psycopg's per-row adaptation (write_row) costs
         # more than the server's work at these rates.
         table = PredictionRecord._meta.db_table
-        field, as_json = _copy_field, _copy_json
-        received = rows[0][12].isoformat()
-        lines = []
-        for r in rows:
-            lines.append("\t".join((str(r[0]), str(r[1]), field(r[2]), field(r[3]),
-                                    field(r[13]), repr(r[5]), str(r[6]), field(r[7]),
-                                    as_json(r[8]), as_json(r[9]), field(r[10]), repr(r[11]),
-                                    received)))
-        data = ("\n".join(lines) + "\n").encode()
+        data = ("\n".join(items) + "\n").encode()
         sql = f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN"
         with connection.cursor() as cursor, connection.wrap_database_errors, \
                 cursor.cursor.copy(sql) as copy:
             copy.write(data)
         return
-    PredictionRecord.objects.bulk_create(
-        [PredictionRecord(**dict(zip(COLUMNS, row[:len(COLUMNS)], strict=True)))
-         for row in rows],
-        batch_size=500)
+    PredictionRecord.objects.bulk_create(items, batch_size=500)
+
+
+def _write_each(items: list[tuple[int, Any]], rejections: Rejections) -> int:
+    """Store what the database takes, halving around what it refuses (each half in a
+    savepoint): a value it cannot hold costs its own record, not the batch."""
+    try:
+        with transaction.atomic():
+            _write([item for _, item in items])
+        return len(items)
+    except DataError as exc:
+        if len(items) == 1:
+            index = items[0][0]
+            rejections.add(index, "unstorable", f"records[{index}] holds values the database "
+                                                f"cannot store: {str(exc).splitlines()[0][:200]}")
+            return 0
+    half = len(items) // 2
+    return _write_each(items[:half], rejections) + _write_each(items[half:], rejections)
 
 
 def ingest_predictions(*, token: IngestToken, body: bytes) -> dict[str, Any]:
-    """Validate a whole batch from a replica, then store it in one transaction."""
+    """Store a batch from a replica in one transaction, less the records that cannot be
+    stored: those are dropped one by one and counted, never failing the rest."""
     # A batch allocates ~10 objects per record and frees them all at the end: the cyclic
     # garbage collector would run several full passes over the whole process meanwhile (it was
     # most of the CPU time here). Reference counting frees everything anyway.
@@ -332,6 +429,7 @@ def _ingest(token: IngestToken, body: bytes) -> dict[str, Any]:
         raise InvalidInput("The body must be a JSON object with 'deployment' and 'records'.")
     name = doc.get("deployment") or token.deployment.name
     if not isinstance(name, str):
+        prom.BATCHES.labels("malformed").inc()
         raise InvalidInput("'deployment' must be a string.", field="deployment")
     if name != token.deployment.name:
         if not Deployment.objects.filter(name=name).exists():
@@ -340,30 +438,38 @@ def _ingest(token: IngestToken, body: bytes) -> dict[str, Any]:
         raise Unauthenticated(f"This ingest token is not valid for deployment '{name}'.")
     deployment = token.deployment
     rate = sampling_rate_of(deployment, cached=True)
+    rejections = Rejections()
     try:
-        rows, dropped = _validated_rows(doc, deployment, rate, started)
-    except DomainError:
-        prom.BATCHES.labels("invalid").inc()
+        rows, dropped = _validated_rows(doc, deployment, rate, started, rejections)
+    except DomainError as exc:
+        prom.BATCHES.labels("too_large" if exc.status_code == 413 else "malformed").inc()
         raise
-    try:
-        with transaction.atomic():
-            if rows:
-                _write(rows)
-    except DataError as exc:  # e.g. a NUL character, which PostgreSQL text and jsonb refuse
-        prom.BATCHES.labels("invalid").inc()
-        raise InvalidInput(f"The batch holds values the database cannot store: "
-                           f"{str(exc).splitlines()[0][:200]}") from None
+    items = _prepared(rows, rejections)
+    stored = 0
+    if items:
+        try:
+            with transaction.atomic():
+                _write([item for _, item in items])
+            stored = len(items)
+        except DataError:  # e.g. a value PostgreSQL refuses: find it, keep the rest
+            with transaction.atomic():
+                stored = _write_each(items, rejections)
     with transaction.atomic():
         if token.last_used_at is None or started - token.last_used_at > timedelta(minutes=1):
             IngestToken.objects.filter(pk=token.pk).update(last_used_at=started)
     prom.BATCHES.labels("accepted").inc()
-    prom.INGESTED.labels(deployment.name).inc(len(rows))
+    prom.INGESTED.labels(deployment.name).inc(stored)
     if dropped:
         prom.SAMPLED_OUT.labels(deployment.name).inc(dropped)
+    if rejections.count:
+        rejections.publish(deployment.name)
+        log.info("ingest for %s: %d of %d records rejected (%s)", deployment.name,
+                 rejections.count, len(doc["records"]), dict(rejections.by_reason))
     prom.INGEST_SECONDS.observe((timezone.now() - started).total_seconds())
     # The rate goes back to the replica, which then leaves the other records out before any
     # work (serving/shipping.py; the same hash of the request id as _keep).
-    return {"accepted": len(rows), "sampled_out": dropped, "sampling_rate": rate}
+    return {"accepted": stored, "sampled_out": dropped, "rejected": rejections.count,
+            "rejections": rejections.shown, "sampling_rate": rate}
 
 
 # --- Rollups ---------------------------------------------------------------------------------

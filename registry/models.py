@@ -92,6 +92,16 @@ class VersionStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class ReferenceStatus(models.TextChoices):
+    """The drift baseline's state: uploaded reference data (or the input example) is profiled
+    by a worker (``registry.services.compute_reference``)."""
+
+    NONE = "none", "None"
+    PENDING = "pending", "Pending"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
 class ModelVersion(models.Model):
     """One immutable version. Only the validation task moves ``status`` (pending → ready/failed)
     and fills in what validation learns; nothing else changes after creation."""
@@ -113,6 +123,12 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     lineage = models.JSONField(default=dict, blank=True)
     reference_stats = models.JSONField(null=True, blank=True)
+    reference_status = models.CharField(max_length=10, choices=ReferenceStatus.choices,
+                                        default=ReferenceStatus.NONE)
+    reference_message = models.TextField(blank=True)
+    reference_file = models.CharField(max_length=500, blank=True,
+                                      help_text="Uploaded reference data waiting for the "
+                                                "profiling task.")
     validation = models.JSONField(default=dict, blank=True)
     sandboxed = models.BooleanField(null=True)
     artifact_name = models.CharField(max_length=200, blank=True)
@@ -137,6 +153,14 @@ class ModelVersion(models.Model):
     @property
     def is_ready(self) -> bool:
         return self.status == VersionStatus.READY
+
+    @property
+    def reference_state(self) -> str:
+        """pending, ready, failed or none: versions profiled before the state was kept (and
+        imports, whose example the validation profiles) are ready when they have statistics."""
+        if self.reference_status != ReferenceStatus.NONE:
+            return self.reference_status
+        return ReferenceStatus.READY if self.reference_stats else ReferenceStatus.NONE
 
 
 class ModelAlias(models.Model):

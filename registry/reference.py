@@ -3,12 +3,19 @@
 Numeric features: quantiles (deciles) plus a histogram on the decile bin edges (what PSI uses);
 categorical features: category frequencies. Computed from an uploaded CSV/Parquet sample or, when
 there is none, from the input example. Parsing CSV/Parquet executes no model code.
+
+Parsing and profiling happen in a Celery task (``registry.services.compute_reference``): a
+request only runs ``check_upload``, which reads the CSV header line or the Parquet footer to
+refuse more than ``MODELPORT_REFERENCE_MAX_COLUMNS`` columns (100,000 columns tied a web worker
+for 73 s).
 """
 
 from __future__ import annotations
 
+import csv
 import io
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -16,20 +23,137 @@ import pandas as pd
 from config.errors import InvalidInput
 
 MAX_CATEGORIES = 50
+# Profiling reads at most this many rows: the statistics of a larger sample hardly move.
+MAX_ROWS = 1_000_000
+# A Parquet footer (the schema and per-column metadata) larger than this is refused unread.
+MAX_PARQUET_FOOTER = 16 * 1024 * 1024
+# A CSV header line is counted exactly (quoted names may hold commas) up to this length.
+MAX_EXACT_HEADER = 4 * 1024 * 1024
+FIELD = "reference_data"
 
 
-def frame_from_upload(data: bytes, filename: str) -> pd.DataFrame:
-    name = filename.lower()
+def _too_many(columns: int | str, limit: int) -> InvalidInput:
+    return InvalidInput(f"reference_data has {columns} columns; the limit is {limit} "
+                        "(MODELPORT_REFERENCE_MAX_COLUMNS).", field=FIELD)
+
+
+def is_parquet(name: str, head: bytes) -> bool:
+    return name.lower().endswith((".parquet", ".pq")) or head[:4] == b"PAR1"
+
+
+def check_upload(stream: IO[bytes], name: str, *, max_columns: int) -> str:
+    """What the request can check cheaply, before the file is kept for the profiling task:
+    that it is CSV or Parquet with at most ``max_columns`` columns — from the CSV header line
+    (read in 1 MB pieces, stopping once it is over the limit) or the Parquet footer (its size
+    first). Returns ``"parquet"`` or ``"csv"``."""
+    stream.seek(0)
+    head = stream.read(4)
+    if not head:
+        raise InvalidInput("reference_data is empty.", field=FIELD)
+    if is_parquet(name, head):
+        _check_parquet(stream, max_columns)
+        return "parquet"
+    stream.seek(0)
+    _check_csv_header(stream, max_columns)
+    return "csv"
+
+
+def _check_parquet(stream: IO[bytes], max_columns: int) -> None:
+    import pyarrow.parquet as pq
+
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
+    if size < 12:
+        raise InvalidInput("reference_data is not a readable Parquet file: too short.",
+                           field=FIELD)
+    stream.seek(size - 8)
+    tail = stream.read(8)
+    footer = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or footer > size - 12:
+        raise InvalidInput("reference_data is not a readable Parquet file: no footer.",
+                           field=FIELD)
+    if footer > MAX_PARQUET_FOOTER:
+        raise InvalidInput(f"reference_data's Parquet metadata is {footer / 1048576:.0f} MB, "
+                           "too many columns or row groups to profile; the column limit is "
+                           f"{max_columns} (MODELPORT_REFERENCE_MAX_COLUMNS).", field=FIELD)
+    stream.seek(0)
     try:
-        if name.endswith((".parquet", ".pq")) or data[:4] == b"PAR1":
-            frame = pd.read_parquet(io.BytesIO(data))
+        columns = len(pq.read_schema(stream).names)
+    except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
+        raise InvalidInput(f"reference_data is not a readable Parquet file: {exc}",
+                           field=FIELD) from None
+    finally:
+        stream.seek(0)
+    if columns > max_columns:
+        raise _too_many(columns, max_columns)
+
+
+def _check_csv_header(stream: IO[bytes], max_columns: int) -> None:
+    """Count the header line's commas in 1 MB pieces (C-speed), stopping as soon as there are
+    surely too many; only a header with quoted names (which may hold commas) near the limit is
+    parsed exactly."""
+    kept = bytearray()  # the header, while it is short enough to parse exactly
+    length = commas = 0
+    quoted = complete = False
+    while not complete:
+        piece = stream.read(1024 * 1024)
+        if not piece:
+            break
+        end = piece.find(b"\n")
+        if end >= 0:
+            piece, complete = piece[:end], True
+        length += len(piece)
+        commas += piece.count(b",")
+        quoted = quoted or b'"' in piece
+        if length <= MAX_EXACT_HEADER:
+            kept += piece
+        if commas >= max_columns and (not quoted or length > MAX_EXACT_HEADER):
+            break
+    stream.seek(0)
+    if commas < max_columns:  # at most commas + 1 <= max_columns names
+        return
+    if quoted and length <= MAX_EXACT_HEADER:
+        try:
+            names = next(csv.reader([kept.decode("utf-8", errors="replace")]))
+        except (csv.Error, StopIteration):
+            names = []
+        if len(names) <= max_columns:
+            return
+        raise _too_many(len(names), max_columns)
+    raise _too_many(commas + 1 if complete and not quoted else f"more than {max_columns}",
+                    max_columns)
+
+
+def frame_from_file(path: Path, fmt: str, *, max_columns: int) -> pd.DataFrame:
+    """The reference sample (up to ``MAX_ROWS`` rows) as a frame; runs in the worker."""
+    try:
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            if len(parquet.schema_arrow.names) > max_columns:
+                raise _too_many(len(parquet.schema_arrow.names), max_columns)
+            batches, rows = [], 0
+            for batch in parquet.iter_batches(batch_size=65536):
+                batches.append(batch.slice(0, MAX_ROWS - rows))
+                rows += batches[-1].num_rows
+                if rows >= MAX_ROWS:
+                    break
+            frame = pa.Table.from_batches(batches, schema=parquet.schema_arrow).to_pandas() \
+                if batches else parquet.schema_arrow.empty_table().to_pandas()
         else:
-            frame = pd.read_csv(io.BytesIO(data))
+            columns = pd.read_csv(path, nrows=0).shape[1]
+            if columns > max_columns:
+                raise _too_many(columns, max_columns)
+            frame = pd.read_csv(path, nrows=MAX_ROWS)
+    except InvalidInput:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
         raise InvalidInput(f"reference_data could not be read as CSV or Parquet: {exc}",
-                           field="reference_data") from None
+                           field=FIELD) from None
     if frame.empty or frame.shape[1] == 0:
-        raise InvalidInput("reference_data has no rows.", field="reference_data")
+        raise InvalidInput("reference_data has no rows.", field=FIELD)
     return frame
 
 

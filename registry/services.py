@@ -22,17 +22,19 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from config import uploads
 from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from teams import audit
 from teams.access import require_team_role
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import archives, mlmodel, reference, sandbox, storage
+from . import archives, baselines, mlmodel, reference, sandbox, storage
 from .models import (
     AliasTransitionRequest,
     ModelAlias,
     ModelVersion,
+    ReferenceStatus,
     RegisteredModel,
     TransitionStatus,
     VersionStatus,
@@ -144,6 +146,10 @@ def _check_example(example: Any, signature: dict[str, Any] | None) -> dict[str, 
                            field="input_example")
     columns = mlmodel.columns_of(signature)
     frame = reference.frame_from_request(body)
+    limit = settings.MODELPORT_REFERENCE_MAX_COLUMNS
+    if frame is not None and frame.shape[1] > limit:
+        raise InvalidInput(f"input_example has {frame.shape[1]} columns; the limit is {limit} "
+                           "(MODELPORT_REFERENCE_MAX_COLUMNS).", field="input_example")
     if columns and frame is not None and not all(isinstance(c, int) for c in frame.columns):
         required = {c["name"] for c in columns if c.get("required", True)}
         missing = sorted(required - {str(c) for c in frame.columns})
@@ -164,15 +170,16 @@ def _save_upload(upload: UploadedFile, target: Path) -> None:
 
 
 def _check_size(upload: UploadedFile, field: str) -> None:
-    limit = settings.MODELPORT_MAX_UPLOAD_MB * 1024 * 1024
-    if upload.size is not None and upload.size > limit:
-        raise UploadTooLarge(f"{field} is {upload.size / 1048576:.1f} MB; the limit is "
-                             f"{settings.MODELPORT_MAX_UPLOAD_MB} MB.")
+    if upload.size is not None and upload.size > uploads.limit_bytes():
+        raise uploads.too_large(upload.size, field)
 
 
-class UploadTooLarge(InvalidInput):
-    status_code = 413
-    code = "too_large"
+def authorize_upload(*, actor, model: RegisteredModel, action: str = "registering versions"
+                     ) -> None:
+    """The role an upload needs (engineer), checked alone: views call it before they read the
+    request body, so a viewer's upload is refused without being received.
+    ``register_upload`` and ``replace_reference`` check it again."""
+    require_team_role(actor, model.team, Role.ENGINEER, action)
 
 
 def _next_version(model: RegisteredModel) -> int:
@@ -209,12 +216,15 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
     if upload is None:
         raise InvalidInput("Attach the model as the 'file' field.", field="file")
     _check_size(upload, "file")
+    reference_format = ""
     if reference_data is not None:
         _check_size(reference_data, "reference_data")
+        reference_format = baselines.check_upload(reference_data)
     example = _parse_json_field(input_example, "input_example")
     params_value, metrics_value = _numbers(params, "params"), _numbers(metrics, "metrics")
 
     staging = _staging_root() / uuid.uuid4().hex
+    reference_file = ""
     try:
         job_input = staging / "input"
         job_input.mkdir(parents=True)
@@ -225,7 +235,8 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
             archive = staging / "upload"
             _save_upload(upload, archive)
             limits = archives.Limits(max_members=settings.MODELPORT_ARCHIVE_MAX_MEMBERS,
-                                     max_bytes=settings.MODELPORT_ARCHIVE_MAX_MB * 1048576)
+                                     max_bytes=settings.MODELPORT_ARCHIVE_MAX_MB * 1048576,
+                                     max_ratio=settings.MODELPORT_ARCHIVE_MAX_RATIO)
             root = archives.extract_model_archive(archive, staging / "extracted", limits)
             metadata = mlmodel.read_metadata(root)
             shutil.move(str(root), str(job_input / "model"))
@@ -241,10 +252,8 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
             _save_upload(upload, job_input / "model.pkl")
             flavor = "sklearn"
             body = _check_example(example, None)
-        ref_frame = (reference.frame_from_upload(reference_data.read(), reference_data.name)
-                     if reference_data is not None else reference.frame_from_request(body))
-        stats = (reference.compute(ref_frame, source="reference_data" if reference_data
-                                   else "input_example") if ref_frame is not None else None)
+        reference_file = (baselines.keep(reference_data, reference_format)
+                          if reference_data is not None else "")
         (job_input / "job.json").write_text(json.dumps({"format": fmt, "input_example": body}))
 
         lineage_value = _lineage(lineage)
@@ -257,15 +266,20 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
                 source=getattr(upload, "name", "") or "", description=description,
                 flavor=flavor, signature=signature, input_example=body,
                 requirements=requirements, params=params_value, metrics=metrics_value,
-                lineage=lineage_value, reference_stats=stats, created_by=actor,
-                staging_dir=str(staging), status_message="Waiting for a worker to validate.")
+                lineage=lineage_value, created_by=actor,
+                staging_dir=str(staging), status_message="Waiting for a worker to validate.",
+                **baselines.pending_fields(reference_file, body))
             audit.record(actor=actor, action="version.registered", obj=version, team=model.team,
                          after={"model": model.name, "version": number, "format": fmt,
                                 "source": version.source})
             transaction.on_commit(lambda: _enqueue_validation(version.pk))
+            if version.reference_status == ReferenceStatus.PENDING:
+                transaction.on_commit(lambda: baselines.enqueue(version.pk))
         return version
     except BaseException:
         archives.remove_tree(staging)
+        if reference_file:
+            Path(reference_file).unlink(missing_ok=True)
         raise
 
 
@@ -377,7 +391,7 @@ def validate_version(*, version_id: int) -> ModelVersion:
     }
     if version.input_example is None and metadata.input_example is not None:
         extra["input_example"] = metadata.input_example
-        if version.reference_stats is None:
+        if version.reference_stats is None and version.reference_status == ReferenceStatus.NONE:
             frame = reference.frame_from_request(metadata.input_example)
             if frame is not None:
                 extra["reference_stats"] = reference.compute(frame, source="input_example")
@@ -405,24 +419,6 @@ def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | No
                             "sandboxed": sandboxed, "sha256": version.artifact_sha256})
     if staging is not None:
         archives.remove_tree(staging)
-    return version
-
-
-# --- Reference data -----------------------------------------------------------------------------
-@transaction.atomic
-def replace_reference(*, actor, version: ModelVersion,
-                      upload: UploadedFile | None) -> ModelVersion:
-    require_team_role(actor, version.model.team, Role.ENGINEER, "replacing reference data")
-    if upload is None:
-        raise InvalidInput("Attach a CSV or Parquet file as 'file'.", field="file")
-    _check_size(upload, "file")
-    frame = reference.frame_from_upload(upload.read(), upload.name)
-    before = (version.reference_stats or {}).get("source")
-    version.reference_stats = reference.compute(frame, source="reference_data")
-    ModelVersion.objects.filter(pk=version.pk).update(reference_stats=version.reference_stats)
-    audit.record(actor=actor, action="version.reference_replaced", obj=version,
-                 team=version.model.team, before={"source": before},
-                 after={"source": "reference_data", "rows": len(frame)})
     return version
 
 

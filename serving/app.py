@@ -23,7 +23,7 @@ from serving.config import Settings
 from serving.errors import MalformedRequest, ServingError
 from serving.loader import LoadedModel, load
 from serving.schema import validate
-from serving.shipping import PredictionLog, Shipper
+from serving.shipping import MAX_REQUEST_ID, PredictionLog, Shipper
 
 log = logging.getLogger("serving.app")
 
@@ -135,6 +135,8 @@ class ModelServer:
                 envelope={"deployment": s.deployment, "revision": s.revision, "replica": s.replica},
                 batch_size=s.ship_batch_size,
                 interval=s.ship_interval_s,
+                max_bytes=s.ship_max_bytes,
+                max_payload=s.log_max_payload_bytes,
             )
             self.shipper.start()
         if self.load_in_background:
@@ -290,7 +292,7 @@ class ModelServer:
                     content_length = int(value)
                 except ValueError:
                     content_length = -1
-        if not request_id or len(request_id) > 200 or not request_id.isascii():
+        if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isascii():
             request_id = os.urandom(16).hex().encode()
         raw: Any = None
         predictions: Any = None
@@ -373,9 +375,11 @@ class ModelServer:
         metrics.observe(endpoint, status, elapsed)
         if self.buffer is not None:
             # References only; the shipper builds and encodes the record later. A JSON body
-            # that parsed (``raw`` is set) is logged verbatim, CSV as the parsed table; the
+            # orjson parsed (``raw`` is set) is logged verbatim, CSV as the parsed table; the
             # predictions as the response body holding them (v2: the predictions object).
             json_body = raw is not None and (endpoint == "v2_infer" or mime != b"text/csv")
+            if json_body and (b"NaN" in body or b"Infinity" in body):
+                json_body = False  # maybe read leniently (protocol.load_json): not for orjson
             self.buffer.add(
                 (
                     request_id,

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Prediction-log shipping (serving.shipping): a batch stays below the ingest endpoint's 16 MiB
+# default (the platform passes its own limit); a larger request or response body is logged as
+# null. Here, not in serving.shipping, so that the supervisor process imports nothing heavy.
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
@@ -30,6 +35,8 @@ class Settings:
     log_buffer_size: int = 10_000
     ship_batch_size: int = 500
     ship_interval_s: float = 1.0
+    ship_max_bytes: int = DEFAULT_MAX_BATCH_BYTES  # the ingest endpoint's limit
+    log_max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # larger bodies are logged as null
     # Listen on this unix socket file (serving.sockets); with it and no MODELPORT_PORT, only there.
     unix_socket: str = ""
     # When set, every request but the health checks must carry it in X-Modelport-Replica-Key:
@@ -60,6 +67,9 @@ class Settings:
             log_buffer_size=int(e.get("MODELPORT_LOG_BUFFER_SIZE") or 10_000),
             ship_batch_size=int(e.get("MODELPORT_SHIP_BATCH_SIZE") or 500),
             ship_interval_s=float(e.get("MODELPORT_SHIP_INTERVAL_S") or 1.0),
+            ship_max_bytes=int(e.get("MODELPORT_SHIP_MAX_BYTES") or DEFAULT_MAX_BATCH_BYTES),
+            log_max_payload_bytes=int(e.get("MODELPORT_LOG_MAX_PAYLOAD_BYTES")
+                                      or DEFAULT_MAX_PAYLOAD_BYTES),
             unix_socket=unix_socket,
             replica_key=e.get("MODELPORT_REPLICA_KEY", ""),
         )

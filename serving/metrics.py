@@ -49,6 +49,17 @@ LOG_DROPPED = Counter(
     "modelport_prediction_logs_dropped",
     "Prediction log records dropped because the buffer was full",
 )
+LOG_REJECTED = Counter(
+    "modelport_prediction_logs_rejected",
+    "Prediction log records the ingest endpoint refused (a batch refused for good, or records "
+    "it dropped one by one)",
+)
+LOG_PAYLOADS_OMITTED = Counter(
+    "modelport_prediction_log_payloads_omitted",
+    "Request or response bodies logged as null because the ingest endpoint could not store "
+    "them (too_large, too_deep); the record itself is shipped",
+    ["reason"],
+)
 LOG_SHIPPED = Counter(
     "modelport_prediction_logs_shipped", "Prediction log records delivered to the ingest endpoint"
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -38,14 +39,24 @@ V2_DATATYPES = {
 
 
 def may_contain_bools(body: bytes) -> bool:
-    """Cheap byte scan: numeric fast paths are only safe when no JSON boolean can be present."""
-    return b"true" in body or b"false" in body
+    """Cheap byte scan: numeric fast paths are only safe when no JSON boolean — nor a NaN or
+    Infinity literal (see ``load_json``) — can be present."""
+    return b"true" in body or b"false" in body or b"NaN" in body or b"Infinity" in body
 
 
 def load_json(body: bytes) -> Any:
+    """Parse with orjson; a body it refuses only for ``NaN``/``Infinity`` literals (what
+    Python's ``json.dumps``, and so ``requests``, writes for a missing float) is parsed again
+    with the standard library, which reads them, so that the signature check can name the
+    column (a NaN in a required column is a missing value)."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if b"NaN" in body or b"Infinity" in body:
+            try:
+                return json.loads(body)
+            except (ValueError, RecursionError):
+                pass
         raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
 
 

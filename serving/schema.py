@@ -2,14 +2,13 @@
 
 The validator turns parsed request data (see :mod:`serving.protocol`) into a :class:`Batch`:
 a 2-D numpy array in signature column order when every column is numeric (the fast path,
-no pandas), or typed per-column arrays otherwise. Every problem raises
-:class:`~serving.errors.InputError` with a message naming the column, the row (0-based, like
-a DataFrame index) and the offending value.
+no pandas), or typed per-column arrays otherwise (:mod:`serving.values`, value by value). Every
+problem raises :class:`~serving.errors.InputError` with a message naming the column, the row
+(0-based, like a DataFrame index) and the offending value.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,18 +16,15 @@ import numpy as np
 import orjson
 
 from serving.errors import InputError
-
-FLOAT_TYPES = frozenset({"double", "float"})
-INT_TYPES = frozenset({"long", "integer"})
-NUMERIC_TYPES = FLOAT_TYPES | INT_TYPES
-NUMPY_DTYPE = {
-    "double": np.dtype(np.float64),
-    "float": np.dtype(np.float32),
-    "long": np.dtype(np.int64),
-    "integer": np.dtype(np.int32),
-    "boolean": np.dtype(np.bool_),
-}
-MISSING = object()
+from serving.values import (
+    FLOAT_TYPES,
+    INT_TYPES,
+    MISSING,
+    NUMERIC_TYPES,
+    convert_column,
+    json_type,
+    show,
+)
 
 
 @dataclass(frozen=True)
@@ -160,132 +156,7 @@ class Batch:
         return pd.DataFrame(self.tensor)
 
 
-# --- messages --------------------------------------------------------------------------------
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def show(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-    if isinstance(value, str):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def type_error(column: str, expected: str, value: Any, row: int) -> InputError:
-    return InputError(
-        f"column '{column}': expected {expected}, got {json_type(value)} {show(value)} in row {row}"
-    )
-
-
 EMPTY_BATCH = "empty batch: the request contains no rows"
-
-
-# --- per-column conversion (the careful path) ------------------------------------------------
-
-
-def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.ndarray:
-    """Convert one column's values to a typed array, raising on the first bad value."""
-    t = spec.type
-    name = spec.name
-    n = len(values)
-    if t in FLOAT_TYPES:
-        out = np.empty(n, dtype=NUMPY_DTYPE[t])
-        for i, v in enumerate(values):
-            tv = type(v)
-            if tv is float or tv is int:
-                out[i] = v
-            elif v is None or v is MISSING:
-                out[i] = math.nan
-            elif from_csv and tv is str:
-                if v == "":
-                    out[i] = math.nan
-                    continue
-                try:
-                    out[i] = float(v)
-                except ValueError:
-                    raise type_error(name, t, v, i) from None
-            elif isinstance(v, (np.floating, np.integer)):
-                out[i] = v
-            else:
-                raise type_error(name, t, v, i)
-        return out
-    if t in INT_TYPES:
-        out = np.empty(n, dtype=NUMPY_DTYPE[t])
-        info = np.iinfo(out.dtype)
-        for i, v in enumerate(values):
-            tv = type(v)
-            if from_csv and tv is str:
-                try:
-                    v = int(v)
-                except ValueError:
-                    raise type_error(name, t, v, i) from None
-                tv = int
-            if tv is int or isinstance(v, np.integer):
-                if not info.min <= v <= info.max:
-                    raise InputError(
-                        f"column '{name}': value {v} in row {i} is out of range for {t}"
-                    )
-                out[i] = v
-            elif tv is float and v.is_integer():
-                out[i] = int(v)
-            else:
-                raise type_error(name, t, None if v is MISSING else v, i)
-        return out
-    if t == "boolean":
-        out = np.empty(n, dtype=np.bool_)
-        for i, v in enumerate(values):
-            if type(v) is bool:
-                out[i] = v
-            elif from_csv and isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
-                out[i] = v.lower() in ("true", "1")
-            else:
-                raise type_error(name, t, None if v is MISSING else v, i)
-        return out
-    if t in ("string", "binary"):
-        out = np.empty(n, dtype=object)
-        for i, v in enumerate(values):
-            if type(v) is str or v is None:
-                out[i] = v
-            elif v is MISSING:
-                out[i] = None
-            else:
-                raise type_error(name, t, v, i)
-        return out
-    if t == "datetime":
-        out = np.empty(n, dtype="datetime64[ns]")
-        for i, v in enumerate(values):
-            if v is None or v is MISSING or v == "":
-                out[i] = np.datetime64("NaT")
-                continue
-            if not isinstance(v, str):
-                raise type_error(name, t, v, i)
-            try:
-                out[i] = np.datetime64(v.replace("Z", ""), "ns")
-            except ValueError:
-                raise type_error(name, t, v, i) from None
-        return out
-    # array / object / map / any: accept as given (best effort)
-    out = np.empty(n, dtype=object)
-    for i, v in enumerate(values):
-        out[i] = None if v is MISSING else v
-    return out
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -380,6 +251,8 @@ def _numeric_matrix(
             if not sig.all_float:
                 return None
             a = np.array(rows, dtype=np.float64)
+            if not np.isfinite(a).all():  # "nan" or "inf" cells: the careful path decides
+                return None
         else:
             a = np.array(rows)
     except (ValueError, TypeError):
@@ -522,7 +395,13 @@ def _check_tensor(data: Any, spec: TensorSpec, maybe_bools: bool) -> np.ndarray:
         )
     if arr.ndim and arr.shape[0] == 0:
         raise InputError(EMPTY_BATCH)
-    return arr.astype(want, copy=False) if want.kind != "O" else arr
+    if want.kind == "O":
+        return arr
+    with np.errstate(over="ignore"):
+        out = arr.astype(want, copy=False)
+    if want.kind == "f" and out is not arr and np.isinf(out).any() and np.isfinite(arr).all():
+        raise InputError(f"{label}: a value is out of range for {want.name}")
+    return out
 
 
 def _flat(data: Any) -> Any:
@@ -585,6 +464,6 @@ def _csv_guess(values: list[str]) -> np.ndarray:
     for dtype in (np.int64, np.float64):
         try:
             return np.array(values, dtype=dtype)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an integer beyond int64
             continue
     return np.array(values, dtype=object)

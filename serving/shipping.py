@@ -15,6 +15,14 @@ so do the predictions, sliced out of the ``{"predictions": …}`` response alrea
 re-encoded 100 input rows), so chunks are sized to about a millisecond each and the task yields
 to the loop between them. When the buffer is full the oldest record is dropped and counted;
 inference never waits on shipping.
+
+Nothing a client sends can make the ingest endpoint refuse a batch for good: a logged request
+or response body over ``max_payload`` bytes, or nested deeper than ``MAX_LOG_DEPTH``, is logged
+as null (the record itself — time, latency, status — still ships; counted in
+``modelport_prediction_log_payloads_omitted_total``), error messages are cut to
+``MAX_ERROR_CHARS``, a batch is cut to ``max_bytes`` before it is sent, and a ``413`` answer
+halves it. Any other refusal (``PERMANENT_STATUSES``) drops that batch, counted, and shipping
+moves on; server errors and network failures are retried with backoff.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import http.client
 import logging
 import random
+import re
 import time
 import zlib
 from collections import deque
@@ -31,9 +40,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from serving import metrics, sockets
+from serving.config import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_PAYLOAD_BYTES
 from serving.protocol import jsonable
 
 log = logging.getLogger("serving.shipping")
@@ -46,6 +57,9 @@ LogRecord = tuple[str | bytes, float, float, int, str, Any, Any, str | None]
 Poster = Callable[[bytes], bytes | None]  # the ingest endpoint's answer, if any
 
 PERMANENT_STATUSES = frozenset({400, 404, 413, 422})
+MAX_LOG_DEPTH = 128  # the ingest endpoint stores JSON nested up to 254 levels
+MAX_ERROR_CHARS = 2000  # what the ingest endpoint keeps of an error message
+MAX_REQUEST_ID = 100  # the ingest endpoint's limit
 MAX_BACKOFF_S = 30.0
 PREDICTIONS_PREFIX = b'{"predictions":'
 CHUNK_BUDGET_S = 0.001  # event-loop time per encoding chunk before yielding
@@ -85,6 +99,15 @@ class PredictionLog:
             metrics.LOG_DROPPED.inc()
         records.append(record)
 
+    def put_back(self, records: Sequence[LogRecord]) -> None:
+        """Return taken records to the front of the buffer (oldest first), within ``maxlen``."""
+        buffered = self.records
+        buffered.extendleft(reversed(records))
+        while len(buffered) > self.maxlen:
+            buffered.pop()  # the newest: what was taken first stays first
+            self.dropped += 1
+            metrics.LOG_DROPPED.inc()
+
     def take(self, n: int) -> list[LogRecord]:
         records = self.records
         n = min(n, len(records))
@@ -120,15 +143,64 @@ def iso_timestamp(ts: float) -> str:
     return _second_prefix(second) + _MILLIS[int((ts - second) * 1000)]
 
 
+# bytes.translate table and deletions that keep a JSON text's skeleton: quotes, and brackets
+# with "{" and "}" written as "[" and "]" (only the depth matters).
+_SKELETON = bytes.maketrans(b"{}", b"[]")
+_NOT_SKELETON = bytes(b for b in range(256) if b not in b'"[]{}')
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+
+
+def nested_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether the JSON text ``body`` (valid: the server parsed it) nests arrays and objects
+    more than ``limit`` levels deep, without parsing it: escapes and all but quotes and brackets
+    are dropped, all C-speed byte operations; only a skeleton still long enough to be that deep
+    once its leaves are gone gets its running depth, outside strings, summed (numpy). A few µs
+    for a 100-row request, nothing for a small one."""
+    if len(body) <= 2 * limit:  # every level costs two bytes
+        return False
+    if b"\\" in body:
+        body = _ESCAPE.sub(b"", body)
+    # Adjacent quotes close one string and open the next, or hold an empty one: dropping them
+    # keeps what is inside strings inside. Then an empty pair is a leaf (one level less), or
+    # sits inside a string (no level at all).
+    skeleton = body.translate(_SKELETON, _NOT_SKELETON).replace(b'""', b"")
+    if len(skeleton) - 2 * skeleton.count(b"[]") <= 2 * (limit - 1):
+        return False
+    chars = np.frombuffer(skeleton, np.uint8)
+    # "[" is 0x5B, "]" 0x5D: bit 1 tells them apart (+1, -1); a quote (0x22) counts 0 ...
+    steps = (chars & 2).astype(np.int32) - 1
+    quotes = chars == 0x22
+    steps[quotes] = 0
+    # ... and so does a bracket after an odd number of quotes: inside a string.
+    steps[(np.cumsum(quotes) & 1).astype(bool)] = 0
+    return int(np.cumsum(steps).max()) > limit
+
+
+def _payload(value: bytes, max_payload: int) -> bytes | None:
+    """``value`` (a JSON body logged verbatim), or None when the ingest endpoint could not take
+    it: too large, or nested too deep. Counted by reason."""
+    if len(value) > max_payload:
+        metrics.LOG_PAYLOADS_OMITTED.labels("too_large").inc()
+        return None
+    if nested_deeper_than(value, MAX_LOG_DEPTH):
+        metrics.LOG_PAYLOADS_OMITTED.labels("too_deep").inc()
+        return None
+    return value
+
+
 def record_to_dict(r: LogRecord) -> dict[str, Any]:
     """One record as the ingest endpoint's JSON object (payloads as ``orjson.Fragment``)."""
     return _dicts([r])[0]
 
 
-def _dicts(records: Sequence[LogRecord]) -> list[dict[str, Any]]:
+def _dicts(records: Sequence[LogRecord],
+           max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[dict[str, Any]]:
     """The records as the ingest endpoint's JSON objects; the hot loop of shipping, so
-    everything is inlined (a couple of µs a record)."""
+    everything is inlined (a couple of µs a record). Bodies logged verbatim that the ingest
+    endpoint could not store are left out (``_payload``)."""
     docs = []
+    # Bodies this short can be neither too large nor too deep: no call for them.
+    short = min(max_payload, 2 * MAX_LOG_DEPTH)
     append = docs.append
     fragment = orjson.Fragment
     millis = _MILLIS
@@ -139,10 +211,20 @@ def _dicts(records: Sequence[LogRecord]) -> list[dict[str, Any]]:
             second = int(ts // 1)
             prefix = _second_prefix(second)
         if type(outputs) is bytes:
-            outputs = fragment(outputs[prefix_len:-1] if outputs.startswith(PREDICTIONS_PREFIX)
-                               else outputs)
+            if len(outputs) > short:
+                outputs = _payload(outputs, max_payload)
+            if outputs is not None:
+                outputs = fragment(outputs[prefix_len:-1]
+                                   if outputs.startswith(PREDICTIONS_PREFIX) else outputs)
         elif outputs is not None:
             outputs = jsonable(outputs)
+        if type(inputs) is bytes:
+            if len(inputs) > short:
+                inputs = _payload(inputs, max_payload)
+            if inputs is not None:
+                inputs = fragment(inputs)
+        if error is not None and len(error) > MAX_ERROR_CHARS:
+            error = error[:MAX_ERROR_CHARS]
         append({
             "request_id": request_id if type(request_id) is str else request_id.decode(),
             "timestamp": prefix + millis[int((ts - second) * 1000)],
@@ -150,7 +232,7 @@ def _dicts(records: Sequence[LogRecord]) -> list[dict[str, Any]]:
             "latency_ms": int(latency_ms * 1000.0 + 0.5) / 1000.0,
             "status": status,
             "endpoint": endpoint,
-            "inputs": fragment(inputs) if type(inputs) is bytes else inputs,
+            "inputs": inputs,
             "outputs": outputs,
             "error": error,
         })
@@ -160,35 +242,43 @@ def _dicts(records: Sequence[LogRecord]) -> list[dict[str, Any]]:
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-def encode_record(r: LogRecord) -> bytes:
+def encode_record(r: LogRecord, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
     """One record as a JSON object. Inputs or outputs JSON cannot express are logged as their
     text (truncated) rather than failing the batch they would travel in."""
     try:
-        return orjson.dumps(record_to_dict(r), option=_DUMPS_OPTIONS, default=str)
+        return orjson.dumps(_dicts([r], max_payload)[0], option=_DUMPS_OPTIONS, default=str)
     except Exception:  # noqa: BLE001 - whatever the model returned, the record still ships
-        return orjson.dumps(record_to_dict((*r[:5], _as_text(r[5]), _as_text(r[6]), r[7])))
+        return orjson.dumps(_dicts([(*r[:5], _as_text(r[5]), _as_text(r[6]), r[7])],
+                                   max_payload)[0])
 
 
 def _as_text(value: Any) -> Any:
-    return value if value is None or type(value) is bytes else str(value)[:10_000]
+    if value is None or type(value) is bytes:
+        return value
+    try:
+        return str(value)[:10_000]
+    except Exception:  # noqa: BLE001 - e.g. RecursionError: too deep even to print
+        return None
 
 
-def encode_records(records: Sequence[LogRecord]) -> bytes:
+def encode_records(records: Sequence[LogRecord],
+                   max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
     """The records as the members of a JSON array, comma-separated, without the brackets: one
     ``orjson.dumps`` call for all of them (record by record only if one cannot be encoded)."""
     if not records:
         return b""
     try:
-        body = orjson.dumps(_dicts(records), option=_DUMPS_OPTIONS, default=str)
+        body = orjson.dumps(_dicts(records, max_payload), option=_DUMPS_OPTIONS, default=str)
     except Exception:  # noqa: BLE001 - find and fix the record(s) at fault
-        return b",".join([encode_record(r) for r in records])
+        return b",".join([encode_record(r, max_payload) for r in records])
     return body[1:-1]
 
 
 class ShipError(Exception):
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.status = status
 
 
 class Shipper:
@@ -204,6 +294,8 @@ class Shipper:
         interval: float = 1.0,
         timeout: float = 5.0,
         poster: Poster | None = None,
+        max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.buffer = buffer
         self.url = url
@@ -213,6 +305,10 @@ class Shipper:
         self.interval = interval
         self.timeout = timeout
         self.poster = poster or self._post
+        # A batch body stays within max_bytes (the ingest endpoint's limit); a logged body within
+        # a quarter of it, so that any one record fits in a batch with room to spare.
+        self.max_bytes = max(4096, max_bytes)
+        self.max_payload = max(1, min(max_payload, self.max_bytes // 4))
         self.pending: list[LogRecord] = []
         self._pending_body: bytes | None = None  # the pending batch, encoded (kept for retries)
         head = orjson.dumps(self.envelope)[:-1]  # the envelope object without its closing brace
@@ -288,9 +384,15 @@ class Shipper:
         if not answer or not answer.startswith(b"{"):
             return
         try:
-            rate = orjson.loads(answer).get("sampling_rate")
+            doc = orjson.loads(answer)
+            rate = doc.get("sampling_rate")
         except (orjson.JSONDecodeError, AttributeError):
             return
+        rejected = doc.get("rejected")
+        if type(rejected) is int and rejected > 0:  # records it dropped one by one
+            metrics.LOG_REJECTED.inc(rejected)
+            log.warning("ingest dropped %d log records it could not store: %s", rejected,
+                        str(doc.get("rejections"))[:500])
         if type(rate) in (int, float) and 0.0 <= rate <= 1.0:
             self.buffer.sampling_rate = float(rate)
 
@@ -315,17 +417,26 @@ class Shipper:
             self._pending_body = None
             if not self.pending:
                 return True
-        batch = self.pending
         try:
             if self._pending_body is None:
-                self._pending_body = await self.encode_in_chunks(batch)
+                self._pending_body = await self._encode_within_limit()
+            batch = self.pending
             answer = await asyncio.to_thread(self.poster, self._pending_body)
         except ShipError as exc:
+            batch = self.pending
             self.failures += 1
             metrics.SHIP_FAILURES.inc()
+            if exc.status == 413 and len(batch) > 1:
+                # The ingest endpoint takes fewer records at once than we send: halve the batch
+                # (from now on) and send the rest after it.
+                self.batch_size = max(1, len(batch) // 2)
+                self._requeue(self.batch_size)
+                log.warning("ingest refused %d log records as too large; sending batches of %d",
+                            len(batch), self.batch_size)
+                return True
             if exc.permanent:
                 log.error("ingest rejected %d log records for good: %s", len(batch), exc)
-                metrics.LOG_DROPPED.inc(len(batch))
+                metrics.LOG_REJECTED.inc(len(batch))
                 self.pending, self._pending_body = [], None
                 return True
             log.warning("shipping %d log records failed (will retry): %s", len(batch), exc)
@@ -333,7 +444,7 @@ class Shipper:
         except Exception as exc:  # noqa: BLE001
             self.failures += 1
             metrics.SHIP_FAILURES.inc()
-            log.warning("shipping %d log records failed (will retry): %r", len(batch), exc)
+            log.warning("shipping %d log records failed (will retry): %r", len(self.pending), exc)
             return False
         self.learn(answer)
         self.failures = 0
@@ -342,9 +453,34 @@ class Shipper:
         self.pending, self._pending_body = [], None
         return True
 
+    def _requeue(self, keep: int) -> None:
+        """Keep the first ``keep`` pending records as the batch; the others go back to the
+        front of the buffer, to be sent next."""
+        self.buffer.put_back(self.pending[keep:])
+        self.pending, self._pending_body = self.pending[:keep], None
+
+    async def _encode_within_limit(self) -> bytes:
+        """The pending batch, encoded, cut (the rest goes back to the buffer) until its body is
+        within ``max_bytes``; a record too large alone is sent without its bodies."""
+        while True:
+            body = await self.encode_in_chunks(self.pending)
+            if len(body) <= self.max_bytes:
+                return body
+            if len(self.pending) > 1:
+                self._requeue(len(self.pending) // 2)
+                continue
+            r = self.pending[0]
+            metrics.LOG_PAYLOADS_OMITTED.labels("too_large").inc()
+            self.pending = [(*r[:5], None, None, r[7])]
+            body = self.encode(self.pending)
+            if len(body) <= self.max_bytes:
+                return body
+            raise ShipError(f"a log record of {len(body)} bytes exceeds the batch limit of "
+                            f"{self.max_bytes}", permanent=True)
+
     def encode(self, batch: Sequence[LogRecord]) -> bytes:
         """The batch document: the envelope plus ``records``."""
-        return b"".join((self._head, encode_records(batch), b"]}"))
+        return b"".join((self._head, encode_records(batch, self.max_payload), b"]}"))
 
     async def encode_in_chunks(self, batch: Sequence[LogRecord]) -> bytes:
         """``encode(batch)``, in chunks of about ``CHUNK_BUDGET_S`` of CPU each, yielding to the
@@ -354,7 +490,7 @@ class Shipper:
         while i < n:
             size = self._chunk
             started = time.perf_counter()
-            parts.append(encode_records(batch[i:i + size]))
+            parts.append(encode_records(batch[i:i + size], self.max_payload))
             took = time.perf_counter() - started
             i += size
             if took > 0:  # next chunk: about CHUNK_BUDGET_S, growing at most twofold
@@ -374,6 +510,7 @@ class Shipper:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise ShipError(f"{type(exc).__name__}: {exc}") from None
         if not 200 <= status < 300:
-            raise ShipError(f"HTTP {status} from ingest", permanent=status in PERMANENT_STATUSES)
+            raise ShipError(f"HTTP {status} from ingest", permanent=status in PERMANENT_STATUSES,
+                            status=status)
         log.debug("shipped %d bytes in %.1f ms", len(body), (time.perf_counter() - started) * 1e3)
         return answer[:64 * 1024]

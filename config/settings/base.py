@@ -365,6 +365,12 @@ CELERY_BEAT_SCHEDULE["hosts-check"] = {
 MODELPORT_PROTECTED_ALIASES = env_list("MODELPORT_PROTECTED_ALIASES", ["production"])
 MODELPORT_ARCHIVE_MAX_MEMBERS = env_int("MODELPORT_ARCHIVE_MAX_MEMBERS", 2000, minimum=1)
 MODELPORT_ARCHIVE_MAX_MB = env_int("MODELPORT_ARCHIVE_MAX_MB", 2048, minimum=1)
+# An archive expanding more than this many times its own size (past 64 MB) is refused as a
+# decompression bomb before it is inflated (registry/archives.py).
+MODELPORT_ARCHIVE_MAX_RATIO = env_int("MODELPORT_ARCHIVE_MAX_RATIO", 100, minimum=1)
+# Reference data (the drift baseline) with more columns is refused in the request, from its
+# CSV header line or Parquet footer; it is parsed and profiled by a worker (registry/reference.py).
+MODELPORT_REFERENCE_MAX_COLUMNS = env_int("MODELPORT_REFERENCE_MAX_COLUMNS", 2000, minimum=1)
 MODELPORT_SANDBOX_TIMEOUT_S = env_int("MODELPORT_SANDBOX_TIMEOUT_S", 300, minimum=5)
 MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
 MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)
@@ -426,6 +432,13 @@ CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
 
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------
 MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)
+# Uploaded files are counted as they stream in and stopped at MODELPORT_MAX_UPLOAD_MB (413),
+# with or without a Content-Length (config/uploads.py).
+FILE_UPLOAD_HANDLERS = [
+    "config.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 MODELPORT_MAX_REPLICAS = env_int("MODELPORT_MAX_REPLICAS", 16, minimum=1)
 MODELPORT_HEARTBEAT_STALE_SECONDS = env_float("MODELPORT_HEARTBEAT_STALE_SECONDS", 90, minimum=1)
 

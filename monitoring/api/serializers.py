@@ -123,9 +123,20 @@ class IngestBatchSerializer(serializers.Serializer):
     records = IngestRecordSerializer(many=True)
 
 
+class IngestRejectionSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position of the record in 'records'.")
+    reason = serializers.CharField(help_text="not_an_object, request_id, timestamp, latency_ms, "
+                                             "status, endpoint, error, too_deep or unstorable")
+    detail = serializers.CharField()
+
+
 class IngestResultSerializer(serializers.Serializer):
-    accepted = serializers.IntegerField()
+    accepted = serializers.IntegerField(help_text="Records stored.")
     sampled_out = serializers.IntegerField()
+    rejected = serializers.IntegerField(
+        help_text="Records dropped one by one because they could not be stored; the rest of "
+                  "the batch is stored regardless.")
+    rejections = IngestRejectionSerializer(many=True, help_text="The first 20 rejected records.")
     sampling_rate = serializers.FloatField(
         help_text="The deployment's sampling rate: replicas keep only the requests it keeps "
                   "(the same hash of the request id) and do no logging work for the others.")

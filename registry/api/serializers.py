@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import AliasTransitionRequest, ModelAlias, ModelVersion, RegisteredModel
@@ -43,9 +44,24 @@ class RegisteredModelUpdateSerializer(serializers.Serializer):
     tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False)
 
 
+class ReferenceStateSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["none", "pending", "ready", "failed"],
+        help_text="pending: a worker is profiling the uploaded reference data (or the input "
+                  "example); ready: reference_stats is the drift baseline; failed: see message "
+                  "(the previous baseline stays in use).")
+    message = serializers.CharField()
+    source = serializers.CharField(allow_null=True,
+                                   help_text="reference_data or input_example: what "
+                                             "reference_stats was computed from.")
+    rows = serializers.IntegerField(allow_null=True)
+    features = serializers.IntegerField(allow_null=True)
+
+
 class ModelVersionSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name", read_only=True)
     aliases = serializers.SerializerMethodField()
+    reference = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", read_only=True,
                                        default=None)
     artifact = serializers.SerializerMethodField()
@@ -55,11 +71,18 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         fields = ["model", "version", "status", "status_message", "progress", "sandboxed",
                   "source_format", "source", "description", "flavor", "signature",
                   "input_example", "requirements", "params", "metrics", "lineage",
-                  "reference_stats", "aliases", "artifact", "created_by", "created_at",
-                  "validated_at"]
+                  "reference", "reference_stats", "aliases", "artifact", "created_by",
+                  "created_at", "validated_at"]
 
     def get_aliases(self, version: ModelVersion) -> list[str]:
         return sorted(alias.name for alias in version.aliases.all())
+
+    @extend_schema_field(ReferenceStateSerializer)
+    def get_reference(self, version: ModelVersion) -> dict:
+        stats = version.reference_stats or {}
+        return {"status": version.reference_state, "message": version.reference_message,
+                "source": stats.get("source"), "rows": stats.get("rows"),
+                "features": len(stats["features"]) if "features" in stats else None}
 
     def get_artifact(self, version: ModelVersion) -> dict | None:
         if not version.artifact_sha256:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.db.models import Prefetch
 from django.http import FileResponse
 from django_filters.rest_framework import DjangoFilterBackend
@@ -11,10 +10,11 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config import uploads
 from config.errors import NotFound
 from teams.access import get_visible_team
 
-from .. import services, storage
+from .. import baselines, services, storage
 from ..filtersets import RegisteredModelFilterSet
 from ..models import (
     AliasTransitionRequest,
@@ -34,18 +34,11 @@ def visible_model(user, name: str) -> RegisteredModel:
     return model
 
 
-def _too_large(request: Request) -> Response | None:
-    """413 before reading the body, from Content-Length alone."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    limit = settings.MODELPORT_MAX_UPLOAD_MB * 1024 * 1024
-    if length > limit + 1024 * 1024:
-        return Response({"detail": f"Upload is {length / 1048576:.1f} MB; the limit is "
-                                   f"{settings.MODELPORT_MAX_UPLOAD_MB} MB.",
-                         "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-    return None
+def _authorize_upload(request: Request, model: RegisteredModel, action: str) -> None:
+    """Before the body is read: the caller's role (403), then the declared size (413). The
+    bytes are counted again as they stream in (``config.uploads.LimitedUploadHandler``)."""
+    services.authorize_upload(actor=request.user, model=model, action=action)
+    uploads.check_declared_length(request.META.get("CONTENT_LENGTH"))
 
 
 @extend_schema_view(
@@ -139,10 +132,8 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
         return Response(self.get_serializer(self._version()).data)
 
     def create(self, request: Request, model_name: str) -> Response:
-        refused = _too_large(request)
-        if refused is not None:
-            return refused
         model = self._model()
+        _authorize_upload(request, model, "registering versions")
         if "source" in request.data and "file" not in request.FILES:
             version = services.register_from_source(
                 actor=request.user, model=model, source=str(request.data.get("source", "")),
@@ -176,17 +167,16 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
         response["X-Checksum-SHA256"] = found.artifact_sha256
         return response
 
-    @extend_schema(request={"multipart/form-data": s.ReferenceUploadSerializer})
+    @extend_schema(request={"multipart/form-data": s.ReferenceUploadSerializer},
+                   responses={202: s.ModelVersionSerializer})
     @action(detail=True, methods=["put"], parser_classes=[MultiPartParser])
     def reference(self, request: Request, model_name: str, version: str) -> Response:
-        refused = _too_large(request)
-        if refused is not None:
-            return refused
         found = self._version()
-        services.replace_reference(actor=request.user, version=found,
-                                   upload=request.FILES.get("file"))
+        _authorize_upload(request, found.model, "replacing reference data")
+        baselines.replace_reference(actor=request.user, version=found,
+                                    upload=request.FILES.get("file"))
         found.refresh_from_db()
-        return Response(self.get_serializer(found).data)
+        return Response(self.get_serializer(found).data, status=status.HTTP_202_ACCEPTED)
 
 
 class AliasViewSet(viewsets.GenericViewSet):

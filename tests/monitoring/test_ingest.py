@@ -1,4 +1,4 @@
-"""The ingest endpoint: authentication per deployment, whole-batch validation, sampling."""
+"""The ingest endpoint: authentication per deployment, record-by-record validation, sampling."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def test_a_batch_shaped_like_the_model_servers_is_stored(deployment, ingest_toke
     ])
     response = post(body, ingest_token)
     assert response.status_code == 202, response.content
-    assert response.json() == {"accepted": 2, "sampled_out": 0, "sampling_rate": 1.0}
+    assert response.json() == {"accepted": 2, "sampled_out": 0, "rejected": 0, "rejections": [],
+                               "sampling_rate": 1.0}
     stored = {r.request_id: r for r in PredictionRecord.objects.all()}
     assert stored["req-a"].latency_ms == 12.5 and stored["req-a"].outputs == [1]
     assert stored["req-b"].status == 500 and stored["req-b"].error.startswith("prediction")
@@ -117,19 +118,94 @@ def test_malformed_batches_are_400(deployment, ingest_token, body):
     assert post(body, ingest_token).status_code == 400
 
 
-@pytest.mark.parametrize("bad", [
-    {"request_id": 5},
-    {"timestamp": "yesterday"},
-    {"latency_ms": -1},
-    {"latency_ms": "fast"},
-    {"status": 42},
+@pytest.mark.parametrize(("bad", "reason"), [
+    ({"request_id": 5}, "request_id"),
+    ({"request_id": ""}, "request_id"),
+    ({"timestamp": "yesterday"}, "timestamp"),
+    ({"timestamp": "0001-01-01T00:00:00-05:00"}, "timestamp"),  # the rollup's minutes overflow
+    ({"timestamp": "2999-01-01T00:00:00+00:00"}, "timestamp"),
+    ({"latency_ms": -1}, "latency_ms"),
+    ({"latency_ms": "fast"}, "latency_ms"),
+    ({"status": 42}, "status"),
+    ({"endpoint": [[["invocations"]]]}, "endpoint"),
+    ({"error": {"message": "boom"}}, "error"),
 ])
-def test_one_bad_record_rejects_the_whole_batch(deployment, ingest_token, bad):
+def test_a_bad_record_is_dropped_and_counted_and_the_rest_of_the_batch_stored(
+        deployment, ingest_token, bad, reason):
+    from monitoring import prom
+
+    def rejected() -> float:
+        return prom.REGISTRY.get_sample_value("modelport_ingest_rejected_records_total", {
+            "deployment": "churn-prod", "reason": reason}) or 0.0
+
+    before = rejected()
     records = [record(i, minutes_ago(1)) for i in range(10)]
     records[7] = {**records[7], **bad}
     response = post(batch(records), ingest_token)
-    assert response.status_code == 400
-    assert "records[7]" in response.json()["detail"]
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (9, 1)
+    assert body["rejections"][0]["index"] == 7 and body["rejections"][0]["reason"] == reason
+    assert body["rejections"][0]["detail"].startswith("records[7]")
+    assert PredictionRecord.objects.count() == 9
+    assert records[7]["request_id"] not in set(
+        PredictionRecord.objects.values_list("request_id", flat=True))
+    assert rejected() == before + 1
+
+
+def test_a_record_that_is_not_an_object_is_dropped_alone(deployment, ingest_token):
+    records = [record(0, minutes_ago(1)), "just text", None, record(3, minutes_ago(1))]
+    body = post(batch(records), ingest_token).json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["reason"]) for r in body["rejections"]] == [
+        (1, "not_an_object"), (2, "not_an_object")]
+
+
+def test_a_viewers_thousand_deep_request_costs_only_its_own_record(deployment, ingest_token):
+    """The finding: one request nested 1,000 deep, logged verbatim by the replica, failed the
+    whole batch with a 500 (orjson refuses to encode past 254 levels) and the replica re-sent it
+    forever. Now it is dropped alone and the good records around it are stored and rolled up."""
+    deep = b"[" * 1000 + b"]" * 1000
+    records = [record(i, minutes_ago(1)) for i in range(5)]
+    marker = b'"inputs":"DEEP"'
+    records[2]["inputs"] = "DEEP"
+    body = orjson.dumps(batch(records)).replace(marker, b'"inputs":' + deep, 1)
+    response = post(body, ingest_token)
+    assert response.status_code == 202, response.content
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (4, 1)
+    assert answer["rejections"][0]["reason"] == "too_deep"
+    assert PredictionRecord.objects.count() == 4
+    assert roll() == 4
+
+
+def test_a_value_the_database_refuses_costs_only_its_own_record(deployment, ingest_token):
+    """An ISO week date parses in Python but PostgreSQL's timestamp input refuses it: the
+    write is retried in halves (savepoints) until that one record is isolated."""
+    records = [record(i, minutes_ago(1)) for i in range(9)]
+    when = minutes_ago(1)
+    year, week, day = when.isocalendar()
+    records[5]["timestamp"] = f"{year}-W{week:02d}-{day}T{when:%H:%M:%S}+00:00"
+    response = post(batch(records), ingest_token)
+    assert response.status_code == 202, response.content
+    answer = response.json()
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        assert (answer["accepted"], answer["rejected"]) == (8, 1)
+        assert answer["rejections"] == [{"index": 5, "reason": "unstorable",
+                                         "detail": answer["rejections"][0]["detail"]}]
+        assert "cannot store" in answer["rejections"][0]["detail"]
+        assert PredictionRecord.objects.count() == 8
+    else:  # SQLite stores the parsed datetime
+        assert answer["accepted"] == 9
+
+
+def test_the_whole_batch_shape_is_still_a_400(deployment, ingest_token):
+    for body in (batch([record(1, minutes_ago(1))]) | {"deployment": ["churn-prod"]},
+                 {"deployment": "churn-prod", "records": {"0": record(1, minutes_ago(1))}},
+                 b"[" * 2000 + b"]" * 2000):
+        assert post(body, ingest_token).status_code == 400
     assert PredictionRecord.objects.count() == 0
 
 
@@ -234,3 +310,77 @@ def test_revision_is_read_leniently(deployment, ingest_token, sent, stored):
     body["revision"] = sent
     assert post(body, ingest_token).status_code == 202
     assert PredictionRecord.objects.get().revision == stored
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_viewers_deep_request_through_a_model_server_never_blocks_its_log(
+        live_server, team, iris_dir):
+    """End to end, as the finding was seen: a model server (serving.app, in process, with its
+    real shipper) answers a request nested 1,000 deep among good ones and ships its log to a
+    running Modelport. Every record arrives; the deep one without its body."""
+    import asyncio
+
+    import httpx
+
+    from registry.models import RegisteredModel
+    from serving.app import ModelServer
+    from serving.config import Settings
+    from tests.deployments.conftest import COLUMNS
+
+    from .conftest import make_deployment, make_version
+
+    model = RegisteredModel.objects.create(name="churn", team=team)
+    deployment = make_deployment(team, model, make_version(model, 1))
+    env = services.ingest_environment(deployment=deployment)
+    app = ModelServer(Settings(
+        model_dir=str(iris_dir), model_name="iris", ingest_url=live_server.url + URL,
+        ingest_token=env["MODELPORT_INGEST_TOKEN"], deployment="churn-prod", revision="1",
+        replica="churn-prod-r1-0", ship_interval_s=3600,
+        ship_max_bytes=int(env["MODELPORT_SHIP_MAX_BYTES"])), load_in_background=False)
+    good = orjson.dumps({"dataframe_split": {"columns": COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}})
+    deep = b'{"dataframe_split": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+
+    async def traffic() -> list[int]:
+        await app.startup()
+        statuses = []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+            for request_id, body in (("good-1", good), ("deep-1", deep), ("good-2", good)):
+                answer = await client.post("/invocations", content=body, headers={
+                    "content-type": "application/json", "x-request-id": request_id})
+                statuses.append(answer.status_code)
+        await app.shutdown()  # flushes the log to the ingest endpoint
+        return statuses
+
+    assert asyncio.run(traffic()) == [200, 400, 200]
+    stored = {r.request_id: r for r in PredictionRecord.objects.all()}
+    assert set(stored) == {"good-1", "deep-1", "good-2"}
+    assert stored["deep-1"].inputs is None and stored["deep-1"].status == 400
+    assert stored["good-1"].inputs == orjson.loads(good)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shipper_sending_more_records_than_ingest_takes_delivers_them_all(
+        live_server, team, settings):
+    import asyncio
+
+    from registry.models import RegisteredModel
+    from serving.shipping import PredictionLog
+
+    from .conftest import make_deployment, make_version
+
+    settings.MODELPORT_INGEST_MAX_RECORDS = 3
+    model = RegisteredModel.objects.create(name="churn", team=team)
+    deployment = make_deployment(team, model, make_version(model, 1))
+    env = services.ingest_environment(deployment=deployment)
+    buffer = PredictionLog(100)
+    shipper = Shipper(buffer, live_server.url + URL, env["MODELPORT_INGEST_TOKEN"],
+                      envelope={"deployment": "churn-prod"}, batch_size=10)
+    now = minutes_ago(1).timestamp()
+    for i in range(10):
+        buffer.add((f"r{i}", now, 1.0, 200, "invocations", b'{"instances": [[1, 2]]}', None,
+                    None))
+    asyncio.run(shipper.flush())
+    assert sorted(PredictionRecord.objects.values_list("request_id", flat=True)) == [
+        f"r{i}" for i in range(10)]
+    assert shipper.batch_size <= 3

@@ -149,11 +149,15 @@ def test_reference_data_replaces_the_baseline(iris, team_engineer, sklearn_pickl
     csv = "sepal_length,sepal_width,petal_length,petal_width,kind\n" + "\n".join(
         f"{5 + i / 10},{3 + i / 20},{1 + i / 5},{i / 10},{'a' if i % 2 else 'b'}"
         for i in range(40))
-    response = client.put("/api/v1/models/iris/versions/1/reference/",
-                          {"file": SimpleUploadedFile("ref.csv", csv.encode())},
-                          format="multipart")
-    assert response.status_code == 200, response.content
-    stats = response.json()["reference_stats"]
+    with django_capture_on_commit_callbacks(execute=True):  # the profiling task, eagerly
+        response = client.put("/api/v1/models/iris/versions/1/reference/",
+                              {"file": SimpleUploadedFile("ref.csv", csv.encode())},
+                              format="multipart")
+    assert response.status_code == 202, response.content
+    assert response.json()["reference"]["status"] == "pending"
+    body = client.get("/api/v1/models/iris/versions/1/").json()
+    assert body["reference"]["status"] == "ready", body["reference"]
+    stats = body["reference_stats"]
     assert stats["source"] == "reference_data" and stats["rows"] == 40
     assert stats["features"]["kind"] == {"kind": "categorical", "count": 40,
                                          "frequencies": {"a": 20, "b": 20}, "other": 0}

@@ -228,15 +228,18 @@ def test_unsupported_content_type_is_415(iris_server) -> None:
 # --- prediction errors ------------------------------------------------------------------------
 
 
-def test_prediction_error_is_500_with_model_text_and_server_stays_up(iris_server) -> None:
+def test_null_in_a_required_column_is_a_400_naming_it_not_the_models_500(iris_server) -> None:
+    """It was: null → NaN, which LogisticRegression refused inside predict() (a 500). A model's
+    own failure is still a 500 (test_pyfunc_prediction_error_is_500)."""
     before = metric(iris_server, "modelport_request_errors_total",
-                    'endpoint="invocations",kind="server"')
-    # null → NaN, which LogisticRegression refuses inside predict().
+                    'endpoint="invocations",kind="client"')
     r = post(iris_server, {"dataframe_split": {"columns": IRIS_COLUMNS,
                                                "data": [[5.0, None, 1.0, 0.2]]}})
-    assert_error(r, 500, "INTERNAL_ERROR", "prediction failed", "NaN")
+    assert_error(r, 400, "INVALID_PARAMETER_VALUE",
+                 f"column '{IRIS_COLUMNS[1]}': expected double, got null in row 0 "
+                 "(the column is required)")
     after = metric(iris_server, "modelport_request_errors_total",
-                   'endpoint="invocations",kind="server"')
+                   'endpoint="invocations",kind="client"')
     assert after == before + 1
     assert post(iris_server, {"instances": ROWS}).status_code == 200
 

@@ -81,3 +81,106 @@ def test_model_that_fails_to_load_reports_it_on_ready(tmp_path) -> None:
     r = asyncio.run(go())
     assert r.status_code == 503
     assert "model failed to load" in r.json()["message"] and "MLmodel" in r.json()["message"]
+
+
+# --- a missing value in a required column: a 400 naming it, never the model's 500 -----------
+IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]  # conftest.IRIS_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def iris_app(model_dirs) -> ModelServer:
+    return make_app(model_dirs["iris"])
+
+
+def post_raw(app: ModelServer, body: bytes, content_type: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/invocations", content=body,
+                                     headers={"content-type": content_type})
+
+    return asyncio.run(go())
+
+
+def bodies(bad: str) -> dict[str, tuple[bytes, str]]:
+    """Row 1's petal length is ``bad`` (JSON text: null, NaN, Infinity) in every format."""
+    good, row = "[5.1, 3.5, 1.4, 0.2]", f"[6.7, 3.0, {bad}, 2.3]"
+    cols = ", ".join(f'"{c}"' for c in IRIS)
+
+    def records(values: str) -> str:
+        return "{" + ", ".join(f'"{c}": {v}' for c, v in
+                               zip(IRIS, values.strip("[]").split(", "), strict=True)) + "}"
+
+    columnar = "{" + ", ".join(
+        f'"{c}": [{g}, {r}]' for c, g, r in zip(IRIS, good.strip("[]").split(", "),
+                                               row.strip("[]").split(", "), strict=True)) + "}"
+    csv_cell = {"null": "", "NaN": "NaN", "Infinity": "inf"}.get(bad, bad)
+    return {
+        "dataframe_split": (f'{{"dataframe_split": {{"columns": [{cols}], '
+                            f'"data": [{good}, {row}]}}}}'.encode(), "application/json"),
+        "dataframe_records": (f'{{"dataframe_records": [{records(good)}, {records(row)}]}}'
+                              .encode(), "application/json"),
+        "instances (records)": (f'{{"instances": [{records(good)}, {records(row)}]}}'.encode(),
+                                "application/json"),
+        "instances (rows)": (f'{{"instances": [{good}, {row}]}}'.encode(), "application/json"),
+        "inputs": (f'{{"inputs": {columnar}}}'.encode(), "application/json"),
+        "csv": ((",".join(IRIS) + "\n5.1,3.5,1.4,0.2\n" + f"6.7,3.0,{csv_cell},2.3\n").encode(),
+                "text/csv"),
+    }
+
+
+@pytest.mark.parametrize(("bad", "what"), [
+    ("null", "null"), ("NaN", "NaN"), ("Infinity", "inf")])
+@pytest.mark.parametrize("shape", ["dataframe_split", "dataframe_records", "instances (records)",
+                                   "instances (rows)", "inputs", "csv"])
+def test_a_missing_or_infinite_value_in_a_required_double_column_is_a_400_naming_it(
+        iris_app, bad, what, shape) -> None:
+    """The finding: null or NaN in a required double column reached the model, whose ValueError
+    came back as a 500."""
+    body, content_type = bodies(bad)[shape]
+    r = post_raw(iris_app, body, content_type)
+    assert r.status_code == 400, r.text
+    column = "petal_length"
+    if what == "inf":
+        expected = f"column '{column}': expected a finite double, got inf in row 1"
+    else:
+        shown = "an empty CSV cell" if shape == "csv" and what == "null" else what
+        expected = f"column '{column}': expected double, got {shown} in row 1 " \
+                   "(the column is required)"
+    assert r.json() == {"error_code": "INVALID_PARAMETER_VALUE", "message": expected}
+
+
+@pytest.mark.parametrize("column", ["color", "size", "fragile"])
+def test_null_in_a_required_string_long_or_boolean_column_is_a_400(mixed_app, column) -> None:
+    record = {"color": "red", "size": 3, "fragile": True} | {column: None}
+    r = call(mixed_app, {"dataframe_records": [record]})
+    assert r.status_code == 400
+    assert r.json()["message"].startswith(f"column '{column}': expected ")
+    assert r.json()["message"].endswith("got null in row 0 (the column is required)")
+
+
+def test_valid_requests_still_predict_in_every_shape(iris_app) -> None:
+    for shape, (body, content_type) in bodies("5.0").items():
+        if shape == "csv":
+            body = body.replace(b"6.7,3.0,,2.3", b"6.7,3.0,5.0,2.3")
+        r = post_raw(iris_app, body, content_type)
+        assert r.status_code == 200, (shape, r.text)
+        assert len(r.json()["predictions"]) == 2
+
+
+def test_a_body_read_leniently_is_logged_parsed_so_the_log_batch_stays_json(model_dirs) -> None:
+    """orjson refuses NaN literals; such a body, read by the standard library, must not be
+    spliced verbatim into a log batch the ingest endpoint parses with orjson."""
+    import orjson
+
+    from serving.shipping import Shipper
+
+    app = ModelServer(Settings(model_dir=str(model_dirs["iris"]), model_name="m",
+                               ingest_url="http://127.0.0.1:9/unused"), load_in_background=False)
+    app._load()
+    body, content_type = bodies("NaN")["dataframe_split"]
+    assert post_raw(app, body, content_type).status_code == 400
+    logged = app.buffer.records[-1]
+    assert type(logged[5]) is not bytes
+    doc = orjson.loads(Shipper(app.buffer, "http://unused").encode([logged]))
+    assert doc["records"][0]["inputs"]["data"][1][2] is None  # NaN logged as null

@@ -68,9 +68,11 @@ def test_boolean_among_numbers_is_rejected_even_on_fast_path_input() -> None:
     assert "column 'b': expected double, got boolean true in row 0" in message(exc)
 
 
-def test_null_in_double_column_becomes_nan() -> None:
-    batch = validate(Rows(rows=[[1, None, 3, 4]], columns=["a", "b", "c", "d"]), IRIS)
-    assert np.isnan(batch.as_matrix()[0, 1])
+def test_null_in_an_optional_double_column_becomes_nan() -> None:
+    batch = validate(Records(records=[{"color": "red", "size": 3, "fragile": True,
+                                       "weight": None}]), MIXED)
+    assert np.isnan(batch.as_matrix()[0, 3]) if batch.matrix is not None else \
+        np.isnan(batch.columns["weight"][0])
 
 
 def test_ragged_rows_are_rejected_with_row_number() -> None:
@@ -110,7 +112,8 @@ def test_records_with_mixed_types_build_typed_columns() -> None:
     ("change", "expected"),
     [
         ({"size": 1.5}, "column 'size': expected long, got double 1.5 in row 0"),
-        ({"size": None}, "column 'size': expected long, got null null in row 0"),
+        ({"size": None}, "column 'size': expected long, got null in row 0 (the column is "
+                         "required)"),
         ({"size": "3"}, "column 'size': expected long, got string '3' in row 0"),
         ({"color": 7}, "column 'color': expected string, got integer 7 in row 0"),
         ({"fragile": 1}, "column 'fragile': expected boolean, got integer 1 in row 0"),
@@ -135,9 +138,11 @@ def test_columnar_inputs_must_have_equal_lengths() -> None:
 
 
 def test_csv_strings_are_converted_and_bad_cells_named() -> None:
-    table, _ = protocol.parse_csv(b"a,b,c,d\n1,2,3,4\n1,,3,4\n")
+    table, _ = protocol.parse_csv(b"a,b,c,d\n1,2,3,4\n1,2.5,3,4\n")
     batch = validate(table, IRIS)
-    assert batch.as_matrix()[0].tolist() == [1, 2, 3, 4] and np.isnan(batch.as_matrix()[1, 1])
+    assert batch.as_matrix().tolist() == [[1, 2, 3, 4], [1, 2.5, 3, 4]]
+    table, _ = protocol.parse_csv(b"color,size,fragile,weight\nred,3,true,\n")
+    assert np.isnan(validate(table, MIXED).columns["weight"][0])  # optional: empty is NaN
     table, _ = protocol.parse_csv(b"a,b,c,d\n1,2,x,4\n")
     with pytest.raises(InputError, match="column 'c': expected double, got string 'x' in row 0"):
         validate(table, IRIS)
@@ -172,3 +177,115 @@ def test_protocol_rejects_malformed_json_and_unknown_shapes() -> None:
 def test_bool_byte_scan() -> None:
     assert protocol.may_contain_bools(b'{"instances": [[true]]}')
     assert not protocol.may_contain_bools(b'{"instances": [[1.5, 2]]}')
+
+
+# --- missing and non-finite values: a 400 naming the column, never the model's 500 -----------
+REQUIRED = "(the column is required)"
+
+
+def tables(values: dict) -> list:
+    """The same one-row input in every shape the protocol parses into (dataframe_split,
+    dataframe_records / list-of-dicts instances, columnar inputs; positional instances)."""
+    names = list(values)
+    row = [values[n] for n in names]
+    return [Rows(rows=[[1.0] * len(row), row], columns=names),
+            Records(records=[dict(zip(names, [1.0] * len(row), strict=True)), values]),
+            Columnar(data={n: [1.0, values[n]] for n in names}),
+            Rows(rows=[[1.0] * len(row), row])]
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), np.float64("nan")])
+def test_null_or_nan_in_a_required_double_column_is_a_400_naming_it(bad) -> None:
+    what = "null" if bad is None else "NaN"
+    for table in tables({"a": 1.0, "b": 2.0, "c": bad, "d": 4.0}):
+        with pytest.raises(InputError) as exc:
+            validate(table, IRIS, True)
+        assert message(exc) == f"column 'c': expected double, got {what} in row 1 {REQUIRED}"
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinity_is_refused_in_any_float_column(bad) -> None:
+    for table in tables({"a": 1.0, "b": bad, "c": 3.0, "d": 4.0}):
+        with pytest.raises(InputError, match=r"column 'b': expected a finite double, got -?inf "
+                                             r"in row 1"):
+            validate(table, IRIS, True)
+    with pytest.raises(InputError, match="column 'weight': expected a finite double"):
+        validate(Records(records=[{"color": "r", "size": 1, "fragile": True, "weight": bad}]),
+                 MIXED)
+
+
+def test_a_record_without_a_required_key_names_the_column_and_row() -> None:
+    records = [{"a": 1, "b": 2, "c": 3, "d": 4}, {"a": 1, "b": 2, "d": 4}]
+    with pytest.raises(InputError) as exc:
+        validate(Records(records=records), IRIS, False)
+    assert message(exc) == f"column 'c': expected double, got no value in row 1 {REQUIRED}"
+
+
+@pytest.mark.parametrize(("csv", "expected"), [
+    (b"a,b,c,d\n1,2,3,4\n1,,3,4\n", "column 'b': expected double, got an empty CSV cell in "
+                                     f"row 1 {REQUIRED}"),
+    (b"a,b,c,d\n1,2,NaN,4\n", f"column 'c': expected double, got NaN in row 0 {REQUIRED}"),
+    (b"a,b,c,d\n1,2,nan,4\n", f"column 'c': expected double, got NaN in row 0 {REQUIRED}"),
+    (b"a,b,c,d\n1,inf,3,4\n", "column 'b': expected a finite double, got inf in row 0"),
+    (b"a,b,c,d\n1,2,3,-Infinity\n", "column 'd': expected a finite double, got -inf in row 0"),
+])
+def test_csv_missing_and_non_finite_cells_are_named(csv, expected) -> None:
+    table, _ = protocol.parse_csv(csv)
+    with pytest.raises(InputError) as exc:
+        validate(table, IRIS)
+    assert message(exc) == expected
+
+
+TYPED = Signature.from_specs([
+    {"type": "long", "name": "n"}, {"type": "integer", "name": "i"},
+    {"type": "float", "name": "f"}, {"type": "boolean", "name": "flag"},
+    {"type": "string", "name": "s"}, {"type": "datetime", "name": "when"},
+    {"type": "long", "name": "opt_n", "required": False},
+    {"type": "boolean", "name": "opt_flag", "required": False},
+    {"type": "string", "name": "opt_s", "required": False},
+    {"type": "float", "name": "opt_f", "required": False},
+])
+GOOD = {"n": 1, "i": 2, "f": 1.5, "flag": True, "s": "x", "when": "2024-01-01T00:00:00"}
+
+
+@pytest.mark.parametrize("column", ["n", "i", "f", "flag", "s", "when"])
+@pytest.mark.parametrize("absent", [False, True])
+def test_every_required_type_refuses_a_missing_value(column, absent) -> None:
+    record = {k: v for k, v in GOOD.items() if not (absent and k == column)}
+    if not absent:
+        record[column] = None
+    for table in (Records(records=[GOOD, record]),
+                  Rows(rows=[list(GOOD.values()), [record.get(k) for k in GOOD]],
+                       columns=list(GOOD))):
+        if absent and isinstance(table, Rows):
+            continue  # a row always has every column it names
+        spec = next(c for c in TYPED.columns if c.name == column)
+        with pytest.raises(InputError) as exc:
+            validate(table, TYPED)
+        what = "no value" if absent else "null"
+        assert message(exc) == f"column '{column}': expected {spec.type}, got {what} in row 1 " \
+                               f"{REQUIRED}"
+
+
+def test_optional_columns_take_missing_values_in_every_type() -> None:
+    batch = validate(Records(records=[GOOD | {"opt_n": 5, "opt_flag": False, "opt_s": "y",
+                                              "opt_f": 2.5},
+                                      GOOD | {"opt_n": None, "opt_flag": None, "opt_s": None}]),
+                     TYPED)
+    cols = batch.columns
+    assert cols["opt_n"].dtype == np.float64 and cols["opt_n"][0] == 5
+    assert np.isnan(cols["opt_n"][1])  # like a pandas integer column with a gap
+    assert cols["opt_flag"].tolist() == [False, None]
+    assert cols["opt_s"].tolist() == ["y", None] and np.isnan(cols["opt_f"][1])
+    assert cols["n"].dtype == np.int64  # complete integer columns keep their type
+
+
+def test_a_double_too_large_for_a_float_column_is_named() -> None:
+    with pytest.raises(InputError, match=r"column 'f': value 1e\+39 in row 0 is out of range "
+                                         r"for float"):
+        validate(Records(records=[GOOD | {"f": 1e39}]), TYPED)
+
+
+def test_an_integral_double_too_large_for_a_long_column_is_named() -> None:
+    with pytest.raises(InputError, match="out of range for long"):
+        validate(Records(records=[GOOD | {"n": 1e30}]), TYPED)

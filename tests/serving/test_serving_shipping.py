@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from serving import config
-from serving.shipping import PredictionLog, ShipError, Shipper
+from serving.shipping import (
+    MAX_ERROR_CHARS,
+    MAX_LOG_DEPTH,
+    PredictionLog,
+    ShipError,
+    Shipper,
+    nested_deeper_than,
+)
 
 
 def record(i: int) -> tuple:
@@ -234,3 +241,145 @@ def test_settings_come_from_environment() -> None:
          "MODELPORT_WORKERS": "3", "MODELPORT_MAX_BODY_BYTES": "1024"}
     )
     assert (s.port, s.workers, s.max_body_bytes, s.model_name) == (9000, 3, 1024, "churn")
+
+
+# --- Nothing a client sends can make the ingest endpoint refuse a batch ---------------------
+def deep(levels: int) -> bytes:
+    return b'{"instances": ' + b"[" * (levels - 1) + b"1" + b"]" * (levels - 1) + b"}"
+
+
+def omitted(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("modelport_prediction_log_payloads_omitted_total",
+                                     {"reason": reason}) or 0.0
+
+
+@pytest.mark.parametrize(("levels", "kept"), [(3, True), (MAX_LOG_DEPTH, True),
+                                              (MAX_LOG_DEPTH + 1, False), (1000, False)])
+def test_a_request_nested_too_deep_is_shipped_without_its_body(levels, kept) -> None:
+    """A viewer's request nested 1,000 deep parsed on the replica (orjson allows 1,024) and was
+    logged verbatim; the batch it travelled in then failed at the ingest endpoint. Now the record
+    ships with its inputs logged as null, counted."""
+    before = omitted("too_deep")
+    shipper = Shipper(PredictionLog(10), "http://unused", envelope={"deployment": "d"})
+    records = [record(1), ("deep", 1_700_000_000.0, 1.0, 400, "invocations", deep(levels),
+                           None, "bad input"), record(2)]
+    doc = orjson.loads(shipper.encode(records))
+    assert [r["request_id"] for r in doc["records"]] == ["r1", "deep", "r2"]
+    assert (doc["records"][1]["inputs"] is not None) is kept
+    assert doc["records"][1]["status"] == 400 and doc["records"][1]["error"] == "bad input"
+    assert omitted("too_deep") == before + (0 if kept else 1)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"a": "' + b"]" * 500 + b'", "b": ' + b"[" * 100 + b"]" * 100 + b"}",  # brackets in strings
+    b'{"a": "\\"[[[[", "b": [' + b'"[", ' * 400 + b"1]}",  # escaped quotes, open brackets
+    b"[" + b'{"k": {"k": [[{"k": "v"}]]}}, ' * 100 + b"1]",  # many shallow objects
+    b"[" + b", ".join([b'{"x": [1, 2, "]]]"]}'] * 300) + b"]",
+])
+def test_the_depth_check_agrees_with_a_parser(text) -> None:
+    def depth(value) -> int:
+        if isinstance(value, list):
+            return 1 + max((depth(v) for v in value), default=0)
+        if isinstance(value, dict):
+            return 1 + max((depth(v) for v in value.values()), default=0)
+        return 0
+
+    real = depth(orjson.loads(text))
+    for limit in (1, 2, real - 1, real, real + 1, 128):
+        if limit >= 1:
+            assert nested_deeper_than(text, limit) is (real > limit), (limit, real)
+
+
+def test_a_body_over_the_payload_limit_is_shipped_as_null_and_counted() -> None:
+    before = omitted("too_large")
+    shipper = Shipper(PredictionLog(10), "http://unused", max_payload=1000)
+    big = orjson.dumps({"instances": [[0.5] * 10] * 50})
+    assert len(big) > 1000
+    records = [("big", 1_700_000_000.0, 1.0, 200, "invocations", big,
+                b'{"predictions":' + orjson.dumps([0] * 600) + b"}", None), record(1)]
+    doc = orjson.loads(shipper.encode(records))
+    assert doc["records"][0]["inputs"] is None and doc["records"][0]["outputs"] is None
+    assert doc["records"][1]["inputs"] == [[1]]
+    assert omitted("too_large") == before + 2
+
+
+def test_batches_are_cut_to_the_byte_limit_and_the_rest_follows() -> None:
+    sent: list[bytes] = []
+
+    async def scenario() -> Shipper:
+        buf = PredictionLog(maxlen=100)
+        shipper = Shipper(buf, "http://unused", batch_size=50, max_bytes=8192,
+                          poster=lambda body: sent.append(body))
+        body = orjson.dumps({"instances": [[0.25] * 8] * 10})  # ~500 bytes each
+        for i in range(40):
+            buf.add((f"r{i}", 1_700_000_000.0 + i, 1.0, 200, "invocations", body, None, None))
+        await shipper.flush()
+        return shipper
+
+    shipper = asyncio.run(scenario())
+    assert len(sent) > 1 and all(len(body) <= 8192 for body in sent)
+    ids = [r["request_id"] for body in sent for r in orjson.loads(body)["records"]]
+    assert ids == [f"r{i}" for i in range(40)]  # none lost, none repeated, in order
+    assert shipper.shipped == 40
+
+
+def test_a_record_too_large_alone_ships_without_its_bodies() -> None:
+    """A parsed CSV table (not a verbatim body) larger than a whole batch may hold."""
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        buf = PredictionLog(maxlen=10)
+        shipper = Shipper(buf, "http://unused", max_bytes=4096,
+                          poster=lambda body: sent.append(orjson.loads(body)))
+        table = {"columns": ["a"], "data": [["x" * 100]] * 100}
+        buf.add(("csv", 1_700_000_000.0, 1.0, 200, "invocations", table, [0] * 100, None))
+        buf.add(record(1))
+        await shipper.flush()
+
+    asyncio.run(scenario())
+    records = [r for batch in sent for r in batch["records"]]
+    assert [r["request_id"] for r in records] == ["csv", "r1"]
+    assert records[0]["inputs"] is None and records[0]["status"] == 200
+
+
+def test_a_413_halves_the_batch_until_the_ingest_endpoint_takes_it() -> None:
+    """An ingest endpoint configured for fewer records per batch than the replicas send
+    (MODELPORT_INGEST_MAX_RECORDS) once made every batch a permanent loss."""
+    sent: list[dict] = []
+
+    def poster(body: bytes) -> bytes:
+        doc = orjson.loads(body)
+        if len(doc["records"]) > 3:
+            raise ShipError("HTTP 413 from ingest", permanent=True, status=413)
+        sent.append(doc)
+        return b'{"accepted": 1}'
+
+    async def scenario() -> Shipper:
+        buf = PredictionLog(maxlen=100)
+        shipper = Shipper(buf, "http://unused", batch_size=16, poster=poster)
+        for i in range(20):
+            buf.add(record(i))
+        await shipper.flush()
+        return shipper
+
+    shipper = asyncio.run(scenario())
+    assert [r["request_id"] for b in sent for r in b["records"]] == [f"r{i}" for i in range(20)]
+    assert shipper.batch_size <= 3 and shipper.shipped == 20
+
+
+def test_records_the_ingest_endpoint_dropped_are_counted_on_the_replica() -> None:
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("modelport_prediction_logs_rejected_total") or 0.0
+    shipper = Shipper(PredictionLog(1), "http://unused")
+    shipper.learn(b'{"accepted": 8, "rejected": 2, "rejections": [], "sampling_rate": 1.0}')
+    assert REGISTRY.get_sample_value("modelport_prediction_logs_rejected_total") == before + 2
+
+
+def test_long_request_ids_and_errors_stay_within_what_ingest_stores() -> None:
+    shipper = Shipper(PredictionLog(1), "http://unused")
+    doc = orjson.loads(shipper.encode([("r", 1_700_000_000.0, 1.0, 400, "invocations", None,
+                                        None, "x" * 50_000)]))
+    assert len(doc["records"][0]["error"]) == MAX_ERROR_CHARS
