@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import request_context
 
@@ -71,3 +71,23 @@ class DomainErrorMiddleware:
             raise Http404(exception.message) from exception
         if isinstance(exception, PermissionDenied):
             raise DjangoPermissionDenied(exception.message) from exception
+
+
+class RefuseNulMiddleware:
+    """API requests with a NUL character (U+0000) in the path or the query string. PostgreSQL
+    text cannot hold one, so no object is named with it (404) and no filter value may carry it
+    (400) — answered here, before a lookup would make the database raise."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            if "\x00" in request.path:
+                return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+            if any("\x00" in key or any("\x00" in value for value in values)
+                   for key, values in request.GET.lists()):
+                return JsonResponse({"detail": "NUL characters (\\u0000) are not allowed in "
+                                               "query parameters.", "code": "invalid"},
+                                    status=400)
+        return self.get_response(request)

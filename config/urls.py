@@ -20,6 +20,10 @@ api_v1 = [
     path("", include("monitoring.api.urls")),
 ]
 
+# API paths answer JSON even for errors Django raises before a view (e.g. a malformed path).
+handler400 = "config.rest.bad_request"
+handler404 = "config.rest.not_found"
+
 admin.site.site_header = "Modelport console"
 admin.site.site_title = "Modelport console"
 admin.site.index_title = "Platform administration"

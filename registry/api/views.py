@@ -7,11 +7,12 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFound
+from config.rest import JSONParser
 from teams.access import get_visible_team
 
 from .. import services, storage
@@ -111,7 +112,7 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
     serializer_class = s.ModelVersionSerializer
     lookup_field = "version"
     lookup_value_regex = r"[0-9]+"
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, JSONParser]
     queryset = ModelVersion.objects.none()
 
     def _model(self) -> RegisteredModel:
