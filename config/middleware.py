@@ -73,10 +73,12 @@ class DomainErrorMiddleware:
             raise DjangoPermissionDenied(exception.message) from exception
 
 
-class RefuseNulMiddleware:
-    """API requests with a NUL character (U+0000) in the path or the query string. PostgreSQL
-    text cannot hold one, so no object is named with it (404) and no filter value may carry it
-    (400) — answered here, before a lookup would make the database raise."""
+class ApiRequestGuardMiddleware:
+    """API requests with a NUL character (U+0000) in the path or the query string, or a query
+    parameter given twice. PostgreSQL text cannot hold a NUL, so no object is named with one
+    (404) and no filter value may carry one (400) — answered here, before a lookup would make
+    the database raise. No API parameter takes several values, and reading one of two silently
+    would hide the client's mistake (400)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -89,5 +91,10 @@ class RefuseNulMiddleware:
                    for key, values in request.GET.lists()):
                 return JsonResponse({"detail": "NUL characters (\\u0000) are not allowed in "
                                                "query parameters.", "code": "invalid"},
+                                    status=400)
+            repeated = sorted(key for key, values in request.GET.lists() if len(values) > 1)
+            if repeated:
+                return JsonResponse({"detail": f"Give each query parameter once (repeated: "
+                                               f"{', '.join(repeated)}).", "code": "invalid"},
                                     status=400)
         return self.get_response(request)

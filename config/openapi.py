@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from drf_spectacular import openapi
 from drf_spectacular.plumbing import ResolvedComponent
+from rest_framework import serializers
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +60,11 @@ FIELD_ERRORS_SCHEMA: dict[str, Any] = {
 }
 
 
+# What str.strip() removes (Python's whitespace; ECMA's \\s differs: \\x1c-\\x1f, \\x85, \\ufeff).
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{_SPACE}]"
+
+
 def api_errors(*statuses: int, without: Iterable[int] = ()) -> Callable[[F], F]:
     """Declare error statuses of one handler beyond (or, ``without``, within) the defaults."""
     def mark(handler: F) -> F:
@@ -77,6 +83,20 @@ class AutoSchema(openapi.AutoSchema):
         for status in sorted(self.error_statuses(operation)):
             responses.setdefault(str(status), self._error_response(status))
         return operation
+
+    def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:
+        """Request strings DRF trims and refuses when blank say so: ``pattern`` needs one
+        character that is not whitespace."""
+        schema = super()._map_basic_serializer(serializer, direction)
+        if direction == "request":
+            properties = schema.get("properties", {})
+            for field in serializer.fields.values():
+                prop = properties.get(field.field_name)
+                if (isinstance(field, serializers.CharField) and not field.allow_blank
+                        and field.trim_whitespace and prop and prop.get("type") == "string"
+                        and not {"pattern", "format", "enum"} & set(prop)):
+                    prop["pattern"] = NOT_BLANK
+        return schema
 
     def error_statuses(self, operation: dict[str, Any]) -> set[int]:
         locations = {p["in"] for p in operation.get("parameters", [])}

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Alert, AlertRule, Comparison, TaskType
+from config.rest import StrictTypes
+
+from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
 from ..services import METRICS
 
 
@@ -13,10 +16,22 @@ class RangeQuerySerializer(serializers.Serializer):
                                         help_text="Only this deployment revision.")
 
 
+@extend_schema_field({"type": "integer", "minimum": 60, "multipleOf": 60})
+class StepField(serializers.IntegerField):
+    """Seconds per point: whole minutes."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value % 60:
+            raise serializers.ValidationError("A whole number of minutes, in seconds (60, "
+                                              "300, …).")
+        return value
+
+
 class MetricsQuerySerializer(RangeQuerySerializer):
-    step = serializers.IntegerField(required=False, min_value=60,
-                                    help_text="Seconds per point, a multiple of 60; default "
-                                              "gives at most 240 points.")
+    step = StepField(required=False, min_value=60,
+                     help_text="Seconds per point, a multiple of 60; default gives at most 240 "
+                               "points.")
 
 
 class PredictionsSeriesSerializer(serializers.Serializer):
@@ -93,9 +108,16 @@ class DriftSerializer(serializers.Serializer):
     drifted = serializers.ListField(child=serializers.CharField())
 
 
-class FeedbackItemSerializer(serializers.Serializer):
+@extend_schema_field({"anyOf": [{"type": t} for t in
+                                ("string", "number", "boolean", "array", "object")],
+                      "description": "The true label or value (any JSON but null)."})
+class _LabelField(serializers.JSONField):
+    pass
+
+
+class FeedbackItemSerializer(StrictTypes, serializers.Serializer):
     request_id = serializers.CharField(max_length=100)
-    label = serializers.JSONField()
+    label = _LabelField()
 
 
 class FeedbackResultSerializer(serializers.Serializer):
@@ -145,33 +167,59 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         return any(a.state == "firing" for a in rule.alerts.all())
 
 
-class AlertRuleCreateSerializer(serializers.Serializer):
-    deployment = serializers.CharField(help_text="Deployment name.")
+# http(s), a host (no userinfo, no IPv6 literal) and anything after it but spaces and control
+# characters: what the alert sender can call. Blank: none. Explicit classes, not \s or \S:
+# Python's and ECMA's differ, and the schema's pattern must mean what the server checks.
+WEBHOOK_URL = (r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f-\x9f/?#\[\]@]+"
+               r"(?:[/?#][^\x00-\x20\x7f-\x9f]*)?)?\Z")
+
+
+def _url(help_text: str, **kwargs) -> serializers.RegexField:
+    return serializers.RegexField(WEBHOOK_URL, max_length=500, allow_blank=True,
+                                  trim_whitespace=False, required=False, help_text=help_text,
+                                  error_messages={"invalid": "Use an http:// or https:// URL."},
+                                  **kwargs)
+
+
+_METRIC_HELP = "One of: " + ", ".join(f"{k} ({v})" for k, v in METRICS.items())
+
+
+class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
+    deployment = serializers.CharField(max_length=50, help_text="Deployment name.")
     name = serializers.CharField(max_length=100)
-    metric = serializers.CharField(help_text="One of: " + ", ".join(
-        f"{k} ({v})" for k, v in METRICS.items()))
+    metric = serializers.ChoiceField(choices=list(METRICS), help_text=_METRIC_HELP)
     comparison = serializers.ChoiceField(choices=Comparison.choices, default=">")
     threshold = serializers.FloatField()
     window_minutes = serializers.IntegerField(default=5, min_value=1, max_value=10080)
     enabled = serializers.BooleanField(default=True)
-    webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
-                                        help_text="Slack-compatible: receives {\"text\": …}.")
+    webhook_url = _url("Slack-compatible: receives {\"text\": …}.", default="")
     emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list)
-    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
-                                                help_text="Called with the alert as JSON when "
-                                                          "the rule fires.")
+    retrain_webhook_url = _url("Called with the alert as JSON when the rule fires.",
+                               default="")
 
 
-class AlertRuleUpdateSerializer(serializers.Serializer):
+class AlertRuleUpdateSerializer(StrictTypes, serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
-    metric = serializers.CharField(required=False)
+    metric = serializers.ChoiceField(choices=list(METRICS), required=False,
+                                     help_text=_METRIC_HELP)
     comparison = serializers.ChoiceField(choices=Comparison.choices, required=False)
     threshold = serializers.FloatField(required=False)
     window_minutes = serializers.IntegerField(min_value=1, max_value=10080, required=False)
     enabled = serializers.BooleanField(required=False)
-    webhook_url = serializers.CharField(required=False, allow_blank=True)
+    webhook_url = _url("Slack-compatible: receives {\"text\": …}.")
     emails = serializers.ListField(child=serializers.EmailField(), required=False)
-    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True)
+    retrain_webhook_url = _url("Called with the alert as JSON when the rule fires.")
+
+
+class AlertRuleQuerySerializer(serializers.Serializer):
+    deployment = serializers.CharField(required=False, max_length=50,
+                                       help_text="Only this deployment's rules.")
+
+
+class AlertQuerySerializer(serializers.Serializer):
+    deployment = serializers.CharField(required=False, max_length=50,
+                                       help_text="Only this deployment's alerts.")
+    state = serializers.ChoiceField(choices=AlertState.values, required=False)
 
 
 class AlertSerializer(serializers.ModelSerializer):
@@ -186,11 +234,23 @@ class AlertSerializer(serializers.ModelSerializer):
                   "message", "started_at", "resolved_at", "notified"]
 
 
-class ModelMonitoringSerializer(serializers.Serializer):
-    psi_threshold = serializers.FloatField(required=False)
-    p_value_threshold = serializers.FloatField(required=False)
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                      "maximum": 10, "exclusiveMaximum": True})
+class _PsiField(serializers.FloatField):
+    pass
+
+
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                      "maximum": 1, "exclusiveMaximum": True})
+class _PValueField(serializers.FloatField):
+    pass
+
+
+class ModelMonitoringSerializer(StrictTypes, serializers.Serializer):
+    psi_threshold = _PsiField(required=False, help_text="Between 0 and 10, exclusive.")
+    p_value_threshold = _PValueField(required=False, help_text="Between 0 and 1, exclusive.")
     task = serializers.ChoiceField(choices=TaskType.choices, required=False)
 
 
-class DeploymentMonitoringSerializer(serializers.Serializer):
+class DeploymentMonitoringSerializer(StrictTypes, serializers.Serializer):
     sampling_rate = serializers.FloatField(min_value=0, max_value=1)

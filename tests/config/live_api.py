@@ -44,6 +44,7 @@ class Seed:
 
     admin_token: str
     viewer_token: str
+    ingest_token: str
     teams: list[str] = field(default_factory=list)
     usernames: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
@@ -68,7 +69,7 @@ def _model_dir(root: Path) -> Path:
 def seed(tmp: Path) -> Seed:
     """Make the rows; enqueued work (reconciles) is dropped by the caller's monkeypatch."""
     from deployments import services as deployments
-    from deployments.models import DeploymentEvent, Replica
+    from deployments.models import Deployment, DeploymentEvent, Replica, Revision, RevisionState
     from monitoring import services as monitoring
     from monitoring.models import Alert
     from quotas import services as quotas
@@ -132,14 +133,22 @@ def seed(tmp: Path) -> Seed:
                                status="running", ready=True, url="http://127.0.0.1:9")
         DeploymentEvent.objects.create(deployment=d, revision=1, message="Replica 0 is ready.")
         deployed.append(name)
-    deployments.update_deployment(actor=users["engineer"],
-                                  deployment=deployments.get_visible(admin, "iris-canary"),
-                                  version=2)
+    # iris-canary shadows v2 behind v1: promote and discard have a shadow to act on.
+    shadowed = deployments.update_deployment(
+        actor=users["engineer"], deployment=deployments.get_visible(admin, "iris-canary"),
+        version=2, strategy={"type": "shadow", "percent": 50})
+    Revision.objects.filter(deployment=shadowed, number=shadowed.revision).update(
+        state=RevisionState.SHADOW)
+    Deployment.objects.filter(pk=shadowed.pk).update(
+        shadow={"revision": shadowed.revision, "percent": 50})
     deployments.stop(actor=users["engineer"],
                      deployment=deployments.get_visible(admin, "churn-prod"))
 
     rules = []
-    for name, metric in (("errors high", "error_rate"), ("slow", "latency_p95")):
+    # Several rules: the fuzzer deletes some early, the rest keep GET and PATCH reaching code.
+    for name, metric in (("errors high", "error_rate"), ("slow", "latency_p95"),
+                         ("errors higher", "error_rate"), ("slower", "latency_p95"),
+                         ("busy", "requests_per_min"), ("drift", "drifted_features")):
         rule = monitoring.create_alert_rule(
             actor=users["engineer"], deployment=deployments.get_visible(admin, "iris-prod"),
             name=name, metric=metric, threshold=5)
@@ -157,8 +166,9 @@ def seed(tmp: Path) -> Seed:
     spare_tokens = [str(make_token(admin, name=f"spare-{i}")[0].pk) for i in range(3)]
     _, viewer_secret = make_token(users["viewer"], name="fuzz-viewer")
     transitions = list(registry.AliasTransitionRequest.objects.values_list("pk", flat=True))
+    ingest = monitoring.issue_ingest_token(deployment=deployments.get_visible(admin, "iris-prod"))
     return Seed(
-        admin_token=admin_secret, viewer_token=viewer_secret,
+        admin_token=admin_secret, viewer_token=viewer_secret, ingest_token=ingest,
         teams=["fuzz-team", "other-team"], usernames=["mia", "eve", "vic"], models=names,
         aliases=["staging", "production"], deployments=deployed,
         targets=["default", "spare"], token_ids=spare_tokens,
@@ -206,7 +216,11 @@ def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
-             "--workers", "2", "--threads", "2", "--timeout", "60", "--graceful-timeout", "5"],
+             "--workers", "2", "--threads", "2", "--timeout", "60", "--graceful-timeout", "5",
+             # The app under test, not gunicorn's request-line limit: an over-long URL is
+             # refused by the HTTP server in front (the edge, gunicorn) with its own
+             # plain-text 400 before Django sees it.
+             "--limit-request-line", "0"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -259,13 +273,25 @@ def _dictionary_for(path: str, parameter: str) -> str:
                           "seed so the fuzzer reaches the operation's code") from None
 
 
-def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.8) -> str:
-    """schemathesis.toml: each path parameter takes a seeded value most of the time, a
-    generated one otherwise (unknown names and malformed values are tried too)."""
+def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.8,
+                        checks_off: dict[tuple[str, str], list[str]] | None = None) -> str:
+    """schemathesis.toml: the admin's token on every request (the ingest endpoint gets the
+    deployment's ingest token), and each path parameter a seeded value most of the time, a
+    generated one otherwise (unknown names and malformed values are tried too).
+    ``checks_off``: (method, path) → checks not run there."""
     values = {**{k: v for k, v in vars(seed).items() if isinstance(v, list)},
               "versions": [1, 2, 3]}
-    lines = ["[dictionaries]"]
+    lines = [
+        f'headers = {{ Authorization = "Bearer {seed.admin_token}" }}', "",
+        # Strings the API refuses by rule, whatever the field (config/parsers.py): NUL, which
+        # PostgreSQL cannot store, and lone surrogates, which UTF-8 cannot encode. JSON Schema
+        # could only say so with a pattern on every string; the refusal is tested on its own
+        # (tests/config/test_api_input.py).
+        "[generation]", "allow-x00 = false", 'codec = "utf-8"', "",
+        "[dictionaries]"]
     lines += [f"{name} = {{ values = {_toml_list(v)} }}" for name, v in values.items() if v]
+    lines += ["", "[[operations]]", "include-path = '/api/v1/ingest/predictions/'",
+              f'headers = {{ Authorization = "Bearer {seed.ingest_token}" }}']
     for path in paths:
         parameters = re.findall(r"\{(\w+)\}", path)
         if not parameters:
@@ -274,4 +300,8 @@ def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.
                              f"probability = {probability} }}" for p in parameters)
         lines += ["", "[[operations]]", f"include-path = '{path}'",
                   f"parameters = {{ {bindings} }}"]
+    for (method, path), checks in (checks_off or {}).items():
+        lines += ["", "[[operations]]", f"include-path = '{path}'",
+                  f"include-method = '{method}'"]
+        lines += [f"checks.{check}.enabled = false" for check in checks]
     return "\n".join(lines) + "\n"
