@@ -139,7 +139,9 @@ class IngestRecordSerializer(serializers.Serializer):
 
 
 class IngestBatchSerializer(serializers.Serializer):
-    deployment = serializers.CharField()
+    deployment = serializers.CharField(required=False, allow_blank=True,
+                                       help_text="Default (or blank): the ingest token's "
+                                                 "deployment.")
     revision = serializers.CharField(required=False)
     replica = serializers.CharField(required=False)
     records = IngestRecordSerializer(many=True)
@@ -156,6 +158,11 @@ class IngestResultSerializer(serializers.Serializer):
 class AlertRuleSerializer(serializers.ModelSerializer):
     deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
     firing = serializers.SerializerMethodField()
+    # As stored: checked on the way in (http/https, see WEBHOOK_URL), not RFC 3986 URIs or
+    # RFC 5322 addresses as the model fields' formats would claim.
+    webhook_url = serializers.CharField(read_only=True)
+    retrain_webhook_url = serializers.CharField(read_only=True)
+    emails = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = AlertRule

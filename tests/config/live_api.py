@@ -56,6 +56,8 @@ class Seed:
     alert_rule_ids: list[int] = field(default_factory=list)
     resource_request_ids: list[int] = field(default_factory=list)
     transition_ids: list[int] = field(default_factory=list)
+    # What the deleting operations draw from, so the rows the rest draw from stay.
+    disposable: dict[str, list] = field(default_factory=dict)
 
 
 def _model_dir(root: Path) -> Path:
@@ -85,7 +87,8 @@ def seed(tmp: Path) -> Seed:
     team = teams.create_team(actor=admin, slug="fuzz-team", name="Fuzz team")
     other = teams.create_team(actor=admin, slug="other-team", name="Other team")
     users = {}
-    for role, name in (("maintainer", "mia"), ("engineer", "eve"), ("viewer", "vic")):
+    for role, name in (("maintainer", "mia"), ("engineer", "eve"), ("viewer", "vic"),
+                       ("viewer", "dan")):
         users[role] = UserFactory(username=name)
         teams.add_member(actor=admin, team=team, username=name, role=role)
     teams.add_member(actor=admin, team=other, username="eve", role="viewer")
@@ -100,8 +103,7 @@ def seed(tmp: Path) -> Seed:
                                 "is_default": False, "enabled": True})
 
     stored = storage.store_model_dir(_model_dir(tmp / "model"))
-    names = []
-    for name in ("iris", "churn"):
+    for name in ("iris", "churn", "scratch"):
         model = registry.create_model(actor=users["engineer"], team=team, name=name,
                                       description=f"The {name} model.", tags=["demo"])
         for number, status in ((1, "ready"), (2, "ready"), (3, "failed")):
@@ -117,11 +119,12 @@ def seed(tmp: Path) -> Seed:
                            version_number=1)
         registry.set_alias(actor=users["engineer"], model=model, alias="production",
                            version_number=2, comment="v2 is better")
-        names.append(name)
+        registry.set_alias(actor=users["maintainer"], model=model, alias="scratch",
+                           version_number=2)
 
-    deployed = []
     for name, model, alias in (("iris-prod", "iris", "production"), ("iris-canary", "iris", None),
-                               ("churn-prod", "churn", None)):
+                               ("churn-prod", "churn", None), ("scratch-1", "churn", None),
+                               ("scratch-2", "churn", None)):
         d = deployments.create_deployment(
             actor=users["engineer"], team=team, name=name, model=model,
             version=None if alias else 1, alias=alias, replicas=1,
@@ -132,7 +135,6 @@ def seed(tmp: Path) -> Seed:
         Replica.objects.create(deployment=d, runtime_id=f"{name}-r1-0", revision=1, index=0,
                                status="running", ready=True, url="http://127.0.0.1:9")
         DeploymentEvent.objects.create(deployment=d, revision=1, message="Replica 0 is ready.")
-        deployed.append(name)
     # iris-canary shadows v2 behind v1: promote and discard have a shadow to act on.
     shadowed = deployments.update_deployment(
         actor=users["engineer"], deployment=deployments.get_visible(admin, "iris-canary"),
@@ -169,11 +171,18 @@ def seed(tmp: Path) -> Seed:
     ingest = monitoring.issue_ingest_token(deployment=deployments.get_visible(admin, "iris-prod"))
     return Seed(
         admin_token=admin_secret, viewer_token=viewer_secret, ingest_token=ingest,
-        teams=["fuzz-team", "other-team"], usernames=["mia", "eve", "vic"], models=names,
-        aliases=["staging", "production"], deployments=deployed,
-        targets=["default", "spare"], token_ids=spare_tokens,
+        teams=["fuzz-team", "other-team"], usernames=["mia", "eve", "vic"],
+        models=["iris", "churn"], aliases=["staging", "production"],
+        deployments=["iris-prod", "iris-canary", "churn-prod"], targets=["default", "spare"],
+        token_ids=spare_tokens,
         audit_ids=list(AuditEvent.objects.order_by("pk").values_list("pk", flat=True)[:5]),
-        alert_rule_ids=rules, resource_request_ids=requests, transition_ids=transitions)
+        alert_rule_ids=rules[:3], resource_request_ids=requests, transition_ids=transitions,
+        disposable={"DELETE /api/v1/deployments/{name}/": ["scratch-1", "scratch-2"],
+                    "DELETE /api/v1/models/{name}/": ["scratch"],
+                    "DELETE /api/v1/models/{model_name}/aliases/{alias}/": ["scratch"],
+                    "DELETE /api/v1/alert-rules/{id}/": rules[3:],
+                    "DELETE /api/v1/teams/{team_slug}/members/{username}/": ["dan"],
+                    "DELETE /api/v1/targets/{name}/": ["spare"]})
 
 
 def _free_port() -> int:
@@ -281,6 +290,8 @@ def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.
     ``checks_off``: (method, path) → checks not run there."""
     values = {**{k: v for k, v in vars(seed).items() if isinstance(v, list)},
               "versions": [1, 2, 3]}
+    values.update({f"disposable-{i}": names
+                   for i, names in enumerate(seed.disposable.values())})
     lines = [
         f'headers = {{ Authorization = "Bearer {seed.admin_token}" }}', "",
         # Strings the API refuses by rule, whatever the field (config/parsers.py): NUL, which
@@ -292,6 +303,17 @@ def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.
     lines += [f"{name} = {{ values = {_toml_list(v)} }}" for name, v in values.items() if v]
     lines += ["", "[[operations]]", "include-path = '/api/v1/ingest/predictions/'",
               f'headers = {{ Authorization = "Bearer {seed.ingest_token}" }}']
+    # An operation takes its parameters from the first entry that names it: the deleting
+    # operations' entries come first, so they delete disposable rows.
+    for i, operation in enumerate(seed.disposable):
+        method, path = operation.split(" ", 1)
+        parameters = re.findall(r"\{(\w+)\}", path)
+        bindings = ", ".join(
+            f'"path.{p}" = {{ dictionary = "'
+            f'{f"disposable-{i}" if p == parameters[-1] else _dictionary_for(path, p)}", '
+            f"probability = {probability} }}" for p in parameters)
+        lines += ["", "[[operations]]", f"include-path = '{path}'",
+                  f"include-method = '{method}'", f"parameters = {{ {bindings} }}"]
     for path in paths:
         parameters = re.findall(r"\{(\w+)\}", path)
         if not parameters:
