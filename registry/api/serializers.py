@@ -92,7 +92,10 @@ class ModelVersionListSerializer(ModelVersionSerializer):
 class VersionUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="The model: a .zip or .tar.gz of an MLflow model "
                                            "directory, or a scikit-learn joblib/pickle file.")
-    format = serializers.ChoiceField(choices=FORMATS, required=False, default="mlflow")
+    format = serializers.ChoiceField(
+        choices=FORMATS, required=False, default="mlflow", error_messages={
+            "invalid_choice": "Unknown format '{input}'; use 'mlflow' (a .zip or .tar.gz of an "
+                              "MLflow model directory) or 'sklearn' (a joblib or pickle file)."})
     input_example = serializers.CharField(required=False, allow_blank=True)
     reference_data = serializers.FileField(required=False)
     description = serializers.CharField(required=False, allow_blank=True, default="")
