@@ -130,8 +130,9 @@ class FeedbackResultSerializer(serializers.Serializer):
 class IngestRecordSerializer(serializers.Serializer):
     request_id = serializers.CharField(max_length=100)
     timestamp = serializers.DateTimeField()
-    latency_ms = serializers.FloatField(min_value=0)
-    status = serializers.IntegerField(min_value=100, max_value=599)
+    latency_ms = serializers.FloatField(min_value=0, required=False, help_text="Default 0.")
+    status = serializers.IntegerField(min_value=100, max_value=599, required=False,
+                                      help_text="Default 200.")
     endpoint = serializers.CharField(required=False)
     inputs = serializers.JSONField(required=False)
     outputs = serializers.JSONField(required=False)
