@@ -128,23 +128,27 @@ class FeedbackResultSerializer(serializers.Serializer):
 
 
 class IngestRecordSerializer(serializers.Serializer):
-    request_id = serializers.CharField(max_length=100)
+    """One logged request, as ``monitoring.services.ingest_predictions`` reads it (the view
+    parses the body itself; this serializer only describes it)."""
+
+    request_id = serializers.CharField(min_length=1, max_length=100, trim_whitespace=False)
     timestamp = serializers.DateTimeField()
     latency_ms = serializers.FloatField(min_value=0, required=False, help_text="Default 0.")
     status = serializers.IntegerField(min_value=100, max_value=599, required=False,
                                       help_text="Default 200.")
-    endpoint = serializers.CharField(required=False)
+    endpoint = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     inputs = serializers.JSONField(required=False)
     outputs = serializers.JSONField(required=False)
-    error = serializers.CharField(required=False, allow_null=True)
+    error = serializers.CharField(required=False, allow_null=True, allow_blank=True,
+                                  trim_whitespace=False)
 
 
 class IngestBatchSerializer(serializers.Serializer):
     deployment = serializers.CharField(required=False, allow_blank=True,
                                        help_text="Default (or blank): the ingest token's "
                                                  "deployment.")
-    revision = serializers.CharField(required=False)
-    replica = serializers.CharField(required=False)
+    revision = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    replica = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     records = IngestRecordSerializer(many=True)
 
 
