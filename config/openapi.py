@@ -60,7 +60,7 @@ FIELD_ERRORS_SCHEMA: dict[str, Any] = {
 }
 
 
-# What str.strip() removes (Python's whitespace; ECMA's \\s differs: \\x1c-\\x1f, \\x85, \\ufeff).
+# What str.strip() removes: Python's whitespace (ECMA's \s differs: \x1c-\x1f, \x85, \ufeff).
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 NOT_BLANK = f"[^{_SPACE}]"
 

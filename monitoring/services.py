@@ -182,6 +182,12 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
     if len(records) > settings.MODELPORT_INGEST_MAX_RECORDS:
         raise BatchTooLarge(f"{len(records)} records in one batch; the limit is "
                             f"{settings.MODELPORT_INGEST_MAX_RECORDS}.")
+    revision_sent, replica_sent = doc.get("revision"), doc.get("replica")
+    if revision_sent is not None and (isinstance(revision_sent, bool)
+                                      or not isinstance(revision_sent, str | int)):
+        raise InvalidInput("'revision' must be a string, a number or null.", field="revision")
+    if replica_sent is not None and not isinstance(replica_sent, str):
+        raise InvalidInput("'replica' must be a string or null.", field="replica")
     # The model server sends the revision as a string ("3", or "r3"): its digits are the number.
     digits = re.sub(r"\D", "", str(doc.get("revision") or ""))[:9]
     revision = int(digits) if digits else 0
@@ -200,7 +206,9 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
             timestamp = fromiso(timestamp_text)
             latency = r.get("latency_ms", 0)
             status = r.get("status", 200)
-            error = r.get("error") or ""
+            error = r.get("error")
+            error = "" if error is None else error
+            endpoint = r.get("endpoint", "")
         except (KeyError, TypeError, ValueError, AttributeError):
             _explain(i, r)
             raise  # _explain always raises; this keeps type checkers content
@@ -208,7 +216,7 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
         if type(request_id) is not str or not 0 < len(request_id) <= MAX_REQUEST_ID \
                 or (kind is not float and kind is not int) or not 0 <= latency < inf \
                 or type(status) is not int or not 100 <= status <= 599 \
-                or type(error) is not str:
+                or type(error) is not str or type(endpoint) is not str:
             _explain(i, r)
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=UTC)
@@ -216,9 +224,8 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
         if rate < 1.0 and not _keep(request_id, rate):
             dropped += 1
             continue
-        endpoint = r.get("endpoint") or ""
         rows.append((deployment_id, revision, replica, request_id, timestamp, float(latency),
-                     status, endpoint[:40] if type(endpoint) is str else str(endpoint)[:40],
+                     status, endpoint[:40],
                      r.get("inputs"), r.get("outputs"), error[:2000], weight, now,
                      timestamp_text))
     return rows, dropped
@@ -241,6 +248,8 @@ def _explain(i: int, r: Any) -> None:
     status = r.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
         raise InvalidInput(f"{where}.status must be an HTTP status code.")
+    if not isinstance(r.get("endpoint", ""), str):
+        raise InvalidInput(f"{where}.endpoint must be a string.")
     raise InvalidInput(f"{where}.error must be a string or null.")
 
 

@@ -143,12 +143,19 @@ class IngestRecordSerializer(serializers.Serializer):
                                   trim_whitespace=False)
 
 
+@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "integer"}], "nullable": True})
+class _RevisionField(serializers.CharField):
+    pass
+
+
 class IngestBatchSerializer(serializers.Serializer):
     deployment = serializers.CharField(required=False, allow_blank=True,
                                        help_text="Default (or blank): the ingest token's "
                                                  "deployment.")
-    revision = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    replica = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    revision = _RevisionField(required=False, allow_null=True,
+                              help_text='The replica\'s revision: its digits count ("r3" is 3).')
+    replica = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                    trim_whitespace=False)
     records = IngestRecordSerializer(many=True)
 
 

@@ -234,3 +234,23 @@ def test_revision_is_read_leniently(deployment, ingest_token, sent, stored):
     body["revision"] = sent
     assert post(body, ingest_token).status_code == 202
     assert PredictionRecord.objects.get().revision == stored
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"error": {}}, "error must be a string or null"),
+    ({"endpoint": 5}, "endpoint must be a string"),
+])
+def test_record_fields_of_the_wrong_type_are_400_not_read_as_empty(deployment, ingest_token,
+                                                                   change, needle):
+    response = post(batch([{**record(1, minutes_ago(1)), **change}]), ingest_token)
+    assert response.status_code == 400 and needle in response.json()["detail"]
+    assert not PredictionRecord.objects.exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("revision", [1]), ("revision", True),
+                                            ("replica", 7)])
+def test_batch_fields_of_the_wrong_type_are_400(deployment, ingest_token, key, value):
+    body = batch([record(1, minutes_ago(1))])
+    body[key] = value
+    response = post(body, ingest_token)
+    assert response.status_code == 400 and key in response.json()
