@@ -152,7 +152,7 @@ class IngestBatchSerializer(serializers.Serializer):
     deployment = serializers.CharField(required=False, allow_blank=True,
                                        help_text="Default (or blank): the ingest token's "
                                                  "deployment.")
-    revision = _RevisionField(required=False, allow_null=True,
+    revision = _RevisionField(required=False, allow_null=True, allow_blank=True,
                               help_text='The replica\'s revision: its digits count ("r3" is 3).')
     replica = serializers.CharField(required=False, allow_blank=True, allow_null=True,
                                     trim_whitespace=False)
@@ -201,12 +201,15 @@ def _url(help_text: str, **kwargs) -> serializers.RegexField:
 
 
 _METRIC_HELP = "One of: " + ", ".join(f"{k} ({v})" for k, v in METRICS.items())
+_METRIC_ERRORS = {"invalid_choice": "Unknown metric '{input}'; use one of "
+                                    + ", ".join(sorted(METRICS)) + "."}
 
 
 class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
     deployment = serializers.CharField(max_length=50, help_text="Deployment name.")
     name = serializers.CharField(max_length=100)
-    metric = serializers.ChoiceField(choices=list(METRICS), help_text=_METRIC_HELP)
+    metric = serializers.ChoiceField(choices=list(METRICS), help_text=_METRIC_HELP,
+                                     error_messages=_METRIC_ERRORS)
     comparison = serializers.ChoiceField(choices=Comparison.choices, default=">")
     threshold = serializers.FloatField()
     window_minutes = serializers.IntegerField(default=5, min_value=1, max_value=10080)
@@ -220,7 +223,7 @@ class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
 class AlertRuleUpdateSerializer(StrictTypes, serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
     metric = serializers.ChoiceField(choices=list(METRICS), required=False,
-                                     help_text=_METRIC_HELP)
+                                     help_text=_METRIC_HELP, error_messages=_METRIC_ERRORS)
     comparison = serializers.ChoiceField(choices=Comparison.choices, required=False)
     threshold = serializers.FloatField(required=False)
     window_minutes = serializers.IntegerField(min_value=1, max_value=10080, required=False)
