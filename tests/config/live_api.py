@@ -229,7 +229,7 @@ def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
              # The app under test, not gunicorn's request-line limit: an over-long URL is
              # refused by the HTTP server in front (the edge, gunicorn) with its own
              # plain-text 400 before Django sees it.
-             "--limit-request-line", "0"],
+             "--limit-request-line", "0", *_no_control_socket()],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -242,6 +242,14 @@ def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _no_control_socket() -> list[str]:
+    """gunicorn 25+ opens a control socket in $HOME, shared with any other gunicorn on the
+    machine (a `make run`); the test's own needs none."""
+    from gunicorn import config
+
+    return ["--no-control-socket"] if hasattr(config, "ControlSocketDisable") else []
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
