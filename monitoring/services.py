@@ -340,7 +340,9 @@ def _ingest(token: IngestToken, body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         prom.BATCHES.labels("malformed").inc()
         raise InvalidInput("The body must be a JSON object with 'deployment' and 'records'.")
-    name = doc.get("deployment") or token.deployment.name
+    name = doc.get("deployment")
+    if name is None or name == "":  # the token names the deployment; {} or 0 are not names
+        name = token.deployment.name
     if not isinstance(name, str):
         raise InvalidInput("'deployment' must be a string.", field="deployment")
     if name != token.deployment.name:

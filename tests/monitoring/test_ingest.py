@@ -254,3 +254,12 @@ def test_batch_fields_of_the_wrong_type_are_400(deployment, ingest_token, key, v
     body[key] = value
     response = post(body, ingest_token)
     assert response.status_code == 400 and key in response.json()
+
+
+@pytest.mark.parametrize("name", [{}, 0, False])
+def test_a_deployment_that_is_not_a_string_is_400_not_the_tokens(deployment, ingest_token,
+                                                                 name):
+    body = batch([record(1, minutes_ago(1))])
+    body["deployment"] = name
+    response = post(body, ingest_token)
+    assert response.status_code == 400 and "deployment" in response.json()
