@@ -149,9 +149,9 @@ class _RevisionField(serializers.CharField):
 
 
 class IngestBatchSerializer(serializers.Serializer):
-    deployment = serializers.CharField(required=False, allow_blank=True,
-                                       help_text="Default (or blank): the ingest token's "
-                                                 "deployment.")
+    deployment = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                       help_text="Default (or blank, or null): the ingest "
+                                                 "token's deployment.")
     revision = _RevisionField(required=False, allow_null=True, allow_blank=True,
                               help_text='The replica\'s revision: its digits count ("r3" is 3).')
     replica = serializers.CharField(required=False, allow_blank=True, allow_null=True,
