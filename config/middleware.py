@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from . import request_context
 
@@ -73,3 +73,30 @@ class DomainErrorMiddleware:
             raise Http404(exception.message) from exception
         if isinstance(exception, PermissionDenied):
             raise DjangoPermissionDenied(exception.message) from exception
+
+
+class ApiRequestGuardMiddleware:
+    """API requests with a NUL character (U+0000) in the path or the query string, or a query
+    parameter given twice. PostgreSQL text cannot hold a NUL, so no object is named with one
+    (404) and no filter value may carry one (400) — answered here, before a lookup would make
+    the database raise. No API parameter takes several values, and reading one of two silently
+    would hide the client's mistake (400)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            if "\x00" in request.path:
+                return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+            if any("\x00" in key or any("\x00" in value for value in values)
+                   for key, values in request.GET.lists()):
+                return JsonResponse({"detail": "NUL characters (\\u0000) are not allowed in "
+                                               "query parameters.", "code": "invalid"},
+                                    status=400)
+            repeated = sorted(key for key, values in request.GET.lists() if len(values) > 1)
+            if repeated:
+                return JsonResponse({"detail": f"Give each query parameter once (repeated: "
+                                               f"{', '.join(repeated)}).", "code": "invalid"},
+                                    status=400)
+        return self.get_response(request)

@@ -159,7 +159,7 @@ def _strategy(raw: Any) -> dict[str, Any]:
 def _model(team: Team, name: Any) -> RegisteredModel:
     model = RegisteredModel.objects.filter(name=str(name or "")).first()
     if model is None or model.team_id != team.pk:
-        raise InvalidInput(f"Team '{team.slug}' has no model '{name}'.", field="model")
+        raise NotFound(f"Team '{team.slug}' has no model '{name}'.", field="model")
     return model
 
 
@@ -172,7 +172,7 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
         found = ModelAlias.objects.select_related("version").filter(model=model,
                                                                     name=str(alias)).first()
         if found is None:
-            raise InvalidInput(f"Model '{model.name}' has no alias '{alias}'.", field="alias")
+            raise NotFound(f"Model '{model.name}' has no alias '{alias}'.", field="alias")
         target, pinned, alias = found.version, None, str(alias)
     else:
         if version in (None, ""):
@@ -187,11 +187,12 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
                                field="version") from None
         target = ModelVersion.objects.filter(model=model, version=number).first()
         if target is None:
-            raise InvalidInput(f"Model '{model.name}' has no version {number}.", field="version")
+            raise NotFound(f"Model '{model.name}' has no version {number}.", field="version")
         pinned, alias = target, ""
     if target.status != VersionStatus.READY:
-        raise InvalidInput(f"'{model.name}' v{target.version} is {target.status}, not ready; "
-                           "only ready versions can be deployed.", field="version")
+        raise Conflict(f"'{model.name}' v{target.version} is {target.status}, not ready; "
+                       "only ready versions can be deployed.", code="version_not_ready",
+                       field="version")
     return pinned, alias, target
 
 
@@ -398,9 +399,10 @@ def rollback(*, actor, deployment: Deployment, revision: int | None = None,
     else:
         source = d.revisions.filter(number=revision).first()
         if source is None:
-            raise InvalidInput(f"'{d.name}' has no revision {revision}.", field="revision")
+            raise NotFound(f"'{d.name}' has no revision {revision}.", field="revision")
         if source.number == d.revision:
-            raise InvalidInput(f"Revision {revision} is the current revision.", field="revision")
+            raise Conflict(f"Revision {revision} is the current revision.",
+                           code="current_revision", field="revision")
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
     spec = source.spec
     res = spec.get("resources") or {}
@@ -540,8 +542,9 @@ def get_visible(user, name: str) -> Deployment:
 
 
 def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
-                 tail: int = 200) -> list[dict[str, str]]:
-    """Recent log lines of one replica (or of each), read through the runtime."""
+                 tail: int = 200) -> list[dict[str, str | None]]:
+    """Recent log lines of one replica (or of each), read through the runtime; ``error`` says
+    why a replica's could not be read."""
     require_team_role(actor, deployment.team, Role.VIEWER, "reading logs")
     from workers.services import deployment_runtime
 
@@ -551,8 +554,18 @@ def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
             raise NotFound(f"Deployment '{deployment.name}' has no replica '{replica}'.")
         ids = [replica]
     tail = max(1, min(int(tail), 5000))
-    runtime = deployment_runtime(deployment)
-    return [{"replica": rid, "logs": runtime.logs(rid, tail=tail)} for rid in ids]
+    out = []
+    runtime = None
+    for rid in ids:
+        # An unreachable runtime is an answer per replica, not a 500.
+        try:
+            runtime = runtime or deployment_runtime(deployment)
+            out.append({"replica": rid, "logs": runtime.logs(rid, tail=tail), "error": None})
+        except Exception as exc:  # noqa: BLE001 - e.g. Docker down, no cluster credentials
+            out.append({"replica": rid, "logs": "",
+                        "error": f"The runtime did not give the logs: {type(exc).__name__}: "
+                                 f"{exc}"})
+    return out
 
 
 def shadow_summary(d: Deployment) -> dict[str, Any] | None:

@@ -212,6 +212,12 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
     if len(records) > settings.MODELPORT_INGEST_MAX_RECORDS:
         raise BatchTooLarge(f"{len(records)} records in one batch; the limit is "
                             f"{settings.MODELPORT_INGEST_MAX_RECORDS}.")
+    revision_sent, replica_sent = doc.get("revision"), doc.get("replica")
+    if revision_sent is not None and (isinstance(revision_sent, bool)
+                                      or not isinstance(revision_sent, str | int)):
+        raise InvalidInput("'revision' must be a string, a number or null.", field="revision")
+    if replica_sent is not None and not isinstance(replica_sent, str):
+        raise InvalidInput("'replica' must be a string or null.", field="replica")
     # The model server sends the revision as a string ("3", or "r3"): its digits are the number.
     sent = doc.get("revision")
     digits = re.sub(r"\D", "", sent[:200] if type(sent) is str else
@@ -235,8 +241,9 @@ def _validated_rows(doc: Any, deployment: Deployment, rate: float, now: datetime
             timestamp = fromiso(timestamp_text)
             latency = r.get("latency_ms", 0)
             status = r.get("status", 200)
-            error = r.get("error") or ""
-            endpoint = r.get("endpoint") or ""
+            error = r.get("error")
+            error = "" if error is None else error
+            endpoint = r.get("endpoint", "")
         except (KeyError, TypeError, ValueError, AttributeError):
             rejections.add(i, *_problem(i, r, earliest, latest))
             continue
@@ -285,8 +292,8 @@ def _problem(i: int, r: Any, earliest: datetime, latest: datetime) -> tuple[str,
     status = r.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
         return "status", f"{where}.status must be an HTTP status code."
-    if not isinstance(r.get("endpoint") or "", str):
-        return "endpoint", f"{where}.endpoint must be a string or null."
+    if not isinstance(r.get("endpoint", ""), str):
+        return "endpoint", f"{where}.endpoint must be a string."
     return "error", f"{where}.error must be a string or null."
 
 
@@ -427,7 +434,9 @@ def _ingest(token: IngestToken, body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         prom.BATCHES.labels("malformed").inc()
         raise InvalidInput("The body must be a JSON object with 'deployment' and 'records'.")
-    name = doc.get("deployment") or token.deployment.name
+    name = doc.get("deployment")
+    if name is None or name == "":  # the token names the deployment; {} or 0 are not names
+        name = token.deployment.name
     if not isinstance(name, str):
         prom.BATCHES.labels("malformed").inc()
         raise InvalidInput("'deployment' must be a string.", field="deployment")

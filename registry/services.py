@@ -428,10 +428,10 @@ def _ready_version(model: RegisteredModel, number: Any) -> ModelVersion:
         raise InvalidInput("version must be a version number.", field="version")
     version = model.versions.filter(version=number).first()
     if version is None:
-        raise InvalidInput(f"'{model.name}' has no version {number}.", field="version")
+        raise NotFound(f"'{model.name}' has no version {number}.", field="version")
     if not version.is_ready:
-        raise InvalidInput(f"Version {number} is {version.status}; only ready versions can "
-                           "carry an alias.", field="version")
+        raise Conflict(f"Version {number} is {version.status}; only ready versions can "
+                       "carry an alias.", code="version_not_ready", field="version")
     return version
 
 

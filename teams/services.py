@@ -104,7 +104,7 @@ def add_member(*, actor, team: Team, username: str, role: str) -> Membership:
     role_value = _validate_role(role)
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
-        raise InvalidInput(f"No user named '{username}'.", field="username")
+        raise NotFound(f"No user named '{username}'.", field="username")
     if not user.is_active:
         raise InvalidInput(f"User '{username}' is deactivated.", field="username")
     if Membership.objects.filter(team=team, user=user).exists():

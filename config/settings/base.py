@@ -97,6 +97,7 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",  # outside the gateway: every response gets the policy
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RequestContextMiddleware",
+    "config.middleware.ApiRequestGuardMiddleware",
     "deployments.gateway.GatewayMiddleware",  # /serve/…/invocations: skips what follows
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -230,10 +231,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "config.rest.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "config.rest.FilterBackend",
         "rest_framework.filters.SearchFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON in and out (uploads declare their multipart parser on their own views).
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "config.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.rest.exception_handler",
     "DEFAULT_METADATA_CLASS": "config.metadata.Metadata",
     "DEFAULT_THROTTLE_RATES": {"token_create": env_str("MODELPORT_TOKEN_CREATE_RATE", "30/min")},

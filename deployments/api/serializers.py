@@ -1,41 +1,68 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.rest import CoresField, StrictTypes, identifier
+from registry.models import alias_validator
+from registry.models import name_validator as model_name_validator
+from teams.models import slug_validator
+
 from .. import services
-from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision
+from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
 
 
-class DeploymentResourcesSerializer(serializers.Serializer):
-    cpu = serializers.FloatField(required=False, help_text="Cores per replica, e.g. 0.5.")
-    memory_mb = serializers.IntegerField(required=False, help_text="Memory per replica (MB).")
-    gpus = serializers.IntegerField(required=False, help_text="GPUs per replica.")
+class DeploymentResourcesSerializer(StrictTypes, serializers.Serializer):
+    cpu = CoresField(decimal_places=2, min_value=Decimal("0.01"), max_value=services.MAX_CPU,
+                     required=False, help_text="Cores per replica, e.g. 0.5 (rounded up to "
+                                               "0.01); default 1.")
+    memory_mb = serializers.IntegerField(required=False, min_value=64,
+                                         max_value=services.MAX_MEMORY_MB,
+                                         help_text="Memory per replica (MB); default 1024.")
+    gpus = serializers.IntegerField(required=False, min_value=0, max_value=services.MAX_GPUS,
+                                    help_text="GPUs per replica; default 0.")
 
 
-class DeploymentStrategySerializer(serializers.Serializer):
+class DeploymentStrategySerializer(StrictTypes, serializers.Serializer):
     type = serializers.ChoiceField(choices=STRATEGIES, required=False, default="rolling")
-    steps = serializers.ListField(child=serializers.IntegerField(), required=False,
-                                  help_text="Canary: traffic percentages, ending at 100.")
-    interval_s = serializers.FloatField(required=False,
+    steps = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=100),
+                                  required=False, min_length=1,
+                                  help_text="Canary: increasing traffic percentages, ending at "
+                                            "100 (default [10, 50, 100]).")
+    interval_s = serializers.FloatField(required=False, min_value=0, max_value=86400,
                                         help_text="Canary: seconds between steps.")
     percent = serializers.IntegerField(
-        required=False, help_text="Shadow: share of requests (1-100 %, default 100) mirrored "
-                                  "to the new revision while the old one answers.")
+        required=False, min_value=1, max_value=100,
+        help_text="Shadow: share of requests (1-100 %, default 100) mirrored to the new "
+                  "revision while the old one answers.")
     tolerance = serializers.FloatField(
-        required=False, help_text="Shadow: numeric predictions this close (absolute or "
-                                  "relative, default 1e-6) count as agreeing.")
+        required=False, min_value=0, max_value=1e6,
+        help_text="Shadow: numeric predictions this close (absolute or relative, default "
+                  "1e-6) count as agreeing.")
 
 
-class DeploymentCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=50)
-    team = serializers.CharField(max_length=50, help_text="Slug of the owning team.")
-    model = serializers.CharField(max_length=100, help_text="Registered model name.")
-    version = serializers.IntegerField(required=False, allow_null=True,
+def _replicas(**kwargs) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=settings.MODELPORT_MAX_REPLICAS,
+                                    **kwargs)
+
+
+class DeploymentCreateSerializer(StrictTypes, serializers.Serializer):
+    """Give ``version`` or ``alias``, not both."""
+
+    name = identifier(name_validator, "deployment name", max_length=50)
+    team = identifier(slug_validator, "team slug", max_length=50,
+                      help_text="Slug of the owning team.")
+    model = identifier(model_name_validator, "model name", max_length=100,
+                       help_text="Registered model name.")
+    version = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                        help_text="Model version to pin (or give alias).")
-    alias = serializers.CharField(required=False, allow_blank=True, allow_null=True,
-                                  help_text="Alias to follow, e.g. production.")
-    replicas = serializers.IntegerField(required=False, default=1)
+    alias = identifier(alias_validator, "alias", required=False, allow_blank=True,
+                       allow_null=True, max_length=50,
+                       help_text="Alias to follow, e.g. production.")
+    replicas = _replicas(required=False, default=1)
     resources = DeploymentResourcesSerializer(required=False)
     strategy = DeploymentStrategySerializer(required=False)
     target = serializers.CharField(
@@ -43,20 +70,23 @@ class DeploymentCreateSerializer(serializers.Serializer):
         help_text="Execution target name (GET /api/v1/targets/); default: the default target.")
 
 
-class DeploymentUpdateSerializer(serializers.Serializer):
-    version = serializers.IntegerField(required=False, allow_null=True)
-    alias = serializers.CharField(required=False, allow_blank=True, allow_null=True)
-    replicas = serializers.IntegerField(required=False)
+class DeploymentUpdateSerializer(StrictTypes, serializers.Serializer):
+    """Give ``version`` or ``alias`` to change what runs, not both."""
+
+    version = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    alias = identifier(alias_validator, "alias", required=False, allow_blank=True,
+                       allow_null=True, max_length=50)
+    replicas = _replicas(required=False)
     resources = DeploymentResourcesSerializer(required=False)
     strategy = DeploymentStrategySerializer(required=False)
 
 
-class RollbackSerializer(serializers.Serializer):
-    revision = serializers.IntegerField(required=False, allow_null=True,
+class RollbackSerializer(StrictTypes, serializers.Serializer):
+    revision = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                         help_text="Default: the previous healthy revision.")
 
 
-class EgressSerializer(serializers.Serializer):
+class EgressSerializer(StrictTypes, serializers.Serializer):
     allowed = serializers.BooleanField(
         help_text="true: the model's code may open outbound connections; false: no network.")
     reason = serializers.CharField(required=False, allow_blank=True, max_length=300,
@@ -64,7 +94,7 @@ class EgressSerializer(serializers.Serializer):
                                              "grant; kept in the audit log).")
 
 
-class PromoteSerializer(serializers.Serializer):
+class PromoteSerializer(StrictTypes, serializers.Serializer):
     strategy = DeploymentStrategySerializer(
         required=False, help_text="How the shadow's version rolls out (default rolling).")
 
@@ -123,7 +153,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     shadow = serializers.SerializerMethodField(
         help_text="While a shadow revision receives mirrored requests: its numbers; else null.")
     created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None)
+                                       default=None, allow_null=True)
     target = serializers.SerializerMethodField(
         help_text="The execution target it runs on (its own, else the default).")
 
@@ -165,7 +195,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 class RevisionSerializer(serializers.ModelSerializer):
     model_version = serializers.IntegerField(source="model_version.version", read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None)
+                                       default=None, allow_null=True)
 
     class Meta:
         model = Revision
@@ -179,6 +209,20 @@ class EventSerializer(serializers.ModelSerializer):
         fields = ["id", "kind", "message", "revision", "created_at"]
 
 
+class EventsQuerySerializer(serializers.Serializer):
+    since = serializers.IntegerField(required=False, min_value=0,
+                                     help_text="Only events with id > since.")
+
+
+class LogsQuerySerializer(serializers.Serializer):
+    replica = serializers.CharField(required=False, allow_blank=True, max_length=200,
+                                    help_text="Replica id (default: all).")
+    tail = serializers.IntegerField(required=False, min_value=1, max_value=5000, default=200,
+                                    help_text="Lines per replica.")
+
+
 class ReplicaLogsSerializer(serializers.Serializer):
     replica = serializers.CharField()
-    logs = serializers.CharField()
+    logs = serializers.CharField(allow_blank=True)
+    error = serializers.CharField(allow_null=True, help_text="Why the runtime could not give "
+                                                             "this replica's logs, else null.")

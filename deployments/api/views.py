@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 from django.db.models import Prefetch
-from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.openapi import api_errors
+from config.rest import FilterBackend, query
 from teams.access import get_visible_team
 
 from .. import services
@@ -40,7 +40,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     lookup_field = "name"
     lookup_value_regex = r"[a-z0-9-]+"
     filterset_class = DeploymentFilterSet
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [FilterBackend]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     queryset = Deployment.objects.none()
 
@@ -62,6 +62,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def retrieve(self, request: Request, name: str) -> Response:
         return self._show(self._deployment(name))
 
+    @api_errors(404)
     def create(self, request: Request) -> Response:
         body = s.DeploymentCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -81,6 +82,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return self._show(d, status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={204: None})
+    @api_errors(without=[409])
     def destroy(self, request: Request, name: str) -> Response:
         services.delete(actor=request.user, deployment=self._deployment(name))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -124,6 +126,7 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return self._show(d, status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: s.DeploymentSerializer})
+    @api_errors(without=[409])
     @action(detail=True, methods=["post"])
     def stop(self, request: Request, name: str) -> Response:
         d = services.stop(actor=request.user, deployment=self._deployment(name))
@@ -143,26 +146,23 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
                                       .order_by("-number"))
         return self.get_paginated_response(s.RevisionSerializer(page, many=True).data)
 
-    @extend_schema(responses=s.EventSerializer(many=True), parameters=[
-        OpenApiParameter("since", OpenApiTypes.INT, description="Only events with id > since")])
+    @extend_schema(responses=s.EventSerializer(many=True), parameters=[s.EventsQuerySerializer])
     @action(detail=True, methods=["get"], filter_backends=[])
     def events(self, request: Request, name: str) -> Response:
         d = self._deployment(name)
         events = d.events.order_by("-created_at", "-id")
-        since = request.query_params.get("since")
-        if since and since.isdigit():
-            events = events.filter(id__gt=int(since))
+        since = query(s.EventsQuerySerializer, request).get("since")
+        if since is not None:
+            events = events.filter(id__gt=since)
         page = self.paginate_queryset(events)
         return self.get_paginated_response(s.EventSerializer(page, many=True).data)
 
-    @extend_schema(responses=s.ReplicaLogsSerializer(many=True), parameters=[
-        OpenApiParameter("replica", OpenApiTypes.STR, description="Replica id (default: all)"),
-        OpenApiParameter("tail", OpenApiTypes.INT, description="Lines per replica (200)")])
+    @extend_schema(responses=s.ReplicaLogsSerializer(many=True),
+                   parameters=[s.LogsQuerySerializer])
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def logs(self, request: Request, name: str) -> Response:
         d = self._deployment(name)
-        tail = request.query_params.get("tail", "200")
+        params = query(s.LogsQuerySerializer, request)
         logs = services.replica_logs(actor=request.user, deployment=d,
-                                     replica=request.query_params.get("replica") or None,
-                                     tail=int(tail) if tail.isdigit() else 200)
+                                     replica=params.get("replica") or None, tail=params["tail"])
         return Response(s.ReplicaLogsSerializer(logs, many=True).data)

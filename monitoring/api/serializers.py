@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Alert, AlertRule, Comparison, TaskType
+from config.rest import StrictTypes
+
+from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
 from ..services import METRICS
 
 
@@ -13,10 +16,22 @@ class RangeQuerySerializer(serializers.Serializer):
                                         help_text="Only this deployment revision.")
 
 
+@extend_schema_field({"type": "integer", "minimum": 60, "multipleOf": 60})
+class StepField(serializers.IntegerField):
+    """Seconds per point: whole minutes."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if value % 60:
+            raise serializers.ValidationError("A whole number of minutes, in seconds (60, "
+                                              "300, …).")
+        return value
+
+
 class MetricsQuerySerializer(RangeQuerySerializer):
-    step = serializers.IntegerField(required=False, min_value=60,
-                                    help_text="Seconds per point, a multiple of 60; default "
-                                              "gives at most 240 points.")
+    step = StepField(required=False, min_value=60,
+                     help_text="Seconds per point, a multiple of 60; default gives at most 240 "
+                               "points.")
 
 
 class PredictionsSeriesSerializer(serializers.Serializer):
@@ -93,9 +108,16 @@ class DriftSerializer(serializers.Serializer):
     drifted = serializers.ListField(child=serializers.CharField())
 
 
-class FeedbackItemSerializer(serializers.Serializer):
+@extend_schema_field({"anyOf": [{"type": t} for t in
+                                ("string", "number", "boolean", "array", "object")],
+                      "description": "The true label or value (any JSON but null)."})
+class _LabelField(serializers.JSONField):
+    pass
+
+
+class FeedbackItemSerializer(StrictTypes, serializers.Serializer):
     request_id = serializers.CharField(max_length=100)
-    label = serializers.JSONField()
+    label = _LabelField()
 
 
 class FeedbackResultSerializer(serializers.Serializer):
@@ -106,20 +128,34 @@ class FeedbackResultSerializer(serializers.Serializer):
 
 
 class IngestRecordSerializer(serializers.Serializer):
-    request_id = serializers.CharField(max_length=100)
+    """One logged request, as ``monitoring.services.ingest_predictions`` reads it (the view
+    parses the body itself; this serializer only describes it)."""
+
+    request_id = serializers.CharField(min_length=1, max_length=100, trim_whitespace=False)
     timestamp = serializers.DateTimeField()
-    latency_ms = serializers.FloatField(min_value=0)
-    status = serializers.IntegerField(min_value=100, max_value=599)
-    endpoint = serializers.CharField(required=False)
+    latency_ms = serializers.FloatField(min_value=0, required=False, help_text="Default 0.")
+    status = serializers.IntegerField(min_value=100, max_value=599, required=False,
+                                      help_text="Default 200.")
+    endpoint = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     inputs = serializers.JSONField(required=False)
     outputs = serializers.JSONField(required=False)
-    error = serializers.CharField(required=False, allow_null=True)
+    error = serializers.CharField(required=False, allow_null=True, allow_blank=True,
+                                  trim_whitespace=False)
+
+
+@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "integer"}], "nullable": True})
+class _RevisionField(serializers.CharField):
+    pass
 
 
 class IngestBatchSerializer(serializers.Serializer):
-    deployment = serializers.CharField()
-    revision = serializers.CharField(required=False)
-    replica = serializers.CharField(required=False)
+    deployment = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                       help_text="Default (or blank, or null): the ingest "
+                                                 "token's deployment.")
+    revision = _RevisionField(required=False, allow_null=True, allow_blank=True,
+                              help_text='The replica\'s revision: its digits count ("r3" is 3).')
+    replica = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                    trim_whitespace=False)
     records = IngestRecordSerializer(many=True)
 
 
@@ -145,6 +181,11 @@ class IngestResultSerializer(serializers.Serializer):
 class AlertRuleSerializer(serializers.ModelSerializer):
     deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
     firing = serializers.SerializerMethodField()
+    # As stored: checked on the way in (http/https, see WEBHOOK_URL), not RFC 3986 URIs or
+    # RFC 5322 addresses as the model fields' formats would claim.
+    webhook_url = serializers.CharField(read_only=True)
+    retrain_webhook_url = serializers.CharField(read_only=True)
+    emails = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = AlertRule
@@ -161,36 +202,61 @@ _REFUSED = (" http(s) only, at most 500 characters. A host that is or resolves t
             "again at each delivery) unless a platform admin allow-lists it.")
 WEBHOOK_HELP = 'Slack-compatible: receives {"text": …}.' + _REFUSED
 RETRAIN_HELP = "Called with the alert as JSON when the rule fires." + _REFUSED
+# http(s), a host (no userinfo, no IPv6 literal) and anything after it but spaces and control
+# characters: what the alert sender can call. Blank: none. Explicit classes, not \s or \S:
+# Python's and ECMA's differ, and the schema's pattern must mean what the server checks.
+WEBHOOK_URL = (r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f-\x9f/?#\[\]@]+"
+               r"(?:[/?#][^\x00-\x20\x7f-\x9f]*)?)?\Z")
 
 
-class AlertRuleCreateSerializer(serializers.Serializer):
-    deployment = serializers.CharField(help_text="Deployment name.")
+def _url(help_text: str, **kwargs) -> serializers.RegexField:
+    return serializers.RegexField(WEBHOOK_URL, max_length=500, allow_blank=True,
+                                  trim_whitespace=False, required=False, help_text=help_text,
+                                  error_messages={"invalid": "Use an http:// or https:// URL."},
+                                  **kwargs)
+
+
+_METRIC_HELP = "One of: " + ", ".join(f"{k} ({v})" for k, v in METRICS.items())
+_METRIC_ERRORS = {"invalid_choice": "Unknown metric '{input}'; use one of "
+                                    + ", ".join(sorted(METRICS)) + "."}
+
+
+class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
+    deployment = serializers.CharField(max_length=50, help_text="Deployment name.")
     name = serializers.CharField(max_length=100)
-    metric = serializers.CharField(help_text="One of: " + ", ".join(
-        f"{k} ({v})" for k, v in METRICS.items()))
+    metric = serializers.ChoiceField(choices=list(METRICS), help_text=_METRIC_HELP,
+                                     error_messages=_METRIC_ERRORS)
     comparison = serializers.ChoiceField(choices=Comparison.choices, default=">")
     threshold = serializers.FloatField()
     window_minutes = serializers.IntegerField(default=5, min_value=1, max_value=10080)
     enabled = serializers.BooleanField(default=True)
-    webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
-                                        max_length=500, help_text=WEBHOOK_HELP)
+    webhook_url = _url(WEBHOOK_HELP, default="")
     emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list)
-    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True, default="",
-                                                max_length=500, help_text=RETRAIN_HELP)
+    retrain_webhook_url = _url(RETRAIN_HELP, default="")
 
 
-class AlertRuleUpdateSerializer(serializers.Serializer):
+class AlertRuleUpdateSerializer(StrictTypes, serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
-    metric = serializers.CharField(required=False)
+    metric = serializers.ChoiceField(choices=list(METRICS), required=False,
+                                     help_text=_METRIC_HELP, error_messages=_METRIC_ERRORS)
     comparison = serializers.ChoiceField(choices=Comparison.choices, required=False)
     threshold = serializers.FloatField(required=False)
     window_minutes = serializers.IntegerField(min_value=1, max_value=10080, required=False)
     enabled = serializers.BooleanField(required=False)
-    webhook_url = serializers.CharField(required=False, allow_blank=True, max_length=500,
-                                        help_text=WEBHOOK_HELP)
+    webhook_url = _url(WEBHOOK_HELP)
     emails = serializers.ListField(child=serializers.EmailField(), required=False)
-    retrain_webhook_url = serializers.CharField(required=False, allow_blank=True,
-                                                max_length=500, help_text=RETRAIN_HELP)
+    retrain_webhook_url = _url(RETRAIN_HELP)
+
+
+class AlertRuleQuerySerializer(serializers.Serializer):
+    deployment = serializers.CharField(required=False, max_length=50,
+                                       help_text="Only this deployment's rules.")
+
+
+class AlertQuerySerializer(serializers.Serializer):
+    deployment = serializers.CharField(required=False, max_length=50,
+                                       help_text="Only this deployment's alerts.")
+    state = serializers.ChoiceField(choices=AlertState.values, required=False)
 
 
 class AlertSerializer(serializers.ModelSerializer):
@@ -209,11 +275,23 @@ class AlertSerializer(serializers.ModelSerializer):
             "'sent n message(s)'. Never the destination's answer.")}}
 
 
-class ModelMonitoringSerializer(serializers.Serializer):
-    psi_threshold = serializers.FloatField(required=False)
-    p_value_threshold = serializers.FloatField(required=False)
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                      "maximum": 10, "exclusiveMaximum": True})
+class _PsiField(serializers.FloatField):
+    pass
+
+
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                      "maximum": 1, "exclusiveMaximum": True})
+class _PValueField(serializers.FloatField):
+    pass
+
+
+class ModelMonitoringSerializer(StrictTypes, serializers.Serializer):
+    psi_threshold = _PsiField(required=False, help_text="Between 0 and 10, exclusive.")
+    p_value_threshold = _PValueField(required=False, help_text="Between 0 and 1, exclusive.")
     task = serializers.ChoiceField(choices=TaskType.choices, required=False)
 
 
-class DeploymentMonitoringSerializer(serializers.Serializer):
+class DeploymentMonitoringSerializer(StrictTypes, serializers.Serializer):
     sampling_rate = serializers.FloatField(min_value=0, max_value=1)

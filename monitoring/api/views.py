@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -10,6 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import NotFound
+from config.openapi import api_errors
+from config.rest import query
 from deployments.models import Deployment
 from registry.models import RegisteredModel
 
@@ -27,9 +29,7 @@ def visible_deployment(user, name: str) -> Deployment:
 
 
 def _range(request: Request, serializer_class=s.MetricsQuerySerializer):
-    query = serializer_class(data=request.query_params)
-    query.is_valid(raise_exception=True)
-    data = query.validated_data
+    data = query(serializer_class, request)
     start, end, step = services.time_range(data.get("start"), data.get("end"), data.get("step"))
     return start, end, step, data.get("revision")
 
@@ -43,14 +43,15 @@ class IngestView(APIView):
 
     @extend_schema(
         operation_id="ingest_predictions",
-        request=s.IngestBatchSerializer,
-        responses={202: s.IngestResultSerializer, 400: OpenApiResponse(description="Malformed"),
-                   401: OpenApiResponse(description="Missing, invalid or foreign ingest token"),
-                   404: OpenApiResponse(description="Unknown deployment"),
-                   413: OpenApiResponse(description="Batch too large")},
+        request={"application/json": s.IngestBatchSerializer},
+        responses={202: s.IngestResultSerializer},
         parameters=[OpenApiParameter("Authorization", OpenApiTypes.STR, OpenApiParameter.HEADER,
-                                     description="Bearer mpi_… (the deployment's ingest token)")],
+                                     required=True,
+                                     description="Bearer mpi_… (the deployment's ingest token; "
+                                                 "401 when missing, invalid or another "
+                                                 "deployment's)")],
     )
+    @api_errors(400, 401, 404, 413)
     def post(self, request: Request) -> Response:
         token = services.authenticate_ingest(request.META.get("HTTP_AUTHORIZATION", ""))
         from django.conf import settings
@@ -94,10 +95,17 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
     @extend_schema(operation_id="deployment_feedback",
                    request=s.FeedbackItemSerializer(many=True),
                    responses=s.FeedbackResultSerializer)
+    @api_errors(413, without=[409])
     def feedback(self, request: Request, name: str) -> Response:
         deployment = visible_deployment(request.user, name)
+        if isinstance(request.data, list) and len(request.data) > services.MAX_FEEDBACK_ITEMS:
+            raise services.BatchTooLarge(f"{len(request.data)} labels in one request; the "
+                                         f"limit is {services.MAX_FEEDBACK_ITEMS}.")
+        body = s.FeedbackItemSerializer(data=request.data, many=True)
+        body.is_valid(raise_exception=True)
         return Response(services.submit_feedback(actor=request.user, deployment=deployment,
-                                                 items=request.data))
+                                                 items=[dict(item) for item in
+                                                        body.validated_data]))
 
     @extend_schema(operation_id="deployment_monitoring_retrieve",
                    responses=s.DeploymentMonitoringSerializer)
@@ -108,6 +116,7 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
     @extend_schema(operation_id="deployment_monitoring_update",
                    request=s.DeploymentMonitoringSerializer,
                    responses=s.DeploymentMonitoringSerializer)
+    @api_errors(without=[409])
     def update_monitoring_settings(self, request: Request, name: str) -> Response:
         deployment = visible_deployment(request.user, name)
         body = s.DeploymentMonitoringSerializer(data=request.data)
@@ -138,6 +147,7 @@ class ModelMonitoringViewSet(viewsets.ViewSet):
 
     @extend_schema(operation_id="model_monitoring_update", request=s.ModelMonitoringSerializer,
                    responses=s.ModelMonitoringSerializer)
+    @api_errors(without=[409])
     def update(self, request: Request, model_name: str) -> Response:
         model = self._model(model_name)
         body = s.ModelMonitoringSerializer(data=request.data)
@@ -160,7 +170,7 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         rules = (AlertRule.objects.visible_to(self.request.user).select_related("deployment")
                  .prefetch_related(Prefetch("alerts", queryset=Alert.objects.filter(
                      state=AlertState.FIRING))).order_by("deployment__name", "name"))
-        deployment = self.request.query_params.get("deployment")
+        deployment = query(s.AlertRuleQuerySerializer, self.request).get("deployment")
         if deployment:
             rules = rules.filter(deployment__name=deployment)
         return rules
@@ -171,11 +181,12 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             raise NotFound(f"No alert rule {self.kwargs['pk']}.")
         return rule
 
-    @extend_schema(parameters=[OpenApiParameter("deployment", OpenApiTypes.STR)])
+    @extend_schema(parameters=[s.AlertRuleQuerySerializer])
     def list(self, request: Request, *args, **kwargs) -> Response:
         return super().list(request, *args, **kwargs)
 
     @extend_schema(request=s.AlertRuleCreateSerializer, responses={201: s.AlertRuleSerializer})
+    @api_errors(404)
     def create(self, request: Request) -> Response:
         body = s.AlertRuleCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -193,6 +204,7 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                                           **body.validated_data)
         return Response(self.get_serializer(self.get_queryset().get(pk=rule.pk)).data)
 
+    @api_errors(without=[409])
     def destroy(self, request: Request, pk: str) -> Response:
         services.delete_alert_rule(actor=request.user, rule=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -208,15 +220,13 @@ class AlertViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             return self.queryset
         alerts = Alert.objects.visible_to(self.request.user).select_related(
             "rule", "rule__deployment")
-        params = self.request.query_params
+        params = query(s.AlertQuerySerializer, self.request)
         if params.get("deployment"):
             alerts = alerts.filter(rule__deployment__name=params["deployment"])
-        if params.get("state") in AlertState.values:
+        if params.get("state"):
             alerts = alerts.filter(state=params["state"])
         return alerts.order_by("-started_at", "-id")
 
-    @extend_schema(parameters=[
-        OpenApiParameter("deployment", OpenApiTypes.STR),
-        OpenApiParameter("state", OpenApiTypes.STR, enum=AlertState.values)])
+    @extend_schema(parameters=[s.AlertQuerySerializer])
     def list(self, request: Request, *args, **kwargs) -> Response:
         return super().list(request, *args, **kwargs)

@@ -3,7 +3,11 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.rest import CoresField, StrictTypes, identifier
+from teams.models import slug_validator
+
 from ..models import Reservation, ResourceRequest
+from ..services import MAX_AMOUNT
 
 
 def _cpu(**kwargs) -> serializers.DecimalField:
@@ -18,11 +22,15 @@ class QuotaResourcesSerializer(serializers.Serializer):
     deployments = serializers.IntegerField(required=False)
 
 
-class QuotaUpdateSerializer(serializers.Serializer):
-    cpu = _cpu()
-    memory_mb = serializers.IntegerField()
-    gpus = serializers.IntegerField()
-    deployments = serializers.IntegerField()
+def _amount(name: str, **kwargs) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=0, max_value=MAX_AMOUNT[name], **kwargs)
+
+
+class QuotaUpdateSerializer(StrictTypes, serializers.Serializer):
+    cpu = CoresField(max_value=MAX_AMOUNT["cpu"], help_text="Cores, in millicores (0.001).")
+    memory_mb = _amount("memory_mb")
+    gpus = _amount("gpus")
+    deployments = _amount("deployments")
 
 
 class QuotaReservationSerializer(serializers.ModelSerializer):
@@ -60,8 +68,10 @@ class QuotaSerializer(serializers.Serializer):
 class ResourceRequestSerializer(serializers.ModelSerializer):
     team = serializers.CharField(source="team.slug")
     cpu = _cpu()
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
-    decided_by = serializers.CharField(source="decided_by.username", default=None)
+    requested_by = serializers.CharField(source="requested_by.username", default=None,
+                                         allow_null=True)
+    decided_by = serializers.CharField(source="decided_by.username", default=None,
+                                       allow_null=True)
     granted = serializers.SerializerMethodField()
 
     class Meta:
@@ -77,11 +87,11 @@ class ResourceRequestSerializer(serializers.ModelSerializer):
                                     "gpus": obj.granted_gpus}).data
 
 
-class ResourceRequestCreateSerializer(serializers.Serializer):
-    team = serializers.SlugField()
-    cpu = _cpu(required=False, default=0)
-    memory_mb = serializers.IntegerField(required=False, default=0)
-    gpus = serializers.IntegerField(required=False, default=0)
+class ResourceRequestCreateSerializer(StrictTypes, serializers.Serializer):
+    team = identifier(slug_validator, "team slug", max_length=50)
+    cpu = CoresField(max_value=MAX_AMOUNT["cpu"], required=False, default=0)
+    memory_mb = _amount("memory_mb", required=False, default=0)
+    gpus = _amount("gpus", required=False, default=0)
     gpu_model = serializers.CharField(required=False, allow_blank=True, default="",
                                       max_length=100)
     justification = serializers.CharField()
@@ -90,15 +100,15 @@ class ResourceRequestCreateSerializer(serializers.Serializer):
                                                      "a permanent raise.")
 
 
-class ResourceRequestApproveSerializer(serializers.Serializer):
+class ResourceRequestApproveSerializer(StrictTypes, serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="")
-    cpu = _cpu(required=False, allow_null=True, default=None,
-               help_text="Grant less than asked; omit to grant what was asked.")
-    memory_mb = serializers.IntegerField(required=False, allow_null=True, default=None)
-    gpus = serializers.IntegerField(required=False, allow_null=True, default=None)
+    cpu = CoresField(max_value=MAX_AMOUNT["cpu"], required=False, allow_null=True, default=None,
+                     help_text="Grant less than asked; omit to grant what was asked.")
+    memory_mb = _amount("memory_mb", required=False, allow_null=True, default=None)
+    gpus = _amount("gpus", required=False, allow_null=True, default=None)
 
 
-class ResourceRequestDenySerializer(serializers.Serializer):
+class ResourceRequestDenySerializer(StrictTypes, serializers.Serializer):
     comment = serializers.CharField(help_text="Why; the requester reads it.")
 
 

@@ -7,6 +7,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.openapi import api_errors
 from teams.access import get_visible_team
 
 from .. import services
@@ -64,6 +65,7 @@ class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return (ResourceRequest.objects.visible_to(self.request.user)
                 .select_related("team", "requested_by", "decided_by"))
 
+    @api_errors(404)
     def create(self, request: Request) -> Response:
         serializer = s.ResourceRequestCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -3,7 +3,17 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import AliasTransitionRequest, ModelAlias, ModelVersion, RegisteredModel
+from config.rest import StrictTypes, identifier
+from teams.models import slug_validator
+
+from ..models import (
+    AliasTransitionRequest,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+    name_validator,
+)
+from ..services import FORMATS
 
 
 class AliasSummarySerializer(serializers.ModelSerializer):
@@ -21,7 +31,7 @@ class RegisteredModelSerializer(serializers.ModelSerializer):
     version_count = serializers.IntegerField(read_only=True)
     aliases = AliasSummarySerializer(many=True, read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None)
+                                       default=None, allow_null=True)
 
     class Meta:
         model = RegisteredModel
@@ -29,19 +39,25 @@ class RegisteredModelSerializer(serializers.ModelSerializer):
                   "version_count", "aliases", "created_by", "created_at", "updated_at"]
 
 
-class RegisteredModelCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    team = serializers.CharField(max_length=50, help_text="Slug of the owning team.")
+def _tags(**kwargs) -> serializers.ListField:
+    # Tags are kept as given (not trimmed): the service refuses empty ones, not blank ones.
+    return serializers.ListField(child=serializers.CharField(min_length=1, max_length=50,
+                                                             trim_whitespace=False), **kwargs)
+
+
+class RegisteredModelCreateSerializer(StrictTypes, serializers.Serializer):
+    name = identifier(name_validator, "model name", max_length=100)
+    team = identifier(slug_validator, "team slug", max_length=50,
+                      help_text="Slug of the owning team.")
     description = serializers.CharField(required=False, allow_blank=True, default="")
     card = serializers.CharField(required=False, allow_blank=True, default="")
-    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False,
-                                 default=list)
+    tags = _tags(required=False, default=list)
 
 
-class RegisteredModelUpdateSerializer(serializers.Serializer):
+class RegisteredModelUpdateSerializer(StrictTypes, serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
     card = serializers.CharField(required=False, allow_blank=True)
-    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False)
+    tags = _tags(required=False)
 
 
 class ReferenceStateSerializer(serializers.Serializer):
@@ -63,7 +79,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     aliases = serializers.SerializerMethodField()
     reference = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", read_only=True,
-                                       default=None)
+                                       default=None, allow_null=True)
     artifact = serializers.SerializerMethodField()
 
     class Meta:
@@ -97,8 +113,12 @@ class ModelVersionListSerializer(ModelVersionSerializer):
 
 
 class VersionUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(required=False)
-    format = serializers.CharField(required=False, default="mlflow")
+    file = serializers.FileField(help_text="The model: a .zip or .tar.gz of an MLflow model "
+                                           "directory, or a scikit-learn joblib/pickle file.")
+    format = serializers.ChoiceField(
+        choices=FORMATS, required=False, default="mlflow", error_messages={
+            "invalid_choice": "Unknown format '{input}'; use 'mlflow' (a .zip or .tar.gz of an "
+                              "MLflow model directory) or 'sklearn' (a joblib or pickle file)."})
     input_example = serializers.CharField(required=False, allow_blank=True)
     reference_data = serializers.FileField(required=False)
     description = serializers.CharField(required=False, allow_blank=True, default="")
@@ -111,6 +131,23 @@ class VersionUploadSerializer(serializers.Serializer):
     dataset_hash = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
 
+# What registry.mlflow_import.SOURCE_PATTERN accepts, in explicit ASCII classes: the schema's
+# pattern must mean the same to ECMA and Python regexes (\w, \d and \s do not).
+_NAME_CHAR = r"[^/\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+IMPORT_SOURCE = (r"^(?:runs:/[0-9a-zA-Z]{8,64}/[0-9A-Za-z_./-]+"
+                 rf"|models:/{_NAME_CHAR}{{1,200}}/(?:[0-9]+|@?[0-9A-Za-z_-]{{1,100}}))\Z")
+
+
+class VersionImportSerializer(StrictTypes, serializers.Serializer):
+    source = serializers.RegexField(
+        IMPORT_SOURCE, max_length=500, trim_whitespace=False,
+        error_messages={"invalid": "source must be 'runs:/<run_id>/<artifact path>' or "
+                                   "'models:/<name>/<version>'."},
+        help_text="runs:/<run_id>/<artifact path> or models:/<name>/<version or alias>, "
+                  "fetched from the tracking server.")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+
 class VersionAcceptedSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     status = serializers.CharField()
@@ -120,16 +157,18 @@ class ReferenceUploadSerializer(serializers.Serializer):
     file = serializers.FileField()
 
 
-class AliasSetSerializer(serializers.Serializer):
-    version = serializers.IntegerField()
+class AliasSetSerializer(StrictTypes, serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
     comment = serializers.CharField(required=False, allow_blank=True, default="")
 
 
 class TransitionRequestSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")
     version = serializers.IntegerField(source="version.version")
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
-    decided_by = serializers.CharField(source="decided_by.username", default=None)
+    requested_by = serializers.CharField(source="requested_by.username", default=None,
+                                         allow_null=True)
+    decided_by = serializers.CharField(source="decided_by.username", default=None,
+                                       allow_null=True)
 
     class Meta:
         model = AliasTransitionRequest
@@ -137,5 +176,5 @@ class TransitionRequestSerializer(serializers.ModelSerializer):
                   "decided_by", "decided_at", "created_at"]
 
 
-class DecisionSerializer(serializers.Serializer):
+class DecisionSerializer(StrictTypes, serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="")

@@ -2,16 +2,18 @@ from __future__ import annotations
 
 from django.db.models import Prefetch
 from django.http import FileResponse
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config import uploads
 from config.errors import NotFound
+from config.openapi import api_errors
+from config.parsers import JSONParser
+from config.rest import FilterBackend
 from teams.access import get_visible_team
 
 from .. import baselines, services, storage
@@ -51,7 +53,7 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     lookup_field = "name"
     lookup_value_regex = r"[a-z0-9._-]+"
     filterset_class = RegisteredModelFilterSet
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = [FilterBackend]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     queryset = RegisteredModel.objects.none()
 
@@ -73,6 +75,7 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         model = visible_model(self.request.user, self.kwargs["name"])
         return attach_version_summary([self.get_queryset().get(pk=model.pk)])[0]
 
+    @api_errors(404)
     def create(self, request: Request) -> Response:
         body = s.RegisteredModelCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -83,6 +86,7 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             [self.get_queryset().get(pk=model.pk)])[0]).data,
                         status=status.HTTP_201_CREATED)
 
+    @api_errors(without=[409])
     def partial_update(self, request: Request, name: str) -> Response:
         model = visible_model(request.user, name)
         body = s.RegisteredModelUpdateSerializer(data=request.data)
@@ -96,7 +100,8 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
 
 @extend_schema_view(
-    create=extend_schema(request={"multipart/form-data": s.VersionUploadSerializer},
+    create=extend_schema(request={"multipart/form-data": s.VersionUploadSerializer,
+                                  "application/json": s.VersionImportSerializer},
                          responses={202: s.VersionAcceptedSerializer}),
     list=extend_schema(responses=s.ModelVersionListSerializer(many=True)),
 )
@@ -104,7 +109,7 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
     serializer_class = s.ModelVersionSerializer
     lookup_field = "version"
     lookup_value_regex = r"[0-9]+"
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, JSONParser]
     queryset = ModelVersion.objects.none()
 
     def _model(self) -> RegisteredModel:
@@ -131,13 +136,15 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
     def retrieve(self, request: Request, model_name: str, version: str) -> Response:
         return Response(self.get_serializer(self._version()).data)
 
+    @api_errors(413, without=[409])
     def create(self, request: Request, model_name: str) -> Response:
         model = self._model()
         _authorize_upload(request, model, "registering versions")
-        if "source" in request.data and "file" not in request.FILES:
-            version = services.register_from_source(
-                actor=request.user, model=model, source=str(request.data.get("source", "")),
-                description=str(request.data.get("description", "")))
+        if request.content_type.startswith("application/json"):
+            source = s.VersionImportSerializer(data=request.data)
+            source.is_valid(raise_exception=True)
+            version = services.register_from_source(actor=request.user, model=model,
+                                                    **source.validated_data)
             return Response({"version": version.version, "status": version.status},
                             status=status.HTTP_202_ACCEPTED)
         body = s.VersionUploadSerializer(data=request.data)
@@ -169,12 +176,15 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
 
     @extend_schema(request={"multipart/form-data": s.ReferenceUploadSerializer},
                    responses={202: s.ModelVersionSerializer})
+    @api_errors(413, without=[409])
     @action(detail=True, methods=["put"], parser_classes=[MultiPartParser])
     def reference(self, request: Request, model_name: str, version: str) -> Response:
         found = self._version()
         _authorize_upload(request, found.model, "replacing reference data")
+        body = s.ReferenceUploadSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         baselines.replace_reference(actor=request.user, version=found,
-                                    upload=request.FILES.get("file"))
+                                    upload=body.validated_data["file"])
         found.refresh_from_db()
         return Response(self.get_serializer(found).data, status=status.HTTP_202_ACCEPTED)
 
@@ -205,6 +215,7 @@ class AliasViewSet(viewsets.GenericViewSet):
                             status=status.HTTP_202_ACCEPTED)
         return Response(self.get_serializer(result).data)
 
+    @api_errors(without=[409])
     def destroy(self, request: Request, model_name: str, alias: str) -> Response:
         services.delete_alias(actor=request.user, model=visible_model(request.user, model_name),
                               alias=alias)

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework import serializers
 
-from ..models import ApiToken, AuditEvent, Membership, Team
+from config.rest import StrictTypes, identifier
+
+from ..models import ApiToken, AuditEvent, Membership, Team, slug_validator
 from ..roles import Role
 
 
@@ -22,7 +25,13 @@ class TeamSerializer(serializers.ModelSerializer):
         return roles.get(team.pk)
 
 
-class TeamUpdateSerializer(serializers.Serializer):
+class TeamCreateSerializer(StrictTypes, serializers.Serializer):
+    slug = identifier(slug_validator, "slug", max_length=50)
+    name = serializers.CharField(max_length=120)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class TeamUpdateSerializer(StrictTypes, serializers.Serializer):
     name = serializers.CharField(max_length=120, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
 
@@ -38,7 +47,12 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
 
 
-class MembershipRoleSerializer(serializers.Serializer):
+class MemberCreateSerializer(StrictTypes, serializers.Serializer):
+    username = serializers.CharField(max_length=150, help_text="An existing user's username.")
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MembershipRoleSerializer(StrictTypes, serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -50,9 +64,11 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ApiTokenCreateSerializer(serializers.Serializer):
+class ApiTokenCreateSerializer(StrictTypes, serializers.Serializer):
     name = serializers.CharField(max_length=100)
-    expires_in_days = serializers.IntegerField(required=False, min_value=1, allow_null=True)
+    expires_in_days = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.MODELPORT_TOKEN_MAX_DAYS,
+        allow_null=True, help_text="Default: MODELPORT_TOKEN_DEFAULT_DAYS.")
 
 
 class ApiTokenCreatedSerializer(serializers.Serializer):

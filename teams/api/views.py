@@ -10,6 +10,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from config.errors import NotFound, PermissionDenied
+from config.openapi import api_errors
 
 from .. import services
 from ..access import get_visible_team
@@ -21,7 +22,8 @@ from . import serializers as s
 
 
 @extend_schema_view(
-    create=extend_schema(summary="Create a team (platform admins)"),
+    create=extend_schema(summary="Create a team (platform admins)",
+                         request=s.TeamCreateSerializer),
     partial_update=extend_schema(request=s.TeamUpdateSerializer),
 )
 class TeamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -49,12 +51,13 @@ class TeamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return self.get_queryset().get(pk=team.pk)
 
     def create(self, request: Request) -> Response:
-        serializer = s.TeamSerializer(data=request.data, context=self.get_serializer_context())
+        serializer = s.TeamCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         team = services.create_team(actor=request.user, **serializer.validated_data)
         return Response(self.get_serializer(self.get_queryset().get(pk=team.pk)).data,
                         status=status.HTTP_201_CREATED)
 
+    @api_errors(without=[409])
     def partial_update(self, request: Request, slug: str) -> Response:
         team = get_visible_team(request.user, slug)
         serializer = s.TeamUpdateSerializer(data=request.data)
@@ -64,6 +67,7 @@ class TeamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
 
 
 @extend_schema_view(
+    create=extend_schema(request=s.MemberCreateSerializer),
     partial_update=extend_schema(request=s.MembershipRoleSerializer),
 )
 class MemberViewSet(viewsets.GenericViewSet):
@@ -89,11 +93,10 @@ class MemberViewSet(viewsets.GenericViewSet):
 
     def create(self, request: Request, team_slug: str) -> Response:
         team = self._team()
-        serializer = self.get_serializer(data=request.data)
+        serializer = s.MemberCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         membership = services.add_member(actor=request.user, team=team,
-                                         username=serializer.validated_data["user"]["username"],
-                                         role=serializer.validated_data["role"])
+                                         **serializer.validated_data)
         return Response(self.get_serializer(membership).data, status=status.HTTP_201_CREATED)
 
     def retrieve(self, request: Request, team_slug: str, username: str) -> Response:
@@ -161,6 +164,7 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             return self.queryset
         return ApiToken.objects.filter(user=self.request.user).order_by("-created_at")
 
+    @api_errors(429)
     def create(self, request: Request) -> Response:
         serializer = s.ApiTokenCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -169,6 +173,7 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             {"id": token.id, "name": token.name, "token": secret, "expires_at": token.expires_at})
         return Response(body.data, status=status.HTTP_201_CREATED)
 
+    @api_errors(without=[409])
     def destroy(self, request: Request, pk: str) -> Response:
         token = self.get_object()
         services.revoke_token(actor=request.user, token=token)

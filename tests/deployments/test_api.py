@@ -52,18 +52,15 @@ def test_create_answers_202_pending_and_enqueues_reconcile(api, v1, no_enqueue,
 
 
 @pytest.mark.parametrize(("override", "field", "needle"), [
-    ({"model": "nope"}, "model", "no model 'nope'"),
-    ({"version": 9}, "version", "no version 9"),
-    ({"version": None, "alias": "production"}, "alias", "no alias 'production'"),
     ({"version": None}, "version", "version (a number) or an alias"),
     ({"alias": "x"}, "version", "either version or alias"),
-    ({"replicas": 0}, "replicas", "between 1 and 16"),
-    ({"replicas": 17}, "replicas", "between 1 and 16"),
+    ({"replicas": 0}, "replicas", "greater than or equal to 1"),
+    ({"replicas": 17}, "replicas", "less than or equal to 16"),
     ({"replicas": "many"}, "replicas", "valid integer"),
-    ({"resources": {"cpu": -1}}, "resources", "more than 0"),
+    ({"resources": {"cpu": -1}}, "resources", "greater than or equal to 0.01"),
     ({"resources": {"cpu": "lots"}}, "resources", "valid number"),
-    ({"resources": {"memory_mb": 1}}, "resources", "memory_mb must be between 64"),
-    ({"resources": {"gpus": -2}}, "resources", "gpus must be between 0"),
+    ({"resources": {"memory_mb": 1}}, "resources", "greater than or equal to 64"),
+    ({"resources": {"gpus": -2}}, "resources", "greater than or equal to 0"),
     ({"strategy": {"type": "yolo"}}, "strategy", "valid choice"),
     ({"strategy": {"type": "canary", "steps": [50, 10]}}, "strategy", "increasing"),
     ({"name": "Bad Name!"}, "name", "not a valid deployment name"),
@@ -77,11 +74,24 @@ def test_bad_specs_are_400_and_nothing_is_created(api, v1, override, field, need
     assert not Reservation.objects.exists()
 
 
-def test_version_not_ready_is_400(api, iris_model, iris_dir):
+@pytest.mark.parametrize(("override", "field", "needle"), [
+    ({"model": "nope"}, "model", "no model 'nope'"),
+    ({"version": 9}, "version", "no version 9"),
+    ({"version": None, "alias": "production"}, "alias", "no alias 'production'"),
+])
+def test_naming_a_missing_model_version_or_alias_is_404(api, v1, override, field, needle):
+    response = api.post(URL, body(**override), format="json")
+    assert response.status_code == 404, response.json()
+    assert needle in response.json()["detail"] and response.json()["field"] == field
+    assert not Deployment.objects.exists()
+
+
+def test_version_not_ready_is_409(api, iris_model, iris_dir):
     make_version(iris_model, 1, iris_dir, status=VersionStatus.FAILED)
     response = api.post(URL, body(), format="json")
-    assert response.status_code == 400
-    assert "is failed, not ready" in response.json()["version"][0]
+    assert response.status_code == 409
+    assert response.json()["code"] == "version_not_ready"
+    assert "is failed, not ready" in response.json()["detail"]
     assert not Deployment.objects.exists()
 
 
@@ -163,7 +173,7 @@ def test_rollback(api, v1, v2):
     response = api.post(f"{URL}iris-prod/rollback/", {"revision": 2}, format="json")
     assert response.json()["revision"] == 4 and response.json()["version"] == 2
     assert api.post(f"{URL}iris-prod/rollback/", {"revision": 99},
-                    format="json").status_code == 400
+                    format="json").status_code == 404
     assert AuditEvent.objects.filter(action="deployment.rolled_back").count() == 2
 
 

@@ -40,8 +40,8 @@ def body(**extra):
 
 
 @pytest.mark.parametrize(("strategy", "needle"), [
-    ({"type": "shadow", "percent": 0}, "from 1 to 100"),
-    ({"type": "shadow", "percent": 101}, "from 1 to 100"),
+    ({"type": "shadow", "percent": 0}, "greater than or equal to 1"),
+    ({"type": "shadow", "percent": 101}, "less than or equal to 100"),
     ({"type": "shadow", "percent": "lots"}, "valid integer"),
     ({"type": "shadow", "tolerance": -1}, "tolerance"),
     ({"type": "shadow", "steps": [10, 100]}, "only to canary"),

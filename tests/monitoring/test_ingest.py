@@ -384,3 +384,35 @@ def test_a_shipper_sending_more_records_than_ingest_takes_delivers_them_all(
     assert sorted(PredictionRecord.objects.values_list("request_id", flat=True)) == [
         f"r{i}" for i in range(10)]
     assert shipper.batch_size <= 3
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"error": {}}, "error must be a string or null"),
+    ({"endpoint": 5}, "endpoint must be a string"),
+])
+def test_a_record_with_a_field_of_the_wrong_type_is_dropped_not_read_as_empty(
+        deployment, ingest_token, change, needle):
+    response = post(batch([{**record(1, minutes_ago(1)), **change}, record(2, minutes_ago(1))]),
+                    ingest_token)
+    assert response.status_code == 202, response.content
+    assert response.json()["accepted"] == 1 and response.json()["rejected"] == 1
+    assert needle in str(response.json()["rejections"])
+    assert PredictionRecord.objects.count() == 1
+
+
+@pytest.mark.parametrize(("key", "value"), [("revision", [1]), ("revision", True),
+                                            ("replica", 7)])
+def test_batch_fields_of_the_wrong_type_are_400(deployment, ingest_token, key, value):
+    body = batch([record(1, minutes_ago(1))])
+    body[key] = value
+    response = post(body, ingest_token)
+    assert response.status_code == 400 and key in response.json()
+
+
+@pytest.mark.parametrize("name", [{}, 0, False])
+def test_a_deployment_that_is_not_a_string_is_400_not_the_tokens(deployment, ingest_token,
+                                                                 name):
+    body = batch([record(1, minutes_ago(1))])
+    body["deployment"] = name
+    response = post(body, ingest_token)
+    assert response.status_code == 400 and "deployment" in response.json()

@@ -28,7 +28,7 @@ def _file(client, **body):
 def test_a_viewer_files_a_request_and_admins_are_notified(api_as, quota, viewer, admin_user,
                                                           django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = _file(api_as(viewer), cpu="2.5", memory_mb=4096, justification="Black Friday")
+        response = _file(api_as(viewer), cpu=2.5, memory_mb=4096, justification="Black Friday")
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["status"] == "pending" and body["cpu"] == 2.5 and body["requested_by"] == "vic"
@@ -119,7 +119,7 @@ def test_quota_get_explains_usage(api_as, quota, viewer):
 
 def test_platform_admin_sets_a_quota(api_as, quota, admin_user):
     response = api_as(admin_user).put("/api/v1/teams/ml-search/quota/", {
-        "cpu": "16.5", "memory_mb": 65536, "gpus": 2, "deployments": 10}, format="json")
+        "cpu": 16.5, "memory_mb": 65536, "gpus": 2, "deployments": 10}, format="json")
     assert response.status_code == 200, response.json()
     assert response.json()["limits"]["cpu"] == 16.5
     event = AuditEvent.objects.get(action="quota.updated")

@@ -69,14 +69,15 @@ def test_maintainer_moves_production_directly(versions, team_maintainer):
     assert not AliasTransitionRequest.objects.exists()
 
 
-@pytest.mark.parametrize(("version", "message"), [
-    (3, "only ready versions"), (9, "has no version 9")])
-def test_alias_on_a_version_that_is_not_ready_or_missing_is_400(versions, team_engineer,
-                                                                 version, message):
+@pytest.mark.parametrize(("version", "status", "message"), [
+    (3, 409, "only ready versions"), (9, 404, "has no version 9")])
+def test_alias_on_a_version_that_is_not_ready_is_409_and_on_a_missing_one_404(
+        versions, team_engineer, version, status, message):
     response = bearer_client(team_engineer).put("/api/v1/models/iris/aliases/champion/",
                                                 {"version": version}, format="json")
-    assert response.status_code == 400
-    assert message in response.json()["version"][0]
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert response.json()["field"] == "version"
 
 
 def test_invalid_alias_name_is_400(versions, team_engineer):

@@ -31,12 +31,13 @@ def test_maintainer_adds_lists_changes_and_removes_a_member(team, maintainer):
         "membership.created", "membership.updated", "membership.deleted"]
 
 
-def test_adding_an_unknown_user_is_400_naming_the_username(team, maintainer):
+def test_adding_an_unknown_user_is_404_naming_the_username(team, maintainer):
     response = bearer_client(maintainer).post(f"/api/v1/teams/{team.slug}/members/",
                                               {"username": "ghost", "role": "viewer"},
                                               format="json")
-    assert response.status_code == 400
-    assert response.json() == {"username": ["No user named 'ghost'."]}
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No user named 'ghost'.", "code": "not_found",
+                               "field": "username"}
 
 
 def test_adding_an_existing_member_is_409(team, maintainer, engineer):

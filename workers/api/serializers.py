@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from config.rest import CoresField, StrictTypes, identifier
+from teams.models import slug_validator
+
 from ..models import ExecutionTarget, TargetKind
+from ..services import ENDPOINT_SCHEMES, MAX_CPU
 
 
 def _cpu(**kwargs) -> serializers.DecimalField:
@@ -23,32 +27,40 @@ class TargetSerializer(serializers.ModelSerializer):
         return {"cpu": float(obj.cpu), "memory_mb": obj.memory_mb, "gpus": obj.gpus}
 
 
-class TargetCapacitySerializer(serializers.Serializer):
-    cpu = _cpu(required=False, min_value=0)
-    memory_mb = serializers.IntegerField(required=False, min_value=0)
-    gpus = serializers.IntegerField(required=False, min_value=0)
+class TargetCapacitySerializer(StrictTypes, serializers.Serializer):
+    cpu = CoresField(required=False, max_value=MAX_CPU)
+    memory_mb = serializers.IntegerField(required=False, min_value=0, max_value=1024 ** 3)
+    gpus = serializers.IntegerField(required=False, min_value=0, max_value=10000)
 
 
-class TargetWriteSerializer(serializers.Serializer):
+_ENDPOINT = "^(?:(?:" + "|".join(s.removesuffix("://") for s in ENDPOINT_SCHEMES) + r")://.*)?\Z"
+
+
+class TargetWriteSerializer(StrictTypes, serializers.Serializer):
     """Fields are checked together by ``workers.services`` (the kind decides what applies)."""
 
-    name = serializers.CharField(max_length=50)
+    name = identifier(slug_validator, "target name", max_length=50)
     kind = serializers.ChoiceField(choices=TargetKind.choices, default=TargetKind.DOCKER)
-    endpoint = serializers.CharField(required=False, allow_blank=True, max_length=300,
-                                     help_text="unix:///var/run/docker.sock, tcp://host:2376…")
+    endpoint = serializers.RegexField(
+        _ENDPOINT, required=False, allow_blank=True, max_length=300, trim_whitespace=False,
+        help_text="unix:///var/run/docker.sock, tcp://host:2376…",
+        error_messages={"invalid": "endpoint must start with one of "
+                                   f"{', '.join(ENDPOINT_SCHEMES)}."})
     kube_context = serializers.CharField(required=False, allow_blank=True, max_length=200)
     in_cluster = serializers.BooleanField(required=False)
     namespace = serializers.CharField(required=False, allow_blank=True, max_length=63)
     settings = serializers.JSONField(
-        required=False, help_text='e.g. {"network": "overlay", "overlay_network": "models", '
-                                  '"port_range": [20000, 20999]}')
+        required=False, allow_null=True,
+        help_text='e.g. {"network": "overlay", "overlay_network": "models", '
+                  '"port_range": [20000, 20999]}; null: none.')
     capacity = TargetCapacitySerializer(required=False)
     enabled = serializers.BooleanField(required=False)
     is_default = serializers.BooleanField(required=False)
 
 
 class TargetUpdateSerializer(TargetWriteSerializer):
-    name = serializers.CharField(max_length=50, required=False)
+    name = identifier(slug_validator, "target name", max_length=50, required=False,
+                      help_text="Cannot change; accepted when it is the target's own.")
     kind = serializers.ChoiceField(choices=TargetKind.choices, required=False)
 
 
