@@ -202,10 +202,12 @@ _REFUSED = (" http(s) only, at most 500 characters. A host that is or resolves t
             "again at each delivery) unless a platform admin allow-lists it.")
 WEBHOOK_HELP = 'Slack-compatible: receives {"text": …}.' + _REFUSED
 RETRAIN_HELP = "Called with the alert as JSON when the rule fires." + _REFUSED
-# http(s), a host (no userinfo, no IPv6 literal) and anything after it but spaces and control
-# characters: what the alert sender can call. Blank: none. Explicit classes, not \s or \S:
+# http(s), a host (no userinfo; an IPv6 literal in brackets) and anything after it but spaces
+# and control characters: what the alert sender can call (core.netguard then says whether it
+# may). Blank: none. Explicit classes, not \s or \S:
 # Python's and ECMA's differ, and the schema's pattern must mean what the server checks.
-WEBHOOK_URL = (r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f-\x9f/?#\[\]@]+"
+WEBHOOK_URL = (r"^(?:[Hh][Tt][Tt][Pp][Ss]?://(?:[^\x00-\x20\x7f-\x9f/?#\[\]@]+"
+               r"|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?)"
                r"(?:[/?#][^\x00-\x20\x7f-\x9f]*)?)?\Z")
 
 

@@ -132,11 +132,10 @@ class TokenCreateThrottle(ScopedRateThrottle):
     create=extend_schema(
         summary="Create an API token (HTTP Basic accepted here only)",
         request=s.ApiTokenCreateSerializer,
-        responses={201: s.ApiTokenCreatedSerializer,
-                   429: OpenApiResponse(description=(
-                       "Too many failed sign-ins for this username from this address "
-                       "(code locked_out), or too many tokens created; wait Retry-After "
-                       "seconds."))},
+        description="429 (code `locked_out`) after too many failed sign-ins of one username "
+                    "from one address, or (code `throttled`) too many tokens created; wait "
+                    "`Retry-After` seconds.",
+        responses={201: s.ApiTokenCreatedSerializer},
     ),
     destroy=extend_schema(summary="Revoke a token", responses={204: OpenApiResponse()}),
 )

@@ -63,12 +63,15 @@ def test_too_many_form_fields_get_the_400_page(settings):
 
 
 @pytest.mark.django_db
-def test_an_oversized_form_body_on_the_api_is_a_json_400(admin_user, settings):
+def test_an_oversized_form_body_on_the_api_is_a_json_400(admin_user, team, settings):
+    """On an upload route (the API's only multipart ones): a form field over Django's limit."""
+    from registry.models import RegisteredModel
     from tests.fixtures import bearer_client
 
+    RegisteredModel.objects.create(name="big-form", team=team)
     too_big = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
-    response = bearer_client(admin_user).post("/api/v1/teams/", {"slug": too_big},
-                                              format="multipart")
+    response = bearer_client(admin_user).post("/api/v1/models/big-form/versions/",
+                                              {"description": too_big}, format="multipart")
     assert response.status_code == 400
     assert response.json()["code"] == "bad_request"
     assert "2.5 MB" in response.json()["detail"]
