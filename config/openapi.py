@@ -82,6 +82,11 @@ class AutoSchema(openapi.AutoSchema):
         responses = operation["responses"]
         for status in sorted(self.error_statuses(operation)):
             responses.setdefault(str(status), self._error_response(status))
+        for parameter in operation.get("parameters", []):
+            # config.rest.Router matches integer primary keys with [0-9]+: they are integers.
+            if parameter.get("in") == "path" and parameter.get("schema") == {
+                    "type": "string", "pattern": "^[0-9]+$"}:
+                parameter["schema"] = {"type": "integer", "minimum": 0}
         return operation
 
     def _map_basic_serializer(self, serializer: Any, direction: str) -> dict[str, Any]:

@@ -42,7 +42,11 @@ def check_rule_url(value: str, field: str) -> str:
     value = (value or "").strip() if isinstance(value, str) else value
     if not value:
         return ""
-    if not isinstance(value, str) or urlsplit(value).scheme.lower() not in ("http", "https"):
+    try:
+        scheme = urlsplit(value).scheme.lower() if isinstance(value, str) else ""
+    except ValueError:  # e.g. a bracketed host that is not an IP address
+        raise InvalidInput("This is not a well-formed URL.", field=field) from None
+    if scheme not in ("http", "https"):
         raise InvalidInput("Use an http:// or https:// URL.", field=field)
     if len(value) > MAX_URL_LENGTH:
         raise InvalidInput(f"The URL is longer than {MAX_URL_LENGTH} characters.", field=field)

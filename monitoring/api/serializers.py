@@ -127,22 +127,6 @@ class FeedbackResultSerializer(serializers.Serializer):
                                       help_text="Request ids with no logged prediction.")
 
 
-class IngestRecordSerializer(serializers.Serializer):
-    """One logged request, as ``monitoring.services.ingest_predictions`` reads it (the view
-    parses the body itself; this serializer only describes it)."""
-
-    request_id = serializers.CharField(min_length=1, max_length=100, trim_whitespace=False)
-    timestamp = serializers.DateTimeField()
-    latency_ms = serializers.FloatField(min_value=0, required=False, help_text="Default 0.")
-    status = serializers.IntegerField(min_value=100, max_value=599, required=False,
-                                      help_text="Default 200.")
-    endpoint = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    inputs = serializers.JSONField(required=False)
-    outputs = serializers.JSONField(required=False)
-    error = serializers.CharField(required=False, allow_null=True, allow_blank=True,
-                                  trim_whitespace=False)
-
-
 @extend_schema_field({"anyOf": [{"type": "string"}, {"type": "integer"}], "nullable": True})
 class _RevisionField(serializers.CharField):
     pass
@@ -156,7 +140,14 @@ class IngestBatchSerializer(serializers.Serializer):
                               help_text='The replica\'s revision: its digits count ("r3" is 3).')
     replica = serializers.CharField(required=False, allow_blank=True, allow_null=True,
                                     trim_whitespace=False)
-    records = IngestRecordSerializer(many=True)
+    records = serializers.ListField(
+        child=serializers.JSONField(), max_length=None,
+        help_text="Prediction records, each an object: `request_id` (1-100 characters), "
+                  "`timestamp` (ISO 8601), and optionally `latency_ms` (≥ 0, default 0), "
+                  "`status` (100-599, default 200), `endpoint`, `inputs`, `outputs` (JSON) "
+                  "and `error` (a string or null). Records are checked one by one: one that "
+                  "cannot be stored is dropped and reported in `rejections`, the others are "
+                  "stored.")
 
 
 class IngestRejectionSerializer(serializers.Serializer):

@@ -89,7 +89,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class PlatformSettingsSerializer(serializers.Serializer):
+class PlatformSettingsSerializer(StrictTypes, serializers.Serializer):
     """Platform settings (``GET`` any signed-in user, ``PATCH`` platform admins)."""
 
     package_index_url = serializers.CharField(

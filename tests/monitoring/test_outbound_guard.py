@@ -224,3 +224,12 @@ def test_old_outcomes_that_told_what_listens_where_are_scrubbed(deployment):
         "firing": {"webhook": "failed (attempt 4): details removed", "retrain": "HTTP 200",
                    "email": "sent 1 message(s)"},
         "resolved": {"webhook": "details removed"}}
+
+
+@pytest.mark.parametrize("url", ["https://[8F3]/", "https://[::1:89607719/", "http://[zz]:80/"])
+def test_a_malformed_bracketed_host_is_a_400_naming_the_field(api_as, admin_user, deployment,
+                                                              url):
+    answer = api_as(admin_user).post("/api/v1/alert-rules/", {
+        "deployment": deployment.name, "name": "bad url", "metric": "error_rate",
+        "comparison": ">", "threshold": 0.1, "webhook_url": url}, format="json")
+    assert answer.status_code == 400 and "webhook_url" in answer.json()
