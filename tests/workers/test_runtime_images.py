@@ -30,8 +30,7 @@ def test_mlflow_becomes_skinny_and_extras_markers_survive() -> None:
 def test_tag_differs_per_requirement_set() -> None:
     from workers.runtimes.images import ImageBuilder
 
-    builder = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None,
-                           pip_index_url=None, pip_extra_index_urls=[])
+    builder = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None, offline=True)
     t1 = builder.tag_for(["scikit-learn==1.9.1"])
     t2 = builder.tag_for(["scikit-learn==1.9.0"])
     assert t1 != t2
