@@ -87,7 +87,7 @@ def run_in_docker(job_dir: Path, requirements: list[str],
     try:
         image = runtime.ensure_image(sandbox_requirements(requirements), on_log=on_log)
     except ReplicaRuntimeError as exc:  # refused requirement, no wheel, not allowed, failed build
-        raise SandboxError(f"building the model's environment failed: {exc}") from None
+        raise SandboxError(f"the model's environment could not be built: {exc}") from None
     job = job_dir.name
     _remove_leftovers(runtime.client, job)
     hardening = {k: v for k, v in HARDENING.items() if k != "restart_policy"}

@@ -278,7 +278,7 @@ def _checked_requirements(lines: list[str]) -> list[str]:
     try:
         return check_requirements(lines)
     except RequirementRefused as exc:
-        raise InvalidInput(str(exc), field="file", code="requirements_refused") from None
+        raise InvalidInput(str(exc), code="requirements_refused") from None
 
 
 def _enqueue_validation(version_id: int) -> None:

@@ -303,6 +303,13 @@ class ImageBuilder:
             raise ImageBuildError(f"image {tag}: {exc}") from None
         return True
 
+    def target(self, on_log: LogFn | None = None) -> Target:
+        """The interpreter of the base image, which the wheels are fetched for."""
+        base_id = self._id_of(self.base_image)
+        if base_id is None:
+            raise ImageBuildError(f"base image {self.base_image} is missing")
+        return self._target(base_id, on_log or (lambda _line: None))
+
     def _target(self, base_id: str, log: LogFn) -> Target:
         """The base image's interpreter (probed once per base image id, cached on disk)."""
         if base_id in self._targets:
