@@ -17,8 +17,7 @@ ARG MODELPORT_PIP_INDEX_URL=
 ARG MODELPORT_PIP_EXTRA_INDEX_URL=
 ARG MODELPORT_PIP_OFFLINE=0
 ENV PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
-RUN mkdir -p /opt/venv /app /tmp/wheelhouse \
- && chown 10001:10001 /opt/venv /app /tmp/wheelhouse
+RUN mkdir -p /opt/venv /tmp/wheelhouse && chown 10001:10001 /opt/venv /tmp/wheelhouse
 COPY platform/certs/ /tmp/certs/
 COPY --chown=10001:10001 platform/wheelhouse/ /tmp/wheelhouse/
 COPY platform/images/wheels.sh /usr/local/bin/modelport-wheels
@@ -30,16 +29,22 @@ RUN set -eu; req=/tmp/req/requirements.txt; \
     [ -f "$req" ] || req=/tmp/req/serving-requirements.txt; \
     extra=""; [ -f /tmp/req/extra-requirements.txt ] && extra="-r /tmp/req/extra-requirements.txt"; \
     sh /usr/local/bin/modelport-wheels -r "$req" $extra
-COPY --chown=10001:10001 serving/ /app/serving/
+# The serving code stays root-owned even here: the installed packages' code (a .pth file runs
+# at every interpreter start) cannot change it. Compiled by the system interpreter (-I: no
+# venv, no site hooks), never by the venv's as root.
+USER root
+COPY serving/ /app/serving/
+RUN python3 -I -m compileall -q /app/serving >/dev/null && mkdir /tmp/record \
+ && chown 10001:10001 /tmp/record
+USER 10001:10001
 # skops computes its trusted-type list at import by importing all of scikit-learn, and SciPy
 # parses and re-renders ~600 docstrings while it is imported: record both once here (the list,
 # and SciPy's docstring parses/renders keyed by content, beside it in
 # serving-import-cache.docstrings.pickle) and the server replays them while the model loads
-# (serving/fastimport.py). It imports the installed packages, so it runs as uid 10001 too, in
-# the same network-less build.
-RUN cd /app && /opt/venv/bin/python -m compileall -q /app/serving >/dev/null \
- && PYTHONPATH=/app /opt/venv/bin/python -m serving.fastimport \
-      --record /app/serving-import-cache.json
+# (serving/fastimport.py). It imports the installed packages, so it runs as uid 10001, in the
+# same network-less build.
+RUN cd /app && PYTHONPATH=/app /opt/venv/bin/python -m serving.fastimport \
+      --record /tmp/record/serving-import-cache.json
 
 FROM ${BASE_IMAGE}
 USER root
@@ -55,6 +60,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     MODELPORT_MODEL_DIR=/model MODELPORT_HOST=0.0.0.0 MODELPORT_PORT=8080
 WORKDIR /app
 COPY --from=build --chown=0:0 /app/ /app/
+COPY --from=build --chown=0:0 /tmp/record/ /app/
 USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "serving"]

@@ -199,7 +199,9 @@ def test_a_wheel_from_the_index_builds_with_no_network_and_is_read_only_for_the_
                      "print(json.dumps({'value': victim_wheel.VALUE, 'uid': os.getuid(),\n"
                      "    'owner': p.stat().st_uid, 'wrote': wrote,\n"
                      "    'site_writable': os.access(site, os.W_OK),\n"
-                     "    'venv_owner': pathlib.Path('/opt/venv/bin/python').stat().st_uid}))\n")
+                     "    'venv_owner': pathlib.Path('/opt/venv/bin/python').stat().st_uid,\n"
+                     "    'serving_writable': os.access('/app/serving', os.W_OK),\n"
+                     "    'serving_owner': pathlib.Path('/app/serving/app.py').stat().st_uid}))\n")
             # Host network on purpose, for this check only: the hook reaches the listener now,
             # which shows it did run in the build and the sandbox but had nowhere to go.
             out = docker_client.containers.run(tag, ["python", "-c", probe], entrypoint=[],
@@ -207,7 +209,8 @@ def test_a_wheel_from_the_index_builds_with_no_network_and_is_read_only_for_the_
                                                labels={"modelport.test": "1"})
     found = json.loads(out.decode().strip().splitlines()[-1])
     assert found == {"value": 42, "uid": 10001, "owner": 0, "wrote": False,
-                     "site_writable": False, "venv_owner": 0}
+                     "site_writable": False, "venv_owner": 0, "serving_writable": False,
+                     "serving_owner": 0}
     assert hits == ["GET /pth-hook?uid=10001"]
     assert staged(settings) == []
 

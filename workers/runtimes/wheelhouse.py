@@ -38,6 +38,7 @@ LogFn = Callable[[str], None]
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PYPI = "https://pypi.org/simple"
 PROBE_LABEL = "modelport.probe"
+MAX_METADATA_BYTES = 8 * 1048576  # read into memory to follow Requires-Dist
 # Run inside the base image (stdlib only): what pip there would call its own environment.
 PROBE = r"""
 import json, os, platform, sys, sysconfig
@@ -294,6 +295,9 @@ def wheel_requirements(wheel: Path) -> tuple[str, list[Requirement]]:
                        and n.endswith(".dist-info/METADATA")), None)
         if member is None:
             raise WheelFetchError(f"{wheel.name} has no .dist-info/METADATA: not a wheel")
+        if archive.getinfo(member).file_size > MAX_METADATA_BYTES:
+            raise WheelFetchError(f"{wheel.name}: its METADATA is over "
+                                  f"{MAX_METADATA_BYTES // 1048576} MB")
         message = email.parser.Parser().parsestr(archive.read(member).decode("utf-8", "replace"))
     requires: list[Requirement] = []
     for line in message.get_all("Requires-Dist") or []:
