@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from registry.models import ModelVersion, VersionStatus
 from teams import services as team_services
-from tests.factories import AdminFactory
+from tests.factories import AdminFactory, make_token
 from tests.fixtures import bearer_client
 from tests.pkgindex import calls_home, listener, make_sdist, make_wheel, package_index
 
@@ -97,6 +99,34 @@ def test_a_refused_requirement_form_is_a_400_naming_the_line_and_reaches_nothing
     assert not ModelVersion.objects.exists()
     assert staged(settings) == []
     assert hits == []
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_mlflow_import_whose_requirements_are_refused_fails_naming_the_line(
+        tracking, iris, team_engineer, settings) -> None:
+    """A training script logs a model with a URL requirement through the platform's MLflow
+    route; importing its run fails the version after the download, before any build."""
+    with listener() as (home, hits):
+        line = f"victim @ {home}/victim-1.0.tar.gz"
+        env = {"PATH": os.environ["PATH"], "HOME": str(tracking.workdir),
+               "MLFLOW_TRACKING_URI": tracking.uri,
+               "MLFLOW_TRACKING_TOKEN": make_token(team_engineer, name="training")[1]}
+        done = subprocess.run(
+            [sys.executable, str(tracking.workdir / "train.py"), "",
+             json.dumps([sklearn_pin(), line]), "{}"], cwd=tracking.workdir, env=env,
+            capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        run_id = done.stdout.split("RUN_ID=")[1].strip()
+        response = bearer_client(team_engineer).post(
+            "/api/v1/models/iris/versions/", {"source": f"runs:/{run_id}/model"}, format="json")
+    assert response.status_code == 202, response.content
+    version = ModelVersion.objects.get()
+    assert version.status == VersionStatus.FAILED
+    assert version.status_message.startswith("Import failed: requirements.txt line ")
+    assert f"{line!r}: direct URL references" in version.status_message
+    assert hits == []
+    assert staged(settings) == []
 
 
 # --- Built from the configured index, wheels only, no network ----------------------------------
