@@ -98,8 +98,9 @@ def read_requirements(model_dir: Path) -> list[str]:
     path = model_dir / "requirements.txt"
     if not path.is_file():
         return []
+    # Option lines (-e, --index-url …) are kept: the registry refuses them, naming the line.
     return [line.strip() for line in path.read_text().splitlines()
-            if line.strip() and not line.strip().startswith(("#", "-"))]
+            if line.strip() and not line.strip().startswith("#")]
 
 
 def read_metadata(model_dir: Path) -> ModelMetadata:

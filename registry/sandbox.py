@@ -8,9 +8,11 @@ subprocess with rlimits and a stripped environment, reported as unsandboxed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,9 +23,11 @@ from typing import Any
 from django.conf import settings
 
 from workers.runtime_status import resolved_runtime
+from workers.runtimes.base import ReplicaRuntimeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL = "modelport.sandbox"
+LABEL_JOB = "modelport.sandbox.job"
 
 
 @dataclass
@@ -62,7 +66,10 @@ def sandbox_requirements(model_requirements: list[str]) -> list[str]:
 
 def _prepare(job_dir: Path) -> None:
     output = job_dir / "output"
-    output.mkdir(parents=True, exist_ok=True)
+    # A re-run after a killed worker starts clean: no result of the interrupted run is read.
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
     # The sandbox runs as uid 10001; let it read the input and write the output only.
     for path in [job_dir, *job_dir.rglob("*")]:
         if path == output or output in path.parents:
@@ -77,7 +84,12 @@ def run_in_docker(job_dir: Path, requirements: list[str],
     from workers.runtimes.docker import HARDENING
 
     runtime = get_runtime("docker")
-    image = runtime.ensure_image(sandbox_requirements(requirements), on_log=on_log)
+    try:
+        image = runtime.ensure_image(sandbox_requirements(requirements), on_log=on_log)
+    except ReplicaRuntimeError as exc:  # refused requirement, no wheel, not allowed, failed build
+        raise SandboxError(f"the model's environment could not be built: {exc}") from None
+    job = job_dir.name
+    _remove_leftovers(runtime.client, job)
     hardening = {k: v for k, v in HARDENING.items() if k != "restart_policy"}
     container = runtime.client.containers.create(
         image,
@@ -94,7 +106,7 @@ def run_in_docker(job_dir: Path, requirements: list[str],
         volumes={runtime._host_path(str(job_dir / "input")): {"bind": "/job/input", "mode": "ro"},
                  runtime._host_path(str(job_dir / "output")): {"bind": "/job/output",
                                                                "mode": "rw"}},
-        labels={LABEL: "1", "modelport.managed": "1"},
+        labels={LABEL: "1", LABEL_JOB: job, "modelport.managed": "1"},
         **hardening,
     )
     try:
@@ -112,6 +124,13 @@ def run_in_docker(job_dir: Path, requirements: list[str],
         return SandboxOutcome(result=_read_result(job_dir, logs), sandboxed=True, logs=logs)
     finally:
         container.remove(force=True)
+
+
+def _remove_leftovers(client: Any, job: str) -> None:
+    """The container of an interrupted run of this same job (its worker was killed)."""
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job}"}):
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
 
 
 def _limits() -> None:  # runs in the child between fork and exec

@@ -239,10 +239,10 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
                                      max_ratio=settings.MODELPORT_ARCHIVE_MAX_RATIO)
             root = archives.extract_model_archive(archive, staging / "extracted", limits)
             metadata = mlmodel.read_metadata(root)
+            requirements = _checked_requirements(metadata.requirements)
             shutil.move(str(root), str(job_input / "model"))
             archive.unlink()
-            signature, requirements, run_id = (metadata.signature, metadata.requirements,
-                                               metadata.run_id)
+            signature, run_id = metadata.signature, metadata.run_id
             flavor = metadata.flavor
             body = _check_example(example, signature) or metadata.input_example
         else:
@@ -281,6 +281,18 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
         if reference_file:
             Path(reference_file).unlink(missing_ok=True)
         raise
+
+
+def _checked_requirements(lines: list[str]) -> list[str]:
+    """The model's requirements when every line is a plain requirement (name, extras, version,
+    marker); else 400 naming each refused line. Direct URLs, VCS links, paths and pip options
+    would install code from somewhere the platform did not choose, or build it from source."""
+    from workers.runtimes.requirements import RequirementRefused, check_requirements
+
+    try:
+        return check_requirements(lines)
+    except RequirementRefused as exc:
+        raise InvalidInput(str(exc), code="requirements_refused") from None
 
 
 def _enqueue_validation(version_id: int) -> None:
@@ -325,6 +337,7 @@ def _download_import(version: ModelVersion, staging: Path) -> None:
     _set_progress(version.pk, 20, f"Downloading {version.source} from MLflow.")
     fetched = download(version.source, staging / "input")
     metadata = mlmodel.read_metadata(fetched.model_dir)
+    requirements = _checked_requirements(metadata.requirements)
     body = metadata.input_example
     stats = None
     frame = reference.frame_from_request(body)
@@ -334,7 +347,7 @@ def _download_import(version: ModelVersion, staging: Path) -> None:
                                                            "input_example": body}))
     ModelVersion.objects.filter(pk=version.pk).update(
         flavor=metadata.flavor, signature=metadata.signature, input_example=body,
-        requirements=metadata.requirements, params=fetched.params, metrics=fetched.metrics,
+        requirements=requirements, params=fetched.params, metrics=fetched.metrics,
         lineage=fetched.lineage, reference_stats=stats)
     version.refresh_from_db()
 
@@ -372,6 +385,10 @@ def validate_version(*, version_id: int) -> ModelVersion:
     except sandbox.SandboxError as exc:
         return _finish(version, ok=False, message=f"Validation could not run: {exc}",
                        staging=staging)
+    except Exception as exc:  # never leave a version validating forever
+        log.exception("validating %s failed unexpectedly", version)
+        return _finish(version, ok=False, message=f"Validation could not run: "
+                       f"{type(exc).__name__}: {exc}", staging=staging)
     result = outcome.result
     if not result.get("ok"):
         stage = result.get("stage", "load")
@@ -383,10 +400,15 @@ def validate_version(*, version_id: int) -> ModelVersion:
     model_dir = (staging / "output" / "model") if result.get("converted") else \
         (staging / "input" / "model")
     metadata = mlmodel.read_metadata(model_dir)
+    try:  # a converted model's requirements were written inside the sandbox: check them too
+        requirements = _checked_requirements(metadata.requirements)
+    except InvalidInput as exc:
+        return _finish(version, ok=False, message=exc.message, staging=staging,
+                       sandboxed=outcome.sandboxed, validation=result)
     stored = storage.store_model_dir(model_dir)
     extra: dict[str, Any] = {
         "flavor": metadata.flavor, "signature": metadata.signature,
-        "requirements": metadata.requirements, "artifact_name": stored.name,
+        "requirements": requirements, "artifact_name": stored.name,
         "artifact_sha256": stored.sha256, "artifact_size": stored.size,
     }
     if version.input_example is None and metadata.input_example is not None:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build Modelport's images on this host with `docker build --network host`:
+# Build Modelport's images on this host with `docker build --network host` (the serving image
+# with --offline: --network none, it installs only wheels from platform/wheelhouse/):
 #   base (offline, Debian packages) -> web (web/worker/beat/MLflow), serving, postgres, redis.
 #
 # Usage: platform/images/build.sh [--base-image IMAGE] [--tag TAG] [--offline] [IMAGE...]
 #   IMAGE: any of web serving postgres redis (default: all)
 #   --base-image  python:3.11-slim to build online from the official image
 #                 (default $MODELPORT_BASE_IMAGE or modelport/base:bookworm, built if missing)
-#   --offline     air-gapped: pip installs only from platform/wheelhouse/ (--no-index)
+#   --offline     air-gapped: pip installs only from platform/wheelhouse/ (--no-index; the
+#                 serving image: wheels only)
 # The host's CA bundle goes into platform/certs/ (build stages only) and the host's pip index
 # settings (pip config / PIP_INDEX_URL) become build args, so a TLS-intercepting proxy or a
 # private index works without naming it in any committed file.
@@ -22,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --base-image) base=$2; shift ;;
     --tag) tag=$2; shift ;;
     --offline) offline=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     web|serving|postgres|redis) images+=("$1") ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -51,8 +53,7 @@ extra=${MODELPORT_PIP_EXTRA_INDEX_URL:-${PIP_EXTRA_INDEX_URL:-$(pip_setting extr
 index=$(printf '%s' "$index" | web_only)
 extra=$(printf '%s' "$extra" | web_only)
 
-args=(--network host
-      --build-arg "BASE_IMAGE=$base"
+args=(--build-arg "BASE_IMAGE=$base"
       --build-arg "MODELPORT_PIP_INDEX_URL=$index"
       --build-arg "MODELPORT_PIP_EXTRA_INDEX_URL=$extra"
       --build-arg "MODELPORT_PIP_OFFLINE=$offline")
@@ -61,8 +62,11 @@ for image in "${images[@]}"; do
     web) file=platform/Dockerfile ;;
     *) file=platform/$image.Dockerfile ;;
   esac
+  # The serving image installs only wheels from platform/wheelhouse/ when offline: no network.
+  network=host
+  [[ $image == serving && $offline == 1 ]] && network=none
   start=$(date +%s)
-  echo "== modelport/$image:$tag FROM $base"
-  docker build "${args[@]}" -f "$root/$file" -t "modelport/$image:$tag" "$root"
+  echo "== modelport/$image:$tag FROM $base (network $network)"
+  docker build --network "$network" "${args[@]}" -f "$root/$file" -t "modelport/$image:$tag" "$root"
   echo "== built modelport/$image:$tag in $(( $(date +%s) - start ))s"
 done

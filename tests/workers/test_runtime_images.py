@@ -27,11 +27,12 @@ def test_mlflow_becomes_skinny_and_extras_markers_survive() -> None:
     assert normalize_requirements(["mlflow==3.17.2"], mlflow_skinny=False) == ["mlflow==3.17.2"]
 
 
-def test_tag_differs_per_requirement_set() -> None:
+def test_tag_differs_per_requirement_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.runtimes.images import ImageBuilder
 
-    builder = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None,
-                           pip_index_url=None, pip_extra_index_urls=[])
+    monkeypatch.delenv("MODELPORT_SERVING_REPOSITORY", raising=False)
+
+    builder = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None, offline=True)
     t1 = builder.tag_for(["scikit-learn==1.9.1"])
     t2 = builder.tag_for(["scikit-learn==1.9.0"])
     assert t1 != t2

@@ -82,17 +82,42 @@ def ingest_socket(settings: object) -> Path:
         "ingest.sock"
 
 
+def _image_builder(settings: object, client: Any, base_image: str) -> Any:
+    """An ImageBuilder that fetches wheels as the platform settings say (read at build time)
+    into a wheelhouse under the data dir."""
+    from .images import ImageBuilder
+
+    data_dir = _data_dir(settings)
+    return ImageBuilder(client, base_image, packages=package_policy,
+                        wheel_cache=data_dir / "wheelhouses",
+                        lock_dir=data_dir / "runtime" / "locks")
+
+
+def package_policy() -> Any:
+    """This host's pip configuration with the platform settings' index, extra indexes and
+    allowed packages applied (``teams.models.PlatformSettings``)."""
+    from teams.services import platform_settings
+
+    from .images import REPO_ROOT
+    from .wheelhouse import PackagePolicy
+
+    row = platform_settings()
+    wheelhouse = REPO_ROOT / "platform" / "wheelhouse"
+    return PackagePolicy.from_host(platform_wheelhouse=wheelhouse).configured(
+        index_url=row.package_index_url, extra_index_urls=row.package_extra_index_urls,
+        allowed=row.allowed_packages, platform_wheelhouse=wheelhouse)
+
+
 def _docker(settings: object, *, endpoint: str | None = None, network: str | None = None,
             port_range: list[int] | tuple[int, int] | None = None,
             timeout: int | None = None, host_name: str = "",
             bind_host: str = "127.0.0.1") -> DockerRuntime:
     from .docker import DockerRuntime
-    from .images import ImageBuilder
 
     client = _client(settings, endpoint, timeout)
     state_dir = _data_dir(settings) / "runtime"
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
-    builder = ImageBuilder(client, base_image, lock_dir=state_dir / "locks")
+    builder = _image_builder(settings, client, base_image)
     # Optional: where the data dir is on the Docker host, when this process sees it elsewhere.
     # Without it, a worker running in a container discovers its own mounts.
     host_map: dict[str, str] | None = None
@@ -177,7 +202,6 @@ def _client(settings: object, endpoint: str | None, timeout: int | None = None) 
 
 def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
            timeout: int | None = None) -> SwarmRuntime:
-    from .images import ImageBuilder
     from .swarm import DEFAULT_GPU_RESOURCE, SwarmRuntime
 
     client = _client(settings, endpoint, timeout)
@@ -191,7 +215,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         port_range=tuple(options.get("port_range")
                          or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
         base_image=base_image,
-        image_builder=ImageBuilder(client, base_image, lock_dir=state_dir / "locks"),
+        image_builder=_image_builder(settings, client, base_image),
         state_dir=state_dir,
         gpu_resource=options.get("gpu_resource") or DEFAULT_GPU_RESOURCE,
     )
@@ -207,11 +231,8 @@ def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runti
                               "in_cluster": bool(target.in_cluster), **options}
     # Images are built by this worker's Docker engine (and pushed to settings "registry").
     # docker.from_env() does not connect yet: without an engine, building fails and says so.
-    from .images import ImageBuilder
-
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
-    kwargs["image_builder"] = ImageBuilder(_client(settings, None), base_image,
-                                           lock_dir=_data_dir(settings) / "runtime" / "locks")
+    kwargs["image_builder"] = _image_builder(settings, _client(settings, None), base_image)
     accepted = inspect.signature(KubernetesRuntime).parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))

@@ -1,10 +1,16 @@
 """Serving images, one per distinct set of model requirements.
 
-Tag: ``modelport/serving:<sha256 of the sorted, normalized requirements>[:12]``. The image is
-built from ``platform/serving.Dockerfile`` with a generated build context (the serving package,
-the model's requirements, the host CA bundle) through the SDK's low-level API, so each build
-log line streams to ``on_log``. An existing tag is reused as long as its labels say it was built
-from the same base image and the same serving code; a serving-code change rebuilds only the thin
+Tag: ``modelport/serving:<sha256 of the sorted, normalized requirements>[:12]``. A model's
+requirements are first checked (``requirements.py``: names and versions only), then their wheels
+and the serving stack's are fetched on this host for the base image's interpreter
+(``wheelhouse.py``: wheels only, from the configured package index, allow-list applied). The
+image is built from ``platform/serving.Dockerfile`` with a generated build context (the serving
+package, the requirements, the wheelhouse — spooled to a temporary file, not held in memory) in
+a ``docker build`` with ``network_mode="none"`` that installs as a non-root user, through the
+SDK's low-level API so each build log line streams to ``on_log``. No package's code runs outside
+that network-less, unprivileged build. An existing tag is reused as long as its labels say it
+was built from the same base image and the same serving code (and, when the platform has an
+allow-list, that its packages are still allowed); a serving-code change rebuilds only the thin
 code layer (Docker's layer cache keeps the heavy dependency layer).
 """
 
@@ -12,33 +18,44 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .base import LogFn, ReplicaRuntimeError
+from .requirements import RequirementRefused, check_requirements
+from .wheelhouse import (
+    PackagePolicy,
+    Target,
+    WheelFetchError,
+    Wheelhouse,
+    check_allowed,
+    default_ca_bundle,
+    fetch,
+    probe_target,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = "modelport/serving"
-DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 LABEL_REQS = "org.modelport.requirements-sha256"
 LABEL_BASE = "org.modelport.base-image"
 LABEL_SERVING = "org.modelport.serving-digest"
 LABEL_KIND = "org.modelport.image"
+LABEL_PACKAGES = "org.modelport.model-packages"
 _SKIP_DIRS = {"__pycache__", "tests", ".pytest_cache", ".ruff_cache"}
+__all__ = ["ImageBuildError", "ImageBuilder", "PackagePolicy", "default_ca_bundle",
+           "host_pip_index", "normalize_requirements", "requirements_digest"]
 
 
 class ImageBuildError(ReplicaRuntimeError):
@@ -83,58 +100,31 @@ def requirements_digest(requirements: Iterable[str], mlflow_skinny: bool = True)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-@functools.cache
-def _pip_config() -> dict[str, str]:
-    """``pip config list``, read once per process: starting pip takes 1-3 s, and a runtime (so
-    an ImageBuilder) is made for every reconcile. A changed pip config needs a worker restart."""
-    config: dict[str, str] = {}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                              capture_output=True, text=True, timeout=30, check=False)
-        for line in proc.stdout.splitlines():
-            key, _, value = line.partition("=")
-            config[key.split(".")[-1]] = value.strip().strip("'\"")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return config
-
-
 def host_pip_index() -> tuple[str | None, list[str]]:
-    """The index URL and extra index URLs this host's pip uses (env vars first, then
-    ``pip config``), keeping only http(s) ones: a ``file://`` index is not reachable from a
-    build. Nothing is hard-coded: whatever proxy the host points pip at is replicated."""
-    index = os.environ.get("MODELPORT_PIP_INDEX_URL") or os.environ.get("PIP_INDEX_URL")
-    extra = (os.environ.get("MODELPORT_PIP_EXTRA_INDEX_URL")
-             or os.environ.get("PIP_EXTRA_INDEX_URL") or "").split()
-    if not index or not extra:
-        config = _pip_config()
-        index = index or config.get("index-url") or None
-        extra = extra or config.get("extra-index-url", "").split()
-    web = ("http://", "https://")
-    return (index if index and index.startswith(web) else None,
-            [u for u in extra if u.startswith(web)])
-
-
-def default_ca_bundle() -> str | None:
-    for candidate in (os.environ.get("MODELPORT_BUILD_CA_BUNDLE"), os.environ.get("PIP_CERT"),
-                      os.environ.get("REQUESTS_CA_BUNDLE"), os.environ.get("SSL_CERT_FILE"),
-                      DEFAULT_CA_BUNDLE):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
+    """The index URL (None: pip's default, PyPI) and extra index URLs this host's pip uses:
+    what a model environment is fetched from while the platform settings leave them empty."""
+    policy = PackagePolicy.from_host(ca_bundle=None)
+    return policy.index_url, list(policy.extra_index_urls)
 
 
 class _Tar:
-    """A build context assembled in memory (root-owned, world-readable entries)."""
+    """A build context written to a temporary file (root-owned, world-readable entries, mtime 0
+    so identical content hits Docker's layer cache): a wheelhouse can be hundreds of MB."""
 
-    def __init__(self) -> None:
-        self.buf = io.BytesIO()
-        self.tar = tarfile.open(fileobj=self.buf, mode="w")  # noqa: SIM115 - closed in close()
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - close()
+        self.tar = tarfile.open(fileobj=self.file, mode="w")  # noqa: SIM115 - closed in finish()
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), mode, 0
         self.tar.addfile(info, io.BytesIO(data))
+
+    def add_file(self, name: str, path: Path, mode: int = 0o644) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = path.stat().st_size, mode, 0
+        with path.open("rb") as fh:
+            self.tar.addfile(info, fh)
 
     def add_dir(self, name: str) -> None:
         info = tarfile.TarInfo(name)
@@ -151,13 +141,15 @@ class _Tar:
             if path.is_dir():
                 self.add_dir(target)
             elif path.is_file():
-                mode = 0o755 if os.access(path, os.X_OK) else 0o644
-                self.add_bytes(target, path.read_bytes(), mode)
+                self.add_file(target, path, 0o755 if os.access(path, os.X_OK) else 0o644)
 
-    def close(self) -> io.BytesIO:
+    def finish(self) -> IO[bytes]:
         self.tar.close()
-        self.buf.seek(0)
-        return self.buf
+        self.file.seek(0)
+        return self.file
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _tree_digest(paths: Iterable[Path], root: Path) -> str:
@@ -172,36 +164,45 @@ def _tree_digest(paths: Iterable[Path], root: Path) -> str:
     return h.hexdigest()
 
 
+PolicySource = PackagePolicy | Callable[[], PackagePolicy]
+
+
 class ImageBuilder:
-    """Builds and caches serving images on one Docker Engine (explicit args, no Django)."""
+    """Builds and caches serving images on one Docker Engine (explicit args, no Django).
+
+    `packages`: where wheels come from and which packages are allowed — a PackagePolicy, or a
+    callable read at build time (the platform settings); default: this host's pip configuration
+    (MODELPORT_PIP_OFFLINE=1 or `offline`: local wheel folders only). `wheel_cache`: where
+    fetched wheelhouses are kept (default ~/.cache/modelport/wheelhouses)."""
 
     def __init__(self, client: Any, base_image: str, *,
-                 repository: str = DEFAULT_REPOSITORY,
+                 repository: str | None = None,
                  source_dir: str | os.PathLike[str] = REPO_ROOT,
                  ca_bundle: str | bool | None = True,
-                 pip_index_url: str | None = None,
-                 pip_extra_index_urls: list[str] | None = None,
-                 wheelhouse: str | os.PathLike[str] | None = None,
-                 offline: bool = False,
+                 packages: PolicySource | None = None,
+                 wheel_cache: str | os.PathLike[str] | None = None,
+                 offline: bool | None = None,
                  lock_dir: str | os.PathLike[str] | None = None,
                  mlflow_skinny: bool = True,
-                 build_timeout: int = 3600) -> None:
+                 build_timeout: int = 3600,
+                 fetch_timeout: int = 1800) -> None:
         self.client = client
         self.base_image = base_image
-        self.repository = repository
+        self.repository = (repository or os.environ.get("MODELPORT_SERVING_REPOSITORY")
+                           or DEFAULT_REPOSITORY)
         self.source_dir = Path(source_dir)
-        # True: find the host bundle; None/False: none; str: that file.
-        self.ca_bundle = default_ca_bundle() if ca_bundle is True else (ca_bundle or None)
-        if pip_index_url is None and pip_extra_index_urls is None and not offline:
-            pip_index_url, pip_extra_index_urls = host_pip_index()
-        self.pip_index_url = pip_index_url
-        self.pip_extra_index_urls = list(pip_extra_index_urls or [])
-        self.wheelhouse = Path(wheelhouse) if wheelhouse else None
+        self.ca_bundle = ca_bundle  # True: the host bundle; None/False: none; str: that file
+        self.packages = packages
         self.offline = offline
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        self.wheel_cache = Path(wheel_cache) if wheel_cache else \
+            Path(cache) / "modelport" / "wheelhouses"
         self.lock_dir = Path(lock_dir) if lock_dir else None
         self.mlflow_skinny = mlflow_skinny
         self.build_timeout = build_timeout  # seconds without output before a build fails
+        self.fetch_timeout = fetch_timeout
         self._lock = threading.Lock()
+        self._targets: dict[str, Target] = {}
 
     # --- naming -----------------------------------------------------------------------------
     def tag_for(self, requirements: Iterable[str]) -> str:
@@ -211,17 +212,43 @@ class ImageBuilder:
     def _serving_files(self) -> list[Path]:
         root = self.source_dir
         return [root / "platform" / "serving.Dockerfile", root / "platform" / "images" /
-                "pip-install.sh", root / "platform" / "serving-requirements.txt",
-                root / "serving"]
+                "wheels.sh", root / "platform" / "serving-requirements.txt", root / "serving"]
 
     def serving_digest(self) -> str:
         return _tree_digest([p for p in self._serving_files() if p.exists()], self.source_dir)
 
+    def platform_requirements(self) -> list[str]:
+        """The serving stack's own requirements (as the Dockerfile picks them)."""
+        path = self.source_dir / "serving" / "requirements.txt"
+        if not path.is_file():
+            path = self.source_dir / "platform" / "serving-requirements.txt"
+        try:
+            return check_requirements(path.read_text().splitlines(), source=path.name)
+        except RequirementRefused as exc:
+            raise ImageBuildError(f"the serving requirements are refused: {exc}") from None
+
+    def policy(self) -> PackagePolicy:
+        if isinstance(self.packages, PackagePolicy):
+            return self.packages
+        if callable(self.packages):
+            return self.packages()
+        return PackagePolicy.from_host(
+            offline=self.offline, ca_bundle=default_ca_bundle() if self.ca_bundle is True
+            else (self.ca_bundle or None),
+            platform_wheelhouse=self.source_dir / "platform" / "wheelhouse")
+
     # --- build ------------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        """Return the tag of a serving image for `requirements`, building it when needed."""
+        """Return the tag of a serving image for `requirements`, building it when needed.
+
+        Raises ImageBuildError naming the refused requirement line, the package without a
+        wheel or not allowed, or the failed build step."""
         log = on_log or (lambda _line: None)
-        reqs = normalize_requirements(requirements, mlflow_skinny=self.mlflow_skinny)
+        try:
+            checked = check_requirements(requirements, source="the model's requirements")
+        except RequirementRefused as exc:
+            raise ImageBuildError(str(exc)) from None
+        reqs = normalize_requirements(checked, mlflow_skinny=self.mlflow_skinny)
         tag = self.tag_for(reqs)
         # The base image's id is part of the cache key: a rebuilt base rebuilds serving images.
         base_id = self._id_of(self.base_image)
@@ -234,69 +261,129 @@ class ImageBuilder:
         with self._locked(tag):
             current = self._labels_of(tag)
             old_id = self._id_of(tag) if current is not None else None
-            if current is not None and all(current.get(k) == v for k, v in labels.items()):
+            if current is not None and all(current.get(k) == v for k, v in labels.items()) \
+                    and self._still_allowed(current, tag, log):
                 log(f"image {tag} cached: reusing it (no build)")
                 return tag
             if current is not None:
                 log(f"image {tag} exists but base image or serving code changed: rebuilding")
-            log(f"building {tag} FROM {self.base_image} with {len(reqs)} requirement(s)")
             started = time.monotonic()
-            context = self._serving_context(reqs)
-            self._build(context, tag, labels, "platform/serving.Dockerfile", log,
-                        {"BASE_IMAGE": self.base_image})
+            try:
+                wheels = fetch(platform_requirements=self.platform_requirements(),
+                               model_requirements=reqs, target=self._target(base_id, log),
+                               policy=self.policy(), cache_root=self.wheel_cache, log=log,
+                               timeout=self.fetch_timeout)
+            except WheelFetchError as exc:
+                raise ImageBuildError(f"building {tag} failed: {exc}") from None
+            log(f"building {tag} FROM {self.base_image} with {len(reqs)} requirement(s), "
+                f"{len(wheels.wheels)} wheel(s), no network")
+            labels[LABEL_PACKAGES] = ",".join(wheels.model_packages)
+            context = self._serving_context(reqs, wheels)
+            try:
+                self._build(context.finish(), tag, labels, "platform/serving.Dockerfile", log,
+                            {"BASE_IMAGE": self.base_image, "MODELPORT_PIP_OFFLINE": "1"})
+            finally:
+                context.close()
             log(f"built {tag} in {time.monotonic() - started:.1f}s")
             if old_id and old_id != self._id_of(tag):
                 self._remove_unused(old_id, log)
         return tag
+
+    def _still_allowed(self, labels: dict[str, str], tag: str, log: LogFn) -> bool:
+        """A cached image is reused only while the allow-list still admits its packages."""
+        allowed = self.policy().allowed
+        if not allowed:
+            return True
+        if LABEL_PACKAGES not in labels:
+            log(f"image {tag} predates the allow-list check: rebuilding")
+            return False
+        try:
+            check_allowed([p for p in labels[LABEL_PACKAGES].split(",") if p], allowed)
+        except WheelFetchError as exc:
+            raise ImageBuildError(f"image {tag}: {exc}") from None
+        return True
+
+    def target(self, on_log: LogFn | None = None) -> Target:
+        """The interpreter of the base image, which the wheels are fetched for."""
+        base_id = self._id_of(self.base_image)
+        if base_id is None:
+            raise ImageBuildError(f"base image {self.base_image} is missing")
+        return self._target(base_id, on_log or (lambda _line: None))
+
+    def _target(self, base_id: str, log: LogFn) -> Target:
+        """The base image's interpreter (probed once per base image id, cached on disk)."""
+        if base_id in self._targets:
+            return self._targets[base_id]
+        cached = self.wheel_cache / "targets" / (base_id.replace(":", "_") + ".json")
+        target = None
+        if cached.is_file():
+            with contextlib.suppress(ValueError, KeyError, TypeError, WheelFetchError):
+                target = Target.from_probe(json.loads(cached.read_text()))
+        if target is None:
+            log(f"probing the Python of {self.base_image}")
+            try:
+                target = probe_target(self.client, self.base_image)
+            except WheelFetchError as exc:
+                raise ImageBuildError(str(exc)) from None
+            except Exception as exc:  # docker.errors.*: the engine refused or is gone
+                raise ImageBuildError(f"could not probe {self.base_image}: {exc}") from exc
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps({
+                "version": list(target.python), "implementation": target.implementation,
+                "soabi": target.soabi, "machine": target.machine,
+                "libc": ["glibc", f"{target.glibc[0]}.{target.glibc[1]}"],
+                "markers": target.markers}))
+        self._targets[base_id] = target
+        return target
 
     def bake_model(self, serving_image: str, model_dir: str | os.PathLike[str], tag: str,
                    on_log: LogFn | None = None) -> str:
         """A thin image FROM `serving_image` with the model copied to /model (read-only use)."""
         log = on_log or (lambda _line: None)
         ctx = _Tar()
-        ctx.add_bytes("Dockerfile", (f"FROM {serving_image}\n"
-                                     "COPY --chown=0:0 model/ /model/\n").encode())
-        ctx.add_tree(Path(model_dir), "model")
-        labels = {LABEL_KIND: "model", "org.modelport.serving-image": serving_image}
-        self._build(ctx.close(), tag, labels, "Dockerfile", log, {})
+        try:
+            ctx.add_bytes("Dockerfile", (f"FROM {serving_image}\n"
+                                         "COPY --chown=0:0 model/ /model/\n").encode())
+            ctx.add_tree(Path(model_dir), "model")
+            labels = {LABEL_KIND: "model", "org.modelport.serving-image": serving_image}
+            self._build(ctx.finish(), tag, labels, "Dockerfile", log, {})
+        finally:
+            ctx.close()
         return tag
 
-    def _serving_context(self, reqs: list[str]) -> io.BytesIO:
+    def _serving_context(self, reqs: list[str], wheels: Wheelhouse) -> _Tar:
         root = self.source_dir
-        ctx = _Tar()
-        ctx.add_dir("platform")
-        for rel in ("platform/serving.Dockerfile", "platform/serving-requirements.txt"):
-            ctx.add_bytes(rel, (root / rel).read_bytes())
-        ctx.add_dir("platform/images")
-        ctx.add_bytes("platform/images/pip-install.sh",
-                      (root / "platform/images/pip-install.sh").read_bytes(), 0o755)
-        ctx.add_bytes("platform/extra-requirements.txt", ("\n".join(reqs) + "\n").encode())
-        ctx.add_dir("platform/certs")
-        if self.ca_bundle:
-            ctx.add_bytes("platform/certs/ca-certificates.crt",
-                          Path(self.ca_bundle).read_bytes())
-        if self.wheelhouse and self.wheelhouse.is_dir():
-            ctx.add_tree(self.wheelhouse, "platform/wheelhouse")
-        else:
-            ctx.add_dir("platform/wheelhouse")
         if not (root / "serving").is_dir():
             raise ImageBuildError(f"no serving package at {root / 'serving'}")
-        ctx.add_tree(root / "serving", "serving")
-        return ctx.close()
+        self.wheel_cache.mkdir(parents=True, exist_ok=True)
+        ctx = _Tar(self.wheel_cache)
+        try:
+            ctx.add_dir("platform")
+            for rel in ("platform/serving.Dockerfile", "platform/serving-requirements.txt"):
+                ctx.add_file(rel, root / rel)
+            ctx.add_dir("platform/images")
+            ctx.add_file("platform/images/wheels.sh", root / "platform/images/wheels.sh",
+                         0o755)
+            ctx.add_bytes("platform/extra-requirements.txt",
+                          ("\n".join(reqs) + "\n").encode())
+            ctx.add_dir("platform/certs")  # the build has no network: no CA bundle needed
+            ctx.add_dir("platform/wheelhouse")
+            for wheel in wheels.wheels:
+                ctx.add_file(f"platform/wheelhouse/{wheel.name}", wheel)
+            ctx.add_tree(root / "serving", "serving")
+        except BaseException:
+            ctx.close()
+            raise
+        return ctx
 
-    def _build(self, context: io.BytesIO, tag: str, labels: dict[str, str], dockerfile: str,
+    def _build(self, context: IO[bytes], tag: str, labels: dict[str, str], dockerfile: str,
                log: LogFn, buildargs: dict[str, str]) -> None:
-        args = dict(buildargs)
-        args["MODELPORT_PIP_OFFLINE"] = "1" if self.offline else "0"
-        if self.pip_index_url:
-            args["MODELPORT_PIP_INDEX_URL"] = self.pip_index_url
-        if self.pip_extra_index_urls:
-            args["MODELPORT_PIP_EXTRA_INDEX_URL"] = " ".join(self.pip_extra_index_urls)
+        """`docker build` with no network at all: everything it installs is in the context."""
         tail: list[str] = []
         try:
             stream = self.client.api.build(
                 fileobj=context, custom_context=True, tag=tag, dockerfile=dockerfile,
-                buildargs=args, labels=labels, network_mode="host", rm=True, forcerm=True,
+                buildargs=buildargs, labels=labels, network_mode="none", rm=True, forcerm=True,
                 pull=False, decode=True, timeout=self.build_timeout)
             for chunk in stream:
                 for line in _chunk_lines(chunk):
