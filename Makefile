@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# Stock MLflow clients may also use http://127.0.0.1:$(MLFLOW_PORT) as their tracking URI: the
+# edge serves the platform's authenticated /mlflow route there (MLflow itself is on a socket).
+MLFLOW_PORT ?= 5000
 MODELPORT_DATA_DIR ?= $(CURDIR)/var
 # Links, the printed curl line and where replicas ship their prediction logs follow PORT.
 MODELPORT_BASE_URL ?= http://127.0.0.1:$(PORT)
 DURATION ?= 180
-export MODELPORT_DATA_DIR MODELPORT_BASE_URL
+export MODELPORT_DATA_DIR MODELPORT_BASE_URL MLFLOW_PORT
 # Every process make run starts writes under MODELPORT_DATA_DIR (SQLite, secret key, broker
 # queue, MLflow store, artifacts, logs): the directory is private (0700) and each process runs
 # with umask 077, so no other user of the host reads any of it. Model containers (uid 10001) are

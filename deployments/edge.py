@@ -38,7 +38,7 @@ from yarl import URL
 
 from core import replica_keys
 
-from . import gateway, ingest_socket, shadowing
+from . import gateway, ingest_socket, mlflow_port, shadowing
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
@@ -194,6 +194,7 @@ class Edge:
         self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
         self.replicas = Pool()
         self.ingest: ingest_socket.IngestSocket | None = None
+        self.mlflow: mlflow_port.MlflowPort | None = None
         self.web: aiohttp.ClientSession | None = None
         self.web_base = ""
         self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelport-edge")
@@ -220,6 +221,10 @@ class Edge:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=600.0))
         self.ingest = ingest_socket.IngestSocket(self)
         await self.ingest.start()
+        if settings.MLFLOW_PORT:
+            self.mlflow = mlflow_port.MlflowPort(self, settings.MODELPORT_EDGE_HOST,
+                                                 settings.MLFLOW_PORT)
+            await self.mlflow.start()
         self.chores = [asyncio.create_task(self._every(gateway.FLUSH_S, gateway.flush)),
                        asyncio.create_task(self._expire_replica_requests()),
                        asyncio.create_task(self._every(gateway.REVOKE_CHECK_S,
@@ -230,6 +235,8 @@ class Edge:
             chore.cancel()
         if self.ingest is not None:
             await self.ingest.stop()
+        if self.mlflow is not None:
+            await self.mlflow.stop()
         await self._sync(gateway.flush)
         self.replicas.close()
         if self.web is not None:

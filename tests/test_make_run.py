@@ -137,7 +137,7 @@ def _mlflow_processes(root: int) -> list[tuple[int, str, int]]:
 
 
 def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
-                                         root: int) -> None:
+                                         root: int, mlflow_port: int) -> None:
     """Issue 24: a training script in its own process, configured only by the documented
     environment, logs and registers a model; beat's sync imports it as the token's user. The
     tracking server itself answers on no TCP port and runs no job runner (issue 26)."""
@@ -174,6 +174,14 @@ def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
     assert not (workdir / "mlflow.db").exists() and (ROOT / "mlflow.db").exists() == stray
     anonymous = requests.post(f"{uri}/api/2.0/mlflow/runs/search", json={}, timeout=10)
     assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "UNAUTHENTICATED"
+    # MLFLOW_PORT: a client that wants a tracking server of its own gets the same route there.
+    own = f"http://127.0.0.1:{mlflow_port}"
+    assert requests.post(f"{own}/api/2.0/mlflow/runs/search", json={},
+                         timeout=10).status_code == 401
+    found = requests.get(f"{own}/api/2.0/mlflow/registered-models/get", timeout=10,
+                         params={"name": "iris-from-script"}, headers=headers)
+    assert found.status_code == 200, found.text
+    assert found.json()["registered_model"]["name"] == "iris-from-script"
 
     processes = _mlflow_processes(root)
     assert [args for _, args, _ in processes if "huey" in args] == []
@@ -194,14 +202,14 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         tmp_path, docker_client, platform_serving_image):
     if not (ROOT / ".venv" / ".installed").exists():
         pytest.skip("make run installs the venv first; run `make install` once")
-    port = _free_port()
+    port, mlflow_port = _free_port(), _free_port()
     # Replica containers are named after the deployment: unique, so a developer's own
     # `make run` demo on the same Docker host is never touched.
     demo_name = f"demo-test-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items()
            if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
            and not k.startswith("PYTEST")}
-    env.update({"PORT": str(port),
+    env.update({"PORT": str(port), "MLFLOW_PORT": str(mlflow_port),
                 "MODELPORT_DATA_DIR": str(tmp_path / "var"),
                 "MODELPORT_ADMIN_PASSWORD": "first-run-password",
                 "MODELPORT_HEARTBEAT_SECONDS": "2", "MODELPORT_DEMO": "1",
@@ -313,7 +321,8 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
             assert time.monotonic() < deadline, "the previous demo token still works"
             time.sleep(1)
 
-        _training_script_logs_through_mlflow(base, new_token, tmp_path, process.pid)
+        _training_script_logs_through_mlflow(base, new_token, tmp_path, process.pid,
+                                             mlflow_port)
 
         # Deleting the deployment (as a user would) removes its container.
         deleted = requests.delete(f"{base}/api/v1/deployments/{demo_name}/", timeout=10,

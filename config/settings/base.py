@@ -395,6 +395,9 @@ MODELPORT_MLFLOW_UPSTREAM = env_pattern(
     "MODELPORT_MLFLOW_UPSTREAM", f"unix:{MODELPORT_DATA_DIR / 'run' / 'mlflow' / 'mlflow.sock'}",
     r"unix:/\S+|https?://[^/\s]+(/\S*)?",
     "use unix:/absolute/path/mlflow.sock or http://host:port (the server's internal address)")
+# A tracking-server address for clients that expect one of their own: the edge serves the same
+# authenticated route on this loopback port too (deployments/mlflow_port.py); 0: not served.
+MLFLOW_PORT = env_int("MLFLOW_PORT", 0, minimum=0, maximum=65535)
 MODELPORT_MLFLOW_SYNC_SECONDS = env_int("MODELPORT_MLFLOW_SYNC_SECONDS", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["registry-mlflow-sync"] = {
     "task": "registry.tasks.sync_mlflow",

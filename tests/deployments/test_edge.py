@@ -35,8 +35,9 @@ SCORE = b'{"inputs": [[1, 2]]}'
 
 class Front:
     def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path,
-                 data: Path) -> None:
+                 data: Path, mlflow: str) -> None:
         self.base, self.procs, self.logs, self.data = base, procs, logs, data
+        self.mlflow = mlflow
 
     def output(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs.glob("*.log"))
@@ -79,7 +80,8 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
                 "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30",
                 "MODELPORT_GATEWAY_TIMEOUT_S": "2"})
     socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
-    port = _free_port()
+    port, mlflow_port = _free_port(), _free_port()
+    env["MLFLOW_PORT"] = str(mlflow_port)
     procs = [
         _start("web", ["-m", "gunicorn", "config.wsgi", "--bind", socket, "--workers", "1",
                        "--threads", "4"], env, logs),
@@ -88,7 +90,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     ]
     base = f"http://127.0.0.1:{port}"
     _wait_up(f"{base}/healthz", procs, logs)
-    yield Front(base, procs, logs, tmp / "data")
+    yield Front(base, procs, logs, tmp / "data", f"http://127.0.0.1:{mlflow_port}")
     _stop(*procs)
 
 
@@ -370,3 +372,23 @@ def test_ingest_socket_passes_only_prediction_logs_to_django(front, deployment):
     wrong_token = sockets.request(socket_url + "/api/v1/ingest/predictions/", "POST", body,
                                   {**headers, "Authorization": "Bearer mpi_nope"}, timeout=10)
     assert wrong_token[0] == 401
+
+
+# --- MLFLOW_PORT: the /mlflow route for clients that want a tracking server of their own ------
+
+
+def test_mlflow_port_is_the_authenticated_mlflow_route_and_nothing_else(front, engineer):
+    """Every path lands under /mlflow (registry/mlflow_route.py): the token is checked there,
+    and neither the API nor the gateway is reachable through this port. No MLflow server runs
+    in this fixture, so an authenticated call gets the route's 503 for it."""
+    anonymous = requests.get(f"{front.mlflow}/api/2.0/mlflow/experiments/search", timeout=10)
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.json()["error_code"] == "UNAUTHENTICATED"
+    auth = bearer(engineer)
+    down = requests.get(f"{front.mlflow}/api/2.0/mlflow/experiments/search", headers=auth,
+                        params={"max_results": 1}, timeout=10)
+    assert down.status_code == 503 and "error_code" in down.json()
+    for path in ("/api/v1/deployments/", "/serve/x/invocations", "/admin/", "/login/"):
+        other = requests.get(f"{front.mlflow}{path}", headers=auth, timeout=10)
+        assert other.status_code in (403, 404), (path, other.status_code)
+        assert "error_code" in other.json(), path  # MLflow's format: the route refused it
