@@ -186,3 +186,39 @@ def test_an_orphan_left_on_the_other_runtime_is_removed_with_an_event(
                                          object_repr=name).count() == 1
     finally:
         local.remove_replica(stray.id)
+
+
+@pytest.mark.django_db
+def test_validation_sandboxes_are_cleaned_up_only_for_this_installation(
+        docker_client, platform_serving_image, settings):
+    """A killed worker's sandbox of the same job name, and sandboxes older than the time
+    limit: ours are removed (with an audit record), another installation's are not."""
+    from deployments.orphans import sweep_sandboxes
+    from registry.sandbox import _remove_leftovers
+
+    ours, theirs = installation_id(), "0" * 32
+    job = unique_name("job")
+
+    def sandbox(owner: str) -> Any:
+        return docker_client.containers.create(
+            settings.MODELPORT_SERVING_BASE_IMAGE, command=["true"],
+            labels={"modelport.sandbox": "1", "modelport.sandbox.job": job,
+                    "modelport.managed": "1", LABEL_INSTALLATION: owner})
+
+    def alive(container: Any) -> bool:
+        return bool(docker_client.containers.list(all=True, filters={"id": container.id}))
+
+    mine, other = sandbox(ours), sandbox(theirs)
+    try:
+        _remove_leftovers(docker_client, job, ours)  # a re-run of the job after a killed worker
+        assert not alive(mine) and alive(other)
+        mine = sandbox(ours)
+        settings.MODELPORT_SANDBOX_TIMEOUT_S = -10_000  # both are "older than the limit" now
+        assert sweep_sandboxes(get_runtime("docker")) == [mine.name]
+        assert not alive(mine) and alive(other)
+        record = AuditEvent.objects.get(action="sandbox.orphan_removed")
+        assert record.object_repr == mine.name and record.after["job"] == job
+    finally:
+        for container in (mine, other):
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
