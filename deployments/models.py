@@ -15,6 +15,7 @@ from core.replica_keys import new_key
 from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
 from teams.roles import is_platform_admin
+from workers.models import RuntimeKind
 
 name_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -62,6 +63,11 @@ class Deployment(models.Model):
         related_name="deployments",
         help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
                   "one flagged default).")
+    # Fixed when the deployment is created ("auto" resolved then), used by every reconcile:
+    # never moved to another runtime (workers/runtime_choice.py). Empty: made before runtimes
+    # were fixed and never reconciled since; decided on its next reconcile, once.
+    runtime = models.CharField(max_length=20, blank=True, choices=RuntimeKind.choices,
+                               help_text="What runs its replicas, fixed when it was created.")
     stopped = models.BooleanField(default=False)
     # Outbound network access for the model's code, granted by a platform admin (audited,
     # ``services.set_egress``). Without it a replica has no network at all.

@@ -31,7 +31,7 @@ from serving import sockets
 from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
-from . import admission
+from . import admission, runtime_health
 from .locks import deployment_lock
 from .models import (
     Deployment,
@@ -482,7 +482,8 @@ class Reconciler:
                            image=target.image or None, model_dir=model_dir,
                            model_name=d.model.name,
                            model_version=str(target.model_version.version),
-                           cpu=float(d.cpu), memory_mb=d.memory_mb)
+                           cpu=float(d.cpu), memory_mb=d.memory_mb,
+                           installation=getattr(self.runtime, "installation", ""))
         if d.gpus and self.places:
             spec.gpus = d.gpus  # the placing runtime allocates devices on the chosen host
         elif d.gpus:
@@ -813,10 +814,14 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
              .first())
         if d is None:
             return "gone"
-        if runtime is None:
-            from workers.services import deployment_runtime
-
-            runtime = deployment_runtime(d)  # the deployment's execution target's runtime
+        if runtime is None:  # the deployment's target's, of the kind fixed at its creation
+            runtime, why = runtime_health.runtime_of(d)
+            if runtime is None:
+                return runtime_health.mark_unreachable(d, why)
+        why = runtime_health.unanswered(d, runtime)
+        if why:  # degraded with the reason; never moved elsewhere
+            return runtime_health.mark_unreachable(d, why)
+        runtime_health.note_answering(d)
         name = d.name
         try:
             outcome = Reconciler(d, runtime).run()
@@ -838,17 +843,18 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
 
 
 def remove_deployment_containers(name: str, runtime: Any = None,
-                                 target_id: int | None = None) -> int:
-    """Remove every container labelled with this deployment name (after a delete), on the
-    execution target it ran on (``target_id``; None: the default target)."""
+                                 target_id: int | None = None, kind: str = "") -> int:
+    """Remove every replica of this deployment name (after a delete) — this installation's —
+    on the execution target it ran on (``target_id``; None: the default target), of the
+    runtime kind fixed for it (``kind``; empty: the target's)."""
     if runtime is None:
         from workers.models import ExecutionTarget
-        from workers.runtimes import runtime_for_target
+        from workers.runtime_choice import runtime_on
         from workers.services import default_target
 
         target = (ExecutionTarget.objects.filter(pk=target_id).first() if target_id
                   else default_target())
-        runtime = runtime_for_target(target)
+        runtime = runtime_on(target, kind)
     states = runtime.list_replicas(name)
     for s in states:
         runtime.remove_replica(s.id)

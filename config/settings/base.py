@@ -435,6 +435,13 @@ CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
     "task": "deployments.tasks.reconcile_all",
     "schedule": timedelta(seconds=MODELPORT_RECONCILE_SECONDS),
 }
+# This installation's replicas its database no longer knows (deleted deployments, replicas left
+# on the other runtime) are removed this often (deployments/orphans.py): it lists every target.
+MODELPORT_ORPHAN_SWEEP_SECONDS = env_int("MODELPORT_ORPHAN_SWEEP_SECONDS", 60, minimum=5)
+CELERY_BEAT_SCHEDULE["deployments-orphan-sweep"] = {
+    "task": "deployments.tasks.sweep_orphans",
+    "schedule": timedelta(seconds=MODELPORT_ORPHAN_SWEEP_SECONDS),
+}
 
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------
 MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)

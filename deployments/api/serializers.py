@@ -156,13 +156,18 @@ class DeploymentSerializer(serializers.ModelSerializer):
                                        default=None, allow_null=True)
     target = serializers.SerializerMethodField(
         help_text="The execution target it runs on (its own, else the default).")
+    runtime = serializers.CharField(
+        read_only=True,
+        help_text="What runs its replicas — docker, local, docker-hosts, swarm or kubernetes — "
+                  "fixed when it was created ('auto' resolved then) and never moved; empty "
+                  "until a deployment made before this was decided is reconciled.")
 
     class Meta:
         model = Deployment
         fields = ["name", "team", "model", "version", "alias", "desired_replicas", "resources",
                   "strategy", "status", "status_message", "progress", "stopped", "egress",
                   "egress_reason", "revision",
-                  "endpoint", "replicas", "traffic", "shadow", "target", "created_by",
+                  "endpoint", "replicas", "traffic", "shadow", "target", "runtime", "created_by",
                   "created_at", "updated_at", "reconciled_at"]
 
     @extend_schema_field(serializers.CharField(allow_null=True))
