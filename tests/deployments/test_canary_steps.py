@@ -161,3 +161,14 @@ def test_a_countdown_task_brings_a_step_due_before_beats_next_tick(
         assert len(sent) == 1 and sent[0][0] == (d.pk,) and 0 < sent[0][1] <= interval
     else:
         assert sent == []
+
+
+def test_the_deployment_page_shows_the_step(canary, engineer):
+    from django.test import Client
+
+    d, runtime = canary
+    reconcile_deployment(d.pk, runtime)
+    browser = Client()
+    browser.force_login(engineer)
+    page = browser.get(f"/deployments/{d.name}/status/").content.decode()
+    assert "Canary step 1 of 2: 10% of traffic to revision 2; next step in " in page

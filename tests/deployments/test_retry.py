@@ -279,3 +279,32 @@ def test_backoff_doubles_up_to_its_maximum(settings):
     settings.MODELPORT_RETRY_BACKOFF_S = 10
     settings.MODELPORT_RETRY_BACKOFF_MAX_S = 300
     assert [retries.backoff_s(n) for n in range(1, 8)] == [10, 20, 40, 80, 160, 300, 300]
+
+
+def test_the_deployment_page_shows_the_retry_and_has_the_button(settings, engineer, viewer,
+                                                                team, v1, upstreams):
+    from django.test import Client
+
+    runtime = FlakyRuntime(upstreams, errors=[unreachable()])
+    d = create(engineer, team)
+    assert reconcile_deployment(d.pk, runtime) == "retry-scheduled"
+    browser = Client()
+    browser.force_login(engineer)
+    page = browser.get(f"/deployments/{d.name}/status/").content.decode()
+    assert "retrying in " in page and " s, attempt 1 of 6" in page
+    assert "Retry revision 1" in page
+    watcher = Client()
+    watcher.force_login(viewer)
+    assert "Retry revision 1" not in watcher.get(f"/deployments/{d.name}/").content.decode()
+
+    settings.MODELPORT_RETRY_MAX_ATTEMPTS = 1
+    runtime.errors.append(unreachable())
+    time_passes(d)
+    assert reconcile_deployment(d.pk, runtime) == "failed"
+    page = browser.get(f"/deployments/{d.name}/").content.decode()
+    assert "not retried automatically" in page and "Retry revision 1" in page
+    response = browser.post(f"/deployments/{d.name}/retry/", follow=True)
+    assert "Retrying &#x27;iris-rc&#x27;: revision 1 runs again." in response.content.decode()
+    assert revision(d).state == "pending"
+    assert reconcile_deployment(d.pk, runtime) == "healthy"
+    assert "Retry revision" not in browser.get(f"/deployments/{d.name}/").content.decode()
