@@ -323,7 +323,7 @@ class Reconciler:
             self.publish()
             set_status(d, DeploymentStatus.DEGRADED if ours else DeploymentStatus.FAILED,
                        f"Revision {target.number} keeps crashing ({len(ours)} of {d.replicas} "
-                       "replicas up); see events for the last log lines, then roll back or "
+                       "replicas up); see events for the last log lines, then Retry, roll back or "
                        "change the deployment.", d.progress)
             return "crash-loop"
         if missing:
