@@ -25,7 +25,7 @@ from teams.roles import Role
 from workers import services as targets
 from workers.runtime_choice import choose_runtime
 
-from . import admission
+from . import admission, retries
 from .models import (
     STRATEGIES,
     Deployment,
@@ -510,10 +510,16 @@ def start(*, actor, deployment: Deployment) -> Deployment:
     d.status, d.status_message, d.progress = DeploymentStatus.PENDING, "Starting.", 0
     d.save()
     event(d, "Start requested.", revision=d.revision)
+    retries.rerun_failed(d, actor=actor, why="Started")  # a failed revision is tried again
     audit.record(actor=actor, action="deployment.started", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)
     return d
+
+
+def retry(*, actor, deployment: Deployment) -> Deployment:
+    """Re-run a failed deployment's current revision (``retries.retry``: engineer or above)."""
+    return retries.retry(actor=actor, deployment=deployment)
 
 
 @transaction.atomic

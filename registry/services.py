@@ -382,13 +382,13 @@ def validate_version(*, version_id: int) -> ModelVersion:
         _set_progress(version_id, 30, "Loading the model in the sandbox.")
         outcome = sandbox.validate(staging, requirements=version.requirements,
                                    on_log=lambda line: log.info("sandbox %s: %s", version, line))
-    except sandbox.SandboxError as exc:
+    except sandbox.SandboxError as exc:  # the platform's side: the upload is kept for Retry
         return _finish(version, ok=False, message=f"Validation could not run: {exc}",
-                       staging=staging)
+                       staging=staging, keep_staging=True)
     except Exception as exc:  # never leave a version validating forever
         log.exception("validating %s failed unexpectedly", version)
         return _finish(version, ok=False, message=f"Validation could not run: "
-                       f"{type(exc).__name__}: {exc}", staging=staging)
+                       f"{type(exc).__name__}: {exc}", staging=staging, keep_staging=True)
     result = outcome.result
     if not result.get("ok"):
         stage = result.get("stage", "load")
@@ -427,11 +427,17 @@ def validate_version(*, version_id: int) -> ModelVersion:
 
 def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | None = None,
             sandboxed: bool | None = None, validation: dict | None = None,
-            extra: dict[str, Any] | None = None) -> ModelVersion:
+            extra: dict[str, Any] | None = None, keep_staging: bool = False) -> ModelVersion:
+    """``keep_staging``: validation could not run (the sandbox, an image build): the failed
+    version keeps its upload for a while, so that Retry can validate it again
+    (``registry/retries.py``)."""
+    keep = keep_staging and not ok and staging is not None and staging.is_dir() \
+        and settings.MODELPORT_FAILED_UPLOAD_KEEP_DAYS > 0
     fields = {"status": VersionStatus.READY if ok else VersionStatus.FAILED,
               "status_message": message[:4000], "progress": 100, "sandboxed": sandboxed,
               "validation": {k: v for k, v in (validation or {}).items()},
-              "validated_at": timezone.now(), "staging_dir": "", **(extra or {})}
+              "validated_at": timezone.now(), "staging_dir": str(staging) if keep else "",
+              **(extra or {})}
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk).update(**fields)
         version.refresh_from_db()
@@ -439,7 +445,7 @@ def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | No
                      obj=version, team=version.model.team,
                      after={"status": version.status, "message": version.status_message[:500],
                             "sandboxed": sandboxed, "sha256": version.artifact_sha256})
-    if staging is not None:
+    if staging is not None and not keep:
         archives.remove_tree(staging)
     return version
 

@@ -18,7 +18,7 @@ from config.errors import DomainError
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import mlflow_services, mlmodel, services
+from . import mlflow_services, mlmodel, retries, services
 from .filtersets import RegisteredModelFilterSet
 from .forms import AliasForm, ModelCreateForm, VersionUploadForm
 from .models import (
@@ -139,7 +139,25 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
         "columns": mlmodel.columns_of(version.signature),
         "example": json.dumps(version.input_example) if version.input_example else None,
         "aliases": sorted(a.name for a in version.aliases.all()),
+        "can_change": at_least(_role(request, model.team), Role.ENGINEER),
+        "retryable": retries.retryable(version),
     })
+
+
+@login_required
+@require_POST
+def version_retry(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model = _model(request, name)
+    version = model.versions.filter(version=number).first()
+    if version is None:
+        raise Http404(f"'{name}' has no version {number}.")
+    try:
+        retries.retry_version(actor=request.user, version=version)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Validating {name} v{number} again.")
+    return redirect("registry:version-detail", name=name, number=number)
 
 
 @login_required

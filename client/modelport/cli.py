@@ -162,6 +162,24 @@ def cmd_models_register(client: Client, args: argparse.Namespace, out: Output) -
     return 0
 
 
+def cmd_models_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
+    accepted = client.retry_version(args.name, args.version)
+    if not args.wait:
+        out.emit(accepted, text=f"{args.name} v{args.version}: {accepted['status']} "
+                                f"({accepted['status_message']})")
+        return 0
+
+    def show(version: dict) -> None:
+        out.progress(f"{args.name} v{version['version']}: {version['status']} "
+                     f"{bar(version.get('progress', 0) / 100)} {version['status_message']}")
+
+    ready = client.wait_for_version(args.name, args.version, timeout=args.timeout,
+                                    on_progress=show)
+    out.done()
+    out.emit(ready, text=f"{args.name} v{ready['version']} is ready")
+    return 0
+
+
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> int:
     result = client.set_alias(args.name, args.alias, args.version, comment=args.comment)
     if result.get("status") == "pending":
@@ -244,6 +262,15 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
         return 0
     print(f"{dep['name']}: {dep['status']} (revision {dep.get('revision')}) "
           f"{dep.get('status_message', '')}")
+    rollout, retry = dep.get("rollout"), dep.get("retry")
+    if rollout:
+        print(f"{rollout['strategy']} step {rollout['step']} of {rollout['steps']}: "
+              f"{rollout['percent']}% of traffic; next step at {rollout['next_step_at']}")
+    if retry:
+        when = (f"next automatic attempt ({retry['attempt']} of {retry['max_attempts']}) at "
+                f"{retry['next_attempt_at']}" if retry["next_attempt_at"]
+                else f"run `modelport retry {dep['name']}` once it is fixed")
+        print(f"failed: {retry['reason']}\n{when}")
     out.emit(dep.get("replicas", []), columns=["id", "revision", "status", "url"])
     shadow = dep.get("shadow")
     if shadow:
@@ -261,6 +288,14 @@ def cmd_rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.wait:
         return _watch(client, args.name, out, args.timeout)
     out.emit(result, columns=["name", "status", "revision"])
+    return 0
+
+
+def cmd_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.retry(args.name)
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(result, columns=["name", "status", "revision", "status_message"])
     return 0
 
 
@@ -383,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--wait", action="store_true", help="wait until ready or failed")
     register.add_argument("--timeout", type=float, default=900)
     register.set_defaults(func=cmd_models_register)
+    retry_version = models.add_parser("retry", help="validate a failed version again")
+    retry_version.add_argument("name")
+    retry_version.add_argument("version", type=int)
+    retry_version.add_argument("--wait", action="store_true", help="wait until ready or failed")
+    retry_version.add_argument("--timeout", type=float, default=900)
+    retry_version.set_defaults(func=cmd_models_retry)
     alias = models.add_parser("alias", help="point an alias at a version")
     alias.add_argument("name")
     alias.add_argument("alias")
@@ -433,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--wait", action="store_true")
     rollback.add_argument("--timeout", type=float, default=600)
     rollback.set_defaults(func=cmd_rollback)
+
+    retry = sub.add_parser("retry", help="run a failed deployment's revision again")
+    retry.add_argument("name")
+    retry.add_argument("--wait", action="store_true")
+    retry.add_argument("--timeout", type=float, default=600)
+    retry.set_defaults(func=cmd_retry)
 
     promote = sub.add_parser("promote", help="roll a shadow revision out for real")
     promote.add_argument("name")

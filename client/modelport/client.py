@@ -207,6 +207,11 @@ class Client:
                                             f"after {timeout:.0f}s")
             time.sleep(interval)
 
+    def retry_version(self, name: str, version: int) -> JSON:
+        """Validate a failed version again (``pending``; follow it with ``wait_for_version``).
+        ``Conflict`` with code ``upload_gone`` when its upload is not kept: register it again."""
+        return self.request("POST", f"/models/{name}/versions/{version}/retry/")
+
     def set_alias(self, name: str, alias: str, version: int, *, comment: str = "") -> JSON:
         return self.request("PUT", f"/models/{name}/aliases/{alias}/",
                             json={"version": version, "comment": comment})
@@ -283,6 +288,11 @@ class Client:
         """End a shadow without promoting it: back to the serving revision's spec.
         ``Conflict`` (code ``no_shadow``) when nothing shadows."""
         return self.request("POST", f"/deployments/{name}/discard/")
+
+    def retry(self, name: str) -> JSON:
+        """Re-run a failed deployment's current revision. ``Conflict`` with code
+        ``nothing_to_retry`` (nothing failed) or ``stopped`` (start it instead)."""
+        return self.request("POST", f"/deployments/{name}/retry/")
 
     def stop(self, name: str) -> JSON:
         return self.request("POST", f"/deployments/{name}/stop/")

@@ -375,6 +375,13 @@ MODELPORT_ARCHIVE_MAX_RATIO = env_int("MODELPORT_ARCHIVE_MAX_RATIO", 100, minimu
 # CSV header line or Parquet footer; it is parsed and profiled by a worker (registry/reference.py).
 MODELPORT_REFERENCE_MAX_COLUMNS = env_int("MODELPORT_REFERENCE_MAX_COLUMNS", 2000, minimum=1)
 MODELPORT_SANDBOX_TIMEOUT_S = env_int("MODELPORT_SANDBOX_TIMEOUT_S", 300, minimum=5)
+# A version that fails validation keeps its staged upload this many days, so that Retry can
+# validate it again (after the platform's packages or sandbox were fixed); then it is removed.
+MODELPORT_FAILED_UPLOAD_KEEP_DAYS = env_int("MODELPORT_FAILED_UPLOAD_KEEP_DAYS", 7, minimum=0)
+CELERY_BEAT_SCHEDULE["registry-prune-staging"] = {
+    "task": "registry.tasks.prune_staging",
+    "schedule": timedelta(hours=1),
+}
 MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
 MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)
 _ARTIFACT_BACKEND = env_str("MODELPORT_ARTIFACT_STORAGE",
@@ -431,6 +438,12 @@ MODELPORT_CANARY_MAX_ERROR_RATE_DELTA = env_float("MODELPORT_CANARY_MAX_ERROR_RA
                                                   minimum=0)
 MODELPORT_CANARY_MAX_P95_RATIO = env_float("MODELPORT_CANARY_MAX_P95_RATIO", 2.0, minimum=1)
 MODELPORT_CANARY_MIN_REQUESTS = env_int("MODELPORT_CANARY_MIN_REQUESTS", 20, minimum=1)
+# A revision that failed for a transient cause (the image missing, the runtime not answering, a
+# live replica not ready in time) is retried automatically: after BACKOFF_S, doubling up to
+# BACKOFF_MAX_S, at most MAX_ATTEMPTS times (0: never); then it waits for a user's Retry.
+MODELPORT_RETRY_MAX_ATTEMPTS = env_int("MODELPORT_RETRY_MAX_ATTEMPTS", 6, minimum=0)
+MODELPORT_RETRY_BACKOFF_S = env_float("MODELPORT_RETRY_BACKOFF_S", 10, minimum=0)
+MODELPORT_RETRY_BACKOFF_MAX_S = env_float("MODELPORT_RETRY_BACKOFF_MAX_S", 300, minimum=0)
 CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
     "task": "deployments.tasks.reconcile_all",
     "schedule": timedelta(seconds=MODELPORT_RECONCILE_SECONDS),

@@ -81,14 +81,22 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True,
                                        default=None, allow_null=True)
     artifact = serializers.SerializerMethodField()
+    retryable = serializers.SerializerMethodField(
+        help_text="Whether POST retry/ can validate this failed version again (an import, or an "
+                  "upload kept because validation could not run); false: register it again.")
 
     class Meta:
         model = ModelVersion
         fields = ["model", "version", "status", "status_message", "progress", "sandboxed",
                   "source_format", "source", "description", "flavor", "signature",
                   "input_example", "requirements", "params", "metrics", "lineage",
-                  "reference", "reference_stats", "aliases", "artifact", "created_by",
-                  "created_at", "validated_at"]
+                  "reference", "reference_stats", "aliases", "artifact", "retryable",
+                  "created_by", "created_at", "validated_at"]
+
+    def get_retryable(self, version: ModelVersion) -> bool:
+        from ..retries import retryable
+
+        return retryable(version)
 
     def get_aliases(self, version: ModelVersion) -> list[str]:
         return sorted(alias.name for alias in version.aliases.all())
