@@ -438,7 +438,7 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         left = _manage(env, "shell", "-c", "from config.replicas_left import lines; "
                        "print('\\n'.join(lines()))")
         assert f"model replicas of {demo_name} (1)" in left, left
-        assert re.search(rf"docker rm -f {re.escape(demo_name)}\S*", left), left
+        assert re.search(rf"docker rm -f \S*{re.escape(demo_name)}\S*", left), left
 
         # Deleting the deployment (as a user would) removes its container.
         deleted = requests.delete(f"{base}/api/v1/deployments/{demo_name}/", timeout=10,
