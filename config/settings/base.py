@@ -15,6 +15,8 @@ import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE
 
+from config import embedded_broker
+
 from .env import (
     env_bool,
     env_choice,
@@ -257,24 +259,15 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# --- Celery: Redis when REDIS_URL is set, else an embedded file-backed broker ---------------
+# --- Celery: Redis at REDIS_URL, else the embedded Redis server `make run` starts ------------
+# (config/embedded_broker.py: on a unix socket in the data dir, its append-only file there too).
 REDIS_URL = env_str("REDIS_URL", "")
-if REDIS_URL:
-    CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 3600}
-else:
-    _broker_dir = MODELPORT_DATA_DIR / "broker"
-    CELERY_BROKER_URL = "filesystem://"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "control_folder": str(_broker_dir / "control"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-    }
-    for _folder in ("queue", "control", "processed"):
-        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_EMBEDDED_BROKER = not REDIS_URL
+CELERY_BROKER_URL = REDIS_URL or embedded_broker.broker_url(MODELPORT_DATA_DIR)
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 3600}
+# Processes start together with the broker (and it may be restarted under them): keep trying.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
