@@ -114,6 +114,14 @@ class MakeRun:
                       if b"config.supervise" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         return {**pids, "supervise": supervisor[0]} if supervisor else pids
 
+    def output_lines(self) -> dict[str, int]:
+        """Lines of output per process so far (each one costs the supervisor CPU)."""
+        counts: dict[str, int] = {}
+        for name in re.findall(r"^\d\d:\d\d:\d\d (\w+)(?:\.1)? +\|", self.log.read_text(),
+                               re.M):
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGINT)  # Ctrl-C
@@ -365,9 +373,14 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
             pair = {}
             for label, url, headers, container in targets:
                 running = pids()
+                lines = platform.output_lines() if args.make_run else {}
                 before = cpu_split(running, container)
                 r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
                 after = cpu_split(running, container)
+                if args.make_run:
+                    now = platform.output_lines()
+                    r["lines"] = {k: v - lines.get(k, 0) for k, v in now.items()
+                                  if v > lines.get(k, 0)}
                 requests = max(r["rps"] * duration, 1)
                 r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / requests for k in after}
                 r["edge_us"] = r["cpu_us"]["edge"]
@@ -376,7 +389,9 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
                       f"p99 {r['p99']:7.2f} ms"
                       + (f"  ERRORS {r['errors']}" if r["errors"] else "")
                       + "  CPU µs/request: " + ", ".join(f"{k} {v:.0f}" for k, v in
-                                                         r["cpu_us"].items()), flush=True)
+                                                         r["cpu_us"].items())
+                      + (f"  output lines: {r['lines']}" if r.get("lines") else ""),
+                      flush=True)
             pairs.append((pair["gateway"]["rps"] / max(pair["direct"]["rps"], 1e-9), pair))
         pairs.sort(key=lambda p: p[0])
         _, median = pairs[(len(pairs) - 1) // 2]
@@ -483,7 +498,10 @@ def cpu_split(pids: dict[str, int], replica: Path | None) -> dict[str, float]:
     """CPU seconds so far: each platform process (with its live children: gunicorn's and
     Celery's workers), the replica's container, finished children (the wrk runs), and the whole
     machine (busy time from /proc/stat)."""
-    split = {name: sum(cpu_seconds(pid) for pid in _tree(root)) for name, root in pids.items()}
+    # The supervisor's tree holds every other process: count it alone.
+    split = {name: sum(cpu_seconds(pid) for pid in ([root] if name == "supervise"
+                                                     else _tree(root)))
+             for name, root in pids.items()}
     if replica is not None:
         if (replica / "cpuacct.usage").exists():
             split["replica"] = int((replica / "cpuacct.usage").read_text()) / 1e9
