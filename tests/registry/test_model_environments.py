@@ -24,6 +24,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from registry.models import ModelVersion, VersionStatus
 from teams import services as team_services
+from teams.installation import installation_id
 from tests.factories import AdminFactory, make_token
 from tests.fixtures import bearer_client
 from tests.pkgindex import calls_home, listener, make_sdist, make_wheel, package_index
@@ -311,7 +312,8 @@ def test_a_validation_interrupted_by_a_killed_worker_finishes_when_the_task_runs
     (job / "output" / "result.json").write_text(json.dumps({"ok": False, "error": "stale"}))
     stale = docker_client.containers.create(
         settings.MODELPORT_SERVING_BASE_IMAGE, ["sleep", "600"],
-        labels={"modelport.sandbox.job": job.name, "modelport.test": "1"})
+        labels={"modelport.sandbox.job": job.name, "modelport.installation": installation_id(),
+                "modelport.test": "1"})
 
     validate_version(version.pk)  # the broker redelivers the task (acks_late)
 
