@@ -377,6 +377,8 @@ MODELPORT_REFERENCE_MAX_COLUMNS = env_int("MODELPORT_REFERENCE_MAX_COLUMNS", 200
 MODELPORT_SANDBOX_TIMEOUT_S = env_int("MODELPORT_SANDBOX_TIMEOUT_S", 300, minimum=5)
 MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
 MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)
+# A version keeps the last this-many lines of its validation log (image build, sandbox output).
+MODELPORT_VERSION_LOG_LINES = env_int("MODELPORT_VERSION_LOG_LINES", 5000, minimum=100)
 _ARTIFACT_BACKEND = env_str("MODELPORT_ARTIFACT_STORAGE",
                             "django.core.files.storage.FileSystemStorage")
 STORAGES["artifacts"] = {
