@@ -11,9 +11,9 @@ MODELPORT_DATA_DIR ?= $(CURDIR)/var
 MODELPORT_BASE_URL ?= http://127.0.0.1:$(PORT)
 DURATION ?= 180
 export MODELPORT_DATA_DIR MODELPORT_BASE_URL MLFLOW_PORT
-# Every process make run starts writes under MODELPORT_DATA_DIR (SQLite, secret key, broker
-# queue, MLflow store, artifacts, logs): the directory is private (0700) and each process runs
-# with umask 077, so no other user of the host reads any of it. Model containers (uid 10001) are
+# Every process make run starts writes under MODELPORT_DATA_DIR (SQLite, secret key, the
+# embedded broker's socket and append-only file, MLflow store, artifacts, logs): the directory
+# is private (0700) and each process runs with umask 077, so no other user of the host reads it. Model containers (uid 10001) are
 # not affected: the code that bind-mounts a directory into one makes that directory readable
 # (registry/sandbox.py, deployments/reconcile.py); a container never walks its host parents.
 PRIVATE := umask 077 &&
@@ -21,8 +21,9 @@ PRIVATE := umask 077 &&
 .PHONY: help install run test lint format migrate data-dir clean-data demo-traffic
 
 help:
-	@echo "make run    install (first time), migrate, seed an admin, start web + worker + beat + MLflow"
-	@echo "           and, unless MODELPORT_DEMO=0, seeds and deploys two demo models"
+	@echo "make run    install (first time), migrate, seed an admin, start the Procfile's processes"
+	@echo "           (broker, edge, web, workers, beat, MLflow) under a supervisor that restarts"
+	@echo "           any that dies and, unless MODELPORT_DEMO=0, seeds and deploys two demo models"
 	@echo "make demo-traffic [DURATION=180]  traffic with drift and ground truth to the demo"
 	@echo "make test   lint, then the test suite"
 	@echo "make lint   ruff, makemigrations --check, manage.py check"
@@ -46,7 +47,9 @@ migrate: install data-dir
 run: migrate
 	$(PRIVATE) $(BIN)/python manage.py bootstrap
 	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
-	$(PRIVATE) MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+	$(PRIVATE) MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m config.supervise \
+		--procfile Procfile --once demo --stop-last redis $(if $(REDIS_URL),--skip redis) \
+		--on-stop "$(BIN)/python -m config.replicas_left"
 
 demo-traffic: install
 	$(PRIVATE) $(BIN)/python manage.py demo_traffic --duration $(DURATION)

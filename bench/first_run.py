@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKERS = {  # name: a line of `make run` output that ends the step
     "install": "manage.py migrate",
     "migrate": "manage.py bootstrap",
-    "seed": "honcho start",
+    "seed": "-m config.supervise",
 }
 
 

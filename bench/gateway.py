@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gateway.py            # 10 s per wrk cell, about 2.5 minutes
     .venv/bin/python bench/gateway.py --quick    # 3 s per cell
+    .venv/bin/python bench/gateway.py --make-run # the platform as `make run` runs it
 
 Runs the platform as the Procfile does — the edge (``config/edge.py``, which answers
 ``/serve/`` itself), web under gunicorn behind it, and the reconciler worker — against
@@ -14,6 +15,12 @@ temporary data dir, on the real Docker Engine. Then, all through the real API:
    ``/invocations`` with the same ``wrk`` Lua script as ``bench/serving.py`` (1-row
    ``dataframe_split``) at 1 and 16 connections;
 3. rolls out version 2, then times POST rollback → traffic on the new revision, and → healthy.
+
+With ``--make-run`` the platform is the real ``make run`` instead (demo off, a temporary data
+dir, free ports): SQLite, the embedded broker and every Procfile process under its supervisor —
+the default install a newcomer measures. Each CPU µs/request line then also splits the CPU of
+every one of its processes (web, worker, reconciler, beat, MLflow, the broker, the supervisor),
+which shows where the default install's CPU goes beside the edge.
 
 The replica has no network (``MODELPORT_DOCKER_NETWORK=none``, the default): the edge reaches
 it over its socket file (``serving/sockets.py``). ``wrk`` cannot open a unix socket, so "direct"
@@ -74,6 +81,72 @@ def procfile_command(name: str, env: dict[str, str]) -> list[str]:
             return shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)],
                                       command.strip()))
     raise KeyError(name)
+
+
+class MakeRun:
+    """``make run`` in its own process group with a temporary data dir (``--make-run``)."""
+
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str]) -> None:
+        import subprocess
+
+        self.log = data_dir.parent / "make-run.log"
+        self.popen = subprocess.Popen(
+            ["make", "run"], cwd=REPO_ROOT, env={
+                **{k: v for k, v in env.items()
+                   if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}},
+                "PORT": str(port), "MLFLOW_PORT": str(bs.free_port()),
+                "MODELPORT_DEMO": "0", "MODELPORT_ADMIN_PASSWORD": uuid.uuid4().hex},
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, base: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while bs.http_status(f"{base}/readyz") != 200:
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("make run did not become ready:\n"
+                                   + self.log.read_text()[-3000:])
+            time.sleep(0.5)
+
+    def pids(self) -> dict[str, int]:
+        """Each supervised process's current pid, and the supervisor's own."""
+        found = dict(re.findall(r"(\w+)\.1 +started with pid (\d+)", self.log.read_text()))
+        pids = {name: int(pid) for name, pid in found.items() if name != "demo"}
+        supervisor = [pid for pid in _tree(self.popen.pid)
+                      if b"config.supervise" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return {**pids, "supervise": supervisor[0]} if supervisor else pids
+
+    def output_lines(self) -> dict[str, int]:
+        """Lines of output per process so far (each one costs the supervisor CPU)."""
+        counts: dict[str, int] = {}
+        for name in re.findall(r"^\d\d:\d\d:\d\d (\w+)(?:\.1)? +\|", self.log.read_text(),
+                               re.M):
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGINT)  # Ctrl-C
+            try:
+                self.popen.wait(timeout=60)
+            except Exception:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children.get(pid, []))
+    return found
 
 
 def setup_django(data_dir: Path) -> None:
@@ -205,6 +278,9 @@ def main() -> int:
                     help="direct/gateway pairs at 16 connections; the median is reported (3)")
     ap.add_argument("--tcp", action="store_true",
                     help="replicas on the host network, edge → replica over loopback TCP")
+    ap.add_argument("--make-run", action="store_true",
+                    help="the platform as `make run` runs it: SQLite, the embedded broker, "
+                         "all its processes under the supervisor")
     args = ap.parse_args()
     duration = 3 if args.quick else args.duration
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -227,8 +303,6 @@ def main() -> int:
 def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     data_dir = tmp / "data"
     data_dir.mkdir()
-    setup_django(data_dir)
-    secret, team, model = seed(tmp)
     port = bs.free_port()
     env = {**os.environ, "MODELPORT_DATA_DIR": str(data_dir), "MODELPORT_WEB_PORT": str(port),
            "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
@@ -236,11 +310,25 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
            "MODELPORT_DOCKER_NETWORK": "host" if args.tcp else "none",
            "MODELPORT_BASE_URL": f"http://127.0.0.1:{port}",
            "PATH": f"{bs.VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    (data_dir / "run").mkdir()  # gunicorn's unix socket, as `make run` prepares it
-    for name in ("edge", "web", "reconciler"):
-        procs.append(bs.Proc(procfile_command(name, env), env))
     base = f"http://127.0.0.1:{port}"
-    procs[0].wait_200(f"{base}/healthz", timeout=120)
+    if args.make_run:
+        for name in ("DATABASE_URL", "REDIS_URL"):  # this process seeds make run's SQLite
+            os.environ.pop(name, None)
+        platform = MakeRun(data_dir, port, env)
+        procs.append(platform)
+        platform.wait_ready(base)
+        setup_django(data_dir)
+        secret, team, model = seed(tmp)
+        pids = platform.pids
+    else:
+        setup_django(data_dir)
+        secret, team, model = seed(tmp)
+        (data_dir / "run").mkdir()  # gunicorn's unix socket, as `make run` prepares it
+        started = {name: bs.Proc(procfile_command(name, env), env)
+                   for name in ("edge", "web", "reconciler")}
+        procs.extend(started.values())
+        started["edge"].wait_200(f"{base}/healthz", timeout=120)
+        pids = lambda: {name: proc.popen.pid for name, proc in started.items()}  # noqa: E731
     api = Api(base, secret)
     name = f"bench-gw-{uuid.uuid4().hex[:6]}"
     spec = {"name": name, "team": team, "model": model,
@@ -284,9 +372,15 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
         for _ in range(args.pairs if conns == 16 else 1):
             pair = {}
             for label, url, headers, container in targets:
-                before = cpu_split(procs[0].popen.pid, container)
+                running = pids()
+                lines = platform.output_lines() if args.make_run else {}
+                before = cpu_split(running, container)
                 r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
-                after = cpu_split(procs[0].popen.pid, container)
+                after = cpu_split(running, container)
+                if args.make_run:
+                    now = platform.output_lines()
+                    r["lines"] = {k: v - lines.get(k, 0) for k, v in now.items()
+                                  if v > lines.get(k, 0)}
                 requests = max(r["rps"] * duration, 1)
                 r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / requests for k in after}
                 r["edge_us"] = r["cpu_us"]["edge"]
@@ -295,7 +389,9 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
                       f"p99 {r['p99']:7.2f} ms"
                       + (f"  ERRORS {r['errors']}" if r["errors"] else "")
                       + "  CPU µs/request: " + ", ".join(f"{k} {v:.0f}" for k, v in
-                                                         r["cpu_us"].items()), flush=True)
+                                                         r["cpu_us"].items())
+                      + (f"  output lines: {r['lines']}" if r.get("lines") else ""),
+                      flush=True)
             pairs.append((pair["gateway"]["rps"] / max(pair["direct"]["rps"], 1e-9), pair))
         pairs.sort(key=lambda p: p[0])
         _, median = pairs[(len(pairs) - 1) // 2]
@@ -322,7 +418,11 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
         healthy.append(time.perf_counter() - started)
         print(f"  rollback to r{revision}: traffic {switched[-1]:.2f} s, healthy "
               f"{healthy[-1]:.2f} s\n{timeline(api, name, revision)}", flush=True)
-    report(duration, deploy_s, cells, switched, healthy, transport, ratios)
+    setup = ("`make run`: SQLite, the embedded broker, every Procfile process under its "
+             "supervisor" if args.make_run else
+             "the Procfile's edge — 1 uvicorn worker — in front of gunicorn, the reconciler, "
+             "DATABASE_URL/REDIS_URL from the environment")
+    report(duration, deploy_s, cells, switched, healthy, transport, ratios, setup)
     return 0
 
 
@@ -394,10 +494,14 @@ def replica_cgroup(name: str) -> Path | None:
     return None
 
 
-def cpu_split(edge_pid: int, replica: Path | None) -> dict[str, float]:
-    """CPU seconds so far: the edge process, the replica's container, finished children (the
-    wrk runs), and the whole machine (busy time from /proc/stat)."""
-    split = {"edge": cpu_seconds(edge_pid)}
+def cpu_split(pids: dict[str, int], replica: Path | None) -> dict[str, float]:
+    """CPU seconds so far: each platform process (with its live children: gunicorn's and
+    Celery's workers), the replica's container, finished children (the wrk runs), and the whole
+    machine (busy time from /proc/stat)."""
+    # The supervisor's tree holds every other process: count it alone.
+    split = {name: sum(cpu_seconds(pid) for pid in ([root] if name == "supervise"
+                                                     else _tree(root)))
+             for name, root in pids.items()}
     if replica is not None:
         if (replica / "cpuacct.usage").exists():
             split["replica"] = int((replica / "cpuacct.usage").read_text()) / 1e9
@@ -412,16 +516,20 @@ def cpu_split(edge_pid: int, replica: Path | None) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU of a process so far (from /proc; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy: list,
-           transport: str, ratios: list[float]) -> None:
+           transport: str, ratios: list[float], setup: str) -> None:
     print(f"\nGateway vs direct (wrk, {duration} s per cell, 1-row iris dataframe_split, "
-          "the Procfile's edge — 1 uvicorn worker — in front of gunicorn, 1 replica; "
-          f"edge → replica over {transport.split(' (')[0].split(' @')[0]})\n")
+          f"{setup}, 1 replica; edge → replica over "
+          f"{transport.split(' (')[0].split(' @')[0]}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})\n")
     print("| conns | direct req/s | p50 ms | p99 ms | gateway req/s | p50 ms | p99 ms | "
           "gateway/direct req/s | added p50 ms | edge CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -225,6 +225,8 @@ def seed(*, report: Report = log.info, timeout: float = 900) -> SeedResult:
     for version in versions.values():
         _wait_ready(version, report, timeout)
     d = _ensure_deployment(actor, team, versions[training.CLASSIFIER], report, created, timeout)
+    # What the deployment runs on: fixed when it was created, whatever answers now.
+    runtime = "local (unsandboxed)" if d.runtime == "local" else (d.runtime or runtime)
     return SeedResult(deployment=d, versions=versions, runtime=runtime, created=created)
 
 

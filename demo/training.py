@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import joblib
-import numpy as np
-import pandas as pd
+from core.lazy_imports import lazy_module
+
+# Imported when first used: every Celery process imports this module (issue 26, memory).
+joblib = lazy_module("joblib")
+np = lazy_module("numpy")
+pd = lazy_module("pandas")
 
 CLASSIFIER = "iris-classifier"
 REGRESSOR = "diabetes-regressor"

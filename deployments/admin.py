@@ -37,9 +37,9 @@ class ReplicaInline(ReadOnlyInline):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "model", "status", "revision", "replicas", "stopped",
-                    "updated_at"]
-    list_filter = ["status", "stopped", "team"]
+    list_display = ["name", "team", "model", "status", "runtime", "revision", "replicas",
+                    "stopped", "updated_at"]
+    list_filter = ["status", "runtime", "stopped", "team"]
     search_fields = ["name", "model__name"]
     readonly_fields = [f.name for f in Deployment._meta.fields]
     inlines = [ReplicaInline, RevisionInline]

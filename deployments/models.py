@@ -15,6 +15,7 @@ from core.replica_keys import new_key
 from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
 from teams.roles import is_platform_admin
+from workers.models import RuntimeKind
 
 name_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -62,6 +63,11 @@ class Deployment(models.Model):
         related_name="deployments",
         help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
                   "one flagged default).")
+    # Fixed when the deployment is created ("auto" resolved then), used by every reconcile:
+    # never moved to another runtime (workers/runtime_choice.py). Empty: made before runtimes
+    # were fixed and never reconciled since; decided on its next reconcile, once.
+    runtime = models.CharField(max_length=20, blank=True, choices=RuntimeKind.choices,
+                               help_text="What runs its replicas, fixed when it was created.")
     stopped = models.BooleanField(default=False)
     # Outbound network access for the model's code, granted by a platform admin (audited,
     # ``services.set_egress``). Without it a replica has no network at all.
@@ -114,7 +120,9 @@ class RevisionState(models.TextChoices):
 
 class Revision(models.Model):
     """One immutable snapshot of a deployment's spec, with the model version it resolved to.
-    Only ``state``, ``image`` and ``healthy_at`` are filled in later by the reconciler."""
+    What is filled in later is the reconciler's bookkeeping: ``state``, ``image``, ``healthy_at``,
+    where a stepped rollout is (``deployments/strategies/``) and its failures and retries
+    (``deployments/retries.py``)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
                                    related_name="revisions")
@@ -129,6 +137,25 @@ class Revision(models.Model):
     # What its replicas demand in X-Modelport-Replica-Key (core/replica_keys.py); empty for
     # revisions made before replica keys existed (their replicas demand none).
     replica_key = models.CharField(max_length=64, blank=True, default=new_key, editable=False)
+    # A stepped rollout (canary) in progress, persisted so that a reconcile pass does only what
+    # is due and returns: beat or a countdown task brings the next pass.
+    rollout_step = models.PositiveSmallIntegerField(
+        null=True, blank=True,
+        help_text="Index of the current step in the strategy's steps (equal to their number once "
+                  "every step passed); empty before the rollout's first step.")
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    next_step_at = models.DateTimeField(null=True, blank=True,
+                                        help_text="When the current step is judged and the next "
+                                                  "one starts.")
+    # Failures and retries: a user's Retry (or Start) and the automatic retry of transient
+    # failures re-run the revision.
+    failure = models.TextField(blank=True, help_text="Why it failed last.")
+    retry_attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Automatic retries since it was made or a user last retried it.")
+    next_retry_at = models.DateTimeField(null=True, blank=True,
+                                         help_text="When the next automatic retry runs.")
+    retried_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="Last retry (crash loops are counted from here).")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

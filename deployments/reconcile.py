@@ -31,7 +31,7 @@ from serving import sockets
 from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
-from . import admission
+from . import admission, retries, runtime_health, strategies
 from .locks import deployment_lock
 from .models import (
     Deployment,
@@ -243,21 +243,24 @@ class Reconciler:
         states = self.observe()
         ours = {s.replica: s for s in states if s.revision == target.number}
         old = [s for s in states if s.revision != target.number]
+        if retries.due(target):  # a transient failure's automatic retry: run it again now
+            retries.begin_automatic(self, target)
         if target.state == RevisionState.FAILED:
             serving = (Revision.objects.select_related("model_version")
                        .filter(deployment=d, state=RevisionState.ACTIVE).order_by("-number")
                        .first())
+            states = retries.remove_strays(self, target, states, serving)
             if serving is not None:  # keep the last good revision whole while we wait
                 self.heal(serving, states)
             self.publish()
-            if not old and serving is None:
-                set_status(d, DeploymentStatus.FAILED, d.status_message or
-                           f"Revision {target.number} failed.", 0)
-            return "failed"
+            return retries.hold_failed(self, target, serving.number if serving else None)
 
         states = self.end_stale_shadows(target, states)
         ours = {s.replica: s for s in states if s.revision == target.number}
         old = [s for s in states if s.revision != target.number]
+        stepping = strategies.in_progress(self, target)
+        if stepping is not None and (outcome := stepping.guard(states)):
+            return outcome  # a new replica died during a canary step: rolled back
         # A shadow strategy shadows the revision that serves now; with nothing serving yet, the
         # new revision simply takes the traffic.
         serving = self.serving_revision(target) if d.strategy_type == "shadow" else None
@@ -274,7 +277,8 @@ class Reconciler:
                                                   build)
             except Exception as exc:  # noqa: BLE001 - any build failure fails the revision
                 build.flush()
-                return self.fail(target, f"Image build failed: {exc}", old)
+                return self.fail(target, f"Image build failed: {exc}", old,
+                                 cause=retries.transient_cause(exc))
             build.flush()
             if image != target.image:
                 Revision.objects.filter(pk=target.pk).update(image=image)
@@ -282,7 +286,8 @@ class Reconciler:
         try:
             model_dir = str(model_dir_for(target.model_version))
         except Exception as exc:  # noqa: BLE001
-            return self.fail(target, f"Cannot unpack the model artifact: {exc}", old)
+            return self.fail(target, f"Cannot unpack the model artifact: {exc}", old,
+                             cause=retries.transient_cause(exc))
 
         # 2. Replace dead replicas of the target revision; remove surplus ones.
         for index, s in sorted(ours.items()):
@@ -318,7 +323,7 @@ class Reconciler:
             self.publish()
             set_status(d, DeploymentStatus.DEGRADED if ours else DeploymentStatus.FAILED,
                        f"Revision {target.number} keeps crashing ({len(ours)} of {d.replicas} "
-                       "replicas up); see events for the last log lines, then roll back or "
+                       "replicas up); see events for the last log lines, then Retry, roll back or "
                        "change the deployment.", d.progress)
             return "crash-loop"
         if missing:
@@ -357,9 +362,9 @@ class Reconciler:
             return "starting"
         if serving is not None:
             return self.shadow(target, serving, len(ready))
-        if old and first_rollout and d.strategy_type == "canary" \
-                and not (target.spec or {}).get("rollback_of"):
-            result = self.canary(target, old)
+        stepped = strategies.for_rollout(self, target, old, first_rollout=first_rollout)
+        if stepped is not None:  # a canary: what is due now, then return (no waiting here)
+            result = stepped.advance(old, states)
             if result:
                 return result
         self.publish(states, traffic=[{"revision": target.number, "percent": 100}])
@@ -482,7 +487,8 @@ class Reconciler:
                            image=target.image or None, model_dir=model_dir,
                            model_name=d.model.name,
                            model_version=str(target.model_version.version),
-                           cpu=float(d.cpu), memory_mb=d.memory_mb)
+                           cpu=float(d.cpu), memory_mb=d.memory_mb,
+                           installation=getattr(self.runtime, "installation", ""))
         if d.gpus and self.places:
             spec.gpus = d.gpus  # the placing runtime allocates devices on the chosen host
         elif d.gpus:
@@ -559,7 +565,8 @@ class Reconciler:
                 event(d, f"Replica replacement failed: {exc}", kind=Kind.WARNING,
                       revision=target.number)
                 return "degraded"
-            return self.fail(target, f"Starting replicas failed: {exc}", self.old_alive(target))
+            return self.fail(target, f"Starting replicas failed: {exc}", self.old_alive(target),
+                             cause=retries.transient_cause(exc))
         self.publish()
         for n, state in enumerate(started, 1):
             if not self.wait(target, state):
@@ -600,7 +607,7 @@ class Reconciler:
                 return self.capacity_short(target, exc) or "no-capacity"
             except Exception as exc:  # noqa: BLE001
                 return self.fail(target, f"Starting replica {index} failed: {exc}",
-                                 self.old_alive(target))
+                                 self.old_alive(target), cause=retries.transient_cause(exc))
             if not self.wait(target, state):
                 if not self.still_current():
                     return "superseded"
@@ -621,84 +628,14 @@ class Reconciler:
                 self.publish()
         return None
 
-    def canary(self, target: Revision, old: list[Any]) -> str | None:
-        """Shift traffic in steps; any new replica dying during a step rolls back."""
-        d = self.d
-        old_revision = self.traffic_revision(old)
-        steps = (d.strategy or {}).get("steps") or [10, 50, 100]
-        interval = float((d.strategy or {}).get("interval_s", 60))
-        for step in steps:
-            if step >= 100:
-                break
-            self.publish(traffic=[{"revision": target.number, "percent": step},
-                                  {"revision": old_revision, "percent": 100 - step}])
-            event(d, f"Canary: {step}% of traffic to revision {target.number}.",
-                  kind=Kind.TRAFFIC, revision=target.number)
-            set_status(d, DeploymentStatus.STARTING,
-                       f"Canary at {step}% for revision {target.number}.",
-                       90 + int(10 * step / 100))
-            deadline = time.monotonic() + interval
-            while time.monotonic() < deadline:
-                if not self.still_current():
-                    return "superseded"
-                dead = [s for s in self.observe()
-                        if s.revision == target.number and not s.alive]
-                if dead:
-                    reason = (f"Canary failed at {step}%: replica {dead[0].id} exited "
-                              f"(code {dead[0].exit_code}).\n{self.last_logs(dead[0].id)}")
-                    self.publish(traffic=[{"revision": old_revision, "percent": 100}])
-                    return self.auto_rollback(target, old_revision, reason)
-                time.sleep(min(1.0, interval))
-            verdict = self.compare(target, old_revision)
-            if verdict:
-                self.publish(traffic=[{"revision": old_revision, "percent": 100}])
-                return self.auto_rollback(target, old_revision,
-                                          f"Canary failed at {step}%: {verdict}")
-            event(d, f"Canary at {step}% looks fine: {self.summary(target, old_revision)}",
-                  kind=Kind.TRAFFIC, revision=target.number)
-        return None
-
-    def window(self, target: Revision, revision: int) -> tuple[int, int, float]:
-        """(requests, errors, request-weighted p95 ms) the gateways saw for a revision since
-        the target revision was created."""
-        from .models import TrafficSample
-
-        samples = TrafficSample.objects.filter(deployment=self.d, revision=revision,
-                                               at__gte=target.created_at)
-        n = errors = 0
-        weighted = 0.0
-        for requests, errs, p95 in samples.values_list("requests", "errors", "p95_ms"):
-            n, errors, weighted = n + requests, errors + errs, weighted + p95 * requests
-        return n, errors, (weighted / n if n else 0.0)
-
-    def summary(self, target: Revision, old_revision: int) -> str:
-        new_n, new_err, new_p95 = self.window(target, target.number)
-        old_n, old_err, old_p95 = self.window(target, old_revision)
-        return (f"new {new_n} requests, {new_err} errors, p95 {new_p95:.0f} ms; "
-                f"old {old_n} requests, {old_err} errors, p95 {old_p95:.0f} ms.")
-
-    def compare(self, target: Revision, old_revision: int) -> str | None:
-        """Why the canary is worse than the old revision, or None."""
-        new_n, new_err, new_p95 = self.window(target, target.number)
-        old_n, old_err, old_p95 = self.window(target, old_revision)
-        if new_n < settings.MODELPORT_CANARY_MIN_REQUESTS:
-            return None
-        new_rate = new_err / new_n
-        old_rate = old_err / old_n if old_n else 0.0
-        if new_rate > old_rate + settings.MODELPORT_CANARY_MAX_ERROR_RATE_DELTA:
-            return (f"error rate {new_rate:.1%} vs {old_rate:.1%} on revision {old_revision} "
-                    f"({self.summary(target, old_revision)})")
-        if old_p95 > 0 and new_p95 > old_p95 * settings.MODELPORT_CANARY_MAX_P95_RATIO:
-            return (f"p95 latency {new_p95:.0f} ms vs {old_p95:.0f} ms on revision "
-                    f"{old_revision} ({self.summary(target, old_revision)})")
-        return None
-
     # --- outcomes -----------------------------------------------------------------------------
     def old_alive(self, target: Revision) -> list[Any]:
         return [s for s in self.observe() if s.revision != target.number and s.alive]
 
     def crash_looping(self, target: Revision) -> bool:
         since = timezone.now() - timedelta(minutes=10)
+        if target.retried_at is not None and target.retried_at > since:
+            since = target.retried_at  # a user's Retry starts the count again
         replaced = DeploymentEvent.objects.filter(
             deployment=self.d, revision=target.number, kind=Kind.WARNING,
             message__startswith="Replica ", created_at__gte=since).count()
@@ -707,36 +644,42 @@ class Reconciler:
     def not_ready(self, target: Revision, state: Any) -> str:
         current = self.runtime.get_replica(state.id)
         logs = self.last_logs(state.id)
+        cause = None  # the model's fault: it does not load, or its process exits
         if self.load_error:
             why = f"could not load the model ({self.load_error})"
         elif not current.alive:
             why = "exited"
         else:
             why = f"was not ready after {settings.MODELPORT_READY_TIMEOUT_S} s"
+            cause = retries.NOT_READY_IN_TIME
         return self.fail(target, f"Replica {state.id} of revision {target.number} {why} "
                                  f"(exit code {current.exit_code}).\nLast log lines:\n{logs}",
-                         self.old_alive(target))
+                         self.old_alive(target), cause=cause)
 
-    def fail(self, target: Revision, message: str, old: list[Any]) -> str:
+    def fail(self, target: Revision, message: str, old: list[Any],
+             cause: str | None = None) -> str:
+        """The revision failed: remove its replicas, keep the old ones serving. ``cause``: a
+        transient one (``retries.transient_cause``) is retried automatically."""
         d = self.d
-        Revision.objects.filter(pk=target.pk).update(state=RevisionState.FAILED)
-        target.state = RevisionState.FAILED
-        event(d, message, kind=Kind.ERROR, revision=target.number)
-        # The failed revision's replicas serve nothing; old ones keep serving.
         mine = [s for s in self.observe() if s.revision == target.number]
+        if target.healthy_at is not None and any(s.alive for s in mine):
+            # A revision that was healthy is never failed by a replacement that could not be
+            # prepared: its live replicas keep serving; the next pass tries again.
+            event(d, message, kind=Kind.WARNING, revision=target.number)
+            set_status(d, DeploymentStatus.DEGRADED, f"Could not replace replicas of revision "
+                       f"{target.number}: {message.splitlines()[0]}", d.progress)
+            return "degraded"
+        note = retries.record_failure(target, message, cause)
+        event(d, message, kind=Kind.ERROR, revision=target.number)
+        if note:
+            event(d, note, revision=target.number)
+        # The failed revision's replicas serve nothing; old ones keep serving.
         for s in mine:
             self.remove_container(s.id)
         serving = [s for s in old if s.alive]
-        if serving:
-            rev = max(s.revision for s in serving)
-            self.publish(traffic=[{"revision": rev, "percent": 100}], shadow={})
-            set_status(d, DeploymentStatus.FAILED,
-                       f"Revision {target.number} failed; revision {rev} keeps serving. "
-                       f"{message.splitlines()[0]}", d.progress)
-        else:
-            self.publish(traffic=[], shadow={})
-            set_status(d, DeploymentStatus.FAILED, message.splitlines()[0], 0)
-        return "failed"
+        rev = max(s.revision for s in serving) if serving else None
+        self.publish(traffic=[{"revision": rev, "percent": 100}] if rev else [], shadow={})
+        return retries.hold_failed(self, target, rev)
 
     def auto_rollback(self, target: Revision, old_revision: int, reason: str) -> str:
         from . import services
@@ -813,10 +756,14 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
              .first())
         if d is None:
             return "gone"
-        if runtime is None:
-            from workers.services import deployment_runtime
-
-            runtime = deployment_runtime(d)  # the deployment's execution target's runtime
+        if runtime is None:  # the deployment's target's, of the kind fixed at its creation
+            runtime, why = runtime_health.runtime_of(d)
+            if runtime is None:
+                return runtime_health.mark_unreachable(d, why)
+        why = runtime_health.unanswered(d, runtime)
+        if why:  # degraded with the reason; never moved elsewhere
+            return runtime_health.mark_unreachable(d, why)
+        runtime_health.note_answering(d)
         name = d.name
         try:
             outcome = Reconciler(d, runtime).run()
@@ -838,17 +785,18 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
 
 
 def remove_deployment_containers(name: str, runtime: Any = None,
-                                 target_id: int | None = None) -> int:
-    """Remove every container labelled with this deployment name (after a delete), on the
-    execution target it ran on (``target_id``; None: the default target)."""
+                                 target_id: int | None = None, kind: str = "") -> int:
+    """Remove every replica of this deployment name (after a delete) — this installation's —
+    on the execution target it ran on (``target_id``; None: the default target), of the
+    runtime kind fixed for it (``kind``; empty: the target's)."""
     if runtime is None:
         from workers.models import ExecutionTarget
-        from workers.runtimes import runtime_for_target
+        from workers.runtime_choice import runtime_on
         from workers.services import default_target
 
         target = (ExecutionTarget.objects.filter(pk=target_id).first() if target_id
                   else default_target())
-        runtime = runtime_for_target(target)
+        runtime = runtime_on(target, kind)
     states = runtime.list_replicas(name)
     for s in states:
         runtime.remove_replica(s.id)

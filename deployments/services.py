@@ -23,8 +23,9 @@ from teams.access import require_platform_admin, require_team_role
 from teams.models import Team
 from teams.roles import Role
 from workers import services as targets
+from workers.runtime_choice import choose_runtime
 
-from . import admission
+from . import admission, retries
 from .models import (
     STRATEGIES,
     Deployment,
@@ -37,8 +38,8 @@ from .models import (
 )
 
 DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
-                     "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "egress",
-                     "egress_reason"]
+                     "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "runtime",
+                     "egress", "egress_reason"]
 MAX_CPU = Decimal("256")
 MAX_MEMORY_MB = 1024 * 1024
 MAX_GPUS = 64
@@ -273,7 +274,9 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
             d = Deployment.objects.create(name=name, team=team, model=registered, version=pinned,
                                           alias=alias, replicas=replicas, cpu=cpu,
                                           memory_mb=memory_mb, gpus=gpus, strategy=strategy,
-                                          target=execution_target, created_by=actor)
+                                          target=execution_target,
+                                          runtime=choose_runtime(execution_target),
+                                          created_by=actor)
     except IntegrityError:
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
     admission.admit_spec(team=team, owner=d.owner, replicas=replicas, cpu=cpu,
@@ -507,30 +510,37 @@ def start(*, actor, deployment: Deployment) -> Deployment:
     d.status, d.status_message, d.progress = DeploymentStatus.PENDING, "Starting.", 0
     d.save()
     event(d, "Start requested.", revision=d.revision)
+    retries.rerun_failed(d, actor=actor, why="Started")  # a failed revision is tried again
     audit.record(actor=actor, action="deployment.started", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     _after_commit(d)
     return d
 
 
+def retry(*, actor, deployment: Deployment) -> Deployment:
+    """Re-run a failed deployment's current revision (``retries.retry``: engineer or above)."""
+    return retries.retry(actor=actor, deployment=deployment)
+
+
 @transaction.atomic
 def delete(*, actor, deployment: Deployment) -> None:
     """Forget the deployment and give back its quota; its containers are removed after commit
-    (and by the garbage collection in ``reconcile_all`` if that is interrupted)."""
+    (and by the orphan sweep, ``deployments.orphans``, if that is interrupted)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "deleting deployments")
     d = _locked(deployment)
-    name, target_id = d.name, d.target_id
+    name, target_id, runtime = d.name, d.target_id, d.runtime
     audit.record(actor=actor, action="deployment.deleted", obj=d, team=d.team,
                  before=audit.snapshot(d, DEPLOYMENT_FIELDS))
     admission.release_spec(owner=d.owner, actor=actor)
     d.delete()
-    transaction.on_commit(lambda: enqueue_remove(name, target_id))
+    transaction.on_commit(lambda: enqueue_remove(name, target_id, runtime))
 
 
-def enqueue_remove(name: str, target_id: int | None = None) -> None:
+def enqueue_remove(name: str, target_id: int | None = None, runtime: str = "") -> None:
+    """Remove a deleted deployment's replicas on the target and runtime it ran on."""
     from .tasks import remove_containers
 
-    remove_containers.delay(name, target_id)
+    remove_containers.delay(name, target_id, runtime)
 
 
 def get_visible(user, name: str) -> Deployment:

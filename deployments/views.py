@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from config.errors import DomainError
@@ -13,7 +14,7 @@ from registry.models import RegisteredModel, version_detail_fields
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import services
+from . import retries, services, strategies
 from .filtersets import DeploymentFilterSet
 from .forms import DeploymentCreateForm
 from .models import Deployment
@@ -31,13 +32,26 @@ def _can_change(request: HttpRequest, team: Team) -> bool:
     return is_platform_admin(request.user) or at_least(team.role_of(request.user), Role.ENGINEER)
 
 
+def _seconds_until(when) -> int | None:
+    return None if when is None else max(0, round((when - timezone.now()).total_seconds()))
+
+
 def _context(request: HttpRequest, d: Deployment) -> dict:
+    current = retries.current_revision(d)
+    can_change = _can_change(request, d.team)
+    retry, rollout = retries.describe(d, current), strategies.describe(d, current)
+    if retry:
+        retry["in_s"] = _seconds_until(retry["next_attempt_at"])
+    if rollout:
+        rollout["in_s"] = _seconds_until(rollout["next_step_at"])
     return {"d": d, "replicas": d.replica_set.order_by("revision", "index"),
             "events": d.events.order_by("-created_at", "-id")[:50],
             "revisions": d.revisions.select_related("model_version").order_by("-number")[:20],
-            "endpoint": services.endpoint(d), "can_change": _can_change(request, d.team),
+            "endpoint": services.endpoint(d), "can_change": can_change,
             "shadow": services.shadow_summary(d),
             "is_platform_admin": is_platform_admin(request.user),
+            "retry": retry, "rollout": rollout,
+            "can_retry": can_change and retries.retryable(d, current),
             "busy": d.status in ("pending", "building", "starting")}
 
 
@@ -123,6 +137,9 @@ def deployment_action(request: HttpRequest, name: str, verb: str) -> HttpRespons
         elif verb == "start":
             services.start(actor=request.user, deployment=d)
             messages.success(request, f"Starting '{d.name}'.")
+        elif verb == "retry":
+            services.retry(actor=request.user, deployment=d)
+            messages.success(request, f"Retrying '{d.name}': revision {d.revision} runs again.")
         elif verb == "rollback":
             number = request.POST.get("revision")
             services.rollback(actor=request.user, deployment=d,

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import orjson
 from django.conf import settings
 from django.db import DataError, connection, transaction
@@ -34,6 +33,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from config.errors import Conflict, DomainError, InvalidInput, NotFound
+from core.lazy_imports import lazy_module
 from deployments.models import Deployment, Replica, Revision
 from registry.models import RegisteredModel
 from teams import audit
@@ -58,6 +58,9 @@ from .models import (
     RollupCursor,
     TaskType,
 )
+
+# Imported when first used: every Django process loads this module (issue 26, memory).
+np = lazy_module("numpy")
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-from scipy import stats as sps
+from core.lazy_imports import lazy_module
 
 from .models import LATENCY_BUCKETS_MS
+
+# Imported when first used: every Django process loads this module (issue 26, memory).
+np = lazy_module("numpy")
+sps = lazy_module("scipy.stats")
 
 EPSILON = 1e-4
 SAMPLE_PER_SKETCH = 500

@@ -27,7 +27,7 @@ from typing import Any
 from django.conf import settings
 
 from workers.runtime_status import resolved_runtime
-from workers.runtimes.base import ReplicaRuntimeError
+from workers.runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL = "modelport.sandbox"
@@ -136,7 +136,8 @@ def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
     except ReplicaRuntimeError as exc:  # refused requirement, no wheel, not allowed, failed build
         raise SandboxError(f"the model's environment could not be built: {exc}") from None
     job = job_dir.name
-    _remove_leftovers(runtime.client, job)
+    installation = runtime.installation
+    _remove_leftovers(runtime.client, job, installation)
     hardening = {k: v for k, v in HARDENING.items() if k != "restart_policy"}
     container = runtime.client.containers.create(
         image,
@@ -153,7 +154,8 @@ def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
         volumes={runtime._host_path(str(job_dir / "input")): {"bind": "/job/input", "mode": "ro"},
                  runtime._host_path(str(job_dir / "output")): {"bind": "/job/output",
                                                                "mode": "rw"}},
-        labels={LABEL: "1", LABEL_JOB: job, "modelport.managed": "1"},
+        labels={LABEL: "1", LABEL_JOB: job, "modelport.managed": "1",
+                LABEL_INSTALLATION: installation},
         **hardening,
     )
     try:
@@ -179,9 +181,11 @@ def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
         container.remove(force=True)
 
 
-def _remove_leftovers(client: Any, job: str) -> None:
-    """The container of an interrupted run of this same job (its worker was killed)."""
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job}"}):
+def _remove_leftovers(client: Any, job: str, installation: str) -> None:
+    """The container of an interrupted run of this same job (its worker was killed) — of this
+    installation: another's job may have the same name."""
+    filters = [f"{LABEL_JOB}={job}", f"{LABEL_INSTALLATION}={installation}"]
+    for container in client.containers.list(all=True, filters={"label": filters}):
         with contextlib.suppress(Exception):
             container.remove(force=True)
 

@@ -367,10 +367,11 @@ def validate_version(*, version_id: int) -> ModelVersion:
     staging = Path(version.staging_dir) if version.staging_dir else None
     try:
         return _validate(version, events)
-    except Exception as exc:  # never leave a version validating forever
+    except Exception as exc:  # never leave a version validating forever; kept for Retry
         log.exception("validating %s failed unexpectedly", version)
         return _finish(version, ok=False, message=f"Validation could not run: "
-                       f"{type(exc).__name__}: {exc}", staging=staging, events=events)
+                       f"{type(exc).__name__}: {exc}", staging=staging, keep_staging=True,
+                       events=events)
 
 
 def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersion:
@@ -392,9 +393,9 @@ def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersio
     try:
         outcome = sandbox.validate(staging, requirements=version.requirements,
                                    on_log=events, on_step=events.step)
-    except sandbox.SandboxError as exc:
+    except sandbox.SandboxError as exc:  # the platform's side: the upload is kept for Retry
         return _finish(version, ok=False, message=f"Validation could not run: {exc}",
-                       staging=staging, events=events)
+                       staging=staging, keep_staging=True, events=events)
     result = outcome.result
     if not result.get("ok"):
         stage = result.get("stage", "load")
@@ -434,14 +435,20 @@ def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersio
 
 def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | None = None,
             sandboxed: bool | None = None, validation: dict | None = None,
-            extra: dict[str, Any] | None = None,
+            extra: dict[str, Any] | None = None, keep_staging: bool = False,
             events: progress.VersionLog | None = None) -> ModelVersion:
+    """``keep_staging``: validation could not run (the sandbox, an image build): the failed
+    version keeps its upload for a while, so that Retry can validate it again
+    (``registry/retries.py``). ``events``: the outcome is recorded after the last lines."""
+    keep = keep_staging and not ok and staging is not None and staging.is_dir() \
+        and settings.MODELPORT_FAILED_UPLOAD_KEEP_DAYS > 0
     if events is not None:  # the outcome after the last lines, for everyone following
         events.finish(ok=ok, message=message[:4000])
     fields = {"status": VersionStatus.READY if ok else VersionStatus.FAILED,
               "status_message": message[:4000], "progress": 100, "sandboxed": sandboxed,
               "validation": {k: v for k, v in (validation or {}).items()},
-              "validated_at": timezone.now(), "staging_dir": "", **(extra or {})}
+              "validated_at": timezone.now(), "staging_dir": str(staging) if keep else "",
+              **(extra or {})}
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk).update(**fields)
         version.refresh_from_db()
@@ -449,7 +456,7 @@ def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | No
                      obj=version, team=version.model.team,
                      after={"status": version.status, "message": version.status_message[:500],
                             "sandboxed": sandboxed, "sha256": version.artifact_sha256})
-    if staging is not None:
+    if staging is not None and not keep:
         archives.remove_tree(staging)
     return version
 

@@ -32,3 +32,11 @@ def sync_mlflow() -> None:
         return
     if imported:
         logging.getLogger(__name__).info("MLflow sync imported %d version(s)", len(imported))
+
+
+@shared_task(name="registry.tasks.prune_staging", ignore_result=True, expires=3600)
+def prune_staging() -> int:
+    """Beat, hourly: kept uploads of failed versions past their time, unreferenced staging."""
+    from .retries import prune_staging as prune
+
+    return prune()

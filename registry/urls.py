@@ -9,6 +9,7 @@ urlpatterns = [
     path("<str:name>/versions/<int:number>/", views.version_detail, name="version-detail"),
     path("<str:name>/versions/<int:number>/events/", views.version_events,
          name="version-events"),
+    path("<str:name>/versions/<int:number>/retry/", views.version_retry, name="version-retry"),
     path("<str:name>/aliases/", views.alias_set, name="alias-set"),
     path("<str:name>/transitions/<int:pk>/<str:decision>/", views.transition_decide,
          name="transition-decide"),

@@ -18,7 +18,7 @@ from config.errors import DomainError
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import mlflow_services, mlmodel, progress, services
+from . import mlflow_services, mlmodel, progress, retries, services
 from .filtersets import RegisteredModelFilterSet
 from .forms import AliasForm, ModelCreateForm, VersionUploadForm
 from .models import (
@@ -140,12 +140,14 @@ LOG_EVENTS_SHOWN = 300
 @login_required
 def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
     model, version = _version(request, name, number)
-    if request.headers.get("HX-Request"):
-        return render(request, "registry/_version_status.html",
-                      {"model": model, "version": version})
+    status = {"model": model, "version": version,
+              "can_change": at_least(_role(request, model.team), Role.ENGINEER),
+              "retryable": retries.retryable(version)}
+    if request.headers.get("HX-Request"):  # the status refreshing itself (Retry included)
+        return render(request, "registry/_version_status.html", status)
     shown = list(progress.events_of(version).order_by("-id")[:LOG_EVENTS_SHOWN + 1])
     return render(request, "registry/version_detail.html", {
-        "model": model, "version": version,
+        **status,
         "columns": mlmodel.columns_of(version.signature),
         "example": json.dumps(version.input_example) if version.input_example else None,
         "aliases": sorted(a.name for a in version.aliases.all()),
@@ -168,6 +170,22 @@ def version_events(request: HttpRequest, name: str, number: int) -> HttpResponse
     return render(request, "registry/_version_events.html", {
         "model": model, "version": version, "events": events,
         "last_event": events[-1].pk if events else int(since)})
+
+
+@login_required
+@require_POST
+def version_retry(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model = _model(request, name)
+    version = model.versions.filter(version=number).first()
+    if version is None:
+        raise Http404(f"'{name}' has no version {number}.")
+    try:
+        retries.retry_version(actor=request.user, version=version)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Validating {name} v{number} again.")
+    return redirect("registry:version-detail", name=name, number=number)
 
 
 @login_required

@@ -15,7 +15,7 @@ from config.errors import DomainError
 from quotas import services as quota_services
 
 from . import audit, services
-from .models import ApiToken, AuditEvent, Membership, Team
+from .models import ApiToken, AuditEvent, Installation, Membership, Team
 
 User = get_user_model()
 
@@ -177,6 +177,24 @@ class ApiTokenAdmin(admin.ModelAdmin):
             services.revoke_token(actor=request.user, token=token)
             count += 1
         self.message_user(request, f"Revoked {count} token(s).")
+
+
+@admin.register(Installation)
+class InstallationAdmin(admin.ModelAdmin):
+    """Read-only: the id every container, service and Kubernetes object of this installation
+    carries (``modelport.installation``); changing it would orphan all of them."""
+
+    list_display = ["uid", "created_at"]
+    readonly_fields = ["uid", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 @admin.register(AuditEvent)

@@ -180,3 +180,21 @@ class PlatformSettings(models.Model):
 
     def __str__(self) -> str:
         return "Platform settings"
+
+
+class Installation(models.Model):
+    """Who this installation is, one row (pk=1): a random id generated once, by the migration
+    (or on first use), for every process that shares this database — web, workers, beat, host
+    workers on other machines. Every container, Swarm service and Kubernetes object the
+    platform creates carries it (``modelport.installation``), and a runtime lists, adopts or
+    removes only objects carrying its own. Read through ``teams.installation.installation_id``.
+    Never changed: a new id would orphan everything this installation runs."""
+
+    uid = models.CharField(max_length=32, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(pk=1), name="installation_singleton")]
+
+    def __str__(self) -> str:
+        return f"Installation {self.uid}"

@@ -80,11 +80,26 @@ def docker_client() -> Iterator[object]:
     client.close()
 
 
+STALE_TEST_CONTAINER_S = 3600
+
+
 def _remove_test_containers(client) -> None:
-    """Containers tests label ``modelport.test=1``, including those of a crashed earlier run."""
+    """Containers tests label ``modelport.test=1`` that a crashed earlier run left: those over
+    an hour old. Younger ones may belong to another test session on the same Docker host (a
+    colleague's, a second checkout's), whose tests are still using them; each test removes its
+    own, and CI's services_stop removes whatever is left."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
     for container in client.containers.list(all=True, filters={"label": "modelport.test=1"}):
-        with contextlib.suppress(Exception):
-            container.remove(force=True, v=True)
+        created = container.attrs.get("Created", "")
+        try:
+            age = (now - datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00"))
+        except ValueError:
+            continue
+        if age.total_seconds() > STALE_TEST_CONTAINER_S:
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
 
 
 @pytest.fixture(autouse=True)

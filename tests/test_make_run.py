@@ -1,12 +1,15 @@
-"""`make run` — the README's first command — brings up web, worker and beat; Ctrl-C stops all.
+"""`make run` — the README's first command — brings up its processes under a supervisor; Ctrl-C
+stops all.
 
 Runs the real Makefile target in a process group with a fresh data dir and a free port, using the
 venv this suite runs in (so no reinstall), and the embedded broker and SQLite of a bare laptop.
 The same process carries the first-run demo (issue 9): two models trained, validated in the
 Docker sandbox and one deployed in Docker until healthy; the printed curl line answers; demo
 traffic with ground truth goes through; seeding again creates nothing; a training script logs
-through the platform's MLflow route and its version is imported (issue 24). One `make run` for
-all of it keeps CI time down.
+through the platform's MLflow route and its version is imported (issue 24); then each of its
+long-running processes is killed with SIGKILL in turn, restarted by the supervisor without taking
+the others down, and the platform converges — the embedded broker included (issue 26). One
+`make run` for all of it keeps CI time down.
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ def _remove_demo_containers(docker_client, name: str) -> int:
     return len(found)
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _listening_tcp_inodes() -> set[str]:
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -121,9 +131,94 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _memory(root: int) -> list[tuple[int, str, int, int]]:
+    """(pid, command line, PSS kB, RSS kB) of every process `make run` started (its supervisor
+    gives each process its own session, so the tree is walked)."""
+    found = []
+    for pid in _descendants(root):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        sizes = dict(re.findall(r"^(Pss|Rss):\s+(\d+) kB", rollup, re.M))
+        found.append((pid, args.strip(), int(sizes.get("Pss", 0)), int(sizes.get("Rss", 0))))
+    return found
+
+
+# The long-running processes of the Procfile (`demo` runs once).
+SUPERVISED = ("redis", "edge", "web", "worker", "reconciler", "beat", "mlflow")
+
+
+def _pid_of(log: Path, name: str) -> int:
+    return int(re.findall(rf"\b{name}\.1 +started with pid (\d+)", log.read_text())[-1])
+
+
+def _heartbeats(env: dict[str, str]) -> dict[str, list[float]]:
+    out = _manage(env, "shell", "-c", "import json; from workers.models import WorkerHeartbeat "
+                  "as H; print('HB=' + json.dumps({h.hostname.split('@')[0]: [h.last_seen."
+                  "timestamp(), h.beat_sent_at.timestamp() if h.beat_sent_at else 0] "
+                  "for h in H.objects.all()}))")
+    return json.loads(out.split("HB=", 1)[1].splitlines()[0])
+
+
+def _kill_each_process_and_converge(log: Path, env: dict[str, str], base: str, token: str,
+                                    demo_name: str, curl: str) -> None:
+    """Issue 26: SIGKILL each long-running process in turn. The supervisor restarts it (with a
+    log line) and no other; then the platform converges: the broker's queues work again
+    (fresh heartbeats from both workers, sent by the restarted beat), the gateway answers,
+    the demo stays healthy, MLflow answers through the platform's route."""
+    headers = {"Authorization": f"Bearer {token}"}
+    killed_at = time.time()
+    for name in SUPERVISED:
+        pid = _pid_of(log, name)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _pid_of(log, name) == pid:
+            assert time.monotonic() < deadline, f"{name} not restarted:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        assert re.search(rf"{name}\.1 killed by SIGKILL after \d+ s; restarting in [\d.]+ s "
+                         r"\(restart 1\)", log.read_text()), name
+    text = log.read_text()
+    started = {name: len(re.findall(rf"\b{name}\.1 +started with pid", text))
+               for name in (*SUPERVISED, "demo")}
+    # Each restarted once — none taken down by another's death (the broker's included).
+    assert started == {**dict.fromkeys(SUPERVISED, 2), "demo": 1}, started
+
+    deadline = time.monotonic() + 180
+    while True:
+        beats = _heartbeats(env)
+        fresh = [host for host in ("worker", "reconciler")
+                 if host in beats and min(beats[host]) > killed_at]
+        if fresh == ["worker", "reconciler"]:
+            break
+        assert time.monotonic() < deadline, f"heartbeats after the kills: {beats}"
+        time.sleep(2)
+    assert requests.get(f"{base}/readyz", timeout=10).status_code == 200
+    deadline = time.monotonic() + 60
+    while True:
+        answered = subprocess.run(["bash", "-c", curl], capture_output=True, text=True,
+                                  timeout=60, check=False)
+        if answered.returncode == 0 and '"predictions"' in answered.stdout:
+            break
+        assert time.monotonic() < deadline, answered.stdout + answered.stderr
+        time.sleep(1)
+    deployment = requests.get(f"{base}/api/v1/deployments/{demo_name}/", headers=headers,
+                              timeout=10).json()
+    assert deployment["status"] == "healthy", deployment
+    deadline = time.monotonic() + 180  # MLflow takes a while to import and start
+    while True:
+        found = requests.get(f"{base}/mlflow/api/2.0/mlflow/registered-models/get",
+                             timeout=30, params={"name": "iris-from-script"}, headers=headers)
+        if found.status_code == 200:
+            break
+        assert time.monotonic() < deadline, found.text
+        time.sleep(2)
+
+
 def _mlflow_processes(root: int) -> list[tuple[int, str, int]]:
-    """(pid, command line, RSS in kB) of MLflow's processes under `make run` (honcho gives
-    each process its own session, so the tree is walked)."""
+    """(pid, command line, RSS in kB) of MLflow's processes under `make run` (the supervisor
+    gives each process its own session, so the tree is walked)."""
     found = []
     for pid in _descendants(root):
         try:
@@ -131,7 +226,8 @@ def _mlflow_processes(root: int) -> list[tuple[int, str, int]]:
             rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4
         except OSError:
             continue  # gone meanwhile
-        if " -m mlflow " in args or "mlflow.server" in args or "huey" in args:
+        if (" -m mlflow " in args or "mlflow.server" in args or "huey" in args
+                or "config.mlflow_server" in args):
             found.append((pid, args.strip(), rss))
     return found
 
@@ -185,7 +281,9 @@ def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
 
     processes = _mlflow_processes(root)
     assert [args for _, args, _ in processes if "huey" in args] == []
-    assert len(processes) == 2, processes  # `mlflow server` and its uvicorn worker
+    # One process: uvicorn serving MLflow's app (config/mlflow_server.py execs it in place of
+    # `mlflow server`, which would stay beside it only to wait).
+    assert len(processes) == 1, processes
     listening = _listening_tcp_inodes()
     for pid, args, _ in processes:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -241,7 +339,7 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
             headers={"Referer": f"{base}/login/"})
         assert response.status_code == 200 and "demo" in response.text
 
-        # beat → broker files → worker and reconciler → database: the dashboard shows both.
+        # beat → embedded broker → worker and reconciler → database: the dashboard shows both.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if "2 alive" in session.get(f"{base}/", timeout=5).text:
@@ -260,6 +358,17 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         # The demo: seeded in the background, deployed in Docker, healthy, curl printed.
         text = _wait_for_demo(log, process, timeout=600)
         assert "healthy, runtime docker" in text
+        # The demo runs once; the rest keep running. What they all take, for the README:
+        deadline = time.monotonic() + 30
+        while "demo.1 finished" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        memory = sorted(_memory(process.pid), key=lambda m: -m[2])
+        total_pss, total_rss = (sum(m[i] for m in memory) / 1024 for i in (2, 3))
+        print(f"make run after the demo is healthy: {len(memory)} processes, PSS "
+              f"{total_pss:.0f} MB, RSS {total_rss:.0f} MB (PSS, RSS, command):")
+        for _, args, pss, rss in memory:
+            print(f"  {pss / 1024:7.1f} {rss / 1024:7.1f}  {args[:110]}")
         assert f"{base}/deployments/{demo_name}/" in text
         curl = _curl_line(text)
         answered = subprocess.run(["bash", "-c", curl], capture_output=True, text=True,
@@ -323,6 +432,13 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
 
         _training_script_logs_through_mlflow(base, new_token, tmp_path, process.pid,
                                              mlflow_port)
+        _kill_each_process_and_converge(log, env, base, new_token, demo_name, new_curl)
+
+        # What keeps running after Ctrl-C is said then: here, the demo's replica.
+        left = _manage(env, "shell", "-c", "from config.replicas_left import lines; "
+                       "print('\\n'.join(lines()))")
+        assert f"model replicas of {demo_name} (1)" in left, left
+        assert re.search(rf"docker rm -f \S*{re.escape(demo_name)}\S*", left), left
 
         # Deleting the deployment (as a user would) removes its container.
         deleted = requests.delete(f"{base}/api/v1/deployments/{demo_name}/", timeout=10,
@@ -335,6 +451,8 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
             time.sleep(1)
     finally:
         _remove_demo_containers(docker_client, demo_name)
+        # Each process runs in a session of its own: remember the whole tree.
+        tree = [pid for pid in _descendants(process.pid) if pid != process.pid]
         os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=30)
@@ -343,3 +461,8 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
             process.wait()
     time.sleep(1)
     assert _children_alive(process.pid) == [], "processes left after Ctrl-C"
+    assert [pid for pid in tree if _running(pid)] == [], "processes left after Ctrl-C"
+    stopped = log.read_text()
+    assert "all processes stopped" in stopped and "No model replica is left running." in stopped
+    assert not (tmp_path / "var" / "run" / "redis.sock").exists()  # the broker shut down
+    assert list((tmp_path / "var" / "redis").rglob("*.aof")), "no append-only file kept"

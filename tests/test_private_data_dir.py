@@ -1,7 +1,7 @@
 """The data dir is not readable by other users of the host (issue 24).
 
 `make run` makes MODELPORT_DATA_DIR 0700 and starts every process with umask 077, so the SQLite
-file, the secret key, the broker's queue, the MLflow store and the artifacts are private.
+file, the secret key, the embedded broker's data, the MLflow store and the artifacts are private.
 Containers still read what is mounted into them (uid 10001): the code that mounts a directory
 opens that directory up — the last test registers and deploys a model in Docker under that umask.
 (`tests/test_make_run.py` checks the modes of a whole `make run` data dir too.)
@@ -64,7 +64,7 @@ def test_make_migrate_makes_an_existing_data_dir_private_and_writes_private_file
     assert mode(data) == 0o700
     assert mode(data / "modelport.sqlite3") == 0o600
     assert mode(data / "secret_key") == 0o600
-    assert (data / "broker" / "queue").is_dir()
+    assert not (data / "broker").exists()  # the embedded broker is a Redis server now
     assert shared_with_others(data) == []
 
 

@@ -103,10 +103,14 @@ class HostsRuntime(Runtime):
     places_replicas = True  # the reconciler leaves Replica rows and GPU devices to this runtime
 
     def __init__(self, target: Any, *, dispatch: Dispatch | None = None,
-                 poll_interval: float = 0.2) -> None:
+                 poll_interval: float = 0.2, installation: str | None = None) -> None:
+        from .installation import installation_id
+
         self.target = target
         self.dispatch = dispatch or send_to_host
         self.poll_interval = poll_interval
+        # Names its replicas as the host workers' Docker runtimes (same database, same id) do.
+        self.installation = installation_id() if installation is None else installation
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -150,6 +154,7 @@ class HostsRuntime(Runtime):
         """Choose a host and record the placement (locked: two reconciles never overbook)."""
         from deployments.models import Deployment, Replica
 
+        spec = self.scoped(spec)
         cpu, memory_mb = Decimal(str(spec.cpu or 0)).quantize(Decimal("0.01")), \
             int(spec.memory_mb or 0)
         with transaction.atomic():

@@ -33,6 +33,16 @@ class TargetKind(models.TextChoices):
     KUBERNETES = "kubernetes", "Kubernetes"
 
 
+class RuntimeKind(models.TextChoices):
+    """What carries out a deployment, fixed when it is created (``workers.runtime_choice``)."""
+
+    DOCKER = "docker", "Docker"
+    LOCAL = "local", "Local processes (unsandboxed)"
+    DOCKER_HOSTS = "docker-hosts", "Docker (several hosts)"
+    SWARM = "swarm", "Docker Swarm"
+    KUBERNETES = "kubernetes", "Kubernetes"
+
+
 class ExecutionTargetQuerySet(models.QuerySet):
     def enabled(self) -> ExecutionTargetQuerySet:
         return self.filter(enabled=True)

@@ -10,11 +10,12 @@ _CACHE_SECONDS = 30.0
 _cache: tuple[float, bool] | None = None
 
 
-def docker_answers() -> bool:
-    """Whether the Docker daemon answers a ping (cached briefly; never raises)."""
+def docker_answers(*, fresh: bool = False) -> bool:
+    """Whether the Docker daemon answers a ping (cached briefly unless ``fresh``; never
+    raises)."""
     global _cache
     now = time.monotonic()
-    if _cache is not None and now - _cache[0] < _CACHE_SECONDS:
+    if not fresh and _cache is not None and now - _cache[0] < _CACHE_SECONDS:
         return _cache[1]
     try:
         import docker

@@ -343,10 +343,11 @@ def deployment_target(deployment) -> ExecutionTarget | None:
 
 
 def deployment_runtime(deployment) -> Any:
-    """The runtime that carries out this deployment (its target's)."""
-    from .runtimes import runtime_for_target
+    """The runtime that carries out this deployment: its target's, of the kind fixed when it
+    was created (``workers.runtime_choice``)."""
+    from .runtime_choice import runtime_for
 
-    return runtime_for_target(deployment_target(deployment))
+    return runtime_for(deployment)
 
 
 # --- Several plain Docker hosts (workers/hosts.py) --------------------------------------------
@@ -514,7 +515,8 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         spec = ReplicaSpec(deployment=d.name, revision=row.revision, replica=row.index,
                            image=image, model_dir=str(model_dir_for(version)),
                            model_name=d.model.name, model_version=str(version.version),
-                           cpu=float(row.cpu), memory_mb=row.memory_mb)
+                           cpu=float(row.cpu), memory_mb=row.memory_mb,
+                           installation=runtime.installation)
         if row.gpus:
             spec.gpu_device_ids = quotas.device_ids(f"{d.owner}/{row.runtime_id}")
         spec.env.update(_ingest_env(d))

@@ -174,10 +174,10 @@ def show_event(event: dict, out: Output) -> None:
 
 
 def _follow_version(client: Client, name: str, number: int, out: Output,
-                    timeout: float) -> int:
-    """Stream a version's validation (steps, image build and sandbox lines) until it is ready
-    (exit 0) or failed (OperationFailed: exit 10, with the reason)."""
-    ready = client.wait_for_version(name, number, timeout=timeout,
+                    timeout: float, since: int | None = None) -> int:
+    """Stream a version's validation (steps, image build and sandbox lines; after event id
+    ``since``) until it is ready (exit 0) or failed (OperationFailed: exit 10, the reason)."""
+    ready = client.wait_for_version(name, number, timeout=timeout, since=since,
                                     on_event=lambda event: show_event(event, out))
     out.emit(ready, text=f"{name} v{ready['version']} is ready "
                          f"(sha256 {ready['artifact']['sha256'][:12]}…)")
@@ -205,6 +205,19 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
         for text in tail:
             print(f"  {text}")
     return 10 if version["status"] == "failed" else 0
+
+
+def cmd_models_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
+    since = None
+    if args.wait:  # stream this attempt only: the previous one's events are already there
+        earlier = client.version_events(args.name, args.version)
+        since = earlier[-1]["id"] if earlier else None
+    accepted = client.retry_version(args.name, args.version)
+    if not args.wait:
+        out.emit(accepted, text=f"{args.name} v{args.version}: {accepted['status']} "
+                                f"({accepted['status_message']})")
+        return 0
+    return _follow_version(client, args.name, args.version, out, args.timeout, since=since)
 
 
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -289,6 +302,15 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
         return 0
     print(f"{dep['name']}: {dep['status']} (revision {dep.get('revision')}) "
           f"{dep.get('status_message', '')}")
+    rollout, retry = dep.get("rollout"), dep.get("retry")
+    if rollout:
+        print(f"{rollout['strategy']} step {rollout['step']} of {rollout['steps']}: "
+              f"{rollout['percent']}% of traffic; next step at {rollout['next_step_at']}")
+    if retry:
+        when = (f"next automatic attempt ({retry['attempt']} of {retry['max_attempts']}) at "
+                f"{retry['next_attempt_at']}" if retry["next_attempt_at"]
+                else f"run `modelport retry {dep['name']}` once it is fixed")
+        print(f"failed: {retry['reason']}\n{when}")
     out.emit(dep.get("replicas", []), columns=["id", "revision", "status", "url"])
     shadow = dep.get("shadow")
     if shadow:
@@ -306,6 +328,14 @@ def cmd_rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.wait:
         return _watch(client, args.name, out, args.timeout)
     out.emit(result, columns=["name", "status", "revision"])
+    return 0
+
+
+def cmd_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.retry(args.name)
+    if args.wait:
+        return _watch(client, args.name, out, args.timeout)
+    out.emit(result, columns=["name", "status", "revision", "status_message"])
     return 0
 
 
@@ -439,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "sandbox lines) until it is ready (exit 0) or failed (exit 10)")
     versions.add_argument("--timeout", type=float, default=900)
     versions.set_defaults(func=cmd_models_versions)
+    retry_version = models.add_parser("retry", help="validate a failed version again")
+    retry_version.add_argument("name")
+    retry_version.add_argument("version", type=int)
+    retry_version.add_argument("--wait", action="store_true",
+                               help="stream its validation until ready or failed (exit 10)")
+    retry_version.add_argument("--timeout", type=float, default=900)
+    retry_version.set_defaults(func=cmd_models_retry)
     alias = models.add_parser("alias", help="point an alias at a version")
     alias.add_argument("name")
     alias.add_argument("alias")
@@ -489,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--wait", action="store_true")
     rollback.add_argument("--timeout", type=float, default=600)
     rollback.set_defaults(func=cmd_rollback)
+
+    retry = sub.add_parser("retry", help="run a failed deployment's revision again")
+    retry.add_argument("name")
+    retry.add_argument("--wait", action="store_true")
+    retry.add_argument("--timeout", type=float, default=600)
+    retry.set_defaults(func=cmd_retry)
 
     promote = sub.add_parser("promote", help="roll a shadow revision out for real")
     promote.add_argument("name")

@@ -198,12 +198,12 @@ class Client:
     def wait_for_version(self, name: str, version: int, *, timeout: float = 600,
                          on_progress: Callable[[JSON], None] | None = None,
                          on_event: Callable[[JSON], None] | None = None,
-                         interval: float = 1.0) -> JSON:
+                         since: int | None = None, interval: float = 1.0) -> JSON:
         """Poll until the version is ``ready`` (returned) or ``failed`` (raises
         OperationFailed with the reason and the last log lines). ``on_event`` hears each of its
-        validation events as they arrive (steps, build and sandbox lines, the outcome)."""
+        validation events as they arrive (steps, build and sandbox lines, the outcome), after
+        event id ``since`` when given (a retry: this attempt's only)."""
         deadline = time.monotonic() + timeout
-        since: int | None = None
         while True:
             current = self.version(name, version)
             if on_event is not None:  # events are written before the status: none is missed
@@ -224,6 +224,11 @@ class Client:
                 raise errors.TimeoutExpired(f"{name} v{version} is still {current['status']} "
                                             f"after {timeout:.0f}s")
             time.sleep(interval)
+
+    def retry_version(self, name: str, version: int) -> JSON:
+        """Validate a failed version again (``pending``; follow it with ``wait_for_version``).
+        ``Conflict`` with code ``upload_gone`` when its upload is not kept: register it again."""
+        return self.request("POST", f"/models/{name}/versions/{version}/retry/")
 
     def set_alias(self, name: str, alias: str, version: int, *, comment: str = "") -> JSON:
         return self.request("PUT", f"/models/{name}/aliases/{alias}/",
@@ -301,6 +306,11 @@ class Client:
         """End a shadow without promoting it: back to the serving revision's spec.
         ``Conflict`` (code ``no_shadow``) when nothing shadows."""
         return self.request("POST", f"/deployments/{name}/discard/")
+
+    def retry(self, name: str) -> JSON:
+        """Re-run a failed deployment's current revision. ``Conflict`` with code
+        ``nothing_to_retry`` (nothing failed) or ``stopped`` (start it instead)."""
+        return self.request("POST", f"/deployments/{name}/retry/")
 
     def stop(self, name: str) -> JSON:
         return self.request("POST", f"/deployments/{name}/stop/")

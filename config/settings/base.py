@@ -15,6 +15,8 @@ import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE
 
+from config import embedded_broker
+
 from .env import (
     env_bool,
     env_choice,
@@ -257,24 +259,15 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# --- Celery: Redis when REDIS_URL is set, else an embedded file-backed broker ---------------
+# --- Celery: Redis at REDIS_URL, else the embedded Redis server `make run` starts ------------
+# (config/embedded_broker.py: on a unix socket in the data dir, its append-only file there too).
 REDIS_URL = env_str("REDIS_URL", "")
-if REDIS_URL:
-    CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 3600}
-else:
-    _broker_dir = MODELPORT_DATA_DIR / "broker"
-    CELERY_BROKER_URL = "filesystem://"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "control_folder": str(_broker_dir / "control"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-    }
-    for _folder in ("queue", "control", "processed"):
-        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_EMBEDDED_BROKER = not REDIS_URL
+CELERY_BROKER_URL = REDIS_URL or embedded_broker.broker_url(MODELPORT_DATA_DIR)
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": 3600}
+# Processes start together with the broker (and it may be restarted under them): keep trying.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -375,6 +368,13 @@ MODELPORT_ARCHIVE_MAX_RATIO = env_int("MODELPORT_ARCHIVE_MAX_RATIO", 100, minimu
 # CSV header line or Parquet footer; it is parsed and profiled by a worker (registry/reference.py).
 MODELPORT_REFERENCE_MAX_COLUMNS = env_int("MODELPORT_REFERENCE_MAX_COLUMNS", 2000, minimum=1)
 MODELPORT_SANDBOX_TIMEOUT_S = env_int("MODELPORT_SANDBOX_TIMEOUT_S", 300, minimum=5)
+# A version that fails validation keeps its staged upload this many days, so that Retry can
+# validate it again (after the platform's packages or sandbox were fixed); then it is removed.
+MODELPORT_FAILED_UPLOAD_KEEP_DAYS = env_int("MODELPORT_FAILED_UPLOAD_KEEP_DAYS", 7, minimum=0)
+CELERY_BEAT_SCHEDULE["registry-prune-staging"] = {
+    "task": "registry.tasks.prune_staging",
+    "schedule": timedelta(hours=1),
+}
 MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
 MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)
 # A version keeps the last this-many lines of its validation log (image build, sandbox output).
@@ -433,9 +433,22 @@ MODELPORT_CANARY_MAX_ERROR_RATE_DELTA = env_float("MODELPORT_CANARY_MAX_ERROR_RA
                                                   minimum=0)
 MODELPORT_CANARY_MAX_P95_RATIO = env_float("MODELPORT_CANARY_MAX_P95_RATIO", 2.0, minimum=1)
 MODELPORT_CANARY_MIN_REQUESTS = env_int("MODELPORT_CANARY_MIN_REQUESTS", 20, minimum=1)
+# A revision that failed for a transient cause (the image missing, the runtime not answering, a
+# live replica not ready in time) is retried automatically: after BACKOFF_S, doubling up to
+# BACKOFF_MAX_S, at most MAX_ATTEMPTS times (0: never); then it waits for a user's Retry.
+MODELPORT_RETRY_MAX_ATTEMPTS = env_int("MODELPORT_RETRY_MAX_ATTEMPTS", 6, minimum=0)
+MODELPORT_RETRY_BACKOFF_S = env_float("MODELPORT_RETRY_BACKOFF_S", 10, minimum=0)
+MODELPORT_RETRY_BACKOFF_MAX_S = env_float("MODELPORT_RETRY_BACKOFF_MAX_S", 300, minimum=0)
 CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
     "task": "deployments.tasks.reconcile_all",
     "schedule": timedelta(seconds=MODELPORT_RECONCILE_SECONDS),
+}
+# This installation's replicas its database no longer knows (deleted deployments, replicas left
+# on the other runtime) are removed this often (deployments/orphans.py): it lists every target.
+MODELPORT_ORPHAN_SWEEP_SECONDS = env_int("MODELPORT_ORPHAN_SWEEP_SECONDS", 60, minimum=5)
+CELERY_BEAT_SCHEDULE["deployments-orphan-sweep"] = {
+    "task": "deployments.tasks.sweep_orphans",
+    "schedule": timedelta(seconds=MODELPORT_ORPHAN_SWEEP_SECONDS),
 }
 
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------

@@ -11,7 +11,7 @@ from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
 from teams.models import slug_validator
 
-from .. import services
+from .. import retries, services, strategies
 from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
 
 
@@ -132,6 +132,28 @@ class ReplicaSerializer(serializers.Serializer):
         return obj.host.name if obj.host_id else ""
 
 
+class RolloutSerializer(serializers.Serializer):
+    strategy = serializers.CharField(help_text="The stepped strategy (canary).")
+    step = serializers.IntegerField(help_text="The step running now, from 1.")
+    steps = serializers.IntegerField(help_text="How many steps before traffic switches to 100%.")
+    percent = serializers.IntegerField(help_text="The new revision's share of traffic now.")
+    step_started_at = serializers.DateTimeField()
+    next_step_at = serializers.DateTimeField(
+        allow_null=True, help_text="When this step is judged and the next one starts.")
+
+
+class RetrySerializer(serializers.Serializer):
+    failed = serializers.BooleanField(
+        help_text="The current revision failed (false: an automatic retry of it runs now).")
+    reason = serializers.CharField(help_text="Why it failed last.")
+    attempt = serializers.IntegerField(help_text="Automatic retries so far.")
+    max_attempts = serializers.IntegerField(help_text="MODELPORT_RETRY_MAX_ATTEMPTS.")
+    next_attempt_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the next automatic retry runs; null: none is "
+                                   "scheduled (the cause is not transient, or every attempt "
+                                   "failed): POST retry/ once it is fixed.")
+
+
 class TrafficSerializer(serializers.Serializer):
     revision = serializers.IntegerField()
     percent = serializers.IntegerField()
@@ -156,14 +178,34 @@ class DeploymentSerializer(serializers.ModelSerializer):
                                        default=None, allow_null=True)
     target = serializers.SerializerMethodField(
         help_text="The execution target it runs on (its own, else the default).")
+    runtime = serializers.CharField(
+        read_only=True,
+        help_text="What runs its replicas — docker, local, docker-hosts, swarm or kubernetes — "
+                  "fixed when it was created ('auto' resolved then) and never moved; empty "
+                  "until a deployment made before this was decided is reconciled.")
+    rollout = serializers.SerializerMethodField(
+        help_text="While a canary walks its steps: where it is; else null.")
+    retry = serializers.SerializerMethodField(
+        help_text="While the current revision is failed or retried automatically: why, and "
+                  "when the next automatic attempt runs; else null.")
 
     class Meta:
         model = Deployment
         fields = ["name", "team", "model", "version", "alias", "desired_replicas", "resources",
                   "strategy", "status", "status_message", "progress", "stopped", "egress",
                   "egress_reason", "revision",
-                  "endpoint", "replicas", "traffic", "shadow", "target", "created_by",
-                  "created_at", "updated_at", "reconciled_at"]
+                  "endpoint", "replicas", "traffic", "shadow", "rollout", "retry", "target",
+                  "runtime", "created_by", "created_at", "updated_at", "reconciled_at"]
+
+    @extend_schema_field(RolloutSerializer(allow_null=True))
+    def get_rollout(self, obj: Deployment) -> dict | None:
+        found = strategies.describe(obj, retries.current_revision(obj))
+        return RolloutSerializer(found).data if found else None
+
+    @extend_schema_field(RetrySerializer(allow_null=True))
+    def get_retry(self, obj: Deployment) -> dict | None:
+        found = retries.describe(obj, retries.current_revision(obj))
+        return RetrySerializer(found).data if found else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_target(self, obj: Deployment) -> str | None:

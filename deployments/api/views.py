@@ -13,7 +13,7 @@ from teams.access import get_visible_team
 
 from .. import services
 from ..filtersets import DeploymentFilterSet
-from ..models import Deployment, Replica
+from ..models import Deployment, Replica, Revision, RevisionState
 from . import serializers as s
 
 _SPEC_KEYS = ("version", "alias", "replicas", "resources", "strategy")
@@ -50,7 +50,13 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return (Deployment.objects.visible_to(self.request.user)
                 .select_related("team", "model", "version", "created_by")
                 .prefetch_related(Prefetch("replica_set",
-                                           queryset=Replica.objects.order_by("revision", "index")))
+                                           queryset=Replica.objects.order_by("revision", "index")),
+                                  # What the rollout and retry fields read (never an active or
+                                  # superseded revision: those show neither).
+                                  Prefetch("revisions", to_attr="unsettled_revisions",
+                                           queryset=Revision.objects.exclude(
+                                               state__in=[RevisionState.ACTIVE,
+                                                          RevisionState.SUPERSEDED])))
                 .order_by("name"))
 
     def _deployment(self, name: str) -> Deployment:
@@ -123,6 +129,14 @@ class DeploymentViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         d = services.set_egress(actor=request.user, deployment=self._deployment(name),
                                 allowed=body.validated_data["allowed"],
                                 reason=body.validated_data.get("reason", ""))
+        return self._show(d, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: s.DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, name: str) -> Response:
+        """Re-run a failed deployment's current revision (409 when nothing failed, or when it
+        is stopped: Start runs a failed revision again)."""
+        d = services.retry(actor=request.user, deployment=self._deployment(name))
         return self._show(d, status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: s.DeploymentSerializer})

@@ -86,17 +86,25 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     log_tail = serializers.SerializerMethodField(
         help_text="The last lines of its validation log (image build, sandbox output); all of "
                   "it, with the steps, is at events/.")
+    retryable = serializers.SerializerMethodField(
+        help_text="Whether POST retry/ can validate this failed version again (an import, or an "
+                  "upload kept because validation could not run); false: register it again.")
 
     class Meta:
         model = ModelVersion
         fields = ["model", "version", "status", "status_message", "progress", "sandboxed",
                   "source_format", "source", "description", "flavor", "signature",
                   "input_example", "requirements", "params", "metrics", "lineage",
-                  "reference", "reference_stats", "aliases", "artifact", "log_tail",
-                  "created_by", "created_at", "validated_at"]
+                  "reference", "reference_stats", "aliases", "artifact", "retryable",
+                  "log_tail", "created_by", "created_at", "validated_at"]
 
     def get_log_tail(self, version: ModelVersion) -> list[str]:
         return progress.log_tail(version)
+
+    def get_retryable(self, version: ModelVersion) -> bool:
+        from ..retries import retryable
+
+        return retryable(version)
 
     def get_aliases(self, version: ModelVersion) -> list[str]:
         return sorted(alias.name for alias in version.aliases.all())

@@ -22,6 +22,8 @@ urlpatterns = [
          name="model-version-events"),
     path(f"{M}/versions/<int:version>/reference/", versions.as_view({"put": "reference"}),
          name="model-version-reference"),
+    path(f"{M}/versions/<int:version>/retry/", versions.as_view({"post": "retry"}),
+         name="model-version-retry"),
     path(f"{M}/aliases/", aliases.as_view({"get": "list"}), name="model-aliases"),
     path(f"{M}/aliases/<str:alias>/", aliases.as_view({"put": "update", "delete": "destroy"}),
          name="model-alias-detail"),

@@ -16,7 +16,7 @@ from config.parsers import JSONParser
 from config.rest import FilterBackend, query
 from teams.access import get_visible_team
 
-from .. import baselines, progress, services, storage
+from .. import baselines, progress, retries, services, storage
 from ..filtersets import RegisteredModelFilterSet
 from ..models import (
     AliasTransitionRequest,
@@ -185,6 +185,14 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
                                 filename=f"{found.model.name}-v{found.version}.zip")
         response["X-Checksum-SHA256"] = found.artifact_sha256
         return response
+
+    @extend_schema(request=None, responses={202: s.ModelVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, model_name: str, version: str) -> Response:
+        """Validate a failed version again: a failed import is downloaded again, an upload is
+        validated from its kept staging (409 when it is not kept: register it again)."""
+        found = retries.retry_version(actor=request.user, version=self._version())
+        return Response(self.get_serializer(found).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request={"multipart/form-data": s.ReferenceUploadSerializer},
                    responses={202: s.ModelVersionSerializer})

@@ -234,3 +234,67 @@ def test_cli_status_shows_the_shadow_numbers_then_discard_and_promote_end_it(
     with pytest.raises(SystemExit) as usage:  # promoting to another shadow is no choice
         cli.main([*base, "promote", "iris-prod", "--strategy", "shadow"])
     assert usage.value.code == 2
+
+
+# --- retry: deployments and versions -----------------------------------------------------------
+def test_cli_retry_runs_a_failed_deployment_again_and_status_says_when_it_retries(
+        live_server, token, iris_versions, no_reconcile, capsys):
+    from datetime import timedelta
+
+    base = ["--url", live_server.url, "--token", token]
+    with Client(live_server.url, token) as mp:
+        mp.deploy(name="iris-prod", team="ml-search", model="iris", version=1, cpu=0.5,
+                  memory_mb=512)
+    assert cli.main([*base, "retry", "iris-prod"]) == 5
+    assert "has nothing to retry" in capsys.readouterr().err
+
+    # What the reconciler leaves after a transient failure: attempt 3 due in 40 s.
+    d = Deployment.objects.get(name="iris-prod")
+    Revision.objects.filter(deployment=d, number=1).update(
+        state="failed", failure="Image build failed: base image modelport/base:x is missing",
+        retry_attempts=3, next_retry_at=timezone.now() + timedelta(seconds=40))
+    Deployment.objects.filter(pk=d.pk).update(status="pending")
+    assert cli.main([*base, "status", "iris-prod"]) == 0
+    text = capsys.readouterr().out
+    assert "failed: Image build failed: base image modelport/base:x is missing" in text
+    assert "next automatic attempt (3 of 6) at " in text
+
+    assert cli.main([*base, "--json", "retry", "iris-prod"]) == 0
+    retried = json.loads(capsys.readouterr().out)
+    assert retried["status"] == "pending" and retried["retry"] is None
+    assert Revision.objects.get(deployment=d, number=1).state == "pending"
+    assert len(no_reconcile) == 2
+    with Client(live_server.url, token) as mp, pytest.raises(Conflict) as conflict:
+        mp.retry("iris-prod")
+    assert conflict.value.code == "nothing_to_retry"
+
+
+def test_cli_models_retry_validates_a_kept_upload_again(live_server, token, engineer,
+                                                        mlflow_model_dir, settings, capsys):
+    """A version whose validation could not run keeps its staged upload; the CLI retries it
+    and waits (validation runs in the sandbox as for a new upload)."""
+    import shutil
+    from pathlib import Path
+
+    from registry import mlmodel
+    from registry.models import ModelVersion
+
+    model = RegisteredModel.objects.create(name="iris", team=Team.objects.get(slug="ml-search"),
+                                           created_by=engineer)
+    staging = Path(settings.MODELPORT_DATA_DIR) / "staging" / "kept"
+    shutil.copytree(mlflow_model_dir, staging / "input" / "model")
+    metadata = mlmodel.read_metadata(staging / "input" / "model")
+    (staging / "input" / "job.json").write_text(json.dumps(
+        {"format": "mlflow", "input_example": metadata.input_example}))
+    ModelVersion.objects.create(
+        model=model, version=1, status="failed", source_format="mlflow",
+        requirements=metadata.requirements, staging_dir=str(staging),
+        status_message="Validation could not run: DockerException: Error while fetching "
+                       "server API version")
+    base = ["--url", live_server.url, "--token", token]
+    assert cli.main([*base, "models", "retry", "iris", "2"]) == 4
+    capsys.readouterr()
+    assert cli.main([*base, "models", "retry", "iris", "1", "--wait", "--timeout", "600"]) == 0
+    assert "iris v1 is ready" in capsys.readouterr().out
+    assert cli.main([*base, "models", "retry", "iris", "1"]) == 5
+    assert "only a failed version can be validated again" in capsys.readouterr().err

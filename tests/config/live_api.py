@@ -203,10 +203,13 @@ def database_url() -> str:
 def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
     """gunicorn serving ``config.wsgi`` with production settings on a free loopback port.
 
-    No REDIS_URL: Celery uses the embedded file broker under ``data_dir``, and no worker consumes
-    it, so the work operations enqueue (validation, image builds, reconciles) is recorded and
-    never carried out — nothing starts a container.
+    No REDIS_URL: Celery uses the embedded broker (a Redis server on a socket under
+    ``data_dir``, started here as `make run` starts it), and no worker consumes it, so the work
+    operations enqueue (validation, image builds, reconciles) is recorded and never carried
+    out — nothing starts a container.
     """
+    from config import embedded_broker
+
     port = _free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE", "MODELPORT_DEFAULT_TARGET"}}
@@ -222,7 +225,9 @@ def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
         "MODELPORT_BASE_URL": f"http://127.0.0.1:{port}",
         "DJANGO_LOG_LEVEL": "WARNING",
     })
-    with log.open("wb") as out:
+    with log.open("wb") as out, contextlib.ExitStack() as stack:
+        broker = embedded_broker.start(data_dir, stdout=subprocess.DEVNULL)
+        stack.callback(lambda: (broker.terminate(), broker.wait(timeout=30)))
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
              "--workers", "2", "--threads", "2", "--timeout", "60", "--graceful-timeout", "5",

@@ -9,9 +9,10 @@ run it by hand) reads ``/api/v1/schema/`` and tests every operation with every c
 (``--checks all``), a bounded number of examples per operation and a fixed seed, authenticated
 with the admin's Bearer token (the ingest endpoint with the deployment's ingest token).
 
-Why nothing starts for real: gunicorn gets no REDIS_URL, so Celery uses the embedded file broker
-under the test's data dir and no worker consumes it — validations, image builds and reconciles
-that operations enqueue are recorded and never run, and no container starts. The seeded
+Why nothing starts for real: gunicorn gets no REDIS_URL, so Celery uses the embedded broker (a
+Redis server on a socket in the test's data dir) and no worker consumes it — validations, image
+builds and reconciles that operations enqueue are recorded and never run, and no container
+starts. The seeded
 execution targets point at a loopback port nothing listens on (``tcp://127.0.0.1:9``) and so
 does the MLflow tracking URI, so reading a replica's logs or a target's health answers "not
 reachable" without touching this machine's Docker Engine. No traffic leaves loopback.

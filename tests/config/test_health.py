@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from django.test import Client
 
@@ -34,21 +36,24 @@ def test_readyz_is_503_naming_the_broker_when_it_is_down(settings):
 
 
 @pytest.mark.django_db
-def test_readyz_checks_the_embedded_file_broker(settings, tmp_path):
-    folders = {name: tmp_path / name for name in ("queue", "control", "processed")}
-    for folder in folders.values():
-        folder.mkdir()
-    settings.CELERY_BROKER_URL = "filesystem://"
+def test_readyz_checks_the_embedded_broker(settings, tmp_path_factory):
+    """`make run`'s broker (config/embedded_broker.py): ready while its server answers on the
+    data dir's socket, 503 naming the broker once it is gone."""
+    from config import embedded_broker
+
+    data_dir = tmp_path_factory.mktemp("rz") / "var"  # short: a socket path's limit
+    settings.CELERY_BROKER_URL = embedded_broker.broker_url(data_dir)
     settings.CELERY_EMBEDDED_BROKER = True
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(folders["queue"]), "data_folder_out": str(folders["queue"]),
-        "control_folder": str(folders["control"]),
-        "processed_folder": str(folders["processed"])}
-    assert Client().get("/readyz").status_code == 200
-    folders["queue"].rmdir()
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    server = embedded_broker.start(data_dir, stdout=subprocess.DEVNULL)
+    try:
+        assert Client().get("/readyz").status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     response = Client().get("/readyz")
     assert response.status_code == 503
-    assert "queue" in response.json()["checks"]["broker"]
+    assert response.json()["checks"]["broker"] != "ok"
 
 
 @pytest.mark.django_db

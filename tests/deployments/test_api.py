@@ -190,14 +190,17 @@ def test_stop_releases_quota_and_start_admits_again(api, v1):
 
 
 def test_delete_forgets_and_releases(api, v1, monkeypatch, django_capture_on_commit_callbacks):
-    removed: list[tuple[str, int | None]] = []
+    removed: list[tuple[str, int | None, str]] = []
     monkeypatch.setattr("deployments.services.enqueue_remove",
-                        lambda name, target_id=None: removed.append((name, target_id)))
+                        lambda name, target_id=None, runtime="": removed.append(
+                            (name, target_id, runtime)))
     api.post(URL, body(), format="json")
-    target_id = Deployment.objects.get(name="iris-prod").target_id
+    d = Deployment.objects.get(name="iris-prod")
+    assert d.runtime in ("docker", "local")
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete(f"{URL}iris-prod/").status_code == 204
-    assert removed == [("iris-prod", target_id)]  # removed on the target it ran on
+    # removed on the target and runtime it ran on
+    assert removed == [("iris-prod", d.target_id, d.runtime)]
     assert not Deployment.objects.exists() and not Reservation.objects.exists()
     assert AuditEvent.objects.filter(action="deployment.deleted").exists()
 

@@ -35,7 +35,7 @@ SCORE = b'{"inputs": [[1, 2]]}'
 
 class Front:
     def __init__(self, base: str, procs: list[subprocess.Popen], logs: Path,
-                 data: Path, mlflow: str) -> None:
+                 data: Path, mlflow: str = "") -> None:
         self.base, self.procs, self.logs, self.data = base, procs, logs, data
         self.mlflow = mlflow
 

@@ -13,7 +13,7 @@ from tests.factories import make_token
 
 
 @pytest.fixture
-def local_runtime(settings, no_enqueue):
+def local_runtime(settings, no_enqueue, db):  # db: runtimes carry the installation's id
     from workers.runtimes import get_runtime
 
     settings.MODELPORT_RUNTIME = "local"

@@ -86,7 +86,8 @@ def test_console_changelists_render_with_related_columns(console, team):
     for path in ("/admin/registry/registeredmodel/", "/admin/registry/modelversion/",
                  "/admin/deployments/deployment/", "/admin/deployments/deploymentevent/",
                  "/admin/deployments/shadowsample/",
-                 "/admin/monitoring/alert/", "/admin/teams/team/"):
+                 "/admin/monitoring/alert/", "/admin/teams/team/",
+                 "/admin/teams/installation/"):
         response = console.get(path)
         assert response.status_code == 200, path
 

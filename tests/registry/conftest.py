@@ -197,7 +197,7 @@ def mlflow_server(tmp_path_factory):
     socket_path = data / "run" / "mlflow" / "mlflow.sock"
     log = (data / "mlflow.log").open("w")
     env = {"PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "HOME": str(data),
-           "MODELPORT_DATA_DIR": str(data)}
+           "MODELPORT_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)}  # config.mlflow_server
     process = subprocess.Popen(["sh", "-c", procfile_command("mlflow")], cwd=data, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

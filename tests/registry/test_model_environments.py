@@ -61,6 +61,14 @@ def staged(settings: Any) -> list[Path]:
     return list(root.iterdir()) if root.is_dir() else []
 
 
+def kept_for_retry(version: ModelVersion) -> list[Path]:
+    """A version whose validation could not run keeps only its staged upload, for Retry
+    (registry/retries.py); nothing else is left behind."""
+    version.refresh_from_db()
+    assert version.staging_dir and (Path(version.staging_dir) / "input" / "job.json").is_file()
+    return [Path(version.staging_dir)]
+
+
 def sklearn_pin() -> str:
     import sklearn
 
@@ -195,7 +203,7 @@ def test_a_package_with_only_an_sdist_fails_the_version_by_name_and_its_setup_ne
     assert "no wheel of victim-sdist for CPython 3." in version.status_message
     assert f"on {index}" in version.status_message
     assert hits == []
-    assert staged(settings) == []
+    assert staged(settings) == kept_for_retry(version)
 
 
 @docker_test
@@ -258,7 +266,7 @@ def test_an_allow_list_that_excludes_a_dependency_fails_the_version_naming_it(
     assert version.status == VersionStatus.FAILED
     assert "not in the platform's allowed packages: victim-dep (victim-app needs it)" in \
         version.status_message
-    assert staged(settings) == []
+    assert staged(settings) == kept_for_retry(version)
 
 
 @docker_test
@@ -277,7 +285,7 @@ def test_a_failing_build_fails_the_version_with_the_reason_and_leaves_nothing_be
         assert "the model's environment could not be built" in version.status_message
         assert "returned a non-zero code" in version.status_message
         assert "outside the target directory" in version.status_message
-        assert staged(settings) == []
+        assert staged(settings) == kept_for_retry(version)
         assert not docker_client.images.list(name=tag)
         leftovers = [c for c in docker_client.containers.list(all=True)
                      if "modelport-wheels" in " ".join(c.attrs["Config"].get("Cmd") or [])]

@@ -325,6 +325,52 @@ def test_a_second_run_says_whether_it_is_a_retry_or_an_interrupted_one(pending_v
     assert notes[1].startswith("Validation started again (Retry)")
 
 
+def test_a_retried_version_keeps_the_failed_attempts_log_then_follows_the_new_one(
+        iris, team_engineer, mlflow_model_dir, settings, django_capture_on_commit_callbacks):
+    import json
+    import shutil
+
+    from registry import mlmodel
+
+    settings.MODELPORT_RUNTIME = "local"
+    staging = Path(settings.MODELPORT_DATA_DIR) / "staging" / "kept"
+    shutil.copytree(mlflow_model_dir, staging / "input" / "model")
+    metadata = mlmodel.read_metadata(staging / "input" / "model")
+    (staging / "input" / "job.json").write_text(json.dumps(
+        {"format": "mlflow", "input_example": metadata.input_example}))
+    reason = "Validation could not run: the model's environment could not be built: no wheel"
+    version = ModelVersion.objects.create(
+        model=iris, version=1, status=VersionStatus.FAILED, source_format="mlflow",
+        requirements=metadata.requirements, staging_dir=str(staging), status_message=reason,
+        created_by=team_engineer)
+    earlier = progress.VersionLog(version.pk)
+    earlier.start("Preparing the sandbox.")
+    earlier("ERROR: No matching distribution found for nothing-here==1.0")
+    earlier.finish(ok=False, message=reason)
+
+    client = Client()
+    client.force_login(team_engineer)
+    page = client.get("/models/iris/versions/1/").content.decode()
+    assert "Retry: validate it again" in page  # both: the Retry button and the log
+    assert "No matching distribution found for nothing-here" in page
+    status = client.get("/models/iris/versions/1/", HTTP_HX_REQUEST="true").content.decode()
+    assert "Retry: validate it again" in status and "The validation log" in status
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = bearer_client(team_engineer).post("/api/v1/models/iris/versions/1/retry/")
+    assert response.status_code == 202, response.content
+    version.refresh_from_db()
+    assert version.status == VersionStatus.READY, version.status_message
+    recorded = events(version)
+    kinds = [e.kind for e in recorded]
+    assert kinds.count(Kind.FAILED) == 1 and kinds[-1] == Kind.READY
+    retried = next(i for i, e in enumerate(recorded) if e.kind == Kind.INFO)
+    assert recorded[retried].message.startswith("Validation started again (Retry)")
+    assert kinds.index(Kind.FAILED) < retried
+    assert "[validate] loading the model" in [
+        line for e in recorded[retried:] if e.kind == Kind.LOG for line in e.message.splitlines()]
+
+
 def test_waiting_for_another_build_of_the_same_image_is_said_in_the_log(tmp_path):
     import fcntl
 

@@ -60,6 +60,10 @@ def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 def matches(labels: dict[str, str], selector: str) -> bool:
     for term in filter(None, (selector or "").split(",")):
+        if term.startswith("!"):  # "!key": the label is absent
+            if term[1:] in labels:
+                return False
+            continue
         key, eq, value = term.partition("=")
         if eq and labels.get(key) != value:
             return False

@@ -93,8 +93,12 @@ def test_worker_consumes_tasks_from_redis(tmp_path, redis_url):
 
 @pytest.mark.postgres
 def test_beat_and_worker_run_on_the_embedded_broker_like_make_run(tmp_path):
-    """`make run` without Redis: beat schedules through files, a separate worker consumes."""
+    """`make run` without REDIS_URL: beat and a separate worker meet on the embedded Redis
+    server's socket in the data dir (config/embedded_broker.py)."""
+    from config import embedded_broker
+
     env = _environment(tmp_path, {})
+    broker = embedded_broker.start(Path(env["MODELPORT_DATA_DIR"]), stdout=subprocess.DEVNULL)
     logs = [tmp_path / "worker.log", tmp_path / "beat.log"]
     worker = _start(["worker", "--concurrency", "1", "--without-gossip", "--without-mingle",
                      "--hostname", "embedded@%h"], env, logs[0])
@@ -105,6 +109,8 @@ def test_beat_and_worker_run_on_the_embedded_broker_like_make_run(tmp_path):
         assert heartbeat.beat_sent_at is not None
     finally:
         _stop(worker, beat)
+        broker.terminate()
+        broker.wait(timeout=30)
 
 
 def test_tasks_are_acked_late_with_time_limits():

@@ -105,6 +105,14 @@ class Victim:
                 self.connections += 1
                 conn.close()
 
+    def connected(self, at_least: int = 1, within_s: float = 10.0) -> int:
+        """Connections counted so far, waiting a little for the accept thread: the client's
+        connect() returns before this side's accept() has run."""
+        deadline = time.monotonic() + within_s
+        while self.connections < at_least and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.connections
+
     def close(self) -> None:
         self.sock.close()
 
@@ -238,7 +246,7 @@ def test_egress_granted_by_an_admin_reaches_out_but_still_serves_only_on_its_soc
                           alive=lambda: platform.get_replica(state.id).alive), \
             platform.logs(state.id, 50)
         assert _reach(state.url, [f"tcp:127.0.0.1:{victim.port}"]) == ["reached"]
-        assert victim.connections == 1
+        assert victim.connected(1) == 1
         container = docker_client.containers.get(state.id)
         assert container.attrs["HostConfig"]["NetworkMode"] == "host"
         env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])

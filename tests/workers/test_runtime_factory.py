@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 
+from teams.installation import installation_id
 from workers.runtimes import get_runtime
 from workers.runtimes.local import LocalRuntime
 
 pytest.importorskip("pytest_django")
+# Runtimes built from settings carry this installation's id, read from the database.
+pytestmark = pytest.mark.django_db
 
 
 def test_local_runtime_from_settings(settings: Any, tmp_path: Path) -> None:
@@ -19,6 +22,7 @@ def test_local_runtime_from_settings(settings: Any, tmp_path: Path) -> None:
     rt = get_runtime()
     assert isinstance(rt, LocalRuntime)
     assert rt.name == "local" and rt.sandboxed is False
+    assert rt.installation == installation_id() and rt.legacy_owner is not None
     assert rt.state_dir == tmp_path / "runtime"
     assert rt.socket_dir == tmp_path / "runtime" / "local-sockets"
 

@@ -36,7 +36,36 @@ def test_tag_differs_per_requirement_set(monkeypatch: pytest.MonkeyPatch) -> Non
     t1 = builder.tag_for(["scikit-learn==1.9.1"])
     t2 = builder.tag_for(["scikit-learn==1.9.0"])
     assert t1 != t2
-    assert t1.startswith("modelport/serving:") and len(t1.split(":")[1]) == 12
+    assert t1.startswith("modelport/serving:")
+    requirements, code = t1.split(":")[1].split("-")
+    assert len(requirements) == 12 and len(code) == 12
+    assert t2.endswith(f"-{code}")  # same serving code, same base image
+
+
+def test_tag_differs_per_serving_code_and_base_image(tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two installations sharing a Docker Engine with different platform code build different
+    tags: neither retags (and runs) the other's image."""
+    import shutil
+
+    from workers.runtimes.images import REPO_ROOT, ImageBuilder
+
+    monkeypatch.delenv("MODELPORT_SERVING_REPOSITORY", raising=False)
+    other = tmp_path / "other-checkout"
+    for rel in ("serving", "platform/images"):
+        shutil.copytree(REPO_ROOT / rel, other / rel)
+    for rel in ("platform/serving.Dockerfile", "platform/serving-requirements.txt"):
+        shutil.copy(REPO_ROOT / rel, other / rel)
+    reqs = ["scikit-learn==1.9.1"]
+    ours = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None, offline=True)
+    same = ImageBuilder(None, "modelport/base:bookworm", ca_bundle=None, offline=True,
+                        source_dir=other)
+    assert same.tag_for(reqs) == ours.tag_for(reqs)  # a copy of the same code
+    (other / "serving" / "app.py").write_text((other / "serving" / "app.py").read_text()
+                                              + "\n# changed\n")
+    assert same.tag_for(reqs) != ours.tag_for(reqs)
+    rebased = ImageBuilder(None, "example/base:trixie", ca_bundle=None, offline=True)
+    assert rebased.tag_for(reqs) != ours.tag_for(reqs)
 
 
 @pytest.mark.docker

@@ -28,6 +28,7 @@ import yaml
 from kubernetes import client
 
 from tests.workers.kube_fake import FakeKubeAPI
+from workers.runtimes import kube_policy
 from workers.runtimes.base import ReplicaRuntimeError, ReplicaSpec, ReplicaStatus
 from workers.runtimes.kubernetes import (
     ANN_INDICES,
@@ -322,7 +323,44 @@ def test_list_replicas_sees_only_indexed_managed_live_pods_of_the_deployment(
     fake.set_status(a, running("192.0.2.5"), deletionTimestamp="2026-11-24T03:10:00Z")
     assert rt.list_replicas("iris") == []  # terminating: no longer a replica
     assert fake.calls("GET", "pods")[-1]["query"]["labelSelector"] == \
-        "modelport.managed=1,modelport.deployment=iris,modelport.replica"
+        "modelport.managed=1,!modelport.installation,modelport.replica,modelport.deployment=iris"
+
+
+def test_two_installations_in_one_namespace_never_touch_each_others_objects(
+        fake: FakeKubeAPI) -> None:
+    """Same deployment name, same revision, one namespace: each installation's objects are
+    named and selected by its id; neither lists, adopts, removes nor un-fences the other's,
+    and objects from before installation ids are left alone by both."""
+    ours = runtime_for(fake, installation="a" * 32)
+    theirs = runtime_for(fake, installation="b" * 32)
+    legacy = runtime_for(fake)  # unscoped: objects made before installation ids
+    mine = ours.start_replica(spec(deployment="iris"))
+    other = theirs.start_replica(spec(deployment="iris"))
+    # (Its selector has no installation: it would select pods of the same revision number.)
+    old = legacy.start_replica(spec(deployment="iris", revision=2))
+    deployments = sorted(d["metadata"]["name"] for d in fake.bodies("POST", "deployments"))
+    assert deployments == ["mp-aaaaaaaa-iris-r3", "mp-bbbbbbbb-iris-r3", "mp-iris-r2"]
+    selector = fake.get("deployments", "mp-aaaaaaaa-iris-r3")["spec"]["selector"]
+    assert selector["matchLabels"]["modelport.installation"] == "a" * 32
+    assert [s.id for s in ours.list_replicas()] == [mine.id]
+    assert [s.id for s in theirs.list_replicas("iris")] == [other.id]
+    assert [s.id for s in legacy.list_replicas()] == [old.id]
+    assert ours.get_replica(other.id).status is ReplicaStatus.MISSING
+    assert ours.get_replica(old.id).status is ReplicaStatus.MISSING
+    ours.remove_replica(other.id)
+    ours.remove_replica(old.id)
+    assert fake.get("pods", other.id) is not None and fake.get("pods", old.id) is not None
+    # The policy sweep (twice: orphans are deleted when seen twice) keeps the others' fences.
+    for _ in range(2):
+        kube_policy._synced.clear()
+        ours.list_replicas()
+    policies = {p["metadata"]["name"] for p in fake.bodies("POST", "networkpolicies")}
+    assert {"mp-bbbbbbbb-iris-r3", "mp-iris-r2"} <= policies
+    assert fake.get("networkpolicies", "mp-bbbbbbbb-iris-r3") is not None
+    assert fake.get("networkpolicies", "mp-iris-r2") is not None
+    ours.remove_replica(mine.id)
+    assert fake.get("deployments", "mp-aaaaaaaa-iris-r3") is None
+    assert fake.get("deployments", "mp-bbbbbbbb-iris-r3") is not None
 
 
 def test_a_pod_replaced_by_kubernetes_is_adopted_for_the_missing_index(
@@ -477,9 +515,12 @@ def test_a_kubeconfig_context_selects_the_cluster_and_its_credentials(
         KubernetesRuntime(namespace=NS, context="staging", config_file=str(kubeconfig))
 
 
+@pytest.mark.django_db
 def test_a_kubernetes_execution_target_builds_this_runtime_with_its_settings(
         fake: FakeKubeAPI, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wiring in workers.runtimes.runtime_for_target (an unsaved target: no database)."""
+    """The wiring in workers.runtimes.runtime_for_target (an unsaved target; the database
+    gives the installation id)."""
+    from teams.installation import installation_id
     from workers.models import ExecutionTarget
     from workers.runtimes import runtime_for_target
 
@@ -499,6 +540,7 @@ def test_a_kubernetes_execution_target_builds_this_runtime_with_its_settings(
     assert (rt.namespace, rt.registry, rt.image_pull_secrets, rt.url_mode) == (
         NS, "registry.example/mp", ["regcred"], "service")
     assert rt.image_builder is not None and rt.ping() is True
+    assert rt.installation == installation_id() and len(rt.installation) == 32
 
 
 def test_in_cluster_credentials_outside_a_cluster_are_a_clear_error(

@@ -84,13 +84,24 @@ def ingest_socket(settings: object) -> Path:
 
 def _image_builder(settings: object, client: Any, base_image: str) -> Any:
     """An ImageBuilder that fetches wheels as the platform settings say (read at build time)
-    into a wheelhouse under the data dir."""
+    into a wheelhouse under the data dir; its helper containers carry the installation id."""
+    from workers.installation import installation_id
+
+    from .base import LABEL_INSTALLATION
     from .images import ImageBuilder
 
     data_dir = _data_dir(settings)
     return ImageBuilder(client, base_image, packages=package_policy,
                         wheel_cache=data_dir / "wheelhouses",
-                        lock_dir=data_dir / "runtime" / "locks")
+                        lock_dir=data_dir / "runtime" / "locks",
+                        container_labels={LABEL_INSTALLATION: installation_id()})
+
+
+def _scope() -> dict[str, Any]:
+    """``installation`` and ``legacy_owner`` for a runtime of this installation."""
+    from workers.installation import runtime_scope
+
+    return runtime_scope()
 
 
 def package_policy() -> Any:
@@ -138,6 +149,7 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
         socket_dir=_data_dir(settings) / "run" / "replicas",
         ingest_socket=ingest_socket(settings),
         egress_network=getattr(settings, "MODELPORT_DOCKER_EGRESS_NETWORK", "host"),
+        **_scope(),
     )
 
 
@@ -154,7 +166,7 @@ def host_worker_runtime(host_name: str) -> DockerRuntime:
 def _local(settings: object) -> LocalRuntime:
     from .local import LocalRuntime
 
-    return LocalRuntime(_data_dir(settings) / "runtime")
+    return LocalRuntime(_data_dir(settings) / "runtime", **_scope())
 
 
 def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
@@ -197,7 +209,12 @@ def _client(settings: object, endpoint: str | None, timeout: int | None = None) 
             # health check reports it; a reconcile retries on the next beat).
             return docker.DockerClient(base_url=endpoint, timeout=timeout,
                                        version=MIN_DOCKER_API)
-    return docker.from_env(timeout=timeout)
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException:
+        # This machine's engine is not answering now: a client whose calls (ping first) fail
+        # with the reason, so a deployment fixed on Docker reads degraded instead of erroring.
+        return docker.from_env(timeout=timeout, version=MIN_DOCKER_API)
 
 
 def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
@@ -218,6 +235,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         image_builder=_image_builder(settings, client, base_image),
         state_dir=state_dir,
         gpu_resource=options.get("gpu_resource") or DEFAULT_GPU_RESOURCE,
+        **_scope(),
     )
 
 
@@ -233,6 +251,9 @@ def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runti
     # docker.from_env() does not connect yet: without an engine, building fails and says so.
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
     kwargs["image_builder"] = _image_builder(settings, _client(settings, None), base_image)
+    from workers.installation import installation_id
+
+    kwargs["installation"] = installation_id()  # objects from before ids are left alone
     accepted = inspect.signature(KubernetesRuntime).parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))

@@ -4,6 +4,7 @@ runtimes implement. No Django import here: runtimes take explicit constructor ar
 from __future__ import annotations
 
 import abc
+import dataclasses
 import http.client
 import re
 import time
@@ -24,8 +25,17 @@ LABEL_MODEL_VERSION = "modelport.model_version"
 LABEL_PORT = "modelport.port"
 LABEL_HOST = "modelport.host"  # the host worker that placed it (several plain Docker hosts)
 LABEL_SOCKET = "modelport.socket"  # the unix socket a replica without a network serves on
+# The installation that created it (``teams.installation``): a runtime lists, adopts and removes
+# only objects carrying its own id. Objects without it were made before installation ids
+# existed: see ``Runtime.owns`` and ``LegacyOwner``.
+LABEL_INSTALLATION = "modelport.installation"
+ENV_REPLICA_KEY = "MODELPORT_REPLICA_KEY"  # core.replica_keys.ENV (no Django import here)
 
 LogFn = Callable[[str], None]
+# Whether an object without an installation label is this installation's: (deployment name,
+# revision number, the replica key in its environment) -> known to this installation's
+# database with exactly that key. Supplied by the Django side (``workers.installation``).
+LegacyOwner = Callable[[str, int, str], bool]
 
 
 class ReplicaRuntimeError(Exception):
@@ -63,11 +73,14 @@ class ReplicaSpec:
     gpus: int = 0  # how many, for runtimes that place replicas and pick the devices themselves
     # Outbound network access a platform admin granted; without it a replica reaches nothing.
     egress: bool = False
+    # The installation it belongs to (a runtime scoped to one sets it to its own at start):
+    # part of its name, so two installations' replicas of a same-named deployment never meet.
+    installation: str = ""
 
     @property
     def name(self) -> str:
         """Stable replica name: the id under which the runtime knows it."""
-        return replica_name(self.deployment, self.revision, self.replica)
+        return replica_name(self.deployment, self.revision, self.replica, self.installation)
 
 
 @dataclass
@@ -140,10 +153,47 @@ class BackendHealth:
 
 
 class Runtime(abc.ABC):
-    """Carries out desired state on one execution backend."""
+    """Carries out desired state on one execution backend.
+
+    ``installation``: the id of the installation this runtime works for. Scoped (non-empty), it
+    labels what it creates with it and lists, adopts and removes only objects labelled with it
+    — or, made before installation ids existed, unlabelled objects that ``legacy_owner`` proves
+    are this installation's (their replica key is one of its revisions'). Unscoped (empty, for
+    Django-free use such as benchmarks), it labels nothing and sees only unlabelled objects:
+    it never touches any installation's replicas either way."""
 
     name: str = "abstract"
     sandboxed: bool = False
+    installation: str = ""
+    legacy_owner: LegacyOwner | None = None
+
+    def owns(self, labels: dict[str, str], env: Callable[[], dict[str, str]]) -> bool:
+        """Whether an object with these labels is this runtime's (``env()``: its environment,
+        read only for an unlabelled object of a scoped runtime)."""
+        owner = labels.get(LABEL_INSTALLATION)
+        if owner is not None:
+            return bool(self.installation) and owner == self.installation
+        if not self.installation:
+            return True
+        if self.legacy_owner is None:
+            return False
+        key = env().get(ENV_REPLICA_KEY, "")
+        try:
+            revision = int(labels.get(LABEL_REVISION) or "")
+        except ValueError:
+            return False
+        deployment = labels.get(LABEL_DEPLOYMENT, "")
+        return bool(key and deployment) and self.legacy_owner(deployment, revision, key)
+
+    def scoped(self, spec: ReplicaSpec) -> ReplicaSpec:
+        """``spec`` as this runtime names it (its installation's)."""
+        if spec.installation == self.installation:
+            return spec
+        return dataclasses.replace(spec, installation=self.installation)
+
+    def scope_labels(self) -> dict[str, str]:
+        """The labels marking an object as this installation's."""
+        return {LABEL_INSTALLATION: self.installation} if self.installation else {}
 
     @abc.abstractmethod
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -212,9 +262,26 @@ def private_dirs(path: Path) -> Path:
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
-def replica_name(deployment: str, revision: int, replica: int) -> str:
+def replica_name(deployment: str, revision: int, replica: int, installation: str = "") -> str:
+    """``mp-<installation[:8]>-<deployment>-r<revision>-<replica>``: names are unique per
+    Docker Engine, Swarm and local state dir, and two installations may both have a deployment
+    of one name. (The label carries the whole id; the name only has to differ.)"""
     safe = _NAME_BAD.sub("-", deployment).strip("-.") or "deployment"
-    return f"mp-{safe}-r{revision}-{replica}"
+    scope = f"{short_id(installation)}-" if installation else ""
+    return f"mp-{scope}{safe}-r{revision}-{replica}"
+
+
+def short_id(installation: str) -> str:
+    return installation[:8]
+
+
+def env_dict(items: list[str] | None) -> dict[str, str]:
+    """Docker's ``["KEY=value", ...]`` as a dict."""
+    out = {}
+    for item in items or []:
+        key, _, value = str(item).partition("=")
+        out[key] = value
+    return out
 
 
 def missing_state(replica_id: str) -> ReplicaState:

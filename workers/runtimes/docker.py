@@ -15,6 +15,7 @@ from serving.sockets import SOCKET_NAME, unix_url
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_HOST,
+    LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_MODEL_VERSION,
@@ -23,6 +24,7 @@ from .base import (
     LABEL_REVISION,
     LABEL_SOCKET,
     BackendHealth,
+    LegacyOwner,
     LogFn,
     NodeInfo,
     ReplicaRuntimeError,
@@ -30,6 +32,7 @@ from .base import (
     ReplicaState,
     ReplicaStatus,
     Runtime,
+    env_dict,
     missing_state,
     private_dirs,
 )
@@ -91,6 +94,11 @@ class DockerRuntime(Runtime):
     `<replica name>.<host_name>` and labelled `modelport.host=<host_name>`, and this runtime
     lists only those — so a host worker never touches containers another host or a
     single-host installation sharing the engine started.
+
+    `installation` (see ``Runtime``): containers are named ``mp-<id[:8]>-…`` and labelled
+    ``modelport.installation=<id>``; only those (and legacy containers `legacy_owner` proves
+    are this installation's) are listed, adopted or removed. Ports are allocated against every
+    Modelport container on the engine, whoever's: the host's ports are shared.
     """
 
     name = "docker"
@@ -108,7 +116,9 @@ class DockerRuntime(Runtime):
                  host_name: str = "",
                  socket_dir: str | os.PathLike[str] | None = None,
                  ingest_socket: str | os.PathLike[str] | None = None,
-                 egress_network: str = HOST_NETWORK) -> None:
+                 egress_network: str = HOST_NETWORK,
+                 installation: str = "",
+                 legacy_owner: LegacyOwner | None = None) -> None:
         if client is None:
             import docker
 
@@ -136,9 +146,12 @@ class DockerRuntime(Runtime):
         self.socket_dir = Path(socket_dir) if socket_dir else None
         self.ingest_socket = Path(ingest_socket) if ingest_socket else None
         self.egress_network = egress_network or HOST_NETWORK
+        self.installation = installation
+        self.legacy_owner = legacy_owner
 
     def container_name(self, spec: ReplicaSpec) -> str:
-        return f"{spec.name}.{self.host_name}" if self.host_name else spec.name
+        name = self.scoped(spec).name
+        return f"{name}.{self.host_name}" if self.host_name else name
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -151,6 +164,7 @@ class DockerRuntime(Runtime):
 
         if not spec.image:
             raise ReplicaRuntimeError("the docker runtime needs spec.image (see ensure_image)")
+        spec = self.scoped(spec)
         name = self.container_name(spec)
         existing = self._get(name)
         if existing is not None:
@@ -159,7 +173,7 @@ class DockerRuntime(Runtime):
                 return state
             existing.remove(force=True)
 
-        labels = {**self.extra_labels, **spec.labels,
+        labels = {**self.extra_labels, **spec.labels, **self.scope_labels(),
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
                   LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
                   LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
@@ -234,9 +248,14 @@ class DockerRuntime(Runtime):
             except (APIError, NotFound) as exc:
                 if port is not None and not spec.port:
                     self.ports.release(port)
-                raced = self._get(name) if getattr(exc, "status_code", None) == 409 else None
+                conflict = getattr(exc, "status_code", None) == 409
+                raced = self._get(name) if conflict else None
                 if raced is not None:  # another worker created it a moment ago
                     return self._state(raced)
+                if conflict and self._get_any(name) is not None:
+                    raise ReplicaRuntimeError(
+                        f"starting {name} failed: a container of that name exists and is not "
+                        "this installation's (it is left alone)") from exc
                 raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
         container.reload()
         return self._state(container)
@@ -313,8 +332,7 @@ class DockerRuntime(Runtime):
             filters.append(f"{LABEL_DEPLOYMENT}={deployment}")
         if self.host_name:
             filters.append(f"{LABEL_HOST}={self.host_name}")
-        containers = self.client.containers.list(all=True, filters={"label": filters})
-        states = [self._state(c) for c in containers]
+        states = [self._state(c) for c in self._list(filters)]
         if not self.host_name:  # host workers' containers are theirs, even on a shared engine
             states = [s for s in states if not s.host]
         return sorted(states, key=lambda s: (s.deployment, s.revision, s.replica, s.id))
@@ -373,16 +391,49 @@ class DockerRuntime(Runtime):
                 "platform's own machine are isolated with MODELPORT_DOCKER_NETWORK=none."]
 
     # --- helpers ----------------------------------------------------------------------------
-    def _get(self, replica_id: str) -> Any | None:
+    def _get_any(self, replica_id: str) -> Any | None:
         from docker.errors import NotFound
 
         try:
-            container = self.client.containers.get(replica_id)
+            return self.client.containers.get(replica_id)
         except NotFound:
+            return None
+
+    def _get(self, replica_id: str) -> Any | None:
+        container = self._get_any(replica_id)
+        if container is None:
             return None
         if container.labels.get(LABEL_MANAGED) != "1":
             return None  # never touch containers Modelport does not manage
+        if not self._owned(container):
+            return None  # nor another installation's
         return container
+
+    def _list(self, filters: list[str]) -> list[Any]:
+        """This installation's containers matching the label filters. The summary list names
+        every container's labels in one call; only ours (and unlabelled ones, which may be
+        legacy ours) are inspected — another installation's never are. A container removed
+        meanwhile is skipped."""
+        from docker.errors import NotFound
+
+        if self.installation and self.legacy_owner is None:  # legacy ones are never ours
+            filters = [*filters, f"{LABEL_INSTALLATION}={self.installation}"]
+        out = []
+        for summary in self.client.api.containers(all=True, filters={"label": filters}):
+            owner = (summary.get("Labels") or {}).get(LABEL_INSTALLATION)
+            if owner is not None and owner != self.installation:
+                continue
+            try:
+                container = self.client.containers.get(summary["Id"])
+            except NotFound:
+                continue
+            if self._owned(container):
+                out.append(container)
+        return out
+
+    def _owned(self, container: Any) -> bool:
+        return self.owns(container.labels or {},
+                         lambda: env_dict((container.attrs.get("Config") or {}).get("Env")))
 
     def _used_ports(self) -> set[int]:
         # The low-level list carries the labels: one API call, and no per-container inspect that

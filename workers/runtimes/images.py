@@ -1,6 +1,10 @@
 """Serving images, one per distinct set of model requirements.
 
-Tag: ``modelport/serving:<sha256 of the sorted, normalized requirements>[:12]``. A model's
+Tag: ``modelport/serving:<requirements>-<code>``, the first 12 hex digits of the sha256 of the
+sorted, normalized requirements and of what else the image is made of — the serving code, its
+Dockerfile and the base image's name. Two installations sharing a Docker Engine with different
+platform code therefore build different tags and never retag (or run) each other's build; with
+the same code they share one image, which is the same image. A model's
 requirements are first checked (``requirements.py``: names and versions only), then their wheels
 and the serving stack's are fetched on this host for the base image's interpreter
 (``wheelhouse.py``: wheels only, from the configured package index, allow-list applied). The
@@ -185,7 +189,8 @@ class ImageBuilder:
                  lock_dir: str | os.PathLike[str] | None = None,
                  mlflow_skinny: bool = True,
                  build_timeout: int = 3600,
-                 fetch_timeout: int = 1800) -> None:
+                 fetch_timeout: int = 1800,
+                 container_labels: dict[str, str] | None = None) -> None:
         self.client = client
         self.base_image = base_image
         self.repository = (repository or os.environ.get("MODELPORT_SERVING_REPOSITORY")
@@ -203,11 +208,17 @@ class ImageBuilder:
         self.fetch_timeout = fetch_timeout
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}
+        # On the containers it runs itself (the base image's probe): whose they are.
+        self.container_labels = dict(container_labels or {})
 
     # --- naming -----------------------------------------------------------------------------
-    def tag_for(self, requirements: Iterable[str]) -> str:
+    def tag_for(self, requirements: Iterable[str], serving_digest: str | None = None) -> str:
+        """The image's tag: requirements and serving code (``serving_digest``, computed when
+        not given) both name it."""
         digest = requirements_digest(requirements, mlflow_skinny=self.mlflow_skinny)
-        return f"{self.repository}:{digest[:12]}"
+        code = hashlib.sha256(f"{serving_digest or self.serving_digest()}\n"
+                              f"{self.base_image}".encode()).hexdigest()
+        return f"{self.repository}:{digest[:12]}-{code[:12]}"
 
     def _serving_files(self) -> list[Path]:
         root = self.source_dir
@@ -249,14 +260,15 @@ class ImageBuilder:
         except RequirementRefused as exc:
             raise ImageBuildError(str(exc)) from None
         reqs = normalize_requirements(checked, mlflow_skinny=self.mlflow_skinny)
-        tag = self.tag_for(reqs)
+        serving = self.serving_digest()
+        tag = self.tag_for(reqs, serving)
         # The base image's id is part of the cache key: a rebuilt base rebuilds serving images.
         base_id = self._id_of(self.base_image)
         if base_id is None:
             raise ImageBuildError(f"base image {self.base_image} is missing (build it with "
                                   "platform/images/build-base.sh, or pull it where possible)")
         labels = {LABEL_KIND: "serving", LABEL_BASE: f"{self.base_image}@{base_id}",
-                  LABEL_SERVING: self.serving_digest(),
+                  LABEL_SERVING: serving,
                   LABEL_REQS: requirements_digest(reqs, mlflow_skinny=self.mlflow_skinny)}
         with self._locked(tag, log):
             current = self._labels_of(tag)
@@ -322,7 +334,8 @@ class ImageBuilder:
         if target is None:
             log(f"probing the Python of {self.base_image}")
             try:
-                target = probe_target(self.client, self.base_image)
+                target = probe_target(self.client, self.base_image,
+                                      labels=self.container_labels)
             except WheelFetchError as exc:
                 raise ImageBuildError(str(exc)) from None
             except Exception as exc:  # docker.errors.*: the engine refused or is gone

@@ -8,11 +8,13 @@ import re
 
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_MODEL_VERSION,
     LABEL_REVISION,
     ReplicaSpec,
+    short_id,
 )
 
 # Annotations (keys follow the same syntax as labels).
@@ -36,21 +38,42 @@ def label_value(text: str) -> str:
     return f"{clean[:54].rstrip('-_.')}-{digest}".lstrip("-_.")
 
 
-def revision_object_name(deployment: str, revision: int) -> str:
-    """DNS-1035 name of a revision's Deployment/Service/Secret/HPA: ``mp-<deployment>-r<n>``,
-    short enough (<= 52) that pod names keep their ReplicaSet hash and random suffix."""
+def revision_object_name(deployment: str, revision: int, installation: str = "") -> str:
+    """DNS-1035 name of a revision's Deployment/Service/Secret/HPA/NetworkPolicy:
+    ``mp-<installation[:8]>-<deployment>-r<n>`` (two installations may share a namespace and a
+    deployment name), short enough (<= 52) that pod names keep their ReplicaSet hash and
+    random suffix."""
     slug = _DNS_BAD.sub("-", deployment.lower()).strip("-") or "deployment"
-    name = f"mp-{slug}-r{int(revision)}"
+    prefix = f"mp-{short_id(installation)}-" if installation else "mp-"
+    name = f"{prefix}{slug}-r{int(revision)}"
     if len(name) <= 52 and slug == deployment:
         return name
     digest = hashlib.sha256(deployment.encode()).hexdigest()[:6]
     tail = f"-{digest}-r{int(revision)}"
-    return f"mp-{slug[:52 - 3 - len(tail)].rstrip('-')}{tail}"
+    return f"{prefix}{slug[:52 - len(prefix) - len(tail)].rstrip('-')}{tail}"
+
+
+def object_name(spec: ReplicaSpec) -> str:
+    """The name of the revision's objects ``spec`` belongs to."""
+    return revision_object_name(spec.deployment, spec.revision, spec.installation)
 
 
 def selector_labels(spec: ReplicaSpec) -> dict[str, str]:
-    return {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: label_value(spec.deployment),
-            LABEL_REVISION: str(int(spec.revision))}
+    """What a revision's Deployment, Service and NetworkPolicy select: its pods, of its
+    installation only."""
+    labels = {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: label_value(spec.deployment),
+              LABEL_REVISION: str(int(spec.revision))}
+    if spec.installation:
+        labels[LABEL_INSTALLATION] = spec.installation
+    return labels
+
+
+def scope_selector(installation: str) -> str:
+    """The label selector of every managed object of one installation (unscoped: of none —
+    objects made before installation ids, which no scoped runtime lists)."""
+    if installation:
+        return f"{LABEL_MANAGED}=1,{LABEL_INSTALLATION}={installation}"
+    return f"{LABEL_MANAGED}=1,!{LABEL_INSTALLATION}"
 
 
 def object_labels(spec: ReplicaSpec, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -44,6 +44,7 @@ from typing import Any
 
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_REPLICA,
     LABEL_REVISION,
@@ -57,7 +58,9 @@ from .kube_names import (
     label_selector,
     object_annotations,
     object_labels,
+    object_name,
     revision_object_name,
+    scope_selector,
     selector_labels,
 )
 
@@ -221,7 +224,7 @@ def build_network_policy(spec: ReplicaSpec, *, namespace: str, peers: PolicyPeer
                          extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The revision's NetworkPolicy: labelled like its other objects, selecting its pods,
     egress as ``spec.egress`` says (see the module docstring for what it allows)."""
-    return _policy(name=revision_object_name(spec.deployment, spec.revision),
+    return _policy(name=object_name(spec),
                    namespace=namespace, pod_selector=selector_labels(spec),
                    labels=object_labels(spec, extra_labels),
                    annotations=object_annotations(spec), egress=spec.egress, peers=peers,
@@ -237,19 +240,23 @@ def policy_from_metadata(labels: Mapping[str, str], annotations: Mapping[str, st
     if labels.get(LABEL_MANAGED) != "1" or not deployment or not revision.isdigit():
         return None
     kept = (ANN_DEPLOYMENT, ANN_MODEL, ANN_MODEL_VERSION)
+    installation = labels.get(LABEL_INSTALLATION, "")
+    selector = {LABEL_MANAGED: "1", LABEL_DEPLOYMENT: deployment, LABEL_REVISION: revision}
+    if installation:
+        selector[LABEL_INSTALLATION] = installation
     return _policy(name=revision_object_name(annotations.get(ANN_DEPLOYMENT) or deployment,
-                                             int(revision)),
+                                             int(revision), installation),
                    namespace=namespace,
-                   pod_selector={LABEL_MANAGED: "1", LABEL_DEPLOYMENT: deployment,
-                                 LABEL_REVISION: revision},
+                   pod_selector=selector,
                    labels={k: v for k, v in labels.items()
                            if k not in (LABEL_REPLICA, "pod-template-hash")},
                    annotations={k: annotations[k] for k in kept if k in annotations},
                    egress=egress, peers=peers, port=port)
 
 
-_synced: dict[tuple[str, str], float] = {}  # (API server, namespace) -> last sweep
-_orphans: dict[tuple[str, str], dict[str, str]] = {}  # -> policies orphaned at the last sweep
+# (API server, namespace, installation) -> last sweep
+_synced: dict[tuple[str, str, str], float] = {}
+_orphans: dict[tuple[str, str, str], dict[str, str]] = {}  # -> policies orphaned then
 
 
 class NetworkPolicies:
@@ -257,6 +264,7 @@ class NetworkPolicies:
     API clients, ``_read``, ``_list_pods``, ``_delete`` and ``_error``)."""
 
     namespace: str
+    installation: str
     policy_peers: PolicyPeers
     extra_labels: dict[str, str]
     container_port: int
@@ -336,7 +344,7 @@ class NetworkPolicies:
         revision being started in between has its Deployment by then."""
         from kubernetes.client.exceptions import ApiException
 
-        managed = label_selector({LABEL_MANAGED: "1"})
+        managed = scope_selector(self.installation)  # this installation's objects only
         try:
             policies = self.networking.list_namespaced_network_policy(
                 self.namespace, label_selector=managed,
@@ -384,7 +392,7 @@ class NetworkPolicies:
         too (the delete carries that version as a precondition)."""
         from kubernetes.client.exceptions import ApiException
 
-        key = (str(self.api_client.configuration.host), self.namespace)
+        key = (str(self.api_client.configuration.host), self.namespace, self.installation)
         before = _orphans.get(key, {})
         for name, version in sorted(orphans.items()):
             if before.get(name) != version:
@@ -428,7 +436,7 @@ class NetworkPolicies:
     def _sweep_policies(self) -> None:
         """``sync_network_policies`` at most every SYNC_EVERY_S per namespace and process; a
         failure is logged, never raised (listing replicas must not fail for it)."""
-        key = (str(self.api_client.configuration.host), self.namespace)
+        key = (str(self.api_client.configuration.host), self.namespace, self.installation)
         now = time.monotonic()
         if now - _synced.get(key, -SYNC_EVERY_S) < SYNC_EVERY_S:
             return

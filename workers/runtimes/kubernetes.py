@@ -51,6 +51,7 @@ from typing import Any
 
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_MODEL_VERSION,
@@ -75,7 +76,9 @@ from .kube_names import (
     label_value,
     object_annotations,
     object_labels,
+    object_name,
     revision_object_name,
+    scope_selector,
     selector_labels,
 )
 from .kube_policy import NetworkPolicies, PolicyPeers
@@ -224,7 +227,7 @@ def build_pod_template(spec: ReplicaSpec, image: str, *, secret_name: str | None
 def build_deployment(spec: ReplicaSpec, image: str, *, namespace: str, replicas: int,
                      indices: Iterable[int], secret_name: str | None = None,
                      **template_kwargs: Any) -> dict[str, Any]:
-    name = revision_object_name(spec.deployment, spec.revision)
+    name = object_name(spec)
     extra = template_kwargs.get("extra_labels")
     return {
         "apiVersion": "apps/v1",
@@ -250,7 +253,7 @@ def build_service(spec: ReplicaSpec, *, namespace: str, service_type: str = "Clu
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": revision_object_name(spec.deployment, spec.revision),
+        "metadata": {"name": object_name(spec),
                      "namespace": namespace, "labels": object_labels(spec, extra_labels),
                      "annotations": object_annotations(spec)},
         "spec": {"type": service_type, "selector": selector_labels(spec),
@@ -268,7 +271,7 @@ def build_secret(spec: ReplicaSpec, *, namespace: str,
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": revision_object_name(spec.deployment, spec.revision) + "-env",
+        "metadata": {"name": object_name(spec) + "-env",
                      "namespace": namespace, "labels": object_labels(spec, extra_labels),
                      "annotations": object_annotations(spec)},
         "stringData": {k: str(v) for k, v in spec.env.items()},
@@ -277,7 +280,7 @@ def build_secret(spec: ReplicaSpec, *, namespace: str,
 
 def build_hpa(spec: ReplicaSpec, autoscaling: Autoscaling, *, namespace: str, min_replicas: int,
               extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    name = revision_object_name(spec.deployment, spec.revision)
+    name = object_name(spec)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -350,7 +353,8 @@ def pod_state(pod: Any, *, url_mode: str = "pod", namespace: str = "",
     if url_mode == "service":
         name = revision_object_name(annotations.get(ANN_DEPLOYMENT)
                                     or labels.get(LABEL_DEPLOYMENT, ""),
-                                    _int(labels.get(LABEL_REVISION)))
+                                    _int(labels.get(LABEL_REVISION)),
+                                    labels.get(LABEL_INSTALLATION, ""))
         url: str | None = f"http://{name}.{namespace}.svc.{cluster_domain}:{CONTAINER_PORT}"
     else:
         url = f"http://{status.pod_ip}:{CONTAINER_PORT}" if status.pod_ip else None
@@ -405,6 +409,11 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
 
     Network: ``network_policy`` (a ``kube_policy.PolicyPeers`` or the target's settings dict)
     says which pods are the platform (callers of replicas, the ingest) and where DNS is.
+
+    ``installation`` (see ``Runtime``): every object is named ``mp-<id[:8]>-…`` and labelled
+    with the id, which the revision's selectors include; only this installation's pods and
+    policies are listed, adopted or removed. Objects from before installation ids carry no id
+    and are left alone (docs/beyond-one-host.md says how to remove them).
     """
 
     name = "kubernetes"
@@ -429,7 +438,8 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
                  network_policy: PolicyPeers | Mapping[str, Any] | None = None,
                  pod_wait_s: float = 120.0,
                  poll_interval_s: float = 0.5,
-                 request_timeout_s: float = 30.0) -> None:
+                 request_timeout_s: float = 30.0,
+                 installation: str = "") -> None:
         if url_mode not in ("pod", "service"):
             raise ValueError("url_mode must be 'pod' or 'service'")
         try:
@@ -437,6 +447,7 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
         except ValueError as exc:
             raise ReplicaRuntimeError(f"the kubernetes runtime's settings: {exc}") from exc
         self.namespace = namespace
+        self.installation = installation
         self.context = context
         self.in_cluster = in_cluster
         self.api_client = api_client or self._load_client(in_cluster, config_file, context)
@@ -576,8 +587,9 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
         if not spec.image:
             raise ReplicaRuntimeError("the kubernetes runtime needs spec.image (see ensure_image)")
+        spec = self.scoped(spec)
         image = self.model_image(spec.image, spec.model_dir) if spec.model_dir else spec.image
-        name = revision_object_name(spec.deployment, spec.revision)
+        name = object_name(spec)
         secret_name = None
         if spec.env:
             secret_name = name + "-env"
@@ -618,7 +630,7 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def _ensure_deployment(self, spec: ReplicaSpec, image: str, secret_name: str | None) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        name = revision_object_name(spec.deployment, spec.revision)
+        name = object_name(spec)
         for _attempt in range(5):
             current = self._read(self.apps.read_namespaced_deployment, name)
             if current is None:
@@ -664,7 +676,7 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def _ensure_hpa(self, spec: ReplicaSpec) -> None:
         assert self.autoscaling is not None
         current = self._read(self.apps.read_namespaced_deployment,
-                             revision_object_name(spec.deployment, spec.revision))
+                             object_name(spec))
         floor = len(parse_indices((current.metadata.annotations or {}).get(ANN_INDICES))) \
             if current is not None else 1
         body = build_hpa(spec, self.autoscaling, namespace=self.namespace, min_replicas=floor,
@@ -723,7 +735,7 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
             if time.monotonic() >= deadline:
                 break
             time.sleep(self.poll_interval_s)
-        name = revision_object_name(spec.deployment, spec.revision)
+        name = object_name(spec)
         why = self._deployment_problem(name)
         # Take the index back, so no Deployment waits forever for a pod nobody tracks.
         self._after_drop(name, self._drop_index(name, spec.replica))
@@ -774,7 +786,8 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
         labels = pod.metadata.labels or {}
         annotations = pod.metadata.annotations or {}
         deployment = annotations.get(ANN_DEPLOYMENT) or labels.get(LABEL_DEPLOYMENT, "")
-        name = revision_object_name(deployment, _int(labels.get(LABEL_REVISION)))
+        name = revision_object_name(deployment, _int(labels.get(LABEL_REVISION)),
+                                    labels.get(LABEL_INSTALLATION, ""))
         index = labels.get(LABEL_REPLICA)
         left: set[int] | None = None
         if index is not None and index.isdigit():
@@ -833,10 +846,9 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
         once a minute (``kube_policy.NetworkPolicies.sync_network_policies``)."""
         if deployment is None:
             self._sweep_policies()
-        wanted = {LABEL_MANAGED: "1"}
+        selector = scope_selector(self.installation) + f",{LABEL_REPLICA}"
         if deployment is not None:
-            wanted[LABEL_DEPLOYMENT] = label_value(deployment)
-        selector = label_selector(wanted) + f",{LABEL_REPLICA}"
+            selector += f",{LABEL_DEPLOYMENT}={label_value(deployment)}"
         states = [self._state(p) for p in self._list_pods(selector)
                   if p.metadata.deletion_timestamp is None]
         if deployment is not None:
@@ -954,8 +966,11 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
 
     def _get(self, replica_id: str) -> Any | None:
         pod = self._read(self.core.read_namespaced_pod, replica_id)
-        if pod is None or (pod.metadata.labels or {}).get(LABEL_MANAGED) != "1":
+        labels = (pod.metadata.labels or {}) if pod is not None else {}
+        if pod is None or labels.get(LABEL_MANAGED) != "1":
             return None  # never touch pods Modelport does not manage
+        if labels.get(LABEL_INSTALLATION, "") != self.installation:
+            return None  # nor another installation's (nor, scoped, one from before ids)
         return pod
 
     def _list_pods(self, selector: str) -> list[Any]:

@@ -8,7 +8,9 @@ users of the machine cannot call it. Model code itself runs as the platform's us
 reach what that user can (other replicas, the data dir): that is what "unsandboxed" means, and
 the portal says so. Replicas are recorded in a JSON state file, keyed by replica id with the
 pid and the kernel's start time of that pid, so a restarted worker finds them again and never
-signals a recycled pid.
+signals a recycled pid. Each record names the installation that started it; a runtime sees only
+its own installation's (see ``Runtime.owns``: a record from before installation ids is its own
+when its running process carries one of this installation's replica keys).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from typing import Any
 from serving.sockets import SOCKET_NAME, unix_url
 
 from .base import (
+    LABEL_DEPLOYMENT,
+    LABEL_INSTALLATION,
+    LABEL_REVISION,
+    LegacyOwner,
     LogFn,
     ReplicaRuntimeError,
     ReplicaSpec,
@@ -108,7 +114,11 @@ class LocalRuntime(Runtime):
                  source_dir: str | os.PathLike[str] = REPO_ROOT,
                  address_space_overhead_mb: int = 2048,
                  cpu_seconds: int | None = None,
-                 nproc: int | None = None) -> None:
+                 nproc: int | None = None,
+                 installation: str = "",
+                 legacy_owner: LegacyOwner | None = None) -> None:
+        self.installation = installation
+        self.legacy_owner = legacy_owner
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.state_dir / "local-runtime.json"
@@ -132,9 +142,13 @@ class LocalRuntime(Runtime):
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
         if not spec.model_dir:
             raise ReplicaRuntimeError("the local runtime needs spec.model_dir")
+        spec = self.scoped(spec)
         rid = spec.name
         with self._state() as state:
             rec = state.get(rid)
+            if rec is not None and not self._mine(rec):
+                raise ReplicaRuntimeError(f"a local replica named {rid} exists and is not this "
+                                          "installation's (it is left alone)")
             if rec is not None and self._alive(rec):
                 return self._to_state(rid, rec)
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +191,7 @@ class LocalRuntime(Runtime):
                 "replica": spec.replica, "model_dir": env["MODELPORT_MODEL_DIR"],
                 "model_name": spec.model_name, "model_version": str(spec.model_version),
                 "labels": dict(spec.labels), "log": str(log_path),
+                "installation": self.installation,
                 "started_at": datetime.now(UTC).isoformat(), "exit_code": None,
                 "restart_count": int((state.get(rid) or {}).get("restart_count", 0)),
             }
@@ -186,7 +201,7 @@ class LocalRuntime(Runtime):
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
         with self._state() as state:
             rec = state.get(replica_id)
-            if rec is None:
+            if rec is None or not self._mine(rec):
                 return
             if self._alive(rec):
                 self._signal(rec, signal.SIGTERM)
@@ -204,6 +219,8 @@ class LocalRuntime(Runtime):
     def remove_replica(self, replica_id: str) -> None:
         self.stop_replica(replica_id, timeout=5)
         with self._state() as state:
+            if replica_id not in state or not self._mine(state[replica_id]):
+                return
             rec = state.pop(replica_id, None)
         if rec:
             with contextlib.suppress(OSError):
@@ -215,7 +232,8 @@ class LocalRuntime(Runtime):
     def list_replicas(self, deployment: str | None = None) -> list[ReplicaState]:
         with self._state() as state:
             items = [(rid, rec) for rid, rec in state.items()
-                     if deployment is None or rec.get("deployment") == deployment]
+                     if (deployment is None or rec.get("deployment") == deployment)
+                     and self._mine(rec)]
             for _rid, rec in items:
                 self._reap(rec)
             out = [self._to_state(rid, rec) for rid, rec in items]
@@ -224,7 +242,7 @@ class LocalRuntime(Runtime):
     def get_replica(self, replica_id: str) -> ReplicaState:
         with self._state() as state:
             rec = state.get(replica_id)
-            if rec is None:
+            if rec is None or not self._mine(rec):
                 return missing_state(replica_id)
             self._reap(rec)
             return self._to_state(replica_id, rec)
@@ -232,7 +250,7 @@ class LocalRuntime(Runtime):
     def logs(self, replica_id: str, tail: int = 200) -> str:
         with self._state() as state:
             rec = state.get(replica_id)
-        if rec is None:
+        if rec is None or not self._mine(rec):
             return ""
         try:
             lines = Path(rec["log"]).read_bytes().decode("utf-8", "replace").splitlines()
@@ -243,7 +261,7 @@ class LocalRuntime(Runtime):
     def stats(self, replica_id: str, interval: float = 0.25) -> dict[str, float]:
         with self._state() as state:
             rec = state.get(replica_id)
-        if rec is None or not self._alive(rec):
+        if rec is None or not self._mine(rec) or not self._alive(rec):
             return {"cpu_percent": 0.0, "memory_bytes": 0.0}
         pgid = int(rec["pid"])
         first = _group_cpu_ticks(pgid)
@@ -278,6 +296,30 @@ class LocalRuntime(Runtime):
                     os.replace(tmp, self.state_file)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _mine(self, rec: dict[str, Any]) -> bool:
+        """Whether the record is this installation's. A legacy record proven ours is adopted
+        once: it gets our id (written back with the state file), so it stays ours after its
+        process stopped."""
+        labels = {LABEL_DEPLOYMENT: str(rec.get("deployment", "")),
+                  LABEL_REVISION: str(rec.get("revision", ""))}
+        if rec.get("installation"):
+            labels[LABEL_INSTALLATION] = str(rec["installation"])
+        mine = self.owns(labels, lambda: self._environ(rec))
+        if mine and self.installation and not rec.get("installation"):
+            rec["installation"] = self.installation
+        return mine
+
+    def _environ(self, rec: dict[str, Any]) -> dict[str, str]:
+        """The environment of a record's running process (only a live one says anything)."""
+        if not self._alive(rec):
+            return {}
+        try:
+            raw = Path(f"/proc/{int(rec['pid'])}/environ").read_bytes()
+        except OSError:
+            return {}
+        return dict(item.decode("utf-8", "replace").partition("=")[::2]
+                    for item in raw.split(b"\0") if item)
 
     def _socket_path(self, rid: str) -> Path:
         """The replica's socket, in a directory of its own (mode 0700, like its parent)."""

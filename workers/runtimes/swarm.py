@@ -50,6 +50,7 @@ from typing import Any
 
 from .base import (
     LABEL_DEPLOYMENT,
+    LABEL_INSTALLATION,
     LABEL_MANAGED,
     LABEL_MODEL,
     LABEL_MODEL_VERSION,
@@ -57,6 +58,7 @@ from .base import (
     LABEL_REPLICA,
     LABEL_REVISION,
     BackendHealth,
+    LegacyOwner,
     LogFn,
     NodeInfo,
     ReplicaRuntimeError,
@@ -64,6 +66,7 @@ from .base import (
     ReplicaState,
     ReplicaStatus,
     Runtime,
+    env_dict,
     missing_state,
 )
 from .docker import (
@@ -112,6 +115,9 @@ class SwarmRuntime(Runtime):
     network Modelport's gateway also joins); the model server listens on 8080 and the url is
     http://<service name>:8080 (Swarm's DNS + VIP for the service). Replicas granted egress
     also join `egress_network`.
+
+    `installation` (see ``Runtime``): services are named ``mp-<id[:8]>-…`` and labelled with the
+    id, and only this installation's are listed, adopted or removed.
     """
 
     name = "swarm"
@@ -124,7 +130,8 @@ class SwarmRuntime(Runtime):
                  state_dir: str | os.PathLike[str] | None = None,
                  extra_labels: dict[str, str] | None = None,
                  gpu_resource: str = DEFAULT_GPU_RESOURCE, restart_attempts: int = 3,
-                 healthcheck: bool = True, egress_network: str = "") -> None:
+                 healthcheck: bool = True, egress_network: str = "",
+                 installation: str = "", legacy_owner: LegacyOwner | None = None) -> None:
         if client is None:
             import docker
 
@@ -153,6 +160,8 @@ class SwarmRuntime(Runtime):
         self.gpu_resource = gpu_resource
         self.restart_attempts = restart_attempts
         self.healthcheck = healthcheck
+        self.installation = installation
+        self.legacy_owner = legacy_owner
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -166,6 +175,7 @@ class SwarmRuntime(Runtime):
 
         if not spec.image:
             raise ReplicaRuntimeError("the swarm runtime needs spec.image (see ensure_image)")
+        spec = self.scoped(spec)
         name = spec.name
         existing = self._get(name)
         if existing is not None:
@@ -210,7 +220,8 @@ class SwarmRuntime(Runtime):
             UpdateConfig,
         )
 
-        labels = {**self.extra_labels, **spec.labels,
+        spec = self.scoped(spec)
+        labels = {**self.extra_labels, **spec.labels, **self.scope_labels(),
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
                   LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
                   LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
@@ -323,7 +334,10 @@ class SwarmRuntime(Runtime):
         filters = [f"{LABEL_MANAGED}=1", LABEL_DEPLOYMENT]
         if deployment is not None:
             filters.append(f"{LABEL_DEPLOYMENT}={deployment}")
-        services = self.client.services.list(filters={"label": filters})
+        if self.installation and self.legacy_owner is None:  # legacy ones are never ours
+            filters.append(f"{LABEL_INSTALLATION}={self.installation}")
+        services = [s for s in self.client.services.list(filters={"label": filters})
+                    if self._owned(s)]
         tasks = self._tasks(services)
         states = [self._state(s, tasks) for s in services]
         return sorted(states, key=lambda s: (s.deployment, s.revision, s.replica, s.id))
@@ -424,7 +438,14 @@ class SwarmRuntime(Runtime):
         labels = (service.attrs.get("Spec") or {}).get("Labels") or {}
         if labels.get(LABEL_MANAGED) != "1" or service.name != replica_id:
             return None  # never touch services Modelport does not manage (or id prefixes)
+        if not self._owned(service):
+            return None  # nor another installation's
         return service
+
+    def _owned(self, service: Any) -> bool:
+        spec = service.attrs.get("Spec") or {}
+        container = (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+        return self.owns(spec.get("Labels") or {}, lambda: env_dict(container.get("Env")))
 
     def _tasks(self, services: list[Any]) -> dict[str, list[dict[str, Any]]]:
         """Tasks of these services, by service id (one API call)."""

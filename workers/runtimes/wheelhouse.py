@@ -137,13 +137,15 @@ class Target:
         return {**self.markers, "extra": ""}
 
 
-def probe_target(client: Any, image: str, timeout: int = 120) -> Target:
+def probe_target(client: Any, image: str, timeout: int = 120,
+                 labels: dict[str, str] | None = None) -> Target:
     """Run the interpreter of `image` once (no network, no capabilities, read-only, an
-    unprivileged uid) and read what it is: the base image is the platform's own."""
+    unprivileged uid) and read what it is: the base image is the platform's own. `labels`:
+    added to the probe container's (the installation it runs for)."""
     container = client.containers.create(
         image, entrypoint=["python3", "-c", PROBE], network_mode="none", user="65534:65534",
         read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-        mem_limit="256m", pids_limit=64, labels={PROBE_LABEL: "1"})
+        mem_limit="256m", pids_limit=64, labels={**(labels or {}), PROBE_LABEL: "1"})
     try:
         container.start()
         status = container.wait(timeout=timeout)

@@ -3,8 +3,9 @@
 Creates what is missing — two models trained from scikit-learn's bundled datasets, validated
 by the worker, the classifier deployed through its ``production`` alias, two alert rules — waits
 until the deployment is healthy, makes one prediction through the gateway, then prints the URL,
-the login and a ready-to-paste ``curl`` with a fresh token. With ``--stay`` it then waits for
-Ctrl-C instead of exiting (honcho stops every process when one of them exits).
+the login and a ready-to-paste ``curl`` with a fresh token. ``--wait-for-web`` lets the portal
+start first (`make run`'s supervisor runs it once that way); ``--stay`` also does, and then waits
+for Ctrl-C instead of exiting, for a process manager that stops everything when one exits.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--stay", action="store_true",
                             help="Keep running when done (for honcho/Procfile).")
+        parser.add_argument("--wait-for-web", action="store_true",
+                            help="Wait until the portal answers /readyz before seeding.")
         parser.add_argument("--timeout", type=float, default=900,
                             help="Seconds to wait for validation and a healthy deployment.")
 
@@ -36,7 +39,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _exit)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
         try:
-            self._seed(options["timeout"], wait_for_web=options["stay"])
+            self._seed(options["timeout"],
+                       wait_for_web=options["stay"] or options["wait_for_web"])
         except services.DemoError as exc:
             if not options["stay"]:
                 raise CommandError(str(exc)) from exc

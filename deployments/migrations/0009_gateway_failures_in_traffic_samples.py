@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0006_egress_and_replica_keys'),
+        ('deployments', '0008_revision_rollout_steps_and_retries'),
     ]
 
     operations = [
