@@ -365,7 +365,7 @@ def _enqueue_traffic(run_id: int) -> None:
 def run_traffic(run_id: int, *, on_progress: Callable[[TrafficRun], None] | None = None
                 ) -> TrafficRun:
     """Send the run's traffic through the gateway (in a worker, or in ``demo_traffic``)."""
-    from .traffic import TrafficPlan, send
+    from .traffic import TrafficFailed, TrafficPlan, send
 
     claimed = TrafficRun.objects.filter(pk=run_id, status=TrafficStatus.QUEUED).update(
         status=TrafficStatus.RUNNING, started_at=timezone.now(), message="Starting.")
@@ -388,6 +388,11 @@ def run_traffic(run_id: int, *, on_progress: Callable[[TrafficRun], None] | None
         stats = send(TrafficPlan(deployment=run.deployment.name, duration_s=run.duration_s,
                                  model=trained, base_url=settings.MODELPORT_BASE_URL,
                                  token=secret), progress)
+    except TrafficFailed as exc:  # the requests failed, not this code: no traceback
+        log.warning("demo traffic #%s failed: %s", run.pk, exc)
+        TrafficRun.objects.filter(pk=run.pk).update(
+            status=TrafficStatus.FAILED, finished_at=timezone.now(), message=str(exc)[:500],
+            **exc.stats)
     except Exception as exc:
         log.exception("demo traffic #%s failed", run.pk)
         TrafficRun.objects.filter(pk=run.pk).update(

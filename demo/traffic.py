@@ -27,6 +27,9 @@ from .training import TrainedModel, sample_rows
 FEEDBACK_DELAY_S = 5.0  # replicas ship their log every second; give them some slack
 FEEDBACK_GIVE_UP_S = 90.0
 PROGRESS_EVERY_S = 2.0
+# When the first this-many well-formed requests all failed, the run stops early: the deployment
+# is down, and minutes more of 503s would only hide that.
+GIVE_UP_AFTER = 20
 
 Progress = Callable[[dict[str, int], float, str], None]
 
@@ -43,6 +46,30 @@ class TrafficPlan:
     error_share: float = 0.02
     drift_shift: float = 2.0  # standard deviations
     seed: int | None = None
+
+
+class TrafficFailed(RuntimeError):
+    """Most requests failed (the deployment is down or broken): the run is a failure, and the
+    message says how many failed with which status and the gateway's own words."""
+
+    def __init__(self, message: str, stats: dict[str, int]) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+class _Failures:
+    """Well-formed requests that did not get a prediction, by status, and the last answer."""
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, int] = {}
+        self.last = ""
+
+    def add(self, status: int, code: str, message: str) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.last = f"{status} {code}: {message}" if code else f"{status}: {message}"
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} got {status}" for status, n in sorted(self.by_status.items()))
 
 
 class _Feedback:
@@ -81,13 +108,18 @@ def _client(plan: TrafficPlan) -> Any:
 
 
 def send(plan: TrafficPlan, progress: Progress) -> dict[str, int]:
-    """Send the plan's traffic; returns counts: sent, errors, drifted, labelled."""
+    """Send the plan's traffic; returns counts: sent, errors, drifted, labelled.
+
+    Raises TrafficFailed when more than half of the well-formed requests failed (or the first
+    ``GIVE_UP_AFTER`` all did): a demo whose every request got a 503 is not a success."""
     from modelport.errors import ModelportError
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     rng = np.random.default_rng(plan.seed)
     columns = list(plan.model.features.columns)
     stats = {"sent": 0, "errors": 0, "drifted": 0, "labelled": 0}
+    failures = _Failures()
+    well_formed = 0
     path = f"/serve/{plan.deployment}/invocations"
     drift_from, drift_to = plan.duration_s / 3, 2 * plan.duration_s / 3
     with _client(plan) as client:
@@ -108,19 +140,29 @@ def send(plan: TrafficPlan, progress: Progress) -> dict[str, int]:
                 if exc.status == 0 or exc.status in (401, 403, 404):
                     raise  # unreachable, or the token/deployment is wrong: stop, say why
                 stats["errors"] += 1
+                if not malformed or exc.status >= 500:
+                    failures.add(exc.status, exc.code, exc.message)
             else:
                 if rng.random() < plan.feedback_share:
                     feedback.add(request_id, labels[0])
             stats["sent"] += 1
             stats["drifted"] += drifted
+            well_formed += not malformed
+            failed = sum(failures.by_status.values())
+            if well_formed >= GIVE_UP_AFTER and failed >= well_formed:
+                raise TrafficFailed(
+                    f"Stopped: the first {failed} requests all failed ({failures.summary()}); "
+                    f"last answer {failures.last}", dict(stats))
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY_S:
                 feedback.flush()
                 stats["labelled"] = feedback.matched
                 phase = "drifted segment" if drifted else (
                     "normal traffic" if elapsed < drift_from else "back to normal")
+                trouble = f", {failed} failed ({failures.summary()})" if failed else ""
                 progress(dict(stats), elapsed / plan.duration_s,
-                         f"{stats['sent']} requests, {phase}, {stats['labelled']} labelled")
+                         f"{stats['sent']} requests, {phase}, {stats['labelled']} "
+                         f"labelled{trouble}")
                 last_report = now
             # A rate that swings over a minute, with exponential gaps (a Poisson process).
             rate = plan.rate * (1 + 0.5 * math.sin(2 * math.pi * elapsed / 60))
@@ -130,5 +172,9 @@ def send(plan: TrafficPlan, progress: Progress) -> dict[str, int]:
             time.sleep(FEEDBACK_DELAY_S / 2)
             feedback.flush(everything=True)
         stats["labelled"] = feedback.matched
+    failed = sum(failures.by_status.values())
+    if failed * 2 > max(well_formed, 1):
+        raise TrafficFailed(f"{failed} of {stats['sent']} requests failed "
+                            f"({failures.summary()}); last answer {failures.last}", dict(stats))
     progress(dict(stats), 1.0, f"{stats['sent']} requests sent, {stats['labelled']} labelled")
     return stats

@@ -119,6 +119,10 @@ class Exchange:
         self.started = 0.0
 
     def refuse(self, refusal: gateway.Refusal) -> None:
+        """Answer with the gateway's own refusal; once the caller was admitted (a route is
+        set), a 5xx is the platform's failure and counted as such (``gateway.refused``)."""
+        if self.route is not None and refusal.status >= 500:
+            gateway.refused(self.route, self.revision, refusal.status)
         self.done(_refusal(refusal, self.request_id))
 
     def admit(self, caller: tuple[bool, frozenset[int]], route: gateway.Route | None) -> None:
@@ -156,6 +160,8 @@ class Exchange:
             self._answered(answer, error)
         except Exception:  # the client must get an answer, whatever broke
             log.exception("the edge failed to answer POST /serve/%s/invocations", self.name)
+            if self.route is not None:
+                gateway.refused(self.route, self.revision, 500)
             self.done(edge_error(self.request_id))
 
     def _answered(self, answer: Answer | None, error: Exception | None) -> None:
@@ -163,10 +169,10 @@ class Exchange:
         elapsed_ms = (time.monotonic() - self.started) * 1000
         if answer is None:
             if isinstance(error, UpstreamTimeout):
-                gateway.count(deployment_id, self.revision, 504, elapsed_ms)
+                gateway.count(deployment_id, self.revision, 504, elapsed_ms, False)
                 self.refuse(gateway.timed_out(self.name))
                 return
-            gateway.count(deployment_id, self.revision, 502, elapsed_ms)
+            gateway.count(deployment_id, self.revision, 502, elapsed_ms, False)
             self.last_error = str(error)
             if self.attempts < 2:
                 self.relay()  # the replica went away: once more on another one
@@ -380,6 +386,7 @@ class Edge:
             return
         except DatabaseError:
             log.exception("database unavailable for a token or routing check")
+            exchange.route = route  # a cached route: the refusal counts against it
             exchange.refuse(gateway.Refusal(
                 503, "Modelport cannot check this token or route right now (its database is "
                      "not answering); try again shortly.", "control_plane_unavailable",

@@ -22,6 +22,7 @@ import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from prometheus_client import Counter
 from rest_framework import exceptions
 
 from core import replica_keys
@@ -55,6 +56,9 @@ class Route:
     shadow: Shadow | None = None
     # revision -> its replicas' key, as the edge sends it (core/replica_keys.py)
     keys: dict[int, bytes] = field(default_factory=dict)
+    name: str = ""
+    # The revision that should run: what a refusal with no replica picked is counted against.
+    revision: int = 0
 
     def pick(self, key: str | None, exclude: set[str]) -> tuple[int, str] | None:
         if not key and not exclude and len(self.revisions) == 1:  # the common case, fast
@@ -86,24 +90,60 @@ class Route:
 _routes: dict[str, Route] = {}
 _auth: dict[str, tuple[float, bool, frozenset[int]]] = {}
 FLUSH_S = 1.0
-_stats: dict[tuple[int, int], list] = {}  # (deployment pk, revision) -> [n, errors, [ms...]]
+# The gateway's own failures, answered instead of a replica's: 500 (a bug in the gateway),
+# 502 (replicas did not answer), 503 (no ready replica), 504 (a replica timed out).
+GATEWAY_CODES = (500, 502, 503, 504)
+# (deployment pk, revision) -> [attempts, attempt errors, [ms...], answered, {code: refusals}]
+_stats: dict[tuple[int, int], list] = {}
 _last_flush = [time.monotonic()]
 
+# Per process; /metrics adds the processes up where prometheus-client's multiprocess mode is
+# on. Registered in monitoring's registry (``monitoring.prom``), which serves /metrics.
+GATEWAY_ERRORS = Counter(
+    "modelport_gateway_errors", "Requests the gateway answered with its own failure instead of "
+    "a replica's answer: 502 replicas unreachable, 503 no ready replica (or the control plane "
+    "not answering), 504 timed out, 500 a gateway bug", ["deployment", "code"], registry=None)
 
-def count(deployment_id: int, revision: int, status: int, elapsed_ms: float) -> None:
-    """Count one proxied request (5xx and unreachable replicas are errors) — in memory only;
-    ``flush`` writes the counts."""
+
+def _entry(key: tuple[int, int]) -> list:
+    entry = _stats.get(key)
+    if entry is None:
+        entry = _stats[key] = [0, 0, [], 0, None]
+    return entry
+
+
+def count(deployment_id: int, revision: int, status: int, elapsed_ms: float,
+          answered: bool = True) -> None:
+    """Count one attempt at a replica (5xx and unreachable replicas are errors) — in memory
+    only; ``flush`` writes the counts. ``answered``: the attempt's outcome is what the caller
+    got (False when the gateway goes on to another replica or refuses, see ``refused``)."""
     with _lock:
-        entry = _stats.setdefault((deployment_id, revision), [0, 0, []])
+        entry = _entry((deployment_id, revision))
         entry[0] += 1
         entry[1] += status >= 500
+        entry[3] += answered
         if len(entry[2]) < 5000:
             entry[2].append(elapsed_ms)
 
 
-def record(deployment_id: int, revision: int, status: int, elapsed_ms: float) -> None:
+def refused(route: Route, revision: int | None, status: int) -> None:
+    """Count a request of an admitted caller that the gateway answered with its own failure
+    (``GATEWAY_CODES``): against ``revision``, or the deployment's current one when no replica
+    was picked. Not on the success path: only failures pay for the Prometheus counter."""
+    with _lock:
+        entry = _entry((route.version[0], revision or route.revision))
+        entry[3] += 1
+        codes = entry[4]
+        if codes is None:
+            codes = entry[4] = {}
+        codes[status] = codes.get(status, 0) + 1
+    GATEWAY_ERRORS.labels(route.name, str(status)).inc()
+
+
+def record(deployment_id: int, revision: int, status: int, elapsed_ms: float,
+           answered: bool = True) -> None:
     """Count one proxied request and write the counts when the last flush is ``FLUSH_S`` old."""
-    count(deployment_id, revision, status, elapsed_ms)
+    count(deployment_id, revision, status, elapsed_ms, answered)
     if time.monotonic() - _last_flush[0] >= FLUSH_S:
         flush()
 
@@ -122,11 +162,15 @@ def flush() -> None:
         return
     now = timezone.now()
     rows = []
-    for (deployment_id, revision), (n, errors, times) in taken.items():
+    for (deployment_id, revision), (n, errors, times, answered, codes) in taken.items():
         times = sorted(times)
         p95 = times[min(len(times) - 1, int(0.95 * len(times)))] if times else 0.0
+        codes = codes or {}
         rows.append(TrafficSample(deployment_id=deployment_id, revision=revision, at=now,
-                                  requests=n, errors=errors, p95_ms=p95))
+                                  requests=n, errors=errors, p95_ms=p95,
+                                  gateway_requests=answered,
+                                  **{f"gateway_{code}": codes.get(code, 0)
+                                     for code in GATEWAY_CODES}))
     try:
         TrafficSample.objects.bulk_create(rows)
     except Exception:  # noqa: BLE001 - e.g. the deployment was deleted meanwhile
@@ -136,7 +180,7 @@ def flush() -> None:
 
 
 def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
-          shadow: dict | None = None) -> Route:
+          shadow: dict | None = None, current: int = 0) -> Route:
     ready: dict[int, list[str]] = {}
     for rev, url in (Replica.objects.filter(deployment__name=name, ready=True)
                      .exclude(url="").order_by("revision", "index")
@@ -161,7 +205,8 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
                             tolerance=float(shadow.get("tolerance", 1e-6)),
                             urls=tuple(ready[number]), key=keys.get(number, ""))
     return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions,
-                 shadow=mirror, keys={rev: key.encode() for rev, key in keys.items()})
+                 shadow=mirror, keys={rev: key.encode() for rev, key in keys.items()},
+                 name=name, revision=current)
 
 
 def cached_route(name: str) -> Route | None:
@@ -178,16 +223,16 @@ def route_for(name: str) -> Route | None:
     if route is not None and now - route.checked < ROUTE_CHECK_S:
         return route
     row = Deployment.objects.filter(name=name).values_list(
-        "pk", "routing_version", "team_id", "traffic", "shadow").first()
+        "pk", "routing_version", "team_id", "traffic", "shadow", "revision").first()
     if row is None:
         _routes.pop(name, None)
         return None
-    pk, routing_version, team_id, traffic, shadow = row
+    pk, routing_version, team_id, traffic, shadow, current = row
     version = (pk, routing_version)
     if route is not None and route.version == version:
-        route.checked = now
+        route.checked, route.revision = now, current
         return route
-    route = _load(name, version, team_id, traffic, shadow)
+    route = _load(name, version, team_id, traffic, shadow, current)
     with _lock:
         _routes[name] = route
     return route
@@ -364,6 +409,7 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
     body = request.body
     tried: set[str] = set()
     last_error = ""
+    revision = 0
     for _attempt in range(2):
         picked = route.pick(key, tried)
         if picked is None:
@@ -380,10 +426,13 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 urllib3.exceptions.ProtocolError) as exc:
             last_error = f"{exc.__class__.__name__}"
-            record(route.version[0], revision, 502, (time.monotonic() - started) * 1000)
+            record(route.version[0], revision, 502, (time.monotonic() - started) * 1000,
+                   answered=False)
             continue  # the replica went away: once more on another one
         except urllib3.exceptions.ReadTimeoutError:
-            record(route.version[0], revision, 504, (time.monotonic() - started) * 1000)
+            record(route.version[0], revision, 504, (time.monotonic() - started) * 1000,
+                   answered=False)
+            refused(route, revision, 504)
             return _error(timed_out(name))
         except urllib3.exceptions.HTTPError as exc:
             last_error = f"{exc.__class__.__name__}"
@@ -399,5 +448,7 @@ def invocations(request: HttpRequest, name: str) -> HttpResponse:
                              upstream.data)
         return response
     if not tried:
+        refused(route, None, 503)
         return _error(no_ready_replica(name))
+    refused(route, revision, 502)
     return _error(unavailable(name, last_error))

@@ -233,15 +233,25 @@ class Replica(models.Model):
 
 class TrafficSample(models.Model):
     """What the gateway saw for one revision over about a second (written at most once a second
-    per gateway process): the canary compares new and old revisions with these."""
+    per gateway process): the canary compares new and old revisions with these, and monitoring
+    folds the ``gateway_*`` counts into its minute rollups (failures no replica ever saw)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
                                    related_name="traffic_samples")
     revision = models.PositiveIntegerField()
     at = models.DateTimeField(db_index=True)
-    requests = models.PositiveIntegerField(default=0)
-    errors = models.PositiveIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0, help_text="Attempts at a replica.")
+    errors = models.PositiveIntegerField(default=0,
+                                         help_text="Attempts answered 5xx, unreachable or "
+                                                   "timed out.")
     p95_ms = models.FloatField(default=0)
+    gateway_requests = models.PositiveIntegerField(
+        default=0, help_text="Requests of admitted callers answered, whatever the outcome.")
+    gateway_500 = models.PositiveIntegerField(default=0, help_text="Gateway bugs.")
+    gateway_502 = models.PositiveIntegerField(default=0, help_text="Replicas did not answer.")
+    gateway_503 = models.PositiveIntegerField(
+        default=0, help_text="No ready replica (or the control plane not answering).")
+    gateway_504 = models.PositiveIntegerField(default=0, help_text="A replica timed out.")
 
     class Meta:
         ordering = ["-at"]

@@ -127,6 +127,14 @@ class MinuteRollup(models.Model):
     # Plus one column per latency bucket (``lat_00`` … , see LATENCY_COLUMNS): plain columns so
     # the database sums them per step (a week of minutes in one GROUP BY), unlike a JSON array.
     predictions = models.JSONField(default=dict)  # {"classes": {label: n}} or {"values": [...]}
+    # What the gateway answered itself (from its traffic samples, ``monitoring.gateway_errors``):
+    # requests of admitted callers, and those it failed with 500/502/503/504 — failures no
+    # replica saw, so they are in no prediction log and not in ``count``.
+    gateway_requests = models.PositiveIntegerField(default=0)
+    gateway_500 = models.PositiveIntegerField(default=0)
+    gateway_502 = models.PositiveIntegerField(default=0)
+    gateway_503 = models.PositiveIntegerField(default=0)
+    gateway_504 = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["deployment", "minute", "revision"],

@@ -11,6 +11,8 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from deployments.gateway import GATEWAY_ERRORS
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 INGESTED = Counter("modelport_ingest_records", "Prediction records accepted by ingest",
@@ -81,3 +83,6 @@ class DatabaseCollector:
 
 
 REGISTRY.register(DatabaseCollector())
+# Counted where the gateway answers (the edge, or gunicorn's Django path): per process until
+# /metrics adds processes up (prometheus-client's multiprocess mode).
+REGISTRY.register(GATEWAY_ERRORS)

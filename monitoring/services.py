@@ -40,7 +40,7 @@ from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role
 
-from . import extract, prom, stats, webhooks
+from . import extract, gateway_errors, prom, stats, webhooks
 from .models import (
     LATENCY_COLUMNS,
     Alert,
@@ -748,12 +748,13 @@ def prune(*, now: datetime | None = None, chunk: int = 20000) -> dict[str, int]:
         if not ids:
             break
         deleted += PredictionRecord.objects.filter(id__in=ids).delete()[0]
+    traffic_samples = gateway_errors.prune(before=raw_cutoff)
     rollup_cutoff = now - timedelta(days=settings.MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS)
     minutes = MinuteRollup.objects.filter(minute__lt=rollup_cutoff).delete()[0]
     sketches = FeatureSketch.objects.filter(hour__lt=rollup_cutoff).delete()[0]
     replica_stats = ReplicaStat.objects.filter(at__lt=raw_cutoff).delete()[0]
     return {"records": deleted, "rollups": minutes, "sketches": sketches,
-            "replica_stats": replica_stats}
+            "replica_stats": replica_stats, "traffic_samples": traffic_samples}
 
 
 # --- Replica CPU and memory ------------------------------------------------------------------
@@ -1021,6 +1022,8 @@ def metrics_series(*, deployments: list[Deployment], start: datetime, end: datet
     else:
         predictions = {"kind": "none"}
     count_l, errors_l, lat_l = count.tolist(), errors.tolist(), lat_sum.tolist()
+    gateway = gateway_errors.series(deployment_ids=[d.pk for d in deployments], start=start,
+                                    end=end, step=step, revision=revision)
     return {
         "start": start.isoformat(), "end": end.isoformat(), "step": step,
         "timestamps": [(start + timedelta(seconds=step * i)).isoformat() for i in range(n)],
@@ -1037,7 +1040,9 @@ def metrics_series(*, deployments: list[Deployment], start: datetime, end: datet
                    "error_rate": _round(100.0 * total_errors / total) if total else None,
                    "latency_p50": _round(stats.percentile(total_buckets, 0.5)),
                    "latency_p95": _round(stats.percentile(total_buckets, 0.95)),
-                   "latency_p99": _round(stats.percentile(total_buckets, 0.99))},
+                   "latency_p99": _round(stats.percentile(total_buckets, 0.99)),
+                   **gateway.pop("totals")},
+        **gateway,
     }
 
 
@@ -1224,6 +1229,8 @@ METRICS = {
     "latency_p95": "p95 latency (ms)",
     "latency_p99": "p99 latency (ms)",
     "error_rate": "error rate (%)",
+    "gateway_error_rate": "gateway error rate (%): 502/503/504 answered by the gateway",
+    "gateway_errors": "gateway errors: 502/503/504 answered by the gateway",
     "requests_per_min": "requests per minute",
     "psi_max": "largest PSI of any feature",
     "drifted_features": "number of drifted features",
@@ -1478,6 +1485,9 @@ def totals_by_deployment(*, deployment_ids: list[int], start: datetime, end: dat
             "latency_p50": _round(stats.percentile(buckets, 0.5)),
             "latency_p95": _round(stats.percentile(buckets, 0.95)),
             "latency_p99": _round(stats.percentile(buckets, 0.99))})
+    for pk, gateway in gateway_errors.totals_by_deployment(
+            deployment_ids=deployment_ids, start=start, end=end).items():
+        result[pk].update(gateway)
     for row in (Alert.objects.filter(state=AlertState.FIRING,
                                      rule__deployment_id__in=deployment_ids)
                 .order_by().values("rule__deployment_id").annotate(n=Count("id"))):

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.core.mail import send_mail
 from django.db import transaction
 
-from . import prom, services, webhooks
+from . import gateway_errors, prom, services, webhooks
 from .models import Alert
 
 log = logging.getLogger(__name__)
@@ -16,10 +16,16 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="monitoring.tasks.rollup", ignore_result=True, expires=60)
 def rollup(max_passes: int = 20) -> int:
-    """Beat: fold new raw prediction records into minute rollups until caught up."""
+    """Beat: fold new raw prediction records, and the gateway's traffic samples (its own
+    502/503/504 answers), into minute rollups until caught up."""
     total = 0
     for _ in range(max_passes):
         n = services.rollup()
+        total += n
+        if n == 0:
+            break
+    for _ in range(max_passes):
+        n = gateway_errors.rollup()
         total += n
         if n == 0:
             break

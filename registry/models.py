@@ -163,6 +163,36 @@ class ModelVersion(models.Model):
         return ReferenceStatus.READY if self.reference_stats else ReferenceStatus.NONE
 
 
+class VersionEvent(models.Model):
+    """What validating a version did, as it happened: steps (with the percent reached), batches
+    of log lines (pip fetching wheels, the docker build, the sandbox's output) and the outcome.
+    The portal, ``GET …/versions/{n}/events/?since=`` and the CLI's ``--watch`` follow these.
+    Bounded per version: its last ``MODELPORT_VERSION_LOG_LINES`` log lines are kept
+    (``registry.progress``)."""
+
+    class Kind(models.TextChoices):
+        STEP = "step", "Step"
+        LOG = "log", "Log lines"
+        INFO = "info", "Info"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.LOG)
+    progress = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                help_text="Steps: the percent reached.")
+    message = models.TextField(help_text="Log events: their lines, one per line.")
+    lines = models.PositiveIntegerField(default=0, help_text="Log lines in the message.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["version", "id"], name="registry_vevent_version_id")]
+
+    def __str__(self) -> str:
+        return f"{self.version_id} {self.kind}: {self.message[:60]}"
+
+
 class ModelAlias(models.Model):
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
     name = models.CharField(max_length=50, validators=[alias_validator])

@@ -13,10 +13,14 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,46 @@ class SandboxOutcome:
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (not the model): image build, timeout, crash."""
+
+
+LogFn = Callable[[str], None]
+StepFn = Callable[[int, str], None]
+KEEP_LINES = 200  # of the output, for the outcome's ``logs`` and error messages
+
+
+def _follow(chunks: Iterable[bytes], on_log: LogFn) -> str:
+    """Pass each line of a byte stream to ``on_log`` as it arrives; the last lines, joined."""
+    tail: deque[str] = deque(maxlen=KEEP_LINES)
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            tail.append(line)
+            on_log(line)
+    if buffer:
+        line = buffer.decode("utf-8", "replace")
+        tail.append(line)
+        on_log(line)
+    return "\n".join(tail)
+
+
+def _stop_after(seconds: float, stop: Callable[[], None]) -> tuple[threading.Timer,
+                                                                   threading.Event]:
+    """Call ``stop`` once ``seconds`` have passed (the sandbox's time limit); the event says
+    whether it did."""
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        with contextlib.suppress(Exception):
+            stop()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer, fired
 
 
 def _read_result(job_dir: Path, logs: str) -> dict[str, Any]:
@@ -78,14 +122,17 @@ def _prepare(job_dir: Path) -> None:
     output.chmod(0o777)
 
 
-def run_in_docker(job_dir: Path, requirements: list[str],
-                  on_log: Callable[[str], None]) -> SandboxOutcome:
+def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
+                  on_step: StepFn) -> SandboxOutcome:
     from workers.runtimes import get_runtime
     from workers.runtimes.docker import HARDENING
 
     runtime = get_runtime("docker")
+    wanted = sandbox_requirements(requirements)
+    on_step(20, f"Preparing the model's environment: a serving image for {len(wanted)} "
+                "requirement(s).")
     try:
-        image = runtime.ensure_image(sandbox_requirements(requirements), on_log=on_log)
+        image = runtime.ensure_image(wanted, on_log=on_log)
     except ReplicaRuntimeError as exc:  # refused requirement, no wheel, not allowed, failed build
         raise SandboxError(f"the model's environment could not be built: {exc}") from None
     job = job_dir.name
@@ -102,7 +149,7 @@ def run_in_docker(job_dir: Path, requirements: list[str],
         pids_limit=256,
         # The container's own private tmpfs, the only writable place besides /job/output.
         environment={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp",  # noqa: S108
-                     "PYTHONDONTWRITEBYTECODE": "1"},
+                     "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
         # Paths as the Docker host sees them (differs when this worker runs in a container).
         volumes={runtime._host_path(str(job_dir / "input")): {"bind": "/job/input", "mode": "ro"},
                  runtime._host_path(str(job_dir / "output")): {"bind": "/job/output",
@@ -112,13 +159,19 @@ def run_in_docker(job_dir: Path, requirements: list[str],
         **hardening,
     )
     try:
+        on_step(60, "Loading the model in the sandbox (no network, read-only, non-root).")
         container.start()
-        try:
-            status = container.wait(timeout=settings.MODELPORT_SANDBOX_TIMEOUT_S)
+        timer, expired = _stop_after(settings.MODELPORT_SANDBOX_TIMEOUT_S, container.kill)
+        try:  # the output, line by line, until the container exits (or is killed)
+            logs = _follow(container.logs(stream=True, follow=True), on_log)
+            status = container.wait(timeout=60)
         except Exception as exc:
+            raise SandboxError(f"the sandbox stopped answering: {exc}") from exc
+        finally:
+            timer.cancel()
+        if expired.is_set():
             raise SandboxError(f"validation timed out after "
-                               f"{settings.MODELPORT_SANDBOX_TIMEOUT_S}s") from exc
-        logs = container.logs().decode(errors="replace")
+                               f"{settings.MODELPORT_SANDBOX_TIMEOUT_S}s")
         if status.get("StatusCode") not in (0, None) and not (job_dir / "output" /
                                                              "result.json").is_file():
             raise SandboxError(f"sandbox exited with {status.get('StatusCode')}: "
@@ -145,24 +198,42 @@ def _limits() -> None:  # runs in the child between fork and exec
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def run_in_subprocess(job_dir: Path) -> SandboxOutcome:
+def run_in_subprocess(job_dir: Path, on_log: LogFn, on_step: StepFn) -> SandboxOutcome:
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(job_dir),
-                   "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+                   "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1",
+                   "PYTHONUNBUFFERED": "1"}
+    on_step(60, "Loading the model unsandboxed (no Docker here): a resource-limited "
+                "subprocess.")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.validate", str(job_dir)], cwd=job_dir,
+        env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, preexec_fn=_limits, start_new_session=True)
+
+    def kill_group() -> None:  # the model's own children too: one holding stdout keeps it open
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    timer, expired = _stop_after(settings.MODELPORT_SANDBOX_TIMEOUT_S, kill_group)
     try:
-        completed = subprocess.run(
-            [sys.executable, "-m", "serving.validate", str(job_dir)], cwd=job_dir,
-            env=environment, capture_output=True, text=True,
-            timeout=settings.MODELPORT_SANDBOX_TIMEOUT_S, preexec_fn=_limits)
-    except subprocess.TimeoutExpired:
+        logs = _follow(iter(partial(process.stdout.read1, 65536), b""), on_log)
+        process.wait()
+    finally:
+        timer.cancel()
+        process.stdout.close()
+        kill_group()  # whatever the model left running
+        process.wait()
+    if expired.is_set():
         raise SandboxError(f"validation timed out after "
-                           f"{settings.MODELPORT_SANDBOX_TIMEOUT_S}s") from None
-    logs = completed.stdout + completed.stderr
+                           f"{settings.MODELPORT_SANDBOX_TIMEOUT_S}s")
     return SandboxOutcome(result=_read_result(job_dir, logs), sandboxed=False, logs=logs)
 
 
 def validate(job_dir: Path, *, requirements: list[str],
-             on_log: Callable[[str], None] = lambda _line: None) -> SandboxOutcome:
+             on_log: LogFn = lambda _line: None,
+             on_step: StepFn = lambda _progress, _message: None) -> SandboxOutcome:
+    """Validate the staged job: ``on_step`` hears each stage (with its percent), ``on_log``
+    each line of the image build and of the sandbox's output as it comes."""
     _prepare(job_dir)
     if resolved_runtime() == "docker":
-        return run_in_docker(job_dir, requirements, on_log)
-    return run_in_subprocess(job_dir)
+        return run_in_docker(job_dir, requirements, on_log, on_step)
+    return run_in_subprocess(job_dir, on_log, on_step)

@@ -29,7 +29,7 @@ from teams.access import require_team_role
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import archives, baselines, mlmodel, reference, sandbox, storage
+from . import archives, baselines, mlmodel, progress, reference, sandbox, storage
 from .models import (
     AliasTransitionRequest,
     ModelAlias,
@@ -330,11 +330,11 @@ def register_from_source(*, actor, model: RegisteredModel, source: str,
         raise
 
 
-def _download_import(version: ModelVersion, staging: Path) -> None:
+def _download_import(version: ModelVersion, staging: Path, events: progress.VersionLog) -> None:
     """Fetch an imported version's model dir and metadata into its staging folder."""
     from .mlflow_import import download
 
-    _set_progress(version.pk, 20, f"Downloading {version.source} from MLflow.")
+    events.step(15, f"Downloading {version.source} from MLflow.")
     fetched = download(version.source, staging / "input")
     metadata = mlmodel.read_metadata(fetched.model_dir)
     requirements = _checked_requirements(metadata.requirements)
@@ -353,50 +353,58 @@ def _download_import(version: ModelVersion, staging: Path) -> None:
 
 
 # --- Validation (runs in the Celery worker) ---------------------------------------------------
-def _set_progress(version_id: int, progress: int, message: str) -> None:
-    ModelVersion.objects.filter(pk=version_id).update(progress=progress, status_message=message)
-
-
 def validate_version(*, version_id: int) -> ModelVersion:
-    """Load the model in the sandbox, smoke-test it, store the artifact: ready or failed."""
+    """Load the model in the sandbox, smoke-test it, store the artifact: ready or failed.
+    Every step and every line of the image build and the sandbox's output is recorded as it
+    happens (``progress.VersionLog``): the version page, the API and the CLI follow them."""
     claimed = ModelVersion.objects.filter(
         pk=version_id, status__in=[VersionStatus.PENDING, VersionStatus.VALIDATING]).update(
-        status=VersionStatus.VALIDATING, progress=10, status_message="Preparing the sandbox.")
+        status=VersionStatus.VALIDATING)
     version = ModelVersion.objects.select_related("model__team").get(pk=version_id)
     if not claimed:
         return version  # already ready/failed: validation is idempotent
+    events = progress.VersionLog(version_id)
+    staging = Path(version.staging_dir) if version.staging_dir else None
+    try:
+        return _validate(version, events)
+    except Exception as exc:  # never leave a version validating forever; kept for Retry
+        log.exception("validating %s failed unexpectedly", version)
+        return _finish(version, ok=False, message=f"Validation could not run: "
+                       f"{type(exc).__name__}: {exc}", staging=staging, keep_staging=True,
+                       events=events)
+
+
+def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersion:
+    """The validation itself, for ``validate_version``: every way out finishes the version."""
+    events.start("Preparing the sandbox.")
     staging = Path(version.staging_dir)
     if version.source_format == "import" and not (staging / "input" / "job.json").is_file():
         from .mlflow_import import ImportFailed
 
         try:
-            _download_import(version, staging)
+            _download_import(version, staging, events)
         except (ImportFailed, InvalidInput) as exc:
             message = exc.message if isinstance(exc, InvalidInput) else str(exc)
             return _finish(version, ok=False, message=f"Import failed: {message}",
-                           staging=staging)
+                           staging=staging, events=events)
     if not (staging / "input" / "job.json").is_file():
         return _finish(version, ok=False, message="The staged upload is gone (was the data "
-                       "directory cleaned?); register the version again.")
+                       "directory cleaned?); register the version again.", events=events)
     try:
-        _set_progress(version_id, 30, "Loading the model in the sandbox.")
         outcome = sandbox.validate(staging, requirements=version.requirements,
-                                   on_log=lambda line: log.info("sandbox %s: %s", version, line))
+                                   on_log=events, on_step=events.step)
     except sandbox.SandboxError as exc:  # the platform's side: the upload is kept for Retry
         return _finish(version, ok=False, message=f"Validation could not run: {exc}",
-                       staging=staging, keep_staging=True)
-    except Exception as exc:  # never leave a version validating forever
-        log.exception("validating %s failed unexpectedly", version)
-        return _finish(version, ok=False, message=f"Validation could not run: "
-                       f"{type(exc).__name__}: {exc}", staging=staging, keep_staging=True)
+                       staging=staging, keep_staging=True, events=events)
     result = outcome.result
     if not result.get("ok"):
         stage = result.get("stage", "load")
         what = {"convert": "could not be converted to an MLflow model",
                 "load": "failed to load", "predict": "failed on the input example"}[stage]
         return _finish(version, ok=False, message=f"The model {what}: {result.get('error')}",
-                       staging=staging, sandboxed=outcome.sandboxed, validation=result)
-    _set_progress(version_id, 80, "Storing the artifact.")
+                       staging=staging, sandboxed=outcome.sandboxed, validation=result,
+                       events=events)
+    events.step(80, "Storing the artifact.")
     model_dir = (staging / "output" / "model") if result.get("converted") else \
         (staging / "input" / "model")
     metadata = mlmodel.read_metadata(model_dir)
@@ -404,7 +412,7 @@ def validate_version(*, version_id: int) -> ModelVersion:
         requirements = _checked_requirements(metadata.requirements)
     except InvalidInput as exc:
         return _finish(version, ok=False, message=exc.message, staging=staging,
-                       sandboxed=outcome.sandboxed, validation=result)
+                       sandboxed=outcome.sandboxed, validation=result, events=events)
     stored = storage.store_model_dir(model_dir)
     extra: dict[str, Any] = {
         "flavor": metadata.flavor, "signature": metadata.signature,
@@ -422,17 +430,20 @@ def validate_version(*, version_id: int) -> ModelVersion:
     if result.get("sklearn_version") and version.source_format == "sklearn":
         message += f" Made with scikit-learn {result['sklearn_version']}."
     return _finish(version, ok=True, message=message, staging=staging,
-                   sandboxed=outcome.sandboxed, validation=result, extra=extra)
+                   sandboxed=outcome.sandboxed, validation=result, extra=extra, events=events)
 
 
 def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | None = None,
             sandboxed: bool | None = None, validation: dict | None = None,
-            extra: dict[str, Any] | None = None, keep_staging: bool = False) -> ModelVersion:
+            extra: dict[str, Any] | None = None, keep_staging: bool = False,
+            events: progress.VersionLog | None = None) -> ModelVersion:
     """``keep_staging``: validation could not run (the sandbox, an image build): the failed
     version keeps its upload for a while, so that Retry can validate it again
-    (``registry/retries.py``)."""
+    (``registry/retries.py``). ``events``: the outcome is recorded after the last lines."""
     keep = keep_staging and not ok and staging is not None and staging.is_dir() \
         and settings.MODELPORT_FAILED_UPLOAD_KEEP_DAYS > 0
+    if events is not None:  # the outcome after the last lines, for everyone following
+        events.finish(ok=ok, message=message[:4000])
     fields = {"status": VersionStatus.READY if ok else VersionStatus.FAILED,
               "status_message": message[:4000], "progress": 100, "sandboxed": sandboxed,
               "validation": {k: v for k, v in (validation or {}).items()},

@@ -18,7 +18,7 @@ from config.errors import DomainError
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import mlflow_services, mlmodel, retries, services
+from . import mlflow_services, mlmodel, progress, retries, services
 from .filtersets import RegisteredModelFilterSet
 from .forms import AliasForm, ModelCreateForm, VersionUploadForm
 from .models import (
@@ -126,22 +126,50 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     })
 
 
-@login_required
-def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def _version(request: HttpRequest, name: str, number: int):
     model = _model(request, name)
     version = model.versions.select_related("created_by").filter(version=number).first()
     if version is None:
         raise Http404(f"'{name}' has no version {number}.")
-    template = ("registry/_version_status.html" if request.headers.get("HX-Request")
-                else "registry/version_detail.html")
-    return render(request, template, {
-        "model": model, "version": version,
+    return model, version
+
+
+LOG_EVENTS_SHOWN = 300
+
+
+@login_required
+def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model, version = _version(request, name, number)
+    status = {"model": model, "version": version,
+              "can_change": at_least(_role(request, model.team), Role.ENGINEER),
+              "retryable": retries.retryable(version)}
+    if request.headers.get("HX-Request"):  # the status refreshing itself (Retry included)
+        return render(request, "registry/_version_status.html", status)
+    shown = list(progress.events_of(version).order_by("-id")[:LOG_EVENTS_SHOWN + 1])
+    return render(request, "registry/version_detail.html", {
+        **status,
         "columns": mlmodel.columns_of(version.signature),
         "example": json.dumps(version.input_example) if version.input_example else None,
         "aliases": sorted(a.name for a in version.aliases.all()),
-        "can_change": at_least(_role(request, model.team), Role.ENGINEER),
-        "retryable": retries.retryable(version),
+        "events": shown[:LOG_EVENTS_SHOWN][::-1], "earlier": len(shown) > LOG_EVENTS_SHOWN,
+        "last_event": shown[0].pk if shown else 0,
     })
+
+
+@login_required
+def version_events(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    """The validation log's events after ``?since=`` (for the version page's live log, which
+    appends them), and the poller again with the new cursor — or without its trigger once the
+    version is ready or failed."""
+    model, version = _version(request, name, number)
+    since = request.GET.get("since", "0")
+    if not since.isdigit():
+        return HttpResponse("since: a whole number (an event id).", status=400,
+                            content_type="text/plain")
+    events = list(progress.events_of(version, since=int(since))[:500])
+    return render(request, "registry/_version_events.html", {
+        "model": model, "version": version, "events": events,
+        "last_event": events[-1].pk if events else int(since)})
 
 
 @login_required

@@ -94,6 +94,12 @@ def _convert_sklearn(job_dir: Path, example: dict[str, Any]) -> tuple[Path, dict
     return out, {"sklearn_version": made_with, "estimator": type(estimator).__name__}
 
 
+def say(message: str) -> None:
+    """One progress line on stdout: the platform streams the sandbox's output, line by line,
+    to the version's log as it comes."""
+    print(f"[validate] {message}", flush=True)
+
+
 def run(job_dir: Path) -> dict[str, Any]:
     job = json.loads((job_dir / "input" / "job.json").read_text())
     example = job.get("input_example")
@@ -102,19 +108,25 @@ def run(job_dir: Path) -> dict[str, Any]:
     try:
         if job["format"] == "sklearn":
             stage = "convert"
+            say("converting the scikit-learn pickle into an MLflow model")
             model_dir, extra = _convert_sklearn(job_dir, example or {})
+            say(f"converted a {extra.get('estimator')} made with scikit-learn "
+                f"{extra.get('sklearn_version')}")
         else:
             model_dir = job_dir / "input" / "model"
         stage = "load"
         from serving import loader, protocol
         from serving.schema import validate
 
+        say("loading the model")
         started = time.perf_counter()
         model = loader.load(str(model_dir))
         load_seconds = time.perf_counter() - started
+        say(f"loaded the {model.flavor} model in {load_seconds:.2f} s")
         sample: Any = None
         if example:
             stage = "predict"
+            say("predicting the input example")
             body = orjson.dumps(example)
             table, params, _raw = protocol.parse_mlflow_json(body)
             batch = validate(table, model.signature, protocol.may_contain_bools(body))
@@ -123,13 +135,17 @@ def run(job_dir: Path) -> dict[str, Any]:
                 sample = sample.tolist()
             if isinstance(sample, list):
                 sample = sample[:5]
+            say("the input example predicted fine")
         return {"ok": True, "flavor": model.flavor, "input_mode": model.input_mode,
                 "load_seconds": round(load_seconds, 4), "prediction_sample": sample,
                 "converted": job["format"] == "sklearn", **extra}
     except BaseException as exc:  # noqa: BLE001 - report everything, including SystemExit
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        trace = traceback.format_exc(limit=5)[-2000:]
+        say(f"failed at the {stage} stage: {type(exc).__name__}: {message}")
+        print(trace, flush=True)
         return {"ok": False, "stage": stage, "error": f"{type(exc).__name__}: {message}",
-                "traceback": traceback.format_exc(limit=5)[-2000:]}
+                "traceback": trace}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(job_dir)
     (job_dir / "output" / "result.json").write_bytes(
         orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY, default=str))
-    print(json.dumps({k: v for k, v in result.items() if k != "traceback"}))
+    print(json.dumps({k: v for k, v in result.items() if k != "traceback"}), flush=True)
     return 0
 
 

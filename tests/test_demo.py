@@ -7,7 +7,9 @@ one `make run` process the suite starts.
 
 from __future__ import annotations
 
+import re
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +188,31 @@ def test_outsiders_cannot_see_or_start_demo_traffic(demo_deployment):
     assert client.post("/demo/traffic/iris-demo/", {"duration": "30"}).status_code == 404
     assert client.get("/demo/traffic/iris-demo/status/").status_code == 404
     assert not TrafficRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_demo_traffic_to_a_dead_deployment_exits_non_zero_and_says_why(demo_deployment,
+                                                                       live_server):
+    """`make demo-traffic` (``manage.py demo_traffic`` in its own process) against the demo
+    deployment with no ready replica: every prediction is a 503, so it stops early, exits
+    non-zero and says how many failed with what. The gateway is this test's live server."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.workers.test_celery_worker import _database_url
+
+    env = {**os.environ, "DATABASE_URL": _database_url(), "MODELPORT_BASE_URL": live_server.url,
+           "MODELPORT_DEMO_DEPLOYMENT": "iris-demo", "MODELPORT_ADMIN_USERNAME": "admin",
+           "DJANGO_SETTINGS_MODULE": "config.settings.dev"}
+    done = subprocess.run([sys.executable, "manage.py", "demo_traffic", "--duration", "60"],
+                          env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode != 0, done.stdout + done.stderr
+    said = re.search(r"Demo traffic failed: Stopped: the first (\d+) requests all failed "
+                     r"\((\d+) got 503\); last answer 503 no_ready_replica: Deployment "
+                     r"'iris-demo' has no ready replica", done.stderr)
+    assert said and said.group(1) == said.group(2) and int(said.group(1)) >= 20, done.stderr
+    assert "See iris-demo's status and events: " in done.stderr
+    run = TrafficRun.objects.get()
+    assert run.status == TrafficStatus.FAILED and run.sent >= 20 and run.errors == run.sent

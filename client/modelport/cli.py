@@ -57,6 +57,10 @@ class Output:
         else:
             print(json.dumps(data, indent=2, default=str))
 
+    def line(self, text: str) -> None:
+        """A streamed line (a followed log): stdout for people, stderr beside ``--json``."""
+        print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+
     def progress(self, message: str) -> None:
         if not self.as_json and sys.stderr.isatty():
             sys.stderr.write("\r\033[K" + message)
@@ -150,34 +154,70 @@ def cmd_models_register(client: Client, args: argparse.Namespace, out: Output) -
         out.emit(accepted, text=f"{args.name} v{accepted['version']}: {accepted['status']}")
         return 0
 
-    def show(version: dict) -> None:
-        out.progress(f"{args.name} v{version['version']}: {version['status']} "
-                     f"{bar(version.get('progress', 0) / 100)} {version['status_message']}")
+    return _follow_version(client, args.name, accepted["version"], out, args.timeout)
 
-    ready = client.wait_for_version(args.name, accepted["version"], timeout=args.timeout,
-                                    on_progress=show)
-    out.done()
-    out.emit(ready, text=f"{args.name} v{ready['version']} is ready "
+
+def show_event(event: dict, out: Output) -> None:
+    """One validation event as people read it: a step with its percent, the log's lines."""
+    kind, message = event["kind"], event["message"]
+    if kind == "step":
+        out.line(f"[{event.get('progress') or 0:3d}%] {message}")
+    elif kind == "log":
+        for text in message.splitlines():
+            out.line(f"       {text}")
+    elif kind == "failed":
+        out.line(f"[FAIL] {message}")
+    elif kind == "ready":
+        out.line(f"[ OK ] {message}")
+    else:
+        out.line(f"       ({message})")
+
+
+def _follow_version(client: Client, name: str, number: int, out: Output,
+                    timeout: float, since: int | None = None) -> int:
+    """Stream a version's validation (steps, image build and sandbox lines; after event id
+    ``since``) until it is ready (exit 0) or failed (OperationFailed: exit 10, the reason)."""
+    ready = client.wait_for_version(name, number, timeout=timeout, since=since,
+                                    on_event=lambda event: show_event(event, out))
+    out.emit(ready, text=f"{name} v{ready['version']} is ready "
                          f"(sha256 {ready['artifact']['sha256'][:12]}…)")
     return 0
 
 
+def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.version is None:
+        if args.watch:
+            raise errors.BadRequest("--watch follows one version: give its number")
+        out.emit(client.versions(args.name), columns=["version", "status", "flavor",
+                                                      "aliases", "created_by", "created_at"])
+        return 0
+    if args.watch:
+        return _follow_version(client, args.name, args.version, out, args.timeout)
+    version = client.version(args.name, args.version)
+    if out.as_json:
+        out.emit(version)
+        return 0
+    print(f"{args.name} v{version['version']}: {version['status']} "
+          f"({version.get('progress', 0)}%) {version['status_message']}")
+    tail = version.get("log_tail") or []
+    if tail:
+        print("last lines of its validation log:")
+        for text in tail:
+            print(f"  {text}")
+    return 10 if version["status"] == "failed" else 0
+
+
 def cmd_models_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
+    since = None
+    if args.wait:  # stream this attempt only: the previous one's events are already there
+        earlier = client.version_events(args.name, args.version)
+        since = earlier[-1]["id"] if earlier else None
     accepted = client.retry_version(args.name, args.version)
     if not args.wait:
         out.emit(accepted, text=f"{args.name} v{args.version}: {accepted['status']} "
                                 f"({accepted['status_message']})")
         return 0
-
-    def show(version: dict) -> None:
-        out.progress(f"{args.name} v{version['version']}: {version['status']} "
-                     f"{bar(version.get('progress', 0) / 100)} {version['status_message']}")
-
-    ready = client.wait_for_version(args.name, args.version, timeout=args.timeout,
-                                    on_progress=show)
-    out.done()
-    out.emit(ready, text=f"{args.name} v{ready['version']} is ready")
-    return 0
+    return _follow_version(client, args.name, args.version, out, args.timeout, since=since)
 
 
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -415,13 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--description", default="")
     register.add_argument("--git-commit")
     register.add_argument("--metrics", help="JSON object")
-    register.add_argument("--wait", action="store_true", help="wait until ready or failed")
+    register.add_argument("--wait", action="store_true",
+                          help="stream its validation (steps, image build, sandbox output) "
+                               "until ready or failed")
     register.add_argument("--timeout", type=float, default=900)
     register.set_defaults(func=cmd_models_register)
+    versions = models.add_parser("versions", help="a model's versions, one version, or "
+                                                  "--watch its validation")
+    versions.add_argument("name")
+    versions.add_argument("version", type=int, nargs="?")
+    versions.add_argument("--watch", action="store_true",
+                          help="stream the version's validation (steps, image build and "
+                               "sandbox lines) until it is ready (exit 0) or failed (exit 10)")
+    versions.add_argument("--timeout", type=float, default=900)
+    versions.set_defaults(func=cmd_models_versions)
     retry_version = models.add_parser("retry", help="validate a failed version again")
     retry_version.add_argument("name")
     retry_version.add_argument("version", type=int)
-    retry_version.add_argument("--wait", action="store_true", help="wait until ready or failed")
+    retry_version.add_argument("--wait", action="store_true",
+                               help="stream its validation until ready or failed (exit 10)")
     retry_version.add_argument("--timeout", type=float, default=900)
     retry_version.set_defaults(func=cmd_models_retry)
     alias = models.add_parser("alias", help="point an alias at a version")

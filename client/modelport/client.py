@@ -188,20 +188,38 @@ class Client:
             return self.request("POST", f"/models/{name}/versions/", data=data, files=files,
                                 timeout=None)
 
+    def version_events(self, name: str, version: int, *, since: int | None = None
+                       ) -> list[JSON]:
+        """The version's validation events after event id ``since`` (all pages), oldest first:
+        ``{id, kind, progress, message, created_at}``; kind is step, log (lines of the image
+        build or the sandbox's output), info, ready or failed."""
+        return list(self._all(f"/models/{name}/versions/{version}/events/", {"since": since}))
+
     def wait_for_version(self, name: str, version: int, *, timeout: float = 600,
                          on_progress: Callable[[JSON], None] | None = None,
-                         interval: float = 1.0) -> JSON:
-        """Poll until the version is ``ready`` (returned) or ``failed`` (raises)."""
+                         on_event: Callable[[JSON], None] | None = None,
+                         since: int | None = None, interval: float = 1.0) -> JSON:
+        """Poll until the version is ``ready`` (returned) or ``failed`` (raises
+        OperationFailed with the reason and the last log lines). ``on_event`` hears each of its
+        validation events as they arrive (steps, build and sandbox lines, the outcome), after
+        event id ``since`` when given (a retry: this attempt's only)."""
         deadline = time.monotonic() + timeout
         while True:
             current = self.version(name, version)
+            if on_event is not None:  # events are written before the status: none is missed
+                for event in self.version_events(name, version, since=since):
+                    on_event(event)
+                    since = event["id"]
             if on_progress:
                 on_progress(current)
             if current["status"] == "ready":
                 return current
             if current["status"] == "failed":
+                tail = current.get("log_tail") or []
+                last = ("\nlast lines of its log:\n" + "\n".join(tail)) \
+                    if tail and on_event is None else ""
                 raise errors.OperationFailed(f"{name} v{version} failed: "
-                                             f"{current['status_message']}", body=current)
+                                             f"{current['status_message']}{last}", body=current)
             if time.monotonic() > deadline:
                 raise errors.TimeoutExpired(f"{name} v{version} is still {current['status']} "
                                             f"after {timeout:.0f}s")

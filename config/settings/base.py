@@ -377,6 +377,8 @@ CELERY_BEAT_SCHEDULE["registry-prune-staging"] = {
 }
 MODELPORT_SANDBOX_MEMORY_MB = env_int("MODELPORT_SANDBOX_MEMORY_MB", 2048, minimum=128)
 MODELPORT_SANDBOX_CPUS = env_float("MODELPORT_SANDBOX_CPUS", 1.0, minimum=0.1)
+# A version keeps the last this-many lines of its validation log (image build, sandbox output).
+MODELPORT_VERSION_LOG_LINES = env_int("MODELPORT_VERSION_LOG_LINES", 5000, minimum=100)
 _ARTIFACT_BACKEND = env_str("MODELPORT_ARTIFACT_STORAGE",
                             "django.core.files.storage.FileSystemStorage")
 STORAGES["artifacts"] = {

@@ -81,7 +81,18 @@ class MetricsSerializer(serializers.Serializer):
     replicas = SampledReplicaSerializer(many=True, help_text="Replicas sampled in the range.")
     replica_cpu = _per_replica("Per replica id: mean CPU % per step (100 = one core).")
     replica_memory = _per_replica("Per replica id: peak memory (MB) per step.")
-    totals = serializers.DictField()
+    gateway_requests = _series("Requests of admitted callers the gateway answered per step, "
+                               "whatever the outcome (its own failures included).")
+    gateway_errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.FloatField(allow_null=True)),
+        help_text="Per status code (500, 502, 503, 504): requests the gateway answered with its "
+                  "own failure per step — 503 no ready replica, 502 replicas unreachable, 504 "
+                  "timed out, 500 a gateway bug. No replica saw them: they are not in "
+                  "requests/errors.")
+    gateway_error_rate = _series("Gateway failures as a percentage of gateway_requests.")
+    totals = serializers.DictField(
+        help_text="Over the range: requests, errors, error_rate, latency_p50/p95/p99, "
+                  "gateway_requests, gateway_errors, gateway_error_rate, gateway_errors_by_code.")
 
 
 class FeatureDriftSerializer(serializers.Serializer):

@@ -6,11 +6,13 @@ from rest_framework import serializers
 from config.rest import StrictTypes, identifier
 from teams.models import slug_validator
 
+from .. import progress
 from ..models import (
     AliasTransitionRequest,
     ModelAlias,
     ModelVersion,
     RegisteredModel,
+    VersionEvent,
     name_validator,
 )
 from ..services import FORMATS
@@ -81,6 +83,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True,
                                        default=None, allow_null=True)
     artifact = serializers.SerializerMethodField()
+    log_tail = serializers.SerializerMethodField(
+        help_text="The last lines of its validation log (image build, sandbox output); all of "
+                  "it, with the steps, is at events/.")
     retryable = serializers.SerializerMethodField(
         help_text="Whether POST retry/ can validate this failed version again (an import, or an "
                   "upload kept because validation could not run); false: register it again.")
@@ -91,7 +96,10 @@ class ModelVersionSerializer(serializers.ModelSerializer):
                   "source_format", "source", "description", "flavor", "signature",
                   "input_example", "requirements", "params", "metrics", "lineage",
                   "reference", "reference_stats", "aliases", "artifact", "retryable",
-                  "created_by", "created_at", "validated_at"]
+                  "log_tail", "created_by", "created_at", "validated_at"]
+
+    def get_log_tail(self, version: ModelVersion) -> list[str]:
+        return progress.log_tail(version)
 
     def get_retryable(self, version: ModelVersion) -> bool:
         from ..retries import retryable
@@ -112,6 +120,24 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         if not version.artifact_sha256:
             return None
         return {"sha256": version.artifact_sha256, "size": version.artifact_size}
+
+
+class VersionEventSerializer(serializers.ModelSerializer):
+    kind = serializers.ChoiceField(
+        choices=VersionEvent.Kind.choices,
+        help_text="step: a stage began (progress is the percent reached); log: lines of the "
+                  "image build or the sandbox's output, one per line in message; info; ready "
+                  "or failed: the outcome (message: the reason).")
+
+    class Meta:
+        model = VersionEvent
+        fields = ["id", "kind", "progress", "message", "created_at"]
+
+
+class VersionEventsQuerySerializer(serializers.Serializer):
+    since = serializers.IntegerField(required=False, min_value=0,
+                                     help_text="Only events with id > since: the last id you "
+                                               "saw, to follow a validation.")
 
 
 class ModelVersionListSerializer(ModelVersionSerializer):

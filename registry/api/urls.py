@@ -18,6 +18,8 @@ urlpatterns = [
          name="model-version-detail"),
     path(f"{M}/versions/<int:version>/artifact/", versions.as_view({"get": "artifact"}),
          name="model-version-artifact"),
+    path(f"{M}/versions/<int:version>/events/", versions.as_view({"get": "events"}),
+         name="model-version-events"),
     path(f"{M}/versions/<int:version>/reference/", versions.as_view({"put": "reference"}),
          name="model-version-reference"),
     path(f"{M}/versions/<int:version>/retry/", versions.as_view({"post": "retry"}),

@@ -13,10 +13,10 @@ from config import uploads
 from config.errors import NotFound
 from config.openapi import api_errors
 from config.parsers import JSONParser
-from config.rest import FilterBackend
+from config.rest import FilterBackend, query
 from teams.access import get_visible_team
 
-from .. import baselines, retries, services, storage
+from .. import baselines, progress, retries, services, storage
 from ..filtersets import RegisteredModelFilterSet
 from ..models import (
     AliasTransitionRequest,
@@ -160,6 +160,18 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
         version.refresh_from_db()
         return Response({"version": version.version, "status": version.status},
                         status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=s.VersionEventSerializer(many=True),
+                   parameters=[s.VersionEventsQuerySerializer])
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, model_name: str, version: str) -> Response:
+        """Steps and log lines of the version's validation (image build, sandbox output),
+        oldest first. Follow one with ``?since=<the last id you saw>`` until an event of kind
+        ``ready`` or ``failed`` (or the version's status) says it is over."""
+        found = self._version()
+        since = query(s.VersionEventsQuerySerializer, request).get("since")
+        page = self.paginate_queryset(progress.events_of(found, since=since))
+        return self.get_paginated_response(s.VersionEventSerializer(page, many=True).data)
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(
         description="The MLflow model directory as a zip")})

@@ -229,6 +229,36 @@ def test_edge_counts_requests_per_revision(front, deployment, engineer, upstream
     assert eventually(counted, timeout=5), front.output()
 
 
+def test_edge_counts_its_own_failures_by_code(front, deployment, engineer, settings):
+    """503 (nothing ready) and 502 (the replica does not answer) are stored per deployment,
+    revision and code; a 413 (the caller's mistake) is not a gateway failure."""
+    auth = bearer(engineer)
+    statuses: list[int] = []
+
+    def send() -> int:
+        statuses.append(score(front, deployment.name, auth).status_code)
+        return statuses[-1]
+
+    for _ in range(4):
+        assert send() == 503
+    add_replica(deployment, dead_url())
+    assert eventually(lambda: send() == 502)
+    for _ in range(3):
+        assert send() == 502
+    too_big = score(front, deployment.name, auth,
+                    data=b"x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1))
+    assert too_big.status_code == 413
+
+    def rows():
+        return TrafficSample.objects.filter(deployment=deployment, revision=1)
+
+    assert eventually(lambda: sum(r.gateway_requests for r in rows()) == len(statuses),
+                      timeout=5), front.output()
+    assert sum(r.gateway_503 for r in rows()) == statuses.count(503)
+    assert sum(r.gateway_502 for r in rows()) == statuses.count(502) >= 4
+    assert sum(r.gateway_500 + r.gateway_504 for r in rows()) == 0
+
+
 def test_edge_refuses_a_body_over_the_limit_with_413(front, deployment, engineer, upstreams,
                                                      settings):
     add_replica(deployment, upstreams("a"))

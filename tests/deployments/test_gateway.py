@@ -130,6 +130,25 @@ def test_gateway_counts_requests_per_revision(deployment, engineer, upstreams):
     totals = TrafficSample.objects.filter(deployment=deployment, revision=1)
     assert sum(t.requests for t in totals) >= 10
     assert sum(t.errors for t in totals) == sum(t.requests for t in totals) - 10
+    # Attempts at the dead replica were retried: every caller got an answer, none failed.
+    assert sum(t.gateway_requests for t in totals) == 10
+    assert sum(t.gateway_502 + t.gateway_503 for t in totals) == 0
+
+
+def test_gateway_counts_its_own_failures_by_code(deployment, engineer):
+    from deployments.models import TrafficSample
+
+    client = client_for(engineer)
+    gateway.flush()
+    assert post(client).status_code == 503  # nothing ready
+    add_replica(deployment, dead_url())
+    for _ in range(3):
+        assert post(client).status_code == 502
+    gateway.flush()
+    rows = TrafficSample.objects.filter(deployment=deployment, revision=1)
+    assert sum(t.gateway_503 for t in rows) == 1 and sum(t.gateway_502 for t in rows) == 3
+    assert sum(t.gateway_requests for t in rows) == 4
+    assert sum(t.requests for t in rows) == sum(t.errors for t in rows) == 3
 
 
 def test_a_revoked_token_stops_working_at_the_next_revocation_check(deployment, engineer,

@@ -270,7 +270,7 @@ class ImageBuilder:
         labels = {LABEL_KIND: "serving", LABEL_BASE: f"{self.base_image}@{base_id}",
                   LABEL_SERVING: serving,
                   LABEL_REQS: requirements_digest(reqs, mlflow_skinny=self.mlflow_skinny)}
-        with self._locked(tag):
+        with self._locked(tag, log):
             current = self._labels_of(tag)
             old_id = self._id_of(tag) if current is not None else None
             if current is not None and all(current.get(k) == v for k, v in labels.items()) \
@@ -441,19 +441,31 @@ class ImageBuilder:
             log(f"kept the replaced image {image_id[:19]} (still in use)")
 
     @contextlib.contextmanager
-    def _locked(self, tag: str) -> Iterator[None]:
-        with self._lock:
+    def _locked(self, tag: str, log: LogFn) -> Iterator[None]:
+        """One build of a tag at a time (in this process, and across workers with a lock
+        dir). Waiting is said in the log: another build may take minutes, and a silent wait
+        looks frozen."""
+        if not self._lock.acquire(blocking=False):
+            log(f"waiting for another build of {tag} (in this worker)")
+            self._lock.acquire()
+        try:
             if self.lock_dir is None:
                 yield
                 return
             self.lock_dir.mkdir(parents=True, exist_ok=True)
             path = self.lock_dir / ("build-" + tag.replace("/", "_").replace(":", "_") + ".lock")
             with open(path, "a+") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log(f"waiting for another build of {tag} (another worker)")
+                    fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
                     yield
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
 
 
 def _chunk_lines(chunk: dict[str, Any]) -> list[str]:

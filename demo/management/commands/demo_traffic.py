@@ -6,6 +6,7 @@ button does, so the page shows it too. Needs ``make run`` running (the gateway a
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from config.errors import DomainError
@@ -47,7 +48,9 @@ class Command(BaseCommand):
 
         run = services.run_traffic(run.pk, on_progress=show)
         if run.status != TrafficStatus.DONE:
-            raise CommandError(f"Demo traffic failed: {run.message}")
+            page = f"{settings.MODELPORT_BASE_URL.rstrip('/')}/deployments/{d.name}/"
+            raise CommandError(f"Demo traffic failed: {run.message}\nSee {d.name}'s status and "
+                               f"events: {page}")
         self.stdout.write(self.style.SUCCESS(run.message))
         self.stdout.write("Charts fill as rollups run (every 20 s); the drift alert rule is "
                           "evaluated every minute.")

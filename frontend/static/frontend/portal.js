@@ -31,6 +31,18 @@
     var message = e.target.dataset && e.target.dataset.confirm;
     if (message && !window.confirm(message)) e.preventDefault();
   });
+  // Live logs (data-follow): lines appended by htmx keep the view at the bottom, unless the
+  // reader scrolled up to read earlier ones.
+  function atBottom(el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 40; }
+  document.querySelectorAll("[data-follow]").forEach(function (el) { el.scrollTop = el.scrollHeight; });
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    var t = e.detail && e.detail.target;
+    if (t && t.hasAttribute("data-follow")) t.dataset.atBottom = String(atBottom(t));
+  });
+  document.addEventListener("htmx:afterSwap", function (e) {
+    var t = e.detail && e.detail.target;
+    if (t && t.hasAttribute("data-follow") && t.dataset.atBottom !== "false") t.scrollTop = t.scrollHeight;
+  });
   // Polling marked data-poll-visible skips its request while the tab is hidden (htmx's
   // "[condition]" trigger filters need eval, which the policy forbids).
   document.addEventListener("htmx:beforeRequest", function (e) {

@@ -32,6 +32,21 @@
       return {type: "line", data: {labels: s.timestamps.map(label),
         datasets: [line("error rate %", s.error_rate, 1)]}, options: opts("%")};
     },
+    gateway: function (s) {
+      var codes = Object.keys(s.gateway_errors || {});
+      var any = codes.some(function (c) {
+        return s.gateway_errors[c].some(function (v) { return v > 0; });
+      });
+      if (!any) return null;
+      var colors = {"500": "#5d6b89", "502": "#c57f00", "503": "#d93526", "504": "#9236a4"};
+      return {type: "bar", data: {labels: s.timestamps.map(label),
+        datasets: codes.map(function (c) {
+          return {label: c, data: s.gateway_errors[c], backgroundColor: colors[c] || palette[0],
+                  stack: "g"};
+        })},
+        options: opts("requests", {scales: {x: {stacked: true, ticks: {maxTicksLimit: 8}},
+                                             y: {stacked: true, beginAtZero: true}}})};
+    },
     latency: function (s) {
       return {type: "line", data: {labels: s.timestamps.map(label), datasets: [
         line("p50", s.latency_p50, 0), line("p95", s.latency_p95, 4),
@@ -99,7 +114,10 @@
       if (!source) return;
       var config = builders[canvas.dataset.chart](JSON.parse(source.textContent), canvas);
       if (!config) {
-        canvas.parentElement.innerHTML = '<p class="empty">No data in this range.</p>';
+        var empty = document.createElement("p");
+        empty.className = "empty";
+        empty.textContent = canvas.dataset.empty || "No data in this range.";
+        canvas.parentElement.replaceChildren(empty);
         return;
       }
       new window.Chart(canvas, config);
