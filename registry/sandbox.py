@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from docker.errors import DockerException
+from requests.exceptions import RequestException
 
 from workers.runtime_status import resolved_runtime
 from workers.runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError
@@ -124,6 +126,17 @@ def _prepare(job_dir: Path) -> None:
 
 def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
                   on_step: StepFn) -> SandboxOutcome:
+    """The sandbox on Docker; an engine that stops answering is the platform's failure (the
+    version keeps its upload for Retry), said in words rather than as a client exception."""
+    try:
+        return _run_in_docker(job_dir, requirements, on_log, on_step)
+    except (DockerException, RequestException) as exc:
+        raise SandboxError(f"the Docker Engine failed or did not answer "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
+                   on_step: StepFn) -> SandboxOutcome:
     from workers.runtimes import get_runtime
     from workers.runtimes.docker import HARDENING
 
