@@ -52,8 +52,9 @@ def test_a_validation_that_could_not_run_keeps_the_upload_and_retry_validates_it
                         format="multipart").status_code == 202
     version = ModelVersion.objects.get()
     assert version.status == VersionStatus.FAILED
-    assert version.status_message.startswith(
-        "Validation could not run: the Docker Engine failed or did not answer"), version.status_message
+    message = version.status_message
+    assert message.startswith("Validation could not run: the Docker Engine failed or did not "
+                              "answer"), message
     assert (Path(version.staging_dir) / "input" / "job.json").is_file()
     assert api.get(f"{VERSIONS}1/").json()["retryable"] is True
 
