@@ -617,11 +617,18 @@ def _rollup(*, limit: int, now: datetime | None) -> int:
     records = _raw_records(cursor.last_id, horizon, limit)
     if not records:
         return 0
+    # Raw records have no foreign key (``PredictionRecord``): a deleted deployment's stay
+    # until pruned. Rolling them up would reference a deployment that no longer exists, the
+    # commit would fail, and the cursor would never pass them: no rollups for anyone.
+    live = set(Deployment.objects.filter(pk__in={r[1] for r in records})
+               .values_list("pk", flat=True))
     rng = np.random.default_rng(cursor.last_id)
     references: dict[tuple[int, int], dict[str, Any]] = {}
     minutes: dict[tuple[int, int, int], dict[str, Any]] = {}
     sketches: dict[tuple[int, int, int], _Sketch] = {}
     for _id, dep, rev, epoch, latency, status, inputs, outputs, weight in records:
+        if dep not in live:
+            continue
         key = (dep, rev, int(epoch // 60) * 60)
         agg = minutes.get(key)
         if agg is None:
