@@ -63,6 +63,8 @@ ROW = [[5.1, 3.5, 1.4, 0.2]]
 ADMIN_PASSWORD = "soak-admin-password-1"
 FUZZER_PASSWORD = "soak-fuzzer-password-1"
 # config/supervise.py's line when a process it runs ends (other than at Ctrl-C).
+# A process's error log line: Celery's "[time: ERROR/Process] ...", Django's "time ERROR name ...".
+ERROR_LINE = re.compile(r"(?:: ERROR/\S+\]| ERROR | CRITICAL )(?P<message>.*)$")
 EXIT_LINE = re.compile(r"\| (?P<name>[\w-]+)\.1 (?P<how>(?:exited with status -?\d+|killed by \w+)"
                        r" after \d+ s; (?:restarting|runs once).*)$")
 
@@ -79,7 +81,8 @@ class Tally:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     counts: Counter = field(default_factory=Counter)
-    served: list[tuple[str, str]] = field(default_factory=list)  # (deployment, request id)
+    served: list[tuple[str, int, str]] = field(default_factory=list)  # (deployment, its
+    # generation: deleted and deployed again, request id)
     notes: list[str] = field(default_factory=list)
 
     def add(self, key: str, n: int = 1) -> None:
@@ -204,6 +207,10 @@ class Soak:
         self.down_since: float | None = None
         self.down_periods: list[float] = []
         self.fuzzer_proc: subprocess.Popen | None = None
+        self.log_pos = 0
+        self.stopped: set[str] = set()  # deployments stopped by the soak, until healthy again
+        self.errors_seen: set[str] = set()
+        self.generation: Counter = Counter()  # deployments deleted and deployed again
         self.gateway = requests.Session()
         self.gateway.headers["Authorization"] = admin.session.headers["Authorization"]
 
@@ -257,22 +264,57 @@ class Soak:
         answer.raise_for_status()
         return answer.json()["results"]
 
+    def deploy(self, name: str, version: int) -> requests.Response:
+        return self.admin("POST", "/deployments/", json={
+            "name": name, "team": "soak", "model": "soak-iris", "version": version,
+            "replicas": 1, "resources": {"cpu": 0.5, "memory_mb": 768},
+            "strategy": {"type": "canary", "steps": [50, 100], "interval_s": 15}})
+
     def rollouts(self) -> None:
         while not self.stop.wait(random.uniform(45, 75)):
             name = random.choice(self.deployments)
-            action = random.choice(["update", "update", "rollback", "restart"])
+            action = random.choice(["update", "update", "rollback", "restart", "recreate"])
             if action == "update":
                 current = self.admin("GET", f"/deployments/{name}/").json().get("version")
-                versions = [v for v in self.ready_versions() if v != current] or [current]
+                versions = [v for v in self.ready_versions() if v != current]
+                if not versions:  # the same version again would change nothing
+                    continue
                 answer = self.admin("PATCH", f"/deployments/{name}/",
                                     json={"version": random.choice(versions)})
             elif action == "rollback":
                 answer = self.admin("POST", f"/deployments/{name}/rollback/", json={})
-            else:
+            elif action == "restart":
+                # Errors while a deployment is stopped (and until it is healthy again) are
+                # what the user asked for: counted apart.
+                self.stopped.add(name)
                 self.admin("POST", f"/deployments/{name}/stop/")
                 time.sleep(5)
                 answer = self.admin("POST", f"/deployments/{name}/start/")
+            else:  # deleted and deployed again under the same name, on the latest version
+                self.stopped.add(name)
+                with self.tally.lock:
+                    self.generation[name] += 1
+                self.admin("DELETE", f"/deployments/{name}/")
+                deadline = time.monotonic() + 120
+                while (self.admin("GET", f"/deployments/{name}/").status_code != 404
+                       and time.monotonic() < deadline):
+                    time.sleep(2)
+                answer = self.deploy(name, max(self.ready_versions()))
             self.tally.add(f"{action} {answer.status_code}")
+            detail = "" if answer.ok else f" {answer.text[:200]}"
+            if action == "rollback" and not answer.ok:
+                revisions = self.admin("GET", f"/deployments/{name}/revisions/").json()
+                detail += " revisions: " + ", ".join(
+                    f"r{r['number']} {r['state']} healthy_at={r['healthy_at']}"
+                    for r in revisions.get("results", revisions)
+                    if isinstance(revisions, (dict, list)))
+            self.tally.note(f"{action} {name}: {answer.status_code}{detail}")
+            if action in ("restart", "recreate"):
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline and not self.stop.wait(2):
+                    if converged(self.admin("GET", f"/deployments/{name}/").json()):
+                        break
+                self.stopped.discard(name)
 
     def traffic(self) -> None:
         body = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": ROW}})
@@ -280,6 +322,7 @@ class Soak:
         while not self.stop.is_set():
             name = random.choice(names)
             request_id = uuid.uuid4().hex
+            stopped_before = set(self.stopped)
             try:
                 answer = self.gateway.post(
                     f"{self.platform.base}/serve/{name}/invocations", data=body, timeout=30,
@@ -287,15 +330,17 @@ class Soak:
                 status = answer.status_code
             except requests.RequestException as exc:
                 status = type(exc).__name__
-            self.tally.add(f"predictions {status}")
             if status == 200:
+                self.tally.add("predictions 200")
                 with self.tally.lock:
-                    self.tally.served.append((name, request_id))
+                    self.tally.served.append((name, self.generation[name], request_id))
             else:
-                key = f"predictions {status} from {name}"
+                stopped = name in self.stopped or name in stopped_before
+                key = f"predictions {status} from {name}" + (
+                    " (stopped by the soak)" if stopped else "")
                 if not self.tally.counts[key]:
-                    body = answer.text[:200] if isinstance(status, int) else ""
-                    self.tally.note(f"first {status} from {name}: {body!r}")
+                    text = answer.text[:200] if isinstance(status, int) else ""
+                    self.tally.note(f"first {status} from {name}: {text!r}")
                 self.tally.add(key)
             time.sleep(0.05)
 
@@ -338,32 +383,46 @@ class Soak:
     def watch(self) -> None:
         """/healthz every second (through the edge to the web process); the supervisor's own
         lines in make run's log say which process ended, how, and that it was restarted."""
-        with self.platform.log.open("rb") as log:
-            log.seek(0, io.SEEK_END)
-            pending = b""
-            while not self.stop.wait(1.0):
-                up = False
-                with contextlib.suppress(requests.RequestException):
-                    up = requests.get(f"{self.platform.base}/healthz",
-                                      timeout=5).status_code == 200
-                now = time.monotonic()
-                if up and self.down_since is not None:
-                    self.down_periods.append(now - self.down_since)
-                    self.tally.note(f"platform back after {now - self.down_since:.1f} s")
-                    self.down_since = None
-                elif not up and self.down_since is None:
-                    self.down_since = now
-                    self.tally.note("platform not answering /healthz")
-                pending += log.read()
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self.supervisor_line(line.decode("utf-8", "replace"))
+        self.log_pos = self.platform.log.stat().st_size
+        while not self.stop.wait(1.0):
+            up = False
+            with contextlib.suppress(requests.RequestException):
+                up = requests.get(f"{self.platform.base}/healthz", timeout=5).status_code == 200
+            now = time.monotonic()
+            if up and self.down_since is not None:
+                self.down_periods.append(now - self.down_since)
+                self.tally.note(f"platform back after {now - self.down_since:.1f} s")
+                self.down_since = None
+            elif not up and self.down_since is None:
+                self.down_since = now
+                self.tally.note("platform not answering /healthz")
+            self.read_log()
         if self.down_since is not None:  # still down at the end
             self.down_periods.append(time.monotonic() - self.down_since)
+
+    def read_log(self) -> None:
+        """The complete lines make run wrote since the last call (also after the soak: what
+        the convergence and the deletions log counts too)."""
+        with self.platform.log.open("rb") as log:
+            log.seek(self.log_pos)
+            data = log.read()
+        end = data.rfind(b"\n") + 1
+        self.log_pos += end
+        for line in data[:end].splitlines():
+            self.supervisor_line(line.decode("utf-8", "replace"))
 
     def supervisor_line(self, line: str) -> None:
         if "Traceback (most recent call last)" in line:
             self.tally.add("tracebacks in make run's log")
+        error = ERROR_LINE.search(line)
+        if error:  # each kind noted once, counted always
+            kind = re.sub(r"\[[0-9a-f-]{36}\]|\d+", "#", error["message"])[:160]
+            self.tally.add("ERROR lines in make run's log")
+            with self.tally.lock:
+                new = kind not in self.errors_seen
+                self.errors_seen.add(kind)
+            if new:
+                self.tally.note(f"make run logged: {line[:300]}")
         found = EXIT_LINE.search(line)
         if found:
             self.tally.add(f"process exits: {found['name']}")
@@ -396,24 +455,32 @@ class Soak:
                 return versions
             time.sleep(3)
 
-    def lost_records(self) -> tuple[int, int]:
-        """(answered 200, not in the prediction log) after the shippers' last flush."""
+    def lost_records(self) -> tuple[int, int, int, int]:
+        """(answered 200, of those not in the prediction log) for deployments that still
+        exist, then the same for deployments the soak deleted afterwards (a replica removed
+        with its deployment may have nowhere to ship its last records: not counted as lost).
+        Waits for the shippers' last flushes."""
         ids_file = self.tmp / "served.json"
         with self.tally.lock:
             served = list(self.tally.served)
-        ids_file.write_text(json.dumps([rid for _, rid in served]))
+            generation = dict(self.generation)
+        ids_file.write_text(json.dumps([rid for _, _, rid in served]))
+        # Every stored id read back (an IN list of a half-hour's ids exceeds SQLite's limit).
         code = ("import json; from monitoring.models import PredictionRecord as R; "
                 f"ids = set(json.load(open({str(ids_file)!r}))); "
-                "found = set(R.objects.filter(request_id__in=ids).values_list('request_id', "
-                "flat=True)); print('LOST=%d' % len(ids - found))")
-        lost = None
+                "found = set(R.objects.values_list('request_id', flat=True).iterator()); "
+                "print('MISSING=' + json.dumps(sorted(ids - found)))")
+        missing: set[str] = set()
         for _ in range(20):  # replicas ship once a second; rollouts drain theirs on removal
             out = self.platform.manage(code)
-            lost = int(out.split("LOST=", 1)[1].split()[0])
-            if lost == 0:
+            missing = set(json.loads(out.split("MISSING=", 1)[1].splitlines()[0]))
+            if not missing:
                 break
             time.sleep(3)
-        return len(served), lost if lost is not None else len(served)
+        live = [rid for name, gen, rid in served if gen == generation.get(name, 0)]
+        deleted = [rid for name, gen, rid in served if gen != generation.get(name, 0)]
+        return (len(live), len(missing.intersection(live)), len(deleted),
+                len(missing.intersection(deleted)))
 
 
 def converged(data: dict) -> bool:
@@ -485,11 +552,7 @@ def main() -> int:
         if soak.wait_version(first.json()["version"]) != "ready":
             sys.exit("the first version did not validate")
         for name in soak.deployments:
-            admin("POST", "/deployments/", json={
-                "name": name, "team": "soak", "model": "soak-iris", "version": 1, "replicas": 1,
-                "resources": {"cpu": 0.5, "memory_mb": 768},
-                "strategy": {"type": "canary", "steps": [50, 100], "interval_s": 15}}
-            ).raise_for_status()
+            soak.deploy(name, 1).raise_for_status()
         print("waiting for the deployments to be healthy ...", flush=True)
         for name, state in soak.converge().items():
             if "not converged" in state:
@@ -509,8 +572,13 @@ def main() -> int:
             thread.join(timeout=120)
         print("waiting for every deployment and version to settle ...", flush=True)
         final, versions = soak.converge(), soak.settle_versions()
-        served, lost = soak.lost_records()
-        return report(soak, final, versions, served, lost, time.time() - started)
+        records = soak.lost_records()
+        # Deleting is part of the soak: what the platform logs after it (the next rollup
+        # pass, the containers' removal) counts too.
+        delete_deployments(platform, admin, soak.deployments)
+        time.sleep(25)  # MODELPORT_MONITORING_ROLLUP_SECONDS (20) and its delay (5)
+        soak.read_log()
+        return report(soak, final, versions, records, time.time() - started)
     except KeyboardInterrupt:
         print("\ninterrupted", flush=True)
         return 130
@@ -573,8 +641,9 @@ def remove_replicas(installation: str, data_dir: Path) -> int:
     return removed
 
 
-def report(soak: Soak, final: dict[str, str], versions: dict[int, str], served: int,
-           lost: int, seconds: float) -> int:
+def report(soak: Soak, final: dict[str, str], versions: dict[int, str],
+           records: tuple[int, int, int, int], seconds: float) -> int:
+    served, lost, served_deleted, lost_deleted = records
     counts = soak.tally.counts
     down = [p for p in soak.down_periods if p > 5]
     all_converged = all("not converged" not in status for status in final.values())
@@ -586,8 +655,10 @@ def report(soak: Soak, final: dict[str, str], versions: dict[int, str], served: 
     for key in sorted(counts):
         print(f"| {key} | {counts[key]} |")
     print(f"| platform down (> 5 s) | {len(down)} ({', '.join(f'{p:.0f} s' for p in down)}) |")
-    print(f"| predictions answered 200 | {served} |")
+    print(f"| predictions answered 200 (deployments that still exist) | {served} |")
     print(f"| of those, missing from the prediction log | {lost} |")
+    print(f"| predictions answered 200 by deployments deleted later | {served_deleted} |")
+    print(f"| of those, missing from the prediction log (not a target) | {lost_deleted} |")
     print(f"| soak-iris versions at the end | {dict(Counter(versions.values()))} |")
     for name, status in final.items():
         print(f"| {name} at the end | {status} |")
