@@ -8,7 +8,8 @@ gets it), then, all through the platform's own API and gateway and all at the sa
 
 - **uploads**: a new version of a model every ~90 s (an MLflow zip), validated in the sandbox;
 - **deploys, canaries, rollbacks**: two deployments with a canary strategy; every ~60 s one is
-  moved to another ready version (a canary rollout), rolled back, or stopped and started;
+  moved to another ready version (a canary rollout), rolled back, stopped and started, or
+  deleted and deployed again (each kind once in every five actions);
 - **traffic**: ~20 predictions a second through the gateway, each with its own request id;
 - **API fuzzing**: schemathesis against the live OpenAPI schema as an engineer of a team of its
   own (so it can change nothing of the others'), rate-limited;
@@ -62,6 +63,7 @@ COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROW = [[5.1, 3.5, 1.4, 0.2]]
 ADMIN_PASSWORD = "soak-admin-password-1"
 FUZZER_PASSWORD = "soak-fuzzer-password-1"
+ACTIONS = ["update", "update", "rollback", "restart", "recreate"]
 # config/supervise.py's line when a process it runs ends (other than at Ctrl-C).
 # A process's error log line: Celery's "[time: ERROR/Process] ...", Django's "time ERROR name ...".
 ERROR_LINE = re.compile(r"(?:: ERROR/\S+\]| ERROR | CRITICAL )(?P<message>.*)$")
@@ -271,9 +273,11 @@ class Soak:
             "strategy": {"type": "canary", "steps": [50, 100], "interval_s": 15}})
 
     def rollouts(self) -> None:
+        deck: list[str] = []  # every kind of action once per five, in a random order
         while not self.stop.wait(random.uniform(45, 75)):
-            name = random.choice(self.deployments)
-            action = random.choice(["update", "update", "rollback", "restart", "recreate"])
+            if not deck:
+                deck = random.sample(ACTIONS, len(ACTIONS))
+            name, action = random.choice(self.deployments), deck.pop()
             if action == "update":
                 current = self.admin("GET", f"/deployments/{name}/").json().get("version")
                 versions = [v for v in self.ready_versions() if v != current]
@@ -340,7 +344,7 @@ class Soak:
                     " (stopped by the soak)" if stopped else "")
                 if not self.tally.counts[key]:
                     text = answer.text[:200] if isinstance(status, int) else ""
-                    self.tally.note(f"first {status} from {name}: {text!r}")
+                    self.tally.note(f"first {key}: {text!r}")
                 self.tally.add(key)
             time.sleep(0.05)
 
