@@ -817,6 +817,11 @@ def collect_replica_stats(*, runtime: Any = None, now: datetime | None = None) -
             cpu_percent=round(float(sample.get("cpu_percent") or 0.0), 3),
             memory_mb=round(float(sample.get("memory_bytes") or 0.0) / MIB, 3),
             memory_limit_mb=limit))
+    # Sampling takes a second or more (Docker's stats call): a deployment deleted meanwhile
+    # would fail the whole insert on its foreign key, every other replica's sample with it.
+    live = set(Deployment.objects.filter(pk__in={r.deployment_id for r in rows})
+               .values_list("pk", flat=True))
+    rows = [r for r in rows if r.deployment_id in live]
     ReplicaStat.objects.bulk_create(rows)
     return len(rows)
 
