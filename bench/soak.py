@@ -212,7 +212,8 @@ class Soak:
         self.log_pos = 0
         self.stopped: set[str] = set()  # deployments stopped by the soak, until healthy again
         self.errors_seen: set[str] = set()
-        self.generation: Counter = Counter()  # deployments deleted and deployed again
+        self.generation: Counter = Counter()
+        self.recreating: set[str] = set()  # deployments deleted and deployed again
         self.gateway = requests.Session()
         self.gateway.headers["Authorization"] = admin.session.headers["Authorization"]
 
@@ -297,6 +298,7 @@ class Soak:
             else:  # deleted and deployed again under the same name, on the latest version
                 self.stopped.add(name)
                 with self.tally.lock:
+                    self.recreating.add(name)
                     self.generation[name] += 1
                 self.admin("DELETE", f"/deployments/{name}/")
                 deadline = time.monotonic() + 120
@@ -304,6 +306,8 @@ class Soak:
                        and time.monotonic() < deadline):
                     time.sleep(2)
                 answer = self.deploy(name, max(self.ready_versions()))
+                with self.tally.lock:
+                    self.recreating.discard(name)
             self.tally.add(f"{action} {answer.status_code}")
             detail = "" if answer.ok else f" {answer.text[:200]}"
             if action == "rollback" and not answer.ok:
@@ -327,6 +331,8 @@ class Soak:
             name = random.choice(names)
             request_id = uuid.uuid4().hex
             stopped_before = set(self.stopped)
+            with self.tally.lock:
+                generation = (-1 if name in self.recreating else self.generation[name])
             try:
                 answer = self.gateway.post(
                     f"{self.platform.base}/serve/{name}/invocations", data=body, timeout=30,
@@ -337,7 +343,11 @@ class Soak:
             if status == 200:
                 self.tally.add("predictions 200")
                 with self.tally.lock:
-                    self.tally.served.append((name, self.generation[name], request_id))
+                    # Answered while its deployment was being deleted and deployed again: by
+                    # either one (-1: counted with the deleted ones).
+                    if name in self.recreating or generation != self.generation[name]:
+                        generation = -1
+                    self.tally.served.append((name, generation, request_id))
             else:
                 stopped = name in self.stopped or name in stopped_before
                 key = f"predictions {status} from {name}" + (
@@ -461,8 +471,9 @@ class Soak:
 
     def lost_records(self) -> tuple[int, int, int, int]:
         """(answered 200, of those not in the prediction log) for deployments that still
-        exist, then the same for deployments the soak deleted afterwards (a replica removed
-        with its deployment may have nowhere to ship its last records: not counted as lost).
+        exist, then the same for deployments the soak deleted afterwards or was deleting then
+        (a replica removed with its deployment has nowhere to ship its last records: its
+        ingest token was deleted with the deployment; not counted as lost).
         Waits for the shippers' last flushes."""
         ids_file = self.tmp / "served.json"
         with self.tally.lock:
