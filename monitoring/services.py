@@ -617,11 +617,18 @@ def _rollup(*, limit: int, now: datetime | None) -> int:
     records = _raw_records(cursor.last_id, horizon, limit)
     if not records:
         return 0
+    # Raw records have no foreign key (``PredictionRecord``): a deleted deployment's stay
+    # until pruned. Rolling them up would reference a deployment that no longer exists, the
+    # commit would fail, and the cursor would never pass them: no rollups for anyone.
+    live = set(Deployment.objects.filter(pk__in={r[1] for r in records})
+               .values_list("pk", flat=True))
     rng = np.random.default_rng(cursor.last_id)
     references: dict[tuple[int, int], dict[str, Any]] = {}
     minutes: dict[tuple[int, int, int], dict[str, Any]] = {}
     sketches: dict[tuple[int, int, int], _Sketch] = {}
     for _id, dep, rev, epoch, latency, status, inputs, outputs, weight in records:
+        if dep not in live:
+            continue
         key = (dep, rev, int(epoch // 60) * 60)
         agg = minutes.get(key)
         if agg is None:
@@ -811,6 +818,11 @@ def collect_replica_stats(*, runtime: Any = None, now: datetime | None = None) -
             cpu_percent=round(float(sample.get("cpu_percent") or 0.0), 3),
             memory_mb=round(float(sample.get("memory_bytes") or 0.0) / MIB, 3),
             memory_limit_mb=limit))
+    # Sampling takes a second or more (Docker's stats call): a deployment deleted meanwhile
+    # would fail the whole insert on its foreign key, every other replica's sample with it.
+    live = set(Deployment.objects.filter(pk__in={r.deployment_id for r in rows})
+               .values_list("pk", flat=True))
+    rows = [r for r in rows if r.deployment_id in live]
     ReplicaStat.objects.bulk_create(rows)
     return len(rows)
 

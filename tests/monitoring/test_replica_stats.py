@@ -163,3 +163,34 @@ def test_local_process_replicas_are_sampled_and_charted(settings, no_enqueue, en
         for replica in runtime.list_replicas():
             runtime.remove_replica(replica.id)
         gateway.invalidate()
+
+
+class _DeletingRuntime:
+    """Stands in for a runtime whose stats call is slow (Docker's takes about a second): the
+    user deletes a deployment during it. A stand-in because that interleaving cannot be
+    timed with a real one; sampling and storing are the real code."""
+
+    def __init__(self, victim: Deployment) -> None:
+        self.victim = victim
+
+    def stats(self, runtime_id: str) -> dict[str, float]:
+        from django.db import connection
+
+        if runtime_id.startswith(self.victim.name):
+            Deployment.objects.filter(pk=self.victim.pk).delete()
+            connection.close()  # this runs in the sampler's thread
+        return {"cpu_percent": 1.0, "memory_bytes": 100 * 2**20,
+                "memory_limit_bytes": 768 * 2**20}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deployment_deleted_while_sampling_costs_only_its_own_samples(deployment,
+                                                                        other_deployment):
+    """Found by bench/soak.py: the deleted deployment's row failed the insert's foreign key at
+    commit (transaction=True: a real one) and every replica's sample of that pass was lost."""
+    for d in (deployment, other_deployment):
+        Replica.objects.create(deployment=d, runtime_id=f"{d.name}-r1-0", revision=1, index=0,
+                               status="ready", ready=True)
+    assert services.collect_replica_stats(runtime=_DeletingRuntime(other_deployment)) == 1
+    assert list(ReplicaStat.objects.values_list("deployment_id", "runtime_id")) == [
+        (deployment.pk, f"{deployment.name}-r1-0")]
