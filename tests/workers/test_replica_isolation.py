@@ -26,7 +26,7 @@ import pytest
 
 from serving.sockets import request, split_unix_url
 from tests.deployments.conftest import UnixHTTPServer
-from tests.workers.conftest import TEST_LABEL
+from tests.workers.conftest import TEST_LABEL, remove_test_containers
 from workers.runtimes.base import ReplicaSpec, wait_ready
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -231,6 +231,8 @@ def test_a_model_without_network_reaches_nothing_and_ships_its_log_over_the_sock
         assert not Path(split_unix_url(state.url)[0]).parent.exists()
     finally:
         victim.close()
+        # The neighbour is another deployment's: the fixture removes only this one's.
+        remove_test_containers(docker_client, f"modelport.deployment={deployment_name}-other")
 
 
 def test_egress_granted_by_an_admin_reaches_out_but_still_serves_only_on_its_socket(
