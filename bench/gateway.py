@@ -328,7 +328,8 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
                    for name in ("edge", "web", "reconciler")}
         procs.extend(started.values())
         started["edge"].wait_200(f"{base}/healthz", timeout=120)
-        pids = lambda: {name: proc.popen.pid for name, proc in started.items()}  # noqa: E731
+        processes = dict(started)  # `started` is reused for timings below
+        pids = lambda: {name: proc.popen.pid for name, proc in processes.items()}  # noqa: E731
     api = Api(base, secret)
     name = f"bench-gw-{uuid.uuid4().hex[:6]}"
     spec = {"name": name, "team": team, "model": model,
