@@ -693,6 +693,8 @@ def _raw_records(after_id: int, horizon: datetime, limit: int) -> list[tuple]:
 
 
 def _store_minutes(minutes: dict, rng: np.random.Generator) -> None:
+    if not minutes:  # every record of the pass belonged to a deleted deployment
+        return
     minutes = {(d, r, datetime.fromtimestamp(m, UTC)): agg for (d, r, m), agg in minutes.items()}
     deps = {k[0] for k in minutes}
     stamps = {k[2] for k in minutes}

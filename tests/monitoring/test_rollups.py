@@ -135,3 +135,19 @@ def test_records_of_a_deleted_deployment_do_not_stop_the_rollups(deployment, oth
     ingest_direct(deployment, [record(200 + i, t0) for i in range(3)])
     assert roll() == 3
     assert MinuteRollup.objects.get().count == 13
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_holding_only_a_deleted_deployments_records_moves_the_cursor_on(
+        deployment, other_deployment):
+    """Found by bench/soak.py after the fix above: a pass in which every record was the
+    deleted deployment's had no minute to store and failed (min() of nothing) — again
+    forever, since its cursor never moved."""
+    t0 = minutes_ago(5)
+    ingest_direct(other_deployment, [record(i, t0) for i in range(4)])
+    other_deployment.delete()
+    assert roll() == 4
+    assert not MinuteRollup.objects.exists()
+    ingest_direct(deployment, [record(100 + i, t0) for i in range(3)])
+    assert roll() == 3
+    assert MinuteRollup.objects.get().count == 3
