@@ -346,6 +346,11 @@ def _payload_problem(i: int, exc: Exception) -> tuple[str, str]:
 # orjson (which encodes jsonb for COPY) refuses documents nested deeper than this.
 MAX_STORED_DEPTH = 254
 
+# A timestamp as the model server writes it (serving/shipping.py), already parsed by
+# ``_validated_rows``; the hour is checked too, as newer Pythons read 24:00 as the next day.
+_SHIPPED_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
+                          r"\.[0-9]{3}\+00:00")
+
 
 def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]]:
     """(record index, what ``_write`` stores) per row: a COPY text line on PostgreSQL, a tuple
@@ -371,12 +376,21 @@ def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]
     # returns for them; datetimes go through the backend's own adapter (naive UTC text); JSON
     # is orjson's text, the document JSONField's json.dumps writes less its spaces and \u
     # escapes, and None stays SQL NULL as JSONField stores it. orjson's refusal is also the
-    # depth check (json.dumps would recurse until RecursionError).
+    # depth check (json.dumps would recurse until RecursionError). The model server's
+    # timestamps (``_SHIPPED_UTC``) become that naive UTC text by slicing: the adapter
+    # (astimezone, then str) cost twice the rest of the row's preparation.
     # tests/monitoring/test_ingest_sqlite.py compares the rows with bulk_create's.
     adapt_datetime = connection.ops.adapt_datetimefield_value
     received = adapt_datetime(rows[0][12]) if rows else None
     dumps = orjson.dumps
+    shipped = _SHIPPED_UTC.fullmatch
     for r in rows:
+        text = r[13]
+        if shipped(text):  # str() of the naive datetime: no fraction when it is zero
+            when = (f"{text[:10]} {text[11:19]}" if text[20:23] == "000"
+                    else f"{text[:10]} {text[11:23]}000")
+        else:
+            when = adapt_datetime(r[4])
         inputs, outputs = r[8], r[9]
         try:
             if inputs is not None:
@@ -386,7 +400,7 @@ def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]
         except (TypeError, ValueError) as exc:
             rejections.add(r[14], *_payload_problem(r[14], exc))
             continue
-        prepared.append((r[14], (r[0], r[1], r[2], r[3], adapt_datetime(r[4]), r[5], r[6], r[7],
+        prepared.append((r[14], (r[0], r[1], r[2], r[3], when, r[5], r[6], r[7],
                                  inputs, outputs, r[10], r[11], received)))
     return prepared
 

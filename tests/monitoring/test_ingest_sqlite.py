@@ -48,8 +48,9 @@ def sqlite_db(tmp_path, monkeypatch, django_db_blocker) -> Iterator[object]:
 
 
 def awkward_records() -> list[dict]:
-    """Every column type with the values whose conversion could differ: offsets, naive and Z
-    timestamps, whole seconds, NULL and JSON null, non-ASCII and NUL text, int latency, …"""
+    """Every column type with the values whose conversion could differ: the model server's
+    timestamps and others (offsets, naive, Z, microseconds), NULL and JSON null, non-ASCII and
+    NUL text, int latency, …"""
     when = minutes_ago(2)
     text = 'tab\t, newline\n, back\\slash, "quotes", ünïcödé ✓ 🙂, NUL \u0000, \\u0000'
     records = [record(i, when + timedelta(seconds=i)) for i in range(8)]
@@ -59,6 +60,10 @@ def awkward_records() -> list[dict]:
         datetime.fromisoformat("2000-01-01T00:00:00+05:30").tzinfo).isoformat()
     records[2]["timestamp"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
     records[3]["timestamp"] = (when - timedelta(hours=7)).isoformat(timespec="microseconds")
+    # The model server's own format (sliced, not adapted): whole seconds, then milliseconds.
+    assert records[4]["timestamp"].endswith(".000+00:00")
+    records[6]["timestamp"] = (when + timedelta(milliseconds=250)).isoformat(
+        timespec="milliseconds")
     records[0]["inputs"] = {"columns": ["a", "b"], "data": [[1e-7, 1e16], [-0.0, 2**63 - 1],
                                                              [True, None]], "note": text}
     records[1]["inputs"] = text
