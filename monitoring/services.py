@@ -2,10 +2,10 @@
 
 Replicas ship prediction logs with a deployment-scoped ingest token (``issue_ingest_token``);
 ``ingest_predictions`` checks a batch record by record, drops (and counts) the records it cannot
-take, and writes the others in one transaction (PostgreSQL ``COPY`` or ``bulk_create``). The
-``rollup`` beat task folds new raw records into per-minute ``MinuteRollup`` rows and per-hour
-``FeatureSketch`` rows; everything people read (charts, the metrics and drift APIs, alert
-evaluation) comes from those.
+take, and writes the others in one transaction (PostgreSQL ``COPY``; on SQLite one
+``executemany`` of a parameterised INSERT). The ``rollup`` beat task folds new raw records into
+per-minute ``MinuteRollup`` rows and per-hour ``FeatureSketch`` rows; everything people read
+(charts, the metrics and drift APIs, alert evaluation) comes from those.
 """
 
 from __future__ import annotations
@@ -346,10 +346,16 @@ def _payload_problem(i: int, exc: Exception) -> tuple[str, str]:
 # orjson (which encodes jsonb for COPY) refuses documents nested deeper than this.
 MAX_STORED_DEPTH = 254
 
+# A timestamp as the model server writes it (serving/shipping.py), already parsed by
+# ``_validated_rows``; the hour is checked too, as newer Pythons read 24:00 as the next day.
+_SHIPPED_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
+                          r"\.[0-9]{3}\+00:00")
+
 
 def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]]:
-    """(record index, what ``_write`` stores) per row: a COPY text line on PostgreSQL, a model
-    instance elsewhere. Rows whose payloads cannot be encoded are rejected here, alone."""
+    """(record index, what ``_write`` stores) per row: a COPY text line on PostgreSQL, a tuple
+    of INSERT parameters on SQLite. Rows whose payloads cannot be encoded are rejected here,
+    alone."""
     prepared: list[tuple[int, Any]] = []
     if connection.vendor == "postgresql":
         field, as_json = _copy_field, _copy_json
@@ -364,31 +370,60 @@ def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]
                 continue
             prepared.append((r[14], line))
         return prepared
+    # SQLite: the parameters bulk_create would bind, built without a model instance per record
+    # or Django's per-field calls (under `make run` those were most of ingest's CPU time).
+    # Strings, ints and floats are bound as validated — what their fields' get_db_prep_save
+    # returns for them; datetimes go through the backend's own adapter (naive UTC text); JSON
+    # is orjson's text, the document JSONField's json.dumps writes less its spaces and \u
+    # escapes, and None stays SQL NULL as JSONField stores it. orjson's refusal is also the
+    # depth check (json.dumps would recurse until RecursionError). The model server's
+    # timestamps (``_SHIPPED_UTC``) become that naive UTC text by slicing: the adapter
+    # (astimezone, then str) cost twice the rest of the row's preparation.
+    # tests/monitoring/test_ingest_sqlite.py compares the rows with bulk_create's.
+    adapt_datetime = connection.ops.adapt_datetimefield_value
+    received = adapt_datetime(rows[0][12]) if rows else None
+    dumps = orjson.dumps
+    shipped = _SHIPPED_UTC.fullmatch
     for r in rows:
-        try:  # Django's JSONField encodes with json.dumps, which recurses: check with orjson
-            orjson.dumps(r[8])
-            orjson.dumps(r[9])
+        text = r[13]
+        if shipped(text):  # str() of the naive datetime: no fraction when it is zero
+            when = (f"{text[:10]} {text[11:19]}" if text[20:23] == "000"
+                    else f"{text[:10]} {text[11:23]}000")
+        else:
+            when = adapt_datetime(r[4])
+        inputs, outputs = r[8], r[9]
+        try:
+            if inputs is not None:
+                inputs = dumps(inputs).decode()
+            if outputs is not None:
+                outputs = dumps(outputs).decode()
         except (TypeError, ValueError) as exc:
             rejections.add(r[14], *_payload_problem(r[14], exc))
             continue
-        prepared.append((r[14], PredictionRecord(**dict(zip(COLUMNS, r[:len(COLUMNS)],
-                                                            strict=True)))))
+        prepared.append((r[14], (r[0], r[1], r[2], r[3], when, r[5], r[6], r[7],
+                                 inputs, outputs, r[10], r[11], received)))
     return prepared
 
 
 def _write(items: list[Any]) -> None:
     """Store prepared rows (``_prepared``) in the current transaction."""
+    table = PredictionRecord._meta.db_table
     if connection.vendor == "postgresql":
         # COPY, with the text block built here: psycopg's per-row adaptation (write_row) costs
         # more than the server's work at these rates.
-        table = PredictionRecord._meta.db_table
         data = ("\n".join(items) + "\n").encode()
         sql = f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN"
         with connection.cursor() as cursor, connection.wrap_database_errors, \
                 cursor.cursor.copy(sql) as copy:
             copy.write(data)
         return
-    PredictionRecord.objects.bulk_create(items, batch_size=500)
+    # One prepared INSERT run per row by sqlite3 (in C), not bulk_create's multi-row statements
+    # of 76 rows each (SQLite's 999 parameters) with RETURNING of every id.
+    quote = connection.ops.quote_name
+    sql = (f"INSERT INTO {quote(table)} ({', '.join(map(quote, COLUMNS))}) "  # noqa: S608
+           f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, items)
 
 
 def _write_each(items: list[tuple[int, Any]], rejections: Rejections) -> int:
