@@ -25,7 +25,7 @@ from aiohttp import ClientError, web
 from django.conf import settings
 
 from serving.sockets import bind_unix
-from workers.runtimes import ingest_socket
+from workers import factory
 from workers.runtimes.base import private_dirs
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ PASSED_HEADERS = ("Authorization", "Content-Type", "Content-Encoding", "X-Reques
 class IngestSocket:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
-        self.path = ingest_socket(settings)
+        self.path = factory.ingest_socket(settings)
         # Django checks Host against ALLOWED_HOSTS: the platform's own public name passes.
         self.host = urlsplit(settings.MODELPORT_BASE_URL).netloc or "localhost"
         self.runner: web.AppRunner | None = None

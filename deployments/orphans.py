@@ -28,6 +28,7 @@ from typing import Any
 from django.conf import settings
 
 from teams import audit
+from workers import factory
 from workers.models import ExecutionTarget, RuntimeKind
 from workers.runtime_choice import follows_settings, runtime_label
 
@@ -52,8 +53,6 @@ def places() -> list[Place]:
     """Every runtime this installation's deployments may run on (one that cannot be built is
     skipped and logged; several Docker hosts are their host workers' to sweep)."""
     from workers.runtime_status import docker_answers
-    from workers.runtimes import get_runtime, runtime_for_target
-
     found: list[Place] = []
     targets: list[ExecutionTarget | None] = list(ExecutionTarget.objects.enabled()) or [None]
     plain_done = False
@@ -63,11 +62,13 @@ def places() -> list[Place]:
                 if plain_done:
                     continue
                 plain_done = True
-                found.append(Place(target, RuntimeKind.LOCAL, get_runtime("local"), True))
+                found.append(Place(target, RuntimeKind.LOCAL, factory.get_runtime("local"), True))
                 if docker_answers(fresh=True):
-                    found.append(Place(target, RuntimeKind.DOCKER, get_runtime("docker"), True))
+                    found.append(Place(target, RuntimeKind.DOCKER, factory.get_runtime("docker"),
+                                        True))
             elif (target.settings or {}).get("placement") != "hosts":
-                found.append(Place(target, target.kind, runtime_for_target(target), False))
+                found.append(Place(target, target.kind, factory.runtime_for_target(target),
+                                    False))
         except Exception:  # one target's trouble never stops the sweep
             log.warning("orphan sweep skipped %s: its runtime cannot be built",
                         target or "the runtime", exc_info=True)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.db.models import Q
+
+from workers import factory
+from workers.models import ExecutionTarget
 
 from . import services
 
@@ -24,14 +28,10 @@ def _running_from_runtime() -> tuple[set[str], set[str]] | None:
     execution target that is enabled or still has deployments (None if one does not answer:
     a partial view would report running deployments as missing)."""
     try:
-        from django.db.models import Q
-
-        from workers.models import ExecutionTarget
-        from workers.runtimes import runtime_for_target
-
         targets = list(ExecutionTarget.objects.filter(
             Q(enabled=True) | Q(deployments__isnull=False)).distinct()) or [None]
-        replicas = [r for target in targets for r in runtime_for_target(target).list_replicas()]
+        replicas = [r for target in targets
+                    for r in factory.runtime_for_target(target).list_replicas()]
     except Exception:
         log.warning("usage drift check skipped: no container runtime answered", exc_info=True)
         return None

@@ -28,8 +28,10 @@ from django.conf import settings
 from docker.errors import DockerException
 from requests.exceptions import RequestException
 
+from workers import factory
 from workers.runtime_status import resolved_runtime
 from workers.runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError
+from workers.runtimes.docker import HARDENING
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL = "modelport.sandbox"
@@ -137,10 +139,7 @@ def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
 
 def _run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
                    on_step: StepFn) -> SandboxOutcome:
-    from workers.runtimes import get_runtime
-    from workers.runtimes.docker import HARDENING
-
-    runtime = get_runtime("docker")
+    runtime = factory.get_runtime("docker")
     wanted = sandbox_requirements(requirements)
     on_step(20, f"Preparing the model's environment: a serving image for {len(wanted)} "
                 "requirement(s).")

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
+from . import factory
 from .models import ExecutionTarget, RuntimeKind, TargetKind
 
 
@@ -73,13 +74,11 @@ def runtime_for(deployment: Any) -> Any:
 def runtime_on(target: ExecutionTarget | None, kind: str) -> Any:
     """The runtime of that kind on that target (an empty kind: the target's own, "auto"
     resolved now — for what has no fixed kind)."""
-    from .runtimes import get_runtime, runtime_for_target
-
     if kind == RuntimeKind.LOCAL:
-        return get_runtime("local")  # local processes stay local, whatever the target says now
+        return factory.get_runtime("local")  # local processes stay local, whatever the target says
     if follows_settings(target) and kind == RuntimeKind.DOCKER:
-        return get_runtime("docker")
-    return runtime_for_target(target)
+        return factory.get_runtime("docker")
+    return factory.runtime_for_target(target)
 
 
 def runtime_label(kind: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from . import factory
 from .models import ExecutionTarget
 from .services import target_reserved
 
@@ -26,10 +27,8 @@ def target_health(target: ExecutionTarget, *, fresh: bool = False) -> dict[str, 
     cached = _cache.get(key)
     if cached is not None and not fresh and now - cached[0] < CACHE_SECONDS:
         return cached[1]
-    from .runtimes import runtime_for_target
-
     try:
-        health = runtime_for_target(target, timeout=HEALTH_TIMEOUT_S).describe()
+        health = factory.runtime_for_target(target, timeout=HEALTH_TIMEOUT_S).describe()
         body: dict[str, Any] = {
             "reachable": health.reachable, "message": health.message,
             "version": health.version, "nodes": [asdict(n) for n in health.nodes],

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import services
+from . import factory, services
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ def _host_runtime(host_name: str) -> Any | None:
     if own and own != host_name:
         log.error("task for host %s reached host worker %s: ignored", host_name, own)
         return None
-    from .runtimes import host_worker_runtime
-
-    return host_worker_runtime(host_name)
+    return factory.host_worker_runtime(host_name)
 
 
 @shared_task(name="workers.tasks.host_heartbeat", ignore_result=True,

@@ -420,7 +420,7 @@ MODELPORT_EDGE_WORKERS = env_int("MODELPORT_EDGE_WORKERS", 1, minimum=1, maximum
 MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
 # Replicas without a network ship their prediction logs to this socket, which the edge serves
 # (only POST /api/v1/ingest/predictions/); its directory is mounted read-only into replicas.
-# Empty: <MODELPORT_DATA_DIR>/run/ingest/ingest.sock (workers.runtimes.ingest_socket).
+# Empty: <MODELPORT_DATA_DIR>/run/ingest/ingest.sock (workers.factory.ingest_socket).
 MODELPORT_INGEST_SOCKET = env_str("MODELPORT_INGEST_SOCKET", "")
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are

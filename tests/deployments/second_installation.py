@@ -29,7 +29,7 @@ def _setup() -> None:
 
 
 def _replicas() -> list[str]:
-    from workers.runtimes import get_runtime
+    from workers.factory import get_runtime
 
     return [s.id for s in get_runtime("docker").list_replicas()]
 

@@ -13,13 +13,17 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    import django
+
     from config.celery import app
-    from workers import runtimes
+
+    django.setup()  # the runtime factory imports models; the worker's own setup finds it done
+    from workers import factory
     from workers.runtimes.local import LocalRuntime
 
     python = os.environ["MODELPORT_TEST_REPLICA_PYTHON"]
-    runtimes._local = lambda settings: LocalRuntime(runtimes._data_dir(settings) / "runtime",
-                                                    python=python)
+    factory._local = lambda settings: LocalRuntime(factory._data_dir(settings) / "runtime",
+                                                   python=python)
     app.worker_main(["worker", *sys.argv[1:]])
 
 

@@ -116,7 +116,7 @@ def test_replicas_are_placed_by_free_capacity_and_spread_over_hosts(hosts, docke
     assert all(r.host_logs and r.reported_at for r in rows)
     assert invoke(gateway_client(engineer), name).status_code == 200
     # A single-host runtime on the same engine leaves host workers' containers alone.
-    from workers.runtimes import get_runtime
+    from workers.factory import get_runtime
 
     assert get_runtime("docker").list_replicas(name) == []
 

@@ -28,7 +28,7 @@ from deployments.reconcile import reconcile_deployment
 from teams.installation import installation_id
 from teams.models import AuditEvent
 from tests.deployments.conftest import key_of, unique_name
-from workers.runtimes import get_runtime
+from workers.factory import get_runtime
 from workers.runtimes.base import LABEL_INSTALLATION, ReplicaSpec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -14,7 +14,7 @@ from tests.factories import make_token
 
 @pytest.fixture
 def local_runtime(settings, no_enqueue, db):  # db: runtimes carry the installation's id
-    from workers.runtimes import get_runtime
+    from workers.factory import get_runtime
 
     settings.MODELPORT_RUNTIME = "local"
     settings.MODELPORT_PORT_RANGE = (22000, 22499)

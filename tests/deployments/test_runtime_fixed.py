@@ -23,7 +23,7 @@ from deployments.reconcile import reconcile_deployment
 from tests.deployments.conftest import COLUMNS, ROWS, unique_name
 from tests.factories import make_token
 from tests.fixtures import bearer_client
-from workers.runtimes import get_runtime
+from workers.factory import get_runtime
 
 URL = "/api/v1/deployments/"
 

@@ -148,7 +148,7 @@ def test_docker_replicas_are_sampled_and_charted(docker_client, settings, no_enq
 def test_local_process_replicas_are_sampled_and_charted(settings, no_enqueue, engineer, team,
                                                         iris_dir):
     from registry.models import RegisteredModel
-    from workers.runtimes import get_runtime
+    from workers.factory import get_runtime
 
     settings.MODELPORT_RUNTIME = "local"
     settings.MODELPORT_PORT_RANGE = (24500, 24999)

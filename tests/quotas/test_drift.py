@@ -47,7 +47,7 @@ def test_the_task_reads_running_owners_from_runtime_labels(team, quota, monkeypa
                     ReplicaState(id="c2", deployment="b", revision=1, replica=0,
                                  status=ReplicaStatus.RUNNING)]
 
-    monkeypatch.setattr("workers.runtimes.get_runtime", lambda: FakeRuntime())
+    monkeypatch.setattr("workers.factory.get_runtime", lambda: FakeRuntime())
     assert tasks.check_usage_drift.delay().get() == {
         "missing": [], "unreserved": ["deployment:b"], "stale_gpus": []}
 
@@ -56,5 +56,5 @@ def test_the_task_skips_when_no_runtime_answers(team, quota, monkeypatch):
     def broken():
         raise RuntimeError("docker socket gone")
 
-    monkeypatch.setattr("workers.runtimes.get_runtime", broken)
+    monkeypatch.setattr("workers.factory.get_runtime", broken)
     assert tasks.check_usage_drift.delay().get() is None

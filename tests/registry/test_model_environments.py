@@ -178,7 +178,7 @@ def platform_index(files: Path, allowed: list[str] | None = None) -> Iterator[st
 
 @contextmanager
 def removed_afterwards(docker_client, requirements: list[str]) -> Iterator[str]:
-    from workers.runtimes import get_runtime
+    from workers.factory import get_runtime
 
     tag = get_runtime("docker").images.tag_for(requirements)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from teams.installation import installation_id
-from workers.runtimes import get_runtime
+from workers.factory import get_runtime
 from workers.runtimes.local import LocalRuntime
 
 pytest.importorskip("pytest_django")
@@ -66,7 +66,7 @@ def test_docker_runtime_defaults_to_replicas_without_a_network(settings: Any, tm
 def test_a_remote_docker_engine_gets_replicas_on_the_host_network(settings: Any) -> None:
     """Socket files exist only on the platform's own machine: an engine elsewhere runs its
     replicas on a network, where they demand their replica key."""
-    from workers.runtimes import replica_network
+    from workers.factory import replica_network
 
     settings.MODELPORT_DOCKER_NETWORK = "none"
     assert replica_network(settings, "tcp://docker-2.internal:2376") == "host"

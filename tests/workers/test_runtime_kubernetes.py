@@ -518,11 +518,11 @@ def test_a_kubeconfig_context_selects_the_cluster_and_its_credentials(
 @pytest.mark.django_db
 def test_a_kubernetes_execution_target_builds_this_runtime_with_its_settings(
         fake: FakeKubeAPI, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wiring in workers.runtimes.runtime_for_target (an unsaved target; the database
+    """The wiring in workers.factory.runtime_for_target (an unsaved target; the database
     gives the installation id)."""
     from teams.installation import installation_id
+    from workers.factory import runtime_for_target
     from workers.models import ExecutionTarget
-    from workers.runtimes import runtime_for_target
 
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(yaml.safe_dump({

@@ -187,12 +187,12 @@ def test_admission_keeps_deployments_within_their_targets_capacity(
 
 
 def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, default_target):
-    from workers.runtimes import runtime_for_target
+    from workers.factory import runtime_for_target
     from workers.runtimes.docker import DockerRuntime
     from workers.runtimes.swarm import SwarmRuntime
 
     sentinel = object()
-    monkeypatch.setattr("workers.runtimes.get_runtime", lambda name=None: sentinel)
+    monkeypatch.setattr("workers.factory.get_runtime", lambda name=None: sentinel)
     assert runtime_for_target(default_target) is sentinel  # this machine, as configured
     assert runtime_for_target(None) is sentinel
     remote = services.create_target(actor=admin_user, name="remote", kind="docker",
