@@ -385,6 +385,12 @@ def follow_alias(*, actor, model: RegisteredModel, alias: str) -> list[Deploymen
     return rolled
 
 
+def on_alias_moved(sender: object, *, actor, model: RegisteredModel, alias: str,
+                   **kwargs: object) -> None:
+    """Receiver of ``registry.signals.alias_moved``."""
+    follow_alias(actor=actor, model=model, alias=alias)
+
+
 @transaction.atomic
 def rollback(*, actor, deployment: Deployment, revision: int | None = None,
              system: bool = False) -> Deployment:

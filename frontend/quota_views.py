@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from core.portal import apply_service
 from notifications.models import Notification
 from notifications.services import mark_read
 from quotas import services
@@ -22,7 +23,6 @@ from teams.roles import is_platform_admin
 from workers.runtimes.images import host_pip_index
 
 from .forms import DecisionForm, HostForm, PlatformSettingsForm, QuotaSetForm, ResourceRequestForm
-from .views import _apply
 
 
 @login_required
@@ -36,11 +36,11 @@ def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
                               initial=usage.base.as_dict())
     if intent == "request" and request_form.is_valid():
         data = {k: v for k, v in request_form.cleaned_data.items() if v not in (None, "")}
-        if _apply(request, request_form, lambda: services.file_request(
+        if apply_service(request, request_form, lambda: services.file_request(
                 actor=request.user, team=team, **data)):
             messages.success(request, "Request sent; platform admins are notified.")
             return redirect("frontend:team-quota", slug=slug)
-    elif intent == "set" and quota_form.is_valid() and _apply(
+    elif intent == "set" and quota_form.is_valid() and apply_service(
             request, quota_form, lambda: services.set_quota(actor=request.user, team=team,
                                                             **quota_form.cleaned_data)):
         messages.success(request, f"Quota of {slug} updated.")
@@ -105,12 +105,12 @@ def decide_request(request: HttpRequest, request_id: int) -> HttpResponse:
         messages.error(request, "Amounts must be numbers.")
     elif decision == "approve":
         data = form.cleaned_data
-        if _apply(request, None, lambda: services.approve_request(
+        if apply_service(request, None, lambda: services.approve_request(
                 actor=request.user, request=item, comment=data["comment"], cpu=data["cpu"],
                 memory_mb=data["memory_mb"], gpus=data["gpus"])):
             messages.success(request, f"Request #{item.pk} approved.")
     elif decision == "deny":
-        if _apply(request, None, lambda: services.deny_request(
+        if apply_service(request, None, lambda: services.deny_request(
                 actor=request.user, request=item, comment=form.cleaned_data["comment"])):
             messages.success(request, f"Request #{item.pk} denied.")
     else:
@@ -122,7 +122,7 @@ def decide_request(request: HttpRequest, request_id: int) -> HttpResponse:
 def capacity(request: HttpRequest) -> HttpResponse:
     admin = is_platform_admin(request.user)
     form = HostForm(request.POST or None) if admin else None
-    if form is not None and request.method == "POST" and form.is_valid() and _apply(
+    if form is not None and request.method == "POST" and form.is_valid() and apply_service(
             request, form, lambda: services.register_host(actor=request.user,
                                                           **form.cleaned_data)):
         messages.success(request, f"Registered {form.cleaned_data['name']}.")
@@ -151,7 +151,7 @@ def platform_settings(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "Check the platform settings: " + "; ".join(
             f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
-    elif _apply(request, None, lambda: team_services.update_platform_settings(
+    elif apply_service(request, None, lambda: team_services.update_platform_settings(
             actor=request.user, **form.cleaned_lists())):
         messages.success(request, "Platform settings saved.")
     return redirect("frontend:capacity")

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from config.errors import DomainError
+from core.portal import apply_service
 from quotas import services as quota_services
 from teams import services
 from teams.access import get_visible_team
@@ -21,24 +21,11 @@ from teams.roles import Role, at_least, is_platform_admin
 from .forms import MemberAddForm, MemberRoleForm, TeamCreateForm, TeamEditForm, TokenCreateForm
 
 
-def _apply(request: HttpRequest, form, call) -> bool:
-    """Run a service call; show domain errors on the form (or as a message) instead of a 500."""
-    try:
-        call()
-    except DomainError as exc:
-        if form is not None and exc.field and exc.field in form.fields:
-            form.add_error(exc.field, exc.message)
-        else:
-            messages.error(request, exc.message)
-        return False
-    return True
-
-
 @login_required
 def team_list(request: HttpRequest) -> HttpResponse:
     form = TeamCreateForm(request.POST or None)
     if (request.method == "POST" and form.is_valid()
-            and _apply(request, form, lambda: services.create_team(actor=request.user,
+            and apply_service(request, form, lambda: services.create_team(actor=request.user,
                                                                     **form.cleaned_data))):
         messages.success(request, f"Team '{form.cleaned_data['slug']}' created.")
         return redirect("frontend:team-detail", slug=form.cleaned_data["slug"])
@@ -65,12 +52,12 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
         intent = request.POST.get("intent")
         if intent == "add" and add_form.is_valid():
             data = add_form.cleaned_data
-            if _apply(request, add_form, lambda: services.add_member(
+            if apply_service(request, add_form, lambda: services.add_member(
                     actor=request.user, team=team, username=data["username"],
                     role=data["role"])):
                 messages.success(request, f"Added {data['username']} as {data['role']}.")
                 return redirect("frontend:team-detail", slug=slug)
-        elif intent == "edit" and edit_form.is_valid() and _apply(
+        elif intent == "edit" and edit_form.is_valid() and apply_service(
                 request, edit_form,
                 lambda: services.update_team(actor=request.user, team=team,
                                              **edit_form.cleaned_data)):
@@ -89,7 +76,7 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
 def member_role(request: HttpRequest, slug: str, username: str) -> HttpResponse:
     team = get_visible_team(request.user, slug)
     form = MemberRoleForm(request.POST)
-    if form.is_valid() and _apply(request, None, lambda: services.change_member_role(
+    if form.is_valid() and apply_service(request, None, lambda: services.change_member_role(
             actor=request.user, team=team, username=username, role=form.cleaned_data["role"])):
         messages.success(request, f"{username} is now {form.cleaned_data['role']}.")
     elif not form.is_valid():
@@ -101,7 +88,7 @@ def member_role(request: HttpRequest, slug: str, username: str) -> HttpResponse:
 @require_POST
 def member_remove(request: HttpRequest, slug: str, username: str) -> HttpResponse:
     team = get_visible_team(request.user, slug)
-    if _apply(request, None, lambda: services.remove_member(actor=request.user, team=team,
+    if apply_service(request, None, lambda: services.remove_member(actor=request.user, team=team,
                                                            username=username)):
         messages.success(request, f"Removed {username} from {slug}.")
     return redirect("frontend:team-detail", slug=slug)
@@ -119,7 +106,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
                 actor=request.user, name=form.cleaned_data["name"],
                 expires_in_days=form.cleaned_data["expires_in_days"])
 
-        if _apply(request, form, create):
+        if apply_service(request, form, create):
             created_secret = result["secret"]
             form = TokenCreateForm()
     tokens = ApiToken.objects.filter(user=request.user).order_by("-created_at")
@@ -137,7 +124,8 @@ def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
     token = ApiToken.objects.filter(user=request.user, pk=token_id).first()
     if token is None:
         messages.error(request, "No such token.")
-    elif _apply(request, None, lambda: services.revoke_token(actor=request.user, token=token)):
+    elif apply_service(request, None,
+                       lambda: services.revoke_token(actor=request.user, token=token)):
         messages.success(request, f"Token '{token.name}' revoked.")
     return redirect("frontend:tokens")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from config.errors import DomainError
+from core.admin import ServiceErrorsMixin
+from teams.admin import TeamAdmin
+from teams.models import Team
 
 from . import services
 from .models import (
@@ -35,17 +37,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
-
-
-class ServiceErrorsMixin:
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        # A refused change rolls back the whole form and shows the service's message.
-        try:
-            with transaction.atomic():
-                return super().changeform_view(request, object_id, form_url, extra_context)
-        except DomainError as exc:
-            self.message_user(request, exc.message, level=messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(TeamQuota)
@@ -242,3 +233,41 @@ class QuotaGrantAdmin(ReadOnlyAdmin):
     list_display = ["team", "cpu", "memory_mb", "gpus", "expires_at", "expired_at", "request"]
     list_select_related = ["team", "request"]
     list_filter = ["team"]
+
+
+class SetQuotaForm(forms.Form):
+    cpu = forms.DecimalField(label="CPU (cores)", min_value=0, decimal_places=3)
+    memory_mb = forms.IntegerField(label="Memory (MB)", min_value=0)
+    gpus = forms.IntegerField(label="GPUs", min_value=0)
+    deployments = forms.IntegerField(label="Deployments", min_value=0)
+
+
+# The teams console page gains the quota action here, so teams never imports quotas.
+admin.site.unregister(Team)
+
+
+@admin.register(Team)
+class TeamWithQuotaAdmin(TeamAdmin):
+    actions = [*TeamAdmin.actions, "set_quota"]
+
+    @admin.action(description="Set the quota of selected teams (asks for the limits)")
+    def set_quota(self, request: HttpRequest, queryset):
+        """Same limits for every selected team, each through ``quotas.services.set_quota``
+        (audited; refused per team when capacity cannot hold it)."""
+        form = SetQuotaForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return TemplateResponse(request, "admin/quotas/set_quota.html", {
+                **self.admin_site.each_context(request), "title": "Set team quotas",
+                "queryset": queryset, "form": form, "opts": self.model._meta,
+                "usages": [services.usage(team) for team in queryset],
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            })
+        done = 0
+        for team in queryset:
+            try:
+                services.set_quota(actor=request.user, team=team, **form.cleaned_data)
+                done += 1
+            except DomainError as exc:
+                self.message_user(request, f"{team.slug}: {exc.message}", level=messages.ERROR)
+        self.message_user(request, f"Quota set for {done} team(s).")
+        return None

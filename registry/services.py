@@ -41,6 +41,7 @@ from .models import (
     alias_validator,
     name_validator,
 )
+from .signals import alias_moved
 
 log = logging.getLogger(__name__)
 
@@ -494,10 +495,9 @@ def _move_alias(*, actor, model: RegisteredModel, alias: str,
         current.save()
     audit.record(actor=actor, action="alias.moved", obj=current, team=model.team, before=before,
                  after={"version": version.version})
-    # Deployments that follow this alias roll out to the new version (explicitly, no signals).
-    from deployments.services import follow_alias
-
-    follow_alias(actor=actor, model=model, alias=alias)
+    # Deployments that follow this alias roll out to the new version (deployments connects
+    # to this in its AppConfig.ready(); the registry sits below it and never imports it).
+    alias_moved.send(sender=RegisteredModel, actor=actor, model=model, alias=alias)
     return current
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.db import transaction
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponseRedirect
-from django.template.response import TemplateResponse
+from django.http import HttpRequest
 
-from config.errors import DomainError
-from quotas import services as quota_services
+from core.admin import ServiceErrorsMixin
 
 from . import audit, services
 from .models import ApiToken, AuditEvent, Installation, Membership, Team
@@ -28,45 +24,15 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ["created_at"]
 
 
-class SetQuotaForm(forms.Form):
-    cpu = forms.DecimalField(label="CPU (cores)", min_value=0, decimal_places=3)
-    memory_mb = forms.IntegerField(label="Memory (MB)", min_value=0)
-    gpus = forms.IntegerField(label="GPUs", min_value=0)
-    deployments = forms.IntegerField(label="Deployments", min_value=0)
-
-
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     list_display = ["slug", "name", "member_count", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
-    actions = ["set_quota"]
 
     def get_queryset(self, request: HttpRequest):
         # The member count in one query with the page, not one per row.
         return super().get_queryset(request).annotate(members=Count("memberships"))
-
-    @admin.action(description="Set the quota of selected teams (asks for the limits)")
-    def set_quota(self, request: HttpRequest, queryset):
-        """Same limits for every selected team, each through ``quotas.services.set_quota``
-        (audited; refused per team when capacity cannot hold it)."""
-        form = SetQuotaForm(request.POST if "apply" in request.POST else None)
-        if not form.is_valid():
-            return TemplateResponse(request, "admin/teams/team/set_quota.html", {
-                **self.admin_site.each_context(request), "title": "Set team quotas",
-                "queryset": queryset, "form": form, "opts": self.model._meta,
-                "usages": [quota_services.usage(team) for team in queryset],
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-            })
-        done = 0
-        for team in queryset:
-            try:
-                quota_services.set_quota(actor=request.user, team=team, **form.cleaned_data)
-                done += 1
-            except DomainError as exc:
-                self.message_user(request, f"{team.slug}: {exc.message}", level=messages.ERROR)
-        self.message_user(request, f"Quota set for {done} team(s).")
-        return None
 
     @admin.display(description="Members", ordering="members")
     def member_count(self, team: Team) -> int:
@@ -117,15 +83,6 @@ class TeamAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset) -> None:
         for team in queryset:
             services.delete_team(actor=request.user, team=team)
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        # A refused change (e.g. removing the last maintainer) rolls back the whole form.
-        try:
-            with transaction.atomic():
-                return super().changeform_view(request, object_id, form_url, extra_context)
-        except DomainError as exc:
-            self.message_user(request, exc.message, level=messages.ERROR)
-            return HttpResponseRedirect(request.get_full_path())
 
 
 @admin.register(Membership)

@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.utils.html import format_html
 
 from config.errors import DomainError
-from quotas.admin import ServiceErrorsMixin
+from core.admin import ServiceErrorsMixin
 
 from . import services
 from .models import ExecutionTarget

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from frontend.views import _apply
+from core.portal import apply_service
 from teams.roles import is_platform_admin
 
 from . import services
@@ -22,7 +22,7 @@ from .targets import target_summary
 def targets(request: HttpRequest) -> HttpResponse:
     admin = is_platform_admin(request.user)
     form = TargetForm(request.POST or None) if admin else None
-    if form is not None and request.method == "POST" and form.is_valid() and _apply(
+    if form is not None and request.method == "POST" and form.is_valid() and apply_service(
             request, form, lambda: services.create_target(actor=request.user,
                                                           **form.service_values())):
         messages.success(request, f"Registered execution target {form.cleaned_data['name']}.")
@@ -43,7 +43,7 @@ def change_target(request: HttpRequest, name: str) -> HttpResponse:
                "default": {"is_default": True}}.get(intent or "")
     if changes is None:
         messages.error(request, "Unknown action.")
-    elif _apply(request, None, lambda: services.update_target(actor=request.user, target=target,
-                                                              **changes)):
+    elif apply_service(request, None, lambda: services.update_target(
+            actor=request.user, target=target, **changes)):
         messages.success(request, f"Execution target {name} updated.")
     return redirect("targets:list")
