@@ -115,8 +115,9 @@ def _target(call: Call, request: HttpRequest) -> str:
 
 
 def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponseBase:
-    response: HttpResponseBase = (StreamingHttpResponse(body, status=upstream.status_code)
-                if not isinstance(body, bytes) else HttpResponse(body, status=upstream.status_code))
+    response: HttpResponseBase = (
+        StreamingHttpResponse(body, status=upstream.status_code)
+        if not isinstance(body, bytes) else HttpResponse(body, status=upstream.status_code))
     for name, value in upstream.headers.multi_items():
         lowered = name.lower()
         if lowered in DROP_ANSWER or lowered.startswith("access-control-"):
