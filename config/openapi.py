@@ -134,7 +134,7 @@ class AutoSchema(openapi.AutoSchema):
 
     def _error_response(self, status: int) -> dict[str, Any]:
         error = self._component("Error", ERROR_SCHEMA)
-        schema = error
+        schema: dict[str, Any] = error
         if status == 400:
             schema = {"anyOf": [self._component("FieldErrors", FIELD_ERRORS_SCHEMA), error]}
         response: dict[str, Any] = {

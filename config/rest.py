@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import ROUND_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms as django_forms
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -31,7 +31,7 @@ class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
 
-    def get_page_size(self, request) -> int:
+    def get_page_size(self, request) -> int | None:
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
             return self.page_size
@@ -103,8 +103,8 @@ def type_error(field: serializers.Field, value: Any) -> Any:
                 return None  # 2.0 is an integer in JSON Schema too
             if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
                 return [message.format(type=type(value).__name__)]
-            if isinstance(field, serializers.ListField) and not isinstance(
-                    field.child, serializers.JSONField | serializers.Serializer):
+            if isinstance(field, serializers.ListField) and isinstance(value, list) \
+                    and not isinstance(field.child, serializers.JSONField | serializers.Serializer):
                 items = {str(i): e for i, item in enumerate(value)
                          if (e := type_error(field.child, item))}
                 return items or None
@@ -112,14 +112,21 @@ def type_error(field: serializers.Field, value: Any) -> Any:
     return None
 
 
-class StrictTypes:
+if TYPE_CHECKING:  # what the mixin is mixed into, for the checker only
+    _Serializer = serializers.Serializer
+else:
+    _Serializer = object
+
+
+class StrictTypes(_Serializer):
     """Mixin for serializers of JSON bodies: every field takes only its JSON type."""
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
-            errors = {field.field_name: error for field in self._writable_fields
-                      if field.field_name in data
-                      and (error := type_error(field, data[field.field_name]))}
+            # What ``_writable_fields`` yields, by the name each field is bound to.
+            errors = {name: error for name, field in self.fields.items()
+                      if not field.read_only and name in data
+                      and (error := type_error(field, data[name]))}
             if errors:
                 raise exceptions.ValidationError(errors)
         return super().to_internal_value(data)
@@ -129,6 +136,10 @@ class CoresField(serializers.DecimalField):
     """CPU cores as a JSON number, rounded up to the field's step (millicores by default:
     0.0001 → 0.001) rather than refused for its digits — a float has more of them than any
     quota needs, and rounding up keeps a positive amount positive."""
+
+    # Always numbers here (``__init__`` defaults them), where the base allows None.
+    max_digits: int
+    decimal_places: int
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_digits", 12)
@@ -155,6 +166,8 @@ class Router(SimpleRouter):
     ``lookup_value_regex`` or looks up by another field, the pattern follows the model's primary
     key — digits or a UUID — so a malformed id is a 404 before any view code runs.
     """
+
+    _base_pattern: str  # set by SimpleRouter.__init__; the stubs do not declare it
 
     def get_lookup_regex(self, viewset: Any, lookup_prefix: str = "") -> str:
         if (getattr(viewset, "lookup_value_regex", None) is None

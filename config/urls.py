@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from deployments import gateway as deployments_gateway
@@ -10,7 +10,7 @@ from registry.mlflow_route import mlflow_route
 from . import system
 from .api_docs import SwaggerUIView
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("info/", system.info, name="info"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SwaggerUIView.as_view(url_name="api-v1:schema"), name="docs"),

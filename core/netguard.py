@@ -381,11 +381,12 @@ def post_json(url: str, payload: object, *, timeout: float,
 
 def _pool(destination: Destination, ip: IPAddress, timeout: float,
           context: ssl.SSLContext | None) -> urllib3.HTTPConnectionPool:
-    common = {"host": str(ip), "port": destination.port, "maxsize": 1, "retries": False,
-              "timeout": urllib3.Timeout(total=timeout)}
+    limit = urllib3.Timeout(total=timeout)
     if destination.scheme == "http":
-        return urllib3.HTTPConnectionPool(**common)
-    return urllib3.HTTPSConnectionPool(**common, ssl_context=context,
+        return urllib3.HTTPConnectionPool(host=str(ip), port=destination.port, maxsize=1,
+                                          retries=False, timeout=limit)
+    return urllib3.HTTPSConnectionPool(host=str(ip), port=destination.port, maxsize=1,
+                                       retries=False, timeout=limit, ssl_context=context,
                                        server_hostname=destination.host)
 
 

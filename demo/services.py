@@ -14,7 +14,7 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -44,7 +44,19 @@ DEMO_TEAM = "demo"
 PRODUCTION = "production"
 TOKEN_NAME = "demo (make run)"
 TOKEN_DAYS = 30
-ALERT_RULES = (
+
+
+class _AlertRule(TypedDict):
+    """The keyword arguments of ``create_alert_rule`` the demo sets."""
+
+    name: str
+    metric: str
+    comparison: str
+    threshold: float
+    window_minutes: int
+
+
+ALERT_RULES: tuple[_AlertRule, ...] = (
     {"name": "Input drift: PSI above 0.2", "metric": "psi_max", "comparison": ">",
      "threshold": 0.2, "window_minutes": 5},
     {"name": "Error rate above 5 %", "metric": "error_rate", "comparison": ">",

@@ -10,14 +10,18 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.lazy_imports import lazy_module
 
 # Imported when first used: every Celery process imports this module (issue 26, memory).
 joblib = lazy_module("joblib")
-np = lazy_module("numpy")
-pd = lazy_module("pandas")
+if TYPE_CHECKING:  # the real modules, for annotations
+    import numpy as np
+    import pandas as pd
+else:
+    np = lazy_module("numpy")
+    pd = lazy_module("pandas")
 
 CLASSIFIER = "iris-classifier"
 REGRESSOR = "diabetes-regressor"

@@ -23,6 +23,8 @@ from teams.roles import is_platform_admin
 from workers.runtime_status import describe_runtime
 from workers.services import live_workers
 
+from .requests import AuthenticatedRequest
+
 DEPLOYMENTS_SHOWN = 25
 MODELS_SHOWN = 8
 GAUGE_TEAMS = 6
@@ -35,7 +37,7 @@ ATTENTION_FIRST = Case(
     default=Value(2))
 
 
-def _scope(request: HttpRequest) -> tuple[list[Team], dict[int, str]]:
+def _scope(request: AuthenticatedRequest) -> tuple[list[Team], dict[int, str]]:
     """The teams the dashboard is about: the user's own, or (a platform admin in no team)
     every team."""
     my_roles = dict(Membership.objects.filter(user=request.user).values_list("team_id", "role"))
@@ -85,7 +87,7 @@ def _live_context(request: HttpRequest, my_roles: dict[int, str]) -> dict:
 
 
 @login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthenticatedRequest) -> HttpResponse:
     teams, my_roles = _scope(request)
     admin = is_platform_admin(request.user)
     models_qs = (RegisteredModel.objects.visible_to(request.user)
@@ -117,7 +119,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def dashboard_live(request: HttpRequest) -> HttpResponse:
+def dashboard_live(request: AuthenticatedRequest) -> HttpResponse:
     """The fragment htmx polls: deployment health and firing alerts."""
     my_roles = dict(Membership.objects.filter(user=request.user).values_list("team_id", "role"))
     return render(request, "frontend/_dashboard_live.html", _live_context(request, my_roles))

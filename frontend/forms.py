@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TypedDict
+
 from django import forms
 from django.conf import settings
 from django.core.validators import MaxValueValidator
@@ -59,7 +61,9 @@ class ResourceRequestForm(forms.Form):
     def __init__(self, *args, gpu_models: list[str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         models = gpu_models or []
-        self.fields["gpu_model"].choices = [("", "Any")] + [(m, m) for m in models]
+        gpu_model = self.fields["gpu_model"]
+        assert isinstance(gpu_model, forms.ChoiceField)  # declared above
+        gpu_model.choices = [("", "Any")] + [(m, m) for m in models]
         if len(models) < 2:
             self.fields["gpu_model"].widget = forms.HiddenInput()
 
@@ -105,6 +109,15 @@ class HostForm(forms.Form):
         return inventory
 
 
+class PlatformSettingsChange(TypedDict):
+    """The form's values as ``teams.services.update_platform_settings`` takes them."""
+
+    package_index_url: str
+    package_extra_index_urls: list[str]
+    allowed_packages: list[str]
+    outbound_allowlist: list[str]
+
+
 class PlatformSettingsForm(forms.Form):
     """Platform settings on the capacity page (platform admins); lists one entry per line."""
 
@@ -126,9 +139,10 @@ class PlatformSettingsForm(forms.Form):
                   "10.20.0.0/16). Everything else that resolves to a loopback, private, "
                   "link-local or metadata address is refused for webhooks.")
 
-    def cleaned_lists(self) -> dict[str, object]:
+    def cleaned_lists(self) -> PlatformSettingsChange:
         data = self.cleaned_data
-        return {"package_index_url": data["package_index_url"],
-                **{key: data[key].split() for key in ("package_extra_index_urls",
-                                                      "allowed_packages",
-                                                      "outbound_allowlist")}}
+        return PlatformSettingsChange(
+            package_index_url=data["package_index_url"],
+            package_extra_index_urls=data["package_extra_index_urls"].split(),
+            allowed_packages=data["allowed_packages"].split(),
+            outbound_allowlist=data["outbound_allowlist"].split())

@@ -23,6 +23,7 @@ from teams.roles import is_platform_admin
 from workers.runtimes.images import host_pip_index
 
 from .forms import DecisionForm, HostForm, PlatformSettingsForm, QuotaSetForm, ResourceRequestForm
+from .requests import AuthenticatedRequest
 
 
 @login_required
@@ -150,7 +151,7 @@ def platform_settings(request: HttpRequest) -> HttpResponse:
     form = PlatformSettingsForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Check the platform settings: " + "; ".join(
-            f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+            f"{field}: {' '.join(map(str, errors))}" for field, errors in form.errors.items()))
     elif apply_service(request, None, lambda: team_services.update_platform_settings(
             actor=request.user, **form.cleaned_lists())):
         messages.success(request, "Platform settings saved.")
@@ -158,7 +159,7 @@ def platform_settings(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def notifications(request: HttpRequest) -> HttpResponse:
+def notifications(request: AuthenticatedRequest) -> HttpResponse:
     if request.method == "POST":
         mark_read(user=request.user)
         return redirect("frontend:notifications")

@@ -19,6 +19,7 @@ from teams.models import ApiToken, AuditEvent, Membership, Team
 from teams.roles import Role, at_least, is_platform_admin
 
 from .forms import MemberAddForm, MemberRoleForm, TeamCreateForm, TeamEditForm, TokenCreateForm
+from .requests import AuthenticatedRequest
 
 
 @login_required
@@ -95,7 +96,7 @@ def member_remove(request: HttpRequest, slug: str, username: str) -> HttpRespons
 
 
 @login_required
-def token_list(request: HttpRequest) -> HttpResponse:
+def token_list(request: AuthenticatedRequest) -> HttpResponse:
     form = TokenCreateForm(request.POST or None)
     created_secret = None
     if request.method == "POST" and form.is_valid():
@@ -120,7 +121,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
+def token_revoke(request: AuthenticatedRequest, token_id: str) -> HttpResponse:
     token = ApiToken.objects.filter(user=request.user, pk=token_id).first()
     if token is None:
         messages.error(request, "No such token.")
@@ -131,7 +132,7 @@ def token_revoke(request: HttpRequest, token_id: str) -> HttpResponse:
 
 
 @login_required
-def audit_log(request: HttpRequest) -> HttpResponse:
+def audit_log(request: AuthenticatedRequest) -> HttpResponse:
     if not is_platform_admin(request.user) and not Membership.objects.filter(
             user=request.user, role=Role.MAINTAINER).exists():
         return render(request, "frontend/forbidden.html", {

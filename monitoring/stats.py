@@ -19,15 +19,19 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.lazy_imports import lazy_module
 
 from .models import LATENCY_BUCKETS_MS
 
 # Imported when first used: every Django process loads this module (issue 26, memory).
-np = lazy_module("numpy")
-sps = lazy_module("scipy.stats")
+if TYPE_CHECKING:  # the real modules, for annotations
+    import numpy as np
+    import scipy.stats as sps
+else:
+    np = lazy_module("numpy")
+    sps = lazy_module("scipy.stats")
 
 EPSILON = 1e-4
 SAMPLE_PER_SKETCH = 500
@@ -91,7 +95,7 @@ def reference_sample(quantiles: Sequence[float], n: int = REFERENCE_SAMPLE) -> n
     return np.interp((np.arange(n) + 0.5) / n, probs, np.asarray(quantiles, dtype=float))
 
 
-def psi(reference: Sequence[float], current: Sequence[float]) -> float:
+def psi(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray) -> float:
     """Population stability index of two histograms on the same bins."""
     ref = np.asarray(reference, dtype=float)
     cur = np.asarray(current, dtype=float)

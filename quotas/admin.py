@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
@@ -130,7 +131,7 @@ class ResourceRequestAdmin(admin.ModelAdmin):
             return TemplateResponse(request, "admin/quotas/deny_confirmation.html", {
                 **self.admin_site.each_context(request), "title": "Deny resource requests",
                 "queryset": queryset, "form": form, "opts": self.model._meta,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
             })
         done = 0
         for item in queryset.select_related("team"):
@@ -260,7 +261,7 @@ class TeamWithQuotaAdmin(TeamAdmin):
                 **self.admin_site.each_context(request), "title": "Set team quotas",
                 "queryset": queryset, "form": form, "opts": self.model._meta,
                 "usages": [services.usage(team) for team in queryset],
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
             })
         done = 0
         for team in queryset:

@@ -9,6 +9,7 @@ gauge can be explained by listing reservations.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import models
@@ -18,7 +19,16 @@ from django.utils import timezone
 from teams.models import Team
 from teams.roles import is_platform_admin
 
-CPU_FIELD = {"max_digits": 9, "decimal_places": 3, "default": Decimal("0")}
+
+class _DecimalFieldOptions(TypedDict):
+    """The keyword arguments every CPU column shares (typed so ``DecimalField(**...)`` checks)."""
+
+    max_digits: int
+    decimal_places: int
+    default: Decimal
+
+
+CPU_FIELD: _DecimalFieldOptions = {"max_digits": 9, "decimal_places": 3, "default": Decimal("0")}
 RESOURCES = ("cpu", "memory_mb", "gpus")
 
 

@@ -8,10 +8,11 @@ resources: it locks the team's quota row so concurrent deploys cannot over-alloc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -45,8 +46,8 @@ HOST_FIELDS = ["name", "kind", "cpu", "memory_mb", "cpu_overcommit", "memory_ove
                "active"]
 
 # Anything above these is a typo, not a request (400, not 409).
-MAX_AMOUNT = {"cpu": Decimal("100000"), "memory_mb": 1024 ** 3, "gpus": 10000,
-              "deployments": 100000}
+MAX_AMOUNT: dict[str, Decimal | int] = {"cpu": Decimal("100000"), "memory_mb": 1024 ** 3,
+                                        "gpus": 10000, "deployments": 100000}
 UNIT = {"cpu": "CPU", "memory_mb": "MB memory", "gpus": "GPU", "deployments": "deployment"}
 LABEL = {"cpu": "CPU", "memory_mb": "Memory (MB)", "gpus": "GPUs", "deployments": "Deployments"}
 
@@ -237,8 +238,8 @@ def usages(teams: Iterable[Team]) -> dict[int, Usage]:
     held: dict[tuple[int, str], Resources] = {}
     for row in (Reservation.objects.filter(team_id__in=ids).order_by()
                 .values("team_id", "state")
-                .annotate(**{f"t_{n}": Sum(n) for n in ("cpu", "memory_mb", "gpus",
-                                                          "deployments")})):
+                .annotate(t_cpu=Sum("cpu"), t_memory_mb=Sum("memory_mb"), t_gpus=Sum("gpus"),
+                          t_deployments=Sum("deployments"))):
         held[(row["team_id"], row["state"])] = Resources(
             cpu=Decimal(row["t_cpu"] or 0), memory_mb=row["t_memory_mb"] or 0,
             gpus=row["t_gpus"] or 0, deployments=row["t_deployments"] or 0)
@@ -256,13 +257,13 @@ def usages(teams: Iterable[Team]) -> dict[int, Usage]:
         reserved = held.get((team.pk, Reservation.State.RUNNING), Resources())
         pending = held.get((team.pk, Reservation.State.PENDING), Resources())
         limits, used = base + granted, reserved + pending
-        row = asked.get(team.pk) or {}
+        ask: Mapping[str, Any] = asked.get(team.pk) or {}
         result[team.pk] = Usage(
             team=team, base=base, granted=granted, limits=limits, reserved=reserved,
             pending=pending, used=used, free=limits - used,
-            requested=Resources(cpu=Decimal(row.get("t_cpu") or 0),
-                                memory_mb=row.get("t_memory_mb") or 0,
-                                gpus=row.get("t_gpus") or 0),
+            requested=Resources(cpu=Decimal(ask.get("t_cpu") or 0),
+                                memory_mb=ask.get("t_memory_mb") or 0,
+                                gpus=ask.get("t_gpus") or 0),
             grants=grants[team.pk])
     return result
 
@@ -670,7 +671,7 @@ def approve_request(*, actor, request: ResourceRequest, comment: str = "",
     quota = _locked_quota(team)
     _check_capacity(team, effective_limits(team, quota) + granted, gpu_model=request.gpu_model)
     before = audit.snapshot(request, REQUEST_FIELDS)
-    if request.is_temporary:
+    if request.expires_at is not None:  # a temporary request: a grant that lapses
         grant = QuotaGrant.objects.create(team=team, request=request, cpu=granted.cpu,
                                           memory_mb=granted.memory_mb, gpus=granted.gpus,
                                           expires_at=request.expires_at)
@@ -899,7 +900,7 @@ def capacity(user) -> dict:
     from workers.placement import host_summaries
 
     docker = {h["name"]: h for h in host_summaries()}  # hosts with a host worker
-    hosts = []
+    hosts: list[dict[str, Any]] = []
     for host in Host.objects.prefetch_related("gpus").order_by("name"):
         devices = []
         for device in host.gpus.all():
@@ -924,11 +925,11 @@ def capacity(user) -> dict:
         })
     reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
     committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])
-    models = {}
-    for host in hosts:
-        if not host["active"]:
+    models: dict[str, dict[str, Any]] = {}
+    for summary in hosts:
+        if not summary["active"]:
             continue
-        for device in host["gpus"]:
+        for device in summary["gpus"]:
             if not device["active"]:
                 continue
             entry = models.setdefault(device["model"], {"model": device["model"], "total": 0,

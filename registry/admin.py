@@ -26,11 +26,16 @@ class ReadOnlyMixin:
         return False
 
 
+# Tuples: both options accept one, and a tuple of names fits both options' types.
+_VERSION_COLUMNS = ("version", "status", "flavor", "source_format", "sandboxed",
+                    "artifact_sha256", "created_by", "created_at")
+_ALIAS_COLUMNS = ("name", "version", "updated_by", "updated_at")
+
+
 class VersionInline(ReadOnlyMixin, admin.TabularInline):
     model = ModelVersion
-    fields = ["version", "status", "flavor", "source_format", "sandboxed", "artifact_sha256",
-              "created_by", "created_at"]
-    readonly_fields = fields
+    fields = _VERSION_COLUMNS
+    readonly_fields = _VERSION_COLUMNS
     extra = 0
     show_change_link = True
     can_delete = False
@@ -38,8 +43,8 @@ class VersionInline(ReadOnlyMixin, admin.TabularInline):
 
 class AliasInline(ReadOnlyMixin, admin.TabularInline):
     model = ModelAlias
-    fields = ["name", "version", "updated_by", "updated_at"]
-    readonly_fields = fields
+    fields = _ALIAS_COLUMNS
+    readonly_fields = _ALIAS_COLUMNS
     extra = 0
     can_delete = False
 

@@ -25,8 +25,9 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
+from io import BufferedIOBase
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from config.errors import InvalidInput
 
@@ -136,7 +137,7 @@ class _Bounded:
     headers of any declared size into memory and skips member data by seeking (which inflates
     it), so this is what bounds the work whatever the headers say."""
 
-    def __init__(self, raw: IO[bytes], limit: int, allowance: _Allowance) -> None:
+    def __init__(self, raw: BufferedIOBase, limit: int, allowance: _Allowance) -> None:
         self.raw, self.limit, self.allowance = raw, limit, allowance
 
     def read(self, size: int = -1) -> bytes:
@@ -156,7 +157,7 @@ class _Bounded:
         return self.raw.tell()
 
 
-def _tar_stream(archive: Path) -> IO[bytes] | None:
+def _tar_stream(archive: Path) -> BufferedIOBase | None:
     """The archive's decompressed bytes if it is a tar (plain, gzip, bz2 or xz), else None.
     Decided from magic numbers, never by letting tarfile read a header."""
     with archive.open("rb") as head:
@@ -194,7 +195,7 @@ def _tar_members(bundle: tarfile.TarFile, limits: Limits,
     return members
 
 
-def _extract_tar(stream: IO[bytes], archive_size: int, dest: Path, limits: Limits) -> None:
+def _extract_tar(stream: BufferedIOBase, archive_size: int, dest: Path, limits: Limits) -> None:
     allowance = _Allowance.of(archive_size, limits)
     bounded: Any = _Bounded(stream, allowance.bytes + _TAR_OVERHEAD_PER_MEMBER
                             * (limits.max_members + 4), allowance)

@@ -120,6 +120,7 @@ def compute_reference(*, version_id: int) -> ModelVersion | None:
     path = version.reference_file
     limit = settings.MODELPORT_REFERENCE_MAX_COLUMNS
     fields: dict[str, Any]
+    stats: dict[str, Any] | None
     try:
         if path:
             frame = reference.frame_from_file(Path(path), Path(path).suffix.lstrip("."),

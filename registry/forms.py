@@ -13,7 +13,9 @@ class ModelCreateForm(forms.Form):
 
     def __init__(self, *args, teams=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = teams if teams is not None else Team.objects.none()
+        team = self.fields["team"]
+        assert isinstance(team, forms.ModelChoiceField)  # declared above
+        team.queryset = teams if teams is not None else Team.objects.none()
 
     def clean_tags(self) -> list[str]:
         return [t.strip() for t in self.cleaned_data["tags"].split(",") if t.strip()]

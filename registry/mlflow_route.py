@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
@@ -113,9 +114,10 @@ def _target(call: Call, request: HttpRequest) -> str:
     return f"{call.upstream}?{query}" if query and not call.write else call.upstream
 
 
-def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponse:
-    response = (StreamingHttpResponse(body, status=upstream.status_code)
-                if not isinstance(body, bytes) else HttpResponse(body, status=upstream.status_code))
+def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponseBase:
+    response: HttpResponseBase = (
+        StreamingHttpResponse(body, status=upstream.status_code)
+        if not isinstance(body, bytes) else HttpResponse(body, status=upstream.status_code))
     for name, value in upstream.headers.multi_items():
         lowered = name.lower()
         if lowered in DROP_ANSWER or lowered.startswith("access-control-"):
@@ -126,7 +128,9 @@ def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponse:
     if call.endpoint == "ui":
         # MLflow's UI styles itself with inline <style> (CSS-in-JS): the portal's policy
         # (django-csp) with that one directive relaxed; scripts stay 'self' only.
-        response._csp_replace = {"style-src": ["'self'", "'unsafe-inline'"]}
+        # django-csp reads this attribute; the HttpResponse stubs do not declare it.
+        response._csp_replace = {  # type: ignore[attr-defined]
+            "style-src": ["'self'", "'unsafe-inline'"]}
     elif not call.endpoint.startswith("static-files/"):
         # Answers are served from the portal's origin: whatever MLflow returns (an artifact
         # someone logged, above all) must never run as a page there, with the portal's session.
@@ -143,7 +147,7 @@ def _relay(upstream: httpx.Response) -> Iterator[bytes]:
 
 
 @csrf_exempt
-def mlflow_route(request: HttpRequest, rest: str = "") -> HttpResponse:
+def mlflow_route(request: HttpRequest, rest: str = "") -> HttpResponseBase:
     """``/mlflow/<rest>``: authenticate, judge, then forward to the tracking server."""
     try:
         try:
@@ -174,7 +178,7 @@ def _unavailable() -> JsonResponse:
                                                   "answering; try again shortly.")
 
 
-def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponse:
+def _forward(request: HttpRequest, caller: Caller, call: Call) -> HttpResponseBase:
     plan = Plan()
     content: Any = None
     length: int | None = None

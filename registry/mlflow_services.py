@@ -131,6 +131,7 @@ def _import_one(remote, known: set[str]) -> ModelVersion | None:
         if problem := mlflow_teams.refusal(creator, target):
             _refuse(record, problem, target.team)
             return None
+        assert target.team is not None  # refusal() gives a reason whenever there is no team
         try:
             model = target.model or services.create_model(
                 actor=creator, team=target.team, name=remote.name,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeVar
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -26,11 +29,14 @@ VERSION_DETAIL_FIELDS = ("signature", "input_example", "requirements", "params",
                          "lineage", "reference_stats", "validation")
 
 
+_Page = TypeVar("_Page", bound=Iterable["RegisteredModel"])
+
+
 def version_detail_fields(prefix: str = "") -> list[str]:
     return [prefix + name for name in VERSION_DETAIL_FIELDS]
 
 
-def attach_version_summary(page: list[RegisteredModel]) -> list[RegisteredModel]:
+def attach_version_summary(page: _Page) -> _Page:
     """Set ``latest_version`` and ``version_count`` on a page of models with one grouped query.
 
     Done after pagination on purpose: as annotations, PostgreSQL would compute them for every
@@ -69,6 +75,10 @@ class RegisteredModel(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = RegisteredModelQuerySet.as_manager()
+
+    # Not columns: set per page by ``attach_version_summary``.
+    latest_version: int | None
+    version_count: int
 
     class Meta:
         ordering = ["name"]

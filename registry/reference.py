@@ -15,14 +15,18 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from config.errors import InvalidInput
 from core.lazy_imports import lazy_module
 
 # Imported when first used: every Django process loads this module (issue 26, memory).
-np = lazy_module("numpy")
-pd = lazy_module("pandas")
+if TYPE_CHECKING:  # the real modules, for annotations
+    import numpy as np
+    import pandas as pd
+else:
+    np = lazy_module("numpy")
+    pd = lazy_module("pandas")
 
 MAX_CATEGORIES = 50
 # Profiling reads at most this many rows: the statistics of a larger sample hardly move.

@@ -9,6 +9,7 @@ subprocess with rlimits and a stripped environment, reported as unsandboxed.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import resource
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from docker.errors import DockerException
@@ -31,7 +32,7 @@ from requests.exceptions import RequestException
 from workers import factory
 from workers.runtime_status import resolved_runtime
 from workers.runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError
-from workers.runtimes.docker import HARDENING
+from workers.runtimes.docker import HARDENING, DockerRuntime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL = "modelport.sandbox"
@@ -139,7 +140,8 @@ def run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
 
 def _run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
                    on_step: StepFn) -> SandboxOutcome:
-    runtime = factory.get_runtime("docker")
+    # The docker kind is always a DockerRuntime (its client and host paths are used below).
+    runtime = cast(DockerRuntime, factory.get_runtime("docker"))
     wanted = sandbox_requirements(requirements)
     on_step(20, f"Preparing the model's environment: a serving image for {len(wanted)} "
                 "requirement(s).")
@@ -225,13 +227,15 @@ def run_in_subprocess(job_dir: Path, on_log: LogFn, on_step: StepFn) -> SandboxO
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
 
+    # stdout=PIPE with the default buffering: a BufferedReader (read1 returns what is there).
+    stdout = cast(io.BufferedReader, process.stdout)
     timer, expired = _stop_after(settings.MODELPORT_SANDBOX_TIMEOUT_S, kill_group)
     try:
-        logs = _follow(iter(partial(process.stdout.read1, 65536), b""), on_log)
+        logs = _follow(iter(partial(stdout.read1, 65536), b""), on_log)
         process.wait()
     finally:
         timer.cancel()
-        process.stdout.close()
+        stdout.close()
         kill_group()  # whatever the model left running
         process.wait()
     if expired.is_set():

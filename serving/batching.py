@@ -48,7 +48,7 @@ class Batcher:
         return await future
 
     def _take(self) -> list[tuple[Batch, asyncio.Future[Any]]]:
-        taken = []
+        taken: list[tuple[Batch, asyncio.Future[Any]]] = []
         rows = 0
         while self.pending:
             batch, future = self.pending[0]

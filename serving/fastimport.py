@@ -170,7 +170,7 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _render_key(doc: Any, function_doc: type) -> bytes | None:
+def _render_key(doc: Any, function_doc: type[Any]) -> bytes | None:
     """Key of everything ``FunctionDoc.__str__`` reads: name, role and the parsed sections."""
     if type(doc) is not function_doc or (doc._role and doc._role not in _ROLES):
         return None  # subclasses, and the invalid role that prints a warning: not recorded
@@ -210,7 +210,8 @@ class DocstringRecorder:
         if not isinstance(function_doc, type):
             return None
         recorder = cls()
-        real_init, real_str = function_doc.__init__, function_doc.__str__
+        patched: Any = function_doc  # SciPy's private class: its methods are replaced below
+        real_init, real_str = patched.__init__, patched.__str__
 
         def __init__(self: Any, func: Any, role: str = "func", doc: Any = None,
                      config: Any = None) -> None:
@@ -218,7 +219,7 @@ class DocstringRecorder:
                 warnings.simplefilter("always")
                 real_init(self, func, role, doc, config)
             raw = _raw_doc(func, doc, config)
-            if raw is not None and not caught and type(self) is function_doc:
+            if raw is not None and not caught and type(self) is patched:
                 recorder.parsed[_digest(raw.encode("utf-8", "surrogatepass"))] = pickle.dumps(
                     self._parsed_data, _PICKLE_PROTOCOL)
 
@@ -229,7 +230,7 @@ class DocstringRecorder:
                 recorder.rendered[key] = out
             return out
 
-        function_doc.__init__, function_doc.__str__ = __init__, __str__
+        patched.__init__, patched.__str__ = __init__, __str__
         return recorder
 
     def save(self, path: Path) -> None:
@@ -359,10 +360,10 @@ class SkopsModuleSearch:
 
     def __init__(self) -> None:
         self.known: dict[int, tuple[Any, str, str]] = {}
-        self.saved: tuple[types.ModuleType, Any, Any] | None = None
+        self.saved: tuple[Any, Any, Any] | None = None
 
     def before(self, module: types.ModuleType) -> None:
-        utils = sys.modules.get(SKOPS_UTILS)
+        utils: Any = sys.modules.get(SKOPS_UTILS)  # skops' private module, patched below
         real_which = getattr(utils, "whichmodule", None)
         real_public = getattr(utils, "get_public_type_names", None)
         if utils is None or not callable(real_which) or not callable(real_public):
@@ -394,7 +395,8 @@ class SkopsModuleSearch:
         utils.whichmodule = real_which
         utils.get_public_type_names = real_public
         if getattr(module, "get_public_type_names", None) is not real_public:
-            module.get_public_type_names = real_public  # the name it imported from _utils
+            # The name it imported from _utils (a module's attributes are its __dict__).
+            vars(module)["get_public_type_names"] = real_public
         self.saved = None
         self.known.clear()
 
@@ -422,7 +424,7 @@ class _AroundImport(importlib.abc.MetaPathFinder):
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
-        loader = getattr(spec, "loader", None)
+        loader: Any = getattr(spec, "loader", None)
         if spec is None or not hasattr(loader, "exec_module"):
             return spec
         before, after = hook

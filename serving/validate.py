@@ -40,7 +40,7 @@ def _frame_from_example(example: dict[str, Any]):
                      "dataframe_records body (named columns)")
 
 
-def _load_estimator(path: Path) -> tuple[Any, str | None]:
+def _load_estimator(path: Path) -> tuple[Any, str]:
     """Unpickle (joblib or pickle) and report the scikit-learn version it was made with."""
     import joblib
     import sklearn
@@ -51,7 +51,7 @@ def _load_estimator(path: Path) -> tuple[Any, str | None]:
         warnings.simplefilter("always")
         estimator = joblib.load(path)  # joblib reads plain pickles too
     for warning in caught:
-        if issubclass(warning.category, InconsistentVersionWarning):
+        if isinstance(warning.message, InconsistentVersionWarning):
             original = warning.message.original_sklearn_version
     if not hasattr(estimator, "predict"):
         raise TypeError(f"the file holds a {type(estimator).__name__}, not a scikit-learn "

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 FLOAT_TYPES = frozenset({"double", "float"})
 INT_TYPES = frozenset({"long", "integer"})
 NUMERIC_TYPES = FLOAT_TYPES | INT_TYPES
-NUMPY_DTYPE = {
+NUMPY_DTYPE: dict[str, np.dtype[Any]] = {
     "double": np.dtype(np.float64),
     "float": np.dtype(np.float32),
     "long": np.dtype(np.int64),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 from django.db import models
 
@@ -13,6 +13,12 @@ from .models import AuditEvent, Team
 _SECRET_FIELDS = {"password", "digest", "token", "secret"}
 
 
+@overload
+def snapshot(instance: models.Model, fields: list[str]) -> dict[str, Any]: ...
+@overload
+def snapshot(instance: None, fields: list[str]) -> None: ...
+@overload
+def snapshot(instance: models.Model | None, fields: list[str]) -> dict[str, Any] | None: ...
 def snapshot(instance: models.Model | None, fields: list[str]) -> dict[str, Any] | None:
     """A JSON-safe dict of the named fields, for ``before``/``after``; never includes secrets."""
     if instance is None:
@@ -50,7 +56,7 @@ def record(
         actor=user,
         actor_username=user.get_username() if user else "",
         action=action,
-        object_type=object_type or (obj._meta.model_name if obj is not None else ""),
+        object_type=object_type or (obj._meta.model_name or "" if obj is not None else ""),
         object_id=object_id if object_id is not None else (str(obj.pk) if obj is not None else ""),
         object_repr=(object_repr or (str(obj) if obj is not None else ""))[:200],
         team=team,

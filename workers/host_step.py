@@ -17,7 +17,7 @@ class HostHeartbeat(bootsteps.StartStopStep):
     ``host_heartbeat`` to its own queue, so the host registers itself at start and proves, as
     long as it runs, that it consumes. Only in workers started with MODELPORT_HOST_NAME."""
 
-    requires = {"celery.worker.components:Timer"}
+    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

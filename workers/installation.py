@@ -27,7 +27,9 @@ def owns_legacy_replica(deployment: str, revision: int, key: str) -> bool:
         return False
     known = (Revision.objects.filter(deployment__name=deployment, number=revision)
              .values_list("replica_key", flat=True).first())
-    return bool(known) and hmac.compare_digest(known, key)
+    if not known:
+        return False
+    return hmac.compare_digest(known, key)
 
 
 def runtime_scope() -> dict[str, Any]:

@@ -13,7 +13,7 @@ Reads only: ``workers.hosts.HostsRuntime`` places under a lock on the hosts' row
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -85,7 +85,7 @@ def rooms(hosts: Iterable[Host], *, deployment_id: int | None = None,
                      .values("host").annotate(n=Count("pk")).values_list("host", "n"))
     out = []
     for host in hosts:
-        used = placed.get(host.pk) or {}
+        used: Mapping[str, Any] = placed.get(host.pk) or {}
         schedulable_cpu = (host.cpu * host.cpu_overcommit).quantize(Decimal("0.001"))
         schedulable_mem = int(host.memory_mb * host.memory_overcommit)
         out.append(Room(
@@ -140,7 +140,7 @@ def host_summaries(hosts: Iterable[Host] | None = None) -> list[dict[str, Any]]:
         alive = (host.state == Host.State.ALIVE and host.last_heartbeat is not None
                  and host.last_heartbeat >= cutoff)
         out.append({"name": host.name, "queue": host.queue, "address": host.address,
-                    "target": host.target.name if host.target_id else "",
+                    "target": host.target.name if host.target is not None else "",
                     "state": host.state if host.state == Host.State.LOST
                     else ("alive" if alive else "silent"),
                     "active": host.active, "last_heartbeat": host.last_heartbeat,

@@ -140,7 +140,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": MODELPORT_DATA_DIR / "modelport.sqlite3",
+            "NAME": str(MODELPORT_DATA_DIR / "modelport.sqlite3"),
             "OPTIONS": {
                 # WAL + a busy timeout let web, worker and beat share the file.
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",

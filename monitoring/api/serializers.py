@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -7,6 +9,11 @@ from config.rest import StrictTypes
 
 from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
 from ..services import METRICS
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrPromise
+
+    from deployments.models import Deployment
 
 
 class RangeQuerySerializer(serializers.Serializer):
@@ -69,7 +76,8 @@ class MetricsSerializer(serializers.Serializer):
     timestamps = serializers.ListField(child=serializers.DateTimeField())
     requests = _series("Requests per step.")
     requests_per_min = _series("Average requests per minute in each step.")
-    errors = _series("Responses with status ≥ 400 per step.")
+    # A declared field, collected by the metaclass; the stubs see Serializer.errors.
+    errors = _series("Responses with status ≥ 400 per step.")  # type: ignore[assignment]
     error_rate = _series("Errors as a percentage of requests.")
     latency_mean = _series("Mean latency (ms).")
     latency_p50 = _series("Median latency (ms), from the fixed-bucket histogram.")
@@ -128,7 +136,7 @@ class _LabelField(serializers.JSONField):
 
 class FeedbackItemSerializer(StrictTypes, serializers.Serializer):
     request_id = serializers.CharField(max_length=100)
-    label = _LabelField()
+    label = _LabelField()  # type: ignore[assignment]  # a declared field, not Field.label
 
 
 class FeedbackResultSerializer(serializers.Serializer):
@@ -181,7 +189,8 @@ class IngestResultSerializer(serializers.Serializer):
 
 
 class AlertRuleSerializer(serializers.ModelSerializer):
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    deployment: serializers.SlugRelatedField[Deployment] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True)
     firing = serializers.SerializerMethodField()
     # As stored: checked on the way in (http/https, see WEBHOOK_URL), not RFC 3986 URIs or
     # RFC 5322 addresses as the model fields' formats would claim.
@@ -221,8 +230,8 @@ def _url(help_text: str, **kwargs) -> serializers.RegexField:
 
 
 _METRIC_HELP = "One of: " + ", ".join(f"{k} ({v})" for k, v in METRICS.items())
-_METRIC_ERRORS = {"invalid_choice": "Unknown metric '{input}'; use one of "
-                                    + ", ".join(sorted(METRICS)) + "."}
+_METRIC_ERRORS: dict[str, str | StrPromise] = {
+    "invalid_choice": "Unknown metric '{input}'; use one of " + ", ".join(sorted(METRICS)) + "."}
 
 
 class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):

@@ -23,7 +23,7 @@ class QuotaResourcesSerializer(serializers.Serializer):
 
 
 def _amount(name: str, **kwargs) -> serializers.IntegerField:
-    return serializers.IntegerField(min_value=0, max_value=MAX_AMOUNT[name], **kwargs)
+    return serializers.IntegerField(min_value=0, max_value=int(MAX_AMOUNT[name]), **kwargs)
 
 
 class QuotaUpdateSerializer(StrictTypes, serializers.Serializer):

@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.rest import StrictTypes, identifier
-from teams.models import slug_validator
+from teams.models import Team, slug_validator
 
 from .. import progress
 from ..models import (
@@ -28,7 +28,8 @@ class AliasSummarySerializer(serializers.ModelSerializer):
 
 
 class RegisteredModelSerializer(serializers.ModelSerializer):
-    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    team: serializers.SlugRelatedField[Team] = serializers.SlugRelatedField(slug_field="slug",
+                                                                          read_only=True)
     latest_version = serializers.IntegerField(read_only=True, allow_null=True)
     version_count = serializers.IntegerField(read_only=True)
     aliases = AliasSummarySerializer(many=True, read_only=True)
@@ -69,7 +70,8 @@ class ReferenceStateSerializer(serializers.Serializer):
                   "example); ready: reference_stats is the drift baseline; failed: see message "
                   "(the previous baseline stays in use).")
     message = serializers.CharField()
-    source = serializers.CharField(allow_null=True,
+    # A declared field: the metaclass collects it; the stubs see Field.source (str | None).
+    source = serializers.CharField(allow_null=True,  # type: ignore[assignment]
                                    help_text="reference_data or input_example: what "
                                              "reference_stats was computed from.")
     rows = serializers.IntegerField(allow_null=True)
@@ -173,7 +175,8 @@ IMPORT_SOURCE = (r"^(?:runs:/[0-9a-zA-Z]{8,64}/[0-9A-Za-z_./-]+"
 
 
 class VersionImportSerializer(StrictTypes, serializers.Serializer):
-    source = serializers.RegexField(
+    # A declared field: the metaclass collects it; the stubs see Field.source (str | None).
+    source = serializers.RegexField(  # type: ignore[assignment]
         IMPORT_SOURCE, max_length=500, trim_whitespace=False,
         error_messages={"invalid": "source must be 'runs:/<run_id>/<artifact path>' or "
                                    "'models:/<name>/<version>'."},

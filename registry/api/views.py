@@ -68,6 +68,7 @@ class RegisteredModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        assert page is not None  # this viewset keeps the default pagination class
         attach_version_summary(page)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 

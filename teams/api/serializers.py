@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from rest_framework import serializers
 
@@ -18,7 +20,8 @@ class TeamSerializer(serializers.ModelSerializer):
         fields = ["slug", "name", "description", "my_role", "member_count", "created_at",
                   "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
-        extra_kwargs = {"slug": {"validators": []}}  # uniqueness → 409 from the service
+        # Uniqueness → 409 from the service.
+        extra_kwargs: dict[str, dict[str, Any]] = {"slug": {"validators": []}}
 
     def get_my_role(self, team: Team) -> str | None:
         roles = self.context.get("my_roles", {})

@@ -39,7 +39,7 @@ class TeamViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
                 .annotate(member_count=Count("memberships", distinct=True)).order_by("slug"))
 
     def get_serializer_context(self) -> dict:
-        context = super().get_serializer_context()
+        context = dict(super().get_serializer_context())
         user = self.request.user
         if user.is_authenticated:
             context["my_roles"] = dict(Membership.objects.filter(user=user)

@@ -481,6 +481,7 @@ class DockerRuntime(Runtime):
         if status is ReplicaStatus.RUNNING and health == "starting":
             status = ReplicaStatus.STARTING
         port = labels.get(LABEL_PORT)
+        url: str | None
         if labels.get(LABEL_SOCKET):
             url = unix_url(labels[LABEL_SOCKET])
         elif (self.network == HOST_NETWORK

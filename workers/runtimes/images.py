@@ -83,7 +83,7 @@ def normalize_requirements(requirements: Iterable[str], mlflow_skinny: bool = Tr
         except InvalidRequirement:
             out.add(line)
             continue
-        name = canonicalize_name(req.name)
+        name: str = canonicalize_name(req.name)
         if mlflow_skinny and name == "mlflow":
             name = "mlflow-skinny"
         text = name

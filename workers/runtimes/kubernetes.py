@@ -332,7 +332,7 @@ def pod_state(pod: Any, *, url_mode: str = "pod", namespace: str = "",
         state = ReplicaStatus.DEAD
         message = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
         exit_code = last_term.exit_code if last_term else None
-    elif phase == "Running" and running is not None and cstatus.ready:
+    elif phase == "Running" and cstatus is not None and running is not None and cstatus.ready:
         state = ReplicaStatus.RUNNING
     else:
         state = ReplicaStatus.STARTING
@@ -585,9 +585,9 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
+        spec = self.scoped(spec)
         if not spec.image:
             raise ReplicaRuntimeError("the kubernetes runtime needs spec.image (see ensure_image)")
-        spec = self.scoped(spec)
         image = self.model_image(spec.image, spec.model_dir) if spec.model_dir else spec.image
         name = object_name(spec)
         secret_name = None

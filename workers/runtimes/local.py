@@ -140,9 +140,9 @@ class LocalRuntime(Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
+        spec = self.scoped(spec)
         if not spec.model_dir:
             raise ReplicaRuntimeError("the local runtime needs spec.model_dir")
-        spec = self.scoped(spec)
         rid = spec.name
         with self._state() as state:
             rec = state.get(rid)

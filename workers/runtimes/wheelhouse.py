@@ -398,7 +398,7 @@ def _fetch_error(lines: list[str], target: Target, policy: PackagePolicy) -> Whe
         if match:
             token = match.group(1)
             try:
-                name = canonicalize_name(Requirement(token).name)
+                name: str = canonicalize_name(Requirement(token).name)
             except InvalidRequirement:
                 name = token
             return WheelFetchError(
