@@ -12,7 +12,7 @@ class MonitoringConfig(AppConfig):
         Imported here, not at the top: this module loads before the models are ready."""
         from deployments import hooks
 
-        from .services import ingest_environment, revoke_ingest_tokens
+        from .ingest import ingest_environment, revoke_ingest_tokens
 
         hooks.register_replica_environment(ingest_environment)
         hooks.register_on_stop(revoke_ingest_tokens)

@@ -5,8 +5,8 @@ from rest_framework import serializers
 
 from config.rest import StrictTypes
 
+from ..alerts import METRICS
 from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
-from ..services import METRICS
 
 
 class RangeQuerySerializer(serializers.Serializer):

@@ -17,7 +17,7 @@ from django.utils import timezone
 from deployments import hooks, services
 from deployments.models import Replica
 from deployments.reconcile import reconcile_deployment
-from monitoring import services as monitoring
+from monitoring import ingest
 from monitoring.models import IngestToken
 from quotas.models import Host
 from workers import services as worker_services
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_monitoring_registers_its_hooks_when_django_is_set_up():
-    assert monitoring.ingest_environment in hooks._environment
-    assert monitoring.revoke_ingest_tokens in hooks._on_stop
+    assert ingest.ingest_environment in hooks._environment
+    assert ingest.revoke_ingest_tokens in hooks._on_stop
 
 
 def test_a_process_that_only_sets_django_up_has_the_hooks():
@@ -42,8 +42,8 @@ def test_a_process_that_only_sets_django_up_has_the_hooks():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True).stdout.splitlines()
-    assert out == ["['monitoring.services.ingest_environment']",
-                   "['monitoring.services.revoke_ingest_tokens']"]
+    assert out == ["['monitoring.ingest.ingest_environment']",
+                   "['monitoring.ingest.revoke_ingest_tokens']"]
 
 
 def test_registering_a_hook_twice_runs_it_once(monkeypatch):
@@ -99,5 +99,5 @@ def test_a_replica_started_on_a_host_gets_the_ingest_environment(settings, no_en
     [spec] = runtime.specs
     assert spec.env["MODELPORT_INGEST_URL"].endswith("/api/v1/ingest/predictions/")
     token = spec.env["MODELPORT_INGEST_TOKEN"]
-    assert monitoring.authenticate_ingest(f"Bearer {token}").deployment == d
+    assert ingest.authenticate_ingest(f"Bearer {token}").deployment == d
     assert IngestToken.objects.filter(deployment=d, revoked=False).exists()
