@@ -5,7 +5,7 @@ Usage: .venv/bin/python bench/ingest.py [--batches 40] [--batch 500] [--rounds 3
 
 It migrates a fresh SQLite database in a temporary data dir (``config.settings.dev``, the
 settings ``make run`` uses: WAL, IMMEDIATE transactions), makes one deployment, and feeds
-``monitoring.services.ingest_predictions`` (the service, no HTTP) batches encoded by the model
+``monitoring.ingest.ingest_predictions`` (the service, no HTTP) batches encoded by the model
 server's own shipper (``serving.shipping.Shipper``) from 1-row iris ``dataframe_split``
 requests, as bench/gateway.py sends them. The two paths alternate batch by batch, so both see
 the same load and the same table size. Printed: CPU µs per stored record (``process_time``;
@@ -46,7 +46,7 @@ def legacy_paths():
     """The SQLite branch of ``_prepared`` / ``_write`` before the tuple path (commit 8152774)."""
     import orjson
 
-    from monitoring import services
+    from monitoring import ingest
     from monitoring.models import PredictionRecord
 
     def prepared(rows, rejections):
@@ -56,10 +56,10 @@ def legacy_paths():
                 orjson.dumps(r[8])
                 orjson.dumps(r[9])
             except (TypeError, ValueError) as exc:
-                rejections.add(r[14], *services._payload_problem(r[14], exc))
+                rejections.add(r[14], *ingest._payload_problem(r[14], exc))
                 continue
             out.append((r[14], PredictionRecord(**dict(zip(
-                services.COLUMNS, r[:len(services.COLUMNS)], strict=True)))))
+                ingest.COLUMNS, r[:len(ingest.COLUMNS)], strict=True)))))
         return out
 
     def write(items):
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
     from django.db import connection
 
     from deployments.models import Deployment, Revision
-    from monitoring import services
+    from monitoring import ingest as monitoring_ingest
     from monitoring.models import PredictionRecord
     from registry.models import ModelVersion, RegisteredModel
     from serving.shipping import Shipper
@@ -100,8 +100,8 @@ def run(args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
     deployment = Deployment.objects.create(name="bench-iris", team=team, model=model,
                                            version=version, revision=1, status="healthy")
     Revision.objects.create(deployment=deployment, number=1, model_version=version)
-    token = services.authenticate_ingest(
-        f"Bearer {services.issue_ingest_token(deployment=deployment)}")
+    token = monitoring_ingest.authenticate_ingest(
+        f"Bearer {monitoring_ingest.issue_ingest_token(deployment=deployment)}")
     shipper = Shipper(buffer=None, url="http://unused", envelope={
         "deployment": deployment.name, "revision": "1", "replica": "bench-iris-r1-0"})
     rng = random.Random(0)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
                             b'{"predictions": [%d]}' % rng.randrange(3), None))
         return shipper.encode(records)
 
-    current = services._prepared, services._write
+    current = monitoring_ingest._prepared, monitoring_ingest._write
     legacy = legacy_paths()
     store_cpu = {"old": 0.0, "new": 0.0}
 
@@ -138,11 +138,11 @@ def run(args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
     stored = {"old": 0, "new": 0}
 
     def ingest(path: str, measure: bool = True) -> None:
-        services._prepared, services._write = paths[path]
+        monitoring_ingest._prepared, monitoring_ingest._write = paths[path]
         data = body()
         before_store = store_cpu[path]
         started = time.process_time()
-        answer = services.ingest_predictions(token=token, body=data)
+        answer = monitoring_ingest.ingest_predictions(token=token, body=data)
         elapsed = time.process_time() - started
         assert answer["accepted"] == args.batch, answer
         if measure:
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace, load_before: tuple[float, ...]) -> None:
                 cells.append(f"{cpu / (stored[path] - marks[path][2]) * 1e6:10.1f}")
         print(f"{n:>5}  {cells[0]} {cells[1]}  {cells[2]} {cells[3]}")
         PredictionRecord.objects.all().delete()  # each round starts from an empty table
-    services._prepared, services._write = current
+    monitoring_ingest._prepared, monitoring_ingest._write = current
     old, new = (total_cpu[p] / stored[p] * 1e6 for p in ("old", "new"))
     old_store, new_store = (store_cpu[p] / stored[p] * 1e6 for p in ("old", "new"))
     print(f"{'all':>5}  {old:10.1f} {new:10.1f}  {old_store:10.1f} {new_store:10.1f}")

@@ -43,7 +43,7 @@ def main() -> None:
     from rest_framework.test import APIClient
 
     from deployments.models import Deployment, Revision
-    from monitoring import services, stats
+    from monitoring import ingest, rollups, stats
     from monitoring.models import FeatureSketch, MinuteRollup, PredictionRecord
     from registry import reference
     from registry.models import ModelVersion, RegisteredModel
@@ -73,7 +73,7 @@ def main() -> None:
     table = PredictionRecord._meta.db_table
     MinuteRollup.objects.filter(deployment=deployment).delete()
     FeatureSketch.objects.filter(deployment=deployment).delete()
-    token = services.issue_ingest_token(deployment=deployment)
+    token = ingest.issue_ingest_token(deployment=deployment)
     client = APIClient()
     now = datetime.now(UTC)
 
@@ -116,7 +116,7 @@ def main() -> None:
               f"in {elapsed:.2f} s = {n / elapsed:,.0f} records/s")
     started = time.perf_counter()
     rolled = 0
-    while m := services.rollup():
+    while m := rollups.rollup():
         rolled += m
     elapsed = time.perf_counter() - started
     print(f"rollup of the last run: {rolled:,} records folded into minute rollups + hourly "

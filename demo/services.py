@@ -25,6 +25,7 @@ from django.utils import timezone
 from config.errors import Conflict, InvalidInput
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentStatus
+from monitoring import alerts as monitoring_alerts
 from monitoring import services as monitoring_services
 from monitoring.models import AlertRule
 from registry import services as registry_services
@@ -204,7 +205,7 @@ def _ensure_deployment(actor, team: Team, version: ModelVersion, report: Report,
         return d
     for rule in ALERT_RULES:
         if not AlertRule.objects.filter(deployment=d, name=rule["name"]).exists():
-            monitoring_services.create_alert_rule(actor=actor, deployment=d, **rule)
+            monitoring_alerts.create_alert_rule(actor=actor, deployment=d, **rule)
             created.append(f"alert rule '{rule['name']}'")
 
     def healthy() -> tuple[bool, str]:

@@ -31,7 +31,7 @@ from serving import sockets
 from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
-from . import admission, retries, runtime_health, strategies
+from . import admission, hooks, retries, runtime_health, strategies
 from .locks import deployment_lock
 from .models import (
     Deployment,
@@ -202,18 +202,14 @@ class Reconciler:
             self.draining.discard(s.id)
 
     def ingest_env(self) -> dict[str, str]:
-        """Where replicas ship their prediction log (monitoring), one token per reconcile."""
+        """What the hooks give replicas (monitoring: where they ship their prediction log, one
+        token per reconcile)."""
         if self._ingest_env is None:
             self._ingest_env = {}
-            from django.apps import apps
-
-            if apps.is_installed("monitoring"):
-                try:
-                    from monitoring.services import ingest_environment
-
-                    self._ingest_env = ingest_environment(deployment=self.d)
-                except Exception:
-                    log.warning("no ingest token for %s", self.d.name, exc_info=True)
+            try:
+                self._ingest_env = hooks.replica_environment(self.d)
+            except Exception:
+                log.warning("no ingest token for %s", self.d.name, exc_info=True)
         return self._ingest_env
 
     def remove_container(self, replica_id: str) -> None:
@@ -721,15 +717,10 @@ class Reconciler:
         return "degraded"
 
     def revoke_ingest(self) -> None:
-        from django.apps import apps
-
-        if apps.is_installed("monitoring"):
-            try:
-                from monitoring.services import revoke_ingest_tokens
-
-                revoke_ingest_tokens(deployment=self.d)
-            except Exception:
-                log.warning("could not revoke ingest tokens of %s", self.d.name, exc_info=True)
+        try:
+            hooks.deployment_stopped(self.d)
+        except Exception:
+            log.warning("could not revoke ingest tokens of %s", self.d.name, exc_info=True)
 
     def stop_all(self) -> str:
         d = self.d

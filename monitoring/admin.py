@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import services
+from . import ingest
 from .models import Alert, AlertRule, IngestToken
 
 
@@ -52,5 +52,5 @@ class IngestTokenAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def revoke_all_of_deployment(self, request: HttpRequest, queryset) -> None:
         n = 0
         for deployment in {t.deployment for t in queryset.select_related("deployment")}:
-            n += services.revoke_ingest_tokens(deployment=deployment)
+            n += ingest.revoke_ingest_tokens(deployment=deployment)
         messages.success(request, f"Revoked {n} token(s).")

@@ -5,3 +5,14 @@ class MonitoringConfig(AppConfig):
     name = "monitoring"
     verbose_name = "Monitoring"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Give deployments' replicas their ingest token and URL, and revoke the tokens when a
+        deployment stops, through ``deployments.hooks`` (deployments never imports monitoring).
+        Imported here, not at the top: this module loads before the models are ready."""
+        from deployments import hooks
+
+        from .ingest import ingest_environment, revoke_ingest_tokens
+
+        hooks.register_replica_environment(ingest_environment)
+        hooks.register_on_stop(revoke_ingest_tokens)

@@ -1,7 +1,8 @@
 """Portal forms for alert rules, sampling and drift thresholds.
 
 They only parse what the browser sends; the rules (known metric, comparison, URLs, ranges,
-roles) live in ``services``, whose error messages the views attach to the named field."""
+roles) live in the services (``monitoring.alerts``, ``monitoring.services``), whose error
+messages the views attach to the named field."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 from django import forms
 
+from .alerts import METRICS
 from .models import AlertRule, Comparison, TaskType
-from .services import METRICS
 
 
 class AlertRuleForm(forms.Form):

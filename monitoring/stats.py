@@ -1,4 +1,5 @@
-"""Statistics: latency percentiles from fixed-bucket histograms, drift tests, quality metrics.
+"""Statistics: latency percentiles from fixed-bucket histograms, drift tests, quality metrics,
+and the two helpers every series shares (``minute_of``, ``rounded``).
 
 Drift compares what a deployment received with the reference captured at registration
 (``registry.reference``):
@@ -19,6 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.lazy_imports import lazy_module
@@ -38,6 +40,17 @@ SAMPLE_PER_SKETCH = 500
 MAX_DRIFT_SAMPLE = 5000
 REFERENCE_SAMPLE = 1000
 OTHER = "__other__"
+
+
+# --- series ----------------------------------------------------------------------------------
+def minute_of(ts: datetime) -> datetime:
+    """The start of ``ts``'s minute: rollups, series steps and alert windows are whole minutes."""
+    return ts.replace(second=0, microsecond=0)
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """``value`` as the JSON answers and charts show it (None stays None)."""
+    return None if value is None else round(float(value), digits)
 
 
 # --- latency ---------------------------------------------------------------------------------

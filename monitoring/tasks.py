@@ -8,7 +8,7 @@ from celery import shared_task
 from django.core.mail import send_mail
 from django.db import transaction
 
-from . import gateway_errors, prom, services, webhooks
+from . import alerts, gateway_errors, prom, rollups, webhooks
 from .models import Alert
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def rollup(max_passes: int = 20) -> int:
     502/503/504 answers), into minute rollups until caught up."""
     total = 0
     for _ in range(max_passes):
-        n = services.rollup()
+        n = rollups.rollup()
         total += n
         if n == 0:
             break
@@ -35,19 +35,19 @@ def rollup(max_passes: int = 20) -> int:
 @shared_task(name="monitoring.tasks.prune", ignore_result=True, expires=3600)
 def prune() -> dict:
     """Beat: delete raw records past ``MODELPORT_MONITORING_RAW_RETENTION_DAYS``."""
-    return services.prune()
+    return rollups.prune()
 
 
 @shared_task(name="monitoring.tasks.collect_replica_stats", ignore_result=True, expires=15)
 def collect_replica_stats() -> int:
-    """Beat: one CPU/memory sample of every live replica (``services.collect_replica_stats``)."""
-    return services.collect_replica_stats()
+    """Beat: one CPU/memory sample of every live replica (``rollups.collect_replica_stats``)."""
+    return rollups.collect_replica_stats()
 
 
 @shared_task(name="monitoring.tasks.evaluate_alerts", ignore_result=True, expires=120)
 def evaluate_alerts() -> int:
     """Beat: evaluate alert rules; each firing/resolved transition is notified by its own task."""
-    events = services.evaluate_alerts()
+    events = alerts.evaluate_alerts()
     for alert_id, event in events:
         transaction.on_commit(lambda a=alert_id, e=event: notify_alert.delay(a, e))
     return len(events)
@@ -75,7 +75,7 @@ def notify_alert(alert_id: int, event: str, channels: list[str] | None = None,
     if alert is None:
         return {}
     rule = alert.rule
-    text = services.notification_text(alert, event)
+    text = alerts.notification_text(alert, event)
     senders = {}
     if rule.webhook_url:
         senders["webhook"] = lambda: webhooks.post(rule.webhook_url, {"text": text})
@@ -83,7 +83,7 @@ def notify_alert(alert_id: int, event: str, channels: list[str] | None = None,
         senders["email"] = lambda: _email(text, rule.emails)
     if event == "firing" and rule.retrain_webhook_url:
         senders["retrain"] = lambda: webhooks.post(rule.retrain_webhook_url,
-                                                   services.retrain_payload(alert))
+                                                   alerts.retrain_payload(alert))
     outcome: dict[str, str] = {}
     failed = []
     for channel, send in senders.items():

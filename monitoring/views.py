@@ -23,7 +23,7 @@ from registry.models import RegisteredModel
 from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import prom, services
+from . import alerts, ingest, prom, rollups, services
 from .forms import AlertRuleForm, DriftThresholdsForm, SamplingForm
 from .models import Alert, AlertRule, Comparison, ModelMonitoring, TaskType
 
@@ -138,22 +138,22 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
                                          step=step, revision=revision)
         series["quality"] = services.quality_series(deployment=deployment, start=start,
                                                     end=end, step=step, revision=revision)
-        series |= services.replica_series(deployment=deployment, start=start, end=end,
-                                          step=step, revision=revision)
+        series |= rollups.replica_series(deployment=deployment, start=start, end=end,
+                                         step=step, revision=revision)
         drift = services.drift_report(deployment=deployment, start=start, end=end,
                                       revision=revision)
         pid = f"r{revision}" if revision is not None else "all"
         panels.append({"revision": revision, "series": series, "drift": drift, "id": pid,
                        "series_id": f"series-{pid}", "drift_id": f"drift-{pid}"})
     rules = AlertRule.objects.filter(deployment=deployment).prefetch_related("alerts")
-    alerts = Alert.objects.filter(rule__deployment=deployment).select_related("rule")[:20]
+    recent_alerts = Alert.objects.filter(rule__deployment=deployment).select_related("rule")[:20]
     return render(request, "monitoring/deployment.html", {
         "deployment": deployment, "panels": panels, "comparing": len(panels) == 2,
         "compare": compare, "revisions": revisions, "range": choice, "ranges": list(RANGES),
-        "start": start, "end": end, "step": step, "rules": rules, "alerts": alerts,
-        "can_edit": _can_edit(request, deployment), "metrics": services.METRICS,
+        "start": start, "end": end, "step": step, "rules": rules, "alerts": recent_alerts,
+        "can_edit": _can_edit(request, deployment), "metrics": alerts.METRICS,
         "comparisons": Comparison.values,
-        "sampling_rate": services.sampling_rate_of(deployment),
+        "sampling_rate": ingest.sampling_rate_of(deployment),
         "replica_stats_seconds": settings.MODELPORT_MONITORING_REPLICA_STATS_SECONDS,
     })
 
@@ -204,8 +204,8 @@ def rule_create(request: HttpRequest, name: str) -> HttpResponse:
     form = AlertRuleForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            rule = services.create_alert_rule(actor=request.user, deployment=deployment,
-                                              **form.cleaned_data)
+            rule = alerts.create_alert_rule(actor=request.user, deployment=deployment,
+                                            **form.cleaned_data)
         except DomainError as exc:
             _attach(form, exc)
         else:
@@ -226,8 +226,8 @@ def rule_edit(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     form = AlertRuleForm(request.POST or None, initial=AlertRuleForm.initial_from(rule))
     if request.method == "POST" and form.is_valid():
         try:
-            rule = services.update_alert_rule(actor=request.user, rule=rule,
-                                              **form.cleaned_data)
+            rule = alerts.update_alert_rule(actor=request.user, rule=rule,
+                                            **form.cleaned_data)
         except DomainError as exc:
             _attach(form, exc)
         else:
@@ -244,7 +244,7 @@ def deployment_settings(request: HttpRequest, name: str) -> HttpResponse:
     """The deployment's sampling rate."""
     deployment = _deployment(request, name)
     form = SamplingForm(request.POST or None,
-                        initial={"sampling_rate": services.sampling_rate_of(deployment)})
+                        initial={"sampling_rate": ingest.sampling_rate_of(deployment)})
     if request.method == "POST" and form.is_valid():
         try:
             services.set_sampling_rate(actor=request.user, deployment=deployment,
@@ -299,7 +299,7 @@ def rule_delete(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     if rule is None:
         raise Http404("No such rule.")
     try:
-        services.delete_alert_rule(actor=request.user, rule=rule)
+        alerts.delete_alert_rule(actor=request.user, rule=rule)
     except DomainError as exc:
         messages.error(request, exc.message)
     else:

@@ -69,7 +69,7 @@ RATE_REFRESH_S = 10.0  # with sampling on and nothing to ship, ask for the rate 
 
 def keeps(request_id: str | bytes, rate: float) -> bool:
     """Whether a request is kept at sampling ``rate``: the same hash of the request id as the
-    ingest endpoint (``monitoring.services``), so a request is kept by both or by neither."""
+    ingest endpoint (``monitoring.ingest``), so a request is kept by both or by neither."""
     if rate >= 1.0:
         return True
     # `type() is` for speed (per request); mypy cannot narrow on it (a subclass could remain).

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from config.errors import Conflict, InvalidInput
 from core import replica_keys
+from deployments import hooks
 from teams import audit
 from teams.access import require_platform_admin
 
@@ -519,7 +520,7 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
                            installation=runtime.installation)
         if row.gpus:
             spec.gpu_device_ids = quotas.device_ids(f"{d.owner}/{row.runtime_id}")
-        spec.env.update(_ingest_env(d))
+        spec.env.update(hooks.replica_environment(d))
         if revision.replica_key:
             spec.env[replica_keys.ENV] = revision.replica_key
         spec.egress = bool((revision.spec or {}).get("egress"))
@@ -535,16 +536,6 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
     if not updated:  # removed while it started: do not leave it behind
         runtime.remove_replica(state.id)
     return state
-
-
-def _ingest_env(deployment: Any) -> dict[str, str]:
-    from django.apps import apps
-
-    if not apps.is_installed("monitoring"):
-        return {}
-    from monitoring.services import ingest_environment
-
-    return ingest_environment(deployment=deployment)
 
 
 def remove_on_host(*, host_id: int, replica_id: str, runtime: Any) -> None:

@@ -7,8 +7,8 @@ from rest_framework import serializers
 
 from config.rest import StrictTypes
 
+from ..alerts import METRICS
 from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
-from ..services import METRICS
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrPromise

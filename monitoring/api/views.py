@@ -15,7 +15,7 @@ from config.rest import query
 from deployments.models import Deployment
 from registry.models import RegisteredModel
 
-from .. import services
+from .. import alerts, ingest, rollups, services
 from ..models import Alert, AlertRule, AlertState, ModelMonitoring
 from . import serializers as s
 
@@ -53,7 +53,7 @@ class IngestView(APIView):
     )
     @api_errors(400, 401, 404, 413)
     def post(self, request: Request) -> Response:
-        token = services.authenticate_ingest(request.META.get("HTTP_AUTHORIZATION", ""))
+        token = ingest.authenticate_ingest(request.META.get("HTTP_AUTHORIZATION", ""))
         from django.conf import settings
 
         try:
@@ -61,10 +61,10 @@ class IngestView(APIView):
         except ValueError:
             length = 0
         if length > settings.MODELPORT_INGEST_MAX_BYTES:
-            raise services.BatchTooLarge(f"The batch is {length} bytes; the limit is "
-                                         f"{settings.MODELPORT_INGEST_MAX_BYTES}.")
+            raise ingest.BatchTooLarge(f"The batch is {length} bytes; the limit is "
+                                       f"{settings.MODELPORT_INGEST_MAX_BYTES}.")
         body = request._request.read(settings.MODELPORT_INGEST_MAX_BYTES + 1)
-        result = services.ingest_predictions(token=token, body=body)
+        result = ingest.ingest_predictions(token=token, body=body)
         return Response(result, status=status.HTTP_202_ACCEPTED)
 
 
@@ -80,8 +80,8 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
                                        step=step, revision=revision)
         body["quality"] = services.quality_series(deployment=deployment, start=start, end=end,
                                                   step=step, revision=revision)
-        body |= services.replica_series(deployment=deployment, start=start, end=end, step=step,
-                                        revision=revision)
+        body |= rollups.replica_series(deployment=deployment, start=start, end=end, step=step,
+                                       revision=revision)
         return Response({"deployment": deployment.name, **body})
 
     @extend_schema(operation_id="deployment_drift", parameters=[s.RangeQuerySerializer],
@@ -99,8 +99,8 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
     def feedback(self, request: Request, name: str) -> Response:
         deployment = visible_deployment(request.user, name)
         if isinstance(request.data, list) and len(request.data) > services.MAX_FEEDBACK_ITEMS:
-            raise services.BatchTooLarge(f"{len(request.data)} labels in one request; the "
-                                         f"limit is {services.MAX_FEEDBACK_ITEMS}.")
+            raise ingest.BatchTooLarge(f"{len(request.data)} labels in one request; the "
+                                       f"limit is {services.MAX_FEEDBACK_ITEMS}.")
         body = s.FeedbackItemSerializer(data=request.data, many=True)
         body.is_valid(raise_exception=True)
         return Response(services.submit_feedback(actor=request.user, deployment=deployment,
@@ -111,7 +111,7 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
                    responses=s.DeploymentMonitoringSerializer)
     def monitoring_settings(self, request: Request, name: str) -> Response:
         deployment = visible_deployment(request.user, name)
-        return Response({"sampling_rate": services.sampling_rate_of(deployment)})
+        return Response({"sampling_rate": ingest.sampling_rate_of(deployment)})
 
     @extend_schema(operation_id="deployment_monitoring_update",
                    request=s.DeploymentMonitoringSerializer,
@@ -192,7 +192,7 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         deployment = visible_deployment(request.user, data.pop("deployment"))
-        rule = services.create_alert_rule(actor=request.user, deployment=deployment, **data)
+        rule = alerts.create_alert_rule(actor=request.user, deployment=deployment, **data)
         return Response(self.get_serializer(self.get_queryset().get(pk=rule.pk)).data,
                         status=status.HTTP_201_CREATED)
 
@@ -200,13 +200,13 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def partial_update(self, request: Request, pk: str) -> Response:
         body = s.AlertRuleUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        rule = services.update_alert_rule(actor=request.user, rule=self.get_object(),
-                                          **body.validated_data)
+        rule = alerts.update_alert_rule(actor=request.user, rule=self.get_object(),
+                                        **body.validated_data)
         return Response(self.get_serializer(self.get_queryset().get(pk=rule.pk)).data)
 
     @api_errors(without=[409])
     def destroy(self, request: Request, pk: str) -> Response:
-        services.delete_alert_rule(actor=request.user, rule=self.get_object())
+        alerts.delete_alert_rule(actor=request.user, rule=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -218,14 +218,14 @@ class AlertViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        alerts = Alert.objects.visible_to(self.request.user).select_related(
+        rows = Alert.objects.visible_to(self.request.user).select_related(
             "rule", "rule__deployment")
         params = query(s.AlertQuerySerializer, self.request)
         if params.get("deployment"):
-            alerts = alerts.filter(rule__deployment__name=params["deployment"])
+            rows = rows.filter(rule__deployment__name=params["deployment"])
         if params.get("state"):
-            alerts = alerts.filter(state=params["state"])
-        return alerts.order_by("-started_at", "-id")
+            rows = rows.filter(state=params["state"])
+        return rows.order_by("-started_at", "-id")
 
     @extend_schema(parameters=[s.AlertQuerySerializer])
     def list(self, request: Request, *args, **kwargs) -> Response:

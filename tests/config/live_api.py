@@ -72,7 +72,7 @@ def seed(tmp: Path) -> Seed:
     """Make the rows; enqueued work (reconciles) is dropped by the caller's monkeypatch."""
     from deployments import services as deployments
     from deployments.models import Deployment, DeploymentEvent, Replica, Revision, RevisionState
-    from monitoring import services as monitoring
+    from monitoring import alerts, ingest
     from monitoring.models import Alert
     from quotas import services as quotas
     from registry import services as registry
@@ -151,7 +151,7 @@ def seed(tmp: Path) -> Seed:
     for name, metric in (("errors high", "error_rate"), ("slow", "latency_p95"),
                          ("errors higher", "error_rate"), ("slower", "latency_p95"),
                          ("busy", "requests_per_min"), ("drift", "drifted_features")):
-        rule = monitoring.create_alert_rule(
+        rule = alerts.create_alert_rule(
             actor=users["engineer"], deployment=deployments.get_visible(admin, "iris-prod"),
             name=name, metric=metric, threshold=5)
         rules.append(rule.pk)
@@ -168,9 +168,10 @@ def seed(tmp: Path) -> Seed:
     spare_tokens = [str(make_token(admin, name=f"spare-{i}")[0].pk) for i in range(3)]
     _, viewer_secret = make_token(users["viewer"], name="fuzz-viewer")
     transitions = list(registry.AliasTransitionRequest.objects.values_list("pk", flat=True))
-    ingest = monitoring.issue_ingest_token(deployment=deployments.get_visible(admin, "iris-prod"))
+    ingest_token = ingest.issue_ingest_token(
+        deployment=deployments.get_visible(admin, "iris-prod"))
     return Seed(
-        admin_token=admin_secret, viewer_token=viewer_secret, ingest_token=ingest,
+        admin_token=admin_secret, viewer_token=viewer_secret, ingest_token=ingest_token,
         teams=["fuzz-team", "other-team"], usernames=["mia", "eve", "vic"],
         models=["iris", "churn"], aliases=["staging", "production"],
         deployments=["iris-prod", "iris-canary", "churn-prod"], targets=["default", "spare"],

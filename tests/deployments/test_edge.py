@@ -376,14 +376,14 @@ def test_edge_answers_502_when_the_web_server_is_down(tmp_path, redis_url):
 def test_ingest_socket_passes_only_prediction_logs_to_django(front, deployment):
     """What a replica without a network can reach of the platform: one path, with its own
     ingest token; not the portal, not the API, not another method."""
-    from monitoring import services as monitoring
+    from monitoring import ingest
     from monitoring.models import PredictionRecord
     from serving import sockets
     from serving.shipping import Shipper
 
     socket_url = sockets.unix_url(str(front.data / "run" / "ingest" / "ingest.sock"))
     assert oct((front.data / "run" / "ingest" / "ingest.sock").stat().st_mode & 0o777) == "0o666"
-    token = monitoring.issue_ingest_token(deployment=deployment)
+    token = ingest.issue_ingest_token(deployment=deployment)
     shipper = Shipper(buffer=None, url=f"{socket_url}/api/v1/ingest/predictions/", token=token,
                       envelope={"deployment": deployment.name, "revision": "1",
                                 "replica": f"mp-{deployment.name}-r1-0"})

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from deployments.models import Deployment, Revision
-from monitoring import services
+from monitoring import ingest, rollups
 from registry import reference
 from registry.models import ModelVersion, RegisteredModel
 from tests.deployments.conftest import iris_dir, no_enqueue  # noqa: F401 - fixtures for replicas
@@ -52,7 +52,7 @@ def make_deployment(team, model, version, name: str = "churn-prod") -> Deploymen
 
 @pytest.fixture(autouse=True)
 def _fresh_rate_cache():
-    services._RATE_CACHE.clear()
+    ingest._RATE_CACHE.clear()
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def other_deployment(db):
 
 @pytest.fixture
 def ingest_token(deployment):
-    return services.issue_ingest_token(deployment=deployment)
+    return ingest.issue_ingest_token(deployment=deployment)
 
 
 def record(i: int, ts: datetime, *, latency: float = 10.0, status: int = 200, row=None,
@@ -107,16 +107,16 @@ def ingest_direct(deployment, records: list[dict], revision: str = "1") -> dict:
 
     from monitoring.models import IngestToken
 
-    token = services.issue_ingest_token(deployment=deployment)
-    row = services.authenticate_ingest(f"Bearer {token}")
+    token = ingest.issue_ingest_token(deployment=deployment)
+    row = ingest.authenticate_ingest(f"Bearer {token}")
     assert isinstance(row, IngestToken)
-    return services.ingest_predictions(token=row, body=orjson.dumps(
+    return ingest.ingest_predictions(token=row, body=orjson.dumps(
         batch(records, deployment.name, revision)))
 
 
 def roll(now: datetime | None = None) -> int:
     later = (now or datetime.now(UTC)) + timedelta(minutes=1)
     total = 0
-    while n := services.rollup(now=later):
+    while n := rollups.rollup(now=later):
         total += n
     return total

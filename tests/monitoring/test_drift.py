@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from monitoring import services, stats
+from monitoring import rollups, services, stats
 from registry import reference
 from tests.fixtures import bearer_client
 
@@ -27,7 +27,7 @@ REF = reference.compute(reference_frame(), source="reference_data")["features"]
 
 def sketch_of(rows: list[list]) -> tuple[dict, dict]:
     """(counts, samples) per feature the way the rollup builds them."""
-    sketch = services._Sketch({"features": REF})
+    sketch = rollups._Sketch({"features": REF})
     for x1, x2, color in rows:
         sketch.add({"x1": x1, "x2": x2, "color": color}, 1.0)
     return sketch.counts, sketch.samples

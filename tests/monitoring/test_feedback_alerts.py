@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.core import mail
 
-from monitoring import services, tasks
+from monitoring import alerts, services, tasks
 from monitoring.models import Alert, AlertRule, Feedback
 from teams.models import AuditEvent
 from teams.services import update_platform_settings
@@ -130,19 +130,19 @@ def test_rules_fire_notify_and_resolve(deployment, engineer, receiver, settings,
     # shows what happens otherwise).
     update_platform_settings(actor=admin_user, outbound_allowlist=[
         receiver.url.removeprefix("http://")])
-    rule = services.create_alert_rule(
+    rule = alerts.create_alert_rule(
         actor=engineer, deployment=deployment, name="p95 latency", metric="latency_p95",
         comparison=">", threshold=200, window_minutes=5,
         webhook_url=f"{receiver.url}/slack", emails=["oncall@example.com"],
         retrain_webhook_url=f"{receiver.url}/retrain")
-    errors = services.create_alert_rule(
+    errors = alerts.create_alert_rule(
         actor=engineer, deployment=deployment, name="errors", metric="error_rate",
         comparison=">", threshold=1, window_minutes=5)
     now = datetime.now(UTC)
     ingest_direct(deployment, [record(i, now - timedelta(minutes=2), latency=450)
                                for i in range(50)])
     roll()
-    events = services.evaluate_alerts(now=now)
+    events = alerts.evaluate_alerts(now=now)
     assert len(events) == 1
     alert = Alert.objects.get(rule=rule)
     assert alert.state == "firing" and alert.value > 200
@@ -155,30 +155,30 @@ def test_rules_fire_notify_and_resolve(deployment, engineer, receiver, settings,
     assert paths["/retrain"]["metric"] == "latency_p95" and paths["/retrain"]["version"] == 1
     assert mail.outbox and "oncall@example.com" in mail.outbox[0].to
     # Still breaching: no second alert.
-    assert services.evaluate_alerts(now=now) == []
+    assert alerts.evaluate_alerts(now=now) == []
     # Later the window holds fast requests only: resolved, and the resolution is sent.
     later = now + timedelta(minutes=10)
     ingest_direct(deployment, [record(100 + i, later - timedelta(minutes=2), latency=20)
                                for i in range(50)])
     roll(later)
-    assert services.evaluate_alerts(now=later) == [(alert.pk, "resolved")]
+    assert alerts.evaluate_alerts(now=later) == [(alert.pk, "resolved")]
     tasks.notify_alert(alert.pk, "resolved")
     assert "RESOLVED" in receiver.received[-1][1]["text"]
     assert len([p for p, _ in receiver.received if p == "/retrain"]) == 1
-    alerts = bearer_client(engineer).get("/api/v1/alerts/").json()
-    assert alerts["results"][0]["state"] == "resolved"
-    assert alerts["results"][0]["notified"]["firing"]["webhook"] == "HTTP 200"
+    listed = bearer_client(engineer).get("/api/v1/alerts/").json()
+    assert listed["results"][0]["state"] == "resolved"
+    assert listed["results"][0]["notified"]["firing"]["webhook"] == "HTTP 200"
 
 
 def test_a_failing_webhook_is_recorded_not_raised(deployment, engineer, admin_user):
     update_platform_settings(actor=admin_user, outbound_allowlist=["127.0.0.1:9"])
-    rule = services.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
-                                      metric="requests_per_min", comparison="<", threshold=1000,
-                                      webhook_url="http://127.0.0.1:9/nothing-listens")
+    rule = alerts.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
+                                    metric="requests_per_min", comparison="<", threshold=1000,
+                                    webhook_url="http://127.0.0.1:9/nothing-listens")
     now = datetime.now(UTC)
     ingest_direct(deployment, [record(i, now - timedelta(minutes=1)) for i in range(5)])
     roll()
-    [(alert_id, event)] = services.evaluate_alerts(now=now)
+    [(alert_id, event)] = alerts.evaluate_alerts(now=now)
     outcome = tasks.notify_alert(alert_id, event)
     assert outcome["webhook"].startswith("failed (attempt 1)")
     alert = Alert.objects.get(pk=alert_id)
@@ -189,8 +189,8 @@ def test_a_failing_webhook_is_recorded_not_raised(deployment, engineer, admin_us
 
 def test_beat_task_enqueues_notifications_after_commit(deployment, engineer, monkeypatch,
                                                        django_capture_on_commit_callbacks):
-    services.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
-                               metric="requests_per_min", comparison="<", threshold=1000)
+    alerts.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
+                             metric="requests_per_min", comparison="<", threshold=1000)
     ingest_direct(deployment, [record(i, minutes_ago(1)) for i in range(3)])
     roll()
     sent = []
@@ -209,4 +209,4 @@ def test_drift_and_quality_metrics_evaluate(deployment, engineer, metric):
     services.submit_feedback(actor=engineer, deployment=deployment,
                              items=[{"request_id": f"m-{i}", "label": 1} for i in range(20)])
     roll()
-    assert services.metric_value(rule, datetime.now(UTC)) is not None
+    assert alerts.metric_value(rule, datetime.now(UTC)) is not None

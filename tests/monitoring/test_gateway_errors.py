@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments import gateway
 from deployments.models import TrafficSample
-from monitoring import gateway_errors, services
+from monitoring import alerts, gateway_errors, rollups
 from monitoring.models import Alert, AlertState, MinuteRollup
 from tests.factories import UserFactory, make_token
 
@@ -75,9 +75,9 @@ def test_the_gateway_stores_its_refusals_per_deployment_revision_and_code(deploy
     assert sum(s.gateway_503 for s in samples) == REFUSED
     assert sum(s.gateway_requests for s in samples) == REFUSED
     assert sum(s.requests for s in samples) == 0  # no replica was ever tried
-    rollups = MinuteRollup.objects.filter(deployment=deployment)
-    assert sum(r.gateway_503 for r in rollups) == REFUSED
-    assert sum(r.count for r in rollups) == 0  # no prediction log: no replica saw them
+    minutes = MinuteRollup.objects.filter(deployment=deployment)
+    assert sum(r.gateway_503 for r in minutes) == REFUSED
+    assert sum(r.count for r in minutes) == 0  # no prediction log: no replica saw them
 
 
 def test_the_metrics_api_shows_503s_by_code_and_the_gateway_error_rate(deployment, engineer,
@@ -112,13 +112,13 @@ def test_the_monitoring_page_charts_the_gateway_errors(deployment, engineer, ref
 
 
 def test_an_alert_rule_on_the_gateway_error_rate_fires(deployment, engineer, refused):
-    rule = services.create_alert_rule(actor=engineer, deployment=deployment,
-                                      name="Gateway failing", metric="gateway_error_rate",
-                                      comparison=">", threshold=50, window_minutes=5)
-    count_rule = services.create_alert_rule(actor=engineer, deployment=deployment,
-                                            name="Any gateway error", metric="gateway_errors",
-                                            comparison=">=", threshold=1, window_minutes=5)
-    services.evaluate_alerts(now=timezone.now() + timedelta(minutes=1))
+    rule = alerts.create_alert_rule(actor=engineer, deployment=deployment,
+                                    name="Gateway failing", metric="gateway_error_rate",
+                                    comparison=">", threshold=50, window_minutes=5)
+    count_rule = alerts.create_alert_rule(actor=engineer, deployment=deployment,
+                                          name="Any gateway error", metric="gateway_errors",
+                                          comparison=">=", threshold=1, window_minutes=5)
+    alerts.evaluate_alerts(now=timezone.now() + timedelta(minutes=1))
     alert = Alert.objects.get(rule=rule)
     assert alert.state == AlertState.FIRING and alert.value == 100.0
     assert "gateway error rate" in alert.message
@@ -164,8 +164,8 @@ def test_gateway_rollup_waits_for_samples_younger_than_the_delay(deployment, set
     assert sum(r.gateway_requests for r in rows) == 5 and sum(r.gateway_503 for r in rows) == 2
     assert gateway_errors.rollup(now=now + timedelta(seconds=20)) == 0  # nothing twice
     assert old.pk  # folded once, kept until prune
-    services.prune(now=now + timedelta(days=settings.MODELPORT_MONITORING_RAW_RETENTION_DAYS,
-                                       minutes=1))
+    rollups.prune(now=now + timedelta(days=settings.MODELPORT_MONITORING_RAW_RETENTION_DAYS,
+                                      minutes=1))
     assert not TrafficSample.objects.filter(deployment=deployment).exists()
     assert sum(r.gateway_requests for r in MinuteRollup.objects.filter(
         deployment=deployment)) == 5

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
-from monitoring import services
+from monitoring import ingest, services
 from monitoring.models import IngestToken, PredictionRecord
 from serving.shipping import Shipper
 
@@ -25,12 +25,12 @@ def post(body, token: str | None, **extra):
 
 
 def test_token_is_stored_only_as_its_digest(deployment):
-    token = services.issue_ingest_token(deployment=deployment)
+    token = ingest.issue_ingest_token(deployment=deployment)
     row = IngestToken.objects.get(deployment=deployment)
     assert token.startswith("mpi_")
     assert row.digest == hashlib.sha256(token.encode()).hexdigest()
     assert token not in {row.digest, row.prefix}
-    assert services.authenticate_ingest(f"Bearer {token}") == row
+    assert ingest.authenticate_ingest(f"Bearer {token}") == row
 
 
 def test_a_batch_shaped_like_the_model_servers_is_stored(deployment, ingest_token):
@@ -96,7 +96,7 @@ def test_missing_or_wrong_token_is_401(deployment, header):
 
 
 def test_revoked_token_is_401(deployment, ingest_token):
-    services.revoke_ingest_tokens(deployment=deployment)
+    ingest.revoke_ingest_tokens(deployment=deployment)
     assert post(batch([record(1, minutes_ago(1))]), ingest_token).status_code == 401
 
 
@@ -227,7 +227,7 @@ def test_a_failed_write_leaves_nothing(deployment, ingest_token, monkeypatch):
             received_at=minutes_ago(1))])
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(services, "_write", explode)
+    monkeypatch.setattr(ingest, "_write", explode)
     client = APIClient(raise_request_exception=False)
     response = client.generic("POST", URL, orjson.dumps(batch([record(1, minutes_ago(1))])),
                               content_type="application/json",
@@ -257,7 +257,7 @@ def test_replicas_sample_with_the_same_hash_so_their_records_are_all_kept(
     answer = post(batch([]), ingest_token)  # an empty batch is how an idle replica asks
     assert answer.status_code == 202 and answer.json()["sampling_rate"] == 0.25
     ids = [f"req-{i}" for i in range(2000)]
-    assert [keeps(i, 0.25) for i in ids] == [services._keep(i, 0.25) for i in ids]
+    assert [keeps(i, 0.25) for i in ids] == [ingest._keep(i, 0.25) for i in ids]
     pre_sampled = [record(i, minutes_ago(1), request_id=r) for i, r in enumerate(ids)
                    if keeps(r.encode(), 0.25)]
     body = post(batch(pre_sampled), ingest_token).json()
@@ -267,11 +267,11 @@ def test_replicas_sample_with_the_same_hash_so_their_records_are_all_kept(
 
 def test_ingest_environment_for_replicas(deployment, settings):
     settings.MODELPORT_BASE_URL = "http://127.0.0.1:8000/"
-    env = services.ingest_environment(deployment=deployment)
+    env = ingest.ingest_environment(deployment=deployment)
     assert env["MODELPORT_INGEST_URL"] == "http://127.0.0.1:8000/api/v1/ingest/predictions/"
     assert env["MODELPORT_SHIP_BATCH_SIZE"] == "1000"
-    assert services.authenticate_ingest(f"Bearer {env['MODELPORT_INGEST_TOKEN']}"
-                                        ).deployment == deployment
+    assert ingest.authenticate_ingest(f"Bearer {env['MODELPORT_INGEST_TOKEN']}"
+                                      ).deployment == deployment
 
 
 @pytest.mark.django_db(transaction=True)
@@ -285,7 +285,7 @@ def test_the_model_servers_shipper_delivers_over_http(live_server, team, enginee
 
     model = RegisteredModel.objects.create(name="churn", team=team)
     deployment = make_deployment(team, model, make_version(model, 1))
-    env = services.ingest_environment(deployment=deployment)
+    env = ingest.ingest_environment(deployment=deployment)
     url = live_server.url + URL
     shipper = Shipper(PredictionLog(100), url, env["MODELPORT_INGEST_TOKEN"], envelope={
         "deployment": "churn-prod", "revision": "1", "replica": "churn-prod-r1-0"})
@@ -331,7 +331,7 @@ def test_a_viewers_deep_request_through_a_model_server_never_blocks_its_log(
 
     model = RegisteredModel.objects.create(name="churn", team=team)
     deployment = make_deployment(team, model, make_version(model, 1))
-    env = services.ingest_environment(deployment=deployment)
+    env = ingest.ingest_environment(deployment=deployment)
     app = ModelServer(Settings(
         model_dir=str(iris_dir), model_name="iris", ingest_url=live_server.url + URL,
         ingest_token=env["MODELPORT_INGEST_TOKEN"], deployment="churn-prod", revision="1",
@@ -372,7 +372,7 @@ def test_a_shipper_sending_more_records_than_ingest_takes_delivers_them_all(
     settings.MODELPORT_INGEST_MAX_RECORDS = 3
     model = RegisteredModel.objects.create(name="churn", team=team)
     deployment = make_deployment(team, model, make_version(model, 1))
-    env = services.ingest_environment(deployment=deployment)
+    env = ingest.ingest_environment(deployment=deployment)
     buffer = PredictionLog(100)
     shipper = Shipper(buffer, live_server.url + URL, env["MODELPORT_INGEST_TOKEN"],
                       envelope={"deployment": "churn-prod"}, batch_size=10)

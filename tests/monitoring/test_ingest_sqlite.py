@@ -1,4 +1,4 @@
-"""Ingest on SQLite (``make run``): the rows ingest binds itself (``services._prepared`` and
+"""Ingest on SQLite (``make run``): the rows ingest binds itself (``ingest._prepared`` and
 ``_write``: one ``executemany`` of tuples) are the rows ``bulk_create`` stored before.
 
 The suite runs on PostgreSQL (``DATABASE_URL``), where ingest takes the COPY path instead. So
@@ -20,7 +20,7 @@ import pytest
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from deployments.models import Deployment
-from monitoring import services
+from monitoring import ingest
 from monitoring.models import PredictionRecord
 
 from .conftest import batch, minutes_ago, record
@@ -39,7 +39,7 @@ def sqlite_db(tmp_path, monkeypatch, django_db_blocker) -> Iterator[object]:
         db = connections[ALIAS]
         with db.schema_editor() as editor:
             editor.create_model(PredictionRecord)
-        monkeypatch.setattr(services, "connection", db)
+        monkeypatch.setattr(ingest, "connection", db)
         try:
             yield db
         finally:
@@ -80,9 +80,9 @@ def awkward_records() -> list[dict]:
 
 
 def validated(records: list[dict], rate: float = 1.0) -> list[tuple]:
-    rejections = services.Rejections()
-    rows, _ = services._validated_rows(batch(records), Deployment(pk=41), rate,
-                                       datetime.now(UTC), rejections)
+    rejections = ingest.Rejections()
+    rows, _ = ingest._validated_rows(batch(records), Deployment(pk=41), rate,
+                                     datetime.now(UTC), rejections)
     assert rejections.count == 0
     return rows
 
@@ -90,31 +90,31 @@ def validated(records: list[dict], rate: float = 1.0) -> list[tuple]:
 def stored_raw(db) -> list[tuple]:
     """Every column as SQLite holds it: storage class and SQL literal (JSON decoded)."""
     columns = ", ".join(f'typeof("{c}"), ' + (f'"{c}"' if c in JSON_COLUMNS else f'quote("{c}")')
-                        for c in services.COLUMNS)
+                        for c in ingest.COLUMNS)
     with db.cursor() as cursor:
         cursor.execute(f'SELECT {columns} FROM "{PredictionRecord._meta.db_table}" ORDER BY id')
         raw = cursor.fetchall()
-    return [tuple(json.loads(v) if services.COLUMNS[i // 2] in JSON_COLUMNS and i % 2
+    return [tuple(json.loads(v) if ingest.COLUMNS[i // 2] in JSON_COLUMNS and i % 2
                   and v is not None else v for i, v in enumerate(row)) for row in raw]
 
 
 def stored_orm() -> list[dict]:
-    return list(PredictionRecord.objects.using(ALIAS).order_by("id").values(*services.COLUMNS))
+    return list(PredictionRecord.objects.using(ALIAS).order_by("id").values(*ingest.COLUMNS))
 
 
 def write_as_before(rows: list[tuple]) -> None:
     """The SQLite path this replaced: a model instance per row and bulk_create."""
     with transaction.atomic(using=ALIAS):
         PredictionRecord.objects.using(ALIAS).bulk_create(
-            [PredictionRecord(**dict(zip(services.COLUMNS, r[:len(services.COLUMNS)],
+            [PredictionRecord(**dict(zip(ingest.COLUMNS, r[:len(ingest.COLUMNS)],
                                          strict=True))) for r in rows], batch_size=500)
 
 
-def write_now(rows: list[tuple]) -> services.Rejections:
-    rejections = services.Rejections()
-    items = services._prepared(rows, rejections)
+def write_now(rows: list[tuple]) -> ingest.Rejections:
+    rejections = ingest.Rejections()
+    items = ingest._prepared(rows, rejections)
     with transaction.atomic(using=ALIAS):
-        services._write([item for _, item in items])
+        ingest._write([item for _, item in items])
     return rejections
 
 
@@ -157,9 +157,9 @@ def test_a_payload_too_deep_to_store_costs_only_its_own_record(sqlite_db):
     records[3]["inputs"] = "DEEP"
     body = orjson.dumps(batch(records)).replace(b'"inputs":"DEEP"',
                                                 b'"inputs":' + b"[" * 300 + b"]" * 300, 1)
-    rejections = services.Rejections()
-    rows, _ = services._validated_rows(orjson.loads(body), Deployment(pk=41), 1.0,
-                                       datetime.now(UTC), rejections)
+    rejections = ingest.Rejections()
+    rows, _ = ingest._validated_rows(orjson.loads(body), Deployment(pk=41), 1.0,
+                                     datetime.now(UTC), rejections)
     rejections = write_now(rows)
     assert (rejections.count, dict(rejections.by_reason)) == (1, {"too_deep": 1})
     assert rejections.shown[0]["index"] == 3

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from config.errors import InvalidInput
-from monitoring import services, tasks
+from monitoring import alerts, tasks
 from monitoring.models import Alert, AlertRule
 from teams.models import AuditEvent
 from tests.fixtures import bearer_client
@@ -114,8 +114,8 @@ def test_a_url_too_long_to_store_is_a_400_not_a_500(deployment, engineer):
     answer = bearer_client(engineer).post(RULES, rule_body(webhook_url=long_url), format="json")
     assert answer.status_code == 400 and "webhook_url" in answer.json()
     with pytest.raises(InvalidInput, match="longer than 500 characters"):
-        services.create_alert_rule(actor=engineer, deployment=deployment, name="long",
-                                   metric="error_rate", threshold=1, webhook_url=long_url)
+        alerts.create_alert_rule(actor=engineer, deployment=deployment, name="long",
+                                 metric="error_rate", threshold=1, webhook_url=long_url)
 
 
 # --- at delivery ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from django.test import Client
 
 from deployments.models import Revision
-from monitoring import services
+from monitoring import alerts, ingest
 from monitoring.models import AlertRule
 
 from .conftest import ingest_direct, make_version, minutes_ago, record, roll
@@ -92,10 +92,10 @@ def test_rules_from_the_page(deployment, engineer, viewer):
 def test_prometheus_metrics(deployment, engineer, settings):
     settings.MODELPORT_METRICS_TOKEN = "prometheus-secret"
     ingest_direct(deployment, [record(i, minutes_ago(2)) for i in range(7)])
-    services.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
-                               metric="requests_per_min", comparison="<", threshold=1000)
+    alerts.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
+                             metric="requests_per_min", comparison="<", threshold=1000)
     roll()
-    services.evaluate_alerts()
+    alerts.evaluate_alerts()
     response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer prometheus-secret")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
@@ -160,9 +160,9 @@ def test_monitoring_settings_api(deployment, ml_model, engineer, maintainer, vie
 
 
 def test_admin_pages(deployment, admin_user, engineer):
-    services.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
-                               metric="requests_per_min", comparison="<", threshold=1)
-    services.issue_ingest_token(deployment=deployment)
+    alerts.create_alert_rule(actor=engineer, deployment=deployment, name="rpm",
+                             metric="requests_per_min", comparison="<", threshold=1)
+    ingest.issue_ingest_token(deployment=deployment)
     client = logged_in(admin_user)
     for path in ("/admin/monitoring/alertrule/", "/admin/monitoring/alert/",
                  "/admin/monitoring/ingesttoken/"):

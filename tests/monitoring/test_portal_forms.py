@@ -8,7 +8,7 @@ import html
 
 from django.test import Client
 
-from monitoring import services
+from monitoring import alerts, ingest, services
 from monitoring.models import AlertRule, DeploymentMonitoring, ModelMonitoring
 from teams.models import AuditEvent
 
@@ -79,10 +79,10 @@ def test_invalid_rules_are_explained_next_to_the_field_and_nothing_is_saved(depl
 
 
 def test_engineer_edits_a_rule_and_the_change_is_audited(deployment, engineer):
-    rule = services.create_alert_rule(actor=engineer, deployment=deployment, name="errors",
-                                      metric="error_rate", threshold=1.0)
-    services.create_alert_rule(actor=engineer, deployment=deployment, name="taken",
-                               metric="error_rate", threshold=5.0)
+    rule = alerts.create_alert_rule(actor=engineer, deployment=deployment, name="errors",
+                                    metric="error_rate", threshold=1.0)
+    alerts.create_alert_rule(actor=engineer, deployment=deployment, name="taken",
+                             metric="error_rate", threshold=5.0)
     client = logged_in(engineer)
     url = f"{RULES}{rule.pk}/edit/"
     form = client.get(url).content.decode()
@@ -108,8 +108,8 @@ def test_engineer_edits_a_rule_and_the_change_is_audited(deployment, engineer):
 
 def test_viewers_cannot_change_rules_and_outsiders_do_not_see_them(deployment, engineer, viewer,
                                                                    outsider):
-    rule = services.create_alert_rule(actor=engineer, deployment=deployment, name="errors",
-                                      metric="error_rate", threshold=1.0)
+    rule = alerts.create_alert_rule(actor=engineer, deployment=deployment, name="errors",
+                                    metric="error_rate", threshold=1.0)
     page = logged_in(viewer).get("/monitoring/deployments/churn-prod/").content.decode()
     assert f"/rules/{rule.pk}/edit/" not in page
     refused = logged_in(viewer).post(f"{RULES}{rule.pk}/edit/", {**RULE, "name": "errors"})
@@ -131,12 +131,12 @@ def test_sampling_rate_form(deployment, engineer, viewer):
     assert "sampling_rate must be between 0 and 1." in field_errors(bad)
     assert not DeploymentMonitoring.objects.exists()
     assert client.post(url, {"sampling_rate": "0.25"}).status_code == 302
-    assert services.sampling_rate_of(deployment) == 0.25
+    assert ingest.sampling_rate_of(deployment) == 0.25
     assert AuditEvent.objects.filter(action="deployment_monitoring.updated",
                                      actor=engineer).exists()
     refused = logged_in(viewer).post(url, {"sampling_rate": "0.5"})
     assert refused.status_code == 400 and "needs engineer" in refused.content.decode()
-    assert services.sampling_rate_of(deployment) == 0.25
+    assert ingest.sampling_rate_of(deployment) == 0.25
 
 
 def test_drift_thresholds_form(deployment, ml_model, maintainer, engineer, outsider):

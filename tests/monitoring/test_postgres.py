@@ -6,7 +6,7 @@ import orjson
 import pytest
 from rest_framework.test import APIClient
 
-from monitoring import services
+from monitoring import ingest
 from monitoring.models import PredictionRecord
 from tests.fixtures import bearer_client
 
@@ -62,7 +62,7 @@ def test_sql_step_sums_match(deployment, viewer):
 
     records = [record(i, t0 + timedelta(minutes=i % 10), latency=5 + i % 50,
                       status=500 if i % 20 == 0 else 200, prediction=i % 3) for i in range(400)]
-    token = services.issue_ingest_token(deployment=deployment)
+    token = ingest.issue_ingest_token(deployment=deployment)
     assert post(batch(records), token).status_code == 202
     roll()
     body = bearer_client(viewer).get("/api/v1/deployments/churn-prod/metrics/",

@@ -13,7 +13,7 @@ from deployments import gateway
 from deployments import services as deployment_services
 from deployments.models import Deployment, Replica
 from deployments.reconcile import reconcile_deployment
-from monitoring import services
+from monitoring import rollups
 from monitoring.models import ReplicaStat
 from tests.deployments.conftest import (
     COLUMNS,
@@ -65,7 +65,7 @@ def test_replica_samples_age_out_with_raw_records(deployment, settings):
                                                    MODELPORT_MONITORING_RAW_RETENTION_DAYS + 1),
                1, 1)
     fresh = stat(deployment, "mp-a", now - timedelta(hours=1), 1, 1)
-    assert services.prune(now=now)["replica_stats"] == 1
+    assert rollups.prune(now=now)["replica_stats"] == 1
     assert not ReplicaStat.objects.filter(pk=old.pk).exists()
     assert ReplicaStat.objects.filter(pk=fresh.pk).exists()
 
@@ -94,7 +94,7 @@ def _deploy_and_sample(engineer, team, name: str) -> tuple[Deployment, list[Repl
     # Some work for the replica between two samples.
     _, secret = make_token(engineer, name=f"stats-{name}")
     gateway_client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    assert services.collect_replica_stats() == 1
+    assert rollups.collect_replica_stats() == 1
     for _ in range(20):
         response = gateway_client.post(f"/serve/{name}/invocations",
                                        content_type="application/json",
@@ -104,7 +104,7 @@ def _deploy_and_sample(engineer, team, name: str) -> tuple[Deployment, list[Repl
     # A replica row whose process vanished meanwhile is skipped, not an error.
     Replica.objects.create(deployment=d, runtime_id=f"mp-{name}-r1-9", revision=1, index=9,
                            status="ready", ready=True)
-    assert services.collect_replica_stats() == 1
+    assert rollups.collect_replica_stats() == 1
     rows = list(ReplicaStat.objects.filter(deployment=d).order_by("at"))
     assert [r.runtime_id for r in rows] == [replica.runtime_id] * 2
     assert all(r.revision == 1 and r.index == 0 for r in rows)
@@ -191,6 +191,6 @@ def test_a_deployment_deleted_while_sampling_costs_only_its_own_samples(deployme
     for d in (deployment, other_deployment):
         Replica.objects.create(deployment=d, runtime_id=f"{d.name}-r1-0", revision=1, index=0,
                                status="ready", ready=True)
-    assert services.collect_replica_stats(runtime=_DeletingRuntime(other_deployment)) == 1
+    assert rollups.collect_replica_stats(runtime=_DeletingRuntime(other_deployment)) == 1
     assert list(ReplicaStat.objects.values_list("deployment_id", "runtime_id")) == [
         (deployment.pk, f"{deployment.name}-r1-0")]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from monitoring import services, stats
+from monitoring import rollups, services, stats
 from monitoring.models import FeatureSketch, MinuteRollup, PredictionRecord
 from tests.fixtures import bearer_client
 
@@ -51,7 +51,7 @@ def test_rollup_is_incremental_and_skips_records_still_in_flight(deployment, set
     ingest_direct(deployment, [record(i, t0) for i in range(10)])
     now = datetime.now(UTC)
     # Just received: left for the next pass.
-    assert services.rollup(now=now) == 0
+    assert rollups.rollup(now=now) == 0
     assert roll() == 10
     ingest_direct(deployment, [record(100 + i, t0) for i in range(5)])
     assert roll() == 5
@@ -104,7 +104,7 @@ def test_prune_removes_old_raw_records_but_keeps_rollups(deployment, settings):
     ingest_direct(deployment, [record(i, old) for i in range(5)]
                   + [record(10 + i, minutes_ago(3)) for i in range(3)])
     roll()
-    result = services.prune()
+    result = rollups.prune()
     assert result["records"] == 5
     assert PredictionRecord.objects.count() == 3
     assert sum(MinuteRollup.objects.values_list("count", flat=True)) == 8

@@ -83,7 +83,7 @@ def test_reference_data_is_profiled_by_the_task_and_the_version_shows_its_state(
 def test_drift_uses_the_reference_once_ready(iris, team_engineer, sklearn_pickle,
                                             django_capture_on_commit_callbacks):
     from deployments.models import Deployment, Revision
-    from monitoring import services as monitoring
+    from monitoring import rollups
 
     register(bearer_client(team_engineer), django_capture_on_commit_callbacks,
              SimpleUploadedFile("train.csv", reference_csv()), sklearn_pickle)
@@ -93,9 +93,9 @@ def test_drift_uses_the_reference_once_ready(iris, team_engineer, sklearn_pickle
     deployment = Deployment.objects.create(name="iris-prod", team=iris.team, model=iris,
                                            version=version, revision=1)
     Revision.objects.create(deployment=deployment, number=1, model_version=version)
-    assert monitoring._reference_of(deployment.pk, 1) == {}  # pending: no baseline yet
+    assert rollups.reference_of(deployment.pk, 1) == {}  # pending: no baseline yet
     tasks.compute_reference(version.pk)
-    assert monitoring._reference_of(deployment.pk, 1)["source"] == "reference_data"
+    assert rollups.reference_of(deployment.pk, 1)["source"] == "reference_data"
 
 
 def test_without_reference_data_the_input_example_is_profiled_by_the_task(

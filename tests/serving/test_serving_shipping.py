@@ -157,7 +157,7 @@ def test_sampling_rate_from_the_ingest_answer_leaves_records_out_before_any_work
     for request_id in ids:
         buf.add((request_id, 1_700_000_000.0, 1.0, 200, "invocations", None, None, None))
     kept = [r[0] for r in buf.take(5000)]
-    # The ingest endpoint's rule (monitoring.services._keep): crc32 of the request id.
+    # The ingest endpoint's rule (monitoring.ingest._keep): crc32 of the request id.
     assert kept == [i for i in ids if zlib.crc32(i) / 2**32 < 0.25]
     assert 400 < len(kept) < 600 and buf.sampled_out == 2000 - len(kept)
     buf.add((kept[0], 1_700_000_000.0, 1.0, 200, "invocations", None, None, None))

@@ -1,0 +1,223 @@
+"""Alert rules: their verbs, the evaluation the beat runs, and what notifications say.
+
+A rule watches one metric (``METRICS``) of one deployment over a window. ``evaluate_alerts``
+computes each enabled rule's value with the reads the charts use (``monitoring.services``) and
+opens or resolves ``Alert`` rows; ``monitoring.tasks`` sends the notifications after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import Conflict, InvalidInput
+from deployments.models import Deployment
+from teams import audit
+from teams.access import require_team_role
+from teams.roles import Role
+
+from . import webhooks
+from .models import Alert, AlertRule, AlertState, Comparison
+from .services import drift_report, metrics_series, quality_series, revision_row
+from .stats import minute_of
+
+log = logging.getLogger(__name__)
+
+
+# --- Alert rules -----------------------------------------------------------------------------
+METRICS = {
+    "latency_p50": "p50 latency (ms)",
+    "latency_p95": "p95 latency (ms)",
+    "latency_p99": "p99 latency (ms)",
+    "error_rate": "error rate (%)",
+    "gateway_error_rate": "gateway error rate (%): 502/503/504 answered by the gateway",
+    "gateway_errors": "gateway errors: 502/503/504 answered by the gateway",
+    "requests_per_min": "requests per minute",
+    "psi_max": "largest PSI of any feature",
+    "drifted_features": "number of drifted features",
+    "accuracy": "accuracy (0-1)",
+    "f1": "macro F1 (0-1)",
+    "mae": "mean absolute error",
+    "rmse": "root mean squared error",
+}
+RULE_FIELDS = ["name", "metric", "window_minutes", "comparison", "threshold", "enabled",
+               "webhook_url", "emails", "retrain_webhook_url"]
+
+
+def _check_rule(data: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate a rule's fields. ``stored``: the rule's current values — a webhook URL left as
+    it was is not checked again here (it is at each delivery), so a rule whose destination has
+    since become internal can still be disabled or edited."""
+    if data.get("metric") not in METRICS:
+        raise InvalidInput(f"Unknown metric '{data.get('metric')}'; use one of "
+                           f"{', '.join(sorted(METRICS))}.", field="metric")
+    if data.get("comparison", ">") not in Comparison.values:
+        raise InvalidInput("comparison must be one of >, >=, <, <=.", field="comparison")
+    window = data.get("window_minutes", 5)
+    if not isinstance(window, int) or not 1 <= window <= 7 * 24 * 60:
+        raise InvalidInput("window_minutes must be 1-10080.", field="window_minutes")
+    threshold = data.get("threshold")
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise InvalidInput("threshold must be a number.", field="threshold")
+    emails = data.get("emails") or []
+    if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e
+                                               for e in emails):
+        raise InvalidInput("emails must be a list of addresses.", field="emails")
+    data["emails"] = emails
+    for field in ("webhook_url", "retrain_webhook_url"):
+        value = data.get(field, "")
+        if stored is None or value != stored.get(field):
+            data[field] = webhooks.check_rule_url(value, field)
+    return data
+
+
+def _check_rule_name(deployment: Deployment, name: Any, exclude: int | None = None) -> str:
+    name = (name or "").strip() if isinstance(name, str) else ""
+    if not 0 < len(name) <= 100:
+        raise InvalidInput("name must be 1-100 characters.", field="name")
+    taken = AlertRule.objects.filter(deployment=deployment, name=name)
+    if exclude is not None:
+        taken = taken.exclude(pk=exclude)
+    if taken.exists():
+        raise Conflict(f"Deployment '{deployment.name}' already has a rule named '{name}'.",
+                       code="name_taken", field="name")
+    return name
+
+
+@transaction.atomic
+def create_alert_rule(*, actor, deployment: Deployment, name: str, metric: str,
+                      threshold: float, comparison: str = ">", window_minutes: int = 5,
+                      webhook_url: str = "", emails: list[str] | None = None,
+                      retrain_webhook_url: str = "", enabled: bool = True) -> AlertRule:
+    require_team_role(actor, deployment.team, Role.ENGINEER, "creating alert rules")
+    name = _check_rule_name(deployment, name)
+    data = _check_rule({"metric": metric, "threshold": threshold, "comparison": comparison,
+                        "window_minutes": window_minutes, "webhook_url": webhook_url,
+                        "emails": emails, "retrain_webhook_url": retrain_webhook_url})
+    rule = AlertRule.objects.create(deployment=deployment, name=name, enabled=enabled,
+                                    created_by=actor, **data)
+    audit.record(actor=actor, action="alert_rule.created", obj=rule, team=deployment.team,
+                 after=audit.snapshot(rule, RULE_FIELDS))
+    return rule
+
+
+@transaction.atomic
+def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
+    require_team_role(actor, rule.deployment.team, Role.ENGINEER, "editing alert rules")
+    rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
+    before = audit.snapshot(rule, RULE_FIELDS)
+    stored = {f: getattr(rule, f) for f in RULE_FIELDS}
+    data = stored | {k: v for k, v in changes.items() if k in RULE_FIELDS and v is not None}
+    data["name"] = _check_rule_name(rule.deployment, data.get("name"), exclude=rule.pk)
+    data = _check_rule(data, stored=stored)
+    for field, value in data.items():
+        setattr(rule, field, value)
+    rule.save()
+    after = audit.snapshot(rule, RULE_FIELDS)
+    if after != before:
+        audit.record(actor=actor, action="alert_rule.updated", obj=rule,
+                     team=rule.deployment.team, before=before, after=after)
+    return rule
+
+
+@transaction.atomic
+def delete_alert_rule(*, actor, rule: AlertRule) -> None:
+    require_team_role(actor, rule.deployment.team, Role.ENGINEER, "deleting alert rules")
+    audit.record(actor=actor, action="alert_rule.deleted", obj=rule, team=rule.deployment.team,
+                 before=audit.snapshot(rule, RULE_FIELDS))
+    rule.delete()
+
+
+def metric_value(rule: AlertRule, now: datetime) -> float | None:
+    """The rule's metric over its window ending ``now``; None when there is no data."""
+    end = minute_of(now)
+    start = end - timedelta(minutes=rule.window_minutes)
+    deployment = rule.deployment
+    metric = rule.metric
+    if metric in ("psi_max", "drifted_features"):
+        report = drift_report(deployment=deployment, start=start, end=now)
+        measured = [f for f in report["features"] if f["n"] > 0]
+        if not measured:
+            return None
+        if metric == "psi_max":
+            return max(f["psi"] for f in measured)
+        return float(sum(f["drifted"] for f in measured))
+    if metric in ("accuracy", "f1", "mae", "rmse"):
+        quality = quality_series(deployment=deployment, start=start, end=end,
+                                 step=rule.window_minutes * 60)
+        return quality["totals"].get(metric)
+    series = metrics_series(deployments=[deployment], start=start, end=end,
+                            step=rule.window_minutes * 60)
+    totals = series["totals"]
+    if metric == "requests_per_min":
+        return (totals["requests"] or 0.0) / rule.window_minutes
+    return totals.get(metric)
+
+
+def _breaches(value: float, comparison: str, threshold: float) -> bool:
+    return {">": value > threshold, ">=": value >= threshold, "<": value < threshold,
+            "<=": value <= threshold}[comparison]
+
+
+def describe(rule: AlertRule, value: float | None) -> str:
+    shown = "no data" if value is None else f"{value:.4g}"
+    return (f"{rule.deployment.name}: {rule.name} — {METRICS.get(rule.metric, rule.metric)} "
+            f"over {rule.window_minutes} min is {shown} (rule: {rule.comparison} "
+            f"{rule.threshold:g})")
+
+
+def evaluate_alerts(*, now: datetime | None = None) -> list[tuple[int, str]]:
+    """Evaluate every enabled rule; open or resolve alerts. Returns (alert id, event) pairs
+    for the notifications to send (the task enqueues them after commit)."""
+    now = now or timezone.now()
+    events = []
+    for rule in AlertRule.objects.filter(enabled=True).select_related("deployment",
+                                                                       "deployment__model"):
+        try:
+            value = metric_value(rule, now)
+        except Exception:  # one broken rule must not stop the others
+            log.exception("evaluating alert rule %s failed", rule.pk)
+            continue
+        with transaction.atomic():
+            AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now, last_value=value)
+            open_alert = (Alert.objects.select_for_update()
+                          .filter(rule=rule, state=AlertState.FIRING).first())
+            breach = value is not None and _breaches(value, rule.comparison, rule.threshold)
+            if breach and open_alert is None:
+                alert = Alert.objects.create(rule=rule, value=value, started_at=now,
+                                             message=describe(rule, value))
+                events.append((alert.pk, "firing"))
+            elif open_alert is not None and value is not None and not breach:
+                open_alert.state = AlertState.RESOLVED
+                open_alert.resolved_at = now
+                open_alert.value = value
+                open_alert.save(update_fields=["state", "resolved_at", "value"])
+                events.append((open_alert.pk, "resolved"))
+            elif open_alert is not None and value is not None:
+                Alert.objects.filter(pk=open_alert.pk).update(value=value)
+    return events
+
+
+def notification_text(alert: Alert, event: str) -> str:
+    mark = "🔴 FIRING" if event == "firing" else "✅ RESOLVED"
+    link = f"{settings.MODELPORT_BASE_URL.rstrip('/')}/monitoring/deployments/" \
+           f"{alert.rule.deployment.name}/"
+    return f"{mark} {describe(alert.rule, alert.value)} — {link}"
+
+
+def retrain_payload(alert: Alert) -> dict[str, Any]:
+    rule = alert.rule
+    deployment = rule.deployment
+    rev = revision_row(deployment, deployment.revision)
+    return {"event": "alert.firing", "alert_id": alert.pk, "rule": rule.name,
+            "metric": rule.metric, "value": alert.value, "threshold": rule.threshold,
+            "comparison": rule.comparison, "deployment": deployment.name,
+            "model": deployment.model.name,
+            "version": rev.model_version.version if rev else None,
+            "started_at": alert.started_at.isoformat()}
