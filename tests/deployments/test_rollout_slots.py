@@ -9,8 +9,10 @@ machine. Every other deployment runs the real model server, as a local process.
 
 1. With one worker slot, a canary waits between its steps while another deployment's reconciles
    run and make it healthy; the canary then resumes on its own (beat or a countdown task).
-2. Twenty deployments in canary at once: a new deployment's first replica is ready, and the
-   deployment healthy, in under 10 s.
+2. Twenty deployments in canary at once, each with an hour between steps, and two worker slots:
+   a new deployment still becomes healthy while every canary waits at its first step (a canary
+   that held a slot while it waited would block it for the hour). The time it took is printed,
+   not asserted (no timing assertions: the machine is shared).
 """
 
 from __future__ import annotations
@@ -198,5 +200,4 @@ def test_twenty_canaries_in_progress_do_not_delay_a_new_deployment(reconciler, e
               f"{first_ready:.2f} s, healthy after {healthy_after:.2f} s; its replica was "
               f"started {(started - created).total_seconds():.2f} s after it was created (the "
               f"rest is the model server starting) (load average {os.getloadavg()[0]:.2f})")
-    assert first_ready < 10 and healthy_after < 10
     assert all(in_first_step(name)() for name in names)  # they are still at their first step
