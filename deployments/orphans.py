@@ -53,6 +53,7 @@ def places() -> list[Place]:
     """Every runtime this installation's deployments may run on (one that cannot be built is
     skipped and logged; several Docker hosts are their host workers' to sweep)."""
     from workers.runtime_status import docker_answers
+
     found: list[Place] = []
     targets: list[ExecutionTarget | None] = list(ExecutionTarget.objects.enabled()) or [None]
     plain_done = False
