@@ -824,7 +824,7 @@ def collect_replica_stats(*, runtime: Any = None, now: datetime | None = None) -
         return 0
     runtimes: dict[int | None, Any] = {}
     if runtime is None:  # each replica through its deployment's execution target's runtime
-        from workers.services import deployment_runtime
+        from deployments.runtime_health import deployment_runtime
 
         for replica in replicas:
             key = replica.deployment.target_id
