@@ -18,7 +18,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include("registry.api.urls")),
     path("", include("quotas.api.urls")),
     path("", include("deployments.api.urls")),
-    path("", include("workers.api.urls")),
+    path("", include("compute.api.urls")),
     path("", include("monitoring.api.urls")),
 ]
 
@@ -50,6 +50,6 @@ urlpatterns = [
     # MLflow's tracking API and UI, behind the platform's sign-in (registry/mlflow_route.py).
     path("mlflow/", mlflow_route, name="mlflow"),
     path("mlflow/<path:rest>", mlflow_route, name="mlflow-path"),
-    path("capacity/targets/", include("workers.urls")),
+    path("capacity/targets/", include("compute.urls")),
     path("", include("frontend.urls")),
 ]

@@ -1,20 +1,26 @@
-"""The one place deployments talk to quota admission (``quotas.services``)."""
+"""The one place deployments talk to quota admission (``quotas.services``) and to the GPU
+inventory (``compute.inventory``)."""
 
 from __future__ import annotations
 
 import contextlib
 from decimal import Decimal
 
+from django.db import transaction
+
+from compute import inventory, targets
+from config.errors import NotFound
+from quotas import services as quotas
+from quotas.models import Reservation
 from teams.models import Team
+
+from .models import Deployment
 
 
 def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb: int,
                gpus: int, actor=None) -> None:
     """Reserve ``replicas`` x resources (and one deployment) for ``owner``, or raise
     ``Conflict(code="quota_exceeded")`` with the numbers. Idempotent: sets the totals."""
-    from quotas import services as quotas
-    from quotas.models import Reservation
-
     totals = {"cpu": Decimal(cpu) * replicas, "memory_mb": memory_mb * replicas,
               "gpus": gpus * replicas, "deployments": 1}
     check_target(owner=owner, cpu=totals["cpu"], memory_mb=totals["memory_mb"],
@@ -28,10 +34,6 @@ def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb
 def check_target(*, owner: str, cpu: Decimal, memory_mb: int, gpus: int) -> None:
     """The deployment's execution target must hold it, when the target has registered
     capacity: ``Conflict(code="target_capacity_exceeded")`` otherwise."""
-    from workers import services as targets
-
-    from .models import Deployment
-
     d = Deployment.objects.filter(name=owner.removeprefix("deployment:")).first()
     target = targets.deployment_target(d) if d is not None else targets.default_target()
     if target is not None:
@@ -40,28 +42,23 @@ def check_target(*, owner: str, cpu: Decimal, memory_mb: int, gpus: int) -> None
 
 
 def release_spec(*, owner: str, actor=None) -> None:
-    from quotas import services as quotas
-
-    quotas.release(owner=owner, actor=actor)
+    """Give back everything ``owner`` holds: its replicas' GPU devices, then its reservation,
+    in one transaction."""
+    with transaction.atomic():
+        inventory.release_gpus(owner=owner)
+        quotas.release(owner=owner, actor=actor)
 
 
 def mark_running(*, owner: str, running: bool) -> None:
-    from config.errors import NotFound
-    from quotas import services as quotas
-
     with contextlib.suppress(NotFound):
         quotas.mark_running(owner=owner, running=running)
 
 
 def gpu_devices(*, team: Team, owner: str, count: int) -> list[str]:
     """Specific GPU devices for one replica (idempotent per owner), as Docker device ids."""
-    from quotas import services as quotas
-
-    quotas.allocate_gpus(team=team, count=count, owner=owner)
-    return quotas.device_ids(owner)
+    inventory.allocate_gpus(team=team, count=count, owner=owner)
+    return inventory.device_ids(owner)
 
 
 def release_gpus(*, owner: str) -> None:
-    from quotas import services as quotas
-
-    quotas.release_gpus(owner=owner)
+    inventory.release_gpus(owner=owner)

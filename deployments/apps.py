@@ -9,7 +9,14 @@ class DeploymentsConfig(AppConfig):
         # Deployments follow registry aliases; the registry announces a move with a signal
         # because it sits below deployments and never imports it.
         from registry.signals import alias_moved
+        from workers import factory, installation
 
+        from .hosts_runtime import HostsRuntime
+        from .legacy_replicas import owns_legacy_replica
         from .services import on_alias_moved
 
         alias_moved.connect(on_alias_moved, dispatch_uid="deployments.follow_alias")
+        # The runtimes (workers, below) build several Docker hosts' runtime and recognise
+        # legacy replicas through what this app registers, never by importing it.
+        factory.register_target_runtime("hosts", HostsRuntime)
+        installation.register_legacy_owner(owns_legacy_replica)

@@ -4,8 +4,8 @@ from typing import Any
 
 from django import forms
 
+from compute.models import ExecutionTarget
 from teams.models import Team
-from workers.models import ExecutionTarget
 
 from .models import STRATEGIES
 

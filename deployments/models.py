@@ -11,11 +11,11 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from compute.models import RuntimeKind
 from core.replica_keys import new_key
 from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
 from teams.roles import is_platform_admin
-from workers.models import RuntimeKind
 
 name_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -59,7 +59,7 @@ class Deployment(models.Model):
     gpus = models.PositiveIntegerField(default=0)
     strategy = models.JSONField(default=dict, blank=True)
     target = models.ForeignKey(
-        "workers.ExecutionTarget", null=True, blank=True, on_delete=models.PROTECT,
+        "compute.ExecutionTarget", null=True, blank=True, on_delete=models.PROTECT,
         related_name="deployments",
         help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
                   "one flagged default).")
@@ -207,7 +207,7 @@ class Replica(models.Model):
     # Placement on one of several plain Docker hosts (a docker target with "placement":
     # "hosts", see workers/hosts.py). Empty on every other target: there the runtime is the
     # truth and this row only a cache.
-    host = models.ForeignKey("quotas.Host", null=True, blank=True, on_delete=models.SET_NULL,
+    host = models.ForeignKey("compute.Host", null=True, blank=True, on_delete=models.SET_NULL,
                              related_name="replicas")
     cpu = models.DecimalField(max_digits=7, decimal_places=2, default=0,
                               help_text="What it reserves on its host.")

@@ -27,10 +27,11 @@ from typing import Any
 
 from django.conf import settings
 
+from compute.models import ExecutionTarget, RuntimeKind
+from compute.runtime_choice import follows_settings, runtime_label
+from compute.targets import deployment_target
 from teams import audit
 from workers import factory
-from workers.models import ExecutionTarget, RuntimeKind
-from workers.runtime_choice import follows_settings, runtime_label
 
 from . import admission
 from .models import Deployment, DeploymentEvent, Revision
@@ -92,8 +93,6 @@ def why_orphan(state: Any, place: Place, deployments: dict[str, Deployment],
 
 
 def _target_of(d: Deployment) -> ExecutionTarget | None:
-    from workers.services import deployment_target
-
     return deployment_target(d)
 
 

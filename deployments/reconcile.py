@@ -28,10 +28,10 @@ from core import replica_keys
 from registry import storage
 from registry.models import ModelVersion
 from serving import sockets
-from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
 from . import admission, hooks, retries, runtime_health, strategies
+from .hosts_runtime import PlacementPending
 from .locks import deployment_lock
 from .models import (
     Deployment,
@@ -781,9 +781,9 @@ def remove_deployment_containers(name: str, runtime: Any = None,
     on the execution target it ran on (``target_id``; None: the default target), of the
     runtime kind fixed for it (``kind``; empty: the target's)."""
     if runtime is None:
-        from workers.models import ExecutionTarget
-        from workers.runtime_choice import runtime_on
-        from workers.services import default_target
+        from compute.models import ExecutionTarget
+        from compute.runtime_choice import runtime_on
+        from compute.targets import default_target
 
         target = (ExecutionTarget.objects.filter(pk=target_id).first() if target_id
                   else default_target())

@@ -1,6 +1,7 @@
 """A deployment whose runtime does not answer: degraded, with the reason, never moved.
 
-Its runtime was fixed when it was created (``workers.runtime_choice``). When that runtime stops
+Its runtime was fixed when it was created (``compute.runtime_choice``; ``fix_runtime`` here for
+deployments made before runtimes were fixed). When that runtime stops
 answering — the Docker daemon stopped, a Swarm manager or a Kubernetes API server out of reach
 — a reconcile cannot see or change its replicas, so it changes nothing: the deployment reads
 ``degraded`` with the reason (one event when that starts, one when the runtime answers again),
@@ -15,8 +16,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from workers.models import RuntimeKind
-from workers.runtime_choice import runtime_label
+from compute.models import RuntimeKind
+from compute.runtime_choice import choose_runtime, runtime_label, runtime_on
+from compute.targets import deployment_target
 
 from .models import Deployment, DeploymentEvent, DeploymentStatus
 
@@ -25,10 +27,30 @@ PREFIX = "Runtime unreachable: "
 ALWAYS_ANSWER = (RuntimeKind.LOCAL, RuntimeKind.DOCKER_HOSTS)
 
 
+def fix_runtime(deployment: Any) -> str:
+    """A deployment's runtime; one made before runtimes were fixed (empty) gets it decided
+    now, once, and recorded (with an event)."""
+    if deployment.runtime:
+        return deployment.runtime
+    kind = choose_runtime(deployment_target(deployment))
+    if Deployment.objects.filter(pk=deployment.pk, runtime="").update(runtime=kind):
+        DeploymentEvent.objects.create(
+            deployment=deployment, revision=deployment.revision or None,
+            message=f"Runtime fixed: {RuntimeKind(kind).label}. Every reconcile uses it from "
+                    "now on; it is never moved to another runtime.")
+    deployment.runtime = Deployment.objects.filter(pk=deployment.pk) \
+        .values_list("runtime", flat=True).first() or kind
+    return deployment.runtime
+
+
+def deployment_runtime(deployment: Any) -> Any:
+    """The runtime that carries out this deployment: its target's, of the kind fixed when it
+    was created (``compute.runtime_choice``)."""
+    return runtime_on(deployment_target(deployment), fix_runtime(deployment))
+
+
 def runtime_of(d: Deployment) -> tuple[Any, str]:
     """(the deployment's runtime, "") or (None, why it could not even be built)."""
-    from workers.services import deployment_runtime
-
     try:
         return deployment_runtime(d), ""
     except Exception as exc:  # no SDK, bad kubeconfig, unreadable settings: reported

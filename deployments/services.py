@@ -16,14 +16,14 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from compute import targets
+from compute.runtime_choice import choose_runtime
 from config.errors import Conflict, InvalidInput, NotFound
 from registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionStatus
 from teams import audit
 from teams.access import require_platform_admin, require_team_role
 from teams.models import Team
 from teams.roles import Role
-from workers import services as targets
-from workers.runtime_choice import choose_runtime
 
 from . import admission, retries
 from .models import (
@@ -36,6 +36,7 @@ from .models import (
     ShadowSample,
     name_validator,
 )
+from .runtime_health import deployment_runtime
 
 DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
                      "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "runtime",
@@ -254,7 +255,7 @@ def _locked(d: Deployment) -> Deployment:
 def create_deployment(*, actor, team: Team, name: str, model: str, version: Any = None,
                       alias: Any = None, replicas: Any = 1, resources: Any = None,
                       strategy: Any = None, target: Any = None) -> Deployment:
-    """``target``: the execution target's name (default: ``workers.services.default_target``)."""
+    """``target``: the execution target's name (default: ``compute.targets.default_target``)."""
     require_team_role(actor, team, Role.ENGINEER, "deploying models")
     try:
         name_validator(name)
@@ -562,8 +563,6 @@ def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
     """Recent log lines of one replica (or of each), read through the runtime; ``error`` says
     why a replica's could not be read."""
     require_team_role(actor, deployment.team, Role.VIEWER, "reading logs")
-    from workers.services import deployment_runtime
-
     ids = list(deployment.replica_set.values_list("runtime_id", flat=True))
     if replica:
         if replica not in ids:

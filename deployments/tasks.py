@@ -1,5 +1,6 @@
 """Celery tasks of deployments: reconcile one, reconcile all (beat), sweep orphans (beat),
-remove a deleted one's containers."""
+remove a deleted one's containers. The host workers' tasks are in ``host_tasks`` (imported
+here so that autodiscovery registers them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+
+from . import host_tasks  # noqa: F401 - registers the host workers' tasks
 
 log = logging.getLogger(__name__)
 

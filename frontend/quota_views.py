@@ -12,6 +12,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from compute import inventory
+from compute.models import ExecutionTarget
+from compute.targets import target_summary
 from core.portal import apply_service
 from notifications.models import Notification
 from notifications.services import mark_read
@@ -31,7 +34,7 @@ def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
     team = get_visible_team(request.user, slug)
     intent = request.POST.get("intent") if request.method == "POST" else None
     request_form = ResourceRequestForm(request.POST if intent == "request" else None,
-                                       gpu_models=services.gpu_models())
+                                       gpu_models=inventory.gpu_models())
     usage = services.usage(team)
     quota_form = QuotaSetForm(request.POST if intent == "set" else None,
                               initial=usage.base.as_dict())
@@ -124,17 +127,14 @@ def capacity(request: HttpRequest) -> HttpResponse:
     admin = is_platform_admin(request.user)
     form = HostForm(request.POST or None) if admin else None
     if form is not None and request.method == "POST" and form.is_valid() and apply_service(
-            request, form, lambda: services.register_host(actor=request.user,
-                                                          **form.cleaned_data)):
+            request, form, lambda: inventory.register_host(actor=request.user,
+                                                           **form.cleaned_data)):
         messages.success(request, f"Registered {form.cleaned_data['name']}.")
         return redirect("frontend:capacity")
-    from workers.models import ExecutionTarget
-    from workers.targets import target_summary
-
     platform = team_services.platform_settings()
     host_index, host_extra = host_pip_index()
     return render(request, "frontend/capacity.html", {
-        "capacity": services.capacity(request.user), "form": form,
+        "capacity": inventory.capacity(request.user), "form": form,
         "targets": [target_summary(t) for t in ExecutionTarget.objects.order_by("name")],
         "platform": platform, "host_index": host_index, "host_extra_indexes": host_extra,
         "settings_form": PlatformSettingsForm(initial={

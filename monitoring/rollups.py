@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from core.lazy_imports import lazy_module
 from deployments.models import Deployment, Replica, Revision
-from workers.services import deployment_runtime
+from deployments.runtime_health import deployment_runtime
 
 from . import extract, gateway_errors, prom, stats
 from .models import (

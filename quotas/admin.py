@@ -1,4 +1,4 @@
-"""Django admin for quotas and capacity. Every change goes through services, so it is audited."""
+"""Django admin for quotas. Every change goes through services, so it is audited."""
 
 from __future__ import annotations
 
@@ -15,15 +15,7 @@ from teams.admin import TeamAdmin
 from teams.models import Team
 
 from . import services
-from .models import (
-    GpuAllocation,
-    GpuDevice,
-    Host,
-    QuotaGrant,
-    Reservation,
-    ResourceRequest,
-    TeamQuota,
-)
+from .models import QuotaGrant, Reservation, ResourceRequest, TeamQuota
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -143,81 +135,6 @@ class ResourceRequestAdmin(admin.ModelAdmin):
                 self.message_user(request, f"#{item.pk}: {exc.message}", level=messages.ERROR)
         self.message_user(request, f"Denied {done} request(s).")
         return None
-
-
-class GpuDeviceInline(admin.TabularInline):
-    model = GpuDevice
-    extra = 1
-    fields = ["device_id", "model", "active"]
-
-    def get_readonly_fields(self, request, obj=None):
-        return ["active"]
-
-
-@admin.register(Host)
-class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
-    list_display = ["name", "kind", "cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
-                    "gpu_count", "active", "state", "last_heartbeat", "placed_replicas"]
-    list_filter = ["kind", "active", "state"]
-    # Written by the host worker's heartbeat (several plain Docker hosts), not by hand.
-    heartbeat_fields = ["queue", "target", "address", "docker_version", "state",
-                        "last_heartbeat", "lost_at"]
-
-    @admin.display(description="Replicas placed")
-    def placed_replicas(self, host: Host) -> int:
-        return host.replicas.count()
-    search_fields = ["name", "gpus__device_id", "gpus__model"]
-    inlines = [GpuDeviceInline]
-
-    @admin.display(description="GPUs")
-    def gpu_count(self, host: Host) -> int:
-        return host.gpus.filter(active=True).count()
-
-    def get_readonly_fields(self, request, obj=None):
-        return ["name", *self.heartbeat_fields] if obj else self.heartbeat_fields
-
-    def save_model(self, request: HttpRequest, obj: Host, form, change: bool) -> None:
-        values = {f: getattr(obj, f) for f in ("cpu", "memory_mb", "cpu_overcommit",
-                                                "memory_overcommit", "kind")}
-        if change:
-            services.update_host(actor=request.user, host=obj, active=obj.active, **values)
-        else:
-            created = services.register_host(actor=request.user, name=obj.name, **values)
-            if not obj.active:
-                services.update_host(actor=request.user, host=created, active=False)
-            obj.pk, obj._state.adding, obj._state.db = created.pk, False, created._state.db
-
-    def save_formset(self, request, form, formset, change):
-        host = form.instance
-        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
-        for deleted in formset.deleted_forms:
-            if deleted.instance.pk:
-                services.remove_gpu(actor=request.user, device=deleted.instance)
-                formset.deleted_objects.append(deleted.instance)
-        for gpu_form in formset.forms:
-            if gpu_form in formset.deleted_forms or not gpu_form.has_changed():
-                continue
-            data = gpu_form.cleaned_data
-            if not data or not data.get("device_id"):
-                continue
-            if gpu_form.instance.pk:
-                self.message_user(request, "A registered GPU cannot be renamed; remove it and "
-                                  "add the new one.", level=messages.WARNING)
-                continue
-            device = services.add_gpu(actor=request.user, host=host,
-                                      device_id=data["device_id"], model=data["model"])
-            formset.new_objects.append(device)
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False  # deactivate instead, so allocations keep their history
-
-
-@admin.register(GpuAllocation)
-class GpuAllocationAdmin(ReadOnlyAdmin):
-    list_display = ["device", "team", "owner", "allocated_at", "released_at"]
-    list_select_related = ["device", "team"]
-    list_filter = ["team", "device__model"]
-    search_fields = ["owner", "device__device_id", "team__slug"]
 
 
 @admin.register(Reservation)

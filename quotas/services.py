@@ -1,4 +1,4 @@
-"""Business operations on quotas, resource requests, admission, GPUs and capacity.
+"""Business operations on quotas, resource requests and admission.
 
 One function per verb; the API, the portal, Django admin and Celery tasks all call these. Each
 mutation checks the actor's role (``teams.access``), runs in a transaction and writes an audit
@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q, Sum
+from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
@@ -28,10 +28,8 @@ from teams.access import require_platform_admin, require_team_role
 from teams.models import Team
 from teams.roles import Role
 
+from . import capacity
 from .models import (
-    GpuAllocation,
-    GpuDevice,
-    Host,
     QuotaGrant,
     Reservation,
     ResourceRequest,
@@ -42,8 +40,6 @@ QUOTA_FIELDS = ["cpu", "memory_mb", "gpus", "deployments"]
 REQUEST_FIELDS = ["status", "cpu", "memory_mb", "gpus", "gpu_model", "expires_at",
                   "granted_cpu", "granted_memory_mb", "granted_gpus", "comment"]
 RESERVATION_FIELDS = ["owner", "state", "cpu", "memory_mb", "gpus", "deployments"]
-HOST_FIELDS = ["name", "kind", "cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
-               "active"]
 
 # Anything above these is a typo, not a request (400, not 409).
 MAX_AMOUNT: dict[str, Decimal | int] = {"cpu": Decimal("100000"), "memory_mb": 1024 ** 3,
@@ -151,6 +147,17 @@ def get_quota(team: Team) -> TeamQuota:
 def _locked_quota(team: Team) -> TeamQuota:
     get_quota(team)
     return TeamQuota.objects.select_for_update().get(team=team)
+
+
+def lock_team(team: Team) -> TeamQuota:
+    """Lock the team's quota row: what serialises every admission (and GPU allocation) of
+    this team, until the transaction ends."""
+    return _locked_quota(team)
+
+
+def reserved(team: Team) -> Resources:
+    """What the team's reservations hold now (running and pending)."""
+    return _reserved(team)
 
 
 def _sum(queryset, names: Iterable[str]) -> dict:
@@ -377,9 +384,8 @@ def mark_running(*, owner: str, running: bool = True) -> Reservation:
 
 @transaction.atomic
 def release(*, owner: str, actor=None) -> bool:
-    """Give back everything ``owner`` holds (its reservation and its replicas' GPUs)."""
+    """Give back ``owner``'s reservation (its replicas' GPUs: ``compute.inventory``)."""
     owner = _owner(owner)
-    release_gpus(owner=owner)
     reservation = Reservation.objects.select_for_update().filter(owner=owner) \
         .select_related("team").first()
     if reservation is None:
@@ -396,103 +402,6 @@ def _owner(owner: str) -> str:
         raise InvalidInput("owner must be 1-200 characters, e.g. 'deployment:fraud-v2'.",
                            field="owner")
     return owner
-
-
-# --- GPUs ------------------------------------------------------------------------------------
-def gpu_models() -> list[str]:
-    return list(GpuDevice.objects.filter(active=True, host__active=True).order_by("model")
-                .values_list("model", flat=True).distinct())
-
-
-def _free_devices(model: str | None, host: Host | None = None):
-    busy = GpuAllocation.objects.filter(device=OuterRef("pk"), released_at__isnull=True)
-    devices = GpuDevice.objects.filter(active=True, host__active=True).filter(~Exists(busy))
-    if model:
-        devices = devices.filter(model=model)
-    if host is not None:
-        devices = devices.filter(host=host)
-    return devices.order_by("host__name", "device_id")
-
-
-def allocate_gpus(*, team: Team, count: int, owner: str, model: str | None = None,
-                  actor=None, host: Host | None = None) -> list[GpuAllocation]:
-    """Hand ``count`` specific devices to one replica (``owner``), within the team's reserved
-    GPUs. Idempotent for the same owner and count. Devices are never shared. ``host``: only
-    that host's devices (a replica placed on one of several Docker hosts)."""
-    owner = _owner(owner)
-    count = _whole(count, "count")
-    if count < 1 or count > MAX_AMOUNT["gpus"]:
-        raise InvalidInput("count must be at least 1.", field="count")
-    if model and model not in gpu_models():
-        raise InvalidInput(f"No GPU model '{model}' in the inventory.", field="gpu_model")
-    for _attempt in range(5):
-        try:
-            return _allocate_gpus(team=team, count=count, owner=owner, model=model, actor=actor,
-                                  host=host)
-        except IntegrityError:  # another team took the same device between read and insert
-            continue
-    raise Conflict("GPU inventory is busy; try again.", code="gpu_contention")
-
-
-@transaction.atomic
-def _allocate_gpus(*, team, count, owner, model, actor, host=None) -> list[GpuAllocation]:
-    _locked_quota(team)
-    existing = list(GpuAllocation.objects.active().filter(owner=owner).select_related("device"))
-    if existing:
-        if len(existing) == count and all(a.team_id == team.pk for a in existing):
-            return existing
-        raise Conflict(f"'{owner}' already holds {len(existing)} GPU(s); release them first.",
-                       code="gpus_already_allocated")
-    reserved = _reserved(team).gpus
-    in_use = GpuAllocation.objects.active().filter(team=team).count()
-    if in_use + count > reserved:
-        raise Conflict(f"needs {count} GPU{'s' if count != 1 else ''}; team {team.slug} has "
-                       f"{reserved - in_use} of {reserved} reserved GPUs unassigned.",
-                       code="quota_exceeded")
-    devices = list(_free_devices(model, host).select_for_update(skip_locked=True)[:count])
-    if len(devices) < count:
-        what = (f" of model {model}" if model else "") + (f" on {host.name}" if host else "")
-        raise Conflict(f"needs {count} GPU{'s' if count != 1 else ''}{what}; only "
-                       f"{len(devices)} free in the inventory.", code="gpus_unavailable")
-    now = timezone.now()
-    with transaction.atomic():
-        allocations = [GpuAllocation.objects.create(device=d, team=team, owner=owner,
-                                                    allocated_at=now) for d in devices]
-    audit.record(actor=actor, action="gpu.allocated", object_type="gpuallocation",
-                 object_id=owner, object_repr=owner, team=team,
-                 after={"devices": [str(d) for d in devices]})
-    return allocations
-
-
-@transaction.atomic
-def release_gpus(*, owner: str, actor=None) -> int:
-    """Free the devices of a stopped replica (or of every replica under ``owner/``)."""
-    owner = _owner(owner)
-    allocations = list(GpuAllocation.objects.select_for_update().active()
-                       .filter(Q(owner=owner) | Q(owner__startswith=f"{owner}/"))
-                       .select_related("device__host", "team"))
-    if not allocations:
-        return 0
-    now = timezone.now()
-    GpuAllocation.objects.filter(pk__in=[a.pk for a in allocations]).update(released_at=now)
-    audit.record(actor=actor, action="gpu.released", object_type="gpuallocation",
-                 object_id=owner, object_repr=owner, team=allocations[0].team,
-                 before={"devices": [str(a.device) for a in allocations]})
-    return len(allocations)
-
-
-def release_stale_gpus(*, live_owners: Iterable[str], actor=None) -> int:
-    """Free devices whose replica no longer exists (crashed without releasing)."""
-    live = set(live_owners)
-    stale = set(GpuAllocation.objects.active().exclude(owner__in=live)
-                .values_list("owner", flat=True))
-    return sum(release_gpus(owner=owner, actor=actor) for owner in sorted(stale))
-
-
-def device_ids(owner: str) -> list[str]:
-    """What the Docker runtime passes as ``device_requests`` for this replica."""
-    return list(GpuAllocation.objects.active().filter(owner=owner)
-                .order_by("device__device_id").values_list("device__device_id", flat=True))
 
 
 # --- Quotas set by platform admins --------------------------------------------------------------
@@ -524,23 +433,20 @@ def _check_capacity(team: Team, limits: Resources, *, gpu_model: str | None) -> 
             raise Conflict(f"That would give team {team.slug} a {name} limit of "
                            f"{fmt(getattr(limits, name))}, beyond any machine here.",
                            code="exceeds_capacity")
-    hosts = list(Host.objects.filter(active=True))
-    if not hosts:
+    total = capacity.current()
+    if total is None:
         return
-    total = capacity_totals(hosts)
     problems = []
-    if limits.cpu > total["schedulable_cpu"]:
+    if limits.cpu > total.schedulable_cpu:
         problems.append(f"{fmt(limits.cpu)} CPU but the platform has "
-                        f"{fmt(total['schedulable_cpu'])} (with overcommit)")
-    if limits.memory_mb > total["schedulable_memory_mb"]:
+                        f"{fmt(total.schedulable_cpu)} (with overcommit)")
+    if limits.memory_mb > total.schedulable_memory_mb:
         problems.append(f"{limits.memory_mb} MB memory but the platform has "
-                        f"{total['schedulable_memory_mb']} MB (with overcommit)")
-    devices = GpuDevice.objects.filter(active=True, host__active=True)
-    if gpu_model:
-        devices = devices.filter(model=gpu_model)
-    if limits.gpus > devices.count():
+                        f"{total.schedulable_memory_mb} MB (with overcommit)")
+    devices = total.gpus_by_model.get(gpu_model, 0) if gpu_model else total.gpus
+    if limits.gpus > devices:
         what = f" {gpu_model}" if gpu_model else ""
-        problems.append(f"{limits.gpus} GPUs but the platform has {devices.count()}{what}")
+        problems.append(f"{limits.gpus} GPUs but the platform has {devices}{what}")
     if problems:
         raise Conflict(f"That would give team {team.slug} a limit of " + "; ".join(problems)
                        + ".", code="exceeds_capacity")
@@ -613,7 +519,7 @@ def file_request(*, actor, team: Team, justification: str, cpu=0, memory_mb=0,
         raise InvalidInput("Say why the team needs it.", field="justification")
     gpu_model = (gpu_model or "").strip()
     if gpu_model:
-        known = gpu_models()
+        known = capacity.gpu_models()
         if gpu_model not in known:
             choices = ", ".join(known) or "none registered"
             raise InvalidInput(f"Unknown GPU model '{gpu_model}'; the platform has: {choices}.",
@@ -769,186 +675,6 @@ def expire_grants(*, now: datetime | None = None) -> list[QuotaGrant]:
     return expired
 
 
-# --- Capacity ------------------------------------------------------------------------------------
-def _overcommit(value, field: str) -> Decimal:
-    ratio = _cpu(value, field)
-    if ratio < 1 or ratio > 100:
-        raise InvalidInput(f"{field} is a ratio between 1 (no overcommit) and 100.", field=field)
-    return ratio.quantize(Decimal("0.01"))
-
-
-def _gpu_inventory(gpus: Iterable) -> list[tuple[str, str]]:
-    inventory, seen = [], set()
-    for item in gpus or []:
-        device_id, model = ((item.get("device_id"), item.get("model")) if isinstance(item, dict)
-                            else item)
-        device_id, model = str(device_id or "").strip(), str(model or "").strip()
-        if not device_id or not model:
-            raise InvalidInput("Each GPU needs a device_id and a model.", field="gpus")
-        if device_id in seen:
-            raise InvalidInput(f"GPU device '{device_id}' is listed twice.", field="gpus")
-        seen.add(device_id)
-        inventory.append((device_id, model))
-    return inventory
-
-
-@transaction.atomic
-def register_host(*, actor, name: str, cpu, memory_mb, kind: str = Host.Kind.HOST,
-                  cpu_overcommit=1, memory_overcommit=1, gpus: Iterable = ()) -> Host:
-    """Add a host or pool, with its GPUs as ``[(device_id, model), ...]``."""
-    require_platform_admin(actor, "register capacity")
-    name = (name or "").strip()
-    if not name or len(name) > 100:
-        raise InvalidInput("A host needs a name (at most 100 characters).", field="name")
-    if kind not in Host.Kind.values:
-        raise InvalidInput(f"kind is one of {', '.join(Host.Kind.values)}.", field="kind")
-    amounts = _amounts(cpu=cpu, memory_mb=memory_mb)
-    inventory = _gpu_inventory(gpus)
-    if Host.objects.filter(name=name).exists():
-        raise Conflict(f"A host named '{name}' exists.", code="name_taken")
-    host = Host.objects.create(name=name, kind=kind, cpu=amounts.cpu,
-                               memory_mb=amounts.memory_mb,
-                               cpu_overcommit=_overcommit(cpu_overcommit, "cpu_overcommit"),
-                               memory_overcommit=_overcommit(memory_overcommit,
-                                                             "memory_overcommit"))
-    for device_id, model in inventory:
-        GpuDevice.objects.create(host=host, device_id=device_id, model=model)
-    audit.record(actor=actor, action="host.created", obj=host,
-                 after={**audit.snapshot(host, HOST_FIELDS),
-                        "gpus": [f"{d} ({m})" for d, m in inventory]})
-    return host
-
-
-@transaction.atomic
-def update_host(*, actor, host: Host, **changes) -> Host:
-    """Change cpu, memory_mb, overcommit ratios, kind or active (GPUs: add/remove_gpu)."""
-    require_platform_admin(actor, "edit capacity")
-    host = Host.objects.select_for_update().get(pk=host.pk)
-    before = audit.snapshot(host, HOST_FIELDS)
-    unknown = set(changes) - {"cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
-                              "active", "kind"}
-    if unknown:
-        raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a host.")
-    if "cpu" in changes or "memory_mb" in changes:
-        amounts = _amounts(cpu=changes.get("cpu", host.cpu),
-                           memory_mb=changes.get("memory_mb", host.memory_mb))
-        host.cpu, host.memory_mb = amounts.cpu, amounts.memory_mb
-    for field in ("cpu_overcommit", "memory_overcommit"):
-        if field in changes:
-            setattr(host, field, _overcommit(changes[field], field))
-    if "kind" in changes:
-        if changes["kind"] not in Host.Kind.values:
-            raise InvalidInput(f"kind is one of {', '.join(Host.Kind.values)}.", field="kind")
-        host.kind = changes["kind"]
-    if "active" in changes:
-        host.active = bool(changes["active"])
-    host.save()
-    after = audit.snapshot(host, HOST_FIELDS)
-    if after != before:
-        audit.record(actor=actor, action="host.updated", obj=host, before=before, after=after)
-    return host
-
-
-@transaction.atomic
-def add_gpu(*, actor, host: Host, device_id: str, model: str) -> GpuDevice:
-    require_platform_admin(actor, "edit capacity")
-    [(device_id, model)] = _gpu_inventory([(device_id, model)])
-    if GpuDevice.objects.filter(host=host, device_id=device_id).exists():
-        raise Conflict(f"{host.name} already has GPU '{device_id}'.", code="device_taken")
-    device = GpuDevice.objects.create(host=host, device_id=device_id, model=model)
-    audit.record(actor=actor, action="gpu.added", obj=device,
-                 after={"host": host.name, "device_id": device_id, "model": model})
-    return device
-
-
-@transaction.atomic
-def remove_gpu(*, actor, device: GpuDevice) -> None:
-    require_platform_admin(actor, "edit capacity")
-    device = GpuDevice.objects.select_for_update().select_related("host").get(pk=device.pk)
-    if device.allocations.filter(released_at__isnull=True).exists():
-        raise Conflict(f"GPU {device} is allocated; stop its replica first.",
-                       code="device_in_use")
-    audit.record(actor=actor, action="gpu.removed", obj=device,
-                 before={"host": device.host.name, "device_id": device.device_id,
-                         "model": device.model})
-    if device.allocations.exists():
-        device.active = False  # keep history
-        device.save(update_fields=["active"])
-    else:
-        device.delete()
-
-
-def capacity_totals(hosts: Iterable[Host] | None = None) -> dict:
-    hosts = list(Host.objects.filter(active=True) if hosts is None else hosts)
-    cpu = sum((h.cpu for h in hosts), Decimal("0"))
-    memory = sum(h.memory_mb for h in hosts)
-    return {
-        "cpu": cpu, "memory_mb": memory,
-        "schedulable_cpu": sum((h.cpu * h.cpu_overcommit for h in hosts), Decimal("0"))
-        .quantize(Decimal("0.001")),
-        "schedulable_memory_mb": int(sum(h.memory_mb * h.memory_overcommit for h in hosts)),
-        "gpus": GpuDevice.objects.filter(active=True, host__in=hosts).count(),
-    }
-
-
-def capacity(user) -> dict:
-    """Hosts/pools, totals, what is allocated, and every GPU device with its holder. Other
-    teams' holders are shown as '(another team)' to non-admins."""
-    visible = set(Team.objects.visible_to(user).values_list("pk", flat=True))
-    active_allocations = {a.device_id: a for a in GpuAllocation.objects.active()
-                          .select_related("team")}
-    from workers.placement import host_summaries
-
-    docker = {h["name"]: h for h in host_summaries()}  # hosts with a host worker
-    hosts: list[dict[str, Any]] = []
-    for host in Host.objects.prefetch_related("gpus").order_by("name"):
-        devices = []
-        for device in host.gpus.all():
-            allocation = active_allocations.get(device.pk)
-            holder = None
-            if allocation is not None:
-                mine = allocation.team_id in visible
-                holder = {"team": allocation.team.slug if mine else "(another team)",
-                          "owner": allocation.owner if mine else "",
-                          "since": allocation.allocated_at}
-            devices.append({"device_id": device.device_id, "model": device.model,
-                            "active": device.active, "allocated_to": holder})
-        hosts.append({
-            "name": host.name, "kind": host.kind, "active": host.active, "cpu": host.cpu,
-            "memory_mb": host.memory_mb, "cpu_overcommit": host.cpu_overcommit,
-            "memory_overcommit": host.memory_overcommit,
-            "schedulable_cpu": (host.cpu * host.cpu_overcommit).quantize(Decimal("0.001")),
-            "schedulable_memory_mb": int(host.memory_mb * host.memory_overcommit),
-            "gpus_allocated": sum(1 for d in devices if d["allocated_to"]),
-            "gpus": devices,
-            "docker": docker.get(host.name),
-        })
-    reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
-    committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])
-    models: dict[str, dict[str, Any]] = {}
-    for summary in hosts:
-        if not summary["active"]:
-            continue
-        for device in summary["gpus"]:
-            if not device["active"]:
-                continue
-            entry = models.setdefault(device["model"], {"model": device["model"], "total": 0,
-                                                        "allocated": 0})
-            entry["total"] += 1
-            entry["allocated"] += 1 if device["allocated_to"] else 0
-    for entry in models.values():
-        entry["free"] = entry["total"] - entry["allocated"]
-    return {
-        "hosts": hosts,
-        "totals": capacity_totals(),
-        "allocated": {"cpu": Decimal(reserved["cpu"]), "memory_mb": reserved["memory_mb"],
-                      "gpus": reserved["gpus"], "gpu_devices": len(active_allocations)},
-        "committed": {"cpu": Decimal(committed["cpu"]), "memory_mb": committed["memory_mb"],
-                      "gpus": committed["gpus"]},
-        "gpu_models": sorted(models.values(), key=lambda m: m["model"]),
-    }
-
-
 # --- Drift between desired state and what runs ----------------------------------------------------
 @dataclass(frozen=True)
 class DriftReport:
@@ -967,8 +693,9 @@ class DriftReport:
 
 @transaction.atomic
 def check_usage_drift(*, running_owners: Iterable[str],
-                      running_replicas: Iterable[str] | None = None) -> DriftReport:
-    """Compare reservations with what actually runs (owners found by container labels).
+                      stale_gpus: Iterable[str] = ()) -> DriftReport:
+    """Compare reservations with what actually runs (owners found by container labels);
+    ``stale_gpus``: GPU holders that no longer run (``compute.inventory.stale_gpu_owners``).
 
     Reports, never fixes: an audit event ``quota.drift_detected`` and a notification to
     platform admins when they disagree.
@@ -977,13 +704,9 @@ def check_usage_drift(*, running_owners: Iterable[str],
     reserved_running = set(Reservation.objects.filter(state=Reservation.State.RUNNING)
                            .values_list("owner", flat=True))
     all_reserved = set(Reservation.objects.values_list("owner", flat=True))
-    stale: list[str] = []
-    if running_replicas is not None:
-        replicas = set(running_replicas)
-        stale = sorted(set(GpuAllocation.objects.active().exclude(owner__in=replicas)
-                           .values_list("owner", flat=True)))
     report = DriftReport(missing=sorted(reserved_running - running),
-                         unreserved=sorted(running - all_reserved), stale_gpus=stale)
+                         unreserved=sorted(running - all_reserved),
+                         stale_gpus=sorted(set(stale_gpus)))
     if report.has_drift:
         audit.record(actor=None, action="quota.drift_detected", object_type="capacity",
                      object_repr="usage vs running containers", after=report.as_dict())

@@ -4,6 +4,10 @@ picks Docker (one host) or local processes from ``settings.MODELPORT_RUNTIME``;
 `runtime_for_target(target)` builds the one an execution target names (Docker, several Docker
 hosts, Docker Swarm, Kubernetes); `host_worker_runtime()` is a host worker's own Docker.
 
+Several Docker hosts are driven through the database by the reconciler's side
+(``deployments.hosts_runtime.HostsRuntime``), which sits above this app: it registers itself
+with ``register_target_runtime("hosts", ...)`` from ``DeploymentsConfig.ready()``.
+
 The runtime classes live in ``workers/runtimes/`` and take explicit arguments; that package never
 imports Django (an import-linter contract in ``make lint`` keeps it so), which is why this
 wiring sits beside it rather than in it."""
@@ -11,6 +15,7 @@ wiring sits beside it rather than in it."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,6 @@ from django.conf import settings
 
 from teams.services import platform_settings
 
-from .hosts import HostsRuntime
 from .installation import installation_id, runtime_scope
 from .runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError, Runtime
 from .runtimes.docker import DockerRuntime
@@ -32,12 +36,20 @@ __all__ = [
     "host_worker_runtime",
     "ingest_socket",
     "package_policy",
+    "register_target_runtime",
     "replica_network",
     "runtime_for_target",
 ]
 
 RUNTIME_NAMES = ("auto", "docker", "local")
 MIN_DOCKER_API = "1.41"  # Swarm services with CapabilityDrop and a pids limit
+# Runtimes of a docker target's "placement" (e.g. "hosts"), registered by the apps that own them.
+_PLACEMENT_RUNTIMES: dict[str, Callable[[Any], Runtime]] = {}
+
+
+def register_target_runtime(placement: str, build: Callable[[Any], Runtime]) -> None:
+    """Docker targets with ``"placement": placement`` get the runtime ``build(target)``."""
+    _PLACEMENT_RUNTIMES[placement] = build
 
 
 def get_runtime(name: str | None = None) -> Runtime:
@@ -148,7 +160,7 @@ def _local(settings: object) -> LocalRuntime:
 
 def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
     """The runtime that carries out deployments on an execution target (a
-    ``workers.models.ExecutionTarget``, or None for the settings' runtime).
+    ``compute.models.ExecutionTarget``, or None for the settings' runtime).
 
     A ``docker`` target with an empty endpoint is this machine's Docker exactly as
     ``get_runtime()`` configures it (MODELPORT_RUNTIME, so "auto"/"local" keep working).
@@ -157,8 +169,13 @@ def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
         return get_runtime()
     options = dict(target.settings or {})
     if target.kind == "docker":
-        if options.get("placement") == "hosts":  # several plain Docker hosts, one worker each
-            return HostsRuntime(target)
+        placement = options.get("placement")
+        if placement:  # "hosts": several plain Docker hosts, one worker each
+            build = _PLACEMENT_RUNTIMES.get(placement)
+            if build is None:
+                raise ReplicaRuntimeError(f"execution target {target.name}: no runtime for "
+                                          f"placement {placement!r}")
+            return build(target)
         if not target.endpoint and not options:
             return get_runtime()
         return _docker(settings, endpoint=target.endpoint or None, timeout=timeout,

@@ -1,4 +1,5 @@
-"""The worker step of a host worker (several plain Docker hosts, ``workers/hosts.py``).
+"""The worker step of a host worker (several plain Docker hosts,
+``deployments/hosts_runtime.py``).
 Imported by ``config.celery`` before Django is set up: no model imports here."""
 
 from __future__ import annotations

@@ -7,29 +7,35 @@ only when its environment holds the replica key of a revision this installation'
 knows for that deployment and revision number: 256 random bits no other installation has.
 Objects of revisions without a key (made before replica keys), or on Kubernetes (whose keys
 sit in Secrets), are left alone (docs/deployments.md says how to remove them).
+
+Revisions are the deployments app's, which sits above this one: it registers the check
+(``register_legacy_owner``) from ``DeploymentsConfig.ready()``. Until then nothing legacy is
+this installation's, the safe answer.
 """
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Callable
 from typing import Any
 
 from teams.installation import installation_id
 
-__all__ = ["installation_id", "owns_legacy_replica", "runtime_scope"]
+__all__ = ["installation_id", "owns_legacy_replica", "register_legacy_owner", "runtime_scope"]
+
+LegacyOwner = Callable[[str, int, str], bool]
+_legacy_owner: LegacyOwner | None = None
+
+
+def register_legacy_owner(check: LegacyOwner) -> None:
+    """Set what says whether a legacy object (deployment, revision, replica key) is ours."""
+    global _legacy_owner
+    _legacy_owner = check
 
 
 def owns_legacy_replica(deployment: str, revision: int, key: str) -> bool:
-    """Whether this installation's database has that deployment's revision with that key."""
-    from deployments.models import Revision
-
-    if not key:
-        return False
-    known = (Revision.objects.filter(deployment__name=deployment, number=revision)
-             .values_list("replica_key", flat=True).first())
-    if not known:
-        return False
-    return hmac.compare_digest(known, key)
+    """Whether this installation's database has that deployment's revision with that key
+    (False while no check is registered)."""
+    return _legacy_owner is not None and _legacy_owner(deployment, revision, key)
 
 
 def runtime_scope() -> dict[str, Any]:

@@ -1,17 +1,15 @@
+"""The worker heartbeat task. Host workers' tasks (several plain Docker hosts) are the
+reconciler's side: ``deployments/host_tasks.py`` (their names stay ``workers.tasks.*``)."""
+
 from __future__ import annotations
 
-import logging
 import socket
-from typing import Any
 
 from celery import shared_task
-from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import factory, services
-
-log = logging.getLogger(__name__)
+from . import services
 
 
 @shared_task(name="workers.tasks.heartbeat", ignore_result=True, expires=60,
@@ -21,64 +19,3 @@ def heartbeat(sent_at: str | None = None) -> None:
     hostname = heartbeat.request.hostname or socket.gethostname()
     sent = parse_datetime(sent_at) if sent_at else timezone.now()
     services.record_heartbeat(hostname=hostname, sent_at=sent)
-
-
-# --- Several plain Docker hosts (workers/hosts.py) ---------------------------------------------
-def _host_runtime(host_name: str) -> Any | None:
-    """This machine's Docker as host ``host_name``'s runtime; None when this worker is another
-    host's (a task routed to the wrong queue never touches a foreign engine)."""
-    own = settings.MODELPORT_HOST_NAME
-    if own and own != host_name:
-        log.error("task for host %s reached host worker %s: ignored", host_name, own)
-        return None
-    return factory.host_worker_runtime(host_name)
-
-
-@shared_task(name="workers.tasks.host_heartbeat", ignore_result=True,
-             expires=max(5, settings.MODELPORT_HOST_HEARTBEAT_SECONDS))
-def host_heartbeat(host_name: str) -> dict[str, Any] | None:
-    """On a host worker (sent to its own queue by its HostHeartbeat step): register or refresh
-    the host in the capacity registry from `docker info`, report its replicas, remove stale
-    containers."""
-    runtime = _host_runtime(host_name)
-    if runtime is None:
-        return None
-    host = services.record_host_heartbeat(
-        name=host_name, info=runtime.client.info(),
-        queue=settings.MODELPORT_HOST_QUEUE if settings.MODELPORT_HOST_NAME else "",
-        address=runtime.bind_host)
-    return services.report_host(host=host, runtime=runtime)
-
-
-@shared_task(name="workers.tasks.start_host_replica", ignore_result=True, acks_late=True)
-def start_host_replica(replica_id: int) -> None:
-    """On a host worker: start one replica placed on this host (a ``Replica`` row id)."""
-    from deployments.models import Replica
-
-    row = Replica.objects.select_related("host").filter(pk=replica_id).first()
-    if row is None or row.host is None:
-        return
-    runtime = _host_runtime(row.host.name)
-    if runtime is not None:
-        services.start_on_host(replica_id=replica_id, runtime=runtime)
-
-
-@shared_task(name="workers.tasks.remove_host_replica", ignore_result=True, acks_late=True)
-def remove_host_replica(host_id: int, replica_id: str) -> None:
-    """On a host worker: stop and remove one of this host's replicas (by its container name)."""
-    from quotas.models import Host
-
-    host = Host.objects.filter(pk=host_id).first()
-    if host is None:
-        return
-    runtime = _host_runtime(host.name)
-    if runtime is not None:
-        services.remove_on_host(host_id=host_id, replica_id=replica_id, runtime=runtime)
-
-
-@shared_task(name="workers.tasks.check_hosts", ignore_result=True,
-             expires=max(5, settings.MODELPORT_HOST_HEARTBEAT_SECONDS))
-def check_hosts() -> list[str]:
-    """Beat: mark Docker hosts without a recent heartbeat lost (their replicas are
-    rescheduled). A no-op on installations without host workers."""
-    return [host.name for host in services.mark_lost_hosts()]

@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "teams",
     "notifications",
     "quotas",
+    "compute",
     "registry",
     "workers",
     "deployments",
@@ -255,7 +256,7 @@ SPECTACULAR_SETTINGS = {
         "VersionStatusEnum": "registry.models.VersionStatus",
         "TransitionStatusEnum": "registry.models.TransitionStatus",
         "ResourceRequestStatusEnum": "quotas.models.RequestStatus",
-        "TargetKindEnum": "workers.models.TargetKind",
+        "TargetKindEnum": "compute.models.TargetKind",
     },
 }
 

@@ -6,6 +6,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from compute.targets import deployment_target
 from config.rest import CoresField, StrictTypes, identifier
 from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
@@ -209,8 +210,6 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_target(self, obj: Deployment) -> str | None:
-        from workers.services import deployment_target
-
         target = deployment_target(obj)
         return target.name if target is not None else None
 

@@ -9,6 +9,5 @@ router.register("resource-requests", views.ResourceRequestViewSet, basename="res
 
 urlpatterns = [
     path("teams/<slug:team_slug>/quota/", views.TeamQuotaView.as_view(), name="team-quota"),
-    path("capacity/", views.CapacityView.as_view(), name="capacity"),
     *router.urls,
 ]

@@ -95,14 +95,3 @@ class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         decided = services.deny_request(actor=request.user, request=resource_request,
                                         **serializer.validated_data)
         return Response(self.get_serializer(decided).data)
-
-
-class CapacityView(GenericAPIView):
-    serializer_class = s.CapacitySerializer
-    pagination_class = None
-    filter_backends: list = []
-
-    @extend_schema(summary="Hosts and pools, totals, allocation, GPUs by device",
-                   responses=s.CapacitySerializer)
-    def get(self, request: Request) -> Response:
-        return Response(s.CapacitySerializer(services.capacity(request.user)).data)

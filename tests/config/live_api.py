@@ -70,6 +70,7 @@ def _model_dir(root: Path) -> Path:
 
 def seed(tmp: Path) -> Seed:
     """Make the rows; enqueued work (reconciles) is dropped by the caller's monkeypatch."""
+    from compute.models import ExecutionTarget
     from deployments import services as deployments
     from deployments.models import Deployment, DeploymentEvent, Replica, Revision, RevisionState
     from monitoring import alerts, ingest
@@ -81,7 +82,6 @@ def seed(tmp: Path) -> Seed:
     from teams import services as teams
     from teams.models import AuditEvent
     from tests.factories import AdminFactory, UserFactory, make_token
-    from workers.models import ExecutionTarget
 
     admin = AdminFactory(username="fuzz-admin")
     team = teams.create_team(actor=admin, slug="fuzz-team", name="Fuzz team")

@@ -1,7 +1,7 @@
 """Celery finds tasks by name: beat entries, routes and messages sent by name (``send_task``,
-``workers.hosts.send_to_host``) carry a string, never an import. Moving a task module (issue 17)
-must keep every name registered, or beat and host workers fail only at run time; these tests
-make that a test failure instead.
+``deployments.hosts_runtime.send_to_host``) carry a string, never an import. Moving a task
+module (issue 17) must keep every name registered, or beat and host workers fail only at run
+time; these tests make that a test failure instead.
 
 The registry is read in a fresh interpreter that does what a worker does at start-up (the
 loader's autodiscovery), so modules the test session happened to import cannot hide a task
@@ -23,15 +23,15 @@ from pathlib import Path
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_PACKAGES = ["config", "core", "teams", "notifications", "registry", "quotas", "workers",
-                "deployments", "monitoring", "frontend", "demo", "serving"]
+APP_PACKAGES = ["config", "core", "teams", "notifications", "registry", "quotas", "compute",
+                "workers", "deployments", "monitoring", "frontend", "demo", "serving"]
 TASK_NAME = re.compile(rf"^({'|'.join(APP_PACKAGES)})\.tasks\.\w+$")
 
 # Sent by name from code that does not import the task (checked again by the literal scan below).
 SENT_BY_NAME = {
     "workers.tasks.host_heartbeat",       # workers/host_step.py, the host worker's boot step
-    "workers.tasks.start_host_replica",   # workers/hosts.py, through send_to_host
-    "workers.tasks.remove_host_replica",  # workers/hosts.py, through send_to_host
+    "workers.tasks.start_host_replica",   # deployments/hosts_runtime.py, send_to_host
+    "workers.tasks.remove_host_replica",  # deployments/hosts_runtime.py, send_to_host
 }
 
 _REGISTRY_SCRIPT = """

@@ -13,8 +13,10 @@ import pytest
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-APP_PACKAGES = {"config", "core", "teams", "notifications", "registry", "quotas", "workers",
-                "deployments", "monitoring", "frontend", "demo", "serving"}
+from tests.config.test_celery_task_names import registered_names
+
+APP_PACKAGES = {"config", "core", "teams", "notifications", "registry", "quotas", "compute",
+                "workers", "deployments", "monitoring", "frontend", "demo", "serving"}
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 
@@ -47,6 +49,8 @@ def test_the_scan_sees_the_lazy_settings():
 
 @pytest.mark.parametrize(("setting", "path"), project_paths())
 def test_dotted_path_in_settings_imports(setting, path):
+    if setting == "CELERY_BEAT_SCHEDULE" and path in registered_names():
+        return  # a task's name, kept when its module moves (test_celery_task_names.py)
     try:
         importlib.import_module(path)
     except ImportError:

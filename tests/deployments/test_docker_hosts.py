@@ -20,15 +20,14 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from compute.models import ExecutionTarget, Host
+from deployments import host_tasks as tasks
 from deployments.models import Deployment, Replica, Revision
 from deployments.reconcile import reconcile_deployment
-from quotas.models import Host
 from teams.models import AuditEvent
 from tests.deployments.test_docker import converge, deploy, gateway_client, invoke
 from tests.fixtures import bearer_client
 from tests.frontend.test_dashboard import logged_in
-from workers import tasks
-from workers.models import ExecutionTarget
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from compute.models import ExecutionTarget, Host
+from deployments import host_tasks as tasks
 from deployments.models import Deployment, Replica
 from deployments.reconcile import reconcile_deployment
-from quotas.models import Host
 from teams.models import AuditEvent
 from tests.deployments.test_docker import deploy, gateway_client, invoke
 from tests.fixtures import bearer_client
 from tests.workers.test_celery_worker import _environment, _stop
-from workers import tasks
-from workers.models import ExecutionTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow,

@@ -11,13 +11,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from compute.models import ExecutionTarget, GpuAllocation, GpuDevice, Host
 from deployments import services
+from deployments.hosts_runtime import HostsRuntime
 from deployments.models import Replica, Revision
 from deployments.reconcile import reconcile_deployment
-from quotas.models import GpuAllocation, GpuDevice, Host
 from tests.quotas.conftest import set_limits
-from workers.hosts import HostsRuntime
-from workers.models import ExecutionTarget
 
 pytestmark = pytest.mark.django_db
 
@@ -65,7 +64,7 @@ def test_a_host_that_does_not_report_leaves_the_deployment_waiting_not_failed(
     # The host goes silent: lost, and the placement moves to the other host.
     Host.objects.filter(pk=row.host_id).update(
         last_heartbeat=timezone.now() - timedelta(seconds=600))
-    from workers import tasks
+    from deployments import host_tasks as tasks
 
     assert tasks.check_hosts() == [row.host.name]
     assert reconcile_deployment(d.pk, runtime) == "no-capacity"  # its worker takes no tasks either

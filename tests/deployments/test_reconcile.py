@@ -196,7 +196,8 @@ def test_canary_rolls_back_when_the_new_revision_errs_more(fast, engineer, team,
 
 def test_gpu_replicas_get_their_own_devices_and_give_them_back(fast, engineer, team, v1, v2,
                                                                upstreams):
-    from quotas.models import GpuAllocation, GpuDevice, Host, TeamQuota
+    from compute.models import GpuAllocation, GpuDevice, Host
+    from quotas.models import TeamQuota
     from quotas.services import get_quota
 
     get_quota(team)

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from django.apps import apps
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 from django.test import Client
 
 from deployments import gateway, services
@@ -137,8 +138,8 @@ def test_existing_deployments_get_the_runtime_they_run_on(settings, engineer, te
     reconcile, once (with an event)."""
     from importlib import import_module
 
-    from workers.models import ExecutionTarget
-    from workers.runtime_choice import fix_runtime
+    from compute.models import ExecutionTarget
+    from deployments.runtime_health import fix_runtime
 
     migration = import_module("deployments.migrations.0007_deployment_runtime")
     swarm = ExecutionTarget.objects.create(name="swarm-1", kind="swarm",
@@ -156,7 +157,9 @@ def test_existing_deployments_get_the_runtime_they_run_on(settings, engineer, te
     clustered = made("on-swarm", target=swarm)
     unbuilt = made("never-built")
     settings.MODELPORT_RUNTIME = "auto"
-    migration.fix_existing(apps, None)
+    then = MigrationLoader(connection).project_state(
+        ("deployments", "0007_deployment_runtime")).apps
+    migration.fix_existing(then, None)
     runtimes = dict(Deployment.objects.values_list("name", "runtime"))
     assert runtimes == {"was-local": "local", "was-docker": "docker", "on-swarm": "swarm",
                         "never-built": ""}

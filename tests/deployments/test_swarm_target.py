@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from compute import targets
 from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
 from deployments.reconcile import reconcile_deployment
@@ -16,7 +17,6 @@ from serving.sockets import request
 from tests.deployments.test_docker import deploy, gateway_client, invoke
 from tests.fixtures import bearer_client
 from tests.swarm_fixtures import remove_services, swarm  # noqa: F401 - fixture
-from workers import services as targets
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True),
               pytest.mark.timeout(1800)]

@@ -6,8 +6,10 @@ from decimal import Decimal
 
 import pytest
 
+from compute import inventory
+from compute.models import Host
 from quotas import services
-from quotas.models import Host, TeamQuota
+from quotas.models import TeamQuota
 
 
 def set_limits(team, *, cpu="8", memory_mb=16384, gpus=0, deployments=5) -> TeamQuota:
@@ -26,6 +28,6 @@ def quota(team) -> TeamQuota:
 
 @pytest.fixture
 def gpu_host(admin_user) -> Host:
-    return services.register_host(
+    return inventory.register_host(
         actor=admin_user, name="gpu-1", cpu=64, memory_mb=262144,
         gpus=[("0", "A100-80GB"), ("1", "A100-80GB"), ("2", "T4"), ("3", "T4")])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from compute.models import GpuAllocation, GpuDevice, Host
 from quotas import services
-from quotas.models import GpuAllocation, GpuDevice, Host, ResourceRequest
+from quotas.models import ResourceRequest
 from teams.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -61,7 +62,7 @@ def test_admin_edits_a_quota_through_the_service(console, quota):
 
 
 def test_admin_registers_a_host_with_gpus_inline(console):
-    response = console.post("/admin/quotas/host/add/", {
+    response = console.post("/admin/compute/host/add/", {
         "name": "gpu-9", "kind": "host", "cpu": "32", "memory_mb": "131072",
         "cpu_overcommit": "1.5", "memory_overcommit": "1", "active": "on",
         **_inline("gpus", total=2), "gpus-0-device_id": "0", "gpus-0-model": "L4",
@@ -76,10 +77,10 @@ def test_admin_registers_a_host_with_gpus_inline(console):
 def test_gpu_allocations_are_read_only_in_admin(console, team, gpu_host):
     allocation = GpuAllocation.objects.create(device=GpuDevice.objects.first(), team=team,
                                               owner="x")
-    assert console.get("/admin/quotas/gpuallocation/").status_code == 200
-    assert console.post(f"/admin/quotas/gpuallocation/{allocation.pk}/delete/",
+    assert console.get("/admin/compute/gpuallocation/").status_code == 200
+    assert console.post(f"/admin/compute/gpuallocation/{allocation.pk}/delete/",
                         {"post": "yes"}).status_code == 403
-    assert console.get("/admin/quotas/gpuallocation/add/").status_code == 403
+    assert console.get("/admin/compute/gpuallocation/add/").status_code == 403
 
 
 def test_a_request_cannot_be_edited_in_admin_only_decided(console, quota, engineer):
@@ -90,7 +91,7 @@ def test_a_request_cannot_be_edited_in_admin_only_decided(console, quota, engine
 
 
 def test_admin_changes_overcommit_through_the_service(console, gpu_host):
-    response = console.post(f"/admin/quotas/host/{gpu_host.pk}/change/", {
+    response = console.post(f"/admin/compute/host/{gpu_host.pk}/change/", {
         "kind": "host", "cpu": "64", "memory_mb": "262144", "cpu_overcommit": "2",
         "memory_overcommit": "1", "active": "on",
         **_inline("gpus", total=4, initial=4),

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from compute import inventory
 from config.errors import Conflict
 from quotas import services
 from quotas.models import QuotaGrant, ResourceRequest, TeamQuota
@@ -106,7 +107,7 @@ def test_approving_more_than_the_platforms_capacity_is_409(api_as, admin_user, e
     assert "limit of 108 CPU but the platform has 64" in response.json()["detail"]
     assert _state() == before
     # With overcommit 2.0 the same grant fits.
-    services.update_host(actor=admin_user, host=gpu_host, cpu_overcommit=2)
+    inventory.update_host(actor=admin_user, host=gpu_host, cpu_overcommit=2)
     assert _approve(api_as, admin_user, request, cpu=100).status_code == 200
 
 

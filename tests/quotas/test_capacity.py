@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from compute import inventory
+from compute.models import GpuDevice, Host
 from config.errors import Conflict, InvalidInput
+from deployments import admission
 from quotas import services
-from quotas.models import GpuDevice, Host
 from teams.models import AuditEvent
 from tests.quotas.conftest import set_limits
 
@@ -18,7 +20,7 @@ def test_registering_a_host_records_its_gpus_and_is_audited(admin_user, gpu_host
         ("0", "A100-80GB"), ("1", "A100-80GB"), ("2", "T4"), ("3", "T4")]
     event = AuditEvent.objects.get(action="host.created")
     assert event.after["gpus"][0] == "0 (A100-80GB)"
-    assert services.gpu_models() == ["A100-80GB", "T4"]
+    assert inventory.gpu_models() == ["A100-80GB", "T4"]
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [
@@ -28,18 +30,18 @@ def test_registering_a_host_records_its_gpus_and_is_audited(admin_user, gpu_host
 ])
 def test_bad_capacity_is_refused(admin_user, gpu_host, kwargs, error):
     with pytest.raises(error):
-        services.register_host(actor=admin_user, **{"name": "h2", "cpu": 4, "memory_mb": 1024,
+        inventory.register_host(actor=admin_user, **{"name": "h2", "cpu": 4, "memory_mb": 1024,
                                                     **kwargs})
     assert Host.objects.count() == 1
 
 
 def test_capacity_api_shows_totals_allocation_and_each_device(api_as, admin_user, team,
                                                               gpu_host):
-    services.register_host(actor=admin_user, name="pool-a", kind="pool", cpu=16,
+    inventory.register_host(actor=admin_user, name="pool-a", kind="pool", cpu=16,
                            memory_mb=32768, cpu_overcommit=2, memory_overcommit="1.5")
     set_limits(team, gpus=2)
     services.admit(team=team, owner="deployment:llm", cpu=2, memory_mb=4096, gpus=1)
-    services.allocate_gpus(team=team, count=1, model="T4", owner="deployment:llm/r0")
+    inventory.allocate_gpus(team=team, count=1, model="T4", owner="deployment:llm/r0")
     body = api_as(admin_user).get("/api/v1/capacity/").json()
     assert body["totals"] == {"cpu": 80.0, "memory_mb": 294912, "schedulable_cpu": 96.0,
                               "schedulable_memory_mb": 262144 + 49152, "gpus": 4}
@@ -54,11 +56,11 @@ def test_capacity_api_shows_totals_allocation_and_each_device(api_as, admin_user
 def test_an_allocated_gpu_cannot_be_removed(admin_user, team, gpu_host):
     set_limits(team, gpus=1)
     services.admit(team=team, owner="deployment:x", gpus=1)
-    [allocation] = services.allocate_gpus(team=team, count=1, owner="deployment:x/r0")
+    [allocation] = inventory.allocate_gpus(team=team, count=1, owner="deployment:x/r0")
     with pytest.raises(Conflict):
-        services.remove_gpu(actor=admin_user, device=allocation.device)
-    services.release(owner="deployment:x")
-    services.remove_gpu(actor=admin_user, device=allocation.device)
+        inventory.remove_gpu(actor=admin_user, device=allocation.device)
+    admission.release_spec(owner="deployment:x")
+    inventory.remove_gpu(actor=admin_user, device=allocation.device)
     assert not GpuDevice.objects.get(pk=allocation.device_id).active  # history kept
 
 
@@ -66,8 +68,8 @@ def test_only_platform_admins_edit_capacity(engineer, gpu_host):
     from config.errors import PermissionDenied
 
     with pytest.raises(PermissionDenied):
-        services.register_host(actor=engineer, name="mine", cpu=1, memory_mb=1)
+        inventory.register_host(actor=engineer, name="mine", cpu=1, memory_mb=1)
     with pytest.raises(PermissionDenied):
-        services.update_host(actor=engineer, host=gpu_host, cpu_overcommit=4)
+        inventory.update_host(actor=engineer, host=gpu_host, cpu_overcommit=4)
     with pytest.raises(PermissionDenied):
-        services.add_gpu(actor=engineer, host=gpu_host, device_id="9", model="T4")
+        inventory.add_gpu(actor=engineer, host=gpu_host, device_id="9", model="T4")

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, connections
 
+from compute import inventory
 from config.errors import Conflict
 from quotas import services
 from quotas.models import Reservation
@@ -115,7 +116,7 @@ def test_fifty_concurrent_resource_requests_and_quota_reads_through_the_api():
 def test_concurrent_gpu_allocations_across_teams_never_share_a_device():
     """Threads of five teams race for eight devices; each device ends with one holder at most."""
     admin = AdminFactory(username="root")
-    services.register_host(actor=admin, name="gpu-box", cpu=64, memory_mb=1024,
+    inventory.register_host(actor=admin, name="gpu-box", cpu=64, memory_mb=1024,
                            gpus=[(str(n), "A100-80GB") for n in range(8)])
     team_ids = []
     for n in range(5):
@@ -127,7 +128,7 @@ def test_concurrent_gpu_allocations_across_teams_never_share_a_device():
     def work(i: int) -> str:
         team = Team.objects.get(pk=team_ids[i % 5])
         try:
-            services.allocate_gpus(team=team, count=1 + i % 2, owner=f"deployment:t{i % 5}/r{i}")
+            inventory.allocate_gpus(team=team, count=1 + i % 2, owner=f"deployment:t{i % 5}/r{i}")
         except Conflict as exc:
             assert exc.status_code == 409, exc.message
             return "refused"
@@ -136,7 +137,7 @@ def test_concurrent_gpu_allocations_across_teams_never_share_a_device():
     results = _run_all(work)
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors
-    from quotas.models import GpuAllocation
+    from compute.models import GpuAllocation
 
     active = list(GpuAllocation.objects.active().values_list("device_id", flat=True))
     assert len(active) == len(set(active)) <= 8

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from compute import inventory, tasks
 from notifications.models import Notification
-from quotas import services, tasks
+from quotas import services
 from teams.models import AuditEvent
 from tests.quotas.conftest import set_limits
 from workers.runtimes import ReplicaState, ReplicaStatus
@@ -26,9 +27,10 @@ def test_drift_is_reported_to_admins_and_the_audit_log(team, admin_user, gpu_hos
     services.admit(team=team, owner="deployment:gone", cpu=1, gpus=1)
     services.mark_running(owner="deployment:gone")
     services.admit(team=team, owner="deployment:starting", cpu=1)  # pending: not drift
-    services.allocate_gpus(team=team, count=1, owner="deployment:gone/r0")
-    report = services.check_usage_drift(running_owners=["deployment:rogue"],
-                                        running_replicas=["deployment:rogue/r0"])
+    inventory.allocate_gpus(team=team, count=1, owner="deployment:gone/r0")
+    report = services.check_usage_drift(
+        running_owners=["deployment:rogue"],
+        stale_gpus=inventory.stale_gpu_owners(["deployment:rogue/r0"]))
     assert report.as_dict() == {"missing": ["deployment:gone"],
                                 "unreserved": ["deployment:rogue"],
                                 "stale_gpus": ["deployment:gone/r0"]}

@@ -10,9 +10,12 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compute import inventory
+from compute.models import GpuAllocation, GpuDevice
 from config.errors import Conflict, InvalidInput
+from deployments import admission
 from quotas import services
-from quotas.models import GpuAllocation, GpuDevice, QuotaGrant
+from quotas.models import QuotaGrant
 from tests.factories import TeamFactory
 from tests.quotas.conftest import set_limits
 
@@ -27,49 +30,49 @@ def gpu_team(team, gpu_host):
 
 
 def test_allocates_specific_devices_of_the_asked_model(gpu_team):
-    allocations = services.allocate_gpus(team=gpu_team, count=2, model="T4",
+    allocations = inventory.allocate_gpus(team=gpu_team, count=2, model="T4",
                                          owner="deployment:llm/r0")
     assert sorted(a.device.device_id for a in allocations) == ["2", "3"]
-    assert services.device_ids("deployment:llm/r0") == ["2", "3"]
+    assert inventory.device_ids("deployment:llm/r0") == ["2", "3"]
 
 
 def test_allocation_is_idempotent_for_the_same_replica(gpu_team):
-    first = services.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
-    again = services.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
+    first = inventory.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
+    again = inventory.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
     assert [a.pk for a in first] == [a.pk for a in again]
 
 
 def test_replicas_cannot_exceed_the_teams_reserved_gpus(gpu_team):
-    services.allocate_gpus(team=gpu_team, count=2, owner="deployment:llm/r0")
+    inventory.allocate_gpus(team=gpu_team, count=2, owner="deployment:llm/r0")
     with pytest.raises(Conflict) as refused:
-        services.allocate_gpus(team=gpu_team, count=2, owner="deployment:llm/r1")
+        inventory.allocate_gpus(team=gpu_team, count=2, owner="deployment:llm/r1")
     assert refused.value.code == "quota_exceeded"
     assert "has 1 of 3 reserved GPUs unassigned" in refused.value.message
 
 
 def test_no_free_device_of_the_model_is_a_conflict(gpu_team):
-    services.allocate_gpus(team=gpu_team, count=2, model="T4", owner="deployment:llm/r0")
+    inventory.allocate_gpus(team=gpu_team, count=2, model="T4", owner="deployment:llm/r0")
     with pytest.raises(Conflict) as refused:
-        services.allocate_gpus(team=gpu_team, count=1, model="T4", owner="deployment:llm/r1")
+        inventory.allocate_gpus(team=gpu_team, count=1, model="T4", owner="deployment:llm/r1")
     assert refused.value.code == "gpus_unavailable"
 
 
 def test_unknown_model_is_invalid(gpu_team):
     with pytest.raises(InvalidInput):
-        services.allocate_gpus(team=gpu_team, count=1, model="H100", owner="deployment:llm/r0")
+        inventory.allocate_gpus(team=gpu_team, count=1, model="H100", owner="deployment:llm/r0")
 
 
 def test_release_when_the_replica_stops_frees_the_device(gpu_team):
-    services.allocate_gpus(team=gpu_team, count=1, model="T4", owner="deployment:llm/r0")
-    assert services.release_gpus(owner="deployment:llm/r0") == 1
-    again = services.allocate_gpus(team=gpu_team, count=2, model="T4", owner="deployment:llm/r1")
+    inventory.allocate_gpus(team=gpu_team, count=1, model="T4", owner="deployment:llm/r0")
+    assert inventory.release_gpus(owner="deployment:llm/r0") == 1
+    again = inventory.allocate_gpus(team=gpu_team, count=2, model="T4", owner="deployment:llm/r1")
     assert len(again) == 2
 
 
 def test_releasing_the_deployment_releases_its_replicas_devices(gpu_team):
-    services.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
-    services.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r1")
-    services.release(owner="deployment:llm")
+    inventory.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
+    inventory.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r1")
+    admission.release_spec(owner="deployment:llm")  # what deleting a deployment calls
     assert not GpuAllocation.objects.active().exists()
 
 
@@ -81,9 +84,9 @@ def test_the_database_refuses_a_second_active_allocation_of_a_device(gpu_team):
 
 
 def test_stale_allocations_of_vanished_replicas_are_released(gpu_team):
-    services.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
-    services.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r1")
-    assert services.release_stale_gpus(live_owners=["deployment:llm/r1"]) == 1
+    inventory.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r0")
+    inventory.allocate_gpus(team=gpu_team, count=1, owner="deployment:llm/r1")
+    assert inventory.release_stale_gpus(live_owners=["deployment:llm/r1"]) == 1
     assert set(GpuAllocation.objects.active().values_list("owner", flat=True)) == \
         {"deployment:llm/r1"}
 
@@ -117,7 +120,7 @@ def test_no_device_is_ever_held_by_two_replicas(admin_user, ops):
 
 
 def _check_sequence(admin_user, ops) -> None:
-    services.register_host(actor=admin_user, name="h", cpu=8, memory_mb=8192,
+    inventory.register_host(actor=admin_user, name="h", cpu=8, memory_mb=8192,
                            gpus=[("0", "A100-80GB"), ("1", "A100-80GB"), ("2", "T4"),
                                  ("3", "T4"), ("4", "T4")])
     teams = {}
@@ -132,7 +135,7 @@ def _check_sequence(admin_user, ops) -> None:
         if op[0] == "allocate":
             _, team, owner, count, model = op
             try:
-                got = services.allocate_gpus(team=teams[team], count=count, owner=owner,
+                got = inventory.allocate_gpus(team=teams[team], count=count, owner=owner,
                                              model=model)
             except (Conflict, InvalidInput):
                 continue
@@ -142,10 +145,10 @@ def _check_sequence(admin_user, ops) -> None:
                 assert holders[owner] == (team, devices)
             holders[owner] = (team, devices)
         elif op[0] == "release":
-            services.release_gpus(owner=op[1])
+            inventory.release_gpus(owner=op[1])
             holders.pop(op[1], None)
         elif op[0] == "stale":
-            services.release_stale_gpus(live_owners=op[1])
+            inventory.release_stale_gpus(live_owners=op[1])
             holders = {o: h for o, h in holders.items() if o in op[1]}
         else:  # a grant expires: flagged, never taken away from running replicas
             QuotaGrant.objects.filter(team=teams[op[1]]).update(expires_at=timezone.now())

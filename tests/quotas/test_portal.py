@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from compute.models import Host
 from notifications.models import Notification
 from quotas import services
-from quotas.models import Host, ResourceRequest
+from quotas.models import ResourceRequest
 from teams.models import AuditEvent
 
 pytestmark = pytest.mark.django_db

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from compute import inventory
 from quotas import services
 from quotas.models import ResourceRequest
 from teams.roles import Role
@@ -73,11 +74,11 @@ def test_outsiders_see_no_requests_and_no_gpu_holders_of_other_teams(admin_user)
     keeper = UserFactory(username="keeper")
     MembershipFactory(team=team, user=keeper, role=Role.ENGINEER)
     services.file_request(actor=keeper, team=team, cpu=1, justification="seed")
-    services.register_host(actor=admin_user, name="h", cpu=8, memory_mb=1024,
+    inventory.register_host(actor=admin_user, name="h", cpu=8, memory_mb=1024,
                            gpus=[("0", "T4")])
     services.set_quota(actor=admin_user, team=team, cpu=1, memory_mb=1, gpus=1, deployments=1)
     services.admit(team=team, owner="deployment:x", gpus=1)
-    services.allocate_gpus(team=team, count=1, owner="deployment:x/r0")
+    inventory.allocate_gpus(team=team, count=1, owner="deployment:x/r0")
     outsider = bearer_client(UserFactory(username="otto"))
     assert outsider.get(f"{R}/").json()["results"] == []
     assert outsider.get(f"{R}/", {"team": "ml-search"}).json()["results"] == []

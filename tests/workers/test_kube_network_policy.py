@@ -315,9 +315,9 @@ def test_target_health_warns_until_the_namespace_has_a_default_deny(
     import yaml
     from django.test import Client
 
+    from compute import targets
+    from compute.targets import clear_cache
     from tests.fixtures import bearer_client
-    from workers import services
-    from workers.targets import clear_cache
 
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(yaml.safe_dump({
@@ -326,7 +326,7 @@ def test_target_health_warns_until_the_namespace_has_a_default_deny(
         "users": [{"name": "prod", "user": {"token": "t"}}],
         "contexts": [{"name": "prod", "context": {"cluster": "prod", "user": "prod"}}]}))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    services.create_target(actor=admin_user, name="cluster", kind="kubernetes",
+    targets.create_target(actor=admin_user, name="cluster", kind="kubernetes",
                            kube_context="prod", namespace=NS)
     api = bearer_client(admin_user)
     clear_cache()

@@ -520,9 +520,9 @@ def test_a_kubernetes_execution_target_builds_this_runtime_with_its_settings(
         fake: FakeKubeAPI, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The wiring in workers.factory.runtime_for_target (an unsaved target; the database
     gives the installation id)."""
+    from compute.models import ExecutionTarget
     from teams.installation import installation_id
     from workers.factory import runtime_for_target
-    from workers.models import ExecutionTarget
 
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(yaml.safe_dump({

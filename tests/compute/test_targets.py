@@ -7,9 +7,13 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from django.apps import apps
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 from django.test import Client
 
+from compute import targets
+from compute.models import ExecutionTarget
+from compute.targets import clear_cache
 from deployments import services as deployments
 from deployments.models import Deployment
 from quotas.models import Reservation
@@ -21,9 +25,6 @@ from tests.deployments.conftest import (  # noqa: F401 - fixtures
     v1,
 )
 from tests.fixtures import bearer_client
-from workers import services
-from workers.models import ExecutionTarget
-from workers.targets import clear_cache
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/targets/"
@@ -40,15 +41,16 @@ def admin_api(admin_user):
 @pytest.fixture
 def default_target(admin_user):
     ExecutionTarget.objects.all().delete()
-    return services.create_target(actor=admin_user, name="local", kind="docker",
+    return targets.create_target(actor=admin_user, name="local", kind="docker",
                                   is_default=True)
 
 
 def test_the_migration_creates_one_default_docker_target_following_the_settings():
     migration = importlib.import_module("workers.migrations.0002_execution_targets")
     ExecutionTarget.objects.all().delete()
-    migration.create_default_target(apps, None)
-    migration.create_default_target(apps, None)  # idempotent
+    then = MigrationLoader(connection).project_state(("workers", "0002_execution_targets")).apps
+    migration.create_default_target(then, None)
+    migration.create_default_target(then, None)  # idempotent
     [target] = ExecutionTarget.objects.all()
     assert (target.name, target.kind, target.endpoint, target.is_default) == (
         "default", "docker", "", True)
@@ -68,7 +70,7 @@ def test_admins_register_change_and_remove_targets_audited(admin_api, engineer, 
     assert response.status_code == 200, response.json()
     assert response.json()["capacity"]["cpu"] == 4.0 and response.json()["is_default"]
     assert not ExecutionTarget.objects.get(name="local").is_default  # only one default
-    assert services.default_target().name == "swarm-a"
+    assert targets.default_target().name == "swarm-a"
 
     assert admin_api.delete(f"{URL}swarm-a/").status_code == 409  # the default
     admin_api.patch(f"{URL}local/", {"is_default": True}, format="json")
@@ -137,7 +139,7 @@ def test_kubernetes_targets_take_a_context_or_in_cluster_and_a_namespace(admin_a
 
 def test_deployments_name_their_target_or_get_the_default(engineer, team, v1, no_enqueue,  # noqa: F811
                                                           admin_user, default_target):
-    services.create_target(actor=admin_user, name="swarm-a", kind="swarm")
+    targets.create_target(actor=admin_user, name="swarm-a", kind="swarm")
     plain = deployments.create_deployment(actor=engineer, team=team, name="iris-a",
                                           model="iris", version=1)
     assert plain.target == default_target  # pinned: a later default change does not move it
@@ -151,7 +153,7 @@ def test_deployments_name_their_target_or_get_the_default(engineer, team, v1, no
         "target": "nowhere"}, format="json")
     assert response.status_code == 400 and "No execution target 'nowhere'" in str(
         response.json())
-    services.update_target(actor=admin_user, target=ExecutionTarget.objects.get(name="swarm-a"),
+    targets.update_target(actor=admin_user, target=ExecutionTarget.objects.get(name="swarm-a"),
                            enabled=False)
     response = api.post("/api/v1/deployments/", {
         "name": "iris-c", "team": team.slug, "model": "iris", "version": 1,
@@ -163,7 +165,7 @@ def test_deployments_name_their_target_or_get_the_default(engineer, team, v1, no
 
 def test_admission_keeps_deployments_within_their_targets_capacity(
         engineer, team, v1, no_enqueue, admin_user, default_target):  # noqa: F811
-    small = services.create_target(actor=admin_user, name="small", kind="docker",
+    small = targets.create_target(actor=admin_user, name="small", kind="docker",
                                    endpoint="unix:///var/run/docker.sock", cpu=1, memory_mb=4096)
     deployments.create_deployment(actor=engineer, team=team, name="iris-a", model="iris",
                                   version=1, replicas=2, target="small",
@@ -183,7 +185,7 @@ def test_admission_keeps_deployments_within_their_targets_capacity(
     assert response.status_code == 409 and Deployment.objects.get(name="iris-a").replicas == 2
     deployments.create_deployment(actor=engineer, team=team, name="iris-c", model="iris",
                                   version=1, resources={"cpu": 0.25, "memory_mb": 256})
-    assert services.target_reserved(small) == {"cpu": 1, "memory_mb": 1024, "gpus": 0}
+    assert targets.target_reserved(small) == {"cpu": 1, "memory_mb": 1024, "gpus": 0}
 
 
 def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, default_target):
@@ -195,14 +197,14 @@ def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, def
     monkeypatch.setattr("workers.factory.get_runtime", lambda name=None: sentinel)
     assert runtime_for_target(default_target) is sentinel  # this machine, as configured
     assert runtime_for_target(None) is sentinel
-    remote = services.create_target(actor=admin_user, name="remote", kind="docker",
+    remote = targets.create_target(actor=admin_user, name="remote", kind="docker",
                                     endpoint="tcp://127.0.0.1:9",
                                     settings={"port_range": [23000, 23099]})
     runtime = runtime_for_target(remote)
     assert isinstance(runtime, DockerRuntime)
     assert runtime.client.api.base_url == "http://127.0.0.1:9"
     assert (runtime.ports.start, runtime.ports.end) == (23000, 23099)
-    swarm = services.create_target(actor=admin_user, name="swarm-o", kind="swarm",
+    swarm = targets.create_target(actor=admin_user, name="swarm-o", kind="swarm",
                                    settings={"network": "overlay", "overlay_network": "models",
                                              "egress_network": "outbound",
                                              "gpu_resource": "AMD-GPU"})
@@ -211,7 +213,7 @@ def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, def
     assert (runtime.network, runtime.overlay_network, runtime.egress_network,
             runtime.gpu_resource) == ("overlay", "models", "outbound", "AMD-GPU")
     policy = {"platform_namespace": "ml", "client_pods": {"role": "gateway"}}
-    k8s = services.create_target(actor=admin_user, name="k8s", kind="kubernetes",
+    k8s = targets.create_target(actor=admin_user, name="k8s", kind="kubernetes",
                                  namespace="models", kube_context="prod",
                                  settings={"network_policy": policy})
     from workers.runtimes.kubernetes import KubernetesRuntime
@@ -227,7 +229,7 @@ def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, def
 
 def test_an_unreachable_target_reads_as_unreachable(admin_api, admin_user):
     clear_cache()
-    services.create_target(actor=admin_user, name="gone", kind="swarm",
+    targets.create_target(actor=admin_user, name="gone", kind="swarm",
                            endpoint="tcp://127.0.0.1:9")
     response = admin_api.get(f"{URL}gone/health/")
     assert response.status_code == 200, response.json()
@@ -241,9 +243,9 @@ def test_an_unreachable_target_reads_as_unreachable(admin_api, admin_user):
 def test_the_capacity_page_shows_each_targets_health(docker_client, admin_user, engineer,
                                                      default_target):
     clear_cache()
-    services.create_target(actor=admin_user, name="gone", kind="docker",
+    targets.create_target(actor=admin_user, name="gone", kind="docker",
                            endpoint="tcp://127.0.0.1:9", cpu=4, memory_mb=8192)
-    services.create_target(actor=admin_user, name="engine", kind="docker",
+    targets.create_target(actor=admin_user, name="engine", kind="docker",
                            endpoint="unix:///var/run/docker.sock")
     browser = Client()
     browser.force_login(engineer)
@@ -283,7 +285,7 @@ def test_admins_register_targets_in_the_portal(admin_user, default_target):
     target = ExecutionTarget.objects.get(name="swarm-b")
     assert target.settings["port_range"] == [22000, 22099] and target.cpu == 2
     browser.post("/capacity/targets/swarm-b/", {"intent": "default"})
-    assert services.default_target().name == "swarm-b"
+    assert targets.default_target().name == "swarm-b"
     browser.post("/capacity/targets/local/", {"intent": "disable"})
     assert not ExecutionTarget.objects.get(name="local").enabled
     assert AuditEvent.objects.filter(action="target.created", object_repr="swarm-b").exists()
@@ -292,13 +294,13 @@ def test_admins_register_targets_in_the_portal(admin_user, default_target):
 def test_the_console_changes_targets_through_the_service(admin_user, default_target):
     console = Client()
     console.force_login(admin_user)
-    response = console.post("/admin/workers/executiontarget/add/", {
+    response = console.post("/admin/compute/executiontarget/add/", {
         "name": "swarm-c", "kind": "swarm", "endpoint": "", "kube_context": "",
         "namespace": "", "settings": '{"network": "overlay"}', "cpu": "0", "memory_mb": "0",
         "gpus": "0", "enabled": "on"})
     assert "overlay_network" in response.content.decode() or response.status_code == 302
     assert not ExecutionTarget.objects.filter(name="swarm-c").exists()
-    response = console.post("/admin/workers/executiontarget/add/", {
+    response = console.post("/admin/compute/executiontarget/add/", {
         "name": "swarm-c", "kind": "swarm", "endpoint": "", "kube_context": "",
         "namespace": "", "settings": '{"network": "host"}', "cpu": "0", "memory_mb": "0",
         "gpus": "0", "enabled": "on"})
@@ -306,6 +308,6 @@ def test_the_console_changes_targets_through_the_service(admin_user, default_tar
     event = AuditEvent.objects.get(action="target.created", object_repr="swarm-c")
     assert event.source == "admin"
     target = ExecutionTarget.objects.get(name="local")
-    response = console.post(f"/admin/workers/executiontarget/{target.pk}/delete/",
+    response = console.post(f"/admin/compute/executiontarget/{target.pk}/delete/",
                             {"post": "yes"})
     assert ExecutionTarget.objects.filter(name="local").exists()  # the default stays

@@ -6,7 +6,7 @@ from config.rest import CoresField, StrictTypes, identifier
 from teams.models import slug_validator
 
 from ..models import ExecutionTarget, TargetKind
-from ..services import ENDPOINT_SCHEMES, MAX_CPU
+from ..targets import ENDPOINT_SCHEMES, MAX_CPU
 
 
 def _cpu(**kwargs) -> serializers.DecimalField:
@@ -37,7 +37,7 @@ _ENDPOINT = "^(?:(?:" + "|".join(s.removesuffix("://") for s in ENDPOINT_SCHEMES
 
 
 class TargetWriteSerializer(StrictTypes, serializers.Serializer):
-    """Fields are checked together by ``workers.services`` (the kind decides what applies)."""
+    """Fields are checked together by ``compute.targets`` (the kind decides what applies)."""
 
     name = identifier(slug_validator, "target name", max_length=50)
     kind = serializers.ChoiceField(choices=TargetKind.choices, default=TargetKind.DOCKER)
@@ -102,3 +102,87 @@ class TargetHealthSerializer(serializers.Serializer):
     reserved = ReservedSerializer()
     capacity = TargetCapacitySerializer()
     checked_at = serializers.DateTimeField()
+
+
+# --- The capacity inventory (GET /capacity/) ---------------------------------------------------
+class CapacityGpuHolderSerializer(serializers.Serializer):
+    team = serializers.CharField()
+    owner = serializers.CharField()
+    since = serializers.DateTimeField()
+
+
+class CapacityGpuDeviceSerializer(serializers.Serializer):
+    device_id = serializers.CharField()
+    model = serializers.CharField()
+    active = serializers.BooleanField()
+    allocated_to = CapacityGpuHolderSerializer(allow_null=True)
+
+
+class CapacityFreeSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+
+
+class CapacityDockerHostSerializer(serializers.Serializer):
+    """A Docker host with a host worker (several plain Docker hosts)."""
+
+    state = serializers.ChoiceField(choices=["alive", "silent", "lost"],
+                                    help_text="silent: no heartbeat lately, not lost yet.")
+    queue = serializers.CharField()
+    address = serializers.CharField()
+    target = serializers.CharField()
+    last_heartbeat = serializers.DateTimeField(allow_null=True)
+    lost_at = serializers.DateTimeField(allow_null=True)
+    docker_version = serializers.CharField()
+    replicas = serializers.IntegerField(help_text="Replicas placed on it.")
+    free = CapacityFreeSerializer(help_text="Schedulable minus what placed replicas reserve.")
+
+
+class CapacityHostSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    active = serializers.BooleanField()
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    cpu_overcommit = serializers.DecimalField(max_digits=5, decimal_places=2,
+                                              coerce_to_string=False)
+    memory_overcommit = serializers.DecimalField(max_digits=5, decimal_places=2,
+                                                 coerce_to_string=False)
+    schedulable_cpu = _cpu()
+    schedulable_memory_mb = serializers.IntegerField()
+    gpus_allocated = serializers.IntegerField()
+    gpus = CapacityGpuDeviceSerializer(many=True)
+    docker = CapacityDockerHostSerializer(
+        allow_null=True, help_text="Set for hosts a host worker registered; null for capacity "
+                                   "registered by hand.")
+
+
+class CapacityTotalsSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    schedulable_cpu = _cpu()
+    schedulable_memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+
+
+class CapacityAllocatedSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+    gpu_devices = serializers.IntegerField(required=False)
+
+
+class CapacityGpuModelSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    total = serializers.IntegerField()
+    allocated = serializers.IntegerField()
+    free = serializers.IntegerField()
+
+
+class CapacitySerializer(serializers.Serializer):
+    hosts = CapacityHostSerializer(many=True)
+    totals = CapacityTotalsSerializer()
+    allocated = CapacityAllocatedSerializer(help_text="Sum of every team's reservations.")
+    committed = CapacityAllocatedSerializer(help_text="Sum of every team's base quota.")
+    gpu_models = CapacityGpuModelSerializer(many=True)

@@ -12,12 +12,12 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from compute import inventory, placement
+from compute.models import ExecutionTarget, Host
 from config.settings.env import env_pattern
-from quotas.models import Host
+from deployments import host_tasks as tasks
 from teams.models import AuditEvent
 from tests.fixtures import bearer_client
-from workers import placement, tasks
-from workers.models import ExecutionTarget
 
 pytestmark = pytest.mark.django_db
 
@@ -76,10 +76,9 @@ def test_host_names_must_be_usable_in_queue_and_container_names(monkeypatch):
 
 def test_the_lost_host_check_leaves_single_host_installs_and_hand_registered_hosts_alone(
         admin_user, settings):
-    from quotas import services
 
     assert tasks.check_hosts() == []
-    services.register_host(actor=admin_user, name="rack-1", cpu=64, memory_mb=262144)
+    inventory.register_host(actor=admin_user, name="rack-1", cpu=64, memory_mb=262144)
     assert tasks.check_hosts() == []  # capacity only: no worker, never "lost"
     assert Host.objects.get(name="rack-1").state == "alive"
     assert not AuditEvent.objects.filter(action="host.lost").exists()

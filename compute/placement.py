@@ -1,14 +1,14 @@
 """Placement on several plain Docker hosts: which host of a multi-host docker target
 (``"placement": "hosts"``) gets a replica.
 
-A host's room is what the capacity registry says it has (``quotas.Host``: CPU and memory from
+A host's room is what the capacity registry says it has (``compute.Host``: CPU and memory from
 its worker's ``docker info`` times the overcommit ratios, its GPU devices) minus what the
 replicas placed on it reserve (``deployments.Replica.cpu/memory_mb`` and the GPUs allocated to
 them). Only hosts that are active, alive and heard from within ``MODELPORT_HOST_LOST_SECONDS``
 take replicas. Among the hosts with room, a replica goes where its revision (then its
 deployment) has the fewest replicas — so replicas of one revision spread over hosts — then to
 the host with the most free CPU, then memory; ties by name, so placement is deterministic.
-Reads only: ``workers.hosts.HostsRuntime`` places under a lock on the hosts' rows.
+Reads only: ``deployments.hosts_runtime.HostsRuntime`` places under a lock on the hosts' rows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
-from quotas.models import GpuAllocation, GpuDevice, Host
+from .models import GpuAllocation, GpuDevice, Host
 
 
 @dataclass(frozen=True)
@@ -68,18 +68,18 @@ def placeable_hosts(target: Any) -> QuerySet[Host]:
 
 def rooms(hosts: Iterable[Host], *, deployment_id: int | None = None,
           revision: int | None = None) -> list[Room]:
-    """Free capacity of each host (placed replicas subtracted)."""
-    from deployments.models import Replica
-
+    """Free capacity of each host (placed replicas, read through ``Host.replicas``, subtracted)."""
     hosts = list(hosts)
     ids = [h.pk for h in hosts]
-    placed = {row["host"]: row for row in Replica.objects.filter(host__in=ids)
-              .values("host").annotate(cpu=Sum("cpu"), memory_mb=Sum("memory_mb"),
-                                       n=Count("pk"),
-                                       same_revision=Count("pk", filter=Q(
-                                           deployment_id=deployment_id, revision=revision)),
-                                       same_deployment=Count("pk", filter=Q(
-                                           deployment_id=deployment_id)))}
+    placed = {row["pk"]: row for row in Host.objects.filter(pk__in=ids).order_by()
+              .values("pk").annotate(cpu=Sum("replicas__cpu"),
+                                     memory_mb=Sum("replicas__memory_mb"),
+                                     n=Count("replicas"),
+                                     same_revision=Count("replicas", filter=Q(
+                                         replicas__deployment_id=deployment_id,
+                                         replicas__revision=revision)),
+                                     same_deployment=Count("replicas", filter=Q(
+                                         replicas__deployment_id=deployment_id)))}
     busy = GpuAllocation.objects.filter(device=OuterRef("pk"), released_at__isnull=True)
     free_gpus = dict(GpuDevice.objects.filter(host__in=ids, active=True).filter(~Exists(busy))
                      .values("host").annotate(n=Count("pk")).values_list("host", "n"))

@@ -12,10 +12,9 @@ from django.views.decorators.http import require_POST
 from core.portal import apply_service
 from teams.roles import is_platform_admin
 
-from . import services
 from .forms import TargetForm
 from .models import ExecutionTarget
-from .targets import target_summary
+from .targets import create_target, default_target, target_summary, update_target
 
 
 @login_required
@@ -23,14 +22,14 @@ def targets(request: HttpRequest) -> HttpResponse:
     admin = is_platform_admin(request.user)
     form = TargetForm(request.POST or None) if admin else None
     if form is not None and request.method == "POST" and form.is_valid() and apply_service(
-            request, form, lambda: services.create_target(actor=request.user,
+            request, form, lambda: create_target(actor=request.user,
                                                           **form.service_values())):
         messages.success(request, f"Registered execution target {form.cleaned_data['name']}.")
         return redirect("targets:list")
     summaries = [target_summary(t) for t in ExecutionTarget.objects.order_by("name")]
-    return render(request, "workers/targets.html", {
+    return render(request, "compute/targets.html", {
         "summaries": summaries, "form": form, "admin": admin,
-        "default": services.default_target(),
+        "default": default_target(),
     })
 
 
@@ -43,7 +42,7 @@ def change_target(request: HttpRequest, name: str) -> HttpResponse:
                "default": {"is_default": True}}.get(intent or "")
     if changes is None:
         messages.error(request, "Unknown action.")
-    elif apply_service(request, None, lambda: services.update_target(
+    elif apply_service(request, None, lambda: update_target(
             actor=request.user, target=target, **changes)):
         messages.success(request, f"Execution target {name} updated.")
     return redirect("targets:list")

@@ -4,7 +4,7 @@ Each Docker host runs a host worker — a Celery worker with ``MODELPORT_HOST_NA
 the queue ``host.<name>`` — that starts and removes replicas on its own engine and reports what
 runs there. The reconciler (queue ``deployments``) drives this runtime like any other; here:
 
-- ``start_replica`` places the replica on the host with the most room (``workers.placement``,
+- ``start_replica`` places the replica on the host with the most room (``compute.placement``,
   under a lock on the target's host rows), records the placement on a ``Replica`` row (host,
   reserved CPU/memory/GPUs, ``host_status="placing"``) and sends ``start_host_replica(<row
   id>)`` to that host's queue, then waits until the host reports the container (its URL) or
@@ -15,13 +15,14 @@ runs there. The reconciler (queue ``deployments``) drives this runtime like any 
   waiting until the host removed the container (and the row). On a lost host the row goes at
   once; the host's worker removes the container when the host comes back.
 - ``list_replicas`` / ``get_replica`` read the rows: the hosts are the truth, reported by each
-  host worker's heartbeat (``workers.services.report_host``); a replica on a lost host is
+  host worker's heartbeat (``deployments.host_side.report_host``); a replica on a lost host is
   ``lost``.
 
 The rows are this runtime's state, so the reconciler's ``publish`` never creates or clobbers
 them (``places_replicas``). Image builds happen on each host (``ensure_image`` only names the
 image). Stats are not collected from remote hosts (zeros); logs are the last lines each host
-reported.
+reported. The runtime factory builds it for such targets: ``DeploymentsConfig.ready()``
+registers it there (``workers.factory.register_target_runtime``).
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from compute import inventory, placement
+from compute.models import Host
 from config.errors import Conflict
-from quotas.models import Host
-
-from . import placement
-from .runtimes.base import (
+from workers.installation import installation_id
+from workers.runtimes.base import (
     BackendHealth,
     LogFn,
     NodeInfo,
@@ -51,6 +53,9 @@ from .runtimes.base import (
     Runtime,
     missing_state,
 )
+from workers.runtimes.images import ImageBuilder, normalize_requirements
+
+from .models import Deployment, Replica
 
 PLACING, REMOVING, LOST, FAILED = "placing", "removing", "lost", "failed"
 _STATUS = {s.value: s for s in ReplicaStatus}
@@ -80,16 +85,12 @@ class HostNotReporting(PlacementPending):
 
 def send_to_host(task: str, args: list[Any], queue: str) -> None:
     """Send a task to one host worker's queue (tasks take ids)."""
-    from celery import current_app
-
     current_app.tasks[task].apply_async(args=args, queue=queue)
 
 
 def image_tag(requirements: list[str]) -> str:
     """The serving image's tag for these requirements, as every host's ImageBuilder names it
     (each host builds it on its own engine when it is missing)."""
-    from .runtimes.images import ImageBuilder, normalize_requirements
-
     builder = ImageBuilder(None, settings.MODELPORT_SERVING_BASE_IMAGE, ca_bundle=None,
                            offline=True)
     return builder.tag_for(normalize_requirements(requirements))
@@ -104,8 +105,6 @@ class HostsRuntime(Runtime):
 
     def __init__(self, target: Any, *, dispatch: Dispatch | None = None,
                  poll_interval: float = 0.2, installation: str | None = None) -> None:
-        from .installation import installation_id
-
         self.target = target
         self.dispatch = dispatch or send_to_host
         self.poll_interval = poll_interval
@@ -121,8 +120,6 @@ class HostsRuntime(Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
-        from deployments.models import Replica
-
         row, queue = self._place(spec)
         if queue:
             self.dispatch("workers.tasks.start_host_replica", [row.pk], queue)
@@ -152,8 +149,6 @@ class HostsRuntime(Runtime):
 
     def _place(self, spec: ReplicaSpec) -> tuple[Any, str]:
         """Choose a host and record the placement (locked: two reconciles never overbook)."""
-        from deployments.models import Deployment, Replica
-
         spec = self.scoped(spec)
         cpu, memory_mb = Decimal(str(spec.cpu or 0)).quantize(Decimal("0.01")), \
             int(spec.memory_mb or 0)
@@ -181,10 +176,8 @@ class HostsRuntime(Runtime):
                 memory_mb=memory_mb, gpus=spec.gpus, host_status=PLACING,
                 placed_at=timezone.now(), message=f"placed on {host.name}")
             if spec.gpus:
-                from quotas import services as quotas
-
                 try:
-                    quotas.allocate_gpus(team=d.team, count=spec.gpus,
+                    inventory.allocate_gpus(team=d.team, count=spec.gpus,
                                          owner=f"{d.owner}/{runtime_id}", host=host)
                 except Conflict as exc:
                     raise NoCapacity(f"host {host.name}: {exc}") from exc
@@ -195,8 +188,6 @@ class HostsRuntime(Runtime):
         """Nothing here: ``remove_replica`` stops gracefully on the host, then removes."""
 
     def remove_replica(self, replica_id: str) -> None:
-        from deployments.models import Replica
-
         row = Replica.objects.select_related("host").filter(runtime_id=replica_id).first()
         if row is None:
             return
@@ -216,14 +207,10 @@ class HostsRuntime(Runtime):
 
     def _release_gpus(self, row: Any) -> None:
         if row.gpus:
-            from quotas import services as quotas
-
-            quotas.release_gpus(owner=f"deployment:{row.deployment.name}/{row.runtime_id}")
+            inventory.release_gpus(owner=f"deployment:{row.deployment.name}/{row.runtime_id}")
 
     # --- discovery --------------------------------------------------------------------------
     def _rows(self) -> Any:
-        from deployments.models import Replica
-
         rows = (Replica.objects.select_related("host", "deployment")
                 .filter(host__isnull=False).exclude(host_status=REMOVING))
         if self.target.is_default:

@@ -5,9 +5,10 @@ endpoint and no settings — the migration's ``default``) used to re-decide "aut
 reconcile: Docker when it answered, else local processes. So a deployment started as local
 processes before Docker came up was re-created on Docker a minute later, and its local replica
 was left behind. Now "auto" is resolved when the deployment is created (``choose_runtime``),
-stored on it (``Deployment.runtime``) and every reconcile uses that (``runtime_for``). A
-runtime that stops answering makes the deployment degraded (``deployments.runtime_health``);
-it is never moved. To move a deployment, delete it and deploy again.
+stored on it (``Deployment.runtime``) and every reconcile uses that
+(``deployments.runtime_health.deployment_runtime``). A runtime that stops answering makes the
+deployment degraded (``deployments.runtime_health``); it is never moved. To move a deployment,
+delete it and deploy again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 from django.conf import settings
 
-from . import factory
+from workers import factory
+from workers.runtime_status import docker_answers
+
 from .models import ExecutionTarget, RuntimeKind, TargetKind
 
 
@@ -39,36 +42,7 @@ def choose_runtime(target: ExecutionTarget | None) -> str:
     configured = str(getattr(settings, "MODELPORT_RUNTIME", "auto") or "auto").lower()
     if configured in (RuntimeKind.DOCKER, RuntimeKind.LOCAL):
         return RuntimeKind(configured)
-    from .runtime_status import docker_answers
-
     return RuntimeKind.DOCKER if docker_answers(fresh=True) else RuntimeKind.LOCAL
-
-
-def fix_runtime(deployment: Any) -> str:
-    """A deployment's runtime; one made before runtimes were fixed (empty) gets it decided
-    now, once, and recorded (with an event)."""
-    if deployment.runtime:
-        return deployment.runtime
-    from deployments.models import Deployment, DeploymentEvent
-
-    from .services import deployment_target
-
-    kind = choose_runtime(deployment_target(deployment))
-    if Deployment.objects.filter(pk=deployment.pk, runtime="").update(runtime=kind):
-        DeploymentEvent.objects.create(
-            deployment=deployment, revision=deployment.revision or None,
-            message=f"Runtime fixed: {RuntimeKind(kind).label}. Every reconcile uses it from "
-                    "now on; it is never moved to another runtime.")
-    deployment.runtime = Deployment.objects.filter(pk=deployment.pk) \
-        .values_list("runtime", flat=True).first() or kind
-    return deployment.runtime
-
-
-def runtime_for(deployment: Any) -> Any:
-    """The runtime that carries out this deployment: its target's, as fixed at creation."""
-    from .services import deployment_target
-
-    return runtime_on(deployment_target(deployment), fix_runtime(deployment))
 
 
 def runtime_on(target: ExecutionTarget | None, kind: str) -> Any:

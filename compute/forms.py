@@ -9,7 +9,7 @@ from .models import TargetKind
 
 
 class TargetForm(forms.Form):
-    """Registering an execution target in the portal; ``workers.services`` validates the rest."""
+    """Registering an execution target in the portal; ``compute.targets`` validates the rest."""
 
     name = forms.SlugField(max_length=50)
     kind = forms.ChoiceField(choices=TargetKind.choices, initial=TargetKind.DOCKER)

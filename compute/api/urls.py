@@ -1,3 +1,5 @@
+from django.urls import path
+
 from config.rest import Router
 
 from . import views
@@ -5,4 +7,7 @@ from . import views
 router = Router()
 router.register("targets", views.TargetViewSet, basename="target")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("capacity/", views.CapacityView.as_view(), name="capacity"),
+    *router.urls,
+]
