@@ -121,7 +121,7 @@ class RevisionState(models.TextChoices):
 class Revision(models.Model):
     """One immutable snapshot of a deployment's spec, with the model version it resolved to.
     What is filled in later is the reconciler's bookkeeping: ``state``, ``image``, ``healthy_at``,
-    where a stepped rollout is (``deployments/strategies/``) and its failures and retries
+    where a stepped rollout is (``deployments/reconcile/strategies/``) and its failures and retries
     (``deployments/retries.py``)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,

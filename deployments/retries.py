@@ -32,7 +32,7 @@ from .models import Deployment, DeploymentEvent, DeploymentStatus, Revision, Rev
 from .passes import schedule_pass
 
 if TYPE_CHECKING:
-    from .reconcile import Reconciler
+    from .reconcile.reconciler import Reconciler
 
 Kind = DeploymentEvent.Kind
 UNREACHABLE = "the runtime did not answer"
@@ -132,7 +132,7 @@ def _rerun(revision: Revision, *, attempts: int) -> None:
 
 def begin_automatic(rec: Reconciler, target: Revision) -> None:
     """The automatic retry is due: the revision runs again in this pass."""
-    from .reconcile import event, set_status
+    from .reconcile.reconciler import event, set_status
 
     _rerun(target, attempts=target.retry_attempts)
     limit = settings.MODELPORT_RETRY_MAX_ATTEMPTS
@@ -147,7 +147,7 @@ def begin_automatic(rec: Reconciler, target: Revision) -> None:
 def hold_failed(rec: Reconciler, target: Revision, serving: int | None) -> str:
     """Status of a deployment whose revision failed: ``pending`` while an automatic retry is
     scheduled (and a pass is brought for it), else ``failed``; the reason either way."""
-    from .reconcile import set_status
+    from .reconcile.reconciler import set_status
 
     d = rec.d
     keeps = f"; revision {serving} keeps serving" if serving is not None else ""
@@ -171,7 +171,7 @@ def remove_strays(rec: Reconciler, target: Revision, states: list[Any],
     """Remove replicas that neither serve nor should: the failed revision's and any other
     revision's that no traffic goes to (an interrupted rollout's, a failed removal's). Returns
     the replicas left."""
-    from .reconcile import event
+    from .reconcile.reconciler import event
 
     keep = {int(t["revision"]) for t in (rec.d.traffic or [])
             if isinstance(t, dict) and t.get("percent")}

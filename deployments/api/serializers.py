@@ -11,8 +11,9 @@ from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
 from teams.models import slug_validator
 
-from .. import retries, services, strategies
+from .. import retries, services
 from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
+from ..reconcile import strategies
 
 
 class DeploymentResourcesSerializer(StrictTypes, serializers.Serializer):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..models import RevisionState
+from ...models import RevisionState
 from .base import SteppedRollout
 from .canary import Canary
 
 if TYPE_CHECKING:
-    from ..models import Deployment, Revision
-    from ..reconcile import Reconciler
+    from ...models import Deployment, Revision
+    from ..reconciler import Reconciler
 
 __all__ = ["STEPPED", "Canary", "SteppedRollout", "describe", "for_rollout", "in_progress"]
 

@@ -31,9 +31,9 @@ from serving import sockets
 from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
-from . import admission, retries, runtime_health, strategies
-from .locks import deployment_lock
-from .models import (
+from .. import admission, retries, runtime_health
+from ..locks import deployment_lock
+from ..models import (
     Deployment,
     DeploymentEvent,
     DeploymentStatus,
@@ -42,6 +42,7 @@ from .models import (
     RevisionState,
     ShadowSample,
 )
+from . import strategies
 
 log = logging.getLogger(__name__)
 Kind = DeploymentEvent.Kind
@@ -682,7 +683,7 @@ class Reconciler:
         return retries.hold_failed(self, target, rev)
 
     def auto_rollback(self, target: Revision, old_revision: int, reason: str) -> str:
-        from . import services
+        from .. import services
 
         d = self.d
         event(d, reason, kind=Kind.ERROR, revision=target.number)

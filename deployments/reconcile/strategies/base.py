@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
-from ..models import Deployment, DeploymentEvent, DeploymentStatus, Revision
-from ..passes import schedule_pass
+from ...models import Deployment, DeploymentEvent, DeploymentStatus, Revision
+from ...passes import schedule_pass
 
 if TYPE_CHECKING:
-    from ..reconcile import Reconciler
+    from ..reconciler import Reconciler
 
 Kind = DeploymentEvent.Kind
 
@@ -95,7 +95,7 @@ class SteppedRollout:
     def wait(self, index: int, old_revision: int, states: list[Any]) -> str:
         """The step is not over: keep its split published, say when the next one comes, and
         have a pass brought then."""
-        from ..reconcile import set_status
+        from ..reconciler import set_status
 
         percent, at = self.steps[index], self.target.next_step_at
         self.rec.publish(states, traffic=self.split(percent, old_revision))
