@@ -486,10 +486,10 @@ def report_host(*, host: Any, runtime: Any) -> dict[str, Any]:
     if gone:
         Deployment.objects.filter(pk__in=gone).update(routing_version=F("routing_version") + 1)
     if changed:
-        from deployments.services import enqueue_reconcile
+        from deployments import passes
 
         for pk in sorted(changed):
-            transaction.on_commit(lambda pk=pk: enqueue_reconcile(pk))
+            transaction.on_commit(lambda pk=pk: passes.enqueue_reconcile(pk))
     return {"host": host.name, "containers": len(states), "stale_removed": stale}
 
 
@@ -601,9 +601,9 @@ def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:
                             "rescheduling them on other hosts.")
             Deployment.objects.filter(pk__in=deployments).update(
                 routing_version=F("routing_version") + 1)
-            from deployments.services import enqueue_reconcile
+            from deployments import passes
 
             for d_pk in deployments:
-                transaction.on_commit(lambda d_pk=d_pk: enqueue_reconcile(d_pk))
+                transaction.on_commit(lambda d_pk=d_pk: passes.enqueue_reconcile(d_pk))
             lost.append(host)
     return lost

@@ -5,11 +5,7 @@ the tasks call; ``strategies`` the stepped rollouts. The names below are the pac
 face (tasks, workers and tests import them from here).
 """
 
-from .reconciler import (
-    Reconciler,
-    model_dir_for,
-    reconcile_deployment,
-    remove_deployment_containers,
-)
+from ..revisions import model_dir_for
+from .reconciler import Reconciler, reconcile_deployment, remove_deployment_containers
 
 __all__ = ["Reconciler", "model_dir_for", "reconcile_deployment", "remove_deployment_containers"]

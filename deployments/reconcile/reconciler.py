@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
-import shutil
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -25,13 +21,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from core import replica_keys
-from registry import storage
-from registry.models import ModelVersion
 from serving import sockets
 from workers.hosts import PlacementPending
 from workers.runtimes import ReplicaStatus
 
-from .. import admission, retries, runtime_health
+from .. import admission, retries, revisions, runtime_health
+from ..events import BuildLog, event, set_status
 from ..locks import deployment_lock
 from ..models import (
     Deployment,
@@ -42,6 +37,7 @@ from ..models import (
     RevisionState,
     ShadowSample,
 )
+from ..revisions import model_dir_for
 from . import strategies
 
 log = logging.getLogger(__name__)
@@ -51,31 +47,6 @@ PUBLISHED_FIELDS = ["revision", "index", "status", "ready", "url", "message", "r
 
 
 # --- Helpers ------------------------------------------------------------------------------------
-def model_dir_for(version: ModelVersion) -> Path:
-    """The version's MLflow model dir, unpacked once per artifact under the data dir and made
-    world-readable (containers run as uid 10001 and mount it read-only)."""
-    if not version.artifact_name:
-        raise RuntimeError(f"{version} has no stored artifact.")
-    root = Path(settings.MODELPORT_DATA_DIR) / "deployments" / "models"
-    target = root / (version.artifact_sha256 or f"v{version.pk}")
-    if (target / "MLmodel").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
-    try:
-        storage.unpack_artifact(version.artifact_name, staging)
-        for path in [staging, *staging.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            os.rename(staging, target)
-        except OSError:  # a concurrent reconcile unpacked it first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
 def ready_status(url: str, timeout: float = 2.0) -> tuple[int, str]:
     """(HTTP status of GET url/ready, body text); (0, "") when nothing answers. ``url`` is a
     replica's: http:// or, for a replica without a network, http+unix://."""
@@ -88,43 +59,6 @@ def ready_status(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 def probe(url: str | None, timeout: float = 1.0) -> bool:
     return bool(url) and ready_status(url or "", timeout)[0] == 200
-
-
-def event(d: Deployment, message: str, *, kind: str = Kind.INFO,
-          revision: int | None = None) -> None:
-    DeploymentEvent.objects.create(deployment=d, kind=kind, message=message[:20000],
-                                   revision=revision)
-
-
-class BuildLog:
-    """Streams image build lines into events, a batch every ~2 s."""
-
-    def __init__(self, d: Deployment, revision: int) -> None:
-        self.d, self.revision, self.lines, self.last = d, revision, [], time.monotonic()
-
-    def __call__(self, line: str) -> None:
-        line = line.rstrip()
-        if line:
-            self.lines.append(line)
-        if self.lines and (time.monotonic() - self.last > 2 or len(self.lines) >= 50):
-            self.flush()
-
-    def flush(self) -> None:
-        if self.lines:
-            event(self.d, "\n".join(self.lines), kind=Kind.BUILD, revision=self.revision)
-            self.lines = []
-        self.last = time.monotonic()
-
-
-def set_status(d: Deployment, status: str, message: str = "", progress: int | None = None,
-               **extra: Any) -> None:
-    values: dict[str, Any] = {"status": status, "status_message": message[:2000],
-                              "reconciled_at": timezone.now(), **extra}
-    if progress is not None:
-        values["progress"] = progress
-    Deployment.objects.filter(pk=d.pk).update(**values)
-    for key, value in values.items():
-        setattr(d, key, value)
 
 
 # --- The reconciler -----------------------------------------------------------------------------
@@ -683,16 +617,16 @@ class Reconciler:
         return retries.hold_failed(self, target, rev)
 
     def auto_rollback(self, target: Revision, old_revision: int, reason: str) -> str:
-        from .. import services
-
         d = self.d
         event(d, reason, kind=Kind.ERROR, revision=target.number)
         Revision.objects.filter(pk=target.pk).update(state=RevisionState.FAILED)
         for s in self.observe():
             if s.revision == target.number:
                 self.remove_container(s.id)
-        fresh = Deployment.objects.get(pk=d.pk)
-        services.rollback(actor=None, deployment=fresh, revision=old_revision, system=True)
+        with transaction.atomic():
+            fresh = revisions.locked(d)
+            source = fresh.revisions.get(number=old_revision)
+            revisions.rollback_revision(fresh, source, actor=None)
         return "rolled-back"
 
     def settle(self, target: Revision, ready: int) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
+from ...events import set_status
 from ...models import Deployment, DeploymentEvent, DeploymentStatus, Revision
 from ...passes import schedule_pass
 
@@ -95,8 +96,6 @@ class SteppedRollout:
     def wait(self, index: int, old_revision: int, states: list[Any]) -> str:
         """The step is not over: keep its split published, say when the next one comes, and
         have a pass brought then."""
-        from ..reconciler import set_status
-
         percent, at = self.steps[index], self.target.next_step_at
         self.rec.publish(states, traffic=self.split(percent, old_revision))
         set_status(self.d, DeploymentStatus.STARTING,
