@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from celery import current_app
+from celery import Task, current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -25,8 +25,18 @@ RECONCILE = "deployments.tasks.reconcile"
 REMOVE_CONTAINERS = "deployments.tasks.remove_containers"
 
 
+def task(name: str) -> Task:
+    """The registered task called ``name``. A worker registered every task at start-up
+    (autodiscovery); a web or edge process has imported no task module yet, so the first call
+    runs the same autodiscovery."""
+    app = current_app._get_current_object()
+    if name not in app.tasks:
+        app.loader.import_default_modules()
+    return app.tasks[name]
+
+
 def enqueue_reconcile(deployment_id: int) -> None:
-    current_app.tasks[RECONCILE].delay(deployment_id)
+    task(RECONCILE).delay(deployment_id)
 
 
 def reconcile_on_commit(d: Deployment) -> None:
@@ -37,7 +47,7 @@ def reconcile_on_commit(d: Deployment) -> None:
 
 def enqueue_remove(name: str, target_id: int | None = None, runtime: str = "") -> None:
     """Remove a deleted deployment's replicas on the target and runtime it ran on."""
-    current_app.tasks[REMOVE_CONTAINERS].delay(name, target_id, runtime)
+    task(REMOVE_CONTAINERS).delay(name, target_id, runtime)
 
 
 def schedule_pass(deployment_id: int, at: datetime) -> float | None:
@@ -49,6 +59,6 @@ def schedule_pass(deployment_id: int, at: datetime) -> float | None:
         return None
     if settings.CELERY_TASK_ALWAYS_EAGER:  # no broker to defer to: the caller drives passes
         return None
-    task = current_app.tasks[RECONCILE]
-    transaction.on_commit(lambda: task.apply_async((deployment_id,), countdown=delay))
+    reconcile = task(RECONCILE)
+    transaction.on_commit(lambda: reconcile.apply_async((deployment_id,), countdown=delay))
     return delay
