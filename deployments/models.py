@@ -22,7 +22,7 @@ name_validator = RegexValidator(
     "Use 1-50 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
 )
 
-STRATEGIES = ("rolling", "blue_green", "canary", "shadow")
+STRATEGIES = ("rolling", "blue_green", "canary", "linear", "shadow")
 
 
 class DeploymentStatus(models.TextChoices):

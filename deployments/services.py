@@ -45,6 +45,7 @@ MAX_GPUS = 64
 _UNSET: Any = object()
 SHADOW_DEFAULT_PERCENT = 100
 SHADOW_DEFAULT_TOLERANCE = 1e-6
+LINEAR_DEFAULT_STEP_PERCENT = 25
 
 
 # --- Validation ---------------------------------------------------------------------------------
@@ -112,7 +113,8 @@ def _strategy(raw: Any) -> dict[str, Any]:
     if kind not in STRATEGIES:
         raise InvalidInput(f"strategy.type must be one of {', '.join(STRATEGIES)} "
                            f"(got {kind!r}).", field="strategy")
-    unknown = sorted(set(raw) - {"type", "steps", "interval_s", "percent", "tolerance"})
+    unknown = sorted(set(raw) - {"type", "steps", "interval_s", "percent", "tolerance",
+                                 "step_percent"})
     if unknown:
         raise InvalidInput(f"strategy has unknown key(s) {', '.join(unknown)}.", field="strategy")
     out: dict[str, Any] = {"type": kind}
@@ -128,15 +130,27 @@ def _strategy(raw: Any) -> dict[str, Any]:
             raise InvalidInput("strategy.tolerance (how far apart two numeric predictions may be "
                                "and still agree) must be a number from 0 to 1000000 "
                                f"(got {tolerance!r}).", field="strategy")
-        if "steps" in raw or "interval_s" in raw:
-            raise InvalidInput("strategy.steps and interval_s apply only to canary.",
-                               field="strategy")
+        if "steps" in raw or "interval_s" in raw or "step_percent" in raw:
+            raise InvalidInput("strategy.steps, interval_s and step_percent apply only to "
+                               "canary and linear.", field="strategy")
         out.update(percent=percent, tolerance=tolerance)
         return out
     if "percent" in raw or "tolerance" in raw:
         raise InvalidInput("strategy.percent and tolerance apply only to shadow.",
                            field="strategy")
-    if kind == "canary":
+    if "step_percent" in raw and kind != "linear":
+        raise InvalidInput("strategy.step_percent applies only to linear.", field="strategy")
+    if kind == "linear":
+        step = raw.get("step_percent", LINEAR_DEFAULT_STEP_PERCENT)
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 99:
+            raise InvalidInput("strategy.step_percent (the share of traffic each step adds) "
+                               f"must be a whole number from 1 to 99 (got {step!r}).",
+                               field="strategy")
+        if "steps" in raw:
+            raise InvalidInput("strategy.steps applies only to canary; linear steps by "
+                               "step_percent.", field="strategy")
+        out.update(step_percent=step, interval_s=_interval(raw))
+    elif kind == "canary":
         steps = raw.get("steps", [10, 50, 100])
         if (not isinstance(steps, list) or not steps
                 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 100
@@ -144,16 +158,20 @@ def _strategy(raw: Any) -> dict[str, Any]:
                 or steps != sorted(steps) or steps[-1] != 100):
             raise InvalidInput("strategy.steps must be increasing percentages ending at 100, "
                                "e.g. [10, 50, 100].", field="strategy")
-        interval = raw.get("interval_s", 60)
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
-                or not 0 <= interval <= 86400:
-            raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
-                               field="strategy")
-        out.update(steps=steps, interval_s=interval)
+        out.update(steps=steps, interval_s=_interval(raw))
     elif "steps" in raw or "interval_s" in raw:
-        raise InvalidInput("strategy.steps and interval_s apply only to canary.",
-                           field="strategy")
+        raise InvalidInput("strategy.steps and interval_s apply only to canary (interval_s "
+                           "also to linear).", field="strategy")
     return out
+
+
+def _interval(raw: dict[str, Any]) -> int | float:
+    interval = raw.get("interval_s", 60)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 0 <= interval <= 86400:
+        raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
+                           field="strategy")
+    return interval
 
 
 def _model(team: Team, name: Any) -> RegisteredModel:
@@ -377,7 +395,7 @@ def promote(*, actor, deployment: Deployment, strategy: Any = None) -> Deploymen
     new_strategy = _strategy(strategy if strategy not in (None, {}) else {"type": "rolling"})
     if new_strategy["type"] == "shadow":
         raise InvalidInput("Promoting rolls the shadow out for real: give strategy rolling, "
-                           "blue_green or canary.", field="strategy")
+                           "blue_green, canary or linear.", field="strategy")
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
     d.strategy = new_strategy
     if not d.stopped:

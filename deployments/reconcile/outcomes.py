@@ -32,6 +32,7 @@ class Outcome(StrEnum):
     STARTING = "starting"
     SHADOWING = "shadowing"
     CANARY = "canary"
+    LINEAR = "linear"
     CRASH_LOOP = "crash-loop"
     SUPERSEDED = "superseded"
     ROLLED_BACK = "rolled-back"

@@ -4,8 +4,8 @@ deployment's ``strategy.type``.
 Every type starts the new revision's replicas and then, once they are up, says what happens to
 traffic (``Rollout.start`` and ``Rollout.switch``): rolling replaces one replica at a time,
 blue/green switches at once, shadow mirrors requests to the new revision while the serving one
-answers, canary moves traffic in steps. A stepped rollout keeps where it is on the revision
-(``rollout_step``, ``step_started_at``, ``next_step_at``). Every reconcile pass asks it to
+answers, canary and linear move traffic in steps. A stepped rollout keeps where it is on the
+revision (``rollout_step``, ``step_started_at``, ``next_step_at``). Every reconcile pass asks it to
 ``advance``: start the first step, or judge a step whose time is up and start the next — then
 it returns, and beat or a countdown task (``deployments.passes``) brings the next pass. Nothing
 waits between steps holding the deployment's lock or a worker slot.
@@ -19,6 +19,7 @@ from ...models import RevisionState
 from .all_at_once import AllAtOnce
 from .base import SteppedRollout
 from .canary import Canary
+from .linear import Linear
 from .rolling import Rolling
 from .rollout import Rollout
 from .shadow import Shadow, end_stale_shadows
@@ -32,6 +33,7 @@ __all__ = [
     "STRATEGIES",
     "AllAtOnce",
     "Canary",
+    "Linear",
     "Rolling",
     "Rollout",
     "Shadow",
@@ -47,6 +49,7 @@ STRATEGIES: dict[str, type[Rollout]] = {
     "rolling": Rolling,
     "blue_green": AllAtOnce,
     "canary": Canary,
+    "linear": Linear,
     "shadow": Shadow,
 }
 STEPPED: dict[str, type[SteppedRollout]] = {
