@@ -7,6 +7,8 @@ from decimal import Decimal
 
 from teams.models import Team
 
+from .models import Deployment
+
 
 def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb: int,
                gpus: int, actor=None) -> None:
@@ -29,8 +31,6 @@ def check_target(*, owner: str, cpu: Decimal, memory_mb: int, gpus: int) -> None
     """The deployment's execution target must hold it, when the target has registered
     capacity: ``Conflict(code="target_capacity_exceeded")`` otherwise."""
     from workers import services as targets
-
-    from .models import Deployment
 
     d = Deployment.objects.filter(name=owner.removeprefix("deployment:")).first()
     target = targets.deployment_target(d) if d is not None else targets.default_target()
