@@ -31,6 +31,13 @@ class DeploymentCreateForm(forms.Form):
         help_text="Canary only: how long each step runs before its error rate and p95 are "
                   "compared with the old revision's.")
 
+    linear_step_percent = forms.IntegerField(
+        required=False, initial=25, min_value=1, max_value=99, label="Linear step (% of traffic)",
+        help_text="Linear only: the share of traffic each step adds, e.g. 25 for 25, 50, 75 %.")
+    linear_interval_s = forms.IntegerField(
+        required=False, initial=60, min_value=0, max_value=86400,
+        label="Seconds per linear step", help_text="Linear only: how long each step lasts.")
+
     target = forms.ModelChoiceField(
         queryset=ExecutionTarget.objects.none(), to_field_name="name", required=False,
         label="Execution target", empty_label="(the default target)",
@@ -60,4 +67,9 @@ class DeploymentCreateForm(forms.Form):
                 spec["steps"] = data["canary_steps"]
             if data.get("canary_interval_s") is not None:
                 spec["interval_s"] = data["canary_interval_s"]
+        if data["strategy"] == "linear":
+            if data.get("linear_step_percent") is not None:
+                spec["step_percent"] = data["linear_step_percent"]
+            if data.get("linear_interval_s") is not None:
+                spec["interval_s"] = data["linear_interval_s"]
         return spec

@@ -22,7 +22,7 @@ from core import replica_keys
 from teams import audit
 from workers.runtimes import ReplicaSpec
 
-from . import hooks, services
+from . import hooks, passes
 from .models import Deployment, DeploymentEvent, Replica, Revision
 from .reconcile import model_dir_for
 
@@ -86,7 +86,7 @@ def report_host(*, host: Any, runtime: Any) -> dict[str, Any]:
         Deployment.objects.filter(pk__in=gone).update(routing_version=F("routing_version") + 1)
     if changed:
         for pk in sorted(changed):
-            transaction.on_commit(lambda pk=pk: services.enqueue_reconcile(pk))
+            transaction.on_commit(lambda pk=pk: passes.enqueue_reconcile(pk))
     return {"host": host.name, "containers": len(states), "stale_removed": stale}
 
 
@@ -178,6 +178,6 @@ def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:
             Deployment.objects.filter(pk__in=deployments).update(
                 routing_version=F("routing_version") + 1)
             for d_pk in deployments:
-                transaction.on_commit(lambda d_pk=d_pk: services.enqueue_reconcile(d_pk))
+                transaction.on_commit(lambda d_pk=d_pk: passes.enqueue_reconcile(d_pk))
             lost.append(host)
     return lost

@@ -22,7 +22,7 @@ name_validator = RegexValidator(
     "Use 1-50 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
 )
 
-STRATEGIES = ("rolling", "blue_green", "canary", "shadow")
+STRATEGIES = ("rolling", "blue_green", "canary", "linear", "shadow")
 
 
 class DeploymentStatus(models.TextChoices):
@@ -64,7 +64,7 @@ class Deployment(models.Model):
         help_text="Where it runs; empty: the default target (MODELPORT_DEFAULT_TARGET or the "
                   "one flagged default).")
     # Fixed when the deployment is created ("auto" resolved then), used by every reconcile:
-    # never moved to another runtime (workers/runtime_choice.py). Empty: made before runtimes
+    # never moved to another runtime (compute/runtime_choice.py). Empty: made before runtimes
     # were fixed and never reconciled since; decided on its next reconcile, once.
     runtime = models.CharField(max_length=20, blank=True, choices=RuntimeKind.choices,
                                help_text="What runs its replicas, fixed when it was created.")
@@ -121,7 +121,7 @@ class RevisionState(models.TextChoices):
 class Revision(models.Model):
     """One immutable snapshot of a deployment's spec, with the model version it resolved to.
     What is filled in later is the reconciler's bookkeeping: ``state``, ``image``, ``healthy_at``,
-    where a stepped rollout is (``deployments/strategies/``) and its failures and retries
+    where a stepped rollout is (``deployments/reconcile/strategies/``) and its failures and retries
     (``deployments/retries.py``)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
@@ -205,8 +205,8 @@ class Replica(models.Model):
     restart_count = models.PositiveIntegerField(default=0)
     last_probe = models.DateTimeField(null=True, blank=True)
     # Placement on one of several plain Docker hosts (a docker target with "placement":
-    # "hosts", see workers/hosts.py). Empty on every other target: there the runtime is the
-    # truth and this row only a cache.
+    # "hosts", see deployments/hosts_runtime.py). Empty on every other target: there the runtime
+    # is the truth and this row only a cache.
     host = models.ForeignKey("compute.Host", null=True, blank=True, on_delete=models.SET_NULL,
                              related_name="replicas")
     cpu = models.DecimalField(max_digits=7, decimal_places=2, default=0,

@@ -1,7 +1,8 @@
 """Failed revisions recover.
 
-- **Retry** (``retry``: API, portal button, CLI; and ``services.start`` of a stopped deployment
-  whose revision had failed) re-runs the current revision: engineer or above, audited.
+- **Retry** (the verb ``services.retry``: API, portal button, CLI; and ``services.start`` of a
+  stopped deployment whose revision had failed) re-runs the current revision: engineer or
+  above, audited.
 - **Automatic retry**: a failure with a transient cause — the image missing, the runtime not
   answering, a live replica not ready in time — is retried without a user after
   ``MODELPORT_RETRY_BACKOFF_S`` seconds, doubling up to ``MODELPORT_RETRY_BACKOFF_MAX_S``, at most
@@ -20,19 +21,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
-from config.errors import Conflict
-from teams import audit
-from teams.access import require_team_role
-from teams.roles import Role
-
+from .events import event, set_status
 from .models import Deployment, DeploymentEvent, DeploymentStatus, Revision, RevisionState
 from .passes import schedule_pass
 
 if TYPE_CHECKING:
-    from .reconcile import Reconciler
+    from .reconcile.reconciler import Reconciler
 
 Kind = DeploymentEvent.Kind
 UNREACHABLE = "the runtime did not answer"
@@ -132,8 +128,6 @@ def _rerun(revision: Revision, *, attempts: int) -> None:
 
 def begin_automatic(rec: Reconciler, target: Revision) -> None:
     """The automatic retry is due: the revision runs again in this pass."""
-    from .reconcile import event, set_status
-
     _rerun(target, attempts=target.retry_attempts)
     limit = settings.MODELPORT_RETRY_MAX_ATTEMPTS
     event(rec.d, f"Retrying revision {target.number} automatically (attempt "
@@ -147,8 +141,6 @@ def begin_automatic(rec: Reconciler, target: Revision) -> None:
 def hold_failed(rec: Reconciler, target: Revision, serving: int | None) -> str:
     """Status of a deployment whose revision failed: ``pending`` while an automatic retry is
     scheduled (and a pass is brought for it), else ``failed``; the reason either way."""
-    from .reconcile import set_status
-
     d = rec.d
     keeps = f"; revision {serving} keeps serving" if serving is not None else ""
     reason = target.failure or "see the events"
@@ -171,8 +163,6 @@ def remove_strays(rec: Reconciler, target: Revision, states: list[Any],
     """Remove replicas that neither serve nor should: the failed revision's and any other
     revision's that no traffic goes to (an interrupted rollout's, a failed removal's). Returns
     the replicas left."""
-    from .reconcile import event
-
     keep = {int(t["revision"]) for t in (rec.d.traffic or [])
             if isinstance(t, dict) and t.get("percent")}
     if serving is not None:
@@ -211,7 +201,7 @@ def current_revision(d: Deployment) -> Revision | None:
     return d.revisions.filter(number=d.revision).first()
 
 
-# --- The user's side (a service verb) -------------------------------------------------------
+# --- The user's side (what the verb ``services.retry`` reads and does) ---------------------
 def retryable(d: Deployment, revision: Revision | None) -> bool:
     """Whether Retry has something to do: the revision failed, or the deployment is failed or
     degraded (e.g. replicas that kept crashing, which the reconciler stopped replacing)."""
@@ -233,39 +223,3 @@ def rerun_failed(d: Deployment, *, actor, why: str) -> Revision | None:
                                    message=f"{why} by {who}: revision {revision.number} runs "
                                            "again.")
     return revision
-
-
-@transaction.atomic
-def retry(*, actor, deployment: Deployment) -> Deployment:
-    """Re-run a failed deployment's current revision (or, for a deployment that is failed or
-    degraded with its revision still active, replace its replicas again, crash-loop count
-    reset). The reconciler does the work after commit."""
-    from .services import _after_commit, _locked
-
-    require_team_role(actor, deployment.team, Role.ENGINEER, "retrying deployments")
-    d = _locked(deployment)
-    revision = Revision.objects.filter(deployment=d, number=d.revision).first()
-    if d.stopped:
-        raise Conflict(f"'{d.name}' is stopped: Start it (a failed revision runs again when "
-                       "started).", code="stopped")
-    if not retryable(d, revision):
-        state = revision.get_state_display().lower() if revision else "missing"
-        raise Conflict(f"'{d.name}' has nothing to retry: it is {d.status} and revision "
-                       f"{d.revision} is {state}.", code="nothing_to_retry")
-    before = {"revision": revision.number, "state": revision.state, "status": d.status,
-              "failure": revision.failure, "retry_attempts": revision.retry_attempts}
-    if rerun_failed(d, actor=actor, why="Retry requested") is None:
-        Revision.objects.filter(pk=revision.pk).update(retried_at=timezone.now())
-        DeploymentEvent.objects.create(
-            deployment=d, revision=revision.number,
-            message=f"Retry requested by {actor.username}: replicas of revision "
-                    f"{revision.number} are replaced again (crash-loop count reset).")
-    d.status, d.status_message, d.progress = (DeploymentStatus.PENDING,
-                                              f"Retrying revision {d.revision}.", 0)
-    d.save(update_fields=["status", "status_message", "progress", "updated_at"])
-    revision.refresh_from_db()
-    audit.record(actor=actor, action="deployment.retried", obj=d, team=d.team, before=before,
-                 after={"revision": revision.number, "state": revision.state,
-                        "status": d.status, "retry_attempts": revision.retry_attempts})
-    _after_commit(d)
-    return d

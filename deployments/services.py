@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.utils import timezone
 
 from compute import targets
 from compute.runtime_choice import choose_runtime
@@ -25,7 +25,8 @@ from teams.access import require_platform_admin, require_team_role
 from teams.models import Team
 from teams.roles import Role
 
-from . import admission, retries
+from . import admission, passes, retries
+from .events import event
 from .models import (
     STRATEGIES,
     Deployment,
@@ -36,17 +37,16 @@ from .models import (
     ShadowSample,
     name_validator,
 )
+from .revisions import DEPLOYMENT_FIELDS, locked, new_revision, rollback_revision, spec_of
 from .runtime_health import deployment_runtime
 
-DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
-                     "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "runtime",
-                     "egress", "egress_reason"]
 MAX_CPU = Decimal("256")
 MAX_MEMORY_MB = 1024 * 1024
 MAX_GPUS = 64
 _UNSET: Any = object()
 SHADOW_DEFAULT_PERCENT = 100
 SHADOW_DEFAULT_TOLERANCE = 1e-6
+LINEAR_DEFAULT_STEP_PERCENT = 25
 
 
 # --- Validation ---------------------------------------------------------------------------------
@@ -114,7 +114,8 @@ def _strategy(raw: Any) -> dict[str, Any]:
     if kind not in STRATEGIES:
         raise InvalidInput(f"strategy.type must be one of {', '.join(STRATEGIES)} "
                            f"(got {kind!r}).", field="strategy")
-    unknown = sorted(set(raw) - {"type", "steps", "interval_s", "percent", "tolerance"})
+    unknown = sorted(set(raw) - {"type", "steps", "interval_s", "percent", "tolerance",
+                                 "step_percent"})
     if unknown:
         raise InvalidInput(f"strategy has unknown key(s) {', '.join(unknown)}.", field="strategy")
     out: dict[str, Any] = {"type": kind}
@@ -130,15 +131,27 @@ def _strategy(raw: Any) -> dict[str, Any]:
             raise InvalidInput("strategy.tolerance (how far apart two numeric predictions may be "
                                "and still agree) must be a number from 0 to 1000000 "
                                f"(got {tolerance!r}).", field="strategy")
-        if "steps" in raw or "interval_s" in raw:
-            raise InvalidInput("strategy.steps and interval_s apply only to canary.",
-                               field="strategy")
+        if "steps" in raw or "interval_s" in raw or "step_percent" in raw:
+            raise InvalidInput("strategy.steps, interval_s and step_percent apply only to "
+                               "canary and linear.", field="strategy")
         out.update(percent=percent, tolerance=tolerance)
         return out
     if "percent" in raw or "tolerance" in raw:
         raise InvalidInput("strategy.percent and tolerance apply only to shadow.",
                            field="strategy")
-    if kind == "canary":
+    if "step_percent" in raw and kind != "linear":
+        raise InvalidInput("strategy.step_percent applies only to linear.", field="strategy")
+    if kind == "linear":
+        step = raw.get("step_percent", LINEAR_DEFAULT_STEP_PERCENT)
+        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 99:
+            raise InvalidInput("strategy.step_percent (the share of traffic each step adds) "
+                               f"must be a whole number from 1 to 99 (got {step!r}).",
+                               field="strategy")
+        if "steps" in raw:
+            raise InvalidInput("strategy.steps applies only to canary; linear steps by "
+                               "step_percent.", field="strategy")
+        out.update(step_percent=step, interval_s=_interval(raw))
+    elif kind == "canary":
         steps = raw.get("steps", [10, 50, 100])
         if (not isinstance(steps, list) or not steps
                 or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 100
@@ -146,16 +159,20 @@ def _strategy(raw: Any) -> dict[str, Any]:
                 or steps != sorted(steps) or steps[-1] != 100):
             raise InvalidInput("strategy.steps must be increasing percentages ending at 100, "
                                "e.g. [10, 50, 100].", field="strategy")
-        interval = raw.get("interval_s", 60)
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
-                or not 0 <= interval <= 86400:
-            raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
-                               field="strategy")
-        out.update(steps=steps, interval_s=interval)
+        out.update(steps=steps, interval_s=_interval(raw))
     elif "steps" in raw or "interval_s" in raw:
-        raise InvalidInput("strategy.steps and interval_s apply only to canary.",
-                           field="strategy")
+        raise InvalidInput("strategy.steps and interval_s apply only to canary (interval_s "
+                           "also to linear).", field="strategy")
     return out
+
+
+def _interval(raw: dict[str, Any]) -> int | float:
+    interval = raw.get("interval_s", 60)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 0 <= interval <= 86400:
+        raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
+                           field="strategy")
+    return interval
 
 
 def _model(team: Team, name: Any) -> RegisteredModel:
@@ -198,58 +215,6 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
     return pinned, alias, target
 
 
-def _spec(d: Deployment) -> dict[str, Any]:
-    spec = {"model": d.model.name, "version": d.version.version if d.version else None,
-            "alias": d.alias or None, "replicas": d.replicas,
-            "resources": {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus},
-            "strategy": d.strategy}
-    if d.egress:  # only when granted: revisions made before egress existed compare equal
-        spec["egress"] = True
-    return spec
-
-
-def _new_revision(d: Deployment, target: ModelVersion, *, actor, reason: str,
-                  rollback_of: int | None = None) -> Revision:
-    number = (d.revisions.aggregate(top=Max("number"))["top"] or 0) + 1
-    spec = _spec(d)
-    spec["model_version"] = target.version
-    if rollback_of is not None:
-        # The reconciler switches a rollback's traffic at once (blue/green), whatever the
-        # deployment's strategy: an incident rollback must not walk canary steps.
-        spec["rollback_of"] = rollback_of
-    revision = Revision.objects.create(deployment=d, number=number, model_version=target,
-                                       spec=spec, reason=reason[:200], created_by=actor)
-    d.revision = number
-    d.status, d.progress = DeploymentStatus.PENDING, 0
-    d.status_message = f"Revision {number}: {reason}"
-    d.save()
-    event(d, f"Revision {number} created ({reason}): {target}.", revision=number)
-    return revision
-
-
-def event(d: Deployment, message: str, *, kind: str = DeploymentEvent.Kind.INFO,
-          revision: int | None = None) -> DeploymentEvent:
-    return DeploymentEvent.objects.create(deployment=d, kind=kind, message=message,
-                                          revision=revision)
-
-
-def enqueue_reconcile(deployment_id: int) -> None:
-    from .tasks import reconcile
-
-    reconcile.delay(deployment_id)
-
-
-def _after_commit(d: Deployment) -> None:
-    pk = d.pk
-    transaction.on_commit(lambda: enqueue_reconcile(pk))
-
-
-def _locked(d: Deployment) -> Deployment:
-    return Deployment.objects.select_for_update(of=("self",)) \
-        .select_related("team", "model", "version") \
-        .get(pk=d.pk)
-
-
 # --- Verbs --------------------------------------------------------------------------------------
 @transaction.atomic
 def create_deployment(*, actor, team: Team, name: str, model: str, version: Any = None,
@@ -282,10 +247,10 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
     admission.admit_spec(team=team, owner=d.owner, replicas=replicas, cpu=cpu,
                          memory_mb=memory_mb, gpus=gpus, actor=actor)
-    _new_revision(d, resolved, actor=actor, reason="created")
+    new_revision(d, resolved, actor=actor, reason="created")
     audit.record(actor=actor, action="deployment.created", obj=d, team=team,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
+    passes.reconcile_on_commit(d)
     return d
 
 
@@ -297,7 +262,7 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
     rollout the platform starts itself (an alias the deployment follows has moved)."""
     if not system:
         require_team_role(actor, deployment.team, Role.ENGINEER, "changing deployments")
-    d = _locked(deployment)
+    d = locked(deployment)
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
     current = Revision.objects.filter(deployment=d, number=d.revision).first()
     if version is not _UNSET or alias is not _UNSET:
@@ -324,7 +289,7 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
     d.version, d.alias, d.replicas, d.strategy = pinned, new_alias, new_replicas, new_strategy
     d.cpu, d.memory_mb, d.gpus = cpu, memory_mb, gpus
     changed = (current is None or current.model_version_id != target.pk
-               or _spec(d) != {k: v for k, v in current.spec.items()
+               or spec_of(d) != {k: v for k, v in current.spec.items()
                                if k not in ("model_version", "rollback_of")})
     if not changed:
         d.save()
@@ -332,10 +297,10 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
     if not d.stopped:
         admission.admit_spec(team=d.team, owner=d.owner, replicas=new_replicas, cpu=cpu,
                              memory_mb=memory_mb, gpus=gpus, actor=actor)
-    _new_revision(d, target, actor=actor, reason="spec changed")
+    new_revision(d, target, actor=actor, reason="spec changed")
     audit.record(actor=actor, action="deployment.updated", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
+    passes.reconcile_on_commit(d)
     return d
 
 
@@ -353,7 +318,7 @@ def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = ""
                            field="reason")
     if len(reason) > 300:
         raise InvalidInput("The reason is at most 300 characters.", field="reason")
-    d = _locked(deployment)
+    d = locked(deployment)
     if d.egress == allowed:
         return d
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
@@ -363,12 +328,12 @@ def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = ""
     target = current.model_version if current is not None else d.version
     if target is None:
         raise Conflict(f"'{d.name}' has no revision yet.", code="no_revision")
-    _new_revision(d, target, actor=actor,
+    new_revision(d, target, actor=actor,
                   reason="network access granted" if allowed else "network access withdrawn")
     audit.record(actor=actor, action="deployment.egress_granted" if allowed
                  else "deployment.egress_withdrawn", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
+    passes.reconcile_on_commit(d)
     return d
 
 
@@ -399,7 +364,7 @@ def rollback(*, actor, deployment: Deployment, revision: int | None = None,
     earlier revision that was healthy). ``system``: the reconciler's automatic rollback."""
     if not system:
         require_team_role(actor, deployment.team, Role.ENGINEER, "rolling back deployments")
-    d = _locked(deployment)
+    d = locked(deployment)
     earlier = d.revisions.filter(number__lt=d.revision)
     if revision is None:
         source = earlier.filter(healthy_at__isnull=False).order_by("-number").first()
@@ -413,27 +378,7 @@ def rollback(*, actor, deployment: Deployment, revision: int | None = None,
         if source.number == d.revision:
             raise Conflict(f"Revision {revision} is the current revision.",
                            code="current_revision", field="revision")
-    before = audit.snapshot(d, DEPLOYMENT_FIELDS)
-    spec = source.spec
-    res = spec.get("resources") or {}
-    d.alias = spec.get("alias") or ""
-    d.version = None if d.alias else source.model_version
-    d.replicas = int(spec.get("replicas") or d.replicas)
-    d.cpu = Decimal(str(res.get("cpu", d.cpu)))
-    d.memory_mb = int(res.get("memory_mb", d.memory_mb))
-    d.gpus = int(res.get("gpus", d.gpus))
-    d.strategy = spec.get("strategy") or d.strategy
-    if (d.strategy or {}).get("type") == "shadow":  # a rollback takes the traffic, never shadows
-        d.strategy = {"type": "rolling"}
-    if not d.stopped:
-        admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
-                             memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
-    _new_revision(d, source.model_version, actor=actor,
-                  reason=f"rollback to revision {source.number}", rollback_of=source.number)
-    audit.record(actor=actor, action="deployment.rolled_back", obj=d, team=d.team,
-                 before=before, after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
-    return d
+    return rollback_revision(d, source, actor=actor)
 
 
 def _shadowing(d: Deployment, verb: str) -> Revision:
@@ -452,22 +397,22 @@ def promote(*, actor, deployment: Deployment, strategy: Any = None) -> Deploymen
     spec and a strategy that takes the traffic (default rolling); the shadow's replicas are
     removed and the stable revision is drained like in any rollout."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "promoting shadow revisions")
-    d = _locked(deployment)
+    d = locked(deployment)
     shadow = _shadowing(d, "promote")
     new_strategy = _strategy(strategy if strategy not in (None, {}) else {"type": "rolling"})
     if new_strategy["type"] == "shadow":
         raise InvalidInput("Promoting rolls the shadow out for real: give strategy rolling, "
-                           "blue_green or canary.", field="strategy")
+                           "blue_green, canary or linear.", field="strategy")
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
     d.strategy = new_strategy
     if not d.stopped:
         admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
                              memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
-    _new_revision(d, shadow.model_version, actor=actor,
+    new_revision(d, shadow.model_version, actor=actor,
                   reason=f"promote shadow revision {shadow.number}")
     audit.record(actor=actor, action="deployment.promoted", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
+    passes.reconcile_on_commit(d)
     return d
 
 
@@ -476,7 +421,7 @@ def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
     """End a shadow without promoting it: back to the revision that serves (a rollback to it,
     which removes the shadow's replicas)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "discarding shadow revisions")
-    d = _locked(deployment)
+    d = locked(deployment)
     _shadowing(d, "discard")
     serving = (d.revisions.filter(state=RevisionState.ACTIVE).exclude(number=d.revision)
                .order_by("-number").first())
@@ -489,7 +434,7 @@ def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
 @transaction.atomic
 def stop(*, actor, deployment: Deployment) -> Deployment:
     require_team_role(actor, deployment.team, Role.ENGINEER, "stopping deployments")
-    d = _locked(deployment)
+    d = locked(deployment)
     if d.stopped:
         return d
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
@@ -500,14 +445,14 @@ def stop(*, actor, deployment: Deployment) -> Deployment:
     event(d, "Stop requested.", revision=d.revision)
     audit.record(actor=actor, action="deployment.stopped", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
+    passes.reconcile_on_commit(d)
     return d
 
 
 @transaction.atomic
 def start(*, actor, deployment: Deployment) -> Deployment:
     require_team_role(actor, deployment.team, Role.ENGINEER, "starting deployments")
-    d = _locked(deployment)
+    d = locked(deployment)
     if not d.stopped:
         return d
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
@@ -520,13 +465,42 @@ def start(*, actor, deployment: Deployment) -> Deployment:
     retries.rerun_failed(d, actor=actor, why="Started")  # a failed revision is tried again
     audit.record(actor=actor, action="deployment.started", obj=d, team=d.team, before=before,
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
-    _after_commit(d)
+    passes.reconcile_on_commit(d)
     return d
 
 
+@transaction.atomic
 def retry(*, actor, deployment: Deployment) -> Deployment:
-    """Re-run a failed deployment's current revision (``retries.retry``: engineer or above)."""
-    return retries.retry(actor=actor, deployment=deployment)
+    """Re-run a failed deployment's current revision (or, for a deployment that is failed or
+    degraded with its revision still active, replace its replicas again, crash-loop count
+    reset). The reconciler does the work after commit."""
+    require_team_role(actor, deployment.team, Role.ENGINEER, "retrying deployments")
+    d = locked(deployment)
+    revision = Revision.objects.filter(deployment=d, number=d.revision).first()
+    if d.stopped:
+        raise Conflict(f"'{d.name}' is stopped: Start it (a failed revision runs again when "
+                       "started).", code="stopped")
+    if not retries.retryable(d, revision):
+        state = revision.get_state_display().lower() if revision else "missing"
+        raise Conflict(f"'{d.name}' has nothing to retry: it is {d.status} and revision "
+                       f"{d.revision} is {state}.", code="nothing_to_retry")
+    before = {"revision": revision.number, "state": revision.state, "status": d.status,
+              "failure": revision.failure, "retry_attempts": revision.retry_attempts}
+    if retries.rerun_failed(d, actor=actor, why="Retry requested") is None:
+        Revision.objects.filter(pk=revision.pk).update(retried_at=timezone.now())
+        DeploymentEvent.objects.create(
+            deployment=d, revision=revision.number,
+            message=f"Retry requested by {actor.username}: replicas of revision "
+                    f"{revision.number} are replaced again (crash-loop count reset).")
+    d.status, d.status_message, d.progress = (DeploymentStatus.PENDING,
+                                              f"Retrying revision {d.revision}.", 0)
+    d.save(update_fields=["status", "status_message", "progress", "updated_at"])
+    revision.refresh_from_db()
+    audit.record(actor=actor, action="deployment.retried", obj=d, team=d.team, before=before,
+                 after={"revision": revision.number, "state": revision.state,
+                        "status": d.status, "retry_attempts": revision.retry_attempts})
+    passes.reconcile_on_commit(d)
+    return d
 
 
 @transaction.atomic
@@ -534,20 +508,13 @@ def delete(*, actor, deployment: Deployment) -> None:
     """Forget the deployment and give back its quota; its containers are removed after commit
     (and by the orphan sweep, ``deployments.orphans``, if that is interrupted)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "deleting deployments")
-    d = _locked(deployment)
+    d = locked(deployment)
     name, target_id, runtime = d.name, d.target_id, d.runtime
     audit.record(actor=actor, action="deployment.deleted", obj=d, team=d.team,
                  before=audit.snapshot(d, DEPLOYMENT_FIELDS))
     admission.release_spec(owner=d.owner, actor=actor)
     d.delete()
-    transaction.on_commit(lambda: enqueue_remove(name, target_id, runtime))
-
-
-def enqueue_remove(name: str, target_id: int | None = None, runtime: str = "") -> None:
-    """Remove a deleted deployment's replicas on the target and runtime it ran on."""
-    from .tasks import remove_containers
-
-    remove_containers.delay(name, target_id, runtime)
+    transaction.on_commit(lambda: passes.enqueue_remove(name, target_id, runtime))
 
 
 def get_visible(user, name: str) -> Deployment:

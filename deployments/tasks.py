@@ -10,22 +10,21 @@ from celery import shared_task
 from django.conf import settings
 
 from . import host_tasks  # noqa: F401 - registers the host workers' tasks
+from .models import Deployment
+from .orphans import sweep
+from .reconcile import reconcile_deployment, remove_deployment_containers
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(name="deployments.tasks.reconcile", ignore_result=True)
 def reconcile(deployment_id: int) -> str:
-    from .reconcile import reconcile_deployment
-
     return reconcile_deployment(deployment_id)
 
 
 @shared_task(name="deployments.tasks.reconcile_all", ignore_result=True)
 def reconcile_all() -> int:
     """Beat: re-run reconcile for every deployment (heals killed containers, crashed workers)."""
-    from .models import Deployment
-
     ids = list(Deployment.objects.values_list("pk", flat=True))
     for pk in ids:
         reconcile.delay(pk)
@@ -37,8 +36,6 @@ def reconcile_all() -> int:
 def sweep_orphans() -> list[str]:
     """Beat: remove this installation's replicas its database no longer knows
     (``deployments.orphans``)."""
-    from .orphans import sweep
-
     return sweep()
 
 
@@ -46,6 +43,4 @@ def sweep_orphans() -> list[str]:
              autoretry_for=(Exception,), retry_backoff=5, max_retries=5)
 def remove_containers(name: str, target_id: int | None = None, runtime: str = "") -> int:
     """A deleted deployment's replicas, on the target and runtime kind it ran on."""
-    from .reconcile import remove_deployment_containers
-
     return remove_deployment_containers(name, target_id=target_id, kind=runtime)

@@ -14,10 +14,11 @@ from registry.models import RegisteredModel, version_detail_fields
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import retries, services, strategies
+from . import retries, services
 from .filtersets import DeploymentFilterSet
 from .forms import DeploymentCreateForm
 from .models import Deployment
+from .reconcile import strategies
 
 
 def _deployment(request: HttpRequest, name: str) -> Deployment:

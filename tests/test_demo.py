@@ -42,7 +42,7 @@ def demo_admin(settings):
 @pytest.fixture
 def demo_deployment(settings, demo_admin, monkeypatch):
     """The demo deployment's rows, made through the services; no reconcile (nothing runs)."""
-    monkeypatch.setattr("deployments.services.enqueue_reconcile", lambda _pk: None)
+    monkeypatch.setattr("deployments.passes.enqueue_reconcile", lambda _pk: None)
     settings.MODELPORT_DEMO_DEPLOYMENT = "iris-demo"
     team = services.ensure_team(demo_admin)
     model = RegisteredModel.objects.create(name=training.CLASSIFIER, team=team,

@@ -251,6 +251,8 @@ def _strategy(args: argparse.Namespace) -> dict[str, Any] | None:
         strategy["steps"] = args.steps
     if args.interval:
         strategy["interval_s"] = args.interval
+    if args.step_percent:
+        strategy["step_percent"] = args.step_percent
     if getattr(args, "shadow_percent", None) is not None:
         strategy["percent"] = args.shadow_percent
     if getattr(args, "tolerance", None) is not None:
@@ -400,11 +402,13 @@ def _steps(value: str) -> list[int]:
 
 def _strategy_arguments(parser: argparse.ArgumentParser, *, shadow: bool = True,
                         default: str = "rolling") -> None:
-    kinds = ["rolling", "blue_green", "canary", *(["shadow"] if shadow else [])]
+    kinds = ["rolling", "blue_green", "canary", "linear", *(["shadow"] if shadow else [])]
     parser.add_argument("--strategy", choices=kinds,
                         help=f"how the new revision rolls out (default: {default})")
     parser.add_argument("--steps", type=_steps, help="canary traffic steps, e.g. 10,50,100")
-    parser.add_argument("--interval", type=int, help="seconds between canary steps")
+    parser.add_argument("--interval", type=int, help="seconds between canary or linear steps")
+    parser.add_argument("--step-percent", type=int,
+                        help="linear: the share of traffic each step adds (default 25)")
     if shadow:
         parser.add_argument("--shadow-percent", type=int,
                             help="shadow: share of requests mirrored, 1-100 (default 100)")

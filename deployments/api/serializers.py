@@ -12,8 +12,9 @@ from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
 from teams.models import slug_validator
 
-from .. import retries, services, strategies
+from .. import retries, services
 from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
+from ..reconcile import strategies
 
 
 class DeploymentResourcesSerializer(StrictTypes, serializers.Serializer):
@@ -34,7 +35,12 @@ class DeploymentStrategySerializer(StrictTypes, serializers.Serializer):
                                   help_text="Canary: increasing traffic percentages, ending at "
                                             "100 (default [10, 50, 100]).")
     interval_s = serializers.FloatField(required=False, min_value=0, max_value=86400,
-                                        help_text="Canary: seconds between steps.")
+                                        help_text="Canary and linear: seconds between "
+                                                  "steps (default 60).")
+    step_percent = serializers.IntegerField(
+        required=False, min_value=1, max_value=99,
+        help_text="Linear: the share of traffic each step adds (default 25: 25, 50, 75 %, "
+                  "then 100).")
     percent = serializers.IntegerField(
         required=False, min_value=1, max_value=100,
         help_text="Shadow: share of requests (1-100 %, default 100) mirrored to the new "
@@ -134,7 +140,7 @@ class ReplicaSerializer(serializers.Serializer):
 
 
 class RolloutSerializer(serializers.Serializer):
-    strategy = serializers.CharField(help_text="The stepped strategy (canary).")
+    strategy = serializers.CharField(help_text="The stepped strategy (canary or linear).")
     step = serializers.IntegerField(help_text="The step running now, from 1.")
     steps = serializers.IntegerField(help_text="How many steps before traffic switches to 100%.")
     percent = serializers.IntegerField(help_text="The new revision's share of traffic now.")

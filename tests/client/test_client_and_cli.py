@@ -142,7 +142,7 @@ def no_reconcile(monkeypatch):
     Docker; the shadow's end-to-end run (replicas, mirroring, promote, discard) is
     tests/deployments/test_shadow.py. Here the server's answers to the client are tested."""
     calls: list[int] = []
-    monkeypatch.setattr("deployments.services.enqueue_reconcile", calls.append)
+    monkeypatch.setattr("deployments.passes.enqueue_reconcile", calls.append)
     return calls
 
 

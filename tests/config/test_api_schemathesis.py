@@ -121,7 +121,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, se
     from drf_spectacular.generators import SchemaGenerator
 
     # Seeding only: the deployments it creates are not reconciled in this process.
-    monkeypatch.setattr("deployments.services.enqueue_reconcile", lambda pk: None)
+    monkeypatch.setattr("deployments.passes.enqueue_reconcile", lambda pk: None)
     seeded = seed(tmp_path / "seed")
     paths = list(SchemaGenerator().get_schema(request=None, public=True)["paths"])
     config = tmp_path / "schemathesis.toml"

@@ -90,7 +90,7 @@ def v2(iris_model, iris_dir):
 def no_enqueue(monkeypatch):
     """Record reconcile requests instead of running them (tests drive the reconciler)."""
     calls: list[int] = []
-    monkeypatch.setattr("deployments.services.enqueue_reconcile", calls.append)
+    monkeypatch.setattr("deployments.passes.enqueue_reconcile", calls.append)
     return calls
 
 

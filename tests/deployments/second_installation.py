@@ -82,10 +82,10 @@ def reconcile(name: str) -> dict[str, Any]:
 
 
 def forget(name: str) -> dict[str, Any]:
-    from deployments import services
+    from deployments import passes, services
     from deployments.models import Deployment
 
-    services.enqueue_remove = lambda *args, **kwargs: None  # the removal task "was lost"
+    passes.enqueue_remove = lambda *args, **kwargs: None  # the removal task "was lost"
     d = Deployment.objects.get(name=name)
     services.delete(actor=d.created_by, deployment=d)
     return _state()

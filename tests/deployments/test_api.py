@@ -191,7 +191,7 @@ def test_stop_releases_quota_and_start_admits_again(api, v1):
 
 def test_delete_forgets_and_releases(api, v1, monkeypatch, django_capture_on_commit_callbacks):
     removed: list[tuple[str, int | None, str]] = []
-    monkeypatch.setattr("deployments.services.enqueue_remove",
+    monkeypatch.setattr("deployments.passes.enqueue_remove",
                         lambda name, target_id=None, runtime="": removed.append(
                             (name, target_id, runtime)))
     api.post(URL, body(), format="json")

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from deployments import hooks, services
+from compute.models import ExecutionTarget
+from deployments import hooks, host_side, services
+from deployments.hosts_runtime import HostsRuntime
 from deployments.models import Replica
 from deployments.reconcile import reconcile_deployment
 from monitoring import ingest
 from monitoring.models import IngestToken
 from quotas.models import Host
-from workers import services as worker_services
-from workers.hosts import HostsRuntime
-from workers.models import ExecutionTarget
 from workers.runtimes import ReplicaState, ReplicaStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +94,7 @@ def test_a_replica_started_on_a_host_gets_the_ingest_environment(settings, no_en
     assert row.host_status == "placing"
 
     runtime = Recorder()
-    worker_services.start_on_host(replica_id=row.pk, runtime=runtime)
+    host_side.start_on_host(replica_id=row.pk, runtime=runtime)
     [spec] = runtime.specs
     assert spec.env["MODELPORT_INGEST_URL"].endswith("/api/v1/ingest/predictions/")
     token = spec.env["MODELPORT_INGEST_TOKEN"]

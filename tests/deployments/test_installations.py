@@ -114,7 +114,7 @@ def test_two_installations_with_the_same_deployment_name_never_touch_each_others
     assert docker_client.containers.get(their_replica).status == "running"
 
     # ...and ours is removed by our sweep, with an audit record; theirs still runs.
-    monkeypatch.setattr("deployments.services.enqueue_remove", lambda *a, **k: None)
+    monkeypatch.setattr("deployments.passes.enqueue_remove", lambda *a, **k: None)
     services.delete(actor=engineer, deployment=Deployment.objects.get(pk=d.pk))
     assert sweep() == [mine.id]
     record = AuditEvent.objects.get(action="deployment.orphan_removed")

@@ -9,23 +9,23 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
-from ..models import Deployment, DeploymentEvent, DeploymentStatus, Revision
-from ..passes import schedule_pass
+from ...events import set_status
+from ...models import Deployment, DeploymentEvent, DeploymentStatus, Revision
+from ...passes import schedule_pass
+from .rollout import Rollout
 
 if TYPE_CHECKING:
-    from ..reconcile import Reconciler
+    pass
 
 Kind = DeploymentEvent.Kind
 
 
-class SteppedRollout:
-    """Moves traffic from the old revision to ``target`` in steps, one pass at a time."""
+class SteppedRollout(Rollout):
+    """Moves traffic from the old revision to ``target`` in steps, one pass at a time. Its new
+    replicas start like blue/green's (all, then ready); the steps begin once they are up."""
 
     kind = "stepped"
     label = "Rollout"
-
-    def __init__(self, rec: Reconciler, target: Revision) -> None:
-        self.rec, self.d, self.target = rec, rec.d, target
 
     # --- what a rollout type defines ------------------------------------------------------
     @classmethod
@@ -50,6 +50,14 @@ class SteppedRollout:
     @property
     def steps(self) -> list[int]:
         return self.steps_of(self.d)
+
+    def switch(self, old: list[Any], states: list[Any], ready: int, *,
+               first_rollout: bool) -> str | None:
+        """What is due now, then return (no waiting here); None once every step passed. A
+        first rollout with traffic to move is stepped; replacing replicas is not."""
+        if not old or not first_rollout:
+            return None
+        return self.advance(old, states)
 
     def advance(self, old: list[Any], states: list[Any]) -> str | None:
         """Do what is due and return: an outcome while the rollout goes on (or was rolled
@@ -95,8 +103,6 @@ class SteppedRollout:
     def wait(self, index: int, old_revision: int, states: list[Any]) -> str:
         """The step is not over: keep its split published, say when the next one comes, and
         have a pass brought then."""
-        from ..reconcile import set_status
-
         percent, at = self.steps[index], self.target.next_step_at
         self.rec.publish(states, traffic=self.split(percent, old_revision))
         set_status(self.d, DeploymentStatus.STARTING,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from ..models import Deployment, TrafficSample
+from ...models import Deployment, TrafficSample
 from .base import SteppedRollout
 
 DEFAULT_STEPS = [10, 50, 100]
