@@ -22,10 +22,10 @@ import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from prometheus_client import Counter
 from rest_framework import exceptions
 
 from core import replica_keys
+from monitoring.gateway_errors import GATEWAY_CODES, GATEWAY_ERRORS
 from teams.authentication import authenticate_token
 from teams.models import Membership
 from teams.roles import is_platform_admin
@@ -90,19 +90,9 @@ class Route:
 _routes: dict[str, Route] = {}
 _auth: dict[str, tuple[float, bool, frozenset[int]]] = {}
 FLUSH_S = 1.0
-# The gateway's own failures, answered instead of a replica's: 500 (a bug in the gateway),
-# 502 (replicas did not answer), 503 (no ready replica), 504 (a replica timed out).
-GATEWAY_CODES = (500, 502, 503, 504)
 # (deployment pk, revision) -> [attempts, attempt errors, [ms...], answered, {code: refusals}]
 _stats: dict[tuple[int, int], list] = {}
 _last_flush = [time.monotonic()]
-
-# Per process; /metrics adds the processes up where prometheus-client's multiprocess mode is
-# on. Registered in monitoring's registry (``monitoring.prom``), which serves /metrics.
-GATEWAY_ERRORS = Counter(
-    "modelport_gateway_errors", "Requests the gateway answered with its own failure instead of "
-    "a replica's answer: 502 replicas unreachable, 503 no ready replica (or the control plane "
-    "not answering), 504 timed out, 500 a gateway bug", ["deployment", "code"], registry=None)
 
 
 def _entry(key: tuple[int, int]) -> list:

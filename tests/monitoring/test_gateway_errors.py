@@ -144,7 +144,7 @@ def test_caller_mistakes_are_not_gateway_errors(deployment, admin_user):
     gateway.flush()
     assert not TrafficSample.objects.filter(deployment=deployment).exists()
     after = scrape(admin_user)
-    for code in gateway.GATEWAY_CODES:
+    for code in gateway_errors.GATEWAY_CODES:
         assert counter(after, deployment.name, code) == counter(before, deployment.name, code)
 
 
