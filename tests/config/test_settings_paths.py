@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 APP_PACKAGES = {"config", "core", "teams", "notifications", "registry", "quotas", "workers",
-                "deployments", "monitoring", "frontend", "demo", "serving"}
+                "deployments", "monitoring", "gateway", "frontend", "demo", "serving"}
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 

@@ -10,30 +10,35 @@ at most once a second); token checks are cached for a few seconds. No per-reques
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import NamedTuple
 
 import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
 from core import replica_keys
+from deployments.models import Deployment, Replica, Revision, TrafficSample
 from monitoring.gateway_errors import GATEWAY_CODES, GATEWAY_ERRORS
 from teams.authentication import authenticate_token
-from teams.models import Membership
+from teams.models import ApiToken, Membership
 from teams.roles import is_platform_admin
 
 from . import shadowing
-from .models import Deployment, Replica, Revision
 from .replica_http import ReplicaClient
 from .shadowing import Shadow
+
+log = logging.getLogger(__name__)
 
 ROUTE_CHECK_S = 1.0
 REVOKE_CHECK_S = 1.0
@@ -140,10 +145,6 @@ def record(deployment_id: int, revision: int, status: int, elapsed_ms: float,
 
 def flush() -> None:
     """Write what was counted since the last flush (one INSERT, at most once a second)."""
-    from django.utils import timezone
-
-    from .models import TrafficSample
-
     with _lock:
         taken = dict(_stats)
         _stats.clear()
@@ -164,9 +165,7 @@ def flush() -> None:
     try:
         TrafficSample.objects.bulk_create(rows)
     except Exception:  # noqa: BLE001 - e.g. the deployment was deleted meanwhile
-        import logging
-
-        logging.getLogger(__name__).warning("could not store gateway traffic samples")
+        log.warning("could not store gateway traffic samples")
 
 
 def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
@@ -249,12 +248,6 @@ def forget_revoked(now: float) -> None:
     if not _auth:  # nothing cached, nothing to drop
         _last_revoke_check[0] = now
         return
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from teams.models import ApiToken
-
     _last_revoke_check[0] = now
     since = timezone.now() - timedelta(seconds=REVOKE_LOOKBACK_S)
     revoked = list(ApiToken.objects.filter(revoked_at__gte=since)
@@ -293,8 +286,6 @@ def caller(raw: str) -> tuple[bool, frozenset[int]]:
     admin = is_platform_admin(token.user)
     teams = frozenset(Membership.objects.filter(user=token.user).values_list("team_id",
                                                                              flat=True))
-    from django.utils import timezone
-
     until = now + min(settings.MODELPORT_GATEWAY_AUTH_TTL_S,
                       (token.expires_at - timezone.now()).total_seconds())
     with _lock:
