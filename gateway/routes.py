@@ -5,6 +5,10 @@ picks a ready replica by the deployment's traffic split (sticky by ``X-Modelport
 proxies the body with a pooled HTTP client and returns the replica's answer. Routing tables are
 cached in process and reloaded only when the deployment's ``routing_version`` changes (checked
 at most once a second); token checks are cached for a few seconds. No per-request DB query.
+
+The same caches, counters and refusals serve the edge (``gateway.edge``). ``invocations`` is the
+Django path: ``gateway.middleware.GatewayMiddleware`` calls it before URL resolving, and
+``config/urls.py`` routes to it where that middleware is not installed.
 """
 
 from __future__ import annotations
@@ -12,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import NamedTuple
@@ -348,25 +350,6 @@ def _error(refusal: Refusal) -> JsonResponse:
     for key, value in refusal.headers.items():
         response[key] = value
     return response
-
-
-_SERVE_PATH = re.compile(r"^/serve/([^/]+)/invocations$")
-
-
-class GatewayMiddleware:
-    """Answers ``/serve/<name>/invocations`` right here, placed after the request-id middleware:
-    the gateway needs no session, user, CSRF or messages middleware and no URL resolving (it
-    authenticates its own Bearer tokens), and skipping them halves its CPU per request. Every
-    other path goes on down the stack."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        match = _SERVE_PATH.match(request.path_info)
-        if match is None:
-            return self.get_response(request)
-        return invocations(request, match.group(1))
 
 
 @csrf_exempt

@@ -100,7 +100,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RequestContextMiddleware",
     "config.middleware.ApiRequestGuardMiddleware",
-    "gateway.routes.GatewayMiddleware",  # /serve/…/invocations: skips what follows
+    "gateway.middleware.GatewayMiddleware",  # /serve/…/invocations: skips what follows
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
