@@ -1,4 +1,4 @@
-"""Start the edge (``deployments.edge``): Modelport's front door, under uvicorn.
+"""Start the edge (``gateway.edge``): Modelport's front door, under uvicorn.
 
     python -m config.edge --port 8000 --upstream unix:var/run/web.sock
 
@@ -20,8 +20,8 @@ django.setup()
 
 from django.conf import settings  # noqa: E402  (after django.setup())
 
-from deployments.edge import Edge  # noqa: E402
-from deployments.edge_protocol import EdgeHttpProtocol  # noqa: E402
+from gateway.edge import Edge  # noqa: E402
+from gateway.edge_protocol import EdgeHttpProtocol  # noqa: E402
 
 log = logging.getLogger("modelport.edge")
 

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from deployments import gateway as deployments_gateway
+from gateway import routes as gateway_routes
 from monitoring import views as monitoring_views
 from registry.mlflow_route import mlflow_route
 
@@ -45,7 +45,7 @@ urlpatterns = [
     path("deployments/", include("deployments.urls")),
     path("monitoring/", include("monitoring.urls")),
     path("demo/", include("demo.urls")),
-    path("serve/<str:name>/invocations", deployments_gateway.invocations,
+    path("serve/<str:name>/invocations", gateway_routes.invocations,
          name="serve-invocations"),
     # MLflow's tracking API and UI, behind the platform's sign-in (registry/mlflow_route.py).
     path("mlflow/", mlflow_route, name="mlflow"),

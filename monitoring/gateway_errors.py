@@ -4,9 +4,12 @@ bug).
 
 No replica sees these requests, so no prediction log holds them: a deployment with nothing ready
 took 369 requests and its charts said "3 in range". The gateway counts them per deployment and
-revision with the rest of its traffic (``deployments.gateway.count``/``refused`` → a
+revision with the rest of its traffic (``gateway.routes.count``/``refused`` → a
 ``TrafficSample`` a second per process); ``rollup`` folds those samples into the same minute
 rollups the charts, the metrics API and alert rules read, and ``series`` reads them back.
+
+The codes and the Prometheus counter are defined here, below the gateway: the gateway (a layer
+above) counts into them, and monitoring reads and serves them without importing the gateway.
 """
 
 from __future__ import annotations
@@ -19,11 +22,21 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from prometheus_client import Counter
 
-from deployments.gateway import GATEWAY_CODES
 from deployments.models import TrafficSample
 
 from .models import MinuteRollup, RollupCursor
+
+# The gateway's own failures, answered instead of a replica's: 500 (a bug in the gateway),
+# 502 (replicas did not answer), 503 (no ready replica), 504 (a replica timed out).
+GATEWAY_CODES = (500, 502, 503, 504)
+# Per process; /metrics adds the processes up where prometheus-client's multiprocess mode is
+# on. Registered in monitoring's registry (``monitoring.prom``), which serves /metrics.
+GATEWAY_ERRORS = Counter(
+    "modelport_gateway_errors", "Requests the gateway answered with its own failure instead of "
+    "a replica's answer: 502 replicas unreachable, 503 no ready replica (or the control plane "
+    "not answering), 504 timed out, 500 a gateway bug", ["deployment", "code"], registry=None)
 
 COLUMNS = tuple(f"gateway_{code}" for code in GATEWAY_CODES)
 SAMPLE_FIELDS = ("id", "deployment_id", "revision", "at", "gateway_requests", *COLUMNS)

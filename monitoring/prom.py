@@ -11,7 +11,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from deployments.gateway import GATEWAY_ERRORS
+from .gateway_errors import GATEWAY_ERRORS
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -101,7 +101,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RequestContextMiddleware",
     "config.middleware.ApiRequestGuardMiddleware",
-    "deployments.gateway.GatewayMiddleware",  # /serve/…/invocations: skips what follows
+    "gateway.middleware.GatewayMiddleware",  # /serve/…/invocations: skips what follows
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -399,7 +399,7 @@ MODELPORT_MLFLOW_UPSTREAM = env_pattern(
     r"unix:/\S+|https?://[^/\s]+(/\S*)?",
     "use unix:/absolute/path/mlflow.sock or http://host:port (the server's internal address)")
 # A tracking-server address for clients that expect one of their own: the edge serves the same
-# authenticated route on this loopback port too (deployments/mlflow_port.py); 0: not served.
+# authenticated route on this loopback port too (gateway/mlflow_port.py); 0: not served.
 MLFLOW_PORT = env_int("MLFLOW_PORT", 0, minimum=0, maximum=65535)
 MODELPORT_MLFLOW_SYNC_SECONDS = env_int("MODELPORT_MLFLOW_SYNC_SECONDS", 30, minimum=5)
 CELERY_BEAT_SCHEDULE["registry-mlflow-sync"] = {

@@ -24,7 +24,8 @@ from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_PACKAGES = ["config", "core", "teams", "notifications", "registry", "quotas", "compute",
-                "workers", "deployments", "monitoring", "frontend", "demo", "serving"]
+                "workers", "deployments", "monitoring", "gateway", "frontend", "demo",
+                "serving"]
 TASK_NAME = re.compile(rf"^({'|'.join(APP_PACKAGES)})\.tasks\.\w+$")
 
 # Sent by name from code that does not import the task (checked again by the literal scan below).

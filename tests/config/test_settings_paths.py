@@ -16,7 +16,8 @@ from django.utils.module_loading import import_string
 from tests.config.test_celery_task_names import registered_names
 
 APP_PACKAGES = {"config", "core", "teams", "notifications", "registry", "quotas", "compute",
-                "workers", "deployments", "monitoring", "frontend", "demo", "serving"}
+                "workers", "deployments", "monitoring", "gateway", "frontend", "demo",
+                "serving"}
 DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
 

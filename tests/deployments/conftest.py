@@ -118,18 +118,18 @@ def docker_env(docker_client, settings, no_enqueue):
     """The Docker runtime as ``make run`` has it: replicas without a network, reached over
     their socket files under the test's data dir. Yields a list the test appends its
     deployment names to, whose containers are removed afterwards."""
-    from deployments import gateway
+    from gateway import routes
 
     settings.MODELPORT_RUNTIME = "docker"
     settings.MODELPORT_DOCKER_NETWORK = "none"
     settings.MODELPORT_PORT_RANGE = (21500, 21999)
     settings.MODELPORT_DRAIN_SECONDS = 1.5
     settings.MODELPORT_READY_TIMEOUT_S = 120
-    gateway.invalidate()
+    routes.invalidate()
     names: list[str] = []
     yield names
     remove_containers(docker_client, names)
-    gateway.invalidate()
+    routes.invalidate()
 
 
 # --- stand-in replicas for the gateway and edge tests -------------------------------------

@@ -11,9 +11,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
 from deployments.reconcile import reconcile_deployment
+from gateway import routes
 from tests.deployments.conftest import COLUMNS, ROWS, unique_name
 from tests.factories import make_token
 from tests.fixtures import bearer_client
@@ -100,7 +100,7 @@ def test_deploy_predict_and_heal(docker_client, docker_env, engineer, stranger, 
     # Sticky routing: one route key always lands on one replica.
     urls = set()
     for _ in range(5):
-        route = gateway.route_for(name)
+        route = routes.route_for(name)
         urls.add(route.pick("customer-42", set()))
     assert len(urls) == 1
 

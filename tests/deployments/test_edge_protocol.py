@@ -1,4 +1,4 @@
-"""The edge's own HTTP protocol (``deployments/edge_protocol.py``) on the wire: it answers
+"""The edge's own HTTP protocol (``gateway/edge_protocol.py``) on the wire: it answers
 ``POST /serve/<name>/invocations`` outside uvicorn's ASGI cycle, so the connection rules uvicorn
 normally keeps are tested here with raw sockets — keep-alive, pipelining, ``Expect:
 100-continue``, ``Connection: close``, a client that goes away mid-request, a replica that does
@@ -210,8 +210,8 @@ def test_the_edge_process_serves_its_app_with_the_fast_protocol(monkeypatch):
     from uvicorn import Config
 
     from config.edge import UVICORN_OPTIONS
-    from deployments.edge import Edge
-    from deployments.edge_protocol import EdgeHttpProtocol
+    from gateway.edge import Edge
+    from gateway.edge_protocol import EdgeHttpProtocol
 
     monkeypatch.setenv("MODELPORT_WEB_UPSTREAM", "unix:/nonexistent/web.sock")
     config = Config("config.edge:application", **UVICORN_OPTIONS)
@@ -255,8 +255,8 @@ def test_a_replica_that_does_not_answer_in_time_gives_504(front, deployment, eng
 def test_a_bug_after_the_replica_answered_still_gets_the_client_a_500_once():
     """If counting or mirroring a replica's answer raises, the client gets a JSON 500 with its
     request id — once — instead of a connection left hanging."""
-    from deployments.edge import Edge, Exchange
-    from deployments.upstream import Answer
+    from gateway.edge import Edge, Exchange
+    from gateway.upstream import Answer
 
     replies = []
     exchange = Exchange(Edge("unix:/nonexistent/web.sock"), "demo", [], None, b"req-1",

@@ -6,20 +6,20 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
+from gateway import routes
 from tests.deployments.conftest import dead_url, key_of
 from tests.factories import make_token
 
 
 @pytest.fixture
 def deployment(team, engineer, v1):
-    gateway.invalidate()
+    routes.invalidate()
     d = Deployment.objects.create(name="iris-gw", team=team, model=v1.model, version=v1,
                                   revision=1)
     Revision.objects.create(deployment=d, number=1, model_version=v1)
     yield d
-    gateway.invalidate()
+    routes.invalidate()
 
 
 def client_for(user) -> Client:
@@ -32,7 +32,7 @@ def add_replica(d, url: str, revision: int = 1, index: int = 0, ready: bool = Tr
                            revision=revision, index=index, status="ready", ready=ready, url=url)
     Deployment.objects.filter(pk=d.pk).update(routing_version=d.routing_version + 1)
     d.routing_version += 1
-    gateway.invalidate(d.name)
+    routes.invalidate(d.name)
 
 
 def post(client, name="iris-gw", data='{"inputs": [[1, 2]]}', **kw):
@@ -95,7 +95,7 @@ def test_traffic_split_and_sticky_route_key(deployment, engineer, upstreams, v1)
     Deployment.objects.filter(pk=deployment.pk).update(
         traffic=[{"revision": 2, "percent": 20}, {"revision": 1, "percent": 80}],
         routing_version=99)
-    gateway.invalidate()
+    routes.invalidate()
     client = client_for(engineer)
     seen = [post(client).json()["predictions"][0] for _ in range(200)]
     share = seen.count("new") / len(seen)
@@ -123,10 +123,10 @@ def test_gateway_counts_requests_per_revision(deployment, engineer, upstreams):
     add_replica(deployment, upstreams("a"))
     add_replica(deployment, dead_url(), index=1)
     client = client_for(engineer)
-    gateway.flush()
+    routes.flush()
     for _ in range(10):
         assert post(client).status_code == 200
-    gateway.flush()
+    routes.flush()
     totals = TrafficSample.objects.filter(deployment=deployment, revision=1)
     assert sum(t.requests for t in totals) >= 10
     assert sum(t.errors for t in totals) == sum(t.requests for t in totals) - 10
@@ -139,12 +139,12 @@ def test_gateway_counts_its_own_failures_by_code(deployment, engineer):
     from deployments.models import TrafficSample
 
     client = client_for(engineer)
-    gateway.flush()
+    routes.flush()
     assert post(client).status_code == 503  # nothing ready
     add_replica(deployment, dead_url())
     for _ in range(3):
         assert post(client).status_code == 502
-    gateway.flush()
+    routes.flush()
     rows = TrafficSample.objects.filter(deployment=deployment, revision=1)
     assert sum(t.gateway_503 for t in rows) == 1 and sum(t.gateway_502 for t in rows) == 3
     assert sum(t.gateway_requests for t in rows) == 4
@@ -160,6 +160,6 @@ def test_a_revoked_token_stops_working_at_the_next_revocation_check(deployment, 
     client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert post(client).status_code == 200  # checked once, cached
     revoke_token(actor=engineer, token=token)
-    gateway._last_revoke_check[0] = 0.0  # as if REVOKE_CHECK_S had passed
+    routes._last_revoke_check[0] = 0.0  # as if REVOKE_CHECK_S had passed
     response = post(client)
     assert response.status_code == 401 and "revoked" in response.json()["detail"]

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from compute.models import ExecutionTarget
+from compute.models import ExecutionTarget, Host
 from deployments import hooks, host_side, services
 from deployments.hosts_runtime import HostsRuntime
 from deployments.models import Replica
 from deployments.reconcile import reconcile_deployment
 from monitoring import ingest
 from monitoring.models import IngestToken
-from quotas.models import Host
 from workers.runtimes import ReplicaState, ReplicaStatus
 
 ROOT = Path(__file__).resolve().parents[2]

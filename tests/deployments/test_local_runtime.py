@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from deployments import gateway, services
+from deployments import services
 from deployments.models import Deployment
 from deployments.reconcile import reconcile_deployment
+from gateway import routes
 from tests.deployments.conftest import COLUMNS, ROWS
 from tests.factories import make_token
 
@@ -19,12 +20,12 @@ def local_runtime(settings, no_enqueue, db):  # db: runtimes carry the installat
     settings.MODELPORT_RUNTIME = "local"
     settings.MODELPORT_PORT_RANGE = (22000, 22499)
     settings.MODELPORT_DRAIN_SECONDS = 0
-    gateway.invalidate()
+    routes.invalidate()
     runtime = get_runtime()
     yield runtime
     for replica in runtime.list_replicas():
         runtime.remove_replica(replica.id)
-    gateway.invalidate()
+    routes.invalidate()
 
 
 def test_deploy_predict_stop_with_local_processes(local_runtime, engineer, team, v1):

@@ -18,9 +18,10 @@ from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from django.test import Client
 
-from deployments import gateway, services
+from deployments import services
 from deployments.models import Deployment, Revision
 from deployments.reconcile import reconcile_deployment
+from gateway import routes
 from tests.deployments.conftest import COLUMNS, ROWS, unique_name
 from tests.factories import make_token
 from tests.fixtures import bearer_client
@@ -36,12 +37,12 @@ def auto(settings, no_enqueue, db):
     settings.MODELPORT_DOCKER_NETWORK = "none"
     settings.MODELPORT_DRAIN_SECONDS = 0
     settings.MODELPORT_READY_TIMEOUT_S = 120
-    gateway.invalidate()
+    routes.invalidate()
     yield
     local = get_runtime("local")
     for replica in local.list_replicas():
         local.remove_replica(replica.id)
-    gateway.invalidate()
+    routes.invalidate()
 
 
 def docker_away(monkeypatch, tmp_path: Path) -> None:

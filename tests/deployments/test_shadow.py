@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.test import Client
 
-from deployments import gateway, shadowing
 from deployments.models import Deployment, Replica, Revision, ShadowSample
 from deployments.reconcile import reconcile_deployment
+from gateway import routes, shadowing
 from tests.deployments.conftest import (
     COLUMNS,
     ROWS,
@@ -145,7 +145,7 @@ def stand_ins():
 @pytest.mark.django_db(transaction=True)
 def test_gateway_mirrors_in_the_background_and_records_agreement(team, engineer, v1,
                                                                  stand_ins):
-    gateway.invalidate()
+    routes.invalidate()
     d = Deployment.objects.create(name="iris-mirror", team=team, model=v1.model, version=v1,
                                   revision=2, traffic=[{"revision": 1, "percent": 100}],
                                   shadow={"revision": 2, "percent": 100, "tolerance": 0.01},
@@ -182,7 +182,7 @@ def test_gateway_mirrors_in_the_background_and_records_agreement(team, engineer,
     assert data["shadow"]["revision"] == 2 and data["shadow"]["requests"] == 5
     assert data["shadow"]["agreement"] == 0.0 and data["shadow"]["percent"] == 100
     assert data["traffic"] == [{"revision": 1, "percent": 100}]
-    gateway.invalidate()
+    routes.invalidate()
 
 
 def make_secret(user) -> str:
@@ -289,7 +289,7 @@ def test_shadow_mirrors_traffic_then_discard_and_promote(docker_client, docker_e
     assert d.traffic == [{"revision": 5, "percent": 100}] and d.shadow == {}
     assert d.strategy == {"type": "blue_green"} and d.version.version == 2
     assert revisions_running(docker_client, name) == ["5"]
-    gateway.invalidate()
+    routes.invalidate()
     response = invoke(client, name)
     assert response.status_code == 200 and response.json()["predictions"] == [1, 1]
     remove_containers(docker_client, [name])

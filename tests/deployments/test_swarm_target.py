@@ -10,9 +10,9 @@ import time
 import pytest
 
 from compute import targets
-from deployments import gateway
 from deployments.models import Deployment, Replica, Revision
 from deployments.reconcile import reconcile_deployment
+from gateway import routes
 from serving.sockets import request
 from tests.deployments.test_docker import deploy, gateway_client, invoke
 from tests.fixtures import bearer_client
@@ -27,14 +27,14 @@ URL = "/api/v1/deployments/"
 def swarm_target(swarm, platform_serving_image, settings, no_enqueue, admin_user):  # noqa: F811
     settings.MODELPORT_DRAIN_SECONDS = 1.5
     settings.MODELPORT_READY_TIMEOUT_S = 240
-    gateway.invalidate()
+    routes.invalidate()
     target = targets.create_target(actor=admin_user, name="swarm-ci", kind="swarm",
                                    settings={"network": "host", "port_range": [22500, 22999]})
     names: list[str] = []
     yield target, names
     for name in names:
         remove_services(swarm, f"modelport.deployment={name}")
-    gateway.invalidate()
+    routes.invalidate()
 
 
 def services_of(client, name: str) -> list:

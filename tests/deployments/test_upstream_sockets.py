@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from deployments import upstream
-from deployments.upstream import Answer, Pool
+from gateway import upstream
+from gateway.upstream import Answer, Pool
 from serving.sockets import MAX_PATH, bind_unix, unix_url
 
 

@@ -117,11 +117,11 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
     database and Redis; the in-process Celery app stops running tasks eagerly for the test.
     Yields a function returning the workers' log tails (for failure messages)."""
     from config.celery import app
-    from deployments import gateway
+    from gateway import routes
 
     settings.MODELPORT_BASE_URL = live_server.url
     settings.MODELPORT_RUNTIME = "docker"
-    gateway.invalidate()
+    routes.invalidate()
     eager = (app.conf.task_always_eager, app.conf.task_eager_propagates)
     app.conf.task_always_eager, app.conf.task_eager_propagates = False, False
     with app.connection_for_write(redis_url) as conn:  # stale messages of an earlier run
@@ -166,7 +166,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
                 all=True, filters={"label": f"modelport.deployment={DEPLOYMENT}"}):
             with contextlib.suppress(Exception):
                 container.remove(force=True, v=True)
-        gateway.invalidate()
+        routes.invalidate()
         SHOTS.mkdir(parents=True, exist_ok=True)
         for name, path in logs.items():
             shutil.copy(path, SHOTS / f"{name}.log")

@@ -4,8 +4,8 @@ an alert rule on the gateway error rate, and ``/metrics``.
 
 The traffic goes through the gateway's Django path in this process (``GatewayMiddleware``, the
 same counters as the edge: tests/deployments/test_edge.py checks the edge's); the gateway's
-samples are written by ``gateway.flush`` and folded by the rollup task's ``gateway_errors.rollup``
-as beat runs them.
+samples are written by ``gateway.routes.flush`` and folded by the rollup task's
+``gateway_errors.rollup`` as beat runs them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployments import gateway
 from deployments.models import TrafficSample
+from gateway import routes
 from monitoring import alerts, gateway_errors, rollups
 from monitoring.models import Alert, AlertState, MinuteRollup
 from tests.factories import UserFactory, make_token
@@ -55,18 +55,18 @@ def scrape(admin_user) -> str:
 def refused(deployment, engineer, admin_user):
     """``REFUSED`` predictions sent to a deployment with no ready replica, counted and rolled
     up as the edge's flush and the rollup task do; returns /metrics' counter before them."""
-    gateway.invalidate()
+    routes.invalidate()
     before = counter(scrape(admin_user), deployment.name, 503)
     client = bearer(engineer)
     for _ in range(REFUSED):
         answer = client.post(f"/serve/{deployment.name}/invocations", data=BODY,
                              content_type="application/json")
         assert answer.status_code == 503 and answer.json()["code"] == "no_ready_replica"
-    gateway.flush()
+    routes.flush()
     # What beat does; "now" past the rollup delay, so the samples just written are folded.
     assert gateway_errors.rollup(now=timezone.now() + timedelta(minutes=1)) >= 1
     yield before
-    gateway.invalidate()
+    routes.invalidate()
 
 
 def test_the_gateway_stores_its_refusals_per_deployment_revision_and_code(deployment, refused):
@@ -135,16 +135,16 @@ def test_metrics_endpoint_counts_gateway_errors_by_deployment_and_code(deploymen
 def test_caller_mistakes_are_not_gateway_errors(deployment, admin_user):
     """401 and 404 are the caller's, not the platform's: neither stored nor counted."""
     stranger = UserFactory(username="outsider")  # in no team: the deployment is a 404
-    gateway.invalidate()
+    routes.invalidate()
     before = scrape(admin_user)
     assert Client().post(f"/serve/{deployment.name}/invocations", data=BODY,
                          content_type="application/json").status_code == 401
     assert bearer(stranger).post(f"/serve/{deployment.name}/invocations", data=BODY,
                                  content_type="application/json").status_code == 404
-    gateway.flush()
+    routes.flush()
     assert not TrafficSample.objects.filter(deployment=deployment).exists()
     after = scrape(admin_user)
-    for code in gateway.GATEWAY_CODES:
+    for code in gateway_errors.GATEWAY_CODES:
         assert counter(after, deployment.name, code) == counter(before, deployment.name, code)
 
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import Client
 
-from deployments import gateway
 from deployments import services as deployment_services
 from deployments.models import Deployment, Replica
 from deployments.reconcile import reconcile_deployment
+from gateway import routes
 from monitoring import rollups
 from monitoring.models import ReplicaStat
 from tests.deployments.conftest import (
@@ -136,12 +136,12 @@ def test_docker_replicas_are_sampled_and_charted(docker_client, settings, no_enq
     model = RegisteredModel.objects.create(name="iris", team=team, created_by=engineer)
     make_version(model, 1, iris_dir)
     name = unique_name("stats")
-    gateway.invalidate()
+    routes.invalidate()
     try:
         _deploy_and_sample(engineer, team, name)
     finally:
         remove_containers(docker_client, [name])
-        gateway.invalidate()
+        routes.invalidate()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -155,14 +155,14 @@ def test_local_process_replicas_are_sampled_and_charted(settings, no_enqueue, en
     settings.MODELPORT_DRAIN_SECONDS = 0
     model = RegisteredModel.objects.create(name="iris", team=team, created_by=engineer)
     make_version(model, 1, iris_dir)
-    gateway.invalidate()
+    routes.invalidate()
     runtime = get_runtime()
     try:
         _deploy_and_sample(engineer, team, "iris-stats-local")
     finally:
         for replica in runtime.list_replicas():
             runtime.remove_replica(replica.id)
-        gateway.invalidate()
+        routes.invalidate()
 
 
 class _DeletingRuntime:

@@ -21,8 +21,11 @@ from typing import Any
 
 import urllib3
 from django.conf import settings
+from django.db import connection
+from django.utils import timezone
 
 from core import replica_keys
+from deployments.models import ShadowSample
 
 from .replica_http import ReplicaClient
 
@@ -120,8 +123,6 @@ def _call(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, st
             _pending[0] -= 1
             _idle.notify_all()
     if time.monotonic() - _last_flush[0] >= FLUSH_S:
-        from django.db import connection
-
         flush()
         connection.close()  # this pool thread is not a request: do not keep a connection open
 
@@ -159,10 +160,6 @@ def _percentile(times: list[float], q: float) -> float:
 
 def flush() -> None:
     """Write what was counted since the last flush (one INSERT)."""
-    from django.utils import timezone
-
-    from .models import ShadowSample
-
     with _flush_lock:
         with _lock:
             taken = dict(_stats)

@@ -2,9 +2,9 @@
 
 ``POST /serve/<deployment>/invocations`` is answered here, on the event loop, without Django's
 request cycle: the token and routing table come from the gateway's in-process caches
-(``deployments.gateway``; a database query only on a cache miss, at most once a second per
+(``gateway.routes``; a database query only on a cache miss, at most once a second per
 deployment, in a worker thread), and the body goes to a replica over pooled keep-alive
-connections (``deployments.upstream``). Everything else — portal, API, admin, static
+connections (``gateway.upstream``). Everything else — portal, API, admin, static
 files — is streamed to the Django web server (gunicorn) on a unix socket or an internal
 address, unchanged.
 
@@ -38,7 +38,7 @@ from yarl import URL
 
 from core import replica_keys
 
-from . import gateway, ingest_socket, mlflow_port, shadowing
+from . import ingest_socket, mlflow_port, routes, shadowing
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
@@ -55,7 +55,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
                         b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade", b"expect", b"proxy-connection"})
 SKIP_ANSWER = HOP_BY_HOP | {b"date"}  # uvicorn writes its own Date
-FORWARD = {name.lower().encode(): name.encode() for name in gateway.FORWARD_HEADERS
+FORWARD = {name.lower().encode(): name.encode() for name in routes.FORWARD_HEADERS
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
 KEY_HEADER = replica_keys.HEADER.encode()
@@ -81,11 +81,11 @@ class Reply(NamedTuple):
 
 def edge_error(request_id: bytes | None = None) -> Reply:
     """The 500 for a bug in the edge itself (logged where it happened)."""
-    return _refusal(gateway.Refusal(500, "The edge failed to answer this request.",
+    return _refusal(routes.Refusal(500, "The edge failed to answer this request.",
                                     "edge_error", {}), request_id)
 
 
-def _refusal(refusal: gateway.Refusal, request_id: bytes | None) -> Reply:
+def _refusal(refusal: routes.Refusal, request_id: bytes | None) -> Reply:
     body = orjson.dumps({"detail": refusal.detail, "code": refusal.code})
     headers = [*JSON, (b"content-length", b"%d" % len(body))]
     if request_id is not None:
@@ -111,26 +111,26 @@ class Exchange:
         self.request_id = request_id
         self.body = body
         self.done = done
-        self.route: gateway.Route | None = None
+        self.route: routes.Route | None = None
         self.tried: set[str] = set()
         self.last_error = ""
         self.attempts = 0
         self.revision = 0
         self.started = 0.0
 
-    def refuse(self, refusal: gateway.Refusal) -> None:
+    def refuse(self, refusal: routes.Refusal) -> None:
         """Answer with the gateway's own refusal; once the caller was admitted (a route is
-        set), a 5xx is the platform's failure and counted as such (``gateway.refused``)."""
+        set), a 5xx is the platform's failure and counted as such (``routes.refused``)."""
         if self.route is not None and refusal.status >= 500:
-            gateway.refused(self.route, self.revision, refusal.status)
+            routes.refused(self.route, self.revision, refusal.status)
         self.done(_refusal(refusal, self.request_id))
 
-    def admit(self, caller: tuple[bool, frozenset[int]], route: gateway.Route | None) -> None:
+    def admit(self, caller: tuple[bool, frozenset[int]], route: routes.Route | None) -> None:
         admin, teams = caller
         if route is None or not (admin or route.team_id in teams):
-            self.refuse(gateway.not_found(self.name))
+            self.refuse(routes.not_found(self.name))
         elif self.body is None:
-            self.refuse(gateway.Refusal(413, f"Request body over {self.edge.max_body} bytes.",
+            self.refuse(routes.Refusal(413, f"Request body over {self.edge.max_body} bytes.",
                                         "payload_too_large", {}))
         else:
             self.route = route
@@ -143,8 +143,8 @@ class Exchange:
         if picked is None and self.last_error == "the replica closed the connection":
             picked = self.route.pick(self.key, set())
         if picked is None:
-            self.refuse(gateway.no_ready_replica(self.name) if not self.tried
-                        else gateway.unavailable(self.name, self.last_error))
+            self.refuse(routes.no_ready_replica(self.name) if not self.tried
+                        else routes.unavailable(self.name, self.last_error))
             return
         self.revision, url = picked
         self.tried.add(url)
@@ -161,7 +161,7 @@ class Exchange:
         except Exception:  # the client must get an answer, whatever broke
             log.exception("the edge failed to answer POST /serve/%s/invocations", self.name)
             if self.route is not None:
-                gateway.refused(self.route, self.revision, 500)
+                routes.refused(self.route, self.revision, 500)
             self.done(edge_error(self.request_id))
 
     def _answered(self, answer: Answer | None, error: Exception | None) -> None:
@@ -169,17 +169,17 @@ class Exchange:
         elapsed_ms = (time.monotonic() - self.started) * 1000
         if answer is None:
             if isinstance(error, UpstreamTimeout):
-                gateway.count(deployment_id, self.revision, 504, elapsed_ms, False)
-                self.refuse(gateway.timed_out(self.name))
+                routes.count(deployment_id, self.revision, 504, elapsed_ms, False)
+                self.refuse(routes.timed_out(self.name))
                 return
-            gateway.count(deployment_id, self.revision, 502, elapsed_ms, False)
+            routes.count(deployment_id, self.revision, 502, elapsed_ms, False)
             self.last_error = str(error)
             if self.attempts < 2:
                 self.relay()  # the replica went away: once more on another one
             else:
-                self.refuse(gateway.unavailable(self.name, self.last_error))
+                self.refuse(routes.unavailable(self.name, self.last_error))
             return
-        gateway.count(deployment_id, self.revision, answer.status, elapsed_ms)
+        routes.count(deployment_id, self.revision, answer.status, elapsed_ms)
         if self.route.shadow is not None:
             shadowing.mirror(deployment_id, self.route.shadow, self.body,
                              {k.decode(): v.decode("latin-1") for k, v in self.forward},
@@ -231,9 +231,9 @@ class Edge:
             self.mlflow = mlflow_port.MlflowPort(self, settings.MODELPORT_EDGE_HOST,
                                                  settings.MLFLOW_PORT)
             await self.mlflow.start()
-        self.chores = [asyncio.create_task(self._every(gateway.FLUSH_S, gateway.flush)),
+        self.chores = [asyncio.create_task(self._every(routes.FLUSH_S, routes.flush)),
                        asyncio.create_task(self._expire_replica_requests()),
-                       asyncio.create_task(self._every(gateway.REVOKE_CHECK_S,
+                       asyncio.create_task(self._every(routes.REVOKE_CHECK_S,
                                                        self._forget_revoked))]
 
     async def shutdown(self) -> None:
@@ -243,7 +243,7 @@ class Edge:
             await self.ingest.stop()
         if self.mlflow is not None:
             await self.mlflow.stop()
-        await self._sync(gateway.flush)
+        await self._sync(routes.flush)
         self.replicas.close()
         if self.web is not None:
             await self.web.close()
@@ -265,7 +265,7 @@ class Edge:
 
     @staticmethod
     def _forget_revoked() -> None:
-        gateway.forget_revoked(time.monotonic())
+        routes.forget_revoked(time.monotonic())
 
     async def _sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` (a database read or write) in a worker thread."""
@@ -307,7 +307,7 @@ class Edge:
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """The gateway through the ASGI interface, for the requests the edge's own protocol
-        (``deployments.edge_protocol``) leaves to uvicorn: a percent-encoded name, a request
+        (``gateway.edge_protocol``) leaves to uvicorn: a percent-encoded name, a request
         pipelined behind another, a method other than POST."""
         body = await self._read_body(receive)
         answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -347,24 +347,24 @@ class Edge:
                       else _new_request_id())
         forward.append((b"X-Request-ID", request_id))
         if method != "POST":
-            done(_refusal(gateway.method_not_allowed(method), request_id))
+            done(_refusal(routes.method_not_allowed(method), request_id))
             return
         known = tokens.get(authorization) if tokens is not None else None
         if known is None:
             scheme, _, raw = authorization.decode("latin-1").partition(" ")
             raw = raw.strip()
             if scheme.lower() != "bearer" or not raw:
-                done(_refusal(gateway.not_authenticated(), request_id))
+                done(_refusal(routes.not_authenticated(), request_id))
                 return
-            known = (raw, gateway.token_digest(raw))
+            known = (raw, routes.token_digest(raw))
             if tokens is not None:
                 tokens.clear()
                 tokens[authorization] = known
         raw, digest = known
         exchange = Exchange(self, name, forward, route_key.decode("latin-1") or None,
                             request_id, body, done)
-        caller = gateway.cached_caller(digest)
-        route = gateway.cached_route(name)
+        caller = routes.cached_caller(digest)
+        route = routes.cached_route(name)
         if caller is None or route is None:
             task = asyncio.get_running_loop().create_task(
                 self._look_up(exchange, raw, caller, route))
@@ -375,19 +375,19 @@ class Edge:
 
     async def _look_up(self, exchange: Exchange, raw: str,
                        caller: tuple[bool, frozenset[int]] | None,
-                       route: gateway.Route | None) -> None:
+                       route: routes.Route | None) -> None:
         try:
             if caller is None:
-                caller = await self._sync(gateway.caller, raw)
+                caller = await self._sync(routes.caller, raw)
             if route is None:
-                route = await self._sync(gateway.route_for, exchange.name)
+                route = await self._sync(routes.route_for, exchange.name)
         except exceptions.AuthenticationFailed as exc:
-            exchange.refuse(gateway.token_refused(exc))
+            exchange.refuse(routes.token_refused(exc))
             return
         except DatabaseError:
             log.exception("database unavailable for a token or routing check")
             exchange.route = route  # a cached route: the refusal counts against it
-            exchange.refuse(gateway.Refusal(
+            exchange.refuse(routes.Refusal(
                 503, "Modelport cannot check this token or route right now (its database is "
                      "not answering); try again shortly.", "control_plane_unavailable",
                 {"Retry-After": "5"}))

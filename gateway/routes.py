@@ -5,35 +5,42 @@ picks a ready replica by the deployment's traffic split (sticky by ``X-Modelport
 proxies the body with a pooled HTTP client and returns the replica's answer. Routing tables are
 cached in process and reloaded only when the deployment's ``routing_version`` changes (checked
 at most once a second); token checks are cached for a few seconds. No per-request DB query.
+
+The same caches, counters and refusals serve the edge (``gateway.edge``). ``invocations`` is the
+Django path: ``gateway.middleware.GatewayMiddleware`` calls it before URL resolving, and
+``config/urls.py`` routes to it where that middleware is not installed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
-import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import NamedTuple
 
 import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from prometheus_client import Counter
 from rest_framework import exceptions
 
 from core import replica_keys
+from deployments.models import Deployment, Replica, Revision, TrafficSample
+from monitoring.gateway_errors import GATEWAY_CODES, GATEWAY_ERRORS
 from teams.authentication import authenticate_token
-from teams.models import Membership
+from teams.models import ApiToken, Membership
 from teams.roles import is_platform_admin
 
 from . import shadowing
-from .models import Deployment, Replica, Revision
 from .replica_http import ReplicaClient
 from .shadowing import Shadow
+
+log = logging.getLogger(__name__)
 
 ROUTE_CHECK_S = 1.0
 REVOKE_CHECK_S = 1.0
@@ -90,19 +97,9 @@ class Route:
 _routes: dict[str, Route] = {}
 _auth: dict[str, tuple[float, bool, frozenset[int]]] = {}
 FLUSH_S = 1.0
-# The gateway's own failures, answered instead of a replica's: 500 (a bug in the gateway),
-# 502 (replicas did not answer), 503 (no ready replica), 504 (a replica timed out).
-GATEWAY_CODES = (500, 502, 503, 504)
 # (deployment pk, revision) -> [attempts, attempt errors, [ms...], answered, {code: refusals}]
 _stats: dict[tuple[int, int], list] = {}
 _last_flush = [time.monotonic()]
-
-# Per process; /metrics adds the processes up where prometheus-client's multiprocess mode is
-# on. Registered in monitoring's registry (``monitoring.prom``), which serves /metrics.
-GATEWAY_ERRORS = Counter(
-    "modelport_gateway_errors", "Requests the gateway answered with its own failure instead of "
-    "a replica's answer: 502 replicas unreachable, 503 no ready replica (or the control plane "
-    "not answering), 504 timed out, 500 a gateway bug", ["deployment", "code"], registry=None)
 
 
 def _entry(key: tuple[int, int]) -> list:
@@ -150,10 +147,6 @@ def record(deployment_id: int, revision: int, status: int, elapsed_ms: float,
 
 def flush() -> None:
     """Write what was counted since the last flush (one INSERT, at most once a second)."""
-    from django.utils import timezone
-
-    from .models import TrafficSample
-
     with _lock:
         taken = dict(_stats)
         _stats.clear()
@@ -174,9 +167,7 @@ def flush() -> None:
     try:
         TrafficSample.objects.bulk_create(rows)
     except Exception:  # noqa: BLE001 - e.g. the deployment was deleted meanwhile
-        import logging
-
-        logging.getLogger(__name__).warning("could not store gateway traffic samples")
+        log.warning("could not store gateway traffic samples")
 
 
 def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
@@ -259,12 +250,6 @@ def forget_revoked(now: float) -> None:
     if not _auth:  # nothing cached, nothing to drop
         _last_revoke_check[0] = now
         return
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from teams.models import ApiToken
-
     _last_revoke_check[0] = now
     since = timezone.now() - timedelta(seconds=REVOKE_LOOKBACK_S)
     revoked = list(ApiToken.objects.filter(revoked_at__gte=since)
@@ -303,8 +288,6 @@ def caller(raw: str) -> tuple[bool, frozenset[int]]:
     admin = is_platform_admin(token.user)
     teams = frozenset(Membership.objects.filter(user=token.user).values_list("team_id",
                                                                              flat=True))
-    from django.utils import timezone
-
     until = now + min(settings.MODELPORT_GATEWAY_AUTH_TTL_S,
                       (token.expires_at - timezone.now()).total_seconds())
     with _lock:
@@ -367,25 +350,6 @@ def _error(refusal: Refusal) -> JsonResponse:
     for key, value in refusal.headers.items():
         response[key] = value
     return response
-
-
-_SERVE_PATH = re.compile(r"^/serve/([^/]+)/invocations$")
-
-
-class GatewayMiddleware:
-    """Answers ``/serve/<name>/invocations`` right here, placed after the request-id middleware:
-    the gateway needs no session, user, CSRF or messages middleware and no URL resolving (it
-    authenticates its own Bearer tokens), and skipping them halves its CPU per request. Every
-    other path goes on down the stack."""
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        match = _SERVE_PATH.match(request.path_info)
-        if match is None:
-            return self.get_response(request)
-        return invocations(request, match.group(1))
 
 
 @csrf_exempt
