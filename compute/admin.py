@@ -8,8 +8,8 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponseRedirect
 from django.utils.html import format_html
 
-from config.errors import DomainError
 from core.admin import ServiceErrorsMixin
+from core.errors import DomainError
 from quotas.admin import ReadOnlyAdmin
 
 from . import inventory, targets

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 from quotas.capacity import Capacity
 from quotas.models import Reservation, TeamQuota
 from quotas.services import MAX_AMOUNT, _amounts, _cpu, _owner, _sum, _whole, lock_team

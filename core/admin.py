@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import HttpRequest, HttpResponseRedirect
 
-from config.errors import DomainError
+from core.errors import DomainError
 
 
 class ServiceErrorsMixin:

@@ -10,7 +10,7 @@ from django import forms
 from django.contrib import messages
 from django.http import HttpRequest
 
-from config.errors import DomainError
+from core.errors import DomainError
 
 
 def apply_service(request: HttpRequest, form: forms.Form | None, call: Callable[[], Any]) -> bool:

@@ -22,7 +22,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentStatus
 from monitoring import alerts as monitoring_alerts

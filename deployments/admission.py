@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.db import transaction
 
 from compute import inventory, targets
-from config.errors import NotFound
+from core.errors import NotFound
 from quotas import services as quotas
 from quotas.models import Reservation
 from teams.models import Team

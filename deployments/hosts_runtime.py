@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from compute import inventory, placement
 from compute.models import Host
-from config.errors import Conflict
+from core.errors import Conflict
 from workers.installation import installation_id
 from workers.runtimes.base import (
     BackendHealth,

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from compute import targets
 from compute.runtime_choice import choose_runtime
-from config.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
 from registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionStatus
 from teams import audit
 from teams.access import require_platform_admin, require_team_role

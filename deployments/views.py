@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from config.errors import DomainError
+from core.errors import DomainError
 from registry.models import RegisteredModel, version_detail_fields
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin

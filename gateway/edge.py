@@ -415,7 +415,7 @@ class Edge:
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the request to Django and its answer back. The client's address goes along
-        as the last ``X-Forwarded-For`` entry (``config.middleware`` trusts it only from a
+        as the last ``X-Forwarded-For`` entry (``core.middleware`` trusts it only from a
         unix-socket peer, i.e. this process)."""
         headers: list[tuple[str, str]] = []
         forwarded_for = ""
@@ -431,7 +431,7 @@ class Edge:
                 if key == b"content-length" and value.isdigit():
                     declared = int(value)
         # No request to Django may be larger than an upload (MODELPORT_MAX_UPLOAD_MB, plus the
-        # multipart envelope config.uploads allows): refused here before any of it is read,
+        # multipart envelope core.uploads allows): refused here before any of it is read,
         # or once a chunked body, which must be buffered for WSGI, grows past it.
         limit = (settings.MODELPORT_MAX_UPLOAD_MB + 1) * 1048576
 

@@ -18,7 +18,7 @@ from django.db.models import Count, Sum, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 from core.lazy_imports import lazy_module
 from deployments.models import Deployment, Revision
 from registry.models import RegisteredModel

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework.exceptions import AuthenticationFailed
 
-from config.errors import DomainError
+from core.errors import DomainError
 from deployments.models import Deployment, Revision
 from registry.models import RegisteredModel
 from teams.authentication import authenticate_token

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from config.errors import InvalidInput
 from core import netguard
+from core.errors import InvalidInput
 from teams.services import platform_settings
 
 MAX_URL_LENGTH = 500  # AlertRule.webhook_url / retrain_webhook_url

@@ -9,8 +9,8 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from config.errors import DomainError
 from core.admin import ServiceErrorsMixin
+from core.errors import DomainError
 from teams.admin import TeamAdmin
 from teams.models import Team
 

@@ -21,7 +21,7 @@ from django.db.models import Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
 from notifications.services import notify
 from teams import audit
 from teams.access import require_platform_admin, require_team_role

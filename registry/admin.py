@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from config.errors import DomainError
+from core.errors import DomainError
 
 from . import services
 from .models import (

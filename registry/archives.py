@@ -29,7 +29,7 @@ from io import BufferedIOBase
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 
 _CHUNK = 1 << 20
 MB = 1 << 20

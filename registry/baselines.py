@@ -21,8 +21,8 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from config import uploads
-from config.errors import InvalidInput
+from core import uploads
+from core.errors import InvalidInput
 from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 
 from . import archives, mlflow_upstream
 from .mlflow_upstream import MlflowError, Unavailable

@@ -20,7 +20,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from config.errors import DomainError
+from core.errors import DomainError
 from teams import audit
 from teams.models import Team
 

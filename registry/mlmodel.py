@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 
 PYFUNC = "python_function"
 

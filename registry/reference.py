@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 from core.lazy_imports import lazy_module
 
 # Imported when first used: every Django process loads this module (issue 26, memory).

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from config.errors import Conflict
+from core.errors import Conflict
 from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role

@@ -22,8 +22,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from config import uploads
-from config.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from core import uploads
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from teams import audit
 from teams.access import require_team_role
 from teams.models import Team

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.errors import NotFound, PermissionDenied
+from core.errors import NotFound, PermissionDenied
 
 from .models import Team
 from .roles import Role, at_least, is_platform_admin

@@ -6,7 +6,7 @@ from typing import Any, overload
 
 from django.db import models
 
-from config import request_context
+from core import request_context
 
 from .models import AuditEvent, Team
 

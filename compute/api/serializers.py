@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from config.rest import CoresField, StrictTypes, identifier
+from core.rest import CoresField, StrictTypes, identifier
 from teams.models import slug_validator
 
 from ..models import ExecutionTarget, TargetKind

@@ -99,8 +99,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",  # outside the gateway: every response gets the policy
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "config.middleware.RequestContextMiddleware",
-    "config.middleware.ApiRequestGuardMiddleware",
+    "core.middleware.RequestContextMiddleware",
+    "core.middleware.ApiRequestGuardMiddleware",
     "gateway.middleware.GatewayMiddleware",  # /serve/…/invocations: skips what follows
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -108,7 +108,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "config.middleware.DomainErrorMiddleware",
+    "core.middleware.DomainErrorMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a flagged sign-in into the lockout answer
 ]
 
@@ -216,7 +216,7 @@ AXES_LOCKOUT_PARAMETERS = env_combinations("MODELPORT_LOGIN_LOCKOUT_BY", ["usern
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True  # each failure, for the console (Axes → Access failures)
-AXES_CLIENT_IP_CALLABLE = "config.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
+AXES_CLIENT_IP_CALLABLE = "core.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
 AXES_LOCKOUT_CALLABLE = "teams.lockout.lockout_response"
 AXES_VERBOSE = False
 
@@ -231,17 +231,17 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "config.rest.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "core.rest.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
-        "config.rest.FilterBackend",
+        "core.rest.FilterBackend",
         "rest_framework.filters.SearchFilter",
     ],
     # JSON in and out (uploads declare their multipart parser on their own views).
-    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "config.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "config.rest.exception_handler",
-    "DEFAULT_METADATA_CLASS": "config.metadata.Metadata",
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.rest.exception_handler",
+    "DEFAULT_METADATA_CLASS": "core.metadata.Metadata",
     "DEFAULT_THROTTLE_RATES": {"token_create": env_str("MODELPORT_TOKEN_CREATE_RATE", "30/min")},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -457,7 +457,7 @@ MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)
 # Uploaded files are counted as they stream in and stopped at MODELPORT_MAX_UPLOAD_MB (413),
 # with or without a Content-Length (config/uploads.py).
 FILE_UPLOAD_HANDLERS = [
-    "config.uploads.LimitedUploadHandler",
+    "core.uploads.LimitedUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]

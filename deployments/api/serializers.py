@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from compute.targets import deployment_target
-from config.rest import CoresField, StrictTypes, identifier
+from core.rest import CoresField, StrictTypes, identifier
 from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
 from teams.models import slug_validator

@@ -1,4 +1,4 @@
-from config.rest import Router
+from core.rest import Router
 
 from . import views
 

@@ -7,8 +7,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.openapi import api_errors
-from config.rest import FilterBackend, query
+from core.openapi import api_errors
+from core.rest import FilterBackend, query
 from teams.access import get_visible_team
 
 from .. import services

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.rest import StrictTypes
+from core.rest import StrictTypes
 
 from ..alerts import METRICS
 from ..models import Alert, AlertRule, AlertState, Comparison, TaskType

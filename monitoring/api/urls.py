@@ -1,6 +1,6 @@
 from django.urls import path
 
-from config.rest import Router
+from core.rest import Router
 
 from . import views
 

@@ -9,9 +9,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFound
-from config.openapi import api_errors
-from config.rest import query
+from core.errors import NotFound
+from core.openapi import api_errors
+from core.rest import query
 from deployments.models import Deployment
 from registry.models import RegisteredModel
 

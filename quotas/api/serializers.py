@@ -3,7 +3,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.rest import CoresField, StrictTypes, identifier
+from core.rest import CoresField, StrictTypes, identifier
 from teams.models import slug_validator
 
 from ..models import Reservation, ResourceRequest

@@ -7,7 +7,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.openapi import api_errors
+from core.openapi import api_errors
 from teams.access import get_visible_team
 
 from .. import services

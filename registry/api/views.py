@@ -9,11 +9,11 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config import uploads
-from config.errors import NotFound
-from config.openapi import api_errors
-from config.parsers import JSONParser
-from config.rest import FilterBackend, query
+from core import uploads
+from core.errors import NotFound
+from core.openapi import api_errors
+from core.parsers import JSONParser
+from core.rest import FilterBackend, query
 from teams.access import get_visible_team
 
 from .. import baselines, progress, retries, services, storage
@@ -38,7 +38,7 @@ def visible_model(user, name: str) -> RegisteredModel:
 
 def _authorize_upload(request: Request, model: RegisteredModel, action: str) -> None:
     """Before the body is read: the caller's role (403), then the declared size (413). The
-    bytes are counted again as they stream in (``config.uploads.LimitedUploadHandler``)."""
+    bytes are counted again as they stream in (``core.uploads.LimitedUploadHandler``)."""
     services.authorize_upload(actor=request.user, model=model, action=action)
     uploads.check_declared_length(request.META.get("CONTENT_LENGTH"))
 

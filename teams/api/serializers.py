@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
-from config.rest import StrictTypes, identifier
+from core.rest import StrictTypes, identifier
 
 from ..models import ApiToken, AuditEvent, Membership, Team, slug_validator
 from ..roles import Role

@@ -9,8 +9,8 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from config.errors import NotFound, PermissionDenied
-from config.openapi import api_errors
+from core.errors import NotFound, PermissionDenied
+from core.openapi import api_errors
 
 from .. import services
 from ..access import get_visible_team

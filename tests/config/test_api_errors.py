@@ -2,8 +2,8 @@
 
 The causes were shared, so the fixes are: DRF's OPTIONS metadata probed ``get_object()`` (an
 ``AssertionError`` on the quota route, a ``FieldError`` on the alias route) —
-``config.rest.Metadata`` no longer does; DRF's default lookup pattern let ``null,null`` reach a
-view filtering an integer pk — ``config.rest.Router`` matches only well-formed keys. The sweep
+``core.rest.Metadata`` no longer does; DRF's default lookup pattern let ``null,null`` reach a
+view filtering an integer pk — ``core.rest.Router`` matches only well-formed keys. The sweep
 at the end sends OPTIONS and GET to every API route with plausible and malformed path values.
 """
 

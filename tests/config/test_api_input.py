@@ -10,7 +10,7 @@ import yaml
 from django.test import Client
 from rest_framework import serializers
 
-from config.rest import CoresField
+from core.rest import CoresField
 from tests.fixtures import bearer_client
 
 

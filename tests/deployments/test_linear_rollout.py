@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 from deployments import services
 from deployments.models import Deployment, Revision
 from deployments.reconcile import reconcile_deployment

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from config.errors import InvalidInput
+from core.errors import InvalidInput
 from monitoring import alerts, tasks
 from monitoring.models import Alert, AlertRule
 from teams.models import AuditEvent

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from config.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 from quotas import services
 from quotas.models import Reservation
 from teams.models import AuditEvent

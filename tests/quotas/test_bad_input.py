@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from compute import inventory
-from config.errors import Conflict
+from core.errors import Conflict
 from quotas import services
 from quotas.models import QuotaGrant, ResourceRequest, TeamQuota
 from teams.models import AuditEvent

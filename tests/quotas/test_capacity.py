@@ -6,7 +6,7 @@ import pytest
 
 from compute import inventory
 from compute.models import GpuDevice, Host
-from config.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 from deployments import admission
 from quotas import services
 from teams.models import AuditEvent
@@ -65,7 +65,7 @@ def test_an_allocated_gpu_cannot_be_removed(admin_user, team, gpu_host):
 
 
 def test_only_platform_admins_edit_capacity(engineer, gpu_host):
-    from config.errors import PermissionDenied
+    from core.errors import PermissionDenied
 
     with pytest.raises(PermissionDenied):
         inventory.register_host(actor=engineer, name="mine", cpu=1, memory_mb=1)

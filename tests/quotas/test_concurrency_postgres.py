@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, connections
 
 from compute import inventory
-from config.errors import Conflict
+from core.errors import Conflict
 from quotas import services
 from quotas.models import Reservation
 from teams.models import Team

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core import mail
 from django.utils import timezone
 
-from config.errors import Conflict
+from core.errors import Conflict
 from notifications.models import Notification
 from quotas import services, tasks
 from quotas.models import QuotaGrant, Reservation, ResourceRequest

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from compute import inventory
 from compute.models import GpuAllocation, GpuDevice
-from config.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput
 from deployments import admission
 from quotas import services
 from quotas.models import QuotaGrant

@@ -95,7 +95,7 @@ def test_others_still_get_a_token_while_one_username_is_locked_out():
 
 def test_behind_the_edge_the_forwarded_address_is_the_one_locked():
     """Under `make run` gunicorn listens on a unix socket: no REMOTE_ADDR, the edge's
-    X-Forwarded-For names the caller (config.middleware.client_ip)."""
+    X-Forwarded-For names the caller (core.middleware.client_ip)."""
     UserFactory(username="eve")
     attacker = {"REMOTE_ADDR": "", "HTTP_X_FORWARDED_FOR": "198.51.100.7"}
     for _ in range(5):

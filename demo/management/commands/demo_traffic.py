@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from config.errors import DomainError
+from core.errors import DomainError
 from demo import services
 from demo.models import TrafficRun, TrafficStatus
 from deployments.models import Deployment

@@ -1,7 +1,7 @@
 """The OpenAPI schema's error responses, added to every operation by one rule.
 
 drf-spectacular documents what a view returns when it succeeds; the errors come from elsewhere
-(``config.rest.exception_handler``, authentication, pagination, services' domain errors), so
+(``core.rest.exception_handler``, authentication, pagination, services' domain errors), so
 they are added here from the shape of each operation instead of by hand on every view:
 
 - 400 when the operation takes a request body or query parameters (validation, bad JSON);
@@ -83,7 +83,7 @@ class AutoSchema(openapi.AutoSchema):
         for status in sorted(self.error_statuses(operation)):
             responses.setdefault(str(status), self._error_response(status))
         for parameter in operation.get("parameters", []):
-            # config.rest.Router matches integer primary keys with [0-9]+: they are integers.
+            # core.rest.Router matches integer primary keys with [0-9]+: they are integers.
             if parameter.get("in") == "path" and parameter.get("schema") == {
                     "type": "string", "pattern": "^[0-9]+$"}:
                 parameter["schema"] = {"type": "integer", "minimum": 0}

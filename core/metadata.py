@@ -1,7 +1,7 @@
 """What ``OPTIONS`` on an API route answers (DRF's ``DEFAULT_METADATA_CLASS``).
 
 Its own module: DRF imports it while defining ``APIView``, so it must not import
-``rest_framework.views`` (``config.rest`` does).
+``rest_framework.views`` (``core.rest`` does).
 """
 
 from __future__ import annotations
