@@ -156,7 +156,7 @@ class _Tar:
         self.file.close()
 
 
-def _tree_digest(paths: Iterable[Path], root: Path) -> str:
+def tree_digest(paths: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for top in paths:
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
@@ -226,7 +226,7 @@ class ImageBuilder:
                 "wheels.sh", root / "platform" / "serving-requirements.txt", root / "serving"]
 
     def serving_digest(self) -> str:
-        return _tree_digest([p for p in self._serving_files() if p.exists()], self.source_dir)
+        return tree_digest([p for p in self._serving_files() if p.exists()], self.source_dir)
 
     def platform_requirements(self) -> list[str]:
         """The serving stack's own requirements (as the Dockerfile picks them)."""
