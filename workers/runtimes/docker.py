@@ -10,6 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+
 from serving.sockets import SOCKET_NAME, unix_url
 
 from .base import (
@@ -120,8 +124,6 @@ class DockerRuntime(Runtime):
                  installation: str = "",
                  legacy_owner: LegacyOwner | None = None) -> None:
         if client is None:
-            import docker
-
             client = docker.from_env()
         self.client = client
         self.network = network or NO_NETWORK
@@ -159,9 +161,6 @@ class DockerRuntime(Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
-        from docker.errors import APIError, ImageNotFound, NotFound
-        from docker.types import DeviceRequest
-
         if not spec.image:
             raise ReplicaRuntimeError("the docker runtime needs spec.image (see ensure_image)")
         spec = self.scoped(spec)
@@ -173,12 +172,30 @@ class DockerRuntime(Runtime):
                 return state
             existing.remove(force=True)
 
+        labels = self._replica_labels(spec)
+        volumes = self._replica_volumes(spec)
+        kwargs = _run_kwargs(spec, name=name, labels=labels, volumes=volumes)
+        env = replica_env(spec)
+        with self.ports.locked():
+            port = self._attach_network(spec, name, env, labels, volumes, kwargs)
+            kwargs["environment"] = env
+            container = self._run(spec, name, port, kwargs)
+            if isinstance(container, ReplicaState):
+                return container  # another worker created it a moment ago
+        container.reload()
+        return self._state(container)
+
+    def _replica_labels(self, spec: ReplicaSpec) -> dict[str, str]:
         labels = {**self.extra_labels, **spec.labels, **self.scope_labels(),
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
                   LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
                   LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
         if self.host_name:
             labels[LABEL_HOST] = self.host_name
+        return labels
+
+    def _replica_volumes(self, spec: ReplicaSpec) -> dict[str, dict[str, str]]:
+        """The model directory, read-only; never the Docker socket."""
         volumes: dict[str, dict[str, str]] = {}
         if spec.model_dir:
             host_dir = self._host_path(spec.model_dir)
@@ -187,78 +204,60 @@ class DockerRuntime(Runtime):
             if any(src.rstrip("/").endswith(sock) for sock in DOCKER_SOCKET_PATHS):
                 raise ReplicaRuntimeError(
                     "refusing to mount the Docker socket into a model container")
+        return volumes
 
-        kwargs: dict[str, Any] = dict(HARDENING)
-        kwargs.update(
-            name=name, detach=True, labels=labels, volumes=volumes,
-            nano_cpus=int(spec.cpu * 1e9) if spec.cpu else None,
-            mem_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
-            memswap_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
-            pids_limit=int(spec.pids_limit) if spec.pids_limit else None,
-            stop_signal="SIGTERM",
-        )
-        if spec.gpu_device_ids:
-            kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpu_device_ids),
-                                                       capabilities=[["gpu"]])]
-        env = {
-            "MODELPORT_MODEL_DIR": MODEL_MOUNT,
-            "MODELPORT_WORKERS": str(spec.workers),
-            "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
-            "MODELPORT_MODEL_VERSION": str(spec.model_version),
-            "MODELPORT_DEPLOYMENT": spec.deployment,
-            "MODELPORT_REVISION": str(spec.revision),
-            "MODELPORT_REPLICA": str(spec.replica),
-            "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
-        }
-        threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = threads
-        env.update(spec.env)
-
-        with self.ports.locked():
-            port: int | None = None
-            if self.network == NO_NETWORK:
-                self._isolate(spec, name, env, labels, volumes, kwargs)
-            elif self.network == HOST_NETWORK:
+    def _attach_network(self, spec: ReplicaSpec, name: str, env: dict[str, str],
+                        labels: dict[str, str], volumes: dict[str, dict[str, str]],
+                        kwargs: dict[str, Any]) -> int | None:
+        """Where the replica listens (a socket, a host port, or a port on the named network)
+        and its healthcheck; the host port allocated, if any. Called with the ports locked."""
+        port: int | None = None
+        if self.network == NO_NETWORK:
+            self._isolate(spec, name, env, labels, volumes, kwargs)
+        elif self.network == HOST_NETWORK:
+            port = spec.port or self.ports.allocate(self._used_ports())
+            env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+            labels[LABEL_PORT] = str(port)
+            kwargs["network_mode"] = HOST_NETWORK
+        else:
+            # Inside its own network namespace: reachable only on the named network.
+            env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104
+                       MODELPORT_PORT=str(CONTAINER_PORT))
+            kwargs["network"] = self.network
+            kwargs["hostname"] = name
+            if self.publish_host:
                 port = spec.port or self.ports.allocate(self._used_ports())
-                env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+                kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.publish_host, port)}
                 labels[LABEL_PORT] = str(port)
-                kwargs["network_mode"] = HOST_NETWORK
+        if self.healthcheck:  # probes from inside the container
+            if self.network == NO_NETWORK:
+                kwargs["healthcheck"] = _socket_healthcheck()
             else:
-                # Inside its own network namespace: reachable only on the named network.
-                env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104
-                           MODELPORT_PORT=str(CONTAINER_PORT))
-                kwargs["network"] = self.network
-                kwargs["hostname"] = name
-                if self.publish_host:
-                    port = spec.port or self.ports.allocate(self._used_ports())
-                    kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.publish_host, port)}
-                    labels[LABEL_PORT] = str(port)
-            if self.healthcheck:  # probes from inside the container
-                if self.network == NO_NETWORK:
-                    kwargs["healthcheck"] = _socket_healthcheck()
-                else:
-                    in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
-                    kwargs["healthcheck"] = _healthcheck(in_container or CONTAINER_PORT)
-            kwargs["environment"] = env
-            try:
-                container = self.client.containers.run(spec.image, **kwargs)
-            except ImageNotFound as exc:
-                raise ReplicaRuntimeError(f"image {spec.image} not found: {exc}") from exc
-            except (APIError, NotFound) as exc:
-                if port is not None and not spec.port:
-                    self.ports.release(port)
-                conflict = getattr(exc, "status_code", None) == 409
-                raced = self._get(name) if conflict else None
-                if raced is not None:  # another worker created it a moment ago
-                    return self._state(raced)
-                if conflict and self._get_any(name) is not None:
-                    raise ReplicaRuntimeError(
-                        f"starting {name} failed: a container of that name exists and is not "
-                        "this installation's (it is left alone)") from exc
-                raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
-        container.reload()
-        return self._state(container)
+                in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
+                kwargs["healthcheck"] = _healthcheck(in_container or CONTAINER_PORT)
+        return port
+
+    def _run(self, spec: ReplicaSpec, name: str, port: int | None,
+             kwargs: dict[str, Any]) -> Any:
+        """Create and start the container (the SDK's Container); the ReplicaState of the one
+        another worker created a moment ago when it won the race; otherwise ReplicaRuntimeError,
+        the port released."""
+        try:
+            return self.client.containers.run(spec.image, **kwargs)
+        except ImageNotFound as exc:
+            raise ReplicaRuntimeError(f"image {spec.image} not found: {exc}") from exc
+        except (APIError, NotFound) as exc:
+            if port is not None and not spec.port:
+                self.ports.release(port)
+            conflict = getattr(exc, "status_code", None) == 409
+            raced = self._get(name) if conflict else None
+            if raced is not None:  # another worker created it a moment ago
+                return self._state(raced)
+            if conflict and self._get_any(name) is not None:
+                raise ReplicaRuntimeError(
+                    f"starting {name} failed: a container of that name exists and is not "
+                    "this installation's (it is left alone)") from exc
+            raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
 
     def _isolate(self, spec: ReplicaSpec, name: str, env: dict[str, str],
                  labels: dict[str, str], volumes: dict[str, dict[str, str]],
@@ -295,8 +294,6 @@ class DockerRuntime(Runtime):
         return directory
 
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
-        from docker.errors import APIError
-
         container = self._get(replica_id)
         if container is None:
             return
@@ -307,8 +304,6 @@ class DockerRuntime(Runtime):
                 raise
 
     def remove_replica(self, replica_id: str) -> None:
-        from docker.errors import APIError
-
         container = self._get(replica_id)
         if container is None:
             return
@@ -342,8 +337,6 @@ class DockerRuntime(Runtime):
         return missing_state(replica_id) if container is None else self._state(container)
 
     def logs(self, replica_id: str, tail: int = 200) -> str:
-        from docker.errors import APIError
-
         container = self._get(replica_id)
         if container is None:
             return ""
@@ -392,8 +385,6 @@ class DockerRuntime(Runtime):
 
     # --- helpers ----------------------------------------------------------------------------
     def _get_any(self, replica_id: str) -> Any | None:
-        from docker.errors import NotFound
-
         try:
             return self.client.containers.get(replica_id)
         except NotFound:
@@ -414,8 +405,6 @@ class DockerRuntime(Runtime):
         every container's labels in one call; only ours (and unlabelled ones, which may be
         legacy ours) are inspected — another installation's never are. A container removed
         meanwhile is skipped."""
-        from docker.errors import NotFound
-
         if self.installation and self.legacy_owner is None:  # legacy ones are never ours
             filters = [*filters, f"{LABEL_INSTALLATION}={self.installation}"]
         out = []
@@ -581,3 +570,41 @@ def _time(value: str | None) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def replica_env(spec: ReplicaSpec) -> dict[str, str]:
+    """The serving process's environment (the network part is added by ``_attach_network``);
+    ``spec.env`` (the ingest URL and token, the replica key) last."""
+    env = {
+        "MODELPORT_MODEL_DIR": MODEL_MOUNT,
+        "MODELPORT_WORKERS": str(spec.workers),
+        "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
+        "MODELPORT_MODEL_VERSION": str(spec.model_version),
+        "MODELPORT_DEPLOYMENT": spec.deployment,
+        "MODELPORT_REVISION": str(spec.revision),
+        "MODELPORT_REPLICA": str(spec.replica),
+        "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
+    }
+    threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = threads
+    env.update(spec.env)
+    return env
+
+
+def _run_kwargs(spec: ReplicaSpec, *, name: str, labels: dict[str, str],
+                volumes: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """``containers.run`` arguments: the hardening, the limits, the GPUs."""
+    kwargs: dict[str, Any] = dict(HARDENING)
+    kwargs.update(
+        name=name, detach=True, labels=labels, volumes=volumes,
+        nano_cpus=int(spec.cpu * 1e9) if spec.cpu else None,
+        mem_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
+        memswap_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
+        pids_limit=int(spec.pids_limit) if spec.pids_limit else None,
+        stop_signal="SIGTERM",
+    )
+    if spec.gpu_device_ids:
+        kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpu_device_ids),
+                                                   capabilities=[["gpu"]])]
+    return kwargs

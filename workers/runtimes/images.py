@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from docker.errors import APIError, ImageNotFound
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
@@ -414,8 +415,6 @@ class ImageBuilder:
 
     # --- helpers ----------------------------------------------------------------------------
     def _labels_of(self, tag: str) -> dict[str, str] | None:
-        from docker.errors import ImageNotFound  # local: keep module import light
-
         try:
             image = self.client.images.get(tag)
         except ImageNotFound:
@@ -423,8 +422,6 @@ class ImageBuilder:
         return dict(image.labels or {})
 
     def _id_of(self, tag: str) -> str | None:
-        from docker.errors import ImageNotFound
-
         try:
             return str(self.client.images.get(tag).id)
         except ImageNotFound:
@@ -432,8 +429,6 @@ class ImageBuilder:
 
     def _remove_unused(self, image_id: str, log: LogFn) -> None:
         """Drop the image a rebuild replaced, unless a container still uses it."""
-        from docker.errors import APIError
-
         try:
             self.client.images.remove(image_id, noprune=True)
             log(f"removed the replaced image {image_id[:19]}")

@@ -48,6 +48,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+import docker
+from docker.errors import APIError, NotFound
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    Resources,
+    RestartPolicy,
+    RollbackConfig,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+from docker.utils import version_gte
+
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTALLATION,
@@ -133,8 +149,6 @@ class SwarmRuntime(Runtime):
                  healthcheck: bool = True, egress_network: str = "",
                  installation: str = "", legacy_owner: LegacyOwner | None = None) -> None:
         if client is None:
-            import docker
-
             client = docker.from_env()
         if network not in NETWORK_MODES:
             raise ValueError(f"swarm network mode {network!r}; expected one of {NETWORK_MODES}")
@@ -171,8 +185,6 @@ class SwarmRuntime(Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
-        from docker.errors import APIError
-
         if not spec.image:
             raise ReplicaRuntimeError("the swarm runtime needs spec.image (see ensure_image)")
         spec = self.scoped(spec)
@@ -207,19 +219,6 @@ class SwarmRuntime(Runtime):
 
     def service_spec(self, spec: ReplicaSpec, port: int | None) -> dict[str, Any]:
         """The keyword arguments of ``APIClient.create_service`` for one replica."""
-        from docker.types import (
-            ContainerSpec,
-            EndpointSpec,
-            Healthcheck,
-            Mount,
-            Resources,
-            RestartPolicy,
-            RollbackConfig,
-            ServiceMode,
-            TaskTemplate,
-            UpdateConfig,
-        )
-
         spec = self.scoped(spec)
         labels = {**self.extra_labels, **spec.labels, **self.scope_labels(),
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
@@ -313,8 +312,6 @@ class SwarmRuntime(Runtime):
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
         """Scale the service to 0 (Swarm stops the task gracefully, within the stop grace
         period); the service stays, so its logs and state can still be read."""
-        from docker.errors import APIError
-
         service = self._get(replica_id)
         if service is None:
             return
@@ -410,8 +407,6 @@ class SwarmRuntime(Runtime):
     # --- helpers ----------------------------------------------------------------------------
     def _local_container(self, service: Any, *, running: bool = False) -> Any | None:
         """The container of the service's current task, if it is on this endpoint's node."""
-        from docker.errors import APIError, NotFound
-
         task = _current_task(self._tasks([service]).get(service.id, []))
         status = (task or {}).get("Status") or {}
         container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
@@ -423,14 +418,10 @@ class SwarmRuntime(Runtime):
             return None  # on another node, or already removed
 
     def _api_at_least(self, version: str) -> bool:
-        from docker.utils import version_gte
-
         api = getattr(self.client.api, "_version", None) or "1.41"
         return version_gte(api, version)
 
     def _get(self, replica_id: str) -> Any | None:
-        from docker.errors import NotFound
-
         try:
             service = self.client.services.get(replica_id)
         except NotFound:
@@ -458,8 +449,6 @@ class SwarmRuntime(Runtime):
         return by_service
 
     def _remove_service(self, service: Any) -> None:
-        from docker.errors import APIError
-
         port = ((service.attrs.get("Spec") or {}).get("Labels") or {}).get(LABEL_PORT, "")
         try:
             service.remove()
