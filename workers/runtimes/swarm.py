@@ -85,16 +85,17 @@ from .base import (
     env_dict,
     missing_state,
 )
-from .docker import (
+from .docker_spec import (
     CONTAINER_PORT,
     DOCKER_SOCKET_PATHS,
     HARDENING,
     HOST_NETWORK,
     MODEL_MOUNT,
-    _healthcheck,
-    _int,
-    _parse_stats,
-    _time,
+    docker_time,
+    http_healthcheck,
+    label_int,
+    parse_stats,
+    replica_env,
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
@@ -241,7 +242,7 @@ class SwarmRuntime(Runtime):
             mounts.append(Mount(target=MODEL_MOUNT, source=source, type="bind", read_only=True))
         healthcheck = None
         if self.healthcheck:
-            healthcheck = Healthcheck(**_healthcheck(port or CONTAINER_PORT))
+            healthcheck = Healthcheck(**http_healthcheck(port or CONTAINER_PORT))
         container = ContainerSpec(
             spec.image, env=env, user=HARDENING["user"], labels=labels, mounts=mounts,
             read_only=True, cap_drop=list(HARDENING["cap_drop"]), stop_signal="SIGTERM",
@@ -370,7 +371,7 @@ class SwarmRuntime(Runtime):
         container = self._local_container(service, running=True) if service else None
         if container is None:
             return zero  # not running, or on another node
-        return _parse_stats(container.stats(stream=False))
+        return parse_stats(container.stats(stream=False))
 
     def ping(self) -> bool:
         """The endpoint answers and is a Swarm manager (only managers can create services)."""
@@ -519,13 +520,13 @@ class SwarmRuntime(Runtime):
         return ReplicaState(
             id=service.name,
             deployment=labels.get(LABEL_DEPLOYMENT, ""),
-            revision=_int(labels.get(LABEL_REVISION)),
-            replica=_int(labels.get(LABEL_REPLICA)),
+            revision=label_int(labels.get(LABEL_REVISION)),
+            replica=label_int(labels.get(LABEL_REPLICA)),
             status=status,
             url=url,
             exit_code=None if running else exit_code,
-            started_at=_time(task_status.get("Timestamp")) if raw == "running" else None,
-            finished_at=None if running else _time(task_status.get("Timestamp")),
+            started_at=docker_time(task_status.get("Timestamp")) if raw == "running" else None,
+            finished_at=None if running else docker_time(task_status.get("Timestamp")),
             restart_count=len(failed),
             port=int(port) if port.isdigit() else None,
             image=image or None,
@@ -535,25 +536,6 @@ class SwarmRuntime(Runtime):
             health="healthy" if raw == "running" and self.healthcheck else None,
             labels=dict(labels),
         )
-
-
-def replica_env(spec: ReplicaSpec) -> dict[str, str]:
-    """The model server's environment, as the Docker runtime sets it (without host/port)."""
-    env = {
-        "MODELPORT_MODEL_DIR": MODEL_MOUNT,
-        "MODELPORT_WORKERS": str(spec.workers),
-        "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
-        "MODELPORT_MODEL_VERSION": str(spec.model_version),
-        "MODELPORT_DEPLOYMENT": spec.deployment,
-        "MODELPORT_REVISION": str(spec.revision),
-        "MODELPORT_REPLICA": str(spec.replica),
-        "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
-    }
-    threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = threads
-    env.update(spec.env)
-    return env
 
 
 def _current_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
