@@ -266,9 +266,9 @@ def capacity(user) -> dict:
     active_allocations = {a.device_id: a for a in GpuAllocation.objects.active()
                           .select_related("team")}
     docker = {h["name"]: h for h in host_summaries()}  # hosts with a host worker
-    hosts = []
+    hosts: list[dict[str, Any]] = []
     for host in Host.objects.prefetch_related("gpus").order_by("name"):
-        devices = []
+        devices: list[dict[str, Any]] = []
         for device in host.gpus.all():
             allocation = active_allocations.get(device.pk)
             holder = None
@@ -291,11 +291,11 @@ def capacity(user) -> dict:
         })
     reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
     committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])
-    models = {}
-    for host in hosts:
-        if not host["active"]:
+    models: dict[str, dict[str, Any]] = {}
+    for row in hosts:
+        if not row["active"]:
             continue
-        for device in host["gpus"]:
+        for device in row["gpus"]:
             if not device["active"]:
                 continue
             entry = models.setdefault(device["model"], {"model": device["model"], "total": 0,
@@ -346,8 +346,10 @@ def _docker_gpus(info: dict[str, Any]) -> list[tuple[str, str]]:
         device_id, _, model = entry.partition("=")
         if device_id.strip():
             found.append((device_id.strip(), model.strip() or "GPU"))
-    seen: set[str] = set()
-    return [(d, m) for d, m in found if not (d in seen or seen.add(d))]
+    unique: dict[str, tuple[str, str]] = {}
+    for d, m in found:
+        unique.setdefault(d, (d, m))  # the first model named for a device id wins
+    return list(unique.values())
 
 
 def _host_target() -> ExecutionTarget | None:

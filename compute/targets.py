@@ -275,11 +275,12 @@ def resolve_target(value: Any) -> ExecutionTarget | None:
     if isinstance(value, ExecutionTarget):
         target = value
     else:
-        target = ExecutionTarget.objects.filter(name=str(value)).first()
-        if target is None:
+        found = ExecutionTarget.objects.filter(name=str(value)).first()
+        if found is None:
             names = ", ".join(ExecutionTarget.objects.enabled().values_list("name", flat=True))
             raise InvalidInput(f"No execution target '{value}' (known: {names or 'none'}).",
                                field="target")
+        target = found
     if not target.enabled:
         raise InvalidInput(f"Execution target '{target.name}' is disabled.", field="target")
     return target

@@ -204,10 +204,10 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
         except (TypeError, ValueError):
             raise InvalidInput(f"version must be a number (got {version!r}).",
                                field="version") from None
-        target = ModelVersion.objects.filter(model=model, version=number).first()
-        if target is None:
+        numbered = ModelVersion.objects.filter(model=model, version=number).first()
+        if numbered is None:
             raise NotFound(f"Model '{model.name}' has no version {number}.", field="version")
-        pinned, alias = target, ""
+        target, pinned, alias = numbered, numbered, ""
     if target.status != VersionStatus.READY:
         raise Conflict(f"'{model.name}' v{target.version} is {target.status}, not ready; "
                        "only ready versions can be deployed.", code="version_not_ready",
@@ -277,6 +277,7 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
         if d.alias:  # following an alias: re-resolve it
             pinned, new_alias, target = _resolve(d.model, None, d.alias)
         else:
+            assert d.version is not None  # a deployment pins a version or follows an alias
             target = d.version
     new_replicas = d.replicas if replicas is _UNSET else _replicas(replicas)
     if resources is _UNSET:
@@ -480,7 +481,7 @@ def retry(*, actor, deployment: Deployment) -> Deployment:
     if d.stopped:
         raise Conflict(f"'{d.name}' is stopped: Start it (a failed revision runs again when "
                        "started).", code="stopped")
-    if not retries.retryable(d, revision):
+    if revision is None or not retries.retryable(d, revision):
         state = revision.get_state_display().lower() if revision else "missing"
         raise Conflict(f"'{d.name}' has nothing to retry: it is {d.status} and revision "
                        f"{d.revision} is {state}.", code="nothing_to_retry")

@@ -49,11 +49,12 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
             for _again in range(5):  # the spec changed mid-rollout: converge to the new one
                 if outcome != Outcome.SUPERSEDED:
                     break
-                d = (Deployment.objects.select_related("team", "model")
-                     .filter(pk=deployment_id).first())
-                if d is None:  # deleted while we were starting replicas: clean up
+                fresh = (Deployment.objects.select_related("team", "model")
+                         .filter(pk=deployment_id).first())
+                if fresh is None:  # deleted while we were starting replicas: clean up
                     remove_deployment_containers(name, runtime)
                     return Outcome.GONE
+                d = fresh
                 outcome = Reconciler(d, runtime).run()
             return outcome
         except Exception as exc:

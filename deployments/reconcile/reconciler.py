@@ -106,7 +106,7 @@ class Reconciler(Replicas, Outcomes):
 
     def still_current(self) -> bool:
         fresh = Deployment.objects.filter(pk=self.d.pk).values("revision", "stopped").first()
-        return bool(fresh) and fresh["revision"] == self.d.revision \
+        return fresh is not None and fresh["revision"] == self.d.revision \
             and fresh["stopped"] == self.d.stopped
 
     def remove(self, states: list[Any], *, drain: bool) -> None:
