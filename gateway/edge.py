@@ -125,7 +125,7 @@ class Exchange:
             routes.refused(self.route, self.revision, refusal.status)
         self.done(_refusal(refusal, self.request_id))
 
-    def admit(self, caller: tuple[bool, frozenset[int]], route: routes.Route | None) -> None:
+    def admit(self, caller: routes.Caller, route: routes.Route | None) -> None:
         admin, teams = caller
         if route is None or not (admin or route.team_id in teams):
             self.refuse(routes.not_found(self.name))
@@ -379,7 +379,7 @@ class Edge:
         exchange.admit(caller, route)
 
     async def _look_up(self, exchange: Exchange, raw: str,
-                       caller: tuple[bool, frozenset[int]] | None,
+                       caller: routes.Caller | None,
                        route: routes.Route | None) -> None:
         try:
             if caller is None:

@@ -12,19 +12,19 @@ from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
 from teams.models import Team, slug_validator
 
-from .. import retries, services
+from .. import retries, services, spec
 from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
 from ..reconcile import strategies
 
 
 class DeploymentResourcesSerializer(StrictTypes, serializers.Serializer):
-    cpu = CoresField(decimal_places=2, min_value=Decimal("0.01"), max_value=services.MAX_CPU,
+    cpu = CoresField(decimal_places=2, min_value=Decimal("0.01"), max_value=spec.MAX_CPU,
                      required=False, help_text="Cores per replica, e.g. 0.5 (rounded up to "
                                                "0.01); default 1.")
     memory_mb = serializers.IntegerField(required=False, min_value=64,
-                                         max_value=services.MAX_MEMORY_MB,
+                                         max_value=spec.MAX_MEMORY_MB,
                                          help_text="Memory per replica (MB); default 1024.")
-    gpus = serializers.IntegerField(required=False, min_value=0, max_value=services.MAX_GPUS,
+    gpus = serializers.IntegerField(required=False, min_value=0, max_value=spec.MAX_GPUS,
                                     help_text="GPUs per replica; default 0.")
 
 
