@@ -8,9 +8,10 @@ Nothing here calls the container runtime except ``replica_logs`` (read-only).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -47,6 +48,8 @@ from .spec import (
     parse_replicas,
 )
 
+# Who acts: a signed-in user, or None for the platform itself (an alias it follows moved).
+Actor = User | AnonymousUser | None
 _UNSET: Any = object()  # "leave as it is" for update_deployment's keyword arguments
 
 
@@ -93,10 +96,10 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
 
 # --- Verbs --------------------------------------------------------------------------------------
 @transaction.atomic
-def create_deployment(*, actor, team: Team, name: str, model: str, version: int | str | None = None,
-                      alias: str | None = None, replicas: int | str = 1,
-                      resources: ResourcesArg = None, strategy: StrategyArg = None,
-                      target: Any = None) -> Deployment:
+def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
+                      version: int | str | None = None, alias: str | None = None,
+                      replicas: int | str = 1, resources: ResourcesArg = None,
+                      strategy: StrategyArg = None, target: Any = None) -> Deployment:
     """``target``: the execution target's name (default: ``compute.targets.default_target``).
     ``resources`` and ``strategy`` are typed (``deployments.spec``) or the API's dicts, checked
     here after the name, model, version and target."""
@@ -114,14 +117,14 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: int 
     if Deployment.objects.filter(name=name).exists():
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken")
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # the actor is a member: require_team_role checked
             d = Deployment.objects.create(name=name, team=team, model=registered, version=pinned,
                                           alias=alias, replicas=spec.replicas, cpu=cpu,
                                           memory_mb=memory_mb, gpus=gpus,
                                           strategy=spec.strategy.as_dict(),
                                           target=execution_target,
                                           runtime=choose_runtime(execution_target),
-                                          created_by=actor)
+                                          created_by=cast(User | None, actor))
     except IntegrityError:
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
     admission.admit_spec(team=team, owner=d.owner, replicas=spec.replicas, cpu=cpu,
@@ -134,7 +137,7 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: int 
 
 
 @transaction.atomic
-def update_deployment(*, actor, deployment: Deployment, version: int | str | None = _UNSET,
+def update_deployment(*, actor: Actor, deployment: Deployment, version: int | str | None = _UNSET,
                       alias: str | None = _UNSET, replicas: int | str = _UNSET,
                       resources: ResourcesArg = _UNSET, strategy: StrategyArg = _UNSET,
                       system: bool = False) -> Deployment:
@@ -190,7 +193,8 @@ def update_deployment(*, actor, deployment: Deployment, version: int | str | Non
 
 
 @transaction.atomic
-def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = "") -> Deployment:
+def set_egress(*, actor: Actor, deployment: Deployment, allowed: bool,
+               reason: str = "") -> Deployment:
     """Grant or withdraw outbound network access for a deployment's model code. Platform admins
     only, with a reason when granting; a new revision, so replicas restart on the network
     (docs/security.md: what a model can reach with and without it)."""
@@ -223,7 +227,7 @@ def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = ""
 
 
 @transaction.atomic
-def follow_alias(*, actor, model: RegisteredModel, alias: str) -> list[Deployment]:
+def follow_alias(*, actor: Actor, model: RegisteredModel, alias: str) -> list[Deployment]:
     """Roll out every deployment that follows ``model@alias`` to the version the alias names
     now. Called by the registry right after it moves an alias (by whoever was allowed to move
     it), each rollout by the deployment's own strategy; unchanged deployments stay as they are."""
@@ -236,14 +240,14 @@ def follow_alias(*, actor, model: RegisteredModel, alias: str) -> list[Deploymen
     return rolled
 
 
-def on_alias_moved(sender: object, *, actor, model: RegisteredModel, alias: str,
+def on_alias_moved(sender: object, *, actor: Actor, model: RegisteredModel, alias: str,
                    **kwargs: object) -> None:
     """Receiver of ``registry.signals.alias_moved``."""
     follow_alias(actor=actor, model=model, alias=alias)
 
 
 @transaction.atomic
-def rollback(*, actor, deployment: Deployment, revision: int | None = None,
+def rollback(*, actor: Actor, deployment: Deployment, revision: int | None = None,
              system: bool = False) -> Deployment:
     """A new revision with the spec and model version of an earlier one (default: the newest
     earlier revision that was healthy). ``system``: the reconciler's automatic rollback."""
@@ -277,7 +281,7 @@ def _shadowing(d: Deployment, verb: str) -> Revision:
 
 
 @transaction.atomic
-def promote(*, actor, deployment: Deployment, strategy: StrategyArg = None) -> Deployment:
+def promote(*, actor: Actor, deployment: Deployment, strategy: StrategyArg = None) -> Deployment:
     """End a shadow by rolling its model version out for real: a new revision with the shadow's
     spec and a strategy that takes the traffic (default rolling); the shadow's replicas are
     removed and the stable revision is drained like in any rollout."""
@@ -302,7 +306,7 @@ def promote(*, actor, deployment: Deployment, strategy: StrategyArg = None) -> D
 
 
 @transaction.atomic
-def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
+def discard_shadow(*, actor: Actor, deployment: Deployment) -> Deployment:
     """End a shadow without promoting it: back to the revision that serves (a rollback to it,
     which removes the shadow's replicas)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "discarding shadow revisions")
@@ -317,7 +321,7 @@ def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def stop(*, actor, deployment: Deployment) -> Deployment:
+def stop(*, actor: Actor, deployment: Deployment) -> Deployment:
     require_team_role(actor, deployment.team, Role.ENGINEER, "stopping deployments")
     d = locked(deployment)
     if d.stopped:
@@ -335,7 +339,7 @@ def stop(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def start(*, actor, deployment: Deployment) -> Deployment:
+def start(*, actor: Actor, deployment: Deployment) -> Deployment:
     require_team_role(actor, deployment.team, Role.ENGINEER, "starting deployments")
     d = locked(deployment)
     if not d.stopped:
@@ -355,7 +359,7 @@ def start(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def retry(*, actor, deployment: Deployment) -> Deployment:
+def retry(*, actor: User | AnonymousUser, deployment: Deployment) -> Deployment:
     """Re-run a failed deployment's current revision (or, for a deployment that is failed or
     degraded with its revision still active, replace its replicas again, crash-loop count
     reset). The reconciler does the work after commit."""
@@ -389,7 +393,7 @@ def retry(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def delete(*, actor, deployment: Deployment) -> None:
+def delete(*, actor: Actor, deployment: Deployment) -> None:
     """Forget the deployment and give back its quota; its containers are removed after commit
     (and by the orphan sweep, ``deployments.orphans``, if that is interrupted)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "deleting deployments")
@@ -402,7 +406,7 @@ def delete(*, actor, deployment: Deployment) -> None:
     transaction.on_commit(lambda: passes.enqueue_remove(name, target_id, runtime))
 
 
-def get_visible(user, name: str) -> Deployment:
+def get_visible(user: Actor, name: str) -> Deployment:
     d = (Deployment.objects.visible_to(user).select_related("team", "model", "version")
          .filter(name=name).first())
     if d is None:
@@ -410,7 +414,7 @@ def get_visible(user, name: str) -> Deployment:
     return d
 
 
-def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
+def replica_logs(*, actor: Actor, deployment: Deployment, replica: str | None = None,
                  tail: int = 200) -> list[dict[str, str | None]]:
     """Recent log lines of one replica (or of each), read through the runtime; ``error`` says
     why a replica's could not be read."""
