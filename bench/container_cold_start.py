@@ -80,7 +80,7 @@ def measure(rt: DockerRuntime | LocalRuntime,
 
 def container_floor(client, image: str) -> float:
     """create + start + exit of `python -c pass` in the serving image, hardened the same way."""
-    from workers.runtimes.docker import HARDENING
+    from workers.runtimes.docker_spec import HARDENING
 
     kwargs = {k: v for k, v in HARDENING.items() if k != "restart_policy"}
     t0 = time.perf_counter()

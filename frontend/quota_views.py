@@ -1,5 +1,5 @@
 """Portal pages for quotas, resource requests, capacity and notifications. Thin: read with
-querysets scoped to the user, change state through ``quotas.services``."""
+querysets scoped to the user, change state through ``quotas.services`` and ``quotas.requests``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from compute.targets import target_summary
 from core.portal import apply_service
 from notifications.models import Notification
 from notifications.services import mark_read
+from quotas import requests as quota_requests
 from quotas import services
 from quotas.models import Reservation, ResourceRequest
 from teams import services as team_services
@@ -40,7 +41,7 @@ def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
                               initial=usage.base.as_dict())
     if intent == "request" and request_form.is_valid():
         data = {k: v for k, v in request_form.cleaned_data.items() if v not in (None, "")}
-        if apply_service(request, request_form, lambda: services.file_request(
+        if apply_service(request, request_form, lambda: quota_requests.file_request(
                 actor=request.user, team=team, **data)):
             messages.success(request, "Request sent; platform admins are notified.")
             return redirect("frontend:team-quota", slug=slug)
@@ -109,12 +110,12 @@ def decide_request(request: HttpRequest, request_id: int) -> HttpResponse:
         messages.error(request, "Amounts must be numbers.")
     elif decision == "approve":
         data = form.cleaned_data
-        if apply_service(request, None, lambda: services.approve_request(
+        if apply_service(request, None, lambda: quota_requests.approve_request(
                 actor=request.user, request=item, comment=data["comment"], cpu=data["cpu"],
                 memory_mb=data["memory_mb"], gpus=data["gpus"])):
             messages.success(request, f"Request #{item.pk} approved.")
     elif decision == "deny":
-        if apply_service(request, None, lambda: services.deny_request(
+        if apply_service(request, None, lambda: quota_requests.deny_request(
                 actor=request.user, request=item, comment=form.cleaned_data["comment"])):
             messages.success(request, f"Request #{item.pk} denied.")
     else:

@@ -14,7 +14,7 @@ from core.errors import DomainError
 from teams.admin import TeamAdmin
 from teams.models import Team
 
-from . import services
+from . import requests, services
 from .models import QuotaGrant, Reservation, ResourceRequest, TeamQuota
 
 
@@ -109,7 +109,7 @@ class ResourceRequestAdmin(admin.ModelAdmin):
         done = 0
         for item in queryset.select_related("team"):
             try:
-                services.approve_request(actor=request.user, request=item,
+                requests.approve_request(actor=request.user, request=item,
                                          comment="Approved in the console.")
                 done += 1
             except DomainError as exc:
@@ -128,7 +128,7 @@ class ResourceRequestAdmin(admin.ModelAdmin):
         done = 0
         for item in queryset.select_related("team"):
             try:
-                services.deny_request(actor=request.user, request=item,
+                requests.deny_request(actor=request.user, request=item,
                                       comment=form.cleaned_data["comment"])
                 done += 1
             except DomainError as exc:

@@ -1,4 +1,5 @@
-"""Business operations on quotas, resource requests and admission.
+"""Business operations on quotas, reservations, usage and admission (resource requests and
+the grants they lead to are ``resource_requests.py``).
 
 One function per verb; the API, the portal, Django admin and Celery tasks all call these. Each
 mutation checks the actor's role (``teams.access``), runs in a transaction and writes an audit
@@ -24,9 +25,8 @@ from django.utils import timezone
 from core.errors import Conflict, InvalidInput, NotFound
 from notifications.services import notify
 from teams import audit
-from teams.access import require_platform_admin, require_team_role
+from teams.access import require_platform_admin
 from teams.models import Team
-from teams.roles import Role
 
 from . import capacity
 from .models import (
@@ -37,8 +37,6 @@ from .models import (
 )
 
 QUOTA_FIELDS = ["cpu", "memory_mb", "gpus", "deployments"]
-REQUEST_FIELDS = ["status", "cpu", "memory_mb", "gpus", "gpu_model", "expires_at",
-                  "granted_cpu", "granted_memory_mb", "granted_gpus", "comment"]
 RESERVATION_FIELDS = ["owner", "state", "cpu", "memory_mb", "gpus", "deployments"]
 
 # Anything above these is a typo, not a request (400, not 409).
@@ -365,7 +363,7 @@ def _apply_reservation(*, team: Team, owner: str, actor, target) -> Reservation:
                  obj=reservation, team=team, before=before,
                  after=audit.snapshot(reservation, RESERVATION_FIELDS))
     if Reservation.objects.filter(team=team, over_limit_since__isnull=False).exists():
-        _flag_over_limit(team, quota, reason="usage changed")  # scaling down clears flags
+        flag_over_limit(team, quota, reason="usage changed")  # scaling down clears flags
     return reservation
 
 
@@ -410,7 +408,7 @@ def set_quota(*, actor, team: Team, cpu, memory_mb, gpus, deployments) -> TeamQu
     require_platform_admin(actor, "set quotas")
     limits = _amounts(cpu=cpu, memory_mb=memory_mb, gpus=gpus, deployments=deployments)
     quota = _locked_quota(team)
-    _check_capacity(team, limits + _grants(team), gpu_model=None)
+    check_capacity(team, limits + _grants(team), gpu_model=None)
     before = audit.snapshot(quota, QUOTA_FIELDS)
     for name, value in limits.as_dict().items():
         setattr(quota, name, value)
@@ -419,11 +417,11 @@ def set_quota(*, actor, team: Team, cpu, memory_mb, gpus, deployments) -> TeamQu
     if after != before:
         audit.record(actor=actor, action="quota.updated", obj=quota, team=team,
                      before=before, after=after)
-        _flag_over_limit(team, quota, reason="its quota was lowered")
+        flag_over_limit(team, quota, reason="its quota was lowered")
     return quota
 
 
-def _check_capacity(team: Team, limits: Resources, *, gpu_model: str | None) -> None:
+def check_capacity(team: Team, limits: Resources, *, gpu_model: str | None) -> None:
     """A team may not be promised more than the whole platform can run (with overcommit).
 
     Skipped until capacity is registered, so a fresh install works with default quotas.
@@ -452,7 +450,7 @@ def _check_capacity(team: Team, limits: Resources, *, gpu_model: str | None) -> 
                        + ".", code="exceeds_capacity")
 
 
-def _flag_over_limit(team: Team, quota: TeamQuota, *, reason: str) -> list[Reservation]:
+def flag_over_limit(team: Team, quota: TeamQuota, *, reason: str) -> list[Reservation]:
     """Flag (never stop) the newest reservations that no longer fit; tell the team."""
     limits = effective_limits(team, quota)
     reservations = list(Reservation.objects.select_for_update().filter(team=team)
@@ -481,198 +479,19 @@ def _flag_over_limit(team: Team, quota: TeamQuota, *, reason: str) -> list[Reser
         notify(users=[m.user for m in team.memberships.select_related("user")],
                text=f"Team {team.slug} is over its quota because {reason}: {owners} keep "
                     "running but are flagged; scale down or request resources.",
-               link=_team_link(team), kind="quota.over_limit")
+               link=team_link(team), kind="quota.over_limit")
     return flagged
 
 
-# --- Resource requests -------------------------------------------------------------------------
-def _team_link(team: Team) -> str:
+# --- Links and recipients of notifications ----------------------------------------------------
+def team_link(team: Team) -> str:
     return reverse("frontend:team-detail", args=[team.slug])
 
 
-def _request_link(request: ResourceRequest) -> str:
-    return reverse("frontend:quota-requests") + f"#request-{request.pk}"
-
-
-def _admins():
+def platform_admins():
+    """Whom requests and drift are reported to: active staff and superusers."""
     return get_user_model().objects.filter(Q(is_staff=True) | Q(is_superuser=True),
                                            is_active=True)
-
-
-def _describe(amounts: Resources) -> str:
-    parts = [f"{fmt(amounts.cpu)} CPU" if amounts.cpu else "",
-             f"{amounts.memory_mb} MB memory" if amounts.memory_mb else "",
-             f"{amounts.gpus} GPU{'s' if amounts.gpus != 1 else ''}" if amounts.gpus else ""]
-    return ", ".join(p for p in parts if p) or "nothing"
-
-
-@transaction.atomic
-def file_request(*, actor, team: Team, justification: str, cpu=0, memory_mb=0,
-                 gpus=0, gpu_model: str = "", expires_at: datetime | None = None
-                 ) -> ResourceRequest:
-    require_team_role(actor, team, Role.VIEWER, "requesting resources")
-    amounts = _amounts(cpu=cpu, memory_mb=memory_mb, gpus=gpus)
-    if not (amounts.cpu or amounts.memory_mb or amounts.gpus):
-        raise InvalidInput("Ask for some CPU, memory or GPUs.")
-    justification = (justification or "").strip()
-    if not justification:
-        raise InvalidInput("Say why the team needs it.", field="justification")
-    gpu_model = (gpu_model or "").strip()
-    if gpu_model:
-        known = capacity.gpu_models()
-        if gpu_model not in known:
-            choices = ", ".join(known) or "none registered"
-            raise InvalidInput(f"Unknown GPU model '{gpu_model}'; the platform has: {choices}.",
-                               field="gpu_model")
-        if not amounts.gpus:
-            raise InvalidInput("A GPU model needs a number of GPUs.", field="gpus")
-    if expires_at is not None and expires_at <= timezone.now():
-        raise InvalidInput("expires_at is in the past; a temporary grant must end in the "
-                           "future.", field="expires_at")
-    request = ResourceRequest.objects.create(
-        team=team, requested_by=actor, cpu=amounts.cpu, memory_mb=amounts.memory_mb,
-        gpus=amounts.gpus, gpu_model=gpu_model, justification=justification,
-        expires_at=expires_at)
-    audit.record(actor=actor, action="resource_request.created", obj=request, team=team,
-                 after=audit.snapshot(request, REQUEST_FIELDS))
-    until = f" until {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
-    notify(users=_admins(), text=f"{actor.get_username()} asks {_describe(amounts)} more for "
-                                 f"team {team.slug}{until}.",
-           link=_request_link(request), kind="resource_request.created",
-           subject=f"[Modelport] Resource request #{request.pk} from {team.slug}")
-    return request
-
-
-def _locked_request(request: ResourceRequest) -> ResourceRequest:
-    locked = ResourceRequest.objects.select_for_update().filter(pk=request.pk).first()
-    if locked is None:
-        raise NotFound(f"No resource request #{request.pk}.")
-    if not locked.is_pending:
-        raise Conflict(f"Request #{locked.pk} is already {locked.get_status_display().lower()}.",
-                       code="already_decided")
-    return locked
-
-
-@transaction.atomic
-def approve_request(*, actor, request: ResourceRequest, comment: str = "",
-                    cpu=None, memory_mb=None, gpus=None) -> ResourceRequest:
-    """Grant the request in full or in part; raises the quota (or adds a temporary grant)."""
-    require_platform_admin(actor, "approve resource requests")
-    request = _locked_request(request)
-    team = request.team
-    asked = Resources.of(request)
-    granted = _amounts(cpu=asked.cpu if cpu is None else cpu,
-                       memory_mb=asked.memory_mb if memory_mb is None else memory_mb,
-                       gpus=asked.gpus if gpus is None else gpus)
-    for name in ("cpu", "memory_mb", "gpus"):
-        if getattr(granted, name) > getattr(asked, name):
-            raise InvalidInput(f"Cannot grant more {name} than asked ({fmt(getattr(asked, name))});"
-                               " set the quota directly instead.", field=name)
-    if not (granted.cpu or granted.memory_mb or granted.gpus):
-        raise InvalidInput("Granting nothing is a denial; deny the request instead.")
-    if request.expires_at is not None and request.expires_at <= timezone.now():
-        raise Conflict(f"Request #{request.pk} asked for resources until "
-                       f"{request.expires_at:%Y-%m-%d %H:%M} UTC, which has passed.",
-                       code="request_expired")
-    quota = _locked_quota(team)
-    _check_capacity(team, effective_limits(team, quota) + granted, gpu_model=request.gpu_model)
-    before = audit.snapshot(request, REQUEST_FIELDS)
-    if request.expires_at is not None:  # a temporary request: a grant that lapses
-        grant = QuotaGrant.objects.create(team=team, request=request, cpu=granted.cpu,
-                                          memory_mb=granted.memory_mb, gpus=granted.gpus,
-                                          expires_at=request.expires_at)
-        audit.record(actor=actor, action="quota.granted", obj=grant, team=team,
-                     after={**audit.snapshot(grant, ["cpu", "memory_mb", "gpus", "expires_at"]),
-                            "request": request.pk})
-    else:
-        quota_before = audit.snapshot(quota, QUOTA_FIELDS)
-        quota.cpu += granted.cpu
-        quota.memory_mb += granted.memory_mb
-        quota.gpus += granted.gpus
-        quota.save()
-        audit.record(actor=actor, action="quota.updated", obj=quota, team=team,
-                     before=quota_before, after=audit.snapshot(quota, QUOTA_FIELDS))
-    full = granted == Resources(cpu=asked.cpu, memory_mb=asked.memory_mb, gpus=asked.gpus)
-    request.status = (ResourceRequest.Status.APPROVED if full
-                      else ResourceRequest.Status.PARTIALLY_APPROVED)
-    request.granted_cpu, request.granted_memory_mb, request.granted_gpus = \
-        granted.cpu, granted.memory_mb, granted.gpus
-    request.decided_by, request.decided_at = actor, timezone.now()
-    request.comment = (comment or "").strip()
-    request.save()
-    audit.record(actor=actor, action="resource_request.approved", obj=request, team=team,
-                 before=before, after=audit.snapshot(request, REQUEST_FIELDS))
-    _flag_over_limit(team, quota, reason="its limits changed")  # clears flags that now fit
-    how = "approved" if full else f"partially approved ({_describe(granted)})"
-    until = f" until {request.expires_at:%Y-%m-%d %H:%M} UTC" if request.is_temporary else ""
-    note = f" Comment: {request.comment}" if request.comment else ""
-    notify(users=[request.requested_by],
-           text=f"Your request #{request.pk} for team {team.slug} was {how}{until}.{note}",
-           link=_team_link(team), kind="resource_request.approved",
-           subject=f"[Modelport] Request #{request.pk} {how.split(' (')[0]}")
-    return request
-
-
-@transaction.atomic
-def deny_request(*, actor, request: ResourceRequest, comment: str) -> ResourceRequest:
-    require_platform_admin(actor, "deny resource requests")
-    comment = (comment or "").strip()
-    if not comment:
-        raise InvalidInput("Tell the team why (comment).", field="comment")
-    request = _locked_request(request)
-    before = audit.snapshot(request, REQUEST_FIELDS)
-    request.status = ResourceRequest.Status.DENIED
-    request.decided_by, request.decided_at, request.comment = actor, timezone.now(), comment
-    request.save()
-    audit.record(actor=actor, action="resource_request.denied", obj=request,
-                 team=request.team, before=before, after=audit.snapshot(request, REQUEST_FIELDS))
-    notify(users=[request.requested_by],
-           text=f"Your request #{request.pk} for team {request.team.slug} was denied: {comment}",
-           link=_team_link(request.team), kind="resource_request.denied",
-           subject=f"[Modelport] Request #{request.pk} denied")
-    return request
-
-
-def expire_grants(*, now: datetime | None = None) -> list[QuotaGrant]:
-    """Beat task: take back temporary grants that ended; expire undecided requests whose
-    period passed. Over-limit deployments are flagged and the team notified."""
-    now = now or timezone.now()
-    expired = []
-    for grant_id in list(QuotaGrant.objects.due(now).values_list("pk", flat=True)):
-        with transaction.atomic():
-            grant = (QuotaGrant.objects.select_for_update().select_related("team")
-                     .filter(pk=grant_id, expired_at__isnull=True).first())
-            if grant is None:
-                continue
-            quota = _locked_quota(grant.team)
-            grant.expired_at = now
-            grant.save(update_fields=["expired_at"])
-            audit.record(actor=None, action="quota.grant_expired", obj=grant, team=grant.team,
-                         before=audit.snapshot(grant, ["cpu", "memory_mb", "gpus",
-                                                       "expires_at"]))
-            notify(users=[m.user for m in grant.team.memberships.select_related("user")],
-                   text=f"A temporary grant of {_describe(Resources.of(grant))} to team "
-                        f"{grant.team.slug} ended.", link=_team_link(grant.team),
-                   kind="quota.grant_expired")
-            _flag_over_limit(grant.team, quota, reason="a temporary grant ended")
-            expired.append(grant)
-    stale = ResourceRequest.objects.filter(status=ResourceRequest.Status.PENDING,
-                                           expires_at__lte=now)
-    for request_id in list(stale.values_list("pk", flat=True)):
-        with transaction.atomic():
-            request = ResourceRequest.objects.select_for_update().select_related("team") \
-                .filter(pk=request_id, status=ResourceRequest.Status.PENDING).first()
-            if request is None:
-                continue
-            request.status = ResourceRequest.Status.EXPIRED
-            request.save(update_fields=["status"])
-            audit.record(actor=None, action="resource_request.expired", obj=request,
-                         team=request.team, after={"status": "expired"})
-            notify(users=[request.requested_by],
-                   text=f"Your request #{request.pk} for team {request.team.slug} expired "
-                        "before anyone decided on it.", link=_team_link(request.team),
-                   kind="resource_request.expired")
-    return expired
 
 
 # --- Drift between desired state and what runs ----------------------------------------------------
@@ -710,7 +529,7 @@ def check_usage_drift(*, running_owners: Iterable[str],
     if report.has_drift:
         audit.record(actor=None, action="quota.drift_detected", object_type="capacity",
                      object_repr="usage vs running containers", after=report.as_dict())
-        notify(users=_admins(), kind="quota.drift",
+        notify(users=platform_admins(), kind="quota.drift",
                text=f"Usage drift: {len(report.missing)} reserved but not running, "
                     f"{len(report.unreserved)} running without a reservation, "
                     f"{len(report.stale_gpus)} GPU holders gone.",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import services
+from . import requests
 
 
 @shared_task(name="quotas.tasks.expire_grants", ignore_result=True, expires=120)
 def expire_grants() -> int:
     """Take back temporary grants whose time is up (and expire stale pending requests)."""
-    return len(services.expire_grants())
+    return len(requests.expire_grants())

@@ -32,7 +32,8 @@ from requests.exceptions import RequestException
 from workers import factory
 from workers.runtime_status import resolved_runtime
 from workers.runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError
-from workers.runtimes.docker import HARDENING, DockerRuntime
+from workers.runtimes.docker import DockerRuntime
+from workers.runtimes.docker_spec import HARDENING
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL = "modelport.sandbox"

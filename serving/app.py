@@ -278,22 +278,11 @@ class ModelServer:
     async def predict_request(
         self, scope: Scope, receive: Receive, send: Send, endpoint: str
     ) -> None:
+        """Read, validate, predict, answer, then hand the request to the prediction log."""
         started = time.perf_counter()
-        request_id = b""
-        content_type = b""
-        content_length = -1
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                content_type = value
-            elif key == b"x-request-id":
-                request_id = value
-            elif key == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    content_length = -1
-        if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isascii():
-            request_id = os.urandom(16).hex().encode()
+        content_type, request_id, content_length = request_headers(scope["headers"])
+        body = b""
+        mime = b""
         raw: Any = None
         predictions: Any = None
         error: str | None = None
@@ -308,38 +297,9 @@ class ModelServer:
                 raise ServingError("model is loading", "TEMPORARILY_UNAVAILABLE", 503)
             body = await self.read_body(receive, content_length)
             mime = content_type.split(b";", 1)[0].strip().lower()
-            if endpoint == "v2_infer":
-                names = set(model.signature.names) if model.signature.kind == "columns" else None
-                table, v2_id, raw = protocol.parse_v2(body, names)
-                params = None
-            elif mime in (b"application/json", b""):
-                table, params, raw = protocol.parse_mlflow_json(body)
-            elif mime == b"text/csv":
-                table, raw = protocol.parse_csv(body)
-                params = None
-            else:
-                raise ServingError(
-                    "unsupported Content-Type "
-                    f"'{content_type.decode(errors='replace')}': use application/json or text/csv",
-                    "BAD_REQUEST",
-                    415,
-                )
+            table, params, raw, v2_id = parse_body(model, endpoint, mime, content_type, body)
             batch = validate(table, model.signature, protocol.may_contain_bools(body))
-            try:
-                if self.batcher is not None:
-                    predictions = await self.batcher.submit(batch)
-                elif self.predict_in_thread:
-                    loop = asyncio.get_running_loop()
-                    predictions = await loop.run_in_executor(
-                        self._executor, model.predict, batch, params
-                    )
-                else:
-                    predictions = model.predict(batch, params)
-            except Exception as exc:  # noqa: BLE001 - the model's own failure → 500
-                log.warning("prediction failed: %s: %s", type(exc).__name__, exc)
-                raise ServingError(
-                    f"prediction failed: {type(exc).__name__}: {exc}", "INTERNAL_ERROR", 500
-                ) from None
+            predictions = await self.predict(model, batch, params)
             metrics.ROWS.inc(batch.n_rows)
             if endpoint == "v2_infer":
                 out = protocol.encode_v2(
@@ -393,6 +353,22 @@ class ModelServer:
                 )
             )
 
+    async def predict(self, model: Any, batch: Any, params: Any) -> Any:
+        """The model's predictions: batched, in the executor or inline as the model was
+        loaded; the model's own failure is a 500 naming it."""
+        try:
+            if self.batcher is not None:
+                return await self.batcher.submit(batch)
+            if self.predict_in_thread:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, model.predict, batch, params)
+            return model.predict(batch, params)
+        except Exception as exc:  # noqa: BLE001 - the model's own failure → 500
+            log.warning("prediction failed: %s: %s", type(exc).__name__, exc)
+            raise ServingError(
+                f"prediction failed: {type(exc).__name__}: {exc}", "INTERNAL_ERROR", 500
+            ) from None
+
     async def read_body(self, receive: Receive, content_length: int) -> bytes:
         limit = self.max_body
         if content_length > limit:
@@ -438,6 +414,50 @@ async def respond(send: Send, status: int, body: bytes, content_type: bytes) -> 
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes, int]:
+    """Content-Type, the request id (ours when the client's is missing, too long or not
+    ASCII) and Content-Length (-1: none or unreadable) from the ASGI headers."""
+    request_id = b""
+    content_type = b""
+    content_length = -1
+    for key, value in headers:
+        if key == b"content-type":
+            content_type = value
+        elif key == b"x-request-id":
+            request_id = value
+        elif key == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                content_length = -1
+    if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isascii():
+        request_id = os.urandom(16).hex().encode()
+    return content_type, request_id, content_length
+
+
+def parse_body(
+    model: Any, endpoint: str, mime: bytes, content_type: bytes, body: bytes
+) -> tuple[Any, Any, Any, str | None]:
+    """The request body as (table, params, raw, v2 request id) by endpoint and media type;
+    415 for a media type other than JSON or CSV."""
+    if endpoint == "v2_infer":
+        names = set(model.signature.names) if model.signature.kind == "columns" else None
+        table, v2_id, raw = protocol.parse_v2(body, names)
+        return table, None, raw, v2_id
+    if mime in (b"application/json", b""):
+        table, params, raw = protocol.parse_mlflow_json(body)
+        return table, params, raw, None
+    if mime == b"text/csv":
+        table, raw = protocol.parse_csv(body)
+        return table, None, raw, None
+    raise ServingError(
+        "unsupported Content-Type "
+        f"'{content_type.decode(errors='replace')}': use application/json or text/csv",
+        "BAD_REQUEST",
+        415,
+    )
 
 
 def _v2_type(mlflow_type: str) -> str:

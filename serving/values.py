@@ -91,11 +91,8 @@ def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.nd
     columns, which turn float64 like a pandas column would), None (string, boolean) or NaT.
     Infinity is refused in every float column: no model is trained on it."""
     t = spec.type
-    name = spec.name
-    required = spec.required
-    n = len(values)
     if t in FLOAT_TYPES:
-        out = np.empty(n, dtype=NUMPY_DTYPE[t])
+        out = np.empty(len(values), dtype=NUMPY_DTYPE[t])
         if t == "double":
             _convert_floats(spec, values, from_csv, out)
             return out
@@ -104,98 +101,128 @@ def convert_column(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.nd
         _check_float32_range(spec, out, values)
         return out
     if t in INT_TYPES:
-        out = np.empty(n, dtype=NUMPY_DTYPE[t])
-        info = np.iinfo(out.dtype)
-        absent: list[int] = []
-        for i, v in enumerate(values):
-            tv = type(v)
-            if tv is int:
-                if not info.min <= v <= info.max:
-                    raise InputError(
-                        f"column '{name}': value {v} in row {i} is out of range for {t}"
-                    )
-                out[i] = v
-                continue
-            if v is None or v is MISSING or (from_csv and v == ""):
-                if required:
-                    raise missing_value(spec, _missing_kind(v), i)
-                absent.append(i)
-                out[i] = 0
-                continue
-            if from_csv and tv is str:
-                try:
-                    v = int(v)
-                except ValueError:
-                    raise type_error(name, t, v, i) from None
-                tv = int
-            if tv is int or isinstance(v, np.integer):
-                if not info.min <= v <= info.max:
-                    raise InputError(
-                        f"column '{name}': value {v} in row {i} is out of range for {t}"
-                    )
-                out[i] = v
-            elif tv is float and v.is_integer():
-                if not info.min <= v <= info.max:
-                    raise InputError(
-                        f"column '{name}': value {v} in row {i} is out of range for {t}"
-                    )
-                out[i] = int(v)
-            elif tv is float and v != v:
-                raise missing_value(spec, "NaN", i) if required else type_error(name, t, v, i)
-            else:
-                raise type_error(name, t, v, i)
-        if absent:
-            floats = out.astype(np.float64)
-            floats[absent] = math.nan
-            return floats
-        return out
+        return _convert_ints(spec, values, from_csv)
     if t == "boolean":
-        out = np.empty(n, dtype=np.bool_)
-        absent = []
-        for i, v in enumerate(values):
-            if type(v) is bool:
-                out[i] = v
-            elif v is None or v is MISSING or (from_csv and v == ""):
-                if required:
-                    raise missing_value(spec, _missing_kind(v), i)
-                absent.append(i)
-            elif from_csv and isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
-                out[i] = v.lower() in ("true", "1")
-            else:
-                raise type_error(name, t, v, i)
-        if absent:
-            objects = out.astype(object)
-            objects[absent] = None
-            return objects
-        return out
+        return _convert_booleans(spec, values, from_csv)
     if t in ("string", "binary"):
-        out = np.empty(n, dtype=object)
-        for i, v in enumerate(values):
-            if type(v) is str:
-                out[i] = v
-            elif v is None or v is MISSING:
-                if required:
-                    raise missing_value(spec, _missing_kind(v), i)
-                out[i] = None
-            else:
-                raise type_error(name, t, v, i)
-        return out
+        return _convert_strings(spec, values)
     if t == "datetime":
-        out = np.empty(n, dtype="datetime64[ns]")
-        for i, v in enumerate(values):
-            if v is None or v is MISSING or v == "":
-                if required:
-                    raise missing_value(spec, _missing_kind(v), i)
-                out[i] = np.datetime64("NaT")
-                continue
-            if not isinstance(v, str):
-                raise type_error(name, t, v, i)
+        return _convert_datetimes(spec, values)
+    return _convert_any(spec, values)  # array / object / map / any: accept as given
+
+
+def _convert_ints(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.ndarray:
+    name, t, required = spec.name, spec.type, spec.required
+    n = len(values)
+    out = np.empty(n, dtype=NUMPY_DTYPE[t])
+    info = np.iinfo(out.dtype)
+    absent: list[int] = []
+    for i, v in enumerate(values):
+        tv = type(v)
+        if tv is int:
+            if not info.min <= v <= info.max:
+                raise InputError(
+                    f"column '{name}': value {v} in row {i} is out of range for {t}"
+                )
+            out[i] = v
+            continue
+        if v is None or v is MISSING or (from_csv and v == ""):
+            if required:
+                raise missing_value(spec, _missing_kind(v), i)
+            absent.append(i)
+            out[i] = 0
+            continue
+        if from_csv and tv is str:
             try:
-                out[i] = np.datetime64(v.replace("Z", ""), "ns")
+                v = int(v)
             except ValueError:
                 raise type_error(name, t, v, i) from None
-        return out
-    # array / object / map / any: accept as given (best effort)
+            tv = int
+        if tv is int or isinstance(v, np.integer):
+            if not info.min <= v <= info.max:
+                raise InputError(
+                    f"column '{name}': value {v} in row {i} is out of range for {t}"
+                )
+            out[i] = v
+        elif tv is float and v.is_integer():
+            if not info.min <= v <= info.max:
+                raise InputError(
+                    f"column '{name}': value {v} in row {i} is out of range for {t}"
+                )
+            out[i] = int(v)
+        elif tv is float and v != v:
+            raise missing_value(spec, "NaN", i) if required else type_error(name, t, v, i)
+        else:
+            raise type_error(name, t, v, i)
+    if absent:
+        floats = out.astype(np.float64)
+        floats[absent] = math.nan
+        return floats
+    return out
+
+
+def _convert_booleans(spec: ColumnSpec, values: list[Any], from_csv: bool) -> np.ndarray:
+    name, t, required = spec.name, spec.type, spec.required
+    n = len(values)
+    out = np.empty(n, dtype=np.bool_)
+    absent = []
+    for i, v in enumerate(values):
+        if type(v) is bool:
+            out[i] = v
+        elif v is None or v is MISSING or (from_csv and v == ""):
+            if required:
+                raise missing_value(spec, _missing_kind(v), i)
+            absent.append(i)
+        elif from_csv and isinstance(v, str) and v.lower() in ("true", "false", "1", "0"):
+            out[i] = v.lower() in ("true", "1")
+        else:
+            raise type_error(name, t, v, i)
+    if absent:
+        objects = out.astype(object)
+        objects[absent] = None
+        return objects
+    return out
+
+
+def _convert_strings(spec: ColumnSpec, values: list[Any]) -> np.ndarray:
+    name, t, required = spec.name, spec.type, spec.required
+    n = len(values)
+    out = np.empty(n, dtype=object)
+    for i, v in enumerate(values):
+        if type(v) is str:
+            out[i] = v
+        elif v is None or v is MISSING:
+            if required:
+                raise missing_value(spec, _missing_kind(v), i)
+            out[i] = None
+        else:
+            raise type_error(name, t, v, i)
+    return out
+
+
+def _convert_datetimes(spec: ColumnSpec, values: list[Any]) -> np.ndarray:
+    name, t, required = spec.name, spec.type, spec.required
+    n = len(values)
+    out = np.empty(n, dtype="datetime64[ns]")
+    for i, v in enumerate(values):
+        if v is None or v is MISSING or v == "":
+            if required:
+                raise missing_value(spec, _missing_kind(v), i)
+            out[i] = np.datetime64("NaT")
+            continue
+        if not isinstance(v, str):
+            raise type_error(name, t, v, i)
+        try:
+            out[i] = np.datetime64(v.replace("Z", ""), "ns")
+        except ValueError:
+            raise type_error(name, t, v, i) from None
+    return out
+
+
+def _convert_any(spec: ColumnSpec, values: list[Any]) -> np.ndarray:
+    """Best effort: the values as given, MISSING as None."""
+    required = spec.required
+    n = len(values)
     out = np.empty(n, dtype=object)
     for i, v in enumerate(values):
         if required and (v is None or v is MISSING):

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from core.openapi import api_errors
 from teams.access import get_visible_team
 
-from .. import services
+from .. import requests, services
 from ..filtersets import ResourceRequestFilterSet
 from ..models import Reservation, ResourceRequest
 from . import serializers as s
@@ -71,7 +71,7 @@ class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         team = get_visible_team(request.user, data.pop("team"))
-        created = services.file_request(actor=request.user, team=team, **data)
+        created = requests.file_request(actor=request.user, team=team, **data)
         return Response(self.get_serializer(created).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="Approve in full or in part (platform admins)",
@@ -81,7 +81,7 @@ class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def approve(self, request: Request, pk: str) -> Response:
         serializer = s.ResourceRequestApproveSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        decided = services.approve_request(actor=request.user, request=self.get_object(),
+        decided = requests.approve_request(actor=request.user, request=self.get_object(),
                                            **serializer.validated_data)
         return Response(self.get_serializer(decided).data)
 
@@ -92,6 +92,6 @@ class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         resource_request = self.get_object()
         serializer = s.ResourceRequestDenySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        decided = services.deny_request(actor=request.user, request=resource_request,
+        decided = requests.deny_request(actor=request.user, request=resource_request,
                                         **serializer.validated_data)
         return Response(self.get_serializer(decided).data)

@@ -75,6 +75,7 @@ def seed(tmp: Path) -> Seed:
     from deployments.models import Deployment, DeploymentEvent, Replica, Revision, RevisionState
     from monitoring import alerts, ingest
     from monitoring.models import Alert
+    from quotas import requests as quota_requests
     from quotas import services as quotas
     from registry import services as registry
     from registry import storage
@@ -158,9 +159,9 @@ def seed(tmp: Path) -> Seed:
     Alert.objects.create(rule_id=rules[0], state="firing", value=12.5,
                          message="error rate 12.5 > 5", started_at=timezone.now())
 
-    requests = [quotas.file_request(actor=users["viewer"], team=team, cpu=Decimal(2),
-                                    memory_mb=1024, justification=f"load test {i}",
-                                    expires_at=timezone.now() + timedelta(days=7)).pk
+    requests = [quota_requests.file_request(actor=users["viewer"], team=team, cpu=Decimal(2),
+                                          memory_mb=1024, justification=f"load test {i}",
+                                          expires_at=timezone.now() + timedelta(days=7)).pk
                 for i in range(4)]
 
     _, admin_secret = make_token(admin, name="fuzz")

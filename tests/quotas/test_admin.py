@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from compute.models import GpuAllocation, GpuDevice, Host
-from quotas import services
+from quotas import requests
 from quotas.models import ResourceRequest
 from teams.models import AuditEvent
 
@@ -26,7 +26,7 @@ def _inline(prefix: str, total: int = 0, initial: int = 0) -> dict:
 
 
 def test_approve_action_grants_in_full_and_is_audited(console, quota, engineer):
-    request = services.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
     response = console.post("/admin/quotas/resourcerequest/", {
         "action": "approve", "_selected_action": [str(request.pk)]})
     assert response.status_code == 302
@@ -35,7 +35,7 @@ def test_approve_action_grants_in_full_and_is_audited(console, quota, engineer):
 
 
 def test_deny_action_asks_for_a_comment_first(console, quota, engineer):
-    request = services.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
     page = console.post("/admin/quotas/resourcerequest/", {
         "action": "deny", "_selected_action": [str(request.pk)]})
     assert page.status_code == 200 and "Deny these resource requests?" in page.content.decode()
@@ -47,9 +47,9 @@ def test_deny_action_asks_for_a_comment_first(console, quota, engineer):
 
 
 def test_request_page_shows_team_usage_and_history(console, quota, engineer, admin_user):
-    old = services.file_request(actor=engineer, team=quota.team, cpu=1, justification="old")
-    services.deny_request(actor=admin_user, request=old, comment="nope")
-    request = services.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
+    old = requests.file_request(actor=engineer, team=quota.team, cpu=1, justification="old")
+    requests.deny_request(actor=admin_user, request=old, comment="nope")
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
     page = console.get(f"/admin/quotas/resourcerequest/{request.pk}/change/").content.decode()
     assert "CPU: 0 of 8 used" in page and f"#{old.pk}" in page and "nope" in page
 
@@ -84,7 +84,7 @@ def test_gpu_allocations_are_read_only_in_admin(console, team, gpu_host):
 
 
 def test_a_request_cannot_be_edited_in_admin_only_decided(console, quota, engineer):
-    request = services.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=2, justification="x")
     console.post(f"/admin/quotas/resourcerequest/{request.pk}/change/",
                  {"status": "approved", "granted_cpu": "2"})
     assert ResourceRequest.objects.get(pk=request.pk).is_pending

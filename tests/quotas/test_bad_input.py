@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from compute import inventory
 from core.errors import Conflict
-from quotas import services
+from quotas import requests, services
 from quotas.models import QuotaGrant, ResourceRequest, TeamQuota
 from teams.models import AuditEvent
 
@@ -62,7 +62,7 @@ def test_unknown_team_is_404(api_as, engineer):
 
 @pytest.fixture
 def pending(engineer, quota, gpu_host):
-    return services.file_request(actor=engineer, team=quota.team, cpu=4, gpus=2,
+    return requests.file_request(actor=engineer, team=quota.team, cpu=4, gpus=2,
                                  gpu_model="T4", justification="training run")
 
 
@@ -98,7 +98,7 @@ def test_bad_approvals_change_nothing(api_as, admin_user, pending, body, status,
 def test_approving_more_than_the_platforms_capacity_is_409(api_as, admin_user, engineer, quota,
                                                            gpu_host):
     # gpu-1 has 64 cores (no overcommit); the team has 8; asking 100 more cannot be promised.
-    request = services.file_request(actor=engineer, team=quota.team, cpu=100,
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=100,
                                     justification="everything")
     before = _state()
     response = _approve(api_as, admin_user, request)
@@ -112,7 +112,7 @@ def test_approving_more_than_the_platforms_capacity_is_409(api_as, admin_user, e
 
 
 def test_a_request_whose_period_passed_cannot_be_approved(api_as, admin_user, engineer, quota):
-    request = services.file_request(actor=engineer, team=quota.team, cpu=1, justification="x",
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=1, justification="x",
                                     expires_at=timezone.now() + timedelta(hours=1))
     ResourceRequest.objects.filter(pk=request.pk).update(
         expires_at=timezone.now() - timedelta(minutes=1))
@@ -153,10 +153,10 @@ def test_malformed_json_is_400(api_as, engineer, quota):
 def test_repeated_grants_cannot_push_a_limit_past_the_absurd_bound(admin_user, engineer, quota):
     services.set_quota(actor=admin_user, team=quota.team, cpu=99_000, memory_mb=1,
                        gpus=0, deployments=1)
-    request = services.file_request(actor=engineer, team=quota.team, cpu=2000,
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=2000,
                                     justification="x")
     before = _state()
     with pytest.raises(Conflict) as refused:
-        services.approve_request(actor=admin_user, request=request)
+        requests.approve_request(actor=admin_user, request=request)
     assert refused.value.code == "exceeds_capacity"
     assert _state() == before

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from core.errors import Conflict
 from notifications.models import Notification
-from quotas import services, tasks
+from quotas import requests, services, tasks
 from quotas.models import QuotaGrant, Reservation, ResourceRequest
 from teams.models import AuditEvent
 
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def granted(quota, engineer, admin_user):
-    request = services.file_request(actor=engineer, team=quota.team, cpu=8, justification="peak",
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=8, justification="peak",
                                     expires_at=timezone.now() + timedelta(hours=2))
-    services.approve_request(actor=admin_user, request=request)
+    requests.approve_request(actor=admin_user, request=request)
     return QuotaGrant.objects.get(request=request)
 
 
@@ -49,7 +49,7 @@ def test_expiry_flags_deployments_over_the_new_limit_and_notifies_the_team(
     services.admit(team=quota.team, owner="deployment:burst", cpu=6, deployments=1)
     services.mark_running(owner="deployment:burst")
     with django_capture_on_commit_callbacks(execute=True):
-        services.expire_grants(now=granted.expires_at + timedelta(seconds=1))
+        requests.expire_grants(now=granted.expires_at + timedelta(seconds=1))
     burst = Reservation.objects.get(owner="deployment:burst")
     assert burst.over_limit_since is not None and burst.state == "running"  # flagged, not killed
     assert Reservation.objects.get(owner="deployment:base").over_limit_since is None
@@ -68,8 +68,8 @@ def test_expiry_flags_deployments_over_the_new_limit_and_notifies_the_team(
 
 
 def test_pending_requests_whose_period_passed_expire(quota, engineer):
-    request = services.file_request(actor=engineer, team=quota.team, cpu=1, justification="x",
+    request = requests.file_request(actor=engineer, team=quota.team, cpu=1, justification="x",
                                     expires_at=timezone.now() + timedelta(minutes=5))
-    services.expire_grants(now=timezone.now() + timedelta(minutes=6))
+    requests.expire_grants(now=timezone.now() + timedelta(minutes=6))
     assert ResourceRequest.objects.get(pk=request.pk).status == "expired"
     assert "expired before anyone decided" in Notification.objects.get(user=engineer).text

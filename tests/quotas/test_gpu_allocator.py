@@ -14,7 +14,7 @@ from compute import inventory
 from compute.models import GpuAllocation, GpuDevice
 from core.errors import Conflict, InvalidInput
 from deployments import admission
-from quotas import services
+from quotas import requests, services
 from quotas.models import QuotaGrant
 from tests.factories import TeamFactory
 from tests.quotas.conftest import set_limits
@@ -152,7 +152,7 @@ def _check_sequence(admin_user, ops) -> None:
             holders = {o: h for o, h in holders.items() if o in op[1]}
         else:  # a grant expires: flagged, never taken away from running replicas
             QuotaGrant.objects.filter(team=teams[op[1]]).update(expires_at=timezone.now())
-            services.expire_grants()
+            requests.expire_grants()
         active = list(GpuAllocation.objects.active().values_list("device_id", "owner"))
         assert len({d for d, _ in active}) == len(active), "a device is held twice"
         expected = sorted(d for _, devices in holders.values() for d in devices)

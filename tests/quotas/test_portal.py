@@ -7,7 +7,7 @@ from django.test import Client
 
 from compute.models import Host
 from notifications.models import Notification
-from quotas import services
+from quotas import requests, services
 from quotas.models import ResourceRequest
 from teams.models import AuditEvent
 
@@ -67,9 +67,9 @@ def test_admin_sets_the_quota_in_the_portal(team, quota, admin_user):
 
 def test_admin_queue_shows_usage_and_history_and_approves_in_part(team, quota, engineer,
                                                                    admin_user):
-    old = services.file_request(actor=engineer, team=team, cpu=1, justification="earlier")
-    services.deny_request(actor=admin_user, request=old, comment="not now")
-    request = services.file_request(actor=engineer, team=team, cpu=4, memory_mb=2048,
+    old = requests.file_request(actor=engineer, team=team, cpu=1, justification="earlier")
+    requests.deny_request(actor=admin_user, request=old, comment="not now")
+    request = requests.file_request(actor=engineer, team=team, cpu=4, memory_mb=2048,
                                     justification="launch day")
     client = logged_in(admin_user)
     page = client.get("/resource-requests/").content.decode()
@@ -85,7 +85,7 @@ def test_admin_queue_shows_usage_and_history_and_approves_in_part(team, quota, e
 
 def test_admin_denies_from_the_queue_and_a_missing_comment_is_explained(team, quota, engineer,
                                                                         admin_user):
-    request = services.file_request(actor=engineer, team=team, cpu=4, justification="x")
+    request = requests.file_request(actor=engineer, team=team, cpu=4, justification="x")
     client = logged_in(admin_user)
     response = client.post(f"/resource-requests/{request.pk}/decide",
                            {"decision": "deny"}, follow=True)
@@ -96,7 +96,7 @@ def test_admin_denies_from_the_queue_and_a_missing_comment_is_explained(team, qu
 
 
 def test_members_cannot_decide_in_the_portal(team, quota, maintainer):
-    request = services.file_request(actor=maintainer, team=team, cpu=4, justification="x")
+    request = requests.file_request(actor=maintainer, team=team, cpu=4, justification="x")
     response = logged_in(maintainer).post(f"/resource-requests/{request.pk}/decide",
                                           {"decision": "approve"}, follow=True)
     assert "Only platform admins may approve" in response.content.decode()
@@ -115,8 +115,8 @@ def test_capacity_page_lists_hosts_and_devices_and_admins_register_hosts(admin_u
 
 
 def test_notifications_in_the_nav_and_marked_read(team, quota, engineer, admin_user):
-    request = services.file_request(actor=engineer, team=team, cpu=1, justification="x")
-    services.approve_request(actor=admin_user, request=request)
+    request = requests.file_request(actor=engineer, team=team, cpu=1, justification="x")
+    requests.approve_request(actor=admin_user, request=request)
     client = logged_in(engineer)
     page = client.get("/").content.decode()
     assert "1 unread" in page

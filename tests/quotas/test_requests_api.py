@@ -10,7 +10,7 @@ from django.core import mail
 from django.utils import timezone
 
 from notifications.models import Notification
-from quotas import services
+from quotas import requests, services
 from quotas.models import QuotaGrant, ResourceRequest
 from teams.models import AuditEvent
 from tests.factories import MembershipFactory, TeamFactory
@@ -92,10 +92,10 @@ def test_deny_needs_a_comment_and_notifies(api_as, quota, engineer, admin_user):
 def test_list_shows_only_visible_teams_and_filters(api_as, quota, engineer, admin_user):
     other = TeamFactory(slug="vision")
     MembershipFactory(team=other, user=admin_user)
-    services.file_request(actor=admin_user, team=other, cpu=1, justification="x")
-    mine = services.file_request(actor=engineer, team=quota.team, cpu=1, justification="y")
-    denied = services.file_request(actor=engineer, team=quota.team, cpu=2, justification="z")
-    services.deny_request(actor=admin_user, request=denied, comment="no")
+    requests.file_request(actor=admin_user, team=other, cpu=1, justification="x")
+    mine = requests.file_request(actor=engineer, team=quota.team, cpu=1, justification="y")
+    denied = requests.file_request(actor=engineer, team=quota.team, cpu=2, justification="z")
+    requests.deny_request(actor=admin_user, request=denied, comment="no")
     ids = [r["id"] for r in api_as(engineer).get(URL).json()["results"]]
     assert sorted(ids) == sorted([mine.pk, denied.pk])
     assert len(api_as(admin_user).get(URL).json()["results"]) == 3
@@ -108,7 +108,7 @@ def test_quota_get_explains_usage(api_as, quota, viewer):
     services.admit(team=quota.team, owner="deployment:a", cpu=2, memory_mb=1024, deployments=1)
     services.mark_running(owner="deployment:a")
     services.admit(team=quota.team, owner="deployment:b", cpu="0.5", deployments=1)
-    services.file_request(actor=viewer, team=quota.team, cpu=3, justification="more")
+    requests.file_request(actor=viewer, team=quota.team, cpu=3, justification="more")
     body = api_as(viewer).get("/api/v1/teams/ml-search/quota/").json()
     assert body["limits"] == {"cpu": 8.0, "memory_mb": 16384, "gpus": 0, "deployments": 5}
     assert body["used"]["cpu"] == 2.5 and body["reserved"]["cpu"] == 2.0
@@ -140,7 +140,7 @@ def test_lowering_a_quota_below_usage_flags_deployments_and_notifies(api_as, quo
 
 
 def test_conflict_body_carries_the_numbers(api_as, quota, admin_user, gpu_host):
-    request = services.file_request(actor=admin_user, team=quota.team, gpus=3, gpu_model="T4",
+    request = requests.file_request(actor=admin_user, team=quota.team, gpus=3, gpu_model="T4",
                                     justification="train")
     response = api_as(admin_user).post(f"{URL}{request.pk}/approve/", {}, format="json")
     assert response.status_code == 409

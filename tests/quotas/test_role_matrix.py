@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from compute import inventory
-from quotas import services
+from quotas import requests, services
 from quotas.models import ResourceRequest
 from teams.roles import Role
 from tests.factories import AdminFactory, MembershipFactory, TeamFactory, UserFactory
@@ -47,7 +47,7 @@ def _setup(role: str):
     team = TeamFactory(slug="ml-search")
     keeper = UserFactory(username="keeper")
     MembershipFactory(team=team, user=keeper, role=Role.MAINTAINER)
-    request = services.file_request(actor=keeper, team=team, cpu=1, justification="seed")
+    request = requests.file_request(actor=keeper, team=team, cpu=1, justification="seed")
     if role == "anonymous":
         return None, request
     if role == "platform_admin":
@@ -73,7 +73,7 @@ def test_outsiders_see_no_requests_and_no_gpu_holders_of_other_teams(admin_user)
     team = TeamFactory(slug="ml-search")
     keeper = UserFactory(username="keeper")
     MembershipFactory(team=team, user=keeper, role=Role.ENGINEER)
-    services.file_request(actor=keeper, team=team, cpu=1, justification="seed")
+    requests.file_request(actor=keeper, team=team, cpu=1, justification="seed")
     inventory.register_host(actor=admin_user, name="h", cpu=8, memory_mb=1024,
                            gpus=[("0", "T4")])
     services.set_quota(actor=admin_user, team=team, cpu=1, memory_mb=1, gpus=1, deployments=1)

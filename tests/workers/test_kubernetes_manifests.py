@@ -22,7 +22,8 @@ from kubernetes import client
 
 from tests.workers.kube_fake import FakeKubeAPI
 from workers.runtimes.base import ReplicaSpec
-from workers.runtimes.kubernetes import Autoscaling, KubernetesRuntime
+from workers.runtimes.kube_manifests import Autoscaling
+from workers.runtimes.kubernetes import KubernetesRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "platform" / "kubernetes"

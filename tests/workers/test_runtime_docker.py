@@ -239,7 +239,8 @@ def test_bridge_network_replica_is_reached_through_a_port_published_on_loopback(
     10/8, 172.16/12 and 192.168/16 ranges this machine must not be sent traffic on."""
     from docker.types import IPAMConfig, IPAMPool
 
-    from workers.runtimes.docker import CONTAINER_PORT, DockerRuntime
+    from workers.runtimes.docker import DockerRuntime
+    from workers.runtimes.docker_spec import CONTAINER_PORT
 
     subnet = f"198.18.{int(deployment_name[2:], 16) % 250 + 1}.0/24"
     network = docker_client.networks.create(

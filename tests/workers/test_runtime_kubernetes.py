@@ -30,18 +30,15 @@ from kubernetes import client
 from tests.workers.kube_fake import FakeKubeAPI
 from workers.runtimes import kube_policy
 from workers.runtimes.base import ReplicaRuntimeError, ReplicaSpec, ReplicaStatus
-from workers.runtimes.kubernetes import (
-    ANN_INDICES,
-    DELETION_COST,
+from workers.runtimes.kube_manifests import (
     Autoscaling,
-    KubernetesRuntime,
     build_deployment,
     build_hpa,
     build_secret,
     build_service,
-    label_value,
-    revision_object_name,
 )
+from workers.runtimes.kube_names import ANN_INDICES, label_value, revision_object_name
+from workers.runtimes.kubernetes import DELETION_COST, KubernetesRuntime
 
 K8S_VERSIONS = ("1.30", "1.37")  # the oldest we claim and the newest the schemas ship
 NS = "models"

@@ -6,9 +6,11 @@ import contextlib
 import os
 import re
 import shutil
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
 
 from serving.sockets import SOCKET_NAME, unix_url
 
@@ -36,27 +38,25 @@ from .base import (
     missing_state,
     private_dirs,
 )
+from .docker_spec import (
+    CONTAINER_PORT,
+    DOCKER_SOCKET_PATHS,
+    HOST_NETWORK,
+    INGEST_MOUNT,
+    INGEST_PATH,
+    MODEL_MOUNT,
+    NO_NETWORK,
+    SOCKET_MOUNT,
+    docker_time,
+    http_healthcheck,
+    label_int,
+    parse_stats,
+    replica_env,
+    run_kwargs,
+    socket_healthcheck,
+)
 from .images import ImageBuilder
 from .ports import PortAllocator
-
-HOST_NETWORK = "host"
-NO_NETWORK = "none"
-CONTAINER_PORT = 8080
-MODEL_MOUNT = "/model"
-SOCKET_MOUNT = "/run/modelport"  # the replica's own socket directory
-INGEST_MOUNT = "/run/modelport-ingest"  # the platform's ingest socket, read-only
-INGEST_PATH = "/api/v1/ingest/predictions/"  # the one path the ingest socket answers
-DOCKER_SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
-
-# Hardening applied to every model container (also asserted by the end-to-end tests).
-HARDENING: dict[str, Any] = {
-    "user": "10001:10001",
-    "read_only": True,
-    "tmpfs": {"/tmp": "size=64m"},  # noqa: S108 - a private tmpfs per container
-    "cap_drop": ["ALL"],
-    "security_opt": ["no-new-privileges"],
-    "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 3},
-}
 
 _STATUS = {
     # Created but never started: start_replica creates and starts in one call (under the
@@ -120,8 +120,6 @@ class DockerRuntime(Runtime):
                  installation: str = "",
                  legacy_owner: LegacyOwner | None = None) -> None:
         if client is None:
-            import docker
-
             client = docker.from_env()
         self.client = client
         self.network = network or NO_NETWORK
@@ -159,9 +157,6 @@ class DockerRuntime(Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
-        from docker.errors import APIError, ImageNotFound, NotFound
-        from docker.types import DeviceRequest
-
         if not spec.image:
             raise ReplicaRuntimeError("the docker runtime needs spec.image (see ensure_image)")
         spec = self.scoped(spec)
@@ -173,12 +168,30 @@ class DockerRuntime(Runtime):
                 return state
             existing.remove(force=True)
 
+        labels = self._replica_labels(spec)
+        volumes = self._replica_volumes(spec)
+        kwargs = run_kwargs(spec, name=name, labels=labels, volumes=volumes)
+        env = replica_env(spec)
+        with self.ports.locked():
+            port = self._attach_network(spec, name, env, labels, volumes, kwargs)
+            kwargs["environment"] = env
+            container = self._run(spec, name, port, kwargs)
+            if isinstance(container, ReplicaState):
+                return container  # another worker created it a moment ago
+        container.reload()
+        return self._state(container)
+
+    def _replica_labels(self, spec: ReplicaSpec) -> dict[str, str]:
         labels = {**self.extra_labels, **spec.labels, **self.scope_labels(),
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
                   LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
                   LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
         if self.host_name:
             labels[LABEL_HOST] = self.host_name
+        return labels
+
+    def _replica_volumes(self, spec: ReplicaSpec) -> dict[str, dict[str, str]]:
+        """The model directory, read-only; never the Docker socket."""
         volumes: dict[str, dict[str, str]] = {}
         if spec.model_dir:
             host_dir = self._host_path(spec.model_dir)
@@ -187,78 +200,60 @@ class DockerRuntime(Runtime):
             if any(src.rstrip("/").endswith(sock) for sock in DOCKER_SOCKET_PATHS):
                 raise ReplicaRuntimeError(
                     "refusing to mount the Docker socket into a model container")
+        return volumes
 
-        kwargs: dict[str, Any] = dict(HARDENING)
-        kwargs.update(
-            name=name, detach=True, labels=labels, volumes=volumes,
-            nano_cpus=int(spec.cpu * 1e9) if spec.cpu else None,
-            mem_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
-            memswap_limit=f"{int(spec.memory_mb)}m" if spec.memory_mb else None,
-            pids_limit=int(spec.pids_limit) if spec.pids_limit else None,
-            stop_signal="SIGTERM",
-        )
-        if spec.gpu_device_ids:
-            kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpu_device_ids),
-                                                       capabilities=[["gpu"]])]
-        env = {
-            "MODELPORT_MODEL_DIR": MODEL_MOUNT,
-            "MODELPORT_WORKERS": str(spec.workers),
-            "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
-            "MODELPORT_MODEL_VERSION": str(spec.model_version),
-            "MODELPORT_DEPLOYMENT": spec.deployment,
-            "MODELPORT_REVISION": str(spec.revision),
-            "MODELPORT_REPLICA": str(spec.replica),
-            "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
-        }
-        threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = threads
-        env.update(spec.env)
-
-        with self.ports.locked():
-            port: int | None = None
-            if self.network == NO_NETWORK:
-                self._isolate(spec, name, env, labels, volumes, kwargs)
-            elif self.network == HOST_NETWORK:
+    def _attach_network(self, spec: ReplicaSpec, name: str, env: dict[str, str],
+                        labels: dict[str, str], volumes: dict[str, dict[str, str]],
+                        kwargs: dict[str, Any]) -> int | None:
+        """Where the replica listens (a socket, a host port, or a port on the named network)
+        and its healthcheck; the host port allocated, if any. Called with the ports locked."""
+        port: int | None = None
+        if self.network == NO_NETWORK:
+            self._isolate(spec, name, env, labels, volumes, kwargs)
+        elif self.network == HOST_NETWORK:
+            port = spec.port or self.ports.allocate(self._used_ports())
+            env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+            labels[LABEL_PORT] = str(port)
+            kwargs["network_mode"] = HOST_NETWORK
+        else:
+            # Inside its own network namespace: reachable only on the named network.
+            env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104
+                       MODELPORT_PORT=str(CONTAINER_PORT))
+            kwargs["network"] = self.network
+            kwargs["hostname"] = name
+            if self.publish_host:
                 port = spec.port or self.ports.allocate(self._used_ports())
-                env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
+                kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.publish_host, port)}
                 labels[LABEL_PORT] = str(port)
-                kwargs["network_mode"] = HOST_NETWORK
+        if self.healthcheck:  # probes from inside the container
+            if self.network == NO_NETWORK:
+                kwargs["healthcheck"] = socket_healthcheck()
             else:
-                # Inside its own network namespace: reachable only on the named network.
-                env.update(MODELPORT_HOST="0.0.0.0",  # noqa: S104
-                           MODELPORT_PORT=str(CONTAINER_PORT))
-                kwargs["network"] = self.network
-                kwargs["hostname"] = name
-                if self.publish_host:
-                    port = spec.port or self.ports.allocate(self._used_ports())
-                    kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.publish_host, port)}
-                    labels[LABEL_PORT] = str(port)
-            if self.healthcheck:  # probes from inside the container
-                if self.network == NO_NETWORK:
-                    kwargs["healthcheck"] = _socket_healthcheck()
-                else:
-                    in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
-                    kwargs["healthcheck"] = _healthcheck(in_container or CONTAINER_PORT)
-            kwargs["environment"] = env
-            try:
-                container = self.client.containers.run(spec.image, **kwargs)
-            except ImageNotFound as exc:
-                raise ReplicaRuntimeError(f"image {spec.image} not found: {exc}") from exc
-            except (APIError, NotFound) as exc:
-                if port is not None and not spec.port:
-                    self.ports.release(port)
-                conflict = getattr(exc, "status_code", None) == 409
-                raced = self._get(name) if conflict else None
-                if raced is not None:  # another worker created it a moment ago
-                    return self._state(raced)
-                if conflict and self._get_any(name) is not None:
-                    raise ReplicaRuntimeError(
-                        f"starting {name} failed: a container of that name exists and is not "
-                        "this installation's (it is left alone)") from exc
-                raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
-        container.reload()
-        return self._state(container)
+                in_container = port if self.network == HOST_NETWORK else CONTAINER_PORT
+                kwargs["healthcheck"] = http_healthcheck(in_container or CONTAINER_PORT)
+        return port
+
+    def _run(self, spec: ReplicaSpec, name: str, port: int | None,
+             kwargs: dict[str, Any]) -> Any:
+        """Create and start the container (the SDK's Container); the ReplicaState of the one
+        another worker created a moment ago when it won the race; otherwise ReplicaRuntimeError,
+        the port released."""
+        try:
+            return self.client.containers.run(spec.image, **kwargs)
+        except ImageNotFound as exc:
+            raise ReplicaRuntimeError(f"image {spec.image} not found: {exc}") from exc
+        except (APIError, NotFound) as exc:
+            if port is not None and not spec.port:
+                self.ports.release(port)
+            conflict = getattr(exc, "status_code", None) == 409
+            raced = self._get(name) if conflict else None
+            if raced is not None:  # another worker created it a moment ago
+                return self._state(raced)
+            if conflict and self._get_any(name) is not None:
+                raise ReplicaRuntimeError(
+                    f"starting {name} failed: a container of that name exists and is not "
+                    "this installation's (it is left alone)") from exc
+            raise ReplicaRuntimeError(f"starting {name} failed: {exc}") from exc
 
     def _isolate(self, spec: ReplicaSpec, name: str, env: dict[str, str],
                  labels: dict[str, str], volumes: dict[str, dict[str, str]],
@@ -295,8 +290,6 @@ class DockerRuntime(Runtime):
         return directory
 
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
-        from docker.errors import APIError
-
         container = self._get(replica_id)
         if container is None:
             return
@@ -307,8 +300,6 @@ class DockerRuntime(Runtime):
                 raise
 
     def remove_replica(self, replica_id: str) -> None:
-        from docker.errors import APIError
-
         container = self._get(replica_id)
         if container is None:
             return
@@ -342,8 +333,6 @@ class DockerRuntime(Runtime):
         return missing_state(replica_id) if container is None else self._state(container)
 
     def logs(self, replica_id: str, tail: int = 200) -> str:
-        from docker.errors import APIError
-
         container = self._get(replica_id)
         if container is None:
             return ""
@@ -358,7 +347,7 @@ class DockerRuntime(Runtime):
         if container is None or container.status != "running":
             return {"cpu_percent": 0.0, "memory_bytes": 0.0, "memory_limit_bytes": 0.0}
         raw = container.stats(stream=False)
-        return _parse_stats(raw)
+        return parse_stats(raw)
 
     def ping(self) -> bool:
         try:
@@ -392,8 +381,6 @@ class DockerRuntime(Runtime):
 
     # --- helpers ----------------------------------------------------------------------------
     def _get_any(self, replica_id: str) -> Any | None:
-        from docker.errors import NotFound
-
         try:
             return self.client.containers.get(replica_id)
         except NotFound:
@@ -414,8 +401,6 @@ class DockerRuntime(Runtime):
         every container's labels in one call; only ours (and unlabelled ones, which may be
         legacy ours) are inspected — another installation's never are. A container removed
         meanwhile is skipped."""
-        from docker.errors import NotFound
-
         if self.installation and self.legacy_owner is None:  # legacy ones are never ours
             filters = [*filters, f"{LABEL_INSTALLATION}={self.installation}"]
         out = []
@@ -504,13 +489,13 @@ class DockerRuntime(Runtime):
         return ReplicaState(
             id=container.name,
             deployment=labels.get(LABEL_DEPLOYMENT, ""),
-            revision=_int(labels.get(LABEL_REVISION)),
-            replica=_int(labels.get(LABEL_REPLICA)),
+            revision=label_int(labels.get(LABEL_REVISION)),
+            replica=label_int(labels.get(LABEL_REPLICA)),
             status=status,
             url=url,
             exit_code=None if running else st.get("ExitCode"),
-            started_at=_time(st.get("StartedAt")),
-            finished_at=None if running else _time(st.get("FinishedAt")),
+            started_at=docker_time(st.get("StartedAt")),
+            finished_at=None if running else docker_time(st.get("FinishedAt")),
             restart_count=int(attrs.get("RestartCount") or 0),
             port=int(port) if port and port.isdigit() else None,
             image=(attrs.get("Config") or {}).get("Image"),
@@ -533,51 +518,3 @@ def own_container_id() -> str | None:
     return match.group(1) if match else None
 
 
-def _healthcheck(port: int) -> dict[str, Any]:
-    probe = (f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/ready', timeout=2)")
-    return {"test": ["CMD", "python", "-c", probe], "interval": 5_000_000_000,
-            "timeout": 3_000_000_000, "retries": 3, "start_period": 60_000_000_000}
-
-
-def _socket_healthcheck() -> dict[str, Any]:
-    probe = ("import sys; from serving.sockets import request, unix_url; "
-             f"sys.exit(request(unix_url('{SOCKET_MOUNT}/{SOCKET_NAME}') + '/ready', "
-             "timeout=2)[0] != 200)")
-    return {"test": ["CMD", "python", "-c", probe], "interval": 5_000_000_000,
-            "timeout": 3_000_000_000, "retries": 3, "start_period": 60_000_000_000}
-
-
-def _parse_stats(raw: dict[str, Any]) -> dict[str, float]:
-    cpu, pre = raw.get("cpu_stats") or {}, raw.get("precpu_stats") or {}
-    cpu_delta = (cpu.get("cpu_usage", {}).get("total_usage", 0)
-                 - pre.get("cpu_usage", {}).get("total_usage", 0))
-    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
-    ncpu = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or [1])
-    cpu_percent = (cpu_delta / sys_delta) * ncpu * 100.0 if cpu_delta > 0 and sys_delta > 0 else 0
-    mem = raw.get("memory_stats") or {}
-    detail = mem.get("stats") or {}
-    # Like `docker stats`: usage minus page cache (cgroup v2: inactive_file, v1: total_inactive).
-    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
-    usage = max(0, mem.get("usage", 0) - cache)
-    return {"cpu_percent": float(cpu_percent), "memory_bytes": float(usage),
-            "memory_limit_bytes": float(mem.get("limit", 0))}
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value or value.startswith("0001-"):
-        return None
-    # Docker: RFC 3339 with nanoseconds, e.g. 2026-11-24T01:02:03.123456789Z
-    head, _, frac = value.rstrip("Z").partition(".")
-    frac = "".join(ch for ch in frac if ch.isdigit())[:6]
-    text = f"{head}.{frac or '0'}+00:00"
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None

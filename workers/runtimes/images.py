@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from docker.errors import APIError, ImageNotFound
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
@@ -156,7 +157,7 @@ class _Tar:
         self.file.close()
 
 
-def _tree_digest(paths: Iterable[Path], root: Path) -> str:
+def tree_digest(paths: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for top in paths:
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
@@ -226,7 +227,7 @@ class ImageBuilder:
                 "wheels.sh", root / "platform" / "serving-requirements.txt", root / "serving"]
 
     def serving_digest(self) -> str:
-        return _tree_digest([p for p in self._serving_files() if p.exists()], self.source_dir)
+        return tree_digest([p for p in self._serving_files() if p.exists()], self.source_dir)
 
     def platform_requirements(self) -> list[str]:
         """The serving stack's own requirements (as the Dockerfile picks them)."""
@@ -414,8 +415,6 @@ class ImageBuilder:
 
     # --- helpers ----------------------------------------------------------------------------
     def _labels_of(self, tag: str) -> dict[str, str] | None:
-        from docker.errors import ImageNotFound  # local: keep module import light
-
         try:
             image = self.client.images.get(tag)
         except ImageNotFound:
@@ -423,8 +422,6 @@ class ImageBuilder:
         return dict(image.labels or {})
 
     def _id_of(self, tag: str) -> str | None:
-        from docker.errors import ImageNotFound
-
         try:
             return str(self.client.images.get(tag).id)
         except ImageNotFound:
@@ -432,8 +429,6 @@ class ImageBuilder:
 
     def _remove_unused(self, image_id: str, log: LogFn) -> None:
         """Drop the image a rebuild replaced, unless a container still uses it."""
-        from docker.errors import APIError
-
         try:
             self.client.images.remove(image_id, noprune=True)
             log(f"removed the replaced image {image_id[:19]}")

@@ -1,5 +1,5 @@
 """Names, labels and annotations of the Kubernetes runtime's objects (shared by the object
-builders in ``kubernetes.py`` and the NetworkPolicies in ``kube_policy.py``)."""
+builders in ``kube_manifests.py`` and the NetworkPolicies in ``kube_policy.py``)."""
 
 from __future__ import annotations
 

@@ -254,6 +254,8 @@ def policy_from_metadata(labels: Mapping[str, str], annotations: Mapping[str, st
                    egress=egress, peers=peers, port=port)
 
 
+# The SDK is imported inside the methods that talk to the API server: compute/targets.py imports
+# this module (for PolicyPeers) in every Django process, and `import kubernetes` takes ~0.7 s.
 # (API server, namespace, installation) -> last sweep
 _synced: dict[tuple[str, str, str], float] = {}
 _orphans: dict[tuple[str, str, str], dict[str, str]] = {}  # -> policies orphaned then
@@ -261,7 +263,8 @@ _orphans: dict[tuple[str, str, str], dict[str, str]] = {}  # -> policies orphane
 
 class NetworkPolicies:
     """The per-revision NetworkPolicies of ``KubernetesRuntime`` (a mixin: it uses the runtime's
-    API clients, ``_read``, ``_list_pods``, ``_delete`` and ``_error``)."""
+    API clients and ``kube_api.KubeApi``'s ``_read``, ``_list_pods``, ``_delete`` and ``_error``,
+    which come before this class in the runtime's bases)."""
 
     namespace: str
     installation: str
@@ -291,7 +294,7 @@ class NetworkPolicies:
     def _apply_policy(self, body: dict[str, Any]) -> None:
         """Create the policy, or replace it when its rules differ (guarded by resourceVersion:
         a concurrent writer makes it re-read and retry)."""
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
 
         name = body["metadata"]["name"]
         for _attempt in range(5):
@@ -342,7 +345,7 @@ class NetworkPolicies:
         policy or a replace that meets a newer version is dropped, and a policy is deleted only
         when two sweeps (a minute or more apart) found it orphaned at the same version — a
         revision being started in between has its Deployment by then."""
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
 
         managed = scope_selector(self.installation)  # this installation's objects only
         try:
@@ -390,7 +393,7 @@ class NetworkPolicies:
     def _delete_orphans(self, orphans: dict[str, str]) -> None:
         """Delete the policies that were orphaned at the same version in the previous sweep
         too (the delete carries that version as a precondition)."""
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
 
         key = (str(self.api_client.configuration.host), self.namespace, self.installation)
         before = _orphans.get(key, {})
@@ -410,7 +413,7 @@ class NetworkPolicies:
         """What the target's health should say: no default-deny policy in the namespace (pods
         not selected by a revision's policy — not labelled yet, or started by hand — would be
         open), or policies the runtime may not read."""
-        from kubernetes.client.exceptions import ApiException
+        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
 
         try:
             policies = self.networking.list_namespaced_network_policy(
@@ -446,7 +449,7 @@ class NetworkPolicies:
         except ReplicaRuntimeError as exc:
             log.warning("network policies of namespace %s not synced: %s", self.namespace, exc)
 
-    # Provided by the runtime.
+    # Provided by kube_api.KubeApi (before this class in KubernetesRuntime's bases).
     def _read(self, call: Any, name: str) -> Any | None:
         raise NotImplementedError
 

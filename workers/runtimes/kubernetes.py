@@ -34,48 +34,60 @@ platform admin granted the deployment egress); the replica key and the ingest to
 the revision's Secret, never in the pod template; pods mount no service-account token and use
 neither the host's network nor host paths.
 
+The parts: ``kube_manifests.py`` builds the objects and reads pods back, ``kube_names.py`` names
+and labels them, ``kube_policy.py`` fences them in, ``kube_images.py`` builds and pushes the
+images, ``kube_api.py`` holds the shared API calls; this module is the runtime's lifecycle and
+discovery. The SDK is imported at module level: this module is imported only when a kubernetes
+target's runtime is built (``workers/factory.py`` imports it lazily).
+
 No Django import: the runtime takes explicit constructor arguments.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTALLATION,
-    LABEL_MANAGED,
-    LABEL_MODEL,
-    LABEL_MODEL_VERSION,
     LABEL_REPLICA,
     LABEL_REVISION,
     BackendHealth,
-    LogFn,
     NodeInfo,
     ReplicaRuntimeError,
     ReplicaSpec,
     ReplicaState,
-    ReplicaStatus,
     Runtime,
     missing_state,
+)
+from .kube_api import KubeApi, load_client
+from .kube_images import KubeImages
+from .kube_manifests import (
+    CONTAINER_NAME,
+    CONTAINER_PORT,
+    Autoscaling,
+    build_deployment,
+    build_hpa,
+    build_secret,
+    build_service,
+    format_indices,
+    label_int,
+    parse_indices,
+    pod_state,
 )
 from .kube_names import (
     ANN_DEPLOYMENT,
     ANN_INDICES,
-    ANN_MODEL,
-    ANN_MODEL_VERSION,
     label_selector,
     label_value,
-    object_annotations,
-    object_labels,
     object_name,
     revision_object_name,
     scope_selector,
@@ -83,318 +95,11 @@ from .kube_names import (
 )
 from .kube_policy import NetworkPolicies, PolicyPeers
 
-CONTAINER_NAME = "model"
-CONTAINER_PORT = 8080
-MODEL_PATH = "/model"
-RUN_AS = 10001
-TMP_SIZE = "64Mi"
-
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-
-# Container waiting reasons that mean "this replica is not going to come up by itself".
-FAILED_REASONS = frozenset({
-    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
-    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-    "ErrImageNeverPull",
-})
-
-
-# --- quantities ---------------------------------------------------------------------------------
-def cpu_quantity(cores: float) -> str:
-    return f"{max(1, round(float(cores) * 1000))}m"
-
-
-def memory_quantity(mb: int) -> str:
-    return f"{int(mb)}Mi"
-
-
-@dataclass
-class Autoscaling:
-    """An optional HorizontalPodAutoscaler per revision (autoscaling/v2, CPU utilization).
-
-    With it, Kubernetes may add pods beyond the replicas Modelport asked for; those pods get no
-    replica index, so the reconciler neither counts nor removes them, and they only receive
-    traffic through the revision's Service: use ``url_mode="service"`` with autoscaling."""
-
-    max_replicas: int
-    cpu_utilization: int = 70
-
-
-# --- object builders (plain dicts: what is sent is what the schema tests validate) ---------------
-def container_env(spec: ReplicaSpec) -> list[dict[str, Any]]:
-    """The Docker runtime's environment, minus what differs per pod or is secret: the replica's
-    name comes from the downward API, ``spec.env`` (the ingest token, the replica key) from the
-    revision's Secret."""
-    threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
-    plain = {
-        "MODELPORT_MODEL_DIR": MODEL_PATH,
-        "MODELPORT_HOST": "0.0.0.0",  # noqa: S104 - the pod's own network namespace
-        "MODELPORT_PORT": str(CONTAINER_PORT),
-        "MODELPORT_WORKERS": str(spec.workers),
-        "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
-        "MODELPORT_MODEL_VERSION": str(spec.model_version),
-        "MODELPORT_DEPLOYMENT": spec.deployment,
-        "MODELPORT_REVISION": str(spec.revision),
-        "HOME": "/tmp",  # noqa: S108 - the pod's own emptyDir
-        "OMP_NUM_THREADS": threads,
-        "OPENBLAS_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-    }
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
-    env.append({"name": "MODELPORT_REPLICA",
-                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
-    return env
-
-
-def container_security_context() -> dict[str, Any]:
-    """The Docker hardening (uid 10001, read-only root, no capabilities, no-new-privileges)."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def resources(spec: ReplicaSpec, gpu_resource: str = "nvidia.com/gpu") -> dict[str, Any]:
-    """Requests equal limits (Guaranteed QoS): what admission reserved is what the pod gets.
-    GPUs by count: the device plugin picks devices (Docker's device ids do not apply)."""
-    limits: dict[str, str] = {}
-    if spec.cpu:
-        limits["cpu"] = cpu_quantity(spec.cpu)
-    if spec.memory_mb:
-        limits["memory"] = memory_quantity(spec.memory_mb)
-    if spec.gpu_device_ids:
-        limits[gpu_resource] = str(len(spec.gpu_device_ids))
-    requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
-    return {"requests": requests, "limits": limits}
-
-
-def build_pod_template(spec: ReplicaSpec, image: str, *, secret_name: str | None,
-                       image_pull_secrets: Iterable[str] = (),
-                       extra_labels: dict[str, str] | None = None,
-                       node_selector: dict[str, str] | None = None,
-                       tolerations: list[dict[str, Any]] | None = None,
-                       service_account: str | None = None,
-                       gpu_resource: str = "nvidia.com/gpu") -> dict[str, Any]:
-    probe = {"port": "http", "scheme": "HTTP"}
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "env": container_env(spec),
-        "resources": resources(spec, gpu_resource),
-        "securityContext": container_security_context(),
-        # /health answers as soon as the server listens, /ready once the model is loaded.
-        "startupProbe": {"httpGet": {**probe, "path": "/health"}, "periodSeconds": 2,
-                         "timeoutSeconds": 2, "failureThreshold": 60},
-        "livenessProbe": {"httpGet": {**probe, "path": "/health"}, "periodSeconds": 10,
-                          "timeoutSeconds": 3, "failureThreshold": 3},
-        "readinessProbe": {"httpGet": {**probe, "path": "/ready"}, "periodSeconds": 5,
-                           "timeoutSeconds": 3, "failureThreshold": 3},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
-    }
-    if secret_name:
-        container["envFrom"] = [{"secretRef": {"name": secret_name}}]
-    pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE}}],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
-        "restartPolicy": "Always",
-    }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
-    if image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": n} for n in image_pull_secrets]
-    if node_selector:
-        pod_spec["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        pod_spec["tolerations"] = list(tolerations)
-    return {"metadata": {"labels": object_labels(spec, extra_labels),
-                         "annotations": object_annotations(spec)},
-            "spec": pod_spec}
-
-
-def build_deployment(spec: ReplicaSpec, image: str, *, namespace: str, replicas: int,
-                     indices: Iterable[int], secret_name: str | None = None,
-                     **template_kwargs: Any) -> dict[str, Any]:
-    name = object_name(spec)
-    extra = template_kwargs.get("extra_labels")
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": object_labels(spec, extra),
-                     "annotations": {**object_annotations(spec),
-                                     ANN_INDICES: format_indices(indices)}},
-        "spec": {
-            "replicas": int(replicas),
-            "selector": {"matchLabels": selector_labels(spec)},
-            # The template of a revision never changes; a new revision is a new Deployment.
-            "revisionHistoryLimit": 1,
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": build_pod_template(spec, image, secret_name=secret_name,
-                                           **template_kwargs),
-        },
-    }
-
-
-def build_service(spec: ReplicaSpec, *, namespace: str, service_type: str = "ClusterIP",
-                  extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": object_name(spec),
-                     "namespace": namespace, "labels": object_labels(spec, extra_labels),
-                     "annotations": object_annotations(spec)},
-        "spec": {"type": service_type, "selector": selector_labels(spec),
-                 "ports": [{"name": "http", "port": CONTAINER_PORT, "targetPort": "http",
-                            "protocol": "TCP"}]},
-    }
-
-
-def build_secret(spec: ReplicaSpec, *, namespace: str,
-                 extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """``spec.env`` (the ingest URL and token, the replica key) kept out of the pod template:
-    the template must not change between calls (a change would roll the revision), and both are
-    secrets (anyone who may read Deployments would otherwise read them)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {"name": object_name(spec) + "-env",
-                     "namespace": namespace, "labels": object_labels(spec, extra_labels),
-                     "annotations": object_annotations(spec)},
-        "stringData": {k: str(v) for k, v in spec.env.items()},
-    }
-
-
-def build_hpa(spec: ReplicaSpec, autoscaling: Autoscaling, *, namespace: str, min_replicas: int,
-              extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    name = object_name(spec)
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": object_labels(spec, extra_labels)},
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": max(1, int(min_replicas)),
-            "maxReplicas": max(int(min_replicas), int(autoscaling.max_replicas), 1),
-            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                "type": "Utilization",
-                "averageUtilization": int(autoscaling.cpu_utilization)}}}],
-        },
-    }
-
-
-def format_indices(indices: Iterable[int]) -> str:
-    return ",".join(str(i) for i in sorted(set(int(i) for i in indices)))
-
-
-def parse_indices(text: str | None) -> set[int]:
-    return {int(p) for p in (text or "").split(",") if p.strip().isdigit()}
-
-
-# --- interpreting what the API returns ----------------------------------------------------------
-def pod_state(pod: Any, *, url_mode: str = "pod", namespace: str = "",
-              cluster_domain: str = "cluster.local") -> ReplicaState:
-    """A pod (the client's V1Pod) as the runtime's ReplicaState."""
-    meta, status = pod.metadata, pod.status
-    labels = dict(meta.labels or {})
-    annotations = dict(meta.annotations or {})
-    cstatus = next((c for c in (status.container_statuses or []) if c.name == CONTAINER_NAME),
-                   None)
-    phase = status.phase or "Pending"
-    waiting = cstatus.state.waiting if cstatus and cstatus.state else None
-    running = cstatus.state.running if cstatus and cstatus.state else None
-    terminated = cstatus.state.terminated if cstatus and cstatus.state else None
-    last_term = cstatus.last_state.terminated if cstatus and cstatus.last_state else None
-    message = ""
-    exit_code: int | None = None
-    if meta.deletion_timestamp is not None:
-        state, message = ReplicaStatus.EXITED, "pod terminating"
-    elif phase == "Succeeded":
-        state = ReplicaStatus.EXITED
-    elif phase == "Failed":
-        state = ReplicaStatus.DEAD
-        message = " ".join(p for p in (status.reason, status.message) if p)
-    elif waiting is not None and waiting.reason in FAILED_REASONS:
-        state = ReplicaStatus.DEAD
-        message = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
-        exit_code = last_term.exit_code if last_term else None
-    elif phase == "Running" and cstatus is not None and running is not None and cstatus.ready:
-        state = ReplicaStatus.RUNNING
-    else:
-        state = ReplicaStatus.STARTING
-        if waiting is not None and waiting.reason:
-            message = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
-        for cond in status.conditions or []:
-            if cond.type == "PodScheduled" and cond.status == "False":
-                message = f"unschedulable: {cond.message or cond.reason or ''}".strip(": ")
-    if terminated is not None:
-        exit_code = terminated.exit_code
-        if terminated.reason == "OOMKilled" or (last_term and last_term.reason == "OOMKilled"):
-            message = (message + " OOM killed").strip()
-    elif last_term is not None and last_term.reason == "OOMKilled":
-        message = (message + " OOM killed").strip()
-    health = None
-    if cstatus is not None and state in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING):
-        health = "healthy" if cstatus.ready else "starting"
-    if url_mode == "service":
-        name = revision_object_name(annotations.get(ANN_DEPLOYMENT)
-                                    or labels.get(LABEL_DEPLOYMENT, ""),
-                                    _int(labels.get(LABEL_REVISION)),
-                                    labels.get(LABEL_INSTALLATION, ""))
-        url: str | None = f"http://{name}.{namespace}.svc.{cluster_domain}:{CONTAINER_PORT}"
-    else:
-        url = f"http://{status.pod_ip}:{CONTAINER_PORT}" if status.pod_ip else None
-    started = running.started_at if running is not None else (
-        terminated.started_at if terminated is not None else status.start_time)
-    return ReplicaState(
-        id=meta.name,
-        deployment=annotations.get(ANN_DEPLOYMENT) or labels.get(LABEL_DEPLOYMENT, ""),
-        revision=_int(labels.get(LABEL_REVISION)),
-        replica=_int(labels.get(LABEL_REPLICA)),
-        status=state,
-        url=url if state is not ReplicaStatus.EXITED else None,
-        exit_code=exit_code if state not in (ReplicaStatus.RUNNING,) else None,
-        started_at=_aware(started),
-        finished_at=_aware(terminated.finished_at) if terminated is not None else None,
-        restart_count=int(cstatus.restart_count or 0) if cstatus else 0,
-        port=CONTAINER_PORT,
-        image=(cstatus.image if cstatus and cstatus.image else
-               (pod.spec.containers[0].image if pod.spec and pod.spec.containers else None)),
-        model_name=annotations.get(ANN_MODEL) or labels.get(LABEL_MODEL, ""),
-        model_version=annotations.get(ANN_MODEL_VERSION) or labels.get(LABEL_MODEL_VERSION, ""),
-        message=message,
-        health=health,
-        labels=labels,
-    )
-
-
-def _int(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value if isinstance(value, datetime) else None
 
 
 # --- the runtime --------------------------------------------------------------------------------
-class KubernetesRuntime(NetworkPolicies, Runtime):
+class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
     """Runs replicas as pods of one Deployment per revision in one namespace.
 
     Credentials: ``api_client`` (a ready ``kubernetes.client.ApiClient``), else in-cluster
@@ -450,7 +155,7 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
         self.installation = installation
         self.context = context
         self.in_cluster = in_cluster
-        self.api_client = api_client or self._load_client(in_cluster, config_file, context)
+        self.api_client = api_client or load_client(in_cluster, config_file, context)
         self.image_pull_secrets = [s for s in image_pull_secrets if s]
         self.registry = registry.rstrip("/") if registry else None
         self.image_builder = image_builder
@@ -469,119 +174,12 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
         self._pushed: set[str] = set()
         self._model_digests: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
-
-        from kubernetes import client
-
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.autoscaling_api = client.AutoscalingV2Api(self.api_client)
         self.networking = client.NetworkingV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.version_api = client.VersionApi(self.api_client)
-
-    @staticmethod
-    def _load_client(in_cluster: bool, config_file: str | None, context: str | None) -> Any:
-        from kubernetes import client, config
-
-        try:
-            if in_cluster:
-                cfg = client.Configuration()
-                config.load_incluster_config(client_configuration=cfg)
-                return client.ApiClient(cfg)
-            # $KUBECONFIG as it is now (the client reads it once, at import), may list several.
-            config_file = config_file or os.environ.get("KUBECONFIG") or None
-            return config.new_client_from_config(config_file=config_file, context=context)
-        except config.ConfigException as exc:
-            where = "in-cluster service account" if in_cluster else (
-                f"kubeconfig {config_file or '(default)'} context {context or '(current)'}")
-            raise ReplicaRuntimeError(f"cannot load Kubernetes credentials from {where}: "
-                                      f"{exc}") from exc
-
-    # --- images -----------------------------------------------------------------------------
-    def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        if self.image_builder is None:
-            raise ReplicaRuntimeError(
-                "the kubernetes runtime builds serving images on the worker's Docker Engine: "
-                "configure an image builder (and a registry the cluster pulls from)")
-        local = self.image_builder.ensure_image(requirements, on_log)
-        return self._publish(local, on_log)
-
-    def model_image(self, serving_image: str, model_dir: str, on_log: LogFn | None = None) -> str:
-        """The serving image plus the model at /model: built once per (serving image, model
-        files) and pushed. The tag is content-addressed, so a re-run reuses it."""
-        if self.image_builder is None:
-            raise ReplicaRuntimeError(
-                "the kubernetes runtime bakes the model into an image layer: it needs an image "
-                "builder (a Docker Engine on the worker) and a registry the cluster pulls from")
-        client = self.image_builder.client
-        from docker.errors import ImageNotFound
-
-        try:  # the id, not the tag: a serving image rebuilt under its tag re-bakes the model
-            serving_id = client.images.get(serving_image).id
-        except ImageNotFound as exc:
-            raise ReplicaRuntimeError(f"serving image {serving_image} is not on the worker's "
-                                      "Docker Engine (see ensure_image)") from exc
-        digest = hashlib.sha256(f"{serving_image}@{serving_id}\n"
-                                f"{self._model_digest(model_dir)}".encode()).hexdigest()[:16]
-        repo = f"{self.registry}/model" if self.registry else "modelport/model"
-        ref = f"{repo}:{digest}"
-        with self._lock:
-            if ref in self._pushed:
-                return ref
-        try:
-            client.images.get(ref)
-        except ImageNotFound:
-            self.image_builder.bake_model(serving_image, model_dir, ref, on_log)
-        return self._push(ref, on_log)
-
-    def _model_digest(self, model_dir: str) -> str:
-        from .images import _tree_digest
-
-        path = Path(model_dir)
-        # Hashing reads every file; a listing of (name, size, mtime) says whether we must.
-        listing = sorted((str(p.relative_to(path)), st.st_size, st.st_mtime_ns)
-                         for p in path.rglob("*") if p.is_file() for st in [p.stat()])
-        key = (str(path.resolve()), hash(tuple(listing)))
-        if key not in self._model_digests:
-            self._model_digests[key] = _tree_digest([path], path)
-        return self._model_digests[key]
-
-    def _publish(self, local_ref: str, on_log: LogFn | None) -> str:
-        if not self.registry:
-            return local_ref
-        name = local_ref.rsplit("/", 1)[-1]
-        ref = f"{self.registry}/{name}"
-        image = self.image_builder.client.images.get(local_ref)
-        with self._lock:  # keyed by image id: a rebuild under the same tag is pushed again
-            if f"{ref}@{image.id}" in self._pushed:
-                return ref
-        repo, _, tag = ref.rpartition(":")
-        image.tag(repo, tag=tag)
-        self._push(ref, on_log)
-        with self._lock:
-            self._pushed.add(f"{ref}@{image.id}")
-        return ref
-
-    def _push(self, ref: str, on_log: LogFn | None) -> str:
-        if not self.registry:
-            return ref
-        log = on_log or (lambda _line: None)
-        repo, _, tag = ref.rpartition(":")
-        log(f"pushing {ref}")
-        try:
-            for chunk in self.image_builder.client.images.push(repo, tag=tag, stream=True,
-                                                               decode=True):
-                if "error" in chunk or "errorDetail" in chunk:
-                    raise ReplicaRuntimeError(f"pushing {ref} failed: "
-                                              f"{chunk.get('error') or chunk['errorDetail']}")
-        except ReplicaRuntimeError:
-            raise
-        except Exception as exc:  # docker.errors.APIError, connection errors
-            raise ReplicaRuntimeError(f"pushing {ref} failed: {exc}") from exc
-        log(f"pushed {ref}")
-        with self._lock:
-            self._pushed.add(ref)
-        return ref
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
@@ -609,8 +207,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def _upsert_secret(self, body: dict[str, Any]) -> None:
         """Create the revision's Secret, or refresh its values: pods started from now on get the
         latest ingest token (running pods keep theirs, which stays valid until revoked)."""
-        from kubernetes.client.exceptions import ApiException
-
         name = body["metadata"]["name"]
         try:
             self.core.patch_namespaced_secret(name, self.namespace,
@@ -628,8 +224,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
                 "service_account": self.service_account, "gpu_resource": self.gpu_resource}
 
     def _ensure_deployment(self, spec: ReplicaSpec, image: str, secret_name: str | None) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         name = object_name(spec)
         for _attempt in range(5):
             current = self._read(self.apps.read_namespaced_deployment, name)
@@ -656,8 +250,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def _scale(self, current: Any, indices: set[int], adding: bool = True) -> bool:
         """Set the indices annotation and the replica count in one patch guarded by the
         object's resourceVersion (False: someone else changed it first; re-read and retry)."""
-        from kubernetes.client.exceptions import ApiException
-
         replicas = len(indices)
         if self.autoscaling is not None and adding:  # keep the pods the HPA added
             replicas = max(replicas, int(current.spec.replicas or 0))
@@ -691,8 +283,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
 
     def _set_hpa_floor(self, name: str, floor: int) -> None:
         """The HPA never goes below the replicas the reconciler asked for."""
-        from kubernetes.client.exceptions import ApiException
-
         assert self.autoscaling is not None
         floor = max(1, floor)
         try:
@@ -708,8 +298,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def _pod_for_index(self, spec: ReplicaSpec) -> ReplicaState:
         """The pod holding replica index `spec.replica`; else label the oldest pod of the
         revision that holds none; else wait for the ReplicaSet to create one."""
-        from kubernetes.client.exceptions import ApiException
-
         selector = label_selector(selector_labels(spec))
         deadline = time.monotonic() + self.pod_wait_s
         while True:
@@ -778,15 +366,13 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
         self._remove(replica_id, grace=None)
 
     def _remove(self, replica_id: str, grace: int | None) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         pod = self._get(replica_id)
         if pod is None:
             return
         labels = pod.metadata.labels or {}
         annotations = pod.metadata.annotations or {}
         deployment = annotations.get(ANN_DEPLOYMENT) or labels.get(LABEL_DEPLOYMENT, "")
-        name = revision_object_name(deployment, _int(labels.get(LABEL_REVISION)),
+        name = revision_object_name(deployment, label_int(labels.get(LABEL_REVISION)),
                                     labels.get(LABEL_INSTALLATION, ""))
         index = labels.get(LABEL_REPLICA)
         left: set[int] | None = None
@@ -862,8 +448,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def logs(self, replica_id: str, tail: int = 200) -> str:
         """The container's output; after a crash, the previous run's output too (Docker keeps
         every run's output in one log; Kubernetes keeps the current and the previous run)."""
-        from kubernetes.client.exceptions import ApiException
-
         pod = self._get(replica_id)
         if pod is None:
             return ""
@@ -887,9 +471,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
 
     def stats(self, replica_id: str) -> dict[str, float]:
         """From metrics.k8s.io (metrics-server); zeros when it is not installed."""
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.utils import parse_quantity
-
         pod = self._get(replica_id)
         zero = {"cpu_percent": 0.0, "memory_bytes": 0.0, "memory_limit_bytes": 0.0}
         if pod is None:
@@ -924,9 +505,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
     def describe(self) -> BackendHealth:
         """Reachable or not, nodes and allocatable CPU/memory/GPUs (needs `list nodes`, a
         ClusterRole; without it, reachable with no nodes and a message saying so)."""
-        from kubernetes.client.exceptions import ApiException
-        from kubernetes.utils import parse_quantity
-
         try:
             version = self.version_api.get_code(_request_timeout=5).git_version or ""
         except Exception as exc:  # noqa: BLE001 - describe reports, it does not fail
@@ -959,68 +537,6 @@ class KubernetesRuntime(NetworkPolicies, Runtime):
                 gpus=int(parse_quantity(gpus)) if gpus is not None else 0))
         return BackendHealth(reachable=True, nodes=out, version=version, warnings=warnings)
 
-    # --- helpers ----------------------------------------------------------------------------
     def _state(self, pod: Any) -> ReplicaState:
         return pod_state(pod, url_mode=self.url_mode, namespace=self.namespace,
                          cluster_domain=self.cluster_domain)
-
-    def _get(self, replica_id: str) -> Any | None:
-        pod = self._read(self.core.read_namespaced_pod, replica_id)
-        labels = (pod.metadata.labels or {}) if pod is not None else {}
-        if pod is None or labels.get(LABEL_MANAGED) != "1":
-            return None  # never touch pods Modelport does not manage
-        if labels.get(LABEL_INSTALLATION, "") != self.installation:
-            return None  # nor another installation's (nor, scoped, one from before ids)
-        return pod
-
-    def _list_pods(self, selector: str) -> list[Any]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return list(self.core.list_namespaced_pod(
-                self.namespace, label_selector=selector,
-                _request_timeout=self.request_timeout_s).items)
-        except ApiException as exc:
-            raise self._error("listing pods", exc) from exc
-
-    def _read(self, call: Any, name: str) -> Any | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return call(name, self.namespace, _request_timeout=self.request_timeout_s)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise self._error(f"reading {name}", exc) from exc
-
-    def _create_if_missing(self, call: Any, body: dict[str, Any]) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            call(self.namespace, body, _request_timeout=self.request_timeout_s)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise self._error(f"creating {body['kind']} {body['metadata']['name']}",
-                                  exc) from exc
-
-    def _delete(self, call: Any, name: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            call(name, self.namespace, propagation_policy="Background",
-                 _request_timeout=self.request_timeout_s)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise self._error(f"deleting {name}", exc) from exc
-
-    def _error(self, what: str, exc: Any) -> ReplicaRuntimeError:
-        detail = exc.reason
-        try:
-            import json
-
-            detail = json.loads(exc.body or "{}").get("message") or detail
-        except (ValueError, AttributeError):
-            pass
-        return ReplicaRuntimeError(f"{what} in namespace {self.namespace} failed: "
-                                   f"{exc.status} {detail}")
-

@@ -48,6 +48,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+import docker
+from docker.errors import APIError, NotFound
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    Resources,
+    RestartPolicy,
+    RollbackConfig,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+from docker.utils import version_gte
+
 from .base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTALLATION,
@@ -69,16 +85,17 @@ from .base import (
     env_dict,
     missing_state,
 )
-from .docker import (
+from .docker_spec import (
     CONTAINER_PORT,
     DOCKER_SOCKET_PATHS,
     HARDENING,
     HOST_NETWORK,
     MODEL_MOUNT,
-    _healthcheck,
-    _int,
-    _parse_stats,
-    _time,
+    docker_time,
+    http_healthcheck,
+    label_int,
+    parse_stats,
+    replica_env,
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
@@ -133,8 +150,6 @@ class SwarmRuntime(Runtime):
                  healthcheck: bool = True, egress_network: str = "",
                  installation: str = "", legacy_owner: LegacyOwner | None = None) -> None:
         if client is None:
-            import docker
-
             client = docker.from_env()
         if network not in NETWORK_MODES:
             raise ValueError(f"swarm network mode {network!r}; expected one of {NETWORK_MODES}")
@@ -171,8 +186,6 @@ class SwarmRuntime(Runtime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
-        from docker.errors import APIError
-
         if not spec.image:
             raise ReplicaRuntimeError("the swarm runtime needs spec.image (see ensure_image)")
         spec = self.scoped(spec)
@@ -207,19 +220,6 @@ class SwarmRuntime(Runtime):
 
     def service_spec(self, spec: ReplicaSpec, port: int | None) -> dict[str, Any]:
         """The keyword arguments of ``APIClient.create_service`` for one replica."""
-        from docker.types import (
-            ContainerSpec,
-            EndpointSpec,
-            Healthcheck,
-            Mount,
-            Resources,
-            RestartPolicy,
-            RollbackConfig,
-            ServiceMode,
-            TaskTemplate,
-            UpdateConfig,
-        )
-
         spec = self.scoped(spec)
         labels = {**self.extra_labels, **spec.labels, **self.scope_labels(),
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
@@ -242,7 +242,7 @@ class SwarmRuntime(Runtime):
             mounts.append(Mount(target=MODEL_MOUNT, source=source, type="bind", read_only=True))
         healthcheck = None
         if self.healthcheck:
-            healthcheck = Healthcheck(**_healthcheck(port or CONTAINER_PORT))
+            healthcheck = Healthcheck(**http_healthcheck(port or CONTAINER_PORT))
         container = ContainerSpec(
             spec.image, env=env, user=HARDENING["user"], labels=labels, mounts=mounts,
             read_only=True, cap_drop=list(HARDENING["cap_drop"]), stop_signal="SIGTERM",
@@ -313,8 +313,6 @@ class SwarmRuntime(Runtime):
     def stop_replica(self, replica_id: str, timeout: float = 10) -> None:
         """Scale the service to 0 (Swarm stops the task gracefully, within the stop grace
         period); the service stays, so its logs and state can still be read."""
-        from docker.errors import APIError
-
         service = self._get(replica_id)
         if service is None:
             return
@@ -373,7 +371,7 @@ class SwarmRuntime(Runtime):
         container = self._local_container(service, running=True) if service else None
         if container is None:
             return zero  # not running, or on another node
-        return _parse_stats(container.stats(stream=False))
+        return parse_stats(container.stats(stream=False))
 
     def ping(self) -> bool:
         """The endpoint answers and is a Swarm manager (only managers can create services)."""
@@ -410,8 +408,6 @@ class SwarmRuntime(Runtime):
     # --- helpers ----------------------------------------------------------------------------
     def _local_container(self, service: Any, *, running: bool = False) -> Any | None:
         """The container of the service's current task, if it is on this endpoint's node."""
-        from docker.errors import APIError, NotFound
-
         task = _current_task(self._tasks([service]).get(service.id, []))
         status = (task or {}).get("Status") or {}
         container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
@@ -423,14 +419,10 @@ class SwarmRuntime(Runtime):
             return None  # on another node, or already removed
 
     def _api_at_least(self, version: str) -> bool:
-        from docker.utils import version_gte
-
         api = getattr(self.client.api, "_version", None) or "1.41"
         return version_gte(api, version)
 
     def _get(self, replica_id: str) -> Any | None:
-        from docker.errors import NotFound
-
         try:
             service = self.client.services.get(replica_id)
         except NotFound:
@@ -458,8 +450,6 @@ class SwarmRuntime(Runtime):
         return by_service
 
     def _remove_service(self, service: Any) -> None:
-        from docker.errors import APIError
-
         port = ((service.attrs.get("Spec") or {}).get("Labels") or {}).get(LABEL_PORT, "")
         try:
             service.remove()
@@ -530,13 +520,13 @@ class SwarmRuntime(Runtime):
         return ReplicaState(
             id=service.name,
             deployment=labels.get(LABEL_DEPLOYMENT, ""),
-            revision=_int(labels.get(LABEL_REVISION)),
-            replica=_int(labels.get(LABEL_REPLICA)),
+            revision=label_int(labels.get(LABEL_REVISION)),
+            replica=label_int(labels.get(LABEL_REPLICA)),
             status=status,
             url=url,
             exit_code=None if running else exit_code,
-            started_at=_time(task_status.get("Timestamp")) if raw == "running" else None,
-            finished_at=None if running else _time(task_status.get("Timestamp")),
+            started_at=docker_time(task_status.get("Timestamp")) if raw == "running" else None,
+            finished_at=None if running else docker_time(task_status.get("Timestamp")),
             restart_count=len(failed),
             port=int(port) if port.isdigit() else None,
             image=image or None,
@@ -546,25 +536,6 @@ class SwarmRuntime(Runtime):
             health="healthy" if raw == "running" and self.healthcheck else None,
             labels=dict(labels),
         )
-
-
-def replica_env(spec: ReplicaSpec) -> dict[str, str]:
-    """The model server's environment, as the Docker runtime sets it (without host/port)."""
-    env = {
-        "MODELPORT_MODEL_DIR": MODEL_MOUNT,
-        "MODELPORT_WORKERS": str(spec.workers),
-        "MODELPORT_MODEL_NAME": spec.model_name or spec.deployment,
-        "MODELPORT_MODEL_VERSION": str(spec.model_version),
-        "MODELPORT_DEPLOYMENT": spec.deployment,
-        "MODELPORT_REVISION": str(spec.revision),
-        "MODELPORT_REPLICA": str(spec.replica),
-        "HOME": "/tmp",  # noqa: S108 - the container's own tmpfs
-    }
-    threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = threads
-    env.update(spec.env)
-    return env
 
 
 def _current_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:

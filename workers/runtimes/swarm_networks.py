@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from docker.errors import NotFound
+
 OVERLAY = "overlay"
 HOST = "host"
 
 
 def network_attrs(client: Any, name: str) -> dict[str, Any] | None:
     """``docker network inspect`` of `name`; None when there is no such network."""
-    from docker.errors import NotFound
-
     try:
         return client.api.inspect_network(name)
     except NotFound:
