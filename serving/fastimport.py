@@ -42,7 +42,6 @@ needs it anyway. ``MODELPORT_FAST_IMPORTS=0`` turns all of this off.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.abc
@@ -503,6 +502,10 @@ def prepare_sklearn(serialization_format: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Not at the top: importing argparse first changes what the recording sees (one SciPy
+    # docstring then differs from the replay; tests/serving/test_serving_fastpaths.py).
+    import argparse  # noqa: PLC0415 - import order (see above)
+
     p = argparse.ArgumentParser(prog="python -m serving.fastimport")
     p.add_argument("--record", metavar="FILE", required=True,
                    help="write the skops import-time discovery of this environment to FILE")
