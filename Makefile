@@ -26,7 +26,8 @@ help:
 	@echo "           any that dies and, unless MODELPORT_DEMO=0, seeds and deploys two demo models"
 	@echo "make demo-traffic [DURATION=180]  traffic with drift and ground truth to the demo"
 	@echo "make test   lint, then the test suite"
-	@echo "make lint   ruff, import contracts (lint-imports), makemigrations --check, manage.py check"
+	@echo "make lint   ruff, import contracts (lint-imports), mypy, makemigrations --check,"
+	@echo "           manage.py check"
 
 $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Modelport needs Python 3.11+; set PYTHON=python3.11")'
@@ -57,6 +58,7 @@ demo-traffic: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python manage.py makemigrations --check --dry-run --noinput
 	$(BIN)/python manage.py check
 

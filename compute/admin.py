@@ -4,8 +4,10 @@ is validated the same way as in the portal and the API, and audited."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 
 from core.admin import ServiceErrorsMixin
@@ -26,7 +28,8 @@ class ExecutionTargetAdmin(ServiceErrorsMixin, admin.ModelAdmin):
               "cpu", "memory_mb", "gpus", "enabled", "is_default", "health"]
     readonly_fields = ["health"]
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest,
+                            obj: ExecutionTarget | None = None) -> list[str]:
         return ["name", "health"] if obj else ["health"]
 
     @admin.display(description="Health now")
@@ -41,7 +44,8 @@ class ExecutionTargetAdmin(ServiceErrorsMixin, admin.ModelAdmin):
                            alloc["cpu"], alloc["memory_mb"],
                            "not reported" if alloc["gpus"] is None else alloc["gpus"])
 
-    def save_model(self, request: HttpRequest, obj: ExecutionTarget, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ExecutionTarget, form: Any,
+                   change: bool) -> None:
         values = {name: getattr(obj, name) for name in targets.TARGET_FIELDS}
         if change:
             values.pop("name")
@@ -50,7 +54,8 @@ class ExecutionTargetAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             saved = targets.create_target(actor=request.user, **values)
         obj.pk, obj._state.adding, obj._state.db = saved.pk, False, saved._state.db
 
-    def delete_view(self, request, object_id, extra_context=None):
+    def delete_view(self, request: HttpRequest, object_id: str,
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
         try:
             return super().delete_view(request, object_id, extra_context)
         except DomainError as exc:  # the default target, or one that still has deployments
@@ -71,7 +76,7 @@ class GpuDeviceInline(admin.TabularInline):
     extra = 1
     fields = ["device_id", "model", "active"]
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return ["active"]
 
 
@@ -94,10 +99,10 @@ class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     def gpu_count(self, host: Host) -> int:
         return host.gpus.filter(active=True).count()
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Host | None = None) -> list[str]:
         return ["name", *self.heartbeat_fields] if obj else self.heartbeat_fields
 
-    def save_model(self, request: HttpRequest, obj: Host, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: Host, form: Any, change: bool) -> None:
         values = {f: getattr(obj, f) for f in ("cpu", "memory_mb", "cpu_overcommit",
                                                 "memory_overcommit", "kind")}
         if change:
@@ -108,7 +113,7 @@ class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
                 inventory.update_host(actor=request.user, host=created, active=False)
             obj.pk, obj._state.adding, obj._state.db = created.pk, False, created._state.db
 
-    def save_formset(self, request, form, formset, change):
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         host = form.instance
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for deleted in formset.deleted_forms:
@@ -129,7 +134,7 @@ class HostAdmin(ServiceErrorsMixin, admin.ModelAdmin):
                                       device_id=data["device_id"], model=data["model"])
             formset.new_objects.append(device)
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Host | None = None) -> bool:
         return False  # deactivate instead, so allocations keep their history
 
 

@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput
@@ -30,6 +31,9 @@ from teams.models import Team
 from .models import ExecutionTarget, GpuAllocation, GpuDevice, Host, TargetKind
 from .placement import host_summaries
 
+# Who acts: a signed-in user, or None for the platform itself.
+Actor = User | AnonymousUser | None
+
 HOST_FIELDS = ["name", "kind", "cpu", "memory_mb", "cpu_overcommit", "memory_overcommit",
                "active"]
 
@@ -40,7 +44,7 @@ def gpu_models() -> list[str]:
                 .values_list("model", flat=True).distinct())
 
 
-def _free_devices(model: str | None, host: Host | None = None):
+def _free_devices(model: str | None, host: Host | None = None) -> QuerySet[GpuDevice]:
     busy = GpuAllocation.objects.filter(device=OuterRef("pk"), released_at__isnull=True)
     devices = GpuDevice.objects.filter(active=True, host__active=True).filter(~Exists(busy))
     if model:
@@ -51,7 +55,7 @@ def _free_devices(model: str | None, host: Host | None = None):
 
 
 def allocate_gpus(*, team: Team, count: int, owner: str, model: str | None = None,
-                  actor=None, host: Host | None = None) -> list[GpuAllocation]:
+                  actor: Actor = None, host: Host | None = None) -> list[GpuAllocation]:
     """Hand ``count`` specific devices to one replica (``owner``), within the team's reserved
     GPUs. Idempotent for the same owner and count. Devices are never shared. ``host``: only
     that host's devices (a replica placed on one of several Docker hosts)."""
@@ -71,7 +75,8 @@ def allocate_gpus(*, team: Team, count: int, owner: str, model: str | None = Non
 
 
 @transaction.atomic
-def _allocate_gpus(*, team, count, owner, model, actor, host=None) -> list[GpuAllocation]:
+def _allocate_gpus(*, team: Team, count: int, owner: str, model: str | None, actor: Actor,
+                   host: Host | None = None) -> list[GpuAllocation]:
     lock_team(team)
     existing = list(GpuAllocation.objects.active().filter(owner=owner).select_related("device"))
     if existing:
@@ -101,7 +106,7 @@ def _allocate_gpus(*, team, count, owner, model, actor, host=None) -> list[GpuAl
 
 
 @transaction.atomic
-def release_gpus(*, owner: str, actor=None) -> int:
+def release_gpus(*, owner: str, actor: Actor = None) -> int:
     """Free the devices of a stopped replica (or of every replica under ``owner/``)."""
     owner = _owner(owner)
     allocations = list(GpuAllocation.objects.select_for_update().active()
@@ -117,7 +122,7 @@ def release_gpus(*, owner: str, actor=None) -> int:
     return len(allocations)
 
 
-def release_stale_gpus(*, live_owners: Iterable[str], actor=None) -> int:
+def release_stale_gpus(*, live_owners: Iterable[str], actor: Actor = None) -> int:
     """Free devices whose replica no longer exists (crashed without releasing)."""
     live = set(live_owners)
     stale = set(GpuAllocation.objects.active().exclude(owner__in=live)
@@ -138,7 +143,7 @@ def device_ids(owner: str) -> list[str]:
 
 
 # --- Capacity ------------------------------------------------------------------------------------
-def _overcommit(value, field: str) -> Decimal:
+def _overcommit(value: Any, field: str) -> Decimal:
     ratio = _cpu(value, field)
     if ratio < 1 or ratio > 100:
         raise InvalidInput(f"{field} is a ratio between 1 (no overcommit) and 100.", field=field)
@@ -161,8 +166,9 @@ def _gpu_inventory(gpus: Iterable) -> list[tuple[str, str]]:
 
 
 @transaction.atomic
-def register_host(*, actor, name: str, cpu, memory_mb, kind: str = Host.Kind.HOST,
-                  cpu_overcommit=1, memory_overcommit=1, gpus: Iterable = ()) -> Host:
+def register_host(*, actor: Actor, name: str, cpu: Any, memory_mb: Any,
+                  kind: str = Host.Kind.HOST, cpu_overcommit: Any = 1,
+                  memory_overcommit: Any = 1, gpus: Iterable = ()) -> Host:
     """Add a host or pool, with its GPUs as ``[(device_id, model), ...]``."""
     require_platform_admin(actor, "register capacity")
     name = (name or "").strip()
@@ -188,7 +194,7 @@ def register_host(*, actor, name: str, cpu, memory_mb, kind: str = Host.Kind.HOS
 
 
 @transaction.atomic
-def update_host(*, actor, host: Host, **changes) -> Host:
+def update_host(*, actor: Actor, host: Host, **changes: Any) -> Host:
     """Change cpu, memory_mb, overcommit ratios, kind or active (GPUs: add/remove_gpu)."""
     require_platform_admin(actor, "edit capacity")
     host = Host.objects.select_for_update().get(pk=host.pk)
@@ -218,7 +224,7 @@ def update_host(*, actor, host: Host, **changes) -> Host:
 
 
 @transaction.atomic
-def add_gpu(*, actor, host: Host, device_id: str, model: str) -> GpuDevice:
+def add_gpu(*, actor: Actor, host: Host, device_id: str, model: str) -> GpuDevice:
     require_platform_admin(actor, "edit capacity")
     [(device_id, model)] = _gpu_inventory([(device_id, model)])
     if GpuDevice.objects.filter(host=host, device_id=device_id).exists():
@@ -230,7 +236,7 @@ def add_gpu(*, actor, host: Host, device_id: str, model: str) -> GpuDevice:
 
 
 @transaction.atomic
-def remove_gpu(*, actor, device: GpuDevice) -> None:
+def remove_gpu(*, actor: Actor, device: GpuDevice) -> None:
     require_platform_admin(actor, "edit capacity")
     device = GpuDevice.objects.select_for_update().select_related("host").get(pk=device.pk)
     if device.allocations.filter(released_at__isnull=True).exists():
@@ -259,16 +265,16 @@ def capacity_totals(hosts: Iterable[Host] | None = None) -> dict:
     }
 
 
-def capacity(user) -> dict:
+def capacity(user: Actor) -> dict:
     """Hosts/pools, totals, what is allocated, and every GPU device with its holder. Other
     teams' holders are shown as '(another team)' to non-admins."""
     visible = set(Team.objects.visible_to(user).values_list("pk", flat=True))
     active_allocations = {a.device_id: a for a in GpuAllocation.objects.active()
                           .select_related("team")}
     docker = {h["name"]: h for h in host_summaries()}  # hosts with a host worker
-    hosts = []
+    hosts: list[dict[str, Any]] = []
     for host in Host.objects.prefetch_related("gpus").order_by("name"):
-        devices = []
+        devices: list[dict[str, Any]] = []
         for device in host.gpus.all():
             allocation = active_allocations.get(device.pk)
             holder = None
@@ -291,11 +297,11 @@ def capacity(user) -> dict:
         })
     reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
     committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])
-    models = {}
-    for host in hosts:
-        if not host["active"]:
+    models: dict[str, dict[str, Any]] = {}
+    for row in hosts:
+        if not row["active"]:
             continue
-        for device in host["gpus"]:
+        for device in row["gpus"]:
             if not device["active"]:
                 continue
             entry = models.setdefault(device["model"], {"model": device["model"], "total": 0,
@@ -346,8 +352,10 @@ def _docker_gpus(info: dict[str, Any]) -> list[tuple[str, str]]:
         device_id, _, model = entry.partition("=")
         if device_id.strip():
             found.append((device_id.strip(), model.strip() or "GPU"))
-    seen: set[str] = set()
-    return [(d, m) for d, m in found if not (d in seen or seen.add(d))]
+    unique: dict[str, tuple[str, str]] = {}
+    for d, m in found:
+        unique.setdefault(d, (d, m))  # the first model named for a device id wins
+    return list(unique.values())
 
 
 def _host_target() -> ExecutionTarget | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -50,7 +50,7 @@ def _num(value: Decimal) -> str:
     return format(Decimal(value).normalize(), "f")
 
 
-def fresh_cutoff():
+def fresh_cutoff() -> datetime:
     return timezone.now() - timedelta(seconds=settings.MODELPORT_HOST_LOST_SECONDS)
 
 

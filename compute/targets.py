@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import Q, Sum
@@ -27,6 +28,9 @@ from workers import factory
 from workers.runtimes.kube_policy import PolicyPeers
 
 from .models import ExecutionTarget, TargetKind
+
+# Who acts: a signed-in user, or None for the platform itself.
+Actor = User | AnonymousUser | None
 
 TARGET_FIELDS = ["name", "kind", "endpoint", "kube_context", "in_cluster", "namespace",
                  "settings", "cpu", "memory_mb", "gpus", "enabled", "is_default"]
@@ -188,7 +192,7 @@ def _take_default(target: ExecutionTarget) -> None:
 
 
 @transaction.atomic
-def create_target(*, actor, **values: Any) -> ExecutionTarget:
+def create_target(*, actor: Actor, **values: Any) -> ExecutionTarget:
     require_platform_admin(actor, "register execution targets")
     unknown = sorted(set(values) - set(TARGET_FIELDS))
     if unknown:
@@ -207,7 +211,7 @@ def create_target(*, actor, **values: Any) -> ExecutionTarget:
 
 
 @transaction.atomic
-def update_target(*, actor, target: ExecutionTarget, **changes: Any) -> ExecutionTarget:
+def update_target(*, actor: Actor, target: ExecutionTarget, **changes: Any) -> ExecutionTarget:
     require_platform_admin(actor, "edit execution targets")
     unknown = sorted(set(changes) - set(TARGET_FIELDS))
     if unknown:
@@ -240,7 +244,7 @@ def update_target(*, actor, target: ExecutionTarget, **changes: Any) -> Executio
 
 
 @transaction.atomic
-def delete_target(*, actor, target: ExecutionTarget) -> None:
+def delete_target(*, actor: Actor, target: ExecutionTarget) -> None:
     require_platform_admin(actor, "remove execution targets")
     target = ExecutionTarget.objects.select_for_update().get(pk=target.pk)
     if target.is_default:
@@ -275,11 +279,12 @@ def resolve_target(value: Any) -> ExecutionTarget | None:
     if isinstance(value, ExecutionTarget):
         target = value
     else:
-        target = ExecutionTarget.objects.filter(name=str(value)).first()
-        if target is None:
+        found = ExecutionTarget.objects.filter(name=str(value)).first()
+        if found is None:
             names = ", ".join(ExecutionTarget.objects.enabled().values_list("name", flat=True))
             raise InvalidInput(f"No execution target '{value}' (known: {names or 'none'}).",
                                field="target")
+        target = found
     if not target.enabled:
         raise InvalidInput(f"Execution target '{target.name}' is disabled.", field="target")
     return target
@@ -320,7 +325,7 @@ def check_target_capacity(*, target: ExecutionTarget, owner: str, cpu: Decimal,
                        + ".", code="target_capacity_exceeded")
 
 
-def deployment_target(deployment) -> ExecutionTarget | None:
+def deployment_target(deployment: Any) -> ExecutionTarget | None:
     """The target a deployment runs on: its own, else the default."""
     if deployment.target_id is not None:
         return deployment.target

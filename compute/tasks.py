@@ -25,7 +25,7 @@ def _running_from_runtime() -> tuple[set[str], set[str]] | None:
     execution target that is enabled or still has deployments (None if one does not answer:
     a partial view would report running deployments as missing)."""
     try:
-        targets = list(ExecutionTarget.objects.filter(
+        targets: list[ExecutionTarget | None] = list(ExecutionTarget.objects.filter(
             Q(enabled=True) | Q(deployments__isnull=False)).distinct()) or [None]
         replicas = [r for target in targets
                     for r in factory.runtime_for_target(target).list_replicas()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
 import django
 
@@ -27,9 +28,9 @@ log = logging.getLogger("modelport.edge")
 
 # EdgeHttpProtocol answers /serve/ itself only when uvicorn hands it the Edge unwrapped: no
 # proxy-headers or message-logging middleware (tests/deployments/test_edge_protocol.py).
-UVICORN_OPTIONS = dict(factory=True, loop="uvloop", http=EdgeHttpProtocol, lifespan="on",
-                       access_log=False, proxy_headers=False, server_header=False,
-                       timeout_graceful_shutdown=10, log_level="warning")
+UVICORN_OPTIONS: dict[str, Any] = dict(
+    factory=True, loop="uvloop", http=EdgeHttpProtocol, lifespan="on", access_log=False,
+    proxy_headers=False, server_header=False, timeout_graceful_shutdown=10, log_level="warning")
 
 
 def upstream(value: str) -> str:

@@ -24,14 +24,14 @@ class ReadOnlyInline(admin.TabularInline):
 
 class RevisionInline(ReadOnlyInline):
     model = Revision
-    fields = ["number", "model_version", "state", "reason", "image", "healthy_at", "created_at"]
+    fields = ("number", "model_version", "state", "reason", "image", "healthy_at", "created_at")
     readonly_fields = fields
 
 
 class ReplicaInline(ReadOnlyInline):
     model = Replica
-    fields = ["runtime_id", "revision", "status", "ready", "url", "host", "host_status",
-              "restart_count", "last_probe"]
+    fields = ("runtime_id", "revision", "status", "ready", "url", "host", "host_status",
+              "restart_count", "last_probe")
     readonly_fields = fields
 
 

@@ -21,14 +21,15 @@ def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb
                gpus: int, actor=None) -> None:
     """Reserve ``replicas`` x resources (and one deployment) for ``owner``, or raise
     ``Conflict(code="quota_exceeded")`` with the numbers. Idempotent: sets the totals."""
-    totals = {"cpu": Decimal(cpu) * replicas, "memory_mb": memory_mb * replicas,
-              "gpus": gpus * replicas, "deployments": 1}
-    check_target(owner=owner, cpu=totals["cpu"], memory_mb=totals["memory_mb"],
-                 gpus=totals["gpus"])
+    total_cpu, total_memory_mb, total_gpus = Decimal(cpu) * replicas, memory_mb * replicas, \
+        gpus * replicas
+    check_target(owner=owner, cpu=total_cpu, memory_mb=total_memory_mb, gpus=total_gpus)
     if Reservation.objects.filter(owner=owner).exists():
-        quotas.resize(owner=owner, actor=actor, **totals)
+        quotas.resize(owner=owner, actor=actor, cpu=total_cpu, memory_mb=total_memory_mb,
+                      gpus=total_gpus, deployments=1)
     else:
-        quotas.admit(team=team, owner=owner, actor=actor, **totals)
+        quotas.admit(team=team, owner=owner, actor=actor, cpu=total_cpu,
+                     memory_mb=total_memory_mb, gpus=total_gpus, deployments=1)
 
 
 def check_target(*, owner: str, cpu: Decimal, memory_mb: int, gpus: int) -> None:

@@ -26,7 +26,8 @@ class BuildLog:
     """Streams image build lines into events, a batch every ~2 s."""
 
     def __init__(self, d: Deployment, revision: int) -> None:
-        self.d, self.revision, self.lines, self.last = d, revision, [], time.monotonic()
+        self.d, self.revision, self.last = d, revision, time.monotonic()
+        self.lines: list[str] = []
 
     def __call__(self, line: str) -> None:
         line = line.rstrip()

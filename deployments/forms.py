@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -45,8 +45,10 @@ class DeploymentCreateForm(forms.Form):
 
     def __init__(self, *args, teams=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = teams if teams is not None else Team.objects.none()
-        self.fields["target"].queryset = ExecutionTarget.objects.enabled().order_by("name")
+        team = cast(forms.ModelChoiceField, self.fields["team"])
+        team.queryset = teams if teams is not None else Team.objects.none()
+        target = cast(forms.ModelChoiceField, self.fields["target"])
+        target.queryset = ExecutionTarget.objects.enabled().order_by("name")
 
     def clean_canary_steps(self) -> list[int] | None:
         raw = self.cleaned_data["canary_steps"].replace(" ", "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -86,7 +87,7 @@ def report_host(*, host: Any, runtime: Any) -> dict[str, Any]:
         Deployment.objects.filter(pk__in=gone).update(routing_version=F("routing_version") + 1)
     if changed:
         for pk in sorted(changed):
-            transaction.on_commit(lambda pk=pk: passes.enqueue_reconcile(pk))
+            transaction.on_commit(partial(passes.enqueue_reconcile, pk))
     return {"host": host.name, "containers": len(states), "stale_removed": stale}
 
 
@@ -122,7 +123,8 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         return None
     updated = Replica.objects.filter(pk=row.pk, host_status="placing").update(
         host_status=state.status.value, url=state.url or "", exit_code=state.exit_code,
-        message=state.message or f"running on {row.host.name}", reported_at=timezone.now())
+        message=state.message or f"running on {row.host.name if row.host else ''}",
+        reported_at=timezone.now())
     if not updated:  # removed while it started: do not leave it behind
         runtime.remove_replica(state.id)
     return state
@@ -178,6 +180,6 @@ def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:
             Deployment.objects.filter(pk__in=deployments).update(
                 routing_version=F("routing_version") + 1)
             for d_pk in deployments:
-                transaction.on_commit(lambda d_pk=d_pk: passes.enqueue_reconcile(d_pk))
+                transaction.on_commit(partial(passes.enqueue_reconcile, d_pk))
             lost.append(host)
     return lost

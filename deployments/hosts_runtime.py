@@ -85,7 +85,8 @@ class HostNotReporting(PlacementPending):
 
 def send_to_host(task: str, args: list[Any], queue: str) -> None:
     """Send a task to one host worker's queue (tasks take ids)."""
-    current_app.tasks[task].apply_async(args=args, queue=queue)
+    # Celery takes any sequence of arguments; its stubs say tuple.
+    current_app.tasks[task].apply_async(args=args, queue=queue)  # type: ignore[arg-type]
 
 
 def image_tag(requirements: list[str]) -> str:

@@ -15,4 +15,4 @@ def owns_legacy_replica(deployment: str, revision: int, key: str) -> bool:
         return False
     known = (Revision.objects.filter(deployment__name=deployment, number=revision)
              .values_list("replica_key", flat=True).first())
-    return bool(known) and hmac.compare_digest(known, key)
+    return bool(known and hmac.compare_digest(known, key))

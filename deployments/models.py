@@ -17,12 +17,14 @@ from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
 from teams.roles import is_platform_admin
 
+from .spec import KINDS
+
 name_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
     "Use 1-50 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
 )
 
-STRATEGIES = ("rolling", "blue_green", "canary", "linear", "shadow")
+STRATEGIES = KINDS  # the names of deployments.spec.StrategyKind, for choices
 
 
 class DeploymentStatus(models.TextChoices):

@@ -69,7 +69,7 @@ def places() -> list[Place]:
                 if docker_answers(fresh=True):
                     found.append(Place(target, RuntimeKind.DOCKER, factory.get_runtime("docker"),
                                         True))
-            elif (target.settings or {}).get("placement") != "hosts":
+            elif target is not None and (target.settings or {}).get("placement") != "hosts":
                 found.append(Place(target, target.kind, factory.runtime_for_target(target),
                                     False))
         except Exception:  # one target's trouble never stops the sweep

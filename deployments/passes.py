@@ -29,7 +29,7 @@ def task(name: str) -> Task:
     """The registered task called ``name``. A worker registered every task at start-up
     (autodiscovery); a web or edge process has imported no task module yet, so the first call
     runs the same autodiscovery."""
-    app = current_app._get_current_object()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # a Proxy, typed as Celery
     if name not in app.tasks:
         app.loader.import_default_modules()
     return app.tasks[name]

@@ -28,6 +28,7 @@ from .models import Deployment, DeploymentEvent, DeploymentStatus, Revision, Rev
 from .passes import schedule_pass
 
 if TYPE_CHECKING:
+    from .reconcile.outcomes import Outcomes
     from .reconcile.reconciler import Reconciler
 
 Kind = DeploymentEvent.Kind
@@ -138,7 +139,7 @@ def begin_automatic(rec: Reconciler, target: Revision) -> None:
                f"of {limit}).", rec.d.progress)
 
 
-def hold_failed(rec: Reconciler, target: Revision, serving: int | None) -> str:
+def hold_failed(rec: Outcomes, target: Revision, serving: int | None) -> str:
     """Status of a deployment whose revision failed: ``pending`` while an automatic retry is
     scheduled (and a pass is brought for it), else ``failed``; the reason either way."""
     d = rec.d

@@ -8,10 +8,10 @@ Nothing here calls the container runtime except ``replica_logs`` (read-only).
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -28,7 +28,6 @@ from teams.roles import Role
 from . import admission, passes, retries
 from .events import event
 from .models import (
-    STRATEGIES,
     Deployment,
     DeploymentEvent,
     DeploymentStatus,
@@ -39,142 +38,22 @@ from .models import (
 )
 from .revisions import DEPLOYMENT_FIELDS, locked, new_revision, rollback_revision, spec_of
 from .runtime_health import deployment_runtime
+from .spec import (
+    DeploymentSpec,
+    ResourcesArg,
+    StrategyArg,
+    StrategyKind,
+    as_resources,
+    as_strategy,
+    parse_replicas,
+)
 
-MAX_CPU = Decimal("256")
-MAX_MEMORY_MB = 1024 * 1024
-MAX_GPUS = 64
-_UNSET: Any = object()
-SHADOW_DEFAULT_PERCENT = 100
-SHADOW_DEFAULT_TOLERANCE = 1e-6
-LINEAR_DEFAULT_STEP_PERCENT = 25
+# Who acts: a signed-in user, or None for the platform itself (an alias it follows moved).
+Actor = User | AnonymousUser | None
+_UNSET: Any = object()  # "leave as it is" for update_deployment's keyword arguments
 
 
 # --- Validation ---------------------------------------------------------------------------------
-def _replicas(value: Any) -> int:
-    limit = settings.MODELPORT_MAX_REPLICAS
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            if isinstance(value, bool) or str(value).strip() != str(int(str(value).strip())):
-                raise ValueError
-            value = int(str(value).strip())
-        except (TypeError, ValueError):
-            raise InvalidInput("replicas must be a whole number.", field="replicas") from None
-    if value < 1 or value > limit:
-        raise InvalidInput(f"replicas must be between 1 and {limit} (got {value}).",
-                           field="replicas")
-    return value
-
-
-def _resources(raw: Any) -> tuple[Decimal, int, int]:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InvalidInput("resources must be an object like {\"cpu\": 1, \"memory_mb\": 1024, "
-                           "\"gpus\": 0}.", field="resources")
-    unknown = sorted(set(raw) - {"cpu", "memory_mb", "gpus"})
-    if unknown:
-        raise InvalidInput(f"resources has unknown key(s) {', '.join(unknown)}; expected cpu, "
-                           "memory_mb, gpus.", field="resources")
-    try:
-        cpu_raw = raw.get("cpu", 1)
-        if isinstance(cpu_raw, bool):
-            raise InvalidOperation
-        cpu = Decimal(str(cpu_raw))
-        if not cpu.is_finite():
-            raise InvalidOperation
-    except (InvalidOperation, ValueError):
-        raise InvalidInput(f"resources.cpu must be a number of cores, e.g. 0.5 (got "
-                           f"{raw.get('cpu')!r}).", field="resources") from None
-    if cpu <= 0 or cpu > MAX_CPU or cpu != cpu.quantize(Decimal("0.01")):
-        raise InvalidInput(f"resources.cpu must be more than 0 and at most {MAX_CPU}, in steps "
-                           "of 0.01.", field="resources")
-
-    def whole(key: str, default: int, minimum: int, maximum: int) -> int:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInput(f"resources.{key} must be a whole number (got {value!r}).",
-                               field="resources")
-        if value < minimum or value > maximum:
-            raise InvalidInput(f"resources.{key} must be between {minimum} and {maximum} "
-                               f"(got {value}).", field="resources")
-        return value
-
-    memory_mb = whole("memory_mb", 1024, 64, MAX_MEMORY_MB)
-    gpus = whole("gpus", 0, 0, MAX_GPUS)
-    return cpu, memory_mb, gpus
-
-
-def _strategy(raw: Any) -> dict[str, Any]:
-    if raw in (None, {}):
-        return {"type": "rolling"}
-    if not isinstance(raw, dict):
-        raise InvalidInput("strategy must be an object like {\"type\": \"rolling\"}.",
-                           field="strategy")
-    kind = raw.get("type", "rolling")
-    if kind not in STRATEGIES:
-        raise InvalidInput(f"strategy.type must be one of {', '.join(STRATEGIES)} "
-                           f"(got {kind!r}).", field="strategy")
-    unknown = sorted(set(raw) - {"type", "steps", "interval_s", "percent", "tolerance",
-                                 "step_percent"})
-    if unknown:
-        raise InvalidInput(f"strategy has unknown key(s) {', '.join(unknown)}.", field="strategy")
-    out: dict[str, Any] = {"type": kind}
-    if kind == "shadow":
-        percent = raw.get("percent", SHADOW_DEFAULT_PERCENT)
-        if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
-            raise InvalidInput("strategy.percent (the share of requests mirrored to the shadow "
-                               f"revision) must be a whole number from 1 to 100 (got {percent!r}).",
-                               field="strategy")
-        tolerance = raw.get("tolerance", SHADOW_DEFAULT_TOLERANCE)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
-                or not 0 <= tolerance <= 1e6:
-            raise InvalidInput("strategy.tolerance (how far apart two numeric predictions may be "
-                               "and still agree) must be a number from 0 to 1000000 "
-                               f"(got {tolerance!r}).", field="strategy")
-        if "steps" in raw or "interval_s" in raw or "step_percent" in raw:
-            raise InvalidInput("strategy.steps, interval_s and step_percent apply only to "
-                               "canary and linear.", field="strategy")
-        out.update(percent=percent, tolerance=tolerance)
-        return out
-    if "percent" in raw or "tolerance" in raw:
-        raise InvalidInput("strategy.percent and tolerance apply only to shadow.",
-                           field="strategy")
-    if "step_percent" in raw and kind != "linear":
-        raise InvalidInput("strategy.step_percent applies only to linear.", field="strategy")
-    if kind == "linear":
-        step = raw.get("step_percent", LINEAR_DEFAULT_STEP_PERCENT)
-        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= 99:
-            raise InvalidInput("strategy.step_percent (the share of traffic each step adds) "
-                               f"must be a whole number from 1 to 99 (got {step!r}).",
-                               field="strategy")
-        if "steps" in raw:
-            raise InvalidInput("strategy.steps applies only to canary; linear steps by "
-                               "step_percent.", field="strategy")
-        out.update(step_percent=step, interval_s=_interval(raw))
-    elif kind == "canary":
-        steps = raw.get("steps", [10, 50, 100])
-        if (not isinstance(steps, list) or not steps
-                or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 100
-                           for s in steps)
-                or steps != sorted(steps) or steps[-1] != 100):
-            raise InvalidInput("strategy.steps must be increasing percentages ending at 100, "
-                               "e.g. [10, 50, 100].", field="strategy")
-        out.update(steps=steps, interval_s=_interval(raw))
-    elif "steps" in raw or "interval_s" in raw:
-        raise InvalidInput("strategy.steps and interval_s apply only to canary (interval_s "
-                           "also to linear).", field="strategy")
-    return out
-
-
-def _interval(raw: dict[str, Any]) -> int | float:
-    interval = raw.get("interval_s", 60)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
-            or not 0 <= interval <= 86400:
-        raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
-                           field="strategy")
-    return interval
-
-
 def _model(team: Team, name: Any) -> RegisteredModel:
     model = RegisteredModel.objects.filter(name=str(name or "")).first()
     if model is None or model.team_id != team.pk:
@@ -204,10 +83,10 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
         except (TypeError, ValueError):
             raise InvalidInput(f"version must be a number (got {version!r}).",
                                field="version") from None
-        target = ModelVersion.objects.filter(model=model, version=number).first()
-        if target is None:
+        numbered = ModelVersion.objects.filter(model=model, version=number).first()
+        if numbered is None:
             raise NotFound(f"Model '{model.name}' has no version {number}.", field="version")
-        pinned, alias = target, ""
+        target, pinned, alias = numbered, numbered, ""
     if target.status != VersionStatus.READY:
         raise Conflict(f"'{model.name}' v{target.version} is {target.status}, not ready; "
                        "only ready versions can be deployed.", code="version_not_ready",
@@ -217,10 +96,13 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
 
 # --- Verbs --------------------------------------------------------------------------------------
 @transaction.atomic
-def create_deployment(*, actor, team: Team, name: str, model: str, version: Any = None,
-                      alias: Any = None, replicas: Any = 1, resources: Any = None,
-                      strategy: Any = None, target: Any = None) -> Deployment:
-    """``target``: the execution target's name (default: ``compute.targets.default_target``)."""
+def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
+                      version: int | str | None = None, alias: str | None = None,
+                      replicas: int | str = 1, resources: ResourcesArg = None,
+                      strategy: StrategyArg = None, target: Any = None) -> Deployment:
+    """``target``: the execution target's name (default: ``compute.targets.default_target``).
+    ``resources`` and ``strategy`` are typed (``deployments.spec``) or the API's dicts, checked
+    here after the name, model, version and target."""
     require_team_role(actor, team, Role.ENGINEER, "deploying models")
     try:
         name_validator(name)
@@ -230,22 +112,22 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
     registered = _model(team, model)
     pinned, alias, resolved = _resolve(registered, version, alias)
     execution_target = targets.resolve_target(target)
-    replicas = _replicas(replicas)
-    cpu, memory_mb, gpus = _resources(resources)
-    strategy = _strategy(strategy)
+    spec = DeploymentSpec.parse(replicas=replicas, resources=resources, strategy=strategy)
+    cpu, memory_mb, gpus = spec.resources.cpu, spec.resources.memory_mb, spec.resources.gpus
     if Deployment.objects.filter(name=name).exists():
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken")
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # the actor is a member: require_team_role checked
             d = Deployment.objects.create(name=name, team=team, model=registered, version=pinned,
-                                          alias=alias, replicas=replicas, cpu=cpu,
-                                          memory_mb=memory_mb, gpus=gpus, strategy=strategy,
+                                          alias=alias, replicas=spec.replicas, cpu=cpu,
+                                          memory_mb=memory_mb, gpus=gpus,
+                                          strategy=spec.strategy.as_dict(),
                                           target=execution_target,
                                           runtime=choose_runtime(execution_target),
-                                          created_by=actor)
+                                          created_by=cast(User | None, actor))
     except IntegrityError:
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
-    admission.admit_spec(team=team, owner=d.owner, replicas=replicas, cpu=cpu,
+    admission.admit_spec(team=team, owner=d.owner, replicas=spec.replicas, cpu=cpu,
                          memory_mb=memory_mb, gpus=gpus, actor=actor)
     new_revision(d, resolved, actor=actor, reason="created")
     audit.record(actor=actor, action="deployment.created", obj=d, team=team,
@@ -255,11 +137,14 @@ def create_deployment(*, actor, team: Team, name: str, model: str, version: Any 
 
 
 @transaction.atomic
-def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
-                      alias: Any = _UNSET, replicas: Any = _UNSET, resources: Any = _UNSET,
-                      strategy: Any = _UNSET, system: bool = False) -> Deployment:
-    """Any spec change (or re-resolving a followed alias) makes a new revision. ``system``: a
-    rollout the platform starts itself (an alias the deployment follows has moved)."""
+def update_deployment(*, actor: Actor, deployment: Deployment, version: int | str | None = _UNSET,
+                      alias: str | None = _UNSET, replicas: int | str = _UNSET,
+                      resources: ResourcesArg = _UNSET, strategy: StrategyArg = _UNSET,
+                      system: bool = False) -> Deployment:
+    """Any spec change (or re-resolving a followed alias) makes a new revision; what is not
+    given stays as it is. ``resources`` as a dict may give only some keys (the others are
+    the deployment's); a ``Resources`` replaces all three. ``system``: a rollout the platform
+    starts itself (an alias the deployment follows has moved)."""
     if not system:
         require_team_role(actor, deployment.team, Role.ENGINEER, "changing deployments")
     d = locked(deployment)
@@ -277,15 +162,18 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
         if d.alias:  # following an alias: re-resolve it
             pinned, new_alias, target = _resolve(d.model, None, d.alias)
         else:
+            assert d.version is not None  # a deployment pins a version or follows an alias
             target = d.version
-    new_replicas = d.replicas if replicas is _UNSET else _replicas(replicas)
+    new_replicas = d.replicas if replicas is _UNSET else parse_replicas(replicas)
     if resources is _UNSET:
         cpu, memory_mb, gpus = d.cpu, d.memory_mb, d.gpus
     else:
-        merged = {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus,
-                  **(resources if isinstance(resources, dict) else {})}
-        cpu, memory_mb, gpus = _resources(merged if isinstance(resources, dict) else resources)
-    new_strategy = d.strategy if strategy is _UNSET else _strategy(strategy)
+        if isinstance(resources, dict):
+            resources = {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus,
+                         **resources}
+        new_resources = as_resources(resources)
+        cpu, memory_mb, gpus = new_resources.cpu, new_resources.memory_mb, new_resources.gpus
+    new_strategy = d.strategy if strategy is _UNSET else as_strategy(strategy).as_dict()
     d.version, d.alias, d.replicas, d.strategy = pinned, new_alias, new_replicas, new_strategy
     d.cpu, d.memory_mb, d.gpus = cpu, memory_mb, gpus
     changed = (current is None or current.model_version_id != target.pk
@@ -305,7 +193,8 @@ def update_deployment(*, actor, deployment: Deployment, version: Any = _UNSET,
 
 
 @transaction.atomic
-def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = "") -> Deployment:
+def set_egress(*, actor: Actor, deployment: Deployment, allowed: bool,
+               reason: str = "") -> Deployment:
     """Grant or withdraw outbound network access for a deployment's model code. Platform admins
     only, with a reason when granting; a new revision, so replicas restart on the network
     (docs/security.md: what a model can reach with and without it)."""
@@ -338,7 +227,7 @@ def set_egress(*, actor, deployment: Deployment, allowed: bool, reason: str = ""
 
 
 @transaction.atomic
-def follow_alias(*, actor, model: RegisteredModel, alias: str) -> list[Deployment]:
+def follow_alias(*, actor: Actor, model: RegisteredModel, alias: str) -> list[Deployment]:
     """Roll out every deployment that follows ``model@alias`` to the version the alias names
     now. Called by the registry right after it moves an alias (by whoever was allowed to move
     it), each rollout by the deployment's own strategy; unchanged deployments stay as they are."""
@@ -351,14 +240,14 @@ def follow_alias(*, actor, model: RegisteredModel, alias: str) -> list[Deploymen
     return rolled
 
 
-def on_alias_moved(sender: object, *, actor, model: RegisteredModel, alias: str,
+def on_alias_moved(sender: object, *, actor: Actor, model: RegisteredModel, alias: str,
                    **kwargs: object) -> None:
     """Receiver of ``registry.signals.alias_moved``."""
     follow_alias(actor=actor, model=model, alias=alias)
 
 
 @transaction.atomic
-def rollback(*, actor, deployment: Deployment, revision: int | None = None,
+def rollback(*, actor: Actor, deployment: Deployment, revision: int | None = None,
              system: bool = False) -> Deployment:
     """A new revision with the spec and model version of an earlier one (default: the newest
     earlier revision that was healthy). ``system``: the reconciler's automatic rollback."""
@@ -392,19 +281,19 @@ def _shadowing(d: Deployment, verb: str) -> Revision:
 
 
 @transaction.atomic
-def promote(*, actor, deployment: Deployment, strategy: Any = None) -> Deployment:
+def promote(*, actor: Actor, deployment: Deployment, strategy: StrategyArg = None) -> Deployment:
     """End a shadow by rolling its model version out for real: a new revision with the shadow's
     spec and a strategy that takes the traffic (default rolling); the shadow's replicas are
     removed and the stable revision is drained like in any rollout."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "promoting shadow revisions")
     d = locked(deployment)
     shadow = _shadowing(d, "promote")
-    new_strategy = _strategy(strategy if strategy not in (None, {}) else {"type": "rolling"})
-    if new_strategy["type"] == "shadow":
+    new_strategy = as_strategy(strategy)
+    if new_strategy.type == StrategyKind.SHADOW:
         raise InvalidInput("Promoting rolls the shadow out for real: give strategy rolling, "
                            "blue_green, canary or linear.", field="strategy")
     before = audit.snapshot(d, DEPLOYMENT_FIELDS)
-    d.strategy = new_strategy
+    d.strategy = new_strategy.as_dict()
     if not d.stopped:
         admission.admit_spec(team=d.team, owner=d.owner, replicas=d.replicas, cpu=d.cpu,
                              memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
@@ -417,7 +306,7 @@ def promote(*, actor, deployment: Deployment, strategy: Any = None) -> Deploymen
 
 
 @transaction.atomic
-def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
+def discard_shadow(*, actor: Actor, deployment: Deployment) -> Deployment:
     """End a shadow without promoting it: back to the revision that serves (a rollback to it,
     which removes the shadow's replicas)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "discarding shadow revisions")
@@ -432,7 +321,7 @@ def discard_shadow(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def stop(*, actor, deployment: Deployment) -> Deployment:
+def stop(*, actor: Actor, deployment: Deployment) -> Deployment:
     require_team_role(actor, deployment.team, Role.ENGINEER, "stopping deployments")
     d = locked(deployment)
     if d.stopped:
@@ -450,7 +339,7 @@ def stop(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def start(*, actor, deployment: Deployment) -> Deployment:
+def start(*, actor: Actor, deployment: Deployment) -> Deployment:
     require_team_role(actor, deployment.team, Role.ENGINEER, "starting deployments")
     d = locked(deployment)
     if not d.stopped:
@@ -470,7 +359,7 @@ def start(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def retry(*, actor, deployment: Deployment) -> Deployment:
+def retry(*, actor: User | AnonymousUser, deployment: Deployment) -> Deployment:
     """Re-run a failed deployment's current revision (or, for a deployment that is failed or
     degraded with its revision still active, replace its replicas again, crash-loop count
     reset). The reconciler does the work after commit."""
@@ -480,7 +369,7 @@ def retry(*, actor, deployment: Deployment) -> Deployment:
     if d.stopped:
         raise Conflict(f"'{d.name}' is stopped: Start it (a failed revision runs again when "
                        "started).", code="stopped")
-    if not retries.retryable(d, revision):
+    if revision is None or not retries.retryable(d, revision):
         state = revision.get_state_display().lower() if revision else "missing"
         raise Conflict(f"'{d.name}' has nothing to retry: it is {d.status} and revision "
                        f"{d.revision} is {state}.", code="nothing_to_retry")
@@ -504,7 +393,7 @@ def retry(*, actor, deployment: Deployment) -> Deployment:
 
 
 @transaction.atomic
-def delete(*, actor, deployment: Deployment) -> None:
+def delete(*, actor: Actor, deployment: Deployment) -> None:
     """Forget the deployment and give back its quota; its containers are removed after commit
     (and by the orphan sweep, ``deployments.orphans``, if that is interrupted)."""
     require_team_role(actor, deployment.team, Role.ENGINEER, "deleting deployments")
@@ -517,7 +406,7 @@ def delete(*, actor, deployment: Deployment) -> None:
     transaction.on_commit(lambda: passes.enqueue_remove(name, target_id, runtime))
 
 
-def get_visible(user, name: str) -> Deployment:
+def get_visible(user: Actor, name: str) -> Deployment:
     d = (Deployment.objects.visible_to(user).select_related("team", "model", "version")
          .filter(name=name).first())
     if d is None:
@@ -525,7 +414,7 @@ def get_visible(user, name: str) -> Deployment:
     return d
 
 
-def replica_logs(*, actor, deployment: Deployment, replica: str | None = None,
+def replica_logs(*, actor: Actor, deployment: Deployment, replica: str | None = None,
                  tail: int = 200) -> list[dict[str, str | None]]:
     """Recent log lines of one replica (or of each), read through the runtime; ``error`` says
     why a replica's could not be read."""

@@ -102,7 +102,8 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
             if len(self.names) > 16:
                 self.names.clear()
             name = self.names[self.url] = match.group(1).decode("ascii")
-        self.cycle = FastCycle(self, name, self.headers, self.parser.should_keep_alive())
+        self.cycle = FastCycle(  # type: ignore[assignment]  # stands in for uvicorn's cycle
+            self, name, self.headers, self.parser.should_keep_alive())
         if self.expect_100_continue:
             self.transport.write(_CONTINUE)
 

@@ -53,6 +53,10 @@ _pool = ReplicaClient(maxsize=32)
 _lock = threading.Lock()
 
 
+Picked = tuple[int, str]  # (revision, replica url): where one request goes
+Caller = tuple[bool, frozenset[int]]  # (is platform admin, the caller's team ids)
+
+
 @dataclass
 class Route:
     version: tuple[int, int]  # (deployment pk, routing_version)
@@ -67,7 +71,9 @@ class Route:
     # The revision that should run: what a refusal with no replica picked is counted against.
     revision: int = 0
 
-    def pick(self, key: str | None, exclude: set[str]) -> tuple[int, str] | None:
+    def pick(self, key: str | None, exclude: set[str]) -> Picked | None:
+        """A (revision, url) by the traffic split, sticky by ``key`` (the route key header);
+        never a url in ``exclude`` (tried already). None: no ready replica left."""
         if not key and not exclude and len(self.revisions) == 1:  # the common case, fast
             rev, _, urls = self.revisions[0]
             return (rev, urls[0] if len(urls) == 1
@@ -263,7 +269,7 @@ def token_digest(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def cached_caller(digest: str) -> tuple[bool, frozenset[int]] | None:
+def cached_caller(digest: str) -> Caller | None:
     """(is platform admin, team ids) from this process's token cache — no query; None when the
     token is not cached (or its entry expired)."""
     cached = _auth.get(digest)
@@ -272,7 +278,7 @@ def cached_caller(digest: str) -> tuple[bool, frozenset[int]] | None:
     return None
 
 
-def caller(raw: str) -> tuple[bool, frozenset[int]]:
+def caller(raw: str) -> Caller:
     """(is platform admin, team ids) for a token; AuthenticationFailed when invalid.
 
     Cached per process for ``MODELPORT_GATEWAY_AUTH_TTL_S`` (5 s; never past the token's

@@ -131,7 +131,7 @@ class _Connection(asyncio.Protocol):
         self.on_answer = on_answer
         self.deadline = time.monotonic() + timeout
         self.pool.busy.add(self)
-        self.transport.write(data)
+        self.transport.write(data)  # type: ignore[union-attr]  # pooled only once connected
 
     def _fail(self, exc: Exception) -> None:
         on_answer, self.on_answer = self.on_answer, None

@@ -15,8 +15,9 @@ above) counts into them, and monitoring reads and serves them without importing 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from django.conf import settings
@@ -174,13 +175,15 @@ def totals_by_deployment(*, deployment_ids: list[int], start: datetime, end: dat
     """Gateway answers and failures per deployment over ``[start, end)``: one grouped query."""
     from django.db.models import Sum
 
-    result = {pk: {"gateway_requests": 0, "gateway_errors": 0, "gateway_error_rate": None}
-              for pk in deployment_ids}
+    result: dict[int, dict[str, Any]] = {
+        pk: {"gateway_requests": 0, "gateway_errors": 0, "gateway_error_rate": None}
+        for pk in deployment_ids}
     rows = (MinuteRollup.objects.filter(deployment_id__in=deployment_ids, minute__gte=start,
                                         minute__lt=end, gateway_requests__gt=0)
             .order_by().values("deployment_id")
             .annotate(n=Sum("gateway_requests"), **{c: Sum(c) for c in COLUMNS}))
-    for row in rows:
+    # The error columns' names are not literals: a row is a plain mapping here.
+    for row in cast(Iterable[Mapping[str, Any]], rows):
         answered = int(row["n"] or 0)
         failed = sum(int(row[c] or 0) for c in COLUMNS)
         result[row["deployment_id"]].update({

@@ -364,6 +364,7 @@ def _prepared(rows: list[tuple], rejections: Rejections) -> list[tuple[int, Any]
     received = adapt_datetime(rows[0][12]) if rows else None
     dumps = orjson.dumps
     shipped = _SHIPPED_UTC.fullmatch
+    when: str | None
     for r in rows:
         text = r[13]
         if shipped(text):  # str() of the naive datetime: no fraction when it is zero

@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.conf import settings
@@ -40,6 +40,8 @@ from .stats import rounded
 
 # Imported when first used: every Django process loads this module (issue 26, memory).
 np = lazy_module("numpy")
+if TYPE_CHECKING:
+    from numpy.random import Generator
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class _Sketch:
         self.counts: dict[str, Any] = {}
         self.samples: dict[str, list] = defaultdict(list)
         # (name, numeric?, inner bin edges, counts, sample) per feature, for the hot loop.
-        self._plan = []
+        self._plan: list[tuple[str, bool, Any, Any, Any]] = []
         for name, ref in self.reference.items():
             if ref.get("kind") == "numeric":
                 edges = ref.get("bin_edges") or []
@@ -104,7 +106,7 @@ class _Sketch:
                 counts[key] = counts.get(key, 0.0) + weight
 
 
-def _merge_features(old: dict[str, Any], sketch: _Sketch, rng: np.random.Generator
+def _merge_features(old: dict[str, Any], sketch: _Sketch, rng: Generator
                     ) -> dict[str, Any]:
     merged = dict(old)
     for name, counts in sketch.counts.items():
@@ -133,7 +135,7 @@ def _merge_features(old: dict[str, Any], sketch: _Sketch, rng: np.random.Generat
     return merged
 
 
-def _merge_predictions(old: dict[str, Any], new: dict[str, Any], rng: np.random.Generator
+def _merge_predictions(old: dict[str, Any], new: dict[str, Any], rng: Generator
                        ) -> dict[str, Any]:
     out = {"classes": dict(old.get("classes") or {}), "n": old.get("n", 0) + new.get("n", 0),
            "sum": old.get("sum", 0.0) + new.get("sum", 0.0)}
@@ -250,7 +252,7 @@ def _raw_records(after_id: int, horizon: datetime, limit: int) -> list[tuple]:
                                         "weight")[:limit]]
 
 
-def _store_minutes(minutes: dict, rng: np.random.Generator) -> None:
+def _store_minutes(minutes: dict, rng: Generator) -> None:
     if not minutes:  # every record of the pass belonged to a deleted deployment
         return
     minutes = {(d, r, datetime.fromtimestamp(m, UTC)): agg for (d, r, m), agg in minutes.items()}
@@ -271,7 +273,8 @@ def _store_minutes(minutes: dict, rng: np.random.Generator) -> None:
             create.append(MinuteRollup(
                 deployment_id=key[0], revision=key[1], minute=key[2], count=agg["count"],
                 errors=agg["errors"], latency_sum=agg["latency_sum"],
-                latency_buckets=agg["buckets"], predictions=preds))
+                # A property's setter: Model.__init__ takes it, django-stubs does not know.
+                latency_buckets=agg["buckets"], predictions=preds))  # type: ignore[misc]
             continue
         row.count += agg["count"]
         row.errors += agg["errors"]
@@ -285,7 +288,7 @@ def _store_minutes(minutes: dict, rng: np.random.Generator) -> None:
                                               *LATENCY_COLUMNS, "predictions"], batch_size=500)
 
 
-def _store_sketches(sketches: dict, rng: np.random.Generator) -> None:
+def _store_sketches(sketches: dict, rng: Generator) -> None:
     if not sketches:
         return
     sketches = {(d, r, datetime.fromtimestamp(h, UTC)): sk for (d, r, h), sk in sketches.items()}
@@ -365,7 +368,7 @@ def collect_replica_stats(*, runtime: Any = None, now: datetime | None = None) -
     for replica, sample in samples:
         if not sample or not sample.get("memory_bytes"):
             continue  # gone, or stopped between the reconciler's look and ours
-        limit = float(sample.get("memory_limit_bytes") or 0.0) / MIB
+        limit: float | None = float(sample.get("memory_limit_bytes") or 0.0) / MIB
         configured = float(replica.deployment.memory_mb or 0)
         if not limit or (configured and limit > 4 * configured):
             # No cgroup limit reported (local processes), or the host's RAM (no limit set).

@@ -9,8 +9,9 @@ in ``monitoring.ingest``, alert rules in ``monitoring.alerts``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from django.db import connection, transaction
@@ -45,6 +46,8 @@ from .stats import minute_of, rounded
 
 # Imported when first used: every Django process loads this module (issue 26, memory).
 np = lazy_module("numpy")
+if TYPE_CHECKING:
+    from numpy import ndarray
 
 MAX_FEEDBACK_ITEMS = 10000
 
@@ -84,7 +87,7 @@ class _StepSums:
         self.errors = np.zeros(n)
         self.latency_sum = np.zeros(n)
         self.buckets = np.zeros((n, len(LATENCY_COLUMNS)))
-        self.classes: dict[str, np.ndarray] = {}
+        self.classes: dict[str, ndarray] = {}
         self.pred_n = np.zeros(n)
         self.pred_sum = np.zeros(n)
         self.values: list[float] = []
@@ -340,7 +343,7 @@ def submit_feedback(*, actor, deployment: Deployment, items: Any) -> dict[str, A
 
 
 def _pairs(rows) -> list[tuple[Any, Any]]:
-    pairs = []
+    pairs: list[tuple[Any, Any]] = []
     for prediction, label in rows:
         if isinstance(label, list) and isinstance(prediction, list):
             pairs.extend(zip(prediction, label, strict=False))
@@ -446,7 +449,8 @@ def totals_by_deployment(*, deployment_ids: list[int], start: datetime, end: dat
                                         minute__lt=end)
             .order_by().values("deployment_id")
             .annotate(n=Sum("count"), e=Sum("errors"), **{c: Sum(c) for c in LATENCY_COLUMNS}))
-    for row in rows:
+    # The latency columns' names are not literals: a row is a plain mapping here.
+    for row in cast(Iterable[Mapping[str, Any]], rows):
         total, errors = float(row["n"] or 0), float(row["e"] or 0)
         buckets = [float(row[c] or 0) for c in LATENCY_COLUMNS]
         result[row["deployment_id"]].update({

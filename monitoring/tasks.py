@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from celery import shared_task
 from django.core.mail import send_mail
@@ -49,7 +50,7 @@ def evaluate_alerts() -> int:
     """Beat: evaluate alert rules; each firing/resolved transition is notified by its own task."""
     events = alerts.evaluate_alerts()
     for alert_id, event in events:
-        transaction.on_commit(lambda a=alert_id, e=event: notify_alert.delay(a, e))
+        transaction.on_commit(partial(notify_alert.delay, alert_id, event))
     return len(events)
 
 

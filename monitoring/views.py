@@ -7,7 +7,9 @@ from datetime import UTC, timedelta
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AnonymousUser
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -36,6 +38,7 @@ def _metrics_refusal(request: HttpRequest) -> HttpResponse | None:
     ``MODELPORT_METRICS_TOKEN``, or a platform admin by API token or session. None: allowed."""
     scheme, _, value = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     value = value.strip()
+    user: AbstractBaseUser | AnonymousUser
     if scheme.lower() == "bearer" and value:
         expected = settings.MODELPORT_METRICS_TOKEN
         if expected and hmac.compare_digest(value.encode(), expected.encode()):

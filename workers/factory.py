@@ -114,6 +114,11 @@ def package_policy() -> PackagePolicy:
         allowed=row.allowed_packages, platform_wheelhouse=wheelhouse)
 
 
+def _port_range(settings: object, value: Any) -> tuple[int, int]:
+    """The target's port range (a list from its JSON settings), else MODELPORT_PORT_RANGE."""
+    return tuple(value or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999)))
+
+
 def _docker(settings: object, *, endpoint: str | None = None, network: str | None = None,
             port_range: list[int] | tuple[int, int] | None = None,
             timeout: int | None = None, host_name: str = "",
@@ -131,7 +136,7 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
     return DockerRuntime(
         client,
         network=network or replica_network(settings, endpoint),
-        port_range=tuple(port_range or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
+        port_range=_port_range(settings, port_range),
         base_image=base_image,
         image_builder=builder,
         state_dir=state_dir,
@@ -217,8 +222,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         network=options.get("network") or "host",
         overlay_network=options.get("overlay_network") or "",
         egress_network=options.get("egress_network") or "",
-        port_range=tuple(options.get("port_range")
-                         or getattr(settings, "MODELPORT_PORT_RANGE", (20000, 20999))),
+        port_range=_port_range(settings, options.get("port_range")),
         base_image=base_image,
         image_builder=_image_builder(settings, client, base_image),
         state_dir=state_dir,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from core.rest import CoresField, StrictTypes, identifier
@@ -9,7 +11,7 @@ from ..models import ExecutionTarget, TargetKind
 from ..targets import ENDPOINT_SCHEMES, MAX_CPU
 
 
-def _cpu(**kwargs) -> serializers.DecimalField:
+def _cpu(**kwargs: Any) -> serializers.DecimalField:
     return serializers.DecimalField(max_digits=12, decimal_places=3, coerce_to_string=False,
                                     **kwargs)
 

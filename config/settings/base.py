@@ -455,7 +455,7 @@ CELERY_BEAT_SCHEDULE["deployments-orphan-sweep"] = {
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------
 MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)
 # Uploaded files are counted as they stream in and stopped at MODELPORT_MAX_UPLOAD_MB (413),
-# with or without a Content-Length (config/uploads.py).
+# with or without a Content-Length (core/uploads.py).
 FILE_UPLOAD_HANDLERS = [
     "core.uploads.LimitedUploadHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",

@@ -10,21 +10,21 @@ from compute.targets import deployment_target
 from core.rest import CoresField, StrictTypes, identifier
 from registry.models import alias_validator
 from registry.models import name_validator as model_name_validator
-from teams.models import slug_validator
+from teams.models import Team, slug_validator
 
-from .. import retries, services
+from .. import retries, services, spec
 from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
 from ..reconcile import strategies
 
 
 class DeploymentResourcesSerializer(StrictTypes, serializers.Serializer):
-    cpu = CoresField(decimal_places=2, min_value=Decimal("0.01"), max_value=services.MAX_CPU,
+    cpu = CoresField(decimal_places=2, min_value=Decimal("0.01"), max_value=spec.MAX_CPU,
                      required=False, help_text="Cores per replica, e.g. 0.5 (rounded up to "
                                                "0.01); default 1.")
     memory_mb = serializers.IntegerField(required=False, min_value=64,
-                                         max_value=services.MAX_MEMORY_MB,
+                                         max_value=spec.MAX_MEMORY_MB,
                                          help_text="Memory per replica (MB); default 1024.")
-    gpus = serializers.IntegerField(required=False, min_value=0, max_value=services.MAX_GPUS,
+    gpus = serializers.IntegerField(required=False, min_value=0, max_value=spec.MAX_GPUS,
                                     help_text="GPUs per replica; default 0.")
 
 
@@ -110,7 +110,10 @@ class ShadowSerializer(serializers.Serializer):
     revision = serializers.IntegerField(help_text="The shadow revision.")
     percent = serializers.IntegerField(help_text="Share of requests mirrored to it.")
     requests = serializers.IntegerField(help_text="Requests mirrored so far.")
-    errors = serializers.IntegerField(help_text="5xx, unreachable or timed out.")
+    # A declared field: the serializer's metaclass takes it out of the class, so the errors
+    # property stays; the stubs see a clash.
+    errors = serializers.IntegerField(  # type: ignore[assignment]
+        help_text="5xx, unreachable or timed out.")
     dropped = serializers.IntegerField(help_text="Not mirrored: the shadow was too far behind.")
     compared = serializers.IntegerField(help_text="Mirrored requests the stable revision "
                                                   "answered with 200.")
@@ -167,7 +170,8 @@ class TrafficSerializer(serializers.Serializer):
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
-    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    team: serializers.SlugRelatedField[Team] = serializers.SlugRelatedField(slug_field="slug",
+                                                                            read_only=True)
     model = serializers.CharField(source="model.name", read_only=True)
     version = serializers.IntegerField(source="version.version", read_only=True, default=None,
                                        allow_null=True)
@@ -229,7 +233,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ReplicaSerializer(many=True))
     def get_replicas(self, obj: Deployment) -> list:
-        return ReplicaSerializer(obj.replica_set.all(), many=True).data
+        # many=True: a ReturnList, which the stubs type as ReturnDict.
+        return ReplicaSerializer(obj.replica_set.all(), many=True).data  # type: ignore[return-value]
 
     def get_endpoint(self, obj: Deployment) -> str:
         return services.endpoint(obj)

@@ -9,11 +9,11 @@ at any point: the next pass (beat, every few seconds) picks up from what it find
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from compute.models import ExecutionTarget
 from compute.runtime_choice import runtime_on
 from compute.targets import default_target
+from workers.runtimes import Runtime
 
 from .. import runtime_health
 from ..events import event
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 Kind = DeploymentEvent.Kind
 
 
-def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
+def reconcile_deployment(deployment_id: int, runtime: Runtime | None = None) -> str:
     """One level-triggered pass for one deployment; returns what happened."""
     with deployment_lock(deployment_id) as got:
         if not got:
@@ -49,11 +49,12 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
             for _again in range(5):  # the spec changed mid-rollout: converge to the new one
                 if outcome != Outcome.SUPERSEDED:
                     break
-                d = (Deployment.objects.select_related("team", "model")
-                     .filter(pk=deployment_id).first())
-                if d is None:  # deleted while we were starting replicas: clean up
+                fresh = (Deployment.objects.select_related("team", "model")
+                         .filter(pk=deployment_id).first())
+                if fresh is None:  # deleted while we were starting replicas: clean up
                     remove_deployment_containers(name, runtime)
                     return Outcome.GONE
+                d = fresh
                 outcome = Reconciler(d, runtime).run()
             return outcome
         except Exception as exc:
@@ -63,7 +64,7 @@ def reconcile_deployment(deployment_id: int, runtime: Any = None) -> str:
             raise
 
 
-def remove_deployment_containers(name: str, runtime: Any = None,
+def remove_deployment_containers(name: str, runtime: Runtime | None = None,
                                  target_id: int | None = None, kind: str = "") -> int:
     """Remove every replica of this deployment name (after a delete) — this installation's —
     on the execution target it ran on (``target_id``; None: the default target), of the

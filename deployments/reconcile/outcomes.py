@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from workers.runtimes import Runtime
+
 from .. import admission, retries, revisions
 from ..events import event, set_status
 from ..models import Deployment, DeploymentEvent, DeploymentStatus, Revision, RevisionState
@@ -47,7 +49,7 @@ class Outcome(StrEnum):
 
 class Outcomes:
     d: Deployment
-    runtime: Any
+    runtime: Runtime
     no_room: str
     load_error: str
     observe: Callable[[], list[Any]]

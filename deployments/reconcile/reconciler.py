@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from workers.runtimes import ReplicaStatus
+from workers.runtimes import ReplicaStatus, Runtime
 
 from .. import admission, hooks, retries
 from ..events import BuildLog, event, set_status
@@ -47,7 +47,7 @@ PUBLISHED_FIELDS = ["revision", "index", "status", "ready", "url", "message", "r
 class Reconciler(Replicas, Outcomes):
     """One pass over one deployment: observe, then converge step by step."""
 
-    def __init__(self, d: Deployment, runtime: Any) -> None:
+    def __init__(self, d: Deployment, runtime: Runtime) -> None:
         self.d = d
         self.runtime = runtime
         self.draining: set[str] = set()
@@ -106,7 +106,7 @@ class Reconciler(Replicas, Outcomes):
 
     def still_current(self) -> bool:
         fresh = Deployment.objects.filter(pk=self.d.pk).values("revision", "stopped").first()
-        return bool(fresh) and fresh["revision"] == self.d.revision \
+        return fresh is not None and fresh["revision"] == self.d.revision \
             and fresh["stopped"] == self.d.stopped
 
     def remove(self, states: list[Any], *, drain: bool) -> None:

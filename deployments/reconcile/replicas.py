@@ -16,7 +16,7 @@ from django.conf import settings
 from core import replica_keys
 from serving import sockets
 from teams import audit
-from workers.runtimes import ReplicaSpec, ReplicaStatus
+from workers.runtimes import ReplicaSpec, ReplicaStatus, Runtime
 
 from .. import admission, retries
 from ..events import event, set_status
@@ -43,7 +43,7 @@ def probe(url: str | None, timeout: float = 1.0) -> bool:
 
 class Replicas:
     d: Deployment
-    runtime: Any
+    runtime: Runtime
     places: bool
     load_error: str
     no_room: str

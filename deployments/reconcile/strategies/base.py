@@ -4,7 +4,7 @@ each lasts and how a finished step is judged."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
@@ -73,7 +73,7 @@ class SteppedRollout(Rollout):
                 self.begin(0, old_revision)
                 continue
             if self.target.next_step_at is not None and now < self.target.next_step_at:
-                return self.wait(index, old_revision, states)
+                return self.wait(index, old_revision, states, self.target.next_step_at)
             why = self.judge(index, old_revision)
             if why:
                 return self.roll_back(old_revision, f"{self.label} failed at {steps[index]}%: "
@@ -100,10 +100,10 @@ class SteppedRollout(Rollout):
         self.save(rollout_step=index, step_started_at=now,
                   next_step_at=now + timedelta(seconds=self.interval_s()))
 
-    def wait(self, index: int, old_revision: int, states: list[Any]) -> str:
-        """The step is not over: keep its split published, say when the next one comes, and
-        have a pass brought then."""
-        percent, at = self.steps[index], self.target.next_step_at
+    def wait(self, index: int, old_revision: int, states: list[Any], at: datetime) -> str:
+        """The step is not over (it ends ``at``): keep its split published, say when the next
+        one comes, and have a pass brought then."""
+        percent = self.steps[index]
         self.rec.publish(states, traffic=self.split(percent, old_revision))
         set_status(self.d, DeploymentStatus.STARTING,
                    f"{self.label} at {percent}% for revision {self.target.number} (step "
