@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
         # With the job runner on, `mlflow server` must stay to start and stop its consumers.
         os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "server",  # noqa: S606
                                    *(sys.argv[1:] if argv is None else argv)])
-    import mlflow.server
-    from mlflow.cli import cli
+    import mlflow.server  # noqa: PLC0415 - lazy: ~2 s of import, wasted when exec'ing above
+    from mlflow.cli import cli  # noqa: PLC0415 - lazy: as above
 
     mlflow.server._exec_cmd = _exec_instead  # the one spawn _run_server makes
     cli(["server", *(sys.argv[1:] if argv is None else argv)], prog_name="mlflow")

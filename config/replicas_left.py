@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import django
+import docker
+from django.conf import settings
 
 
 def _local_pids(data_dir: Path) -> dict[str, int]:
@@ -34,8 +36,6 @@ def _local_pids(data_dir: Path) -> dict[str, int]:
 
 def _docker_running(names: set[str]) -> set[str]:
     try:
-        import docker
-
         client = docker.from_env(timeout=3)
         try:
             return {c.name for c in client.containers.list() if c.name in names}
@@ -46,9 +46,8 @@ def _docker_running(names: set[str]) -> set[str]:
 
 
 def lines() -> list[str]:
-    from django.conf import settings
-
-    from deployments.models import Replica
+    # app registry: models import only after main()'s django.setup()
+    from deployments.models import Replica  # noqa: PLC0415 - app registry (see above)
 
     rows = list(Replica.objects.select_related("deployment").order_by("deployment__name",
                                                                        "runtime_id"))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from . import request_context
+from .errors import NotFound, PermissionDenied
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
@@ -64,11 +66,6 @@ class DomainErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
-        from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-        from django.http import Http404
-
-        from .errors import NotFound, PermissionDenied
-
         if isinstance(exception, NotFound):
             raise Http404(exception.message) from exception
         if isinstance(exception, PermissionDenied):

@@ -16,18 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+import docker
+import httpx
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
+from docker.errors import DockerException, ImageNotFound
 
+from core import queue
 from core.errors import Conflict, InvalidInput
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentStatus
 from monitoring import alerts as monitoring_alerts
 from monitoring import services as monitoring_services
-from monitoring.models import AlertRule
+from monitoring.models import AlertRule, ModelMonitoring
 from registry import services as registry_services
 from registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionStatus
 from teams import audit
@@ -35,9 +39,11 @@ from teams import services as team_services
 from teams.access import require_team_role
 from teams.models import ApiToken, Membership, Team
 from teams.roles import Role
+from workers.runtime_status import describe_runtime, resolved_runtime
 
 from . import training
 from .models import TrafficRun, TrafficStatus
+from .traffic import TrafficFailed, TrafficPlan, send
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +182,6 @@ def _wait_ready(version: ModelVersion, report: Report, timeout: float) -> None:
 
 
 def _task_differs(model: RegisteredModel, task: str) -> bool:
-    from monitoring.models import ModelMonitoring
-
     row = ModelMonitoring.objects.filter(model=model).first()
     return row is None or row.task != task
 
@@ -223,8 +227,6 @@ def _ensure_deployment(actor, team: Team, version: ModelVersion, report: Report,
 
 def seed(*, report: Report = log.info, timeout: float = 900) -> SeedResult:
     """Create what is missing of the demo and wait until its deployment is healthy."""
-    from workers.runtime_status import describe_runtime
-
     actor = admin_user()
     created: list[str] = []
     with transaction.atomic():
@@ -245,13 +247,8 @@ def seed(*, report: Report = log.info, timeout: float = 900) -> SeedResult:
 
 def _check_base_image() -> None:
     """With Docker, validation and serving build on the base image: say how to get it."""
-    from workers.runtime_status import resolved_runtime
-
     if resolved_runtime() != "docker":
         return
-    import docker
-    from docker.errors import DockerException, ImageNotFound
-
     base = settings.MODELPORT_SERVING_BASE_IMAGE
     try:
         client = docker.from_env(timeout=10)
@@ -303,8 +300,6 @@ def curl_line(d: Deployment, secret: str) -> str:
 def first_prediction(d: Deployment, secret: str, timeout: float = 60) -> str:
     """Call the gateway like the printed curl does, until it answers (the web process may still
     be starting); returns the answer's body."""
-    import httpx
-
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -370,16 +365,12 @@ def start_traffic(*, actor, deployment: Deployment, duration: Any = 180,
 
 
 def _enqueue_traffic(run_id: int) -> None:
-    from .tasks import send_traffic
-
-    send_traffic.delay(run_id)
+    queue.task("demo.tasks.send_traffic").delay(run_id)
 
 
 def run_traffic(run_id: int, *, on_progress: Callable[[TrafficRun], None] | None = None
                 ) -> TrafficRun:
     """Send the run's traffic through the gateway (in a worker, or in ``demo_traffic``)."""
-    from .traffic import TrafficFailed, TrafficPlan, send
-
     claimed = TrafficRun.objects.filter(pk=run_id, status=TrafficStatus.QUEUED).update(
         status=TrafficStatus.RUNNING, started_at=timezone.now(), message="Starting.")
     run = TrafficRun.objects.select_related("deployment__team", "requested_by").get(pk=run_id)

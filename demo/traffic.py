@@ -100,7 +100,7 @@ class _Feedback:
 
 def _client(plan: TrafficPlan) -> Any:
     try:
-        from modelport import Client
+        from modelport import Client  # noqa: PLC0415 - optional: the client is not in base.txt
     except ImportError as exc:  # the platform image installs only requirements/base.txt
         raise RuntimeError("Demo traffic needs the Modelport client: pip install ./client "
                            "(make run installs it).") from exc
@@ -112,7 +112,7 @@ def send(plan: TrafficPlan, progress: Progress) -> dict[str, int]:
 
     Raises TrafficFailed when more than half of the well-formed requests failed (or the first
     ``GIVE_UP_AFTER`` all did): a demo whose every request got a 503 is not a success."""
-    from modelport.errors import ModelportError
+    from modelport.errors import ModelportError  # noqa: PLC0415 - optional (see _client)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     rng = np.random.default_rng(plan.seed)

@@ -68,12 +68,12 @@ def _rounded(rows: list[list[float]]) -> list[list[float]]:
 
 
 def train_classifier() -> TrainedModel:
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.datasets import load_iris  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.metrics import accuracy_score, f1_score  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
 
     iris = load_iris(as_frame=True)
     features = iris.data.set_axis(IRIS_COLUMNS, axis=1)
@@ -103,10 +103,10 @@ def train_classifier() -> TrainedModel:
 
 
 def train_regressor() -> TrainedModel:
-    from sklearn.datasets import load_diabetes
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.metrics import mean_absolute_error, r2_score
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_diabetes  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.ensemble import RandomForestRegressor  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.metrics import mean_absolute_error, r2_score  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
 
     diabetes = load_diabetes(as_frame=True)
     features, target = diabetes.data, diabetes.target.rename("progression")

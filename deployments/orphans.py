@@ -30,8 +30,11 @@ from django.conf import settings
 from compute.models import ExecutionTarget, RuntimeKind
 from compute.runtime_choice import follows_settings, runtime_label
 from compute.targets import deployment_target
+from registry.sandbox import LABEL, LABEL_JOB
 from teams import audit
 from workers import factory
+from workers.runtime_status import docker_answers
+from workers.runtimes.base import LABEL_INSTALLATION
 
 from . import admission
 from .models import Deployment, DeploymentEvent, Revision
@@ -53,8 +56,6 @@ class Place:
 def places() -> list[Place]:
     """Every runtime this installation's deployments may run on (one that cannot be built is
     skipped and logged; several Docker hosts are their host workers' to sweep)."""
-    from workers.runtime_status import docker_answers
-
     found: list[Place] = []
     targets: list[ExecutionTarget | None] = list(ExecutionTarget.objects.enabled()) or [None]
     plain_done = False
@@ -149,9 +150,6 @@ def _remove(place: Place, state: Any, why: str, d: Deployment | None) -> None:
 def sweep_sandboxes(runtime: Any) -> list[str]:
     """Validation sandboxes of this installation that outlived the sandbox time limit (their
     worker was killed mid-run): removed, with an audit record."""
-    from registry.sandbox import LABEL, LABEL_JOB
-    from workers.runtimes.base import LABEL_INSTALLATION
-
     limit = timedelta(seconds=settings.MODELPORT_SANDBOX_TIMEOUT_S + 120)
     now = datetime.now(UTC)
     removed = []

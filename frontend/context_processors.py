@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 
+from notifications.models import Notification
 from teams.roles import is_platform_admin
 
 
@@ -10,8 +11,6 @@ def portal(request: HttpRequest) -> dict:
     user = getattr(request, "user", None)
     unread = 0
     if user is not None and user.is_authenticated:
-        from notifications.models import Notification
-
         unread = Notification.objects.unread().filter(user=user).count()
     return {
         "modelport_version": settings.MODELPORT_VERSION,

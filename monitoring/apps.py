@@ -10,9 +10,9 @@ class MonitoringConfig(AppConfig):
         """Give deployments' replicas their ingest token and URL, and revoke the tokens when a
         deployment stops, through ``deployments.hooks`` (deployments never imports monitoring).
         Imported here, not at the top: this module loads before the models are ready."""
-        from deployments import hooks
+        from deployments import hooks  # noqa: PLC0415 - app registry
 
-        from .ingest import ingest_environment, revoke_ingest_tokens
+        from .ingest import ingest_environment, revoke_ingest_tokens  # noqa: PLC0415 - app registry
 
         hooks.register_replica_environment(ingest_environment)
         hooks.register_on_stop(revoke_ingest_tokens)

@@ -11,7 +11,10 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from deployments.models import Deployment
+
 from .gateway_errors import GATEWAY_ERRORS
+from .models import Alert, AlertState, PredictionRecord, RollupCursor
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -48,10 +51,6 @@ class DatabaseCollector:
         ]
 
     def collect(self):
-        from deployments.models import Deployment
-
-        from .models import Alert, AlertState, PredictionRecord, RollupCursor
-
         now = timezone.now()
         cursor = RollupCursor.objects.filter(name="rollup").first()
         lag = GaugeMetricFamily("modelport_rollup_lag_seconds",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.lazy_imports import lazy_module
 
+from .extract import is_class_label
 from .models import LATENCY_BUCKETS_MS
 
 # Imported when first used: every Django process loads this module (issue 26, memory).
@@ -192,8 +193,6 @@ def _as_class(value: Any) -> str:
 
 
 def is_classification(pairs: list[tuple[Any, Any]]) -> bool:
-    from .extract import is_class_label
-
     return all(is_class_label(p) and is_class_label(y) for p, y in pairs)
 
 

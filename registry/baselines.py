@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
-from core import uploads
+from core import queue, uploads
 from core.errors import InvalidInput
 from teams import audit
 from teams.access import require_team_role
@@ -73,9 +73,7 @@ def pending_fields(path: str, example: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def enqueue(version_id: int) -> None:
-    from .tasks import compute_reference as task
-
-    task.delay(version_id)
+    queue.task("registry.tasks.compute_reference").delay(version_id)
 
 
 @transaction.atomic

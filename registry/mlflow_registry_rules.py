@@ -21,7 +21,7 @@ from typing import Any
 from teams.roles import Role
 
 from . import mlflow_teams, mlflow_upstream
-from .mlflow_policy import (
+from .mlflow_calls import (
     Caller,
     Plan,
     Rule,
@@ -31,6 +31,7 @@ from .mlflow_policy import (
     refuse_platform_tags,
     tag_keys,
 )
+from .mlflow_services import record_registry_write
 from .mlflow_teams import TEAM_TAG, Target
 from .models import MlflowObject, MlflowObjectKind, RegisteredModel
 
@@ -81,8 +82,6 @@ def _check_tags(caller: Caller, target: Target, keys: list[str], tags: dict[str,
 
 def _audited(caller: Caller, action: str, name: str, version_from: str | None,
              target: Target, params: dict[str, Any]) -> Plan:
-    from .mlflow_services import record_registry_write
-
     def after(answer: dict[str, Any]) -> None:
         version = ""
         if version_from:

@@ -28,17 +28,17 @@ from rest_framework import exceptions
 from teams.authentication import BearerTokenAuthentication
 
 from . import mlflow_upstream
-from .mlflow_policy import (
+from .mlflow_calls import (
     INVALID_PARAMETER_VALUE,
     UNAUTHENTICATED,
     Call,
     Caller,
     Plan,
     Refusal,
-    classify,
     denied,
     parse_json,
 )
+from .mlflow_policy import classify
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,11 @@ from core.errors import DomainError
 from teams import audit
 from teams.models import Team
 
-from . import mlflow_teams
+from . import mlflow_teams, mlflow_upstream, services
+from .mlflow_import import registered_versions
 from .models import (
     MlflowObject,
+    MlflowObjectKind,
     MlflowVersion,
     MlflowVersionStatus,
     ModelVersion,
@@ -55,8 +57,6 @@ def record_registry_write(*, actor, action: str, name: str, version: str, team: 
                           details: dict[str, Any]) -> None:
     """A registry write went through the route: audit it; for a new registered model or version
     also record its creator (a version's number comes from MLflow's answer)."""
-    from .models import MlflowObjectKind
-
     if action == "mlflow.registered_model.created":
         record_created(actor=actor, kind=MlflowObjectKind.REGISTERED_MODEL, key=name)
     if action == "mlflow.version.created" and version.isdigit():
@@ -88,8 +88,6 @@ def _refuse(record: MlflowVersion, reason: str, team: Team | None) -> None:
 def _tell_mlflow(record: MlflowVersion, status: str) -> None:
     """Leave the outcome on the version in MLflow too (tag ``modelport.import``), where the
     script's author looks. Best effort: the record and the audit event are what count."""
-    from . import mlflow_upstream
-
     try:
         mlflow_upstream.call("POST", "/api/2.0/mlflow/model-versions/set-tag", json={
             "name": record.name, "version": str(record.version), "key": IMPORT_TAG,
@@ -99,8 +97,6 @@ def _tell_mlflow(record: MlflowVersion, status: str) -> None:
 
 
 def _import_one(remote, known: set[str]) -> ModelVersion | None:
-    from . import services
-
     source = f"models:/{remote.name}/{remote.version}"
     with transaction.atomic():
         record = MlflowVersion.objects.select_for_update().filter(
@@ -150,9 +146,6 @@ def _import_one(remote, known: set[str]) -> ModelVersion | None:
 def sync_from_mlflow() -> list[ModelVersion]:
     """Import versions registered in the tracking server that Modelport does not have yet, each
     for its recorded creator (see the module docstring)."""
-    from . import mlflow_upstream
-    from .mlflow_import import registered_versions
-
     if not mlflow_upstream.answers():
         log.info("MLflow tracking server at %s does not answer; sync skipped",
                  mlflow_upstream.describe())

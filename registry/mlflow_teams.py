@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
 from teams.models import Membership, Team
@@ -76,8 +77,6 @@ def resolve(name: str, *, tags: dict[str, str], acting_user) -> Target:
                   .values_list("created_by", flat=True).first())
     creator = acting_user
     if creator_id is not None and creator_id != getattr(acting_user, "pk", None):
-        from django.contrib.auth import get_user_model
-
         creator = get_user_model().objects.filter(pk=creator_id).first()
     who = f"'{creator.get_username()}'" if creator is not None else "Its creator"
     found = _only_team(creator, who)

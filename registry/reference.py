@@ -24,9 +24,13 @@ from core.lazy_imports import lazy_module
 if TYPE_CHECKING:  # the real modules, for annotations
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 else:
     np = lazy_module("numpy")
     pd = lazy_module("pandas")
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 MAX_CATEGORIES = 50
 # Profiling reads at most this many rows: the statistics of a larger sample hardly move.
@@ -65,8 +69,6 @@ def check_upload(stream: IO[bytes], name: str, *, max_columns: int) -> str:
 
 
 def _check_parquet(stream: IO[bytes], max_columns: int) -> None:
-    import pyarrow.parquet as pq
-
     stream.seek(0, io.SEEK_END)
     size = stream.tell()
     if size < 12:
@@ -134,9 +136,6 @@ def frame_from_file(path: Path, fmt: str, *, max_columns: int) -> pd.DataFrame:
     """The reference sample (up to ``MAX_ROWS`` rows) as a frame; runs in the worker."""
     try:
         if fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             parquet = pq.ParquetFile(path)
             if len(parquet.schema_arrow.names) > max_columns:
                 raise _too_many(len(parquet.schema_arrow.names), max_columns)

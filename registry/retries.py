@@ -24,7 +24,7 @@ from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role
 
-from . import archives
+from . import archives, services
 from .models import ModelVersion, VersionStatus
 
 UNREFERENCED_AFTER = timedelta(days=1)  # an upload being staged has its version within seconds
@@ -48,8 +48,6 @@ def retryable(version: ModelVersion) -> bool:
 def retry_version(*, actor, version: ModelVersion) -> ModelVersion:
     """Validate a failed version again: ``pending``, then the worker's validation as for a new
     upload. Engineers and above; audited."""
-    from .services import _enqueue_validation, _staging_root
-
     require_team_role(actor, version.model.team, Role.ENGINEER, "retrying versions")
     locked = (ModelVersion.objects.select_for_update(of=("self",))
               .select_related("model__team").get(pk=version.pk))
@@ -66,7 +64,7 @@ def retry_version(*, actor, version: ModelVersion) -> ModelVersion:
             f"with the file: POST /api/v1/models/{locked.model.name}/versions/.",
             code="upload_gone")
     if staging is None:  # an import: downloaded again from the tracking server
-        staging = _staging_root() / uuid.uuid4().hex
+        staging = services._staging_root() / uuid.uuid4().hex
         (staging / "input").mkdir(parents=True)
     before = {"status": locked.status, "status_message": locked.status_message[:500]}
     message = "Retry requested: waiting for a worker to validate it again."
@@ -77,7 +75,7 @@ def retry_version(*, actor, version: ModelVersion) -> ModelVersion:
     audit.record(actor=actor, action="version.retried", obj=locked, team=locked.model.team,
                  before=before, after={"status": locked.status, "source": locked.source})
     pk = locked.pk
-    transaction.on_commit(lambda: _enqueue_validation(pk))
+    transaction.on_commit(lambda: services._enqueue_validation(pk))
     return locked
 
 

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
@@ -104,8 +105,6 @@ PLATFORM_PACKAGES = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skop
 
 def platform_requirements() -> list[str]:
     """This platform's own versions of the scikit-learn stack, pinned (one shared image)."""
-    from importlib import metadata
-
     return [f"{name}=={metadata.version(name)}" for name in PLATFORM_PACKAGES]
 
 

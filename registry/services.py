@@ -22,14 +22,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from core import uploads
+from core import queue, uploads
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from teams import audit
 from teams.access import require_team_role
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
+from workers.runtimes.requirements import RequirementRefused, check_requirements
 
 from . import archives, baselines, mlmodel, progress, reference, sandbox, storage
+from .mlflow_import import ImportFailed, check_source, download
 from .models import (
     AliasTransitionRequest,
     ModelAlias,
@@ -288,8 +290,6 @@ def _checked_requirements(lines: list[str]) -> list[str]:
     """The model's requirements when every line is a plain requirement (name, extras, version,
     marker); else 400 naming each refused line. Direct URLs, VCS links, paths and pip options
     would install code from somewhere the platform did not choose, or build it from source."""
-    from workers.runtimes.requirements import RequirementRefused, check_requirements
-
     try:
         return check_requirements(lines)
     except RequirementRefused as exc:
@@ -297,9 +297,7 @@ def _checked_requirements(lines: list[str]) -> list[str]:
 
 
 def _enqueue_validation(version_id: int) -> None:
-    from .tasks import validate_version
-
-    validate_version.delay(version_id)
+    queue.task("registry.tasks.validate_version").delay(version_id)
 
 
 def register_from_source(*, actor, model: RegisteredModel, source: str,
@@ -307,8 +305,6 @@ def register_from_source(*, actor, model: RegisteredModel, source: str,
     """Import ``runs:/…`` or ``models:/…`` from the tracking server: version N ``pending``;
     the worker downloads it, then validates it like an upload. The MLflow sync calls it as the
     version's creator (``mlflow_services``), so the same role check applies."""
-    from .mlflow_import import check_source
-
     require_team_role(actor, model.team, Role.ENGINEER, "registering versions")
     source = check_source(source)
     staging = _staging_root() / uuid.uuid4().hex
@@ -333,8 +329,6 @@ def register_from_source(*, actor, model: RegisteredModel, source: str,
 
 def _download_import(version: ModelVersion, staging: Path, events: progress.VersionLog) -> None:
     """Fetch an imported version's model dir and metadata into its staging folder."""
-    from .mlflow_import import download
-
     events.step(15, f"Downloading {version.source} from MLflow.")
     fetched = download(version.source, staging / "input")
     metadata = mlmodel.read_metadata(fetched.model_dir)
@@ -380,8 +374,6 @@ def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersio
     events.start("Preparing the sandbox.")
     staging = Path(version.staging_dir)
     if version.source_format == "import" and not (staging / "input" / "job.json").is_file():
-        from .mlflow_import import ImportFailed
-
         try:
             _download_import(version, staging, events)
         except (ImportFailed, InvalidInput) as exc:

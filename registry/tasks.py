@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
-from . import baselines, mlflow_services, services
+from . import baselines, mlflow_services, retries, services
 
 
 @shared_task(name="registry.tasks.validate_version", acks_late=True, ignore_result=True,
@@ -23,8 +25,6 @@ def compute_reference(version_id: int) -> None:
 @shared_task(name="registry.tasks.sync_mlflow", ignore_result=True, expires=120)
 def sync_mlflow() -> None:
     """Beat: import versions that training scripts registered in the MLflow tracking server."""
-    import logging
-
     try:
         imported = mlflow_services.sync_from_mlflow()
     except Exception as exc:  # noqa: BLE001 - MLflow down must not fill the logs with tracebacks
@@ -37,6 +37,4 @@ def sync_mlflow() -> None:
 @shared_task(name="registry.tasks.prune_staging", ignore_result=True, expires=3600)
 def prune_staging() -> int:
     """Beat, hourly: kept uploads of failed versions past their time, unreferenced staging."""
-    from .retries import prune_staging as prune
-
-    return prune()
+    return retries.prune_staging()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 
 from serving.config import Settings, export_args_to_env, parse_args
+from serving.server import run
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     export_args_to_env(args)
     settings = Settings.from_env()
-    from serving.server import run
-
     run(settings, log_level=args.log_level)
     return 0
 

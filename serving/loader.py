@@ -9,6 +9,7 @@ only then.
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 import pickle
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from serving import fastimport, protocol
 from serving.errors import ServingError
@@ -35,8 +37,6 @@ class ModelLoadError(RuntimeError):
 
 
 def read_mlmodel(model_dir: str | Path) -> dict[str, Any]:
-    import yaml
-
     path = Path(model_dir) / "MLmodel"
     if not path.is_file():
         raise ModelLoadError(f"{path} not found: not an MLflow model directory")
@@ -131,14 +131,14 @@ def load_sklearn_estimator(model_dir: str, conf: dict[str, Any]) -> Any:
     fmt = conf.get("serialization_format", "pickle")
     fastimport.prepare_sklearn(fmt)
     if fmt == "skops":
-        import skops.io
+        import skops.io  # noqa: PLC0415 - lazy: ~2 s, skops models only, after prepare_sklearn
 
         return skops.io.load(path, trusted=conf.get("skops_trusted_types") or None)
     with path.open("rb") as f:
         if fmt == "pickle":
             return pickle.load(f)  # noqa: S301 - model artifacts are trusted code by design
         if fmt == "cloudpickle":
-            import cloudpickle
+            import cloudpickle  # noqa: PLC0415 - lazy: cloudpickle models only
 
             return cloudpickle.load(f)
     raise ModelLoadError(f"unknown sklearn serialization_format {fmt!r}")
@@ -208,7 +208,7 @@ def _sequential_forest(estimator: Any, fn_name: str) -> Any | None:
     overrides these methods, or another scikit-learn layout → None (the estimator's method).
     """
     try:
-        from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
+        from sklearn.ensemble._forest import ForestClassifier, ForestRegressor  # noqa: PLC0415 - optional: pyfunc models may lack sklearn
     except ImportError:
         return None
     if getattr(estimator, "n_outputs_", None) != 1:
@@ -312,9 +312,7 @@ def _time_probe(model: LoadedModel, model_dir: str) -> float:
 
 
 def _load_pyfunc(model_dir: str, mlmodel: dict[str, Any], signature: Signature) -> LoadedModel:
-    import inspect
-
-    import mlflow.pyfunc
+    import mlflow.pyfunc  # noqa: PLC0415 - lazy: ~2 s of import, pyfunc flavors only
 
     pyfunc_model = mlflow.pyfunc.load_model(model_dir)
     accepts_params = "params" in inspect.signature(pyfunc_model.predict).parameters

@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import orjson
 
 
 def _frame_from_example(example: dict[str, Any]):
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
 
     if "dataframe_split" in example:
         split = example["dataframe_split"]
@@ -42,9 +43,9 @@ def _frame_from_example(example: dict[str, Any]):
 
 def _load_estimator(path: Path) -> tuple[Any, str]:
     """Unpickle (joblib or pickle) and report the scikit-learn version it was made with."""
-    import joblib
-    import sklearn
-    from sklearn.exceptions import InconsistentVersionWarning
+    import joblib  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
+    import sklearn  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
+    from sklearn.exceptions import InconsistentVersionWarning  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
 
     original: str | None = None
     with warnings.catch_warnings(record=True) as caught:
@@ -64,8 +65,6 @@ def _pinned_requirements(sklearn_version: str) -> list[str]:
 
     The image has mlflow-skinny; the model records ``mlflow`` of the same version.
     """
-    from importlib import metadata
-
     pins = [f"scikit-learn=={sklearn_version}"]
     for name, recorded in (("mlflow-skinny", "mlflow"), ("numpy", "numpy"), ("pandas", "pandas"),
                            ("scipy", "scipy"), ("skops", "skops")):
@@ -78,8 +77,8 @@ def _pinned_requirements(sklearn_version: str) -> list[str]:
 
 
 def _convert_sklearn(job_dir: Path, example: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
+    import mlflow.sklearn  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
+    from mlflow.models import infer_signature  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
 
     estimator, made_with = _load_estimator(job_dir / "input" / "model.pkl")
     frame = _frame_from_example(example)
@@ -115,8 +114,8 @@ def run(job_dir: Path) -> dict[str, Any]:
         else:
             model_dir = job_dir / "input" / "model"
         stage = "load"
-        from serving import loader, protocol
-        from serving.schema import validate
+        from serving import loader, protocol  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
+        from serving.schema import validate  # noqa: PLC0415 - in run()'s try: a failed import lands in result.json
 
         say("loading the model")
         started = time.perf_counter()

@@ -6,7 +6,8 @@ class TeamsConfig(AppConfig):
     verbose_name = "Teams, tokens and audit"
 
     def ready(self) -> None:
-        from . import lockout
-        from .api import schema  # noqa: F401 - registers the OpenAPI auth extensions
+        # app registry: these import models, which load only after ready() may run
+        from . import lockout  # noqa: PLC0415 - app registry
+        from .api import schema  # noqa: F401, PLC0415 - app registry; registers OpenAPI auth
 
         lockout.connect_signals()

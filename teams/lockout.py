@@ -16,6 +16,7 @@ from typing import Any
 
 from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_client_username, get_cool_off
+from axes.signals import user_locked_out
 from django.contrib.auth.forms import AuthenticationForm
 from django.db.models import Max
 from django.dispatch import receiver
@@ -23,6 +24,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from rest_framework import exceptions
+
+from . import audit
 
 LOGIN_TEMPLATE = "frontend/login.html"
 
@@ -94,13 +97,9 @@ def signed_in(request: Any, user: Any) -> None:
 
 def _record_lockout(sender: Any, request: Any = None, username: str | None = None,
                     ip_address: str | None = None, **kwargs: Any) -> None:
-    from . import audit
-
     audit.record(actor=None, action="auth.locked_out", object_type="user",
                  object_id=username or "", object_repr=f"{username or '?'} from {ip_address}")
 
 
 def connect_signals() -> None:
-    from axes.signals import user_locked_out
-
     receiver(user_locked_out, dispatch_uid="modelport-audit-lockout")(_record_lockout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import docker
 from django.conf import settings
 
 _CACHE_SECONDS = 30.0
@@ -18,8 +19,6 @@ def docker_answers(*, fresh: bool = False) -> bool:
     if not fresh and _cache is not None and now - _cache[0] < _CACHE_SECONDS:
         return _cache[1]
     try:
-        import docker
-
         client = docker.from_env(timeout=2)
         try:
             alive = bool(client.ping())

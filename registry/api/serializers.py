@@ -15,6 +15,7 @@ from ..models import (
     VersionEvent,
     name_validator,
 )
+from ..retries import retryable
 from ..services import FORMATS
 
 
@@ -104,8 +105,6 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return progress.log_tail(version)
 
     def get_retryable(self, version: ModelVersion) -> bool:
-        from ..retries import retryable
-
         return retryable(version)
 
     def get_aliases(self, version: ModelVersion) -> list[str]:

@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 
+import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -61,8 +62,6 @@ class Command(BaseCommand):
     def _wait_for_web(self, timeout: float = 180) -> None:
         """Let the portal start first: on 2 cores, training and registering beside gunicorn's
         start-up would delay the page a newcomer is waiting for."""
-        import httpx
-
         url = f"{settings.MODELPORT_BASE_URL.rstrip('/')}/readyz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
