@@ -50,7 +50,7 @@ def application() -> Edge:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - only the command line serves with uvicorn; the ASGI factory does not
 
     parser = argparse.ArgumentParser(prog="python -m config.edge",
                                      description="Modelport's edge: the gateway and a proxy "

@@ -20,7 +20,7 @@ LOCK_TTL_S = 30  # a killed worker's lock expires this soon; a live holder keeps
 def deployment_lock(deployment_id: int) -> Iterator[bool]:
     """Yields True when this process holds the lock, False when someone else does."""
     if settings.REDIS_URL:
-        import redis
+        import redis  # noqa: PLC0415 - optional: make run without REDIS_URL has no redis lock
 
         client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
         lock = client.lock(f"modelport:deployment:{deployment_id}:reconcile",

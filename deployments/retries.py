@@ -20,8 +20,10 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import requests
 from django.conf import settings
 from django.utils import timezone
+from docker.errors import ImageNotFound
 
 from .events import event, set_status
 from .models import Deployment, DeploymentEvent, DeploymentStatus, Revision, RevisionState
@@ -61,20 +63,10 @@ def transient_cause(exc: BaseException) -> str | None:
 def _transient(exc: BaseException) -> str | None:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return UNREACHABLE
-    try:
-        import requests
-
-        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-            return UNREACHABLE
-    except ImportError:  # pragma: no cover - requests comes with the docker SDK
-        pass
-    try:
-        from docker.errors import ImageNotFound
-
-        if isinstance(exc, ImageNotFound):
-            return "the serving image is missing"
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return UNREACHABLE
+    if isinstance(exc, ImageNotFound):
+        return "the serving image is missing"
     text = str(exc)
     for pattern, reason in TRANSIENT_TEXT:
         if pattern.search(text):

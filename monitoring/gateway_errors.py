@@ -22,6 +22,7 @@ from typing import Any, cast
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -173,8 +174,6 @@ def series(*, deployment_ids: list[int], start: datetime, end: datetime, step: i
 def totals_by_deployment(*, deployment_ids: list[int], start: datetime, end: datetime
                          ) -> dict[int, dict[str, Any]]:
     """Gateway answers and failures per deployment over ``[start, end)``: one grouped query."""
-    from django.db.models import Sum
-
     result: dict[int, dict[str, Any]] = {
         pk: {"gateway_requests": 0, "gateway_errors": 0, "gateway_error_rate": None}
         for pk in deployment_ids}

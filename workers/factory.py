@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 from django.conf import settings
 
 from teams.services import platform_settings
@@ -193,8 +194,6 @@ def runtime_for_target(target: Any, *, timeout: int | None = None) -> Runtime:
 
 
 def _client(settings: object, endpoint: str | None, timeout: int | None = None) -> Any:
-    import docker  # lazy: the SDK's import cost, only when a Docker runtime is built
-
     timeout = timeout or int(getattr(settings, "MODELPORT_DOCKER_TIMEOUT", 120))
     if endpoint:
         try:  # asks the engine for its API version
@@ -233,7 +232,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
 
 def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runtime:
     try:  # lazy: a missing piece of the Kubernetes runtime fails this target only, and says so
-        from .runtimes.kubernetes import KubernetesRuntime
+        from .runtimes.kubernetes import KubernetesRuntime  # noqa: PLC0415 - optional dependency
     except ImportError as exc:
         raise ReplicaRuntimeError(f"the kubernetes runtime is not available: {exc}") from exc
     kwargs: dict[str, Any] = {"namespace": target.namespace or "default",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -54,8 +55,6 @@ class IngestView(APIView):
     @api_errors(400, 401, 404, 413)
     def post(self, request: Request) -> Response:
         token = ingest.authenticate_ingest(request.META.get("HTTP_AUTHORIZATION", ""))
-        from django.conf import settings
-
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

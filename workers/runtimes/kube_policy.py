@@ -294,7 +294,7 @@ class NetworkPolicies:
     def _apply_policy(self, body: dict[str, Any]) -> None:
         """Create the policy, or replace it when its rules differ (guarded by resourceVersion:
         a concurrent writer makes it re-read and retry)."""
-        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - SDK import cost (note above)
 
         name = body["metadata"]["name"]
         for _attempt in range(5):
@@ -345,7 +345,7 @@ class NetworkPolicies:
         policy or a replace that meets a newer version is dropped, and a policy is deleted only
         when two sweeps (a minute or more apart) found it orphaned at the same version — a
         revision being started in between has its Deployment by then."""
-        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - SDK import cost (note above)
 
         managed = scope_selector(self.installation)  # this installation's objects only
         try:
@@ -393,7 +393,7 @@ class NetworkPolicies:
     def _delete_orphans(self, orphans: dict[str, str]) -> None:
         """Delete the policies that were orphaned at the same version in the previous sweep
         too (the delete carries that version as a precondition)."""
-        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - SDK import cost (note above)
 
         key = (str(self.api_client.configuration.host), self.namespace, self.installation)
         before = _orphans.get(key, {})
@@ -413,7 +413,7 @@ class NetworkPolicies:
         """What the target's health should say: no default-deny policy in the namespace (pods
         not selected by a revision's policy — not labelled yet, or started by hand — would be
         open), or policies the runtime may not read."""
-        from kubernetes.client.exceptions import ApiException  # lazy: SDK import cost (note above)
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - SDK import cost (note above)
 
         try:
             policies = self.networking.list_namespaced_network_policy(
