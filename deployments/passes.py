@@ -5,7 +5,7 @@ returns; it never sleeps holding the deployment's lock. Beat re-runs every deplo
 ``MODELPORT_RECONCILE_SECONDS``; when something falls due sooner than beat's next tick, a
 countdown task brings that pass on time.
 
-Tasks are looked up by name in the Celery app (``current_app.tasks``) rather than imported, so
+Tasks are looked up by name in the Celery app (``core.queue.task``) rather than imported, so
 nothing below the tasks module imports it; eager mode in the test settings still runs them.
 Callers use ``passes.enqueue_reconcile(...)`` through the module, so one patch catches all.
 """
@@ -14,25 +14,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from celery import Task, current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from core.queue import task
 
 from .models import Deployment
 
 RECONCILE = "deployments.tasks.reconcile"
 REMOVE_CONTAINERS = "deployments.tasks.remove_containers"
-
-
-def task(name: str) -> Task:
-    """The registered task called ``name``. A worker registered every task at start-up
-    (autodiscovery); a web or edge process has imported no task module yet, so the first call
-    runs the same autodiscovery."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]  # a Proxy, typed as Celery
-    if name not in app.tasks:
-        app.loader.import_default_modules()
-    return app.tasks[name]
 
 
 def enqueue_reconcile(deployment_id: int) -> None:

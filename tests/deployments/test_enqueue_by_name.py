@@ -1,4 +1,4 @@
-"""Verbs enqueue reconcile passes by task name (``deployments.passes``), never by importing the
+"""Verbs enqueue reconcile passes by task name (``deployments.passes`` through ``core.queue``), never by importing the
 tasks module. A web process has imported no task module, so the name must still resolve there."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import sys
 import django
 django.setup()
 assert "deployments.tasks" not in sys.modules, "the check needs a process without the tasks"
+from core import queue
 from deployments import passes
 for name in (passes.RECONCILE, passes.REMOVE_CONTAINERS):
-    print(passes.task(name).name)
+    print(queue.task(name).name)
 """
 
 
