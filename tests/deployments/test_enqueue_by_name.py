@@ -1,5 +1,6 @@
-"""Verbs enqueue reconcile passes by task name (``deployments.passes`` through ``core.queue``), never by importing the
-tasks module. A web process has imported no task module, so the name must still resolve there."""
+"""Verbs enqueue reconcile passes by task name (``deployments.passes`` through ``core.queue``),
+never by importing the tasks module. A web process has imported no task module, so the name must
+still resolve there."""
 
 from __future__ import annotations
 
