@@ -1,8 +1,11 @@
 """The Celery application: configured from Django settings (``CELERY_*``), tasks autodiscovered."""
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
+from prometheus_client import multiprocess
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -14,3 +17,12 @@ app.autodiscover_tasks()
 from workers.host_step import HostHeartbeat  # noqa: E402 - after the app is configured
 
 app.steps["worker"].add(HostHeartbeat)
+
+
+@worker_process_shutdown.connect
+def _metrics_process_dead(pid: int | None = None, **_: Any) -> None:
+    """A pool process exits: its live gauges stop counting in /metrics (prometheus-client's
+    multiprocess mode, docs/monitoring.md); its counters stay, so totals never go back."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        multiprocess.mark_process_dead(pid or os.getpid(), directory)

@@ -319,6 +319,17 @@ class Supervisor:
         return 0
 
 
+def metrics_dir(path: Path) -> Path:
+    """An empty, private prometheus-client multiprocess directory. Emptied when the platform
+    starts, never when one process restarts: a restarted process's predecessors keep their
+    counts, so totals never go back (Prometheus would read a drop as a counter reset)."""
+    path = path.resolve()
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o700, parents=True)
+    return path
+
+
 def load_programs(procfile: Path, once: tuple[str, ...] = ()) -> list[Program]:
     parsed = parse_procfile(procfile.read_text())
     unknown = set(once) - set(parsed.processes)
@@ -342,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-stop", default="",
                         help="a command run when everything has stopped (says what still runs)")
     parser.add_argument("--stop-timeout", type=float, default=Policy.stop_timeout)
+    parser.add_argument("--metrics-dir", type=Path, default=None,
+                        help="prometheus-client's multiprocess directory for every process: "
+                             "emptied now, then PROMETHEUS_MULTIPROC_DIR in their environment")
     args = parser.parse_args(argv)
     programs = [p for p in load_programs(args.procfile, tuple(args.once))
                 if p.name not in args.skip]
@@ -352,8 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                                   check=False)
             supervisor.say((done.stdout + done.stderr).rstrip() or "(--on-stop said nothing)")
 
+    env = dict(os.environ)
+    if args.metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(args.metrics_dir))
     supervisor = Supervisor(programs, policy=Policy(stop_timeout=args.stop_timeout),
-                            stop_last=tuple(args.stop_last), on_stop=on_stop)
+                            env=env, stop_last=tuple(args.stop_last), on_stop=on_stop)
     supervisor.say(f"starting {', '.join(p.name for p in programs)} from {args.procfile}; "
                    "a process that exits is restarted; Ctrl-C stops all")
     return asyncio.run(supervisor.run())

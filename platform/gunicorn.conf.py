@@ -1,6 +1,9 @@
-"""gunicorn settings for the web container (env-driven; `gunicorn -c platform/gunicorn.conf.py`)."""
+"""gunicorn settings for the web container and `make run` (env-driven;
+`gunicorn -c platform/gunicorn.conf.py`; command-line options override them)."""
 
 import os
+
+from prometheus_client import multiprocess
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -17,3 +20,11 @@ SHM = "/dev/shm"  # noqa: S108 - gunicorn's recommended worker_tmp_dir in contai
 worker_tmp_dir = SHM if os.path.isdir(SHM) else None
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
+
+
+def child_exit(server, worker):
+    """A worker exited: its live gauges stop counting in /metrics (prometheus-client's
+    multiprocess mode; its counters stay, so totals never go back)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        multiprocess.mark_process_dead(worker.pid, directory)
