@@ -4,8 +4,10 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_ready
 from prometheus_client import multiprocess
+
+from config import worker_metrics
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -26,3 +28,9 @@ def _metrics_process_dead(pid: int | None = None, **_: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         multiprocess.mark_process_dead(pid or os.getpid(), directory)
+
+
+@worker_ready.connect
+def _serve_worker_metrics(**_: Any) -> None:
+    """On Kubernetes (``MODELPORT_WORKER_METRICS_PORT``): the worker pod's own /metrics."""
+    worker_metrics.start()

@@ -12,16 +12,15 @@ come from the database (rollup lag, alerts firing, deployments by status) are re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.core import GaugeMetricFamily
 
+from core.prom_files import FilesCollector
 from deployments.models import Deployment
 
 from .gateway_errors import GATEWAY_ERRORS
@@ -96,21 +95,6 @@ class DatabaseCollector:
         for value, n in Deployment.objects.values_list("status").annotate(n=Count("id")):
             status.add_metric([value], n)
         yield status
-
-
-class FilesCollector:
-    """The counters of every process, from the multiprocess files in ``root`` and in its
-    immediate subdirectories (a container that shares the root writes to one of its own, so
-    that pids of different pid namespaces never name the same file)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def files(self) -> list[str]:
-        return sorted(str(p) for pattern in ("*.db", "*/*.db") for p in self.root.glob(pattern))
-
-    def collect(self) -> Iterable[Metric]:
-        return MultiProcessCollector.merge(self.files(), accumulate=True)
 
 
 DATABASE = DatabaseCollector()

@@ -25,12 +25,13 @@ def promtool() -> str:
     return str(path)
 
 
-def test_promtool_accepts_the_config(promtool, tmp_path):
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-kubernetes.yml"])
+def test_promtool_accepts_the_config(promtool, tmp_path, config):
     # The config names its token file relative to itself: a stand-in token beside the copy.
-    for name in ("prometheus.yml", "rules.yml"):
+    for name in (config, "rules.yml"):
         shutil.copy(SHIPPED / name, tmp_path / name)
     (tmp_path / "modelport-metrics-token").write_text("stand-in\n")
-    done = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+    done = subprocess.run([promtool, "check", "config", str(tmp_path / config)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 rule files found" in done.stdout
@@ -42,14 +43,37 @@ def test_promtool_accepts_the_rules(promtool):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_config_scrapes_both_endpoints_with_the_bearer_token():
-    config = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
-    jobs = {job["metrics_path"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"/metrics", "/metrics/replicas"}
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-kubernetes.yml"])
+def test_the_config_scrapes_both_endpoints_with_the_bearer_token(config):
+    config = yaml.safe_load((SHIPPED / config).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["modelport"]["metrics_path"] == "/metrics"
+    assert jobs["modelport-replicas"]["metrics_path"] == "/metrics/replicas"
     for job in jobs.values():
-        assert job["authorization"]["type"] == "Bearer"
-        assert job["authorization"]["credentials_file"]
+        assert job["authorization"] == {"type": "Bearer",
+                                        "credentials_file": "modelport-metrics-token"}
     assert config["rule_files"] == ["rules.yml"]
+
+
+def test_kubernetes_scrapes_each_pod_under_an_allowed_host_name():
+    """Each web pod adds up only its own processes: Prometheus must reach every pod, by a name
+    Django accepts (a bare pod IP is refused with a 400), and every worker pod's port."""
+    config = yaml.safe_load((SHIPPED / "prometheus-kubernetes.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    manifests = SHIPPED.parent / "kubernetes"
+    objects = [o for name in ("web.yaml", "worker.yaml", "configmap.yaml")
+               for o in yaml.safe_load_all((manifests / name).read_text()) if o]
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    allowed = next(o for o in objects if o["kind"] == "ConfigMap")["data"][
+        "DJANGO_ALLOWED_HOSTS"].split(",")
+    for job, service in (("modelport", "modelport-web-pods"),
+                         ("modelport-worker", "modelport-worker-pods")):
+        (name,) = jobs[job]["dns_sd_configs"][0]["names"]
+        srv_port, _protocol, host = name.split(".", 2)
+        assert services[service]["spec"]["clusterIP"] == "None"
+        assert srv_port.lstrip("_") in [p["name"] for p in services[service]["spec"]["ports"]]
+        assert host.startswith(f"{service}.modelport.svc")
+    assert ".modelport-web-pods.modelport.svc.cluster.local" in allowed
 
 
 def test_every_rule_reads_a_metric_that_exists():

@@ -1,7 +1,7 @@
 """prometheus-client's multiprocess mode as the platform sets it up: the supervisor empties the
 folder when the platform starts, and ``/metrics`` adds up the folder and one level of
 subfolders (compose and Kubernetes give each container its own). The values are written by
-real processes with the real library; the live platform is tests/monitoring/test_prometheus_live.py."""
+real processes with the real library; the live platform is in test_prometheus_live.py."""
 
 from __future__ import annotations
 
