@@ -200,6 +200,10 @@ def _seed(model_dir: Path):
     alerts.create_alert_rule(actor=engineer, deployment=deployment, name="busy",
                              metric="requests_per_min", threshold=0, window_minutes=5,
                              webhook_url="http://alerts.modelport-test.invalid/hook")
+    # Nothing ever becomes ready here: the edge answers its callers with its own 503.
+    deployments.create_deployment(
+        actor=engineer, team=team, name="iris-idle", model="iris", version=1, replicas=1,
+        resources={"cpu": 0.5, "memory_mb": 512, "gpus": 0})
     _, secret = make_token(engineer, name="prom-traffic")
     return deployment, secret
 
@@ -319,6 +323,10 @@ def test_prometheus_reads_every_dashboard_query(tmp_path, settings, redis_url):
             "deployment": "iris-prom", "revision": deployment.revision, "replica": "test",
             "records": ["not an object"]}, issue_ingest_token(deployment=deployment))
         assert status == 202 and json.loads(answer)["rejected"] == 1, answer
+        # Counted in the edge process (gateway.routes), exposed by the web workers.
+        for _ in range(2):
+            status, answer = _post(f"{base}/serve/iris-idle/invocations", body, token)
+            assert status == 503, answer
         assert replica.poll() is None and platform.poll() is None
 
         queries = dashboard_queries()
@@ -341,6 +349,8 @@ def test_prometheus_reads_every_dashboard_query(tmp_path, settings, redis_url):
         metrics = _get(f"{base}/metrics", {"Authorization": f"Bearer {TOKEN}"}).decode()
         assert (_sample(metrics, "modelport_rollup_records_total") or 0) > 0
         assert "modelport_alert_notifications_total{" in metrics
+        assert _sample(metrics, "modelport_gateway_errors_total",
+                       'code="503",deployment="iris-idle"') == 2
 
         # Concurrent scrapes, answered by both gunicorn workers, give one total: the
         # records the database holds. (Traffic has stopped; wait until all is shipped.)
