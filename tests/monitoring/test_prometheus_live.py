@@ -157,7 +157,6 @@ def _platform_env(data_dir: Path, port: int, redis_url: str) -> dict[str, str]:
         "MODELPORT_BASE_URL": f"http://127.0.0.1:{port}",
         "MLFLOW_TRACKING_URI": UNREACHABLE_MLFLOW,
         "MODELPORT_METRICS_TOKEN": TOKEN,
-        "MODELPORT_RUNTIME": "local",
         # Beat's monitoring passes every few seconds instead of every 20 s and minute.
         "MODELPORT_MONITORING_ROLLUP_SECONDS": "2",
         "MODELPORT_MONITORING_ROLLUP_DELAY_S": "1",
@@ -238,6 +237,14 @@ def _mark_ready(deployment, socket_path: Path) -> None:
         status="healthy", traffic=[{"revision": deployment.revision, "percent": 100}])
 
 
+def _purge_queues(redis_url: str) -> None:
+    """What beat enqueued that no process here consumes (the reconciler's queue) or that was
+    left when the worker stopped: not for the next test's workers."""
+    import redis
+
+    redis.Redis.from_url(redis_url).delete("celery", "deployments")
+
+
 def _prometheus_config(tmp: Path, port: int) -> Path:
     """The shipped config and rules, pointed at the live platform, scraping every second."""
     config = yaml.safe_load((SHIPPED / "prometheus.yml").read_text())
@@ -284,6 +291,7 @@ def test_prometheus_reads_every_dashboard_query(tmp_path, settings, redis_url):
     logs.mkdir()
 
     with contextlib.ExitStack() as stack:
+        stack.callback(_purge_queues, redis_url)
         platform = stack.enter_context(_process(
             [sys.executable, "-m", "config.supervise", "--procfile", "Procfile",
              "--skip", "redis", "--skip", "mlflow", "--skip", "demo", "--skip", "reconciler",
