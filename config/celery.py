@@ -5,9 +5,9 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_shutdown, worker_ready
-from prometheus_client import multiprocess
 
 from config import worker_metrics
+from core.prom_files import compact
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -23,11 +23,9 @@ app.steps["worker"].add(HostHeartbeat)
 
 @worker_process_shutdown.connect
 def _metrics_process_dead(pid: int | None = None, **_: Any) -> None:
-    """A pool process exits: its live gauges stop counting in /metrics (prometheus-client's
-    multiprocess mode, docs/monitoring.md); its counters stay, so totals never go back."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        multiprocess.mark_process_dead(pid or os.getpid(), directory)
+    """A pool process exits: its counts join its folder's archive (prometheus-client's
+    multiprocess mode, core/prom_files.py), so totals never go back and scrapes stay fast."""
+    compact(pid or os.getpid())
 
 
 @worker_ready.connect

@@ -49,6 +49,8 @@ from honcho.colour import get_colours
 from honcho.environ import parse_procfile
 from honcho.printer import Message, Printer
 
+from core.prom_files import compact_dead
+
 NAME = "supervise"
 _PR_SET_PDEATHSIG = 1
 
@@ -249,6 +251,7 @@ class Supervisor:
                 ran = time.monotonic() - program.started_at
                 await self._end_group(process.pid)
                 await pump
+                self._compact_metrics()
             program.history.append(returncode)
             program.pid = None
             if self._stopping.is_set():
@@ -266,6 +269,16 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
         program.done = True
+
+    def _compact_metrics(self) -> None:
+        """The ended process group's metric files join the folder's archive (every process of
+        the Procfile shares this supervisor's pid namespace, so "not running" is exact)."""
+        folder = self.env.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder and Path(folder).is_dir():
+            try:
+                compact_dead(folder)
+            except (OSError, ValueError) as exc:  # a torn file must not stop the supervisor
+                self.say(f"could not compact the metric files in {folder}: {exc}")
 
     # --- all of them -----------------------------------------------------------------------
     def stop(self) -> None:

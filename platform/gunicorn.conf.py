@@ -3,7 +3,8 @@
 
 import os
 
-from prometheus_client import multiprocess
+# gunicorn puts the working directory (the repository, /app in the image) on sys.path first.
+from core.prom_files import compact
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -23,8 +24,7 @@ max_requests_jitter = 200
 
 
 def child_exit(server, worker):
-    """A worker exited: its live gauges stop counting in /metrics (prometheus-client's
-    multiprocess mode; its counters stay, so totals never go back)."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        multiprocess.mark_process_dead(worker.pid, directory)
+    """A worker exited (or was recycled after max_requests): its counts join the folder's
+    archive, so /metrics keeps them without reading one more file per dead worker
+    (prometheus-client's multiprocess mode, core/prom_files.py)."""
+    compact(worker.pid)

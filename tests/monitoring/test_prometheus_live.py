@@ -383,5 +383,30 @@ def test_prometheus_reads_every_dashboard_query(tmp_path, settings, redis_url):
             values = list(pool.map(scrape, range(24)))
         assert set(values) == {float(PredictionRecord.objects.filter(
             deployment=deployment).count())}
-        workers = [p for p in (data_dir / "run" / "prometheus").glob("counter_*.db")]
-        assert len(workers) >= 3  # the two gunicorn workers and a Celery pool process at least
+        folder = data_dir / "run" / "prometheus"
+        assert len(list(folder.glob("counter_*.db"))) >= 3  # 2 gunicorn workers, a Celery one
+
+        # A gunicorn worker dies: its counts join the archive (child_exit), none is lost.
+        total = values[0]
+        victim = _gunicorn_workers(folder)[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait("the dead worker's files are compacted",
+              lambda: not list(folder.glob(f"*_{victim}.db"))
+              and (folder / "counter_archive.db").exists(), 60, logs / "platform.log")
+        assert scrape(0) == total
+
+
+def _gunicorn_workers(folder: Path) -> list[int]:
+    """The pids of gunicorn's workers that wrote metric files (their parent is gunicorn)."""
+    def command(pid: int | str) -> str:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+    found = []
+    for path in folder.glob("counter_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        with contextlib.suppress(OSError):
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            if "gunicorn" in command(pid) and "gunicorn" in command(parent):
+                found.append(int(pid))
+    assert found, "no gunicorn worker wrote metric files"
+    return sorted(found)

@@ -14,10 +14,13 @@ import pytest
 from django.test import Client
 
 from config.supervise import metrics_dir
+from core.prom_files import FilesCollector, compact_dead
 
 COUNT = """
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 Counter("modelport_rollup_records", "x").inc({n})
+Counter("modelport_ingest_records", "x", ["deployment"]).labels("iris").inc({n})
+Histogram("modelport_ingest_batch_seconds", "x", buckets=(0.1, 1)).observe({n} / 10)
 """
 
 
@@ -60,3 +63,31 @@ def test_without_the_folder_metrics_serves_this_process(settings):
     prom.ROLLED_UP.inc(2)
     body = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer prom-secret").content.decode()
     assert f"modelport_rollup_records_total {before + 2}" in body.splitlines()
+
+
+def _values(root: Path) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in FilesCollector(root).collect() for s in metric.samples}
+
+
+def test_exited_processes_are_compacted_without_changing_a_value(tmp_path):
+    """Files of exited processes (recycled gunicorn workers, restarted Celery pool processes)
+    join one archive per folder: every scrape reads fewer files, and no total moves."""
+    for n in (1, 2, 3, 4):
+        _count_in_a_process(tmp_path, n)
+    before = _values(tmp_path)
+    assert before[("modelport_rollup_records_total", ())] == 10
+    assert before[("modelport_ingest_batch_seconds_bucket", (("le", "0.1"),))] == 1
+    assert before[("modelport_ingest_batch_seconds_bucket", (("le", "1.0"),))] == 4
+    assert len(list(tmp_path.glob("*.db"))) == 8  # a counter and a histogram file each
+
+    assert compact_dead(tmp_path) == 4
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db",
+                                                              "histogram_archive.db"]
+    assert _values(tmp_path) == before
+    _count_in_a_process(tmp_path, 5)  # a later process, then compacted too
+    assert compact_dead(tmp_path) == 1
+    after = _values(tmp_path)
+    assert after[("modelport_rollup_records_total", ())] == 15
+    assert after[("modelport_ingest_records_total", (("deployment", "iris"),))] == 15
+    assert after[("modelport_ingest_batch_seconds_count", ())] == 5
