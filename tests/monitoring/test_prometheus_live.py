@@ -31,8 +31,10 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -275,125 +277,147 @@ def _sample(text: str, name: str, labels: str = "") -> float | None:
     return None
 
 
+@dataclass
+class Live:
+    """The running platform, its model server and Prometheus."""
+
+    base: str
+    prometheus: str
+    logs: Path
+    folder: Path  # the multiprocess folder
+    deployment: Any
+    token: str
+    processes: list[subprocess.Popen]
+
+    def metrics(self) -> str:
+        return _get(f"{self.base}/metrics", {"Authorization": f"Bearer {TOKEN}"}).decode()
+
+    def ingested(self) -> float | None:
+        return _sample(self.metrics(), "modelport_ingest_records_total",
+                       'deployment="iris-prom"')
+
+    def predict(self, name: str = "iris-prom") -> tuple[int, bytes]:
+        return _post(f"{self.base}/serve/{name}/invocations",
+                     {"dataframe_split": {"columns": COLUMNS, "data": ROWS}}, self.token)
+
+
+def _start(stack: contextlib.ExitStack, tmp_path: Path, data_dir: Path, redis_url: str,
+           prometheus_bin: str) -> Live:
+    (data_dir / "run").mkdir(mode=0o700, exist_ok=True)
+    port, prom_port = _free_port(), _free_port()
+    base, prometheus = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}"
+    deployment, token = _seed(_iris_dir(tmp_path))
+    socket_path = tmp_path / "replica" / "serve.sock"
+    socket_path.parent.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    folder = data_dir / "run" / "prometheus"
+    stack.callback(_purge_queues, redis_url)
+    platform = stack.enter_context(_process(
+        [sys.executable, "-m", "config.supervise", "--procfile", "Procfile",
+         "--skip", "redis", "--skip", "mlflow", "--skip", "demo", "--skip", "reconciler",
+         "--metrics-dir", str(folder)],
+        env=_platform_env(data_dir, port, redis_url), log=logs / "platform.log"))
+    _wait("the platform answers /healthz", lambda: _get(f"{base}/healthz"), 90,
+          logs / "platform.log")
+    replica = stack.enter_context(_process(
+        [sys.executable, "-m", "serving", "--model-dir", str(tmp_path / "iris"),
+         "--workers", "1"],
+        env=_replica_env(deployment, socket_path, port), log=logs / "replica.log"))
+    _wait("the model server has loaded the model",
+          lambda: sockets.request(unix_url(str(socket_path)) + "/ready")[0] == 200, 120,
+          logs / "replica.log")
+    _mark_ready(deployment, socket_path)
+    config = _prometheus_config(tmp_path, port)
+    stack.enter_context(_process(
+        [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+        env={"PATH": os.environ.get("PATH", "")}, log=logs / "prometheus.log", cwd=tmp_path))
+    _wait("Prometheus is ready", lambda: _get(f"{prometheus}/-/ready"), 60,
+          logs / "prometheus.log")
+    return Live(base, prometheus, logs, folder, deployment, token, [platform, replica])
+
+
+def _drive_traffic(live: Live) -> None:
+    """Predictions through the edge (over a few scrape intervals, so rates have two points),
+    a record ingest refuses, and the edge's own 503s."""
+    from monitoring.ingest import issue_ingest_token
+
+    for _ in range(10):
+        status, answer = live.predict()
+        assert status == 200, answer
+        time.sleep(0.4)
+    status, answer = _post(f"{live.base}/api/v1/ingest/predictions/", {
+        "deployment": "iris-prom", "revision": live.deployment.revision, "replica": "test",
+        "records": ["not an object"]}, issue_ingest_token(deployment=live.deployment))
+    assert status == 202 and json.loads(answer)["rejected"] == 1, answer
+    for _ in range(2):  # nothing is ready for iris-idle: counted in the edge process
+        status, answer = live.predict("iris-idle")
+        assert status == 503, answer
+    assert all(p.poll() is None for p in live.processes)
+
+
+def _assert_every_query_has_data(live: Live) -> None:
+    queries = dashboard_queries()
+    assert len(queries) >= 19
+    empty: list[str] = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        empty = [q for q in queries if not _query(live.prometheus, q)]
+        if not empty:
+            return
+        live.predict()  # keep traffic flowing so every rate has points in its window
+        time.sleep(1)
+    pytest.fail(f"queries without data: {empty}\n"
+                + (live.logs / "platform.log").read_text()[-4000:])
+
+
+def _assert_scrapes_agree(live: Live) -> float:
+    """Concurrent scrapes, answered by both gunicorn workers, give one total: the records the
+    database holds (traffic has stopped: first wait until all is shipped)."""
+    from monitoring.models import PredictionRecord
+
+    def stored() -> int:
+        return PredictionRecord.objects.filter(deployment=live.deployment).count()
+
+    def settled() -> bool:
+        before, counted = stored(), live.ingested()
+        time.sleep(2)
+        return before > 0 and counted == before == stored()
+
+    _wait("the ingest counter matches the stored records", settled, 60)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        values = list(pool.map(lambda _: live.ingested(), range(24)))
+    assert set(values) == {float(stored())}
+    assert len(list(live.folder.glob("counter_*.db"))) >= 3  # 2 gunicorn workers, a Celery one
+    return values[0]
+
+
 def test_prometheus_reads_every_dashboard_query(tmp_path, settings, redis_url):
     prometheus_bin = shutil.which("prometheus")
     if prometheus_bin is None:
         missing_service("prometheus (Debian package prometheus) is not installed")
-    data_dir = Path(settings.MODELPORT_DATA_DIR)
-    (data_dir / "run").mkdir(mode=0o700, exist_ok=True)
-    port, prom_port = _free_port(), _free_port()
-    base = f"http://127.0.0.1:{port}"
-    deployment, token = _seed(_iris_dir(tmp_path))
-    socket_path = tmp_path / "replica" / "serve.sock"
-    socket_path.parent.mkdir()
-    env = _platform_env(data_dir, port, redis_url)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-
     with contextlib.ExitStack() as stack:
-        stack.callback(_purge_queues, redis_url)
-        platform = stack.enter_context(_process(
-            [sys.executable, "-m", "config.supervise", "--procfile", "Procfile",
-             "--skip", "redis", "--skip", "mlflow", "--skip", "demo", "--skip", "reconciler",
-             "--metrics-dir", str(data_dir / "run" / "prometheus")],
-            env=env, log=logs / "platform.log"))
-        _wait("the platform answers /healthz", lambda: _get(f"{base}/healthz"), 90,
-              logs / "platform.log")
-        replica = stack.enter_context(_process(
-            [sys.executable, "-m", "serving", "--model-dir", str(tmp_path / "iris"),
-             "--workers", "1"],
-            env=_replica_env(deployment, socket_path, port), log=logs / "replica.log"))
-        _wait("the model server has loaded the model",
-              lambda: sockets.request(unix_url(str(socket_path)) + "/ready")[0] == 200, 120,
-              logs / "replica.log")
-        _mark_ready(deployment, socket_path)
-        config = _prometheus_config(tmp_path, port)
-        stack.enter_context(_process(
-            [prometheus_bin, f"--config.file={config}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            env={"PATH": os.environ.get("PATH", "")}, log=logs / "prometheus.log",
-            cwd=tmp_path))
-        prometheus = f"http://127.0.0.1:{prom_port}"
-        _wait("Prometheus is ready", lambda: _get(f"{prometheus}/-/ready"), 60,
-              logs / "prometheus.log")
+        live = _start(stack, tmp_path, Path(settings.MODELPORT_DATA_DIR), redis_url,
+                      prometheus_bin)
+        _drive_traffic(live)
+        _assert_every_query_has_data(live)
 
-        # Traffic through the edge, over a few scrape intervals, so rates have two points.
-        body = {"dataframe_split": {"columns": COLUMNS, "data": ROWS}}
-        for _ in range(10):
-            status, answer = _post(f"{base}/serve/iris-prom/invocations", body, token)
-            assert status == 200, answer
-            time.sleep(0.4)
-        # A batch with one record ingest cannot store: counted by reason, the rest kept.
-        from monitoring.ingest import issue_ingest_token
-
-        status, answer = _post(f"{base}/api/v1/ingest/predictions/", {
-            "deployment": "iris-prom", "revision": deployment.revision, "replica": "test",
-            "records": ["not an object"]}, issue_ingest_token(deployment=deployment))
-        assert status == 202 and json.loads(answer)["rejected"] == 1, answer
-        # Counted in the edge process (gateway.routes), exposed by the web workers.
-        for _ in range(2):
-            status, answer = _post(f"{base}/serve/iris-idle/invocations", body, token)
-            assert status == 503, answer
-        assert replica.poll() is None and platform.poll() is None
-
-        queries = dashboard_queries()
-        assert len(queries) >= 19
-        empty: list[str] = []
-
-        def all_have_data() -> bool:
-            empty[:] = [q for q in queries if not _query(prometheus, q)]
-            return not empty
-
-        deadline = time.monotonic() + 150
-        while not all_have_data() and time.monotonic() < deadline:
-            # Keep traffic flowing so every rate has points in its window.
-            _post(f"{base}/serve/iris-prom/invocations", body, token)
-            time.sleep(1)
-        assert not empty, (f"queries without data: {empty}\n"
-                           + (logs / "platform.log").read_text()[-4000:])
-
-        # Counted in Celery tasks, exposed by the web workers.
-        metrics = _get(f"{base}/metrics", {"Authorization": f"Bearer {TOKEN}"}).decode()
+        # Counted in Celery tasks and in the edge, exposed by the web workers.
+        metrics = live.metrics()
         assert (_sample(metrics, "modelport_rollup_records_total") or 0) > 0
         assert "modelport_alert_notifications_total{" in metrics
         assert _sample(metrics, "modelport_gateway_errors_total",
                        'code="503",deployment="iris-idle"') == 2
 
-        # Concurrent scrapes, answered by both gunicorn workers, give one total: the
-        # records the database holds. (Traffic has stopped; wait until all is shipped.)
-        from monitoring.models import PredictionRecord
-
-        def settled() -> bool:
-            stored = PredictionRecord.objects.filter(deployment=deployment).count()
-            text = _get(f"{base}/metrics", {"Authorization": f"Bearer {TOKEN}"}).decode()
-            counted = _sample(text, "modelport_ingest_records_total",
-                              'deployment="iris-prom"')
-            time.sleep(2)
-            return stored > 0 and counted == stored == PredictionRecord.objects.filter(
-                deployment=deployment).count()
-
-        _wait("the ingest counter matches the stored records", settled, 60)
-
-        def scrape(_: int) -> float | None:
-            text = _get(f"{base}/metrics", {"Authorization": f"Bearer {TOKEN}"}).decode()
-            return _sample(text, "modelport_ingest_records_total", 'deployment="iris-prom"')
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            values = list(pool.map(scrape, range(24)))
-        assert set(values) == {float(PredictionRecord.objects.filter(
-            deployment=deployment).count())}
-        folder = data_dir / "run" / "prometheus"
-        assert len(list(folder.glob("counter_*.db"))) >= 3  # 2 gunicorn workers, a Celery one
-
+        total = _assert_scrapes_agree(live)
         # A gunicorn worker dies: its counts join the archive (child_exit), none is lost.
-        total = values[0]
-        victim = _gunicorn_workers(folder)[0]
+        victim = _gunicorn_workers(live.folder)[0]
         os.kill(victim, signal.SIGKILL)
         _wait("the dead worker's files are compacted",
-              lambda: not list(folder.glob(f"*_{victim}.db"))
-              and (folder / "counter_archive.db").exists(), 60, logs / "platform.log")
-        assert scrape(0) == total
+              lambda: not list(live.folder.glob(f"*_{victim}.db"))
+              and (live.folder / "counter_archive.db").exists(), 60, live.logs / "platform.log")
+        assert live.ingested() == total
 
 
 def _gunicorn_workers(folder: Path) -> list[int]:
