@@ -23,6 +23,11 @@ process exits, whatever is left of its process group (gunicorn workers, Celery p
 MLflow's uvicorn) is stopped before it is started again. Model replicas are started in sessions
 of their own by the runtimes and are left running by design; ``--on-stop`` says which.
 
+``--metrics-dir`` (the Makefile passes ``$MODELPORT_DATA_DIR/run/prometheus``) is
+prometheus-client's multiprocess folder for every process: emptied when the supervisor starts,
+``PROMETHEUS_MULTIPROC_DIR`` in their environment, and the files of a process group that ended
+folded into the folder's archive (``core.prom_files``), so ``/metrics`` adds every process up.
+
 Imports nothing from Django: a small, long-lived process.
 """
 
