@@ -7,11 +7,18 @@ time it asks every ready replica for its ``/metrics`` (a few at once, a short ti
 serves the samples with ``deployment``, ``revision`` and ``replica`` labels added, plus
 ``modelport_replica_up`` (1: answered, 0: did not). A replica that does not answer costs at
 most ``TIMEOUT_S`` and is reported down, never an error of the whole scrape.
+
+A replica runs model code, so what it answers is not trusted: only the model server's metric
+families pass (``SERVER_PREFIXES``: never the platform's own names, which a hostile model could
+otherwise inflate on the dashboard), the labels that say whose samples they are are the
+platform's, and a body is read up to ``MAX_BYTES`` within ``DEADLINE_S`` (a replica that sends
+more, or drips, is reported down).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +34,11 @@ from serving import sockets
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 2.0
+DEADLINE_S = 4.0
+MAX_BYTES = 1 << 20
 AT_ONCE = 8
+# serving/metrics.py's families; the platform's own (ingest, rollup, alerts, gateway) never.
+SERVER_PREFIXES = ("modelport_request", "modelport_prediction", "modelport_model_")
 
 
 @dataclass(frozen=True)
@@ -55,14 +66,31 @@ def targets() -> list[Target]:
             for dep, name, revision, index, url in rows]
 
 
-def _scrape(target: Target) -> list[Metric] | None:
-    headers = {HEADER: target.key} if target.key else {}
+def _read(target: Target) -> bytes:
+    """The body of the replica's ``/metrics``: at most ``MAX_BYTES``, within ``DEADLINE_S``."""
+    connection, path = sockets.http_connection(target.url.rstrip("/") + "/metrics", TIMEOUT_S)
+    deadline = time.monotonic() + DEADLINE_S
     try:
-        status, body = sockets.request(target.url.rstrip("/") + "/metrics", headers=headers,
-                                       timeout=TIMEOUT_S)
-        if status != 200:
-            raise OSError(f"HTTP {status}")
-        return list(text_string_to_metric_families(body.decode("utf-8", "replace")))
+        connection.request("GET", path, headers={HEADER: target.key} if target.key else {})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}")
+        body = b""
+        while chunk := response.read1(65536):
+            body += chunk
+            if len(body) > MAX_BYTES:
+                raise OSError(f"more than {MAX_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise OSError(f"not done within {DEADLINE_S:g} s")
+        return body
+    finally:
+        connection.close()
+
+
+def _scrape(target: Target) -> list[Metric] | None:
+    try:
+        families = text_string_to_metric_families(_read(target).decode("utf-8", "replace"))
+        return [f for f in families if f.name.startswith(SERVER_PREFIXES)]
     except (OSError, ValueError) as exc:  # http.client's errors are OSError or ValueError
         log.info("replica %s/%s/%s did not give its metrics: %s", target.deployment,
                  target.revision, target.index, exc)
