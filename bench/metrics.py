@@ -13,7 +13,9 @@ times, side by side in one run (p50 / p95 of ``--repeat`` scrapes, in process, n
   its files, so 100 and 1,000 stand for a long-running installation;
 - the same folder once all processes but one have exited and been compacted into the
   folder's archive (``core.prom_files.compact``: gunicorn's ``child_exit``, Celery's pool exit
-  and the supervisor call it), with the cost of one compaction. The body must not change.
+  and the supervisor call it), with the cost of one compaction. The body must not change;
+- ``/metrics/replicas`` with 10 and 50 ready replicas answering a model server's body on their
+  socket files (stand-ins in this process: the cost on the platform's side).
 """
 
 from __future__ import annotations
@@ -79,10 +81,76 @@ def _time(fn, repeat: int) -> tuple[float, float, int]:
     return statistics.median(timings), percentile(timings, 0.95), size
 
 
+def _server_body() -> bytes:
+    """A model server's /metrics after some traffic (its real families, this process)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    requests = Counter("modelport_requests", "x", ["endpoint", "status"], registry=registry)
+    latency = Histogram("modelport_request_duration_seconds", "x", ["endpoint"],
+                        registry=registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+    for status in ("200", "400", "500"):
+        requests.labels("invocations", status).inc(100)
+    latency.labels("invocations").observe(0.004)
+    for name in ("logs_shipped", "logs_dropped", "logs_rejected", "rows"):
+        Counter(f"modelport_prediction_{name}", "x", registry=registry).inc(10)
+    return generate_latest(registry)
+
+
+def _replica_rows(args, model, team) -> list[tuple]:
+    """/metrics/replicas with N ready replicas on socket files (stand-ins in this process
+    answering a model server's body), timed like the rest."""
+    import threading
+    from http.server import BaseHTTPRequestHandler
+
+    from deployments.models import Deployment, Replica
+    from monitoring import replica_metrics
+    from serving.sockets import unix_url
+    from tests.deployments.conftest import UnixHTTPServer
+
+    body = _server_body()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def address_string(self) -> str:
+            return "platform"
+
+    rows: list[tuple] = []
+    for n in (int(v) for v in args.replicas.split(",")):
+        Replica.objects.filter(runtime_id__startswith="bench-").delete()
+        with tempfile.TemporaryDirectory() as folder:
+            servers = []
+            for i in range(n):
+                deployment = Deployment.objects.get(name=f"bench-{i % DEPLOYMENTS}")
+                server = UnixHTTPServer(f"{folder}/{i}.sock", Handler)
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+                servers.append(server)
+                Replica.objects.create(deployment=deployment, runtime_id=f"bench-{i}",
+                                       revision=1, index=i // DEPLOYMENTS, status="running",
+                                       ready=True, url=unix_url(f"{folder}/{i}.sock"))
+            rows.append((f"/metrics/replicas, {n} replicas", *_time(
+                replica_metrics.exposition, max(5, args.repeat // 3))))
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+        Replica.objects.filter(runtime_id__startswith="bench-").delete()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", default="8,100,1000")
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--replicas", default="10,50")
     args = parser.parse_args()
     setup_django("modelport_bench_metrics")
     from django.conf import settings
@@ -120,6 +188,7 @@ def main() -> None:
             rows.append((f"  {n - 1} of them exited, compacted", *_time(prom.exposition,
                                                                          args.repeat)))
             rows.append(("  compact one exited process (ms)", took, took, 0))
+    rows += _replica_rows(args, model, team)
     print(f"/metrics body, {DEPLOYMENTS} deployments, {args.repeat} scrapes each "
           f"(load average {os.getloadavg()[0]:.2f})")
     print(f"{'':40} {'p50 ms':>8} {'p95 ms':>8} {'bytes':>8}")
