@@ -50,6 +50,7 @@ run: migrate
 	@echo "Modelport: http://127.0.0.1:$(PORT)/  (API docs: /api/v1/docs/, console: /admin/) — Ctrl-C stops everything"
 	$(PRIVATE) MODELPORT_WEB_PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m config.supervise \
 		--procfile Procfile --once demo --stop-last redis $(if $(REDIS_URL),--skip redis) \
+		--metrics-dir "$(MODELPORT_DATA_DIR)/run/prometheus" \
 		--on-stop "$(BIN)/python -m config.replicas_left"
 
 demo-traffic: install

@@ -28,7 +28,8 @@ _pg_bin() {
 }
 
 services_start() {
-  _apt_install redis-server chromium debootstrap
+  # prometheus: the real server and promtool for tests/monitoring/test_prometheus_*.py.
+  _apt_install redis-server chromium debootstrap prometheus
   chmod 755 "$SERVICES_DIR"
   local pgbin; pgbin=$(_pg_bin)
   mkdir -p "$SERVICES_DIR/pg"; chown postgres:postgres "$SERVICES_DIR/pg"

@@ -1,8 +1,13 @@
 """The Celery application: configured from Django settings (``CELERY_*``), tasks autodiscovered."""
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_shutdown, worker_ready
+
+from config import worker_metrics
+from core.prom_files import compact
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -14,3 +19,16 @@ app.autodiscover_tasks()
 from workers.host_step import HostHeartbeat  # noqa: E402 - after the app is configured
 
 app.steps["worker"].add(HostHeartbeat)
+
+
+@worker_process_shutdown.connect
+def _metrics_process_dead(pid: int | None = None, **_: Any) -> None:
+    """A pool process exits: its counts join its folder's archive (prometheus-client's
+    multiprocess mode, core/prom_files.py), so totals never go back and scrapes stay fast."""
+    compact(pid or os.getpid())
+
+
+@worker_ready.connect
+def _serve_worker_metrics(**_: Any) -> None:
+    """On Kubernetes (``MODELPORT_WORKER_METRICS_PORT``): the worker pod's own /metrics."""
+    worker_metrics.start()

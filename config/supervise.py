@@ -23,6 +23,11 @@ process exits, whatever is left of its process group (gunicorn workers, Celery p
 MLflow's uvicorn) is stopped before it is started again. Model replicas are started in sessions
 of their own by the runtimes and are left running by design; ``--on-stop`` says which.
 
+``--metrics-dir`` (the Makefile passes ``$MODELPORT_DATA_DIR/run/prometheus``) is
+prometheus-client's multiprocess folder for every process: emptied when the supervisor starts,
+``PROMETHEUS_MULTIPROC_DIR`` in their environment, and the files of a process group that ended
+folded into the folder's archive (``core.prom_files``), so ``/metrics`` adds every process up.
+
 Imports nothing from Django: a small, long-lived process.
 """
 
@@ -48,6 +53,8 @@ from pathlib import Path
 from honcho.colour import get_colours
 from honcho.environ import parse_procfile
 from honcho.printer import Message, Printer
+
+from core.prom_files import compact_dead
 
 NAME = "supervise"
 _PR_SET_PDEATHSIG = 1
@@ -249,6 +256,7 @@ class Supervisor:
                 ran = time.monotonic() - program.started_at
                 await self._end_group(process.pid)
                 await pump
+                self._compact_metrics()
             program.history.append(returncode)
             program.pid = None
             if self._stopping.is_set():
@@ -266,6 +274,16 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
         program.done = True
+
+    def _compact_metrics(self) -> None:
+        """The ended process group's metric files join the folder's archive (every process of
+        the Procfile shares this supervisor's pid namespace, so "not running" is exact)."""
+        folder = self.env.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder and Path(folder).is_dir():
+            try:
+                compact_dead(folder)
+            except (OSError, ValueError) as exc:  # a torn file must not stop the supervisor
+                self.say(f"could not compact the metric files in {folder}: {exc}")
 
     # --- all of them -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -319,6 +337,17 @@ class Supervisor:
         return 0
 
 
+def metrics_dir(path: Path) -> Path:
+    """An empty, private prometheus-client multiprocess directory. Emptied when the platform
+    starts, never when one process restarts: a restarted process's predecessors keep their
+    counts, so totals never go back (Prometheus would read a drop as a counter reset)."""
+    path = path.resolve()
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o700, parents=True)
+    return path
+
+
 def load_programs(procfile: Path, once: tuple[str, ...] = ()) -> list[Program]:
     parsed = parse_procfile(procfile.read_text())
     unknown = set(once) - set(parsed.processes)
@@ -342,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--on-stop", default="",
                         help="a command run when everything has stopped (says what still runs)")
     parser.add_argument("--stop-timeout", type=float, default=Policy.stop_timeout)
+    parser.add_argument("--metrics-dir", type=Path, default=None,
+                        help="prometheus-client's multiprocess directory for every process: "
+                             "emptied now, then PROMETHEUS_MULTIPROC_DIR in their environment")
     args = parser.parse_args(argv)
     programs = [p for p in load_programs(args.procfile, tuple(args.once))
                 if p.name not in args.skip]
@@ -352,8 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                                   check=False)
             supervisor.say((done.stdout + done.stderr).rstrip() or "(--on-stop said nothing)")
 
+    env = dict(os.environ)
+    if args.metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(args.metrics_dir))
     supervisor = Supervisor(programs, policy=Policy(stop_timeout=args.stop_timeout),
-                            stop_last=tuple(args.stop_last), on_stop=on_stop)
+                            env=env, stop_last=tuple(args.stop_last), on_stop=on_stop)
     supervisor.say(f"starting {', '.join(p.name for p in programs)} from {args.procfile}; "
                    "a process that exits is restarted; Ctrl-C stops all")
     return asyncio.run(supervisor.run())

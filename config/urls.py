@@ -36,6 +36,7 @@ urlpatterns = [
     path("healthz", system.healthz, name="healthz"),
     path("readyz", system.readyz, name="readyz"),
     path("metrics", monitoring_views.prometheus_metrics, name="prometheus-metrics"),
+    path("metrics/replicas", monitoring_views.replica_metrics, name="prometheus-replica-metrics"),
     path("api/v1/", include((api_v1, "api-v1"))),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html",

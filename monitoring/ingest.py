@@ -487,8 +487,8 @@ def _ingest(token: IngestToken, body: bytes) -> dict[str, Any]:
             IngestToken.objects.filter(pk=token.pk).update(last_used_at=started)
     prom.BATCHES.labels("accepted").inc()
     prom.INGESTED.labels(deployment.name).inc(stored)
-    if dropped:
-        prom.SAMPLED_OUT.labels(deployment.name).inc(dropped)
+    # Even when 0: the series exists, so a rate reads 0 rather than "no data".
+    prom.SAMPLED_OUT.labels(deployment.name).inc(dropped)
     if rejections.count:
         rejections.publish(deployment.name)
         log.info("ingest for %s: %d of %d records rejected (%s)", deployment.name,

@@ -1,20 +1,30 @@
 """Prometheus metrics of the monitoring pipeline.
 
-Counters live in this process; values that come from the database (rollup lag, alerts firing,
-deployments by status) are read when ``/metrics`` is scraped, by ``DatabaseCollector``.
+Counters are incremented wherever the work happens: ingest in the gunicorn workers, rollups and
+alert notifications in Celery workers, gateway errors in the edge. With prometheus-client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the process starts, as ``make run``,
+compose and Kubernetes do) each process writes its values to files and ``exposition`` adds them
+up, so every scrape of ``/metrics`` from any web worker returns the same totals; without it
+(unit tests, a plain ``runserver``) ``/metrics`` serves this process's counters. Values that
+come from the database (rollup lag, alerts firing, deployments by status) are read when
+``/metrics`` is scraped, by ``DatabaseCollector``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from core.prom_files import FilesCollector
 from deployments.models import Deployment
 
 from .gateway_errors import GATEWAY_ERRORS
-from .models import Alert, AlertState, PredictionRecord, RollupCursor
+from .models import Alert, AlertRule, AlertState, PredictionRecord, RollupCursor
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -67,10 +77,16 @@ class DatabaseCollector:
         backlog.add_metric([], max(0, (newest_id or 0) - (cursor.last_id if cursor else 0)))
         yield backlog
 
-        firing = GaugeMetricFamily("modelport_alerts_firing", "Alerts currently firing",
+        firing = GaugeMetricFamily("modelport_alerts_firing", "Alerts currently firing "
+                                   "(0 for a deployment with enabled rules and none firing)",
                                    labels=["deployment"])
-        for name, n in (Alert.objects.filter(state=AlertState.FIRING)
-                        .values_list("rule__deployment__name").annotate(n=Count("id"))):
+        counts = dict(Alert.objects.filter(state=AlertState.FIRING)
+                      .values_list("rule__deployment__name").annotate(n=Count("id")))
+        # A series that vanishes when the last alert resolves reads as "no data", not 0.
+        for name in AlertRule.objects.filter(enabled=True).values_list(
+                "deployment__name", flat=True).distinct():
+            counts.setdefault(name, 0)
+        for name, n in sorted(counts.items()):
             firing.add_metric([name], n)
         yield firing
 
@@ -81,7 +97,19 @@ class DatabaseCollector:
         yield status
 
 
-REGISTRY.register(DatabaseCollector())
-# Counted where the gateway answers (the edge, or gunicorn's Django path): per process until
-# /metrics adds processes up (prometheus-client's multiprocess mode).
+DATABASE = DatabaseCollector()
+REGISTRY.register(DATABASE)
+# Counted where the gateway answers (the edge, or gunicorn's Django path).
 REGISTRY.register(GATEWAY_ERRORS)
+
+
+def exposition() -> bytes:
+    """``/metrics``'s body: all processes' counters added up (multiprocess mode) or this
+    process's, and the database gauges."""
+    directory = settings.MODELPORT_PROMETHEUS_DIR
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FilesCollector(Path(directory)))
+    registry.register(DATABASE)
+    return generate_latest(registry)

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework.exceptions import AuthenticationFailed
 
 from core.errors import DomainError
@@ -26,6 +26,7 @@ from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
 
 from . import alerts, ingest, prom, rollups, services
+from . import replica_metrics as replica_metrics_
 from .forms import AlertRuleForm, DriftThresholdsForm, SamplingForm
 from .models import Alert, AlertRule, Comparison, ModelMonitoring, TaskType
 
@@ -68,11 +69,23 @@ def _metrics_401(text: str) -> HttpResponse:
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """``GET /metrics``: platform metrics in the Prometheus text format, for Prometheus (bearer
-    ``MODELPORT_METRICS_TOKEN``) and platform admins; anonymous callers get a 401."""
+    ``MODELPORT_METRICS_TOKEN``) and platform admins; anonymous callers get a 401. Every
+    process's counters added up (``prom.exposition``), whichever web worker answers."""
     refusal = _metrics_refusal(request)
     if refusal is not None:
         return refusal
-    return HttpResponse(generate_latest(prom.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(prom.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+@require_GET
+def replica_metrics(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics/replicas``: every ready replica's own metrics, labelled with its
+    deployment, revision and index (replicas have no network: Prometheus cannot reach them).
+    The same callers as ``/metrics``."""
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
+    return HttpResponse(replica_metrics_.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 def _utc(value):

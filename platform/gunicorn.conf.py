@@ -1,6 +1,10 @@
-"""gunicorn settings for the web container (env-driven; `gunicorn -c platform/gunicorn.conf.py`)."""
+"""gunicorn settings for the web container and `make run` (env-driven;
+`gunicorn -c platform/gunicorn.conf.py`; command-line options override them)."""
 
 import os
+
+# gunicorn puts the working directory (the repository, /app in the image) on sys.path first.
+from core.prom_files import compact
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -17,3 +21,10 @@ SHM = "/dev/shm"  # noqa: S108 - gunicorn's recommended worker_tmp_dir in contai
 worker_tmp_dir = SHM if os.path.isdir(SHM) else None
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
+
+
+def child_exit(server, worker):
+    """A worker exited (or was recycled after max_requests): its counts join the folder's
+    archive, so /metrics keeps them without reading one more file per dead worker
+    (prometheus-client's multiprocess mode, core/prom_files.py)."""
+    compact(worker.pid)

@@ -504,6 +504,12 @@ MODELPORT_MONITORING_ALERT_SECONDS = env_int("MODELPORT_MONITORING_ALERT_SECONDS
 MODELPORT_ALERT_WEBHOOK_TIMEOUT_S = env_float("MODELPORT_ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=0.1)
 # When set, GET /metrics requires "Authorization: Bearer <this>" (Prometheus bearer_token).
 MODELPORT_METRICS_TOKEN = env_str("MODELPORT_METRICS_TOKEN", "")
+# prometheus-client's multiprocess mode: every process that counts (gunicorn workers, the edge,
+# Celery workers) writes its values to files under PROMETHEUS_MULTIPROC_DIR, and /metrics adds
+# up the files in this directory and in its immediate subdirectories (one per container that
+# shares it, each with its own PROMETHEUS_MULTIPROC_DIR). Empty: this process's own counters.
+MODELPORT_PROMETHEUS_DIR = (env_str("MODELPORT_PROMETHEUS_DIR", "")
+                            or env_str("PROMETHEUS_MULTIPROC_DIR", ""))
 CELERY_BEAT_SCHEDULE["monitoring-rollup"] = {
     "task": "monitoring.tasks.rollup",
     "schedule": timedelta(seconds=MODELPORT_MONITORING_ROLLUP_SECONDS),

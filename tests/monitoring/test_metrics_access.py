@@ -61,3 +61,16 @@ def test_an_unset_metrics_token_never_matches_an_empty_bearer(settings):
     settings.MODELPORT_METRICS_TOKEN = ""
     assert get(HTTP_AUTHORIZATION="Bearer ").status_code == 401
     assert get(HTTP_AUTHORIZATION="Bearer").status_code == 401
+
+
+def test_the_replicas_metrics_have_the_same_rule(settings, engineer):
+    """``/metrics/replicas`` (the replicas' own metrics, gathered by the platform) names
+    deployments too."""
+    settings.MODELPORT_METRICS_TOKEN = "prom-secret-123"
+    client = Client()
+    assert client.get("/metrics/replicas").status_code == 401
+    _, secret = make_token(engineer)
+    assert client.get("/metrics/replicas", **bearer(secret)).status_code == 403
+    response = client.get("/metrics/replicas", **bearer("prom-secret-123"))
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
