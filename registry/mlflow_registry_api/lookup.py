@@ -1,0 +1,122 @@
+"""What every handler of the registry API shares: finding the caller's model or version,
+reading MLflow's parameters, paging searches, and saying Modelport's refusals in MLflow's
+error format (so ``MlflowClient`` raises them as ``MlflowException`` with the message as is)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from core.errors import Conflict, DomainError, NotFound, PermissionDenied
+
+from .. import mlflow_teams
+from ..mlflow_calls import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    Caller,
+    Refusal,
+    denied,
+    invalid,
+    missing,
+)
+from ..models import ModelVersion, RegisteredModel
+
+# MLflow's own defaults and ceilings: (default, most) for models, and for versions.
+MODEL_RESULTS, VERSION_RESULTS = (100, 1000), (10000, 200_000)
+
+
+@contextmanager
+def mlflow_errors() -> Iterator[None]:
+    """A service's refusal (``DomainError``) as MLflow's error, same words."""
+    try:
+        yield
+    except NotFound as exc:
+        raise missing(exc.message) from None
+    except PermissionDenied as exc:
+        raise denied(exc.message) from None
+    except Conflict as exc:
+        code = RESOURCE_ALREADY_EXISTS if exc.code == "name_taken" else INVALID_PARAMETER_VALUE
+        raise Refusal(400, code, exc.message) from None
+    except DomainError as exc:
+        raise invalid(exc.message) from None
+
+
+def text(params: dict[str, Any], name: str, *, required: bool = True) -> str:
+    value = params.get(name)
+    if isinstance(value, list):  # a GET's query string
+        value = value[0] if len(value) == 1 else None
+    if value is None or value == "":
+        if required:
+            raise invalid(f"Missing value for required parameter '{name}'.")
+        return ""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise invalid(f"Parameter '{name}' must be a string.")
+    return str(value)
+
+
+def strings(params: dict[str, Any], name: str) -> list[str]:
+    value = params.get(name) or []
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(f"Parameter '{name}' must be a list of strings.")
+    return value
+
+
+def pairs(params: dict[str, Any]) -> dict[str, str]:
+    """``tags: [{"key", "value"}]`` as a dict (MLflow's create calls)."""
+    found: dict[str, str] = {}
+    for tag in params.get("tags") or []:
+        if not isinstance(tag, dict) or not isinstance(tag.get("key"), str):
+            raise invalid("tags must be a list of {\"key\", \"value\"} objects.")
+        found[tag["key"]] = str(tag.get("value") or "")
+    return found
+
+
+def model(caller: Caller, name: str, *, write: bool = False) -> RegisteredModel:
+    """The model ``name`` if the caller may see it; else 404 as if it did not exist — but for
+    a write, which says whose model it is (``create`` answers RESOURCE_ALREADY_EXISTS anyway,
+    and a training script's author needs to know why their version was refused)."""
+    found = RegisteredModel.objects.select_related("team").filter(name=name).first()
+    if found is not None and RegisteredModel.objects.visible_to(caller.user).filter(
+            pk=found.pk).exists():
+        return found
+    if found is not None and write:
+        raise denied(mlflow_teams.refusal(caller.user, mlflow_teams.Target(
+            name=name, model=found, team=found.team)))
+    raise missing(f"Registered Model with name={name} not found")
+
+
+def version(caller: Caller, name: str, number: str, *, write: bool = False) -> ModelVersion:
+    if not number.isdigit():
+        raise invalid(f"Parameter 'version' must be a version number, got {number!r}.")
+    found = (ModelVersion.objects.select_related("model__team")
+             .filter(model=model(caller, name, write=write), version=int(number)).first())
+    if found is None:
+        raise missing(f"Model Version (name={name}, version={number}) not found")
+    return found
+
+
+def page(items: list, params: dict[str, Any], search: Callable[[list, str, list[str]], list],
+         limits: tuple[int, int] = MODEL_RESULTS) -> tuple[list, str]:
+    """MLflow's filter, order_by, max_results and page_token over ``items`` (entities):
+    ``search`` filters and sorts them with MLflow's own search utilities."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
+    from mlflow.utils.search_utils import SearchUtils  # noqa: PLC0415 - lazy: mlflow
+
+    raw = text(params, "max_results", required=False) or str(limits[0])
+    if not raw.isdigit() or not 0 < int(raw) <= limits[1]:
+        raise invalid(f"max_results must be a number from 1 to {limits[1]}, got {raw!r}.")
+    limit = int(raw)
+    try:
+        found = search(items, text(params, "filter", required=False),
+                       strings(params, "order_by"))
+        start = SearchUtils.parse_start_offset_from_page_token(
+            text(params, "page_token", required=False) or None)
+    except MlflowException as exc:
+        raise invalid(exc.message) from None
+    end = start + limit
+    token = SearchUtils.create_page_token(end) if end < len(found) else b""
+    if isinstance(token, bytes):
+        token = token.decode()
+    return found[start:end], token
