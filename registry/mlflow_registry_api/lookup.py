@@ -115,6 +115,8 @@ def page(items: list, params: dict[str, Any], search: Callable[[list, str, list[
             text(params, "page_token", required=False) or None)
     except MlflowException as exc:
         raise invalid(exc.message) from None
+    except (TypeError, ValueError) as exc:  # a comparison MLflow's parser let through
+        raise invalid(f"Cannot apply this filter or order_by: {exc}.") from None
     end = start + limit
     token = SearchUtils.create_page_token(end) if end < len(found) else b""
     if isinstance(token, bytes):

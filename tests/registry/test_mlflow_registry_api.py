@@ -26,6 +26,7 @@ from registry.models import (
     ModelVersion,
     RegisteredModel,
 )
+from registry.signals import alias_moved
 from teams.models import AuditEvent
 from teams.roles import Role
 from tests.factories import MembershipFactory, TeamFactory, UserFactory, make_token
@@ -104,6 +105,9 @@ def frame() -> pd.DataFrame:
 def test_log_model_registers_in_modelport_and_aliases_move_both_ways(
         platform, team, iris_estimator, mlflow_zip):
     alice = member(team, "alice", Role.ENGINEER)
+    moves = []  # deployments following an alias roll out on this signal (deployments.services)
+    receiver = lambda sender, **kwargs: moves.append((kwargs["alias"], kwargs["actor"]))  # noqa: E731
+    alias_moved.connect(receiver, weak=False)
     with platform(alice) as client:
         run_id = log_iris(iris_estimator, "iris-live")
         version = client.get_model_version("iris-live", "1")
@@ -120,6 +124,8 @@ def test_log_model_registers_in_modelport_and_aliases_move_both_ways(
     assert stored.lineage["mlflow_model_id"] == stored.source[len("models:/"):]
     assert ModelAlias.objects.get(model=model, name="champion").version == stored
     assert AuditEvent.objects.filter(action="alias.moved", actor=alice).exists()
+    alias_moved.disconnect(receiver)
+    assert moves == [("champion", alice)]
     assert not upstream_has_model("iris-live")  # the tracking server's registry is not written
 
     # A version uploaded to Modelport's own API is version 2 for MLflow clients too, and an
@@ -256,6 +262,13 @@ def test_models_tags_search_and_errors(platform, team, mlflow_zip):
             "tags.validated_by = 'ci'")] == ["1"]
         latest = client.get_latest_versions("tagged-a")
         assert [v.version for v in latest] == ["1"]
+        assert client.get_latest_versions("tagged-a", stages=["Production"]) == []
+        assert [v.version for v in client.search_model_versions(
+            "name = 'tagged-a' AND version_number >= 1", order_by=["version_number ASC"])] \
+            == ["1"]
+        with pytest.raises(MlflowException) as copied:
+            client.copy_model_version("models:/tagged-a/1", "tagged-b")
+        assert "copying" in copied.value.message
         uri = client.get_model_version_download_uri("tagged-a", "1")
         assert uri == "mlflow-artifacts:/modelport-registry/tagged-a/1"
         client.delete_model_version_tag("tagged-a", "1", "validated_by")
