@@ -4,9 +4,12 @@ error format (so ``MlflowClient`` raises them as ``MlflowException`` with the me
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from django.db.models import QuerySet
 
 from core.errors import Conflict, DomainError, NotFound, PermissionDenied
 
@@ -122,3 +125,92 @@ def page(items: list, params: dict[str, Any], search: Callable[[list, str, list[
     if isinstance(token, bytes):
         token = token.decode()
     return found[start:end], token
+
+
+def _like(pattern: str) -> str:
+    """SQL LIKE (``%``, ``_``) as an anchored regular expression."""
+    return "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
+                         for c in pattern) + "$"
+
+
+def narrowed(queryset: QuerySet, filter_string: str, *, name_field: str,
+             run_field: str = "") -> QuerySet:
+    """The rows ``filter_string`` can match, found by the database: its clauses on the name
+    (``=``, ``LIKE``, ``ILIKE``) and the run id (``=``, ``IN``). A superset — MLflow's own filter
+    then decides exactly — so a search never loads the whole catalogue for one model's name."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
+    from mlflow.utils.search_utils import SearchModelVersionUtils  # noqa: PLC0415 - lazy
+
+    if not filter_string:
+        return queryset
+    try:
+        clauses = SearchModelVersionUtils.parse_search_filter(filter_string)
+    except MlflowException:
+        return queryset  # MLflow's own filter says what is wrong with it
+    for clause in clauses:
+        key, comparator, value = clause["key"], clause["comparator"], clause["value"]
+        if clause["type"] != "attribute":
+            continue
+        if key == "name" and comparator == "=":
+            queryset = queryset.filter(**{name_field: value})
+        elif key == "name" and comparator in ("LIKE", "ILIKE"):
+            lookup = "regex" if comparator == "LIKE" else "iregex"
+            queryset = queryset.filter(**{f"{name_field}__{lookup}": _like(value)})
+        elif key == "run_id" and run_field and comparator == "=":
+            queryset = queryset.filter(**{run_field: value})
+        elif key == "run_id" and run_field and comparator == "IN":
+            queryset = queryset.filter(**{f"{run_field}__in": list(value)})
+    return queryset
+
+
+_ORDER = re.compile(r"^\s*(?P<key>\w+)\s*(?P<way>ASC|DESC)?\s*$", re.IGNORECASE)
+PROMPT_CLAUSE = {"type": "tag", "key": "mlflow.prompt.is_prompt", "comparator": "!=",
+                 "value": "true"}  # MlflowClient adds it to every model search; no prompts here
+
+
+def sql_order(filter_string: str, order_by: list[str], columns: dict[str, str]
+              ) -> list[str] | None:
+    """The database ordering for a search the database can answer alone — a filter only on
+    the name (``=``, ``LIKE``, ``ILIKE``: ``narrowed`` applies them exactly), order_by only on
+    ``columns`` — so a page of a large catalogue costs a page; else None (MLflow's in-memory
+    filter and sort decide, over ``narrowed`` rows)."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
+    from mlflow.utils.search_utils import SearchModelUtils  # noqa: PLC0415 - lazy: mlflow
+
+    try:
+        clauses = SearchModelUtils.parse_search_filter(filter_string) if filter_string else []
+    except MlflowException:
+        return None
+    for clause in clauses:
+        exact_name = clause["type"] == "attribute" and clause["key"] == "name" and \
+            clause["comparator"] in ("=", "LIKE", "ILIKE")
+        if not exact_name and clause != PROMPT_CLAUSE:
+            return None
+    ordering: list[str] = []
+    for item in order_by or ["name ASC"]:
+        found = _ORDER.match(item)
+        if found is None or found["key"] not in columns:
+            return None
+        descending = (found["way"] or "ASC").upper() == "DESC"
+        ordering.append(("-" if descending else "") + columns[found["key"]])
+    return [*ordering, "name"]
+
+
+def sql_page(queryset: QuerySet, params: dict[str, Any]) -> tuple[list[int], str]:
+    """The primary keys of one page of ``queryset`` (ordered) and the next page's token."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
+    from mlflow.utils.search_utils import SearchUtils  # noqa: PLC0415 - lazy: mlflow
+
+    raw = text(params, "max_results", required=False) or str(MODEL_RESULTS[0])
+    if not raw.isdigit() or not 0 < int(raw) <= MODEL_RESULTS[1]:
+        raise invalid(f"max_results must be a number from 1 to {MODEL_RESULTS[1]}, got {raw!r}.")
+    try:
+        start = SearchUtils.parse_start_offset_from_page_token(
+            text(params, "page_token", required=False) or None)
+    except MlflowException as exc:
+        raise invalid(exc.message) from None
+    limit = int(raw)
+    keys = list(queryset.values_list("pk", flat=True)[start:start + limit + 1])
+    token: str | bytes = SearchUtils.create_page_token(start + limit) if len(keys) > limit \
+        else ""
+    return keys[:limit], token.decode() if isinstance(token, bytes) else token

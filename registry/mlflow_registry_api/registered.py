@@ -11,7 +11,17 @@ from .. import mlflow_services, mlflow_teams, services
 from ..mlflow_calls import Caller, denied, exists, invalid, missing
 from ..models import AliasTransitionRequest, ModelVersion, RegisteredModel
 from . import render
-from .lookup import mlflow_errors, model, page, pairs, strings, text
+from .lookup import (
+    mlflow_errors,
+    model,
+    narrowed,
+    page,
+    pairs,
+    sql_order,
+    sql_page,
+    strings,
+    text,
+)
 
 
 def _with_tags(caller: Caller, found: RegisteredModel, tags: dict[str, str]) -> None:
@@ -76,9 +86,23 @@ def _search(items: list, filter_string: str, order_by: list[str]) -> list:
     return SearchModelUtils.sort(found, order_by or ["name ASC"])
 
 
+MODEL_COLUMNS = {"name": "name", "creation_timestamp": "created_at",
+                 "last_updated_timestamp": "updated_at"}
+
+
 def search(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-    entities = render.model_entities(RegisteredModel.objects.visible_to(caller.user))
-    found, token = page(entities, params, _search)
+    filter_string = text(params, "filter", required=False)
+    rows = narrowed(RegisteredModel.objects.visible_to(caller.user), filter_string,
+                    name_field="name")
+    ordering = sql_order(filter_string, strings(params, "order_by"), MODEL_COLUMNS)
+    if ordering is not None:  # the database pages alone: a page costs a page
+        keys, token = sql_page(rows.order_by(*ordering), params)
+        entities = {e.name: e for e in render.model_entities(
+            RegisteredModel.objects.filter(pk__in=keys))}
+        names = dict(RegisteredModel.objects.filter(pk__in=keys).values_list("pk", "name"))
+        found = [entities[names[key]] for key in keys]
+    else:
+        found, token = page(render.model_entities(rows), params, _search)
     return {"registered_models": [render.to_json(e) for e in found],
             **({"next_page_token": token} if token else {})}
 

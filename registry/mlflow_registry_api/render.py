@@ -41,7 +41,8 @@ def version_entity(version: ModelVersion, *, aliases: list[str], tags: list[Mlfl
     source = version.source if version.source.startswith(MLFLOW_SOURCES) else \
         download_uri(version)
     return Entity(
-        name=version.model.name, version=version.version,  # a number: searches compare it
+        # a number (typed str by MLflow): its in-memory searches compare version_number with it
+        name=version.model.name, version=version.version,  # type: ignore[arg-type]
         creation_timestamp=millis(version.created_at),
         last_updated_timestamp=millis(version.validated_at or version.created_at),
         description=version.description, user_id=(version.created_by.get_username()

@@ -15,7 +15,16 @@ from .. import mlflow_services, services
 from ..mlflow_calls import Caller, invalid
 from ..models import ModelVersion, RegisteredModel, VersionStatus
 from . import render
-from .lookup import VERSION_RESULTS, mlflow_errors, model, page, pairs, text, version
+from .lookup import (
+    VERSION_RESULTS,
+    mlflow_errors,
+    model,
+    narrowed,
+    page,
+    pairs,
+    text,
+    version,
+)
 
 LOGGED_MODEL_ID = "mlflow_model_id"
 
@@ -80,8 +89,10 @@ def _search(items: list, filter_string: str, order_by: list[str]) -> list:
 
 
 def search(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-    visible = ModelVersion.objects.filter(
-        model__in=RegisteredModel.objects.visible_to(caller.user))
+    visible = narrowed(ModelVersion.objects.filter(
+        model__in=RegisteredModel.objects.visible_to(caller.user)),
+        text(params, "filter", required=False), name_field="model__name",
+        run_field="lineage__mlflow_run_id")
     found, token = page(render.versions(visible), params, _search, VERSION_RESULTS)
     return {"model_versions": [render.to_json(e) for e in found],
             **({"next_page_token": token} if token else {})}
