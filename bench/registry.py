@@ -86,6 +86,7 @@ def main() -> None:
         "mlflow: get model": f"{MLFLOW}/registered-models/get?name=model-04242",
         "mlflow: versions of one": f"{MLFLOW}/model-versions/search?"
                                    "filter=name+%3D+%27model-04242%27",
+        "mlflow: versions, 100": f"{MLFLOW}/model-versions/search?max_results=100",
         "mlflow: get version": f"{MLFLOW}/model-versions/get?name=model-04242&version=7",
         "mlflow: by alias": f"{MLFLOW}/registered-models/alias?name=model-00010&"
                             "alias=production",

@@ -168,42 +168,50 @@ PROMPT_CLAUSE = {"type": "tag", "key": "mlflow.prompt.is_prompt", "comparator": 
                  "value": "true"}  # MlflowClient adds it to every model search; no prompts here
 
 
-def sql_order(filter_string: str, order_by: list[str], columns: dict[str, str]
-              ) -> list[str] | None:
+def sql_order(filter_string: str, order_by: list[str], columns: dict[str, str], *,
+              versions: bool = False) -> list[str] | None:
     """The database ordering for a search the database can answer alone — a filter only on
     the name (``=``, ``LIKE``, ``ILIKE``: ``narrowed`` applies them exactly), order_by only on
     ``columns`` — so a page of a large catalogue costs a page; else None (MLflow's in-memory
     filter and sort decide, over ``narrowed`` rows)."""
     from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
-    from mlflow.utils.search_utils import SearchModelUtils  # noqa: PLC0415 - lazy: mlflow
+    from mlflow.utils.search_utils import (  # noqa: PLC0415 - lazy: mlflow
+        SearchModelUtils,
+        SearchModelVersionUtils,
+    )
 
+    parser = SearchModelVersionUtils if versions else SearchModelUtils
     try:
-        clauses = SearchModelUtils.parse_search_filter(filter_string) if filter_string else []
+        clauses = parser.parse_search_filter(filter_string) if filter_string else []
     except MlflowException:
         return None
     for clause in clauses:
-        exact_name = clause["type"] == "attribute" and clause["key"] == "name" and \
-            clause["comparator"] in ("=", "LIKE", "ILIKE")
-        if not exact_name and clause != PROMPT_CLAUSE:
+        pushed = clause["type"] == "attribute" and (
+            (clause["key"] == "name" and clause["comparator"] in ("=", "LIKE", "ILIKE"))
+            or (versions and clause["key"] == "run_id" and clause["comparator"] in ("=", "IN")))
+        if not pushed and clause != PROMPT_CLAUSE:
             return None
+    default = ["last_updated_timestamp DESC", "name ASC", "version_number DESC"] if versions \
+        else ["name ASC"]
     ordering: list[str] = []
-    for item in order_by or ["name ASC"]:
+    for item in order_by or default:
         found = _ORDER.match(item)
         if found is None or found["key"] not in columns:
             return None
         descending = (found["way"] or "ASC").upper() == "DESC"
         ordering.append(("-" if descending else "") + columns[found["key"]])
-    return [*ordering, "name"]
+    return [*ordering, columns["name"], "pk"]
 
 
-def sql_page(queryset: QuerySet, params: dict[str, Any]) -> tuple[list[int], str]:
+def sql_page(queryset: QuerySet, params: dict[str, Any],
+             limits: tuple[int, int] = MODEL_RESULTS) -> tuple[list[int], str]:
     """The primary keys of one page of ``queryset`` (ordered) and the next page's token."""
     from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
     from mlflow.utils.search_utils import SearchUtils  # noqa: PLC0415 - lazy: mlflow
 
-    raw = text(params, "max_results", required=False) or str(MODEL_RESULTS[0])
-    if not raw.isdigit() or not 0 < int(raw) <= MODEL_RESULTS[1]:
-        raise invalid(f"max_results must be a number from 1 to {MODEL_RESULTS[1]}, got {raw!r}.")
+    raw = text(params, "max_results", required=False) or str(limits[0])
+    if not raw.isdigit() or not 0 < int(raw) <= limits[1]:
+        raise invalid(f"max_results must be a number from 1 to {limits[1]}, got {raw!r}.")
     try:
         start = SearchUtils.parse_start_offset_from_page_token(
             text(params, "page_token", required=False) or None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models.functions import Coalesce
+
 from .. import mlflow_services, services
 from ..mlflow_calls import Caller, invalid
 from ..models import ModelVersion, RegisteredModel, VersionStatus
@@ -22,6 +24,9 @@ from .lookup import (
     narrowed,
     page,
     pairs,
+    sql_order,
+    sql_page,
+    strings,
     text,
     version,
 )
@@ -88,12 +93,28 @@ def _search(items: list, filter_string: str, order_by: list[str]) -> list:
         found, order_by or ["last_updated_timestamp DESC", "name ASC", "version_number DESC"])
 
 
+VERSION_COLUMNS = {"name": "model__name", "version_number": "version",
+                   "creation_timestamp": "created_at", "last_updated_timestamp": "last_updated"}
+
+
 def search(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+    filter_string = text(params, "filter", required=False)
     visible = narrowed(ModelVersion.objects.filter(
-        model__in=RegisteredModel.objects.visible_to(caller.user)),
-        text(params, "filter", required=False), name_field="model__name",
-        run_field="lineage__mlflow_run_id")
-    found, token = page(render.versions(visible), params, _search, VERSION_RESULTS)
+        model__in=RegisteredModel.objects.visible_to(caller.user)), filter_string,
+        name_field="model__name", run_field="lineage__mlflow_run_id")
+    ordering = sql_order(filter_string, strings(params, "order_by"), VERSION_COLUMNS,
+                         versions=True)
+    if ordering is not None:  # the database pages alone: a page costs a page
+        keys, token = sql_page(visible.annotate(
+            last_updated=Coalesce("validated_at", "created_at")).order_by(*ordering),
+            params, VERSION_RESULTS)
+        by_key = dict(zip(ModelVersion.objects.filter(pk__in=keys).order_by("pk")
+                          .values_list("pk", flat=True),
+                          render.versions(ModelVersion.objects.filter(pk__in=keys)
+                                          .order_by("pk")), strict=True))
+        found = [by_key[key] for key in keys]
+    else:
+        found, token = page(render.versions(visible), params, _search, VERSION_RESULTS)
     return {"model_versions": [render.to_json(e) for e in found],
             **({"next_page_token": token} if token else {})}
 
