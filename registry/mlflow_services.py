@@ -60,7 +60,8 @@ def record_created(*, actor, kind: str, key: str) -> MlflowObject:
 TAG_KEY_MAX, TAG_VALUE_MAX = 250, 5000
 
 
-def _check_tag(key: str, value: str) -> None:
+def check_tag(key: str, value: str) -> None:
+    """Why a tag cannot be set (raised), checked before anything is created with it."""
     if not key or len(key) > TAG_KEY_MAX:
         raise InvalidInput(f"A tag key is 1-{TAG_KEY_MAX} characters.", field="key")
     if len(value) > TAG_VALUE_MAX:
@@ -77,7 +78,7 @@ def set_tag(*, actor, model: RegisteredModel, key: str, value: str,
             version: ModelVersion | None = None) -> MlflowTag:
     """An MLflow tag on ``model`` (or one of its versions): engineer in the model's team."""
     require_team_role(actor, model.team, Role.ENGINEER, "tagging models")
-    _check_tag(key, value)
+    check_tag(key, value)
     current = MlflowTag.objects.select_for_update().filter(model=model, version=version,
                                                            key=key).first()
     before = {"value": current.value} if current else None

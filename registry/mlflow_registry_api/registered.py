@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
+
 from .. import mlflow_services, mlflow_teams, services
 from ..mlflow_calls import Caller, denied, exists, invalid, missing
 from ..models import AliasTransitionRequest, ModelVersion, RegisteredModel
@@ -46,7 +48,10 @@ def create(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         raise invalid(target.reason)
     if problem := mlflow_teams.refusal(caller.user, target):
         raise denied(problem)
-    with mlflow_errors():
+    with mlflow_errors(), transaction.atomic():  # a refused tag leaves no model behind
+        for key, value in tags.items():
+            if key != mlflow_teams.TEAM_TAG:
+                mlflow_services.check_tag(key, value)
         found = services.create_model(actor=caller.user, team=target.team, name=name,
                                       description=text(params, "description", required=False))
         _with_tags(caller, found, tags)

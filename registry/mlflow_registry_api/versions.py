@@ -55,6 +55,9 @@ def create(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     source = _source(params)
     tags = pairs(params)
     with mlflow_errors():
+        for key, value in tags.items():  # before anything is created
+            mlflow_services.check_tag(key, value)
+        services.authorize_upload(actor=caller.user, model=found)
         created = services.register_from_source(
             actor=caller.user, model=found, source=source,
             description=text(params, "description", required=False))

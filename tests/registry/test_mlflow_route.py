@@ -279,6 +279,18 @@ def test_team_tags_may_only_name_a_team_the_caller_registers_in(alice, bob, team
     refused(alice.call("POST", "registered-models/set-tag", {
         "name": team_a_model.name, "key": "modelport.owner", "value": "x"}), 403,
         "PERMISSION_DENIED", "modelport.*")
+    # a refused tag leaves nothing half-written
+    name = unique("half")
+    refused(alice.call("POST", "registered-models/create", {
+        "name": name, "tags": [{"key": "modelport.owner", "value": "x"}]}), 403,
+        "PERMISSION_DENIED", "modelport.*")
+    refused(alice.call("POST", "model-versions/create", {
+        "name": team_a_model.name, "source": "runs:/0123456789abcdef/model",
+        "tags": [{"key": "modelport.owner", "value": "x"}]}), 403, "PERMISSION_DENIED")
+    from registry.models import RegisteredModel
+
+    assert not RegisteredModel.objects.filter(name=name).exists()
+    assert not team_a_model.versions.exists()
 
 
 def test_a_user_in_several_teams_names_the_team(alice, team_b):
