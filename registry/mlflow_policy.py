@@ -16,8 +16,8 @@ are out of reach even as MLflow grows.
 - The model registry (``registered-models/*``, ``model-versions/*``) and downloads of its
   versions: answered by Modelport itself (``mlflow_registry_api``), never forwarded.
 - The rules' vocabulary (refusals, the caller, plans, calls, parameters): ``mlflow_calls``.
-- Tags ``modelport.*`` are the platform's: refused, but for ``modelport.team`` on registry
-  objects, which the registry rules check.
+- Tags ``modelport.*`` are the platform's: refused (the registry API takes ``modelport.team``
+  when a registered model is created, to name its team).
 """
 
 from __future__ import annotations
