@@ -1,6 +1,6 @@
-"""The vocabulary of the MLflow route's rules (``mlflow_policy``, ``mlflow_registry_rules``):
-a refusal in MLflow's error format, the caller, a rule's plan, a classified call, and request
-parameters as MLflow reads them.
+"""The vocabulary of the MLflow route's rules (``mlflow_policy``) and of Modelport's answers to
+MLflow's registry API (``mlflow_registry_api``): a refusal in MLflow's error format, the caller,
+a rule's plan, a classified call, and request parameters as MLflow reads them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from .mlflow_teams import writer_teams
 
 UNAUTHENTICATED, PERMISSION_DENIED = "UNAUTHENTICATED", "PERMISSION_DENIED"
 INVALID_PARAMETER_VALUE, ENDPOINT_NOT_FOUND = "INVALID_PARAMETER_VALUE", "ENDPOINT_NOT_FOUND"
+RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
+RESOURCE_ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
 
 
 class Refusal(Exception):
@@ -34,6 +36,14 @@ def denied(message: str) -> Refusal:
 
 def invalid(message: str) -> Refusal:
     return Refusal(400, INVALID_PARAMETER_VALUE, message)
+
+
+def missing(message: str) -> Refusal:
+    return Refusal(404, RESOURCE_DOES_NOT_EXIST, message)
+
+
+def exists(message: str) -> Refusal:
+    return Refusal(400, RESOURCE_ALREADY_EXISTS, message)
 
 
 @dataclass
@@ -77,6 +87,7 @@ class Call:
     rule: Rule | None = None  # writes, and reads with a body to check (GraphQL)
     json_body: bool = False  # the body is JSON the rule reads (else it streams through)
     args: dict[str, str] = field(default_factory=dict)
+    local: bool = False  # answered by Modelport itself (``mlflow_registry_api``), not forwarded
 
 
 # --- Parameters: as MLflow reads them ---------------------------------------------------------

@@ -29,7 +29,11 @@ from .mlflow_upstream import MlflowError, Unavailable
 
 SOURCE_PATTERN = re.compile(
     r"^(?:runs:/(?P<run_id>[0-9a-zA-Z]{8,64})/(?P<path>[\w./-]+)"
-    r"|models:/(?P<name>[^/\s]{1,200})/(?P<ref>\d+|@?[\w-]{1,100}))$")
+    r"|models:/(?P<model_id>m-[0-9a-zA-Z]{8,64})"
+    r"|models:/(?P<name>[^/\s]{1,200})/(?P<ref>\d+|@?[\w-]{1,100})"
+    r"|mlflow-artifacts:/(?P<store>[\w][\w./-]{0,500}))$")
+OWN_STORE = "modelport-registry/"  # Modelport's own versions (mlflow_registry_api): not imports
+_STORE_RUN = re.compile(r"^[^/]+/(?P<run>[0-9a-zA-Z]{8,64})/artifacts(?:/|$)")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 API = "/api/2.0/mlflow"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -54,8 +58,12 @@ class ImportFailed(RuntimeError):
 def check_source(source: str) -> str:
     source = (source or "").strip()
     if not SOURCE_PATTERN.match(source):
-        raise InvalidInput("source must be 'runs:/<run_id>/<artifact path>' or "
-                           "'models:/<name>/<version>'.", field="source")
+        raise InvalidInput("source must be 'runs:/<run_id>/<artifact path>', "
+                           "'models:/<logged model id>', 'models:/<name>/<version>' or "
+                           "'mlflow-artifacts:/<path>'.", field="source")
+    if source.startswith("mlflow-artifacts:/" + OWN_STORE):
+        raise InvalidInput("That is a Modelport version already: nothing to import.",
+                           field="source")
     return source
 
 
@@ -190,6 +198,28 @@ def _get_run(run_id: str) -> dict[str, Any]:
         "run") or {}
 
 
+def _registered_source(name: str, ref: str) -> tuple[str, str, dict[str, Any]]:
+    """``models:/<name>/<version|@alias>`` in the tracking server's own registry (versions
+    registered there before Modelport answered MLflow's registry API itself)."""
+    if not ref.isdigit():
+        ref = str((mlflow_upstream.call(
+            "GET", f"{API}/registered-models/alias",
+            params={"name": name, "alias": ref.lstrip("@")}).get("model_version")
+            or {}).get("version") or "")
+    version = mlflow_upstream.call("GET", f"{API}/model-versions/get", params={
+        "name": name, "version": ref}).get("model_version") or {}
+    return (_version_model_path(name, ref), str(version.get("run_id") or ""),
+            {"mlflow_model": name, "mlflow_model_version": ref})
+
+
+def _logged_model_source(model_id: str) -> tuple[str, str]:
+    """``models:/m-…``: a logged model (MLflow 3's ``log_model``) and the run that logged it."""
+    body = mlflow_upstream.call("GET", f"{API}/logged-models/{quote(model_id, safe='')}")
+    info = (body.get("model") or {}).get("info") or {}
+    return (_store_path(str(info.get("artifact_uri") or ""), f"logged model {model_id}"),
+            str(info.get("source_run_id") or ""))
+
+
 def download(source: str, dest: Path) -> Download:
     """Download ``source`` into ``dest`` and collect its run's params, metrics and lineage."""
     match = SOURCE_PATTERN.match(source)
@@ -199,22 +229,18 @@ def download(source: str, dest: Path) -> Download:
     try:
         extra_lineage: dict[str, Any] = {}
         if match.group("name"):
-            name, ref = match.group("name"), match.group("ref")
-            if not ref.isdigit():
-                ref = str((mlflow_upstream.call(
-                    "GET", f"{API}/registered-models/alias",
-                    params={"name": name, "alias": ref.lstrip("@")}).get("model_version")
-                    or {}).get("version") or "")
-            version = mlflow_upstream.call("GET", f"{API}/model-versions/get", params={
-                "name": name, "version": ref}).get("model_version") or {}
-            run_id = str(version.get("run_id") or "")
-            remote = _version_model_path(name, ref)
-            extra_lineage = {"mlflow_model": name, "mlflow_model_version": ref}
-            run = _get_run(run_id) if run_id else {}
+            remote, run_id, extra_lineage = _registered_source(match["name"], match["ref"])
+        elif match.group("model_id"):
+            remote, run_id = _logged_model_source(match["model_id"])
+            extra_lineage = {"mlflow_model_id": match["model_id"]}
+        elif match.group("store"):
+            remote = _store_path(source, source)
+            found = _STORE_RUN.match(remote)
+            run_id = found["run"] if found else ""
         else:
             run_id = match.group("run_id")
-            run = _get_run(run_id)
-            remote = _run_model_path(run, run_id, match.group("path"))
+            remote = _run_model_path(_get_run(run_id), run_id, match.group("path"))
+        run = _get_run(run_id) if run_id else {}
         _download_tree(remote, target)
         params, metrics, lineage = _run_lineage(run, run_id)
     except MlflowError as exc:

@@ -13,10 +13,11 @@ are out of reach even as MLflow grows.
 - Tracking writes (experiments, runs, logged models, artifact uploads): engineers and
   maintainers; a change to an existing object only by the user who created it through this route
   (``MlflowObject``), because a run's or logged model's artifacts are what imports read.
-- Model registry writes: ``mlflow_registry_rules`` (checked against the Modelport model).
+- The model registry (``registered-models/*``, ``model-versions/*``) and downloads of its
+  versions: answered by Modelport itself (``mlflow_registry_api``), never forwarded.
 - The rules' vocabulary (refusals, the caller, plans, calls, parameters): ``mlflow_calls``.
-- Tags ``modelport.*`` are the platform's: refused, but for ``modelport.team`` on registry
-  objects, which the registry rules check.
+- Tags ``modelport.*`` are the platform's: refused (the registry API takes ``modelport.team``
+  when a registered model is created, to name its team).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from . import mlflow_registry_rules
 from .mlflow_calls import (
     ENDPOINT_NOT_FOUND,
     Call,
@@ -40,6 +40,7 @@ from .mlflow_calls import (
     refuse_platform_tags,
     tag_keys,
 )
+from .mlflow_registry_api import is_registry, is_registry_artifact
 from .mlflow_services import record_created
 from .models import MlflowObject, MlflowObjectKind
 
@@ -165,7 +166,7 @@ _LOGGED_MODEL_METHODS = {None: {"PATCH", "DELETE"}, "params": {"POST"},
 
 # Searches MLflow spells POST; reads all the same.
 READ_POSTS = {"experiments/search", "runs/search", "logged-models/search",
-              "registered-models/get-latest-versions", "experiments/search-datasets",
+              "experiments/search-datasets",
               "traces/search", "traces/batchGetInfos", "datasets/search"}
 # Not offered through Modelport, not even to read (secrets, outbound calls, code execution).
 REFUSED_FAMILIES = {"gateway", "gateway-proxy", "webhooks", "assistant", "jobs",
@@ -190,8 +191,10 @@ def canonical(rest: str) -> str:
     return "/" + quote(rest, safe="/-_.~@:")
 
 
-def classify(method: str, rest: str) -> Call:
-    """The endpoint ``method /mlflow/<rest>`` names, and the rule that decides it."""
+def classify(method: str, rest: str, listed: str = "") -> Call:
+    """The endpoint ``method /mlflow/<rest>`` names, and the rule that decides it (``listed``:
+    the ``path`` an artifact listing asks for). The model registry and downloads of its
+    versions are Modelport's own (``local``: ``mlflow_registry_api`` answers them)."""
     upstream = canonical(rest)
     read = method in READ_METHODS
     if UI_PATHS.match(rest) and read:
@@ -201,6 +204,9 @@ def classify(method: str, rest: str) -> Call:
                     json_body=method == "POST")
     if artifacts := _ARTIFACTS.match(rest):
         path = artifacts["path"] or artifacts["mpu_path"] or ""
+        if read and is_registry_artifact(artifacts["path"] or listed):
+            return Call(upstream=upstream, endpoint="mlflow-artifacts", local=True,
+                        args={"path": artifacts["path"]} if artifacts["path"] else {})
         if read:
             return Call(upstream=upstream, endpoint="mlflow-artifacts")
         if (artifacts["path"] and method in ("PUT", "DELETE")) or \
@@ -212,10 +218,12 @@ def classify(method: str, rest: str) -> Call:
         endpoint = api["endpoint"]
         if endpoint.split("/", 1)[0] in REFUSED_FAMILIES:
             raise denied(f"Modelport does not offer MLflow's {endpoint.split('/', 1)[0]} API.")
+        if is_registry(endpoint):
+            return Call(upstream=upstream, endpoint=endpoint, write=not read, local=True,
+                        json_body=not read)
         if read or (method == "POST" and endpoint in READ_POSTS):
             return Call(upstream=upstream, endpoint=endpoint, json_body=not read)
-        rule = (TRACKING_WRITES.get((method, endpoint))
-                or mlflow_registry_rules.WRITES.get((method, endpoint)))
+        rule = TRACKING_WRITES.get((method, endpoint))
         args: dict[str, str] = {}
         logged = _LOGGED_MODEL_WRITE.match(endpoint) if rule is None else None
         if logged and method in _LOGGED_MODEL_METHODS[logged["sub"]]:

@@ -27,7 +27,7 @@ from rest_framework import exceptions
 
 from teams.authentication import BearerTokenAuthentication
 
-from . import mlflow_upstream
+from . import mlflow_registry_api, mlflow_upstream
 from .mlflow_calls import (
     INVALID_PARAMETER_VALUE,
     UNAUTHENTICATED,
@@ -158,13 +158,19 @@ def mlflow_route(request: HttpRequest, rest: str = "") -> HttpResponseBase:
             raise
         if not caller.member:
             raise denied(f"'{caller.name}' is in no team; MLflow is open to team members.")
-        call = classify(request.method or "GET", rest)
+        call = classify(request.method or "GET", rest, request.GET.get("path", ""))
         if call.write and request.META.get("QUERY_STRING"):
             raise Refusal(400, INVALID_PARAMETER_VALUE,
                           "Writes take their parameters in the body, not the query string.")
         if call.write and not caller.via_token:
             raise denied("The MLflow UI is read-only through Modelport: change runs and models "
                          "with the MLflow client and an API token.")
+        if call.local:  # the model registry: Modelport's own
+            body = _read_json(request) if call.json_body else b""
+            if len(body) > MAX_JSON:
+                raise Refusal(413, INVALID_PARAMETER_VALUE,
+                              f"The request body is over {MAX_JSON // 1048576} MB.")
+            return mlflow_registry_api.answer(request, caller, call, body)
         return _forward(request, caller, call)
     except Refusal as refusal:
         return _error(refusal.status, refusal.error_code, refusal.message)

@@ -1,34 +1,38 @@
-"""Business operations of the MLflow bridge: who created what through the MLflow route, and the
-periodic sync that imports the model versions training scripts registered.
+"""Business operations of the MLflow bridge: who created what through the MLflow route; the
+MLflow tags, version edits and deletions of Modelport's answer to MLflow's registry API
+(``mlflow_registry_api``); and the one-off import (``manage.py import_mlflow_registry``) of
+versions registered in the tracking server's own registry before Modelport answered that API.
 
-A version is imported only for the user who created it through the route (recorded from MLflow's
-answer, ``MlflowVersion``), into the Modelport model of that name or a new one in the team
-``mlflow_teams`` resolves, and only when that user may register there; it is registered and
-audited as that user. A version nobody may own is not imported, and the reason is recorded
-once, not every 30 seconds: an audit event ``mlflow.version_refused`` (its creator sees it among
-their recent activity, the team's maintainers in the audit log), a line on the model's page when
-Modelport has the model, and the tag ``modelport.import`` on the version in MLflow, where the
-script's author looks.
+Nothing writes the tracking server's registry any more, so there is no periodic sync. The
+one-off import takes a version only for the user who created it through the old route (recorded
+from MLflow's answer, ``MlflowVersion``), into the Modelport model of that name or a new one in
+the team ``mlflow_teams`` resolves, and only when that user may register there; it is registered
+and audited as that user. A version nobody may own is not imported, and the reason is recorded
+once: an audit event ``mlflow.version_refused`` (its creator sees it among their recent
+activity, the team's maintainers in the audit log), a line on the model's page when Modelport
+has the model, and the tag ``modelport.import`` on the version in MLflow.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
-from core.errors import DomainError
+from core.errors import Conflict, DomainError, InvalidInput, NotFound, PermissionDenied
 from teams import audit
+from teams.access import require_team_role
 from teams.models import Team
+from teams.roles import Role
 
 from . import mlflow_teams, mlflow_upstream, services
 from .mlflow_import import registered_versions
 from .models import (
     MlflowObject,
-    MlflowObjectKind,
+    MlflowTag,
     MlflowVersion,
     MlflowVersionStatus,
     ModelVersion,
@@ -52,23 +56,97 @@ def record_created(*, actor, kind: str, key: str) -> MlflowObject:
     return found
 
 
+# --- MLflow's Model Registry API, answered by Modelport (``mlflow_registry_api``) -----------
+TAG_KEY_MAX, TAG_VALUE_MAX = 250, 5000
+
+
+def check_tag(key: str, value: str) -> None:
+    """Why a tag cannot be set (raised), checked before anything is created with it."""
+    if not key or len(key) > TAG_KEY_MAX:
+        raise InvalidInput(f"A tag key is 1-{TAG_KEY_MAX} characters.", field="key")
+    if len(value) > TAG_VALUE_MAX:
+        raise InvalidInput(f"Tag '{key}': values are at most {TAG_VALUE_MAX} characters.",
+                           field="value")
+    if key.startswith("modelport."):
+        raise PermissionDenied(f"Tag '{key}': tags modelport.* are the platform's.")
+    if key.startswith("mlflow.prompt."):
+        raise PermissionDenied("Prompts are not offered through Modelport's MLflow.")
+
+
 @transaction.atomic
-def record_registry_write(*, actor, action: str, name: str, version: str, team: Team | None,
-                          details: dict[str, Any]) -> None:
-    """A registry write went through the route: audit it; for a new registered model or version
-    also record its creator (a version's number comes from MLflow's answer)."""
-    if action == "mlflow.registered_model.created":
-        record_created(actor=actor, kind=MlflowObjectKind.REGISTERED_MODEL, key=name)
-    if action == "mlflow.version.created" and version.isdigit():
-        MlflowVersion.objects.update_or_create(
-            name=name, version=int(version),
-            defaults={"created_by": actor, "status": MlflowVersionStatus.PENDING, "reason": "",
-                      "imported": None})
-    audit.record(actor=actor, action=action, object_type="mlflow_model",
-                 object_id=f"{name}/{version}" if version else name,
-                 object_repr=f"{name} v{version}" if version else name, team=team,
-                 after={"name": name, **({"version": version} if version else {}),
-                        **{k: str(v)[:500] for k, v in details.items()}})
+def set_tag(*, actor, model: RegisteredModel, key: str, value: str,
+            version: ModelVersion | None = None) -> MlflowTag:
+    """An MLflow tag on ``model`` (or one of its versions): engineer in the model's team."""
+    require_team_role(actor, model.team, Role.ENGINEER, "tagging models")
+    check_tag(key, value)
+    current = MlflowTag.objects.select_for_update().filter(model=model, version=version,
+                                                           key=key).first()
+    before = {"value": current.value} if current else None
+    if current is None:
+        current = MlflowTag.objects.create(model=model, version=version, key=key, value=value)
+    else:
+        current.value = value
+        current.save(update_fields=["value"])
+    _audit_tag(actor, "mlflow.tag_set", model, version, key, before, {"value": value[:500]})
+    return current
+
+
+@transaction.atomic
+def delete_tag(*, actor, model: RegisteredModel, key: str,
+               version: ModelVersion | None = None) -> None:
+    require_team_role(actor, model.team, Role.ENGINEER, "tagging models")
+    current = MlflowTag.objects.select_for_update().filter(model=model, version=version,
+                                                           key=key).first()
+    if current is None:
+        where = f"version {version.version} of '{model.name}'" if version else f"'{model.name}'"
+        raise NotFound(f"{where} has no tag '{key}'.", field="key")
+    _audit_tag(actor, "mlflow.tag_deleted", model, version, key, {"value": current.value[:500]},
+               None)
+    current.delete()
+
+
+def _audit_tag(actor, action: str, model: RegisteredModel, version: ModelVersion | None,
+               key: str, before: dict | None, after: dict | None) -> None:
+    where = f"{model.name}/{version.version}" if version else model.name
+    audit.record(actor=actor, action=action, object_type="mlflow_tag",
+                 object_id=f"{where}#{key}", object_repr=f"{where} {key}"[:200],
+                 team=model.team, before=before, after=after)
+
+
+@transaction.atomic
+def update_version(*, actor, version: ModelVersion, description: str) -> ModelVersion:
+    """A version's description (MLflow's ``update_model_version``): engineer."""
+    require_team_role(actor, version.model.team, Role.ENGINEER, "editing versions")
+    before = {"description": version.description}
+    ModelVersion.objects.filter(pk=version.pk).update(description=description)
+    version.refresh_from_db()
+    if before["description"] != description:
+        audit.record(actor=actor, action="version.updated", obj=version,
+                     team=version.model.team, before=before,
+                     after={"description": description})
+    return version
+
+
+@transaction.atomic
+def delete_version(*, actor, version: ModelVersion) -> None:
+    """Delete a version (MLflow's ``delete_model_version``): maintainer, and only when no alias
+    points at it and no deployment runs or ran it (their history keeps the version)."""
+    model = version.model
+    require_team_role(actor, model.team, Role.MAINTAINER, "deleting versions")
+    aliases = sorted(version.aliases.values_list("name", flat=True))
+    if aliases:
+        raise Conflict(f"Version {version.version} of '{model.name}' carries the alias(es) "
+                       f"{', '.join(aliases)}; move or delete them first.", code="version_aliased")
+    audit.record(actor=actor, action="version.deleted", obj=version, team=model.team,
+                 before={"model": model.name, "version": version.version,
+                         "status": version.status, "sha256": version.artifact_sha256})
+    try:
+        with transaction.atomic():
+            version.delete()
+    except ProtectedError:
+        raise Conflict(f"Version {version.version} of '{model.name}' is (or was) deployed; "
+                       "deployments keep the versions they ran.", code="version_deployed") \
+            from None
 
 
 def _refuse(record: MlflowVersion, reason: str, team: Team | None) -> None:
@@ -144,8 +222,9 @@ def _import_one(remote, known: set[str]) -> ModelVersion | None:
 
 
 def sync_from_mlflow() -> list[ModelVersion]:
-    """Import versions registered in the tracking server that Modelport does not have yet, each
-    for its recorded creator (see the module docstring)."""
+    """Import versions registered in the tracking server's own registry that Modelport does not
+    have yet, each for its recorded creator (see the module docstring); run once, by
+    ``import_mlflow_registry``, and idempotent."""
     if not mlflow_upstream.answers():
         log.info("MLflow tracking server at %s does not answer; sync skipped",
                  mlflow_upstream.describe())
@@ -169,3 +248,7 @@ def refused_versions(model: RegisteredModel) -> list[MlflowVersion]:
     return list(MlflowVersion.objects.filter(name=model.name,
                                              status=MlflowVersionStatus.REFUSED)
                 .select_related("created_by").order_by("-version")[:20])
+
+
+def refused_count() -> int:
+    return MlflowVersion.objects.filter(status=MlflowVersionStatus.REFUSED).count()

@@ -1,8 +1,9 @@
 """Which Modelport team an MLflow registered model belongs to, and whether a user may register
-there. One answer for both the MLflow route (refusing a write at once) and the sync (importing a
-version only for its creator): the Modelport model of that name, else the team named by the tag
-``modelport.team``, else the only team where the registered model's creator (failing that, the
-acting user) is an engineer or maintainer.
+there. One answer for both the registry API (``mlflow_registry_api``: where a new registered
+model goes) and the one-off import of pre-upgrade versions (only for each version's creator):
+the Modelport model of that name, else the team named by the tag ``modelport.team``, else the
+only team where the registered model's creator (failing that, the acting user) is an engineer
+or maintainer.
 """
 
 from __future__ import annotations

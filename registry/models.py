@@ -305,3 +305,29 @@ class MlflowVersion(models.Model):
 
     def __str__(self) -> str:
         return f"MLflow {self.name} v{self.version}"
+
+
+class MlflowTag(models.Model):
+    """A key/value tag MLflow clients set on a registered model (``version`` empty) or on one
+    of its versions, through Modelport's answer to MLflow's Model Registry API. Modelport's own
+    ``RegisteredModel.tags`` are labels (a list of words): MLflow's tags are kept apart."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE,
+                              related_name="mlflow_tags")
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="mlflow_tags")
+    key = models.CharField(max_length=250)
+    value = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "key"], condition=Q(version__isnull=True),
+                                    name="unique_mlflow_model_tag"),
+            models.UniqueConstraint(fields=["version", "key"],
+                                    condition=Q(version__isnull=False),
+                                    name="unique_mlflow_version_tag"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value[:40]}"

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import logging
-
 from celery import shared_task
 
-from . import baselines, mlflow_services, retries, services
+from . import baselines, retries, services
 
 
 @shared_task(name="registry.tasks.validate_version", acks_late=True, ignore_result=True,
@@ -20,18 +18,6 @@ def compute_reference(version_id: int) -> None:
     """Parse and profile a version's reference data (CSV/Parquet, or the input example): the
     drift baseline. Idempotent: a retry or a superseded upload finds nothing pending."""
     baselines.compute_reference(version_id=version_id)
-
-
-@shared_task(name="registry.tasks.sync_mlflow", ignore_result=True, expires=120)
-def sync_mlflow() -> None:
-    """Beat: import versions that training scripts registered in the MLflow tracking server."""
-    try:
-        imported = mlflow_services.sync_from_mlflow()
-    except Exception as exc:  # noqa: BLE001 - MLflow down must not fill the logs with tracebacks
-        logging.getLogger(__name__).warning("MLflow sync skipped: %s", exc)
-        return
-    if imported:
-        logging.getLogger(__name__).info("MLflow sync imported %d version(s)", len(imported))
 
 
 @shared_task(name="registry.tasks.prune_staging", ignore_result=True, expires=3600)

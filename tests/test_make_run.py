@@ -208,8 +208,10 @@ def _kill_each_process_and_converge(log: Path, env: dict[str, str], base: str, t
     assert deployment["status"] == "healthy", deployment
     deadline = time.monotonic() + 180  # MLflow takes a while to import and start
     while True:
-        found = requests.get(f"{base}/mlflow/api/2.0/mlflow/registered-models/get",
-                             timeout=30, params={"name": "iris-from-script"}, headers=headers)
+        # a tracking read (the registry is Modelport's own and answers without MLflow)
+        found = requests.get(f"{base}/mlflow/api/2.0/mlflow/experiments/get-by-name",
+                             timeout=30, params={"experiment_name": "iris-training"},
+                             headers=headers)
         if found.status_code == 200:
             break
         assert time.monotonic() < deadline, found.text
@@ -235,8 +237,9 @@ def _mlflow_processes(root: int) -> list[tuple[int, str, int]]:
 def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
                                          root: int, mlflow_port: int) -> None:
     """Issue 24: a training script in its own process, configured only by the documented
-    environment, logs and registers a model; beat's sync imports it as the token's user. The
-    tracking server itself answers on no TCP port and runs no job runner (issue 26)."""
+    environment, logs and registers a model — in Modelport, which answers MLflow's registry API
+    itself (issue 25), as the token's user. The tracking server itself answers on no TCP port
+    and runs no job runner (issue 26)."""
     import sys
 
     from registry.sandbox import sandbox_requirements
@@ -256,7 +259,7 @@ def _training_script_logs_through_mlflow(base: str, token: str, tmp_path: Path,
     assert done.returncode == 0, done.stderr[-3000:]
     headers = {"Authorization": f"Bearer {token}"}
     url = f"{base}/api/v1/models/iris-from-script/versions/1/"
-    deadline = time.monotonic() + 300  # beat syncs every 30 s, then the sandbox validates
+    deadline = time.monotonic() + 300  # register_model waited for it: ready at once
     while True:
         answer = requests.get(url, headers=headers, timeout=10)
         if answer.status_code == 200 and answer.json()["status"] in ("ready", "failed"):

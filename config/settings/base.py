@@ -401,11 +401,9 @@ MODELPORT_MLFLOW_UPSTREAM = env_pattern(
 # A tracking-server address for clients that expect one of their own: the edge serves the same
 # authenticated route on this loopback port too (gateway/mlflow_port.py); 0: not served.
 MLFLOW_PORT = env_int("MLFLOW_PORT", 0, minimum=0, maximum=65535)
-MODELPORT_MLFLOW_SYNC_SECONDS = env_int("MODELPORT_MLFLOW_SYNC_SECONDS", 30, minimum=5)
-CELERY_BEAT_SCHEDULE["registry-mlflow-sync"] = {
-    "task": "registry.tasks.sync_mlflow",
-    "schedule": timedelta(seconds=MODELPORT_MLFLOW_SYNC_SECONDS),
-}
+# No periodic MLflow sync: the platform answers MLflow's Model Registry API itself
+# (registry/mlflow_registry_api/); `manage.py import_mlflow_registry` imports, once, versions
+# registered in the tracking server's own registry before that.
 
 # --- Deployments (desired state, reconciler, gateway) -----------------------------------------
 MODELPORT_RECONCILE_SECONDS = env_int("MODELPORT_RECONCILE_SECONDS", 10, minimum=1)

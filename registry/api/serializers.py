@@ -170,6 +170,8 @@ class VersionUploadSerializer(serializers.Serializer):
 # pattern must mean the same to ECMA and Python regexes (\w, \d and \s do not).
 _NAME_CHAR = r"[^/\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 IMPORT_SOURCE = (r"^(?:runs:/[0-9a-zA-Z]{8,64}/[0-9A-Za-z_./-]+"
+                 r"|models:/m-[0-9a-zA-Z]{8,64}"
+                 r"|mlflow-artifacts:/\w[0-9A-Za-z_./-]{0,500}"
                  rf"|models:/{_NAME_CHAR}{{1,200}}/(?:[0-9]+|@?[0-9A-Za-z_-]{{1,100}}))\Z")
 
 
@@ -177,10 +179,12 @@ class VersionImportSerializer(StrictTypes, serializers.Serializer):
     # A declared field: the metaclass collects it; the stubs see Field.source (str | None).
     source = serializers.RegexField(  # type: ignore[assignment]
         IMPORT_SOURCE, max_length=500, trim_whitespace=False,
-        error_messages={"invalid": "source must be 'runs:/<run_id>/<artifact path>' or "
+        error_messages={"invalid": "source must be 'runs:/<run_id>/<artifact path>', "
+                                   "'models:/<logged model id>', 'mlflow-artifacts:/<path>' or "
                                    "'models:/<name>/<version>'."},
-        help_text="runs:/<run_id>/<artifact path> or models:/<name>/<version or alias>, "
-                  "fetched from the tracking server.")
+        help_text="runs:/<run_id>/<artifact path>, models:/m-<logged model id>, "
+                  "mlflow-artifacts:/<path> or models:/<name>/<version or alias> (the tracking "
+                  "server's own, pre-upgrade registry), fetched from the tracking server.")
     description = serializers.CharField(required=False, allow_blank=True, default="")
 
 

@@ -48,11 +48,24 @@ def test_import_from_a_run_records_params_metrics_and_lineage(tracking, iris, te
     assert body["created_by"] == team_engineer.username
 
 
+def legacy_version(run_id: str, name: str) -> None:
+    """A version in the tracking server's own registry, as registered before Modelport answered
+    MLflow's registry API itself (written straight to the server: nothing else can now)."""
+    found = mlflow_upstream.call("POST", "/api/2.0/mlflow/logged-models/search", json={
+        "experiment_ids": [mlflow_upstream.call("GET", "/api/2.0/mlflow/runs/get", params={
+            "run_id": run_id})["run"]["info"]["experiment_id"]]})["models"]
+    model_id = next(m["info"]["model_id"] for m in found
+                    if m["info"]["source_run_id"] == run_id)
+    mlflow_upstream.call("POST", "/api/2.0/mlflow/registered-models/create", json={"name": name})
+    mlflow_upstream.call("POST", "/api/2.0/mlflow/model-versions/create", json={
+        "name": name, "source": f"models:/{model_id}", "run_id": run_id, "model_id": model_id})
+
+
 def test_import_of_a_registered_model_version_reads_mlflows_own_registry(
         tracking, iris, team_engineer):
     name = f"iris-registered-{uuid.uuid4().hex[:6]}"
     existed = Path("mlflow.db").exists()
-    trained(tracking, team_engineer, name)
+    legacy_version(trained(tracking, team_engineer), name)
     response = bearer_client(team_engineer).post("/api/v1/models/iris/versions/", {
         "source": f"models:/{name}/1"}, format="json")
     assert response.status_code == 202, response.content
@@ -61,6 +74,26 @@ def test_import_of_a_registered_model_version_reads_mlflows_own_registry(
     assert version.lineage["mlflow_model"] == name
     assert version.lineage["mlflow_model_version"] == "1"
     assert Path("mlflow.db").exists() == existed  # no registry made up in the working dir
+
+
+def test_import_of_a_logged_model_and_of_a_store_path(tracking, iris, team_engineer):
+    """MLflow 3's sources: ``models:/m-…`` (what ``log_model`` returns) and the artifact-store
+    folder it lives in (``mlflow-artifacts:/…``)."""
+    run_id = trained(tracking, team_engineer)
+    found = mlflow_upstream.call("POST", "/api/2.0/mlflow/logged-models/search", json={
+        "experiment_ids": [mlflow_upstream.call("GET", "/api/2.0/mlflow/runs/get", params={
+            "run_id": run_id})["run"]["info"]["experiment_id"]]})["models"]
+    info = next(m["info"] for m in found if m["info"]["source_run_id"] == run_id)
+    client = bearer_client(team_engineer)
+    for source in (f"models:/{info['model_id']}", info["artifact_uri"]):
+        assert client.post("/api/v1/models/iris/versions/", {"source": source},
+                           format="json").status_code == 202
+    first, second = ModelVersion.objects.filter(model=iris).order_by("version")
+    assert first.status == "ready", first.status_message
+    assert first.lineage["mlflow_model_id"] == info["model_id"]
+    assert first.lineage["mlflow_run_id"] == run_id
+    assert second.status == "ready", second.status_message
+    assert second.artifact_sha256 == first.artifact_sha256
 
 
 def test_unknown_run_fails_the_version_with_mlflows_reason(tracking, iris, team_engineer):
@@ -116,10 +149,10 @@ def test_malformed_sources_are_400(iris, team_engineer, source):
     assert not ModelVersion.objects.exists()
 
 
-def test_sync_runs_on_beat_every_half_minute():
-    entry = django_settings.CELERY_BEAT_SCHEDULE["registry-mlflow-sync"]
-    assert entry["task"] == "registry.tasks.sync_mlflow"
-    assert entry["schedule"].total_seconds() <= 60
+def test_no_periodic_sync_remains():
+    """Nothing writes the tracking server's registry any more: beat imports nothing from it."""
+    assert not [entry for entry in django_settings.CELERY_BEAT_SCHEDULE.values()
+                if "mlflow" in entry["task"]]
 
 
 def test_sources_are_trimmed():

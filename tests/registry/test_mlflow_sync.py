@@ -1,8 +1,10 @@
 """The whole path a user takes: a training script in its own process, configured only by the
 documented environment (``MLFLOW_TRACKING_URI`` from ``GET /api/v1/info/``, and
-``MLFLOW_TRACKING_TOKEN``), logs through the live platform to the real tracking server the
-Procfile starts; beat's sync then imports the version for the token's user — or refuses, saying
-why once. Validation runs in the Docker sandbox like any upload.
+``MLFLOW_TRACKING_TOKEN``), logs runs through the live platform to the real tracking server the
+Procfile starts and registers its model in Modelport itself (``mlflow_registry_api``), for the
+token's user, validated in the Docker sandbox like any upload. Versions registered in the
+tracking server's own registry before that are imported once (``import_mlflow_registry``), each
+for its recorded creator — or refused, saying why once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def token(user) -> str:
     return make_token(user, name=f"training-{user.username}")[1]
 
 
-def test_a_training_script_logs_and_its_version_is_imported_for_its_author(tracking):
+def test_a_training_script_registers_its_version_in_modelport_for_its_author(tracking):
     alice = engineer_of("team-a", "alice")
     stray = Path("mlflow.db")
     existed = stray.exists()
@@ -45,8 +47,6 @@ def test_a_training_script_logs_and_its_version_is_imported_for_its_author(track
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = done.stdout.split("RUN_ID=")[1].strip()
 
-    imported = mlflow_services.sync_from_mlflow()
-    assert [v.source for v in imported] == ["models:/iris-tracked/1"]
     model = RegisteredModel.objects.get(name="iris-tracked")
     assert model.team.slug == "team-a" and model.created_by == alice
     version = model.versions.get()
@@ -57,13 +57,10 @@ def test_a_training_script_logs_and_its_version_is_imported_for_its_author(track
     assert version.params == {"max_iter": "300"} and version.metrics == {"accuracy": 0.97}
     registered = AuditEvent.objects.get(action="version.registered")
     assert registered.actor == alice and registered.team_slug == "team-a"
-    assert MlflowVersion.objects.get(name="iris-tracked", version=1).imported == version
-    tags = mlflow_upstream.call("GET", "/api/2.0/mlflow/model-versions/get", params={
-        "name": "iris-tracked", "version": "1"})["model_version"]["tags"]
-    assert {"key": "modelport.import",
-            "value": "imported as iris-tracked v1 in team team-a"} in tags
-    assert mlflow_services.sync_from_mlflow() == []  # once
-    # The import asked the server itself: no registry resolved from the working directory.
+    # The tracking server's registry holds nothing: there is nothing to sync.
+    assert mlflow_upstream.client().get("/api/2.0/mlflow/registered-models/get", params={
+        "name": "iris-tracked"}).status_code == 404
+    assert mlflow_services.sync_from_mlflow() == []
     assert stray.exists() == existed and not (tracking.workdir / "mlflow.db").exists()
 
 
@@ -74,7 +71,6 @@ def test_another_teams_engineer_cannot_log_into_a_model_of_team_a(tracking):
     done = tracking(token(bob), "fraud")
     assert done.returncode != 0
     assert "PERMISSION_DENIED" in done.stderr and "belongs to team 'team-a'" in done.stderr
-    assert mlflow_services.sync_from_mlflow() == []
     assert not ModelVersion.objects.filter(model__name="fraud").exists()
     found = mlflow_upstream.client().get("/api/2.0/mlflow/model-versions/search",
                                          params={"filter": "name='fraud'"}).json()
@@ -87,7 +83,6 @@ def test_a_team_tag_naming_another_team_is_refused(tracking):
     done = tracking(token(bob), "sneaky", tags={"modelport.team": "team-a"})
     assert done.returncode != 0 and "PERMISSION_DENIED" in done.stderr
     assert "would be created in team 'team-a'" in done.stderr
-    assert mlflow_services.sync_from_mlflow() == []
     assert not RegisteredModel.objects.filter(name="sneaky").exists()
 
 
@@ -104,21 +99,54 @@ def test_without_a_token_the_script_is_refused(tracking):
     assert "MLFLOW_TRACKING_TOKEN" in done.stderr
 
 
+def legacy_version(tracking, user, name: str, *, record: bool = True) -> None:
+    """A version registered in the tracking server's own registry before the upgrade (written
+    straight to the server, as the old route forwarded it) and, when ``record``, its creator as
+    the old route recorded it."""
+    done = tracking(token(user), "")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = done.stdout.split("RUN_ID=")[1].strip()
+    run = mlflow_upstream.call("GET", "/api/2.0/mlflow/runs/get", params={"run_id": run_id})
+    models = mlflow_upstream.call("POST", "/api/2.0/mlflow/logged-models/search", json={
+        "experiment_ids": [run["run"]["info"]["experiment_id"]]})["models"]
+    model_id = next(m["info"]["model_id"] for m in models
+                    if m["info"]["source_run_id"] == run_id)
+    with contextlib.suppress(mlflow_upstream.MlflowError):
+        mlflow_upstream.call("POST", "/api/2.0/mlflow/registered-models/create",
+                             json={"name": name})
+    created = mlflow_upstream.call("POST", "/api/2.0/mlflow/model-versions/create", json={
+        "name": name, "source": f"models:/{model_id}", "run_id": run_id,
+        "model_id": model_id})["model_version"]
+    if record:
+        MlflowVersion.objects.create(name=name, version=int(created["version"]),
+                                     created_by=user)
+
+
+def test_the_one_off_import_brings_in_pre_upgrade_versions_for_their_creators(tracking):
+    from django.core.management import call_command
+
+    alice = engineer_of("team-a", "alice")
+    legacy_version(tracking, alice, "iris-legacy")
+    call_command("import_mlflow_registry")
+    model = RegisteredModel.objects.get(name="iris-legacy")
+    version = model.versions.get()
+    assert version.status == "ready" and version.created_by == alice
+    assert version.source == "models:/iris-legacy/1"
+    assert MlflowVersion.objects.get(name="iris-legacy").imported == version
+    call_command("import_mlflow_registry")  # once
+    assert model.versions.count() == 1
+
+
 def test_a_version_nobody_may_own_is_not_imported_and_the_reason_is_recorded_once(
         tracking, monkeypatch):
     alice = engineer_of("team-a", "alice")
-    done = tracking(token(alice), "churn")
-    assert done.returncode == 0, done.stderr[-3000:]
-    # Alice loses the engineer role before beat's sync comes round.
+    legacy_version(tracking, alice, "churn")
+    # Alice lost the engineer role before the import.
     Membership.objects.filter(user=alice).update(role=Role.VIEWER)
-    # A second version written straight into the server (someone with access to its socket):
-    # no creator was recorded for it. Recorded versions need no grace period in a test.
+    # A second version written straight into the server: no creator was recorded for it.
+    # Recorded versions need no grace period in a test.
     monkeypatch.setattr(mlflow_services, "RECORD_GRACE", mlflow_services.timedelta(0))
-    source = mlflow_upstream.call("GET", "/api/2.0/mlflow/model-versions/get",
-                                  params={"name": "churn", "version": "1"})["model_version"]
-    mlflow_upstream.call("POST", "/api/2.0/mlflow/model-versions/create", json={
-        "name": "churn", "source": source["source"], "run_id": source["run_id"],
-        "model_id": source["source"].removeprefix("models:/")})
+    legacy_version(tracking, engineer_of("team-c", "carl"), "churn", record=False)
 
     for _ in range(2):
         assert mlflow_services.sync_from_mlflow() == []
@@ -146,8 +174,7 @@ def test_a_refused_version_shows_on_its_models_page(tracking):
     maintainer = UserFactory(username="mia")
     MembershipFactory(team=team, user=maintainer, role=Role.MAINTAINER)
     services.create_model(actor=maintainer, team=team, name="churn-page")
-    done = tracking(token(alice), "churn-page")
-    assert done.returncode == 0, done.stderr[-3000:]
+    legacy_version(tracking, alice, "churn-page")
     Membership.objects.filter(user=alice).update(role=Role.VIEWER)
     assert mlflow_services.sync_from_mlflow() == []
     portal = Client()

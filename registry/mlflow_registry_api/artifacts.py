@@ -1,0 +1,100 @@
+"""Downloads of Modelport's versions by MLflow clients: ``mlflow-artifacts:/modelport-registry/
+<name>/<version>`` (the version's download URI) answered from Modelport's own storage.
+
+``MlflowArtifactsRepository`` lists a folder (``GET …/artifacts?path=…``) and fetches each file
+(``GET …/artifacts/<path>``) with the caller's token. The stored artifact is a canonical zip
+(``storage.py``), addressed by its SHA-256: it is checked against the version's checksum before
+anything is served from it, and member names come only from the zip's own listing — a requested
+path is matched against them, never joined onto a filesystem path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import zipfile
+from collections.abc import Iterator
+from typing import IO
+
+from django.http import JsonResponse, StreamingHttpResponse
+
+from .. import storage
+from ..mlflow_calls import Caller, Refusal, invalid, missing
+from ..models import VersionStatus
+from .lookup import version
+from .render import ARTIFACT_ROOT
+
+CHUNK = 1048576
+
+
+def _split(path: str) -> tuple[str, str, str]:
+    """``modelport-registry/<name>/<version>[/<inside>]`` → (name, version, inside)."""
+    parts = path.strip("/").split("/")
+    if len(parts) < 3 or parts[0] != ARTIFACT_ROOT or any(p in ("", ".", "..")
+                                                          for p in parts):
+        raise invalid(f"Not a Modelport model version path: {path!r}.")
+    return parts[1], parts[2], "/".join(parts[3:])
+
+
+def _open(caller: Caller, path: str) -> tuple[zipfile.ZipFile, IO[bytes], str]:
+    name, number, inside = _split(path)
+    found = version(caller, name, number)
+    if found.status != VersionStatus.READY or not found.artifact_name:
+        raise invalid(f"Version {number} of '{name}' is {found.status}: nothing to download.")
+    handle = storage.open_artifact(found.artifact_name)
+    digest = hashlib.sha256()
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+    if digest.hexdigest() != found.artifact_sha256:
+        handle.close()
+        raise Refusal(500, "INTERNAL_ERROR", f"The stored artifact of '{name}' v{number} does "
+                                             "not match its checksum; it is not served.")
+    handle.seek(0)
+    return zipfile.ZipFile(handle), handle, inside
+
+
+def listing(caller: Caller, path: str) -> JsonResponse:
+    bundle, handle, inside = _open(caller, path)
+    try:
+        prefix = f"{inside}/" if inside else ""
+        files: dict[str, dict] = {}
+        for info in bundle.infolist():
+            if not info.filename.startswith(prefix) or info.filename == prefix:
+                continue
+            head, _, rest = info.filename[len(prefix):].partition("/")
+            if rest:
+                files.setdefault(head, {"path": head, "is_dir": True})
+            else:
+                files[head] = {"path": head, "is_dir": False, "file_size": info.file_size}
+    finally:
+        bundle.close()
+        handle.close()
+    if inside and not files and inside in bundle.namelist():
+        base = posixpath.basename(inside)  # a file: MLflow lists it as itself
+        files[base] = {"path": base, "is_dir": False}
+    return JsonResponse({"files": [files[k] for k in sorted(files)]})
+
+
+def _stream(bundle: zipfile.ZipFile, handle: IO[bytes], member: str) -> Iterator[bytes]:
+    try:
+        with bundle.open(member) as source:
+            while chunk := source.read(CHUNK):
+                yield chunk
+    finally:
+        bundle.close()
+        handle.close()
+
+
+def file(caller: Caller, path: str) -> StreamingHttpResponse:
+    bundle, handle, inside = _open(caller, path)
+    if not inside or inside not in bundle.namelist():
+        bundle.close()
+        handle.close()
+        raise missing(f"No file {inside!r} in this model version.")
+    size = bundle.getinfo(inside).file_size
+    response = StreamingHttpResponse(_stream(bundle, handle, inside),
+                                     content_type="application/octet-stream")
+    response["Content-Length"] = str(size)
+    response["Content-Security-Policy"] = "sandbox"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
