@@ -73,6 +73,7 @@ class Route:
     model: str = ""
     served: dict[str, int] = field(default_factory=dict)
     urls: dict[int, list[str]] = field(default_factory=dict)
+    v2_paths: dict[tuple[str, str], object] = field(default_factory=dict)  # gateway.v2's memo
 
     def pick(self, key: str | None, exclude: set[str]) -> Picked | None:
         """A (revision, url) by the traffic split, sticky by ``key`` (the route key header);

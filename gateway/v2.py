@@ -93,7 +93,16 @@ def _target(path: str, method: str) -> Target | Refusal:
 
 
 def upstream(route: Route, name: str, found: Target) -> Upstream | Refusal:
-    """The replica path for ``found`` under ``route`` (deployment ``name``), or a 404."""
+    """The replica path for ``found`` under ``route`` (deployment ``name``), or a 404 —
+    remembered on the route (a new routing table is a new ``Route``)."""
+    key = (name, found.path)
+    known = route.v2_paths.get(key)
+    if known is None:
+        known = route.v2_paths[key] = _upstream(route, name, found)
+    return known  # type: ignore[return-value]  # only _upstream's answers are stored
+
+
+def _upstream(route: Route, name: str, found: Target) -> Upstream | Refusal:
     if found.model is None:
         return Upstream(found.path.encode(), 0)
     if found.model not in (route.model, name) or not route.model:
