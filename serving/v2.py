@@ -83,7 +83,7 @@ def parse(body: bytes, json_length: int | None, column_names: set[str] | None) -
     doc = load_json(header)
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise MalformedRequest("an inference request needs a non-empty 'inputs' list")
-    binary = memoryview(body)[len(header):]
+    binary = memoryview(body)[json_length:] if json_length is not None else b""
     offset = 0
     named: dict[str, Any] = {}
     logged = []
@@ -219,7 +219,7 @@ def _datatype(arr: np.ndarray) -> str:
 
 def _binary(arr: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
-        parts = []
+        parts: list[bytes] = []
         for item in arr.ravel().tolist():
             data = item if isinstance(item, bytes) else str(item).encode()
             parts += (struct.pack("<I", len(data)), data)
