@@ -336,18 +336,11 @@ class ModelServer:
                    else protocol.error_body("INTERNAL_ERROR", error))
         finally:
             metrics.IN_FLIGHT.dec()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", ctype if status == 200 else JSON),
-                    (b"content-length", str(len(out)).encode()),
-                    (b"x-request-id", request_id),
-                    *(extra if status == 200 else ()),
-                ],
-            }
-        )
+        headers = [(b"content-type", ctype if status == 200 else JSON),
+                   (b"content-length", str(len(out)).encode()), (b"x-request-id", request_id)]
+        if extra and status == 200:
+            headers += extra
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
         elapsed = time.perf_counter() - started
         metrics.observe(endpoint, status, elapsed)
@@ -470,7 +463,7 @@ def parse_body(mime: bytes, content_type: bytes, body: bytes) -> tuple[Any, Any,
 
 def parse_v2_request(model: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> v2.Request:
     """A v2 inference body, JSON or with the binary tensor extension."""
-    names = set(model.signature.names) if model.signature.kind == "columns" else None
+    names = model.signature.name_set if model.signature.kind == "columns" else None
     return v2.parse(body, v2.header_length(headers), names)
 
 

@@ -47,7 +47,7 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """A parsed v2 inference request: the table for the signature check and what the answer
     must look like."""
@@ -74,7 +74,8 @@ def header_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def parse(body: bytes, json_length: int | None, column_names: set[str] | None) -> Request:
+def parse(body: bytes, json_length: int | None,
+          column_names: frozenset[str] | set[str] | None) -> Request:
     """A v2 request body (JSON, or a JSON header and binary tensors) → :class:`Request`."""
     if json_length is not None and not 0 < json_length <= len(body):
         raise MalformedRequest(f"Inference-Header-Content-Length {json_length} does not fit a "
@@ -92,8 +93,12 @@ def parse(body: bytes, json_length: int | None, column_names: set[str] | None) -
         if not isinstance(tensor, dict) or "name" not in tensor:
             raise MalformedRequest(f"inputs[{i}] needs 'name', 'shape', 'datatype' and 'data'")
         name = str(tensor["name"])
+        params = tensor.get("parameters")
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None and "data" in tensor:  # JSON data: the common case first
+            named[name] = _reshaped(tensor["data"], tensor.get("shape"), name)
+            continue
         shape = _shape(tensor, name)
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise MalformedRequest(f"input '{name}': binary_data_size {size!r} runs past "
@@ -105,24 +110,23 @@ def parse(body: bytes, json_length: int | None, column_names: set[str] | None) -
             named[name] = array.tolist()
             logged.append({"name": name, "datatype": tensor.get("datatype"),
                            "shape": list(array.shape), "data": array.ravel()})
-        elif "data" in tensor:
-            named[name] = _reshaped(tensor["data"], shape, name)
-            logged.append(tensor)
         else:
             raise MalformedRequest(f"input '{name}' has neither 'data' nor "
                                    "parameters.binary_data_size")
     if offset != len(binary):
         raise MalformedRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
     request_id = doc.get("id") if isinstance(doc.get("id"), str) else None
-    request = Request(table=_table(named, column_names), request_id=request_id,
-                      logged=logged if decoded else doc["inputs"])
+    request = Request(_table(named, column_names), request_id,
+                      [*logged, *(t for t in doc["inputs"] if "data" in t)] if decoded
+                      else doc["inputs"])
     if decoded:
         request.verbatim = False
         request.maybe_bools = any(t.get("datatype") == "BOOL" for t in doc["inputs"]) \
             or b"true" in header or b"false" in header
     params = doc.get("parameters")
-    request.binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
-    for j, out in enumerate(doc.get("outputs") or []):
+    if params:
+        request.binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
+    for j, out in enumerate(doc.get("outputs") or ()):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise MalformedRequest(f"outputs[{j}] needs a 'name'")
         flag = (out.get("parameters") or {}).get("binary_data")
@@ -138,17 +142,23 @@ def _shape(tensor: dict[str, Any], name: str) -> list[int]:
     return shape
 
 
-def _reshaped(data: Any, shape: list[int], name: str) -> Any:
-    if len(shape) > 1 and isinstance(data, list) and data and not isinstance(data[0], list):
-        try:
-            return np.array(data).reshape(shape).tolist()
-        except ValueError:
-            raise InputError(f"input '{name}': {len(data)} values do not fit shape "
-                             f"{shape}") from None
-    return data
+def _reshaped(data: Any, shape: Any, name: str) -> Any:
+    """JSON ``data`` of ``shape``: flat values (as the protocol sends them) made nested."""
+    if not (isinstance(shape, list) and len(shape) > 1 and isinstance(data, list) and data
+            and not isinstance(data[0], list)):
+        return data
+    if len(shape) == 2 and type(shape[1]) is int and shape[1] > 0:  # rows: slices, no numpy
+        width = shape[1]
+        if len(data) == shape[0] * width:
+            return [data[i:i + width] for i in range(0, len(data), width)]
+    try:
+        return np.array(data).reshape(shape).tolist()
+    except (ValueError, TypeError):
+        raise InputError(f"input '{name}': {len(data)} values do not fit shape "
+                         f"{shape}") from None
 
 
-def _decode(raw: memoryview, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def _decode(raw: memoryview | bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
     """One input's binary data as an array of ``shape``."""
     count = int(np.prod(shape)) if shape else 1
     if datatype == "BYTES":
@@ -183,7 +193,7 @@ def _decode(raw: memoryview, datatype: str, shape: list[int], name: str) -> np.n
     return array.reshape(shape)
 
 
-def _table(named: dict[str, Any], column_names: set[str] | None) -> Table:
+def _table(named: dict[str, Any], column_names: frozenset[str] | set[str] | None) -> Table:
     """Each named input is a column (shape ``[n]`` or ``[n, 1]``); for a column signature, a
     single ``[n, k]`` input whose name is not a column holds the rows, in signature order."""
     if len(named) == 1 and column_names is not None:
@@ -232,6 +242,14 @@ def encode(predictions: Any, request: Request, model_name: str, model_version: s
     """The answer's body and, when it carries binary outputs, the length of its JSON header
     (for ``Inference-Header-Content-Length``). 400 for a requested output the model does not
     produce."""
+    if type(predictions) is np.ndarray and predictions.dtype.kind in "biuf" \
+            and not request.wanted and not request.binary_all:  # the common case, in one go
+        return orjson.dumps({"model_name": model_name, "model_version": model_version,
+                             "id": request_id, "outputs": [{
+                                 "name": DEFAULT_OUTPUT, "shape": list(predictions.shape),
+                                 "datatype": _datatype(predictions),
+                                 "data": np.ascontiguousarray(predictions).ravel()}]},
+                            option=OPTS), None
     produced = outputs_of(predictions)
     if request.wanted:
         have = {name for name, _ in produced}

@@ -63,6 +63,15 @@ def test_binary_named_columns_of_every_numeric_width(client) -> None:
     assert client.infer("iris", inputs).as_numpy("predict").tolist() == [0, 2, 1]
 
 
+def test_json_and_binary_inputs_mixed_in_one_request(client) -> None:
+    inputs = []
+    for i, (name, column) in enumerate(zip(IRIS_COLUMNS, ROWS.T, strict=True)):
+        tensor = triton.InferInput(name, [len(column)], "FP32")
+        tensor.set_data_from_numpy(column, binary_data=i % 2 == 0)
+        inputs.append(tensor)
+    assert client.infer("iris", inputs).as_numpy("predict").tolist() == [0, 2, 1]
+
+
 def test_binary_integer_bool_and_bytes_inputs_decode(client) -> None:
     """INT*/UINT*/BOOL/BYTES: integers are valid for the double columns; a BYTES column is
     refused by the signature check with a message tritonclient shows."""
