@@ -14,6 +14,10 @@ temporary data dir, on the real Docker Engine. Then, all through the real API:
 2. drives ``POST /serve/{name}/invocations`` (Bearer token) and the replica's own
    ``/invocations`` with the same ``wrk`` Lua script as ``bench/serving.py`` (1-row
    ``dataframe_split``) at 1 and 16 connections;
+   The same row, as an Open Inference Protocol (v2) JSON request
+   (``POST /serve/{name}/v2/models/<model>/infer``, one ``[1, 4]`` FP64 tensor), goes through
+   the gateway in the same runs: the report sets it beside ``/invocations`` through the
+   gateway (target: within 10 %);
 3. rolls out version 2, then times POST rollback → traffic on the new revision, and → healthy.
 
 With ``--make-run`` the platform is the real ``make run`` instead (demo off, a temporary data
@@ -30,9 +34,9 @@ runs replicas on the host network (``MODELPORT_DOCKER_NETWORK=host``, each deman
 key) and the edge uses loopback TCP, to compare. The report says which transport the edge's
 connections used.
 
-At 16 connections it measures ``--pairs`` direct/gateway pairs back to back and reports the
-pair with the median ratio (the machine's speed drifts between cells). Prints a table with the
-targets: the gateway adds ≤ 1 ms at p50 and keeps ≥ 80 % of direct
+At 16 connections it measures ``--pairs`` direct/gateway pairs back to back (half as many at
+1) and reports the pair with the median ratio (the machine's speed drifts between cells).
+Prints a table with the targets: the gateway adds ≤ 1 ms at p50 and keeps ≥ 80 % of direct
 throughput at 16 connections; deploy → healthy < 5 s; rollback < 3 s. Everything it started
 (processes, containers) is removed at the end.
 """
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import resource
@@ -275,7 +280,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 s per cell")
     ap.add_argument("--rollbacks", type=int, default=3, help="rollback timings to take (3)")
     ap.add_argument("--pairs", type=int, default=3,
-                    help="direct/gateway pairs at 16 connections; the median is reported (3)")
+                    help="direct/gateway pairs at 16 connections (half as many at 1); the "
+                         "median is reported (3)")
     ap.add_argument("--tcp", action="store_true",
                     help="replicas on the host network, edge → replica over loopback TCP")
     ap.add_argument("--make-run", action="store_true",
@@ -353,6 +359,9 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     print(f"  deploy → healthy {deploy_s:.2f} s\n{timeline(api, name, 1)}", flush=True)
 
     body = bs.body_for(COLUMNS, ROWS, 1)
+    v2_body = json.dumps({"inputs": [{"name": "input-0", "shape": [len(ROWS), len(COLUMNS)],
+                                      "datatype": "FP64",
+                                      "data": [x for row in ROWS for x in row]}]}).encode()
     auth = {"Authorization": f"Bearer {secret}"}
     cells: dict[tuple[str, int], dict] = {}
     key = {"X-Modelport-Replica-Key": replica_key(name)}
@@ -361,22 +370,29 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
     else:
         twin = tcp_twin(name, tmp, cleanup, base)
         direct, direct_cgroup = f"{twin}/invocations", replica_cgroup(f"{name}-twin")
-    targets = [("direct", direct, key, direct_cgroup),
-               ("gateway", f"{base}/serve/{name}/invocations", auth, replica_cgroup(name))]
-    for _label, url, headers, _cg in targets:  # warm up both (connections, route, token caches)
-        bs.run_wrk(url, 4, 1, body, tmp, headers=headers)
+    targets = [("direct", direct, key, direct_cgroup, body),
+               ("gateway", f"{base}/serve/{name}/invocations", auth, replica_cgroup(name), body),
+               ("v2", f"{base}/serve/{name}/v2/models/{model}/infer", auth,
+                replica_cgroup(name), v2_body)]
+    for _label, url, headers, _cg, data in targets:  # warm up (connections, route, token caches)
+        bs.run_wrk(url, 4, 1, data, tmp, headers=headers)
     ratios: list[float] = []
+    v2_ratios: dict[int, list[float]] = {}
     for conns in (1, 16):
-        # At 16 connections the ratio swings with this machine's speed from one 10 s cell to
-        # the next: measure ``--pairs`` direct/gateway pairs back to back, keep the median.
+        # The ratio swings with this machine's speed from one 10 s cell to the next: measure
+        # ``--pairs`` direct/gateway pairs back to back at 16 connections (half as many at 1),
+        # keep the median.
         pairs = []
-        for _ in range(args.pairs if conns == 16 else 1):
+        for turn in range(args.pairs if conns == 16 else max(1, args.pairs // 2)):
             pair = {}
-            for label, url, headers, container in targets:
+            # v2 and /invocations through the gateway take turns going first: neither always
+            # meets the machine right after the direct cell.
+            order = targets if turn % 2 == 0 else [targets[0], targets[2], targets[1]]
+            for label, url, headers, container, data in order:
                 running = pids()
                 lines = platform.output_lines() if args.make_run else {}
                 before = cpu_split(running, container)
-                r = bs.run_wrk(url, conns, duration, body, tmp, headers=headers)
+                r = bs.run_wrk(url, conns, duration, data, tmp, headers=headers)
                 after = cpu_split(running, container)
                 if args.make_run:
                     now = platform.output_lines()
@@ -394,9 +410,11 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
                       + (f"  output lines: {r['lines']}" if r.get("lines") else ""),
                       flush=True)
             pairs.append((pair["gateway"]["rps"] / max(pair["direct"]["rps"], 1e-9), pair))
+            v2_ratios.setdefault(conns, []).append(
+                pair["v2"]["rps"] / max(pair["gateway"]["rps"], 1e-9))
         pairs.sort(key=lambda p: p[0])
         _, median = pairs[(len(pairs) - 1) // 2]
-        for label in ("direct", "gateway"):
+        for label in ("direct", "gateway", "v2"):
             cells[(label, conns)] = median[label]
         if conns == 16:
             ratios = [ratio for ratio, _ in pairs]
@@ -424,7 +442,26 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
              "the Procfile's edge — 1 uvicorn worker — in front of gunicorn, the reconciler, "
              "DATABASE_URL/REDIS_URL from the environment")
     report(duration, deploy_s, cells, switched, healthy, transport, ratios, setup)
+    report_v2(cells, v2_ratios)
     return 0
+
+
+def report_v2(cells: dict, v2_ratios: dict[int, list[float]]) -> None:
+    """v2 inference beside /invocations, both through the gateway, from the same runs."""
+    print(f"\nOpen Inference Protocol v2 vs /invocations, both through the gateway (same row, "
+          f"same connections; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})\n")
+    print("| conns | /invocations req/s | p50 ms | v2 infer req/s | p50 ms | v2 / invocations "
+          "req/s (each pair) | edge + replica CPU µs/req, invocations / v2 | within 10 % |")
+    print("|---|---|---|---|---|---|---|---|")
+    for conns in (1, 16):
+        g, v = cells[("gateway", conns)], cells[("v2", conns)]
+        ratios = sorted(v2_ratios.get(conns) or [float("nan")])
+        median = ratios[(len(ratios) - 1) // 2]
+        print(f"| {conns} | {g['rps']:.0f} | {g['p50']:.2f} | {v['rps']:.0f} | {v['p50']:.2f} | "
+              f"{median:.0%} ({', '.join(f'{r:.0%}' for r in ratios)}) | "
+              f"{g['cpu_us']['edge'] + g['cpu_us'].get('replica', 0):.0f} / "
+              f"{v['cpu_us']['edge'] + v['cpu_us'].get('replica', 0):.0f} | "
+              f"{'yes' if median >= 0.9 else 'no'} |")
 
 
 def edge_transport(replica_url: str) -> str:

@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from gateway import routes as gateway_routes
+from gateway import views as gateway_views
 from monitoring import views as monitoring_views
 from registry.mlflow_route import mlflow_route
 
@@ -46,8 +46,10 @@ urlpatterns = [
     path("deployments/", include("deployments.urls")),
     path("monitoring/", include("monitoring.urls")),
     path("demo/", include("demo.urls")),
-    path("serve/<str:name>/invocations", gateway_routes.invocations,
+    path("serve/<str:name>/invocations", gateway_views.invocations,
          name="serve-invocations"),
+    re_path(r"^serve/(?P<name>[^/]+)(?P<path>/v2(?:/.*)?)$", gateway_views.serve_v2,
+            name="serve-v2"),
     # MLflow's tracking API and UI, behind the platform's sign-in (registry/mlflow_route.py).
     path("mlflow/", mlflow_route, name="mlflow"),
     path("mlflow/<path:rest>", mlflow_route, name="mlflow-path"),

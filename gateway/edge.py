@@ -38,7 +38,7 @@ from yarl import URL
 
 from core import replica_keys
 
-from . import ingest_socket, mlflow_port, routes, shadowing
+from . import ingest_socket, mlflow_port, routes, shadowing, v2
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
@@ -48,7 +48,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
 
-_SERVE_PATH = re.compile(r"^/serve/([^/]+)/invocations$")
+_SERVE_PATH = re.compile(r"^/serve/([^/]+)(/invocations|/v2(?:/.*)?)$")
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,64}$")
 # Not passed on either way (RFC 9110 §7.6.1), plus Expect: the edge already answered it.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
@@ -59,6 +59,7 @@ FORWARD = {name.lower().encode(): name.encode() for name in routes.FORWARD_HEADE
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
 KEY_HEADER = replica_keys.HEADER.encode()
+INVOCATIONS = "/invocations"
 
 
 _ID_PREFIX = os.urandom(8).hex().encode()  # per process: ids stay unique across edge workers
@@ -79,14 +80,16 @@ class Reply(NamedTuple):
     body: bytes
 
 
-def edge_error(request_id: bytes | None = None) -> Reply:
+def edge_error(request_id: bytes | None = None, v2_form: bool = False) -> Reply:
     """The 500 for a bug in the edge itself (logged where it happened)."""
     return _refusal(routes.Refusal(500, "The edge failed to answer this request.",
-                                    "edge_error", {}), request_id)
+                                    "edge_error", {}), request_id, v2_form)
 
 
-def _refusal(refusal: routes.Refusal, request_id: bytes | None) -> Reply:
-    body = orjson.dumps({"detail": refusal.detail, "code": refusal.code})
+def _refusal(refusal: routes.Refusal, request_id: bytes | None, v2_form: bool = False) -> Reply:
+    """A refusal as an answer: ``{"detail", "code"}``, or ``{"error"}`` on a v2 path."""
+    body = orjson.dumps(v2.refusal_body(refusal) if v2_form
+                        else {"detail": refusal.detail, "code": refusal.code})
     headers = [*JSON, (b"content-length", b"%d" % len(body))]
     if request_id is not None:
         headers.append((b"x-request-id", request_id))
@@ -98,12 +101,13 @@ class Exchange:
     """One gateway request on its way to a replica and back: the retry state of
     ``Edge.handle`` between callbacks."""
 
-    __slots__ = ("attempts", "body", "done", "edge", "forward", "key", "last_error", "name",
-                 "request_id", "revision", "route", "started", "tried")
+    __slots__ = ("attempts", "body", "done", "edge", "forward", "key", "last_error", "method",
+                 "name", "path", "pinned", "request_id", "revision", "route", "started",
+                 "target", "traffic", "tried")
 
     def __init__(self, edge: Edge, name: str, forward: list[tuple[bytes, bytes]],
                  key: str | None, request_id: bytes, body: bytes | None,
-                 done: Callable[[Reply], None]) -> None:
+                 done: Callable[[Reply], None], target: v2.Target | None = None) -> None:
         self.edge = edge
         self.name = name
         self.forward = forward
@@ -117,13 +121,20 @@ class Exchange:
         self.attempts = 0
         self.revision = 0
         self.started = 0.0
+        # What goes to the replica: /invocations, or a v2 path (gateway/v2.py) — only
+        # inference is traffic (counted, mirrored); a version pins the request to a revision.
+        self.target = target
+        self.traffic = target is None or target.traffic
+        self.method = b"POST" if self.traffic else b"GET"
+        self.path = b"/invocations"
+        self.pinned = 0
 
     def refuse(self, refusal: routes.Refusal) -> None:
         """Answer with the gateway's own refusal; once the caller was admitted (a route is
         set), a 5xx is the platform's failure and counted as such (``routes.refused``)."""
-        if self.route is not None and refusal.status >= 500:
+        if self.route is not None and refusal.status >= 500 and self.traffic:
             routes.refused(self.route, self.revision, refusal.status)
-        self.done(_refusal(refusal, self.request_id))
+        self.done(_refusal(refusal, self.request_id, self.target is not None))
 
     def admit(self, caller: routes.Caller, route: routes.Route | None) -> None:
         admin, teams = caller
@@ -132,16 +143,27 @@ class Exchange:
         elif self.body is None:
             self.refuse(routes.Refusal(413, f"Request body over {self.edge.max_body} bytes.",
                                         "payload_too_large", {}))
-        else:
+        elif self.target is None:
             self.route = route
+            self.relay()
+        else:
+            where = v2.upstream(route, self.name, self.target)
+            if isinstance(where, routes.Refusal):
+                self.refuse(where)
+                return
+            self.route = route
+            self.path, self.pinned = where
             self.relay()
 
     def relay(self) -> None:
         """Send the body to a replica picked by the traffic split: at most two attempts, the
         second on another replica (or the same one when a pooled connection had gone stale)."""
-        picked = self.route.pick(self.key, self.tried)  # type: ignore[union-attr]  # set by admit(); no check on the hot path
+        route: routes.Route = self.route  # type: ignore[assignment]  # set by admit(); no check on the hot path
+        picked = (route.pick_in(self.pinned, self.tried) if self.pinned
+                  else route.pick(self.key, self.tried))
         if picked is None and self.last_error == "the replica closed the connection":
-            picked = self.route.pick(self.key, set())  # type: ignore[union-attr]  # set by admit(); no check on the hot path
+            picked = (route.pick_in(self.pinned, set()) if self.pinned
+                      else route.pick(self.key, set()))
         if picked is None:
             self.refuse(routes.no_ready_replica(self.name) if not self.tried
                         else routes.unavailable(self.name, self.last_error))
@@ -150,45 +172,54 @@ class Exchange:
         self.tried.add(url)
         self.attempts += 1
         self.started = time.monotonic()
-        key = self.route.keys.get(self.revision)  # type: ignore[union-attr]  # set by admit(); no check on the hot path
-        self.edge.replicas.send(url, b"/invocations", self.body,  # type: ignore[arg-type]  # admit() refused a None body
+        key = route.keys.get(self.revision)
+        self.edge.replicas.send(url, self.path, self.body,  # type: ignore[arg-type]  # admit() refused a None body
                                 [*self.forward, (KEY_HEADER, key)] if key else self.forward,
-                                self.edge.timeout, self.answered)
+                                self.edge.timeout, self.answered, self.method)
 
     def answered(self, answer: Answer | None, error: Exception | None) -> None:
         try:
             self._answered(answer, error)
         except Exception:  # the client must get an answer, whatever broke
-            log.exception("the edge failed to answer POST /serve/%s/invocations", self.name)
-            if self.route is not None:
+            log.exception("the edge failed to answer /serve/%s%s", self.name,
+                          self.path.decode())
+            if self.route is not None and self.traffic:
                 routes.refused(self.route, self.revision, 500)
-            self.done(edge_error(self.request_id))
+            self.done(edge_error(self.request_id, self.target is not None))
 
     def _answered(self, answer: Answer | None, error: Exception | None) -> None:
-        deployment_id = self.route.version[0]  # type: ignore[union-attr]  # set by admit(); no check on the hot path
+        route: routes.Route = self.route  # type: ignore[assignment]  # set by admit(); no check on the hot path
+        deployment_id = route.version[0]
         elapsed_ms = (time.monotonic() - self.started) * 1000
         if answer is None:
             if isinstance(error, UpstreamTimeout):
-                routes.count(deployment_id, self.revision, 504, elapsed_ms, False)
+                if self.traffic:
+                    routes.count(deployment_id, self.revision, 504, elapsed_ms, False)
                 self.refuse(routes.timed_out(self.name))
                 return
-            routes.count(deployment_id, self.revision, 502, elapsed_ms, False)
+            if self.traffic:
+                routes.count(deployment_id, self.revision, 502, elapsed_ms, False)
             self.last_error = str(error)
             if self.attempts < 2:
                 self.relay()  # the replica went away: once more on another one
             else:
                 self.refuse(routes.unavailable(self.name, self.last_error))
             return
-        routes.count(deployment_id, self.revision, answer.status, elapsed_ms)
-        if self.route.shadow is not None:  # type: ignore[union-attr]  # set by admit(); no check on the hot path
-            shadowing.mirror(deployment_id, self.route.shadow, self.body,  # type: ignore[union-attr,arg-type]
-                             {k.decode(): v.decode("latin-1") for k, v in self.forward},
-                             answer.status, answer.body)
-        self.done(Reply(answer.status, [
+        if self.traffic:
+            routes.count(deployment_id, self.revision, answer.status, elapsed_ms)
+            if route.shadow is not None and not self.pinned:
+                shadowing.mirror(deployment_id, route.shadow, self.body,  # type: ignore[arg-type]  # admit() refused a None body
+                                 {k.decode(): v.decode("latin-1") for k, v in self.forward},
+                                 answer.status, answer.body,
+                                 INVOCATIONS if self.target is None else v2.shadow_path(route))
+        headers = [
             (b"content-type", answer.content_type),
             (b"content-length", b"%d" % len(answer.body)),
             (b"x-modelport-revision", b"%d" % self.revision),
-            (b"x-request-id", self.request_id)], answer.body))
+            (b"x-request-id", self.request_id)]
+        if answer.header_length is not None:
+            headers.append((b"inference-header-content-length", answer.header_length))
+        self.done(Reply(answer.status, headers, answer.body))
 
 
 class Edge:
@@ -282,7 +313,7 @@ class Edge:
         if scope["type"] == "http":
             match = _SERVE_PATH.match(scope["path"])
             if match is not None:
-                await self.serve(scope, receive, send, match.group(1))
+                await self.serve(scope, receive, send, match.group(1), match.group(2))
             else:
                 await self.forward(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -305,10 +336,11 @@ class Edge:
 
     # --- the gateway --------------------------------------------------------------------------
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, name: str,
+                    path: str = INVOCATIONS) -> None:
         """The gateway through the ASGI interface, for the requests the edge's own protocol
         (``gateway.edge_protocol``) leaves to uvicorn: a percent-encoded name, a request
-        pipelined behind another, a method other than POST."""
+        pipelined behind another, a method other than POST (v2 metadata, readiness)."""
         body = await self._read_body(receive)
         answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
@@ -317,7 +349,7 @@ class Edge:
                 answered.set_result(reply)
 
         self.handle(method=scope["method"], headers=scope["headers"], name=name, body=body,
-                    done=done)
+                    done=done, path=path)
         reply = await answered
         await send({"type": "http.response.start", "status": reply.status,
                     "headers": reply.headers})
@@ -325,7 +357,8 @@ class Edge:
 
     def handle(self, *, method: str, headers: Iterable[tuple[bytes, bytes]], name: str,
                body: bytes | None, done: Callable[[Reply], None],
-               tokens: dict[bytes, tuple[str, str]] | None = None) -> None:
+               tokens: dict[bytes, tuple[str, str]] | None = None,
+               path: str = INVOCATIONS) -> None:
         """Answer one request for deployment ``name``: ``done(reply)`` is called once, with a
         refusal or the replica's answer. ``headers`` are the request's (lower-case names);
         ``body`` is None when it was over ``max_body``.
@@ -336,7 +369,10 @@ class Edge:
 
         ``tokens``: the connection's last ``Authorization`` header and its (token, SHA-256
         digest), so a client sending the same token on a keep-alive connection is not hashed
-        again on every request. It lives as long as the connection."""
+        again on every request. It lives as long as the connection.
+
+        ``path``: what the request asks of the deployment after ``/serve/<name>`` —
+        ``/invocations`` or an Open Inference Protocol path (``/v2…``, gateway/v2.py)."""
         forward: list[tuple[bytes, bytes]] = []
         authorization = route_key = incoming_id = b""
         for key, value in headers:
@@ -351,7 +387,14 @@ class Edge:
         request_id = (incoming_id if incoming_id and _VALID_REQUEST_ID.match(incoming_id)
                       else _new_request_id())
         forward.append((b"X-Request-ID", request_id))
-        if method != "POST":
+        target = None
+        if path != INVOCATIONS:
+            found = v2.target(path, method)
+            if isinstance(found, routes.Refusal):
+                done(_refusal(found, request_id, True))
+                return
+            target = found
+        elif method != "POST":
             done(_refusal(routes.method_not_allowed(method), request_id))
             return
         known = tokens.get(authorization) if tokens is not None else None
@@ -359,7 +402,7 @@ class Edge:
             scheme, _, raw = authorization.decode("latin-1").partition(" ")
             raw = raw.strip()
             if scheme.lower() != "bearer" or not raw:
-                done(_refusal(routes.not_authenticated(), request_id))
+                done(_refusal(routes.not_authenticated(), request_id, target is not None))
                 return
             known = (raw, routes.token_digest(raw))
             if tokens is not None:
@@ -367,7 +410,7 @@ class Edge:
                 tokens[authorization] = known
         raw, digest = known
         exchange = Exchange(self, name, forward, route_key.decode("latin-1") or None,
-                            request_id, body, done)
+                            request_id, body, done, target)
         caller = routes.cached_caller(digest)
         route = routes.cached_route(name)
         if caller is None or route is None:

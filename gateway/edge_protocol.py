@@ -7,7 +7,8 @@ of every response header: a canned answer cost ~100 µs of CPU that way and 43 �
 cores, where the load generator, the replica and the edge share the CPU, that is throughput
 taken from the replica (bench/gateway.py: the edge went from 243 to 106 to 140 µs per request).
 
-This protocol answers ``POST /serve/<name>/invocations`` itself: the parser's callbacks collect
+This protocol answers ``POST /serve/<name>/invocations`` and the Open Inference Protocol's
+``POST /serve/<name>/v2/models/<model>[/versions/<v>]/infer`` itself: the parser's callbacks collect
 the headers and body, ``Edge.handle`` (the same code the ASGI path uses) decides — without a
 task or an await when token and route are cached — and the answer is written to the transport
 in one call from the replica connection's callback. Anything unusual keeps the ASGI path, which
@@ -36,7 +37,8 @@ from .edge import Edge, Reply, edge_error
 
 log = logging.getLogger("modelport.edge")
 
-_SERVE_URL = re.compile(rb"^/serve/([A-Za-z0-9._~\-]+)/invocations(?:\?|$)")
+_SERVE_URL = re.compile(rb"^/serve/([A-Za-z0-9._~\-]+)(/invocations|/v2/models/[A-Za-z0-9._~\-]+"
+                        rb"(?:/versions/[A-Za-z0-9._~\-]+)?/infer)(?:\?|$)")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -58,12 +60,13 @@ class FastCycle:
     ``keep_alive``, ``message_event``), so the inherited connection handling works unchanged."""
 
     __slots__ = ("body", "disconnected", "headers", "keep_alive", "message_event", "name",
-                 "protocol", "response_complete")
+                 "path", "protocol", "response_complete")
 
-    def __init__(self, protocol: EdgeHttpProtocol, name: str, headers: list[tuple[bytes, bytes]],
-                 keep_alive: bool) -> None:
+    def __init__(self, protocol: EdgeHttpProtocol, name: str, path: str,
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.protocol = protocol
         self.name = name
+        self.path = path
         self.headers = headers
         self.keep_alive = keep_alive
         self.body: bytes | bytearray | None = b""  # None once over the edge's max_body
@@ -83,7 +86,8 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
         self.edge: Edge | None = self.app if isinstance(self.app, Edge) else None
         self.tokens: dict[bytes, tuple[str, str]] = {}  # see Edge.handle
         self.idle_until: float | None = None  # see on_response_complete
-        self.names: dict[bytes, str] = {}  # this connection's /serve/ URLs and their names
+        # this connection's /serve/ URLs: (deployment name, path after it)
+        self.names: dict[bytes, tuple[str, str]] = {}
 
     def on_headers_complete(self) -> None:
         match = None
@@ -97,13 +101,14 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
             super().on_headers_complete()
             return
         self.scope["method"] = "POST"  # read by handle_websocket_upgrade and logging, if ever
-        name = self.names.get(self.url)
-        if name is None:
+        known = self.names.get(self.url)
+        if known is None:
             if len(self.names) > 16:
                 self.names.clear()
-            name = self.names[self.url] = match.group(1).decode("ascii")
+            known = self.names[self.url] = (match.group(1).decode("ascii"),
+                                            match.group(2).decode("ascii"))
         self.cycle = FastCycle(  # type: ignore[assignment]  # stands in for uvicorn's cycle
-            self, name, self.headers, self.parser.should_keep_alive())
+            self, known[0], known[1], self.headers, self.parser.should_keep_alive())
         if self.expect_100_continue:
             self.transport.write(_CONTINUE)
 
@@ -131,9 +136,9 @@ class EdgeHttpProtocol(NoDelayHttpToolsProtocol):
             self.edge.handle(method="POST", headers=cycle.headers, name=cycle.name,
                              body=(cycle.body if type(cycle.body) is not bytearray
                                    else bytes(cycle.body)),
-                             done=cycle.answer, tokens=self.tokens)
+                             done=cycle.answer, tokens=self.tokens, path=cycle.path)
         except Exception:
-            log.exception("the edge failed to answer POST /serve/%s/invocations", cycle.name)
+            log.exception("the edge failed to answer POST /serve/%s%s", cycle.name, cycle.path)
             cycle.keep_alive = False
             cycle.answer(edge_error())
 

@@ -49,10 +49,10 @@ class ReplicaClient:
         self.unix: dict[str, _UnixPool] = {}
         self._lock = threading.Lock()
 
-    def post(self, url: str, path: str, body: bytes, headers: dict[str, str],
-             timeout: urllib3.Timeout) -> urllib3.BaseHTTPResponse:
+    def post(self, url: str, path: str, body: bytes | None, headers: dict[str, str],
+             timeout: urllib3.Timeout, method: str = "POST") -> urllib3.BaseHTTPResponse:
         if not is_unix_url(url):
-            return self.tcp.request("POST", url.rstrip("/") + path, body=body, headers=headers,
+            return self.tcp.request(method, url.rstrip("/") + path, body=body, headers=headers,
                                     timeout=timeout, preload_content=True, redirect=False)
         pool = self.unix.get(url)
         if pool is None:
@@ -63,5 +63,5 @@ class ReplicaClient:
                 pool = self.unix.setdefault(url, _UnixPool(
                     "localhost", maxsize=self.maxsize, block=False, retries=False,
                     socket_path=socket_path))
-        return pool.urlopen("POST", path, body=body, headers=headers, timeout=timeout,
+        return pool.urlopen(method, path, body=body, headers=headers, timeout=timeout,
                             preload_content=True, redirect=False, retries=False)

@@ -1,4 +1,5 @@
-"""The serving gateway: ``POST /serve/<deployment>/invocations``.
+"""The serving gateway: ``POST /serve/<deployment>/invocations`` and the Open Inference Protocol
+paths ``/serve/<deployment>/v2/…`` (``gateway.v2``).
 
 Authenticates the Bearer token, checks the caller may view the deployment's team (404 if not),
 picks a ready replica by the deployment's traffic split (sticky by ``X-Modelport-Route-Key``),
@@ -6,9 +7,9 @@ proxies the body with a pooled HTTP client and returns the replica's answer. Rou
 cached in process and reloaded only when the deployment's ``routing_version`` changes (checked
 at most once a second); token checks are cached for a few seconds. No per-request DB query.
 
-The same caches, counters and refusals serve the edge (``gateway.edge``). ``invocations`` is the
-Django path: ``gateway.middleware.GatewayMiddleware`` calls it before URL resolving, and
-``config/urls.py`` routes to it where that middleware is not installed.
+The same caches, counters and refusals serve the edge (``gateway.edge``) and the Django path
+(``gateway.views``, which ``gateway.middleware.GatewayMiddleware`` calls before URL resolving and
+``config/urls.py`` routes to where that middleware is not installed).
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import NamedTuple
 
-import urllib3
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
-from core import replica_keys
 from deployments.models import Deployment, Replica, Revision, TrafficSample
 from monitoring.gateway_errors import GATEWAY_CODES, GATEWAY_ERRORS
 from teams.authentication import authenticate_token
@@ -37,7 +34,6 @@ from teams.models import ApiToken, Membership
 from teams.roles import is_platform_admin
 
 from . import shadowing
-from .replica_http import ReplicaClient
 from .shadowing import Shadow
 
 log = logging.getLogger(__name__)
@@ -46,10 +42,12 @@ ROUTE_CHECK_S = 1.0
 REVOKE_CHECK_S = 1.0
 REVOKE_LOOKBACK_S = 10.0  # > REVOKE_CHECK_S: a revocation racing a cache fill is seen again
 _last_revoke_check = [0.0]
-FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-ID", "Content-Encoding")
-RETURN_HEADERS = ("Content-Type",)
+FORWARD_HEADERS = ("Content-Type", "Accept", "X-Request-ID", "Content-Encoding",
+                   "Inference-Header-Content-Length")
+# Answer headers passed back besides Content-Type: the JSON header's length in a v2 answer with
+# binary outputs (gateway/v2.py).
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
-_pool = ReplicaClient(maxsize=32)
 _lock = threading.Lock()
 
 
@@ -70,6 +68,12 @@ class Route:
     name: str = ""
     # The revision that should run: what a refusal with no replica picked is counted against.
     revision: int = 0
+    # For the Open Inference Protocol paths (gateway/v2.py): the registered model's name, and
+    # each live version (a ready, non-shadow revision serves it) -> that revision.
+    model: str = ""
+    served: dict[str, int] = field(default_factory=dict)
+    urls: dict[int, list[str]] = field(default_factory=dict)
+    v2_paths: dict[tuple[str, str], object] = field(default_factory=dict)  # gateway.v2's memo
 
     def pick(self, key: str | None, exclude: set[str]) -> Picked | None:
         """A (revision, url) by the traffic split, sticky by ``key`` (the route key header);
@@ -98,6 +102,11 @@ class Route:
             bucket -= pct
         rev, _, urls = choices[-1]
         return rev, urls[spin % len(urls)]
+
+    def pick_in(self, revision: int, exclude: set[str]) -> Picked | None:
+        """A replica of ``revision`` (a request pinned to its version), not in ``exclude``."""
+        urls = [u for u in self.urls.get(revision, ()) if u not in exclude]
+        return (revision, urls[random.randrange(len(urls))]) if urls else None  # noqa: S311
 
 
 _routes: dict[str, Route] = {}
@@ -177,7 +186,7 @@ def flush() -> None:
 
 
 def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
-          shadow: dict | None = None, current: int = 0) -> Route:
+          shadow: dict | None = None, current: int = 0, model: str = "") -> Route:
     ready: dict[int, list[str]] = {}
     for rev, url in (Replica.objects.filter(deployment__name=name, ready=True)
                      .exclude(url="").order_by("revision", "index")
@@ -192,10 +201,19 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
     else:
         revisions = [(rev, 1, urls) for rev, urls in ready.items()]
     mirror = None
-    keys = dict(Revision.objects.filter(deployment_id=version[0], number__in=list(ready))
-                .values_list("number", "replica_key"))
-    if shadow and shadow.get("revision") is not None:
-        number = int(shadow["revision"])
+    shadow_number = (int(shadow["revision"]) if shadow and shadow.get("revision") is not None
+                     else None)
+    keys = {}
+    served: dict[str, int] = {}
+    for number, key, model_version in (Revision.objects.filter(
+            deployment_id=version[0], number__in=list(ready))
+            .order_by("number").values_list("number", "replica_key", "model_version__version")):
+        keys[number] = key
+        if number != shadow_number:
+            served[str(model_version)] = number  # the newest revision of a version serves it
+    urls = {rev: found for rev, found in ready.items() if rev != shadow_number}
+    if shadow and shadow_number is not None:
+        number = shadow_number
         revisions = [entry for entry in revisions if entry[0] != number]
         if ready.get(number):
             mirror = Shadow(revision=number, percent=int(shadow.get("percent", 100)),
@@ -203,7 +221,7 @@ def _load(name: str, version: tuple[int, int], team_id: int, traffic: list,
                             urls=tuple(ready[number]), key=keys.get(number, ""))
     return Route(version=version, team_id=team_id, checked=time.monotonic(), revisions=revisions,
                  shadow=mirror, keys={rev: key.encode() for rev, key in keys.items()},
-                 name=name, revision=current)
+                 name=name, revision=current, model=model, served=served, urls=urls)
 
 
 def cached_route(name: str) -> Route | None:
@@ -220,16 +238,17 @@ def route_for(name: str) -> Route | None:
     if route is not None and now - route.checked < ROUTE_CHECK_S:
         return route
     row = Deployment.objects.filter(name=name).values_list(
-        "pk", "routing_version", "team_id", "traffic", "shadow", "revision").first()
+        "pk", "routing_version", "team_id", "traffic", "shadow", "revision",
+        "model__name").first()
     if row is None:
         _routes.pop(name, None)
         return None
-    pk, routing_version, team_id, traffic, shadow, current = row
+    pk, routing_version, team_id, traffic, shadow, current, model = row
     version = (pk, routing_version)
     if route is not None and route.version == version:
         route.checked, route.revision = now, current
         return route
-    route = _load(name, version, team_id, traffic, shadow, current)
+    route = _load(name, version, team_id, traffic, shadow, current, model)
     with _lock:
         _routes[name] = route
     return route
@@ -348,77 +367,3 @@ def no_ready_replica(name: str) -> Refusal:
 def unavailable(name: str, last_error: str) -> Refusal:
     return Refusal(502, f"Deployment '{name}': replicas did not answer ({last_error}).",
                    "upstream_unavailable", {"Retry-After": "1"})
-
-
-def _error(refusal: Refusal) -> JsonResponse:
-    response = JsonResponse({"detail": refusal.detail, "code": refusal.code},
-                            status=refusal.status)
-    for key, value in refusal.headers.items():
-        response[key] = value
-    return response
-
-
-@csrf_exempt
-def invocations(request: HttpRequest, name: str) -> HttpResponse:
-    if request.method != "POST":
-        return _error(method_not_allowed(request.method or ""))
-    header = request.headers.get("Authorization", "")
-    scheme, _, raw = header.partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        return _error(not_authenticated())
-    try:
-        admin, teams = caller(raw.strip())
-    except exceptions.AuthenticationFailed as exc:
-        return _error(token_refused(exc))
-    route = route_for(name)
-    if route is None or not (admin or route.team_id in teams):
-        return _error(not_found(name))
-    key = request.headers.get("X-Modelport-Route-Key")
-    headers = {h: request.headers[h] for h in FORWARD_HEADERS if h in request.headers}
-    headers["X-Request-ID"] = getattr(request, "request_id", headers.get("X-Request-ID", ""))
-    body = request.body
-    tried: set[str] = set()
-    last_error = ""
-    revision = 0
-    for _attempt in range(2):
-        picked = route.pick(key, tried)
-        if picked is None:
-            break
-        revision, url = picked
-        tried.add(url)
-        started = time.monotonic()
-        if route.keys.get(revision):
-            headers[replica_keys.HEADER] = route.keys[revision].decode()
-        try:
-            upstream = _pool.post(
-                url, "/invocations", body, headers,
-                urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S))
-        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
-                urllib3.exceptions.ProtocolError) as exc:
-            last_error = f"{exc.__class__.__name__}"
-            record(route.version[0], revision, 502, (time.monotonic() - started) * 1000,
-                   answered=False)
-            continue  # the replica went away: once more on another one
-        except urllib3.exceptions.ReadTimeoutError:
-            record(route.version[0], revision, 504, (time.monotonic() - started) * 1000,
-                   answered=False)
-            refused(route, revision, 504)
-            return _error(timed_out(name))
-        except urllib3.exceptions.HTTPError as exc:
-            last_error = f"{exc.__class__.__name__}"
-            continue
-        record(route.version[0], revision, upstream.status,
-               (time.monotonic() - started) * 1000)
-        response = HttpResponse(upstream.data, status=upstream.status,
-                                content_type=upstream.headers.get("Content-Type",
-                                                                  "application/json"))
-        response["X-Modelport-Revision"] = str(revision)
-        if route.shadow is not None:
-            shadowing.mirror(route.version[0], route.shadow, body, headers, upstream.status,
-                             upstream.data)
-        return response
-    if not tried:
-        refused(route, None, 503)
-        return _error(no_ready_replica(name))
-    refused(route, revision, 502)
-    return _error(unavailable(name, last_error))

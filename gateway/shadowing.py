@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import urllib3
 from django.conf import settings
 from django.db import connection
@@ -35,6 +36,9 @@ WORKERS = 4
 MAX_PENDING = 64
 FLUSH_S = 1.0
 SHADOW_HEADER = "X-Modelport-Shadow"
+_V2_NUMPY = {"BOOL": "?", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+             "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2",
+             "FP32": "<f4", "FP64": "<f8"}
 
 _pool = ReplicaClient(maxsize=WORKERS)
 _lock = threading.Lock()
@@ -70,9 +74,9 @@ _stats: dict[tuple[int, int], _Counts] = {}  # (deployment pk, shadow revision) 
 
 
 def mirror(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, str],
-           stable_status: int, stable_body: bytes) -> bool:
+           stable_status: int, stable_body: bytes, path: str = "/invocations") -> bool:
     """Queue a copy of one request for the shadow (its share of requests only); True if
-    queued. Returns at once."""
+    queued. Returns at once. ``path``: the replica path (``/invocations`` or a v2 infer)."""
     if shadow.percent < 100 and random.randrange(100) >= shadow.percent:  # noqa: S311
         return False
     with _lock:
@@ -84,12 +88,12 @@ def mirror(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, s
             _executor.append(ThreadPoolExecutor(max_workers=WORKERS,
                                                 thread_name_prefix="modelport-shadow"))
     _executor[0].submit(_call, deployment_id, shadow, body, dict(headers), stable_status,
-                        stable_body)
+                        stable_body, path)
     return True
 
 
 def _call(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, str],
-          stable_status: int, stable_body: bytes) -> None:
+          stable_status: int, stable_body: bytes, path: str) -> None:
     try:
         url = random.choice(shadow.urls)  # noqa: S311
         headers[SHADOW_HEADER] = "1"
@@ -100,14 +104,16 @@ def _call(deployment_id: int, shadow: Shadow, body: bytes, headers: dict[str, st
         started = time.monotonic()
         try:
             answer = _pool.post(
-                url, "/invocations", body, headers,
+                url, path, body, headers,
                 urllib3.Timeout(connect=2.0, read=settings.MODELPORT_GATEWAY_TIMEOUT_S))
             status, data = answer.status, answer.data
         except urllib3.exceptions.HTTPError:
             status, data = 0, b""
         elapsed_ms = (time.monotonic() - started) * 1000
         compared = stable_status == 200 and 0 < status < 500
-        agreed = compared and status == 200 and agree(stable_body, data, shadow.tolerance)
+        agreed = compared and status == 200 and (
+            agree(stable_body, data, shadow.tolerance) if path == "/invocations"
+            else agree_v2(stable_body, data, shadow.tolerance))
         with _lock:
             counts = _stats.setdefault((deployment_id, shadow.revision), _Counts())
             counts.requests += 1
@@ -139,6 +145,38 @@ def agree(stable: bytes, shadow: bytes, tolerance: float) -> bool:
     if isinstance(a, dict) and isinstance(b, dict) and "predictions" in a and "predictions" in b:
         a, b = a["predictions"], b["predictions"]
     return _same(a, b, tolerance)
+
+
+def v2_outputs(body: bytes) -> dict[str, Any] | None:
+    """An Open Inference Protocol answer's outputs by name (binary outputs decoded), None when
+    ``body`` is not one."""
+    try:
+        doc, end = json.JSONDecoder().raw_decode(body.decode("latin-1"))
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
+        return None
+    found: dict[str, Any] = {}
+    offset = end  # latin-1: one character per byte
+    for out in doc["outputs"]:
+        if not isinstance(out, dict):
+            return None
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if not isinstance(size, int):
+            found[str(out.get("name"))] = out.get("data")
+            continue
+        raw = body[offset:offset + size]
+        offset += size
+        dtype = _V2_NUMPY.get(str(out.get("datatype")))
+        found[str(out.get("name"))] = raw if dtype is None else np.frombuffer(raw, dtype).tolist()
+    return found
+
+
+def agree_v2(stable: bytes, shadow: bytes, tolerance: float) -> bool:
+    """Whether two v2 answers carry the same outputs (ids and versions aside)."""
+    a, b = v2_outputs(stable), v2_outputs(shadow)
+    return (a is not None and b is not None and a.keys() == b.keys()
+            and all(_same(a[k], b[k], tolerance) for k in a))
 
 
 def _same(a: Any, b: Any, tolerance: float) -> bool:

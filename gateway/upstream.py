@@ -58,12 +58,15 @@ class UpstreamTimeout(Exception):
 
 
 class Answer:
-    __slots__ = ("body", "content_type", "status")
+    __slots__ = ("body", "content_type", "header_length", "status")
 
-    def __init__(self, status: int, content_type: bytes, body: bytes) -> None:
+    def __init__(self, status: int, content_type: bytes, body: bytes,
+                 header_length: bytes | None = None) -> None:
         self.status = status
         self.content_type = content_type
         self.body = body
+        # Inference-Header-Content-Length: a v2 answer with binary outputs (serving/v2.py)
+        self.header_length = header_length
 
 
 OnAnswer = Callable[[Answer | None, Exception | None], None]
@@ -84,6 +87,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._content_type = b"application/json"
+        self._header_length: bytes | None = None
         self._body: list[bytes] = []
 
     # asyncio.Protocol
@@ -107,16 +111,21 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"content-type":
+        lower = name.lower()
+        if lower == b"content-type":
             self._content_type = value
+        elif lower == b"inference-header-content-length":
+            self._header_length = value
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        answer = Answer(self.parser.get_status_code(), self._content_type, b"".join(self._body))
+        answer = Answer(self.parser.get_status_code(), self._content_type, b"".join(self._body),
+                        self._header_length)
         self._body = []
         self._content_type = b"application/json"
+        self._header_length = None
         on_answer, self.on_answer = self.on_answer, None
         self.pool.busy.discard(self)
         if not self.parser.should_keep_alive():
@@ -160,13 +169,14 @@ class Pool:
         self.opened = {"unix": 0, "tcp": 0}  # connections opened, by transport
 
     def send(self, url: str, path: bytes, body: bytes, headers: list[tuple[bytes, bytes]],
-             timeout: float, on_answer: OnAnswer) -> None:
-        """POST ``body`` to ``url`` + ``path``; ``on_answer(answer, None)`` when the replica
-        answers, ``on_answer(None, UpstreamError)`` when it cannot be reached or drops the
-        connection, ``on_answer(None, UpstreamTimeout)`` when it does not answer in time —
-        exactly once, and never before ``send`` returns when a connection must be opened."""
+             timeout: float, on_answer: OnAnswer, method: bytes = b"POST") -> None:
+        """POST ``body`` to ``url`` + ``path`` (or GET it, with ``method``);
+        ``on_answer(answer, None)`` when the replica answers, ``on_answer(None, UpstreamError)``
+        when it cannot be reached or drops the connection, ``on_answer(None, UpstreamTimeout)``
+        when it does not answer in time — exactly once, and never before ``send`` returns when
+        a connection must be opened."""
         try:
-            address, start = _address(url, path)
+            address, start = _address(url, path, method)
         except UpstreamError as exc:
             on_answer(None, exc)
             return
@@ -252,14 +262,14 @@ class Pool:
         self.idle.clear()
 
 
-_addresses: dict[tuple[str, bytes], tuple[Address, bytes]] = {}
+_addresses: dict[tuple[str, bytes, bytes], tuple[Address, bytes]] = {}
 
 
-def _address(url: str, path: bytes) -> tuple[Address, bytes]:
+def _address(url: str, path: bytes, method: bytes = b"POST") -> tuple[Address, bytes]:
     """(where the replica listens, the request's first bytes up to the Content-Length value)
     for a replica URL — ``http+unix://<socket path>`` or ``http://127.0.0.1:20001`` — and a
     path, computed once per replica."""
-    known = _addresses.get((url, path))
+    known = _addresses.get((url, path, method))
     if known is None:
         if is_unix_url(url):
             try:
@@ -274,8 +284,8 @@ def _address(url: str, path: bytes) -> tuple[Address, bytes]:
                                     "http://host:port")
             address, prefix = Address(parts.hostname, parts.port or 80), parts.path
             host = b"%s:%d" % (address.host.encode(), address.port)
-        known = (address, b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Length: " % (
-            prefix.rstrip("/").encode(), path, host))
+        known = (address, b"%s %s%s HTTP/1.1\r\nHost: %s\r\nContent-Length: " % (
+            method, prefix.rstrip("/").encode(), path, host))
         if len(_addresses) < 10000:
-            _addresses[(url, path)] = known
+            _addresses[(url, path, method)] = known
     return known

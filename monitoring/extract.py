@@ -3,6 +3,12 @@
 Replicas log the request's input as received (``serving/protocol.py``): a ``dataframe_split``
 object, ``dataframe_records``/``instances`` lists, a columnar dict, or Open Inference Protocol
 tensors; outputs are the JSON predictions. Anything unrecognised yields nothing, never an error.
+
+Open Inference Protocol (v2) tensors — the JSON request as sent, or, for tritonclient's binary
+tensor extension, the decoded tensors the replica logs instead of the bytes
+(``serving/v2.py``: name, datatype, shape and the flat values) — become rows by their shape:
+one ``[n, k]`` tensor is n rows of k features named by the signature's columns (in order); several
+``[n]`` or ``[n, 1]`` tensors are the columns of n rows, named by the tensors' names.
 """
 
 from __future__ import annotations
@@ -32,11 +38,7 @@ def rows_of(inputs: Any, columns: list[str]) -> list[dict[str, Any]]:
     if isinstance(inputs, list) and inputs:
         first = inputs[0]
         if isinstance(first, dict) and "name" in first and "data" in first:  # OIP tensors
-            if len(inputs) == 1 and isinstance(first["data"], list) and first["data"] \
-                    and isinstance(first["data"][0], list):
-                return [dict(zip(columns, row, strict=False)) for row in first["data"]]
-            return rows_of({str(t.get("name")): t.get("data") for t in inputs
-                            if isinstance(t, dict) and isinstance(t.get("data"), list)}, columns)
+            return _tensor_rows(inputs, columns)
         if isinstance(first, dict):
             return [r for r in inputs if isinstance(r, dict)]
         if isinstance(first, list):
@@ -45,6 +47,30 @@ def rows_of(inputs: Any, columns: list[str]) -> list[dict[str, Any]]:
         if columns and len(inputs) == len(columns):
             return [dict(zip(columns, inputs, strict=False))]
     return []
+
+
+def _tensor_rows(tensors: list[Any], columns: list[str]) -> list[dict[str, Any]]:
+    """Rows of Open Inference Protocol input tensors, by their shapes (see the module doc)."""
+    named: dict[str, list[Any]] = {}
+    for tensor in tensors:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("data"), list):
+            continue
+        data = tensor["data"]
+        shape = tensor.get("shape")
+        width = shape[1] if isinstance(shape, list) and len(shape) == 2 \
+            and isinstance(shape[1], int) and shape[1] > 0 else 0
+        if data and not isinstance(data[0], list) and width > 1:  # flat values of [n, k]
+            data = [data[i:i + width] for i in range(0, len(data) - width + 1, width)]
+        if len(tensors) == 1 and data and isinstance(data[0], list) \
+                and not all(len(row) == 1 for row in data if isinstance(row, list)):
+            return [dict(zip(columns, row, strict=False)) for row in data
+                    if isinstance(row, list)]
+        named[str(tensor.get("name"))] = [v[0] if isinstance(v, list) and len(v) == 1 else v
+                                          for v in data]
+    if not named:
+        return []
+    n = min(len(v) for v in named.values())
+    return [{k: values[i] for k, values in named.items()} for i in range(n)]
 
 
 def predictions_of(outputs: Any) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from serving import __version__, metrics, protocol
+from serving import __version__, metrics, protocol, v2
 from serving.batching import Batcher
 from serving.config import Settings
 from serving.errors import MalformedRequest, ServingError
@@ -79,7 +79,8 @@ class ModelServer:
             if self.key is not None and path not in PUBLIC_PATHS and not self.keyed(scope):
                 await self.error(send, 403, "PERMISSION_DENIED",
                                  "this model server answers only the platform; call the "
-                                 "deployment through the gateway (/serve/<deployment>/…)")
+                                 "deployment through the gateway (/serve/<deployment>/…)",
+                                 path.startswith("/v2"))
                 return
             if method == "POST":
                 if path == "/invocations":
@@ -96,7 +97,8 @@ class ModelServer:
                 if path.startswith("/v2/models/"):
                     await self.v2_model_get(path, send)
                     return
-            await self.error(send, 404, "ENDPOINT_NOT_FOUND", f"no route for {method} {path}")
+            await self.error(send, 404, "ENDPOINT_NOT_FOUND", f"no route for {method} {path}",
+                             path.startswith("/v2"))
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -197,14 +199,17 @@ class ModelServer:
             await respond(send, 200, b'{"ready":true}', JSON)
 
     async def v2_ready(self, send: Send) -> None:
-        await self.ready(send)
+        if self.model is None:
+            await self.not_ready(send, v2_form=True)
+        else:
+            await respond(send, 200, b'{"ready":true}', JSON)
 
-    async def not_ready(self, send: Send) -> None:
+    async def not_ready(self, send: Send, v2_form: bool = False) -> None:
         if self.load_error:
             message = f"model failed to load: {self.load_error}"
-            await self.error(send, 503, "INTERNAL_ERROR", message)
+            await self.error(send, 503, "INTERNAL_ERROR", message, v2_form)
         else:
-            await self.error(send, 503, "TEMPORARILY_UNAVAILABLE", "model is loading")
+            await self.error(send, 503, "TEMPORARILY_UNAVAILABLE", "model is loading", v2_form)
 
     async def version_info(self, send: Send) -> None:
         doc: dict[str, Any] = {
@@ -231,37 +236,29 @@ class ModelServer:
         await respond(send, 200, body, ctype.encode())
 
     async def v2_server(self, send: Send) -> None:
-        doc = {"name": "modelport-serving", "version": __version__, "extensions": []}
+        doc = {"name": "modelport-serving", "version": __version__,
+               "extensions": v2.EXTENSIONS}
         await respond(send, 200, orjson.dumps(doc), JSON)
 
     async def v2_model_get(self, path: str, send: Send) -> None:
-        parts = path[len("/v2/models/"):].strip("/").split("/")
-        if parts[0] != self.name:
-            await self.error(send, 404, "NOT_FOUND", f"model '{parts[0]}' is not served here")
+        """``/v2/models/<model>[/versions/<v>]`` (metadata) and ``…/ready``."""
+        target = v2_target(path)
+        if target is None or target[2] not in ("", "ready"):
+            await self.error(send, 404, "ENDPOINT_NOT_FOUND", f"no route for GET {path}", True)
             return
-        if parts[-1] == "ready":
-            await self.ready(send)
+        model, version, action = target
+        if model != self.name or (version is not None and version != self.version):
+            exc = v2.not_served(model, version or "", self.name, self.version)
+            await self.error(send, exc.status, exc.error_code, exc.message, True)
             return
         if self.model is None:
-            await self.not_ready(send)
+            await self.not_ready(send, v2_form=True)
             return
-        sig = self.model.signature
-        if sig.kind == "columns":
-            inputs = [
-                {"name": c.name, "datatype": _v2_type(c.type), "shape": [-1]} for c in sig.columns
-            ]
-        else:
-            inputs = [
-                {"name": t.name or "input-0", "datatype": _v2_type(t.dtype.name),
-                 "shape": list(t.shape)}
-                for t in sig.tensors
-            ]
-        doc = {
-            "name": self.name,
-            "versions": [self.version] if self.version else [],
-            "platform": f"mlflow_{self.model.flavor}",
-            "inputs": inputs,
-        }
+        if action == "ready":
+            await respond(send, 200, b'{"ready":true}', JSON)
+            return
+        m = self.model
+        doc = v2.metadata(self.name, self.version, m.flavor, m.signature, m.mlmodel)
         await respond(send, 200, orjson.dumps(doc), JSON)
 
     # --- prediction ---
@@ -269,9 +266,15 @@ class ModelServer:
         await self.predict_request(scope, receive, send, "invocations")
 
     async def v2_infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        parts = scope["path"][len("/v2/models/"):].split("/")
-        if parts[0] != self.name:
-            await self.error(send, 404, "NOT_FOUND", f"model '{parts[0]}' is not served here")
+        target = v2_target(scope["path"])
+        if target is None or target[2] != "infer":
+            await self.error(send, 404, "ENDPOINT_NOT_FOUND",
+                             f"no route for POST {scope['path']}", True)
+            return
+        model, version, _ = target
+        if model != self.name or (version is not None and version != self.version):
+            exc = v2.not_served(model, version or "", self.name, self.version)
+            await self.error(send, exc.status, exc.error_code, exc.message, True)
             return
         await self.predict_request(scope, receive, send, "v2_infer")
 
@@ -286,6 +289,9 @@ class ModelServer:
         raw: Any = None
         predictions: Any = None
         error: str | None = None
+        ctype = JSON
+        extra: list[tuple[bytes, bytes]] = []
+        verbatim = False  # the body is JSON the log may keep as it came
         metrics.IN_FLIGHT.inc()
         try:
             model = self.model
@@ -296,50 +302,49 @@ class ModelServer:
                     )
                 raise ServingError("model is loading", "TEMPORARILY_UNAVAILABLE", 503)
             body = await self.read_body(receive, content_length)
-            mime = content_type.split(b";", 1)[0].strip().lower()
-            table, params, raw, v2_id = parse_body(model, endpoint, mime, content_type, body)
-            batch = validate(table, model.signature, protocol.may_contain_bools(body))
-            predictions = await self.predict(model, batch, params)
-            metrics.ROWS.inc(batch.n_rows)
             if endpoint == "v2_infer":
-                out = protocol.encode_v2(
-                    predictions, self.name, self.version, v2_id or request_id.decode()
-                )
+                request = parse_v2_request(model, scope["headers"], body)
+                raw, verbatim = request.logged, request.verbatim
+                batch = validate(request.table, model.signature,
+                                 request.maybe_bools and protocol.may_contain_bools(body))
+                predictions = await self.predict(model, batch, None)
+                metrics.ROWS.inc(batch.n_rows)
+                out, json_length = v2.encode(predictions, request, self.name, self.version,
+                                             request.request_id or request_id.decode())
+                if json_length is not None:
+                    ctype = v2.OCTET_STREAM
+                    extra = [(b"inference-header-content-length", b"%d" % json_length)]
             else:
+                mime = content_type.split(b";", 1)[0].strip().lower()
+                table, params, raw = parse_body(mime, content_type, body)
+                verbatim = mime != b"text/csv"
+                batch = validate(table, model.signature, protocol.may_contain_bools(body))
+                predictions = await self.predict(model, batch, params)
+                metrics.ROWS.inc(batch.n_rows)
                 out = protocol.encode_predictions(predictions)
             status = 200
         except ServingError as exc:
             status = exc.status
             error = exc.message
-            out = protocol.error_body(exc.error_code, exc.message)
+            out = (v2.error_body(exc.message) if endpoint == "v2_infer"
+                   else protocol.error_body(exc.error_code, exc.message))
         except Exception as exc:
             log.exception("unexpected error")
             status = 500
             error = f"{type(exc).__name__}: {exc}"
-            out = protocol.error_body("INTERNAL_ERROR", error)
+            out = (v2.error_body(error) if endpoint == "v2_infer"
+                   else protocol.error_body("INTERNAL_ERROR", error))
         finally:
             metrics.IN_FLIGHT.dec()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", JSON),
-                    (b"content-length", str(len(out)).encode()),
-                    (b"x-request-id", request_id),
-                ],
-            }
-        )
+        headers = [(b"content-type", ctype if status == 200 else JSON),
+                   (b"content-length", str(len(out)).encode()), (b"x-request-id", request_id)]
+        if extra and status == 200:
+            headers += extra
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
         elapsed = time.perf_counter() - started
         metrics.observe(endpoint, status, elapsed)
         if self.buffer is not None:
-            # References only; the shipper builds and encodes the record later. A JSON body
-            # orjson parsed (``raw`` is set) is logged verbatim, CSV as the parsed table; the
-            # predictions as the response body holding them (v2: the predictions object).
-            json_body = raw is not None and (endpoint == "v2_infer" or mime != b"text/csv")
-            if json_body and (b"NaN" in body or b"Infinity" in body):
-                json_body = False  # maybe read leniently (protocol.load_json): not for orjson
             self.buffer.add(
                 (
                     request_id,
@@ -347,7 +352,7 @@ class ModelServer:
                     elapsed * 1000.0,
                     status,
                     endpoint,
-                    body if json_body else raw,
+                    body if verbatim and raw is not None and not _lenient(body) else raw,
                     out if status == 200 and endpoint == "invocations" else predictions,
                     error,
                 )
@@ -398,8 +403,11 @@ class ModelServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def error(self, send: Send, status: int, code: str, message: str) -> None:
-        await respond(send, status, protocol.error_body(code, message), JSON)
+    async def error(self, send: Send, status: int, code: str, message: str,
+                    v2_form: bool = False) -> None:
+        """An error in MLflow's form, or in the v2 form ``{"error": message}``."""
+        body = v2.error_body(message) if v2_form else protocol.error_body(code, message)
+        await respond(send, status, body, JSON)
 
 
 async def respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
@@ -437,21 +445,14 @@ def request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes, i
     return content_type, request_id, content_length
 
 
-def parse_body(
-    model: Any, endpoint: str, mime: bytes, content_type: bytes, body: bytes
-) -> tuple[Any, Any, Any, str | None]:
-    """The request body as (table, params, raw, v2 request id) by endpoint and media type;
-    415 for a media type other than JSON or CSV."""
-    if endpoint == "v2_infer":
-        names = set(model.signature.names) if model.signature.kind == "columns" else None
-        table, v2_id, raw = protocol.parse_v2(body, names)
-        return table, None, raw, v2_id
+def parse_body(mime: bytes, content_type: bytes, body: bytes) -> tuple[Any, Any, Any]:
+    """An ``/invocations`` body as (table, params, raw) by media type; 415 for a media type
+    other than JSON or CSV."""
     if mime in (b"application/json", b""):
-        table, params, raw = protocol.parse_mlflow_json(body)
-        return table, params, raw, None
+        return protocol.parse_mlflow_json(body)
     if mime == b"text/csv":
         table, raw = protocol.parse_csv(body)
-        return table, None, raw, None
+        return table, None, raw
     raise ServingError(
         "unsupported Content-Type "
         f"'{content_type.decode(errors='replace')}': use application/json or text/csv",
@@ -460,19 +461,29 @@ def parse_body(
     )
 
 
-def _v2_type(mlflow_type: str) -> str:
-    return {
-        "double": "FP64",
-        "float64": "FP64",
-        "float": "FP32",
-        "float32": "FP32",
-        "long": "INT64",
-        "int64": "INT64",
-        "integer": "INT32",
-        "int32": "INT32",
-        "boolean": "BOOL",
-        "bool": "BOOL",
-    }.get(mlflow_type, "BYTES")
+def parse_v2_request(model: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> v2.Request:
+    """A v2 inference body, JSON or with the binary tensor extension."""
+    names = model.signature.name_set if model.signature.kind == "columns" else None
+    return v2.parse(body, v2.header_length(headers), names)
+
+
+def _lenient(body: bytes) -> bool:
+    """A body maybe read leniently (``protocol.load_json``: NaN, Infinity): not for orjson."""
+    return b"NaN" in body or b"Infinity" in body
+
+
+def v2_target(path: str) -> tuple[str, str | None, str] | None:
+    """``/v2/models/<model>[/versions/<v>][/<action>]`` → (model, version, action)."""
+    parts = path[len("/v2/models/"):].rstrip("/").split("/")
+    if not parts[0]:
+        return None
+    model, rest = parts[0], parts[1:]
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions":
+        version, rest = rest[1], rest[2:]
+    if len(rest) > 1:
+        return None
+    return model, version, rest[0] if rest else ""
 
 
 def create_app() -> ModelServer:

@@ -123,48 +123,6 @@ def parse_csv(body: bytes) -> tuple[Table, Any]:
     return Rows(rows=rows, columns=header, from_csv=True), {"columns": header, "data": rows}
 
 
-def parse_v2(
-    body: bytes, column_names: set[str] | None = None
-) -> tuple[Table, str | None, Any]:
-    """Open Inference Protocol request → (table, request id, raw inputs).
-
-    Each named input is a column (shape ``[n]`` or ``[n, 1]``); for column-based signatures a
-    single input of shape ``[n, k]`` whose name is not a column is read as rows.
-    """
-    doc = load_json(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise MalformedRequest("an inference request needs a non-empty 'inputs' list")
-    named: dict[str, Any] = {}
-    for i, tensor in enumerate(doc["inputs"]):
-        if not isinstance(tensor, dict) or "name" not in tensor or "data" not in tensor:
-            raise MalformedRequest(f"inputs[{i}] needs 'name', 'shape', 'datatype' and 'data'")
-        data = tensor["data"]
-        shape = tensor.get("shape")
-        if (
-            isinstance(shape, list)
-            and len(shape) > 1
-            and isinstance(data, list)
-            and data
-            and not isinstance(data[0], list)
-        ):
-            try:
-                data = np.array(data).reshape(shape).tolist()
-            except ValueError:
-                raise InputError(
-                    f"input '{tensor['name']}': {len(data)} values do not fit shape {shape}"
-                ) from None
-        named[str(tensor["name"])] = data
-    request_id = doc.get("id") if isinstance(doc.get("id"), str) else None
-    if len(named) == 1 and column_names is not None:
-        name, data = next(iter(named.items()))
-        if name not in column_names and isinstance(data, list) and data and isinstance(
-            data[0], list
-        ):
-            # One [n, k] tensor holding every column, in signature order.
-            return Rows(rows=data), request_id, doc["inputs"]
-    return Columnar(data=named), request_id, doc["inputs"]
-
-
 # --- responses -------------------------------------------------------------------------------
 
 OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -195,38 +153,6 @@ def jsonable(obj: Any) -> Any:
 
 def encode_predictions(predictions: Any) -> bytes:
     return orjson.dumps({"predictions": jsonable(predictions)}, option=OPTS, default=str)
-
-
-def encode_v2(
-    predictions: Any, model_name: str, model_version: str, request_id: str
-) -> bytes:
-    outputs = []
-    if isinstance(predictions, dict):
-        items = list(predictions.items())
-    elif type(predictions).__module__.startswith("pandas") and hasattr(predictions, "columns"):
-        items = [(str(c), predictions[c].to_numpy()) for c in predictions.columns]
-    else:
-        items = [("predict", predictions)]
-    for name, value in items:
-        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-        if arr.dtype.kind in "biuf":
-            datatype = V2_DATATYPES.get(f"{arr.dtype.kind}{arr.dtype.itemsize}", "FP64")
-            if arr.dtype.kind == "b":
-                datatype = "BOOL"
-            data: Any = np.ascontiguousarray(arr).ravel()
-        else:
-            datatype = "BYTES"
-            data = [str(x) for x in arr.ravel().tolist()]
-        outputs.append(
-            {"name": str(name), "shape": list(arr.shape), "datatype": datatype, "data": data}
-        )
-    body = {
-        "model_name": model_name,
-        "model_version": model_version,
-        "id": request_id,
-        "outputs": outputs,
-    }
-    return orjson.dumps(body, option=OPTS, default=str)
 
 
 def error_body(error_code: str, message: str) -> bytes:

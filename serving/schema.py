@@ -51,6 +51,7 @@ class Signature:
 
     def __post_init__(self) -> None:
         self.names = [c.name for c in self.columns]
+        self.name_set = frozenset(self.names)
         self.index = {c.name: i for i, c in enumerate(self.columns)}
         types = {c.type for c in self.columns}
         self.all_float = bool(types) and types <= FLOAT_TYPES
