@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import secrets
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from . import errors
 from .client import Client
-from .config import save_config
+from .config import load_config, save_config
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -90,18 +93,41 @@ def _json_arg(value: str | None) -> Any:
 
 # --- commands -------------------------------------------------------------------------------------
 def cmd_login(args: argparse.Namespace, out: Output) -> int:
+    """A new token for this machine, saved in the config; the token the config held before
+    (same platform) is revoked, so logging in again rotates the machine's token."""
     username = args.username or input("Username: ")
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
         getpass.getpass("Password: ")
     client = Client(args.login_url or args.url, token="")
-    token = client.create_token(username, password, name=args.token_name,
+    name = args.token_name or default_token_name()
+    token = client.create_token(username, password, name=name,
                                 expires_in_days=args.expires_in_days)
-    path = save_config({"url": client.url, "token": token["token"]})
-    out.emit({"url": client.url, "token_id": token["id"], "expires_at": token["expires_at"],
-              "config": str(path)},
-             text=f"Logged in to {client.url}; token '{args.token_name}' saved in {path} "
-                  f"(expires {token['expires_at']}).")
+    previous = load_config()
+    path = save_config({"url": client.url, "token": token["token"], "token_id": token["id"],
+                        "token_name": name})
+    revoked = None
+    if previous.get("url") == client.url and previous.get("token_id") \
+            and previous["token_id"] != token["id"]:
+        with Client(client.url, token["token"]) as fresh:
+            try:
+                fresh.revoke_token(previous["token_id"])
+                revoked = previous.get("token_name") or previous["token_id"]
+            except errors.ModelportError:  # gone already, or another user's token
+                pass
+    out.emit({"url": client.url, "token_id": token["id"], "token_name": name,
+              "expires_at": token["expires_at"], "config": str(path),
+              "revoked": revoked},
+             text=f"Logged in to {client.url}; token '{name}' saved in {path} "
+                  f"(expires {token['expires_at']})."
+                  + (f" The previous token '{revoked}' is revoked." if revoked else ""))
     return 0
+
+
+def default_token_name() -> str:
+    """``cli@<host> <UTC time> <4 random hex>``: unique per login (two in one second too),
+    and says which machine holds it."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"cli@{socket.gethostname()[:60]} {stamp} {secrets.token_hex(2)}"
 
 
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -135,8 +161,18 @@ def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> in
 
 
 def cmd_models_create(client: Client, args: argparse.Namespace, out: Output) -> int:
-    out.emit(client.create_model(name=args.name, team=args.team, description=args.description,
-                                 tags=args.tag or []), columns=["name", "team", "tags"])
+    try:
+        model = client.create_model(name=args.name, team=args.team,
+                                    description=args.description, tags=args.tag or [])
+    except errors.Conflict as exc:
+        if not args.exist_ok or exc.code != "name_taken":
+            raise
+        model = client.model(args.name)  # 404 when it is another team's model you cannot see
+        if model["team"] != args.team:
+            raise errors.Conflict(f"A model named '{args.name}' already exists in team "
+                                  f"'{model['team']}', not '{args.team}'.", status=409,
+                                  code="name_taken") from None
+    out.emit(model, columns=["name", "team", "tags"])
     return 0
 
 
@@ -151,10 +187,13 @@ def cmd_models_register(client: Client, args: argparse.Namespace, out: Output) -
         metrics=_json_arg(args.metrics), progress=upload_progress)
     out.done()
     if not args.wait:
-        out.emit(accepted, text=f"{args.name} v{accepted['version']}: {accepted['status']}")
+        if args.quiet:
+            print(accepted["version"])
+        else:
+            out.emit(accepted, text=f"{args.name} v{accepted['version']}: {accepted['status']}")
         return 0
-
-    return _follow_version(client, args.name, accepted["version"], out, args.timeout)
+    return _follow_version(client, args.name, accepted["version"], out, args.timeout,
+                           quiet=args.quiet)
 
 
 def show_event(event: dict, out: Output) -> None:
@@ -174,13 +213,18 @@ def show_event(event: dict, out: Output) -> None:
 
 
 def _follow_version(client: Client, name: str, number: int, out: Output,
-                    timeout: float, since: int | None = None) -> int:
+                    timeout: float, since: int | None = None, *, quiet: bool = False) -> int:
     """Stream a version's validation (steps, image build and sandbox lines; after event id
-    ``since``) until it is ready (exit 0) or failed (OperationFailed: exit 10, the reason)."""
+    ``since``) until it is ready (exit 0) or failed (OperationFailed: exit 10, the reason).
+    ``quiet``: the stream goes to stderr and stdout gets the version number alone."""
+    lines = Output(True) if quiet else out
     ready = client.wait_for_version(name, number, timeout=timeout, since=since,
-                                    on_event=lambda event: show_event(event, out))
-    out.emit(ready, text=f"{name} v{ready['version']} is ready "
-                         f"(sha256 {ready['artifact']['sha256'][:12]}…)")
+                                    on_event=lambda event: show_event(event, lines))
+    if quiet:
+        print(ready["version"])
+    else:
+        out.emit(ready, text=f"{name} v{ready['version']} is ready "
+                             f"(sha256 {ready['artifact']['sha256'][:12]}…)")
     return 0
 
 
@@ -427,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--url", dest="login_url", help="platform URL")
     login.add_argument("--username")
     login.add_argument("--password-stdin", action="store_true")
-    login.add_argument("--token-name", default="cli")
+    login.add_argument("--token-name",
+                       help="default: cli@<host> <UTC time> <random>, new each login")
     login.add_argument("--expires-in-days", type=int)
 
     sub.add_parser("info", help="platform version, runtime, MLflow URI, limits") \
@@ -448,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--team", required=True)
     create.add_argument("--description", default="")
     create.add_argument("--tag", action="append")
+    create.add_argument("--exist-ok", action="store_true",
+                        help="a model of that name in that team already: fine (exit 0)")
     create.set_defaults(func=cmd_models_create)
     register = models.add_parser("register", help="upload a version (or import --source)")
     register.add_argument("name")
@@ -463,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stream its validation (steps, image build, sandbox output) "
                                "until ready or failed")
     register.add_argument("--timeout", type=float, default=900)
+    register.add_argument("-q", "--quiet", action="store_true",
+                          help="print only the version number (the stream goes to stderr)")
     register.set_defaults(func=cmd_models_register)
     versions = models.add_parser("versions", help="a model's versions, one version, or "
                                                   "--watch its validation")
@@ -576,7 +625,25 @@ def build_parser() -> argparse.ArgumentParser:
     quota_request.add_argument("--gpu-model")
     quota_request.add_argument("--until", help="ISO 8601 expiry of a temporary grant")
     quota_request.set_defaults(func=cmd_quota_request)
+    _global_options_anywhere(parser)
     return parser
+
+
+def _global_options_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--json``, ``--url`` and ``--token`` after the command too (``modelport models
+    list --json``): each subcommand gets them, defaulting to what was given before it."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            taken = {opt for a in sub._actions for opt in a.option_strings}
+            if "--json" not in taken:
+                sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                 help="machine-readable output")
+            for flag in ("--url", "--token"):
+                if flag not in taken:
+                    sub.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            _global_options_anywhere(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
