@@ -305,10 +305,20 @@ def _strategy(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace, out: Output) -> int:
-    created = client.deploy(name=args.name, team=args.team, model=args.model,
-                            version=args.version, alias=args.alias, replicas=args.replicas,
-                            cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
-                            strategy=_strategy(args))
+    try:
+        created = client.deploy(name=args.name, team=args.team, model=args.model,
+                                version=args.version, alias=args.alias, replicas=args.replicas,
+                                cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
+                                strategy=_strategy(args))
+    except errors.Conflict as exc:
+        if not args.exist_ok or exc.code != "name_taken":
+            raise
+        created = client.deployment(args.name)  # 404 when it is a team's you cannot see
+        if (created["team"], created["model"]) != (args.team, args.model):
+            raise errors.Conflict(
+                f"A deployment named '{args.name}' already exists, of model "
+                f"'{created['model']}' in team '{created['team']}'.", status=409,
+                code="name_taken") from None
     if args.wait:
         return _watch(client, args.name, out, args.timeout)
     out.emit(created, columns=["name", "status", "revision", "endpoint"])
@@ -550,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     _strategy_arguments(deploy)
     deploy.add_argument("--wait", action="store_true")
     deploy.add_argument("--timeout", type=float, default=600)
+    deploy.add_argument("--exist-ok", action="store_true",
+                        help="it exists already (same team and model): fine — it follows its "
+                             "alias by itself; with --wait, wait for it like status --watch")
     deploy.set_defaults(func=cmd_deploy)
 
     update = sub.add_parser("update", help="change a deployment (a new revision), e.g. shadow "

@@ -344,3 +344,23 @@ def test_cli_models_retry_validates_a_kept_upload_again(live_server, token, engi
     assert "iris v1 is ready" in capsys.readouterr().out
     assert cli.main([*base, "models", "retry", "iris", "1"]) == 5
     assert "only a failed version can be validated again" in capsys.readouterr().err
+
+
+def test_cli_deploy_exist_ok_is_fine_with_the_same_deployment_only(
+        live_server, token, engineer, iris_dir, iris_versions, no_reconcile, capsys):
+    """What a CI job's second run needs: the deployment exists (and follows its alias)."""
+    base = ["--url", live_server.url, "--token", token]
+    deploy = [*base, "deploy", "iris-prod", "--team", "ml-search", "--model", "iris",
+              "--version", "1", "--cpu", "0.5", "--memory-mb", "512"]
+    assert cli.main(deploy) == 0
+    assert cli.main(deploy) == 5
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main([*deploy, "--exist-ok", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "iris-prod"
+    other = RegisteredModel.objects.create(name="other", team=Team.objects.get(slug="ml-search"),
+                                           created_by=engineer)
+    make_version(other, 1, iris_dir)
+    elsewhere = [*base, "deploy", "iris-prod", "--team", "ml-search", "--model", "other",
+                 "--version", "1", "--exist-ok"]
+    assert cli.main(elsewhere) == 5
+    assert "of model 'iris' in team 'ml-search'" in capsys.readouterr().err
