@@ -9,127 +9,20 @@ Exit codes: 0 success, 1 other error, 2 usage, 3 authentication/permission, 4 no
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import secrets
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from . import errors
 from .client import Client
-from .config import load_config, save_config
+from .login import cmd_login
+from .output import Output, bar, json_arg, table
 
-
-# --- output -------------------------------------------------------------------------------------
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines = [line.rstrip() for line in lines]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(_cell(v) for v in value) or "-"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-class Output:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def emit(self, data: Any, *, columns: list[str] | None = None, text: str | None = None) \
-            -> None:
-        if self.as_json:
-            print(json.dumps(data, indent=2, default=str))
-        elif columns is not None:
-            print(table(data if isinstance(data, list) else [data], columns))
-        elif text is not None:
-            print(text)
-        else:
-            print(json.dumps(data, indent=2, default=str))
-
-    def line(self, text: str) -> None:
-        """A streamed line (a followed log): stdout for people, stderr beside ``--json``."""
-        print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
-
-    def progress(self, message: str) -> None:
-        if not self.as_json and sys.stderr.isatty():
-            sys.stderr.write("\r\033[K" + message)
-            sys.stderr.flush()
-        elif not self.as_json:
-            sys.stderr.write(message + "\n")
-
-    def done(self) -> None:
-        if not self.as_json and sys.stderr.isatty():
-            sys.stderr.write("\n")
-
-
-def bar(fraction: float, width: int = 30) -> str:
-    filled = int(max(0.0, min(1.0, fraction)) * width)
-    return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
-
-
-def _json_arg(value: str | None) -> Any:
-    if value is None:
-        return None
-    if value == "-":
-        return json.loads(sys.stdin.read())
-    if value.startswith("@"):
-        return json.loads(Path(value[1:]).read_text())
-    return json.loads(value)
+__all__ = ["build_parser", "main", "table"]
 
 
 # --- commands -------------------------------------------------------------------------------------
-def cmd_login(args: argparse.Namespace, out: Output) -> int:
-    """A new token for this machine, saved in the config; the token the config held before
-    (same platform) is revoked, so logging in again rotates the machine's token."""
-    username = args.username or input("Username: ")
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
-        getpass.getpass("Password: ")
-    client = Client(args.login_url or args.url, token="")
-    name = args.token_name or default_token_name()
-    token = client.create_token(username, password, name=name,
-                                expires_in_days=args.expires_in_days)
-    previous = load_config()
-    path = save_config({"url": client.url, "token": token["token"], "token_id": token["id"],
-                        "token_name": name})
-    revoked = None
-    if previous.get("url") == client.url and previous.get("token_id") \
-            and previous["token_id"] != token["id"]:
-        with Client(client.url, token["token"]) as fresh:
-            try:
-                fresh.revoke_token(previous["token_id"])
-                revoked = previous.get("token_name") or previous["token_id"]
-            except errors.ModelportError:  # gone already, or another user's token
-                pass
-    out.emit({"url": client.url, "token_id": token["id"], "token_name": name,
-              "expires_at": token["expires_at"], "config": str(path),
-              "revoked": revoked},
-             text=f"Logged in to {client.url}; token '{name}' saved in {path} "
-                  f"(expires {token['expires_at']})."
-                  + (f" The previous token '{revoked}' is revoked." if revoked else ""))
-    return 0
-
-
-def default_token_name() -> str:
-    """``cli@<host> <UTC time> <4 random hex>``: unique per login (two in one second too),
-    and says which machine holds it."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return f"cli@{socket.gethostname()[:60]} {stamp} {secrets.token_hex(2)}"
-
-
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> int:
     out.emit(client.info())
     return 0
@@ -182,9 +75,9 @@ def cmd_models_register(client: Client, args: argparse.Namespace, out: Output) -
 
     accepted = client.register_version(
         args.name, None if args.source else args.file, source=args.source, format=args.format,
-        input_example=_json_arg(args.input_example), reference_data=args.reference_data,
+        input_example=json_arg(args.input_example), reference_data=args.reference_data,
         description=args.description, git_commit=args.git_commit,
-        metrics=_json_arg(args.metrics), progress=upload_progress)
+        metrics=json_arg(args.metrics), progress=upload_progress)
     out.done()
     if not args.wait:
         if args.quiet:
@@ -426,7 +319,7 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> int:
         payload: Any = Path(args.csv).read_bytes()
         result = client.predict(args.name, payload, content_type="text/csv")
     else:
-        result = client.predict(args.name, _json_arg(args.data or "-"))
+        result = client.predict(args.name, json_arg(args.data or "-"))
     out.emit(result)
     return 0
 
