@@ -57,10 +57,12 @@ class SamplingForm(forms.Form):
 
 class DriftThresholdsForm(forms.Form):
     psi_threshold = forms.FloatField(label="PSI threshold",
-                                     help_text="A feature drifts when its PSI exceeds this "
-                                               "(default 0.2)…")
+                                     help_text="PSI counts as drift above this "
+                                               "(default 0.2).")
     p_value_threshold = forms.FloatField(label="p-value threshold",
-                                         help_text="…and its KS / chi-squared p-value is below "
-                                                   "this (default 0.01).")
+                                         help_text="A KS / chi-squared p-value counts as drift "
+                                                   "below this (default 0.01). Which tests "
+                                                   "decide is the platform's drift rule "
+                                                   "(docs/monitoring.md).")
     task = forms.ChoiceField(choices=TaskType.choices, label="Quality metrics",
                              help_text="Which ground-truth metrics to compute.")

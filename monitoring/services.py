@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Sum, TextField
 from django.db.models.functions import Cast
@@ -219,9 +220,18 @@ def metrics_series(*, deployments: list[Deployment], start: datetime, end: datet
 
 # --- Reading: drift --------------------------------------------------------------------------
 def thresholds_of(model: RegisteredModel) -> dict[str, float]:
+    """The model's PSI and p-value thresholds, and the platform's Jensen-Shannon one."""
     row = ModelMonitoring.objects.filter(model=model).first()
     return {"psi": row.psi_threshold if row else 0.2,
-            "p_value": row.p_value_threshold if row else 0.01}
+            "p_value": row.p_value_threshold if row else 0.01,
+            "js": settings.MODELPORT_DRIFT_JS_THRESHOLD}
+
+
+def drift_rules() -> dict[str, str]:
+    """Which tests decide, per feature kind (the platform's settings; ``stats.parse_rule``)."""
+    return {"numeric": settings.MODELPORT_DRIFT_RULE_NUMERIC or stats.DEFAULT_RULES["numeric"],
+            "categorical": settings.MODELPORT_DRIFT_RULE_CATEGORICAL
+            or stats.DEFAULT_RULES["categorical"]}
 
 
 def revision_row(deployment: Deployment, number: int) -> Revision | None:
@@ -247,6 +257,7 @@ def drift_report(*, deployment: Deployment, start: datetime, end: datetime,
     reference = (version.reference_stats if version else None) or reference_of(deployment.pk,
                                                                                revision)
     thresholds = thresholds_of(deployment.model)
+    rules = drift_rules()
     merged: dict[str, dict[str, Any]] = {}
     rows = 0
     # JSON as text, parsed with orjson: a week of sketches holds ~10^5 sampled values.
@@ -273,16 +284,17 @@ def drift_report(*, deployment: Deployment, start: datetime, end: datetime,
             counts = (seen or {}).get("counts") or [0.0] * max(1, len(ref.get("bin_edges", []))
                                                               - 1)
             result = stats.numeric_drift(ref, counts, (seen or {}).get("sample") or [],
-                                         thresholds)
+                                         thresholds, rules=rules)
         else:
-            result = stats.categorical_drift(ref, (seen or {}).get("counts") or {}, thresholds)
+            result = stats.categorical_drift(ref, (seen or {}).get("counts") or {}, thresholds,
+                                             rules=rules)
         features.append({"feature": name, **result})
     return {
         "deployment": deployment.name, "revision": revision,
         "model_version": version.version if version else None,
         "start": start.isoformat(), "end": end.isoformat(), "rows": rows,
         "reference": {"source": reference.get("source"), "rows": reference.get("rows")},
-        "thresholds": thresholds, "features": features,
+        "thresholds": thresholds, "rules": rules, "features": features,
         "drifted": [f["feature"] for f in features if f["drifted"]],
     }
 

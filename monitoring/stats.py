@@ -2,17 +2,20 @@
 and the two helpers every series shares (``minute_of``, ``rounded``).
 
 Drift compares what a deployment received with the reference captured at registration
-(``registry.reference``):
+(``registry.reference``). Every feature gets every test of its kind:
 
-- numeric features: PSI on the reference's decile bin edges (outer bins open-ended) and a
-  two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``) of the sampled inputs against a
-  sample reconstructed from the reference quantiles (inverse CDF, linear between deciles);
-- categorical features: PSI on the category frequencies and a chi-squared goodness-of-fit test
-  (``scipy.stats.chisquare``) of the observed counts against the reference proportions.
+- numeric: ``ks`` — two-sample Kolmogorov-Smirnov (``scipy.stats.ks_2samp``) of the sampled
+  inputs against the reference's stored random sample (a sample rebuilt from its deciles for
+  baselines profiled before samples were kept); ``psi`` on the reference's decile bins (outer
+  bins open-ended); ``js`` — Jensen-Shannon distance (base 2) on the same bins;
+- categorical: ``chi2`` — chi-squared test of homogeneity (``scipy.stats.chi2_contingency``) of
+  the live counts against the reference counts (two samples: the reference is a sample too, so
+  the p-value holds without a shift); ``psi`` and ``js`` on the category frequencies.
 
-A feature is *drifted* when the shift is both material (PSI above the model's threshold,
-default 0.2) and significant (p-value below the model's threshold, default 0.01). With large
-samples a test alone flags shifts too small to matter; PSI alone flags noise on tiny samples.
+Which tests decide is a *rule* per feature kind, the platform's settings
+``MODELPORT_DRIFT_RULE_NUMERIC`` (default ``ks and psi``: a shift both significant and material)
+and ``MODELPORT_DRIFT_RULE_CATEGORICAL`` (default ``chi2``); thresholds are the model's (PSI,
+p-value) and ``MODELPORT_DRIFT_JS_THRESHOLD``. Each result names the tests that decided.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from .models import LATENCY_BUCKETS_MS
 # Imported when first used: every Django process loads this module (issue 26, memory).
 if TYPE_CHECKING:  # the real modules, for annotations
     import numpy as np
+    import scipy.spatial.distance as spd
     import scipy.stats as sps
 else:
     np = lazy_module("numpy")
+    spd = lazy_module("scipy.spatial.distance")
     sps = lazy_module("scipy.stats")
 
 EPSILON = 1e-4
@@ -41,6 +46,9 @@ SAMPLE_PER_SKETCH = 500
 MAX_DRIFT_SAMPLE = 5000
 REFERENCE_SAMPLE = 1000
 OTHER = "__other__"
+TESTS = {"numeric": ("ks", "psi", "js"), "categorical": ("chi2", "psi", "js")}
+DEFAULT_RULES = {"numeric": "ks and psi", "categorical": "chi2"}
+DEFAULT_JS = 0.1
 
 
 # --- series ----------------------------------------------------------------------------------
@@ -120,15 +128,68 @@ def psi(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.n
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
-def _verdict(value_psi: float, p_value: float | None, thresholds: dict[str, float]) -> bool:
-    return value_psi > thresholds["psi"] and p_value is not None \
-        and p_value < thresholds["p_value"]
+def parse_rule(rule: str, kind: str) -> tuple[str, tuple[str, ...]]:
+    """``"ks and psi"`` → ``("and", ("ks", "psi"))``: tests of ``kind`` joined by one of
+    ``and``/``or`` (a single test decides alone). ``ValueError`` naming what is wrong."""
+    words = rule.split()
+    names, joins = tuple(words[0::2]), set(words[1::2])
+    unknown = [n for n in names if n not in TESTS[kind]]
+    if not names or unknown or not joins <= {"and", "or"} or len(joins) > 1 \
+            or len(words) % 2 == 0:
+        raise ValueError(f"{rule!r} is not a {kind} drift rule: name tests among "
+                         f"{', '.join(TESTS[kind])} joined by 'and' or by 'or'.")
+    return (joins.pop() if joins else "and"), names
+
+
+def _decide(kind: str, votes: dict[str, bool], rules: dict[str, str] | None
+            ) -> dict[str, Any]:
+    """The verdict under the kind's rule, and which tests decided it: for a drifted feature
+    the tests that flagged it (all of them under ``and``), else the ones that did not."""
+    rule = (rules or {}).get(kind) or DEFAULT_RULES[kind]
+    join, names = parse_rule(rule, kind)
+    said = [votes[n] for n in names]
+    drifted = all(said) if join == "and" else any(said)
+    return {"rule": rule, "tests": votes, "drifted": drifted,
+            "decided_by": [n for n in names if votes[n] == drifted]}
+
+
+def _votes(p_test: str, p_value: float | None, value_psi: float, value_js: float,
+           thresholds: dict[str, float]) -> dict[str, bool]:
+    return {p_test: p_value is not None and p_value < thresholds["p_value"],
+            "psi": value_psi > thresholds["psi"],
+            "js": value_js > thresholds.get("js", DEFAULT_JS)}
+
+
+
+def js_distance(reference: Sequence[float] | np.ndarray,
+                current: Sequence[float] | np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, 0-1) of two histograms on the same bins."""
+    ref = np.asarray(reference, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    if ref.sum() <= 0 or cur.sum() <= 0:
+        return 0.0
+    value = float(spd.jensenshannon(ref / ref.sum(), cur / cur.sum(), base=2))
+    return 0.0 if math.isnan(value) else value
+
+
+def reference_values(reference: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+    """The reference sample KS compares with: the stored random sample of the reference data,
+    else (baselines profiled before samples were kept) one rebuilt from the deciles."""
+    stored = reference.get("sample")
+    if stored and len(stored) >= 2:
+        return np.asarray(stored, dtype=float), "stored"
+    if reference.get("quantiles"):
+        n_ref = int(min(max(reference.get("count", REFERENCE_SAMPLE), 2), REFERENCE_SAMPLE))
+        return reference_sample(reference["quantiles"], n_ref), "deciles"
+    return None, "none"
 
 
 def numeric_drift(reference: dict[str, Any], counts: Sequence[float], sample: Sequence[float],
-                  thresholds: dict[str, float], *, seed: int = 0) -> dict[str, Any]:
+                  thresholds: dict[str, float], *, seed: int = 0,
+                  rules: dict[str, str] | None = None) -> dict[str, Any]:
     ref_counts = reference.get("bin_counts") or [reference.get("count", 1)]
     value_psi = psi(ref_counts, counts) if sum(counts) else 0.0
+    value_js = js_distance(ref_counts, counts) if sum(counts) else 0.0
     try:
         values = np.asarray(sample, dtype=float)
     except (TypeError, ValueError):
@@ -137,13 +198,14 @@ def numeric_drift(reference: dict[str, Any], counts: Sequence[float], sample: Se
     if len(values) > MAX_DRIFT_SAMPLE:
         values = np.random.default_rng(seed).choice(values, MAX_DRIFT_SAMPLE, replace=False)
     statistic = p_value = None
-    if len(values) >= 2 and reference.get("quantiles"):
-        n_ref = int(min(max(reference.get("count", REFERENCE_SAMPLE), 2), REFERENCE_SAMPLE))
-        result = sps.ks_2samp(values, reference_sample(reference["quantiles"], n_ref))
+    ref_values, ref_kind = reference_values(reference)
+    if len(values) >= 2 and ref_values is not None:
+        result = sps.ks_2samp(values, ref_values)
         statistic, p_value = float(result.statistic), float(result.pvalue)
+    votes = _votes("ks", p_value, value_psi, value_js, thresholds)
     return {"kind": "numeric", "test": "ks", "statistic": statistic, "p_value": p_value,
-            "psi": round(value_psi, 6), "n": int(sum(counts)),
-            "drifted": _verdict(value_psi, p_value, thresholds)}
+            "psi": round(value_psi, 6), "js": round(value_js, 6), "n": int(sum(counts)),
+            "reference_sample": ref_kind, **_decide("numeric", votes, rules)}
 
 
 def categorical_table(reference: dict[str, Any], counts: dict[str, float]
@@ -167,22 +229,29 @@ def categorical_table(reference: dict[str, Any], counts: dict[str, float]
             np.array([observed[c] for c in categories]))
 
 
+def chi2_homogeneity(ref: np.ndarray, obs: np.ndarray) -> tuple[float | None, float | None]:
+    """Chi-squared test that the reference and live counts come from one distribution
+    (categories empty in both are left out); (None, None) with fewer than two categories."""
+    keep = (ref + obs) > 0
+    if obs.sum() <= 0 or ref.sum() <= 0 or keep.sum() < 2:
+        return None, None
+    result = sps.chi2_contingency(np.vstack([ref[keep], obs[keep]]), correction=False)
+    p_value = float(result.pvalue)
+    return float(result.statistic), (None if math.isnan(p_value) else p_value)
+
+
 def categorical_drift(reference: dict[str, Any], counts: dict[str, float],
-                      thresholds: dict[str, float]) -> dict[str, Any]:
+                      thresholds: dict[str, float], *,
+                      rules: dict[str, str] | None = None) -> dict[str, Any]:
     _, ref, obs = categorical_table(reference, counts)
     total = obs.sum()
     value_psi = psi(ref, obs) if total else 0.0
-    statistic = p_value = None
-    if total > 0 and len(ref) > 1:
-        props = np.clip(ref / ref.sum(), EPSILON, None)
-        expected = props / props.sum() * total
-        result = sps.chisquare(obs, expected)
-        statistic, p_value = float(result.statistic), float(result.pvalue)
-        if math.isnan(p_value):
-            p_value = None
+    value_js = js_distance(ref, obs) if total else 0.0
+    statistic, p_value = chi2_homogeneity(ref, obs)
+    votes = _votes("chi2", p_value, value_psi, value_js, thresholds)
     return {"kind": "categorical", "test": "chi2", "statistic": statistic, "p_value": p_value,
-            "psi": round(value_psi, 6), "n": int(total),
-            "drifted": _verdict(value_psi, p_value, thresholds)}
+            "psi": round(value_psi, 6), "js": round(value_js, 6), "n": int(total),
+            **_decide("categorical", votes, rules)}
 
 
 # --- ground truth ----------------------------------------------------------------------------

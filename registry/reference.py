@@ -1,6 +1,7 @@
 """Reference statistics of the training data: the baseline that drift detection compares with.
 
-Numeric features: quantiles (deciles) plus a histogram on the decile bin edges (what PSI uses);
+Numeric features: quantiles (deciles), a histogram on the decile bin edges (what PSI uses) and
+a bounded random sample of the values (what the KS test compares with: ``sample_size``);
 categorical features: category frequencies. Computed from an uploaded CSV/Parquet sample or, when
 there is none, from the input example. Parsing CSV/Parquet executes no model code.
 
@@ -40,6 +41,13 @@ MAX_PARQUET_FOOTER = 16 * 1024 * 1024
 # A CSV header line is counted exactly (quoted names may hold commas) up to this length.
 MAX_EXACT_HEADER = 4 * 1024 * 1024
 FIELD = "reference_data"
+# The KS test's reference: up to SAMPLE_PER_FEATURE values of each numeric feature, drawn at
+# random (seeded, so a baseline is reproducible), at most SAMPLE_BUDGET values per baseline
+# (it is stored with the version's statistics). Fewer than SAMPLE_MIN per feature: no sample,
+# and drift rebuilds one from the deciles (as for baselines profiled before samples were kept).
+SAMPLE_PER_FEATURE = 1000
+SAMPLE_BUDGET = 50_000
+SAMPLE_MIN = 100
 
 
 def _too_many(columns: int | str, limit: int) -> InvalidInput:
@@ -179,14 +187,36 @@ def frame_from_request(body: dict[str, Any] | None) -> pd.DataFrame | None:
     return None
 
 
+def sample_size(numeric_features: int) -> int:
+    """Values kept per numeric feature for the KS test (0: none, within the budget)."""
+    size = min(SAMPLE_PER_FEATURE, SAMPLE_BUDGET // max(numeric_features, 1))
+    return size if size >= SAMPLE_MIN else 0
+
+
+def random_sample(values: np.ndarray, size: int, *, seed: int = 0) -> list[float]:
+    """Up to ``size`` of ``values`` drawn uniformly without replacement, in random order (so
+    any prefix is a uniform sample too)."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(values, size, replace=False) if len(values) > size \
+        else rng.permutation(values)
+    return [float(v) for v in picked]
+
+
+def _numeric_values(series: pd.Series) -> np.ndarray | None:
+    """A column's values as floats when every non-missing value is a number (not a bool)."""
+    numeric = pd.to_numeric(series, errors="coerce")
+    if len(series) and numeric.notna().all() and series.dtype != bool:
+        return numeric.to_numpy(dtype=float)
+    return None
+
+
 def compute(frame: pd.DataFrame, *, source: str) -> dict[str, Any]:
     features: dict[str, Any] = {}
     for column in frame.columns:
         series = frame[column].dropna()
         name = str(column)
-        numeric = pd.to_numeric(series, errors="coerce")
-        if len(series) and numeric.notna().all() and series.dtype != bool:
-            values = numeric.to_numpy(dtype=float)
+        values = _numeric_values(series)
+        if values is not None:
             edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
             counts = (np.histogram(values, bins=edges)[0].tolist()
                       if len(edges) > 1 else [len(values)])
@@ -200,6 +230,7 @@ def compute(frame: pd.DataFrame, *, source: str) -> dict[str, Any]:
                 "quantiles": [float(q) for q in np.quantile(values, np.linspace(0, 1, 11))],
                 "bin_edges": [float(e) for e in edges],
                 "bin_counts": counts,
+                "sample": random_sample(values, SAMPLE_PER_FEATURE),
             }
         else:
             frequencies = series.astype(str).value_counts()
@@ -210,4 +241,17 @@ def compute(frame: pd.DataFrame, *, source: str) -> dict[str, Any]:
                 "frequencies": {str(k): int(v) for k, v in top.items()},
                 "other": int(frequencies.iloc[MAX_CATEGORIES:].sum()),
             }
+    _fit_samples(features)
     return {"source": source, "rows": len(frame), "features": features}
+
+
+def _fit_samples(features: dict[str, Any]) -> None:
+    """Trim the numeric features' samples to the baseline's budget (prefixes of random
+    orders: still uniform samples), or drop them when too few would be left."""
+    numeric = [f for f in features.values() if "sample" in f]
+    size = sample_size(len(numeric))
+    for feature in numeric:
+        if size:
+            feature["sample"] = feature["sample"][:size]
+        else:
+            del feature["sample"]

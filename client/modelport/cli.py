@@ -9,7 +9,6 @@ Exit codes: 0 success, 1 other error, 2 usage, 3 authentication/permission, 4 no
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -17,93 +16,13 @@ from typing import Any
 
 from . import errors
 from .client import Client
-from .config import save_config
+from .login import cmd_login
+from .output import Output, bar, json_arg, table
 
-
-# --- output -------------------------------------------------------------------------------------
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines = [line.rstrip() for line in lines]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(_cell(v) for v in value) or "-"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-class Output:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def emit(self, data: Any, *, columns: list[str] | None = None, text: str | None = None) \
-            -> None:
-        if self.as_json:
-            print(json.dumps(data, indent=2, default=str))
-        elif columns is not None:
-            print(table(data if isinstance(data, list) else [data], columns))
-        elif text is not None:
-            print(text)
-        else:
-            print(json.dumps(data, indent=2, default=str))
-
-    def line(self, text: str) -> None:
-        """A streamed line (a followed log): stdout for people, stderr beside ``--json``."""
-        print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
-
-    def progress(self, message: str) -> None:
-        if not self.as_json and sys.stderr.isatty():
-            sys.stderr.write("\r\033[K" + message)
-            sys.stderr.flush()
-        elif not self.as_json:
-            sys.stderr.write(message + "\n")
-
-    def done(self) -> None:
-        if not self.as_json and sys.stderr.isatty():
-            sys.stderr.write("\n")
-
-
-def bar(fraction: float, width: int = 30) -> str:
-    filled = int(max(0.0, min(1.0, fraction)) * width)
-    return "[" + "#" * filled + "-" * (width - filled) + f"] {fraction * 100:5.1f}%"
-
-
-def _json_arg(value: str | None) -> Any:
-    if value is None:
-        return None
-    if value == "-":
-        return json.loads(sys.stdin.read())
-    if value.startswith("@"):
-        return json.loads(Path(value[1:]).read_text())
-    return json.loads(value)
+__all__ = ["build_parser", "main", "table"]
 
 
 # --- commands -------------------------------------------------------------------------------------
-def cmd_login(args: argparse.Namespace, out: Output) -> int:
-    username = args.username or input("Username: ")
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
-        getpass.getpass("Password: ")
-    client = Client(args.login_url or args.url, token="")
-    token = client.create_token(username, password, name=args.token_name,
-                                expires_in_days=args.expires_in_days)
-    path = save_config({"url": client.url, "token": token["token"]})
-    out.emit({"url": client.url, "token_id": token["id"], "expires_at": token["expires_at"],
-              "config": str(path)},
-             text=f"Logged in to {client.url}; token '{args.token_name}' saved in {path} "
-                  f"(expires {token['expires_at']}).")
-    return 0
-
-
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> int:
     out.emit(client.info())
     return 0
@@ -135,8 +54,18 @@ def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> in
 
 
 def cmd_models_create(client: Client, args: argparse.Namespace, out: Output) -> int:
-    out.emit(client.create_model(name=args.name, team=args.team, description=args.description,
-                                 tags=args.tag or []), columns=["name", "team", "tags"])
+    try:
+        model = client.create_model(name=args.name, team=args.team,
+                                    description=args.description, tags=args.tag or [])
+    except errors.Conflict as exc:
+        if not args.exist_ok or exc.code != "name_taken":
+            raise
+        model = client.model(args.name)  # 404 when it is another team's model you cannot see
+        if model["team"] != args.team:
+            raise errors.Conflict(f"A model named '{args.name}' already exists in team "
+                                  f"'{model['team']}', not '{args.team}'.", status=409,
+                                  code="name_taken") from None
+    out.emit(model, columns=["name", "team", "tags"])
     return 0
 
 
@@ -146,15 +75,18 @@ def cmd_models_register(client: Client, args: argparse.Namespace, out: Output) -
 
     accepted = client.register_version(
         args.name, None if args.source else args.file, source=args.source, format=args.format,
-        input_example=_json_arg(args.input_example), reference_data=args.reference_data,
+        input_example=json_arg(args.input_example), reference_data=args.reference_data,
         description=args.description, git_commit=args.git_commit,
-        metrics=_json_arg(args.metrics), progress=upload_progress)
+        metrics=json_arg(args.metrics), progress=upload_progress)
     out.done()
     if not args.wait:
-        out.emit(accepted, text=f"{args.name} v{accepted['version']}: {accepted['status']}")
+        if args.quiet:
+            print(accepted["version"])
+        else:
+            out.emit(accepted, text=f"{args.name} v{accepted['version']}: {accepted['status']}")
         return 0
-
-    return _follow_version(client, args.name, accepted["version"], out, args.timeout)
+    return _follow_version(client, args.name, accepted["version"], out, args.timeout,
+                           quiet=args.quiet)
 
 
 def show_event(event: dict, out: Output) -> None:
@@ -174,13 +106,18 @@ def show_event(event: dict, out: Output) -> None:
 
 
 def _follow_version(client: Client, name: str, number: int, out: Output,
-                    timeout: float, since: int | None = None) -> int:
+                    timeout: float, since: int | None = None, *, quiet: bool = False) -> int:
     """Stream a version's validation (steps, image build and sandbox lines; after event id
-    ``since``) until it is ready (exit 0) or failed (OperationFailed: exit 10, the reason)."""
+    ``since``) until it is ready (exit 0) or failed (OperationFailed: exit 10, the reason).
+    ``quiet``: the stream goes to stderr and stdout gets the version number alone."""
+    lines = Output(True) if quiet else out
     ready = client.wait_for_version(name, number, timeout=timeout, since=since,
-                                    on_event=lambda event: show_event(event, out))
-    out.emit(ready, text=f"{name} v{ready['version']} is ready "
-                         f"(sha256 {ready['artifact']['sha256'][:12]}…)")
+                                    on_event=lambda event: show_event(event, lines))
+    if quiet:
+        print(ready["version"])
+    else:
+        out.emit(ready, text=f"{name} v{ready['version']} is ready "
+                             f"(sha256 {ready['artifact']['sha256'][:12]}…)")
     return 0
 
 
@@ -261,10 +198,20 @@ def _strategy(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace, out: Output) -> int:
-    created = client.deploy(name=args.name, team=args.team, model=args.model,
-                            version=args.version, alias=args.alias, replicas=args.replicas,
-                            cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
-                            strategy=_strategy(args))
+    try:
+        created = client.deploy(name=args.name, team=args.team, model=args.model,
+                                version=args.version, alias=args.alias, replicas=args.replicas,
+                                cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
+                                strategy=_strategy(args))
+    except errors.Conflict as exc:
+        if not args.exist_ok or exc.code != "name_taken":
+            raise
+        created = client.deployment(args.name)  # 404 when it is a team's you cannot see
+        if (created["team"], created["model"]) != (args.team, args.model):
+            raise errors.Conflict(
+                f"A deployment named '{args.name}' already exists, of model "
+                f"'{created['model']}' in team '{created['team']}'.", status=409,
+                code="name_taken") from None
     if args.wait:
         return _watch(client, args.name, out, args.timeout)
     out.emit(created, columns=["name", "status", "revision", "endpoint"])
@@ -372,7 +319,7 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> int:
         payload: Any = Path(args.csv).read_bytes()
         result = client.predict(args.name, payload, content_type="text/csv")
     else:
-        result = client.predict(args.name, _json_arg(args.data or "-"))
+        result = client.predict(args.name, json_arg(args.data or "-"))
     out.emit(result)
     return 0
 
@@ -427,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--url", dest="login_url", help="platform URL")
     login.add_argument("--username")
     login.add_argument("--password-stdin", action="store_true")
-    login.add_argument("--token-name", default="cli")
+    login.add_argument("--token-name",
+                       help="default: cli@<host> <UTC time> <random>, new each login")
     login.add_argument("--expires-in-days", type=int)
 
     sub.add_parser("info", help="platform version, runtime, MLflow URI, limits") \
@@ -448,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--team", required=True)
     create.add_argument("--description", default="")
     create.add_argument("--tag", action="append")
+    create.add_argument("--exist-ok", action="store_true",
+                        help="a model of that name in that team already: fine (exit 0)")
     create.set_defaults(func=cmd_models_create)
     register = models.add_parser("register", help="upload a version (or import --source)")
     register.add_argument("name")
@@ -463,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stream its validation (steps, image build, sandbox output) "
                                "until ready or failed")
     register.add_argument("--timeout", type=float, default=900)
+    register.add_argument("-q", "--quiet", action="store_true",
+                          help="print only the version number (the stream goes to stderr)")
     register.set_defaults(func=cmd_models_register)
     versions = models.add_parser("versions", help="a model's versions, one version, or "
                                                   "--watch its validation")
@@ -501,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     _strategy_arguments(deploy)
     deploy.add_argument("--wait", action="store_true")
     deploy.add_argument("--timeout", type=float, default=600)
+    deploy.add_argument("--exist-ok", action="store_true",
+                        help="it exists already (same team and model): fine — it follows its "
+                             "alias by itself; with --wait, wait for it like status --watch")
     deploy.set_defaults(func=cmd_deploy)
 
     update = sub.add_parser("update", help="change a deployment (a new revision), e.g. shadow "
@@ -576,7 +531,25 @@ def build_parser() -> argparse.ArgumentParser:
     quota_request.add_argument("--gpu-model")
     quota_request.add_argument("--until", help="ISO 8601 expiry of a temporary grant")
     quota_request.set_defaults(func=cmd_quota_request)
+    _global_options_anywhere(parser)
     return parser
+
+
+def _global_options_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--json``, ``--url`` and ``--token`` after the command too (``modelport models
+    list --json``): each subcommand gets them, defaulting to what was given before it."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            taken = {opt for a in sub._actions for opt in a.option_strings}
+            if "--json" not in taken:
+                sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                                 help="machine-readable output")
+            for flag in ("--url", "--token"):
+                if flag not in taken:
+                    sub.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            _global_options_anywhere(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

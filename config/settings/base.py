@@ -486,6 +486,18 @@ LOGGING = {
 }
 
 # --- Monitoring (prediction-log ingest, rollups, drift, alerts) -------------------------------
+# Which drift tests decide a feature's verdict, per feature kind: tests joined by "and" or by
+# "or" (numeric: ks, psi, js; categorical: chi2, psi, js). monitoring/stats.py, docs/monitoring.md.
+MODELPORT_DRIFT_RULE_NUMERIC = env_pattern(
+    "MODELPORT_DRIFT_RULE_NUMERIC", "ks and psi",
+    r"(ks|psi|js)( and (ks|psi|js))*|(ks|psi|js)( or (ks|psi|js))*",
+    "name ks, psi or js, joined by ' and ' or by ' or '")
+MODELPORT_DRIFT_RULE_CATEGORICAL = env_pattern(
+    "MODELPORT_DRIFT_RULE_CATEGORICAL", "chi2",
+    r"(chi2|psi|js)( and (chi2|psi|js))*|(chi2|psi|js)( or (chi2|psi|js))*",
+    "name chi2, psi or js, joined by ' and ' or by ' or '")
+# A feature's Jensen-Shannon distance (base 2, 0-1) above this counts as drift where js decides.
+MODELPORT_DRIFT_JS_THRESHOLD = env_float("MODELPORT_DRIFT_JS_THRESHOLD", 0.1, minimum=0.0)
 MODELPORT_MONITORING_RAW_RETENTION_DAYS = env_int("MODELPORT_MONITORING_RAW_RETENTION_DAYS", 7,
                                                   minimum=1)
 MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS = env_int(

@@ -110,8 +110,19 @@ class FeatureDriftSerializer(serializers.Serializer):
     statistic = serializers.FloatField(allow_null=True)
     p_value = serializers.FloatField(allow_null=True)
     psi = serializers.FloatField()
+    js = serializers.FloatField(help_text="Jensen-Shannon distance (base 2) on the PSI bins.")
     n = serializers.IntegerField(help_text="Rows of live input behind the figures.")
+    reference_sample = serializers.ChoiceField(
+        choices=["stored", "deciles", "none"], required=False,
+        help_text="Numeric features: what KS compared with — the baseline's stored random "
+                  "sample, or one rebuilt from its deciles (baselines without a sample).")
+    tests = serializers.DictField(child=serializers.BooleanField(),
+                                  help_text="Each test's own vote (ks or chi2, psi, js).")
+    rule = serializers.CharField(help_text="The rule of the feature's kind, e.g. 'ks and psi'.")
     drifted = serializers.BooleanField()
+    decided_by = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The tests of the rule that decided the verdict.")
 
 
 class DriftSerializer(serializers.Serializer):
@@ -123,6 +134,8 @@ class DriftSerializer(serializers.Serializer):
     rows = serializers.IntegerField()
     reference = serializers.DictField()
     thresholds = serializers.DictField(child=serializers.FloatField())
+    rules = serializers.DictField(child=serializers.CharField(),
+                                  help_text="Which tests decide, per feature kind.")
     features = FeatureDriftSerializer(many=True)
     drifted = serializers.ListField(child=serializers.CharField())
 

@@ -101,6 +101,16 @@ class ModelVersionSerializer(serializers.ModelSerializer):
                   "reference", "reference_stats", "aliases", "artifact", "retryable",
                   "log_tail", "created_by", "created_at", "validated_at"]
 
+    def to_representation(self, instance: ModelVersion) -> dict:
+        """Without the baseline's KS samples (kept for drift, up to 50,000 numbers)."""
+        body = super().to_representation(instance)
+        stats = body.get("reference_stats")
+        if isinstance(stats, dict) and isinstance(stats.get("features"), dict):
+            body["reference_stats"] = {**stats, "features": {
+                name: {k: v for k, v in f.items() if k != "sample"}
+                for name, f in stats["features"].items()}}
+        return body
+
     def get_log_tail(self, version: ModelVersion) -> list[str]:
         return progress.log_tail(version)
 

@@ -91,6 +91,52 @@ def test_cli_login_saves_a_private_config_then_lists_models_as_json(
     assert cli.main(["--json", "models", "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in listed] == ["churn"]
+    assert cli.main(["models", "list", "--json"]) == 0  # global options after the command too
+    assert json.loads(capsys.readouterr().out) == listed
+
+
+def test_cli_login_again_rotates_the_machines_token_and_rewrites_the_config(
+        live_server, engineer, config_file, monkeypatch, capsys):
+    """A second ``modelport login`` used to fail ("active token named 'cli'") and write
+    nothing: each login now makes a token named for the machine and the time, saves it, and
+    revokes the one the config held."""
+    def login(*extra: str) -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        return cli.main(["--json", "login", "--url", live_server.url, "--username", "cora",
+                         "--password-stdin", *extra])
+
+    assert login() == 0
+    first = json.loads(config_file.read_text())
+    capsys.readouterr()
+    assert login() == 0
+    second = json.loads(config_file.read_text())
+    answer = json.loads(capsys.readouterr().out)
+    assert second["token"] != first["token"] and second["token_id"] == answer["token_id"]
+    assert answer["revoked"] == first["token_name"]
+    assert first["token_name"].startswith("cli@")
+    with Client(live_server.url, second["token"]) as mp:
+        statuses = {t["id"]: t["status"] for t in mp.tokens()}
+    assert statuses[first["token_id"]] == "revoked" and statuses[second["token_id"]] == "active"
+    with pytest.raises(AuthenticationError), Client(live_server.url, first["token"]) as old:
+        old.teams()
+    assert cli.main(["teams"]) == 0  # the saved config works
+    capsys.readouterr()
+    # A name you chose that is taken: a conflict (exit 5), and the config is left as it was.
+    assert login("--token-name", "laptop") == 0
+    saved = config_file.read_text()
+    assert login("--token-name", "laptop") == 5
+    assert "active token named 'laptop'" in capsys.readouterr().err
+    assert config_file.read_text() == saved
+
+
+def test_cli_models_create_exist_ok(live_server, engineer, token, capsys):
+    base = ["--url", live_server.url, "--token", token]
+    for _ in range(2):
+        assert cli.main([*base, "models", "create", "x2", "--team", "ml-search",
+                         "--exist-ok"]) == 0
+    MembershipFactory(team=TeamFactory(slug="other"), user=engineer, role=Role.ENGINEER)
+    assert cli.main([*base, "models", "create", "x2", "--team", "other", "--exist-ok"]) == 5
+    assert "already exists in team 'ml-search'" in capsys.readouterr().err
 
 
 def test_cli_exit_codes_tell_ci_what_went_wrong(live_server, token, capsys):
@@ -298,3 +344,23 @@ def test_cli_models_retry_validates_a_kept_upload_again(live_server, token, engi
     assert "iris v1 is ready" in capsys.readouterr().out
     assert cli.main([*base, "models", "retry", "iris", "1"]) == 5
     assert "only a failed version can be validated again" in capsys.readouterr().err
+
+
+def test_cli_deploy_exist_ok_is_fine_with_the_same_deployment_only(
+        live_server, token, engineer, iris_dir, iris_versions, no_reconcile, capsys):
+    """What a CI job's second run needs: the deployment exists (and follows its alias)."""
+    base = ["--url", live_server.url, "--token", token]
+    deploy = [*base, "deploy", "iris-prod", "--team", "ml-search", "--model", "iris",
+              "--version", "1", "--cpu", "0.5", "--memory-mb", "512"]
+    assert cli.main(deploy) == 0
+    assert cli.main(deploy) == 5
+    assert "already exists" in capsys.readouterr().err
+    assert cli.main([*deploy, "--exist-ok", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "iris-prod"
+    other = RegisteredModel.objects.create(name="other", team=Team.objects.get(slug="ml-search"),
+                                           created_by=engineer)
+    make_version(other, 1, iris_dir)
+    elsewhere = [*base, "deploy", "iris-prod", "--team", "ml-search", "--model", "other",
+                 "--version", "1", "--exist-ok"]
+    assert cli.main(elsewhere) == 5
+    assert "of model 'iris' in team 'ml-search'" in capsys.readouterr().err

@@ -157,6 +157,6 @@ def test_drift_thresholds_form(deployment, ml_model, maintainer, engineer, outsi
                              "task": "classification"}).status_code == 302
     row = ModelMonitoring.objects.get(model=ml_model)
     assert (row.psi_threshold, row.p_value_threshold, row.task) == (0.3, 0.05, "classification")
-    assert services.thresholds_of(ml_model) == {"psi": 0.3, "p_value": 0.05}
+    assert services.thresholds_of(ml_model) == {"psi": 0.3, "p_value": 0.05, "js": 0.1}
     assert AuditEvent.objects.filter(action="model_monitoring.updated", actor=maintainer).exists()
     assert logged_in(outsider).get(url).status_code == 404

@@ -74,6 +74,11 @@ def test_reference_data_is_profiled_by_the_task_and_the_version_shows_its_state(
     assert body["reference"] | {"message": ""} == {"status": "ready", "source": "reference_data",
                                                    "rows": 40, "features": 5, "message": ""}
     assert body["reference_stats"]["features"]["kind"]["frequencies"] == {"a": 20, "b": 20}
+    # The KS sample is kept with the baseline (all 40 rows here), not sent to clients.
+    stored = ModelVersion.objects.get().reference_stats["features"]
+    numeric = [f for f in stored.values() if f["kind"] == "numeric"]
+    assert numeric and all(len(f["sample"]) == 40 for f in numeric)
+    assert not any("sample" in f for f in body["reference_stats"]["features"].values())
     assert references_dir(settings) == []  # the kept file goes once profiled
     assert AuditEvent.objects.filter(action="version.reference_ready").exists()
     tasks.compute_reference(ModelVersion.objects.get().pk)  # a retry changes nothing
