@@ -76,9 +76,10 @@ def _write(path: Path, metrics: Iterable[Metric]) -> None:
 def compact(pid: int | str, folder: Path | str | None = None) -> None:
     """Process ``pid`` has exited: its live gauges go (``mark_process_dead``), its counters
     and histograms join the folder's archive, and its own files are removed."""
-    directory = Path(folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "")
-    if not str(directory) or not directory.is_dir():
+    where = str(folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or "")
+    if not where or not os.path.isdir(where):  # not Path(""): that is the working directory
         return
+    directory = Path(where)
     mark_process_dead(pid, str(directory))
     with _locked([directory], fcntl.LOCK_EX):
         for kind in SUMMED:

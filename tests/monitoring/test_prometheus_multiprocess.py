@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 from config.supervise import metrics_dir
-from core.prom_files import FilesCollector, compact_dead
+from core.prom_files import FilesCollector, compact, compact_dead
 
 COUNT = """
 from prometheus_client import Counter, Histogram
@@ -91,3 +91,15 @@ def test_exited_processes_are_compacted_without_changing_a_value(tmp_path):
     assert after[("modelport_rollup_records_total", ())] == 15
     assert after[("modelport_ingest_records_total", (("deployment", "iris"),))] == 15
     assert after[("modelport_ingest_batch_seconds_count", ())] == 5
+
+
+def test_compact_without_a_folder_touches_nothing(tmp_path, monkeypatch):
+    """A Celery worker started without multiprocess mode exits: nothing is written where it
+    runs (``Path("")`` would have been the working directory)."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    (cwd / "counter_4242.db").write_bytes(b"not a metrics file")
+    compact(4242)
+    assert sorted(p.name for p in cwd.iterdir()) == ["counter_4242.db"]
