@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .docs_blocks import blocks
+from .docs_blocks import FENCE, NOT_YET_RUN, RUN_BY, blocks
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -28,3 +28,30 @@ def test_the_client_pages_blocks_are_few_not_run():
     marked = [b for page in ("client.md", "ci-example.md") for b in blocks(DOCS / page)
               if b.not_run]
     assert len(marked) == 2, [b.where for b in marked]
+
+
+def test_every_fence_names_its_language():
+    untagged = []
+    for page in sorted(DOCS.glob("*.md")):
+        opening = True
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                if opening and not (FENCE.match(line) and FENCE.match(line).group(1)):
+                    untagged.append(f"{page.name}:{number}")
+                opening = not opening
+    assert not untagged, f"fences without a language (text, sh, python, json…): {untagged}"
+
+
+def test_every_command_block_in_docs_is_run_or_marked_not_run():
+    """A page gaining a shell or Python block must get a test running it (``RUN_BY``) or an
+    honest ``<!-- not-run: reason -->``."""
+    here = Path(__file__).parent
+    for test in RUN_BY.values():
+        module, function = test.split("::")
+        assert f"def {function}(" in (here / module).read_text(), test
+    uncovered = {page.name: [block.where for block in blocks(page) if not block.not_run]
+                 for page in sorted(DOCS.glob("*.md")) if page.name not in RUN_BY}
+    missing = [where for page, found in uncovered.items() if page not in NOT_YET_RUN
+               for where in found]
+    assert not missing, f"command blocks no test runs (add to RUN_BY or mark not-run): {missing}"
+    assert all(uncovered.get(page) for page in NOT_YET_RUN), "NOT_YET_RUN lists a covered page"

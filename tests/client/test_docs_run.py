@@ -155,12 +155,18 @@ def reader_env(venv: Path, home: Path, url: str, token: str,
     return env
 
 
+# A page's shell blocks share their variables, as in one terminal: each block starts from the
+# variables the ones before it left (every assignment exported, ``set -a``), saved on success.
+CARRY = ('[ -f "$MP_DOCS_STATE" ] && . "$MP_DOCS_STATE"\n'
+         'trap \'[ $? = 0 ] && export -p > "$MP_DOCS_STATE"\' EXIT\nset -a\n')
+
+
 def run_block(block: Block, cwd: Path, env: dict[str, str], venv: Path,
               stdin: str = "") -> subprocess.CompletedProcess:
     if block.lang == "python":
         command = [str(venv / "bin" / "python"), "-c", block.text]
     else:
-        command = ["bash", "-e", "-o", "pipefail", "-c", block.text]
+        command = ["bash", "-e", "-o", "pipefail", "-c", CARRY + block.text]
     # A new session: no controlling terminal, so a password prompt reads stdin (getpass).
     return subprocess.run(command, cwd=cwd, env={**(block.env or {}), **env}, input=stdin,
                           capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S,
@@ -174,6 +180,9 @@ def run_page(page: Path, cwd: Path, env: dict[str, str], venv: Path, tails: Call
     standard outputs by their text."""
     skipped: list[str] = []
     outputs: dict[str, str] = {}
+    state = cwd / f".{page.stem}.shell-state"
+    state.unlink(missing_ok=True)
+    env = {**env, "MP_DOCS_STATE": str(state)}
     for block in blocks(page):
         if block.not_run:
             skipped.append(f"{block.where}: not run: {block.not_run}")
