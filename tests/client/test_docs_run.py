@@ -1,4 +1,5 @@
-"""Every fenced command block of docs/client.md and docs/ci-example.md, run as written.
+"""Every fenced command block of docs/client.md, docs/serving.md and docs/ci-example.md, run as
+written.
 
 The blocks run in order (``docs_blocks``: shell with ``bash -e -o pipefail``, Python with the
 interpreter the first block installed the client into, a CI job's ``script:`` lines as one bash
@@ -236,6 +237,14 @@ def test_docs_client_md_runs_as_written(platform, venv, tmp_path):
     served = {d.name: d.status for d in Deployment.objects.all()}
     assert served == {"iris-prod": "healthy", "iris-staging": "healthy"}, served
     assert Deployment.objects.get(name="iris-prod").version.version == 2  # promoted
+    # serving.md calls iris-prod through the gateway: MLflow's formats, v2, tritonclient
+    skipped, outputs = run_page(DOCS / "serving.md", work, env, venv, platform)
+    assert len(skipped) == 2, skipped  # a server started by hand; the benchmark
+    formats = next(out for text, out in outputs.items() if "dataframe_records" in text)
+    assert formats.count('"predictions"') == 5 and '"outputs"' in formats, formats
+    assert next(out for text, out in outputs.items() if "requests.post" in text) == "[0]\n"
+    triton = next(out for text, out in outputs.items() if "tritonclient" in text)
+    assert triton.startswith("[0 2]\nTrue\n"), triton
     saved = json.loads(config.read_text())  # `modelport login` wrote the config, 0600
     assert saved["url"] == settings.MODELPORT_BASE_URL and saved["token"].startswith("mpt_")
     assert oct(config.stat().st_mode & 0o777) == "0o600"
