@@ -35,7 +35,7 @@ RUN_BY = {
 # Pages whose command blocks no test runs yet (issue 25 asks for every page): the list may only
 # shrink, so a page on it that needs nothing more is an error too.
 NOT_YET_RUN = ("beyond-one-host.md", "deployments.md", "registry.md")
-FENCE = re.compile(r"^```(\w*)\s*$")
+FENCE = re.compile(r"^( *)```(\w*)\s*$")  # indented too: a fence inside a list item
 MARKER = re.compile(r"^<!--\s*(not-run|exit):\s*(.*?)\s*-->\s*$")
 
 
@@ -64,11 +64,11 @@ def blocks(path: Path) -> list[Block]:
         if not opened:
             i += 1
             continue
-        start, lang = i, opened.group(1)
+        start, indent, lang = i, len(opened.group(1)), opened.group(2)
         i += 1
         body: list[str] = []
-        while i < len(lines) and not lines[i].startswith("```"):
-            body.append(lines[i])
+        while i < len(lines) and not lines[i].lstrip().startswith("```"):
+            body.append(lines[i][indent:] if not lines[i][:indent].strip() else lines[i].lstrip())
             i += 1
         i += 1
         block = _block(path, start, lang, "\n".join(body) + "\n",

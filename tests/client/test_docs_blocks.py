@@ -16,12 +16,14 @@ def test_markers_and_kinds_of_blocks(tmp_path):
         "<!-- exit: 5 (nothing to retry) -->\n```sh\nmodelport retry x\n```\n"
         "```text\n$ output only\n```\n```json\n{}\n```\n```python\nprint(1)\n```\n"
         "```yaml\njob:\n  variables:\n    A: b\n  script:\n    - echo a\n    - >\n"
-        "      echo b\n      c\n```\n```yaml\nnot: a job\n```\n")
+        "      echo b\n      c\n```\n```yaml\nnot: a job\n```\n"
+        "1. a step\n\n   ```sh\n   echo indented\n     two\n   ```\n")
     found = blocks(page)
     assert [(b.lang, b.line, b.not_run, b.exit_code) for b in found] == [
         ("sh", 1, None, 0), ("sh", 6, "needs a remote host", 0), ("sh", 10, None, 5),
-        ("python", 19, None, 0), ("ci", 22, None, 0)]
-    assert found[-1].text == "echo a\necho b c\n" and found[-1].env == {"A": "b"}
+        ("python", 19, None, 0), ("ci", 22, None, 0), ("sh", 37, None, 0)]
+    assert found[-2].text == "echo a\necho b c\n" and found[-2].env == {"A": "b"}
+    assert found[-1].text == "echo indented\n  two\n"
 
 
 def test_the_client_pages_blocks_are_few_not_run():
@@ -35,8 +37,9 @@ def test_every_fence_names_its_language():
     for page in sorted(DOCS.glob("*.md")):
         opening = True
         for number, line in enumerate(page.read_text().splitlines(), 1):
-            if line.startswith("```"):
-                if opening and not (FENCE.match(line) and FENCE.match(line).group(1)):
+            if line.lstrip().startswith("```"):
+                fence = FENCE.match(line)
+                if opening and not (fence and fence.group(2)):
                     untagged.append(f"{page.name}:{number}")
                 opening = not opening
     assert not untagged, f"fences without a language (text, sh, python, json…): {untagged}"
