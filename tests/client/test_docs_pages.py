@@ -32,7 +32,6 @@ from tests.monitoring.conftest import (
     record,
 )
 
-from .docs_blocks import blocks
 from .test_docs_run import DOCS, reader_env, run_page
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -87,7 +86,3 @@ def test_account_and_quota_pages_run_as_written(live_server, tmp_path):
     capacity = next(out for text, out in outputs.items() if "$MP/capacity/" in text)
     assert json.loads(capacity)["gpu_models"], capacity
 
-
-def test_the_account_pages_are_all_blocks_run():
-    for page in ACCOUNT_PAGES:
-        assert blocks(DOCS / page), page
