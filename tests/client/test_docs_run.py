@@ -1,4 +1,5 @@
-"""Every fenced command block of docs/client.md and docs/ci-example.md, run as written.
+"""Every fenced command block of docs/client.md, docs/serving.md and docs/ci-example.md, run as
+written.
 
 The blocks run in order (``docs_blocks``: shell with ``bash -e -o pipefail``, Python with the
 interpreter the first block installed the client into, a CI job's ``script:`` lines as one bash
@@ -155,12 +156,18 @@ def reader_env(venv: Path, home: Path, url: str, token: str,
     return env
 
 
+# A page's shell blocks share their variables, as in one terminal: each block starts from the
+# variables the ones before it left (every assignment exported, ``set -a``), saved on success.
+CARRY = ('[ -f "$MP_DOCS_STATE" ] && . "$MP_DOCS_STATE"\n'
+         'trap \'[ $? = 0 ] && export -p > "$MP_DOCS_STATE"\' EXIT\nset -a\n')
+
+
 def run_block(block: Block, cwd: Path, env: dict[str, str], venv: Path,
               stdin: str = "") -> subprocess.CompletedProcess:
     if block.lang == "python":
         command = [str(venv / "bin" / "python"), "-c", block.text]
     else:
-        command = ["bash", "-e", "-o", "pipefail", "-c", block.text]
+        command = ["bash", "-e", "-o", "pipefail", "-c", CARRY + block.text]
     # A new session: no controlling terminal, so a password prompt reads stdin (getpass).
     return subprocess.run(command, cwd=cwd, env={**(block.env or {}), **env}, input=stdin,
                           capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S,
@@ -174,6 +181,9 @@ def run_page(page: Path, cwd: Path, env: dict[str, str], venv: Path, tails: Call
     standard outputs by their text."""
     skipped: list[str] = []
     outputs: dict[str, str] = {}
+    state = cwd / f".{page.stem}.shell-state"
+    state.unlink(missing_ok=True)
+    env = {**env, "MP_DOCS_STATE": str(state)}
     for block in blocks(page):
         if block.not_run:
             skipped.append(f"{block.where}: not run: {block.not_run}")
@@ -227,6 +237,14 @@ def test_docs_client_md_runs_as_written(platform, venv, tmp_path):
     served = {d.name: d.status for d in Deployment.objects.all()}
     assert served == {"iris-prod": "healthy", "iris-staging": "healthy"}, served
     assert Deployment.objects.get(name="iris-prod").version.version == 2  # promoted
+    # serving.md calls iris-prod through the gateway: MLflow's formats, v2, tritonclient
+    skipped, outputs = run_page(DOCS / "serving.md", work, env, venv, platform)
+    assert len(skipped) == 2, skipped  # a server started by hand; the benchmark
+    formats = next(out for text, out in outputs.items() if "dataframe_records" in text)
+    assert formats.count('"predictions"') == 5 and '"outputs"' in formats, formats
+    assert next(out for text, out in outputs.items() if "requests.post" in text) == "[0]\n"
+    triton = next(out for text, out in outputs.items() if "tritonclient" in text)
+    assert triton.startswith("[0 2]\nTrue\n"), triton
     saved = json.loads(config.read_text())  # `modelport login` wrote the config, 0600
     assert saved["url"] == settings.MODELPORT_BASE_URL and saved["token"].startswith("mpt_")
     assert oct(config.stat().st_mode & 0o777) == "0o600"
