@@ -45,7 +45,11 @@ def _open_version(caller: Caller, name: str, number: str,
     found = version(caller, name, number)
     if found.status != VersionStatus.READY or not found.artifact_name:
         raise invalid(f"Version {number} of '{name}' is {found.status}: nothing to download.")
-    handle = storage.open_artifact(found.artifact_name)
+    try:
+        handle = storage.open_artifact(found.artifact_name)
+    except FileNotFoundError:  # the platform's fault, said in MLflow's format
+        raise Refusal(500, "INTERNAL_ERROR", f"The stored artifact of '{name}' v{number} is "
+                                             "missing from Modelport's storage.") from None
     digest = hashlib.sha256()
     while chunk := handle.read(CHUNK):
         digest.update(chunk)
