@@ -58,7 +58,12 @@ class MlflowPort:
         session = self.edge.web
         if session is None:
             return _unavailable()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        # The request's Content-Length is passed on: without it the body would go on chunked,
+        # and Django (a WSGI app) reads a request without a length as empty.
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP or k.lower() == "content-length"}
+        if request.body_exists and request.content_length is None:
+            return _length_required()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer:
             forwarded = request.headers.get("X-Forwarded-For")
@@ -80,6 +85,12 @@ class MlflowPort:
         except (ClientError, OSError) as exc:
             log.warning("MLflow clients' port: web server not answering: %s", exc)
             return _unavailable()
+
+
+def _length_required() -> web.Response:
+    return web.json_response({"error_code": "INVALID_PARAMETER_VALUE",
+                              "message": "A request body needs a Content-Length on this port "
+                                         "(chunked bodies are not passed on)."}, status=411)
 
 
 def _unavailable() -> web.Response:

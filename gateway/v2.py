@@ -52,16 +52,22 @@ class Upstream(NamedTuple):
 
 
 _cache: dict[tuple[str, str], Target | Refusal] = {}
+# Both memos are keyed by what clients send (``/v2/models/iris///``, ``ir%69s``, any name):
+# bounded, and no path longer than any v2 client sends is parsed, so no caller can grow them.
+MEMO_SIZE = 4096
+MAX_PATH = 2048
 
 
 def target(path: str, method: str) -> Target | Refusal:
     """The :class:`Target` of ``path`` (``/v2…``) for ``method``, or the refusal: 404 for a
     path the protocol does not have, 405 for the wrong method. Cached per path."""
+    if len(path) > MAX_PATH:
+        return Refusal(414, f"A v2 path is at most {MAX_PATH} characters.", "uri_too_long", {})
     key = (path, method)
     known = _cache.get(key)
     if known is None:
         known = _target(path, method)
-        if len(_cache) > 4096:
+        if len(_cache) > MEMO_SIZE:
             _cache.clear()
         _cache[key] = known
     return known
@@ -98,6 +104,8 @@ def upstream(route: Route, name: str, found: Target) -> Upstream | Refusal:
     key = (name, found.path)
     known = route.v2_paths.get(key)
     if known is None:
+        if len(route.v2_paths) > MEMO_SIZE:
+            route.v2_paths.clear()
         known = route.v2_paths[key] = _upstream(route, name, found)
     return known  # type: ignore[return-value]  # only _upstream's answers are stored
 

@@ -97,6 +97,19 @@ def _scrape(target: Target) -> list[Metric] | None:
         return None
 
 
+def _owned(family: Metric, target: Target, seen: set[tuple]) -> Iterable:
+    """``family``'s samples as the platform serves them: its labels saying whose they are,
+    no timestamp or exemplar of the replica's (this scrape's time is the sample's), each series
+    once (a repeated series would be Prometheus's duplicate-sample error)."""
+    for sample in family.samples:
+        labels = {**sample.labels, **target.labels}
+        series = (sample.name, tuple(sorted(labels.items())))
+        if series in seen:
+            continue
+        seen.add(series)
+        yield sample._replace(labels=labels, timestamp=None, exemplar=None)
+
+
 class ReplicaCollector:
     """Collects the replicas' metrics at scrape time."""
 
@@ -110,13 +123,12 @@ class ReplicaCollector:
         merged: dict[str, Metric] = {}
         for target, families in zip(found, results, strict=True):
             up.add_metric(list(target.labels.values()), 0 if families is None else 1)
+            seen: set[tuple] = set()
             for family in families or []:
                 into = merged.setdefault(family.name, Metric(family.name,
                                                              family.documentation,
                                                              family.type, family.unit))
-                for sample in family.samples:
-                    into.samples.append(sample._replace(labels={**sample.labels,
-                                                                **target.labels}))
+                into.samples.extend(_owned(family, target, seen))
         yield up
         yield from merged.values()
 

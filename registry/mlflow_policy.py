@@ -171,8 +171,10 @@ READ_POSTS = {"experiments/search", "runs/search", "logged-models/search",
 # Not offered through Modelport, not even to read (secrets, outbound calls, code execution).
 REFUSED_FAMILIES = {"gateway", "gateway-proxy", "webhooks", "assistant", "jobs",
                     "prompt-optimization", "secrets"}
-UI_PATHS = re.compile(r"^(?:|health|version|get-artifact|model-versions/get-artifact"
-                      r"|static-files/.+)$")
+UI_PATHS = re.compile(r"^(?:|health|version|get-artifact|static-files/.+)$")
+# The UI's read of a registered version's files: Modelport's (the tracking server would answer
+# from its own registry, which still holds every team's versions registered before the upgrade).
+VERSION_ARTIFACT = "model-versions/get-artifact"
 _API = re.compile(r"^(?P<base>api|ajax-api)/(?P<v>[23])\.0/mlflow/(?P<endpoint>.+)$")
 _ARTIFACTS = re.compile(
     r"^(?:api|ajax-api)/2\.0/mlflow-artifacts/(?:artifacts(?:/(?P<path>.+))?"
@@ -199,6 +201,8 @@ def classify(method: str, rest: str, listed: str = "") -> Call:
     read = method in READ_METHODS
     if UI_PATHS.match(rest) and read:
         return Call(upstream=upstream, endpoint=rest or "ui")
+    if rest == VERSION_ARTIFACT and read:
+        return Call(upstream=upstream, endpoint=VERSION_ARTIFACT, local=True)
     if rest == "graphql" and method in ("GET", "POST"):
         return Call(upstream=upstream, endpoint="graphql", rule=graphql_rule,
                     json_body=method == "POST")
@@ -238,9 +242,11 @@ def classify(method: str, rest: str, listed: str = "") -> Call:
 
 
 # --- GraphQL: MLflow's UI reads runs through it; only its known queries pass ---------------------
+# Not mlflowSearchModelVersions: the tracking server answers it from its own registry, which
+# holds every team's versions registered before the upgrade (Modelport's visibility is not its).
 GRAPHQL_FIELDS = {"mlflowGetExperiment", "mlflowGetMetricHistoryBulkInterval", "mlflowGetRun",
-                  "mlflowListArtifacts", "mlflowSearchModelVersions", "mlflowSearchRuns",
-                  "mlflowSearchDatasets", "test", "__typename"}
+                  "mlflowListArtifacts", "mlflowSearchRuns", "mlflowSearchDatasets", "test",
+                  "__typename"}
 
 
 def graphql_rule(caller: Caller, params: dict, args: dict) -> Plan:

@@ -12,6 +12,7 @@ length prefix), and asks for the outputs the same way (``parameters.binary_data_
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,10 @@ from serving.schema import Columnar, Rows, Signature, Table
 HEADER_LENGTH = b"inference-header-content-length"
 OCTET_STREAM = b"application/octet-stream"
 EXTENSIONS = ["binary_tensor_data"]
+# A binary input's declared shape: numpy's own ceiling on dimensions, and more elements than
+# any request body can hold (an element is at least one byte, BYTES at least four).
+MAX_DIMS = 32
+MAX_ELEMENTS = 1 << 40
 DEFAULT_OUTPUT = "predict"  # the output's name when the model's output has none
 # v2 datatype -> numpy dtype of its binary form (little-endian, as the protocol says)
 NUMPY_TYPES = {
@@ -126,19 +131,32 @@ def parse(body: bytes, json_length: int | None,
     params = doc.get("parameters")
     if params:
         request.binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
-    for j, out in enumerate(doc.get("outputs") or ()):
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise MalformedRequest("'outputs' must be a list of {\"name\"} objects")
+    for j, out in enumerate(outputs):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise MalformedRequest(f"outputs[{j}] needs a 'name'")
-        flag = (out.get("parameters") or {}).get("binary_data")
+        out_params = out.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise MalformedRequest(f"outputs[{j}].parameters must be an object")
+        flag = out_params.get("binary_data")
         request.wanted[out["name"]] = flag is True or (flag is None and request.binary_all)
     return request
 
 
 def _shape(tensor: dict[str, Any], name: str) -> list[int]:
+    """The declared shape of a binary input. Its element count is computed exactly (Python
+    integers): numpy's product wraps around at 2**63, so ``[2**33, 2**31]`` would count 0
+    elements and pass for an empty tensor."""
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise MalformedRequest(f"input '{name}': 'shape' must be a list of non-negative "
                                f"integers, got {shape!r}")
+    if len(shape) > MAX_DIMS or math.prod(shape) > MAX_ELEMENTS \
+            or any(d > MAX_ELEMENTS for d in shape):
+        raise MalformedRequest(f"input '{name}': shape {shape} is larger than any request "
+                               f"(at most {MAX_DIMS} dimensions, {MAX_ELEMENTS} elements)")
     return shape
 
 
@@ -160,7 +178,7 @@ def _reshaped(data: Any, shape: Any, name: str) -> Any:
 
 def _decode(raw: memoryview | bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
     """One input's binary data as an array of ``shape``."""
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if datatype == "BYTES":
         items = []
         at = 0
@@ -190,7 +208,10 @@ def _decode(raw: memoryview | bytes, datatype: str, shape: list[int], name: str)
         array = np.frombuffer(raw, dtype=dtype)
     if array.size != count:
         raise InputError(f"input '{name}': {array.size} values do not fit shape {shape}")
-    return array.reshape(shape)
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:  # numpy's own limits (an empty tensor of enormous dimensions)
+        raise MalformedRequest(f"input '{name}': shape {shape}: {exc}") from None
 
 
 def _table(named: dict[str, Any], column_names: frozenset[str] | set[str] | None) -> Table:

@@ -70,6 +70,10 @@ def _params(request: HttpRequest, body: bytes) -> dict[str, Any]:
 
 def answer(request: HttpRequest, caller: Caller, call: Call, body: bytes) -> HttpResponseBase:
     """The answer to ``call`` (classified by ``mlflow_policy``), in MLflow's format."""
+    if call.endpoint == "model-versions/get-artifact":  # the UI's read of a version's file
+        return artifacts.version_file(caller, request.GET.get("name", ""),
+                                      request.GET.get("version", ""),
+                                      request.GET.get("path", ""))
     if call.endpoint == "mlflow-artifacts":
         path = call.args.get("path") or request.GET.get("path", "")
         return (artifacts.file(caller, path) if call.args.get("path")

@@ -37,11 +37,19 @@ def _split(path: str) -> tuple[str, str, str]:
 
 
 def _open(caller: Caller, path: str) -> tuple[zipfile.ZipFile, IO[bytes], str]:
-    name, number, inside = _split(path)
+    return _open_version(caller, *_split(path))
+
+
+def _open_version(caller: Caller, name: str, number: str,
+                  inside: str) -> tuple[zipfile.ZipFile, IO[bytes], str]:
     found = version(caller, name, number)
     if found.status != VersionStatus.READY or not found.artifact_name:
         raise invalid(f"Version {number} of '{name}' is {found.status}: nothing to download.")
-    handle = storage.open_artifact(found.artifact_name)
+    try:
+        handle = storage.open_artifact(found.artifact_name)
+    except FileNotFoundError:  # the platform's fault, said in MLflow's format
+        raise Refusal(500, "INTERNAL_ERROR", f"The stored artifact of '{name}' v{number} is "
+                                             "missing from Modelport's storage.") from None
     digest = hashlib.sha256()
     while chunk := handle.read(CHUNK):
         digest.update(chunk)
@@ -86,7 +94,17 @@ def _stream(bundle: zipfile.ZipFile, handle: IO[bytes], member: str) -> Iterator
 
 
 def file(caller: Caller, path: str) -> StreamingHttpResponse:
-    bundle, handle, inside = _open(caller, path)
+    return _file(*_open(caller, path))
+
+
+def version_file(caller: Caller, name: str, number: str, path: str) -> StreamingHttpResponse:
+    """``model-versions/get-artifact?name=&version=&path=`` (MLflow's UI): the same file."""
+    if not name or not path or any(p in ("", ".", "..") for p in path.strip("/").split("/")):
+        raise invalid(f"Give a model's name, a version and a file path; got {path!r}.")
+    return _file(*_open_version(caller, name, number, path.strip("/")))
+
+
+def _file(bundle: zipfile.ZipFile, handle: IO[bytes], inside: str) -> StreamingHttpResponse:
     if not inside or inside not in bundle.namelist():
         bundle.close()
         handle.close()

@@ -27,6 +27,7 @@ from ..models import ModelVersion, RegisteredModel
 
 # MLflow's own defaults and ceilings: (default, most) for models, and for versions.
 MODEL_RESULTS, VERSION_RESULTS = (100, 1000), (10000, 200_000)
+MAX_NUMBER = 2**31 - 1  # ModelVersion.version: a PostgreSQL integer
 
 
 @contextmanager
@@ -76,6 +77,22 @@ def pairs(params: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def version_number(number: str) -> int:
+    """A version number as MLflow sends it: ASCII digits within the database's integer
+    (``str.isdigit`` also takes '²', which ``int`` refuses, and an overflowing number fails in
+    PostgreSQL — each was a 500)."""
+    if not (number.isascii() and number.isdigit()) or int(number) > MAX_NUMBER:
+        raise invalid(f"Parameter 'version' must be a version number, got {number!r}.")
+    return int(number)
+
+
+def _max_results(params: dict[str, Any], limits: tuple[int, int]) -> int:
+    raw = text(params, "max_results", required=False) or str(limits[0])
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= limits[1]:
+        raise invalid(f"max_results must be a number from 1 to {limits[1]}, got {raw!r}.")
+    return int(raw)
+
+
 def model(caller: Caller, name: str, *, write: bool = False) -> RegisteredModel:
     """The model ``name`` if the caller may see it; else 404 as if it did not exist — but for
     a write, which says whose model it is (``create`` answers RESOURCE_ALREADY_EXISTS anyway,
@@ -91,10 +108,9 @@ def model(caller: Caller, name: str, *, write: bool = False) -> RegisteredModel:
 
 
 def version(caller: Caller, name: str, number: str, *, write: bool = False) -> ModelVersion:
-    if not number.isdigit():
-        raise invalid(f"Parameter 'version' must be a version number, got {number!r}.")
     found = (ModelVersion.objects.select_related("model__team")
-             .filter(model=model(caller, name, write=write), version=int(number)).first())
+             .filter(model=model(caller, name, write=write),
+                     version=version_number(number)).first())
     if found is None:
         raise missing(f"Model Version (name={name}, version={number}) not found")
     return found
@@ -107,10 +123,7 @@ def page(items: list, params: dict[str, Any], search: Callable[[list, str, list[
     from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
     from mlflow.utils.search_utils import SearchUtils  # noqa: PLC0415 - lazy: mlflow
 
-    raw = text(params, "max_results", required=False) or str(limits[0])
-    if not raw.isdigit() or not 0 < int(raw) <= limits[1]:
-        raise invalid(f"max_results must be a number from 1 to {limits[1]}, got {raw!r}.")
-    limit = int(raw)
+    limit = _max_results(params, limits)
     try:
         found = search(items, text(params, "filter", required=False),
                        strings(params, "order_by"))
@@ -209,15 +222,12 @@ def sql_page(queryset: QuerySet, params: dict[str, Any],
     from mlflow.exceptions import MlflowException  # noqa: PLC0415 - lazy: mlflow
     from mlflow.utils.search_utils import SearchUtils  # noqa: PLC0415 - lazy: mlflow
 
-    raw = text(params, "max_results", required=False) or str(limits[0])
-    if not raw.isdigit() or not 0 < int(raw) <= limits[1]:
-        raise invalid(f"max_results must be a number from 1 to {limits[1]}, got {raw!r}.")
+    limit = _max_results(params, limits)
     try:
         start = SearchUtils.parse_start_offset_from_page_token(
             text(params, "page_token", required=False) or None)
     except MlflowException as exc:
         raise invalid(exc.message) from None
-    limit = int(raw)
     keys = list(queryset.values_list("pk", flat=True)[start:start + limit + 1])
     token: str | bytes = SearchUtils.create_page_token(start + limit) if len(keys) > limit \
         else ""

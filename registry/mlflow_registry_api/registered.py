@@ -23,6 +23,7 @@ from .lookup import (
     sql_page,
     strings,
     text,
+    version_number,
 )
 
 
@@ -143,11 +144,9 @@ def set_alias(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     maintainer and answers PERMISSION_DENIED saying so (the alias has not moved)."""
     found = model(caller, text(params, "name"), write=True)
     alias, number = text(params, "alias"), text(params, "version")
-    if not number.isdigit():
-        raise invalid(f"Parameter 'version' must be a version number, got {number!r}.")
     with mlflow_errors():
         moved = services.set_alias(actor=caller.user, model=found, alias=alias,
-                                   version_number=int(number))
+                                   version_number=version_number(number))
     if isinstance(moved, AliasTransitionRequest):
         raise denied(f"Alias '{alias}' of '{found.name}' is protected: moving it to version "
                      f"{number} needs a maintainer's approval. Request #{moved.pk} is pending "

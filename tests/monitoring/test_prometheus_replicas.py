@@ -9,6 +9,7 @@ test_prometheus_live.py.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler
 
@@ -127,3 +128,30 @@ def test_a_hostile_replica_cannot_speak_for_the_platform_or_flood_it(deployment,
             " 5.0") in lines
     assert 'modelport_replica_up{deployment="churn-prod",replica="0",revision="1"} 1.0' in lines
     assert 'modelport_replica_up{deployment="churn-prod",replica="1",revision="1"} 0.0' in lines
+
+
+def test_a_replica_cannot_set_timestamps_or_repeat_a_series(deployment, tmp_path, settings):
+    """A replica's own timestamps (past or far future) and repeated series would be dropped
+    by Prometheus one by one or hold stale values: the platform serves each series once, at
+    its scrape's time. What it serves passes promtool's exposition check."""
+    body = BODY + (b'modelport_requests_total{endpoint="invocations",status="200"} 7.0\n'
+                   b'modelport_requests_total{endpoint="x",status="500"} 3.0 99999999999999\n')
+    server = serve(tmp_path / "a.sock", key=key_of(deployment, 1), body=body)
+    try:
+        Replica.objects.create(deployment=deployment, runtime_id="r-0", revision=1, index=0,
+                               status="running", ready=True,
+                               url=unix_url(str(tmp_path / "a.sock")))
+        text = scrape(settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = [line for line in text.splitlines() if line.startswith("modelport_requests_total")]
+    assert lines == [
+        'modelport_requests_total{deployment="churn-prod",endpoint="invocations",replica="0",'
+        'revision="1",status="200"} 42.0',
+        'modelport_requests_total{deployment="churn-prod",endpoint="x",replica="0",'
+        'revision="1",status="500"} 3.0']
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                             capture_output=True, check=False)
+    assert b"duplicate" not in checked.stdout + checked.stderr
+    assert b"error" not in (checked.stdout + checked.stderr).lower(), checked
