@@ -5,13 +5,17 @@
 (``GET …/artifacts/<path>``) with the caller's token. The stored artifact is a canonical zip
 (``storage.py``), addressed by its SHA-256: it is checked against the version's checksum before
 anything is served from it, and member names come only from the zip's own listing — a requested
-path is matched against them, never joined onto a filesystem path.
+path is matched against them, never joined onto a filesystem path. A client fetches a model file
+by file, so a check is remembered per process (``_checked``) while the stored file's size and
+modification time stay the same, for ``CHECKED_FOR_S``: a model of k files is read once for
+its checksum, not k + 1 times.
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+import time
 import zipfile
 from collections.abc import Iterator
 from typing import IO
@@ -25,6 +29,34 @@ from .lookup import version
 from .render import ARTIFACT_ROOT
 
 CHUNK = 1048576
+CHECKED_FOR_S = 300.0
+_CHECKED_MAX = 256
+# (stored name, expected SHA-256) → (size, modification time, when checked)
+_checked: dict[tuple[str, str], tuple[int, float, float]] = {}
+
+
+def _stamp(name: str) -> tuple[int, float] | None:
+    """The stored file's size and modification time, or None where the storage cannot say."""
+    backend = storage.artifact_storage()
+    try:
+        return backend.size(name), backend.get_modified_time(name).timestamp()
+    except (NotImplementedError, OSError):
+        return None
+
+
+def _already_checked(name: str, sha256: str) -> bool:
+    seen = _checked.get((name, sha256))
+    return (seen is not None and time.monotonic() - seen[2] < CHECKED_FOR_S
+            and _stamp(name) == seen[:2])
+
+
+def _remember_checked(name: str, sha256: str) -> None:
+    stamp = _stamp(name)
+    if stamp is None:
+        return
+    if len(_checked) >= _CHECKED_MAX:
+        _checked.clear()
+    _checked[(name, sha256)] = (*stamp, time.monotonic())
 
 
 def _split(path: str) -> tuple[str, str, str]:
@@ -50,14 +82,16 @@ def _open_version(caller: Caller, name: str, number: str,
     except FileNotFoundError:  # the platform's fault, said in MLflow's format
         raise Refusal(500, "INTERNAL_ERROR", f"The stored artifact of '{name}' v{number} is "
                                              "missing from Modelport's storage.") from None
-    digest = hashlib.sha256()
-    while chunk := handle.read(CHUNK):
-        digest.update(chunk)
-    if digest.hexdigest() != found.artifact_sha256:
-        handle.close()
-        raise Refusal(500, "INTERNAL_ERROR", f"The stored artifact of '{name}' v{number} does "
-                                             "not match its checksum; it is not served.")
-    handle.seek(0)
+    if not _already_checked(found.artifact_name, found.artifact_sha256):
+        digest = hashlib.sha256()
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+        if digest.hexdigest() != found.artifact_sha256:
+            handle.close()
+            raise Refusal(500, "INTERNAL_ERROR", f"The stored artifact of '{name}' v{number} "
+                                                 "does not match its checksum; it is not served.")
+        _remember_checked(found.artifact_name, found.artifact_sha256)
+        handle.seek(0)
     return zipfile.ZipFile(handle), handle, inside
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -18,7 +19,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from registry import mlflow_upstream, services
+from registry import mlflow_upstream, services, storage
+from registry.mlflow_registry_api import artifacts
 from registry.models import (
     AliasTransitionRequest,
     MlflowTag,
@@ -305,8 +307,19 @@ def test_downloads_are_checked_and_confined(platform, team, mlflow_zip, live_ser
         assert requests.get(f"{base}/{path}", headers=auth, timeout=30).status_code in (400, 404)
     assert requests.get(f"{base}/modelport-registry/iris-files/1/MLmodel",
                         timeout=30).status_code == 401
-    # A stored artifact that no longer matches its checksum is not served.
+    # A stored artifact that no longer matches its checksum is not served: the check is
+    # remembered between the files of one download only while the stored file is unchanged.
     version = model.versions.get()
+    # live_server answers in this process: the check it made is remembered here.
+    assert (version.artifact_name, version.artifact_sha256) in artifacts._checked
+    stored = Path(storage.artifact_storage().path(version.artifact_name))
+    data = bytearray(stored.read_bytes())
+    data[-30] ^= 0xFF  # same size, other content (inside the zip's central directory)
+    stored.write_bytes(bytes(data))
+    os.utime(stored, (stored.stat().st_atime, stored.stat().st_mtime + 5))
+    changed = requests.get(f"{base}/modelport-registry/iris-files/1/MLmodel", headers=auth,
+                           timeout=30)
+    assert changed.status_code == 500 and "checksum" in changed.json()["message"]
     ModelVersion.objects.filter(pk=version.pk).update(artifact_sha256="0" * 64)
     tampered = requests.get(f"{base}/modelport-registry/iris-files/1/MLmodel", headers=auth,
                             timeout=30)
