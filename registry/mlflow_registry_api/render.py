@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from ..models import MlflowTag, ModelAlias, ModelVersion, RegisteredModel, VersionStatus
@@ -88,10 +89,10 @@ def model_entities(queryset) -> list:
             .order_by("name"):
         aliases.setdefault(alias.model_id, []).append(
             RegisteredModelAlias(alias.name, str(alias.version.version)))
-    latest = {v.model_id: v for v in ModelVersion.objects.filter(model_id__in=ids)
-              .order_by("model_id", "-version").distinct("model_id")}
-    latest_entities = {v.name: v for v in versions(
-        ModelVersion.objects.filter(pk__in=[v.pk for v in latest.values()]))}
+    # Each model's highest version, in SQL both PostgreSQL and SQLite (`make run`) speak.
+    highest = ModelVersion.objects.filter(model_id=OuterRef("model_id")).order_by("-version")
+    latest_entities = {v.name: v for v in versions(ModelVersion.objects.filter(
+        model_id__in=ids, version=Subquery(highest.values("version")[:1])))}
     found = []
     for model in models:
         entity = Entity(name=model.name, creation_timestamp=millis(model.created_at),
