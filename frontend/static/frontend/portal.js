@@ -26,6 +26,20 @@
     navigator.clipboard.writeText(document.getElementById(btn.dataset.copy).textContent.trim());
     btn.textContent = "Copied";
   });
+  // People found by the add-member search: a click puts the username in the field it names
+  // (data-pick-for) and closes the list; the form is then sent as if it had been typed.
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest("[data-pick-user]");
+    if (!btn) return;
+    var input = document.getElementById(btn.dataset.pickFor);
+    var list = btn.closest("[aria-live]") || btn.parentNode;
+    input.value = btn.dataset.pickUser;
+    list.textContent = "";
+    var note = document.createElement("p");
+    note.textContent = "Picked " + btn.dataset.pickUser + ".";
+    list.appendChild(note);
+    input.focus();
+  });
   // Forms with data-confirm ask before they are sent (e.g. deleting a deployment).
   document.addEventListener("submit", function (e) {
     var message = e.target.dataset && e.target.dataset.confirm;

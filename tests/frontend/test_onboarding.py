@@ -1,0 +1,123 @@
+"""Onboarding pages: the Users page (platform admins create users), the add-member search
+(scoped to who may add members to that team) and adding by exact username without JavaScript."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from teams.directory import LIMIT
+from teams.models import Membership
+from teams.roles import Role
+from tests.factories import TeamFactory, UserFactory
+from tests.fixtures import member
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+def _client(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_admin_creates_a_user_and_sees_the_welcome_link(admin_user, team):
+    response = _client(admin_user).post("/users/", {
+        "username": "dana", "email": "dana@corp.example", "first_name": "Dana",
+        "last_name": "Scully", "sign_in": "link", "team": team.slug, "role": "engineer"})
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Created dana and added them to ml-search as engineer." in body
+    assert "http://testserver/welcome/" in body
+    assert response["Cache-Control"] == "no-store"
+    assert Membership.objects.get(user__username="dana").role == "engineer"
+
+
+def test_the_form_shows_duplicates_and_missing_password_next_to_the_field(admin_user, engineer):
+    client = _client(admin_user)
+    dup = client.post("/users/", {"username": "eve", "email": "x@corp.example",
+                                  "sign_in": "link", "role": "engineer"}).content.decode()
+    assert "A user named &#x27;eve&#x27; already exists." in dup
+    assert 'id="id_username-error"' in dup
+    nopw = client.post("/users/", {"username": "dana", "email": "x@corp.example",
+                                   "sign_in": "password", "role": "engineer"}).content.decode()
+    assert "Type the initial password" in nopw and 'id="id_password-error"' in nopw
+    assert not User.objects.filter(username="dana").exists()
+
+
+@pytest.mark.parametrize("fixture", ["maintainer", "engineer", "viewer", "outsider"])
+def test_only_platform_admins_open_the_users_page(fixture, request):
+    client = _client(request.getfixturevalue(fixture))
+    assert client.get("/users/").status_code == 403
+    assert client.post("/users/", {"username": "x", "email": "x@corp.example",
+                                   "sign_in": "link", "role": "engineer"}).status_code == 403
+    assert not User.objects.filter(username="x").exists()
+
+
+@pytest.fixture
+def people(db):
+    UserFactory(username="dana", first_name="Dana", last_name="Scully",
+                email="dana.scully@corp.example")
+    UserFactory(username="fox", first_name="Fox", last_name="Mulder", email="fm@corp.example")
+    UserFactory(username="gone", first_name="Dana", email="gone@corp.example", is_active=False)
+
+
+def _search(client: Client, slug: str, query: str):
+    return client.get(f"/teams/{slug}/people/", {"username": query}, HTTP_HX_REQUEST="true")
+
+
+@pytest.mark.parametrize(("query", "found"), [
+    ("dan", ["dana"]),              # username prefix
+    ("scul", ["dana"]),             # last name
+    ("dana scully", ["dana"]),      # full name
+    ("fm@corp", ["fox"]),           # email
+    ("corp.example", ["dana", "fox"]),
+    ("mia", []),                    # already a member: not offered
+    ("gone", []),                   # deactivated
+])
+def test_a_maintainer_finds_people_to_add(maintainer, people, query, found):
+    response = _search(_client(maintainer), "ml-search", query)
+    assert response.status_code == 200
+    shown = [u for u in ("dana", "fox", "mia", "gone")
+             if f'data-pick-user="{u}"' in response.content.decode()]
+    assert shown == found
+
+
+def test_results_are_bounded_and_short_queries_match_exactly(maintainer, people):
+    for i in range(LIMIT + 5):
+        UserFactory(username=f"bulk{i:02d}")
+    client = _client(maintainer)
+    many = _search(client, "ml-search", "bulk").content.decode()
+    assert many.count("data-pick-user=") == LIMIT
+    assert f"The first {LIMIT} matches" in many
+    assert "data-pick-user" not in _search(client, "ml-search", "b").content.decode()
+    UserFactory(username="q")
+    assert 'data-pick-user="q"' in _search(client, "ml-search", "q").content.decode()
+
+
+def test_who_may_search_is_who_may_add_members(team, people, admin_user, maintainer):
+    other = TeamFactory(slug="other")
+    other_engineer = member(other, Role.ENGINEER, "oscar")
+    other_maintainer = member(other, Role.MAINTAINER, "olga")
+    own_engineer = member(team, Role.ENGINEER, "eve")
+    own_viewer = member(team, Role.VIEWER, "vic")
+    expected = {admin_user: 200, maintainer: 200, own_engineer: 403, own_viewer: 403,
+                other_engineer: 404, other_maintainer: 404, UserFactory(username="nobody"): 404}
+    for user, status in expected.items():
+        response = _search(_client(user), "ml-search", "dana")
+        assert response.status_code == status, user.username
+        assert ("dana.scully" in response.content.decode()) == (status == 200)
+    anonymous = Client().get("/teams/ml-search/people/", {"username": "dana"})
+    assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+
+
+def test_the_add_form_searches_and_still_takes_an_exact_username(maintainer, people):
+    client = _client(maintainer)
+    page = client.get("/teams/ml-search/").content.decode()
+    assert 'hx-get="/teams/ml-search/people/"' in page and 'id="user-matches"' in page
+    added = client.post("/teams/ml-search/", {"intent": "add", "username": "fox",
+                                              "role": "engineer"})
+    assert added.status_code == 302
+    assert Membership.objects.get(user__username="fox").role == "engineer"
