@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.tokens import PasswordResetTokenGenerator, default_token_generator
+from django.contrib.auth.tokens import PasswordResetTokenGenerator
 from django.core import mail
 
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.django_db
 User = get_user_model()
 
 
-def test_admin_creates_an_invited_user_in_a_team(admin_user, team, django_capture_on_commit_callbacks):
+def test_admin_creates_an_invited_user_in_a_team(admin_user, team,
+                                                  django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         user = services.create_user(actor=admin_user, username="dana", email="dana@corp.example",
                                     first_name="Dana", last_name="Scully", team=team.slug,
