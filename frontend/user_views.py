@@ -37,7 +37,10 @@ def user_list(request: AuthenticatedRequest) -> HttpResponse:
     teams = list(Team.objects.order_by("slug").values_list("slug", flat=True))
     form = UserCreateForm(request.POST or None, teams=teams)
     created = None
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and request.POST.get("intent") == "link":
+        created = _new_link(request)
+        form = UserCreateForm(teams=teams)
+    elif request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         result: dict = {}
 
@@ -63,6 +66,23 @@ def user_list(request: AuthenticatedRequest) -> HttpResponse:
     if created:
         response["Cache-Control"] = "no-store"  # the page holds a set-password link
     return response
+
+
+def _new_link(request: AuthenticatedRequest) -> dict | None:
+    user = get_user_model().objects.filter(username=request.POST.get("username", "")).first()
+    if user is None:
+        messages.error(request, "No such user.")
+        return None
+    result: dict = {}
+
+    def issue() -> None:
+        result["path"] = services.issue_welcome_link(actor=request.user, user=user)
+
+    if not apply_service(request, None, issue):
+        return None
+    return {"user": user, "team": "", "role": "", "renewed": True, "hours": welcome.valid_hours(),
+            "link": request.build_absolute_uri(result["path"]),
+            "emailed": welcome.email_configured() and bool(user.email)}
 
 
 def _created(request: HttpRequest, user, data: dict) -> dict:

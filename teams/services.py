@@ -283,6 +283,24 @@ def create_user(*, actor, username: str, email: str, first_name: str = "", last_
 
 
 @transaction.atomic
+def issue_welcome_link(*, actor, user) -> str:
+    """A new one-time set-password link (its path) for an invited user who has not set a
+    password yet; platform admins only, audited, emailed when email is configured. Accounts
+    that have a password are refused: a link would let whoever holds it take the account."""
+    require_platform_admin(actor, "issue set-password links")
+    user = get_user_model().objects.select_for_update().get(pk=user.pk)
+    if not user.is_active:
+        raise InvalidInput(f"'{user.get_username()}' is deactivated.", field="username")
+    if user.has_usable_password():
+        raise Conflict(f"'{user.get_username()}' has set a password already; change it in the "
+                       "console if they lost it.", code="has_password", field="username")
+    audit.record(actor=actor, action="user.welcome_link_issued", obj=user,
+                 after={"username": user.get_username()})
+    transaction.on_commit(lambda: welcome.send_welcome(user))
+    return welcome.welcome_path(user)
+
+
+@transaction.atomic
 def set_password_with_link(*, user, token: str, password: str) -> None:
     """The user of a welcome (or reset) link sets their password; the link then stops working.
     The token is checked here, not only by the page, so no caller can skip it."""

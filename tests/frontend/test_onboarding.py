@@ -8,8 +8,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from teams.directory import LIMIT
-from teams.models import Membership
+from teams.models import AuditEvent, Membership
 from teams.roles import Role
+from teams.services import create_user
 from tests.factories import TeamFactory, UserFactory
 from tests.fixtures import member
 
@@ -121,3 +122,19 @@ def test_the_add_form_searches_and_still_takes_an_exact_username(maintainer, peo
                                               "role": "engineer"})
     assert added.status_code == 302
     assert Membership.objects.get(user__username="fox").role == "engineer"
+
+
+def test_a_new_link_only_for_invited_users(admin_user, engineer, maintainer):
+    create_user(actor=admin_user, username="dana", email="dana@corp.example")
+    admin = _client(admin_user)
+    page = admin.get("/users/").content.decode()
+    assert 'aria-label="New set-password link for dana"' in page
+    assert "New set-password link for eve" not in page  # eve has a password
+    renewed = admin.post("/users/", {"intent": "link", "username": "dana"})
+    assert "A new link for dana." in renewed.content.decode()
+    assert renewed["Cache-Control"] == "no-store"
+    refused = admin.post("/users/", {"intent": "link", "username": "eve"}, follow=True)
+    assert "has set a password already" in refused.content.decode()
+    assert _client(maintainer).post("/users/", {"intent": "link",
+                                                "username": "dana"}).status_code == 403
+    assert AuditEvent.objects.filter(action="user.welcome_link_issued").count() == 1
