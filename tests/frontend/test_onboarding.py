@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from teams.directory import LIMIT
 from teams.models import AuditEvent, Membership
 from teams.roles import Role
 from teams.services import create_user
+from teams.welcome import welcome_path
 from tests.factories import TeamFactory, UserFactory
 from tests.fixtures import member
+
+from .test_accessibility import _Controls
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -138,3 +143,44 @@ def test_a_new_link_only_for_invited_users(admin_user, engineer, maintainer):
     assert _client(maintainer).post("/users/", {"intent": "link",
                                                 "username": "dana"}).status_code == 403
     assert AuditEvent.objects.filter(action="user.welcome_link_issued").count() == 1
+
+
+def test_every_control_of_the_new_pages_has_a_label(admin_user, team, people):
+    client = _client(admin_user)
+    user = create_user(actor=admin_user, username="newbie", email="newbie@corp.example")
+    pages = {
+        "/users/": client.get("/users/").content.decode(),
+        "/users/ (errors)": client.post("/users/", {"sign_in": "password",
+                                                    "role": "x"}).content.decode(),
+        "/teams/ml-search/": client.get("/teams/ml-search/").content.decode(),
+        "search fragment": _search(client, "ml-search", "dana").content.decode(),
+    }
+    welcome_client = Client()
+    form_url = welcome_client.get(welcome_path(user))["Location"]
+    pages["/welcome/"] = welcome_client.get(form_url).content.decode()
+    assert "Set password" in pages["/welcome/"]
+    for name, html in pages.items():
+        parser = _Controls()
+        parser.feed(html)
+        missing = [(c["tag"], c["attrs"].get("name")) for c in parser.unlabelled()]
+        assert not missing, f"{name}: controls without a label: {missing}"
+
+
+def test_the_users_page_and_the_search_run_fixed_queries(admin_user, team, maintainer):
+    def count(client: Client, path: str) -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(path).status_code == 200
+        return len(ctx.captured_queries)
+
+    def add(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            user = UserFactory(username=f"pat{i:02d}", first_name="Pat")
+            Membership.objects.create(team=TeamFactory(slug=f"t-{i}"), user=user, role="viewer")
+
+    admin, owner = _client(admin_user), _client(maintainer)
+    paths = [(admin, "/users/"), (admin, "/users/?q=pat"),
+             (owner, "/teams/ml-search/people/?username=pat")]
+    add(0, 2)
+    few = [count(c, p) for c, p in paths]
+    add(2, 10)
+    assert [count(c, p) for c, p in paths] == few
