@@ -45,6 +45,13 @@ def test_admin_creates_a_user_who_sets_a_password_and_sees_the_team(live_server,
     link = page.locator("#welcome-link").inner_text().strip()
     assert re.fullmatch(rf"{re.escape(base)}/welcome/[\w-]+/[\w-]+/", link), link
     screenshot("onboarding-02-welcome-link")
+    # On a phone the page keeps its width: the users table scrolls in its own box.
+    page.set_viewport_size({"width": 390, "height": 844})
+    widths = page.evaluate("[document.querySelector('main').scrollWidth, "
+                           "document.querySelector('main').clientWidth]")
+    assert widths[0] <= widths[1], widths
+    screenshot("onboarding-02b-users-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     page.get_by_role("link", name="Teams", exact=True).click()
     page.get_by_role("link", name="ml-search").click()
