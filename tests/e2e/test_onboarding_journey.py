@@ -60,6 +60,11 @@ def test_admin_creates_a_user_who_sets_a_password_and_sees_the_team(live_server,
     pick = page.get_by_role("button", name=re.compile(r"^dana · Dana Scully"))
     pick.wait_for()
     screenshot("onboarding-03-pick-member")
+    # The keyboard reaches the matches too: ArrowDown into the list, Escape back to the field.
+    page.get_by_label("Username").press("ArrowDown")
+    assert page.evaluate("document.activeElement.dataset.pickUser") == "dana"
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.id") == "id_username"
     pick.click()
     assert page.get_by_label("Username").input_value() == "dana"
     page.get_by_label("Role", exact=True).select_option("engineer")

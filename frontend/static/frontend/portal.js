@@ -40,6 +40,28 @@
     list.appendChild(note);
     input.focus();
   });
+  // Keyboard: ArrowDown from the search field moves into its matches, the arrows move within
+  // them, Escape (or ArrowUp from the first) goes back to the field.
+  document.addEventListener("keydown", function (e) {
+    var t = e.target;
+    if (!t.matches) return;
+    if (t.matches("input[aria-controls]") && e.key === "ArrowDown") {
+      var box = document.getElementById(t.getAttribute("aria-controls"));
+      var first = box && box.querySelector("[data-pick-user]");
+      if (first) { e.preventDefault(); first.focus(); }
+      return;
+    }
+    if (!t.matches("[data-pick-user]") || ["ArrowDown", "ArrowUp", "Escape"].indexOf(e.key) < 0) return;
+    e.preventDefault();
+    var buttons = Array.prototype.slice.call(t.closest("ul").querySelectorAll("[data-pick-user]"));
+    var i = buttons.indexOf(t);
+    if (e.key === "Escape" || (e.key === "ArrowUp" && i === 0)) {
+      document.getElementById(t.dataset.pickFor).focus();
+      return;
+    }
+    var next = buttons[i + (e.key === "ArrowDown" ? 1 : -1)];
+    if (next) next.focus();
+  });
   // Forms with data-confirm ask before they are sent (e.g. deleting a deployment).
   document.addEventListener("submit", function (e) {
     var message = e.target.dataset && e.target.dataset.confirm;
