@@ -103,5 +103,6 @@ def deploy_version_to(request: HttpRequest, model: str, number: int,
             return redirect("deployments:detail", name=d.name)
     else:
         messages.error(request, f"{d.name}: " + "; ".join(
-            f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+            f"{field}: {' '.join(str(e) for e in errors)}"
+            for field, errors in form.errors.items()))
     return redirect("deployments:deploy-version", model=model, number=number)

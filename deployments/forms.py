@@ -161,7 +161,8 @@ class DeploymentEditForm(SpecFields):
 
     def __init__(self, *args: Any, deployment: Deployment, **kwargs: Any) -> None:
         kwargs.setdefault("auto_id", "edit_%s")
-        super().__init__(*args, initial=initial_of(deployment), **kwargs)
+        kwargs["initial"] = initial_of(deployment)
+        super().__init__(*args, **kwargs)
         runs = cast(forms.ChoiceField, self.fields["runs"])
         runs.choices = runs_choices(deployment)
 

@@ -16,18 +16,15 @@ from playwright.sync_api import expect
 from deployments import services
 from deployments.models import Deployment
 from deployments.reconcile import reconcile_deployment
-from tests.deployments.conftest import (  # noqa: F401 - fixtures
-    iris_dir,
-    iris_model,
-    no_enqueue,
-    upstreams,
-    v1,
-    v2,
-)
+from tests.deployments import conftest as deployment_fixtures
 from tests.deployments.test_reconcile import FakeRuntime
 from tests.factories import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+# The deployments app's fixtures: a stored iris model in two versions, stand-in replicas.
+iris_dir, iris_model, v1, v2 = (deployment_fixtures.iris_dir, deployment_fixtures.iris_model,
+                                deployment_fixtures.v1, deployment_fixtures.v2)
+upstreams, no_enqueue = deployment_fixtures.upstreams, deployment_fixtures.no_enqueue
 
 
 @pytest.fixture
