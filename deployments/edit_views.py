@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,7 +18,7 @@ from registry.models import ModelVersion, RegisteredModel
 
 from . import services
 from .forms import DeploymentEditForm, DeployVersionForm
-from .models import Deployment
+from .models import Deployment, Revision
 from .views import _can_change, _context, _deployment
 
 
@@ -63,19 +64,15 @@ def deploy_version(request: HttpRequest, model: str, number: int) -> HttpRespons
     """"Deploy v2": each deployment of the model that the user may change, with a strategy
     to roll this version out there, and a new deployment prefilled with it."""
     version = _version(request, model, number)
-    deployments = [d for d in Deployment.objects.visible_to(request.user)
-                   .filter(model=version.model).select_related("team", "model", "version")
-                   .order_by("name")]
-    rows = [{"d": d, "can_change": _can_change(request, d.team),
-             "runs": _runs(d), "form": DeployVersionForm(deployment=d)} for d in deployments]
+    runs = Revision.objects.filter(deployment=OuterRef("pk"), number=OuterRef("revision")) \
+        .values("model_version__version")[:1]
+    deployments = (Deployment.objects.visible_to(request.user).filter(model=version.model)
+                   .select_related("team", "model", "version")
+                   .annotate(runs=Subquery(runs)).order_by("name"))
+    rows = [{"d": d, "can_change": _can_change(request, d.team), "runs": d.runs,
+             "form": DeployVersionForm(deployment=d)} for d in deployments]
     return render(request, "deployments/deploy_version.html",
                   {"version": version, "model": version.model, "rows": rows})
-
-
-def _runs(d: Deployment) -> int | None:
-    """The model version its desired revision runs."""
-    return d.revisions.filter(number=d.revision).values_list("model_version__version",
-                                                             flat=True).first()
 
 
 @login_required
