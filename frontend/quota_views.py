@@ -34,11 +34,12 @@ from .requests import AuthenticatedRequest
 def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
     team = get_visible_team(request.user, slug)
     intent = request.POST.get("intent") if request.method == "POST" else None
+    # Two forms on one page: prefixes keep their field names and ids apart.
     request_form = ResourceRequestForm(request.POST if intent == "request" else None,
-                                       gpu_models=inventory.gpu_models())
+                                       gpu_models=inventory.gpu_models(), prefix="request")
     usage = services.usage(team)
     quota_form = QuotaSetForm(request.POST if intent == "set" else None,
-                              initial=usage.base.as_dict())
+                              initial=usage.base.as_dict(), prefix="quota")
     if intent == "request" and request_form.is_valid():
         data = {k: v for k, v in request_form.cleaned_data.items() if v not in (None, "")}
         if apply_service(request, request_form, lambda: quota_requests.file_request(
