@@ -85,3 +85,51 @@ def test_joblib_upload_with_no_format_after_an_error_keeps_the_file(
     expect(page.locator("#version-status .badge").first).to_have_text("ready", timeout=120_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     screenshot(f"upload-version-{width}")
+
+
+def test_choosing_an_mlflow_zip_fills_the_example_from_its_signature(
+        engineer_on_model_page, page, tmp_path):
+    """Only the archive's MLmodel is read, in the browser; MLflow folds the signature's JSON
+    over several YAML lines, as here."""
+    import zipfile
+
+    import yaml
+
+    from registry.models import RegisteredModel
+
+    inputs = [{"type": "double", "name": name, "required": True} for name in COLUMNS] + [
+        {"type": "string", "name": "it's a label", "required": True},
+        {"type": "long", "name": "count", "required": False}]
+    mlmodel = yaml.safe_dump({"flavors": {"python_function": {"loader_module": "mlflow.sklearn"}},
+                              "signature": {"inputs": json.dumps(inputs), "outputs": None}},
+                             default_flow_style=False)
+    assert "\n    " in mlmodel.split("inputs:")[1]  # folded, as MLflow writes it
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("model/MLmodel", mlmodel)
+        bundle.writestr("model/model.pkl", b"x" * 4096)
+
+    form = engineer_on_model_page
+    form.get_by_label("Model file").set_input_files(str(archive))
+    page.get_by_text("Filled from the model's signature").wait_for()
+    example = json.loads(form.get_by_label("Input example").input_value())
+    assert example == {"columns": [*COLUMNS, "it's a label", "count"],
+                       "data": [[0.5, 0.5, 0.5, 0.5, "text", 1]]}
+    form.get_by_label("Model file").set_input_files(str(tmp_path / "model.zip"))  # same again
+    assert json.loads(form.get_by_label("Input example").input_value()) == example
+    # Sent unchanged, the made-up row is left out (the platform builds the same row itself,
+    # neither predicted in the sandbox nor a drift baseline): the request is caught and dropped.
+    sent: list[bytes] = []
+
+    def catch(route):
+        sent.append(route.request.post_data_buffer or b"")
+        route.abort()
+
+    page.route("**/models/iris/", catch)
+    page.get_by_role("button", name="Upload and validate").click()
+    page.wait_for_function("document.querySelector('#upload-form button[type=submit]')"
+                           ".disabled === false")
+    assert len(sent) == 1
+    assert b'name="input_example"\r\n\r\n\r\n' in sent[0]
+    assert b'filename="model.zip"' in sent[0]
+    assert not RegisteredModel.objects.get(name="iris").versions.exists()
