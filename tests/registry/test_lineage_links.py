@@ -42,13 +42,13 @@ def test_an_imported_versions_run_experiment_metrics_and_artifacts_link_to_mlflo
     _version(team, source_format="import",
              lineage={"mlflow_run_id": "0123abcd", "mlflow_experiment_id": "7",
                       "git_commit": "deadbeef"})
-    page = _page(engineer)
+    text = _page(engineer)
     run = "/mlflow/#/experiments/7/runs/0123abcd"
-    assert f'<a href="{run}" aria-label="Run 0123abcd in MLflow"><code>0123abcd</code></a>' in page
-    assert f'<a href="{run}/artifacts">artifacts</a>' in page
-    assert '<a href="/mlflow/#/experiments/7" aria-label="Experiment 7 in MLflow">' in page
-    assert f'<a href="{run}/model-metrics">Metric charts in MLflow</a>' in page
-    assert "git_commit: <code>deadbeef</code>" in page  # the rest stays text
+    assert f'<a href="{run}" aria-label="Run 0123abcd in MLflow"><code>0123abcd</code></a>' in text
+    assert f'<a href="{run}/artifacts">artifacts</a>' in text
+    assert '<a href="/mlflow/#/experiments/7" aria-label="Experiment 7 in MLflow">' in text
+    assert f'<a href="{run}/model-metrics">Metric charts in MLflow</a>' in text
+    assert "git_commit: <code>deadbeef</code>" in text  # the rest stays text
 
 
 @pytest.mark.django_db
@@ -60,9 +60,9 @@ def test_without_its_experiment_the_run_link_lets_mlflow_find_it(team, engineer)
 @pytest.mark.django_db
 def test_an_uploaded_models_run_from_another_tracking_server_stays_text(team, engineer):
     _version(team, source_format="mlflow", lineage={"mlflow_run_id": "0123abcd"})
-    page = _page(engineer)
-    assert "/mlflow/#" not in page
-    assert "mlflow_run_id: <code>0123abcd</code> <small>(logged on another tracking server" in page
+    text = _page(engineer)
+    assert "/mlflow/#" not in text
+    assert "mlflow_run_id: <code>0123abcd</code> <small>(logged on another tracking server" in text
 
 
 @pytest.mark.django_db(transaction=True)
