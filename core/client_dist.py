@@ -51,11 +51,20 @@ def _sources(root: Path, packages: list[str]) -> list[Path]:
     return sorted(files)
 
 
-def _fingerprint(root: Path) -> tuple:
+@lru_cache(maxsize=4)
+def _source_files(root: Path, stamp: tuple) -> tuple[Path, ...]:
     config = tomllib.loads((root / "pyproject.toml").read_text())
-    packages = list(config["tool"]["setuptools"]["packages"])
-    paths = [root / "pyproject.toml", *_sources(root, packages)]
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    return (root / "pyproject.toml",
+            *_sources(root, list(config["tool"]["setuptools"]["packages"])))
+
+
+def _fingerprint(root: Path) -> tuple:
+    """What the wheel is built from, by modification time and size. The files are listed again
+    only when ``pyproject.toml`` or a folder of ``client/`` changes (a file added or removed)."""
+    stamp = tuple((str(d), d.stat().st_mtime_ns, d.stat().st_size)
+                  for d in (root / "pyproject.toml", *sorted(root.glob("*/"))))
+    paths = _source_files(root, stamp)
+    return tuple((str(p), *(lambda s: (s.st_mtime_ns, s.st_size))(p.stat())) for p in paths)
 
 
 def _metadata(project: dict, readme: str) -> str:

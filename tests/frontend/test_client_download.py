@@ -5,6 +5,7 @@ sign-in, and a real ``pip`` installs it into a fresh virtual environment from a 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -32,6 +33,18 @@ def test_the_wheel_is_the_client_package_and_builds_byte_for_byte_the_same():
     assert "Name: modelport-client" in metadata and "Requires-Dist: httpx" in metadata
     assert "modelport = modelport.cli:main" in archive.read(f"{info}/entry_points.txt").decode()
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_a_changed_or_added_source_file_makes_a_new_wheel(settings, tmp_path):
+    shutil.copytree(ROOT / "client", tmp_path / "client",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    settings.BASE_DIR = tmp_path
+    before = client_wheel()
+    assert client_wheel() is before  # cached while nothing changes
+    (tmp_path / "client" / "modelport" / "extra.py").write_text("X = 1\n")
+    after = client_wheel()
+    assert "modelport/extra.py" in zipfile.ZipFile(BytesIO(after.content)).namelist()
+    assert after.sha256 != before.sha256
 
 
 @pytest.mark.django_db
@@ -96,3 +109,22 @@ def test_pip_installs_the_client_from_a_live_platform(live_server, tmp_path):
     cli = subprocess.run([str(venv / "bin" / "modelport"), "--help"], capture_output=True,
                          text=True, timeout=60, cwd=tmp_path)
     assert cli.returncode == 0 and "usage: modelport" in cli.stdout
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("size", [(1440, 900), (390, 844)])
+def test_the_client_page_fits_and_its_link_downloads_the_wheel(live_server, page, size):
+    """Signed out, at desktop and phone sizes: the command scrolls inside its own box, the page
+    does not, and the footer link leads here (the shared ``page`` fixture also fails on any CSP
+    violation)."""
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    page.goto(f"{live_server.url}/login/")
+    page.get_by_role("link", name="Python client").click()
+    page.get_by_role("heading", name="Python client and CLI").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= size[0]
+    assert page.get_by_role("button", name="Copy pip install").is_visible()
+    wheel = client_wheel()
+    with page.expect_download() as download:
+        page.get_by_role("link", name=wheel.filename).click()
+    assert download.value.suggested_filename == wheel.filename
