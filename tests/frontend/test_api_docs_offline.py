@@ -4,6 +4,8 @@ another host is aborted and fails the test, as does a console error or a failed 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
@@ -36,3 +38,18 @@ def test_the_api_docs_render_their_operations_from_the_host_alone(live_server, p
     page.goto(f"{live_server.url}{path}")
     page.locator(f"text={SUMMARY} >> visible=true").first.wait_for(timeout=30000)
     assert seen == {"off_host": [], "errors": [], "failed": []}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/docs/", "/api/v1/redoc/"])
+def test_every_asset_the_pages_name_is_served_by_whitenoise(path):
+    """Through the middleware stack (WhiteNoise, as gunicorn serves it), not the live server's
+    own static handler."""
+    from django.test import Client
+
+    page = Client().get(path).content.decode()
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page)
+    assert len(assets) >= 2, page
+    for asset in assets:
+        response = Client().get(asset)
+        assert response.status_code == 200, asset
+        assert response.__class__.__name__ == "WhiteNoiseFileResponse", asset
