@@ -1,10 +1,20 @@
-"""Swagger UI at ``/api/v1/docs/`` under the Content-Security-Policy.
+"""Swagger UI at ``/api/v1/docs/`` and ReDoc at ``/api/v1/redoc/`` under the
+Content-Security-Policy, both served from this site (drf-spectacular-sidecar's static files, so
+the pages work without internet and no page requests anything off the host).
 
-drf-spectacular's split view serves its start-up script as a file (``?script``), so no inline
-script is needed. The page keeps one inline ``<style>`` block, allowed by its SHA-256 hash (read
-from the installed template, so an upgrade cannot silently break it), and loads Swagger UI's
-assets from ``SWAGGER_UI_DIST``: when that is a URL (a CDN), its origin is added to this route's
-policy only; when the assets are served from this site, ``'self'`` already covers them.
+drf-spectacular's split view serves Swagger UI's start-up script as a file (``?script``), so no
+inline script is needed; the page keeps one inline ``<style>`` block, allowed by its SHA-256 hash
+(read from the installed template, so an upgrade cannot silently break it). ReDoc uses the
+portal's own template (``frontend/api_redoc.html``): the stock one loads Google Fonts and starts
+ReDoc from an inline script; ours lets the standalone bundle start itself from ``<redoc>``.
+ReDoc styles itself with CSS-in-JS (styled-components writes ``<style>`` elements, some when the
+bundle loads, before any nonce option is read), so that route allows inline styles, as the
+MLflow UI route does, and its search runs in a worker made from a ``blob:`` URL
+(``worker-src``); its scripts stay ``'self'`` only. ``frontend/api_redoc.js`` keeps its one
+off-host request (Redocly's logo from a CDN) from being made.
+
+The asset location is a code setting (``SWAGGER_UI_DIST``/``REDOC_DIST`` = ``"SIDECAR"``), not
+an operator's: there is no CDN code path to allow another origin.
 """
 
 from __future__ import annotations
@@ -14,14 +24,12 @@ import hashlib
 import re
 from functools import cache
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import drf_spectacular
-from csp.decorators import csp_update
+from csp.decorators import csp_replace, csp_update
 from django.utils.decorators import method_decorator
-from drf_spectacular.settings import spectacular_settings
 from drf_spectacular.utils import extend_schema
-from drf_spectacular.views import SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerSplitView
 
 
 @cache
@@ -33,15 +41,8 @@ def _inline_style_hashes() -> tuple[str, ...]:
         for body in re.findall(r"<style>(.*?)</style>", template, flags=re.S))
 
 
-def _asset_origins() -> list[str]:
-    parts = urlsplit(str(spectacular_settings.SWAGGER_UI_DIST))
-    return [f"{parts.scheme}://{parts.netloc}"] if parts.scheme in ("http", "https") else []
-
-
 def docs_policy() -> dict[str, list[str]]:
-    origins = _asset_origins()
-    return {"script-src": origins, "style-src": [*origins, *_inline_style_hashes()],
-            "img-src": origins}
+    return {"style-src": list(_inline_style_hashes())}
 
 
 class SwaggerUIView(SpectacularSwaggerSplitView):
@@ -51,5 +52,16 @@ class SwaggerUIView(SpectacularSwaggerSplitView):
 
     @extend_schema(exclude=True)
     @method_decorator(csp_update(docs_policy()))
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class RedocView(SpectacularRedocView):
+    http_method_names = ["get", "head"]
+    template_name = "frontend/api_redoc.html"
+
+    @extend_schema(exclude=True)
+    @method_decorator(csp_replace({"style-src": ["'self'", "'unsafe-inline'"],
+                                         "worker-src": ["'self'", "blob:"]}))
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)

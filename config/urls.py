@@ -8,12 +8,13 @@ from monitoring import views as monitoring_views
 from registry.mlflow_route import mlflow_route
 
 from . import system
-from .api_docs import SwaggerUIView
+from .api_docs import RedocView, SwaggerUIView
 
 api_v1: list[URLPattern | URLResolver] = [
     path("info/", system.info, name="info"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SwaggerUIView.as_view(url_name="api-v1:schema"), name="docs"),
+    path("redoc/", RedocView.as_view(url_name="api-v1:schema"), name="redoc"),
     path("", include("teams.api.urls")),
     path("", include("registry.api.urls")),
     path("", include("quotas.api.urls")),

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
+from core.client_dist import client_wheel
 from notifications.models import Notification
 from teams.roles import is_platform_admin
 
@@ -18,6 +19,8 @@ def portal(request: HttpRequest) -> dict:
     return {
         "modelport_version": settings.MODELPORT_VERSION,
         "modelport_base_url": settings.MODELPORT_BASE_URL.rstrip("/"),
+        # Called by the template only where a snippet shows the pip command (it is built lazily).
+        "modelport_client": client_wheel,
         "is_platform_admin": is_platform_admin(user),
         "unread_notifications": unread,
         # Which navigation links to show (frontend/nav.py); worked out only when a page's

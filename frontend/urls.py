@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dashboard_views, quota_views, search_views, user_views, views
+from . import client_views, dashboard_views, quota_views, search_views, user_views, views
 
 app_name = "frontend"
 urlpatterns = [
@@ -25,4 +25,10 @@ urlpatterns = [
     path("capacity/", quota_views.capacity, name="capacity"),
     path("capacity/settings/", quota_views.platform_settings, name="platform-settings"),
     path("notifications/", quota_views.notifications, name="notifications"),
+    # The Python client as a wheel, public (frontend/client_views.py).
+    path("client/", client_views.client_page, name="client"),
+    path("client/simple/", client_views.simple_index, name="client-simple"),
+    path("client/simple/<str:project>/", client_views.simple_project,
+         name="client-simple-project"),
+    path("client/<str:filename>", client_views.wheel_file, name="client-wheel"),
 ]

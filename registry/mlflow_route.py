@@ -126,11 +126,12 @@ def _answer(call: Call, upstream: httpx.Response, body: Any) -> HttpResponseBase
             continue
         response[name] = value
     if call.endpoint == "ui":
-        # MLflow's UI styles itself with inline <style> (CSS-in-JS): the portal's policy
-        # (django-csp) with that one directive relaxed; scripts stay 'self' only.
+        # MLflow's UI styles itself with inline <style> (CSS-in-JS) and its run page's icon
+        # font is a data: URL: the portal's policy (django-csp) with those two directives
+        # relaxed; scripts stay 'self' only.
         # django-csp reads this attribute; the HttpResponse stubs do not declare it.
         response._csp_replace = {  # type: ignore[attr-defined]
-            "style-src": ["'self'", "'unsafe-inline'"]}
+            "style-src": ["'self'", "'unsafe-inline'"], "font-src": ["'self'", "data:"]}
     elif not call.endpoint.startswith("static-files/"):
         # Answers are served from the portal's origin: whatever MLflow returns (an artifact
         # someone logged, above all) must never run as a page there, with the portal's session.

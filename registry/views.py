@@ -19,7 +19,7 @@ from core.errors import DomainError
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import mlflow_services, mlmodel, progress, retries, services
+from . import lineage, mlflow_services, mlmodel, progress, retries, services
 from .filtersets import RegisteredModelFilterSet
 from .forms import AliasForm, ModelCreateForm, VersionUploadForm
 from .models import (
@@ -170,6 +170,7 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
         "columns": mlmodel.columns_of(version.signature),
         "example": json.dumps(version.input_example) if version.input_example else None,
         "aliases": sorted(a.name for a in version.aliases.all()),
+        "mlflow": lineage.mlflow_links(version),
         "events": shown[:LOG_EVENTS_SHOWN][::-1], "earlier": len(shown) > LOG_EVENTS_SHOWN,
         "last_event": shown[0].pk if shown else 0,
     })

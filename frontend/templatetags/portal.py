@@ -37,3 +37,35 @@ def as_json(value) -> str:
     if value in (None, ""):
         return ""
     return json.dumps(value, separators=(", ", ": "))
+
+
+def _v2_datatype(values: list) -> str | None:
+    if all(isinstance(v, bool) for v in values):
+        return "BOOL"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "INT64"
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "FP64"
+    if all(isinstance(v, str) for v in values):
+        return "BYTES"
+    return None
+
+
+@register.filter
+def v2_request(example) -> str:
+    """An input example (``dataframe_split``, as JSON text or a dict) as an Open Inference
+    Protocol (v2) request body, one input per column; '' when it has no such form."""
+    try:
+        body = json.loads(example) if isinstance(example, str) else example
+        columns, rows = body["dataframe_split"]["columns"], body["dataframe_split"]["data"]
+        inputs = []
+        for index, column in enumerate(columns):
+            values = [row[index] for row in rows]
+            datatype = _v2_datatype(values)
+            if datatype is None or not values:
+                return ""
+            inputs.append({"name": str(column), "shape": [len(values)], "datatype": datatype,
+                           "data": values})
+    except (TypeError, KeyError, IndexError, ValueError):
+        return ""
+    return json.dumps({"inputs": inputs}, separators=(", ", ": "))

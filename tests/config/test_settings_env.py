@@ -85,7 +85,10 @@ def test_production_collectstatic_builds_the_manifest(tmp_path):
     map)."""
     result = _manage(["collectstatic", "--noinput"], PRODUCTION, tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert (tmp_path / "static" / "staticfiles.json").exists()
+    manifest = (tmp_path / "static" / "staticfiles.json").read_text()
+    # The API docs' Swagger UI and ReDoc (drf-spectacular-sidecar) are collected too.
+    assert "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in manifest
+    assert "drf_spectacular_sidecar/redoc/bundles/redoc.standalone.js" in manifest
 
 
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):

@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.test import Client
 
 from tests.fixtures import bearer_client
@@ -124,26 +123,41 @@ def test_htmx_is_configured_not_to_inject_styles_or_evaluate_code():
 
 
 @pytest.mark.django_db
-def test_the_api_docs_page_allows_only_its_asset_origin_and_its_one_style_block():
+def test_the_api_docs_page_allows_only_its_own_assets_and_its_one_style_block():
     response = Client().get("/api/v1/docs/")
     assert response.status_code == 200
     html = response.content.decode()
     assert not re.search(r"<script>(?!\s*</script>)", html)  # the start-up script is a file
     assert "/api/v1/docs/?script=" in html
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
+    assert "://" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', html))  # nothing off-host
     policy = _directives(response["Content-Security-Policy"])
-    dist = django_settings.SPECTACULAR_SETTINGS.get(
-        "SWAGGER_UI_DIST", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@latest")
-    if dist.startswith("http"):
-        origin = "/".join(dist.split("/")[:3])
-        assert origin in policy["script-src"] and origin in policy["style-src"]
+    assert policy["script-src"] == ["'self'", *[s for s in policy["script-src"]
+                                                if s.startswith("'nonce-")]]
     assert "'unsafe-inline'" not in policy["style-src"] + policy["script-src"]
     assert any(s.startswith("'sha256-") for s in policy["style-src"])
     script = Client().get("/api/v1/docs/?script=")
     assert script.status_code == 200 and "SwaggerUIBundle" in script.content.decode()
-    # Elsewhere the CDN is not allowed.
-    assert "cdn.jsdelivr.net" not in Client().get("/login/")["Content-Security-Policy"]
 
 
 @pytest.mark.django_db
-def test_options_on_the_docs_page_is_refused_not_a_500():
+def test_redoc_gets_inline_styles_and_a_blob_worker_but_no_inline_script():
+    response = Client().get("/api/v1/redoc/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "/static/drf_spectacular_sidecar/redoc/bundles/redoc.standalone.js" in html
+    assert "://" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', html))
+    policy = _directives(response["Content-Security-Policy"])
+    assert policy["style-src"] == ["'self'", "'unsafe-inline'"]
+    assert policy["worker-src"] == ["'self'", "blob:"]
+    assert "'unsafe-inline'" not in policy["script-src"] and "'unsafe-eval'" not in \
+        policy["script-src"]
+    # Elsewhere neither is allowed.
+    login = _directives(Client().get("/login/")["Content-Security-Policy"])
+    assert "'unsafe-inline'" not in login["style-src"] and "worker-src" not in login
+
+
+@pytest.mark.django_db
+def test_options_on_the_docs_pages_is_refused_not_a_500():
     assert Client().options("/api/v1/docs/").status_code == 405
+    assert Client().options("/api/v1/redoc/").status_code == 405

@@ -144,6 +144,7 @@ def test_the_portal_session_opens_the_ui_but_only_reads(alice, client):
     # scripts.
     policy = dict(d.strip().split(" ", 1) for d in page["Content-Security-Policy"].split(";"))
     assert policy["style-src"] == "'self' 'unsafe-inline'"
+    assert policy["font-src"] == "'self' data:"  # its icon font
     assert "unsafe" not in policy["script-src"]
     assert client.post("/mlflow/ajax-api/2.0/mlflow/experiments/search", '{"max_results": 5}',
                        content_type="application/json").status_code == 200

@@ -18,6 +18,7 @@ import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from core.client_dist import client_wheel
 from demo import services
 
 
@@ -106,6 +107,8 @@ class Command(BaseCommand):
             "Predict through the gateway (one line):",
             services.curl_line(d, secret),
             f"  → {answer.strip()[:200]}",
+            f"CLI and Python client: pip install {base}/client/{client_wheel().filename}",
+            f"  export MODELPORT_URL={base} MODELPORT_TOKEN={secret}",
             f"Monitoring: {base}/monitoring/deployments/{d.name}/?range=1h — fill it with "
             "`make demo-traffic` or the button on the deployment page.",
             bar,
