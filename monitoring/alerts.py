@@ -223,25 +223,30 @@ def _verdict(rule: AlertRule, value: float | None, samples: int) -> str:
     return Verdict.BREACH if _breaches(value, rule.comparison, rule.threshold) else Verdict.OK
 
 
-def _renotify_due(alert: Alert, now: datetime) -> bool:
-    """A firing alert nobody acknowledged is notified again every
-    ``MODELPORT_ALERT_RENOTIFY_MINUTES``; an acknowledged one waits until it fires anew."""
-    minutes = settings.MODELPORT_ALERT_RENOTIFY_MINUTES
-    if not minutes or alert.acknowledged_at is not None:
+def _notify_due(alert: Alert, now: datetime) -> bool:
+    """Whether an open alert is notified (again) now: one opened while its rule was silenced,
+    as soon as the silence ends; a firing alert nobody acknowledged, every
+    ``MODELPORT_ALERT_RENOTIFY_MINUTES``; an acknowledged one, not until it fires anew."""
+    if alert.acknowledged_at is not None:
         return False
-    return now - (alert.last_notified_at or alert.started_at) >= timedelta(minutes=minutes)
+    if alert.last_notified_at is None:
+        return True
+    minutes = settings.MODELPORT_ALERT_RENOTIFY_MINUTES
+    return bool(minutes) and now - alert.last_notified_at >= timedelta(minutes=minutes)
 
 
-def _apply(rule: AlertRule, value: float | None, verdict: str, now: datetime
-           ) -> tuple[int, str] | None:
-    """Open, update or resolve the rule's alert; the event to notify, if any. Not enough data
-    and no data leave an open alert as it is (nothing is known either way)."""
+def _apply(rule: AlertRule, value: float | None, verdict: str, now: datetime, *,
+           silenced: bool) -> tuple[int, str] | None:
+    """Open, update or resolve the rule's alert; the event to notify, if any (none while the
+    rule is silenced). Not enough data and no data leave an open alert as it is (nothing is
+    known either way)."""
     open_alert = (Alert.objects.select_for_update()
                   .filter(rule=rule, state=AlertState.FIRING).first())
     if verdict == Verdict.BREACH and open_alert is None:
         alert = Alert.objects.create(rule=rule, value=value, started_at=now,
-                                     last_notified_at=now, message=describe(rule, value))
-        return alert.pk, "firing"
+                                     last_notified_at=None if silenced else now,
+                                     message=describe(rule, value))
+        return None if silenced else (alert.pk, "firing")
     if open_alert is None or verdict not in (Verdict.OK, Verdict.BREACH):
         return None
     if verdict == Verdict.OK:
@@ -249,10 +254,10 @@ def _apply(rule: AlertRule, value: float | None, verdict: str, now: datetime
         open_alert.resolved_at = now
         open_alert.value = value
         open_alert.save(update_fields=["state", "resolved_at", "value"])
-        return open_alert.pk, "resolved"
+        return None if silenced else (open_alert.pk, "resolved")
     open_alert.value = value
     fields = ["value"]
-    due = _renotify_due(open_alert, now)
+    due = not silenced and _notify_due(open_alert, now)
     if due:
         open_alert.last_notified_at = now
         fields.append("last_notified_at")
@@ -280,9 +285,9 @@ def evaluate_alerts(*, now: datetime | None = None) -> list[tuple[int, str]]:
             AlertRule.objects.filter(pk=rule.pk).update(
                 last_evaluated_at=now, last_value=value, last_samples=samples,
                 last_verdict=verdict)
-            event = _apply(rule, value, verdict, now)
-        silenced = rule.silenced_until is not None and rule.silenced_until > now
-        if event is not None and not silenced:
+            event = _apply(rule, value, verdict, now, silenced=rule.silenced_until is not None
+                           and rule.silenced_until > now)
+        if event is not None:
             events.append(event)
     return events
 

@@ -3,6 +3,13 @@
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
+from django.db.models import F
+
+
+def notified_when_started(apps, schema_editor):
+    """Alerts from before re-notification were notified when they started: not again at once."""
+    Alert = apps.get_model("monitoring", "Alert")
+    Alert.objects.filter(last_notified_at__isnull=True).update(last_notified_at=F("started_at"))
 
 
 class Migration(migrations.Migration):
@@ -53,4 +60,5 @@ class Migration(migrations.Migration):
             name='silenced_until',
             field=models.DateTimeField(blank=True, help_text='No notifications until then.', null=True),
         ),
+        migrations.RunPython(notified_when_started, migrations.RunPython.noop),
     ]
