@@ -14,9 +14,15 @@
     return p(d.getUTCMonth() + 1) + "-" + p(d.getUTCDate()) + " " + p(d.getUTCHours()) + ":" +
       p(d.getUTCMinutes());
   }
+  // With gaps not joined, a step between two empty ones would be invisible: give it a dot.
+  function lonePoint(ctx) {
+    var d = ctx.dataset.data, i = ctx.dataIndex;
+    if (d[i] == null) return 0;
+    return d[i - 1] == null && d[i + 1] == null ? 2.5 : 0;
+  }
   function line(name, data, i, extra) {
     return Object.assign({label: name, data: data, borderColor: palette[i % palette.length],
-      backgroundColor: palette[i % palette.length], spanGaps: false, pointRadius: 0,
+      backgroundColor: palette[i % palette.length], spanGaps: false, pointRadius: lonePoint,
       borderWidth: 2, tension: 0.2}, extra || {});
   }
   function opts(yTitle, more) {
@@ -137,9 +143,11 @@
     afterDatasetsDraw: function (chart, _args, options) {
       var ctx = chart.ctx, area = chart.chartArea, x = chart.scales.x;
       ctx.save();
+      var seen = {};
       (options.markers || []).forEach(function (m) {
         if (m.index == null) return;
         var px = x.getPixelForValue(m.index);
+        var row = seen[m.index] = (seen[m.index] || 0) + 1;
         ctx.strokeStyle = markerColors[m.kind] || "#5d6b89";
         ctx.setLineDash([4, 3]);
         ctx.lineWidth = 1.5;
@@ -150,8 +158,10 @@
         ctx.setLineDash([]);
         ctx.fillStyle = ctx.strokeStyle;
         ctx.font = "11px sans-serif";
-        ctx.fillText((m.kind === "rollback" ? "⟲ " : "▲ ") + "r" + m.revision, px + 3,
-                     area.top + 10);
+        var text = (m.kind === "rollback" ? "⟲ " : "▲ ") + "r" + m.revision;
+        var right = px + ctx.measureText(text).width + 6 > area.right;
+        ctx.textAlign = right ? "right" : "left";
+        ctx.fillText(text, right ? px - 3 : px + 3, area.top + 10 + 12 * (row - 1));
       });
       var b = chart.$brush;
       if (b && Math.abs(b.x1 - b.x0) > 2) {
