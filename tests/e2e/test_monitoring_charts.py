@@ -32,6 +32,10 @@ CHART = """(kind) => {
                                                      spanGaps: d.spanGaps})),
             markers: ((chart.options.plugins || {}).mpMarkers || {}).markers || []};
 }"""
+# What sticks out past the right edge (named in a failure).
+WIDER = """() => [...document.querySelectorAll('body *')]
+    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 10)
+    .map(e => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
 READY = ("() => window.Chart && window.mpCharts && "
          "window.Chart.getChart(document.querySelector('canvas[data-chart=\"latency\"]'))")
 
@@ -147,7 +151,7 @@ def test_charts_gaps_markers_overlay_range_zoom_and_refresh(live_server, page, s
         page.goto(compare)
         page.get_by_role("heading", name="Revision 2").wait_for()
         page.wait_for_function(READY)
-        assert _overflow(page) <= 0, (f"{width} px: page wider than the screen", page.evaluate(
-            """() => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 15).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))"""))
+        assert _overflow(page) <= 0, (f"{width} px: page wider than the screen",
+                                      page.evaluate(WIDER))
         screenshot(f"monitoring-charts-02-compare-{width}")
     assert console_errors == []

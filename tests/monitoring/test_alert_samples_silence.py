@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
+from deployments.models import Revision
 from monitoring import alerts, services
 from monitoring.models import Alert, AlertRule, Verdict
 from teams.models import AuditEvent
@@ -195,3 +198,42 @@ def test_acknowledge_through_the_portal(deployment, engineer, viewer):
     assert "by eve" in logged_in(engineer).get(PAGE).content.decode()
     assert logged_in(engineer).post(
         "/monitoring/deployments/churn-prod/alerts/987654/acknowledge/").status_code == 404
+
+
+def _page_queries(client: Client) -> int:
+    client.get(PAGE)
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(PAGE + "?range=6h")
+    assert response.status_code == 200
+    return len(ctx.captured_queries)
+
+
+def _add(deployment, engineer, start: int, count: int) -> None:
+    """Rules (silenced, evaluated, firing and acknowledged) and revisions (markers)."""
+    for i in range(start, start + count):
+        rule = alerts.create_alert_rule(actor=engineer, deployment=deployment, name=f"r{i}",
+                                        metric="requests_per_min", comparison="<",
+                                        threshold=1000)
+        alerts.silence_alert_rule(actor=engineer, rule=rule,
+                                  until=datetime.now(UTC) + timedelta(hours=1))
+        Revision.objects.create(deployment=deployment, number=10 + i,
+                                model_version=deployment.version, reason="spec changed")
+    alerts.evaluate_alerts(now=datetime.now(UTC))
+    for alert in Alert.objects.filter(acknowledged_at__isnull=True, state="firing"):
+        alerts.acknowledge_alert(actor=engineer, alert=alert)
+
+
+def test_the_deployment_page_runs_a_fixed_number_of_queries(deployment, engineer):
+    """More rules, alerts, acknowledgements and revision markers: no more queries (a traffic
+    split adds one series per revision of the split, bounded)."""
+    client = logged_in(engineer)
+    _add(deployment, engineer, 0, 2)
+    few = _page_queries(client)
+    _add(deployment, engineer, 2, 8)
+    assert _page_queries(client) == few
+    deployment.traffic = [{"revision": 1, "percent": 90}, {"revision": 10, "percent": 10}]
+    deployment.save(update_fields=["traffic"])
+    split = _page_queries(client)
+    assert split > few
+    _add(deployment, engineer, 10, 5)
+    assert _page_queries(client) == split
