@@ -11,6 +11,7 @@ from ..alerts import MAX_MIN_SAMPLES, METRICS, min_samples_of, verdict_text
 from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
 
 if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
     from django_stubs_ext import StrPromise
 
     from deployments.models import Deployment
@@ -72,7 +73,9 @@ class MarkerSerializer(serializers.Serializer):
     revision = serializers.IntegerField()
     at = serializers.DateTimeField(help_text="When the revision was made.")
     kind = serializers.ChoiceField(choices=["deploy", "rollback", "promote"])
-    label = serializers.CharField(help_text="e.g. 'r3 (v2) · rollback to revision 1'.")
+    # A declared field, collected by the metaclass; the stubs see Field.label.
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text="e.g. 'r3 (v2) · rollback to revision 1'.")
 
 
 class SplitRevisionSerializer(serializers.Serializer):
@@ -233,7 +236,8 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     min_samples_effective = serializers.SerializerMethodField(
         help_text="The minimum in force: min_samples, else the metric's default (100 for "
                   "drift, 50 for quality, 0 for traffic metrics).")
-    silenced_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    silenced_by: serializers.SlugRelatedField[AbstractBaseUser] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True)
     last_evaluation = serializers.SerializerMethodField(
         help_text="The last evaluation in words, e.g. 'not enough data (3 of 100)'.")
 
@@ -342,7 +346,8 @@ class AlertSerializer(serializers.ModelSerializer):
     rule_name = serializers.CharField(source="rule.name", read_only=True)
     deployment = serializers.CharField(source="rule.deployment.name", read_only=True)
     metric = serializers.CharField(source="rule.metric", read_only=True)
-    acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    acknowledged_by: serializers.SlugRelatedField[AbstractBaseUser] = \
+        serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = Alert
