@@ -6,9 +6,15 @@ compare view fits the page at 1440 and 390 px. No console error on the way."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
 import pytest
+from django.contrib.auth import get_user_model
 
 from deployments.models import Revision
+from monitoring import alerts
+from monitoring.models import Alert, AlertRule
 from registry.models import RegisteredModel
 from teams.roles import Role
 from tests.factories import PASSWORD, MembershipFactory, TeamFactory, UserFactory
@@ -154,4 +160,34 @@ def test_charts_gaps_markers_overlay_range_zoom_and_refresh(live_server, page, s
         assert _overflow(page) <= 0, (f"{width} px: page wider than the screen",
                                       page.evaluate(WIDER))
         screenshot(f"monitoring-charts-02-compare-{width}")
+    assert console_errors == []
+
+
+def test_acknowledge_and_silence_by_clicking(live_server, page):
+    deployment = _seed()
+    eve = get_user_model().objects.get(username="eve")
+    alerts.create_alert_rule(actor=eve, deployment=deployment, name="traffic", comparison="<",
+                             metric="requests_per_min", threshold=1000)
+    alerts.create_alert_rule(actor=eve, deployment=deployment, name="drift", metric="psi_max",
+                             comparison=">", threshold=0.2, window_minutes=60)
+    alerts.evaluate_alerts(now=datetime.now(UTC))
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    _log_in(page, live_server.url)
+    page.goto(f"{live_server.url}/monitoring/deployments/{deployment.name}/?range=1h")
+    rules = page.locator("#alert-rules")
+    assert re.search(r"not enough data \(\d+ of 100\)", rules.inner_text())
+
+    page.get_by_role("button", name="Acknowledge").click()
+    page.get_by_text("acknowledged: no more notifications").wait_for()
+    assert "by eve" in page.locator("#recent-alerts").inner_text()
+    assert Alert.objects.get(rule__name="traffic").acknowledged_by == eve
+
+    page.get_by_label("Silence traffic for").select_option(label="1 day")
+    page.get_by_role("button", name="Silence rule traffic").click()
+    page.get_by_text("Alert rule 'traffic' silenced until").wait_for()
+    assert AlertRule.objects.get(name="traffic").silenced_until is not None
+    page.get_by_role("button", name="Unsilence rule traffic").click()
+    page.get_by_text("Alert rule 'traffic' notifies again").wait_for()
+    assert AlertRule.objects.get(name="traffic").silenced_until is None
     assert console_errors == []
