@@ -263,7 +263,7 @@ class AlertRule(models.Model):
     min_samples = models.PositiveIntegerField(
         null=True, blank=True,
         help_text="Below this many rows in the window the rule does not fire (not enough "
-                  "data); empty: the metric's default (alerts.DEFAULT_MIN_SAMPLES).")
+                  "data); empty: the metric's default (100 drift, 50 quality, 0 otherwise).")
     silenced_until = models.DateTimeField(null=True, blank=True,
                                           help_text="No notifications until then.")
     silenced_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,

@@ -237,7 +237,8 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         help_text="The minimum in force: min_samples, else the metric's default (100 for "
                   "drift, 50 for quality, 0 for traffic metrics).")
     silenced_by: serializers.SlugRelatedField[AbstractBaseUser] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True)
+        slug_field="username", read_only=True, allow_null=True,
+        help_text="Who silenced it; null when not silenced.")
     last_evaluation = serializers.SerializerMethodField(
         help_text="The last evaluation in words, e.g. 'not enough data (3 of 100)'.")
 
@@ -347,7 +348,8 @@ class AlertSerializer(serializers.ModelSerializer):
     deployment = serializers.CharField(source="rule.deployment.name", read_only=True)
     metric = serializers.CharField(source="rule.metric", read_only=True)
     acknowledged_by: serializers.SlugRelatedField[AbstractBaseUser] = \
-        serializers.SlugRelatedField(slug_field="username", read_only=True)
+        serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True,
+                                     help_text="Who acknowledged it; null until someone does.")
 
     class Meta:
         model = Alert

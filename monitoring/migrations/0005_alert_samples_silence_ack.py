@@ -48,7 +48,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='alertrule',
             name='min_samples',
-            field=models.PositiveIntegerField(blank=True, help_text="Below this many rows in the window the rule does not fire (not enough data); empty: the metric's default (alerts.DEFAULT_MIN_SAMPLES).", null=True),
+            field=models.PositiveIntegerField(blank=True, help_text="Below this many rows in the window the rule does not fire (not enough data); empty: the metric's default (100 drift, 50 quality, 0 otherwise).", null=True),
         ),
         migrations.AddField(
             model_name='alertrule',
