@@ -23,7 +23,7 @@ from teams.access import require_team_role
 from teams.roles import Role
 
 from . import webhooks
-from .models import Alert, AlertRule, AlertState, Comparison
+from .models import Alert, AlertRule, AlertState, Comparison, Verdict
 from .services import drift_report, metrics_series, quality_series, revision_row
 from .stats import minute_of
 
@@ -46,8 +46,15 @@ METRICS = {
     "mae": "mean absolute error",
     "rmse": "root mean squared error",
 }
+DRIFT_METRICS = ("psi_max", "drifted_features")
+QUALITY_METRICS = ("accuracy", "f1", "mae", "rmse")
+# Rows a rule needs in its window before it may fire: a PSI over 3 rows is noise. Traffic
+# metrics have none by default (a rule can set one: ``min_samples``).
+DEFAULT_MIN_SAMPLES = {**dict.fromkeys(DRIFT_METRICS, 100), **dict.fromkeys(QUALITY_METRICS, 50)}
+MAX_MIN_SAMPLES = 10_000_000
+MAX_SILENCE = timedelta(days=30)
 RULE_FIELDS = ["name", "metric", "window_minutes", "comparison", "threshold", "enabled",
-               "webhook_url", "emails", "retrain_webhook_url"]
+               "webhook_url", "emails", "retrain_webhook_url", "min_samples"]
 
 
 def _check_rule(data: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,6 +72,12 @@ def _check_rule(data: dict[str, Any], stored: dict[str, Any] | None = None) -> d
     threshold = data.get("threshold")
     if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise InvalidInput("threshold must be a number.", field="threshold")
+    min_samples = data.get("min_samples")
+    if min_samples is not None and (isinstance(min_samples, bool)
+                                    or not isinstance(min_samples, int)
+                                    or not 0 <= min_samples <= MAX_MIN_SAMPLES):
+        raise InvalidInput(f"min_samples must be a whole number 0-{MAX_MIN_SAMPLES} (or empty: "
+                           "the metric's default).", field="min_samples")
     emails = data.get("emails") or []
     if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e
                                                for e in emails):
@@ -94,12 +107,14 @@ def _check_rule_name(deployment: Deployment, name: Any, exclude: int | None = No
 def create_alert_rule(*, actor, deployment: Deployment, name: str, metric: str,
                       threshold: float, comparison: str = ">", window_minutes: int = 5,
                       webhook_url: str = "", emails: list[str] | None = None,
-                      retrain_webhook_url: str = "", enabled: bool = True) -> AlertRule:
+                      retrain_webhook_url: str = "", enabled: bool = True,
+                      min_samples: int | None = None) -> AlertRule:
     require_team_role(actor, deployment.team, Role.ENGINEER, "creating alert rules")
     name = _check_rule_name(deployment, name)
     data = _check_rule({"metric": metric, "threshold": threshold, "comparison": comparison,
                         "window_minutes": window_minutes, "webhook_url": webhook_url,
-                        "emails": emails, "retrain_webhook_url": retrain_webhook_url})
+                        "emails": emails, "retrain_webhook_url": retrain_webhook_url,
+                        "min_samples": min_samples})
     rule = AlertRule.objects.create(deployment=deployment, name=name, enabled=enabled,
                                     created_by=actor, **data)
     audit.record(actor=actor, action="alert_rule.created", obj=rule, team=deployment.team,
@@ -114,6 +129,8 @@ def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
     before = audit.snapshot(rule, RULE_FIELDS)
     stored = {f: getattr(rule, f) for f in RULE_FIELDS}
     data = stored | {k: v for k, v in changes.items() if k in RULE_FIELDS and v is not None}
+    if "min_samples" in changes:  # None given: back to the metric's default
+        data["min_samples"] = changes["min_samples"]
     data["name"] = _check_rule_name(rule.deployment, data.get("name"), exclude=rule.pk)
     data = _check_rule(data, stored=stored)
     for field, value in data.items():
@@ -134,30 +151,47 @@ def delete_alert_rule(*, actor, rule: AlertRule) -> None:
     rule.delete()
 
 
-def metric_value(rule: AlertRule, now: datetime) -> float | None:
-    """The rule's metric over its window ending ``now``; None when there is no data."""
+def min_samples_of(rule: AlertRule) -> int:
+    """The rule's own minimum, else its metric's default."""
+    if rule.min_samples is not None:
+        return rule.min_samples
+    return DEFAULT_MIN_SAMPLES.get(rule.metric, 0)
+
+
+def measure(rule: AlertRule, now: datetime) -> tuple[float | None, int]:
+    """The rule's metric over its window ending ``now`` and the rows it stands on: input rows
+    for drift, labelled predictions for quality, requests otherwise. Value None: no data."""
     end = minute_of(now)
     start = end - timedelta(minutes=rule.window_minutes)
     deployment = rule.deployment
     metric = rule.metric
-    if metric in ("psi_max", "drifted_features"):
+    if metric in DRIFT_METRICS:
         report = drift_report(deployment=deployment, start=start, end=now)
         measured = [f for f in report["features"] if f["n"] > 0]
+        rows = int(report["rows"])
         if not measured:
-            return None
+            return None, rows
         if metric == "psi_max":
-            return max(f["psi"] for f in measured)
-        return float(sum(f["drifted"] for f in measured))
-    if metric in ("accuracy", "f1", "mae", "rmse"):
+            return max(f["psi"] for f in measured), rows
+        return float(sum(f["drifted"] for f in measured)), rows
+    if metric in QUALITY_METRICS:
         quality = quality_series(deployment=deployment, start=start, end=end,
                                  step=rule.window_minutes * 60)
-        return quality["totals"].get(metric)
+        return quality["totals"].get(metric), int(quality["totals"]["labelled"])
     series = metrics_series(deployments=[deployment], start=start, end=end,
                             step=rule.window_minutes * 60)
     totals = series["totals"]
+    if metric.startswith("gateway_"):
+        return totals.get(metric), int(totals.get("gateway_requests") or 0)
+    requests = round(totals["requests"] or 0.0)
     if metric == "requests_per_min":
-        return (totals["requests"] or 0.0) / rule.window_minutes
-    return totals.get(metric)
+        return (totals["requests"] or 0.0) / rule.window_minutes, requests
+    return totals.get(metric), requests
+
+
+def metric_value(rule: AlertRule, now: datetime) -> float | None:
+    """The rule's metric over its window ending ``now``; None when there is no data."""
+    return measure(rule, now)[0]
 
 
 def _breaches(value: float, comparison: str, threshold: float) -> bool:
@@ -172,36 +206,138 @@ def describe(rule: AlertRule, value: float | None) -> str:
             f"{rule.threshold:g})")
 
 
+def verdict_text(rule: AlertRule) -> str:
+    """The last evaluation in words, e.g. "not enough data (3 of 100)"."""
+    if rule.last_evaluated_at is None:
+        return "not evaluated yet"
+    if rule.last_verdict == Verdict.NOT_ENOUGH_DATA:
+        return f"not enough data ({rule.last_samples or 0} of {min_samples_of(rule)})"
+    return Verdict(rule.last_verdict).label.lower() if rule.last_verdict else "—"
+
+
+def _verdict(rule: AlertRule, value: float | None, samples: int) -> str:
+    if samples < min_samples_of(rule):
+        return Verdict.NOT_ENOUGH_DATA
+    if value is None:
+        return Verdict.NO_DATA
+    return Verdict.BREACH if _breaches(value, rule.comparison, rule.threshold) else Verdict.OK
+
+
+def _notify_due(alert: Alert, now: datetime) -> bool:
+    """Whether an open alert is notified (again) now: one opened while its rule was silenced,
+    as soon as the silence ends; a firing alert nobody acknowledged, every
+    ``MODELPORT_ALERT_RENOTIFY_MINUTES``; an acknowledged one, not until it fires anew."""
+    if alert.acknowledged_at is not None:
+        return False
+    if alert.last_notified_at is None:
+        return True
+    minutes = settings.MODELPORT_ALERT_RENOTIFY_MINUTES
+    return bool(minutes) and now - alert.last_notified_at >= timedelta(minutes=minutes)
+
+
+def _apply(rule: AlertRule, value: float | None, verdict: str, now: datetime, *,
+           silenced: bool) -> tuple[int, str] | None:
+    """Open, update or resolve the rule's alert; the event to notify, if any (none while the
+    rule is silenced). Not enough data and no data leave an open alert as it is (nothing is
+    known either way)."""
+    open_alert = (Alert.objects.select_for_update()
+                  .filter(rule=rule, state=AlertState.FIRING).first())
+    if verdict == Verdict.BREACH and open_alert is None:
+        alert = Alert.objects.create(rule=rule, value=value, started_at=now,
+                                     last_notified_at=None if silenced else now,
+                                     message=describe(rule, value))
+        return None if silenced else (alert.pk, "firing")
+    if open_alert is None or verdict not in (Verdict.OK, Verdict.BREACH):
+        return None
+    if verdict == Verdict.OK:
+        open_alert.state = AlertState.RESOLVED
+        open_alert.resolved_at = now
+        open_alert.value = value
+        open_alert.save(update_fields=["state", "resolved_at", "value"])
+        return None if silenced else (open_alert.pk, "resolved")
+    open_alert.value = value
+    fields = ["value"]
+    due = not silenced and _notify_due(open_alert, now)
+    if due:
+        open_alert.last_notified_at = now
+        fields.append("last_notified_at")
+    open_alert.save(update_fields=fields)
+    return (open_alert.pk, "firing") if due else None
+
+
 def evaluate_alerts(*, now: datetime | None = None) -> list[tuple[int, str]]:
     """Evaluate every enabled rule; open or resolve alerts. Returns (alert id, event) pairs
-    for the notifications to send (the task enqueues them after commit)."""
+    for the notifications to send (the task enqueues them after commit): none for a silenced
+    rule, whose alerts still open and resolve."""
     now = now or timezone.now()
     events = []
     for rule in AlertRule.objects.filter(enabled=True).select_related("deployment",
                                                                        "deployment__model"):
         try:
-            value = metric_value(rule, now)
+            value, samples = measure(rule, now)
         except Exception:  # one broken rule must not stop the others
             log.exception("evaluating alert rule %s failed", rule.pk)
+            AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now,
+                                                        last_verdict=Verdict.ERROR)
             continue
+        verdict = _verdict(rule, value, samples)
         with transaction.atomic():
-            AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now, last_value=value)
-            open_alert = (Alert.objects.select_for_update()
-                          .filter(rule=rule, state=AlertState.FIRING).first())
-            breach = value is not None and _breaches(value, rule.comparison, rule.threshold)
-            if breach and open_alert is None:
-                alert = Alert.objects.create(rule=rule, value=value, started_at=now,
-                                             message=describe(rule, value))
-                events.append((alert.pk, "firing"))
-            elif open_alert is not None and value is not None and not breach:
-                open_alert.state = AlertState.RESOLVED
-                open_alert.resolved_at = now
-                open_alert.value = value
-                open_alert.save(update_fields=["state", "resolved_at", "value"])
-                events.append((open_alert.pk, "resolved"))
-            elif open_alert is not None and value is not None:
-                Alert.objects.filter(pk=open_alert.pk).update(value=value)
+            AlertRule.objects.filter(pk=rule.pk).update(
+                last_evaluated_at=now, last_value=value, last_samples=samples,
+                last_verdict=verdict)
+            event = _apply(rule, value, verdict, now, silenced=rule.silenced_until is not None
+                           and rule.silenced_until > now)
+        if event is not None:
+            events.append(event)
     return events
+
+
+# --- Silence and acknowledge -----------------------------------------------------------------
+@transaction.atomic
+def silence_alert_rule(*, actor, rule: AlertRule, until: datetime | None) -> AlertRule:
+    """No notifications from the rule until ``until`` (None: lift the silence). Its alerts
+    still open and resolve, on the page and in the API."""
+    require_team_role(actor, rule.deployment.team, Role.ENGINEER, "silencing alert rules")
+    now = timezone.now()
+    if until is not None:
+        if timezone.is_naive(until):
+            raise InvalidInput("until needs a time zone (e.g. 2026-01-01T12:00:00Z).",
+                               field="until")
+        if until <= now:
+            raise InvalidInput("until must be in the future.", field="until")
+        if until - now > MAX_SILENCE:
+            raise InvalidInput("A silence lasts at most 30 days.", field="until")
+    rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
+    before = {"silenced_until": rule.silenced_until.isoformat() if rule.silenced_until
+              else None}
+    rule.silenced_until = until
+    rule.silenced_by = actor if until is not None else None
+    rule.save(update_fields=["silenced_until", "silenced_by"])
+    audit.record(actor=actor, action="alert_rule.silenced" if until else "alert_rule.unsilenced",
+                 obj=rule, team=rule.deployment.team, before=before,
+                 after={"silenced_until": until.isoformat() if until else None})
+    return rule
+
+
+@transaction.atomic
+def acknowledge_alert(*, actor, alert: Alert) -> Alert:
+    """Someone is on it: the firing alert is not notified again until it resolves and fires
+    anew (a new alert)."""
+    require_team_role(actor, alert.rule.deployment.team, Role.ENGINEER, "acknowledging alerts")
+    alert = Alert.objects.select_for_update().select_related("rule").get(pk=alert.pk)
+    if alert.state != AlertState.FIRING:
+        raise Conflict(f"Alert {alert.pk} is {alert.state}; only a firing alert can be "
+                       "acknowledged.", code="not_firing")
+    if alert.acknowledged_at is not None:
+        raise Conflict(f"Alert {alert.pk} was already acknowledged.", code="acknowledged")
+    alert.acknowledged_at = timezone.now()
+    alert.acknowledged_by = actor
+    alert.save(update_fields=["acknowledged_at", "acknowledged_by"])
+    audit.record(actor=actor, action="alert.acknowledged", obj=alert,
+                 team=alert.rule.deployment.team,
+                 after={"rule": alert.rule.name, "acknowledged_at":
+                        alert.acknowledged_at.isoformat()})
+    return alert
 
 
 def notification_text(alert: Alert, event: str) -> str:

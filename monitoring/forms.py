@@ -36,6 +36,11 @@ class AlertRuleForm(forms.Form):
                                           widget=forms.URLInput(),
                                           help_text="POSTed when the rule starts firing; "
                                                     "the same destinations are refused.")
+    min_samples = forms.IntegerField(
+        required=False, min_value=0, label="Minimum sample size",
+        help_text="Below this many rows in the window the rule reports “not enough data” and "
+                  "never fires. Empty: the metric's default (100 input rows for drift, 50 "
+                  "labelled predictions for quality, none for traffic metrics).")
     enabled = forms.BooleanField(required=False, initial=True)
 
     def clean_emails(self) -> list[str]:
@@ -46,7 +51,15 @@ class AlertRuleForm(forms.Form):
         return {"name": rule.name, "metric": rule.metric, "comparison": rule.comparison,
                 "threshold": rule.threshold, "window_minutes": rule.window_minutes,
                 "webhook_url": rule.webhook_url, "emails": ", ".join(rule.emails or []),
-                "retrain_webhook_url": rule.retrain_webhook_url, "enabled": rule.enabled}
+                "retrain_webhook_url": rule.retrain_webhook_url, "enabled": rule.enabled,
+                "min_samples": rule.min_samples}
+
+
+SILENCE_CHOICES = [("1", "1 hour"), ("4", "4 hours"), ("24", "1 day"), ("168", "1 week")]
+
+
+class SilenceForm(forms.Form):
+    hours = forms.TypedChoiceField(choices=SILENCE_CHOICES, coerce=int, label="Silence for")
 
 
 class SamplingForm(forms.Form):

@@ -237,6 +237,14 @@ class Comparison(models.TextChoices):
     LTE = "<=", "<="
 
 
+class Verdict(models.TextChoices):
+    OK = "ok", "OK"
+    BREACH = "breach", "Breached"
+    NOT_ENOUGH_DATA = "not_enough_data", "Not enough data"
+    NO_DATA = "no_data", "No data"
+    ERROR = "error", "Evaluation failed"
+
+
 class AlertRule(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
                                    related_name="alert_rules")
@@ -252,8 +260,19 @@ class AlertRule(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    min_samples = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Below this many rows in the window the rule does not fire (not enough "
+                  "data); empty: the metric's default (100 drift, 50 quality, 0 otherwise).")
+    silenced_until = models.DateTimeField(null=True, blank=True,
+                                          help_text="No notifications until then.")
+    silenced_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+    # The last evaluation (the beat's), shown on the monitoring page and in the API.
     last_evaluated_at = models.DateTimeField(null=True, blank=True)
     last_value = models.FloatField(null=True, blank=True)
+    last_samples = models.PositiveIntegerField(null=True, blank=True)
+    last_verdict = models.CharField(max_length=20, blank=True, choices=Verdict.choices)
 
     objects = ScopedQuerySet.as_manager()
 
@@ -284,6 +303,12 @@ class Alert(models.Model):
     started_at = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)
     notified = models.JSONField(default=dict, blank=True)
+    last_notified_at = models.DateTimeField(null=True, blank=True,
+                                            help_text="Last firing notification (re-sent while "
+                                                      "firing and not acknowledged).")
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                        on_delete=models.SET_NULL, related_name="+")
 
     objects = AlertQuerySet.as_manager()
 

@@ -13,4 +13,8 @@ urlpatterns = [
     path("deployments/<str:name>/rules/", views.rule_create, name="rule-create"),
     path("deployments/<str:name>/rules/<int:pk>/edit/", views.rule_edit, name="rule-edit"),
     path("deployments/<str:name>/rules/<int:pk>/delete/", views.rule_delete, name="rule-delete"),
+    path("deployments/<str:name>/rules/<int:pk>/silence/", views.rule_silence,
+         name="rule-silence"),
+    path("deployments/<str:name>/alerts/<int:pk>/acknowledge/", views.alert_acknowledge,
+         name="alert-acknowledge"),
 ]

@@ -25,9 +25,15 @@ from registry.models import RegisteredModel
 from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import alerts, ingest, prom, rollups, services
+from . import alerts, ingest, overlays, prom, rollups, services
 from . import replica_metrics as replica_metrics_
-from .forms import AlertRuleForm, DriftThresholdsForm, SamplingForm
+from .forms import (
+    SILENCE_CHOICES,
+    AlertRuleForm,
+    DriftThresholdsForm,
+    SamplingForm,
+    SilenceForm,
+)
 from .models import Alert, AlertRule, Comparison, ModelMonitoring, TaskType
 
 RANGES = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
@@ -148,6 +154,7 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
     revisions = list(Revision.objects.filter(deployment=deployment)
                      .select_related("model_version").order_by("-number")[:50])
     compare = [int(r) for r in request.GET.getlist("compare") if r.isdigit()][:2]
+    markers = overlays.revision_markers(deployment=deployment, start=start, end=end)
     panels = []
     for revision in (compare if len(compare) == 2 else [None]):
         series = services.metrics_series(deployments=[deployment], start=start, end=end,
@@ -156,19 +163,28 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
                                                     end=end, step=step, revision=revision)
         series |= rollups.replica_series(deployment=deployment, start=start, end=end,
                                          step=step, revision=revision)
+        series["markers"] = markers
+        if revision is None:
+            series["split"] = overlays.split_series(deployment=deployment, start=start,
+                                                    end=end, step=step)
         drift = services.drift_report(deployment=deployment, start=start, end=end,
                                       revision=revision)
         pid = f"r{revision}" if revision is not None else "all"
         panels.append({"revision": revision, "series": series, "drift": drift, "id": pid,
                        "series_id": f"series-{pid}", "drift_id": f"drift-{pid}"})
-    rules = AlertRule.objects.filter(deployment=deployment).prefetch_related("alerts")
-    recent_alerts = Alert.objects.filter(rule__deployment=deployment).select_related("rule")[:20]
+    rules = list(AlertRule.objects.filter(deployment=deployment)
+                 .select_related("silenced_by").prefetch_related("alerts"))
+    for rule in rules:
+        rule.verdict_text = alerts.verdict_text(rule)  # type: ignore[attr-defined]
+    recent_alerts = (Alert.objects.filter(rule__deployment=deployment)
+                     .select_related("rule", "acknowledged_by")[:20])
     return render(request, "monitoring/deployment.html", {
         "deployment": deployment, "panels": panels, "comparing": len(panels) == 2,
         "compare": compare, "revisions": revisions, "range": choice, "ranges": list(RANGES),
         "start": start, "end": end, "step": step, "rules": rules, "alerts": recent_alerts,
         "can_edit": _can_edit(request, deployment), "metrics": alerts.METRICS,
-        "comparisons": Comparison.values,
+        "comparisons": Comparison.values, "now": timezone.now(),
+        "silence_choices": SILENCE_CHOICES, "auto_refresh": choice != "custom",
         "sampling_rate": ingest.sampling_rate_of(deployment),
         "replica_stats_seconds": settings.MODELPORT_MONITORING_REPLICA_STATS_SECONDS,
     })
@@ -321,3 +337,56 @@ def rule_delete(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Alert rule '{rule.name}' deleted.")
     return redirect("monitoring:deployment", name=name)
+
+
+def _rule_of(request: HttpRequest, name: str, pk: int) -> tuple[Deployment, AlertRule]:
+    deployment = _deployment(request, name)
+    rule = AlertRule.objects.filter(deployment=deployment, pk=pk).first()
+    if rule is None:
+        raise Http404("No such rule.")
+    return deployment, rule
+
+
+def _back_to_rules(name: str) -> HttpResponse:
+    return redirect(reverse("monitoring:deployment", args=[name]) + "#alert-rules")
+
+
+@login_required
+@require_POST
+def rule_silence(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    """Silence a rule for the chosen hours, or lift its silence (``hours`` absent)."""
+    _, rule = _rule_of(request, name, pk)
+    until = None
+    if "hours" in request.POST:
+        form = SilenceForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Silence for: pick one of 1 hour, 4 hours, 1 day, 1 week.")
+            return _back_to_rules(name)
+        until = timezone.now() + timedelta(hours=form.cleaned_data["hours"])
+    try:
+        rule = alerts.silence_alert_rule(actor=request.user, rule=rule, until=until)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Alert rule '{rule.name}' silenced until "
+                                  f"{until:%Y-%m-%d %H:%M} UTC." if until else
+                                  f"Alert rule '{rule.name}' notifies again.")
+    return _back_to_rules(name)
+
+
+@login_required
+@require_POST
+def alert_acknowledge(request: HttpRequest, name: str, pk: int) -> HttpResponse:
+    deployment = _deployment(request, name)
+    alert = Alert.objects.filter(rule__deployment=deployment, pk=pk).select_related(
+        "rule", "rule__deployment__team").first()
+    if alert is None:
+        raise Http404("No such alert.")
+    try:
+        alerts.acknowledge_alert(actor=request.user, alert=alert)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Alert of '{alert.rule.name}' acknowledged: no more "
+                                  "notifications until it resolves and fires again.")
+    return redirect(reverse("monitoring:deployment", args=[name]) + "#recent-alerts")

@@ -521,6 +521,8 @@ MODELPORT_MONITORING_ROLLUP_SECONDS = env_int("MODELPORT_MONITORING_ROLLUP_SECON
 MODELPORT_MONITORING_ROLLUP_DELAY_S = env_float("MODELPORT_MONITORING_ROLLUP_DELAY_S", 5,
                                                 minimum=0)
 MODELPORT_MONITORING_ALERT_SECONDS = env_int("MODELPORT_MONITORING_ALERT_SECONDS", 60, minimum=1)
+# A firing alert nobody acknowledged is notified again this often (minutes; 0: never).
+MODELPORT_ALERT_RENOTIFY_MINUTES = env_int("MODELPORT_ALERT_RENOTIFY_MINUTES", 60, minimum=0)
 MODELPORT_ALERT_WEBHOOK_TIMEOUT_S = env_float("MODELPORT_ALERT_WEBHOOK_TIMEOUT_S", 5, minimum=0.1)
 # When set, GET /metrics requires "Authorization: Bearer <this>" (Prometheus bearer_token).
 MODELPORT_METRICS_TOKEN = env_str("MODELPORT_METRICS_TOKEN", "")

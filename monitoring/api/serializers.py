@@ -7,10 +7,11 @@ from rest_framework import serializers
 
 from core.rest import StrictTypes
 
-from ..alerts import METRICS
+from ..alerts import MAX_MIN_SAMPLES, METRICS, min_samples_of, verdict_text
 from ..models import Alert, AlertRule, AlertState, Comparison, TaskType
 
 if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
     from django_stubs_ext import StrPromise
 
     from deployments.models import Deployment
@@ -68,6 +69,22 @@ def _per_replica(help_text: str) -> serializers.DictField:
         child=serializers.FloatField(allow_null=True)), help_text=help_text)
 
 
+class MarkerSerializer(serializers.Serializer):
+    revision = serializers.IntegerField()
+    at = serializers.DateTimeField(help_text="When the revision was made.")
+    kind = serializers.ChoiceField(choices=["deploy", "rollback", "promote"])
+    # A declared field, collected by the metaclass; the stubs see Field.label.
+    label = serializers.CharField(  # type: ignore[assignment]
+        help_text="e.g. 'r3 (v2) · rollback to revision 1'.")
+
+
+class SplitRevisionSerializer(serializers.Serializer):
+    revision = serializers.IntegerField()
+    percent = serializers.FloatField(allow_null=True, help_text="Its share of the traffic now.")
+    latency_p95 = _series("This revision's p95 latency (ms) per step.")
+    error_rate = _series("This revision's error rate (%) per step.")
+
+
 class MetricsSerializer(serializers.Serializer):
     deployment = serializers.CharField()
     start = serializers.DateTimeField()
@@ -98,6 +115,12 @@ class MetricsSerializer(serializers.Serializer):
                   "timed out, 500 a gateway bug. No replica saw them: they are not in "
                   "requests/errors.")
     gateway_error_rate = _series("Gateway failures as a percentage of gateway_requests.")
+    markers = MarkerSerializer(many=True, help_text="Revisions made in the range (deploys, "
+                                                    "rollbacks, promotions), oldest first.")
+    split = SplitRevisionSerializer(
+        many=True, help_text="While traffic is split between revisions (canary, blue/green) "
+                             "and no revision was asked for: each one's own p95 latency and "
+                             "error rate. Empty otherwise.")
     totals = serializers.DictField(
         help_text="Over the range: requests, errors, error_rate, latency_p50/p95/p99, "
                   "gateway_requests, gateway_errors, gateway_error_rate, gateway_errors_by_code.")
@@ -210,15 +233,31 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     webhook_url = serializers.CharField(read_only=True)
     retrain_webhook_url = serializers.CharField(read_only=True)
     emails = serializers.ListField(child=serializers.CharField(), read_only=True)
+    min_samples_effective = serializers.SerializerMethodField(
+        help_text="The minimum in force: min_samples, else the metric's default (100 for "
+                  "drift, 50 for quality, 0 for traffic metrics).")
+    silenced_by: serializers.SlugRelatedField[AbstractBaseUser] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True,
+        help_text="Who silenced it; null when not silenced.")
+    last_evaluation = serializers.SerializerMethodField(
+        help_text="The last evaluation in words, e.g. 'not enough data (3 of 100)'.")
 
     class Meta:
         model = AlertRule
         fields = ["id", "deployment", "name", "metric", "comparison", "threshold",
                   "window_minutes", "enabled", "webhook_url", "emails", "retrain_webhook_url",
-                  "firing", "last_value", "last_evaluated_at", "created_at"]
+                  "min_samples", "min_samples_effective", "silenced_until", "silenced_by",
+                  "firing", "last_evaluated_at", "last_value", "last_samples", "last_verdict",
+                  "last_evaluation", "created_at"]
 
     def get_firing(self, rule: AlertRule) -> bool:
         return any(a.state == "firing" for a in rule.alerts.all())
+
+    def get_min_samples_effective(self, rule: AlertRule) -> int:
+        return min_samples_of(rule)
+
+    def get_last_evaluation(self, rule: AlertRule) -> str:
+        return verdict_text(rule)
 
 
 _REFUSED = (" http(s) only, at most 500 characters. A host that is or resolves to a loopback, "
@@ -247,6 +286,12 @@ _METRIC_ERRORS: dict[str, str | StrPromise] = {
     "invalid_choice": "Unknown metric '{input}'; use one of " + ", ".join(sorted(METRICS)) + "."}
 
 
+_MIN_SAMPLES_HELP = ("Rows the window needs before the rule may fire (input rows for drift, "
+                     "labelled predictions for quality, requests otherwise); below it the "
+                     "evaluation is 'not enough data'. Omitted: the metric's default (100 "
+                     "drift, 50 quality, 0 traffic).")
+
+
 class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
     deployment = serializers.CharField(max_length=50, help_text="Deployment name.")
     name = serializers.CharField(max_length=100)
@@ -259,6 +304,9 @@ class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
     webhook_url = _url(WEBHOOK_HELP, default="")
     emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list)
     retrain_webhook_url = _url(RETRAIN_HELP, default="")
+    min_samples = serializers.IntegerField(
+        min_value=0, max_value=MAX_MIN_SAMPLES, required=False, allow_null=True, default=None,
+        help_text=_MIN_SAMPLES_HELP)
 
 
 class AlertRuleUpdateSerializer(StrictTypes, serializers.Serializer):
@@ -272,6 +320,15 @@ class AlertRuleUpdateSerializer(StrictTypes, serializers.Serializer):
     webhook_url = _url(WEBHOOK_HELP)
     emails = serializers.ListField(child=serializers.EmailField(), required=False)
     retrain_webhook_url = _url(RETRAIN_HELP)
+    min_samples = serializers.IntegerField(min_value=0, max_value=MAX_MIN_SAMPLES,
+                                           required=False, allow_null=True,
+                                           help_text=_MIN_SAMPLES_HELP + " null: back to it.")
+
+
+class SilenceSerializer(StrictTypes, serializers.Serializer):
+    until = serializers.DateTimeField(
+        allow_null=True, help_text="No notifications from the rule until then (at most 30 days "
+                                   "ahead, with a time zone); null lifts the silence.")
 
 
 class AlertRuleQuerySerializer(serializers.Serializer):
@@ -290,11 +347,15 @@ class AlertSerializer(serializers.ModelSerializer):
     rule_name = serializers.CharField(source="rule.name", read_only=True)
     deployment = serializers.CharField(source="rule.deployment.name", read_only=True)
     metric = serializers.CharField(source="rule.metric", read_only=True)
+    acknowledged_by: serializers.SlugRelatedField[AbstractBaseUser] = \
+        serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True,
+                                     help_text="Who acknowledged it; null until someone does.")
 
     class Meta:
         model = Alert
         fields = ["id", "rule", "rule_name", "deployment", "metric", "state", "value",
-                  "message", "started_at", "resolved_at", "notified"]
+                  "message", "started_at", "resolved_at", "acknowledged_at",
+                  "acknowledged_by", "notified"]
         extra_kwargs = {"notified": {"help_text": (
             "Per event (firing, resolved) and channel (webhook, retrain, email): 'HTTP <status>', "
             "'refused: <reason>' (an internal destination), 'failed (attempt n): <what>' or "

@@ -5,6 +5,7 @@ from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,7 +17,7 @@ from core.rest import query
 from deployments.models import Deployment
 from registry.models import RegisteredModel
 
-from .. import alerts, ingest, rollups, services
+from .. import alerts, ingest, overlays, rollups, services
 from ..models import Alert, AlertRule, AlertState, ModelMonitoring
 from . import serializers as s
 
@@ -81,6 +82,9 @@ class DeploymentMonitoringViewSet(viewsets.ViewSet):
                                                   step=step, revision=revision)
         body |= rollups.replica_series(deployment=deployment, start=start, end=end, step=step,
                                        revision=revision)
+        body["markers"] = overlays.revision_markers(deployment=deployment, start=start, end=end)
+        body["split"] = (overlays.split_series(deployment=deployment, start=start, end=end,
+                                               step=step) if revision is None else [])
         return Response({"deployment": deployment.name, **body})
 
     @extend_schema(operation_id="deployment_drift", parameters=[s.RangeQuerySerializer],
@@ -166,7 +170,8 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
-        rules = (AlertRule.objects.visible_to(self.request.user).select_related("deployment")
+        rules = (AlertRule.objects.visible_to(self.request.user)
+                 .select_related("deployment", "deployment__team", "silenced_by")
                  .prefetch_related(Prefetch("alerts", queryset=Alert.objects.filter(
                      state=AlertState.FIRING))).order_by("deployment__name", "name"))
         deployment = query(s.AlertRuleQuerySerializer, self.request).get("deployment")
@@ -208,6 +213,18 @@ class AlertRuleViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         alerts.delete_alert_rule(actor=request.user, rule=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(request=s.SilenceSerializer, responses=s.AlertRuleSerializer)
+    @api_errors(without=[409])
+    @action(detail=True, methods=["post"])
+    def silence(self, request: Request, pk: str) -> Response:
+        """No notifications from the rule until ``until`` (null: notify again). Its alerts
+        still open and resolve. Engineers and above; audited."""
+        body = s.SilenceSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        rule = alerts.silence_alert_rule(actor=request.user, rule=self.get_object(),
+                                         until=body.validated_data["until"])
+        return Response(self.get_serializer(self.get_queryset().get(pk=rule.pk)).data)
+
 
 class AlertViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = s.AlertSerializer
@@ -218,7 +235,7 @@ class AlertViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
         rows = Alert.objects.visible_to(self.request.user).select_related(
-            "rule", "rule__deployment")
+            "rule", "rule__deployment", "rule__deployment__team", "acknowledged_by")
         params = query(s.AlertQuerySerializer, self.request)
         if params.get("deployment"):
             rows = rows.filter(rule__deployment__name=params["deployment"])
@@ -229,3 +246,14 @@ class AlertViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(parameters=[s.AlertQuerySerializer])
     def list(self, request: Request, *args, **kwargs) -> Response:
         return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=None, responses=s.AlertSerializer)
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request: Request, pk: str) -> Response:
+        """Someone is on it: a firing alert is not notified again until it resolves and fires
+        anew. 409 when it is not firing or already acknowledged. Engineers and above; audited."""
+        alert = self.get_queryset().filter(pk=pk).first()
+        if alert is None:
+            raise NotFound(f"No alert {pk}.")
+        alerts.acknowledge_alert(actor=request.user, alert=alert)
+        return Response(self.get_serializer(self.get_queryset().get(pk=alert.pk)).data)

@@ -54,6 +54,7 @@ class Seed:
     token_ids: list[str] = field(default_factory=list)
     audit_ids: list[int] = field(default_factory=list)
     alert_rule_ids: list[int] = field(default_factory=list)
+    alert_ids: list[int] = field(default_factory=list)
     resource_request_ids: list[int] = field(default_factory=list)
     transition_ids: list[int] = field(default_factory=list)
     # What the deleting operations draw from, so the rows the rest draw from stay.
@@ -156,8 +157,9 @@ def seed(tmp: Path) -> Seed:
             actor=users["engineer"], deployment=deployments.get_visible(admin, "iris-prod"),
             name=name, metric=metric, threshold=5)
         rules.append(rule.pk)
-    Alert.objects.create(rule_id=rules[0], state="firing", value=12.5,
-                         message="error rate 12.5 > 5", started_at=timezone.now())
+    alert_ids = [Alert.objects.create(rule_id=rules[i], state="firing", value=12.5,
+                                      message="error rate 12.5 > 5",
+                                      started_at=timezone.now()).pk for i in range(2)]
 
     requests = [quota_requests.file_request(actor=users["viewer"], team=team, cpu=Decimal(2),
                                           memory_mb=1024, justification=f"load test {i}",
@@ -178,7 +180,8 @@ def seed(tmp: Path) -> Seed:
         deployments=["iris-prod", "iris-canary", "churn-prod"], targets=["default", "spare"],
         token_ids=spare_tokens,
         audit_ids=list(AuditEvent.objects.order_by("pk").values_list("pk", flat=True)[:5]),
-        alert_rule_ids=rules[:3], resource_request_ids=requests, transition_ids=transitions,
+        alert_rule_ids=rules[:3], alert_ids=alert_ids, resource_request_ids=requests,
+        transition_ids=transitions,
         disposable={"DELETE /api/v1/deployments/{name}/": ["scratch-1", "scratch-2"],
                     "DELETE /api/v1/models/{name}/": ["scratch"],
                     "DELETE /api/v1/models/{model_name}/aliases/{alias}/": ["scratch"],
@@ -282,7 +285,7 @@ _BY_NAME = {"slug": "teams", "team_slug": "teams", "username": "usernames",
 _BY_COLLECTION = {("name", "models"): "models", ("name", "deployments"): "deployments",
                   ("name", "targets"): "targets", ("id", "tokens"): "token_ids",
                   ("id", "audit"): "audit_ids", ("id", "transition-requests"): "transition_ids",
-                  ("id", "alert-rules"): "alert_rule_ids",
+                  ("id", "alert-rules"): "alert_rule_ids", ("id", "alerts"): "alert_ids",
                   ("id", "resource-requests"): "resource_request_ids"}
 
 

@@ -84,6 +84,10 @@ CHECKS_OFF: dict[tuple[str, str], tuple[list[str], str]] = {
                                       "pickle, an input example that is JSON"),
     ("PUT", "/api/v1/models/{model_name}/versions/{version}/reference/"): (
         ["positive_data_acceptance"], "file contents: a CSV or Parquet sample"),
+    ("POST", "/api/v1/alert-rules/{id}/silence/"): (
+        ["positive_data_acceptance"], f"{_STATE}: until in the future, at most 30 days ahead"),
+    ("POST", "/api/v1/alerts/{id}/acknowledge/"): (
+        ["positive_data_acceptance"], f"{_STATE}: only a firing alert, and only once (409)"),
 }
 
 
