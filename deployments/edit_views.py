@@ -19,14 +19,14 @@ from registry.models import ModelVersion, RegisteredModel
 from . import services
 from .forms import DeploymentEditForm, DeployVersionForm
 from .models import Deployment, Revision
-from .views import _can_change, _context, _deployment
+from .page import can_change, page_context, visible_deployment
 
 
 @login_required
 def deployment_edit(request: HttpRequest, name: str) -> HttpResponse:
     """The Edit form's POST (GET goes to the form on the deployment page). A refusal (a bad
     value, a 409 over quota) shows at the top of the form and next to its field."""
-    d = _deployment(request, name)
+    d = visible_deployment(request, name)
     if request.method != "POST":
         return redirect(reverse("deployments:detail", args=[d.name]) + "#settings")
     form = DeploymentEditForm(request.POST, deployment=d)
@@ -36,7 +36,7 @@ def deployment_edit(request: HttpRequest, name: str) -> HttpResponse:
             d = services.update_deployment(actor=request.user, deployment=d,
                                            **form.spec_args())
         except DomainError as exc:
-            if not _can_change(request, d.team):  # no form on their page: say it on top
+            if not can_change(request, d.team):  # no form on their page: say it on top
                 messages.error(request, exc.message)
                 return redirect("deployments:detail", name=d.name)
             form.add_service_error(exc.field, exc.message, exc.extra)
@@ -48,7 +48,7 @@ def deployment_edit(request: HttpRequest, name: str) -> HttpResponse:
                                           f"rolling out ({d.strategy_type}).")
             return redirect("deployments:detail", name=d.name)
     return render(request, "deployments/detail.html",
-                  _context(request, d, edit_form=form, full=True), status=400)
+                  page_context(request, d, edit_form=form, full=True), status=400)
 
 
 def _version(request: HttpRequest, model_name: str, number: int) -> ModelVersion:
@@ -69,7 +69,7 @@ def deploy_version(request: HttpRequest, model: str, number: int) -> HttpRespons
     deployments = (Deployment.objects.visible_to(request.user).filter(model=version.model)
                    .select_related("team", "model", "version")
                    .annotate(runs=Subquery(runs)).order_by("name"))
-    rows = [{"d": d, "can_change": _can_change(request, d.team), "runs": d.runs,
+    rows = [{"d": d, "can_change": can_change(request, d.team), "runs": d.runs,
              "form": DeployVersionForm(deployment=d)} for d in deployments]
     return render(request, "deployments/deploy_version.html",
                   {"version": version, "model": version.model, "rows": rows})
@@ -82,7 +82,7 @@ def deploy_version_to(request: HttpRequest, model: str, number: int,
     """Roll ``model`` v``number`` out to deployment ``name`` with the strategy chosen (a
     deployment that followed an alias is pinned to this version from now on)."""
     version = _version(request, model, number)
-    d = _deployment(request, name)
+    d = visible_deployment(request, name)
     if d.model_id != version.model_id:
         raise Http404(f"'{d.name}' does not deploy '{model}'.")
     form = DeployVersionForm(request.POST, deployment=d)

@@ -6,59 +6,17 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
-from django.utils import timezone
 
 from core.errors import DomainError
 from registry.models import RegisteredModel, version_detail_fields
 from teams.models import Team
-from teams.roles import Role, at_least, is_platform_admin
+from teams.roles import Role, is_platform_admin
 
-from . import retries, services
+from . import services
 from .filtersets import DeploymentFilterSet
-from .forms import DeploymentCreateForm, DeploymentEditForm
+from .forms import DeploymentCreateForm
 from .models import Deployment
-from .reconcile import strategies
-
-
-def _deployment(request: HttpRequest, name: str) -> Deployment:
-    d = (Deployment.objects.visible_to(request.user).select_related("team", "model", "version")
-         .filter(name=name).first())
-    if d is None:
-        raise Http404(f"No deployment '{name}'.")
-    return d
-
-
-def _can_change(request: HttpRequest, team: Team) -> bool:
-    return is_platform_admin(request.user) or at_least(team.role_of(request.user), Role.ENGINEER)
-
-
-def _seconds_until(when) -> int | None:
-    return None if when is None else max(0, round((when - timezone.now()).total_seconds()))
-
-
-def _context(request: HttpRequest, d: Deployment, *, edit_form: DeploymentEditForm | None = None,
-             full: bool = False) -> dict:
-    """What the page (``full``: with the drift banner and the edit form) and its polled status
-    fragment show."""
-    current = retries.current_revision(d)
-    can_change = _can_change(request, d.team)
-    retry, rollout = retries.describe(d, current), strategies.describe(d, current)
-    if retry:
-        retry["in_s"] = _seconds_until(retry["next_attempt_at"])
-    if rollout:
-        rollout["in_s"] = _seconds_until(rollout["next_step_at"])
-    return {"d": d, "replicas": d.replica_set.order_by("revision", "index"),
-            "events": d.events.order_by("-created_at", "-id")[:50],
-            "revisions": d.revisions.select_related("model_version").order_by("-number")[:20],
-            "endpoint": services.endpoint(d), "can_change": can_change,
-            "shadow": services.shadow_summary(d),
-            "is_platform_admin": is_platform_admin(request.user),
-            "retry": retry, "rollout": rollout,
-            "can_retry": can_change and retries.retryable(d, current),
-            "busy": d.status in ("pending", "building", "starting")} | (
-        {"drift": services.alias_drift(d),
-         "edit_form": edit_form or (DeploymentEditForm(deployment=d) if can_change else None)}
-        if full else {})
+from .page import can_change, page_context, visible_deployment
 
 
 def _writable_teams(request: HttpRequest):
@@ -113,21 +71,21 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
     return render(request, "deployments/detail.html",
-                  _context(request, _deployment(request, name), full=True))
+                  page_context(request, visible_deployment(request, name), full=True))
 
 
 @login_required
 def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
     """The htmx-polled fragment: status, progress, replicas, events."""
     return render(request, "deployments/_status.html",
-                  _context(request, _deployment(request, name)))
+                  page_context(request, visible_deployment(request, name)))
 
 
 @login_required
 def deployment_logs(request: HttpRequest, name: str) -> HttpResponse:
     """One replica's recent log lines (or each replica's): the panel htmx puts under the links,
     or a page of its own without JavaScript."""
-    d = _deployment(request, name)
+    d = visible_deployment(request, name)
     fragment = bool(request.headers.get("HX-Request"))
     replica = request.GET.get("replica") or None
     try:
@@ -147,12 +105,12 @@ CONFIRMED_VERBS = {"stop", "delete"}  # asked on a page of their own first (work
 
 @login_required
 def deployment_action(request: HttpRequest, name: str, verb: str) -> HttpResponse:
-    d = _deployment(request, name)
+    d = visible_deployment(request, name)
     if request.method != "POST":
         if verb not in CONFIRMED_VERBS:
             return HttpResponseNotAllowed(["POST"])
         return render(request, "deployments/confirm.html",
-                      {"d": d, "verb": verb, "can_change": _can_change(request, d.team),
+                      {"d": d, "verb": verb, "can_change": can_change(request, d.team),
                        "replica_count": d.replica_set.count()})
     try:
         if _act(request, d, verb):
