@@ -37,8 +37,9 @@ def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
     request_form = ResourceRequestForm(request.POST if intent == "request" else None,
                                        gpu_models=inventory.gpu_models())
     usage = services.usage(team)
+    # Its own ids: the request form on the same page has cpu, memory_mb and gpus fields too.
     quota_form = QuotaSetForm(request.POST if intent == "set" else None,
-                              initial=usage.base.as_dict())
+                              initial=usage.base.as_dict(), auto_id="quota_%s")
     if intent == "request" and request_form.is_valid():
         data = {k: v for k, v in request_form.cleaned_data.items() if v not in (None, "")}
         if apply_service(request, request_form, lambda: quota_requests.file_request(
