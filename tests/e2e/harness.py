@@ -130,13 +130,14 @@ class CheckedPage:
     def goto(self, path: str) -> Any:
         return self.page.goto(f"{self.base}{path}")
 
-    def login(self, username: str, password: str, *, check: bool = True) -> None:
-        """Sign in through the form (the one ``goto`` a journey makes)."""
+    def login(self, username: str, password: str, *, check: str | None = "login") -> None:
+        """Sign in through the form (the one ``goto`` a journey makes); ``check``: the name of
+        the sign-in page's check and screenshot (None: none)."""
         self.goto("/login/")
         self.page.get_by_label("Username").fill(username)
         self.page.get_by_label("Password").fill(password)
         if check:
-            self.check("login")
+            self.check(check)
         self.page.get_by_role("button", name="Log in").click()
         self.page.get_by_role("heading", name="Dashboard").wait_for()
 

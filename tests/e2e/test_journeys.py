@@ -36,7 +36,7 @@ def test_platform_engineer_onboards_a_team(live_server, browser, viewport):
     with checked_page(browser, live_server.url, viewport) as checked:
         checked.clear_shots("platform-")
         page = checked.page
-        checked.login("root", PASSWORD)
+        checked.login("root", PASSWORD, check="platform-login")
         checked.check("platform-dashboard")
 
         # 1. A new team, from the Teams page.
