@@ -72,16 +72,19 @@ class Problems:
 class CheckedPage:
     """A page at one viewport with everything it does recorded (see the module docstring)."""
 
-    def __init__(self, browser: Any, base_url: str, viewport: str, folder: str) -> None:
+    def __init__(self, browser: Any, base_url: str, viewport: str, folder: str,
+                 color_scheme: str = "light") -> None:
         self.base, self.viewport = base_url.rstrip("/"), viewport
         self.host = urlsplit(self.base).netloc
-        self.context = browser.new_context(viewport=VIEWPORTS[viewport])
+        self.context = browser.new_context(viewport=VIEWPORTS[viewport],
+                                           color_scheme=color_scheme)
         self.page = self.context.new_page()
         self.page.set_default_timeout(30_000)
         self.problems = Problems()
         self.expected: set[int] = set()
         self.step = 0
-        self.shots = ARTIFACTS / folder / viewport
+        self.shots = ARTIFACTS / folder / (viewport if color_scheme == "light"
+                                           else f"{viewport}-{color_scheme}")
         self.shots.mkdir(parents=True, exist_ok=True)
         self._axe = axe_source()
         self.context.route("**/*", self._route)
@@ -128,6 +131,7 @@ class CheckedPage:
 
     # --- driving -----------------------------------------------------------------------------
     def goto(self, path: str) -> Any:
+        self.page.wait_for_load_state()  # leaving a page mid-load aborts its requests
         return self.page.goto(f"{self.base}{path}")
 
     def login(self, username: str, password: str, *, check: str | None = "login") -> None:
@@ -140,6 +144,7 @@ class CheckedPage:
             self.check(check)
         self.page.get_by_role("button", name="Log in").click()
         self.page.get_by_role("heading", name="Dashboard").wait_for()
+        self.page.wait_for_load_state()
 
     def nav(self, name: str) -> None:
         """Follow a link of the main navigation by its visible name."""
@@ -192,9 +197,11 @@ def format_violation(v: dict) -> str:
 
 
 @contextlib.contextmanager
-def checked_page(browser: Any, base_url: str, viewport: str,
-                 folder: str = "journeys") -> Iterator[CheckedPage]:
-    checked = CheckedPage(browser, base_url, viewport, folder)
+def checked_page(browser: Any, base_url: str, viewport: str, folder: str = "journeys",
+                 color_scheme: str = "light") -> Iterator[CheckedPage]:
+    """A ``CheckedPage`` (``color_scheme``: what the browser prefers; the portal follows it)
+    closed at the end, failing the test on anything recorded after its last check."""
+    checked = CheckedPage(browser, base_url, viewport, folder, color_scheme)
     try:
         yield checked
     except BaseException:

@@ -79,11 +79,14 @@ def _soft(failures: list[str], check) -> None:
         failures.append(str(failure))
 
 
-@pytest.mark.parametrize("viewport", ["desktop", "mobile"])
-def test_every_portal_page_passes_the_harness(live_server, browser, team, viewport):
+@pytest.mark.parametrize(("viewport", "scheme"), [("desktop", "light"), ("mobile", "light"),
+                                                  ("mobile", "dark")])
+def test_every_portal_page_passes_the_harness(live_server, browser, team, viewport, scheme):
+    """Light theme at both sizes; the dark theme (colour contrast is its own) on a phone."""
     values = seed(team)
     failures: list[str] = []
-    with checked_page(browser, live_server.url, viewport, folder="pages") as checked:
+    with checked_page(browser, live_server.url, viewport, folder="pages",
+                      color_scheme=scheme) as checked:
         checked.clear_shots()
         checked.goto("/login/")
         _soft(failures, lambda: checked.check("login"))
