@@ -181,6 +181,7 @@ def pages() -> list[tuple[str, str, str]]:
         ("monitoring model (24 h)", f"/monitoring/models/{m.name}/"),
         ("teams", "/teams/"),
         ("team detail", f"/teams/{team.slug}/"),
+        ("add-member search 'person-1'", f"/teams/{team.slug}/people/?username=person-1"),
         ("team quota", f"/teams/{team.slug}/quota/"),
         ("resource requests", "/resource-requests/"),
         ("capacity", "/capacity/"),
@@ -196,6 +197,10 @@ def pages() -> list[tuple[str, str, str]]:
         ("monitoring index", "/monitoring/"),
         ("resource request queue", "/resource-requests/"),
         ("audit log", "/audit/"),
+        ("users", "/users/"),
+        ("users, search", "/users/?q=person-1"),
+        ("users, page 20", "/users/?page=20"),
+        ("add-member search 'person-1'", f"/teams/{team.slug}/people/?username=person-1"),
         ("admin: models", "/admin/registry/registeredmodel/"),
         ("admin: versions", "/admin/registry/modelversion/"),
         ("admin: deployments", "/admin/deployments/deployment/"),
@@ -210,6 +215,25 @@ def pages() -> list[tuple[str, str, str]]:
     ]
     return ([(label, "maintainer", path) for label, path in user_pages]
             + [(label, "admin", path) for label, path in admin_pages])
+
+
+PEOPLE = 2000
+
+
+def seed_people(count: int) -> None:
+    """Accounts nobody's team has yet, for the Users page and the add-member search (added to
+    an existing seed without starting over)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    users = get_user_model().objects
+    have = users.filter(username__startswith="person-").count()
+    if have >= count:
+        return
+    password = make_password(None)  # unusable: invited, as the Users page makes them
+    users.bulk_create([users.model(username=f"person-{i:04d}", email=f"p{i}@corp.example",
+                                   first_name=f"First{i}", last_name=f"Last{i}",
+                                   password=password) for i in range(have, count)])
 
 
 def main() -> None:
@@ -230,6 +254,7 @@ def main() -> None:
 
     if args.reseed or not AuditEvent.objects.filter(action=SEED_MARK).exists():
         seed(args.models, args.deployments, args.versions)
+    seed_people(PEOPLE)
     users = get_user_model().objects
     clients = {}
     for persona, username in (("maintainer", "bench-user"), ("admin", "bench-admin")):

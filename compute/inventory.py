@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput
 from quotas.capacity import Capacity
-from quotas.models import Reservation, TeamQuota
-from quotas.services import MAX_AMOUNT, _amounts, _cpu, _owner, _sum, _whole, lock_team
+from quotas.platform import allocated_to_quotas, platform_numbers, used_by_deployments
+from quotas.services import MAX_AMOUNT, _amounts, _cpu, _owner, _whole, lock_team
 from quotas.services import reserved as team_reserved
 from teams import audit
 from teams.access import require_platform_admin
@@ -295,8 +295,9 @@ def capacity(user: Actor) -> dict:
             "gpus": devices,
             "docker": docker.get(host.name),
         })
-    reserved = _sum(Reservation.objects.all(), ["cpu", "memory_mb", "gpus"])
-    committed = _sum(TeamQuota.objects.all(), ["cpu", "memory_mb", "gpus"])
+    numbers = platform_numbers()
+    used = numbers.used if numbers else used_by_deployments()
+    promised = numbers.allocated if numbers else allocated_to_quotas()
     models: dict[str, dict[str, Any]] = {}
     for row in hosts:
         if not row["active"]:
@@ -313,11 +314,12 @@ def capacity(user: Actor) -> dict:
     return {
         "hosts": hosts,
         "totals": capacity_totals(),
-        "allocated": {"cpu": Decimal(reserved["cpu"]), "memory_mb": reserved["memory_mb"],
-                      "gpus": reserved["gpus"], "gpu_devices": len(active_allocations)},
-        "committed": {"cpu": Decimal(committed["cpu"]), "memory_mb": committed["memory_mb"],
-                      "gpus": committed["gpus"]},
+        "allocated": {"cpu": used.cpu, "memory_mb": used.memory_mb, "gpus": used.gpus,
+                      "gpu_devices": len(active_allocations)},
+        "committed": {"cpu": promised.cpu, "memory_mb": promised.memory_mb,
+                      "gpus": promised.gpus},
         "gpu_models": sorted(models.values(), key=lambda m: m["model"]),
+        "platform": numbers.as_dict() if numbers else None,
     }
 
 

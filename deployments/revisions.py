@@ -20,12 +20,15 @@ from teams import audit
 
 from . import admission, passes
 from .events import event
-from .models import Deployment, DeploymentStatus, Revision
+from .models import Deployment, DeploymentStatus, Revision, RevisionState
 
 # What the audit log snapshots of a deployment before and after a verb.
 DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
                      "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "runtime",
                      "egress", "egress_reason"]
+
+# A revision in these states is still on its way to taking the traffic.
+UNFINISHED = (RevisionState.PENDING, RevisionState.ROLLING_OUT)
 
 
 def locked(d: Deployment) -> Deployment:
@@ -48,6 +51,11 @@ def spec_of(d: Deployment) -> dict[str, Any]:
 def new_revision(d: Deployment, target: ModelVersion, *, actor, reason: str,
                  rollback_of: int | None = None) -> Revision:
     number = (d.revisions.aggregate(top=Max("number"))["top"] or 0) + 1
+    # The revision this one replaces never finishes its rollout: the reconciler only ever
+    # rolls out the desired revision. Say so now, with its step state cleared, rather than
+    # leave it "Rolling out" (or pending) for good.
+    d.revisions.filter(number=d.revision, state__in=UNFINISHED).update(
+        state=RevisionState.SUPERSEDED, next_step_at=None)
     spec = spec_of(d)
     spec["model_version"] = target.version
     if rollback_of is not None:

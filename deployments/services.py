@@ -448,5 +448,22 @@ def shadow_summary(d: Deployment) -> dict[str, Any] | None:
     return {**summary, "percent": int(d.shadow.get("percent", 100))}
 
 
+def alias_drift(d: Deployment) -> dict[str, Any] | None:
+    """When ``d`` follows an alias that now names another version than its desired revision
+    runs (its rollout failed and was rolled back, or the move found it over quota): the alias,
+    the version it names and the one that runs. None otherwise. Rolling out is
+    ``update_deployment(..., alias=d.alias)``."""
+    if not d.alias:
+        return None
+    alias = ModelAlias.objects.select_related("version").filter(model=d.model_id,
+                                                                name=d.alias).first()
+    current = d.revisions.select_related("model_version").filter(number=d.revision).first()
+    if alias is None or current is None or current.model_version_id == alias.version_id:
+        return None
+    return {"alias": d.alias, "alias_version": alias.version.version,
+            "running_version": current.model_version.version,
+            "ready": alias.version.status == VersionStatus.READY}
+
+
 def endpoint(d: Deployment) -> str:
     return f"{settings.MODELPORT_BASE_URL.rstrip('/')}/serve/{d.name}/invocations"

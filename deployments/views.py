@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST
 
 from core.errors import DomainError
 from registry.models import RegisteredModel, version_detail_fields
@@ -16,7 +15,7 @@ from teams.roles import Role, at_least, is_platform_admin
 
 from . import retries, services
 from .filtersets import DeploymentFilterSet
-from .forms import DeploymentCreateForm
+from .forms import DeploymentCreateForm, DeploymentEditForm
 from .models import Deployment
 from .reconcile import strategies
 
@@ -37,7 +36,10 @@ def _seconds_until(when) -> int | None:
     return None if when is None else max(0, round((when - timezone.now()).total_seconds()))
 
 
-def _context(request: HttpRequest, d: Deployment) -> dict:
+def _context(request: HttpRequest, d: Deployment, *, edit_form: DeploymentEditForm | None = None,
+             full: bool = False) -> dict:
+    """What the page (``full``: with the drift banner and the edit form) and its polled status
+    fragment show."""
     current = retries.current_revision(d)
     can_change = _can_change(request, d.team)
     retry, rollout = retries.describe(d, current), strategies.describe(d, current)
@@ -53,7 +55,10 @@ def _context(request: HttpRequest, d: Deployment) -> dict:
             "is_platform_admin": is_platform_admin(request.user),
             "retry": retry, "rollout": rollout,
             "can_retry": can_change and retries.retryable(d, current),
-            "busy": d.status in ("pending", "building", "starting")}
+            "busy": d.status in ("pending", "building", "starting")} | (
+        {"drift": services.alias_drift(d),
+         "edit_form": edit_form or (DeploymentEditForm(deployment=d) if can_change else None)}
+        if full else {})
 
 
 def _writable_teams(request: HttpRequest):
@@ -83,6 +88,8 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     filtered = DeploymentFilterSet(request.GET, queryset=queryset).qs
     writable = _writable_teams(request)
     initial = _initial_for_model(request, request.GET.get("model", ""))
+    if request.GET.get("version", "").isdigit():  # "Deploy v2 to a new deployment"
+        initial["version"] = request.GET["version"]
     form = DeploymentCreateForm(request.POST or None, teams=writable, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -90,11 +97,10 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
             d = services.create_deployment(
                 actor=request.user, team=data["team"], name=data["name"], model=data["model"],
                 version=data["version"], alias=data["alias"] or None,
-                replicas=data["replicas"],
-                resources={"cpu": float(data["cpu"]), "memory_mb": data["memory_mb"]},
+                replicas=data["replicas"], resources=form.resources(),
                 strategy=form.strategy_spec(), target=data.get("target"))
         except DomainError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            form.add_service_error(exc.field, exc.message, exc.extra)
         else:
             messages.success(request, f"Deploying '{d.name}': revision {d.revision} is "
                                       "rolling out.")
@@ -106,7 +112,8 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
-    return render(request, "deployments/detail.html", _context(request, _deployment(request, name)))
+    return render(request, "deployments/detail.html",
+                  _context(request, _deployment(request, name), full=True))
 
 
 @login_required
@@ -118,53 +125,83 @@ def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def deployment_logs(request: HttpRequest, name: str) -> HttpResponse:
+    """One replica's recent log lines (or each replica's): the panel htmx puts under the links,
+    or a page of its own without JavaScript."""
     d = _deployment(request, name)
+    fragment = bool(request.headers.get("HX-Request"))
+    replica = request.GET.get("replica") or None
     try:
-        logs = services.replica_logs(actor=request.user, deployment=d,
-                                     replica=request.GET.get("replica") or None, tail=200)
+        logs = services.replica_logs(actor=request.user, deployment=d, replica=replica, tail=200)
     except DomainError as exc:
-        raise Http404(exc.message) from exc
-    return render(request, "deployments/_logs.html", {"d": d, "logs": logs})
+        if not fragment:
+            raise Http404(exc.message) from exc
+        logs, error = [], f"{exc.message} It was probably replaced: reload the page."
+    else:
+        error = ""
+    return render(request, "deployments/_logs.html" if fragment else "deployments/logs.html",
+                  {"d": d, "logs": logs, "error": error, "replica": replica})
+
+
+CONFIRMED_VERBS = {"stop", "delete"}  # asked on a page of their own first (works without JS)
 
 
 @login_required
-@require_POST
 def deployment_action(request: HttpRequest, name: str, verb: str) -> HttpResponse:
     d = _deployment(request, name)
+    if request.method != "POST":
+        if verb not in CONFIRMED_VERBS:
+            return HttpResponseNotAllowed(["POST"])
+        return render(request, "deployments/confirm.html",
+                      {"d": d, "verb": verb, "can_change": _can_change(request, d.team),
+                       "replica_count": d.replica_set.count()})
     try:
-        if verb == "stop":
-            services.stop(actor=request.user, deployment=d)
-            messages.success(request, f"Stopping '{d.name}'.")
-        elif verb == "start":
-            services.start(actor=request.user, deployment=d)
-            messages.success(request, f"Starting '{d.name}'.")
-        elif verb == "retry":
-            services.retry(actor=request.user, deployment=d)
-            messages.success(request, f"Retrying '{d.name}': revision {d.revision} runs again.")
-        elif verb == "rollback":
-            number = request.POST.get("revision")
-            services.rollback(actor=request.user, deployment=d,
-                              revision=int(number) if number and number.isdigit() else None)
-            messages.success(request, f"Rolling '{d.name}' back.")
-        elif verb == "promote":
-            services.promote(actor=request.user, deployment=d)
-            messages.success(request, f"Promoting the shadow of '{d.name}': it rolls out now.")
-        elif verb == "discard":
-            services.discard_shadow(actor=request.user, deployment=d)
-            messages.success(request, f"Discarding the shadow of '{d.name}'.")
-        elif verb == "egress":
-            allowed = request.POST.get("allowed") == "true"
-            services.set_egress(actor=request.user, deployment=d, allowed=allowed,
-                                reason=request.POST.get("reason", ""))
-            messages.success(request, f"Network access of '{d.name}' "
-                                      f"{'granted' if allowed else 'withdrawn'}; its replicas "
-                                      "restart.")
-        elif verb == "delete":
-            services.delete(actor=request.user, deployment=d)
-            messages.success(request, f"Deleted '{d.name}'; its containers are being removed.")
+        if _act(request, d, verb):
             return redirect("deployments:list")
-        else:
-            raise Http404(f"Unknown action '{verb}'.")
     except DomainError as exc:
         messages.error(request, exc.message)
     return redirect("deployments:detail", name=d.name)
+
+
+def _act(request: HttpRequest, d: Deployment, verb: str) -> bool:
+    """Run the verb through its service and say what happens; True when the deployment is
+    gone."""
+    if verb == "stop":
+        services.stop(actor=request.user, deployment=d)
+        messages.success(request, f"Stopping '{d.name}': its replicas are removed and its "
+                                  "quota is released.")
+    elif verb == "start":
+        services.start(actor=request.user, deployment=d)
+        messages.success(request, f"Starting '{d.name}'.")
+    elif verb == "retry":
+        services.retry(actor=request.user, deployment=d)
+        messages.success(request, f"Retrying '{d.name}': revision {d.revision} runs again.")
+    elif verb == "rollback":
+        number = request.POST.get("revision")
+        services.rollback(actor=request.user, deployment=d,
+                          revision=int(number) if number and number.isdigit() else None)
+        messages.success(request, f"Rolling '{d.name}' back.")
+    elif verb == "follow":
+        d = services.update_deployment(actor=request.user, deployment=d, alias=d.alias)
+        messages.success(request, f"Rolling out what alias '{d.alias}' names: revision "
+                                  f"{d.revision}.")
+    elif verb == "promote":
+        services.promote(actor=request.user, deployment=d)
+        messages.success(request, f"Promoting the shadow of '{d.name}': it rolls out now.")
+    elif verb == "discard":
+        services.discard_shadow(actor=request.user, deployment=d)
+        messages.success(request, f"Discarding the shadow of '{d.name}'.")
+    elif verb == "egress":
+        allowed = request.POST.get("allowed") == "true"
+        services.set_egress(actor=request.user, deployment=d, allowed=allowed,
+                            reason=request.POST.get("reason", ""))
+        messages.success(request, f"Network access of '{d.name}' "
+                                  f"{'granted' if allowed else 'withdrawn'}; its replicas "
+                                  "restart.")
+    elif verb == "delete":
+        services.delete(actor=request.user, deployment=d)
+        messages.success(request, f"Deleted '{d.name}': its containers are being removed, its "
+                                  "endpoint is gone and its quota is released.")
+        return True
+    else:
+        raise Http404(f"Unknown action '{verb}'.")
+    return False

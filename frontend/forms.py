@@ -21,8 +21,57 @@ class TeamEditForm(forms.Form):
 
 
 class MemberAddForm(forms.Form):
-    username = forms.CharField(max_length=150)
+    """Type part of a name, username or email and pick from the matches (htmx asks
+    ``search_url``); without JavaScript, typing the exact username works the same."""
+
+    username = forms.CharField(
+        max_length=150, help_text="Type part of a name, username or email, then pick the "
+                                  "person from the list; or type the exact username.")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.ENGINEER)
+
+    def __init__(self, *args, search_url: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if search_url:
+            self.fields["username"].widget.attrs.update({
+                "autocomplete": "off", "hx-get": search_url,
+                "hx-trigger": "input changed delay:250ms, search", "hx-target": "#user-matches",
+                "hx-swap": "innerHTML", "hx-sync": "this:replace",
+                "aria-controls": "user-matches"})
+
+
+class UserCreateForm(forms.Form):
+    """A new user (platform admins): who they are, how they first sign in, and optionally the
+    team they join."""
+
+    SIGN_IN_CHOICES = [("link", "Give them a one-time link to set their password"),
+                       ("password", "Set an initial password myself")]
+
+    username = forms.CharField(max_length=150, help_text="Letters, digits and @ . + - _ only.")
+    email = forms.EmailField(max_length=254)
+    first_name = forms.CharField(max_length=150, required=False, label="First name")
+    last_name = forms.CharField(max_length=150, required=False, label="Last name")
+    sign_in = forms.ChoiceField(choices=SIGN_IN_CHOICES, initial="link", label="First sign-in",
+                                widget=forms.RadioSelect)
+    password = forms.CharField(
+        required=False, label="Initial password", strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Only with 'Set an initial password'. Tell it to them in person.")
+    team = forms.ChoiceField(required=False, label="Add to team", choices=[])
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.ENGINEER, label="Role in that team")
+
+    def __init__(self, *args, teams: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        team = self.fields["team"]
+        assert isinstance(team, forms.ChoiceField)  # declared above
+        team.choices = [("", "No team yet")] + [(slug, slug) for slug in teams or []]
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        if data.get("sign_in") == "password" and not data.get("password"):
+            self.add_error("password", "Type the initial password, or choose the one-time link.")
+        if data.get("sign_in") == "link":
+            data["password"] = ""
+        return data
 
 
 class MemberRoleForm(forms.Form):

@@ -21,6 +21,7 @@ from notifications.services import mark_read
 from quotas import requests as quota_requests
 from quotas import services
 from quotas.models import Reservation, ResourceRequest
+from quotas.platform import platform_numbers
 from teams import services as team_services
 from teams.access import get_visible_team
 from teams.roles import is_platform_admin
@@ -34,17 +35,21 @@ from .requests import AuthenticatedRequest
 def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
     team = get_visible_team(request.user, slug)
     intent = request.POST.get("intent") if request.method == "POST" else None
+    # Two forms on one page: prefixes keep their field names and ids apart.
     request_form = ResourceRequestForm(request.POST if intent == "request" else None,
-                                       gpu_models=inventory.gpu_models())
+                                       gpu_models=inventory.gpu_models(), prefix="request")
     usage = services.usage(team)
-    # Its own ids: the request form on the same page has cpu, memory_mb and gpus fields too.
     quota_form = QuotaSetForm(request.POST if intent == "set" else None,
-                              initial=usage.base.as_dict(), auto_id="quota_%s")
+                              initial=usage.base.as_dict(), prefix="quota")
     if intent == "request" and request_form.is_valid():
         data = {k: v for k, v in request_form.cleaned_data.items() if v not in (None, "")}
-        if apply_service(request, request_form, lambda: quota_requests.file_request(
-                actor=request.user, team=team, **data)):
+        filed: list[ResourceRequest] = []
+        if apply_service(request, request_form, lambda: filed.append(
+                quota_requests.file_request(actor=request.user, team=team, **data))):
             messages.success(request, "Request sent; platform admins are notified.")
+            for flag in quota_requests.capacity_flags(filed[0]):
+                messages.warning(request, f"{flag} The approver sees this too and may grant "
+                                          "part of it until the platform has more.")
             return redirect("frontend:team-quota", slug=slug)
     elif intent == "set" and quota_form.is_valid() and apply_service(
             request, quota_form, lambda: services.set_quota(actor=request.user, team=team,
@@ -56,7 +61,7 @@ def team_quota(request: HttpRequest, slug: str) -> HttpResponse:
         "reservations": Reservation.objects.filter(team=team).order_by("owner"),
         "requests": ResourceRequest.objects.filter(team=team)
         .select_related("requested_by", "decided_by")[:20],
-        "can_set": is_platform_admin(request.user),
+        "can_set": is_platform_admin(request.user), "platform": platform_numbers(),
     })
 
 
@@ -82,6 +87,7 @@ def resource_requests(request: HttpRequest) -> HttpResponse:
                    .filter(rank__lte=6))  # five besides the request itself
         for row in earlier:
             history.setdefault(row.team_id, []).append(row)
+    numbers = platform_numbers() if pending else None
     items = []
     for item in page:
         entry = {"request": item}
@@ -89,6 +95,8 @@ def resource_requests(request: HttpRequest) -> HttpResponse:
             entry["usage"] = usages[item.team_id]
             entry["history"] = [r for r in history.get(item.team_id, [])
                                 if r.pk != item.pk][:5]
+            entry["capacity_flags"] = quota_requests.capacity_flags(
+                item, limits=usages[item.team_id].limits, numbers=numbers) if numbers else []
             entry["form"] = DecisionForm(prefix=f"r{item.pk}", initial={
                 "cpu": item.cpu.normalize(), "memory_mb": item.memory_mb, "gpus": item.gpus})
         items.append(entry)

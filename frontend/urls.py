@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dashboard_views, quota_views, search_views, views
+from . import dashboard_views, quota_views, search_views, user_views, views
 
 app_name = "frontend"
 urlpatterns = [
@@ -12,6 +12,9 @@ urlpatterns = [
     path("teams/<slug:slug>/members/<str:username>/role", views.member_role, name="member-role"),
     path("teams/<slug:slug>/members/<str:username>/remove", views.member_remove,
          name="member-remove"),
+    path("teams/<slug:slug>/people/", user_views.member_candidates, name="member-candidates"),
+    path("users/", user_views.user_list, name="users"),
+    path("welcome/<uidb64>/<token>/", user_views.WelcomeView.as_view(), name="welcome"),
     path("tokens/", views.token_list, name="tokens"),
     path("tokens/<uuid:token_id>/revoke", views.token_revoke, name="token-revoke"),
     path("audit/", views.audit_log, name="audit"),

@@ -8,14 +8,15 @@ from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.portal import apply_service
 from quotas import services as quota_services
 from teams import services
-from teams.access import get_visible_team
+from teams.access import get_visible_team, may_read_audit_log
 from teams.filtersets import AuditEventFilterSet
-from teams.models import ApiToken, AuditEvent, Membership, Team
+from teams.models import ApiToken, AuditEvent, Team
 from teams.roles import Role, at_least, is_platform_admin
 
 from .forms import MemberAddForm, MemberRoleForm, TeamCreateForm, TeamEditForm, TokenCreateForm
@@ -46,7 +47,8 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
     team = get_visible_team(request.user, slug)
     role = team.role_of(request.user)
     can_manage = is_platform_admin(request.user) or at_least(role, Role.MAINTAINER)
-    add_form = MemberAddForm(request.POST if request.POST.get("intent") == "add" else None)
+    add_form = MemberAddForm(request.POST if request.POST.get("intent") == "add" else None,
+                             search_url=reverse("frontend:member-candidates", args=[slug]))
     edit_form = TeamEditForm(request.POST if request.POST.get("intent") == "edit" else None,
                              initial={"name": team.name, "description": team.description})
     if request.method == "POST":
@@ -133,8 +135,7 @@ def token_revoke(request: AuthenticatedRequest, token_id: str) -> HttpResponse:
 
 @login_required
 def audit_log(request: AuthenticatedRequest) -> HttpResponse:
-    if not is_platform_admin(request.user) and not Membership.objects.filter(
-            user=request.user, role=Role.MAINTAINER).exists():
+    if not may_read_audit_log(request.user):
         return render(request, "frontend/forbidden.html", {
             "reason": "Only platform admins and team maintainers read the audit log."},
             status=403)

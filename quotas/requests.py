@@ -24,6 +24,7 @@ from teams.roles import Role
 
 from . import capacity
 from .models import QuotaGrant, ResourceRequest
+from .platform import PlatformNumbers, beyond_platform
 from .services import (
     QUOTA_FIELDS,
     Resources,
@@ -50,6 +51,20 @@ def _describe(amounts: Resources) -> str:
              f"{amounts.memory_mb} MB memory" if amounts.memory_mb else "",
              f"{amounts.gpus} GPU{'s' if amounts.gpus != 1 else ''}" if amounts.gpus else ""]
     return ", ".join(p for p in parts if p) or "nothing"
+
+
+def capacity_flags(request: ResourceRequest, *, limits: Resources | None = None,
+                   numbers: PlatformNumbers | None = None) -> list[str]:
+    """Where granting ``request`` in full would give its team more than the whole platform
+    has (the check approval makes, ``services.check_capacity``), one sentence each with the
+    numbers. Filing is still allowed: the demand is what tells the platform team to add
+    hardware, and an approver may grant part of it. ``limits``: the team's current limits,
+    when the caller has them already (the request queue)."""
+    if limits is None:
+        limits = effective_limits(request.team)
+    problems = beyond_platform(limits + Resources.of(request), gpu_model=request.gpu_model,
+                               numbers=numbers)
+    return [f"Granted in full, team {request.team.slug} would have {p}." for p in problems]
 
 
 @transaction.atomic
@@ -82,9 +97,10 @@ def file_request(*, actor, team: Team, justification: str, cpu=0, memory_mb=0,
     audit.record(actor=actor, action="resource_request.created", obj=request, team=team,
                  after=audit.snapshot(request, REQUEST_FIELDS))
     until = f" until {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
+    beyond = " ".join(capacity_flags(request))
     notify(users=platform_admins(),
            text=f"{actor.get_username()} asks {_describe(amounts)} more for team "
-                f"{team.slug}{until}.",
+                f"{team.slug}{until}." + (f" Beyond the platform: {beyond}" if beyond else ""),
            link=_request_link(request), kind="resource_request.created",
            subject=f"[Modelport] Resource request #{request.pk} from {team.slug}")
     return request

@@ -31,6 +31,8 @@ from typing import Any
 
 from core.errors import InvalidInput
 
+from .formats import ACCEPTED
+
 _CHUNK = 1 << 20
 MB = 1 << 20
 # Tar headers and padding take room besides the members' data: at most this per member.
@@ -250,7 +252,8 @@ def find_model_root(root: Path) -> Path:
     if len(children) == 1 and children[0].is_dir() and (children[0] / "MLmodel").is_file():
         return children[0]
     raise ArchiveRefused("No MLmodel file at the top of the archive (or in its single top "
-                         "folder): this is not an MLflow model directory.", code="missing_mlmodel")
+                         f"folder): this is not an MLflow model directory. Upload {ACCEPTED}.",
+                         code="missing_mlmodel")
 
 
 def remove_tree(path: Path) -> None:

@@ -22,13 +22,23 @@ class ModelCreateForm(forms.Form):
 
 
 class VersionUploadForm(forms.Form):
-    file = forms.FileField(help_text="MLflow model directory as .zip/.tar.gz, or a "
-                                     "joblib/pickle scikit-learn estimator.")
-    format = forms.ChoiceField(choices=[("mlflow", "MLflow model (.zip / .tar.gz)"),
-                                        ("sklearn", "scikit-learn (joblib / pickle)")])
-    input_example = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
-                                    help_text='JSON, e.g. {"columns": ["a", "b"], "data": '
-                                              '[[1, 2]]} — required for scikit-learn files.')
+    file = forms.FileField(
+        label="Model file",
+        # hx-preserve: an htmx re-render of the form after an error keeps the chosen file.
+        widget=forms.ClearableFileInput(attrs={"hx-preserve": "true",
+                                               "accept": ".joblib,.pkl,.pickle,.zip,.tar.gz,"
+                                                         ".tgz"}),
+        help_text="A scikit-learn estimator saved with joblib or pickle (.joblib, .pkl), or an "
+                  "MLflow model directory as .zip / .tar.gz. The format is told from the file.")
+    format = forms.ChoiceField(
+        required=False, help_text="Leave on “Detect from the file” unless detection is wrong.",
+        choices=[("", "Detect from the file"), ("mlflow", "MLflow model (.zip / .tar.gz)"),
+                 ("sklearn", "scikit-learn (joblib / pickle)")])
+    input_example = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text='JSON, e.g. {"columns": ["a", "b"], "data": [[1, 2]]}. Required for '
+                  "scikit-learn files (it gives the model its signature); an MLflow model "
+                  "without one gets a row built from its signature.")
     reference_data = forms.FileField(required=False,
                                      help_text="Optional CSV/Parquet sample of training data "
                                                "(the drift baseline).")

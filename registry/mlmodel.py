@@ -132,3 +132,43 @@ def columns_of(signature: dict[str, Any] | None) -> list[dict[str, Any]]:
     inputs = signature.get("inputs") or []
     return [{"name": c.get("name"), "type": c.get("type"), "required": c.get("required", True)}
             for c in inputs if isinstance(c, dict) and c.get("name")]
+
+
+# One plausible value per MLflow column type: a first request that passes the signature.
+_SAMPLE_VALUES: dict[str, Any] = {
+    "double": 0.5, "float": 0.5, "long": 1, "integer": 1, "boolean": True, "string": "text",
+    "binary": "", "datetime": "2024-01-01T00:00:00",
+}
+_TENSOR_VALUES: dict[str, Any] = {"float64": 0.5, "float32": 0.5, "float16": 0.5, "int64": 1,
+                                  "int32": 1, "int16": 1, "int8": 1, "uint8": 1, "bool": True,
+                                  "str": "text", "object": "text"}
+
+
+def _tensor_example(spec: dict[str, Any]) -> dict[str, Any] | None:
+    tensor = spec.get("tensor-spec") or {}
+    shape = tensor.get("shape") or []
+    value = _TENSOR_VALUES.get(str(tensor.get("dtype")))
+    if value is None or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 1 \
+            or shape[1] > 1000:
+        return None
+    return {"inputs": [[value] * shape[1]]}
+
+
+def example_from_signature(signature: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A one-row ``/invocations`` body built from the signature's input schema (the column
+    names and a typed value each), for models saved without an input example; None when the
+    schema says too little (no inputs, unknown types, tensors of unknown width)."""
+    inputs = (signature or {}).get("inputs") or []
+    if not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict):
+        return None
+    if inputs[0].get("type") == "tensor":
+        return _tensor_example(inputs[0]) if len(inputs) == 1 else None
+    columns = [c for c in inputs if isinstance(c, dict) and c.get("name")]
+    if len(columns) != len(inputs):
+        return None
+    row = []
+    for column in columns:
+        if str(column.get("type")) not in _SAMPLE_VALUES:
+            return None
+        row.append(_SAMPLE_VALUES[str(column["type"])])
+    return {"dataframe_split": {"columns": [str(c["name"]) for c in columns], "data": [row]}}

@@ -30,7 +30,7 @@ from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 from workers.runtimes.requirements import RequirementRefused, check_requirements
 
-from . import archives, baselines, mlmodel, progress, reference, sandbox, storage
+from . import archives, baselines, formats, mlmodel, progress, reference, sandbox, storage
 from .mlflow_import import ImportFailed, check_source, download
 from .models import (
     AliasTransitionRequest,
@@ -48,7 +48,7 @@ from .signals import alias_moved
 log = logging.getLogger(__name__)
 
 MODEL_FIELDS = ["name", "team", "description", "card", "tags"]
-FORMATS = ("mlflow", "sklearn")
+FORMATS = formats.FORMATS
 LINEAGE_KEYS = ("git_commit", "dataset_name", "dataset_hash", "mlflow_run_id", "training_job")
 
 
@@ -207,18 +207,21 @@ def _numbers(raw: Any, field: str) -> dict[str, Any]:
 
 
 def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | None,
-                    fmt: str, input_example: Any = None, reference_data: UploadedFile | None = None,
-                    description: str = "", lineage: dict[str, Any] | None = None,
-                    params: Any = None, metrics: Any = None) -> ModelVersion:
-    """Check and stage an upload, create version N as ``pending`` and enqueue its validation."""
+                    fmt: str | None = None, input_example: Any = None,
+                    reference_data: UploadedFile | None = None, description: str = "",
+                    lineage: dict[str, Any] | None = None, params: Any = None,
+                    metrics: Any = None) -> ModelVersion:
+    """Check and stage an upload, create version N as ``pending`` and enqueue its validation.
+    Without ``fmt`` the format is told from the file (``registry.formats``)."""
     require_team_role(actor, model.team, Role.ENGINEER, "registering versions")
-    if fmt not in FORMATS:
+    if fmt and fmt not in FORMATS:
         raise InvalidInput(f"Unknown format '{fmt}'; use 'mlflow' (a .zip or .tar.gz of an "
                            "MLflow model directory) or 'sklearn' (a joblib or pickle file).",
                            field="format")
     if upload is None:
         raise InvalidInput("Attach the model as the 'file' field.", field="file")
     _check_size(upload, "file")
+    fmt = fmt or formats.infer_format(upload)
     reference_format = ""
     if reference_data is not None:
         _check_size(reference_data, "reference_data")
@@ -232,6 +235,7 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
         job_input = staging / "input"
         job_input.mkdir(parents=True)
         signature = None
+        baseline: dict[str, Any] | None = None
         requirements: list[str] = []
         run_id = ""
         if fmt == "mlflow":
@@ -247,17 +251,21 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
             archive.unlink()
             signature, run_id = metadata.signature, metadata.run_id
             flavor = metadata.flavor
-            body = _check_example(example, signature) or metadata.input_example
+            body = baseline = _check_example(example, signature) or metadata.input_example
+            if body is None:  # a first request from the signature; not a drift baseline
+                body = mlmodel.example_from_signature(signature)
         else:
             if example is None:
                 raise InvalidInput("A scikit-learn upload needs an input_example: it gives the "
                                    "model its signature.", field="input_example")
             _save_upload(upload, job_input / "model.pkl")
             flavor = "sklearn"
-            body = _check_example(example, None)
+            body = baseline = _check_example(example, None)
         reference_file = (baselines.keep(reference_data, reference_format)
                           if reference_data is not None else "")
-        (job_input / "job.json").write_text(json.dumps({"format": fmt, "input_example": body}))
+        # The sandbox predicts only a real example: a made-up row could fail a sound model.
+        (job_input / "job.json").write_text(json.dumps({"format": fmt,
+                                                        "input_example": baseline}))
 
         lineage_value = _lineage(lineage)
         if run_id:
@@ -271,7 +279,7 @@ def register_upload(*, actor, model: RegisteredModel, upload: UploadedFile | Non
                 requirements=requirements, params=params_value, metrics=metrics_value,
                 lineage=lineage_value, created_by=actor,
                 staging_dir=str(staging), status_message="Waiting for a worker to validate.",
-                **baselines.pending_fields(reference_file, body))
+                **baselines.pending_fields(reference_file, baseline))
             audit.record(actor=actor, action="version.registered", obj=version, team=model.team,
                          after={"model": model.name, "version": number, "format": fmt,
                                 "source": version.source})

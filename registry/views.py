@@ -12,6 +12,7 @@ from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import DomainError
@@ -83,27 +84,45 @@ def model_list(request: HttpRequest) -> HttpResponse:
     })
 
 
+def _upload(request: HttpRequest, model: RegisteredModel) -> tuple[VersionUploadForm,
+                                                                     HttpResponse | None]:
+    """Register the posted version: a redirect on success, else the form with its errors.
+    htmx posts (the form's hx-post) get the redirect as ``HX-Redirect`` and the form alone
+    with a 400, swapped in place so the chosen file stays selected (``hx-preserve``)."""
+    form = VersionUploadForm(request.POST, request.FILES)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            version = services.register_upload(
+                actor=request.user, model=model, upload=data["file"],
+                fmt=data["format"] or None, input_example=data["input_example"] or None,
+                reference_data=data["reference_data"], description=data["description"])
+        except DomainError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            messages.success(request, f"Version {version.version} uploaded; validating.")
+            target = reverse("registry:version-detail", args=[model.name, version.version])
+            if request.headers.get("HX-Request"):
+                return form, HttpResponse(headers={"HX-Redirect": target})
+            return form, redirect(target)
+    if request.headers.get("HX-Request"):
+        return form, render(request, "registry/_upload_form.html",
+                            {"model": model, "upload_form": form}, status=400)
+    return form, None
+
+
 @login_required
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     model = _model(request, name)
     role = _role(request, model.team)
     can_write = at_least(role, Role.ENGINEER)
     upload_form = VersionUploadForm()
+    status = 200
     if request.method == "POST" and can_write:
-        upload_form = VersionUploadForm(request.POST, request.FILES)
-        if upload_form.is_valid():
-            data = upload_form.cleaned_data
-            try:
-                version = services.register_upload(
-                    actor=request.user, model=model, upload=data["file"], fmt=data["format"],
-                    input_example=data["input_example"] or None,
-                    reference_data=data["reference_data"], description=data["description"])
-            except DomainError as exc:
-                upload_form.add_error(exc.field if exc.field in upload_form.fields else None,
-                                      exc.message)
-            else:
-                messages.success(request, f"Version {version.version} uploaded; validating.")
-                return redirect("registry:version-detail", name=name, number=version.version)
+        upload_form, response = _upload(request, model)
+        if response is not None:
+            return response
+        status = 400
     versions = list(model.versions.select_related("created_by").prefetch_related("aliases")
                     .order_by("-version")[:50])
     metric_names = sorted({key for v in versions for key in (v.metrics or {})})
@@ -123,7 +142,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "transitions": model.transition_requests.filter(status=TransitionStatus.PENDING)
         .select_related("version", "requested_by"),
         "mlflow_refused": mlflow_services.refused_versions(model),
-    })
+    }, status=status)
 
 
 def _version(request: HttpRequest, name: str, number: int):

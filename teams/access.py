@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.errors import NotFound, PermissionDenied
 
-from .models import Team
+from .models import Membership, Team
 from .roles import Role, at_least, is_platform_admin
 
 
@@ -31,3 +31,19 @@ def require_team_role(user, team: Team, minimum: Role, action: str) -> None:
         raise PermissionDenied(
             f"Your role in team '{team.slug}' is {role}; {action} needs {minimum.value} or higher."
         )
+
+
+# --- Who may open which page: one predicate per page, used by the page (or API) and by the
+# portal's navigation alike (frontend/nav.py), so a link is shown exactly when it opens.
+def may_read_audit_log(user) -> bool:
+    """Platform admins (everything) and maintainers of at least one team (their teams')."""
+    if is_platform_admin(user):
+        return True
+    if not user or not user.is_authenticated:
+        return False
+    return Membership.objects.filter(user=user, role=Role.MAINTAINER).exists()
+
+
+def may_manage_users(user) -> bool:
+    """Creating and inviting users: platform admins only."""
+    return is_platform_admin(user)

@@ -11,8 +11,11 @@ import re
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, password_validation
+from django.contrib.auth.tokens import default_token_generator
+from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from packaging.utils import canonicalize_name
@@ -20,8 +23,8 @@ from packaging.utils import canonicalize_name
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.netguard import parse_allow_entry
 
-from . import audit, tokens
-from .access import require_platform_admin, require_team_role
+from . import audit, tokens, welcome
+from .access import get_visible_team, require_platform_admin, require_team_role
 from .models import ApiToken, Membership, PlatformSettings, Team, slug_validator
 from .roles import Role, is_platform_admin
 
@@ -209,6 +212,110 @@ def revoke_token(*, actor, token: ApiToken) -> ApiToken:
 # --- Users (platform admins, from Django admin) ------------------------------------------------
 USER_FIELDS = ["username", "email", "first_name", "last_name", "is_active", "is_staff",
                "is_superuser"]
+
+
+def _new_user_fields(username: str, email: str) -> tuple[str, str]:
+    username, email = (username or "").strip(), (email or "").strip()
+    if not username:
+        raise InvalidInput("A user needs a username.", field="username")
+    try:
+        UnicodeUsernameValidator()(username)
+    except ValidationError as exc:
+        raise InvalidInput(exc.messages[0], field="username") from None
+    if len(username) > 150:
+        raise InvalidInput("Usernames are at most 150 characters.", field="username")
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise InvalidInput(f"'{email}' is not an email address.", field="email") from None
+    users = get_user_model().objects
+    if users.filter(username__iexact=username).exists():
+        raise Conflict(f"A user named '{username}' already exists.", code="username_taken",
+                       field="username")
+    if users.filter(email__iexact=email).exists():
+        raise Conflict(f"A user with the email '{email}' already exists.", code="email_taken",
+                       field="email")
+    return username, email
+
+
+@transaction.atomic
+def create_user(*, actor, username: str, email: str, first_name: str = "", last_name: str = "",
+                password: str | None = None, team: str | None = None,
+                role: str | None = None):
+    """Create a user (platform admins only), optionally a member of ``team`` with ``role``.
+
+    Without ``password`` the account has no usable password: the user sets one through a
+    welcome link (``teams.welcome``), mailed after commit when email is configured. Nothing
+    is written unless every part (user, membership, audit) succeeds."""
+    require_platform_admin(actor, "create users")
+    username, email = _new_user_fields(username, email)
+    user = get_user_model()(username=username, email=email, first_name=first_name.strip()[:150],
+                            last_name=last_name.strip()[:150])
+    if password:
+        try:
+            password_validation.validate_password(password, user)
+        except ValidationError as exc:
+            raise InvalidInput(" ".join(exc.messages), field="password") from None
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    the_team = None
+    if team:
+        try:
+            the_team = get_visible_team(actor, team)
+        except NotFound as exc:
+            raise NotFound(exc.message, field="team") from None
+        _validate_role(role or "")
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        raise Conflict(f"A user named '{username}' already exists.", code="username_taken",
+                       field="username") from None
+    audit.record(actor=actor, action="user.created", obj=user, after={
+        **audit.snapshot(user, USER_FIELDS),
+        "sign_in": "initial password" if password else "welcome link"})
+    if the_team is not None:
+        add_member(actor=actor, team=the_team, username=username, role=role or "")
+    if not password:
+        transaction.on_commit(lambda: welcome.send_welcome(user))
+    return user
+
+
+@transaction.atomic
+def issue_welcome_link(*, actor, user) -> str:
+    """A new one-time set-password link (its path) for an invited user who has not set a
+    password yet; platform admins only, audited, emailed when email is configured. Accounts
+    that have a password are refused: a link would let whoever holds it take the account."""
+    require_platform_admin(actor, "issue set-password links")
+    user = get_user_model().objects.select_for_update().get(pk=user.pk)
+    if not user.is_active:
+        raise InvalidInput(f"'{user.get_username()}' is deactivated.", field="username")
+    if user.has_usable_password():
+        raise Conflict(f"'{user.get_username()}' has set a password already; change it in the "
+                       "console if they lost it.", code="has_password", field="username")
+    audit.record(actor=actor, action="user.welcome_link_issued", obj=user,
+                 after={"username": user.get_username()})
+    transaction.on_commit(lambda: welcome.send_welcome(user))
+    return welcome.welcome_path(user)
+
+
+@transaction.atomic
+def set_password_with_link(*, user, token: str, password: str) -> None:
+    """The user of a welcome (or reset) link sets their password; the link then stops working.
+    The token is checked here, not only by the page, so no caller can skip it."""
+    user = get_user_model().objects.select_for_update().get(pk=user.pk)
+    if not user.is_active or not default_token_generator.check_token(user, token):
+        raise InvalidInput("This link is invalid or has expired; ask a platform admin for a "
+                           "new one.", field="token")
+    try:
+        password_validation.validate_password(password, user)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="new_password1") from None
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    audit.record(actor=user, action="user.password_set", obj=user,
+                 after={"username": user.get_username(), "via": "welcome link"})
 
 
 def record_user_change(*, actor, user, before: dict | None, created: bool) -> None:

@@ -403,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("name")
     register.add_argument("file", nargs="?")
     register.add_argument("--source", help="runs:/<run>/<path> or models:/<name>/<version>")
-    register.add_argument("--format", default="mlflow", choices=["mlflow", "sklearn"])
+    register.add_argument("--format", choices=["mlflow", "sklearn"],
+                          help="default: told from the file (.joblib/.pkl/.pickle: sklearn, "
+                               ".zip/.tar.gz: mlflow)")
     register.add_argument("--input-example", help="JSON, @file or - for stdin")
     register.add_argument("--reference-data", help="CSV/Parquet drift baseline")
     register.add_argument("--description", default="")

@@ -154,21 +154,24 @@ class Client:
         return self.request("GET", f"/models/{name}/versions/{version}/")
 
     def register_version(self, name: str, path: str | os.PathLike[str] | None = None, *,
-                         format: str = "mlflow", source: str | None = None,
+                         format: str | None = None, source: str | None = None,
                          input_example: Any = None,
                          reference_data: str | os.PathLike[str] | None = None,
                          description: str = "", metrics: dict | None = None,
                          params: dict | None = None, git_commit: str | None = None,
                          dataset_name: str | None = None,
                          progress: ProgressFn | None = None) -> JSON:
-        """Upload a model file (``format`` mlflow or sklearn) or import ``source``
-        (``runs:/…``, ``models:/…``). Returns ``{"version", "status": "pending"}``."""
+        """Upload a model file (``format`` mlflow or sklearn; None: the platform tells it from
+        the file) or import ``source`` (``runs:/…``, ``models:/…``). Returns
+        ``{"version", "status": "pending"}``."""
         if source:
             return self.request("POST", f"/models/{name}/versions/",
                                 json={"source": source, "description": description})
         if path is None:
             raise errors.BadRequest("give a file path or a source")
-        data: JSON = {"format": format, "description": description}
+        data: JSON = {"description": description}
+        if format:
+            data["format"] = format
         if input_example is not None:
             data["input_example"] = (input_example if isinstance(input_example, str)
                                      else json.dumps(input_example))

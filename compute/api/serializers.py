@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from core.rest import CoresField, StrictTypes, identifier
+from quotas.api.serializers import PlatformNumbersSerializer
 from teams.models import slug_validator
 
 from ..models import ExecutionTarget, TargetKind
@@ -185,6 +186,12 @@ class CapacityGpuModelSerializer(serializers.Serializer):
 class CapacitySerializer(serializers.Serializer):
     hosts = CapacityHostSerializer(many=True)
     totals = CapacityTotalsSerializer()
-    allocated = CapacityAllocatedSerializer(help_text="Sum of every team's reservations.")
-    committed = CapacityAllocatedSerializer(help_text="Sum of every team's base quota.")
+    allocated = CapacityAllocatedSerializer(help_text="Sum of every team's reservations "
+                                                      "(platform.used).")
+    committed = CapacityAllocatedSerializer(help_text="Sum of every team's quota and active "
+                                                      "grants (platform.allocated).")
     gpu_models = CapacityGpuModelSerializer(many=True)
+    platform = PlatformNumbersSerializer(
+        allow_null=True, help_text="Total, allocated to quotas, used by deployments and free: "
+                                   "the numbers GET /teams/{slug}/quota/ shows as well; null "
+                                   "until a host or pool is registered.")

@@ -127,8 +127,12 @@ class Outcomes:
         d = self.d
         now = timezone.now()
         if target.healthy_at is None or target.state != RevisionState.ACTIVE:
-            Revision.objects.filter(deployment=d, state=RevisionState.ACTIVE) \
-                .exclude(pk=target.pk).update(state=RevisionState.SUPERSEDED)
+            # Every other revision that served or was on its way is done: an earlier one
+            # interrupted mid-rollout (a stepped one included) is never left "Rolling out".
+            Revision.objects.filter(deployment=d, state__in=[RevisionState.ACTIVE,
+                                                             *revisions.UNFINISHED]) \
+                .exclude(pk=target.pk).update(state=RevisionState.SUPERSEDED,
+                                              next_step_at=None)
             Revision.objects.filter(pk=target.pk).update(
                 state=RevisionState.ACTIVE, healthy_at=target.healthy_at or now)
             target.healthy_at = target.healthy_at or now

@@ -51,6 +51,27 @@ class QuotaGrantSerializer(serializers.Serializer):
     request = serializers.IntegerField(source="request_id", allow_null=True)
 
 
+class PlatformAmountsSerializer(serializers.Serializer):
+    cpu = _cpu()
+    memory_mb = serializers.IntegerField()
+    gpus = serializers.IntegerField()
+
+
+class PlatformNumbersSerializer(serializers.Serializer):
+    """``quotas.platform.PlatformNumbers``: the same numbers on the capacity page, each quota
+    page, GET /capacity/ and GET /teams/{slug}/quota/."""
+
+    total = PlatformAmountsSerializer(help_text="Schedulable CPU and memory of the active "
+                                                "hosts and pools (overcommit applied), and "
+                                                "their active GPU devices.")
+    allocated = PlatformAmountsSerializer(help_text="Promised to teams: every quota plus "
+                                                    "active temporary grants.")
+    used = PlatformAmountsSerializer(help_text="Held by deployments (running or starting).")
+    free = PlatformAmountsSerializer(help_text="total - used.")
+    unallocated = PlatformAmountsSerializer(help_text="total - allocated; negative when "
+                                                      "quotas overbook the platform.")
+
+
 class QuotaSerializer(serializers.Serializer):
     team = serializers.CharField(source="team.slug")
     limits = QuotaResourcesSerializer(help_text="Base quota plus active temporary grants.")
@@ -63,6 +84,8 @@ class QuotaSerializer(serializers.Serializer):
     requested = QuotaResourcesSerializer(help_text="Asked for in pending resource requests.")
     grants = QuotaGrantSerializer(many=True)
     reservations = QuotaReservationSerializer(many=True)
+    platform = PlatformNumbersSerializer(allow_null=True, help_text="The whole platform's "
+                                         "capacity; null until a host or pool is registered.")
 
 
 class ResourceRequestSerializer(serializers.ModelSerializer):
@@ -98,6 +121,18 @@ class ResourceRequestCreateSerializer(StrictTypes, serializers.Serializer):
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None,
                                            help_text="End of a temporary grant; omit for "
                                                      "a permanent raise.")
+
+
+class ResourceRequestCreatedSerializer(ResourceRequestSerializer):
+    capacity_warnings = serializers.ListField(
+        child=serializers.CharField(), read_only=True,
+        help_text="Where granting the request in full would take the team beyond what the "
+                  "whole platform has; the request is filed anyway and the approver sees the "
+                  "same flag.")
+
+    class Meta(ResourceRequestSerializer.Meta):
+        fields = [*ResourceRequestSerializer.Meta.fields, "capacity_warnings"]
+        read_only_fields = fields
 
 
 class ResourceRequestApproveSerializer(StrictTypes, serializers.Serializer):

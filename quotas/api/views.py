@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from core.openapi import api_errors
 from teams.access import get_visible_team
 
-from .. import requests, services
+from .. import platform, requests, services
 from ..filtersets import ResourceRequestFilterSet
 from ..models import Reservation, ResourceRequest
 from . import serializers as s
@@ -20,8 +20,10 @@ def quota_body(team) -> dict:
     usage = services.usage(team)
     body = {name: getattr(usage, name).as_dict() for name in
             ("limits", "base", "granted", "used", "reserved", "pending", "free", "requested")}
+    numbers = platform.platform_numbers()
     body.update(team=team, grants=usage.grants,
-                reservations=Reservation.objects.filter(team=team).order_by("owner"))
+                reservations=Reservation.objects.filter(team=team).order_by("owner"),
+                platform=numbers.as_dict() if numbers else None)
     return s.QuotaSerializer(body).data
 
 
@@ -50,7 +52,7 @@ class TeamQuotaView(GenericAPIView):
     list=extend_schema(summary="Resource requests of the teams you can see"),
     create=extend_schema(summary="Ask for more CPU, memory or GPUs (any team member)",
                          request=s.ResourceRequestCreateSerializer,
-                         responses={201: s.ResourceRequestSerializer}),
+                         responses={201: s.ResourceRequestCreatedSerializer}),
 )
 class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                              viewsets.GenericViewSet):
@@ -72,7 +74,9 @@ class ResourceRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         data = dict(serializer.validated_data)
         team = get_visible_team(request.user, data.pop("team"))
         created = requests.file_request(actor=request.user, team=team, **data)
-        return Response(self.get_serializer(created).data, status=status.HTTP_201_CREATED)
+        body = s.ResourceRequestSerializer(created).data
+        body["capacity_warnings"] = requests.capacity_flags(created)
+        return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="Approve in full or in part (platform admins)",
                    request=s.ResourceRequestApproveSerializer,

@@ -161,7 +161,8 @@ class VersionUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="The model: a .zip or .tar.gz of an MLflow model "
                                            "directory, or a scikit-learn joblib/pickle file.")
     format = serializers.ChoiceField(
-        choices=FORMATS, required=False, default="mlflow", error_messages={
+        choices=FORMATS, required=False, help_text="Omitted: told from the file (.joblib, .pkl "
+        "or .pickle: sklearn; a .zip or .tar.gz: mlflow).", error_messages={
             "invalid_choice": "Unknown format '{input}'; use 'mlflow' (a .zip or .tar.gz of an "
                               "MLflow model directory) or 'sklearn' (a joblib or pickle file)."})
     input_example = serializers.CharField(required=False, allow_blank=True)

@@ -153,7 +153,7 @@ class ModelVersionViewSet(viewsets.GenericViewSet):
         data = body.validated_data
         version = services.register_upload(
             actor=request.user, model=model, upload=data.get("file"),
-            fmt=data.get("format") or "mlflow", input_example=data.get("input_example"),
+            fmt=data.get("format"), input_example=data.get("input_example"),
             reference_data=data.get("reference_data"), description=data.get("description", ""),
             lineage={key: data.get(key) for key in ("git_commit", "dataset_name",
                                                     "dataset_hash")},

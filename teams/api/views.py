@@ -13,11 +13,10 @@ from core.errors import NotFound, PermissionDenied
 from core.openapi import api_errors
 
 from .. import services
-from ..access import get_visible_team
+from ..access import get_visible_team, may_read_audit_log
 from ..authentication import BearerTokenAuthentication, TokenBasicAuthentication
 from ..filtersets import AuditEventFilterSet, TeamFilterSet
 from ..models import ApiToken, AuditEvent, Membership, Team
-from ..roles import Role, is_platform_admin
 from . import serializers as s
 
 
@@ -190,8 +189,7 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
         user = self.request.user
-        maintains = Membership.objects.filter(user=user, role=Role.MAINTAINER).exists()
-        if not is_platform_admin(user) and not maintains:
+        if not may_read_audit_log(user):
             raise PermissionDenied("Only platform admins and team maintainers read the audit log.")
         return AuditEvent.objects.visible_to(user)
 

@@ -160,7 +160,7 @@ def test_cli_register_waits_and_reports_a_failed_version(live_server, token, tmp
     bad.write_bytes(pickle.dumps({"not": "a model"}))
     base = ["--url", live_server.url, "--token", token]
     assert cli.main([*base, "models", "create", "broken", "--team", "ml-search"]) == 0
-    code = cli.main([*base, "models", "register", "broken", str(bad), "--format", "sklearn",
+    code = cli.main([*base, "models", "register", "broken", str(bad),  # no --format: a .pkl
                      "--input-example", '{"columns": ["a"], "data": [[1]]}', "--wait"])
     assert code == 10
     assert "not a scikit-learn estimator" in capsys.readouterr().err

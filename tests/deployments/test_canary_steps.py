@@ -172,3 +172,40 @@ def test_the_deployment_page_shows_the_step(canary, engineer):
     browser.force_login(engineer)
     page = browser.get(f"/deployments/{d.name}/status/").content.decode()
     assert "Canary step 1 of 2: 10% of traffic to revision 2; next step in " in page
+
+
+def test_a_canary_interrupted_by_a_change_is_never_left_rolling_out(canary, engineer, v1):
+    """Revision 2 is mid-canary (step persisted, a next step due) when the deployment is
+    changed again: revision 3 rolls out and settles; revision 2's rollout never finishes, so
+    it is superseded, its step state cleared — not "Rolling out" for good."""
+    d, runtime = canary
+    assert reconcile_deployment(d.pk, runtime) == "canary"
+    assert revision(d).state == "rolling_out" and revision(d).next_step_at is not None
+    d.refresh_from_db()
+    services.update_deployment(actor=engineer, deployment=d, version=1,
+                               strategy={"type": "blue_green"})
+    r2 = revision(d)
+    assert (r2.state, r2.next_step_at) == ("superseded", None)
+    assert reconcile_deployment(d.pk, runtime) == "healthy"
+    states = dict(Revision.objects.filter(deployment=d).values_list("number", "state"))
+    assert states == {1: "superseded", 2: "superseded", 3: "active"}
+    d.refresh_from_db()
+    assert d.traffic == [{"revision": 3, "percent": 100}]
+    assert sorted(runtime.replicas) == ["mp-iris-rc-r3-0"]
+
+
+def test_settling_supersedes_a_revision_left_rolling_out_before_this_fix(canary, engineer,
+                                                                          v1):
+    """A revision written "Rolling out" by an earlier release (not superseded when it was
+    replaced) is superseded when the revision after it settles."""
+    d, runtime = canary
+    reconcile_deployment(d.pk, runtime)
+    d.refresh_from_db()
+    services.update_deployment(actor=engineer, deployment=d, version=1)
+    Revision.objects.filter(deployment=d, number=2).update(state="rolling_out")  # as before
+    time_passes(d, 3)
+    for _ in range(3):
+        if reconcile_deployment(d.pk, runtime) == "healthy":
+            break
+        time_passes(d, 3)
+    assert revision(d, 2).state == "superseded" and revision(d, 3).state == "active"

@@ -32,7 +32,7 @@ def test_list_and_detail_pages(deployment, engineer):
     assert "/serve/iris-web/invocations" in page
     assert "mp-iris-web-r1-0" in page and "Revision 1 created" in page
     assert 'hx-trigger="every 2s"' in page and "<progress" in page
-    assert "Stop</button>" in page and "Roll back" in page
+    assert "Stop…</a>" in page and "Roll back" in page
     fragment = client.get("/deployments/iris-web/status/").content.decode()
     assert fragment.startswith("<section") and "Replicas" in fragment
     assert "Deployments of this model" in client.get("/models/iris/").content.decode()
@@ -40,7 +40,7 @@ def test_list_and_detail_pages(deployment, engineer):
 
 def test_viewer_sees_no_buttons_and_outsiders_get_404(deployment, viewer, outsider):
     page = logged_in(viewer).get("/deployments/iris-web/").content.decode()
-    assert "Stop</button>" not in page
+    assert "Stop…" not in page and "Save and roll out" not in page
     assert logged_in(viewer).post("/deployments/iris-web/stop/").status_code == 302
     assert not Deployment.objects.get(name="iris-web").stopped
     assert logged_in(outsider).get("/deployments/iris-web/").status_code == 404
@@ -49,6 +49,9 @@ def test_viewer_sees_no_buttons_and_outsiders_get_404(deployment, viewer, outsid
 
 def test_stop_start_rollback_buttons(deployment, engineer):
     client = logged_in(engineer)
+    confirm = client.get("/deployments/iris-web/stop/").content.decode()
+    assert "Stop iris-web?" in confirm and "quota reservation" in confirm
+    assert not Deployment.objects.get(name="iris-web").stopped  # asking changes nothing
     response = client.post("/deployments/iris-web/stop/", follow=True)
     assert "Stopping" in response.content.decode()
     assert Deployment.objects.get(name="iris-web").stopped

@@ -36,8 +36,8 @@ def test_member_files_a_request_from_the_quota_page(team, quota, viewer, admin_u
     page = client.get(f"/teams/{team.slug}/quota/").content.decode()
     assert "Request resources" in page and "Set quota" not in page
     response = client.post(f"/teams/{team.slug}/quota/", {
-        "intent": "request", "cpu": "2", "memory_mb": "0", "gpus": "0",
-        "justification": "new model", "expires_at": ""}, follow=True)
+        "intent": "request", "request-cpu": "2", "request-memory_mb": "0", "request-gpus": "0",
+        "request-justification": "new model", "request-expires_at": ""}, follow=True)
     assert "Request sent" in response.content.decode()
     request = ResourceRequest.objects.get()
     assert request.cpu == 2 and request.requested_by == viewer
@@ -47,7 +47,7 @@ def test_member_files_a_request_from_the_quota_page(team, quota, viewer, admin_u
 
 def test_request_form_errors_stay_on_the_page(team, quota, engineer):
     response = logged_in(engineer).post(f"/teams/{team.slug}/quota/", {
-        "intent": "request", "cpu": "-1", "justification": "x"})
+        "intent": "request", "request-cpu": "-1", "request-justification": "x"})
     assert response.status_code == 200
     assert "cpu cannot be negative" in response.content.decode()
     assert not ResourceRequest.objects.exists()
@@ -59,7 +59,8 @@ def test_outsiders_get_404_on_a_teams_quota_page(team, quota, outsider):
 
 def test_admin_sets_the_quota_in_the_portal(team, quota, admin_user):
     response = logged_in(admin_user).post(f"/teams/{team.slug}/quota/", {
-        "intent": "set", "cpu": "12", "memory_mb": "1024", "gpus": "0", "deployments": "3"},
+        "intent": "set", "quota-cpu": "12", "quota-memory_mb": "1024", "quota-gpus": "0",
+        "quota-deployments": "3"},
         follow=True)
     assert "Quota of ml-search updated." in response.content.decode()
     assert services.usage(team).limits.cpu == 12

@@ -73,7 +73,7 @@ def test_bad_upload_shows_the_reason_on_the_form(iris, team_engineer):
 
     response = logged_in(team_engineer).post("/models/iris/", {
         "file": SimpleUploadedFile("m.zip", b"not an archive"), "format": "mlflow"})
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "Unknown archive type" in response.content.decode()
     assert not ModelVersion.objects.exists()
 

@@ -26,6 +26,42 @@
     navigator.clipboard.writeText(document.getElementById(btn.dataset.copy).textContent.trim());
     btn.textContent = "Copied";
   });
+  // People found by the add-member search: a click puts the username in the field it names
+  // (data-pick-for) and closes the list; the form is then sent as if it had been typed.
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest("[data-pick-user]");
+    if (!btn) return;
+    var input = document.getElementById(btn.dataset.pickFor);
+    var list = btn.closest("[aria-live]") || btn.parentNode;
+    input.value = btn.dataset.pickUser;
+    list.textContent = "";
+    var note = document.createElement("p");
+    note.textContent = "Picked " + btn.dataset.pickUser + ".";
+    list.appendChild(note);
+    input.focus();
+  });
+  // Keyboard: ArrowDown from the search field moves into its matches, the arrows move within
+  // them, Escape (or ArrowUp from the first) goes back to the field.
+  document.addEventListener("keydown", function (e) {
+    var t = e.target;
+    if (!t.matches) return;
+    if (t.matches("input[aria-controls]") && e.key === "ArrowDown") {
+      var box = document.getElementById(t.getAttribute("aria-controls"));
+      var first = box && box.querySelector("[data-pick-user]");
+      if (first) { e.preventDefault(); first.focus(); }
+      return;
+    }
+    if (!t.matches("[data-pick-user]") || ["ArrowDown", "ArrowUp", "Escape"].indexOf(e.key) < 0) return;
+    e.preventDefault();
+    var buttons = Array.prototype.slice.call(t.closest("ul").querySelectorAll("[data-pick-user]"));
+    var i = buttons.indexOf(t);
+    if (e.key === "Escape" || (e.key === "ArrowUp" && i === 0)) {
+      document.getElementById(t.dataset.pickFor).focus();
+      return;
+    }
+    var next = buttons[i + (e.key === "ArrowDown" ? 1 : -1)];
+    if (next) next.focus();
+  });
   // Forms with data-confirm ask before they are sent (e.g. deleting a deployment).
   document.addEventListener("submit", function (e) {
     var message = e.target.dataset && e.target.dataset.confirm;
