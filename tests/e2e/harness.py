@@ -112,8 +112,8 @@ class CheckedPage:
     def _request_failed(self, request: Any) -> None:
         if urlsplit(request.url).netloc != self.host:
             return  # already recorded as off-host
-        if request.failure == "net::ERR_ABORTED" and request.resource_type in ("xhr", "fetch"):
-            return  # an htmx request cancelled because the user moved on (submit, link)
+        if request.failure == "net::ERR_ABORTED":
+            return  # cancelled by the browser: the user moved on (a link, a submit) mid-load
         self.problems.failed.append(f"{request.method} {request.url}: {request.failure}")
 
     def _response(self, response: Any) -> None:
