@@ -87,4 +87,16 @@
       e.preventDefault();
     }
   });
+  // A box that scrolls (a wide table or code on a phone, a long log) must be reachable by
+  // keyboard to be scrolled: give it a tab stop while, and only while, it overflows.
+  function focusableScrollers() {
+    document.querySelectorAll("main pre, main table, main .table-scroll, main .version-log").forEach(function (el) {
+      var scrolls = el.scrollWidth > el.clientWidth + 1 || el.scrollHeight > el.clientHeight + 1;
+      if (scrolls && !el.hasAttribute("tabindex")) { el.setAttribute("tabindex", "0"); el.dataset.scrollStop = ""; }
+      else if (!scrolls && el.hasAttribute("data-scroll-stop")) { el.removeAttribute("tabindex"); el.removeAttribute("data-scroll-stop"); }
+    });
+  }
+  focusableScrollers();
+  window.addEventListener("resize", focusableScrollers);
+  document.addEventListener("htmx:afterSettle", focusableScrollers);
 })();

@@ -1,0 +1,120 @@
+"""Every portal page under the browser harness (tests/e2e/harness.py), at desktop and mobile:
+axe-core finds no serious or critical violation, nothing is requested off the host, the console
+stays clean, no request fails, and no page scrolls sideways at 390 px. The pages come from the
+URLconf (htmx fragments and POST-only views excepted) and are filled with seeded data, including
+a long model name and a firing alert, the things that used to push pages wider than a phone.
+Screenshots: ``test-artifacts/screenshots/pages/<viewport>/``."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitoring.models import AlertRule
+from notifications import services as notifications
+from quotas import services as quota_services
+from quotas.requests import file_request
+from teams.roles import Role
+from tests.e2e.harness import checked_page
+from tests.factories import PASSWORD, AdminFactory, MembershipFactory, UserFactory, make_token
+from tests.frontend.conftest import make_alias, make_deployment, make_model
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+LONG = "customer-lifetime-value-gradient-boosted-regressor-europe-west"
+RULE = "{rule}"
+PAGES = [
+    ("dashboard", "/"),
+    ("search", "/search/?q=churn"),
+    ("models", "/models/"),
+    ("model", "/models/churn/"),
+    ("model-long-name", f"/models/{LONG}/"),
+    ("version", "/models/churn/versions/2/"),
+    ("deployments", "/deployments/"),
+    ("deployment", "/deployments/churn-prod/"),
+    ("monitoring", "/monitoring/"),
+    ("monitoring-model", "/monitoring/models/churn/"),
+    ("monitoring-deployment", "/monitoring/deployments/churn-prod/"),
+    ("monitoring-model-settings", "/monitoring/models/churn/settings/"),
+    ("monitoring-deployment-settings", "/monitoring/deployments/churn-prod/settings/"),
+    ("monitoring-rule-new", "/monitoring/deployments/churn-prod/rules/"),
+    ("monitoring-rule-edit", f"/monitoring/deployments/churn-prod/rules/{RULE}/edit/"),
+    ("teams", "/teams/"),
+    ("team", "/teams/ml-search/"),
+    ("quota", "/teams/ml-search/quota/"),
+    ("resource-requests", "/resource-requests/"),
+    ("capacity", "/capacity/"),
+    ("capacity-targets", "/capacity/targets/"),
+    ("tokens", "/tokens/"),
+    ("audit", "/audit/"),
+    ("notifications", "/notifications/"),
+]
+
+
+def seed(team) -> dict[str, str]:
+    """A catalogue worth looking at: versions, an alias, two deployments (one with a firing
+    alert), a long-named model, a pending resource request, a token, a notification."""
+    admin = AdminFactory(username="root")
+    mia = UserFactory(username="mia")
+    MembershipFactory(team=team, user=mia, role=Role.MAINTAINER)
+    MembershipFactory(team=team, user=UserFactory(username="eve"), role=Role.ENGINEER)
+    churn = make_model(team, "churn", versions=2,
+                       description="Churn risk from the last 90 days of account activity")
+    make_alias(churn, "production", 2)
+    make_deployment(churn, "churn-prod", firing=True)
+    make_deployment(make_model(team, LONG, versions=1), "customer-lifetime-value-eu-west-canary",
+                    ready=1)
+    quota_services.get_quota(team)
+    file_request(actor=mia, team=team, justification="Nightly batch scoring on a GPU", gpus=1,
+                 cpu=2)
+    make_token(admin, name="ci-pipeline")
+    notifications.notify(users=[admin], text="Resource request from ML Search: 1 GPU",
+                         link="/resource-requests/", email=False)
+    return {RULE: str(AlertRule.objects.get(name="errors high").pk)}
+
+
+def _soft(failures: list[str], check) -> None:
+    try:
+        check()
+    except pytest.fail.Exception as failure:
+        failures.append(str(failure))
+
+
+@pytest.mark.parametrize(("viewport", "scheme"), [("desktop", "light"), ("mobile", "light"),
+                                                  ("desktop", "dark"), ("mobile", "dark")])
+def test_every_portal_page_passes_the_harness(live_server, browser, team, viewport, scheme):
+    """Both sizes in both themes (the dark theme's colour contrast is its own)."""
+    values = seed(team)
+    failures: list[str] = []
+    with checked_page(browser, live_server.url, viewport, folder="pages",
+                      color_scheme=scheme) as checked:
+        checked.clear_shots()
+        checked.goto("/login/")
+        _soft(failures, lambda: checked.check("login"))
+        checked.login("root", PASSWORD, check=None)
+        for name, path in PAGES:
+            for key, value in values.items():
+                path = path.replace(key, value)
+            response = checked.goto(path)
+            assert response.status == 200, (path, response.status)
+            _soft(failures, lambda name=name: checked.check(name))
+        with checked.expecting(404):
+            checked.goto("/models/no-such-model/")
+            _soft(failures, lambda: checked.check("not-found"))
+        # An engineer opening a platform admin's page: the portal's 403 page.
+        checked.context.clear_cookies()
+        checked.login("eve", PASSWORD, check=None)
+        with checked.expecting(403):
+            checked.goto("/audit/")
+            _soft(failures, lambda: checked.check("forbidden"))
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.xfail(strict=True, reason="Swagger UI still comes from a CDN: another stream of "
+                                       "issue 18 serves it from the platform; drop this mark then")
+@pytest.mark.parametrize("viewport", ["desktop", "mobile"])
+def test_api_docs_page_requests_nothing_off_the_host(live_server, browser, admin_user,
+                                                     viewport):
+    with checked_page(browser, live_server.url, viewport, folder="api-docs") as checked:
+        checked.login("root", PASSWORD)
+        checked.goto("/api/v1/docs/")
+        checked.check("api-docs")
