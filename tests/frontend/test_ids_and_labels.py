@@ -47,8 +47,9 @@ def check(html: str, path: str) -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("gpu_models", [["A100-80GB"], ["A100-80GB", "T4"]])
-@pytest.mark.parametrize("path", ["/teams/ml-search/quota/", "/capacity/",
-                                  "/resource-requests/", "/models/churn/"])
+@pytest.mark.parametrize("path", ["/teams/ml-search/quota/", "/teams/ml-search/", "/teams/",
+                                  "/tokens/", "/resource-requests/", "/models/churn/",
+                                  "/deployments/churn-prod/", "/capacity/"])
 def test_ids_are_unique_and_labels_point_at_controls(path, gpu_models, team, admin_user):
     inventory.register_host(actor=admin_user, name="gpu-1", cpu=64, memory_mb=262144,
                             gpus=[(str(n), m) for n, m in enumerate(gpu_models)])
