@@ -9,6 +9,8 @@ engineer's journeys need a running model: tests/e2e/test_journeys_docker.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from quotas.models import ResourceRequest, TeamQuota
@@ -21,13 +23,15 @@ from tests.factories import PASSWORD, AdminFactory, MembershipFactory, TeamFacto
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 VIEWPORTS = ["desktop", "mobile"]
+NEW_PASSWORD = "tulip-orbit-cobalt-42"
 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 def test_platform_engineer_onboards_a_team(live_server, browser, viewport):
-    """Create a team, add a member, set its quota, approve another team's resource request."""
+    """Create a team and a user, add the user to the team by picking them, set the team's quota,
+    approve another team's resource request; then the new user follows the welcome link, sets a
+    password, signs in and sees the team, without the platform admins' links."""
     AdminFactory(username="root")
-    UserFactory(username="nina")
     search = TeamFactory(slug="ml-search", name="ML Search")
     mia = UserFactory(username="mia")
     MembershipFactory(team=search, user=mia, role=Role.MAINTAINER)
@@ -51,17 +55,40 @@ def test_platform_engineer_onboards_a_team(live_server, browser, viewport):
         assert Team.objects.filter(slug="vision").exists()
         checked.check("platform-team-created")
 
-        # 2. A member (today by username; the member picker comes with another stream).
+        # 2. A user, from the Users page, who will set their own password.
+        checked.nav("Users")
+        page.get_by_role("heading", name="Create a user").wait_for()
+        page.get_by_label("Username").fill("dana")
+        page.get_by_label("Email").fill("dana@corp.example")
+        page.get_by_label("First name").fill("Dana")
+        page.get_by_label("Last name").fill("Scully")
+        page.get_by_label("Give them a one-time link to set their password").check()
+        checked.check("platform-user-form")
+        page.get_by_role("button", name="Create user").click()
+        page.get_by_text("Created dana.").wait_for()
+        welcome = page.locator("#welcome-link").inner_text().strip()
+        assert welcome.startswith(f"{live_server.url}/welcome/"), welcome
+        checked.check("platform-user-created")
+
+        # 3. The user into the team: part of their name typed, the match picked.
+        checked.nav("Teams")
+        page.get_by_role("link", name="vision", exact=True).click()
+        page.get_by_role("heading", name="Vision", exact=True).wait_for()
         add = page.locator("form", has=page.get_by_role("button", name="Add member"))
-        add.get_by_label("Username").fill("nina")
-        add.get_by_label("Role").select_option("maintainer")
+        add.get_by_label("Username").press_sequentially("scul", delay=30)
+        pick = page.get_by_role("button", name=re.compile(r"^dana · Dana Scully"))
+        pick.wait_for()
+        checked.check("platform-member-picker")
+        pick.click()
+        assert add.get_by_label("Username").input_value() == "dana"
+        add.get_by_label("Role", exact=True).select_option("engineer")
         add.get_by_role("button", name="Add member").click()
-        page.get_by_role("cell", name="nina", exact=True).wait_for()
-        assert Membership.objects.get(team__slug="vision", user__username="nina").role \
-            == Role.MAINTAINER
+        page.get_by_text("Added dana as engineer.").wait_for()
+        assert Membership.objects.get(team__slug="vision", user__username="dana").role \
+            == Role.ENGINEER
         checked.check("platform-member-added")
 
-        # 3. Its quota, from the team page's link to the quota page.
+        # 4. Its quota, from the team page's link to the quota page.
         page.get_by_role("button", name="Details and request resources").click()
         page.get_by_role("heading", name="Quota of vision").wait_for()
         quota = page.locator("form", has=page.get_by_role("button", name="Save quota"))
@@ -76,7 +103,7 @@ def test_platform_engineer_onboards_a_team(live_server, browser, viewport):
         assert (int(saved.cpu), saved.memory_mb, saved.deployments) == (16, 65536, 8)
         checked.check("platform-quota-set")
 
-        # 4. Another team's request, approved from the queue.
+        # 5. Another team's request, approved from the queue.
         checked.nav("Request queue")
         page.get_by_text("Black Friday traffic").wait_for()
         page.get_by_label("Comment").fill("Granted for the season")
@@ -85,3 +112,27 @@ def test_platform_engineer_onboards_a_team(live_server, browser, viewport):
         page.get_by_text("approved.").first.wait_for()
         assert ResourceRequest.objects.get().status == "approved"
         checked.check("platform-request-approved")
+
+    # 6. The new user, in a browser of their own: the welcome link is where they start.
+    with checked_page(browser, live_server.url, viewport) as checked:
+        checked.clear_shots("newcomer-")
+        page = checked.page
+        checked.goto(welcome.removeprefix(live_server.url))
+        page.get_by_role("heading", name="Welcome to Modelport").wait_for()
+        page.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
+        page.get_by_label("New password confirmation").fill(NEW_PASSWORD)
+        checked.check("newcomer-set-password")
+        page.get_by_role("button", name="Set password").click()
+        page.get_by_text("Your password is set. Sign in as dana.").wait_for()
+        page.get_by_label("Username").fill("dana")
+        page.get_by_label("Password").fill(NEW_PASSWORD)
+        checked.check("newcomer-login")
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_role("heading", name="Dashboard").wait_for()
+        checked.check("newcomer-dashboard")
+        checked.nav("Teams")
+        page.get_by_role("link", name="vision", exact=True).wait_for()
+        nav = page.get_by_role("navigation", name="Main")
+        assert nav.get_by_role("link", name="Audit log").count() == 0  # an engineer: hidden
+        assert nav.get_by_role("link", name="Users").count() == 0
+        checked.check("newcomer-teams")
