@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from compute import inventory
-from monitoring.models import AlertRule
+from django.utils import timezone
+
+from monitoring.models import Alert, AlertRule
 from quotas.models import ResourceRequest
 from registry.models import RegisteredModel
 from teams import services as teams
@@ -51,6 +53,11 @@ def test_account_and_quota_pages_run_as_written(live_server, tmp_path):
     churn = RegisteredModel.objects.create(name="churn", team=team, created_by=alice)
     deployment = make_deployment(team, churn, make_version(churn, 1))
     ingest_direct(deployment, [record(0, minutes_ago(5), request_id="order-1234")])
+    # monitoring.md acknowledges the first firing alert: one that fired before the reader came
+    paged = AlertRule.objects.create(deployment=deployment, name="paged", metric="error_rate",
+                                     threshold=1, created_by=alice)
+    firing = Alert.objects.create(rule=paged, state="firing", value=5.0, message="5 % errors",
+                                  started_at=timezone.now())
     work = tmp_path / "work"
     work.mkdir()
     venv = Path(sys.executable).parents[1]  # only `python3` is used: the project's will do
@@ -82,7 +89,11 @@ def test_account_and_quota_pages_run_as_written(live_server, tmp_path):
     feedback = next(out for text, out in outputs.items() if "/feedback/" in text)
     assert json.loads(feedback) == {"matched": 1, "updated": 0, "unmatched": ["nope"]}, feedback
     rules = dict(AlertRule.objects.values_list("name", "enabled"))
-    assert rules == {"p95 latency": False, "errors": True, "drift": True, "accuracy": True}, rules
+    assert rules == {"p95 latency": False, "errors": True, "drift": True, "accuracy": True,
+                     "paged": True}, rules
+    firing.refresh_from_db()
+    assert firing.acknowledged_by == alice, "monitoring.md acknowledged the firing alert"
+    assert AlertRule.objects.get(name="p95 latency").silenced_until is None  # silenced, lifted
     capacity = next(out for text, out in outputs.items() if "$MP/capacity/" in text)
     assert json.loads(capacity)["gpu_models"], capacity
 
