@@ -225,11 +225,17 @@ def test_docs_client_md_runs_as_written(platform, venv, tmp_path):
     config = tmp_path / "home" / ".config" / "modelport" / "config.json"
     from django.conf import settings
 
-    env = reader_env(venv, tmp_path / "home", settings.MODELPORT_BASE_URL, token)
+    # The page's first block installs the wheel the platform serves. This venv sees the test's
+    # own packages (where the client is installed already, same version), so pip would call it
+    # satisfied and put no `modelport` on PATH: force the install, deps from those packages.
+    env = reader_env(venv, tmp_path / "home", settings.MODELPORT_BASE_URL, token,
+                     extra={"PIP_FORCE_REINSTALL": "1", "PIP_NO_DEPS": "1"})
     skipped, outputs = run_page(
         DOCS / "client.md", work, env, venv, platform,
         stdin=lambda block: PASSWORD + "\n" if "login" in block.text else "")
     assert [line.split(":")[0] for line in skipped] == ["client.md"]
+    installed = next(venv.glob("lib/python*/site-packages/modelport_client-*.dist-info"))
+    assert "/client/modelport_client-" in (installed / "direct_url.json").read_text()  # served
     python = next(out for text, out in outputs.items() if "mp.predict(" in text)
     assert "'predictions': [0]" in python, python  # iris-prod answered
     cli = next(out for text, out in outputs.items() if "modelport predict" in text)
