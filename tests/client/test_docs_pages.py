@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from compute import inventory
 from django.utils import timezone
 
+from compute import inventory
 from monitoring.models import Alert, AlertRule
 from quotas.models import ResourceRequest
 from registry.models import RegisteredModel
