@@ -38,6 +38,11 @@ $(VENV)/.installed: requirements/base.txt requirements/dev.txt
 
 install: $(VENV)/.installed
 
+# The model frameworks the flavor tests log models with (issue 19): `make test` only.
+$(VENV)/.flavors-installed: $(VENV)/.installed requirements/flavors.txt
+	$(BIN)/python -m pip install --quiet -r requirements/flavors.txt
+	@touch $@
+
 data-dir:
 	@$(PRIVATE) mkdir -p "$(MODELPORT_DATA_DIR)/mlflow" "$(MODELPORT_DATA_DIR)/run"
 	@chmod 700 "$(MODELPORT_DATA_DIR)"
@@ -63,7 +68,7 @@ lint: install
 	$(BIN)/python manage.py makemigrations --check --dry-run --noinput
 	$(BIN)/python manage.py check
 
-test: lint
+test: lint $(VENV)/.flavors-installed
 	$(BIN)/python -m pytest
 
 format: install
