@@ -2,8 +2,8 @@
 
 scikit-learn flavor models are loaded directly (skops / pickle / cloudpickle, as MLflow does)
 and called on a numpy array in signature column order when that gives the same answer as a
-DataFrame; otherwise a DataFrame is built. Other flavors go through ``mlflow.pyfunc``, imported
-only then.
+DataFrame; otherwise a DataFrame is built. A framework with a module in ``serving.flavors``
+gets its fast path there; other flavors go through ``mlflow.pyfunc``, imported only then.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from serving import fastimport, protocol
+from serving import flavors as flavor_modules
 from serving.errors import ServingError
 from serving.schema import Batch, Rows, Signature, validate
 
@@ -95,7 +96,8 @@ def load(model_dir: str) -> LoadedModel:
             if "sklearn" in flavors and _sklearn_is_pyfunc_default(flavors):
                 model = _load_sklearn(model_dir, mlmodel, signature)
             else:
-                model = _load_pyfunc(model_dir, mlmodel, signature)
+                model = flavor_modules.load_native(model_dir, mlmodel, signature) \
+                    or _load_pyfunc(model_dir, mlmodel, signature)
         model.load_seconds = time.perf_counter() - started
         gc.freeze()
     finally:

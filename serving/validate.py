@@ -140,11 +140,27 @@ def run(job_dir: Path) -> dict[str, Any]:
                 "converted": job["format"] == "sklearn", **extra}
     except BaseException as exc:  # noqa: BLE001 - report everything, including SystemExit
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        hint = _explain(exc, job_dir, job)
+        if hint:
+            message = f"{hint} ({message})"
         trace = traceback.format_exc(limit=5)[-2000:]
         say(f"failed at the {stage} stage: {type(exc).__name__}: {message}")
         print(trace, flush=True)
         return {"ok": False, "stage": stage, "error": f"{type(exc).__name__}: {message}",
                 "traceback": trace}
+
+
+def _explain(exc: BaseException, job_dir: Path, job: dict[str, Any]) -> str | None:
+    """The flavor's own plain-language reason for a failure, when it knows one."""
+    if job.get("format") == "sklearn":
+        return None
+    try:
+        from serving import flavors  # noqa: PLC0415 - in the failure path only
+        from serving.loader import read_mlmodel  # noqa: PLC0415 - in the failure path only
+
+        return flavors.explain(exc, read_mlmodel(job_dir / "input" / "model"))
+    except Exception:  # noqa: BLE001 - an explanation must never hide the failure itself
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
