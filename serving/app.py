@@ -463,8 +463,10 @@ def parse_body(mime: bytes, content_type: bytes, body: bytes) -> tuple[Any, Any,
 
 def parse_v2_request(model: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> v2.Request:
     """A v2 inference body, JSON or with the binary tensor extension."""
-    names = model.signature.name_set if model.signature.kind == "columns" else None
-    return v2.parse(body, v2.header_length(headers), names)
+    sig = model.signature
+    names = sig.name_set if sig.kind == "columns" else None
+    return v2.parse(body, v2.header_length(headers), names,
+                    sig.tensors if sig.kind == "tensor" else None)
 
 
 def _lenient(body: bytes) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,19 @@ def _port(value: str | None, unix_socket: str) -> int:
     if value in (None, ""):
         return 0 if unix_socket else 8080
     return int(value)
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def device_setting(env: os._Environ[str] | dict[str, str] | None = None) -> str:
+    """``MODELPORT_DEVICE``: where a framework model runs — ``auto`` (a GPU when the replica was
+    given one and the framework sees it, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` (N counts
+    the replica's own devices: the platform makes only the allocated ones visible)."""
+    value = ((os.environ if env is None else env).get("MODELPORT_DEVICE") or "auto").strip()
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise SystemExit(f"MODELPORT_DEVICE={value!r}: expected auto, cpu, cuda or cuda:N")
+    return value
 
 
 def cpu_limit() -> int:

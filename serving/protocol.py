@@ -145,6 +145,8 @@ def jsonable(obj: Any) -> Any:
     mod = type(obj).__module__
     if mod.startswith("pandas"):
         if hasattr(obj, "to_dict") and hasattr(obj, "columns"):
+            if not all(type(c) is str for c in obj.columns):  # e.g. a torch model's 0, 1, ...
+                obj = obj.rename(columns=str)  # what json.dumps makes of them in MLflow
             return obj.to_dict(orient="records")
         if hasattr(obj, "tolist"):
             return obj.tolist()

@@ -367,10 +367,14 @@ def _check_tensor(data: Any, spec: TensorSpec, maybe_bools: bool) -> np.ndarray:
     label = f"tensor '{spec.name}'" if spec.name else "input tensor"
     if isinstance(data, list) and not data:
         raise InputError(EMPTY_BATCH)
-    try:
-        arr = np.array(data)
-    except ValueError:
-        raise InputError(f"{label}: rows have inconsistent lengths (ragged array)") from None
+    if isinstance(data, np.ndarray):  # the Open Inference Protocol's typed tensors
+        arr = data
+        maybe_bools = False
+    else:
+        try:
+            arr = np.array(data)
+        except ValueError:
+            raise InputError(f"{label}: rows have inconsistent lengths (ragged array)") from None
     want = spec.dtype
     kind = arr.dtype.kind
     ok = (

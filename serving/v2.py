@@ -22,7 +22,7 @@ import orjson
 
 from serving.errors import InputError, MalformedRequest, ServingError
 from serving.protocol import OPTS, V2_DATATYPES, load_json
-from serving.schema import Columnar, Rows, Signature, Table
+from serving.schema import Columnar, Rows, Signature, Table, TensorSpec
 
 HEADER_LENGTH = b"inference-header-content-length"
 OCTET_STREAM = b"application/octet-stream"
@@ -80,8 +80,12 @@ def header_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 def parse(body: bytes, json_length: int | None,
-          column_names: frozenset[str] | set[str] | None) -> Request:
-    """A v2 request body (JSON, or a JSON header and binary tensors) → :class:`Request`."""
+          column_names: frozenset[str] | set[str] | None,
+          tensors: list[TensorSpec] | None = None) -> Request:
+    """A v2 request body (JSON, or a JSON header and binary tensors) → :class:`Request`.
+
+    ``tensors``: the model's tensor signature, when it has one; each input is then an array of
+    its declared shape and datatype, which must convert to the signature's without loss."""
     if json_length is not None and not 0 < json_length <= len(body):
         raise MalformedRequest(f"Inference-Header-Content-Length {json_length} does not fit a "
                                f"body of {len(body)} bytes")
@@ -101,7 +105,10 @@ def parse(body: bytes, json_length: int | None,
         params = tensor.get("parameters")
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is None and "data" in tensor:  # JSON data: the common case first
-            named[name] = _reshaped(tensor["data"], tensor.get("shape"), name)
+            if tensors:
+                named[name] = _json_tensor(tensor, name, _spec_for(tensors, name))
+            else:
+                named[name] = _reshaped(tensor["data"], tensor.get("shape"), name)
             continue
         shape = _shape(tensor, name)
         if size is not None:
@@ -112,7 +119,11 @@ def parse(body: bytes, json_length: int | None,
                             name)
             offset += size
             decoded = True
-            named[name] = array.tolist()
+            if tensors:
+                named[name] = _typed(array, str(tensor.get("datatype")), name,
+                                     _spec_for(tensors, name))
+            else:
+                named[name] = array.tolist()
             logged.append({"name": name, "datatype": tensor.get("datatype"),
                            "shape": list(array.shape), "data": array.ravel()})
         else:
@@ -174,6 +185,52 @@ def _reshaped(data: Any, shape: Any, name: str) -> Any:
     except (ValueError, TypeError):
         raise InputError(f"input '{name}': {len(data)} values do not fit shape "
                          f"{shape}") from None
+
+
+def _spec_for(tensors: list[TensorSpec], name: str) -> TensorSpec | None:
+    """The signature's tensor for input ``name``: the only one, or the one of that name."""
+    if len(tensors) == 1:
+        return tensors[0]
+    return next((t for t in tensors if t.name == name), None)
+
+
+def _json_tensor(tensor: dict[str, Any], name: str, spec: TensorSpec | None) -> np.ndarray:
+    """A JSON input of a tensor-signature model as an array of its declared shape."""
+    datatype = str(tensor.get("datatype"))
+    dtype = NUMPY_TYPES.get(datatype)
+    if dtype is None:
+        raise InputError(f"input '{name}': datatype {datatype!r} is not one of "
+                         + ", ".join(NUMPY_TYPES))
+    shape = _shape(tensor, name)
+    try:
+        array = np.asarray(tensor["data"])
+    except ValueError:
+        raise InputError(f"input '{name}': rows have inconsistent lengths (ragged "
+                         "array)") from None
+    kind = array.dtype.kind
+    if array.size and not (kind == dtype.kind or (kind == "i" and dtype.kind in "uf")
+                           or (kind == "b" and datatype == "BOOL")):
+        found = {"f": "numbers with a fraction", "i": "integers", "b": "booleans"}.get(
+            kind, "text")
+        raise InputError(f"input '{name}': datatype {datatype} but the data holds {found}")
+    if array.size != math.prod(shape):
+        raise InputError(f"input '{name}': {array.size} values do not fit shape {shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = array.astype(dtype, copy=False).reshape(shape)
+    return _typed(array, datatype, name, spec)
+
+
+def _typed(array: np.ndarray, datatype: str, name: str, spec: TensorSpec | None) -> np.ndarray:
+    """``array`` in the signature's dtype; 400 when its datatype does not convert without loss
+    (an FP64 or INT64 input for an FP32 model, say: tritonclient would send what was asked)."""
+    if spec is None or spec.dtype.kind not in "biuf" or array.dtype == spec.dtype:
+        return array
+    if not np.can_cast(array.dtype, spec.dtype, "safe"):
+        want = _MLFLOW_TYPES.get(spec.dtype.name, spec.dtype.name)
+        raise InputError(f"input '{name}': datatype {datatype} does not convert to the "
+                         f"model's {want} without loss; send {want} (the signature's "
+                         f"{spec.dtype.name} tensor of shape {list(spec.shape)})")
+    return array.astype(spec.dtype)
 
 
 def _decode(raw: memoryview | bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
