@@ -175,7 +175,8 @@ def test_baked_model_image_serves_without_a_mount(
 
 def test_gpu_request_only_when_ids_given(docker_runtime: Any, deployment_name: str,
                                          monkeypatch: Any) -> None:
-    """device_requests is passed only with GPU ids (checked on the call; no GPU here)."""
+    """device_requests and the GPU environment follow the allocated ids (checked on the call:
+    there is no GPU on this machine)."""
     calls: list[dict[str, Any]] = []
 
     def fake_run(self: Any, image: str, **kwargs: Any) -> Any:
@@ -192,6 +193,15 @@ def test_gpu_request_only_when_ids_given(docker_runtime: Any, deployment_name: s
     assert "device_requests" not in calls[0]
     (req,) = calls[1]["device_requests"]
     assert req["DeviceIDs"] == ["0", "GPU-abc"] and req["Capabilities"] == [["gpu"]]
+    # The framework's view: no GPU at all without a grant; with one, the granted devices
+    # (numbered 0..n-1 inside the container, as the NVIDIA toolkit mounts them) and the device
+    # setting the serving code reads (MODELPORT_DEVICE).
+    none, two = calls[0]["environment"], calls[1]["environment"]
+    assert (none["NVIDIA_VISIBLE_DEVICES"], none["CUDA_VISIBLE_DEVICES"],
+            none["MODELPORT_DEVICE"]) == ("void", "", "cpu")
+    assert (two["NVIDIA_VISIBLE_DEVICES"], two["CUDA_VISIBLE_DEVICES"],
+            two["NVIDIA_DRIVER_CAPABILITIES"], two["MODELPORT_DEVICE"]) == (
+        "0,GPU-abc", "0,1", "compute,utility", "auto")
 
 
 def test_named_network_mode_uses_container_name_and_fixed_port(

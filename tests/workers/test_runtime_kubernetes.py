@@ -158,6 +158,15 @@ def test_pod_template_carries_the_docker_hardening_probes_limits_and_gpus() -> N
     assert env["MODELPORT_REPLICA"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "MODELPORT_INGEST_TOKEN" not in env  # in the Secret, never in the template
     assert c["envFrom"] == [{"secretRef": {"name": "mp-iris-r3-env"}}]
+    # The device plugin picks the GPU (and sets NVIDIA_VISIBLE_DEVICES): the count is ours.
+    assert (env["CUDA_VISIBLE_DEVICES"], env["NVIDIA_DRIVER_CAPABILITIES"],
+            env["MODELPORT_DEVICE"]) == ("0", "compute,utility", "auto")
+    assert "NVIDIA_VISIBLE_DEVICES" not in env
+    plain = build_deployment(spec(), "img:1", namespace=NS, replicas=1, indices=[0],
+                             secret_name="mp-iris-r3-env")
+    (c,) = plain["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert (env["NVIDIA_VISIBLE_DEVICES"], env["MODELPORT_DEVICE"]) == ("void", "cpu")
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert labels["modelport.deployment"] == "iris" and labels["modelport.revision"] == "3"
     assert labels["modelport.managed"] == "1"

@@ -215,6 +215,13 @@ def test_overlay_mode_joins_the_named_network_and_listens_on_8080(swarm_runtime:
     assert kwargs["endpoint_spec"]["Mode"] == "vip"
     assert template["Resources"]["Reservations"]["GenericResources"] == [
         {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]
+    # Swarm picks the devices (and the NVIDIA runtime names them): only the count is ours.
+    assert {"CUDA_VISIBLE_DEVICES=0,1", "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+            "MODELPORT_DEVICE=auto"} <= set(container["Env"])
+    assert not any(e.startswith("NVIDIA_VISIBLE_DEVICES=") for e in container["Env"])
+    plain = overlay.service_spec(ReplicaSpec(deployment="fraud", revision=3, replica=1,
+                                             image="img:1"), None)
+    assert "NVIDIA_VISIBLE_DEVICES=void" in plain["task_template"]["ContainerSpec"]["Env"]
     assert "modelport.port" not in kwargs["labels"]
     with pytest.raises(ValueError, match="overlay network"):
         SwarmRuntime(swarm_runtime.client, network="overlay")

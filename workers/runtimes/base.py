@@ -83,6 +83,31 @@ class ReplicaSpec:
         return replica_name(self.deployment, self.revision, self.replica, self.installation)
 
 
+def gpu_env(spec: ReplicaSpec, *, pinned: bool) -> dict[str, str]:
+    """The environment a framework needs to use the replica's GPUs, and to leave alone the
+    ones it was not granted.
+
+    With GPUs: the NVIDIA container toolkit's ``NVIDIA_DRIVER_CAPABILITIES`` (CUDA and
+    nvidia-smi), ``CUDA_VISIBLE_DEVICES`` numbering the devices as the container sees them
+    (``0..n-1``: the toolkit mounts only the granted ones) and ``MODELPORT_DEVICE=auto`` (the
+    GPU when the model's framework sees one). ``pinned`` (Docker: the allocated device ids are
+    requested by id) also names the ids in ``NVIDIA_VISIBLE_DEVICES``, as the device request
+    does; Swarm and Kubernetes pick the devices themselves and set it, so it is left to them.
+    Without GPUs: ``NVIDIA_VISIBLE_DEVICES=void`` and an empty ``CUDA_VISIBLE_DEVICES``, so
+    that a host whose default runtime is NVIDIA's shows no GPU to a replica granted none, and
+    ``MODELPORT_DEVICE=cpu``."""
+    count = len(spec.gpu_device_ids) or spec.gpus
+    if not count:
+        return {"NVIDIA_VISIBLE_DEVICES": "void", "CUDA_VISIBLE_DEVICES": "",
+                "MODELPORT_DEVICE": "cpu"}
+    env = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+           "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(count)),
+           "MODELPORT_DEVICE": "auto"}
+    if pinned and spec.gpu_device_ids:
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpu_device_ids)
+    return env
+
+
 @dataclass
 class ReplicaState:
     """What one replica is, as found by the runtime (always rediscoverable from labels/state)."""

@@ -13,7 +13,7 @@ from docker.types import DeviceRequest
 
 from serving.sockets import SOCKET_NAME
 
-from .base import ReplicaSpec
+from .base import ReplicaSpec, gpu_env
 
 HOST_NETWORK = "host"
 NO_NETWORK = "none"
@@ -85,8 +85,9 @@ def docker_time(value: str | None) -> datetime | None:
         return None
 
 
-def replica_env(spec: ReplicaSpec) -> dict[str, str]:
+def replica_env(spec: ReplicaSpec, *, pinned_gpus: bool = True) -> dict[str, str]:
     """The serving process's environment, without where it listens (each runtime adds that);
+    the GPU variables (``pinned_gpus``: the device ids are requested by id, see ``gpu_env``);
     ``spec.env`` (the ingest URL and token, the replica key) last."""
     env = {
         "MODELPORT_MODEL_DIR": MODEL_MOUNT,
@@ -101,6 +102,7 @@ def replica_env(spec: ReplicaSpec) -> dict[str, str]:
     threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = threads
+    env.update(gpu_env(spec, pinned=pinned_gpus))
     env.update(spec.env)
     return env
 

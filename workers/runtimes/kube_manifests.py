@@ -23,6 +23,7 @@ from .base import (
     ReplicaSpec,
     ReplicaState,
     ReplicaStatus,
+    gpu_env,
 )
 from .kube_names import (
     ANN_DEPLOYMENT,
@@ -90,6 +91,7 @@ def container_env(spec: ReplicaSpec) -> list[dict[str, Any]]:
         "OMP_NUM_THREADS": threads,
         "OPENBLAS_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
+        **gpu_env(spec, pinned=False),  # the device plugin picks the devices
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     env.append({"name": "MODELPORT_REPLICA",

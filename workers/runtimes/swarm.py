@@ -225,7 +225,7 @@ class SwarmRuntime(Runtime):
                   LABEL_MANAGED: "1", LABEL_DEPLOYMENT: spec.deployment,
                   LABEL_REVISION: str(spec.revision), LABEL_REPLICA: str(spec.replica),
                   LABEL_MODEL: spec.model_name, LABEL_MODEL_VERSION: str(spec.model_version)}
-        env = replica_env(spec)
+        env = replica_env(spec, pinned_gpus=False)  # Swarm picks the devices
         if port is not None:
             env.update(MODELPORT_HOST=self.bind_host, MODELPORT_PORT=str(port))
             labels[LABEL_PORT] = str(port)
