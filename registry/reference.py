@@ -183,7 +183,10 @@ def frame_from_request(body: dict[str, Any] | None) -> pd.DataFrame | None:
             rows = body[key]
             if rows and isinstance(rows[0], dict):
                 return pd.DataFrame(rows)
-            return pd.DataFrame(np.atleast_2d(np.asarray(rows, dtype=object)))
+            array = np.asarray(rows, dtype=object)
+            if array.ndim > 2:  # image-shaped tensors: one feature per element of a row
+                array = array.reshape(array.shape[0], -1)
+            return pd.DataFrame(np.atleast_2d(array))
     return None
 
 

@@ -253,3 +253,15 @@ def test_a_put_over_the_column_limit_is_a_400_naming_the_file_field(
     assert response.status_code == 400
     assert json.dumps(response.json()).count("MODELPORT_REFERENCE_MAX_COLUMNS") == 1
     assert "file" in response.json() and references_dir(settings) == []
+
+
+def test_an_image_shaped_tensor_example_profiles_one_feature_per_element() -> None:
+    """A CNN's input example ([n, 1, 8, 8] nested lists) is n rows of 64 features, not a
+    crash of the profiling task (issue 19)."""
+    from registry import reference
+
+    images = np.arange(2 * 1 * 8 * 8, dtype=np.float32).reshape(2, 1, 8, 8).tolist()
+    for key in ("inputs", "instances"):
+        frame = reference.frame_from_request({key: images})
+        assert frame is not None and frame.shape == (2, 64)
+        assert frame.iloc[1, 0] == 64.0
