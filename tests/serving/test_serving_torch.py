@@ -185,7 +185,7 @@ def test_column_signature_mlp_answers_pyfunc_frames(tmp_path) -> None:
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     frame = pd.DataFrame({"a": [0.5, 1.5], "b": [2.0, -1.0], "c": [0.25, 3.0]})
     with torch.no_grad():
-        out = net(torch.from_numpy(frame.to_numpy(np.float32))).numpy()
+        out = net(torch.from_numpy(frame.to_numpy(np.float32, copy=True))).numpy()
     mlflow.pytorch.save_model(net, str(tmp_path / "m"), signature=infer_signature(frame, out),
                               input_example=frame, pip_requirements=REQUIREMENTS,
                               serialization_format="pickle")  # pt2 needs a tensor signature
