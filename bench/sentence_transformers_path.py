@@ -7,8 +7,9 @@ and answer the same requests the way a replica does (request JSON parsed and che
 the signature, then predicted): 1 and 32 texts per request, and 8 concurrent one-text requests
 stacked by the server's opportunistic batching (serving/batching.py) against 8 separate calls.
 CPU is the process's CPU time (all threads) per request; torch threads = 1 for every row (a
-replica with ``cpu: 1``), plus the pyfunc path with torch's default thread count (what a
-pyfunc replica gets: one per visible core), rounds alternated so background load hits all alike.
+replica with ``cpu: 1``, whose runtime sets ``OMP_NUM_THREADS=1``), plus the pyfunc path with
+torch's own default (one thread per visible core: what a process without that variable gets,
+not a platform replica), rounds alternated so background load hits all alike.
 
     .venv/bin/python bench/sentence_transformers_path.py [--rounds 5] [--requests 40]
 """
@@ -96,13 +97,13 @@ def main() -> None:
     same = np.array_equal(serve(fast)(many), serve(pyfunc)(many))
     rows: dict[str, list[float]] = {}
     for _ in range(args.rounds):
+        default = f"pyfunc, torch default {default_threads} thr"
         for threads, label, model in ((1, "pyfunc", pyfunc), (1, "fast path", fast),
-                                      (default_threads, f"pyfunc, {default_threads} threads",
-                                       pyfunc)):
+                                      (default_threads, default, pyfunc)):
             torch.set_num_threads(threads)
-            rows.setdefault(f"{label:<22} 1 text", []).append(
+            rows.setdefault(f"{label:<28} 1 text", []).append(
                 cpu_per_request(serve(model), one, args.requests))
-            rows.setdefault(f"{label:<22} 32 texts", []).append(
+            rows.setdefault(f"{label:<28} 32 texts", []).append(
                 cpu_per_request(serve(model), many, max(4, args.requests // 8)))
         torch.set_num_threads(1)
         rows.setdefault("fast path, 8 x 1 text separate", []).append(

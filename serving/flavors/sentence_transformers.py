@@ -4,11 +4,11 @@ The fast path calls the model's own ``encode`` on the request's strings, as MLfl
 wrapper does, minus what the wrapper adds per request: the DataFrame built for it and MLflow's
 schema enforcement (``serving.schema`` has already checked the strings). It runs under
 ``torch.inference_mode()`` with torch's thread pool sized to this worker's share of the
-container's CPU limit (torch would otherwise start one thread per host core: oversubscribed in
-a container with a CPU limit). The whole request is tokenized in batches of ``BATCH_SIZE``
-(MLflow's, so the padding and therefore the floats are the same), and the model is called on a
-plain object array of strings, so the server's opportunistic batching stacks concurrent
-requests into one ``encode``.
+container's CPU limit (the runtime's ``OMP_NUM_THREADS`` is the whole limit, which each of the
+server's workers, one per CPU, would otherwise take: oversubscribed past one CPU). The whole
+request is tokenized in batches of ``BATCH_SIZE`` (MLflow's, so the padding and therefore the
+floats are the same), and the model is called on a plain object array of strings, so the
+server's opportunistic batching stacks concurrent requests into one ``encode``.
 
 Replicas have no network: the Hugging Face libraries are told so (``HF_HUB_OFFLINE``), so a
 model saved without its files fails at load time with a reason instead of a connection timeout.

