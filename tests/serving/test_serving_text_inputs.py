@@ -76,3 +76,24 @@ def test_named_string_columns_keep_their_names():
         validate(mlflow_batch_named, named)
     assert np.asarray(validate(protocol.parse_mlflow_json(orjson.dumps(
         {"dataframe_records": [{"review": "ok"}]}))[0], named).columns["review"]).tolist() == ["ok"]
+
+
+MLMODEL = {"flavors": {"python_function": {"loader_module": "mlflow.sentence_transformers",
+                                           "data": "model.sentence_transformer"},
+                       "sentence_transformers": {"sentence_transformers_version": "6.3.0"}}}
+
+
+def test_load_failures_of_a_sentence_transformers_model_in_plain_words():
+    """The reasons the version's status shows (the flavor module is looked up from MLmodel;
+    torch is not imported for this)."""
+    from serving import flavors
+
+    assert flavors.flavor_of(MLMODEL) == "sentence_transformers"
+    missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert "'torch', which is not in its requirements.txt" in flavors.explain(missing, MLMODEL)
+    offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and "
+                      "couldn't find them in the cached files. You are in offline mode.")
+    assert "replicas have no network" in flavors.explain(offline, MLMODEL)
+    assert "pin sentence-transformers==6.3.0" in flavors.explain(
+        AttributeError("'Pooling' object has no attribute 'x'"), MLMODEL)
+    assert flavors.explain(ValueError("something else"), MLMODEL) is None
