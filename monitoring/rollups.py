@@ -26,6 +26,7 @@ from django.utils import timezone
 from core.lazy_imports import lazy_module
 from deployments.models import Deployment, Replica, Revision
 from deployments.runtime_health import deployment_runtime
+from registry import reference as reference_stats
 
 from . import extract, gateway_errors, prom, stats
 from .models import (
@@ -36,7 +37,7 @@ from .models import (
     ReplicaStat,
     RollupCursor,
 )
-from .stats import rounded
+from .stats import TOKENS, rounded
 
 # Imported when first used: every Django process loads this module (issue 26, memory).
 np = lazy_module("numpy")
@@ -64,32 +65,54 @@ def reference_of(deployment_id: int, revision: int) -> dict[str, Any]:
 
 
 class _Sketch:
+    """One hour of one revision's inputs, per reference feature: numeric bin counts and a
+    sample, categorical counts; a text feature as both — its length in tokens under its own
+    name (numeric) and its tokens under ``name + TOKENS`` (categorical, the reference's
+    vocabulary, the rest as other)."""
+
     def __init__(self, reference: dict[str, Any]) -> None:
         self.reference = reference.get("features") or {}
         self.columns = list(self.reference)
         self.rows = 0
         self.counts: dict[str, Any] = {}
         self.samples: dict[str, list] = defaultdict(list)
-        # (name, numeric?, inner bin edges, counts, sample) per feature, for the hot loop.
-        self._plan: list[tuple[str, bool, Any, Any, Any]] = []
+        # (name, kind, inner bin edges, counts, sample, vocabulary counts) per feature.
+        self._plan: list[tuple[str, str, Any, Any, Any, Any]] = []
         for name, ref in self.reference.items():
-            if ref.get("kind") == "numeric":
-                edges = ref.get("bin_edges") or []
+            kind = ref.get("kind")
+            if kind in ("numeric", "text"):
+                edges = (ref if kind == "numeric" else ref.get("length") or {}) \
+                    .get("bin_edges") or []
                 counts = self.counts[name] = [0.0] * max(1, len(edges) - 1)
-                self._plan.append((name, True, edges[1:-1], counts, self.samples[name]))
+                vocabulary = None
+                if kind == "text":
+                    vocabulary = self.counts[name + TOKENS] = {
+                        word: 0.0 for word in (ref.get("vocabulary") or {}).get("frequencies")
+                        or {}}
+                self._plan.append((name, kind, edges[1:-1], counts, self.samples[name],
+                                   vocabulary))
             else:
-                self._plan.append((name, False, None, self.counts.setdefault(name, {}), None))
+                self._plan.append((name, "categorical", None, self.counts.setdefault(name, {}),
+                                   None, None))
 
     def add(self, row: dict[str, Any], weight: float) -> None:
         self.rows += 1
-        for name, numeric, inner, counts, sample in self._plan:
+        for name, kind, inner, counts, sample, vocabulary in self._plan:
             value = row.get(name)
             if value is None:
                 continue
-            if numeric:
-                kind = type(value)
-                if kind is not float and kind is not int:
-                    if kind is bool:
+            if kind == "text":
+                if type(value) is not str:
+                    continue
+                words = reference_stats.tokens(value)
+                value = float(len(words))
+                for word in words:
+                    key = word if word in vocabulary else stats.OTHER
+                    vocabulary[key] = vocabulary.get(key, 0.0) + weight
+            if kind != "categorical":
+                numeric_type = type(value)
+                if numeric_type is not float and numeric_type is not int:
+                    if numeric_type is bool:
                         continue
                     try:
                         value = float(value)
@@ -135,6 +158,38 @@ def _merge_features(old: dict[str, Any], sketch: _Sketch, rng: Generator
     return merged
 
 
+def add_vectors(preds: dict[str, Any], vectors: list[list[float]], weight: float) -> None:
+    """Fold output vectors (embeddings) into a minute's summary: count, sum and sum of squares
+    of their norms, and the sum of their unit vectors (its length over the count is the mean
+    cosine to their centroid, 1 when all point the same way)."""
+    array = np.asarray(vectors, dtype=float)
+    if array.ndim != 2 or not np.isfinite(array).all():
+        return
+    norms = np.linalg.norm(array, axis=1)
+    units = array[norms > 0] / norms[norms > 0, None]
+    summary = preds.get("vectors")
+    if summary is None:
+        summary = preds["vectors"] = {"n": 0.0, "dim": array.shape[1], "norm_sum": 0.0,
+                                      "norm_sq": 0.0, "unit_sum": [0.0] * array.shape[1]}
+    if summary["dim"] != array.shape[1]:
+        return
+    summary["n"] += weight * len(array)
+    summary["norm_sum"] += weight * float(norms.sum())
+    summary["norm_sq"] += weight * float((norms ** 2).sum())
+    summary["unit_sum"] = (np.asarray(summary["unit_sum"]) + weight * units.sum(axis=0)).tolist()
+
+
+def merge_vectors(old: dict[str, Any] | None, new: dict[str, Any] | None
+                  ) -> dict[str, Any] | None:
+    """Two vector summaries of the same dimension as one (the newer alone otherwise)."""
+    if not old or not new or old.get("dim") != new.get("dim"):
+        return new or old
+    return {"n": old["n"] + new["n"], "dim": old["dim"],
+            "norm_sum": old["norm_sum"] + new["norm_sum"],
+            "norm_sq": old["norm_sq"] + new["norm_sq"],
+            "unit_sum": [a + b for a, b in zip(old["unit_sum"], new["unit_sum"], strict=True)]}
+
+
 def _merge_predictions(old: dict[str, Any], new: dict[str, Any], rng: Generator
                        ) -> dict[str, Any]:
     out = {"classes": dict(old.get("classes") or {}), "n": old.get("n", 0) + new.get("n", 0),
@@ -147,6 +202,9 @@ def _merge_predictions(old: dict[str, Any], new: dict[str, Any], rng: Generator
     out["values"] = values
     if not out["classes"]:
         del out["classes"]
+    vectors = merge_vectors(old.get("vectors"), new.get("vectors"))
+    if vectors:
+        out["vectors"] = vectors
     return out
 
 
@@ -211,6 +269,9 @@ def _rollup(*, limit: int, now: datetime | None) -> int:
                 preds["sum"] += p * weight
                 if len(preds["values"]) < 200:
                     preds["values"].append(p)
+        vectors = extract.vectors_of(outputs)
+        if vectors:
+            add_vectors(preds, vectors, weight)
         if (dep, rev) not in references:
             references[(dep, rev)] = reference_of(dep, rev)
         reference = references[(dep, rev)]

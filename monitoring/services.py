@@ -28,7 +28,7 @@ from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role
 
-from . import extract, gateway_errors, ingest, stats
+from . import extract, gateway_errors, ingest, rollups, stats
 from .ingest import MAX_REQUEST_ID, BatchTooLarge
 from .models import (
     LATENCY_COLUMNS,
@@ -92,6 +92,14 @@ class _StepSums:
         self.pred_n = np.zeros(n)
         self.pred_sum = np.zeros(n)
         self.values: list[float] = []
+        self.vectors: dict[str, Any] | None = None  # the range's output vectors, summarized
+        self.vector_n = np.zeros(n)
+        self.vector_norm = np.zeros(n)
+
+    def add_vectors(self, i: int, summary: dict[str, Any]) -> None:
+        self.vectors = rollups.merge_vectors(self.vectors, summary)
+        self.vector_n[i] += summary.get("n", 0.0)
+        self.vector_norm[i] += summary.get("norm_sum", 0.0)
 
     def add_class(self, i: int, label: str, value: float) -> None:
         series = self.classes.get(label)
@@ -138,6 +146,8 @@ def _step_sums(deployment_ids: list[int], start: datetime, end: datetime, step: 
                     sums.pred_sum[i] += preds["sum"]
                     if len(sums.values) < 20000:
                         sums.values.extend(preds.get("values") or [])
+                if preds.get("vectors"):
+                    sums.add_vectors(i, preds["vectors"])
         return sums
     rows = MinuteRollup.objects.filter(deployment_id__in=deployment_ids, minute__gte=start,
                                        minute__lt=end)
@@ -160,6 +170,8 @@ def _step_sums(deployment_ids: list[int], start: datetime, end: datetime, step: 
             sums.pred_sum[i] += preds["sum"]
             if len(sums.values) < 20000:
                 sums.values.extend(preds.get("values") or [])
+        if preds.get("vectors"):
+            sums.add_vectors(i, preds["vectors"])
     return sums
 
 
@@ -191,6 +203,8 @@ def metrics_series(*, deployments: list[Deployment], start: datetime, end: datet
                                                 strict=True)],
                        "histogram": {"edges": [float(x) for x in edges],
                                      "counts": [int(x) for x in hist]}}
+    elif sums.vectors:
+        predictions = vector_summary(sums)
     else:
         predictions = {"kind": "none"}
     count_l, errors_l, lat_l = count.tolist(), errors.tolist(), lat_sum.tolist()
@@ -216,6 +230,24 @@ def metrics_series(*, deployments: list[Deployment], start: datetime, end: datet
                    **gateway.pop("totals")},
         **gateway,
     }
+
+
+def vector_summary(sums: _StepSums) -> dict[str, Any]:
+    """Output vectors (embeddings) in a range: their dimension, the mean and spread of their
+    norms, the mean cosine to their centroid (1: all alike; near 0: spread out), and the mean
+    norm per step. An argmax or a histogram of their values would mean nothing."""
+    v = sums.vectors or {}
+    n = float(v.get("n") or 0.0)
+    mean = v["norm_sum"] / n if n else None
+    spread = math.sqrt(max(0.0, v["norm_sq"] / n - mean ** 2)) if n and mean is not None \
+        else None
+    centroid = float(np.linalg.norm(np.asarray(v.get("unit_sum") or [0.0]))) / n if n else None
+    return {"kind": "vectors", "dim": v.get("dim"), "rows": rounded(n),
+            "norm_mean": rounded(mean), "norm_std": rounded(spread),
+            "centroid_cosine": rounded(centroid),
+            "norm_series": [rounded(s / c) if c else None
+                            for s, c in zip(sums.vector_norm.tolist(), sums.vector_n.tolist(),
+                                            strict=True)]}
 
 
 # --- Reading: drift --------------------------------------------------------------------------
@@ -280,6 +312,12 @@ def drift_report(*, deployment: Deployment, start: datetime, end: datetime,
     features = []
     for name, ref in (reference.get("features") or {}).items():
         seen = merged.get(name)
+        if ref.get("kind") == "text":
+            for result in stats.text_drift(ref, seen, merged.get(name + stats.TOKENS),
+                                           thresholds, rules=rules):
+                features.append({"feature": f"{name} ({result['aspect']})", "text": name,
+                                 **result})
+            continue
         if ref.get("kind") == "numeric":
             counts = (seen or {}).get("counts") or [0.0] * max(1, len(ref.get("bin_edges", []))
                                                               - 1)

@@ -46,6 +46,7 @@ SAMPLE_PER_SKETCH = 500
 MAX_DRIFT_SAMPLE = 5000
 REFERENCE_SAMPLE = 1000
 OTHER = "__other__"
+TOKENS = "#tokens"  # a text feature's vocabulary counts, next to its length counts
 TESTS = {"numeric": ("ks", "psi", "js"), "categorical": ("chi2", "psi", "js")}
 DEFAULT_RULES = {"numeric": "ks and psi", "categorical": "chi2"}
 DEFAULT_JS = 0.1
@@ -252,6 +253,22 @@ def categorical_drift(reference: dict[str, Any], counts: dict[str, float],
     return {"kind": "categorical", "test": "chi2", "statistic": statistic, "p_value": p_value,
             "psi": round(value_psi, 6), "js": round(value_js, 6), "n": int(total),
             **_decide("categorical", votes, rules)}
+
+
+def text_drift(reference: dict[str, Any], lengths: dict[str, Any] | None,
+               vocabulary: dict[str, Any] | None, thresholds: dict[str, float], *,
+               rules: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """A text feature's two drift results: its length in tokens (the numeric tests, on the
+    reference's length deciles) and its vocabulary (the categorical tests on the counts of the
+    reference's most frequent tokens, every other token pooled)."""
+    length_ref = reference.get("length") or {}
+    counts = (lengths or {}).get("counts") or [0.0] * max(1, len(length_ref.get("bin_edges")
+                                                                 or []) - 1)
+    length = numeric_drift(length_ref, counts, (lengths or {}).get("sample") or [], thresholds,
+                           rules=rules)
+    words = categorical_drift(reference.get("vocabulary") or {},
+                              (vocabulary or {}).get("counts") or {}, thresholds, rules=rules)
+    return [{**length, "aspect": "length"}, {**words, "aspect": "vocabulary"}]
 
 
 # --- ground truth ----------------------------------------------------------------------------

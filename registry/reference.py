@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -48,6 +49,19 @@ FIELD = "reference_data"
 SAMPLE_PER_FEATURE = 1000
 SAMPLE_BUDGET = 50_000
 SAMPLE_MIN = 100
+# Text features (free-text string columns, e.g. a sentence-embedding model's input): the
+# distribution of their length in tokens (a numeric profile) and of their vocabulary (the
+# TOP_TOKENS most frequent tokens' counts, the rest as "other"). A string column is text when
+# its values average at least TEXT_MIN_TOKENS tokens, or when most of its values are distinct
+# and there are more of them than categories are kept.
+TOP_TOKENS = 200
+TEXT_MIN_TOKENS = 2.5
+TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def tokens(text: str) -> list[str]:
+    """The tokens vocabulary drift counts: lower-cased words (letters, digits, underscore)."""
+    return TOKEN.findall(text.lower())
 
 
 def _too_many(columns: int | str, limit: int) -> InvalidInput:
@@ -183,6 +197,8 @@ def frame_from_request(body: dict[str, Any] | None) -> pd.DataFrame | None:
             rows = body[key]
             if rows and isinstance(rows[0], dict):
                 return pd.DataFrame(rows)
+            if rows and all(isinstance(r, str) for r in rows):
+                return pd.DataFrame({0: rows})  # strings: one text column, a row each
             array = np.asarray(rows, dtype=object)
             if array.ndim > 2:  # image-shaped tensors: one feature per element of a row
                 array = array.reshape(array.shape[0], -1)
@@ -213,6 +229,51 @@ def _numeric_values(series: pd.Series) -> np.ndarray | None:
     return None
 
 
+def numeric_profile(values: np.ndarray) -> dict[str, Any]:
+    """Deciles, the histogram on them (PSI) and a random sample (KS) of numeric values."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
+    counts = np.histogram(values, bins=edges)[0].tolist() if len(edges) > 1 else [len(values)]
+    return {
+        "kind": "numeric",
+        "count": len(values),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "quantiles": [float(q) for q in np.quantile(values, np.linspace(0, 1, 11))],
+        "bin_edges": [float(e) for e in edges],
+        "bin_counts": counts,
+        "sample": random_sample(values, SAMPLE_PER_FEATURE),
+    }
+
+
+def _is_text(series: pd.Series) -> bool:
+    if not len(series) or not all(isinstance(v, str) for v in series):
+        return False
+    mean_tokens = sum(len(tokens(v)) for v in series) / len(series)
+    distinct = series.nunique()
+    return mean_tokens >= TEXT_MIN_TOKENS or (distinct > MAX_CATEGORIES
+                                               and distinct > len(series) / 2)
+
+
+def text_profile(series: pd.Series) -> dict[str, Any]:
+    """A text column: its length in tokens (numeric) and its vocabulary (categorical)."""
+    per_text = [tokens(v) for v in series]
+    counts: dict[str, int] = {}
+    for words in per_text:
+        for word in words:
+            counts[word] = counts.get(word, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {
+        "kind": "text",
+        "count": len(series),
+        "length": numeric_profile(np.array([len(w) for w in per_text], dtype=float)),
+        "vocabulary": {"kind": "categorical", "count": sum(counts.values()),
+                       "frequencies": dict(top[:TOP_TOKENS]),
+                       "other": sum(n for _, n in top[TOP_TOKENS:])},
+    }
+
+
 def compute(frame: pd.DataFrame, *, source: str) -> dict[str, Any]:
     features: dict[str, Any] = {}
     for column in frame.columns:
@@ -220,21 +281,9 @@ def compute(frame: pd.DataFrame, *, source: str) -> dict[str, Any]:
         name = str(column)
         values = _numeric_values(series)
         if values is not None:
-            edges = np.unique(np.quantile(values, np.linspace(0, 1, 11)))
-            counts = (np.histogram(values, bins=edges)[0].tolist()
-                      if len(edges) > 1 else [len(values)])
-            features[name] = {
-                "kind": "numeric",
-                "count": len(values),
-                "mean": float(values.mean()),
-                "std": float(values.std()),
-                "min": float(values.min()),
-                "max": float(values.max()),
-                "quantiles": [float(q) for q in np.quantile(values, np.linspace(0, 1, 11))],
-                "bin_edges": [float(e) for e in edges],
-                "bin_counts": counts,
-                "sample": random_sample(values, SAMPLE_PER_FEATURE),
-            }
+            features[name] = numeric_profile(values)
+        elif _is_text(series):
+            features[name] = text_profile(series)
         else:
             frequencies = series.astype(str).value_counts()
             top = frequencies.head(MAX_CATEGORIES)

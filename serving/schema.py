@@ -48,6 +48,10 @@ class Signature:
     kind: str
     columns: list[ColumnSpec] = field(default_factory=list)
     tensors: list[TensorSpec] = field(default_factory=list)
+    # False for a column signature without names (``[{"type": "string"}]``, as
+    # mlflow.sentence_transformers logs it): MLflow matches such columns by position, so any
+    # column name (a v2 input's, a dataframe's) is accepted for them.
+    named: bool = True
 
     def __post_init__(self) -> None:
         self.names = [c.name for c in self.columns]
@@ -86,7 +90,8 @@ class Signature:
             )
             for i, s in enumerate(specs)
         ]
-        return cls(kind="columns", columns=columns)
+        named = any(s.get("name") is not None for s in specs)
+        return cls(kind="columns", columns=columns, named=named)
 
     def describe(self) -> list[dict[str, Any]]:
         if self.kind == "tensor":
@@ -177,11 +182,36 @@ def validate(table: Table, sig: Signature, maybe_bools: bool = True) -> Batch:
 
 
 def _validate_columns(table: Table, sig: Signature, maybe_bools: bool) -> Batch:
+    if not sig.named:
+        table = _by_position(table, sig)
     if isinstance(table, Rows):
         return _columns_from_rows(table, sig, maybe_bools)
     if isinstance(table, Records):
         return _columns_from_records(table, sig, maybe_bools)
     return _columns_from_columnar(table, sig)
+
+
+def _by_position(table: Table, sig: Signature) -> Table:
+    """Unnamed signature columns take the request's columns in order, whatever their names
+    (MLflow's own rule for a schema without names); a single column may come as a plain list
+    of values (``{"inputs": ["a", "b"]}``)."""
+    width = len(sig.columns)
+    if isinstance(table, Rows):
+        rows = table.rows
+        if width == 1 and isinstance(rows, list) and rows \
+                and not any(isinstance(r, list) for r in rows):
+            rows = [[r] for r in rows]
+        columns = table.columns
+        if columns is not None and len(columns) == width:
+            columns = None  # positional
+        return Rows(rows=rows, columns=columns, from_csv=table.from_csv)
+    if isinstance(table, Columnar) and len(table.data) == width:
+        return Columnar(data=dict(zip(sig.names, table.data.values(), strict=True)))
+    if width == 1 and isinstance(table, Records) and isinstance(table.records, list) \
+            and table.records and all(isinstance(r, dict) and len(r) == 1 for r in table.records):
+        return Records(records=[dict(zip(sig.names, r.values(), strict=True))
+                                for r in table.records])
+    return table
 
 
 def _check_required(sig: Signature, present: set[str] | list[str]) -> None:

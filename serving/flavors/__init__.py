@@ -20,6 +20,7 @@ from typing import Any
 # MLflow flavor name (a key of MLmodel's ``flavors``) → module of this package.
 MODULES: dict[str, str] = {
     "pytorch": "pytorch",
+    "sentence_transformers": "sentence_transformers",
 }
 
 

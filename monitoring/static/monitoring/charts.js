@@ -91,6 +91,11 @@
           datasets: [{label: "predictions in range", data: h.counts,
                       backgroundColor: palette[0]}]}, options: opts("count")};
       }
+      if (p.kind === "vectors") {  // embeddings: the mean norm per step
+        return {type: "line", data: {labels: s.timestamps.map(label), datasets: [
+          line("mean norm of the " + p.dim + "-d output vectors", p.norm_series, 0)]},
+          options: opts("norm")};
+      }
       return null;
     },
     quality: function (s) {
