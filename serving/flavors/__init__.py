@@ -19,9 +19,14 @@ from typing import Any
 
 # MLflow flavor name (a key of MLmodel's ``flavors``) → module of this package.
 MODULES: dict[str, str] = {
+    "onnx": "onnx",
+    "python_function": "pyfunc",
     "pytorch": "pytorch",
     "sentence_transformers": "sentence_transformers",
 }
+
+# A flavor whose pyfunc loader is not ``mlflow.<flavor>``: custom PythonModel classes.
+LOADERS: dict[str, str] = {"python_function": "mlflow.pyfunc.model"}
 
 
 def flavor_of(mlmodel: dict[str, Any]) -> str | None:
@@ -29,7 +34,8 @@ def flavor_of(mlmodel: dict[str, Any]) -> str | None:
     flavors = mlmodel.get("flavors") or {}
     loader = (flavors.get("python_function") or {}).get("loader_module", "")
     for flavor in MODULES:
-        if flavor in flavors and loader in (f"mlflow.{flavor}", ""):
+        own = LOADERS.get(flavor)
+        if flavor in flavors and (loader == own if own else loader in (f"mlflow.{flavor}", "")):
             return flavor
     return None
 
