@@ -32,6 +32,8 @@ class BenchModel:
     mlserver_runtime: str = "mlserver_mlflow.MLflowRuntime"
     mlserver_uri: Path | None = None
     v2_body: Callable[[int], bytes] | None = None
+    # Another form of the same rows, tried when a server answers the first with 400.
+    alt_body: Callable[[int], bytes] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,7 +197,10 @@ def save_sentence_transformers(root: Path) -> BenchModel:
     def body(rows: int) -> bytes:
         return json.dumps({"inputs": [TEXTS[i % len(TEXTS)] for i in range(rows)]}).encode()
 
-    return BenchModel("sentence_transformers", path, reqs, body,
+    def rows_of_one(rows: int) -> bytes:
+        return json.dumps({"inputs": [[TEXTS[i % len(TEXTS)]] for i in range(rows)]}).encode()
+
+    return BenchModel("sentence_transformers", path, reqs, body, alt_body=rows_of_one,
                       notes={"model": "all-MiniLM-L6-v2 (texts instead of rows)"})
 
 

@@ -119,8 +119,12 @@ def to_ms(text: str) -> float:
 
 
 def run_wrk(url: str, conns: int, duration: int, body: bytes | None, tmp: Path,
-            headers: dict[str, str] | None = None) -> dict:
+            headers: dict[str, str] | None = None, timeout_s: int | None = None) -> dict:
+    """``timeout_s``: wrk's per-request timeout (its default 2 s counts slower answers as
+    errors, not latency)."""
     cmd = [WRK, f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--latency"]
+    if timeout_s:
+        cmd.append(f"--timeout={timeout_s}s")
     if body is not None:
         script = tmp / "body.lua"
         extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
