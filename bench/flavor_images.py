@@ -53,14 +53,28 @@ def main() -> int:
     from workers.runtimes.images import ImageBuilder
 
     client = docker.from_env(timeout=600)
-    rows = []
+    rows: list[tuple] = []
     started = time.perf_counter()
+    try:
+        measure(client, ImageBuilder, flavors, args, rows)
+    finally:  # interrupted too: this script's own repository leaves nothing on the engine
+        if not args.keep:
+            for image in client.images.list(name=REPOSITORY):
+                with contextlib.suppress(Exception):
+                    client.images.remove(image.id, force=True)
+    report(args, rows, started)
+    return 0
+
+
+def measure(client: object, image_builder: type, flavors: list[str], args: argparse.Namespace,
+            rows: list[tuple]) -> None:
+    """First build, rebuild with cached wheels, cached image: one flavor after another."""
     with tempfile.TemporaryDirectory(prefix="modelport-images-") as tmp:
         for flavor in flavors:
             model = save(flavor, Path(tmp) / "models")
             wheels = Path(tmp) / f"wheels-{flavor}"
-            builder = ImageBuilder(client, args.base_image, repository=REPOSITORY,
-                                   wheel_cache=wheels)
+            builder = image_builder(client, args.base_image, repository=REPOSITORY,
+                                    wheel_cache=wheels)
             lines: list[str] = []
             print(f"{flavor}: first build ...", flush=True)
             first = builder.ensure_image_report(model.requirements, lines.append)
@@ -77,6 +91,9 @@ def main() -> int:
             if not args.keep:
                 with contextlib.suppress(Exception):
                     client.images.remove(rebuilt.tag)
+
+
+def report(args: argparse.Namespace, rows: list[tuple], started: float) -> None:
     print()
     print(f"# Serving image per flavor — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, base "
           f"{args.base_image}, {os.cpu_count()} CPUs, load average at end "
@@ -90,7 +107,6 @@ def main() -> int:
         print(f"| {flavor} | {n} | {first.seconds:.0f} | {rebuilt.seconds:.0f} | "
               f"{reused.seconds:.2f} | {(first.size_bytes or 0) / 1e6:.0f} | "
               f"{'yes' if layer_cache else 'no'} |")
-    return 0
 
 
 if __name__ == "__main__":
