@@ -16,8 +16,8 @@ version's validation runs — builds the serving image three times, into a repos
 3. cached image: the same requirements again — what the next version with the same
    requirements waits (``reused``).
 
-Prints the seconds of each, the image size and whether Docker's layer cache served the first
-build (another image on the engine with the same layers), with the load average.
+Prints the seconds of each, the image size and how many of the first build's steps Docker's
+layer cache served (another image on the engine with the same layers), with the load average.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def measure(client: object, image_builder: type, flavors: list[str], args: argpa
             lines: list[str] = []
             print(f"{flavor}: first build ...", flush=True)
             first = builder.ensure_image_report(model.requirements, lines.append)
-            layer_cache = any("Using cache" in line or "CACHED" in line for line in lines)
+            # Docker's layer cache: steps another image on the engine already built.
+            layer_cache = (sum("Using cache" in line for line in lines),
+                           sum(line.startswith("Step ") for line in lines))
             with contextlib.suppress(Exception):
                 client.images.remove(first.tag)  # ours: this script's own repository
             print(f"{flavor}: rebuild with cached wheels ...", flush=True)
@@ -101,12 +103,12 @@ def report(args: argparse.Namespace, rows: list[tuple], started: float) -> None:
           f"{(time.perf_counter() - started) / 60:.1f} min")
     print()
     print("| flavor | requirements | first build s | rebuild (cached wheels) s | cached image s "
-          "| image size MB | layer cache in first build |")
+          "| image size MB | first build's steps from layer cache |")
     print("|---|---|---|---|---|---|---|")
     for flavor, first, rebuilt, reused, layer_cache, n in rows:
         print(f"| {flavor} | {n} | {first.seconds:.0f} | {rebuilt.seconds:.0f} | "
               f"{reused.seconds:.2f} | {(first.size_bytes or 0) / 1e6:.0f} | "
-              f"{'yes' if layer_cache else 'no'} |")
+              f"{layer_cache[0]} of {layer_cache[1]} |")
 
 
 if __name__ == "__main__":
