@@ -56,6 +56,7 @@ Proc = bench_serving.Proc
 body_for, free_port, run_wrk = bench_serving.body_for, bench_serving.free_port, \
     bench_serving.run_wrk
 start_modelport, train_models = bench_serving.start_modelport, bench_serving.train_models
+cpu_seconds = importlib.import_module("harness").cpu_seconds
 
 SINK_APP = textwrap.dedent(
     """
@@ -85,27 +86,6 @@ SINK_APP = textwrap.dedent(
 )
 SHIPPED = re.compile(r"^modelport_prediction_logs_shipped_total\s+([\d.e+]+)", re.M)
 DROPPED = re.compile(r"^modelport_prediction_logs_dropped_total\s+([\d.e+]+)", re.M)
-
-
-def cpu_seconds(proc: Proc) -> float:
-    """CPU time (user + system) used so far by the server process and its children."""
-    pids = {proc.popen.pid}
-    stats = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(stat.parent.name)] = fields
-    changed = True
-    while changed:  # children of children
-        changed = False
-        for pid, fields in stats.items():
-            if int(fields[1]) in pids and pid not in pids:
-                pids.add(pid)
-                changed = True
-    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in pids if p in stats)
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 SETTLE_S = 1.5  # > the ship interval: the last second's records are shipped before CPU is read

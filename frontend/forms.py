@@ -163,6 +163,7 @@ class PlatformSettingsChange(TypedDict):
 
     package_index_url: str
     package_extra_index_urls: list[str]
+    package_wheel_folder: str
     allowed_packages: list[str]
     outbound_allowlist: list[str]
 
@@ -176,7 +177,12 @@ class PlatformSettingsForm(forms.Form):
                   "index this host's pip uses.")
     package_extra_index_urls = forms.CharField(
         label="Extra package indexes", required=False,
-        widget=forms.Textarea(attrs={"rows": 2}), help_text="One URL per line.")
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="One URL per line (e.g. a CPU-only PyTorch index).")
+    package_wheel_folder = forms.CharField(
+        label="Local wheel folder", required=False, max_length=500,
+        help_text="Absolute path of a folder of wheels on the platform's host, searched besides "
+                  "the indexes (a mounted mirror on an air-gapped site). Empty: none.")
     allowed_packages = forms.CharField(
         label="Allowed packages", required=False, widget=forms.Textarea(attrs={"rows": 3}),
         help_text="One name per line: the only packages model requirements (and their "
@@ -193,5 +199,6 @@ class PlatformSettingsForm(forms.Form):
         return PlatformSettingsChange(
             package_index_url=data["package_index_url"],
             package_extra_index_urls=data["package_extra_index_urls"].split(),
+            package_wheel_folder=data["package_wheel_folder"],
             allowed_packages=data["allowed_packages"].split(),
             outbound_allowlist=data["outbound_allowlist"].split())

@@ -149,6 +149,7 @@ def capacity(request: HttpRequest) -> HttpResponse:
         "platform": platform, "host_index": host_index, "host_extra_indexes": host_extra,
         "settings_form": PlatformSettingsForm(initial={
             "package_index_url": platform.package_index_url,
+            "package_wheel_folder": platform.package_wheel_folder,
             **{key: "\n".join(getattr(platform, key)) for key in (
                 "package_extra_index_urls", "allowed_packages", "outbound_allowlist")},
         }) if admin else None,

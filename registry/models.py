@@ -144,6 +144,12 @@ class ModelVersion(models.Model):
     artifact_name = models.CharField(max_length=200, blank=True)
     artifact_sha256 = models.CharField(max_length=64, blank=True, db_index=True)
     artifact_size = models.BigIntegerField(null=True, blank=True)
+    # The serving image validation ran in (the one its replicas run): built or reused, and how
+    # long that took and how big it is. Null: validated without Docker, or before issue 19.
+    image_tag = models.CharField(max_length=200, blank=True)
+    image_reused = models.BooleanField(null=True, blank=True)
+    image_build_seconds = models.FloatField(null=True, blank=True)
+    image_size = models.BigIntegerField(null=True, blank=True)
     staging_dir = models.CharField(max_length=500, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")

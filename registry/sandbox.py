@@ -35,6 +35,7 @@ from workers.runtime_status import resolved_runtime
 from workers.runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError
 from workers.runtimes.docker import DockerRuntime
 from workers.runtimes.docker_spec import HARDENING
+from workers.runtimes.images import ImageReport
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABEL = "modelport.sandbox"
@@ -46,6 +47,7 @@ class SandboxOutcome:
     result: dict[str, Any]
     sandboxed: bool
     logs: str
+    image: ImageReport | None = None  # the serving image it ran in (None: no Docker)
 
 
 class SandboxError(RuntimeError):
@@ -146,9 +148,10 @@ def _run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
     on_step(20, f"Preparing the model's environment: a serving image for {len(wanted)} "
                 "requirement(s).")
     try:
-        image = runtime.ensure_image(wanted, on_log=on_log)
+        report = runtime.images.ensure_image_report(wanted, on_log=on_log)
     except ReplicaRuntimeError as exc:  # refused requirement, no wheel, not allowed, failed build
         raise SandboxError(f"the model's environment could not be built: {exc}") from None
+    image = report.tag
     job = job_dir.name
     installation = runtime.installation
     _remove_leftovers(runtime.client, job, installation)
@@ -190,7 +193,8 @@ def _run_in_docker(job_dir: Path, requirements: list[str], on_log: LogFn,
                                                              "result.json").is_file():
             raise SandboxError(f"sandbox exited with {status.get('StatusCode')}: "
                                f"{logs.strip()[-500:]}")
-        return SandboxOutcome(result=_read_result(job_dir, logs), sandboxed=True, logs=logs)
+        return SandboxOutcome(result=_read_result(job_dir, logs), sandboxed=True, logs=logs,
+                              image=report)
     finally:
         container.remove(force=True)
 

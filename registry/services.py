@@ -28,6 +28,7 @@ from teams import audit
 from teams.access import require_team_role
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
+from workers.runtimes.images import ImageReport
 from workers.runtimes.requirements import RequirementRefused, check_requirements
 
 from . import archives, baselines, formats, mlmodel, progress, reference, sandbox, storage
@@ -398,13 +399,14 @@ def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersio
         return _finish(version, ok=False, message=f"Validation could not run: {exc}",
                        staging=staging, keep_staging=True, events=events)
     result = outcome.result
+    image = _image_fields(outcome.image)
     if not result.get("ok"):
         stage = result.get("stage", "load")
         what = {"convert": "could not be converted to an MLflow model",
                 "load": "failed to load", "predict": "failed on the input example"}[stage]
         return _finish(version, ok=False, message=f"The model {what}: {result.get('error')}",
                        staging=staging, sandboxed=outcome.sandboxed, validation=result,
-                       events=events)
+                       extra=image, events=events)
     events.step(80, "Storing the artifact.")
     model_dir = (staging / "output" / "model") if result.get("converted") else \
         (staging / "input" / "model")
@@ -413,10 +415,11 @@ def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersio
         requirements = _checked_requirements(metadata.requirements)
     except InvalidInput as exc:
         return _finish(version, ok=False, message=exc.message, staging=staging,
-                       sandboxed=outcome.sandboxed, validation=result, events=events)
+                       sandboxed=outcome.sandboxed, validation=result, extra=image,
+                       events=events)
     stored = storage.store_model_dir(model_dir)
     extra: dict[str, Any] = {
-        "flavor": metadata.flavor, "signature": metadata.signature,
+        **image, "flavor": metadata.flavor, "signature": metadata.signature,
         "requirements": requirements, "artifact_name": stored.name,
         "artifact_sha256": stored.sha256, "artifact_size": stored.size,
     }
@@ -432,6 +435,14 @@ def _validate(version: ModelVersion, events: progress.VersionLog) -> ModelVersio
         message += f" Made with scikit-learn {result['sklearn_version']}."
     return _finish(version, ok=True, message=message, staging=staging,
                    sandboxed=outcome.sandboxed, validation=result, extra=extra, events=events)
+
+
+def _image_fields(report: ImageReport | None) -> dict[str, Any]:
+    """The version's image fields from the sandbox's image report (none without Docker)."""
+    if report is None:
+        return {}
+    return {"image_tag": report.tag, "image_reused": report.reused,
+            "image_build_seconds": report.seconds, "image_size": report.size_bytes}
 
 
 def _finish(version: ModelVersion, *, ok: bool, message: str, staging: Path | None = None,

@@ -164,6 +164,9 @@ class PlatformSettings(models.Model):
     # Empty: the index this host's pip uses (MODELPORT_PIP_INDEX_URL / PIP_INDEX_URL / pip config).
     package_index_url = models.CharField(max_length=500, blank=True)
     package_extra_index_urls = models.JSONField(default=list, blank=True)
+    # A folder of wheels on the host that fetches them (pip --find-links): a mounted mirror for
+    # air-gapped sites, used besides the indexes. Empty: none.
+    package_wheel_folder = models.CharField(max_length=500, blank=True)
     # Canonical project names a model's requirements may name (dependencies included); empty: any.
     allowed_packages = models.JSONField(default=list, blank=True)
     # "host", "host:port", an IP address or a CIDR network the platform may call even though it

@@ -7,6 +7,7 @@ audit record.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 
@@ -328,8 +329,8 @@ def record_user_change(*, actor, user, before: dict | None, created: bool) -> No
 
 
 # --- Platform settings ------------------------------------------------------------------------
-PLATFORM_SETTINGS_FIELDS = ["package_index_url", "package_extra_index_urls", "allowed_packages",
-                            "outbound_allowlist"]
+PLATFORM_SETTINGS_FIELDS = ["package_index_url", "package_extra_index_urls",
+                            "package_wheel_folder", "allowed_packages", "outbound_allowlist"]
 _PACKAGE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$", re.IGNORECASE)
 
 
@@ -348,6 +349,24 @@ def _index_url(value: str, field: str) -> str:
     return value
 
 
+def _wheel_folder(value: str) -> str:
+    """An absolute path of a readable folder on this host (pip's --find-links), or empty."""
+    value = (value or "").strip()
+    if not value:
+        return ""
+    field = "package_wheel_folder"
+    if len(value) > 500 or not os.path.isabs(value) or "\x00" in value:
+        raise InvalidInput(f"{value[:100]!r} is not an absolute path (e.g. /srv/wheels).",
+                           field=field)
+    if not os.path.isdir(value):
+        raise InvalidInput(f"{value} is not a folder on this host (mount the wheel mirror "
+                           "here first).", field=field)
+    if not os.access(value, os.R_OK | os.X_OK):
+        raise InvalidInput(f"{value} is not readable by the platform (user "
+                           f"{os.getuid()}).", field=field)
+    return os.path.normpath(value)
+
+
 def _string_list(value: object, field: str) -> list[str]:
     if isinstance(value, str):
         value = [part for part in re.split(r"[\s,]+", value) if part]
@@ -359,6 +378,7 @@ def _string_list(value: object, field: str) -> list[str]:
 @transaction.atomic
 def update_platform_settings(*, actor, package_index_url: str | None = None,
                              package_extra_index_urls: list[str] | None = None,
+                             package_wheel_folder: str | None = None,
                              allowed_packages: list[str] | None = None,
                              outbound_allowlist: list[str] | None = None) -> PlatformSettings:
     """Change what is given (None: unchanged). Platform admins only; audited."""
@@ -371,6 +391,8 @@ def update_platform_settings(*, actor, package_index_url: str | None = None,
         row.package_extra_index_urls = [
             _index_url(url, "package_extra_index_urls")
             for url in _string_list(package_extra_index_urls, "package_extra_index_urls")]
+    if package_wheel_folder is not None:
+        row.package_wheel_folder = _wheel_folder(package_wheel_folder)
     if allowed_packages is not None:
         names = _string_list(allowed_packages, "allowed_packages")
         bad = [n for n in names if not _PACKAGE_NAME.match(n)]

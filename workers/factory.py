@@ -112,6 +112,7 @@ def package_policy() -> PackagePolicy:
     wheelhouse = REPO_ROOT / "platform" / "wheelhouse"
     return PackagePolicy.from_host(platform_wheelhouse=wheelhouse).configured(
         index_url=row.package_index_url, extra_index_urls=row.package_extra_index_urls,
+        wheel_folder=row.package_wheel_folder,
         allowed=row.allowed_packages, platform_wheelhouse=wheelhouse)
 
 

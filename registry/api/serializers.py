@@ -64,6 +64,13 @@ class RegisteredModelUpdateSerializer(StrictTypes, serializers.Serializer):
     tags = _tags(required=False)
 
 
+class VersionImageSerializer(serializers.Serializer):
+    tag = serializers.CharField()
+    reused = serializers.BooleanField(allow_null=True)
+    build_seconds = serializers.FloatField(allow_null=True)
+    size_bytes = serializers.IntegerField(allow_null=True)
+
+
 class ReferenceStateSerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         choices=["none", "pending", "ready", "failed"],
@@ -89,6 +96,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     log_tail = serializers.SerializerMethodField(
         help_text="The last lines of its validation log (image build, sandbox output); all of "
                   "it, with the steps, is at events/.")
+    image = serializers.SerializerMethodField(
+        help_text="The serving image validation ran in (its replicas run the same one): tag, "
+                  "reused (an image with the same requirements existed), build_seconds (what "
+                  "fetching wheels and building took, or checking the cached image), "
+                  "size_bytes. Null when validated without Docker.")
     retryable = serializers.SerializerMethodField(
         help_text="Whether POST retry/ can validate this failed version again (an import, or an "
                   "upload kept because validation could not run); false: register it again.")
@@ -98,7 +110,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         fields = ["model", "version", "status", "status_message", "progress", "sandboxed",
                   "source_format", "source", "description", "flavor", "signature",
                   "input_example", "requirements", "params", "metrics", "lineage",
-                  "reference", "reference_stats", "aliases", "artifact", "retryable",
+                  "reference", "reference_stats", "aliases", "artifact", "image", "retryable",
                   "log_tail", "created_by", "created_at", "validated_at"]
 
     def to_representation(self, instance: ModelVersion) -> dict:
@@ -126,6 +138,13 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return {"status": version.reference_state, "message": version.reference_message,
                 "source": stats.get("source"), "rows": stats.get("rows"),
                 "features": len(stats["features"]) if "features" in stats else None}
+
+    @extend_schema_field(VersionImageSerializer(allow_null=True))
+    def get_image(self, version: ModelVersion) -> dict | None:
+        if not version.image_tag:
+            return None
+        return {"tag": version.image_tag, "reused": version.image_reused,
+                "build_seconds": version.image_build_seconds, "size_bytes": version.image_size}
 
     def get_artifact(self, version: ModelVersion) -> dict | None:
         if not version.artifact_sha256:

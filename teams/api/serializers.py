@@ -100,7 +100,12 @@ class PlatformSettingsSerializer(StrictTypes, serializers.Serializer):
         help_text="PEP 503 index model environments' wheels come from; empty: the index this "
                   "host's pip uses.")
     package_extra_index_urls = serializers.ListField(
-        child=serializers.CharField(max_length=500), required=False)
+        child=serializers.CharField(max_length=500), required=False,
+        help_text="More indexes searched besides it (e.g. a CPU-only PyTorch index).")
+    package_wheel_folder = serializers.CharField(
+        required=False, allow_blank=True, max_length=500,
+        help_text="Absolute path of a folder of wheels on the platform's host (pip "
+                  "--find-links), e.g. a mounted mirror on an air-gapped site; empty: none.")
     allowed_packages = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False,
         help_text="Packages a model's requirements (and their dependencies) may name; empty: "

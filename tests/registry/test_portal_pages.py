@@ -56,6 +56,20 @@ def test_model_page_shows_card_versions_metrics_schema_and_curl(iris, team_engin
 def test_version_page_shows_status_and_baseline(iris, team_engineer, ready_version):
     page = logged_in(team_engineer).get("/models/iris/versions/1/").content.decode()
     assert "ready" in page and "abc123" in page and "Drift baseline" in page
+    assert "Serving image</dt><dd id=\"version-image\">—" in page  # validated before issue 19
+
+
+def test_version_page_and_api_show_the_image_build(iris, team_engineer, ready_version):
+    ModelVersion.objects.filter(pk=ready_version.pk).update(
+        image_tag="modelport/serving:0123456789ab-ba9876543210", image_reused=False,
+        image_build_seconds=84.21, image_size=1_288_490_189)
+    page = logged_in(team_engineer).get("/models/iris/versions/1/").content.decode()
+    assert "built in 84.2 s" in page and "1.2\xa0GB" in page
+    assert "modelport/serving:0123456789ab" in page
+    body = logged_in(team_engineer).get("/api/v1/models/iris/versions/1/").json()
+    assert body["image"] == {"tag": "modelport/serving:0123456789ab-ba9876543210",
+                             "reused": False, "build_seconds": 84.21,
+                             "size_bytes": 1_288_490_189}
 
 
 def test_pending_version_polls_for_progress(iris, team_engineer):

@@ -17,6 +17,7 @@ from registry.models import ModelVersion
 from teams.models import AuditEvent
 from tests.conftest import REQUIRE_SERVICES
 from tests.fixtures import bearer_client
+from tests.registry.test_portal_pages import logged_in
 
 from .conftest import COLUMNS, example_json, malicious_pickle, tar_dir, zip_dir
 
@@ -51,6 +52,15 @@ def test_mlflow_zip_becomes_ready_with_its_metadata(iris, team_engineer, mlflow_
     assert body["reference_stats"]["features"]["petal_length"]["kind"] == "numeric"
     if REQUIRE_SERVICES:
         assert body["sandboxed"] is True
+        # The serving image it ran in, recorded on the version: the suite's shared image, so
+        # reused here; its size as the engine reports it.
+        image = body["image"]
+        assert image["tag"].startswith("modelport/serving:"), image
+        assert isinstance(image["reused"], bool) and image["build_seconds"] >= 0
+        assert image["size_bytes"] > 50_000_000, image
+        page = logged_in(team_engineer).get("/models/iris/versions/1/").content.decode()
+        assert "Serving image" in page and image["tag"][:30] in page
+        assert ("reused (same requirements)" if image["reused"] else "built in") in page
 
     download = client.get("/api/v1/models/iris/versions/1/artifact/")
     content = b"".join(download.streaming_content)

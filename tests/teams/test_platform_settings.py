@@ -46,6 +46,49 @@ def test_team_roles_cannot_change_settings(api_as, request, role):
     assert not AuditEvent.objects.filter(action="platform.settings_changed").exists()
 
 
+def test_a_local_wheel_folder_is_checked_shown_and_audited(api_as, admin_user, client,
+                                                           tmp_path):
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    answer = api_as(admin_user).patch(URL, {"package_wheel_folder": f"{folder}/"},
+                                      format="json")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["package_wheel_folder"] == str(folder)  # normalised
+    event = AuditEvent.objects.get(action="platform.settings_changed")
+    assert event.before["package_wheel_folder"] == ""
+    assert event.after["package_wheel_folder"] == str(folder)
+    client.force_login(admin_user)
+    page = client.get("/capacity/").content.decode()
+    assert "Local wheel folder" in page and f"<code>{folder}</code>" in page
+    from workers.factory import package_policy
+
+    assert str(folder) in package_policy().find_links  # what the next build fetches from
+    # Cleared with an empty value.
+    assert api_as(admin_user).patch(URL, {"package_wheel_folder": ""}, format="json").json()[
+        "package_wheel_folder"] == ""
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("wheels", "not an absolute path"),
+    ("/nonexistent/wheels", "is not a folder on this host"),
+])
+def test_a_bad_wheel_folder_is_refused_naming_the_problem(api_as, admin_user, value, fragment):
+    answer = api_as(admin_user).patch(URL, {"package_wheel_folder": value}, format="json")
+    assert answer.status_code == 400
+    assert fragment in str(answer.json()) and "package_wheel_folder" in str(answer.json())
+    assert platform_settings().package_wheel_folder == ""
+    assert not AuditEvent.objects.filter(action="platform.settings_changed").exists()
+
+
+def test_an_unreadable_wheel_folder_is_refused(api_as, admin_user, tmp_path, monkeypatch):
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o000)
+    # Root reads everything: os.access is what decides, so it stands in for another user here.
+    monkeypatch.setattr("teams.services.os.access", lambda path, mode: False)
+    answer = api_as(admin_user).patch(URL, {"package_wheel_folder": str(folder)}, format="json")
+    assert answer.status_code == 400 and "not readable" in str(answer.json())
+
+
 @pytest.mark.parametrize(("field", "value", "fragment"), [
     ("package_index_url", "ftp://mirror/simple", "not an http(s) URL"),
     ("allowed_packages", ["scikit learn!"], "not a Python package name"),
@@ -71,6 +114,7 @@ def test_capacity_page_shows_settings_and_admins_edit_them(client, admin_user, v
     assert "Save settings" in client.get("/capacity/").content.decode()
     client.post("/capacity/settings/", {"package_index_url": "",
                                         "package_extra_index_urls": "",
+                                        "package_wheel_folder": "",
                                         "allowed_packages": "numpy\nscikit-learn",
                                         "outbound_allowlist": "hooks.internal:8443"})
     row = platform_settings()

@@ -72,7 +72,8 @@ def test_tag_differs_per_serving_code_and_base_image(tmp_path: Any,
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_second_ensure_image_reuses_the_tag(image_builder: Any, serving_image: str,
-                                           iris_requirements: list[str]) -> None:
+                                           iris_requirements: list[str],
+                                           docker_client: Any) -> None:
     # Same set, other order and spelling: a new model version with the same requirements.
     again = [r.upper() for r in reversed(iris_requirements)] + ["# from a newer version"]
     lines: list[str] = []
@@ -80,3 +81,6 @@ def test_second_ensure_image_reuses_the_tag(image_builder: Any, serving_image: s
     assert tag == serving_image
     assert any("cached" in line for line in lines), lines
     assert not any(line.startswith("Step ") for line in lines), "must not rebuild"
+    report = image_builder.ensure_image_report(again)
+    assert report.tag == serving_image and report.reused is True
+    assert report.size_bytes == docker_client.images.get(serving_image).attrs["Size"] > 0

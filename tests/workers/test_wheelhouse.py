@@ -74,6 +74,13 @@ def test_platform_settings_replace_the_hosts_indexes_or_keep_them_when_empty(tmp
         index_url="https://pypi.internal/simple")
     assert offline.pip_args() == ["--no-index", "--find-links", "/opt/wheels"]
 
+    # The platform's wheel folder is searched besides whatever indexes are in force.
+    mirror = host.configured(index_url="https://pypi.internal/simple", wheel_folder="/srv/w")
+    assert mirror.find_links == ("/srv/w",) and "wheels in /srv/w" in mirror.describe()
+    assert host.configured(wheel_folder="/srv/w").find_links == ("/opt/wheels", "/srv/w")
+    assert PackagePolicy(offline=True).configured(wheel_folder="/srv/w").pip_args() == \
+        ["--no-index", "--find-links", "/srv/w"]
+
 
 def test_closure_follows_extras_and_the_targets_markers() -> None:
     dists = {
@@ -139,6 +146,25 @@ def test_wheels_are_fetched_once_per_requirement_set_then_reused(
                                                      "victim_dep-1.2-py3-none-any.whl"]
     assert first.model_packages == ["victim-app", "victim-dep"]
     assert again.path == first.path and any("cached" in line for line in lines)
+
+
+def test_a_wheel_only_in_the_platforms_wheel_folder_is_found(
+        this_interpreter: Target, index_files: Path, tmp_path: Path) -> None:
+    # An air-gapped site: the index mirror lacks a package its wheel folder has.
+    folder = tmp_path / "mirror-wheels"
+    folder.mkdir()
+    make_wheel(index_files, "victim-app", "1.0", requires=["victim-local>=1"])
+    make_wheel(folder, "victim-local", "2.0")
+    with package_index(index_files) as index:
+        with pytest.raises(WheelFetchError, match="victim-local"):
+            _fetch(index, this_interpreter, tmp_path, ["victim-app==1.0"])
+        policy = PackagePolicy(index_url=index).configured(index_url=index,
+                                                           wheel_folder=str(folder))
+        found = fetch(platform_requirements=[], model_requirements=["victim-app==1.0"],
+                      target=this_interpreter, policy=policy,
+                      cache_root=tmp_path / "wheelhouses", log=[].append)
+    assert sorted(w.name for w in found.wheels) == ["victim_app-1.0-py3-none-any.whl",
+                                                     "victim_local-2.0-py3-none-any.whl"]
 
 
 def test_the_allow_list_applies_to_every_dependency_and_names_what_pulled_it_in(

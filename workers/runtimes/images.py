@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,12 +60,24 @@ LABEL_SERVING = "org.modelport.serving-digest"
 LABEL_KIND = "org.modelport.image"
 LABEL_PACKAGES = "org.modelport.model-packages"
 _SKIP_DIRS = {"__pycache__", "tests", ".pytest_cache", ".ruff_cache"}
-__all__ = ["ImageBuildError", "ImageBuilder", "PackagePolicy", "default_ca_bundle",
+__all__ = ["ImageBuildError", "ImageBuilder", "ImageReport", "PackagePolicy", "default_ca_bundle",
            "host_pip_index", "normalize_requirements", "requirements_digest"]
 
 
 class ImageBuildError(ReplicaRuntimeError):
     """`docker build` failed; the message ends with the last lines of the build log."""
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """What ``ensure_image_report`` did, for the version page: the tag, whether an existing
+    image was reused, the seconds the caller waited (fetching wheels and building, or checking
+    the cached image), and the image's size on the engine (None if it could not be read)."""
+
+    tag: str
+    reused: bool
+    seconds: float
+    size_bytes: int | None
 
 
 def normalize_requirements(requirements: Iterable[str], mlflow_skinny: bool = True) -> list[str]:
@@ -255,7 +268,14 @@ class ImageBuilder:
 
         Raises ImageBuildError naming the refused requirement line, the package without a
         wheel or not allowed, or the failed build step."""
+        return self.ensure_image_report(requirements, on_log).tag
+
+    def ensure_image_report(self, requirements: list[str],
+                            on_log: LogFn | None = None) -> ImageReport:
+        """``ensure_image``, also saying whether the image was reused, how long it took and
+        how big it is."""
         log = on_log or (lambda _line: None)
+        called = time.monotonic()
         try:
             checked = check_requirements(requirements, source="the model's requirements")
         except RequirementRefused as exc:
@@ -277,7 +297,7 @@ class ImageBuilder:
             if current is not None and all(current.get(k) == v for k, v in labels.items()) \
                     and self._still_allowed(current, tag, log):
                 log(f"image {tag} cached: reusing it (no build)")
-                return tag
+                return self._report(tag, reused=True, since=called)
             if current is not None:
                 log(f"image {tag} exists but base image or serving code changed: rebuilding")
             started = time.monotonic()
@@ -300,7 +320,16 @@ class ImageBuilder:
             log(f"built {tag} in {time.monotonic() - started:.1f}s")
             if old_id and old_id != self._id_of(tag):
                 self._remove_unused(old_id, log)
-        return tag
+        return self._report(tag, reused=False, since=called)
+
+    def _report(self, tag: str, *, reused: bool, since: float) -> ImageReport:
+        seconds = time.monotonic() - since
+        try:
+            size = self.client.images.get(tag).attrs.get("Size")
+        except (ImageNotFound, APIError):
+            size = None
+        return ImageReport(tag=tag, reused=reused, seconds=round(seconds, 2),
+                           size_bytes=int(size) if isinstance(size, int) else None)
 
     def _still_allowed(self, labels: dict[str, str], tag: str, log: LogFn) -> bool:
         """A cached image is reused only while the allow-list still admits its packages."""

@@ -234,19 +234,23 @@ class PackagePolicy:
                    proxy=_host_setting(("PIP_PROXY",), "proxy") or None, cache_dir=cache)
 
     def configured(self, *, index_url: str = "", extra_index_urls: Iterable[str] = (),
-                   allowed: Iterable[str] = (),
+                   allowed: Iterable[str] = (), wheel_folder: str = "",
                    platform_wheelhouse: str | os.PathLike[str] | None = None) -> PackagePolicy:
         """This (host) policy with the platform settings applied: a configured index replaces
         the host's indexes and local folders (except the platform's own wheelhouse); empty
-        settings keep the host's. Offline mode keeps using local folders only."""
+        settings keep the host's. A configured wheel folder is searched in every case (offline
+        mode included: it is local). Offline mode keeps using local folders only."""
         extra = tuple(u for u in extra_index_urls if u)
         allowed_names = frozenset(canonicalize_name(n) for n in allowed if n)
+        folder = (wheel_folder,) if wheel_folder else ()
         if index_url and not self.offline:
             links = (str(platform_wheelhouse),) if platform_wheelhouse and \
                 _has_wheels(platform_wheelhouse) else ()
             return dataclasses.replace(self, index_url=index_url, extra_index_urls=extra,
-                                       find_links=links, allowed=allowed_names)
+                                       find_links=tuple(dict.fromkeys(links + folder)),
+                                       allowed=allowed_names)
         return dataclasses.replace(self, extra_index_urls=extra or self.extra_index_urls,
+                                   find_links=tuple(dict.fromkeys(self.find_links + folder)),
                                    allowed=allowed_names)
 
     def pip_args(self) -> list[str]:
