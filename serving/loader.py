@@ -71,10 +71,36 @@ class LoadedModel:
         if self.input_mode == "frame":
             return self.predict_fn(batch.as_frame())
         data: Any
-        data = batch.tensor if batch.tensor is not None else batch.as_frame()
+        data = batch.tensor if batch.tensor is not None \
+            else schema_typed_frame(batch.as_frame(), self.signature)
         if params and self.accepts_params:
             return self.predict_fn(data, params=params)
         return self.predict_fn(data)
+
+
+# Signature types narrower than what JSON numbers parse to.
+_NARROW = {"float": np.float32, "integer": np.int32}
+
+
+def schema_typed_frame(frame: Any, signature: Signature) -> Any:
+    """The frame with ``float``/``integer`` signature columns in float32/int32, as MLflow's
+    scoring server reads a JSON body against the schema: pyfunc's own schema enforcement
+    refuses float64 for a float32 column ("Can not safely convert float64 to float32").
+    Integers outside int32 stay as they are (the enforcement then names the column)."""
+    if signature.kind != "columns":
+        return frame
+    for column in signature.columns:
+        dtype = _NARROW.get(column.type)
+        if dtype is None or column.name not in frame.columns:
+            continue
+        values = frame[column.name]
+        if values.dtype == dtype or values.dtype.kind not in "fi":
+            continue
+        if values.dtype.kind == "i" and dtype is np.int32 and len(values) and (
+                values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max):
+            continue
+        frame[column.name] = values.astype(dtype)
+    return frame
 
 
 def load(model_dir: str) -> LoadedModel:
