@@ -19,6 +19,8 @@ from typing import Any
 
 # MLflow flavor name (a key of MLmodel's ``flavors``) → module of this package.
 MODULES: dict[str, str] = {
+    "lightgbm": "lightgbm",
+    "xgboost": "xgboost",
 }
 
 
