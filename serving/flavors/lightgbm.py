@@ -57,9 +57,14 @@ def load(model_dir: str, mlmodel: dict[str, Any], signature: Signature) -> Loade
     if not _trees.matrix_ok(signature, names):
         return None
     reference = model.predict
+    fast: Any
+    if class_name == BOOSTER:
 
-    def fast(x: np.ndarray) -> Any:
-        return model.predict(x, num_threads=num_threads)
+        def fast(x: np.ndarray) -> Any:
+            return booster.predict(x, num_threads=num_threads)
+    else:
+        model.set_params(n_jobs=num_threads)  # the wrapper passes it on as num_threads
+        fast = model.predict
 
     if not _trees.same_answer(model_dir, signature, reference, fast):
         return None

@@ -48,7 +48,7 @@ def save_xgb_classifier(path: Path) -> Any:
     import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
 
     x, classes, _ = data()
-    model = xgb.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1).fit(x, classes)
+    model = xgb.XGBClassifier(n_estimators=8, max_depth=3).fit(x, classes)
     mlflow.xgboost.save_model(model, str(path), input_example=x.head(3),
                               pip_requirements=TREES_REQUIREMENTS)
     return model
@@ -60,7 +60,7 @@ def save_xgb_booster(path: Path) -> Any:
     import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
 
     x, _, target = data()
-    booster = xgb.train({"max_depth": 3, "nthread": 1}, xgb.DMatrix(x, label=target),
+    booster = xgb.train({"max_depth": 3}, xgb.DMatrix(x, label=target),
                         num_boost_round=8)
     mlflow.xgboost.save_model(booster, str(path), input_example=x.head(3),
                               pip_requirements=TREES_REQUIREMENTS)
@@ -73,7 +73,7 @@ def save_lgb_regressor(path: Path) -> Any:
     import mlflow.lightgbm  # noqa: PLC0415 - lazy: heavy, flavor tests only
 
     x, _, target = data()
-    model = lgb.LGBMRegressor(n_estimators=8, num_leaves=7, n_jobs=1, verbose=-1).fit(x, target)
+    model = lgb.LGBMRegressor(n_estimators=8, num_leaves=7, verbose=-1).fit(x, target)
     mlflow.lightgbm.save_model(model, str(path), input_example=x.head(3),
                                pip_requirements=TREES_REQUIREMENTS)
     return model
@@ -85,9 +85,8 @@ def save_lgb_booster(path: Path) -> Any:
     import mlflow.lightgbm  # noqa: PLC0415 - lazy: heavy, flavor tests only
 
     x, classes, _ = data()
-    booster = lgb.train({"objective": "binary", "num_leaves": 7, "num_threads": 1,
-                         "verbose": -1}, lgb.Dataset(x, label=(classes > 0).astype(int)),
-                        num_boost_round=8)
+    booster = lgb.train({"objective": "binary", "num_leaves": 7, "verbose": -1},
+                        lgb.Dataset(x, label=(classes > 0).astype(int)), num_boost_round=8)
     mlflow.lightgbm.save_model(booster, str(path), input_example=x.head(3),
                                pip_requirements=TREES_REQUIREMENTS)
     return booster
@@ -95,3 +94,23 @@ def save_lgb_booster(path: Path) -> Any:
 
 SAVERS = {"xgb-classifier": save_xgb_classifier, "xgb-booster": save_xgb_booster,
           "lgb-regressor": save_lgb_regressor, "lgb-booster": save_lgb_booster}
+
+
+def save_xgb_newer(path: Path, version: str = "9.1.0") -> None:
+    """A native booster as a newer XGBoost would write it: ``xgb_version`` says `version` and
+    the model JSON has a layout this XGBoost cannot read (its ``learner`` renamed)."""
+    import json  # noqa: PLC0415 - only here
+
+    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
+
+    booster = save_xgb_booster(path)
+    doc = json.loads(booster.save_raw("json"))
+    doc["version"] = [int(p) for p in version.split(".")]
+    doc["learner_v9"] = doc.pop("learner")
+    (path / "model.ubj").unlink()
+    (path / "model.json").write_text(json.dumps(doc))
+    mlmodel = (path / "MLmodel").read_text()
+    (path / "MLmodel").write_text(
+        mlmodel.replace(f"xgb_version: {xgb.__version__}", f"xgb_version: {version}")
+        .replace("data: model.ubj", "data: model.json").replace("model_format: ubj",
+                                                                 "model_format: json"))
