@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving import loader, protocol  # noqa: E402 - after the path fix above
-from serving.schema import validate  # noqa: E402
-from tests.flavors import trees  # noqa: E402
+from serving import loader, protocol
+from serving.schema import validate
+from tests.flavors import trees
 
 
 def cpu_per_call(fn, calls: int) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     import mlflow.pyfunc
 
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; "
-          f"{os.cpu_count()} CPUs; CPU µs per call, median of 5 × {args.calls} calls")
+          f"{os.cpu_count()} CPUs; CPU µs per call, median of 5 x {args.calls} calls")
     print(f"{'model':16} {'rows':>4} {'pyfunc':>9} {'fast':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, save in sorted(trees.SAVERS.items()):
@@ -61,10 +61,11 @@ def main() -> None:
                 table, _, _ = protocol.parse_mlflow_json(body.encode())
                 batch = validate(table, fast.signature)
                 assert np.array_equal(fast.predict(batch), generic.predict(batch.as_frame()))
-                t_fast = cpu_per_call(lambda b=batch: fast.predict(b), args.calls)
-                t_pyfunc = cpu_per_call(lambda b=batch: generic.predict(b.as_frame()), args.calls)
+                t_fast = cpu_per_call(lambda b=batch, m=fast: m.predict(b), args.calls)
+                t_pyfunc = cpu_per_call(lambda b=batch, g=generic: g.predict(b.as_frame()),
+                                        args.calls)
                 print(f"{kind:16} {n:>4} {t_pyfunc * 1e6:>9.0f} {t_fast * 1e6:>9.0f} "
-                      f"{t_pyfunc / t_fast:>5.1f}×", flush=True)
+                      f"{t_pyfunc / t_fast:>5.1f}x", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
 
 

@@ -16,7 +16,7 @@ from demo import training
 def test_flavor_specs_by_name_and_unknown_names_refused():
     assert training.flavor_specs([]) == ()
     assert [s.name for s in training.flavor_specs(["xgboost", "xgboost"])] == [training.XGBOOST]
-    with pytest.raises(ValueError, match="unknown caffe .*known: xgboost"):
+    with pytest.raises(ValueError, match=r"unknown caffe .*known: xgboost"):
         training.flavor_specs(["caffe", "xgboost"])
 
 

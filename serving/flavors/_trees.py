@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ def threads() -> int:
     return max(1, cpu_limit() // workers)
 
 
-def matrix_ok(signature: Signature, feature_names: list[str] | None) -> bool:
+def matrix_ok(signature: Signature, feature_names: Sequence[str] | None) -> bool:
     """Whether ``batch.as_matrix()`` is the model's input: all-numeric columns (in the
     booster's own feature order when it knows names) or one 2-D numeric tensor."""
     if signature.kind == "columns":
@@ -98,7 +98,9 @@ def explain_tree(exc: BaseException, *, module: str, label: str, saved: str | No
     image, or the image has another version than the one that saved the model."""
     if isinstance(exc, ImportError) and (exc.name or "").split(".")[0] == module:
         want = f"{pin}=={saved}" if saved else pin
-        return (f"this is a {label} model but {module} is not installed in its environment: "
+        article = "an" if label[0] in "AEIOUX" else "a"
+        return (f"this is {article} {label} model but {module} is not installed in its "
+                "environment: "
                 f"add {want} to the model's requirements.txt")
     if not saved or not installed or saved == installed:
         return None

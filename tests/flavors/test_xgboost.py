@@ -34,7 +34,7 @@ def check_served(served, expected_for) -> None:
 def test_xgboost_models_serve_the_local_answers(tmp_path, serve, flavor_engineer,
                                                 flavor_team,
                                                 django_capture_on_commit_callbacks):
-    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
+    import xgboost as xgb
 
     classifier = trees.save_xgb_classifier(tmp_path / "classifier")
     requirements = (tmp_path / "classifier" / "requirements.txt").read_text().split()

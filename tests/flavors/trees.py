@@ -44,8 +44,8 @@ def rows(n: int = 5, seed: int = 7) -> pd.DataFrame:
 
 def save_xgb_classifier(path: Path) -> Any:
     """``XGBClassifier`` (3 classes) on a DataFrame: pyfunc answers class labels."""
-    import mlflow.xgboost  # noqa: PLC0415 - lazy: heavy, flavor tests only
-    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
+    import mlflow.xgboost
+    import xgboost as xgb
 
     x, classes, _ = data()
     model = xgb.XGBClassifier(n_estimators=8, max_depth=3).fit(x, classes)
@@ -56,8 +56,8 @@ def save_xgb_classifier(path: Path) -> Any:
 
 def save_xgb_booster(path: Path) -> Any:
     """A native ``xgb.train`` regressor: pyfunc answers ``Booster.predict(DMatrix(frame))``."""
-    import mlflow.xgboost  # noqa: PLC0415 - lazy: heavy, flavor tests only
-    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
+    import mlflow.xgboost
+    import xgboost as xgb
 
     x, _, target = data()
     booster = xgb.train({"max_depth": 3}, xgb.DMatrix(x, label=target),
@@ -69,8 +69,8 @@ def save_xgb_booster(path: Path) -> Any:
 
 def save_lgb_regressor(path: Path) -> Any:
     """``LGBMRegressor`` on a DataFrame (saved with skops, mlflow's default)."""
-    import lightgbm as lgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
-    import mlflow.lightgbm  # noqa: PLC0415 - lazy: heavy, flavor tests only
+    import lightgbm as lgb
+    import mlflow.lightgbm
 
     x, _, target = data()
     model = lgb.LGBMRegressor(n_estimators=8, num_leaves=7, verbose=-1).fit(x, target)
@@ -81,8 +81,8 @@ def save_lgb_regressor(path: Path) -> Any:
 
 def save_lgb_booster(path: Path) -> Any:
     """A native ``lgb.train`` binary classifier: pyfunc answers probabilities."""
-    import lightgbm as lgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
-    import mlflow.lightgbm  # noqa: PLC0415 - lazy: heavy, flavor tests only
+    import lightgbm as lgb
+    import mlflow.lightgbm
 
     x, classes, _ = data()
     booster = lgb.train({"objective": "binary", "num_leaves": 7, "verbose": -1},
@@ -99,9 +99,9 @@ SAVERS = {"xgb-classifier": save_xgb_classifier, "xgb-booster": save_xgb_booster
 def save_xgb_newer(path: Path, version: str = "9.1.0") -> None:
     """A native booster as a newer XGBoost would write it: ``xgb_version`` says `version` and
     the model JSON has a layout this XGBoost cannot read (its ``learner`` renamed)."""
-    import json  # noqa: PLC0415 - only here
+    import json
 
-    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy, flavor tests only
+    import xgboost as xgb
 
     booster = save_xgb_booster(path)
     doc = json.loads(booster.save_raw("json"))

@@ -19,7 +19,7 @@ from tests.flavors import trees
 
 @pytest.mark.parametrize("kind", sorted(trees.SAVERS))
 def test_fast_path_answers_what_pyfunc_does(tmp_path, kind):
-    import mlflow.pyfunc  # noqa: PLC0415 - lazy: heavy
+    import mlflow.pyfunc
 
     model_dir = tmp_path / kind
     trees.SAVERS[kind](model_dir)
@@ -37,8 +37,8 @@ def test_fast_path_answers_what_pyfunc_does(tmp_path, kind):
 
 
 def test_feature_order_other_than_the_signature_keeps_pyfunc(tmp_path):
-    import mlflow.xgboost  # noqa: PLC0415 - lazy: heavy
-    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy
+    import mlflow.xgboost
+    import xgboost as xgb
 
     x, _, target = trees.data()
     booster = xgb.train({"max_depth": 2}, xgb.DMatrix(x, label=target), num_boost_round=2)
@@ -49,7 +49,7 @@ def test_feature_order_other_than_the_signature_keeps_pyfunc(tmp_path):
 
 
 def _mismatch_error() -> BaseException:
-    import xgboost as xgb  # noqa: PLC0415 - lazy: heavy
+    import xgboost as xgb
 
     try:
         xgb.Booster().load_model(bytearray(b"{not a model"))
