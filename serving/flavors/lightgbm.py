@@ -85,5 +85,9 @@ def explain(exc: BaseException, mlmodel: dict[str, Any]) -> str | None:
     saved = (mlmodel.get("flavors", {}).get("lightgbm") or {}).get("lgb_version")
     if not isinstance(exc, ImportError) and not _trees.raised_in(exc, "lightgbm"):
         return None
+    if isinstance(exc, OSError) and "libgomp" in str(exc):
+        return ("LightGBM needs the OpenMP runtime (Debian's libgomp1) in the serving base image, "
+                "which lacks it: a platform engineer rebuilds it with "
+                "`platform/images/build-base.sh --force` (it includes libgomp1)")
     return _trees.explain_tree(exc, module="lightgbm", label="LightGBM", saved=saved,
                                installed=_installed(), pin="lightgbm")

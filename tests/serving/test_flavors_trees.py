@@ -70,3 +70,18 @@ def test_explain_version_mismatch_and_missing_library():
     message = lgb_flavor.explain(missing, {"flavors": {"lightgbm": {"lgb_version": "4.7.0"}}})
     assert message is not None
     assert "lightgbm is not installed" in message and "lightgbm==4.7.0" in message
+
+
+def test_explain_a_base_image_without_openmp():
+    text = "libgomp.so.1: cannot open shared object file: No such file or directory"
+    # Not raised by LightGBM: no reason of its own.
+    assert lgb_flavor.explain(OSError(text), {"flavors": {"lightgbm": {}}}) is None
+    import lightgbm.basic
+
+    # The real error, raised from LightGBM's own module (basic.py loading lib_lightgbm.so).
+    code = compile(f"raise OSError({text!r})", lightgbm.basic.__file__, "exec")
+    try:
+        exec(code)
+    except OSError as real:
+        message = lgb_flavor.explain(real, {"flavors": {"lightgbm": {"lgb_version": "4.7.0"}}})
+    assert message is not None and "libgomp1" in message and "build-base.sh --force" in message
