@@ -151,9 +151,10 @@ def _ensure_version(actor, team: Team, spec: training.Spec, report: Report,
                .order_by("-version").first())
     if version is None:
         trained = trained or spec.train()
+        filename, content = trained.upload_bytes()
         version = registry_services.register_upload(
-            actor=actor, model=model, fmt="sklearn",
-            upload=SimpleUploadedFile(f"{trained.name}.joblib", trained.pickle_bytes()),
+            actor=actor, model=model, fmt=trained.fmt,
+            upload=SimpleUploadedFile(filename, content),
             input_example=trained.input_example(),
             reference_data=SimpleUploadedFile(f"{trained.name}-train.csv",
                                               trained.reference_csv(), "text/csv"),
@@ -234,8 +235,12 @@ def seed(*, report: Report = log.info, timeout: float = 900) -> SeedResult:
     runtime = describe_runtime()
     report(f"Demo: team '{team.slug}', runtime {runtime}.")
     _check_base_image()
+    try:
+        specs = training.SPECS + training.flavor_specs(settings.MODELPORT_DEMO_FLAVORS)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
     versions: dict[str, ModelVersion] = {}
-    for spec in training.SPECS:  # register both first: the worker validates them in parallel
+    for spec in specs:  # register all first: the worker validates them in parallel
         versions[spec.name] = _ensure_version(actor, team, spec, report, created)
     for version in versions.values():
         _wait_ready(version, report, timeout)

@@ -7,6 +7,7 @@ scikit-learn wheel. Training takes well under a second each.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ else:
 
 CLASSIFIER = "iris-classifier"
 REGRESSOR = "diabetes-regressor"
+XGBOOST = "iris-xgboost"
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
@@ -44,6 +46,13 @@ class TrainedModel:
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     dataset_name: str = ""
+    fmt: str = "sklearn"  # how it is uploaded: a joblib pickle, or "mlflow" (a zipped model dir)
+
+    def upload_bytes(self) -> tuple[str, bytes]:
+        """The file to register: its name and content."""
+        if self.fmt == "mlflow":
+            return f"{self.name}.zip", mlflow_zip(self)
+        return f"{self.name}.joblib", self.pickle_bytes()
 
     def pickle_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -131,6 +140,59 @@ def train_regressor() -> TrainedModel:
         dataset_name="sklearn.datasets.load_diabetes")
 
 
+def train_xgboost() -> TrainedModel:
+    """The iris classifier again, as an ``XGBClassifier`` logged with stock ``mlflow.xgboost``
+    (``MODELPORT_DEMO_FLAVORS=xgboost``)."""
+    import xgboost as xgb  # noqa: PLC0415 - lazy: optional, only with MODELPORT_DEMO_FLAVORS
+    from sklearn.datasets import load_iris  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415 - lazy: sklearn ~1.5 s import
+
+    iris = load_iris(as_frame=True)
+    features = iris.data.set_axis(IRIS_COLUMNS, axis=1)
+    target = iris.target.rename("species")
+    x_train, x_test, y_train, y_test = train_test_split(features, target, test_size=0.3,
+                                                        random_state=0, stratify=target)
+    params = {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.3}
+    estimator = xgb.XGBClassifier(**params).fit(x_train, y_train)
+    accuracy = float((estimator.predict(x_test) == y_test.to_numpy()).mean())
+    return TrainedModel(
+        name=XGBOOST, task="classification",
+        description="Demo: iris species from flower measurements (XGBoost, mlflow.xgboost).",
+        card=("## Iris classifier, XGBoost (demo)\n\n"
+              "The iris classifier as an `XGBClassifier`, logged with `mlflow.xgboost`: "
+              "served by the XGBoost fast path (`inplace_predict`).\n\n"
+              "* **Input**: `sepal_length`, `sepal_width`, `petal_length`, `petal_width` (cm)\n"
+              "* **Output**: the class index (0 setosa, 1 versicolor, 2 virginica)\n"),
+        tags=["demo", "xgboost", "classification"], estimator=estimator,
+        features=features, target=target, train=x_train.reset_index(drop=True),
+        params={"estimator": "XGBClassifier", **params},
+        metrics={"accuracy": round(accuracy, 4)}, dataset_name="sklearn.datasets.load_iris",
+        fmt="mlflow")
+
+
+def mlflow_zip(model: TrainedModel) -> bytes:
+    """`model` saved with its stock mlflow flavor, zipped as an upload."""
+    import tempfile  # noqa: PLC0415 - only here
+    import zipfile  # noqa: PLC0415 - only here
+    from importlib import metadata  # noqa: PLC0415 - only here
+    from pathlib import Path  # noqa: PLC0415 - only here
+
+    import mlflow.xgboost  # noqa: PLC0415 - lazy: mlflow ~2 s import, optional demo model only
+
+    requirements = [f"{name}=={metadata.version(name)}" for name in
+                    ("mlflow", "numpy", "pandas", "scipy", "scikit-learn", "xgboost-cpu")]
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        mlflow.xgboost.save_model(model.estimator, str(path),
+                                  input_example=model.train.head(3),
+                                  pip_requirements=requirements)
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(path.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(path).as_posix())
+    return buffer.getvalue()
+
 
 def sample_rows(model: TrainedModel, n: int, rng: np.random.Generator, *,
                 shift: float = 0.0) -> tuple[list[list[float]], list[Any]]:
@@ -162,8 +224,26 @@ SPECS = (Spec(CLASSIFIER, "classification", train_classifier),
          Spec(REGRESSOR, "regression", train_regressor))
 
 
+# Optional demo models of other frameworks, by MODELPORT_DEMO_FLAVORS name.
+FLAVOR_SPECS = {"xgboost": Spec(XGBOOST, "classification", train_xgboost)}
+
+
+def flavor_specs(names: list[str]) -> tuple[Spec, ...]:
+    """The optional demo models `names` asks for; an unknown name is an error naming them all."""
+    unknown = sorted(set(names) - set(FLAVOR_SPECS))
+    if unknown:
+        raise ValueError(f"MODELPORT_DEMO_FLAVORS: unknown {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(FLAVOR_SPECS))})")
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"MODELPORT_DEMO_FLAVORS={name} needs {name} in the platform's "
+                             "environment to train the demo model: "
+                             "pip install -r requirements/flavors.txt")
+    return tuple(FLAVOR_SPECS[n] for n in dict.fromkeys(names))
+
+
 def spec_of(model_name: str) -> Spec:
-    for spec in SPECS:
+    for spec in (*SPECS, *FLAVOR_SPECS.values()):
         if spec.name == model_name:
             return spec
     raise KeyError(f"'{model_name}' is not a demo model")

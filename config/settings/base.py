@@ -483,6 +483,11 @@ MODELPORT_DEMO = env_bool("MODELPORT_DEMO", True)
 # The demo's deployment (`manage.py seed_demo`); replica container names derive from it, so two
 # installations sharing one Docker host (a `make run` and the test suite) need different names.
 MODELPORT_DEMO_DEPLOYMENT = env_str("MODELPORT_DEMO_DEPLOYMENT", "iris-classifier")
+# Extra demo models of other frameworks (comma-separated: "xgboost"); off by default: each
+# builds its own serving image at first start (minutes), and the platform's environment needs
+# the framework (requirements/flavors.txt) to train it.
+MODELPORT_DEMO_FLAVORS = [f.strip().lower() for f in
+                          env_str("MODELPORT_DEMO_FLAVORS", "").split(",") if f.strip()]
 
 EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "modelport@localhost")

@@ -59,7 +59,9 @@ security=${DEBIAN_SECURITY_MIRROR:-$(pick 'security' '^$')}
 cache=${DEBOOTSTRAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelport/debootstrap}
 mkdir -p "$cache"
 
-packages=python3,python3-venv,ca-certificates,tini,tzdata
+# libgomp1: the OpenMP runtime LightGBM's wheels link against (xgboost, scikit-learn and torch
+# bundle their own copy); ~300 kB.
+packages=python3,python3-venv,ca-certificates,tini,tzdata,libgomp1
 [[ -n ${EXTRA_PACKAGES:-} ]] && packages="$packages,$EXTRA_PACKAGES"
 
 start=$(date +%s)

@@ -19,10 +19,12 @@ from typing import Any
 
 # MLflow flavor name (a key of MLmodel's ``flavors``) → module of this package.
 MODULES: dict[str, str] = {
+    "lightgbm": "lightgbm",
     "onnx": "onnx",
     "python_function": "pyfunc",
     "pytorch": "pytorch",
     "sentence_transformers": "sentence_transformers",
+    "xgboost": "xgboost",
 }
 
 # A flavor whose pyfunc loader is not ``mlflow.<flavor>``: custom PythonModel classes.

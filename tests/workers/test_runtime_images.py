@@ -84,3 +84,14 @@ def test_second_ensure_image_reuses_the_tag(image_builder: Any, serving_image: s
     report = image_builder.ensure_image_report(again)
     assert report.tag == serving_image and report.reused is True
     assert report.size_bytes == docker_client.images.get(serving_image).attrs["Size"] > 0
+
+
+def test_plain_package_dropped_when_its_cpu_variant_is_there() -> None:
+    # What stock mlflow writes for an XGBoost model when xgboost-cpu is installed.
+    mlflow_wrote = ["mlflow==3.17.2", "xgboost-cpu==3.2.0", "xgboost==3.2.0", "numpy==2.4.6"]
+    assert normalize_requirements(mlflow_wrote) == [
+        "mlflow-skinny==3.17.2", "numpy==2.4.6", "xgboost-cpu==3.2.0"]
+    assert requirements_digest(mlflow_wrote) == requirements_digest(
+        ["mlflow==3.17.2", "xgboost-cpu==3.2.0", "numpy==2.4.6"])
+    # Alone, the plain package stays (a GPU image is the model owner's choice).
+    assert normalize_requirements(["XGBoost==3.2.0"]) == ["xgboost==3.2.0"]

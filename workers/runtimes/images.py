@@ -64,6 +64,13 @@ __all__ = ["ImageBuildError", "ImageBuilder", "ImageReport", "PackagePolicy", "d
            "host_pip_index", "normalize_requirements", "requirements_digest"]
 
 
+# A package whose "-cpu" variant ships the same import name without the GPU libraries: when a
+# model's requirements name both (stock mlflow writes ``xgboost-cpu==X`` and ``xgboost==X``
+# when xgboost-cpu is installed), the plain one is dropped — its Linux wheel pulls
+# nvidia-nccl (hundreds of MB) and the two would overwrite each other's files anyway.
+CPU_VARIANTS = {"tensorflow": "tensorflow-cpu", "xgboost": "xgboost-cpu"}
+
+
 class ImageBuildError(ReplicaRuntimeError):
     """`docker build` failed; the message ends with the last lines of the build log."""
 
@@ -110,7 +117,23 @@ def normalize_requirements(requirements: Iterable[str], mlflow_skinny: bool = Tr
         if req.marker:
             text += "; " + str(req.marker)
         out.add(text)
-    return sorted(out)
+    return sorted(out - set(shadowed_by_cpu_variant(out)))
+
+
+def _name_of(line: str) -> str | None:
+    try:
+        return canonicalize_name(Requirement(line).name)
+    except InvalidRequirement:
+        return None
+
+
+def shadowed_by_cpu_variant(requirements: Iterable[str]) -> list[str]:
+    """The lines of `requirements` to drop because their ``-cpu`` variant is there too
+    (``CPU_VARIANTS``): same module, without the CUDA libraries."""
+    lines = list(requirements)
+    names = {_name_of(line) for line in lines}
+    return [line for line in lines
+            if (name := _name_of(line)) in CPU_VARIANTS and CPU_VARIANTS[name] in names]
 
 
 def requirements_digest(requirements: Iterable[str], mlflow_skinny: bool = True) -> str:
@@ -280,6 +303,9 @@ class ImageBuilder:
             checked = check_requirements(requirements, source="the model's requirements")
         except RequirementRefused as exc:
             raise ImageBuildError(str(exc)) from None
+        for line in shadowed_by_cpu_variant(checked):
+            log(f"requirements: dropped {line.strip()}: {CPU_VARIANTS[_name_of(line) or '']} "
+                "provides the same module without the CUDA libraries")
         reqs = normalize_requirements(checked, mlflow_skinny=self.mlflow_skinny)
         serving = self.serving_digest()
         tag = self.tag_for(reqs, serving)
