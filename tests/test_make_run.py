@@ -40,6 +40,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen (two calls of
+    ``_free_port`` in a row may be handed the same port — seen in CI: the edge and its MLflow
+    port collided)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def _children_alive(pgid: int) -> list[str]:
     out = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(pgid)], capture_output=True,
                          text=True).stdout
@@ -322,7 +333,7 @@ def test_make_run_serves_the_portal_and_a_working_demo_then_ctrl_c_stops_all(
         tmp_path, docker_client, platform_serving_image):
     if not (ROOT / ".venv" / ".installed").exists():
         pytest.skip("make run installs the venv first; run `make install` once")
-    port, mlflow_port = _free_port(), _free_port()
+    port, mlflow_port = _free_ports(2)
     # Replica containers are named after the deployment: unique, so a developer's own
     # `make run` demo on the same Docker host is never touched.
     demo_name = f"demo-test-{uuid.uuid4().hex[:8]}"

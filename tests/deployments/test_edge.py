@@ -25,7 +25,7 @@ from teams.models import AuditEvent
 from tests.deployments.conftest import dead_url, key_of
 from tests.deployments.test_gateway import add_replica
 from tests.factories import make_token
-from tests.test_make_run import _free_port
+from tests.test_make_run import _free_port, _free_ports
 from tests.workers.test_celery_worker import _database_url, _stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
                 "REDIS_URL": redis_url, "MODELPORT_GATEWAY_AUTH_TTL_S": "30",
                 "MODELPORT_GATEWAY_TIMEOUT_S": "2"})
     socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
-    port, mlflow_port = _free_port(), _free_port()
+    port, mlflow_port = _free_ports(2)
     env["MLFLOW_PORT"] = str(mlflow_port)
     procs = [
         _start("web", ["-m", "gunicorn", "config.wsgi", "--bind", socket, "--workers", "1",

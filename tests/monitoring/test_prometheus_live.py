@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from django.utils import timezone
 from serving import sockets
 from serving.sockets import unix_url
 from tests.conftest import missing_service
+from tests.test_make_run import _free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "platform" / "grafana" / "modelport-dashboard.json"
@@ -52,12 +52,6 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 TOKEN = secrets.token_urlsafe(24)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dashboard_queries() -> list[str]:
@@ -304,7 +298,7 @@ class Live:
 def _start(stack: contextlib.ExitStack, tmp_path: Path, data_dir: Path, redis_url: str,
            prometheus_bin: str) -> Live:
     (data_dir / "run").mkdir(mode=0o700, exist_ok=True)
-    port, prom_port = _free_port(), _free_port()
+    port, prom_port = _free_ports(2)
     base, prometheus = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}"
     deployment, token = _seed(_iris_dir(tmp_path))
     socket_path = tmp_path / "replica" / "serve.sock"
