@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "registry",
     "workers",
     "deployments",
+    "jobs",
     "monitoring",
     "demo",
 ]
