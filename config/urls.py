@@ -19,6 +19,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include("registry.api.urls")),
     path("", include("quotas.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("jobs.api.urls")),
     path("", include("compute.api.urls")),
     path("", include("monitoring.api.urls")),
 ]

@@ -16,8 +16,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, NotFound
 from deployments.models import Deployment
+from jobs import schedules as job_schedules
+from jobs.models import JobSchedule, Trigger
 from teams import audit
 from teams.access import require_team_role
 from teams.roles import Role
@@ -55,6 +57,7 @@ MAX_MIN_SAMPLES = 10_000_000
 MAX_SILENCE = timedelta(days=30)
 RULE_FIELDS = ["name", "metric", "window_minutes", "comparison", "threshold", "enabled",
                "webhook_url", "emails", "retrain_webhook_url", "min_samples"]
+AUDIT_FIELDS = [*RULE_FIELDS, "job_schedule"]
 
 
 def _check_rule(data: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,6 +93,20 @@ def _check_rule(data: dict[str, Any], stored: dict[str, Any] | None = None) -> d
     return data
 
 
+def _job_schedule(deployment: Deployment, value: Any) -> JobSchedule | None:
+    """The retraining hook's schedule: one of the deployment's team (None clears it)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, JobSchedule):
+        value = value.pk
+    found = (JobSchedule.objects.filter(pk=value, team_id=deployment.team_id).first()
+             if isinstance(value, int) and not isinstance(value, bool) else None)
+    if found is None:
+        raise NotFound(f"Team '{deployment.team.slug}' has no job schedule {value}.",
+                       field="job_schedule")
+    return found
+
+
 def _check_rule_name(deployment: Deployment, name: Any, exclude: int | None = None) -> str:
     name = (name or "").strip() if isinstance(name, str) else ""
     if not 0 < len(name) <= 100:
@@ -108,7 +125,8 @@ def create_alert_rule(*, actor, deployment: Deployment, name: str, metric: str,
                       threshold: float, comparison: str = ">", window_minutes: int = 5,
                       webhook_url: str = "", emails: list[str] | None = None,
                       retrain_webhook_url: str = "", enabled: bool = True,
-                      min_samples: int | None = None) -> AlertRule:
+                      min_samples: int | None = None,
+                      job_schedule: JobSchedule | int | None = None) -> AlertRule:
     require_team_role(actor, deployment.team, Role.ENGINEER, "creating alert rules")
     name = _check_rule_name(deployment, name)
     data = _check_rule({"metric": metric, "threshold": threshold, "comparison": comparison,
@@ -116,9 +134,10 @@ def create_alert_rule(*, actor, deployment: Deployment, name: str, metric: str,
                         "emails": emails, "retrain_webhook_url": retrain_webhook_url,
                         "min_samples": min_samples})
     rule = AlertRule.objects.create(deployment=deployment, name=name, enabled=enabled,
-                                    created_by=actor, **data)
+                                    created_by=actor,
+                                    job_schedule=_job_schedule(deployment, job_schedule), **data)
     audit.record(actor=actor, action="alert_rule.created", obj=rule, team=deployment.team,
-                 after=audit.snapshot(rule, RULE_FIELDS))
+                 after=audit.snapshot(rule, AUDIT_FIELDS))
     return rule
 
 
@@ -126,7 +145,9 @@ def create_alert_rule(*, actor, deployment: Deployment, name: str, metric: str,
 def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
     require_team_role(actor, rule.deployment.team, Role.ENGINEER, "editing alert rules")
     rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
-    before = audit.snapshot(rule, RULE_FIELDS)
+    before = audit.snapshot(rule, AUDIT_FIELDS)
+    if "job_schedule" in changes:  # None given: no retraining job any more
+        rule.job_schedule = _job_schedule(rule.deployment, changes["job_schedule"])
     stored = {f: getattr(rule, f) for f in RULE_FIELDS}
     data = stored | {k: v for k, v in changes.items() if k in RULE_FIELDS and v is not None}
     if "min_samples" in changes:  # None given: back to the metric's default
@@ -136,7 +157,7 @@ def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
     for field, value in data.items():
         setattr(rule, field, value)
     rule.save()
-    after = audit.snapshot(rule, RULE_FIELDS)
+    after = audit.snapshot(rule, AUDIT_FIELDS)
     if after != before:
         audit.record(actor=actor, action="alert_rule.updated", obj=rule,
                      team=rule.deployment.team, before=before, after=after)
@@ -147,7 +168,7 @@ def update_alert_rule(*, actor, rule: AlertRule, **changes: Any) -> AlertRule:
 def delete_alert_rule(*, actor, rule: AlertRule) -> None:
     require_team_role(actor, rule.deployment.team, Role.ENGINEER, "deleting alert rules")
     audit.record(actor=actor, action="alert_rule.deleted", obj=rule, team=rule.deployment.team,
-                 before=audit.snapshot(rule, RULE_FIELDS))
+                 before=audit.snapshot(rule, AUDIT_FIELDS))
     rule.delete()
 
 
@@ -290,6 +311,39 @@ def evaluate_alerts(*, now: datetime | None = None) -> list[tuple[int, str]]:
         if event is not None:
             events.append(event)
     return events
+
+
+def start_retrain_jobs() -> dict[int, str]:
+    """The retraining hook: each firing alert whose rule names an enabled job schedule starts
+    one job of it (trigger ``alert``), once per alert — a re-notification does not start
+    another. Silence mutes notifications, not this. The alert is claimed under a row lock
+    (``notified["job"]``) before the job is created, so two beats never start two; the
+    outcome ("job <id>" or the refusal) is kept there. Returns {alert id: outcome}."""
+    outcome: dict[int, str] = {}
+    candidates = (Alert.objects.filter(state=AlertState.FIRING,
+                                       rule__job_schedule__enabled=True)
+                  .exclude(notified__has_key="job").values_list("pk", flat=True))
+    for pk in list(candidates):
+        with transaction.atomic():
+            alert = (Alert.objects.select_for_update(skip_locked=True)
+                     .select_related("rule__job_schedule__team", "rule__job_schedule__model",
+                                     "rule__job_schedule__version",
+                                     "rule__job_schedule__created_by")
+                     .filter(pk=pk, state=AlertState.FIRING).first())
+            if alert is None or "job" in (alert.notified or {}):
+                continue
+            schedule = alert.rule.job_schedule
+            alert.notified = {**(alert.notified or {}), "job": "starting"}
+            alert.save(update_fields=["notified"])
+        if schedule is None:
+            continue
+        result = job_schedules.start(schedule, trigger=Trigger.ALERT)
+        with transaction.atomic():
+            row = Alert.objects.select_for_update().get(pk=pk)
+            row.notified = {**(row.notified or {}), "job": result[:300]}
+            row.save(update_fields=["notified"])
+        outcome[pk] = result
+    return outcome
 
 
 # --- Silence and acknowledge -----------------------------------------------------------------

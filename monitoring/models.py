@@ -257,6 +257,11 @@ class AlertRule(models.Model):
     webhook_url = models.URLField(max_length=500, blank=True)
     emails = models.JSONField(default=list, blank=True)
     retrain_webhook_url = models.URLField(max_length=500, blank=True)
+    job_schedule = models.ForeignKey(
+        "jobs.JobSchedule", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="alert_rules",
+        help_text="Retraining hook: a job schedule of the deployment's team started (one job, "
+                  "trigger 'alert') when an alert of this rule opens.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

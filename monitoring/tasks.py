@@ -51,6 +51,7 @@ def evaluate_alerts() -> int:
     events = alerts.evaluate_alerts()
     for alert_id, event in events:
         transaction.on_commit(partial(notify_alert.delay, alert_id, event))
+    alerts.start_retrain_jobs()
     return len(events)
 
 

@@ -464,6 +464,13 @@ CELERY_BEAT_SCHEDULE["deployments-orphan-sweep"] = {
     "schedule": timedelta(seconds=MODELPORT_ORPHAN_SWEEP_SECONDS),
 }
 
+# --- Job schedules (jobs/schedules.py): due cron schedules start their job each minute ------
+CELERY_IMPORTS = ("jobs.schedule_tasks",)
+CELERY_BEAT_SCHEDULE["jobs-run-schedules"] = {
+    "task": "jobs.schedule_tasks.run_schedules",
+    "schedule": crontab(minute="*"),
+}
+
 # --- Limits shown to clients (GET /api/v1/info/) --------------------------------------------
 MODELPORT_MAX_UPLOAD_MB = env_int("MODELPORT_MAX_UPLOAD_MB", 512, minimum=1)
 # Uploaded files are counted as they stream in and stopped at MODELPORT_MAX_UPLOAD_MB (413),

@@ -232,6 +232,9 @@ class AlertRuleSerializer(serializers.ModelSerializer):
     # RFC 5322 addresses as the model fields' formats would claim.
     webhook_url = serializers.CharField(read_only=True)
     retrain_webhook_url = serializers.CharField(read_only=True)
+    job_schedule = serializers.IntegerField(
+        source="job_schedule_id", read_only=True, allow_null=True,
+        help_text="Retraining hook: the job schedule started when an alert opens, or null.")
     emails = serializers.ListField(child=serializers.CharField(), read_only=True)
     min_samples_effective = serializers.SerializerMethodField(
         help_text="The minimum in force: min_samples, else the metric's default (100 for "
@@ -246,9 +249,9 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         model = AlertRule
         fields = ["id", "deployment", "name", "metric", "comparison", "threshold",
                   "window_minutes", "enabled", "webhook_url", "emails", "retrain_webhook_url",
-                  "min_samples", "min_samples_effective", "silenced_until", "silenced_by",
-                  "firing", "last_evaluated_at", "last_value", "last_samples", "last_verdict",
-                  "last_evaluation", "created_at"]
+                  "job_schedule", "min_samples", "min_samples_effective", "silenced_until",
+                  "silenced_by", "firing", "last_evaluated_at", "last_value", "last_samples",
+                  "last_verdict", "last_evaluation", "created_at"]
 
     def get_firing(self, rule: AlertRule) -> bool:
         return any(a.state == "firing" for a in rule.alerts.all())
@@ -264,6 +267,9 @@ _REFUSED = (" http(s) only, at most 500 characters. A host that is or resolves t
             "private, link-local, metadata or otherwise internal address is refused (400, and "
             "again at each delivery) unless a platform admin allow-lists it.")
 WEBHOOK_HELP = 'Slack-compatible: receives {"text": …}.' + _REFUSED
+JOB_SCHEDULE_HELP = ("Retraining hook: the id of a job schedule of the deployment's team "
+                     "(GET /api/v1/job-schedules/); one job of it starts when an alert of the "
+                     "rule opens.")
 RETRAIN_HELP = "Called with the alert as JSON when the rule fires." + _REFUSED
 # http(s), a host (no userinfo; an IPv6 literal in brackets) and anything after it but spaces
 # and control characters: what the alert sender can call (core.netguard then says whether it
@@ -304,6 +310,8 @@ class AlertRuleCreateSerializer(StrictTypes, serializers.Serializer):
     webhook_url = _url(WEBHOOK_HELP, default="")
     emails = serializers.ListField(child=serializers.EmailField(), required=False, default=list)
     retrain_webhook_url = _url(RETRAIN_HELP, default="")
+    job_schedule = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                            help_text=JOB_SCHEDULE_HELP)
     min_samples = serializers.IntegerField(
         min_value=0, max_value=MAX_MIN_SAMPLES, required=False, allow_null=True, default=None,
         help_text=_MIN_SAMPLES_HELP)
@@ -320,6 +328,8 @@ class AlertRuleUpdateSerializer(StrictTypes, serializers.Serializer):
     webhook_url = _url(WEBHOOK_HELP)
     emails = serializers.ListField(child=serializers.EmailField(), required=False)
     retrain_webhook_url = _url(RETRAIN_HELP)
+    job_schedule = serializers.IntegerField(required=False, allow_null=True,
+                                            help_text=JOB_SCHEDULE_HELP + " null: none.")
     min_samples = serializers.IntegerField(min_value=0, max_value=MAX_MIN_SAMPLES,
                                            required=False, allow_null=True,
                                            help_text=_MIN_SAMPLES_HELP + " null: back to it.")
