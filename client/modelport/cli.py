@@ -3,7 +3,7 @@
 Exit codes: 0 success, 1 other error, 2 usage, 3 authentication/permission, 4 not found,
 5 conflict (name taken, quota exceeded, no shadow to promote or discard), 6 invalid input,
 7 rate limited, 8 server error, 9 timed out waiting, 10 what we waited for failed (version
-``failed``, deployment ``failed``).
+``failed``, deployment ``failed``, job ``failed`` or ``cancelled``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import errors
+from . import cli_jobs, errors
 from .client import Client
 from .login import cmd_login
 from .output import Output, bar, json_arg, table
@@ -533,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota_request.add_argument("--gpu-model")
     quota_request.add_argument("--until", help="ISO 8601 expiry of a temporary grant")
     quota_request.set_defaults(func=cmd_quota_request)
+    cli_jobs.add_parser(sub)
     _global_options_anywhere(parser)
     return parser
 

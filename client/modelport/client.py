@@ -14,6 +14,7 @@ import httpx
 
 from . import errors
 from .config import load_config
+from .jobs import JobsMixin
 
 ProgressFn = Callable[[int, int], None]
 JSON = dict[str, Any]
@@ -51,7 +52,7 @@ class _ProgressFile:
         self._file.close()
 
 
-class Client:
+class Client(JobsMixin):
     """``Client(url, token)``; both default to ``MODELPORT_URL``/``MODELPORT_TOKEN`` or the
     file written by ``modelport login``."""
 
