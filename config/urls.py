@@ -46,6 +46,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("models/", include("registry.urls")),
     path("deployments/", include("deployments.urls")),
+    path("jobs/", include("jobs.urls")),
     path("monitoring/", include("monitoring.urls")),
     path("demo/", include("demo.urls")),
     path("serve/<str:name>/invocations", gateway_views.invocations,

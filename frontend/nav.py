@@ -33,6 +33,7 @@ PAGES = (
     NavPage("models", "registry:models", _signed_in),
     NavPage("monitoring", "monitoring:index", _signed_in),
     NavPage("deployments", "deployments:list", _signed_in),
+    NavPage("jobs", "jobs:list", _signed_in),
     NavPage("teams", "frontend:teams", _signed_in),
     NavPage("users", "frontend:users", lambda request: may_manage_users(request.user)),
     NavPage("tokens", "frontend:tokens", _signed_in),

@@ -210,6 +210,33 @@ def _plan(schedule: JobSchedule, now: datetime) -> None:
                             if schedule.cron and schedule.enabled else None)
 
 
+def run_job(*, actor, team: Team, cron: str = "", schedule_name: str = "",
+            **job_args: Any) -> BatchJob:
+    """``services.create_job`` and, with ``cron``, a schedule repeating it (POST /jobs/ with
+    ``schedule``, the portal's form): the repeats read ``input_uri`` afresh, or this job's
+    staged input (``jobs:/<id>/input``). The cron and the name are checked before the job is
+    created, so a refusal writes nothing."""
+    cron = (cron or "").strip()
+    if cron:
+        parse_cron(cron)
+        if schedule_name and JobSchedule.objects.filter(team=team, name=schedule_name).exists():
+            raise Conflict(f"Team '{team.slug}' already has a schedule named "
+                           f"'{schedule_name}'.", code="name_taken", field="schedule_name")
+    job = services.create_job(actor=actor, team=team, **job_args)
+    if not cron:
+        return job
+    schedule = create_schedule(
+        actor=actor, team=team, name=schedule_name or f"{job.model.name}-job-{job.pk}",
+        model=job.model.name, version=None if job.alias else job.version.version,
+        alias=job.alias or None, input_uri=job_args.get("input_uri") or f"jobs:/{job.pk}/input",
+        cron=cron, parallelism=job.parallelism,
+        resources={"cpu": job.cpu, "memory_mb": job.memory_mb, "gpus": job.gpus},
+        output_format=job.output_format, output_columns=list(job.output_columns or []))
+    BatchJob.objects.filter(pk=job.pk).update(schedule=schedule)
+    job.schedule = schedule
+    return job
+
+
 # --- Running -----------------------------------------------------------------------------------
 def run_schedule(*, actor, schedule: JobSchedule, trigger: str = Trigger.SCHEDULE) -> BatchJob:
     """Start one run of ``schedule`` now, as ``actor`` (the schedule's creator when beat or an
@@ -217,7 +244,7 @@ def run_schedule(*, actor, schedule: JobSchedule, trigger: str = Trigger.SCHEDUL
     left the team no longer runs)."""
     return services.create_job(
         actor=actor, team=schedule.team, model=schedule.model.name,
-        version=schedule.version.version if schedule.version_id else None,
+        version=schedule.version.version if schedule.version is not None else None,
         alias=schedule.alias or None, input_uri=schedule.input_uri,
         output_format=schedule.output_format,
         resources={"cpu": float(schedule.cpu), "memory_mb": schedule.memory_mb,

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
@@ -23,33 +21,16 @@ from ..models import BatchJob, JobSchedule, Trigger
 from . import serializers as s
 
 
-def create_from(*, request: Request, data: dict, trigger: str = Trigger.API) -> BatchJob:
-    """Create a job (and its schedule when ``schedule`` is given) from validated
-    ``JobCreateSerializer`` data; shared by the API and the portal's form."""
-    team = get_visible_team(request.user, data["team"])
-    cron = (data.get("schedule") or "").strip()
-    if cron:  # refuse a bad cron before anything is written
-        schedules.parse_cron(cron)
-    job = services.create_job(
-        actor=request.user, team=team, model=data["model"], version=data.get("version"),
-        alias=data.get("alias") or None, input_file=data.get("input"),
-        input_uri=data.get("input_uri") or None,
-        output_format=data.get("output_format") or "parquet",
-        resources=data.get("resources"), parallelism=data.get("parallelism") or 1,
-        output_columns=data.get("output_columns") or None, chunk_rows=data.get("chunk_rows"),
-        max_retries=data.get("max_retries"), trigger=trigger)
-    if cron:
-        schedule = schedules.create_schedule(
-            actor=request.user, team=team,
-            name=data.get("schedule_name") or f"{job.model.name}-{job.pk}",
-            model=job.model.name, version=None if job.alias else job.version.version,
-            alias=job.alias or None, input_uri=data.get("input_uri") or f"jobs:/{job.pk}/input",
-            cron=cron, parallelism=job.parallelism,
-            resources={"cpu": Decimal(job.cpu), "memory_mb": job.memory_mb, "gpus": job.gpus},
-            output_format=job.output_format, output_columns=list(job.output_columns or []))
-        BatchJob.objects.filter(pk=job.pk).update(schedule=schedule)
-        job.schedule = schedule
-    return job
+def job_args(data: dict) -> dict:
+    """``services.create_job``'s keyword arguments from validated ``JobCreateSerializer``
+    data."""
+    return {"model": data["model"], "version": data.get("version"),
+            "alias": data.get("alias") or None, "input_file": data.get("input"),
+            "input_uri": data.get("input_uri") or None,
+            "output_format": data.get("output_format") or "parquet",
+            "resources": data.get("resources"), "parallelism": data.get("parallelism") or 1,
+            "output_columns": data.get("output_columns") or None,
+            "chunk_rows": data.get("chunk_rows"), "max_retries": data.get("max_retries")}
 
 
 @extend_schema_view(
@@ -85,7 +66,11 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def create(self, request: Request) -> Response:
         body = s.JobCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        job = create_from(request=request, data=dict(body.validated_data))
+        data = dict(body.validated_data)
+        job = schedules.run_job(actor=request.user,
+                                team=get_visible_team(request.user, data["team"]),
+                                cron=data.get("schedule") or "",
+                                schedule_name=data.get("schedule_name") or "", **job_args(data))
         return self._show(job, status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: s.BatchJobSerializer})
