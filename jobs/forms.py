@@ -26,13 +26,13 @@ class JobRunForm(forms.Form):
     input_uri = forms.CharField(required=False, max_length=500, label="… or input in storage",
                                 help_text="artifacts:/<name>, or jobs:/<id>/output of an "
                                           "earlier job.")
-    cpu = forms.DecimalField(initial=1, min_value=Decimal("0.01"), max_digits=7,
+    cpu = forms.DecimalField(initial=1, min_value=Decimal("0.1"), max_digits=7,
                              decimal_places=2, label="CPU per chunk container")
-    memory_mb = forms.IntegerField(initial=1024, min_value=64,
+    memory_mb = forms.IntegerField(initial=1024, min_value=128,
                                    label="Memory per chunk container (MB)")
     gpus = forms.IntegerField(initial=0, min_value=0, required=False,
                               label="GPUs per chunk container")
-    parallelism = forms.IntegerField(initial=1, min_value=1, max_value=64,
+    parallelism = forms.IntegerField(initial=1, min_value=1, max_value=32,
                                      help_text="Chunks scored at the same time (each counts "
                                                "against the team's quota).")
     output_format = forms.ChoiceField(choices=OutputFormat.choices, initial="parquet",

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FIELDS = ["name", "model_id", "version_id", "alias", "input_uri", "cron", "parallelism", "cpu",
           "memory_mb", "gpus", "output_format", "output_columns", "enabled", "next_run_at"]
-MAX_PARALLELISM = 64
+MAX_PARALLELISM = services.MAX_PARALLELISM
 
 
 # --- Cron --------------------------------------------------------------------------------------

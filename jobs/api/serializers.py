@@ -18,16 +18,16 @@ from teams.models import slug_validator
 from .. import services
 from ..models import BatchJob, JobChunk, JobEvent, JobSchedule, OutputFormat
 
-MAX_PARALLELISM = 64
+MAX_PARALLELISM = services.MAX_PARALLELISM
 MAX_CPU = Decimal(64)
-MAX_MEMORY_MB = 512 * 1024
+MAX_MEMORY_MB = 1024 * 1024
 MAX_GPUS = 16
 
 
 class ResourcesSerializer(StrictTypes, serializers.Serializer):
-    cpu = CoresField(decimal_places=2, min_value=Decimal("0.01"), max_value=MAX_CPU,
+    cpu = CoresField(decimal_places=2, min_value=Decimal("0.1"), max_value=MAX_CPU,
                      required=False, help_text="Cores per chunk container; default 1.")
-    memory_mb = serializers.IntegerField(required=False, min_value=64, max_value=MAX_MEMORY_MB,
+    memory_mb = serializers.IntegerField(required=False, min_value=128, max_value=MAX_MEMORY_MB,
                                          help_text="Memory per chunk container (MB); "
                                                    "default 1024.")
     gpus = serializers.IntegerField(required=False, min_value=0, max_value=MAX_GPUS,

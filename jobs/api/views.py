@@ -84,8 +84,8 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(request=None, responses={202: s.BatchJobSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
-        """Resume a failed or cancelled job: only the chunks not done run again (409 when it
-        did not fail)."""
+        """Resume a failed job: only the chunks not done run again (409 when it did not
+        fail)."""
         job = services.retry_job(actor=request.user, job=self._job(pk))
         return self._show(job, status.HTTP_202_ACCEPTED)
 
