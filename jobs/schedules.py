@@ -265,7 +265,7 @@ def run_due_schedules(now: datetime | None = None) -> dict[int, str]:
            .exclude(Q(cron="")).values_list("pk", flat=True))
     for pk in list(due):
         with transaction.atomic():
-            schedule = (JobSchedule.objects.select_for_update(skip_locked=True)
+            schedule = (JobSchedule.objects.select_for_update(skip_locked=True, of=("self",))
                         .select_related("team", "model", "version", "created_by")
                         .filter(pk=pk, enabled=True, next_run_at__lte=now).first())
             if schedule is None:

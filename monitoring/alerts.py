@@ -325,7 +325,7 @@ def start_retrain_jobs() -> dict[int, str]:
                   .exclude(notified__has_key="job").values_list("pk", flat=True))
     for pk in list(candidates):
         with transaction.atomic():
-            alert = (Alert.objects.select_for_update(skip_locked=True)
+            alert = (Alert.objects.select_for_update(skip_locked=True, of=("self",))
                      .select_related("rule__job_schedule__team", "rule__job_schedule__model",
                                      "rule__job_schedule__version",
                                      "rule__job_schedule__created_by")
