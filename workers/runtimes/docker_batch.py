@@ -182,4 +182,5 @@ class DockerBatchRuntime(BatchRuntime):
                 message += f" at {finished:%H:%M:%S}"
         return ChunkState(index=index, phase=phase, runtime_id=container.name,
                           exit_code=None if phase is ChunkPhase.RUNNING else st.get("ExitCode"),
-                          message=message, host=labels.get("modelport.host", ""))
+                          message=message, host=labels.get("modelport.host", ""),
+                          attempt=label_int(labels.get(LABEL_ATTEMPT)))
