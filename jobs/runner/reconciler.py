@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -33,6 +34,8 @@ from .runtimes import batch_runtime
 
 log = logging.getLogger(__name__)
 LOG_LINES = 15  # of a failed chunk's output, kept in its event
+# Ticks of a job that ended this recently remove whatever of it is still there.
+SWEEP_AFTER_END = timedelta(minutes=5)
 
 
 @dataclass
@@ -45,8 +48,12 @@ class Context:
 def tick(job_id: int) -> str:
     """Advance the job one step; what happened, in a word (for logs and tests)."""
     job = BatchJob.objects.select_related("team", "version", "target").filter(pk=job_id).first()
-    if job is None or job.finished:
-        return "finished" if job else "gone"
+    if job is None:
+        return "gone"
+    if job.finished:  # recently ended: make sure nothing of it is left (an engine was down)
+        if job.finished_at and timezone.now() - job.finished_at < SWEEP_AFTER_END:
+            teardown.remove_containers(job)
+        return "finished"
     try:
         runtime = batch_runtime(job)
         # Outside the row lock: the first build of an image takes minutes.

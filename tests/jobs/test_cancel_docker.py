@@ -19,7 +19,17 @@ def test_cancel_mid_run_leaves_no_container(docker_jobs, engineer, iris_version)
                               input_file=parquet_upload(iris_frame(4_000)), parallelism=2,
                               chunk_rows=1_000)
     run_to_end(job, until=lambda j: j.status == "running" and job_containers(docker_jobs, j))
-    assert job_containers(docker_jobs, job)
+    containers = job_containers(docker_jobs, job)
+    assert containers
+    # Hardened like replicas, with no network at all.
+    config = containers[0].attrs["HostConfig"]
+    assert config["NetworkMode"] == "none" and config["ReadonlyRootfs"] is True
+    assert config["CapDrop"] == ["ALL"] and "no-new-privileges" in config["SecurityOpt"]
+    assert config["PidsLimit"] and config["Memory"] == 1024 * 1024 * 1024
+    assert containers[0].attrs["Config"]["User"] == "10001:10001"
+    assert not any("docker.sock" in m.get("Source", "") for m in containers[0].attrs["Mounts"])
+    modes = {m["Destination"]: m["RW"] for m in containers[0].attrs["Mounts"]}
+    assert modes == {"/model": False, "/job/input": False, "/job/output": True}
 
     services.cancel_job(actor=engineer, job=job)
     job.refresh_from_db()

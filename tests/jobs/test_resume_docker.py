@@ -79,7 +79,7 @@ def test_killed_chunk_container_is_retried(docker_jobs, engineer, iris_version, 
     index = int(victim.labels["modelport.chunk"])
     try:
         victim.kill()
-    except Exception:  # noqa: BLE001 - it finished first; the run must still be exact
+    except Exception:  # it finished first; the run must still be exact
         index = -1
     assert run_to_end(job) == "succeeded", job.status_message
     if index >= 0:  # killed while running: a second attempt (unless its file was complete)

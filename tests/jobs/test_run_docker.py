@@ -47,7 +47,7 @@ def test_100k_rows_match_the_local_model(docker_jobs, engineer, iris_version, ir
     assert job.rows_done == 100_000 and job.rows_per_s and job.rows_per_s > 0
     assert job.status_message.startswith("Succeeded in")
 
-    handle, filename, content_type = services.open_output(actor=engineer, job=job)
+    handle, filename, _content_type = services.open_output(actor=engineer, job=job)
     with handle:
         out = pd.read_parquet(io.BytesIO(handle.read()))
     assert filename == f"job-{job.pk}-output.parquet"
