@@ -107,16 +107,16 @@ def job_status(request: HttpRequest, job_id: int) -> HttpResponse:
 def job_logs(request: HttpRequest, job_id: int) -> HttpResponse:
     """The chunk containers' last lines: a panel htmx fills, or a page without JavaScript."""
     job = _visible(request, job_id)
-    chunk = request.GET.get("chunk", "")
+    raw = request.GET.get("chunk", "")
+    chunk = int(raw) if raw.isdigit() else None
     try:
-        text = services.job_logs(actor=request.user, job=job,
-                                 chunk=int(chunk) if chunk.isdigit() else None, tail=200)
+        text = services.job_logs(actor=request.user, job=job, chunk=chunk, tail=200)
         error = ""
     except DomainError as exc:
         text, error = "", exc.message
     fragment = bool(request.headers.get("HX-Request"))
     return render(request, "jobs/_logs.html" if fragment else "jobs/logs.html",
-                  {"job": job, "logs": text, "error": error})
+                  {"job": job, "logs": text, "error": error, "chunk": chunk})
 
 
 @login_required
