@@ -62,7 +62,7 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def retrieve(self, request: Request, pk: str) -> Response:
         return self._show(self._job(pk))
 
-    @api_errors(404, 413, 422)
+    @api_errors(404, 413)
     def create(self, request: Request) -> Response:
         body = s.JobCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
