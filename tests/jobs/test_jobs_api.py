@@ -266,3 +266,18 @@ def test_openapi_schema_documents_jobs(api):
     assert "202" in create["responses"] and "409" in create["responses"]
     job = schema["components"]["schemas"]["BatchJob"]["properties"]
     assert {"id", "status", "progress", "output"} <= set(job)
+
+
+def test_console_lists_jobs_and_cancels_through_the_service(api, iris_version, client):
+    from tests.factories import AdminFactory
+
+    job = run(api, iris_version)
+    client.force_login(AdminFactory(username="root"))
+    assert client.get("/admin/jobs/batchjob/").status_code == 200
+    assert client.get(f"/admin/jobs/batchjob/{job['id']}/change/").status_code == 200
+    assert client.get("/admin/jobs/jobschedule/").status_code == 200
+    response = client.post("/admin/jobs/batchjob/", {"action": "cancel_jobs",
+                                                     "_selected_action": [job["id"]]})
+    assert response.status_code == 302
+    assert BatchJob.objects.get(pk=job["id"]).status == JobStatus.CANCELLED
+    assert AuditEvent.objects.filter(action="job.cancelled", object_id=str(job["id"])).exists()
