@@ -6,7 +6,7 @@ messages the views attach to the named field."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -41,7 +41,19 @@ class AlertRuleForm(forms.Form):
         help_text="Below this many rows in the window the rule reports “not enough data” and "
                   "never fires. Empty: the metric's default (100 input rows for drift, 50 "
                   "labelled predictions for quality, none for traffic metrics).")
+    job_schedule = forms.TypedChoiceField(
+        required=False, coerce=int, empty_value=None, label="Retraining job",
+        help_text="A job schedule of the team (Batch jobs) started once when the rule starts "
+                  "firing, e.g. to score a fresh sample.")
     enabled = forms.BooleanField(required=False, initial=True)
+
+    def __init__(self, *args: Any, schedules: Any = None, **kwargs: Any) -> None:
+        """``schedules``: the job schedules a rule of this deployment may start (its team's)."""
+        super().__init__(*args, **kwargs)
+        field = cast(forms.TypedChoiceField, self.fields["job_schedule"])
+        field.choices = [("", "(none)")] + [
+            (s.pk, f"{s.name} ({s.model.name}, {s.cron or 'no cron'})")
+            for s in (schedules if schedules is not None else [])]
 
     def clean_emails(self) -> list[str]:
         return [e.strip() for e in self.cleaned_data.get("emails", "").split(",") if e.strip()]
@@ -52,7 +64,7 @@ class AlertRuleForm(forms.Form):
                 "threshold": rule.threshold, "window_minutes": rule.window_minutes,
                 "webhook_url": rule.webhook_url, "emails": ", ".join(rule.emails or []),
                 "retrain_webhook_url": rule.retrain_webhook_url, "enabled": rule.enabled,
-                "min_samples": rule.min_samples}
+                "min_samples": rule.min_samples, "job_schedule": rule.job_schedule_id}
 
 
 SILENCE_CHOICES = [("1", "1 hour"), ("4", "4 hours"), ("24", "1 day"), ("168", "1 week")]

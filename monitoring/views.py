@@ -21,6 +21,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from core.errors import DomainError
 from deployments.models import Deployment, Revision
+from jobs.models import JobSchedule
 from registry.models import RegisteredModel
 from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
@@ -224,6 +225,12 @@ def _form_page(request: HttpRequest, template: str, context: dict, *, invalid: b
     return render(request, template, context, status=400 if invalid else 200)
 
 
+def _schedules(deployment: Deployment):
+    """The job schedules an alert rule of ``deployment`` may start: its team's."""
+    return (JobSchedule.objects.filter(team_id=deployment.team_id).select_related("model")
+            .order_by("name"))
+
+
 def _attach(form, exc: DomainError) -> None:
     """A service's error, shown next to the field it names (else above the form)."""
     form.add_error(exc.field if exc.field in form.fields else None, exc.message)
@@ -233,7 +240,7 @@ def _attach(form, exc: DomainError) -> None:
 @require_http_methods(["GET", "POST"])
 def rule_create(request: HttpRequest, name: str) -> HttpResponse:
     deployment = _deployment(request, name)
-    form = AlertRuleForm(request.POST or None)
+    form = AlertRuleForm(request.POST or None, schedules=_schedules(deployment))
     if request.method == "POST" and form.is_valid():
         try:
             rule = alerts.create_alert_rule(actor=request.user, deployment=deployment,
@@ -255,7 +262,8 @@ def rule_edit(request: HttpRequest, name: str, pk: int) -> HttpResponse:
     rule = AlertRule.objects.filter(deployment=deployment, pk=pk).first()
     if rule is None:
         raise Http404("No such rule.")
-    form = AlertRuleForm(request.POST or None, initial=AlertRuleForm.initial_from(rule))
+    form = AlertRuleForm(request.POST or None, initial=AlertRuleForm.initial_from(rule),
+                         schedules=_schedules(deployment))
     if request.method == "POST" and form.is_valid():
         try:
             rule = alerts.update_alert_rule(actor=request.user, rule=rule,

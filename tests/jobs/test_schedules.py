@@ -187,3 +187,20 @@ def test_alert_rule_hook_starts_one_job(engineer, team, iris_version, nightly, t
     cleared = api.patch(f"/api/v1/alert-rules/{rule.pk}/", {"job_schedule": None},
                         format="json")
     assert cleared.status_code == 200 and cleared.json()["job_schedule"] is None
+
+
+def test_portal_rule_form_offers_the_teams_schedules(engineer, team, iris_version, nightly,
+                                                     client):
+    deployment = Deployment.objects.create(name=f"d-{uuid.uuid4().hex[:6]}", team=team,
+                                           model=iris_version.model, version=iris_version)
+    client.force_login(engineer)
+    page = client.get(f"/monitoring/deployments/{deployment.name}/rules/")
+    assert page.status_code == 200 and "nightly (" in page.content.decode()
+    response = client.post(f"/monitoring/deployments/{deployment.name}/rules/", {
+        "name": "drifting", "metric": "psi_max", "comparison": ">", "threshold": "0.2",
+        "window_minutes": "5", "job_schedule": str(nightly.pk), "enabled": "on"})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    rule = deployment.alert_rules.get()
+    assert rule.job_schedule_id == nightly.pk
+    edit = client.get(f"/monitoring/deployments/{deployment.name}/rules/{rule.pk}/edit/")
+    assert f'<option value="{nightly.pk}" selected>' in edit.content.decode()
