@@ -271,6 +271,8 @@ SPECTACULAR_SETTINGS = {
         "TransitionStatusEnum": "registry.models.TransitionStatus",
         "ResourceRequestStatusEnum": "quotas.models.RequestStatus",
         "TargetKindEnum": "compute.models.TargetKind",
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "JobChunkStatusEnum": "jobs.models.ChunkStatus",
     },
 }
 

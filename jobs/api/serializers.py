@@ -34,6 +34,7 @@ class ResourcesSerializer(StrictTypes, serializers.Serializer):
                                     help_text="GPUs per chunk container; default 0.")
 
 
+@extend_schema_field(ResourcesSerializer)
 class JSONTextField(serializers.Field):
     """A JSON value that multipart sends as text (``resources='{"cpu": 2}'``) and JSON sends
     as itself."""
@@ -224,32 +225,32 @@ class JobAcceptedSerializer(BatchJobSerializer):
     id under ``schedule``."""
 
 
-class ChunkSerializer(serializers.ModelSerializer):
+class JobChunkSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobChunk
         fields = ["index", "row_start", "rows", "status", "attempts", "rows_done", "host",
                   "error", "started_at", "finished_at"]
 
 
-class EventSerializer(serializers.ModelSerializer):
+class JobEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobEvent
         fields = ["id", "kind", "chunk", "message", "created_at"]
 
 
-class EventsQuerySerializer(serializers.Serializer):
+class JobEventsQuerySerializer(serializers.Serializer):
     since = serializers.IntegerField(required=False, min_value=0,
                                      help_text="Only events with id > since.")
 
 
-class LogsQuerySerializer(serializers.Serializer):
+class JobLogsQuerySerializer(serializers.Serializer):
     chunk = serializers.IntegerField(required=False, allow_null=True, min_value=0,
                                      help_text="One chunk's container (default: all).")
     tail = serializers.IntegerField(required=False, min_value=1, max_value=5000, default=200,
                                     help_text="Lines per container.")
 
 
-class LogsSerializer(serializers.Serializer):
+class JobLogsSerializer(serializers.Serializer):
     logs = serializers.CharField(allow_blank=True)
 
 

@@ -89,30 +89,30 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         job = services.retry_job(actor=request.user, job=self._job(pk))
         return self._show(job, status.HTTP_202_ACCEPTED)
 
-    @extend_schema(responses=s.ChunkSerializer(many=True))
+    @extend_schema(responses=s.JobChunkSerializer(many=True))
     @action(detail=True, methods=["get"], filter_backends=[])
     def chunks(self, request: Request, pk: str) -> Response:
         job = self._job(pk)
         page = self.paginate_queryset(job.chunks.order_by("index"))
-        return self.get_paginated_response(s.ChunkSerializer(page, many=True).data)
+        return self.get_paginated_response(s.JobChunkSerializer(page, many=True).data)
 
-    @extend_schema(responses=s.EventSerializer(many=True), parameters=[s.EventsQuerySerializer])
+    @extend_schema(responses=s.JobEventSerializer(many=True), parameters=[s.JobEventsQuerySerializer])
     @action(detail=True, methods=["get"], filter_backends=[])
     def events(self, request: Request, pk: str) -> Response:
         job = self._job(pk)
         events = job.events.order_by("-created_at", "-id")
-        since = query(s.EventsQuerySerializer, request).get("since")
+        since = query(s.JobEventsQuerySerializer, request).get("since")
         if since is not None:
             events = events.filter(id__gt=since)
         page = self.paginate_queryset(events)
-        return self.get_paginated_response(s.EventSerializer(page, many=True).data)
+        return self.get_paginated_response(s.JobEventSerializer(page, many=True).data)
 
-    @extend_schema(responses=s.LogsSerializer, parameters=[s.LogsQuerySerializer])
+    @extend_schema(responses=s.JobLogsSerializer, parameters=[s.JobLogsQuerySerializer])
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def logs(self, request: Request, pk: str) -> Response:
         """The chunk containers' last log lines (all chunks, or ``?chunk=``)."""
         job = self._job(pk)
-        params = query(s.LogsQuerySerializer, request)
+        params = query(s.JobLogsQuerySerializer, request)
         text = services.job_logs(actor=request.user, job=job, chunk=params.get("chunk"),
                                  tail=params["tail"])
         return Response({"logs": text})

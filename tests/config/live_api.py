@@ -57,6 +57,8 @@ class Seed:
     alert_ids: list[int] = field(default_factory=list)
     resource_request_ids: list[int] = field(default_factory=list)
     transition_ids: list[int] = field(default_factory=list)
+    job_ids: list[int] = field(default_factory=list)
+    job_schedule_ids: list[int] = field(default_factory=list)
     # What the deleting operations draw from, so the rows the rest draw from stay.
     disposable: dict[str, list] = field(default_factory=dict)
 
@@ -166,6 +168,8 @@ def seed(tmp: Path) -> Seed:
                                           expires_at=timezone.now() + timedelta(days=7)).pk
                 for i in range(4)]
 
+    job_ids, schedule_ids = _seed_jobs(team, users["engineer"])
+
     _, admin_secret = make_token(admin, name="fuzz")
     # Tokens the fuzzer may read and revoke; never the one it authenticates with.
     spare_tokens = [str(make_token(admin, name=f"spare-{i}")[0].pk) for i in range(3)]
@@ -181,8 +185,9 @@ def seed(tmp: Path) -> Seed:
         token_ids=spare_tokens,
         audit_ids=list(AuditEvent.objects.order_by("pk").values_list("pk", flat=True)[:5]),
         alert_rule_ids=rules[:3], alert_ids=alert_ids, resource_request_ids=requests,
-        transition_ids=transitions,
-        disposable={"DELETE /api/v1/deployments/{name}/": ["scratch-1", "scratch-2"],
+        transition_ids=transitions, job_ids=job_ids, job_schedule_ids=schedule_ids[:2],
+        disposable={"DELETE /api/v1/job-schedules/{id}/": schedule_ids[2:],
+                    "DELETE /api/v1/deployments/{name}/": ["scratch-1", "scratch-2"],
                     "DELETE /api/v1/models/{name}/": ["scratch"],
                     "DELETE /api/v1/models/{model_name}/aliases/{alias}/": ["scratch"],
                     "DELETE /api/v1/alert-rules/{id}/": rules[3:],
@@ -275,6 +280,30 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"gunicorn did not answer /healthz:\n{log.read_text()[-3000:]}")
 
 
+def _seed_jobs(team, engineer) -> tuple[list[int], list[int]]:
+    """Jobs in each state (rows only: the runner never runs here) and schedules."""
+    from jobs.models import BatchJob, JobChunk, JobEvent, JobSchedule
+    from registry.models import ModelVersion
+
+    version = ModelVersion.objects.get(model__name="iris", version=1)
+    jobs = []
+    for status in ("queued", "running", "failed", "succeeded", "cancelled"):
+        job = BatchJob.objects.create(
+            team=team, model=version.model, version=version, status=status,
+            input_filename="customers.csv", input_format="csv", rows_total=20, chunk_rows=10,
+            chunks_total=2, columns=["x1", "x2"], created_by=engineer, runtime="docker")
+        for index in range(2):
+            JobChunk.objects.create(job=job, index=index, row_start=index * 10, rows=10,
+                                    status="failed" if status == "failed" else "pending")
+        JobEvent.objects.create(job=job, message=f"Created ({status}).")
+        jobs.append(job.pk)
+    schedules = [JobSchedule.objects.create(
+        team=team, name=f"nightly-{i}", model=version.model, version=version,
+        input_uri="artifacts:/datasets/fuzz-team/customers.csv", cron="0 2 * * *",
+        created_by=engineer).pk for i in range(4)]
+    return jobs, schedules
+
+
 def _toml_list(values: list) -> str:
     return "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values) + "]"
 
@@ -286,7 +315,8 @@ _BY_COLLECTION = {("name", "models"): "models", ("name", "deployments"): "deploy
                   ("name", "targets"): "targets", ("id", "tokens"): "token_ids",
                   ("id", "audit"): "audit_ids", ("id", "transition-requests"): "transition_ids",
                   ("id", "alert-rules"): "alert_rule_ids", ("id", "alerts"): "alert_ids",
-                  ("id", "resource-requests"): "resource_request_ids"}
+                  ("id", "resource-requests"): "resource_request_ids",
+                  ("id", "jobs"): "job_ids", ("id", "job-schedules"): "job_schedule_ids"}
 
 
 def _dictionary_for(path: str, parameter: str) -> str:

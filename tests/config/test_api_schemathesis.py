@@ -52,6 +52,15 @@ SEED = 24
 _STATE = "a relation to stored state or the clock"
 _PAIR = "a relation between two fields"
 CHECKS_OFF: dict[tuple[str, str], tuple[list[str], str]] = {
+    ("POST", "/api/v1/jobs/"): (
+        ["positive_data_acceptance"], f"{_PAIR}: version or alias, input or input_uri; the "
+                                      "contents of the uploaded file (its columns against the "
+                                      "version's signature)"),
+    ("POST", "/api/v1/job-schedules/"): (
+        ["positive_data_acceptance"], f"{_PAIR}: version or alias; {_STATE}: input_uri names "
+                                      "a stored object of the team, a name not taken"),
+    ("PATCH", "/api/v1/job-schedules/{id}/"): (
+        ["positive_data_acceptance"], f"{_PAIR}: version or alias; {_STATE}: a name not taken"),
     ("POST", "/api/v1/deployments/"): (
         ["positive_data_acceptance"], f"{_PAIR}: version or alias, not both; a strategy's keys "
                                       "depend on its type (steps only for canary…)"),
