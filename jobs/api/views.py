@@ -120,6 +120,7 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(
         description="The output file (Parquet or CSV): one row per input row, in input "
                     "order, predictions in `prediction` (or `prediction_<name>`)")})
+    @api_errors(409)
     @action(detail=True, methods=["get"], filter_backends=[])
     def output(self, request: Request, pk: str) -> FileResponse:
         """409 until the job succeeded."""
@@ -182,6 +183,7 @@ class JobScheduleViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=None, responses={202: s.BatchJobSerializer})
+    @api_errors(400)
     @action(detail=True, methods=["post"])
     def run(self, request: Request, pk: str) -> Response:
         """Start one run now (as you), whatever its cron says."""
