@@ -53,13 +53,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def batch_of(frame: Any, signature: Signature) -> Batch:
+def batch_of(frame: Any, signature: Signature, keep: list[str] | None = None) -> Batch:
     """A frame of the staged columns as the validated ``Batch`` a replica would build: typed
-    columns in signature order, and the float64 matrix when every column is numeric."""
+    columns in signature order, and the float64 matrix when every column is numeric. Without
+    a column signature the model gets every column but those only kept (``output_columns``)."""
     n = len(frame)
     if signature.kind != "columns" or not signature.named:
-        return Batch(n_rows=n, names=list(frame.columns),
-                     columns={c: frame[c].to_numpy() for c in frame.columns})
+        names = [c for c in frame.columns if c not in set(keep or [])]
+        return Batch(n_rows=n, names=names, columns={c: frame[c].to_numpy() for c in names})
     names = [name for name in signature.names if name in frame.columns]
     columns = {name: frame[name].to_numpy() for name in names}
     batch = Batch(n_rows=n, names=names, columns=columns)
@@ -115,7 +116,7 @@ def main() -> int:
     try:
         for part in source.iter_batches(batch_size=SUB_BATCH_ROWS, row_groups=[index]):
             frame = part.to_pandas()
-            predicted = prediction_columns(model.predict(batch_of(frame, model.signature)),
+            predicted = prediction_columns(model.predict(batch_of(frame, model.signature, keep)),
                                            len(frame))
             arrays = [part.column(name) for name in keep]
             names = list(keep)
