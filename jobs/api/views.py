@@ -96,7 +96,8 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         page = self.paginate_queryset(job.chunks.order_by("index"))
         return self.get_paginated_response(s.JobChunkSerializer(page, many=True).data)
 
-    @extend_schema(responses=s.JobEventSerializer(many=True), parameters=[s.JobEventsQuerySerializer])
+    @extend_schema(responses=s.JobEventSerializer(many=True),
+                   parameters=[s.JobEventsQuerySerializer])
     @action(detail=True, methods=["get"], filter_backends=[])
     def events(self, request: Request, pk: str) -> Response:
         job = self._job(pk)
