@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 LONG = "customer-lifetime-value-gradient-boosted-regressor-europe-west"
 RULE = "{rule}"
+JOB = "{job}"
 INFO_SUMMARY = "What a client or the CLI needs to know about this platform"  # GET /api/v1/info/
 PAGES = [
     ("dashboard", "/"),
@@ -32,6 +33,8 @@ PAGES = [
     ("version", "/models/churn/versions/2/"),
     ("deployments", "/deployments/"),
     ("deployment", "/deployments/churn-prod/"),
+    ("jobs", "/jobs/"),
+    ("job", f"/jobs/{JOB}/"),
     ("monitoring", "/monitoring/"),
     ("monitoring-model", "/monitoring/models/churn/"),
     ("monitoring-deployment", "/monitoring/deployments/churn-prod/"),
@@ -72,7 +75,28 @@ def seed(team) -> dict[str, str]:
     make_token(admin, name="ci-pipeline")
     notifications.notify(users=[admin], text="Resource request from ML Search: 1 GPU",
                          link="/resource-requests/", email=False)
-    return {RULE: str(AlertRule.objects.get(name="errors high").pk)}
+    return {RULE: str(AlertRule.objects.get(name="errors high").pk), JOB: str(_job(churn))}
+
+
+def _job(model) -> int:
+    """A running batch job of a long-named input with a failed chunk: progress bar, chunk
+    table with an error and events (rows only; nothing runs)."""
+    from jobs.models import BatchJob, JobChunk, JobEvent
+
+    job = BatchJob.objects.create(
+        team=model.team, model=model, version=model.versions.get(version=2), status="running",
+        input_filename=f"{LONG}-customers-2026-12-07.csv", input_format="csv", rows_total=1000,
+        rows_done=400, rows_per_s=812.5, chunk_rows=250, chunks_total=4, parallelism=2,
+        output_columns=["customer_id"], status_message="Running: 2 chunk(s) at a time.")
+    for index, status in enumerate(("succeeded", "running", "failed", "pending")):
+        JobChunk.objects.create(job=job, index=index, row_start=index * 250, rows=250,
+                                status=status, attempts=1 if status != "pending" else 0,
+                                rows_done={"succeeded": 250, "running": 150}.get(status, 0),
+                                error="exited with 137 (out of memory); retrying"
+                                if status == "failed" else "")
+    JobEvent.objects.create(job=job, kind="warning", chunk=2,
+                            message="Chunk 2 failed (attempt 1): exited with 137\nKilled")
+    return job.pk
 
 
 def _soft(failures: list[str], check) -> None:
