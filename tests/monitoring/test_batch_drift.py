@@ -1,24 +1,25 @@
 """Batch drift: a succeeded job's staged input against its version's reference, recorded when
 ``jobs.signals.job_finished`` is sent, shown on the model's monitoring page and in the API.
 
-The staged input is written to artifact storage here (a Parquet file with several row groups,
-as the core stream's staging writes it): that staging function is not on this branch yet.
-Celery runs eagerly in tests, so the receiver's task runs on the signal's commit.
+The job row is made directly and its input staged with the core stream's staging function
+(``jobs.datasets.stage``: Parquet, one row group per chunk) and saved to artifact storage as
+``jobs.services.create_job`` does; no container runs (the drift reads only the staged input).
+The runner's ``job_finished`` send is done here by hand (``finish``). Celery runs eagerly in
+tests, so the receiver's task runs on the signal's commit.
 """
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from django.core.files.base import ContentFile
+from django.core.files import File
 from django.test import Client
 from django.utils import timezone
 
+from jobs import datasets
 from jobs.models import BatchJob, JobStatus
 from jobs.signals import job_finished
 from monitoring import batch
@@ -41,20 +42,21 @@ def job_input(n: int = 20000, *, shift: float = 0.0, seed: int = 11) -> pd.DataF
                          "color": rng.choice(COLORS, n, p=COLOR_P)})
 
 
-def stage(frame: pd.DataFrame, name: str, chunk_rows: int = 5000) -> str:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer,
-                   row_group_size=chunk_rows)
-    return storage.artifact_storage().save(name, ContentFile(buffer.getvalue()))
-
-
 def make_job(team, model, version, user, frame: pd.DataFrame, *, name: str,
-             status: str = JobStatus.SUCCEEDED) -> BatchJob:
-    return BatchJob.objects.create(
+             status: str = JobStatus.SUCCEEDED, chunk_rows: int = 5000) -> BatchJob:
+    job = BatchJob.objects.create(
         team=team, model=model, version=version, status=status, created_by=user,
-        input_name=stage(frame, f"jobs/{name}/input.parquet"), input_format="parquet",
-        columns=list(frame.columns), rows_total=len(frame), chunk_rows=5000,
-        chunks_total=-(-len(frame) // 5000), finished_at=timezone.now())
+        input_filename=f"{name}.csv", input_format="csv", columns=list(frame.columns),
+        rows_total=len(frame), chunk_rows=chunk_rows,
+        chunks_total=-(-len(frame) // chunk_rows), finished_at=timezone.now())
+    path = datasets.stage(pa.Table.from_pandas(frame, preserve_index=False), job.pk,
+                          chunk_rows)
+    with path.open("rb") as f:
+        job.input_name = storage.artifact_storage().save(f"jobs/{job.pk}/input.parquet",
+                                                         File(f))
+    job.save(update_fields=["input_name"])
+    assert pq.ParquetFile(path).num_row_groups == job.chunks_total
+    return job
 
 
 def finish(job: BatchJob, django_capture_on_commit_callbacks) -> None:
