@@ -51,6 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 VENV_BIN = Path(sys.executable).parent
 RUNNERS = ("loop", "cli", "job1", "job2")
+EXTRA = ("stages",)  # the platform's steps one by one, in process (see ``run_stages``)
 THREADS = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 LOOP = textwrap.dedent("""
@@ -125,12 +126,12 @@ def write_input(frame, rows: int, path: Path) -> None:
 
 
 # --- the anchors --------------------------------------------------------------------------
-def run_child(cmd: list[str]) -> tuple[float, float, str]:
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(wall s, CPU s of the child's tree, stdout) of a command run to completion."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, **THREADS,
+                          env={**os.environ, **THREADS, **(env or {}),
                                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -154,6 +155,65 @@ def run_cli(name: str, model_dir: Path, data: Path, rows: int, tmp: Path) -> Cel
                               str(model_dir), "-i", str(data), "-t", "csv", "-o", str(output),
                               "--env-manager", "local"])
     return Cell("cli", name, rows, wall, cpu)
+
+
+# --- the platform's steps, one by one (no Docker, no database) -----------------------------
+def run_stages(name: str, model_dir: Path, data: Path, rows: int, tmp: Path,
+               chunk_rows: list[int]) -> list[Cell]:
+    """Where a job's time goes, without the runner: the web's read-and-stage of the same CSV
+    (``jobs.datasets.read_input`` + ``stage``, in this process), the chunks scored one after
+    the other by ``python -m serving.batch`` — what each chunk container runs — as local
+    processes, for each chunk size, and the output join (the chunk files read in order and
+    written as one Parquet file). A container adds its start to each chunk (README,
+    "Containers": 0.16 s for ``python -c pass`` in the same hardened container)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from jobs import datasets
+
+    cells = []
+    signature = yaml.safe_load((model_dir / "MLmodel").read_text()).get("signature") or {}
+    t, cpu = time.perf_counter(), time.process_time()
+    with data.open("rb") as f:
+        table = datasets.read_input(f, data.name, signature=signature, keep=[]).table
+    read_s, read_cpu = time.perf_counter() - t, time.process_time() - cpu
+    cells.append(Cell("read", name, rows, read_s, read_cpu))
+    for size in chunk_rows:
+        job_id = 900_000 + size
+        t, cpu = time.perf_counter(), time.process_time()
+        staged = datasets.stage(table, job_id, size)
+        cells.append(Cell("stage", name, rows, time.perf_counter() - t,
+                          time.process_time() - cpu, note=f"chunks of {size:,}"))
+        out = staged.parent.parent / "output"
+        chunks = pq.ParquetFile(staged).num_row_groups
+        wall = cpu_s = 0.0
+        for index in range(chunks):
+            env = {"MODELPORT_CHUNK": str(index), "MODELPORT_BATCH_INPUT": str(staged),
+                   "MODELPORT_BATCH_OUTPUT": str(out), "MODELPORT_MODEL_DIR": str(model_dir),
+                   "PYTHONPATH": str(REPO_ROOT)}
+            w, c, _ = run_child([sys.executable, "-m", "serving.batch"], env)
+            wall, cpu_s = wall + w, cpu_s + c
+        cells.append(Cell("chunks", name, rows, wall, cpu_s,
+                          note=f"{chunks} chunk(s) of {size:,}, one after the other"))
+        t, cpu = time.perf_counter(), time.process_time()
+        joined = pa.concat_tables([pq.read_table(out / f"chunk-{i:06d}.parquet")
+                                   for i in range(chunks)])
+        assert joined.num_rows == rows, (joined.num_rows, rows)
+        pq.write_table(joined, tmp / "joined.parquet")
+        cells.append(Cell("join", name, rows, time.perf_counter() - t,
+                          time.process_time() - cpu, note=f"{chunks} file(s)"))
+        datasets.remove_work_dir(job_id)
+    return cells
+
+
+def stages_settings(tmp: Path) -> None:
+    """The few settings ``jobs.datasets`` reads, without a database."""
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(MODELPORT_DATA_DIR=tmp / "data", MODELPORT_JOB_MAX_INPUT_MB=4096,
+                           MODELPORT_REFERENCE_MAX_COLUMNS=1000)
 
 
 # --- the platform ---------------------------------------------------------------------------
@@ -322,7 +382,9 @@ def report(cells: list[Cell], rows: int, load: tuple[float, float]) -> None:
     print(f"{'model':14} {'runner':34} {'wall s':>8} {'rows/s':>9} {'CPU s':>7} "
           f"{'own rows/s':>10}  note")
     label = {"loop": "pyfunc.load_model().predict loop", "cli": "mlflow models predict",
-             "job1": "Modelport job, parallelism 1", "job2": "Modelport job, parallelism 2"}
+             "job1": "Modelport job, parallelism 1", "job2": "Modelport job, parallelism 2",
+             "read": "  step: read + check the CSV (web)", "stage": "  step: stage as Parquet",
+             "chunks": "  step: serving.batch per chunk", "join": "  step: join the outputs"}
     for c in cells:
         print(f"{c.model:14} {label[c.runner]:34} {fmt(c.wall_s, '8.1f')} "
               f"{fmt(c.rows_per_s, '9,.0f')} {fmt(c.cpu_s, '7.1f')} "
@@ -341,7 +403,9 @@ def main() -> int:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--runners", default=",".join(RUNNERS),
-                    help=f"comma-separated among {', '.join(RUNNERS)}")
+                    help=f"comma-separated among {', '.join(RUNNERS + EXTRA)}")
+    ap.add_argument("--chunk-rows", default="50000,1000000",
+                    help="chunk sizes the 'stages' runner tries (50000: the default setting)")
     ap.add_argument("--models", default="iris,RF", help="names containing these (iris, RF)")
     ap.add_argument("--loop-chunk", type=int, default=100_000, help="the loop's rows per read")
     ap.add_argument("--cpu", type=float, default=1.0, help="CPUs per chunk container (1)")
@@ -354,6 +418,9 @@ def main() -> int:
     platform: Platform | None = None
     cells: list[Cell] = []
     try:
+        unknown = set(runners) - set(RUNNERS + EXTRA)
+        if unknown:
+            ap.error(f"unknown runners: {', '.join(sorted(unknown))}")
         wants_jobs = any(r.startswith("job") for r in runners)
         if wants_jobs and jobs_api_present():
             platform = Platform(tmp)
@@ -376,6 +443,11 @@ def main() -> int:
                     cells.append(run_loop(name, path, data, args.rows, tmp, args.loop_chunk))
                 elif runner == "cli":
                     cells.append(run_cli(name, path, data, args.rows, tmp))
+                elif runner == "stages":
+                    if platform is None:
+                        stages_settings(tmp)
+                    sizes = [int(v) for v in args.chunk_rows.split(",")]
+                    cells.extend(run_stages(name, path, data, args.rows, tmp, sizes))
                 elif platform is None:
                     cells.append(Cell(runner, name, args.rows, None, None,
                                       note="not run: no jobs API in this checkout"))
