@@ -38,7 +38,10 @@ def requeue_waiting(job: BatchJob) -> None:
 
 
 def end(job: BatchJob, status: str, message: str, *, actor=None) -> None:
-    """Set the final status, release the quota, remove the containers."""
+    """Set the final status, release the quota, remove the containers (a chunk that was
+    running is pending again: only a complete file counts)."""
+    job.chunks.filter(status=ChunkStatus.RUNNING).update(status=ChunkStatus.PENDING,
+                                                         rows_done=0, runtime_id="")
     job.status, job.status_message = status, message
     job.finished_at = timezone.now()
     job.save()
@@ -50,7 +53,6 @@ def end(job: BatchJob, status: str, message: str, *, actor=None) -> None:
 def cancel(job: BatchJob, *, actor=None) -> None:
     """Cancel the locked job: containers gone now, partial outputs and work files deleted."""
     job.cancel_requested = True
-    job.chunks.exclude(status=ChunkStatus.SUCCEEDED).update(status=ChunkStatus.PENDING)
     end(job, JobStatus.CANCELLED, "Cancelled.", actor=actor)
     datasets.remove_work_dir(job.pk)
     if job.output_name:

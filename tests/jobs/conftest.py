@@ -58,3 +58,56 @@ def parquet_upload(frame, name: str = "input.parquet") -> SimpleUploadedFile:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return SimpleUploadedFile(name, buffer.getvalue(), "application/octet-stream")
+
+
+@pytest.fixture
+def docker_jobs(docker_client, platform_serving_image, settings, monkeypatch):
+    """The Docker runtime as ``make run`` has it; ticks are driven by the test (nothing is
+    enqueued); every job container of this installation is removed afterwards."""
+    from teams.installation import installation_id
+
+    settings.MODELPORT_RUNTIME = "docker"
+    settings.MODELPORT_DOCKER_NETWORK = "none"
+    monkeypatch.setattr("jobs.passes.enqueue", lambda job_id: None)
+    yield docker_client
+    remove_job_containers(docker_client, installation_id())
+
+
+def job_containers(client, job=None, installation: str | None = None) -> list:
+    from teams.installation import installation_id
+
+    labels = ["modelport.job" if job is None else f"modelport.job={job.name}",
+              f"modelport.installation={installation or installation_id()}"]
+    return client.containers.list(all=True, filters={"label": labels})
+
+
+def remove_job_containers(client, installation: str) -> None:
+    import contextlib
+
+    for container in job_containers(client, installation=installation):
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+
+
+def run_to_end(job, *, limit_s: float = 900, until=None) -> str:
+    """Tick until the job finishes (or ``until(job)`` holds); a bound, not a timing check."""
+    import time
+
+    from jobs.runner.reconciler import tick
+
+    deadline = time.monotonic() + limit_s
+    outcome = ""
+    while time.monotonic() < deadline:
+        outcome = tick(job.pk)
+        job.refresh_from_db()
+        if job.finished or (until is not None and until(job)):
+            return outcome
+        time.sleep(0.5)
+    raise AssertionError(f"job {job.pk} still {job.status} after {limit_s}s: "
+                         f"{job.status_message}")
+
+
+def local_predictions(model_dir, frame):
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(model_dir)).predict(frame[COLUMNS])

@@ -76,8 +76,9 @@ class DockerBatchRuntime(BatchRuntime):
                "MODELPORT_MODEL_DIR": MODEL_MOUNT, ENV_CHUNK: str(index),
                "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads}
-        if spec.gpu_device_ids:
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpu_device_ids)
+        # Only the granted devices; none at all otherwise (an NVIDIA default runtime would
+        # show every device), as for replicas.
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpu_device_ids) or "void"
         env.update(spec.env)
         volumes = {self.docker.host_path(spec.input_dir): {"bind": INPUT_MOUNT, "mode": "ro"},
                    self.docker.host_path(spec.output_dir): {"bind": OUTPUT_MOUNT,
@@ -182,4 +183,5 @@ class DockerBatchRuntime(BatchRuntime):
                 message += f" at {finished:%H:%M:%S}"
         return ChunkState(index=index, phase=phase, runtime_id=container.name,
                           exit_code=None if phase is ChunkPhase.RUNNING else st.get("ExitCode"),
-                          message=message, host=labels.get("modelport.host", ""))
+                          message=message, host=labels.get("modelport.host", ""),
+                          attempt=label_int(labels.get(LABEL_ATTEMPT)))
