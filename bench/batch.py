@@ -352,7 +352,7 @@ def _sample_containers(job: str, seen: dict[str, float]) -> None:
     except Exception:  # the engine busy: the next poll reads again
         return
     for container in listed:
-        if not container.labels.get("modelport.job", "").endswith(job):
+        if container.labels.get("modelport.job") != job:
             continue
         for path, key in ((Path("/sys/fs/cgroup/system.slice")
                            / f"docker-{container.id}.scope" / "cpu.stat", "usage_usec"),
