@@ -231,10 +231,11 @@ def jobs_api_present() -> bool:
 
 
 class Platform:
-    """The platform as the Procfile runs it (every process but the broker, beat, MLflow and the
-    demo), seeded through Django with a team, a token and the two models' versions."""
+    """The platform as the Procfile runs it (every process but the embedded broker, MLflow and
+    the demo; beat included: it ticks running jobs), seeded through Django with a team, a token
+    and the two models' versions."""
 
-    SKIP = {"redis", "beat", "mlflow", "demo"}
+    SKIP = {"redis", "mlflow", "demo"}
 
     def __init__(self, tmp: Path) -> None:
         self.gw = _load("bench_gateway", "gateway.py")
@@ -296,7 +297,7 @@ class Platform:
                    for pid in self.gw._tree(p.popen.pid))
 
     def run_job(self, name: str, model: str, data: Path, rows: int, parallelism: int,
-                cpu: float) -> Cell:
+                cpu: float, chunk_rows: int | None = None) -> Cell:
         import requests
 
         containers: dict[str, float] = {}
@@ -307,7 +308,8 @@ class Platform:
                 f"{self.base}/api/v1/jobs/", timeout=600, files={"input": (data.name, f)},
                 data={"team": self.team, "model": model, "version": "1",
                       "output_format": "parquet", "parallelism": str(parallelism),
-                      "resources": json.dumps({"cpu": cpu, "memory_mb": 2048})})
+                      "resources": json.dumps({"cpu": cpu, "memory_mb": 2048}),
+                      **({"chunk_rows": str(chunk_rows)} if chunk_rows else {})})
         if response.status_code != 202:
             raise RuntimeError(f"POST /jobs/: {response.status_code} {response.text[:2000]}")
         job = response.json()
@@ -327,7 +329,9 @@ class Platform:
         head = requests.head(f"{self.base}/api/v1/jobs/{job['id']}/output/", timeout=60,
                              headers={"Authorization": f"Bearer {self.secret}"})
         progress = job.get("progress") or {}
-        note = "" if head.status_code == 200 else f"output HEAD {head.status_code}"
+        note = f"{job.get('chunks_total', '?')} chunk(s)"
+        if head.status_code != 200:
+            note += f", output HEAD {head.status_code}"
         return Cell(f"job{parallelism}", name, rows, wall,
                     self.cpu() - cpu_before + sum(containers.values()),
                     progress.get("rows_per_s"), note)
@@ -409,6 +413,9 @@ def main() -> int:
     ap.add_argument("--models", default="iris,RF", help="names containing these (iris, RF)")
     ap.add_argument("--loop-chunk", type=int, default=100_000, help="the loop's rows per read")
     ap.add_argument("--cpu", type=float, default=1.0, help="CPUs per chunk container (1)")
+    ap.add_argument("--job-chunk-rows", type=int,
+                    help="the jobs' chunk_rows (default: the platform's, at most "
+                         "MODELPORT_JOB_CHUNK_ROWS per chunk)")
     ap.add_argument("--json", help="also write the cells here")
     args = ap.parse_args()
     runners = [r for r in args.runners.split(",") if r]
@@ -453,7 +460,8 @@ def main() -> int:
                                       note="not run: no jobs API in this checkout"))
                 else:
                     cells.append(platform.run_job(name, names[name], data, args.rows,
-                                                  int(runner[3:]), args.cpu))
+                                                  int(runner[3:]), args.cpu,
+                                                  args.job_chunk_rows))
                 print(f"    {cells[-1]}", flush=True)
             data.unlink()
         report(cells, args.rows, load)
