@@ -413,8 +413,9 @@ def main() -> int:
     ap.add_argument("--models", default="iris,RF", help="names containing these (iris, RF)")
     ap.add_argument("--loop-chunk", type=int, default=100_000, help="the loop's rows per read")
     ap.add_argument("--cpu", type=float, default=1.0, help="CPUs per chunk container (1)")
-    ap.add_argument("--job-chunk-rows", type=int,
-                    help="the jobs' chunk_rows (default: the platform's, at most "
+    ap.add_argument("--job-chunk-rows",
+                    help="the jobs' chunk_rows: a number, or 'slot' for one chunk per "
+                         "container (rows / parallelism); default: the platform's (at most "
                          "MODELPORT_JOB_CHUNK_ROWS per chunk)")
     ap.add_argument("--json", help="also write the cells here")
     args = ap.parse_args()
@@ -459,9 +460,11 @@ def main() -> int:
                     cells.append(Cell(runner, name, args.rows, None, None,
                                       note="not run: no jobs API in this checkout"))
                 else:
+                    parallelism = int(runner[3:])
+                    chunk = (-(-args.rows // parallelism) if args.job_chunk_rows == "slot"
+                             else int(args.job_chunk_rows) if args.job_chunk_rows else None)
                     cells.append(platform.run_job(name, names[name], data, args.rows,
-                                                  int(runner[3:]), args.cpu,
-                                                  args.job_chunk_rows))
+                                                  parallelism, args.cpu, chunk))
                 print(f"    {cells[-1]}", flush=True)
             data.unlink()
         report(cells, args.rows, load)
