@@ -301,6 +301,7 @@ class Platform:
         import requests
 
         containers: dict[str, float] = {}
+        ran: dict[str, float] = {}  # container id → its run (Docker's started → finished)
         cpu_before = self.cpu()
         started = time.perf_counter()
         with data.open("rb") as f:
@@ -317,7 +318,7 @@ class Platform:
             f"{self.base}/api/v1/jobs/{j}/cancel/", timeout=30))
         while True:
             job = self.api.call("GET", f"/jobs/{job['id']}/")
-            _sample_containers(f"job-{job['id']}", containers)
+            _sample_containers(f"job-{job['id']}", containers, ran)
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 break
             if time.perf_counter() - started > 3600:
@@ -329,7 +330,8 @@ class Platform:
         head = requests.head(f"{self.base}/api/v1/jobs/{job['id']}/output/", timeout=60,
                              headers={"Authorization": f"Bearer {self.secret}"})
         progress = job.get("progress") or {}
-        note = f"{job.get('chunks_total', '?')} chunk(s)"
+        note = (f"{job.get('chunks_total', '?')} chunk(s); containers ran "
+                f"{sum(ran.values()):.1f} s in all")
         if head.status_code != 200:
             note += f", output HEAD {head.status_code}"
         return Cell(f"job{parallelism}", name, rows, wall,
@@ -346,9 +348,10 @@ class Platform:
             p.stop()
 
 
-def _sample_containers(job: str, seen: dict[str, float]) -> None:
+def _sample_containers(job: str, seen: dict[str, float], ran: dict[str, float]) -> None:
     """Each of the job's chunk containers' CPU seconds so far (cgroup v1 or v2), kept at the
-    last reading: a container's cgroup is gone once it is removed."""
+    last reading: a container's cgroup is gone once it is removed; and, once it exited, how
+    long it ran by Docker's own clock (the rest of a chunk's time is the runner's)."""
     import docker
 
     try:
@@ -358,6 +361,9 @@ def _sample_containers(job: str, seen: dict[str, float]) -> None:
     for container in listed:
         if container.labels.get("modelport.job") != job:
             continue
+        state = container.attrs.get("State") or {}
+        if state.get("Status") == "exited":
+            ran[container.id] = _docker_seconds(state.get("StartedAt"), state.get("FinishedAt"))
         for path, key in ((Path("/sys/fs/cgroup/system.slice")
                            / f"docker-{container.id}.scope" / "cpu.stat", "usage_usec"),
                           (Path("/sys/fs/cgroup/cpuacct/docker") / container.id
@@ -372,6 +378,19 @@ def _sample_containers(job: str, seen: dict[str, float]) -> None:
             else:
                 seen[container.id] = int(text) / 1e9
             break
+
+
+def _docker_seconds(started: str | None, finished: str | None) -> float:
+    from datetime import datetime
+
+    def parse(text: str) -> datetime:  # "2026-12-07T02:02:12.123456789Z": to microseconds
+        head, _, frac = text.rstrip("Z").partition(".")
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
+
+    try:
+        return max(0.0, (parse(finished or "") - parse(started or "")).total_seconds())
+    except ValueError:
+        return 0.0
 
 
 # --- report ---------------------------------------------------------------------------------
