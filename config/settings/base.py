@@ -292,7 +292,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = False
 # Reconciling deployments never waits behind long work (image builds, model validation):
 # its own queue, consumed by its own worker process (Procfile "reconciler").
-CELERY_TASK_ROUTES = {"deployments.tasks.*": {"queue": "deployments"}}
+# The controllers' queue (the Procfile's reconciler): short, level-triggered passes of
+# deployments and batch jobs, never behind an image build or a validation on the worker.
+CELERY_TASK_ROUTES = {"deployments.tasks.*": {"queue": "deployments"},
+                      "jobs.tasks.*": {"queue": "deployments"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(MODELPORT_DATA_DIR / "celerybeat-schedule")
 _HEARTBEAT = timedelta(seconds=env_int("MODELPORT_HEARTBEAT_SECONDS", 15, minimum=1))
 CELERY_BEAT_SCHEDULE = {
