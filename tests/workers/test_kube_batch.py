@@ -319,7 +319,7 @@ def test_bad_settings_are_refused_before_anything_is_created(fake: FakeBatchKube
         runtime_for(fake).submit_job(spec(input_dir="/elsewhere/in"), [0])
     with pytest.raises(ReplicaRuntimeError, match="no data_claim"):
         runtime_for(fake, data_claim="").submit_job(spec(), [0])
-    with pytest.raises(ReplicaRuntimeError, match="spec.image"):
+    with pytest.raises(ReplicaRuntimeError, match=r"spec\.image"):
         runtime_for(fake).submit_job(spec(image=""), [0])
     assert [r for r in fake.requests if r["method"] != "GET"] == []
 
