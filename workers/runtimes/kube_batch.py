@@ -378,8 +378,9 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
                          gpu_resource=self.gpu_resource)
 
     def submit_job(self, spec: BatchSpec, indices: list[int]) -> None:
-        """Create the Job for these chunks unless it exists (idempotent). Earlier Jobs of the
-        job still running any of these chunks are deleted first (a resume supersedes them)."""
+        """Create the Job for these chunks unless it exists (idempotent). An earlier Job of the
+        job still running or retrying any of these chunks is deleted first (superseded); one
+        whose chunks all succeeded or gave up is kept for their states."""
         if spec.installation != self.installation:
             spec = replace(spec, installation=self.installation)
         if not spec.image:
@@ -390,11 +391,16 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
         body = self.build(spec, chunks, image)
         body["metadata"]["annotations"][ANN_SUBMITTED] = str(time.time_ns())
         name = body["metadata"]["name"]
-        for other in self._jobs(spec.job):
-            if other.metadata.name == name:
-                return  # submitted already
-            theirs = parse_intervals((other.metadata.annotations or {}).get(ANN_CHUNKS))
-            if theirs & set(chunks) and not _finished(other):
+        others = self._jobs(spec.job)
+        if any(other.metadata.name == name for other in others):
+            return  # submitted already
+        pods = self._pods_by_owner(spec.job) if others else {}
+        for other in others:
+            theirs = sorted(parse_intervals((other.metadata.annotations or {}).get(ANN_CHUNKS)))
+            states = self._states_of(other, theirs, pods.get(other.metadata.uid, []))
+            busy = {i for i, st in states.items()
+                    if st.phase in (ChunkPhase.PENDING, ChunkPhase.RUNNING)}
+            if busy & set(chunks):  # still running (or retrying) some of these: superseded
                 self._delete_job(other.metadata.name)
         policy = build_job_policy(spec, name, namespace=self.namespace,
                                   extra_labels=self.extra_labels)
@@ -435,13 +441,17 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
         return [p for p in self._list_pods(selector)
                 if (p.metadata.annotations or {}).get(ANN_JOB, job) == job]
 
-    def chunk_states(self, job: str) -> dict[int, ChunkState]:
-        states: dict[int, ChunkState] = {}
+    def _pods_by_owner(self, job: str) -> dict[str, list[Any]]:
         pods_by_owner: dict[str, list[Any]] = {}
         for pod in self._job_pods(job):
             for ref in pod.metadata.owner_references or []:
                 if ref.kind == "Job":
                     pods_by_owner.setdefault(ref.uid, []).append(pod)
+        return pods_by_owner
+
+    def chunk_states(self, job: str) -> dict[int, ChunkState]:
+        states: dict[int, ChunkState] = {}
+        pods_by_owner = self._pods_by_owner(job)
         for kjob in self._jobs(job):  # oldest first: a later submission wins
             chunks = sorted(parse_intervals((kjob.metadata.annotations or {}).get(ANN_CHUNKS)))
             states.update(self._states_of(kjob, chunks, pods_by_owner.get(kjob.metadata.uid,
@@ -558,7 +568,3 @@ def _condition(kjob: Any, kind: str) -> str | None:
         if cond.type == kind and cond.status == "True":
             return " ".join(p for p in (cond.reason, cond.message) if p) or kind
     return None
-
-
-def _finished(kjob: Any) -> bool:
-    return _condition(kjob, "Complete") is not None or _condition(kjob, "Failed") is not None
