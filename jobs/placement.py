@@ -55,10 +55,10 @@ def chunk_rooms(hosts: list[Host], *, job_id: int) -> list[tuple[placement.Room,
               .annotate(cpu=Sum("job__cpu"), memory_mb=Sum("job__memory_mb"),
                         gpus=Sum("job__gpus"), n=Count("pk"),
                         mine=Count("pk", filter=Q(job_id=job_id))))
-    used = {row["host"]: row for row in flight}
+    used: dict[str, dict[str, Any]] = {str(row["host"]): dict(row) for row in flight}
     out = []
     for room in rooms:
-        row: dict[str, Any] = used.get(room.host.name) or {}
+        row = used.get(room.host.name) or {}
         out.append((replace(room, cpu=room.cpu - Decimal(row.get("cpu") or 0),
                             memory_mb=room.memory_mb - int(row.get("memory_mb") or 0),
                             gpus=room.gpus - int(row.get("gpus") or 0),
