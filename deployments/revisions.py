@@ -1,26 +1,24 @@
 """Revisions: the immutable spec a deployment runs, written by the verbs and by the
-reconciler's automatic rollback, and the model files a revision's replicas mount."""
+reconciler's automatic rollback; the model files a revision's replicas mount come from
+``registry.model_dirs.model_dir_for`` (re-exported here)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 
-from registry import storage
+from registry.model_dirs import model_dir_for
 from registry.models import ModelVersion
 from teams import audit
 
 from . import admission, passes
 from .events import event
 from .models import Deployment, DeploymentStatus, Revision, RevisionState
+
+__all__ = ["model_dir_for"]  # re-exported: deployments.reconcile imports it from here
 
 # What the audit log snapshots of a deployment before and after a verb.
 DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
@@ -98,28 +96,3 @@ def rollback_revision(d: Deployment, source: Revision, *, actor) -> Deployment:
                  before=before, after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     passes.reconcile_on_commit(d)
     return d
-
-
-def model_dir_for(version: ModelVersion) -> Path:
-    """The version's MLflow model dir, unpacked once per artifact under the data dir and made
-    world-readable (containers run as uid 10001 and mount it read-only)."""
-    if not version.artifact_name:
-        raise RuntimeError(f"{version} has no stored artifact.")
-    root = Path(settings.MODELPORT_DATA_DIR) / "deployments" / "models"
-    target = root / (version.artifact_sha256 or f"v{version.pk}")
-    if (target / "MLmodel").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
-    try:
-        storage.unpack_artifact(version.artifact_name, staging)
-        for path in [staging, *staging.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            os.rename(staging, target)
-        except OSError:  # a concurrent reconcile unpacked it first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target

@@ -81,6 +81,7 @@ class ChunkState:
     exit_code: int | None = None
     message: str = ""  # e.g. "OOMKilled", the orchestrator's reason
     host: str = ""
+    attempt: int = 0  # per_chunk: the attempt this container runs (0: unknown / whole_job)
 
 
 class BatchRuntime(abc.ABC):
