@@ -203,3 +203,52 @@ def test_another_installations_job_is_neither_seen_nor_removed(
     unscoped.remove_job(job)
     assert len(swarm.api.services(filters={"label": f"modelport.job={job}"})) == 1
     assert wait_settled(runtime, job, {0})[0].phase is ChunkPhase.SUCCEEDED
+
+
+def test_the_real_scorer_in_the_serving_image_scores_each_chunk_like_the_local_model(
+        swarm: Any, serving_image: str, iris_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``python -m serving.batch`` (the core stream's) in the serving image, through the
+    runtime's real entry point: 3 row groups -> 3 chunk files, predictions equal the model
+    loaded here, in row order."""
+    import mlflow.pyfunc
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_iris
+
+    from workers.runtimes.swarm_batch import SwarmBatchRuntime
+
+    x, _ = load_iris(return_X_y=True, as_frame=True)
+    frame = x.sample(n=300, replace=True, random_state=7).reset_index(drop=True)
+    root = tmp_path / "job"
+    inp, out = root / "input", root / "output"
+    inp.mkdir(parents=True)
+    out.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), inp / "input.parquet",
+                   row_group_size=100)
+    for p in (tmp_path, root, inp):
+        p.chmod(0o755)
+    (inp / "input.parquet").chmod(0o644)
+    out.chmod(0o777)
+    runtime = SwarmBatchRuntime(swarm, extra_labels={TEST_LABEL: "1"},
+                                installation=INSTALLATION)
+    job = f"job-t{uuid.uuid4().hex[:6]}"
+    spec = BatchSpec(job=job, image=serving_image, model_dir=str(iris_model_dir),
+                     input_dir=str(inp), output_dir=str(out), chunks=3, parallelism=2,
+                     cpu=1, memory_mb=768, max_retries=0)
+    try:
+        runtime.submit_job(spec, [0, 1, 2])
+        states = wait_settled(runtime, job, {0, 1, 2})
+        assert {i: s.phase for i, s in states.items()} == \
+            {i: ChunkPhase.SUCCEEDED for i in range(3)}, \
+            [t["Status"] for s in swarm.api.services(filters={"label": f"modelport.job={job}"})
+             for t in swarm.api.tasks(filters={"service": s["ID"]})
+             if t["Status"]["State"] != "complete"]
+        assert "rows scored" in runtime.chunk_logs(job, 1)
+        expected = mlflow.pyfunc.load_model(str(iris_model_dir)).predict(frame)
+        got = [pq.read_table(out / chunk_output(i)).column("prediction").to_pylist()
+               for i in range(3)]
+        assert [len(g) for g in got] == [100, 100, 100]
+        assert [v for part in got for v in part] == [int(v) for v in expected]
+    finally:
+        runtime.remove_job(job)
+    assert swarm.api.services(filters={"label": f"modelport.job={job}"}) == []

@@ -25,8 +25,16 @@ overlay network (``mp-<installation>-<job>``, created with the first submission,
 the same job's other tasks is on it (checked in the tests). The host network of the Swarm
 runtime's host mode is never used for batch.
 
+Reservations: off by default (``reservations=True`` turns them on). Swarm's constraint enforcer
+counts the reservations of a replicated job's *completed* tasks against the node until they are
+pruned, so a later task of the job — or a replica — is rejected with "assigned node no longer
+meets constraints" although the node is idle (seen here on Engine 20.10 with two 1-CPU chunks on
+a 2-CPU node; moby/moby#52652, fixed by moby/swarmkit#3237 in 2026 engines). The platform's
+admission and the target's capacity still account for the job; the limits still bound each
+task. GPU chunks keep their generic-resource reservation (that is how Swarm finds a GPU node).
+
 Hardening as the Swarm runtime's replicas: uid/gid 10001, read-only root with a private
-``/tmp`` tmpfs, every capability dropped, CPU/memory limits and reservations, a pids limit,
+``/tmp`` tmpfs, every capability dropped, CPU/memory limits, a pids limit,
 no-new-privileges where the API has it (>= 1.44), no Docker socket. The model directory is
 bind-mounted read-only at ``/model``, the job's input directory read-only at ``/job/input``
 and its output directory at ``/job/output``: on a multi-node swarm those paths must be on
@@ -110,7 +118,8 @@ class SwarmBatchRuntime(BatchRuntime):
     ``installation`` as in ``Runtime``: services and networks carry the id and only this
     installation's are listed or removed. ``entry_module`` and ``python``: the module a chunk
     runs and the interpreter (``serving.batch`` in the serving image; the tests give a
-    stand-in run by the base image's ``python3``)."""
+    stand-in run by the base image's ``python3``). ``reservations``: also reserve the CPU and
+    memory (limits always apply) — off by default, see the module docstring."""
 
     mode = "whole_job"
 
@@ -119,7 +128,7 @@ class SwarmBatchRuntime(BatchRuntime):
                  extra_labels: dict[str, str] | None = None,
                  gpu_resource: str = DEFAULT_GPU_RESOURCE, installation: str = "",
                  entry_module: str = "serving.batch", python: str = "python",
-                 remove_wait_s: float = 60.0) -> None:
+                 reservations: bool = False, remove_wait_s: float = 60.0) -> None:
         self.client = client if client is not None else docker.from_env()
         self.images = image_builder or ImageBuilder(self.client, base_image)
         self.extra_labels = dict(extra_labels or {})
@@ -127,6 +136,7 @@ class SwarmBatchRuntime(BatchRuntime):
         self.installation = installation
         self.entry_module = entry_module
         self.python = python
+        self.reservations = reservations
         self.remove_wait_s = remove_wait_s
 
     def ensure_batch_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -199,8 +209,10 @@ class SwarmBatchRuntime(BatchRuntime):
                                        "NoNewPrivileges": True}
         nano = int(spec.cpu * 1e9) if spec.cpu else None
         memory = int(spec.memory_mb) * 1024 * 1024 if spec.memory_mb else None
-        resources = Resources(cpu_limit=nano, mem_limit=memory, cpu_reservation=nano,
-                              mem_reservation=memory,
+        reserve = self.reservations or bool(gpus)  # GPUs: Swarm must pick a node that has them
+        resources = Resources(cpu_limit=nano, mem_limit=memory,
+                              cpu_reservation=nano if reserve else None,
+                              mem_reservation=memory if reserve else None,
                               generic_resources={self.gpu_resource: gpus} if gpus else None)
         if spec.pids_limit:
             resources.setdefault("Limits", {})["Pids"] = int(spec.pids_limit)
