@@ -339,3 +339,23 @@ def test_for_runtime_shares_the_replica_runtimes_client_and_settings(
     batch.submit_job(spec(), [0])
     (sent,) = fake.bodies("POST", "jobs")
     assert sent["spec"]["template"]["spec"]["nodeSelector"] == {"a": "b"}
+
+
+def test_a_kubernetes_targets_runtime_hands_out_its_batch_runtime(
+        fake: FakeBatchKubeAPI) -> None:
+    """What ``jobs.runner.runtimes.batch_runtime`` calls on a kubernetes target."""
+    from workers.runtimes.kubernetes import KubernetesRuntime
+
+    cfg = client.Configuration()
+    cfg.host = fake.url
+    replicas = KubernetesRuntime(namespace=NS, api_client=client.ApiClient(cfg),
+                                 installation=INSTALLATION, batch_data_claim="shared-data",
+                                 batch_data_root="/var/lib/modelport")
+    batch = replicas.batch_runtime()
+    assert isinstance(batch, KubeBatchRuntime) and batch.mode == "whole_job"
+    assert batch.data_claim == "shared-data" and batch.data_root == "/var/lib/modelport"
+    batch.submit_job(spec(input_dir="/var/lib/modelport/jobs/42/input",
+                          output_dir="/var/lib/modelport/jobs/42/output"), [0])
+    (sent,) = fake.bodies("POST", "jobs")
+    mounts = sent["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert [m.get("subPath") for m in mounts] == [None, "jobs/42/input", "jobs/42/output"]

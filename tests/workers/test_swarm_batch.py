@@ -252,3 +252,15 @@ def test_the_real_scorer_in_the_serving_image_scores_each_chunk_like_the_local_m
     finally:
         runtime.remove_job(job)
     assert swarm.api.services(filters={"label": f"modelport.job={job}"}) == []
+
+
+def test_a_swarm_targets_runtime_hands_out_its_batch_runtime(docker_client: Any) -> None:
+    """What ``jobs.runner.runtimes.batch_runtime`` calls on a swarm target (no swarm needed)."""
+    from workers.runtimes.swarm import SwarmRuntime
+    from workers.runtimes.swarm_batch import SwarmBatchRuntime
+
+    replicas = SwarmRuntime(docker_client, installation=INSTALLATION,
+                            extra_labels={TEST_LABEL: "1"})
+    batch = replicas.batch_runtime()
+    assert isinstance(batch, SwarmBatchRuntime) and batch.mode == "whole_job"
+    assert batch.installation == INSTALLATION and batch.extra_labels == {TEST_LABEL: "1"}
