@@ -264,3 +264,34 @@ def test_a_swarm_targets_runtime_hands_out_its_batch_runtime(docker_client: Any)
     batch = replicas.batch_runtime()
     assert isinstance(batch, SwarmBatchRuntime) and batch.mode == "whole_job"
     assert batch.installation == INSTALLATION and batch.extra_labels == {TEST_LABEL: "1"}
+
+
+def test_the_per_chunk_bridge_runs_one_service_per_attempt_and_removes_it(
+        swarm: Any, runtime: Any, base: str, job_dirs: tuple[Path, Path]) -> None:  # noqa: F811
+    """What the jobs runner does today (per chunk): start each chunk, read its state, retry a
+    failed one itself with the next attempt, remove a finished chunk's service."""
+    inp, out = job_dirs
+    (inp / "fail-once-1").touch()
+    job = f"job-t{uuid.uuid4().hex[:6]}"
+    runtime.created_jobs.append(job)
+    spec = BatchSpec(job=job, image=base, model_dir=None, input_dir=str(inp),
+                     output_dir=str(out), chunks=2, parallelism=2, max_retries=3,
+                     env={"PYTHONPATH": "/job/input/lib"})
+    first = [runtime.start_chunk(spec, i, 1) for i in (0, 1)]
+    assert [s.attempt for s in first] == [1, 1]
+    assert runtime.start_chunk(spec, 0, 1).attempt == 1  # idempotent
+    states = wait_settled(runtime, job, {0, 1})
+    assert states[0].phase is ChunkPhase.SUCCEEDED
+    # Swarm does not retry a bridged chunk (max_retries is the runner's): attempt 1 failed.
+    assert states[1].phase is ChunkPhase.FAILED and states[1].exit_code == 4
+    assert states[1].attempt == 1
+    runtime.remove_chunk(job, 1)
+    assert 1 not in runtime.chunk_states(job)
+    assert runtime.start_chunk(spec, 1, 2).attempt == 2
+    states = wait_settled(runtime, job, {1})
+    assert states[1].phase is ChunkPhase.SUCCEEDED and states[1].attempt == 2
+    for i in (0, 1):
+        runtime.remove_chunk(job, i)
+        assert len(list(out.glob(f"written-{i}-*"))) == 1
+    assert runtime.chunk_states(job) == {}
+    assert swarm.api.services(filters={"label": f"modelport.job={job}"}) == []

@@ -74,6 +74,7 @@ from .images import ImageBuilder
 
 LABEL_CHUNKS = "modelport.job-chunks"  # on the service: the chunk each slot runs
 LABEL_SUBMITTED = "modelport.job-submitted"  # ns since the epoch: orders a job's submissions
+LABEL_ATTEMPT = "modelport.attempt"  # start_chunk's one-chunk services: the runner's attempt
 ENV_CHUNKS = "MODELPORT_CHUNKS"
 ENV_SLOT = "MODELPORT_SLOT"
 TMPFS_BYTES = 64 * 1024 * 1024
@@ -218,8 +219,10 @@ class SwarmBatchRuntime(BatchRuntime):
             resources.setdefault("Limits", {})["Pids"] = int(spec.pids_limit)
         template = TaskTemplate(
             container, resources=resources,
+            # MaxAttempts 0 means "no limit" to Swarm: no retries is condition "none".
             restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000,
-                                         max_attempts=max(0, int(spec.max_retries))),
+                                         max_attempts=int(spec.max_retries))
+            if spec.max_retries > 0 else RestartPolicy(condition="none"),
             networks=[job_network_name(spec.job, self.installation)])
         return {"task_template": template,
                 "name": job_service_name(spec.job, chunks, self.installation),
@@ -239,16 +242,36 @@ class SwarmBatchRuntime(BatchRuntime):
         """Create the job's network and the service for these chunks unless it exists
         (idempotent). An earlier service still running or retrying any of these chunks is
         removed first; one whose chunks all succeeded or gave up is kept for their states."""
+        self._submit(spec, indices)
+
+    def start_chunk(self, spec: BatchSpec, index: int, attempt: int) -> ChunkState:
+        """The per-chunk bridge, for a runner that drives chunks itself (``per_chunk``, as the
+        jobs runner does today): a one-chunk replicated job per attempt, which Swarm does not
+        retry (the runner does). Idempotent per (chunk, attempt)."""
+        one = replace(spec, max_retries=0, parallelism=1)
+        service = self._submit(one, [index], attempt=attempt)
+        if service is None:
+            return ChunkState(index=index, phase=ChunkPhase.PENDING, attempt=attempt)
+        return self._states_of(service).get(index) or \
+            ChunkState(index=index, phase=ChunkPhase.PENDING, attempt=attempt)
+
+    def _submit(self, spec: BatchSpec, indices: list[int], *,
+                attempt: int = 0) -> dict[str, Any] | None:
+        """The service for these chunks (created unless it exists; None: created by another
+        worker a moment ago)."""
         if spec.installation != self.installation:
             spec = replace(spec, installation=self.installation)
         if not spec.image:
             raise ReplicaRuntimeError("the swarm runtime needs spec.image "
                                       "(see ensure_batch_image)")
         kwargs = self.service_spec(spec, indices)
+        if attempt:
+            kwargs["name"] += f"-a{int(attempt)}"
+            kwargs["labels"] = {**kwargs["labels"], LABEL_ATTEMPT: str(int(attempt))}
         chunks = set(int(i) for i in indices)
         for service in self._services(spec.job):
             if (service.get("Spec") or {}).get("Name") == kwargs["name"]:
-                return  # submitted already
+                return service  # submitted already
             busy = {i for i, state in self._states_of(service).items()
                     if state.phase in (ChunkPhase.PENDING, ChunkPhase.RUNNING)}
             if busy & chunks:  # still running (or retrying) some of these: superseded
@@ -256,12 +279,16 @@ class SwarmBatchRuntime(BatchRuntime):
         self._ensure_network(spec.job)
         kwargs["labels"] = {**kwargs["labels"], LABEL_SUBMITTED: str(time.time_ns())}
         try:
-            self.client.api.create_service(**kwargs)
+            created = self.client.api.create_service(**kwargs)
         except APIError as exc:
             if getattr(exc, "status_code", None) == 409:  # another worker, a moment ago
-                return
+                return None
             raise ReplicaRuntimeError(f"creating service {kwargs['name']} failed: "
                                       f"{exc}") from exc
+        try:
+            return dict(self.client.api.inspect_service(created["ID"]))
+        except NotFound:
+            return None
 
     def _ensure_network(self, job: str) -> None:
         name = job_network_name(job, self.installation)
@@ -303,6 +330,8 @@ class SwarmBatchRuntime(BatchRuntime):
             tasks = sorted(by_slot.get(slot, []), key=lambda t: (
                 t.get("CreatedAt") or "", (t.get("Version") or {}).get("Index", 0)))
             out[chunk] = _slot_state(chunk, tasks, max_retries)
+            attempt = labels.get(LABEL_ATTEMPT, "")
+            out[chunk].attempt = int(attempt) if attempt.isdigit() else 0
         return out
 
     def chunk_logs(self, job: str, index: int, tail: int = 200) -> str:
@@ -322,9 +351,17 @@ class SwarmBatchRuntime(BatchRuntime):
 
     # --- removing ---------------------------------------------------------------------------
     def remove_chunk(self, job: str, index: int) -> None:
-        """Remove the containers of the chunk's finished tasks on this node. A replicated job
-        cannot drop one slot: a running chunk stops for good only with ``remove_job`` (killing
-        its container would count as a failure and be retried)."""
+        """Remove the chunk's one-chunk services (``start_chunk``'s, whatever their state), and
+        the containers of its finished tasks in a service of several chunks. A replicated job
+        cannot drop one slot: there a running chunk stops for good only with ``remove_job``
+        (killing its container would count as a failure and be retried)."""
+        single = [s for s in self._services(job)
+                  if ((s.get("Spec") or {}).get("Labels") or {}).get(LABEL_CHUNKS) == str(index)]
+        for service in single:
+            self._remove_service(service["ID"])
+        for container in self._containers([s["ID"] for s in single]):
+            with contextlib.suppress(APIError):
+                container.remove(force=True)
         state = self.chunk_states(job).get(index)
         if state is None or state.phase in (ChunkPhase.RUNNING, ChunkPhase.PENDING):
             return
