@@ -359,3 +359,34 @@ def test_a_kubernetes_targets_runtime_hands_out_its_batch_runtime(
     (sent,) = fake.bodies("POST", "jobs")
     mounts = sent["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert [m.get("subPath") for m in mounts] == [None, "jobs/42/input", "jobs/42/output"]
+
+
+def test_the_per_chunk_bridge_runs_one_job_per_attempt_without_kubernetes_retries(
+        fake: FakeBatchKubeAPI) -> None:
+    """What the jobs runner does today (per chunk): start, read, retry itself, remove."""
+    runtime = runtime_for(fake)
+    s = spec(chunks=2, max_retries=3)
+    state = runtime.start_chunk(s, 1, 1)
+    assert state.index == 1 and state.attempt == 1 and state.phase is ChunkPhase.PENDING
+    assert runtime.start_chunk(s, 1, 1).runtime_id == state.runtime_id  # idempotent
+    name = job_object_name("job-42", [1], INSTALLATION, 1)
+    assert name.endswith("-a1")
+    sent = fake.get("jobs", name)
+    validate({k: v for k, v in sent.items() if k != "status"})
+    assert sent["spec"]["backoffLimitPerIndex"] == 0 and sent["spec"]["completions"] == 1
+    assert sent["metadata"]["annotations"]["modelport.attempt"] == "1"
+
+    fake.set_phase(fake.pod_of(name, 0)["metadata"]["name"], "Failed", exit_code=1)
+    failed = runtime.chunk_states("job-42")[1]
+    assert failed.phase is ChunkPhase.FAILED and failed.exit_code == 1 and failed.attempt == 1
+    runtime.remove_chunk("job-42", 1)
+    assert fake.get("jobs", name) is None and runtime.chunk_states("job-42") == {}
+    assert fake.objects["networkpolicies"] == {}  # owned by the Job: collected with it
+
+    runtime.start_chunk(s, 1, 2)
+    second = job_object_name("job-42", [1], INSTALLATION, 2)
+    fake.set_phase(fake.pod_of(second, 0)["metadata"]["name"], "Succeeded")
+    done = runtime.chunk_states("job-42")[1]
+    assert done.phase is ChunkPhase.SUCCEEDED and done.attempt == 2
+    runtime.remove_chunk("job-42", 1)
+    assert fake.pods() == [] and runtime.chunk_states("job-42") == {}

@@ -47,7 +47,6 @@ No Django import; the SDK is imported at module level (imported only with a kube
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import threading
 import time
@@ -59,233 +58,28 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .base import LABEL_INSTALLATION, LABEL_MANAGED, LogFn, ReplicaRuntimeError, short_id
-from .batch import (
-    ENV_CHUNK,
-    INPUT_MOUNT,
-    LABEL_JOB,
-    OUTPUT_MOUNT,
-    BatchRuntime,
-    BatchSpec,
-    ChunkPhase,
-    ChunkState,
-)
+from .base import LogFn, ReplicaRuntimeError
+from .batch import BatchRuntime, BatchSpec, ChunkPhase, ChunkState
 from .kube_api import KubeApi, load_client
-from .kube_images import KubeImages
-from .kube_manifests import (
-    MODEL_PATH,
-    RUN_AS,
-    TMP_SIZE,
-    container_security_context,
-    cpu_quantity,
-    memory_quantity,
+from .kube_batch_manifests import (
+    ANN_ATTEMPT,
+    ANN_CHUNKS,
+    ANN_JOB,
+    ANN_SUBMITTED,
+    CHUNK_COMMAND,
+    CONTAINER_NAME,
+    INDEX_LABEL,
+    build_job,
+    build_job_policy,
+    job_object_name,
+    job_selector_labels,
+    parse_intervals,
+    pod_chunk_state,
 )
-from .kube_names import label_value
+from .kube_images import KubeImages
 
-CONTAINER_NAME = "chunk"
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-ANN_CHUNKS = "modelport.job-chunks"  # on the Job: the chunk each completion index runs
-ANN_JOB = "modelport.job-name"  # the platform's job name, unabridged
-# On the Job: when it was submitted (ns since the epoch), to order a job's submissions (the
-# creation timestamp has one-second resolution).
-ANN_SUBMITTED = "modelport.job-submitted"
-ENV_CHUNKS = "MODELPORT_CHUNKS"
-# The container's entry point: completion index -> chunk, then the batch scorer.
-CHUNK_COMMAND = [
-    "python", "-c",
-    "import os, runpy; "
-    f"os.environ['{ENV_CHUNK}'] = os.environ['{ENV_CHUNKS}'].split(',')"
-    "[int(os.environ['JOB_COMPLETION_INDEX'])]; "
-    "runpy.run_module('serving.batch', run_name='__main__', alter_sys=True)",
-]
-
-
-# --- names and labels ---------------------------------------------------------------------------
-def job_object_name(job: str, indices: Iterable[int], installation: str = "") -> str:
-    """``mp-<installation[:8]>-<job>-<digest of the chunk list>``: one Job per submission (a
-    resume is a new Job, the earlier one still readable), <= 52 characters so pod names keep
-    their index and random suffix."""
-    slug = "".join(c if c.isalnum() else "-" for c in job.lower()).strip("-") or "job"
-    digest = hashlib.sha256(format_indices(indices).encode()).hexdigest()[:6]
-    prefix = f"mp-{short_id(installation)}-" if installation else "mp-"
-    return f"{prefix}{slug[:52 - len(prefix) - 7].rstrip('-')}-{digest}"
-
-
-def job_selector_labels(job: str, installation: str) -> dict[str, str]:
-    labels = {LABEL_MANAGED: "1", LABEL_JOB: label_value(job)}
-    if installation:
-        labels[LABEL_INSTALLATION] = installation
-    return labels
-
-
-def job_labels(spec: BatchSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
-    labels = {k: label_value(v) for k, v in {**(extra or {}), **spec.labels}.items()}
-    labels.update(job_selector_labels(spec.job, spec.installation))
-    return labels
-
-
-def format_indices(indices: Iterable[int]) -> str:
-    return ",".join(str(i) for i in sorted({int(i) for i in indices}))
-
-
-def parse_intervals(text: str | None) -> set[int]:
-    """The Job status' index lists: ``"0,2-4,7"`` -> {0, 2, 3, 4, 7}."""
-    out: set[int] = set()
-    for part in (text or "").split(","):
-        first, dash, last = part.strip().partition("-")
-        if first.isdigit() and (not dash or last.isdigit()):
-            out.update(range(int(first), int(last if dash else first) + 1))
-    return out
-
-
-# --- the objects --------------------------------------------------------------------------------
-def chunk_env(spec: BatchSpec, chunks: list[int]) -> list[dict[str, Any]]:
-    threads = str(max(1, int(-(-spec.cpu // 1)))) if spec.cpu else "1"
-    gpus = len(spec.gpu_device_ids) or spec.gpus
-    plain = {
-        "MODELPORT_MODEL_DIR": MODEL_PATH,
-        "MODELPORT_JOB": spec.job,
-        ENV_CHUNKS: ",".join(str(i) for i in chunks),
-        "HOME": "/tmp",  # noqa: S108 - the pod's own emptyDir
-        "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-        **({"NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus)),
-            "MODELPORT_DEVICE": "auto"} if gpus else
-           {"NVIDIA_VISIBLE_DEVICES": "void", "CUDA_VISIBLE_DEVICES": "",
-            "MODELPORT_DEVICE": "cpu"}),
-        # A chunk has no network, so it needs no credential: spec.env carries none.
-        **spec.env,
-    }
-    return [{"name": k, "value": str(v)} for k, v in plain.items()]
-
-
-def chunk_resources(spec: BatchSpec, gpu_resource: str) -> dict[str, Any]:
-    """Requests equal limits (Guaranteed QoS), as for replicas; GPUs by count."""
-    limits: dict[str, str] = {}
-    if spec.cpu:
-        limits["cpu"] = cpu_quantity(spec.cpu)
-    if spec.memory_mb:
-        limits["memory"] = memory_quantity(spec.memory_mb)
-    gpus = len(spec.gpu_device_ids) or spec.gpus
-    if gpus:
-        limits[gpu_resource] = str(gpus)
-    return {"requests": {k: v for k, v in limits.items() if k in ("cpu", "memory")},
-            "limits": limits}
-
-
-def build_job(spec: BatchSpec, image: str, indices: list[int], *, namespace: str,
-              data_claim: str, input_path: str, output_path: str,
-              image_pull_secrets: Iterable[str] = (),
-              extra_labels: dict[str, str] | None = None,
-              node_selector: dict[str, str] | None = None,
-              tolerations: list[dict[str, Any]] | None = None,
-              service_account: str | None = None,
-              gpu_resource: str = "nvidia.com/gpu") -> dict[str, Any]:
-    """The Indexed Job running chunks ``indices`` (completion index k -> ``indices[k]``);
-    ``input_path``/``output_path`` are the job's directories inside ``data_claim``."""
-    chunks = sorted({int(i) for i in indices})
-    if not chunks:
-        raise ValueError("a job needs at least one chunk to run")
-    labels = job_labels(spec, extra_labels)
-    annotations = {ANN_JOB: spec.job, ANN_CHUNKS: format_indices(chunks)}
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": list(CHUNK_COMMAND),
-        "env": chunk_env(spec, chunks),
-        "resources": chunk_resources(spec, gpu_resource),
-        "securityContext": container_security_context(),
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
-            {"name": "data", "mountPath": INPUT_MOUNT, "subPath": input_path, "readOnly": True},
-            {"name": "data", "mountPath": OUTPUT_MOUNT, "subPath": output_path},
-        ],
-    }
-    pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": TMP_SIZE}},
-                    {"name": "data", "persistentVolumeClaim": {"claimName": data_claim}}],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
-        "restartPolicy": "Never",  # retries are the Job's, per index
-    }
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
-    if image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": n} for n in image_pull_secrets]
-    if node_selector:
-        pod_spec["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        pod_spec["tolerations"] = list(tolerations)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": job_object_name(spec.job, chunks, spec.installation),
-                     "namespace": namespace, "labels": labels, "annotations": annotations},
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": len(chunks),
-            "parallelism": max(1, min(int(spec.parallelism), len(chunks))),
-            "backoffLimitPerIndex": max(0, int(spec.max_retries)),
-            "maxFailedIndexes": len(chunks),
-            "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)},
-                         "spec": pod_spec},
-        },
-    }
-
-
-def build_job_policy(spec: BatchSpec, name: str, *, namespace: str,
-                     extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """Deny all: the job's pods take no connection and make none (no rules of either type)."""
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": job_labels(spec, extra_labels),
-                     "annotations": {ANN_JOB: spec.job}},
-        "spec": {"podSelector": {"matchLabels": job_selector_labels(spec.job,
-                                                                    spec.installation)},
-                 "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []},
-    }
-
-
-# --- reading back -------------------------------------------------------------------------------
-def pod_chunk_state(pod: Any, chunk: int) -> ChunkState:
-    """One pod of an index as a ChunkState (a failed pod here is one Kubernetes will retry
-    unless its index is in ``failedIndexes``, which the caller checks first)."""
-    status = pod.status
-    cstatus = next((c for c in (status.container_statuses or []) if c.name == CONTAINER_NAME),
-                   None)
-    state = cstatus.state if cstatus else None
-    terminated = state.terminated if state else None
-    waiting = state.waiting if state else None
-    phase = status.phase or "Pending"
-    exit_code = terminated.exit_code if terminated is not None else None
-    message = ""
-    if terminated is not None and terminated.reason and terminated.reason != "Completed":
-        message = terminated.reason
-    elif waiting is not None and waiting.reason:
-        message = f"{waiting.reason}: {waiting.message or ''}".strip(": ")
-    elif status.reason:
-        message = " ".join(p for p in (status.reason, status.message) if p)
-    if pod.metadata.deletion_timestamp is not None:
-        chunk_phase = ChunkPhase.RUNNING
-        message = (message + " (pod terminating)").strip()
-    elif phase == "Succeeded":
-        chunk_phase = ChunkPhase.SUCCEEDED
-    elif phase == "Failed":
-        chunk_phase = ChunkPhase.FAILED
-    elif phase == "Running":
-        chunk_phase = ChunkPhase.RUNNING
-    else:
-        chunk_phase = ChunkPhase.PENDING
-    return ChunkState(index=chunk, phase=chunk_phase, runtime_id=pod.metadata.name,
-                      exit_code=exit_code, message=message,
-                      host=(pod.spec.node_name or "") if pod.spec else "")
+__all__ = ["ANN_CHUNKS", "CHUNK_COMMAND", "KubeBatchRuntime", "build_job", "build_job_policy",
+           "job_object_name", "parse_intervals"]
 
 
 def _created(obj: Any) -> tuple[int, datetime, str]:
@@ -362,7 +156,8 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
                 f"{self.data_root} (claim {self.data_claim}): the pods could not see it")
         return rel
 
-    def build(self, spec: BatchSpec, indices: list[int], image: str) -> dict[str, Any]:
+    def build(self, spec: BatchSpec, indices: list[int], image: str,
+              attempt: int = 0) -> dict[str, Any]:
         """The Job for ``indices`` (what ``submit_job`` sends)."""
         if not self.data_claim:
             raise ReplicaRuntimeError(
@@ -375,12 +170,28 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
                          image_pull_secrets=self.image_pull_secrets,
                          extra_labels=self.extra_labels, node_selector=self.node_selector,
                          tolerations=self.tolerations, service_account=self.service_account,
-                         gpu_resource=self.gpu_resource)
+                         gpu_resource=self.gpu_resource, attempt=attempt)
 
     def submit_job(self, spec: BatchSpec, indices: list[int]) -> None:
         """Create the Job for these chunks unless it exists (idempotent). An earlier Job of the
         job still running or retrying any of these chunks is deleted first (superseded); one
         whose chunks all succeeded or gave up is kept for their states."""
+        self._submit(spec, indices)
+
+    def start_chunk(self, spec: BatchSpec, index: int, attempt: int) -> ChunkState:
+        """The per-chunk bridge, for a runner that drives chunks itself (``per_chunk``, as the
+        jobs runner does today): a one-chunk Indexed Job per attempt with
+        ``backoffLimitPerIndex: 0`` (the runner retries). Idempotent per (chunk, attempt)."""
+        one = replace(spec, max_retries=0, parallelism=1)
+        name = self._submit(one, [index], attempt=attempt)
+        kjob = next((j for j in self._jobs(spec.job) if j.metadata.name == name), None)
+        if kjob is None:
+            return ChunkState(index=index, phase=ChunkPhase.PENDING, attempt=attempt)
+        pods = self._pods_by_owner(spec.job).get(kjob.metadata.uid, [])
+        return self._states_of(kjob, [index], pods)[index]
+
+    def _submit(self, spec: BatchSpec, indices: list[int], *, attempt: int = 0) -> str:
+        """Create the Job (and its policy first) unless it exists; its name."""
         if spec.installation != self.installation:
             spec = replace(spec, installation=self.installation)
         if not spec.image:
@@ -388,12 +199,12 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
                                       "(see ensure_batch_image)")
         chunks = sorted({int(i) for i in indices})
         image = self.model_image(spec.image, spec.model_dir) if spec.model_dir else spec.image
-        body = self.build(spec, chunks, image)
+        body = self.build(spec, chunks, image, attempt)
         body["metadata"]["annotations"][ANN_SUBMITTED] = str(time.time_ns())
-        name = body["metadata"]["name"]
+        name: str = body["metadata"]["name"]
         others = self._jobs(spec.job)
         if any(other.metadata.name == name for other in others):
-            return  # submitted already
+            return name  # submitted already
         pods = self._pods_by_owner(spec.job) if others else {}
         for other in others:
             theirs = sorted(parse_intervals((other.metadata.annotations or {}).get(ANN_CHUNKS)))
@@ -410,7 +221,7 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
                                                        _request_timeout=self.request_timeout_s)
         except ApiException as exc:
             if exc.status == 409:  # another worker submitted it a moment ago
-                return
+                return name
             self._delete(self.networking.delete_namespaced_network_policy, name)
             raise self._error(f"creating job {name}", exc) from exc
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name,
@@ -422,6 +233,7 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
         except ApiException as exc:
             if exc.status != 404:
                 raise self._error(f"linking network policy {name} to its job", exc) from exc
+        return name
 
     # --- reading ----------------------------------------------------------------------------
     def _jobs(self, job: str) -> list[Any]:
@@ -499,6 +311,8 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
             elif k in tries:  # a new pod after failed ones: say why it is being retried
                 state.message = (f"retry {tries[k]}: the last attempt failed: "
                                  f"{last_failure[k]}; {state.message}").rstrip("; ")
+            attempt = (kjob.metadata.annotations or {}).get(ANN_ATTEMPT, "")
+            state.attempt = int(attempt) if attempt.isdigit() else 0
             out[chunk] = state
         return out
 
@@ -518,10 +332,13 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
 
     # --- removing ---------------------------------------------------------------------------
     def remove_chunk(self, job: str, index: int) -> None:
-        """Delete the chunk's pods. The Job controller starts an unfinished index again
-        (counted against its retries): only ``remove_job`` stops a running index for good."""
+        """Delete the chunk's one-chunk Jobs (``start_chunk``'s, Foreground: pods first), and
+        its pods in a Job of several chunks — there the Job controller starts an unfinished
+        index again (counted against its retries): only ``remove_job`` stops it for good."""
         for kjob in self._jobs(job):
             chunks = sorted(parse_intervals((kjob.metadata.annotations or {}).get(ANN_CHUNKS)))
+            if chunks == [index]:
+                self._delete_job(kjob.metadata.name)
             if index not in chunks:
                 continue
             k = str(chunks.index(index))
