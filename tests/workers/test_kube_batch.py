@@ -390,3 +390,28 @@ def test_the_per_chunk_bridge_runs_one_job_per_attempt_without_kubernetes_retrie
     assert done.phase is ChunkPhase.SUCCEEDED and done.attempt == 2
     runtime.remove_chunk("job-42", 1)
     assert fake.pods() == [] and runtime.chunk_states("job-42") == {}
+
+
+def test_the_runtime_role_grants_every_call_the_batch_runtime_makes(
+        fake: FakeBatchKubeAPI) -> None:
+    """Every request of a job's life (submit, read, logs, resume, bridge, remove) against
+    platform/kubernetes/rbac.yaml's Role, as test_kubernetes_manifests.py does for replicas."""
+    from tests.workers.test_kubernetes_manifests import _rbac_rule, all_objects
+
+    role = next(o for o in all_objects() if o["kind"] == "Role")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for v in rule["verbs"]}
+    runtime = runtime_for(fake)
+    runtime.submit_job(spec(), [0, 1, 2])
+    name = job_object_name("job-42", [0, 1, 2], INSTALLATION)
+    pod = fake.pod_of(name, 0)["metadata"]["name"]
+    fake.logs[(pod, False)] = "x\n"
+    runtime.chunk_logs("job-42", 0)
+    runtime.submit_job(spec(), [1])  # supersedes the running Job
+    runtime.start_chunk(spec(), 2, 1)
+    runtime.remove_chunk("job-42", 2)
+    runtime.remove_job("job-42")
+    needed = {_rbac_rule(r) for r in fake.requests}
+    assert ("batch", "jobs", "create") in needed and \
+        ("networking.k8s.io", "networkpolicies", "patch") in needed
+    assert needed - granted == set()
