@@ -297,12 +297,20 @@ def resolve_target(value: Any) -> ExecutionTarget | None:
 
 
 def target_reserved(target: ExecutionTarget, *, exclude_owner: str = "") -> dict[str, Any]:
-    """What deployments on this target have reserved (their quota reservations)."""
+    """What deployments and batch jobs on this target have reserved (their quota
+    reservations)."""
     deployments = target.deployments.all()
     if target.is_default:  # deployments without a target run on the default one
         deployments = target.deployments.model.objects.filter(Q(target=target)
                                                               | Q(target__isnull=True))
     owners = [f"deployment:{name}" for name in deployments.values_list("name", flat=True)]
+    # Batch jobs (``jobs.BatchJob.target``, reached through its reverse relation: compute sits
+    # below jobs) hold reservations too while queued or running.
+    jobs = target.jobs.all()
+    if target.is_default:
+        jobs = target.jobs.model.objects.filter(Q(target=target) | Q(target__isnull=True))
+    owners += [f"job:{pk}" for pk in jobs.exclude(status__in=("succeeded", "failed", "cancelled"))
+               .values_list("pk", flat=True)]
     totals = (Reservation.objects.filter(owner__in=owners).exclude(owner=exclude_owner)
               .aggregate(cpu=Sum("cpu"), memory_mb=Sum("memory_mb"), gpus=Sum("gpus")))
     return {"cpu": totals["cpu"] or Decimal("0"), "memory_mb": totals["memory_mb"] or 0,

@@ -217,7 +217,7 @@ def chunk_size(rows: int, parallelism: int, requested: int | None) -> int:
         if not 1 <= size <= MAX_CHUNK_ROWS:
             raise InvalidInput(f"chunk_rows must be 1-{MAX_CHUNK_ROWS}.", field="chunk_rows")
         return size
-    default = int(getattr(settings, "MODELPORT_JOB_CHUNK_ROWS", 50_000))
+    default = int(getattr(settings, "MODELPORT_JOB_CHUNK_ROWS", 500_000))
     return max(1, min(default, math.ceil(rows / max(1, parallelism))))
 
 

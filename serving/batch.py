@@ -5,7 +5,8 @@ Reads row group ``MODELPORT_CHUNK`` (or Kubernetes' ``JOB_COMPLETION_INDEX``) of
 ``/job/input/input.parquet`` (staged by the platform: the signature's columns already typed,
 plus the columns to keep), loads the model with ``serving.loader.load`` — the same loading
 path, input mode and fast paths as a replica, so the same predictions — and predicts in
-sub-batches, rewriting ``progress-<i>.json`` after each. The chunk's file
+sub-batches streamed from the file (memory stays bounded), rewriting ``progress-<i>.json``
+after each. The chunk's file
 ``chunk-<i>.parquet`` is written under a temporary name and renamed: it exists only complete.
 Exit 0 when it does; anything else is a failed attempt the platform retries.
 """
@@ -22,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from serving.loader import LoadedModel, load
+from serving.loader import load
 from serving.schema import Batch, Signature
 
 INPUT = "/job/input/input.parquet"
 OUTPUT = "/job/output"
-SUB_BATCH_ROWS = 10_000
+SUB_BATCH_ROWS = 50_000
 PREDICTION = "prediction"
 
 
@@ -52,13 +53,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def batch_of(frame: Any, signature: Signature) -> Batch:
+def batch_of(frame: Any, signature: Signature, keep: list[str] | None = None) -> Batch:
     """A frame of the staged columns as the validated ``Batch`` a replica would build: typed
-    columns in signature order, and the float64 matrix when every column is numeric."""
+    columns in signature order, and the float64 matrix when every column is numeric. Without
+    a column signature the model gets every column but those only kept (``output_columns``)."""
     n = len(frame)
     if signature.kind != "columns" or not signature.named:
-        return Batch(n_rows=n, names=list(frame.columns),
-                     columns={c: frame[c].to_numpy() for c in frame.columns})
+        names = [c for c in frame.columns if c not in set(keep or [])]
+        return Batch(n_rows=n, names=names, columns={c: frame[c].to_numpy() for c in names})
     names = [name for name in signature.names if name in frame.columns]
     columns = {name: frame[name].to_numpy() for name in names}
     batch = Batch(n_rows=n, names=names, columns=columns)
@@ -91,52 +93,54 @@ def prediction_columns(predictions: Any, n: int) -> dict[str, Any]:
     return {PREDICTION: array}
 
 
-def score(model: LoadedModel, frame: Any, progress: Path, total: int) -> dict[str, Any]:
-    out: dict[str, list[Any]] = {}
-    done = 0
-    started = time.perf_counter()
-    while done < total:
-        part = frame.iloc[done:done + SUB_BATCH_ROWS]
-        columns = prediction_columns(model.predict(batch_of(part, model.signature)), len(part))
-        if out and set(columns) != set(out):
-            raise RuntimeError("the model's outputs changed between sub-batches")
-        for name, values in columns.items():
-            out.setdefault(name, []).append(values)
-        done += len(part)
-        write_json(progress, {"rows_done": done, "rows": total,
-                              "seconds": round(time.perf_counter() - started, 3)})
-    return {name: np.concatenate(parts) for name, parts in out.items()}
-
-
 def main() -> int:
+    """Stream the row group in sub-batches (memory stays bounded whatever the chunk's size)
+    into a Parquet writer; the file is renamed into place only once complete."""
     import pyarrow as pa  # noqa: PLC0415 - the batch entry point's own needs
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     index = chunk_index()
     output = Path(os.environ.get("MODELPORT_BATCH_OUTPUT", OUTPUT))
-    source = os.environ.get("MODELPORT_BATCH_INPUT", INPUT)
+    source = pq.ParquetFile(os.environ.get("MODELPORT_BATCH_INPUT", INPUT))
     keep = json.loads(os.environ.get("MODELPORT_OUTPUT_COLUMNS", "[]") or "[]")
-    table = pq.ParquetFile(source).read_row_group(index)
+    total = source.metadata.row_group(index).num_rows
     progress = output / chunk_progress(index)
-    write_json(progress, {"rows_done": 0, "rows": table.num_rows})
+    write_json(progress, {"rows_done": 0, "rows": total})
     model = load(os.environ.get("MODELPORT_MODEL_DIR", "/model"))
-    print(f"chunk {index}: {table.num_rows} rows, model loaded in {model.load_seconds:.2f}s "
+    print(f"chunk {index}: {total} rows, model loaded in {model.load_seconds:.2f}s "
           f"({model.flavor}, {model.input_mode})", flush=True)
-    frame = table.to_pandas()
-    started = time.perf_counter()
-    predictions = score(model, frame, progress, table.num_rows)
-    seconds = time.perf_counter() - started
-    arrays = [table.column(name) for name in keep]
-    names = list(keep)
-    for name, values in predictions.items():
-        arrays.append(pa.array(values.tolist() if values.dtype == object else values))
-        names.append(name)
     final = output / chunk_output(index)
     tmp = output / f".{final.name}.tmp"
-    pq.write_table(pa.Table.from_arrays(arrays, names=names), tmp)
+    writer = None
+    done, started = 0, time.perf_counter()
+    try:
+        for part in source.iter_batches(batch_size=SUB_BATCH_ROWS, row_groups=[index]):
+            frame = part.to_pandas()
+            predicted = prediction_columns(model.predict(batch_of(frame, model.signature, keep)),
+                                           len(frame))
+            arrays = [part.column(name) for name in keep]
+            names = list(keep)
+            for name, values in predicted.items():
+                arrays.append(pa.array(values.tolist() if values.dtype == object else values))
+                names.append(name)
+            table = pa.Table.from_arrays(arrays, names=names)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            elif table.schema != writer.schema:
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+            done += len(frame)
+            write_json(progress, {"rows_done": done, "rows": total,
+                                  "seconds": round(time.perf_counter() - started, 3)})
+    finally:
+        if writer is not None:
+            writer.close()
+    if done != total or writer is None:
+        raise RuntimeError(f"read {done} of the chunk's {total} rows")
     os.replace(tmp, final)
-    rate = table.num_rows / seconds if seconds > 0 else 0.0
-    print(f"chunk {index}: {table.num_rows} rows scored in {seconds:.2f}s ({rate:.0f} rows/s)",
+    seconds = time.perf_counter() - started
+    rate = total / seconds if seconds > 0 else 0.0
+    print(f"chunk {index}: {total} rows scored in {seconds:.2f}s ({rate:.0f} rows/s)",
           flush=True)
     return 0
 

@@ -458,12 +458,13 @@ CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
 }
 # --- Batch scoring jobs (jobs/) ----------------------------------------------------------------
 # An uploaded or referenced input is refused over this size; it is staged as Parquet whose row
-# groups (chunks) hold JOB_CHUNK_ROWS rows (fewer for small inputs: one per container); a team
+# groups (chunks) hold JOB_CHUNK_ROWS rows (fewer for small inputs: one per container; each
+# chunk pays a container start and a model load, ~2 s, so chunks are large); a team
 # runs at most TEAM_MAX_RUNNING_JOBS jobs at once (the rest stay queued); a failed chunk is
 # retried JOB_MAX_RETRIES times by default. Beat ticks every unfinished job every
 # JOB_RECONCILE_SECONDS (jobs/runner: one short step per tick).
 MODELPORT_JOB_MAX_INPUT_MB = env_int("MODELPORT_JOB_MAX_INPUT_MB", 512, minimum=1)
-MODELPORT_JOB_CHUNK_ROWS = env_int("MODELPORT_JOB_CHUNK_ROWS", 50_000, minimum=1)
+MODELPORT_JOB_CHUNK_ROWS = env_int("MODELPORT_JOB_CHUNK_ROWS", 500_000, minimum=1)
 MODELPORT_TEAM_MAX_RUNNING_JOBS = env_int("MODELPORT_TEAM_MAX_RUNNING_JOBS", 2, minimum=1)
 MODELPORT_JOB_MAX_RETRIES = env_int("MODELPORT_JOB_MAX_RETRIES", 2, minimum=0)
 MODELPORT_JOB_RECONCILE_SECONDS = env_int("MODELPORT_JOB_RECONCILE_SECONDS", 3, minimum=1)

@@ -104,6 +104,8 @@ def _spec(job: BatchJob, image: str, model_dir: str, runtime: BatchRuntime) -> B
 
 
 def _step(ctx: Context) -> str:
+    if ctx.runtime.mode == "whole_job":
+        return _step_whole(ctx)
     job, runtime = ctx.job, ctx.runtime
     states = runtime.chunk_states(job.name)
     chunks = list(job.chunks.all())
@@ -141,6 +143,47 @@ def _step(ctx: Context) -> str:
     return "running"
 
 
+def _step_whole(ctx: Context) -> str:
+    """An orchestrator runs the chunks (Kubernetes Indexed Job, Swarm replicated job): it
+    retries them itself; the platform submits the indices still to do (idempotent), reads
+    their states, and fails the job when the orchestrator gave up on one."""
+    job, runtime = ctx.job, ctx.runtime
+    states = runtime.chunk_states(job.name)
+    chunks = list(job.chunks.all())
+    for chunk in chunks:
+        if chunk.status == ChunkStatus.SUCCEEDED:
+            continue
+        state = states.get(chunk.index)
+        if output.chunk_rows(job, chunk.index) == chunk.rows:
+            _succeeded(ctx, chunk, None)
+        elif state is None or state.phase in (ChunkPhase.MISSING, ChunkPhase.PENDING):
+            continue
+        elif state.phase == ChunkPhase.RUNNING:
+            _adopt(chunk, state)
+            chunk.rows_done = min(chunk.rows, output.progress_of(job, chunk.index))
+            chunk.save()
+        else:  # the orchestrator gave up on it, or it ended without its file
+            reason = state.message or (f"exit code {state.exit_code}"
+                                       if state.phase == ChunkPhase.FAILED
+                                       else "it exited 0 without a complete output file")
+            chunk.attempts = max(chunk.attempts, state.attempt, job.max_retries + 1)
+            _attempt_failed(ctx, chunk, reason, state, final=True)
+    failed = [c for c in chunks if c.status == ChunkStatus.FAILED]
+    if failed:
+        return _fail_job(ctx, failed[0])
+    todo = [c.index for c in chunks if c.status != ChunkStatus.SUCCEEDED]
+    if todo:
+        runtime.submit_job(ctx.spec, todo)
+        for chunk in chunks:
+            if chunk.status == ChunkStatus.PENDING and chunk.attempts == 0:
+                chunk.attempts = 1
+                chunk.save(update_fields=["attempts"])
+    _progress(job, chunks)
+    if not todo:
+        return _finish(ctx)
+    return "running"
+
+
 def _adopt(chunk: JobChunk, state: ChunkState) -> None:
     """A container the database did not know was started (its tick died before committing)."""
     if chunk.status != ChunkStatus.RUNNING:
@@ -162,12 +205,12 @@ def _succeeded(ctx: Context, chunk: JobChunk, state: ChunkState | None) -> None:
         timezone.now()
     chunk.error = ""
     chunk.save()
-    if state is not None:
+    if state is not None and ctx.runtime.mode == "per_chunk":
         ctx.runtime.remove_chunk(ctx.job.name, chunk.index)
 
 
 def _attempt_failed(ctx: Context, chunk: JobChunk, reason: str,
-                    state: ChunkState | None = None) -> None:
+                    state: ChunkState | None = None, *, final: bool = False) -> None:
     job = ctx.job
     lines = ""
     if state is not None:
@@ -175,9 +218,10 @@ def _attempt_failed(ctx: Context, chunk: JobChunk, reason: str,
             lines = ctx.runtime.chunk_logs(job.name, chunk.index, tail=LOG_LINES).strip()
         except Exception:  # noqa: BLE001 - the logs are a courtesy
             lines = ""
-        ctx.runtime.remove_chunk(job.name, chunk.index)
+        if ctx.runtime.mode == "per_chunk":
+            ctx.runtime.remove_chunk(job.name, chunk.index)
     chunk.attempts = max(chunk.attempts, state.attempt if state else 0, 1)
-    final = chunk.attempts > job.max_retries
+    final = final or chunk.attempts > job.max_retries
     chunk.error = (f"attempt {chunk.attempts}: {reason}" + (f"\n{lines}" if lines else ""))[:20000]
     chunk.status = ChunkStatus.FAILED if final else ChunkStatus.PENDING
     chunk.finished_at = timezone.now() if final else None

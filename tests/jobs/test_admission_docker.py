@@ -53,3 +53,19 @@ def test_concurrency_limit_queues_then_starts(docker_jobs, engineer, iris_versio
     assert not Reservation.objects.filter(owner=first.owner).exists()
     assert run_to_end(second) == "succeeded", second.status_message
     assert not Reservation.objects.filter(owner=second.owner).exists()
+
+
+def test_target_capacity_counts_jobs(engineer, iris_version):
+    from compute import targets
+
+    default = targets.default_target()
+    assert default is not None  # the installation's own Docker, made by a data migration
+    default.cpu, default.memory_mb = 2, 8192
+    default.save()
+    first = create(engineer, iris_version, parallelism=2, resources={"cpu": 1})
+    assert first.target == default
+    with pytest.raises(Conflict) as caught:
+        create(engineer, iris_version, parallelism=1, resources={"cpu": 1})
+    assert caught.value.code == "target_capacity_exceeded"
+    assert "CPU needed" in caught.value.message
+    assert BatchJob.objects.count() == 1

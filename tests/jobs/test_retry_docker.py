@@ -50,6 +50,9 @@ def test_failing_chunk_fails_the_job_then_retry_completes(docker_jobs, engineer,
     assert not Reservation.objects.filter(owner=job.owner).exists()
     with pytest.raises(Conflict):
         services.open_output(actor=engineer, job=job)
+    # The failed chunk's last lines stay readable once its container is gone.
+    assert "attempt 2" in services.job_logs(actor=engineer, job=job, chunk=1)
+    assert services.job_logs(actor=engineer, job=job).startswith("attempt 2")
 
     blocker.rmdir()
     services.retry_job(actor=engineer, job=job)
