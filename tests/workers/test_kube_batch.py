@@ -292,13 +292,25 @@ def test_remove_job_deletes_jobs_in_the_foreground_and_leaves_no_pod(
     runtime.remove_job("job-42")  # idempotent
 
 
-def test_a_resume_supersedes_a_running_job_of_the_same_chunks(fake: FakeBatchKubeAPI) -> None:
+def test_the_chunks_still_to_do_are_resubmitted_only_once_they_are_not_running(
+        fake: FakeBatchKubeAPI) -> None:
+    """The runner passes every chunk still to do at each tick: chunks a Job runs, retries or
+    finished are never submitted twice; a chunk the Job gave up on gets a Job of its own."""
     runtime = runtime_for(fake)
     runtime.submit_job(spec(), [0, 1, 2])
     first = job_object_name("job-42", [0, 1, 2], INSTALLATION)
+    fake.set_phase(fake.pod_of(first, 0)["metadata"]["name"], "Succeeded")
     runtime.submit_job(spec(), [1, 2])
-    assert fake.get("jobs", first) is None and not fake.job_pods(first)
-    assert {s.index for s in runtime.chunk_states("job-42").values()} == {1, 2}
+    runtime.submit_job(spec(), [0, 1, 2])
+    assert len(fake.calls("POST", "jobs")) == 1 and fake.job_pods(first)
+    for _ in range(2):  # index 2 fails past max_retries=1
+        fake.set_phase(fake.pod_of(first, 2)["metadata"]["name"], "Failed", exit_code=2)
+    assert runtime.chunk_states("job-42")[2].phase is ChunkPhase.FAILED
+    runtime.submit_job(spec(), [1, 2])
+    again = job_object_name("job-42", [2], INSTALLATION)
+    assert fake.get("jobs", again)["spec"]["completions"] == 1
+    assert fake.get("jobs", first) is not None  # still running chunk 1
+    assert runtime.chunk_states("job-42")[2].phase is ChunkPhase.PENDING
 
 
 def test_remove_chunk_deletes_that_chunks_pods_only(fake: FakeBatchKubeAPI) -> None:

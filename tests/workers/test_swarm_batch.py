@@ -117,6 +117,7 @@ def test_a_replicated_job_runs_each_chunk_once_retries_resumes_and_leaves_nothin
     assert runtime.mode == "whole_job"
     runtime.submit_job(spec, [0, 1, 2])
     runtime.submit_job(spec, [0, 1, 2])  # idempotent
+    runtime.submit_job(spec, [1, 2])  # the runner's next tick: chunks still to do, all live
     services = swarm.api.services(filters={"label": f"modelport.job={job}"})
     assert [s["Spec"]["Name"] for s in services] == [job_service_name(job, [0, 1, 2],
                                                                        INSTALLATION)]

@@ -173,9 +173,10 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
                          gpu_resource=self.gpu_resource, attempt=attempt)
 
     def submit_job(self, spec: BatchSpec, indices: list[int]) -> None:
-        """Create the Job for these chunks unless it exists (idempotent). An earlier Job of the
-        job still running or retrying any of these chunks is deleted first (superseded); one
-        whose chunks all succeeded or gave up is kept for their states."""
+        """Submit the chunks among ``indices`` that no Job of the job runs, retries or finished
+        (the runner passes every chunk still to do at each tick: idempotent). The first call
+        creates one Job for all of them; a resume after failed chunks, one for those only;
+        earlier Jobs are kept for their states."""
         self._submit(spec, indices)
 
     def start_chunk(self, spec: BatchSpec, index: int, attempt: int) -> ChunkState:
@@ -191,28 +192,27 @@ class KubeBatchRuntime(KubeApi, KubeImages, BatchRuntime):
         return self._states_of(kjob, [index], pods)[index]
 
     def _submit(self, spec: BatchSpec, indices: list[int], *, attempt: int = 0) -> str:
-        """Create the Job (and its policy first) unless it exists; its name."""
+        """Create the Job (and its policy first) unless it exists; its name ("": nothing to
+        submit)."""
         if spec.installation != self.installation:
             spec = replace(spec, installation=self.installation)
         if not spec.image:
             raise ReplicaRuntimeError("the kubernetes runtime needs spec.image "
                                       "(see ensure_batch_image)")
         chunks = sorted({int(i) for i in indices})
+        others = self._jobs(spec.job)
+        if not attempt and others:  # only the chunks no earlier Job still runs or finished
+            live = {i for i, st in self.chunk_states(spec.job).items() if st.phase in
+                    (ChunkPhase.PENDING, ChunkPhase.RUNNING, ChunkPhase.SUCCEEDED)}
+            chunks = [i for i in chunks if i not in live]
+            if not chunks:
+                return ""  # every one of them is submitted already
+        name = job_object_name(spec.job, chunks, spec.installation, attempt)
+        if any(other.metadata.name == name for other in others):
+            return name  # submitted already
         image = self.model_image(spec.image, spec.model_dir) if spec.model_dir else spec.image
         body = self.build(spec, chunks, image, attempt)
         body["metadata"]["annotations"][ANN_SUBMITTED] = str(time.time_ns())
-        name: str = body["metadata"]["name"]
-        others = self._jobs(spec.job)
-        if any(other.metadata.name == name for other in others):
-            return name  # submitted already
-        pods = self._pods_by_owner(spec.job) if others else {}
-        for other in others:
-            theirs = sorted(parse_intervals((other.metadata.annotations or {}).get(ANN_CHUNKS)))
-            states = self._states_of(other, theirs, pods.get(other.metadata.uid, []))
-            busy = {i for i, st in states.items()
-                    if st.phase in (ChunkPhase.PENDING, ChunkPhase.RUNNING)}
-            if busy & set(chunks):  # still running (or retrying) some of these: superseded
-                self._delete_job(other.metadata.name)
         policy = build_job_policy(spec, name, namespace=self.namespace,
                                   extra_labels=self.extra_labels)
         self._create_if_missing(self.networking.create_namespaced_network_policy, policy)

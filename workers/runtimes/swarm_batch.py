@@ -239,9 +239,10 @@ class SwarmBatchRuntime(BatchRuntime):
         return Mount(target=target, source=source, type="bind", read_only=read_only)
 
     def submit_job(self, spec: BatchSpec, indices: list[int]) -> None:
-        """Create the job's network and the service for these chunks unless it exists
-        (idempotent). An earlier service still running or retrying any of these chunks is
-        removed first; one whose chunks all succeeded or gave up is kept for their states."""
+        """Submit the chunks among ``indices`` that no service of the job runs, retries or
+        finished (the runner passes every chunk still to do at each tick: idempotent). The
+        first call creates one service for all of them (and the job's network); a resume after
+        failed chunks, one for those only; earlier services are kept for their states."""
         self._submit(spec, indices)
 
     def start_chunk(self, spec: BatchSpec, index: int, attempt: int) -> ChunkState:
@@ -257,25 +258,28 @@ class SwarmBatchRuntime(BatchRuntime):
 
     def _submit(self, spec: BatchSpec, indices: list[int], *,
                 attempt: int = 0) -> dict[str, Any] | None:
-        """The service for these chunks (created unless it exists; None: created by another
-        worker a moment ago)."""
+        """The service for these chunks (created unless it exists; None: nothing to submit, or
+        created by another worker a moment ago)."""
         if spec.installation != self.installation:
             spec = replace(spec, installation=self.installation)
         if not spec.image:
             raise ReplicaRuntimeError("the swarm runtime needs spec.image "
                                       "(see ensure_batch_image)")
-        kwargs = self.service_spec(spec, indices)
+        chunks = sorted({int(i) for i in indices})
+        services = self._services(spec.job)
+        if not attempt and services:  # only the chunks no earlier service runs or finished
+            live = {i for i, st in self.chunk_states(spec.job).items() if st.phase in
+                    (ChunkPhase.PENDING, ChunkPhase.RUNNING, ChunkPhase.SUCCEEDED)}
+            chunks = [i for i in chunks if i not in live]
+            if not chunks:
+                return None  # every one of them is submitted already
+        kwargs = self.service_spec(spec, chunks)
         if attempt:
             kwargs["name"] += f"-a{int(attempt)}"
             kwargs["labels"] = {**kwargs["labels"], LABEL_ATTEMPT: str(int(attempt))}
-        chunks = set(int(i) for i in indices)
-        for service in self._services(spec.job):
+        for service in services:
             if (service.get("Spec") or {}).get("Name") == kwargs["name"]:
                 return service  # submitted already
-            busy = {i for i, state in self._states_of(service).items()
-                    if state.phase in (ChunkPhase.PENDING, ChunkPhase.RUNNING)}
-            if busy & chunks:  # still running (or retrying) some of these: superseded
-                self._remove_service(service["ID"])
         self._ensure_network(spec.job)
         kwargs["labels"] = {**kwargs["labels"], LABEL_SUBMITTED: str(time.time_ns())}
         try:
