@@ -42,6 +42,11 @@ Reading back (``chunk_states``): per Job, ``status.completedIndexes`` / ``failed
 ``batch.kubernetes.io/job-completion-index`` label (newest pod per index: running, pending, or
 failed and about to be retried). A later submission's Job wins for the chunks it covers.
 
+Submitting: the runner passes every chunk still to do at each tick; only those no earlier Job
+runs, retries or finished are submitted (the first tick: one Job for all; a resume: one for the
+failed ones). ``start_chunk`` is a per-chunk bridge: a one-chunk Job per attempt with
+``backoffLimitPerIndex: 0`` (the caller retries), deleted by ``remove_chunk``.
+
 No Django import; the SDK is imported at module level (imported only with a kubernetes target).
 """
 

@@ -13,6 +13,11 @@ non-numeric slot is 0), then runs ``python -m serving.batch`` as on Docker. A su
 a subset of the chunks (a resume): then it is a new service (the name carries a digest of the
 chunk list), and ``chunk_states`` lets the latest submission win for the chunks it covers.
 
+Submitting: the runner passes every chunk still to do at each tick; only those no earlier
+service runs, retries or finished are submitted. ``start_chunk`` is a per-chunk bridge: a
+one-chunk service per attempt that Swarm does not retry (restart condition ``none``), removed by
+``remove_chunk``.
+
 Retries are Swarm's: restart policy ``on-failure`` with ``MaxAttempts = max_retries``, per slot;
 ``chunk_states`` counts a slot's failed tasks and reports the chunk FAILED once they exceed
 ``max_retries`` (Swarm keeps at most the task history retention limit of them, 5 by default).
