@@ -24,7 +24,7 @@ from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_PACKAGES = ["config", "core", "teams", "notifications", "registry", "quotas", "compute",
-                "workers", "deployments", "monitoring", "gateway", "frontend", "demo",
+                "workers", "deployments", "jobs", "monitoring", "gateway", "frontend", "demo",
                 "serving"]
 TASK_NAME = re.compile(rf"^({'|'.join(APP_PACKAGES)})\.tasks\.\w+$")
 

@@ -116,3 +116,26 @@ def test_good_input_is_staged_with_chunks(engineer, iris_version):
     assert staged.schema_arrow.names[:4] == list(frame.columns[1:5])
     assert job.input_name == f"jobs/{job.pk}/input.parquet" and len(job.input_sha256) == 64
     assert services.progress(job)["chunks"]["pending"] == 2
+
+
+def test_input_uri_from_the_team_datasets_and_an_earlier_job(engineer, iris_version):
+    from django.core.files.base import ContentFile
+
+    from registry.storage import artifact_storage
+
+    team = iris_version.model.team
+    name = artifact_storage().save(f"datasets/{team.slug}/nightly.csv",
+                                   ContentFile(iris_frame(50).to_csv(index=False).encode()))
+    first = create(engineer, iris_version, input_file=None, input_uri=f"artifacts:/{name}",
+                   output_columns=["id"])
+    assert first.rows_total == 50 and first.input_uri == f"artifacts:/{name}"
+    assert first.input_filename == ""
+    again = create(engineer, iris_version, input_file=None, input_uri=f"jobs:/{first.pk}/input",
+                   output_columns=["id"])
+    assert again.rows_total == 50 and again.input_sha256 != first.input_sha256
+    # Another team's job is not an input (the model check aside: the uri alone is refused).
+    from tests.factories import TeamFactory
+
+    with pytest.raises(InvalidInput) as caught:
+        services._open_uri(TeamFactory(slug="other-team"), f"jobs:/{first.pk}/input")
+    assert caught.value.field == "input_uri"
