@@ -41,7 +41,7 @@ SETTINGS_KEYS = {
                        "gpu_resource"},
     TargetKind.KUBERNETES: {"image_pull_secrets", "registry", "service_account",
                             "node_selector", "url_mode", "service_type", "gpu_resource",
-                            "network_policy"},
+                            "network_policy", "batch_data_claim"},
 }
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -60,6 +60,12 @@ def _target_settings(kind: str, raw: Any) -> dict[str, Any]:
         raise InvalidInput(f"settings has unknown key(s) {', '.join(unknown)} for a {kind} "
                            f"target; allowed: {', '.join(sorted(allowed))}.", field="settings")
     out = dict(raw)
+    claim = raw.get("batch_data_claim")
+    if claim is not None and (not isinstance(claim, str)
+                              or not re.match(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", claim)):
+        raise InvalidInput("settings.batch_data_claim is the name of a PersistentVolumeClaim in "
+                           "the target's namespace (ReadWriteMany, on the platform's data "
+                           "volume).", field="settings")
     network = raw.get("network")
     if network is not None:
         if not isinstance(network, str) or not network.strip():

@@ -91,6 +91,8 @@ class BatchJob(models.Model):
     output_name = models.CharField(max_length=300, blank=True)
     output_size = models.BigIntegerField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # When the running job's next tick is due (``jobs.passes.follow_up``): one chain per job.
+    next_tick_at = models.DateTimeField(null=True, blank=True)
     trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.API)
     schedule = models.ForeignKey("JobSchedule", null=True, blank=True,
                                  on_delete=models.SET_NULL, related_name="jobs")

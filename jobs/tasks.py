@@ -6,13 +6,17 @@ from celery import shared_task
 from django.db.models import Q
 from django.utils import timezone
 
+from . import passes
 from .models import FINISHED, BatchJob
 from .runner.reconciler import SWEEP_AFTER_END, tick
 
 
 @shared_task(name="jobs.tasks.reconcile", ignore_result=True)
 def reconcile(job_id: int) -> str:
-    return tick(job_id)
+    outcome = tick(job_id)
+    if outcome == "running":
+        passes.follow_up(job_id)
+    return outcome
 
 
 @shared_task(name="jobs.tasks.reconcile_all", ignore_result=True)

@@ -8,7 +8,8 @@ class MonitoringConfig(AppConfig):
 
     def ready(self) -> None:
         """Give deployments' replicas their ingest token and URL, and revoke the tokens when a
-        deployment stops, through ``deployments.hooks`` (deployments never imports monitoring).
+        deployment stops, through ``deployments.hooks`` (deployments never imports monitoring);
+        profile each succeeded batch job's input (``jobs.signals.job_finished``).
         Imported here, not at the top: this module loads before the models are ready."""
         from deployments import hooks  # noqa: PLC0415 - app registry
 
@@ -16,3 +17,9 @@ class MonitoringConfig(AppConfig):
 
         hooks.register_replica_environment(ingest_environment)
         hooks.register_on_stop(revoke_ingest_tokens)
+        # A succeeded batch job's input feeds the model's drift page (monitoring.batch).
+        from jobs.signals import job_finished  # noqa: PLC0415 - app registry
+
+        from .tasks import on_job_finished  # noqa: PLC0415 - app registry
+
+        job_finished.connect(on_job_finished, dispatch_uid="monitoring.batch_drift")

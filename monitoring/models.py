@@ -12,7 +12,8 @@ from django.conf import settings
 from django.db import models
 
 from deployments.models import Deployment
-from registry.models import RegisteredModel
+from jobs.models import BatchJob
+from registry.models import ModelVersion, RegisteredModel
 from teams.roles import is_platform_admin
 
 # Fixed latency bucket upper bounds (ms); the last bucket is everything above the last bound.
@@ -322,3 +323,36 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.state}"
+
+
+class ModelScopedQuerySet(ScopedQuerySet):
+    team_path = "model__team"
+
+
+class BatchDrift(models.Model):
+    """Drift of one succeeded batch job's input against its version's reference
+    (``monitoring.batch``): the same tests and thresholds as a deployment's live drift, on the
+    job's staged input instead of sampled requests. Shown apart, marked batch."""
+
+    job = models.OneToOneField(BatchJob, on_delete=models.CASCADE, related_name="drift")
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    rows = models.PositiveBigIntegerField(default=0, help_text="The job's input rows.")
+    profiled_rows = models.PositiveBigIntegerField(default=0)
+    reference = models.JSONField(default=dict, blank=True)  # {source, rows}
+    thresholds = models.JSONField(default=dict, blank=True)
+    rules = models.JSONField(default=dict, blank=True)
+    features = models.JSONField(default=list, blank=True)
+    drifted = models.JSONField(default=list, blank=True)
+    message = models.TextField(blank=True, help_text="Why no feature was compared, if so.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-job__created_at", "-job_id"]
+        indexes = [models.Index(fields=["model", "-created_at"], name="mon_batchdrift_model")]
+
+    def __str__(self) -> str:
+        return f"batch drift of job {self.job_id}"

@@ -9,7 +9,9 @@ from celery import shared_task
 from django.core.mail import send_mail
 from django.db import transaction
 
-from . import alerts, gateway_errors, prom, rollups, webhooks
+from jobs.models import JobStatus
+
+from . import alerts, batch, gateway_errors, prom, rollups, webhooks
 from .models import Alert
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,19 @@ def prune() -> dict:
 def collect_replica_stats() -> int:
     """Beat: one CPU/memory sample of every live replica (``rollups.collect_replica_stats``)."""
     return rollups.collect_replica_stats()
+
+
+@shared_task(name="monitoring.tasks.record_batch_drift", ignore_result=True, acks_late=True)
+def record_batch_drift(job_id: int) -> None:
+    """A succeeded batch job's input against its version's reference (``monitoring.batch``)."""
+    batch.record_job_input(job_id=job_id)
+
+
+def on_job_finished(sender, *, job_id: int, status: str, **_: object) -> None:
+    """``jobs.signals.job_finished`` receiver: a succeeded job's drift is computed by a task
+    (reading up to a million rows is no work for the runner's loop)."""
+    if status == JobStatus.SUCCEEDED:
+        transaction.on_commit(partial(record_batch_drift.delay, job_id))
 
 
 @shared_task(name="monitoring.tasks.evaluate_alerts", ignore_result=True, expires=120)

@@ -12,7 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -26,7 +26,7 @@ from registry.models import RegisteredModel
 from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import alerts, ingest, overlays, prom, rollups, services
+from . import alerts, batch, ingest, overlays, prom, rollups, services
 from . import replica_metrics as replica_metrics_
 from .forms import (
     SILENCE_CHOICES,
@@ -213,11 +213,21 @@ def model_page(request: HttpRequest, name: str) -> HttpResponse:
         firing = Alert.objects.filter(rule__deployment=deployment, state="firing").count()
         rows.append({"deployment": deployment, "totals": totals, "drifted": drift["drifted"],
                      "firing": firing})
+    batch_rows = [{"drift": row, "job_url": job_url(row.job_id)}
+                  for row in batch.batch_drift(user=request.user, model=model)]
     return render(request, "monitoring/model.html", {
-        "model": model, "rows": rows, "series": series, "range": choice,
+        "model": model, "rows": rows, "series": series, "range": choice, "batch": batch_rows,
         "ranges": list(RANGES), "start": start, "end": end, "step": step,
         "p": {"id": "model", "series": series, "series_id": "series-model"},
     })
+
+
+def job_url(job_id: int) -> str:
+    """The job's portal page (the frontend's ``jobs:detail`` when installed), else its API."""
+    try:
+        return reverse("jobs:detail", args=[job_id])
+    except NoReverseMatch:
+        return f"/api/v1/jobs/{job_id}/"
 
 
 def _form_page(request: HttpRequest, template: str, context: dict, *, invalid: bool

@@ -244,6 +244,7 @@ def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runti
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
     kwargs["image_builder"] = _image_builder(settings, _client(settings, None), base_image)
     kwargs["installation"] = installation_id()  # objects from before ids are left alone
+    kwargs["batch_data_root"] = str(_data_dir(settings))  # the jobs' work dirs live under it
     accepted = inspect.signature(KubernetesRuntime).parameters
     open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))

@@ -294,7 +294,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = False
 # Reconciling deployments never waits behind long work (image builds, model validation):
 # its own queue, consumed by its own worker process (Procfile "reconciler").
-CELERY_TASK_ROUTES = {"deployments.tasks.*": {"queue": "deployments"}}
+# The controllers' queue (the Procfile's reconciler): short, level-triggered passes of
+# deployments and batch jobs, never behind an image build or a validation on the worker.
+CELERY_TASK_ROUTES = {"deployments.tasks.*": {"queue": "deployments"},
+                      "jobs.tasks.*": {"queue": "deployments"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(MODELPORT_DATA_DIR / "celerybeat-schedule")
 _HEARTBEAT = timedelta(seconds=env_int("MODELPORT_HEARTBEAT_SECONDS", 15, minimum=1))
 CELERY_BEAT_SCHEDULE = {
@@ -460,16 +463,21 @@ CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
 }
 # --- Batch scoring jobs (jobs/) ----------------------------------------------------------------
 # An uploaded or referenced input is refused over this size; it is staged as Parquet whose row
-# groups (chunks) hold JOB_CHUNK_ROWS rows (fewer for small inputs: one per container; each
-# chunk pays a container start and a model load, ~2 s, so chunks are large); a team
+# groups (chunks) hold JOB_CHUNK_ROWS rows, at most 1,000,000 (fewer when rows / parallelism is
+# less, so each container gets one share; each chunk pays a container start and a model load,
+# ~2 s, so chunks are large and a container streams its chunk in sub-batches); a team
 # runs at most TEAM_MAX_RUNNING_JOBS jobs at once (the rest stay queued); a failed chunk is
 # retried JOB_MAX_RETRIES times by default. Beat ticks every unfinished job every
-# JOB_RECONCILE_SECONDS (jobs/runner: one short step per tick).
+# JOB_RECONCILE_SECONDS (jobs/runner: one short step per tick); a running job's own ticks
+# follow each other every JOB_FOLLOW_SECONDS.
 MODELPORT_JOB_MAX_INPUT_MB = env_int("MODELPORT_JOB_MAX_INPUT_MB", 512, minimum=1)
-MODELPORT_JOB_CHUNK_ROWS = env_int("MODELPORT_JOB_CHUNK_ROWS", 500_000, minimum=1)
+MODELPORT_JOB_CHUNK_ROWS = env_int("MODELPORT_JOB_CHUNK_ROWS", 1_000_000, minimum=1,
+                                   maximum=1_000_000)
 MODELPORT_TEAM_MAX_RUNNING_JOBS = env_int("MODELPORT_TEAM_MAX_RUNNING_JOBS", 2, minimum=1)
 MODELPORT_JOB_MAX_RETRIES = env_int("MODELPORT_JOB_MAX_RETRIES", 2, minimum=0)
 MODELPORT_JOB_RECONCILE_SECONDS = env_int("MODELPORT_JOB_RECONCILE_SECONDS", 3, minimum=1)
+# A running job's next tick comes this soon after the last (jobs/passes.py: follow_up).
+MODELPORT_JOB_FOLLOW_SECONDS = env_float("MODELPORT_JOB_FOLLOW_SECONDS", 1.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE["jobs-reconcile-all"] = {
     "task": "jobs.tasks.reconcile_all",
     "schedule": timedelta(seconds=MODELPORT_JOB_RECONCILE_SECONDS),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from functools import partial
 
+from django.db import transaction
 from django.utils import timezone
 
 from registry.storage import artifact_storage
@@ -14,6 +16,7 @@ from registry.storage import artifact_storage
 from .. import admission, datasets, passes
 from ..events import Kind, event
 from ..models import BatchJob, ChunkStatus, JobStatus
+from ..signals import job_finished
 from .runtimes import batch_runtime
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ def end(job: BatchJob, status: str, message: str, *, actor=None) -> None:
     admission.release(job, actor=actor)
     remove_containers(job)
     requeue_waiting(job)
+    # Apps above jobs (monitoring: batch drift) learn of it once the status is committed.
+    transaction.on_commit(partial(job_finished.send, sender=BatchJob, job_id=job.pk,
+                                  status=status))
 
 
 def cancel(job: BatchJob, *, actor=None) -> None:

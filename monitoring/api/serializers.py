@@ -163,6 +163,33 @@ class DriftSerializer(serializers.Serializer):
     drifted = serializers.ListField(child=serializers.CharField())
 
 
+class BatchJobDriftSerializer(serializers.Serializer):
+    """One succeeded batch job's input against its version's reference."""
+
+    kind = serializers.CharField(help_text='Always "batch": a job\'s input, not live traffic.')
+    job = serializers.IntegerField()
+    status = serializers.CharField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    created_by = serializers.CharField(allow_null=True)
+    trigger = serializers.CharField()
+    model_version = serializers.IntegerField()
+    alias = serializers.CharField(allow_null=True)
+    rows = serializers.IntegerField(help_text="The job's input rows.")
+    profiled_rows = serializers.IntegerField(help_text="The rows read to profile it.")
+    reference = serializers.DictField()
+    thresholds = serializers.DictField(child=serializers.FloatField())
+    rules = serializers.DictField(child=serializers.CharField())
+    features = FeatureDriftSerializer(many=True)
+    drifted = serializers.ListField(child=serializers.CharField())
+    message = serializers.CharField(allow_blank=True)
+    recorded_at = serializers.DateTimeField()
+
+
+class BatchDriftSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    results = BatchJobDriftSerializer(many=True)
+
+
 @extend_schema_field({"anyOf": [{"type": t} for t in
                                 ("string", "number", "boolean", "array", "object")],
                       "description": "The true label or value (any JSON but null)."})

@@ -21,5 +21,7 @@ urlpatterns = [
     path("models/<str:model_name>/monitoring/",
          views.ModelMonitoringViewSet.as_view({"get": "retrieve", "put": "update"}),
          name="model-monitoring"),
+    path("models/<str:model_name>/drift/batch/",
+         views.ModelMonitoringViewSet.as_view({"get": "batch_drift"}), name="model-batch-drift"),
     *router.urls,
 ]

@@ -11,13 +11,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import NotFound
+from core.errors import InvalidInput, NotFound
 from core.openapi import api_errors
 from core.rest import query
 from deployments.models import Deployment
 from registry.models import RegisteredModel
 
-from .. import alerts, ingest, overlays, rollups, services
+from .. import alerts, batch, ingest, overlays, rollups, services
 from ..models import Alert, AlertRule, AlertState, ModelMonitoring
 from . import serializers as s
 
@@ -147,6 +147,20 @@ class ModelMonitoringViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, model_name: str) -> Response:
         model = self._model(model_name)
         return Response(self._body(ModelMonitoring.objects.filter(model=model).first()))
+
+    @extend_schema(operation_id="model_batch_drift", responses=s.BatchDriftSerializer,
+                   parameters=[OpenApiParameter("limit", int, description="jobs (default 20, "
+                                                "at most 100)")])
+    def batch_drift(self, request: Request, model_name: str) -> Response:
+        """Drift of the model's succeeded batch jobs' inputs, newest job first (marked
+        ``kind: batch``; live traffic's drift is per deployment)."""
+        model = self._model(model_name)
+        raw = request.query_params.get("limit", "")
+        if raw and not (raw.isdigit() and 0 < int(raw) <= 100):
+            raise InvalidInput("limit must be a whole number from 1 to 100.", field="limit")
+        limit = int(raw) if raw else batch.RECENT
+        rows = batch.batch_drift(user=request.user, model=model, limit=limit)
+        return Response({"model": model.name, "results": [batch.as_dict(r) for r in rows]})
 
     @extend_schema(operation_id="model_monitoring_update", request=s.ModelMonitoringSerializer,
                    responses=s.ModelMonitoringSerializer)

@@ -152,7 +152,8 @@ def _devops_engineer(checked, v2) -> None:
     card = page.locator(f"#deploy-to-{DEPLOYMENT}")
     card.get_by_label("Strategy").select_option("canary")
     card.get_by_label("Canary share (%)").fill("25")
-    card.get_by_label("Seconds before the canary is judged").fill("10")
+    # Long enough for the page's polls to show the split on a loaded machine.
+    card.get_by_label("Seconds before the canary is judged").fill("30")
     checked.check("devops-deploy-v2")
     card.get_by_role("button", name=f"Deploy v2 to {DEPLOYMENT}").click()
     page.get_by_role("heading", name=DEPLOYMENT).wait_for()

@@ -139,6 +139,10 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
         "MODELPORT_SERVING_BASE_IMAGE": settings.MODELPORT_SERVING_BASE_IMAGE,
         "MODELPORT_DRAIN_SECONDS": "1", "MODELPORT_READY_TIMEOUT_S": "180",
         "MODELPORT_MONITORING_ROLLUP_DELAY_S": "1",
+        # No beat runs here: every pass that falls due later (a canary step's end, a retry)
+        # must come from a countdown task, which ``deployments.passes.schedule_pass`` enqueues
+        # only for what falls due before beat's next tick.
+        "MODELPORT_RECONCILE_SECONDS": "300",
     })
     logs = {"worker": tmp_path / "worker.log", "reconciler": tmp_path / "reconciler.log"}
     processes = [

@@ -68,7 +68,9 @@ from .base import (
     Runtime,
     missing_state,
 )
+from .batch import BatchRuntime
 from .kube_api import KubeApi, load_client
+from .kube_batch import KubeBatchRuntime
 from .kube_images import KubeImages
 from .kube_manifests import (
     CONTAINER_NAME,
@@ -144,7 +146,9 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
                  pod_wait_s: float = 120.0,
                  poll_interval_s: float = 0.5,
                  request_timeout_s: float = 30.0,
-                 installation: str = "") -> None:
+                 installation: str = "",
+                 batch_data_claim: str = "",
+                 batch_data_root: str = "/data") -> None:
         if url_mode not in ("pod", "service"):
             raise ValueError("url_mode must be 'pod' or 'service'")
         try:
@@ -171,6 +175,8 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
         self.pod_wait_s = pod_wait_s
         self.poll_interval_s = poll_interval_s
         self.request_timeout_s = request_timeout_s
+        self.batch_data_claim = batch_data_claim
+        self.batch_data_root = batch_data_root
         self._pushed: set[str] = set()
         self._model_digests: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
@@ -180,6 +186,12 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
         self.networking = client.NetworkingV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.version_api = client.VersionApi(self.api_client)
+
+    def batch_runtime(self) -> BatchRuntime:
+        """Batch jobs on this target: Indexed Jobs (``kube_batch``), input and output on the
+        PVC named by the target's ``batch_data_claim`` setting."""
+        return KubeBatchRuntime.for_runtime(self, data_claim=self.batch_data_claim,
+                                            data_root=self.batch_data_root)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:

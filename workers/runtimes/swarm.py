@@ -85,6 +85,7 @@ from .base import (
     env_dict,
     missing_state,
 )
+from .batch import BatchRuntime
 from .docker_spec import (
     CONTAINER_PORT,
     DOCKER_SOCKET_PATHS,
@@ -99,6 +100,7 @@ from .docker_spec import (
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
+from .swarm_batch import SwarmBatchRuntime
 from .swarm_networks import OVERLAY, isolation_warnings, network_attrs
 
 NETWORK_MODES = (HOST_NETWORK, OVERLAY)
@@ -183,6 +185,12 @@ class SwarmRuntime(Runtime):
         """Built on the manager's engine. A multi-node swarm needs the image on every node
         (a registry); a single node runs the local image as is."""
         return self.images.ensure_image(requirements, on_log)
+
+    def batch_runtime(self) -> BatchRuntime:
+        """Batch jobs on this swarm: replicated-job services (``swarm_batch``)."""
+        return SwarmBatchRuntime(self.client, image_builder=self.images,
+                                 extra_labels=self.extra_labels, gpu_resource=self.gpu_resource,
+                                 installation=self.installation)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('jobs', '0001_initial'),
-        ('monitoring', '0005_alert_samples_silence_ack'),
+        ('monitoring', '0006_batch_drift'),
     ]
 
     operations = [
