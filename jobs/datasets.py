@@ -24,6 +24,7 @@ from django.conf import settings
 
 from core.errors import InvalidInput
 from core.lazy_imports import lazy_module
+from core.uploads import UploadTooLarge
 from registry import reference
 
 if TYPE_CHECKING:
@@ -80,9 +81,8 @@ def _spool(stream: IO[bytes], name: str) -> tuple[Path, str, int]:
             size += len(piece)
             if size > limit:
                 Path(path).unlink(missing_ok=True)
-                raise InvalidInput(f"The input is over {limit // 1048576} MB "
-                                   "(MODELPORT_JOB_MAX_INPUT_MB).", field=FIELD,
-                                   code="too_large")
+                raise UploadTooLarge(f"The input is over {limit // 1048576} MB "
+                                     "(MODELPORT_JOB_MAX_INPUT_MB).", field=FIELD)
             digest.update(piece)
             out.write(piece)
     return Path(path), digest.hexdigest(), size

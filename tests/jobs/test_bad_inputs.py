@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from core.errors import Conflict, DomainError, InvalidInput, NotFound
+from core.uploads import UploadTooLarge
 from jobs import services
 from jobs.models import BatchJob
 from quotas.models import Reservation
@@ -72,8 +73,8 @@ def test_malformed_files(engineer, iris_version):
 def test_oversized(engineer, iris_version, settings):
     settings.MODELPORT_JOB_MAX_INPUT_MB = 1
     big = iris_frame(60_000)
-    error = refused(engineer, iris_version, input_file=csv_upload(big))
-    assert error.code == "too_large"
+    error = refused(engineer, iris_version, UploadTooLarge, input_file=csv_upload(big))
+    assert (error.code, error.status_code) == ("too_large", 413)
 
 
 def test_unknown_output_columns(engineer, iris_version):
