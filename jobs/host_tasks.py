@@ -112,7 +112,7 @@ def remove_host_chunks(host_id: int, job: str, index: int | None = None) -> int:
     except the attempt a row still places here (a chunk retried on the same host)."""
     host = Host.objects.filter(pk=host_id).first()
     runtime = None if host is None else _host_runtime(host.name)
-    if runtime is None:
+    if host is None or runtime is None:
         return 0
     keep = _placed_here(host)
     removed = 0

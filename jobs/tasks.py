@@ -7,8 +7,10 @@ from celery import shared_task
 from django.db.models import Q
 from django.utils import timezone
 
-from . import host_tasks  # noqa: F401 - registers the host workers' chunk tasks
-from . import passes
+from . import (
+    host_tasks,  # noqa: F401 - registers the host workers' chunk tasks
+    passes,
+)
 from .models import FINISHED, BatchJob
 from .runner.reconciler import SWEEP_AFTER_END, tick
 

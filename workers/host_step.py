@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 class HostHeartbeat(bootsteps.StartStopStep):
     """A host worker's own heartbeat: every MODELPORT_HOST_HEARTBEAT_SECONDS it sends
     ``host_heartbeat`` to its own queue, so the host registers itself at start and proves, as
-    long as it runs, that it consumes; then ``report_host_chunks`` (jobs' chunks on this host). Only in workers started with MODELPORT_HOST_NAME."""
+    long as it runs, that it consumes; then ``report_host_chunks`` (jobs' chunks on this
+    host). Only in workers started with MODELPORT_HOST_NAME."""
 
     requires = ("celery.worker.components:Timer",)
 
