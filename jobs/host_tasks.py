@@ -90,6 +90,8 @@ def start_host_chunk(row_id: int) -> str:
         image = runtime.ensure_batch_image(list(row.requirements or []))
         spec = BatchSpec(**{**row.spec, "image": image, "installation": runtime.installation})
         state = runtime.start_chunk(spec, row.index, attempt)
+        # run() returns the container as created (before it started): read it again.
+        state = runtime.chunk_states(spec.job).get(row.index, state)
     except Exception as exc:  # noqa: BLE001 - reported to the runner, which retries the chunk
         HostChunk.objects.filter(pk=row.pk, attempt=attempt,
                                  state=HostChunk.State.PLACING).update(

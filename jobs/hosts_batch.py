@@ -33,6 +33,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from compute import placement as host_placement
 from compute.models import Host
@@ -53,7 +54,8 @@ _PHASE = {HostChunk.State.PLACING: ChunkPhase.PENDING, HostChunk.State.RUNNING:
 
 def send_to_host(task: str, args: list[Any], queue: str) -> None:
     """Send a task by name to one host worker's queue (tasks take ids)."""
-    current_app.send_task(task, args=args, queue=queue)
+    # Celery takes any sequence of arguments; its stubs say tuple.
+    current_app.tasks[task].apply_async(args=args, queue=queue)  # type: ignore[arg-type]
 
 
 def silent(host: Host) -> bool:
@@ -92,7 +94,7 @@ class HostsBatchRuntime(BatchRuntime):
             self._send_removal(row.host, spec.job, index)  # an earlier attempt's leftovers
         fields = {"attempt": attempt, "host": host, "state": HostChunk.State.PLACING,
                   "runtime_id": "", "exit_code": None, "message": f"placed on {host.name}",
-                  "logs": "", "spec": _spec_json(spec),
+                  "logs": "", "spec": _spec_json(spec), "placed_at": timezone.now(),
                   "requirements": list(job.version.requirements or []), "reported_at": None}
         row, _ = HostChunk.objects.update_or_create(job=job, index=index, defaults=fields)
         # After the tick commits: the host worker reads the row.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
@@ -245,7 +246,7 @@ class HostChunk(models.Model):
     logs = models.TextField(blank=True)  # the last lines the host reported
     spec = models.JSONField(default=dict, blank=True)
     requirements = models.JSONField(default=list, blank=True)
-    placed_at = models.DateTimeField(auto_now_add=True)
+    placed_at = models.DateTimeField(default=timezone.now)  # of this attempt
     reported_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
