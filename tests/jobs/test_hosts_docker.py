@@ -161,3 +161,32 @@ def test_a_silent_host_has_its_chunk_retried_on_the_other(
     assert report is not None and report["stale_removed"] == [frozen.name]
     assert host_containers(docker_jobs, job) == []
 
+
+
+def test_no_host_with_room_keeps_the_chunk_pending_with_the_reason(
+        two_hosts, docker_jobs, engineer, iris_version, iris_dir):
+    from decimal import Decimal
+
+    from jobs.runner.reconciler import tick
+
+    target, (a, b) = two_hosts
+    frame = iris_frame(500, seed=9)
+    job = make_job(engineer, iris_version, target, frame, chunk_rows=500, parallelism=1)
+    Host.objects.filter(name__in=[a, b]).update(cpu=Decimal("0.25"))  # the job needs 0.5
+
+    assert tick(job.pk) == "running"
+    job.refresh_from_db()
+    chunk = job.chunks.get()
+    assert job.status == "running" and job.status_message.startswith("Waiting for a host: ")
+    assert f"No host of target '{target.name}' has room" in job.status_message
+    assert chunk.status == "pending" and chunk.attempts == 0 and chunk.host == ""
+    assert host_containers(docker_jobs, job) == []
+
+    Host.objects.filter(name=b).update(cpu=Decimal("2"))  # room frees up: the next tick
+    assert run_to_end(job, limit_s=300) == "succeeded", job.status_message
+    chunk.refresh_from_db()
+    assert chunk.host == b and chunk.attempts == 1
+    out = output_of(engineer, job)
+    assert (out["prediction"].to_numpy()
+            == np.asarray(local_predictions(iris_dir, frame))).all()
+    assert host_containers(docker_jobs, job) == []
