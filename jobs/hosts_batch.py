@@ -35,15 +35,17 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from compute import inventory
 from compute import placement as host_placement
-from compute.models import Host
+from compute.models import GpuAllocation, Host
+from core.errors import Conflict
 from workers.installation import installation_id
 from workers.runtimes.base import LogFn
 from workers.runtimes.batch import BatchRuntime, BatchSpec, ChunkPhase, ChunkState
 from workers.runtimes.images import ImageBuilder, normalize_requirements
 
 from .models import BatchJob, HostChunk
-from .placement import place_chunk
+from .placement import NoHostForChunk, place_chunk
 
 Dispatch = Callable[[str, list[Any], str], None]
 START, REMOVE = "jobs.host_tasks.start_host_chunk", "jobs.host_tasks.remove_host_chunks"
@@ -68,6 +70,7 @@ class HostsBatchRuntime(BatchRuntime):
     """Chunks of jobs on one multi-host docker target."""
 
     mode = "per_chunk"
+    places_gpus = True  # per chunk, on its host: the runner allocates none for the job
 
     def __init__(self, target: Any, *, dispatch: Dispatch | None = None) -> None:
         self.target = target
@@ -84,7 +87,8 @@ class HostsBatchRuntime(BatchRuntime):
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_chunk(self, spec: BatchSpec, index: int, attempt: int) -> ChunkState:
-        job = BatchJob.objects.select_related("target", "version").get(pk=_job_id(spec.job))
+        job = BatchJob.objects.select_related("target", "version", "team") \
+            .get(pk=_job_id(spec.job))
         host = place_chunk(job, index)  # NoHostForChunk: the reconciler keeps it pending
         row = HostChunk.objects.filter(job=job, index=index).select_related("host").first()
         if row is not None and row.attempt == attempt and row.host_id == host.pk \
@@ -92,6 +96,7 @@ class HostsBatchRuntime(BatchRuntime):
             return self._state(row)  # a retried tick: sent already
         if row is not None and row.host_id != host.pk and not silent(row.host):
             self._send_removal(row.host, spec.job, index)  # an earlier attempt's leftovers
+        spec = dataclasses.replace(spec, gpu_device_ids=self._gpus(job, index, host))
         fields = {"attempt": attempt, "host": host, "state": HostChunk.State.PLACING,
                   "runtime_id": "", "exit_code": None, "message": f"placed on {host.name}",
                   "logs": "", "spec": _spec_json(spec), "placed_at": timezone.now(),
@@ -101,14 +106,33 @@ class HostsBatchRuntime(BatchRuntime):
         transaction.on_commit(partial(self.dispatch, START, [row.pk], host.queue))
         return self._state(row)
 
+    @staticmethod
+    def _gpus(job: BatchJob, index: int, host: Host) -> list[str]:
+        """The chunk's own devices on its host (as a replica's: ``allocate_gpus(host=...)``);
+        a chunk moving to another host gives back the old host's. Released with the job's
+        reservation (``admission.release``: everything under ``job:<id>/``)."""
+        if not job.gpus:
+            return []
+        owner = chunk_gpu_owner(job, index)
+        current = GpuAllocation.objects.active().filter(owner=owner) \
+            .values_list("device__host_id", flat=True).first()
+        if current is not None and current != host.pk:
+            inventory.release_gpus(owner=owner)
+        try:
+            inventory.allocate_gpus(team=job.team, count=job.gpus, owner=owner, host=host)
+        except Conflict as exc:
+            raise NoHostForChunk(f"host {host.name}: {exc}") from exc
+        return inventory.device_ids(owner)
+
     def chunk_states(self, job: str) -> dict[int, ChunkState]:
         rows = HostChunk.objects.select_related("host").filter(job_id=_job_id(job))
         return {row.index: self._state(row) for row in rows}
 
     def remove_chunk(self, job: str, index: int) -> None:
-        for row in HostChunk.objects.select_related("host").filter(job_id=_job_id(job),
-                                                                    index=index):
+        for row in HostChunk.objects.select_related("host", "job").filter(job_id=_job_id(job),
+                                                                           index=index):
             row.delete()
+            inventory.release_gpus(owner=chunk_gpu_owner(row.job, index))
             self._send_removal(row.host, job, index)
 
     def remove_job(self, job: str) -> None:
@@ -148,12 +172,14 @@ class HostsBatchRuntime(BatchRuntime):
                           attempt=row.attempt)
 
 
+def chunk_gpu_owner(job: BatchJob, index: int) -> str:
+    return f"{job.owner}/chunk-{index}"
+
+
 def _job_id(job: str) -> int:
     """``job-<id>`` → id."""
     return int(job.rsplit("-", 1)[-1])
 
 
 def _spec_json(spec: BatchSpec) -> dict[str, Any]:
-    data = dataclasses.asdict(spec)
-    data.pop("gpu_device_ids", None)  # allocated per host: not done for chunks yet
-    return data
+    return dataclasses.asdict(spec)

@@ -99,7 +99,9 @@ def _spec(job: BatchJob, image: str, model_dir: str, runtime: BatchRuntime) -> B
         job=job.name, image=image, model_dir=model_dir, input_dir=str(root / "input"),
         output_dir=str(root / "output"), chunks=job.chunks_total, parallelism=job.parallelism,
         cpu=float(job.cpu), memory_mb=job.memory_mb, gpus=job.gpus,
-        gpu_device_ids=admission.gpu_devices(job), max_retries=job.max_retries,
+        # Several Docker hosts allocate each chunk's devices on its host (``places_gpus``).
+        gpu_device_ids=[] if getattr(runtime, "places_gpus", False)
+        else admission.gpu_devices(job), max_retries=job.max_retries,
         env={"MODELPORT_OUTPUT_COLUMNS": json.dumps(job.output_columns or [])},
         installation=getattr(runtime, "installation", ""))
 

@@ -20,9 +20,6 @@ def batch_runtime(job: BatchJob) -> BatchRuntime:
     target = job.target or targets.default_target()
     if target is not None and target.kind == "docker" \
             and (target.settings or {}).get("placement") == "hosts":
-        if job.gpus:  # devices are allocated per host for replicas, not yet for chunks
-            raise ReplicaRuntimeError("GPU jobs on several Docker hosts are not supported "
-                                      "yet: run them on a single-engine target.")
         return HostsBatchRuntime(target)
     kind = job.runtime or choose_runtime(target)
     base = runtime_on(target, kind)
