@@ -190,3 +190,30 @@ def test_no_host_with_room_keeps_the_chunk_pending_with_the_reason(
     assert (out["prediction"].to_numpy()
             == np.asarray(local_predictions(iris_dir, frame))).all()
     assert host_containers(docker_jobs, job) == []
+
+
+def test_cancel_mid_run_removes_the_chunks_on_both_hosts(
+        two_hosts, docker_jobs, engineer, iris_version, monkeypatch):
+    from jobs.runner.reconciler import tick
+
+    target, (a, b) = two_hosts
+    job = make_job(engineer, iris_version, target, iris_frame(2_000, seed=10),
+                   chunk_rows=1_000)
+    send = hosts_batch.send_to_host
+
+    def freeze(task, args, queue):  # the chunks stay running until the cancel
+        send(task, args, queue)
+        for c in host_containers(docker_jobs, job):
+            if c.status == "running":
+                c.pause()
+
+    monkeypatch.setattr(hosts_batch, "send_to_host", freeze)
+    assert tick(job.pk) == "running"
+    assert {c.host for c in job.chunks.all()} == {a, b}
+    assert len(host_containers(docker_jobs, job)) == 2
+
+    services.cancel_job(actor=engineer, job=job)
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert host_containers(docker_jobs, job) == []  # each host's worker removed its own
+    assert not HostChunk.objects.filter(job=job).exists()
