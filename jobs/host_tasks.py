@@ -6,9 +6,11 @@ name (``modelport.host``) exactly as the host's replicas are. A task for another
 ignored (as ``deployments.host_tasks`` does), so a misrouted task never touches a foreign
 engine.
 
-``report_host_chunks`` is sent by name from each host worker's heartbeat step
+Their names are ``workers.tasks.*`` like the replicas' host tasks (not routed to the
+controllers' queue as ``jobs.tasks.*`` are): the platform sends them by name to a host's queue,
+and ``report_host_chunks`` is sent by name from each host worker's heartbeat step
 (``workers/host_step.py``); ``jobs/tasks.py`` imports this module so every worker registers
-these tasks.
+them.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _host_runtime(host_name: str) -> HostBatchRuntime | None:
     return HostBatchRuntime(host_name)
 
 
-@shared_task(name="jobs.host_tasks.start_host_chunk", ignore_result=True, acks_late=True)
+@shared_task(name="workers.tasks.start_host_chunk", ignore_result=True, acks_late=True)
 def start_host_chunk(row_id: int) -> str:
     """On a host worker: start the chunk placed on this host (a ``HostChunk`` row id); the
     image is built on this engine when missing."""
@@ -108,7 +110,7 @@ def start_host_chunk(row_id: int) -> str:
     return "started"
 
 
-@shared_task(name="jobs.host_tasks.remove_host_chunks", ignore_result=True, acks_late=True)
+@shared_task(name="workers.tasks.remove_host_chunks", ignore_result=True, acks_late=True)
 def remove_host_chunks(host_id: int, job: str, index: int | None = None) -> int:
     """On a host worker: remove a job's chunk containers on this host (one chunk's, or all),
     except the attempt a row still places here (a chunk retried on the same host)."""
@@ -125,7 +127,7 @@ def remove_host_chunks(host_id: int, job: str, index: int | None = None) -> int:
     return removed
 
 
-@shared_task(name="jobs.host_tasks.report_host_chunks", ignore_result=True,
+@shared_task(name="workers.tasks.report_host_chunks", ignore_result=True,
              expires=max(5, settings.MODELPORT_HOST_HEARTBEAT_SECONDS))
 def report_host_chunks(host_name: str) -> dict[str, Any] | None:
     """On a host worker (sent by its heartbeat step): what its chunk containers are doing →

@@ -6,7 +6,7 @@ runtime's state (as ``Replica`` rows are for the hosts runtime of deployments):
 
 - ``start_chunk`` places the chunk (``jobs.placement.place_chunk``: recorded on
   ``JobChunk.host``, under a lock on the target's host rows), writes the row (host, attempt,
-  the ``BatchSpec``) and, once the tick commits, sends ``jobs.host_tasks.start_host_chunk(<row
+  the ``BatchSpec``) and, once the tick commits, sends ``workers.tasks.start_host_chunk(<row
   id>)`` to that host's queue. It never waits: the tick stays short. ``NoHostForChunk`` goes up
   to the reconciler, which leaves the chunk pending with the reason and tries next tick.
 - ``chunk_states`` reads the rows, which the host workers keep up to date (the start task,
@@ -48,7 +48,7 @@ from .models import BatchJob, HostChunk
 from .placement import NoHostForChunk, place_chunk
 
 Dispatch = Callable[[str, list[Any], str], None]
-START, REMOVE = "jobs.host_tasks.start_host_chunk", "jobs.host_tasks.remove_host_chunks"
+START, REMOVE = "workers.tasks.start_host_chunk", "workers.tasks.remove_host_chunks"
 _PHASE = {HostChunk.State.PLACING: ChunkPhase.PENDING, HostChunk.State.RUNNING:
           ChunkPhase.RUNNING, HostChunk.State.SUCCEEDED: ChunkPhase.SUCCEEDED,
           HostChunk.State.FAILED: ChunkPhase.FAILED, HostChunk.State.MISSING: ChunkPhase.MISSING}

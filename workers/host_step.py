@@ -43,7 +43,7 @@ class HostHeartbeat(bootsteps.StartStopStep):
     def send(self) -> None:
         try:
             for task in ("workers.tasks.host_heartbeat",  # registers, reports replicas
-                         "jobs.host_tasks.report_host_chunks"):  # batch chunks' states
+                         "workers.tasks.report_host_chunks"):  # batch chunks' states
                 self.app.send_task(task, args=[settings.MODELPORT_HOST_NAME],
                                    queue=settings.MODELPORT_HOST_QUEUE)
         except Exception:  # the broker is down: the next tick tries again
