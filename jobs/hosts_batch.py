@@ -32,7 +32,6 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from compute import inventory
@@ -138,12 +137,10 @@ class HostsBatchRuntime(BatchRuntime):
     def remove_job(self, job: str) -> None:
         rows = list(HostChunk.objects.select_related("host").filter(job_id=_job_id(job)))
         HostChunk.objects.filter(pk__in=[r.pk for r in rows]).delete()
+        # Only hosts that still hold a row: whatever else of the job is on a host (a lost
+        # removal, a finished job's later sweeps) has no row, so that host's own report
+        # removes it; the sweeps send nothing.
         hosts = {r.host_id: r.host for r in rows}
-        # Also hosts that ran chunks whose rows went earlier (a finished job's sweep).
-        names = set(BatchJob.objects.filter(pk=_job_id(job))
-                    .values_list("chunks__host", flat=True)) - {None, ""}
-        for host in host_placement.docker_hosts(self.target).filter(Q(name__in=names)):
-            hosts.setdefault(host.pk, host)
         for host in hosts.values():
             self._send_removal(host, job, None)
 
