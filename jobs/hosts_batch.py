@@ -43,7 +43,7 @@ from workers.runtimes.base import LogFn
 from workers.runtimes.batch import BatchRuntime, BatchSpec, ChunkPhase, ChunkState
 from workers.runtimes.images import ImageBuilder, normalize_requirements
 
-from .models import BatchJob, HostChunk
+from .models import BatchJob, HostChunk, JobChunk
 from .placement import NoHostForChunk, place_chunk
 
 Dispatch = Callable[[str, list[Any], str], None]
@@ -119,7 +119,8 @@ class HostsBatchRuntime(BatchRuntime):
             inventory.release_gpus(owner=owner)
         try:
             inventory.allocate_gpus(team=job.team, count=job.gpus, owner=owner, host=host)
-        except Conflict as exc:
+        except Conflict as exc:  # placed there for nothing: the next tick chooses afresh
+            JobChunk.objects.filter(job=job, index=index).update(host="")
             raise NoHostForChunk(f"host {host.name}: {exc}") from exc
         return inventory.device_ids(owner)
 
