@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
@@ -218,3 +219,40 @@ class JobSchedule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team.name}/{self.name}"
+
+
+class HostChunk(models.Model):
+    """Where a chunk runs on a target with several plain Docker hosts, and what that host's
+    worker last reported of it (``jobs.hosts_batch``, ``jobs.host_tasks``): the platform has no
+    access to a remote engine, so this row is the runtime's state, as ``Replica`` rows are for
+    replicas. ``spec`` is the chunk's ``BatchSpec`` (the host worker starts it from the row)."""
+
+    class State(models.TextChoices):
+        PLACING = "placing"  # sent to the host, not started yet
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"  # the container exited 0
+        FAILED = "failed"  # exited non-zero, or the host could not start it
+        MISSING = "missing"  # the host reports no container for it
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="host_chunks")
+    index = models.PositiveIntegerField()
+    attempt = models.PositiveSmallIntegerField(default=1)
+    host = models.ForeignKey("compute.Host", on_delete=models.CASCADE,
+                             related_name="job_chunks")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PLACING)
+    runtime_id = models.CharField(max_length=200, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    logs = models.TextField(blank=True)  # the last lines the host reported
+    spec = models.JSONField(default=dict, blank=True)
+    requirements = models.JSONField(default=list, blank=True)
+    placed_at = models.DateTimeField(default=timezone.now)  # of this attempt
+    reported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "index"],
+                                               name="jobs_hostchunk_unique_index")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} chunk {self.index} on host {self.host_id}"

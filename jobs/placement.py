@@ -11,10 +11,7 @@ over hosts, as a revision's replicas do), then to the most free CPU, then memory
 The choice is recorded on the chunk (``JobChunk.host``), which is what the next placement
 counts; the runner clears it (or the chunk finishes) when the chunk leaves the host.
 
-What it does not do (the runner's part, core stream): start the chunk on that host — the host's
-worker (queue ``Host.queue``) runs ``DockerRuntime``'s ``start_chunk`` on its own engine, with
-the job's input and output directories on storage that host mounts at the same path — and
-allocate GPU devices (``compute.inventory.allocate_gpus(host=...)``) as replicas do.
+Starting the chunk on that host, and its GPU devices there, is ``jobs.hosts_batch``'s part.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 
 from compute import placement
-from compute.models import Host
+from compute.models import GpuAllocation, Host
 from core.errors import Conflict
 
 from .models import BatchJob, ChunkStatus, JobChunk
@@ -56,12 +53,19 @@ def chunk_rooms(hosts: list[Host], *, job_id: int) -> list[tuple[placement.Room,
                         gpus=Sum("job__gpus"), n=Count("pk"),
                         mine=Count("pk", filter=Q(job_id=job_id))))
     used: dict[str, dict[str, Any]] = {str(row["host"]): dict(row) for row in flight}
+    # Chunks' devices already allocated on a host are not free in ``rooms`` already.
+    held = dict(GpuAllocation.objects.active()
+                .filter(owner__startswith="job:", owner__contains="/chunk-",
+                        device__host__in=hosts).order_by()
+                .values("device__host").annotate(n=Count("pk"))
+                .values_list("device__host", "n"))
     out = []
     for room in rooms:
         row = used.get(room.host.name) or {}
+        gpus = max(0, int(row.get("gpus") or 0) - int(held.get(room.host.pk, 0)))
         out.append((replace(room, cpu=room.cpu - Decimal(row.get("cpu") or 0),
                             memory_mb=room.memory_mb - int(row.get("memory_mb") or 0),
-                            gpus=room.gpus - int(row.get("gpus") or 0),
+                            gpus=room.gpus - gpus,
                             replicas=room.replicas + int(row.get("n") or 0)),
                     int(row.get("mine") or 0)))
     return out

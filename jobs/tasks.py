@@ -1,4 +1,5 @@
-"""Celery tasks of jobs: tick one job, tick every unfinished job (beat)."""
+"""Celery tasks of jobs: tick one job, tick every unfinished job (beat). The host workers'
+tasks (several plain Docker hosts) are in ``host_tasks``, imported here to register them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from celery import shared_task
 from django.db.models import Q
 from django.utils import timezone
 
-from . import passes
+from . import (
+    host_tasks,  # noqa: F401 - registers the host workers' chunk tasks
+    passes,
+)
 from .models import FINISHED, BatchJob
 from .runner.reconciler import SWEEP_AFTER_END, tick
 

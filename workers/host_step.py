@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 class HostHeartbeat(bootsteps.StartStopStep):
     """A host worker's own heartbeat: every MODELPORT_HOST_HEARTBEAT_SECONDS it sends
     ``host_heartbeat`` to its own queue, so the host registers itself at start and proves, as
-    long as it runs, that it consumes. Only in workers started with MODELPORT_HOST_NAME."""
+    long as it runs, that it consumes; then ``report_host_chunks`` (jobs' chunks on this
+    host). Only in workers started with MODELPORT_HOST_NAME."""
 
     requires = ("celery.worker.components:Timer",)
 
@@ -41,8 +42,9 @@ class HostHeartbeat(bootsteps.StartStopStep):
 
     def send(self) -> None:
         try:
-            self.app.send_task("workers.tasks.host_heartbeat",
-                               args=[settings.MODELPORT_HOST_NAME],
-                               queue=settings.MODELPORT_HOST_QUEUE)
+            for task in ("workers.tasks.host_heartbeat",  # registers, reports replicas
+                         "workers.tasks.report_host_chunks"):  # batch chunks' states
+                self.app.send_task(task, args=[settings.MODELPORT_HOST_NAME],
+                                   queue=settings.MODELPORT_HOST_QUEUE)
         except Exception:  # the broker is down: the next tick tries again
             log.warning("host heartbeat not sent", exc_info=True)

@@ -29,6 +29,7 @@ from workers.runtimes.batch import BatchRuntime, BatchSpec, ChunkPhase, ChunkSta
 from .. import admission, datasets
 from ..events import Kind, event
 from ..models import BatchJob, ChunkStatus, JobChunk, JobStatus
+from ..placement import NoHostForChunk
 from . import output, teardown
 from .runtimes import batch_runtime
 
@@ -98,7 +99,9 @@ def _spec(job: BatchJob, image: str, model_dir: str, runtime: BatchRuntime) -> B
         job=job.name, image=image, model_dir=model_dir, input_dir=str(root / "input"),
         output_dir=str(root / "output"), chunks=job.chunks_total, parallelism=job.parallelism,
         cpu=float(job.cpu), memory_mb=job.memory_mb, gpus=job.gpus,
-        gpu_device_ids=admission.gpu_devices(job), max_retries=job.max_retries,
+        # Several Docker hosts allocate each chunk's devices on its host (``places_gpus``).
+        gpu_device_ids=[] if getattr(runtime, "places_gpus", False)
+        else admission.gpu_devices(job), max_retries=job.max_retries,
         env={"MODELPORT_OUTPUT_COLUMNS": json.dumps(job.output_columns or [])},
         installation=getattr(runtime, "installation", ""))
 
@@ -135,8 +138,16 @@ def _step(ctx: Context) -> str:
         if running >= job.parallelism:
             break
         if chunk.status == ChunkStatus.PENDING:
-            _start(ctx, chunk)
+            try:
+                _start(ctx, chunk)
+            except NoHostForChunk as exc:  # several Docker hosts, all full: next tick
+                chunk.attempts -= 1
+                _waiting_for_host(job, str(exc))
+                break
             running += 1
+    if job.status_message.startswith(WAITING_FOR_HOST) and running:
+        job.status_message = "Running."
+        job.save(update_fields=["status_message", "updated_at"])
     _progress(job, chunks)
     if all(c.status == ChunkStatus.SUCCEEDED for c in chunks):
         return _finish(ctx)
@@ -182,6 +193,17 @@ def _step_whole(ctx: Context) -> str:
     if not todo:
         return _finish(ctx)
     return "running"
+
+
+WAITING_FOR_HOST = "Waiting for a host: "
+
+
+def _waiting_for_host(job: BatchJob, reason: str) -> None:
+    """A chunk stays pending (no attempt counted) while no host has room for it."""
+    message = f"{WAITING_FOR_HOST}{reason}"[:2000]
+    if job.status_message != message:
+        job.status_message = message
+        job.save(update_fields=["status_message", "updated_at"])
 
 
 def _adopt(chunk: JobChunk, state: ChunkState) -> None:

@@ -33,6 +33,9 @@ SENT_BY_NAME = {
     "workers.tasks.host_heartbeat",       # workers/host_step.py, the host worker's boot step
     "workers.tasks.start_host_replica",   # deployments/hosts_runtime.py, send_to_host
     "workers.tasks.remove_host_replica",  # deployments/hosts_runtime.py, send_to_host
+    "workers.tasks.start_host_chunk",     # jobs/hosts_batch.py, send_to_host
+    "workers.tasks.remove_host_chunks",   # jobs/hosts_batch.py, send_to_host
+    "workers.tasks.report_host_chunks",   # workers/host_step.py, the host worker's boot step
 }
 
 _REGISTRY_SCRIPT = """

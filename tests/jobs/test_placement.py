@@ -1,6 +1,6 @@
 """Chunks of a job on several plain Docker hosts are placed like replicas (``jobs.placement``):
-on PostgreSQL, without containers — the host workers that would start the chunks are the core
-stream's runner's part; here is the choice of host and what it counts."""
+on PostgreSQL, without containers — here is the choice of host and what it counts; starting
+the chunks on the hosts is ``test_hosts_docker.py`` / ``test_host_workers_jobs.py``."""
 
 from __future__ import annotations
 
