@@ -204,9 +204,11 @@ def create_job(*, actor, team: Team, model: str, version: int | str | None = Non
                resources: dict | None = None, parallelism: int = 1,
                output_columns: list[str] | None = None, chunk_rows: int | None = None,
                max_retries: int | None = None, trigger: str = "api",
-               schedule: JobSchedule | None = None) -> BatchJob:
+               schedule: JobSchedule | None = None, target: Any = None) -> BatchJob:
     """Check everything, read and stage the input, admit, and leave the job ``queued`` for
-    the runner. On any refusal nothing is left: no row, no file, no reservation."""
+    the runner. On any refusal nothing is left: no row, no file, no reservation.
+    ``target``: the execution target's name, as for a deployment (default: the default
+    target)."""
     require_team_role(actor, team, Role.ENGINEER, "running batch jobs")
     registered = _model(team, model)
     resolved, alias = _resolve(registered, version, alias)
@@ -219,6 +221,7 @@ def create_job(*, actor, team: Team, model: str, version: int | str | None = Non
     retries = _whole(max_retries, "max_retries", 0, MAX_RETRIES,
                      int(getattr(settings, "MODELPORT_JOB_MAX_RETRIES", 2)))
     keep = _output_columns(output_columns)
+    execution_target = targets.resolve_target(target)
     if (input_file is None) == (not input_uri):
         raise InvalidInput("Give the input as a file (input) or as input_uri, not both.",
                            field="input")
@@ -235,7 +238,6 @@ def create_job(*, actor, team: Team, model: str, version: int | str | None = Non
             stream.close()
     size = datasets.chunk_size(data.rows, parallelism, chunk_rows)
     chunks = -(-data.rows // size)
-    target = targets.default_target()
     job: BatchJob | None = None
     stored: str = ""
     try:
@@ -247,7 +249,8 @@ def create_job(*, actor, team: Team, model: str, version: int | str | None = Non
                 columns=list(data.table.column_names), rows_total=data.rows, chunk_rows=size,
                 chunks_total=chunks, parallelism=parallelism, cpu=cpu, memory_mb=memory_mb,
                 gpus=gpus, max_retries=retries, output_format=output_format,
-                output_columns=keep, target=target, runtime=choose_runtime(target),
+                output_columns=keep, target=execution_target,
+                runtime=choose_runtime(execution_target),
                 trigger=trigger, schedule=schedule,
                 created_by=actor if getattr(actor, "is_authenticated", False) else None,
                 status_message="Queued.")

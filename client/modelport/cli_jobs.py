@@ -53,7 +53,8 @@ def cmd_run(client: Client, args: argparse.Namespace, out: Output) -> int:
         input=None if args.input_uri else args.input, input_uri=args.input_uri,
         output_format=args.format, cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
         parallelism=args.parallelism, output_columns=args.keep or None,
-        chunk_rows=args.chunk_rows, schedule=args.schedule)
+        chunk_rows=args.chunk_rows, schedule=args.schedule,
+        target=args.target)
     if args.no_wait:
         if args.quiet:
             print(job["id"])
@@ -188,6 +189,7 @@ def add_parser(sub: Any) -> None:
     which.add_argument("--alias")
     _resources(run)
     run.add_argument("--chunk-rows", type=int)
+    run.add_argument("--target", help="execution target (default: the platform's default)")
     run.add_argument("--schedule", metavar="CRON",
                      help="also repeat it on this cron expression (5 fields, UTC)")
     run.add_argument("--no-wait", action="store_true", help="print the job and return")

@@ -46,7 +46,7 @@ class JobsMixin:
                 gpus: int | None = None, parallelism: int = 1,
                 output_columns: list[str] | None = None, chunk_rows: int | None = None,
                 max_retries: int | None = None, schedule: str | None = None,
-                schedule_name: str | None = None) -> JSON:
+                schedule_name: str | None = None, target: str | None = None) -> JSON:
         """Start a batch job on a local CSV/Parquet file (``input``) or an object in the
         platform's storage (``input_uri``). Returns the job (``status: queued``); follow it
         with ``wait_for_job``. ``schedule``: also repeat it on that cron expression."""
@@ -71,6 +71,8 @@ class JobsMixin:
             data["schedule_name"] = schedule_name
         if input_uri:
             data["input_uri"] = input_uri
+        if target:
+            data["target"] = target
         with contextlib.ExitStack() as stack:
             files = None
             if input is not None:

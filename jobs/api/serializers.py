@@ -118,6 +118,9 @@ class JobCreateSerializer(serializers.Serializer):
     max_retries = serializers.IntegerField(required=False, allow_null=True, min_value=0,
                                            max_value=10,
                                            help_text="Retries of a failed chunk.")
+    target = serializers.CharField(required=False, allow_blank=True, max_length=100,
+                                   help_text="The execution target's name (default: the "
+                                             "platform's default target).")
     schedule = serializers.CharField(
         required=False, allow_blank=True, max_length=100,
         help_text="A cron expression (5 fields, UTC): also repeat this job on it. The "
@@ -188,14 +191,16 @@ class BatchJobSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True,
                                        default=None, allow_null=True)
     schedule = serializers.IntegerField(source="schedule_id", read_only=True, allow_null=True)
+    target = serializers.CharField(source="target.name", read_only=True, default=None,
+                                   allow_null=True, help_text="The execution target it runs on.")
 
     class Meta:
         model = BatchJob
         fields = ["id", "team", "model", "version", "alias", "status", "status_message",
                   "input", "output_format", "output_columns", "resources", "parallelism",
                   "chunk_rows", "chunks_total", "max_retries", "progress", "output",
-                  "output_size", "trigger", "schedule", "runtime", "created_by", "created_at",
-                  "started_at", "finished_at", "updated_at"]
+                  "output_size", "trigger", "schedule", "target", "runtime", "created_by",
+                  "created_at", "started_at", "finished_at", "updated_at"]
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_alias(self, obj: BatchJob) -> str | None:

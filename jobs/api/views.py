@@ -30,7 +30,8 @@ def job_args(data: dict) -> dict:
             "output_format": data.get("output_format") or "parquet",
             "resources": data.get("resources"), "parallelism": data.get("parallelism") or 1,
             "output_columns": data.get("output_columns") or None,
-            "chunk_rows": data.get("chunk_rows"), "max_retries": data.get("max_retries")}
+            "chunk_rows": data.get("chunk_rows"), "max_retries": data.get("max_retries"),
+            "target": data.get("target") or None}
 
 
 @extend_schema_view(
@@ -49,7 +50,7 @@ class JobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         if getattr(self, "swagger_fake_view", False):
             return self.queryset
         return (BatchJob.objects.visible_to(self.request.user)
-                .select_related("team", "model", "version", "created_by")
+                .select_related("team", "model", "version", "created_by", "target")
                 .order_by("-created_at", "-id"))
 
     def _job(self, pk: str) -> BatchJob:

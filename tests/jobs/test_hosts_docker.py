@@ -63,10 +63,8 @@ def make_job(engineer, version, target, frame, *, chunk_rows: int, parallelism: 
                               model=version.model.name, version=1,
                               input_file=parquet_upload(frame), parallelism=parallelism,
                               chunk_rows=chunk_rows, output_columns=["id"],
-                              resources={"cpu": 0.5, "memory_mb": 512})
-    # Jobs are created on the default target (no target field in the API yet): moved here.
-    BatchJob.objects.filter(pk=job.pk).update(target=target)
-    job.refresh_from_db()
+                              resources={"cpu": 0.5, "memory_mb": 512}, target=target.name)
+    assert job.target == target
     return job
 
 

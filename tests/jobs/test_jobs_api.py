@@ -101,6 +101,7 @@ def test_parquet_upload_alias_and_json_body_with_input_uri(api, iris_version):
     ({"output_columns": "nope"}, "output_columns"),
     ({"version": None}, "version"),
     ({"schedule": "61 * * * *"}, "cron"),
+    ({"target": "no-such-target"}, "target"),
 ])
 def test_bad_fields_are_400_naming_the_field_and_write_nothing(api, iris_version, override,
                                                                field):
@@ -109,6 +110,15 @@ def test_bad_fields_are_400_naming_the_field_and_write_nothing(api, iris_version
     assert field in response.json(), response.json()
     assert not BatchJob.objects.exists() and not JobSchedule.objects.exists()
     assert not Reservation.objects.filter(owner__startswith="job:").exists()
+
+
+def test_a_job_runs_on_the_target_it_names(api, iris_version):
+    from compute.models import ExecutionTarget
+
+    ExecutionTarget.objects.create(name="night-batch", kind="docker")
+    job = run(api, iris_version, target="night-batch")
+    assert (job["target"], job["runtime"]) == ("night-batch", "docker")
+    assert BatchJob.objects.get(pk=job["id"]).target.name == "night-batch"
 
 
 def test_bad_rows_name_the_column_and_first_bad_row(api, iris_version):

@@ -39,9 +39,9 @@ def test_a_job_on_a_swarm_target_runs_as_one_replicated_job(
                               model=iris_version.model.name, version=1,
                               input_file=parquet_upload(frame), parallelism=2,
                               chunk_rows=1_000, output_columns=["id"],
-                              resources={"cpu": 0.5, "memory_mb": 768})
-    job.target, job.runtime = swarm_target, "swarm"
-    job.save(update_fields=["target", "runtime"])
+                              resources={"cpu": 0.5, "memory_mb": 768},
+                              target=swarm_target.name)
+    assert (job.target, job.runtime) == (swarm_target, "swarm")
     assert job.chunks_total == 3
     seen: list[str] = []
 
