@@ -228,6 +228,14 @@ def _succeeded(ctx: Context, chunk: JobChunk, state: ChunkState | None) -> None:
     chunk.error = ""
     chunk.save()
     if state is not None and ctx.runtime.mode == "per_chunk":
+        # Its own account (model load and scoring times) before the container goes.
+        try:
+            logs = ctx.runtime.chunk_logs(ctx.job.name, chunk.index, tail=20)
+        except Exception:  # noqa: BLE001 - the account is a courtesy; the file is the result
+            logs = ""
+        summary = [line for line in logs.splitlines() if line.startswith(f"chunk {chunk.index}: ")]
+        if summary:
+            event(ctx.job, "; ".join(summary), chunk=chunk.index)
         ctx.runtime.remove_chunk(ctx.job.name, chunk.index)
 
 
