@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpRequest, HttpResponseRedirect
 
@@ -25,3 +25,17 @@ class ServiceErrorsMixin:
         except DomainError as exc:
             self.message_user(request, exc.message, level=messages.ERROR)  # type: ignore[attr-defined]
             return HttpResponseRedirect(request.get_full_path())
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """Rows the console shows beside their parent and never edits: only services change them
+    (a deployment's revisions, a job's chunks)."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -5,21 +5,11 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from core.admin import ReadOnlyInline
 from core.errors import DomainError
 
 from . import services
 from .models import Deployment, DeploymentEvent, Replica, Revision, ShadowSample
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 class RevisionInline(ReadOnlyInline):

@@ -8,21 +8,11 @@ from collections.abc import Callable
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from core.admin import ReadOnlyInline
 from core.errors import DomainError
 
 from . import schedules, services
 from .models import BatchJob, JobChunk, JobEvent, JobSchedule
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 class ChunkInline(ReadOnlyInline):
