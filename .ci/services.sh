@@ -28,8 +28,9 @@ _pg_bin() {
 }
 
 services_start() {
-  # prometheus: the real server and promtool for tests/monitoring/test_prometheus_*.py.
-  _apt_install redis-server chromium debootstrap prometheus
+  # prometheus: the real server and promtool for tests/monitoring/test_prometheus_*.py;
+  # wrk: the bounded bursts of tests/deployments/test_autoscale_docker.py.
+  _apt_install redis-server chromium debootstrap prometheus wrk
   chmod 755 "$SERVICES_DIR"
   local pgbin; pgbin=$(_pg_bin)
   mkdir -p "$SERVICES_DIR/pg"; chown postgres:postgres "$SERVICES_DIR/pg"

@@ -17,7 +17,7 @@ from registry.models import ModelVersion, RegisteredModel
 from teams.models import Team
 from teams.roles import is_platform_admin
 
-from .spec import KINDS
+from .spec import KINDS, Autoscaling
 
 name_validator = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$",
@@ -35,6 +35,7 @@ class DeploymentStatus(models.TextChoices):
     DEGRADED = "degraded", "Degraded"
     FAILED = "failed", "Failed"
     STOPPED = "stopped", "Stopped"
+    IDLE = "idle", "Idle (scaled to zero)"
 
 
 class DeploymentQuerySet(models.QuerySet):
@@ -55,7 +56,19 @@ class Deployment(models.Model):
                                 related_name="+", help_text="Pinned version (or follow alias).")
     alias = models.CharField(max_length=50, blank=True,
                              help_text="Alias followed; resolved when a revision is made.")
+    # The replica count that should run. With ``autoscaling`` set the scaler
+    # (``deployments.autoscale``) moves it within its bounds, without a new revision; 0 when an
+    # idle deployment was scaled to zero (the first request wakes it).
     replicas = models.PositiveIntegerField(default=1)
+    autoscaling = models.JSONField(
+        default=dict, blank=True,
+        help_text="{} for a fixed count; else deployments.spec.Autoscaling.as_dict().")
+    scale_state = models.JSONField(
+        default=dict, blank=True,
+        help_text='The scaler\'s memory: {"wanted": [[unix time, count], ...]} over the '
+                  'scale-down window, "capped": why the last scale-up stopped short.')
+    scaled_at = models.DateTimeField(null=True, blank=True,
+                                     help_text="When the scaler last changed the count.")
     cpu = models.DecimalField(max_digits=7, decimal_places=2, default=1)
     memory_mb = models.PositiveIntegerField(default=1024)
     gpus = models.PositiveIntegerField(default=0)
@@ -105,6 +118,11 @@ class Deployment(models.Model):
     def owner(self) -> str:
         """The quota reservation this deployment holds."""
         return f"deployment:{self.name}"
+
+    @property
+    def autoscaler(self) -> Autoscaling | None:
+        """The typed autoscaling settings; None for a fixed replica count."""
+        return Autoscaling.parse(self.autoscaling) if self.autoscaling else None
 
     @property
     def strategy_type(self) -> str:
@@ -233,6 +251,27 @@ class Replica(models.Model):
 
 
 
+class ScaleSample(models.Model):
+    """The replica count of an autoscaled deployment at one moment: written by the scaler when
+    the count it wants or the count ready changes, and at least once a minute, so the monitoring
+    page draws replicas over time as steps."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="scale_samples")
+    at = models.DateTimeField()
+    desired = models.PositiveIntegerField()
+    ready = models.PositiveIntegerField()
+    metric = models.FloatField(null=True, blank=True,
+                               help_text="The load per replica the decision saw.")
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["deployment", "at"], name="dep_scale_dep_at")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.desired}/{self.ready} @ {self.at:%H:%M:%S}"
+
+
 class TrafficSample(models.Model):
     """What the gateway saw for one revision over about a second (written at most once a second
     per gateway process): the canary compares new and old revisions with these, and monitoring
@@ -254,6 +293,9 @@ class TrafficSample(models.Model):
     gateway_503 = models.PositiveIntegerField(
         default=0, help_text="No ready replica (or the control plane not answering).")
     gateway_504 = models.PositiveIntegerField(default=0, help_text="A replica timed out.")
+    busy_ms = models.FloatField(
+        default=0, help_text="Sum of the attempts' durations: divided by the sample's span it "
+                             "is the mean number of requests in flight (the scaler's load).")
 
     class Meta:
         ordering = ["-at"]

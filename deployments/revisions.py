@@ -21,7 +21,7 @@ from .models import Deployment, DeploymentStatus, Revision, RevisionState
 __all__ = ["model_dir_for"]  # re-exported: deployments.reconcile imports it from here
 
 # What the audit log snapshots of a deployment before and after a verb.
-DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "cpu",
+DEPLOYMENT_FIELDS = ["name", "team", "model", "version", "alias", "replicas", "autoscaling", "cpu",
                      "memory_mb", "gpus", "strategy", "stopped", "revision", "target", "runtime",
                      "egress", "egress_reason"]
 
@@ -37,10 +37,14 @@ def locked(d: Deployment) -> Deployment:
 
 
 def spec_of(d: Deployment) -> dict[str, Any]:
+    """What a revision records. An autoscaled deployment's count is the scaler's, not the
+    revision's: left out, so scaling never makes a revision."""
     spec = {"model": d.model.name, "version": d.version.version if d.version else None,
             "alias": d.alias or None, "replicas": d.replicas,
             "resources": {"cpu": float(d.cpu), "memory_mb": d.memory_mb, "gpus": d.gpus},
             "strategy": d.strategy}
+    if d.autoscaling:
+        del spec["replicas"]
     if d.egress:  # only when granted: revisions made before egress existed compare equal
         spec["egress"] = True
     return spec

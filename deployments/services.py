@@ -39,10 +39,12 @@ from .models import (
 from .revisions import DEPLOYMENT_FIELDS, locked, new_revision, rollback_revision, spec_of
 from .runtime_health import deployment_runtime
 from .spec import (
+    Autoscaling,
     DeploymentSpec,
     ResourcesArg,
     StrategyArg,
     StrategyKind,
+    as_autoscaling,
     as_resources,
     as_strategy,
     parse_replicas,
@@ -99,10 +101,12 @@ def _resolve(model: RegisteredModel, version: Any, alias: Any) -> tuple[ModelVer
 def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
                       version: int | str | None = None, alias: str | None = None,
                       replicas: int | str = 1, resources: ResourcesArg = None,
-                      strategy: StrategyArg = None, target: Any = None) -> Deployment:
+                      strategy: StrategyArg = None, target: Any = None,
+                      autoscaling: Autoscaling | dict[str, Any] | None = None) -> Deployment:
     """``target``: the execution target's name (default: ``compute.targets.default_target``).
-    ``resources`` and ``strategy`` are typed (``deployments.spec``) or the API's dicts, checked
-    here after the name, model, version and target."""
+    ``resources``, ``strategy`` and ``autoscaling`` are typed (``deployments.spec``) or the
+    API's dicts, checked here after the name, model, version and target. With ``autoscaling``
+    the deployment starts with ``replicas`` held within its bounds (the scaler moves it)."""
     require_team_role(actor, team, Role.ENGINEER, "deploying models")
     try:
         name_validator(name)
@@ -113,13 +117,16 @@ def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
     pinned, alias, resolved = _resolve(registered, version, alias)
     execution_target = targets.resolve_target(target)
     spec = DeploymentSpec.parse(replicas=replicas, resources=resources, strategy=strategy)
+    scaling = as_autoscaling(autoscaling)
+    count = scaling.clamp(spec.replicas) if scaling else spec.replicas
     cpu, memory_mb, gpus = spec.resources.cpu, spec.resources.memory_mb, spec.resources.gpus
     if Deployment.objects.filter(name=name).exists():
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken")
     try:
         with transaction.atomic():  # the actor is a member: require_team_role checked
             d = Deployment.objects.create(name=name, team=team, model=registered, version=pinned,
-                                          alias=alias, replicas=spec.replicas, cpu=cpu,
+                                          alias=alias, replicas=count, cpu=cpu,
+                                          autoscaling=scaling.as_dict() if scaling else {},
                                           memory_mb=memory_mb, gpus=gpus,
                                           strategy=spec.strategy.as_dict(),
                                           target=execution_target,
@@ -127,7 +134,7 @@ def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
                                           created_by=cast(User | None, actor))
     except IntegrityError:
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
-    admission.admit_spec(team=team, owner=d.owner, replicas=spec.replicas, cpu=cpu,
+    admission.admit_spec(team=team, owner=d.owner, replicas=count, cpu=cpu,
                          memory_mb=memory_mb, gpus=gpus, actor=actor)
     new_revision(d, resolved, actor=actor, reason="created")
     audit.record(actor=actor, action="deployment.created", obj=d, team=team,
@@ -140,11 +147,17 @@ def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
 def update_deployment(*, actor: Actor, deployment: Deployment, version: int | str | None = _UNSET,
                       alias: str | None = _UNSET, replicas: int | str = _UNSET,
                       resources: ResourcesArg = _UNSET, strategy: StrategyArg = _UNSET,
+                      autoscaling: Autoscaling | dict[str, Any] | None = _UNSET,
                       system: bool = False) -> Deployment:
     """Any spec change (or re-resolving a followed alias) makes a new revision; what is not
     given stays as it is. ``resources`` as a dict may give only some keys (the others are
     the deployment's); a ``Resources`` replaces all three. ``system``: a rollout the platform
-    starts itself (an alias the deployment follows has moved)."""
+    starts itself (an alias the deployment follows has moved).
+
+    The replica count of an autoscaled deployment and its ``autoscaling`` settings are not
+    part of a revision: changing only those (or turning autoscaling on or off) resizes in
+    place, nothing restarts. ``autoscaling`` None turns it off (the count stays, at least 1);
+    ``replicas`` given with autoscaling on is held within the bounds."""
     if not system:
         require_team_role(actor, deployment.team, Role.ENGINEER, "changing deployments")
     d = locked(deployment)
@@ -165,6 +178,12 @@ def update_deployment(*, actor: Actor, deployment: Deployment, version: int | st
             assert d.version is not None  # a deployment pins a version or follows an alias
             target = d.version
     new_replicas = d.replicas if replicas is _UNSET else parse_replicas(replicas)
+    scaling = d.autoscaler if autoscaling is _UNSET else as_autoscaling(autoscaling)
+    if scaling is not None:
+        asleep = d.replicas == 0 and replicas is _UNSET and d.autoscaling
+        new_replicas = 0 if asleep else scaling.clamp(new_replicas)
+    else:
+        new_replicas = max(new_replicas, 1)
     if resources is _UNSET:
         cpu, memory_mb, gpus = d.cpu, d.memory_mb, d.gpus
     else:
@@ -174,12 +193,30 @@ def update_deployment(*, actor: Actor, deployment: Deployment, version: int | st
         new_resources = as_resources(resources)
         cpu, memory_mb, gpus = new_resources.cpu, new_resources.memory_mb, new_resources.gpus
     new_strategy = d.strategy if strategy is _UNSET else as_strategy(strategy).as_dict()
+    resized = new_replicas != d.replicas or (scaling.as_dict() if scaling else {}) \
+        != d.autoscaling
+    count_in_revision = scaling is None and not d.autoscaling and "replicas" in (
+        current.spec if current else {"replicas": 1})
     d.version, d.alias, d.replicas, d.strategy = pinned, new_alias, new_replicas, new_strategy
+    d.autoscaling = scaling.as_dict() if scaling else {}
     d.cpu, d.memory_mb, d.gpus = cpu, memory_mb, gpus
+    ignored = {"model_version", "rollback_of"} | (set() if count_in_revision else {"replicas"})
     changed = (current is None or current.model_version_id != target.pk
-               or spec_of(d) != {k: v for k, v in current.spec.items()
-                               if k not in ("model_version", "rollback_of")})
+               or {k: v for k, v in spec_of(d).items() if k not in ignored}
+               != {k: v for k, v in current.spec.items() if k not in ignored})
     if not changed:
+        if resized:
+            if not d.stopped:
+                admission.admit_spec(team=d.team, owner=d.owner, replicas=new_replicas,
+                                     cpu=cpu, memory_mb=memory_mb, gpus=gpus, actor=actor)
+            d.save()
+            event(d, f"Replicas {before['replicas']} → {new_replicas}"
+                     + (f"; autoscaling {_describe(scaling)}" if scaling else
+                        "; autoscaling off") + ".", revision=d.revision)
+            audit.record(actor=actor, action="deployment.updated", obj=d, team=d.team,
+                         before=before, after=audit.snapshot(d, DEPLOYMENT_FIELDS))
+            passes.reconcile_on_commit(d)
+            return d
         d.save()
         return d
     if not d.stopped:
@@ -190,6 +227,13 @@ def update_deployment(*, actor: Actor, deployment: Deployment, version: int | st
                  after=audit.snapshot(d, DEPLOYMENT_FIELDS))
     passes.reconcile_on_commit(d)
     return d
+
+
+def _describe(a: Autoscaling) -> str:
+    zero = (f", to zero after {a.idle_to_zero_after_s} s idle" if a.idle_to_zero_after_s
+            else "")
+    return (f"{a.min_replicas} to {a.max_replicas} replicas at {a.target:g} {a.metric.value} per "
+            f"replica{zero}")
 
 
 @transaction.atomic

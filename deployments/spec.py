@@ -1,5 +1,6 @@
 """What a deployment asks for, as typed values: ``Resources`` per replica, the rollout
-``Strategy`` and the ``DeploymentSpec`` that holds them with the replica count.
+``Strategy``, the ``DeploymentSpec`` that holds them with the replica count, and
+``Autoscaling`` (how the platform's scaler, ``deployments.autoscale``, moves that count).
 
 The REST API, the portal's form and the CLI send JSON-like dicts; ``parse`` checks one the way
 the API documents it (an ``InvalidInput`` naming the field otherwise) and returns the typed
@@ -208,6 +209,105 @@ def _interval(raw: dict[str, Any]) -> int | float:
         raise InvalidInput("strategy.interval_s must be seconds between 0 and 86400.",
                            field="strategy")
     return interval
+
+
+class ScaleMetric(StrEnum):
+    """What ``Autoscaling.target`` is per replica: requests in flight at once (time-averaged,
+    from the edge's counters), requests per second, or CPU percent of the replica's cores."""
+
+    CONCURRENCY = "concurrency"
+    RPS = "rps"
+    CPU = "cpu"
+
+
+SCALE_METRICS = tuple(m.value for m in ScaleMetric)
+_AUTOSCALING_KEYS = {"min_replicas", "max_replicas", "metric", "target", "scale_down_delay_s",
+                     "idle_to_zero_after_s"}
+DEFAULT_TARGETS = {ScaleMetric.CONCURRENCY: 4, ScaleMetric.RPS: 50, ScaleMetric.CPU: 70}
+DEFAULT_SCALE_DOWN_DELAY_S = 300
+MIN_IDLE_TO_ZERO_S = 10
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """How many replicas the scaler keeps: between ``min_replicas`` and ``max_replicas``, enough
+    for ``target`` of ``metric`` per replica; fewer only after ``scale_down_delay_s`` of less
+    load (a stabilisation window: the highest count wanted over that window is kept); none at
+    all after ``idle_to_zero_after_s`` without a request (None: never to zero)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    metric: ScaleMetric = ScaleMetric.CONCURRENCY
+    target: float = DEFAULT_TARGETS[ScaleMetric.CONCURRENCY]
+    scale_down_delay_s: int = DEFAULT_SCALE_DOWN_DELAY_S
+    idle_to_zero_after_s: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stored form (``Deployment.autoscaling``) and what the API shows."""
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "metric": str(self.metric), "target": self.target,
+                "scale_down_delay_s": self.scale_down_delay_s,
+                "idle_to_zero_after_s": self.idle_to_zero_after_s}
+
+    def clamp(self, replicas: int) -> int:
+        """``replicas`` within ``[min_replicas, max_replicas]``."""
+        return max(self.min_replicas, min(self.max_replicas, replicas))
+
+    @classmethod
+    def parse(cls, raw: Any) -> Autoscaling | None:
+        """``{"min_replicas": 1, "max_replicas": 4, "metric": "concurrency", "target": 4,
+        "scale_down_delay_s": 300, "idle_to_zero_after_s": 600}`` (only ``max_replicas`` is
+        required); None or ``{}``: a fixed replica count."""
+        if raw in (None, {}):
+            return None
+        if not isinstance(raw, dict):
+            raise InvalidInput('autoscaling must be an object like {"min_replicas": 1, '
+                               '"max_replicas": 4, "target": 4}, or null for a fixed count.',
+                               field="autoscaling")
+        unknown = sorted(set(raw) - _AUTOSCALING_KEYS)
+        if unknown:
+            raise InvalidInput(f"autoscaling has unknown key(s) {', '.join(unknown)}; expected "
+                               f"{', '.join(sorted(_AUTOSCALING_KEYS))}.", field="autoscaling")
+        limit = settings.MODELPORT_MAX_REPLICAS
+        if "max_replicas" not in raw:
+            raise InvalidInput("autoscaling.max_replicas is required (the most replicas the "
+                               "scaler may run).", field="autoscaling")
+        low = _count(raw, "min_replicas", 1, 1, limit)
+        high = _count(raw, "max_replicas", low, 1, limit)
+        if high < low:
+            raise InvalidInput(f"autoscaling.max_replicas ({high}) must be at least "
+                               f"min_replicas ({low}).", field="autoscaling")
+        metric = raw.get("metric", ScaleMetric.CONCURRENCY.value)
+        if metric not in SCALE_METRICS:
+            raise InvalidInput(f"autoscaling.metric must be one of {', '.join(SCALE_METRICS)} "
+                               f"(got {metric!r}).", field="autoscaling")
+        metric = ScaleMetric(metric)
+        target = raw.get("target", DEFAULT_TARGETS[metric])
+        top = 100 if metric == ScaleMetric.CPU else 100000
+        if isinstance(target, bool) or not isinstance(target, (int, float)) \
+                or not 0 < target <= top:
+            raise InvalidInput(f"autoscaling.target ({metric.value} per replica) must be a "
+                               f"number above 0 and at most {top} (got {target!r}).",
+                               field="autoscaling")
+        delay = _count(raw, "scale_down_delay_s", DEFAULT_SCALE_DOWN_DELAY_S, 0, 86400)
+        idle = raw.get("idle_to_zero_after_s")
+        if idle is not None:
+            idle = _count(raw, "idle_to_zero_after_s", None, MIN_IDLE_TO_ZERO_S, 30 * 86400)
+        return cls(min_replicas=low, max_replicas=high, metric=metric, target=target,
+                   scale_down_delay_s=delay, idle_to_zero_after_s=idle)
+
+
+def _count(raw: dict[str, Any], key: str, default: Any, minimum: int, maximum: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidInput(f"autoscaling.{key} must be a whole number from {minimum} to "
+                           f"{maximum} (got {value!r}).", field="autoscaling")
+    return value
+
+
+def as_autoscaling(value: Autoscaling | Mapping[str, Any] | None) -> Autoscaling | None:
+    """An ``Autoscaling`` as is; anything else through ``Autoscaling.parse``."""
+    return value if isinstance(value, Autoscaling) else Autoscaling.parse(value)
 
 
 ResourcesArg = Resources | Mapping[str, Any] | None

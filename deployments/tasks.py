@@ -9,7 +9,10 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from . import host_tasks  # noqa: F401 - registers the host workers' tasks
+from . import (
+    autoscale,
+    host_tasks,  # noqa: F401 - registers the host workers' tasks
+)
 from .models import Deployment
 from .orphans import sweep
 from .reconcile import reconcile_deployment, remove_deployment_containers
@@ -20,6 +23,24 @@ log = logging.getLogger(__name__)
 @shared_task(name="deployments.tasks.reconcile", ignore_result=True)
 def reconcile(deployment_id: int) -> str:
     return reconcile_deployment(deployment_id)
+
+
+@shared_task(name="deployments.tasks.wake", bind=True, ignore_result=True, max_retries=600)
+def wake(self, deployment_id: int) -> str:
+    """The pass that starts a deployment woken from zero (``autoscale.wake``). A request waits
+    on it, so when another pass holds the deployment's lock (a scale-down still draining) it
+    comes back 50 ms later rather than at beat's next tick."""
+    outcome = reconcile_deployment(deployment_id)
+    if outcome == "busy":
+        raise self.retry(countdown=0.05)
+    return outcome
+
+
+@shared_task(name="deployments.tasks.autoscale_all", ignore_result=True,
+             expires=max(1, settings.MODELPORT_AUTOSCALE_SECONDS))
+def autoscale_all() -> int:
+    """Beat: the scaler's look at every autoscaled deployment (``deployments.autoscale``)."""
+    return autoscale.autoscale_all()
 
 
 @shared_task(name="deployments.tasks.reconcile_all", ignore_result=True)

@@ -112,7 +112,8 @@ class Route:
 _routes: dict[str, Route] = {}
 _auth: dict[str, tuple[float, bool, frozenset[int]]] = {}
 FLUSH_S = 1.0
-# (deployment pk, revision) -> [attempts, attempt errors, [ms...], answered, {code: refusals}]
+# (deployment pk, revision) -> [attempts, attempt errors, [ms...], answered, {code: refusals},
+#                              total ms of the attempts (the autoscaler's requests in flight)]
 _stats: dict[tuple[int, int], list] = {}
 _last_flush = [time.monotonic()]
 
@@ -120,7 +121,7 @@ _last_flush = [time.monotonic()]
 def _entry(key: tuple[int, int]) -> list:
     entry = _stats.get(key)
     if entry is None:
-        entry = _stats[key] = [0, 0, [], 0, None]
+        entry = _stats[key] = [0, 0, [], 0, None, 0.0]
     return entry
 
 
@@ -134,6 +135,7 @@ def count(deployment_id: int, revision: int, status: int, elapsed_ms: float,
         entry[0] += 1
         entry[1] += status >= 500
         entry[3] += answered
+        entry[5] += elapsed_ms
         if len(entry[2]) < 5000:
             entry[2].append(elapsed_ms)
 
@@ -170,13 +172,13 @@ def flush() -> None:
         return
     now = timezone.now()
     rows = []
-    for (deployment_id, revision), (n, errors, times, answered, codes) in taken.items():
+    for (deployment_id, revision), (n, errors, times, answered, codes, busy) in taken.items():
         times = sorted(times)
         p95 = times[min(len(times) - 1, int(0.95 * len(times)))] if times else 0.0
         codes = codes or {}
         rows.append(TrafficSample(deployment_id=deployment_id, revision=revision, at=now,
                                   requests=n, errors=errors, p95_ms=p95,
-                                  gateway_requests=answered,
+                                  gateway_requests=answered, busy_ms=busy,
                                   **{f"gateway_{code}": codes.get(code, 0)
                                      for code in GATEWAY_CODES}))
     try:

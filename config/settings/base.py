@@ -296,7 +296,11 @@ CELERY_TASK_ALWAYS_EAGER = False
 # its own queue, consumed by its own worker process (Procfile "reconciler").
 # The controllers' queue (the Procfile's reconciler): short, level-triggered passes of
 # deployments and batch jobs, never behind an image build or a validation on the worker.
-CELERY_TASK_ROUTES = {"deployments.tasks.*": {"queue": "deployments"},
+# A wake from zero has a request waiting on it, and the scaler's look is short: both go to the
+# general workers rather than wait behind the reconciler queue's long passes (drains, builds).
+CELERY_TASK_ROUTES = {"deployments.tasks.wake": {"queue": "celery"},
+                      "deployments.tasks.autoscale_all": {"queue": "celery"},
+                      "deployments.tasks.*": {"queue": "deployments"},
                       "jobs.tasks.*": {"queue": "deployments"}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(MODELPORT_DATA_DIR / "celerybeat-schedule")
 _HEARTBEAT = timedelta(seconds=env_int("MODELPORT_HEARTBEAT_SECONDS", 15, minimum=1))
@@ -460,6 +464,20 @@ MODELPORT_RETRY_BACKOFF_MAX_S = env_float("MODELPORT_RETRY_BACKOFF_MAX_S", 300, 
 CELERY_BEAT_SCHEDULE["deployments-reconcile-all"] = {
     "task": "deployments.tasks.reconcile_all",
     "schedule": timedelta(seconds=MODELPORT_RECONCILE_SECONDS),
+}
+# --- Autoscaling (deployments/autoscale.py) ---------------------------------------------------
+# Beat looks at every autoscaled deployment this often; the load it judges is the gateways'
+# counts over the last WINDOW_S (requests answered, time in flight) or the replicas' CPU. A
+# request to a deployment scaled to zero waits at the edge while it wakes: at most
+# WAKE_QUEUE requests per deployment and edge process, each at most WAKE_TIMEOUT_S, then 503
+# with Retry-After.
+MODELPORT_AUTOSCALE_SECONDS = env_float("MODELPORT_AUTOSCALE_SECONDS", 2, minimum=0.5)
+MODELPORT_AUTOSCALE_WINDOW_S = env_float("MODELPORT_AUTOSCALE_WINDOW_S", 10, minimum=1)
+MODELPORT_WAKE_QUEUE = env_int("MODELPORT_WAKE_QUEUE", 256, minimum=1)
+MODELPORT_WAKE_TIMEOUT_S = env_float("MODELPORT_WAKE_TIMEOUT_S", 30, minimum=1)
+CELERY_BEAT_SCHEDULE["deployments-autoscale"] = {
+    "task": "deployments.tasks.autoscale_all",
+    "schedule": timedelta(seconds=MODELPORT_AUTOSCALE_SECONDS),
 }
 # --- Batch scoring jobs (jobs/) ----------------------------------------------------------------
 # An uploaded or referenced input is refused over this size; it is staged as Parquet whose row

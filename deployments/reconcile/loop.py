@@ -47,7 +47,7 @@ def reconcile_deployment(deployment_id: int, runtime: Runtime | None = None) -> 
         try:
             outcome = Reconciler(d, runtime).run()
             for _again in range(5):  # the spec changed mid-rollout: converge to the new one
-                if outcome != Outcome.SUPERSEDED:
+                if outcome != Outcome.SUPERSEDED and not _count_moved(d):
                     break
                 fresh = (Deployment.objects.select_related("team", "model")
                          .filter(pk=deployment_id).first())
@@ -62,6 +62,12 @@ def reconcile_deployment(deployment_id: int, runtime: Runtime | None = None) -> 
             event(d, f"Reconcile error: {exc.__class__.__name__}: {exc}", kind=Kind.ERROR,
                   revision=d.revision)
             raise
+
+
+def _count_moved(d: Deployment) -> bool:
+    """The scaler changed the replica count during the pass (a wake while a scale to zero
+    drained): the waiting request must not wait for beat's next pass."""
+    return Deployment.objects.filter(pk=d.pk).exclude(replicas=d.replicas).exists()
 
 
 def remove_deployment_containers(name: str, runtime: Runtime | None = None,

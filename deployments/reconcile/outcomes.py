@@ -42,6 +42,7 @@ class Outcome(StrEnum):
     RETRY_SCHEDULED = "retry-scheduled"
     FAILED = "failed"
     STOPPED = "stopped"
+    IDLE = "idle"
     UNREACHABLE = "unreachable"
     BUSY = "busy"
     GONE = "gone"
@@ -55,6 +56,7 @@ class Outcomes:
     observe: Callable[[], list[Any]]
     publish: Callable[..., list[Any]]
     remove_container: Callable[[str], None]
+    remove: Callable[..., None]
     last_logs: Callable[..., str]
     revoke_ingest: Callable[[], None]
 
@@ -152,6 +154,21 @@ class Outcomes:
                    f"{ready} of {d.replicas} replica(s) ready (revision {target.number})."
                    f"{waiting}", 100)
         return Outcome.DEGRADED
+
+    def sleep_all(self) -> str:
+        """Scaled to zero (``deployments.autoscale``): drain and remove every replica but keep
+        the revision, the traffic split and the route, so the next request wakes it."""
+        d = self.d
+        states = self.observe()
+        if states:
+            self.remove(states, drain=True)
+            event(d, f"Idle: removed {len(states)} replica(s); the next request wakes it.")
+        self.publish([])
+        admission.mark_running(owner=d.owner, running=False)
+        if d.status != DeploymentStatus.IDLE:
+            set_status(d, DeploymentStatus.IDLE, "Idle (scaled to zero): the next request "
+                                                 "starts a replica.", 100)
+        return Outcome.IDLE
 
     def stop_all(self) -> str:
         d = self.d

@@ -155,6 +155,8 @@ class Reconciler(Replicas, Outcomes):
         d = self.d
         if d.stopped:
             return self.stop_all()
+        if d.replicas == 0 and d.autoscaling:  # scaled to zero: the next request wakes it
+            return self.sleep_all()
         target = Revision.objects.select_related("model_version").get(deployment=d,
                                                                       number=d.revision)
         states = self.observe()
@@ -270,6 +272,13 @@ class Reconciler(Replicas, Outcomes):
             set_status(d, DeploymentStatus.STARTING,
                        f"Starting {len(missing)} replica(s) of revision {target.number}.",
                        max(d.progress, 30))
+        elif d.autoscaling and target.state == RevisionState.ACTIVE:  # the scaler's doing
+            serving = any(s.alive for s in ours.values())
+            set_status(d, DeploymentStatus.HEALTHY if serving else DeploymentStatus.STARTING,
+                       f"Scaling up: starting {len(missing)} more replica(s) of revision "
+                       f"{target.number}." if serving else
+                       f"Waking: starting {len(missing)} replica(s) of revision "
+                       f"{target.number}.", d.progress)
         else:
             set_status(d, DeploymentStatus.DEGRADED,
                        f"Replacing {len(missing)} replica(s) of revision {target.number}.",
