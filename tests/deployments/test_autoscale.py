@@ -63,7 +63,7 @@ def test_autoscaling_settings_are_checked_and_named():
         Autoscaling.parse({"min_replicas": 2, "max_replicas": 1})
     with pytest.raises(InvalidInput, match="metric must be one of concurrency, rps, cpu"):
         Autoscaling.parse({"max_replicas": 2, "metric": "memory"})
-    with pytest.raises(InvalidInput, match="target .* at most 100"):
+    with pytest.raises(InvalidInput, match=r"target .* at most 100"):
         Autoscaling.parse({"max_replicas": 2, "metric": "cpu", "target": 150})
     with pytest.raises(InvalidInput, match="idle_to_zero_after_s must be a whole number from 10"):
         Autoscaling.parse({"max_replicas": 2, "idle_to_zero_after_s": 1})
@@ -178,14 +178,14 @@ def test_a_wake_over_the_quota_is_refused_with_the_numbers(fast, engineer, team,
     reconcile_deployment(d.pk, runtime)
     get_quota(team)
     TeamQuota.objects.filter(team=team).update(cpu=0.25)
-    with pytest.raises(Conflict, match="needs 0.5 CPU; team ml-search has 0.25 of 0.25"):
+    with pytest.raises(Conflict, match=r"needs 0\.5 CPU; team ml-search has 0\.25 of 0\.25"):
         autoscale.wake(d.pk)
     d.refresh_from_db()
     assert d.replicas == 0
 
 
 def test_changing_the_bounds_resizes_in_place(fast, engineer, team, v1, upstreams):
-    d, runtime = running(engineer, team, upstreams)
+    d, _ = running(engineer, team, upstreams)
     services.update_deployment(actor=engineer, deployment=d,
                                autoscaling={**AUTO, "min_replicas": 2})
     d.refresh_from_db()
