@@ -9,7 +9,7 @@ from core.admin import ReadOnlyInline
 from core.errors import DomainError
 
 from . import services
-from .models import Deployment, DeploymentEvent, Replica, Revision, ShadowSample
+from .models import Deployment, DeploymentEvent, Replica, Revision, ScaleSample, ShadowSample
 
 
 class RevisionInline(ReadOnlyInline):
@@ -78,6 +78,28 @@ class DeploymentEventAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(ScaleSample)
+class ScaleSampleAdmin(admin.ModelAdmin):
+    """Autoscaled deployments' replica counts over time (written by the scaler only; drawn on
+    the monitoring page)."""
+
+    list_display = ["at", "deployment", "desired", "ready", "metric"]
+    list_select_related = ["deployment"]
+    list_per_page = 50
+    list_filter = [("deployment", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["deployment__name"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
 

@@ -85,7 +85,7 @@ def test_console_changelists_render_with_related_columns(console, team):
     make_deployment(make_model(team, "churn", versions=2), "churn-prod", firing=True)
     for path in ("/admin/registry/registeredmodel/", "/admin/registry/modelversion/",
                  "/admin/deployments/deployment/", "/admin/deployments/deploymentevent/",
-                 "/admin/deployments/shadowsample/",
+                 "/admin/deployments/shadowsample/", "/admin/deployments/scalesample/",
                  "/admin/monitoring/alert/", "/admin/teams/team/",
                  "/admin/teams/installation/"):
         response = console.get(path)
