@@ -17,7 +17,7 @@ from core.errors import DomainError
 from registry.models import ModelVersion, RegisteredModel
 
 from . import services
-from .forms import DeploymentEditForm, DeployVersionForm
+from .forms import AutoscalingForm, DeploymentEditForm, DeployVersionForm
 from .models import Deployment, Revision
 from .page import can_change, page_context, visible_deployment
 
@@ -30,25 +30,37 @@ def deployment_edit(request: HttpRequest, name: str) -> HttpResponse:
     if request.method != "POST":
         return redirect(reverse("deployments:detail", args=[d.name]) + "#settings")
     form = DeploymentEditForm(request.POST, deployment=d)
-    if form.is_valid():
-        before = d.revision
+    scaling = AutoscalingForm(request.POST, deployment=d)
+    if all([form.is_valid(), scaling.is_valid()]):
+        before = (d.revision, d.replicas, d.autoscaling)
+        args = {**form.spec_args(), "autoscaling": scaling.spec()}
+        if args["autoscaling"] is not None:
+            del args["replicas"]  # the scaler's: the form's may be stale by now
         try:
-            d = services.update_deployment(actor=request.user, deployment=d,
-                                           **form.spec_args())
+            d = services.update_deployment(actor=request.user, deployment=d, **args)
         except DomainError as exc:
             if not can_change(request, d.team):  # no form on their page: say it on top
                 messages.error(request, exc.message)
                 return redirect("deployments:detail", name=d.name)
-            form.add_service_error(exc.field, exc.message, exc.extra)
-        else:
-            if d.revision == before:
-                messages.info(request, f"Nothing changed: '{d.name}' already runs this.")
+            if exc.field == "autoscaling":
+                scaling.add_service_error(exc.message)
             else:
+                form.add_service_error(exc.field, exc.message, exc.extra)
+        else:
+            if d.revision != before[0]:
                 messages.success(request, f"Saved: revision {d.revision} of '{d.name}' is "
                                           f"rolling out ({d.strategy_type}).")
+            elif (d.replicas, d.autoscaling) != before[1:]:
+                messages.success(request, f"Saved: '{d.name}' now wants {d.replicas} "
+                                          f"replica{'s' if d.replicas != 1 else ''} (autoscaling "
+                                          f"{'on' if d.autoscaling else 'off'}); no new "
+                                          "revision, nothing restarts.")
+            else:
+                messages.info(request, f"Nothing changed: '{d.name}' already runs this.")
             return redirect("deployments:detail", name=d.name)
     return render(request, "deployments/detail.html",
-                  page_context(request, d, edit_form=form, full=True), status=400)
+                  page_context(request, d, edit_form=form, scaling_form=scaling, full=True),
+                  status=400)
 
 
 def _version(request: HttpRequest, model_name: str, number: int) -> ModelVersion:

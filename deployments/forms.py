@@ -26,7 +26,9 @@ class SpecFields(forms.Form):
     """Replicas, resources and the rollout strategy: what a deployment asks for, shared by the
     create and the edit forms."""
 
-    replicas = forms.IntegerField(initial=1)
+    replicas = forms.IntegerField(
+        initial=1, help_text="With autoscaling, the count a new deployment starts with; the "
+                             "scaler moves it from then on.")
     cpu = forms.DecimalField(initial=1, max_digits=7, decimal_places=2, label="CPU per replica")
     memory_mb = forms.IntegerField(initial=1024, label="Memory per replica (MB)")
     gpus = forms.IntegerField(initial=0, required=False, label="GPUs per replica")
@@ -106,6 +108,70 @@ class SpecFields(forms.Form):
                 numbers = extra["resources"][name]  # type: ignore[index]
                 self.add_error(key, f"Over quota: {numbers['needs']:g} more needed, "
                                     f"{numbers['free']:g} of {numbers['limit']:g} free.")
+
+
+METRIC_LABELS = [("concurrency", "requests in flight per replica"),
+                 ("rps", "requests per second per replica"),
+                 ("cpu", "CPU % per replica (100 = one core)")]
+
+
+class AutoscalingForm(forms.Form):
+    """The "Autoscaling" fieldset of the create and edit forms (prefix ``autoscaling``), off
+    by default. It only shapes the ``autoscaling`` object: ``Autoscaling.parse`` (in the
+    service verbs) checks it, for the API, the CLI and the portal alike."""
+
+    enabled = forms.BooleanField(
+        required=False, label="Autoscale the replica count",
+        help_text="The platform adds replicas under load and removes them when it passes, "
+                  "within the bounds below and the team's quota. Changing this never makes a "
+                  "new revision.")
+    min_replicas = forms.IntegerField(required=False, initial=1, min_value=1,
+                                      label="Fewest replicas")
+    max_replicas = forms.IntegerField(required=False, initial=4, min_value=1,
+                                      label="Most replicas")
+    metric = forms.ChoiceField(choices=METRIC_LABELS, initial="concurrency", required=False,
+                               label="Scale on")
+    target = forms.FloatField(
+        required=False, min_value=0, label="Target per replica",
+        help_text="Blank: 4 requests in flight, 50 requests/s or 70 % CPU.")
+    scale_down_delay_s = forms.IntegerField(
+        required=False, initial=300, min_value=0, label="Scale-down delay (s)",
+        help_text="Fewer replicas only once the load has stayed lower this long.")
+    idle_to_zero_after_s = forms.IntegerField(
+        required=False, min_value=1, label="Scale to zero after (s without a request)",
+        help_text="Blank: never. Idle, it runs no replica and holds none of the quota; the next "
+                  "request wakes it (the gateway holds it while a replica starts).")
+
+    def __init__(self, *args: Any, deployment: Deployment | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix", "autoscaling")
+        if deployment is not None:
+            kwargs.setdefault("auto_id", "edit_%s")
+            if deployment.autoscaling:
+                a = deployment.autoscaling
+                kwargs["initial"] = {"enabled": True, **{k: a.get(k) for k in (
+                    "min_replicas", "max_replicas", "metric", "target", "scale_down_delay_s",
+                    "idle_to_zero_after_s")}}
+        super().__init__(*args, **kwargs)
+
+    def spec(self) -> dict[str, Any] | None:
+        """The ``autoscaling`` object (None: a fixed count); blanks take the defaults."""
+        data = self.cleaned_data
+        if not data.get("enabled"):
+            return None
+        out: dict[str, Any] = {"metric": data.get("metric") or "concurrency"}
+        for key in ("min_replicas", "max_replicas", "target", "scale_down_delay_s",
+                    "idle_to_zero_after_s"):
+            if data.get(key) is not None:
+                out[key] = data[key]
+        return out
+
+    def add_service_error(self, message: str) -> None:
+        """``Autoscaling.parse``'s refusal ("autoscaling.max_replicas must …"): on top of the
+        fieldset and next to the field it names."""
+        self.add_error(None, message)
+        named = next((k for k in self.fields if f"autoscaling.{k}" in message), None)
+        if named and named != "enabled":
+            self.add_error(named, message)
 
 
 class DeploymentCreateForm(SpecFields):

@@ -14,7 +14,7 @@ from teams.roles import Role, is_platform_admin
 
 from . import services
 from .filtersets import DeploymentFilterSet
-from .forms import DeploymentCreateForm
+from .forms import AutoscalingForm, DeploymentCreateForm
 from .models import Deployment
 from .page import can_change, page_context, visible_deployment
 
@@ -49,23 +49,28 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
     if request.GET.get("version", "").isdigit():  # "Deploy v2 to a new deployment"
         initial["version"] = request.GET["version"]
     form = DeploymentCreateForm(request.POST or None, teams=writable, initial=initial)
-    if request.method == "POST" and form.is_valid():
+    scaling = AutoscalingForm(request.POST or None)
+    if request.method == "POST" and all([form.is_valid(), scaling.is_valid()]):
         data = form.cleaned_data
         try:
             d = services.create_deployment(
                 actor=request.user, team=data["team"], name=data["name"], model=data["model"],
                 version=data["version"], alias=data["alias"] or None,
                 replicas=data["replicas"], resources=form.resources(),
-                strategy=form.strategy_spec(), target=data.get("target"))
+                strategy=form.strategy_spec(), target=data.get("target"),
+                autoscaling=scaling.spec())
         except DomainError as exc:
-            form.add_service_error(exc.field, exc.message, exc.extra)
+            if exc.field == "autoscaling":
+                scaling.add_service_error(exc.message)
+            else:
+                form.add_service_error(exc.field, exc.message, exc.extra)
         else:
             messages.success(request, f"Deploying '{d.name}': revision {d.revision} is "
                                       "rolling out.")
             return redirect("deployments:detail", name=d.name)
     return render(request, "deployments/list.html",
                   {"deployments": filtered, "teams": Team.objects.visible_to(request.user),
-                   "form": form, "can_create": writable.exists()})
+                   "form": form, "scaling_form": scaling, "can_create": writable.exists()})
 
 
 @login_required

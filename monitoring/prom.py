@@ -6,8 +6,8 @@ multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before the process starts, a
 compose and Kubernetes do) each process writes its values to files and ``exposition`` adds them
 up, so every scrape of ``/metrics`` from any web worker returns the same totals; without it
 (unit tests, a plain ``runserver``) ``/metrics`` serves this process's counters. Values that
-come from the database (rollup lag, alerts firing, deployments by status) are read when
-``/metrics`` is scraped, by ``DatabaseCollector``.
+come from the database (rollup lag, alerts firing, deployments by status, replicas desired
+and ready per deployment) are read when ``/metrics`` is scraped, by ``DatabaseCollector``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from core.prom_files import FilesCollector
-from deployments.models import Deployment
+from deployments.models import Deployment, Replica
 
 from .gateway_errors import GATEWAY_ERRORS
 from .models import Alert, AlertRule, AlertState, PredictionRecord, RollupCursor
@@ -58,6 +58,9 @@ class DatabaseCollector:
             GaugeMetricFamily("modelport_rollup_backlog_records", ""),
             GaugeMetricFamily("modelport_alerts_firing", "", labels=["deployment"]),
             GaugeMetricFamily("modelport_deployments", "", labels=["status"]),
+            GaugeMetricFamily("modelport_deployment_replicas_desired", "",
+                              labels=["deployment"]),
+            GaugeMetricFamily("modelport_deployment_replicas_ready", "", labels=["deployment"]),
         ]
 
     def collect(self):
@@ -95,6 +98,25 @@ class DatabaseCollector:
         for value, n in Deployment.objects.values_list("status").annotate(n=Count("id")):
             status.add_metric([value], n)
         yield status
+        yield from _replica_gauges()
+
+
+def _replica_gauges():
+    """Replicas wanted and ready per deployment: the fixed count, or the autoscaler's (0 while
+    idle, scaled to zero); a stopped deployment wants none."""
+    desired = GaugeMetricFamily("modelport_deployment_replicas_desired",
+                                "Replicas the deployment should run (the autoscaler moves it; "
+                                "0 when stopped or idle)", labels=["deployment"])
+    ready = GaugeMetricFamily("modelport_deployment_replicas_ready",
+                              "Replicas that answer their health check", labels=["deployment"])
+    counts = dict(Replica.objects.filter(ready=True).values_list("deployment__name")
+                  .annotate(n=Count("id")))
+    for name, replicas, stopped in Deployment.objects.order_by("name").values_list(
+            "name", "replicas", "stopped"):
+        desired.add_metric([name], 0 if stopped else replicas)
+        ready.add_metric([name], counts.get(name, 0))
+    yield desired
+    yield ready
 
 
 DATABASE = DatabaseCollector()

@@ -26,7 +26,7 @@ from registry.models import RegisteredModel
 from teams.authentication import authenticate_token
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import alerts, batch, ingest, overlays, prom, rollups, services
+from . import alerts, batch, ingest, overlays, prom, rollups, scale, services
 from . import replica_metrics as replica_metrics_
 from .forms import (
     SILENCE_CHOICES,
@@ -168,6 +168,8 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
         if revision is None:
             series["split"] = overlays.split_series(deployment=deployment, start=start,
                                                     end=end, step=step)
+            series["scale"] = scale.scale_series(deployments=[deployment], start=start,
+                                                 end=end, step=step)
         drift = services.drift_report(deployment=deployment, start=start, end=end,
                                       revision=revision)
         pid = f"r{revision}" if revision is not None else "all"
@@ -205,6 +207,8 @@ def model_page(request: HttpRequest, name: str) -> HttpResponse:
     deployments = list(Deployment.objects.visible_to(request.user).filter(model=model)
                        .order_by("name"))
     series = services.metrics_series(deployments=deployments, start=start, end=end, step=step)
+    series["scale"] = scale.scale_series(deployments=deployments, start=start, end=end,
+                                         step=step)
     rows = []
     for deployment in deployments:
         totals = services.metrics_series(deployments=[deployment], start=start, end=end,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cli_jobs, errors
+from . import cli_jobs, cli_scale, errors
 from .client import Client
 from .login import cmd_login
 from .output import Output, bar, json_arg, table
@@ -174,7 +174,8 @@ def _watch(client: Client, name: str, out: Output, timeout: float) -> int:
 
     healthy = client.wait_until_healthy(name, timeout=timeout, on_progress=show)
     out.done()
-    out.emit(healthy, text=f"{name} is healthy at {healthy.get('endpoint', '')}")
+    out.emit(healthy, text=f"{name} is {cli_scale.status_word(healthy)} at "
+                           f"{healthy.get('endpoint', '')}")
     return 0
 
 
@@ -202,7 +203,8 @@ def cmd_deploy(client: Client, args: argparse.Namespace, out: Output) -> int:
         created = client.deploy(name=args.name, team=args.team, model=args.model,
                                 version=args.version, alias=args.alias, replicas=args.replicas,
                                 cpu=args.cpu, memory_mb=args.memory_mb, gpus=args.gpus,
-                                strategy=_strategy(args))
+                                strategy=_strategy(args),
+                                autoscaling=cli_scale.from_deploy_args(args))
     except errors.Conflict as exc:
         if not args.exist_ok or exc.code != "name_taken":
             raise
@@ -249,8 +251,10 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
     if out.as_json:
         out.emit(dep)
         return 0
-    print(f"{dep['name']}: {dep['status']} (revision {dep.get('revision')}) "
+    print(f"{dep['name']}: {cli_scale.status_word(dep)} (revision {dep.get('revision')}) "
           f"{dep.get('status_message', '')}")
+    for line in cli_scale.status_lines(dep):
+        print(line)
     rollout, retry = dep.get("rollout"), dep.get("retry")
     if rollout:
         print(f"{rollout['strategy']} step {rollout['step']} of {rollout['steps']}: "
@@ -453,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--memory-mb", type=int, default=1024)
     deploy.add_argument("--gpus", type=int, default=0)
     _strategy_arguments(deploy)
+    cli_scale.add_deploy_arguments(deploy)
     deploy.add_argument("--wait", action="store_true")
     deploy.add_argument("--timeout", type=float, default=600)
     deploy.add_argument("--exist-ok", action="store_true",
@@ -534,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota_request.add_argument("--until", help="ISO 8601 expiry of a temporary grant")
     quota_request.set_defaults(func=cmd_quota_request)
     cli_jobs.add_parser(sub)
+    cli_scale.add_parser(sub)
     _global_options_anywhere(parser)
     return parser
 

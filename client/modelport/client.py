@@ -262,7 +262,11 @@ class Client(JobsMixin):
 
     def deploy(self, *, name: str, team: str, model: str, version: int | None = None,
                alias: str | None = None, replicas: int = 1, cpu: float = 1.0,
-               memory_mb: int = 1024, gpus: int = 0, strategy: JSON | None = None) -> JSON:
+               memory_mb: int = 1024, gpus: int = 0, strategy: JSON | None = None,
+               autoscaling: JSON | None = None) -> JSON:
+        """``autoscaling``: ``{"min_replicas", "max_replicas", "metric", "target",
+        "scale_down_delay_s", "idle_to_zero_after_s"}`` (only ``max_replicas`` required);
+        ``replicas`` is then the count it starts with, held within the bounds."""
         body: JSON = {"name": name, "team": team, "model": model, "replicas": replicas,
                       "resources": {"cpu": cpu, "memory_mb": memory_mb, "gpus": gpus}}
         if version is not None:
@@ -271,10 +275,21 @@ class Client(JobsMixin):
             body["alias"] = alias
         if strategy:
             body["strategy"] = strategy
+        if autoscaling:
+            body["autoscaling"] = autoscaling
         return self.request("POST", "/deployments/", json=body)
 
     def update_deployment(self, name: str, **changes: Any) -> JSON:
         return self.request("PATCH", f"/deployments/{name}/", json=changes)
+
+    def set_autoscaling(self, name: str, autoscaling: JSON | None, *,
+                        replicas: int | None = None) -> JSON:
+        """Turn autoscaling on or change its settings (the whole object), or off with None
+        (the count stays). Never a new revision: nothing restarts."""
+        body: JSON = {"autoscaling": autoscaling}
+        if replicas is not None:
+            body["replicas"] = replicas
+        return self.request("PATCH", f"/deployments/{name}/", json=body)
 
     def wait_until_healthy(self, name: str, *, timeout: float = 300,
                            on_progress: Callable[[JSON], None] | None = None,
@@ -284,7 +299,7 @@ class Client(JobsMixin):
             current = self.deployment(name)
             if on_progress:
                 on_progress(current)
-            if current["status"] == "healthy":
+            if current["status"] in ("healthy", "idle"):  # idle: the next request wakes it
                 return current
             if current["status"] in ("failed", "stopped"):
                 raise errors.OperationFailed(f"deployment {name} is {current['status']}: "

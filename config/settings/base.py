@@ -273,6 +273,9 @@ SPECTACULAR_SETTINGS = {
         "TargetKindEnum": "compute.models.TargetKind",
         "JobStatusEnum": "jobs.models.JobStatus",
         "JobChunkStatusEnum": "jobs.models.ChunkStatus",
+        # Two fields named metric: the alert rules' and autoscaling's.
+        "MetricEnum": "monitoring.alerts.METRICS",
+        "ScaleMetricEnum": "deployments.spec.SCALE_METRICS",
     },
 }
 

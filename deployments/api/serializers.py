@@ -15,6 +15,7 @@ from teams.models import Team, slug_validator
 from .. import retries, services, spec
 from ..models import STRATEGIES, Deployment, DeploymentEvent, Revision, name_validator
 from ..reconcile import strategies
+from .autoscaling import AutoscalingField, AutoscalingSerializer
 
 
 class DeploymentResourcesSerializer(StrictTypes, serializers.Serializer):
@@ -69,9 +70,13 @@ class DeploymentCreateSerializer(StrictTypes, serializers.Serializer):
     alias = identifier(alias_validator, "alias", required=False, allow_blank=True,
                        allow_null=True, max_length=50,
                        help_text="Alias to follow, e.g. production.")
-    replicas = _replicas(required=False, default=1)
+    replicas = _replicas(required=False, default=1,
+                         help_text="Replica count; with autoscaling, the count it starts with "
+                                   "(held within min_replicas and max_replicas).")
     resources = DeploymentResourcesSerializer(required=False)
     strategy = DeploymentStrategySerializer(required=False)
+    autoscaling = AutoscalingField(
+        help_text="Let the platform move the replica count (null or absent: a fixed count).")
     target = serializers.CharField(
         required=False, allow_blank=True, allow_null=True, max_length=50,
         help_text="Execution target name (GET /api/v1/targets/); default: the default target.")
@@ -83,9 +88,14 @@ class DeploymentUpdateSerializer(StrictTypes, serializers.Serializer):
     version = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     alias = identifier(alias_validator, "alias", required=False, allow_blank=True,
                        allow_null=True, max_length=50)
-    replicas = _replicas(required=False)
+    replicas = _replicas(required=False,
+                         help_text="A new fixed count (a new revision); with autoscaling on, "
+                                   "the count now, held within the bounds (no new revision).")
     resources = DeploymentResourcesSerializer(required=False)
     strategy = DeploymentStrategySerializer(required=False)
+    autoscaling = AutoscalingField(
+        help_text="Change the bounds or target, or turn autoscaling on; null turns it off (the "
+                  "count stays, at least 1). Never a new revision.")
 
 
 class RollbackSerializer(StrictTypes, serializers.Serializer):
@@ -176,8 +186,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="version.version", read_only=True, default=None,
                                        allow_null=True)
     alias = serializers.SerializerMethodField(help_text="The alias followed, or null.")
-    desired_replicas = serializers.IntegerField(source="replicas", read_only=True,
-                                                help_text="The replica count asked for.")
+    desired_replicas = serializers.IntegerField(
+        source="replicas", read_only=True,
+        help_text="The replica count that should run: the fixed count, or with autoscaling the "
+                  "scaler's current count (0: idle, scaled to zero).")
+    autoscaling = serializers.SerializerMethodField(
+        help_text="The autoscaling settings, or null for a fixed replica count.")
     resources = serializers.SerializerMethodField()
     replicas = serializers.SerializerMethodField(
         help_text="Each running replica: {id, revision, status, url, ...}.")
@@ -202,9 +216,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Deployment
-        fields = ["name", "team", "model", "version", "alias", "desired_replicas", "resources",
-                  "strategy", "status", "status_message", "progress", "stopped", "egress",
-                  "egress_reason", "revision",
+        fields = ["name", "team", "model", "version", "alias", "desired_replicas", "autoscaling",
+                  "scaled_at", "resources", "strategy", "status", "status_message", "progress",
+                  "stopped", "egress", "egress_reason", "revision",
                   "endpoint", "replicas", "traffic", "shadow", "rollout", "retry", "target",
                   "runtime", "created_by", "created_at", "updated_at", "reconciled_at"]
 
@@ -222,6 +236,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def get_target(self, obj: Deployment) -> str | None:
         target = deployment_target(obj)
         return target.name if target is not None else None
+
+    @extend_schema_field(AutoscalingSerializer(allow_null=True))
+    def get_autoscaling(self, obj: Deployment) -> dict | None:
+        return obj.autoscaling or None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_alias(self, obj: Deployment) -> str | None:

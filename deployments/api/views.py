@@ -16,7 +16,7 @@ from ..filtersets import DeploymentFilterSet
 from ..models import Deployment, Replica, Revision, RevisionState
 from . import serializers as s
 
-_SPEC_KEYS = ("version", "alias", "replicas", "resources", "strategy")
+_SPEC_KEYS = ("version", "alias", "replicas", "resources", "strategy", "autoscaling")
 
 
 def _spec_args(data: dict) -> dict:

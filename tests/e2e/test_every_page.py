@@ -33,11 +33,13 @@ PAGES = [
     ("version", "/models/churn/versions/2/"),
     ("deployments", "/deployments/"),
     ("deployment", "/deployments/churn-prod/"),
+    ("deployment-idle", "/deployments/churn-idle/"),
     ("jobs", "/jobs/"),
     ("job", f"/jobs/{JOB}/"),
     ("monitoring", "/monitoring/"),
     ("monitoring-model", "/monitoring/models/churn/"),
     ("monitoring-deployment", "/monitoring/deployments/churn-prod/"),
+    ("monitoring-deployment-autoscaled", "/monitoring/deployments/churn-idle/"),
     ("monitoring-model-settings", "/monitoring/models/churn/settings/"),
     ("monitoring-deployment-settings", "/monitoring/deployments/churn-prod/settings/"),
     ("monitoring-rule-new", "/monitoring/deployments/churn-prod/rules/"),
@@ -57,8 +59,9 @@ PAGES = [
 
 
 def seed(team) -> dict[str, str]:
-    """A catalogue worth looking at: versions, an alias, two deployments (one with a firing
-    alert), a long-named model, a pending resource request, a token, a notification."""
+    """A catalogue worth looking at: versions, an alias, three deployments (one with a firing
+    alert, one autoscaled and idle), a long-named model, a pending resource request, a token,
+    a notification."""
     admin = AdminFactory(username="root")
     mia = UserFactory(username="mia")
     MembershipFactory(team=team, user=mia, role=Role.MAINTAINER)
@@ -67,6 +70,7 @@ def seed(team) -> dict[str, str]:
                        description="Churn risk from the last 90 days of account activity")
     make_alias(churn, "production", 2)
     make_deployment(churn, "churn-prod", firing=True)
+    _idle(churn)
     make_deployment(make_model(team, LONG, versions=1), "customer-lifetime-value-eu-west-canary",
                     ready=1)
     quota_services.get_quota(team)
@@ -76,6 +80,31 @@ def seed(team) -> dict[str, str]:
     notifications.notify(users=[admin], text="Resource request from ML Search: 1 GPU",
                          link="/resource-requests/", email=False)
     return {RULE: str(AlertRule.objects.get(name="errors high").pk), JOB: str(_job(churn))}
+
+
+def _idle(model) -> None:
+    """An autoscaled deployment scaled to zero after a burst: the page's idle state, its scale
+    events and the monitoring page's replicas over time (rows only; nothing runs)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import Deployment, DeploymentEvent, ScaleSample
+    from deployments.spec import Autoscaling
+
+    d = make_deployment(model, "churn-idle", status="idle", replicas=0, ready=0)
+    now = timezone.now()
+    Deployment.objects.filter(pk=d.pk).update(
+        autoscaling=Autoscaling(max_replicas=3, idle_to_zero_after_s=600).as_dict(),
+        scaled_at=now - timedelta(minutes=5),
+        status_message="Idle (scaled to zero): the next request starts a replica.")
+    for minutes, desired, ready in ((50, 1, 1), (40, 3, 2), (39, 3, 3), (20, 1, 1), (5, 0, 0)):
+        ScaleSample.objects.create(deployment=d, at=now - timedelta(minutes=minutes),
+                                   desired=desired, ready=ready)
+    for message in ("Scaling up 1 → 3: 11.0 requests in flight per replica against a target "
+                    "of 4.", "Scaling to zero: no request for 600 s. The next request "
+                             "wakes it."):
+        DeploymentEvent.objects.create(deployment=d, revision=1, message=message)
 
 
 def _job(model) -> int:

@@ -121,6 +121,19 @@
         datasets: [line("CPU %", cpu, 0, {yAxisID: "y"}), memory]},
         options: opts("", {scales: scales})};
     },
+    // Replicas over time (the autoscaler's ScaleSample rows): each step's value holds until
+    // the next step, so the lines are drawn as steps, not slopes.
+    scale: function (s) {
+      var r = s.scale || {};
+      if (!r.sampled) return null;
+      var stepped = {stepped: "after", tension: 0};
+      return {type: "line", data: {labels: s.timestamps.map(label),
+        datasets: [line("wanted", r.desired, 0, stepped),
+                   line("ready", r.ready, 2, Object.assign({borderDash: [6, 3]}, stepped))]},
+        options: opts("replicas", {scales: {x: {ticks: {maxTicksLimit: 8}},
+          y: {beginAtZero: true, ticks: {precision: 0},
+              title: {display: true, text: "replicas"}}}})};
+    },
     drift: function (d) {
       var f = d.features || [];
       if (!f.length) return null;
@@ -132,7 +145,8 @@
             text: "PSI (threshold " + d.thresholds.psi + ")"}}}})};
     }
   };
-  var TIME_CHARTS = {requests: 1, errors: 1, gateway: 1, latency: 1, quality: 1, replica: 1};
+  var TIME_CHARTS = {requests: 1, errors: 1, gateway: 1, latency: 1, quality: 1, replica: 1,
+                     scale: 1};
   var markerColors = {deploy: "#2a7b3f", rollback: "#d93526", promote: "#9236a4"};
 
   // Where a marker's time falls among the steps (null: outside the range).
