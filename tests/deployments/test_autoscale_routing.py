@@ -15,10 +15,12 @@ import pytest
 
 from deployments import autoscale
 from deployments.models import Deployment
+from deployments.reconcile import reconcile_deployment
 from deployments.reconcile.reconciler import Reconciler
 from quotas.models import TeamQuota
 from quotas.services import get_quota
 from tests.deployments.test_autoscale import fast, running, traffic  # noqa: F401 - fixture
+from workers.runtimes import ScalingHint
 
 pytestmark = pytest.mark.django_db
 
@@ -55,3 +57,15 @@ def test_a_capped_scale_up_is_one_event_while_the_load_changes(
     assert d.replicas == 2
     caps = list(d.events.filter(kind="warning").values_list("message", flat=True))
     assert len(caps) == 1 and caps[0].startswith("Scale-up capped at 2 of the 4"), caps
+
+
+def test_the_reconciler_gives_the_runtime_the_deployments_autoscaling(
+        fast, engineer, team, v1, upstreams):  # noqa: F811
+    """What Kubernetes turns into an HPA (workers/runtimes/kube_manifests.autoscaling_for)."""
+    d, runtime = running(engineer, team, upstreams, metric="cpu", target=60, min_replicas=2)
+    seen: list = []
+    start = runtime.start_replica
+    runtime.start_replica = lambda spec: (seen.append(spec.autoscaling), start(spec))[1]
+    Deployment.objects.filter(pk=d.pk).update(replicas=3)
+    reconcile_deployment(d.pk, runtime)
+    assert seen == [ScalingHint(min_replicas=2, max_replicas=4, metric="cpu", target=60.0)]
