@@ -152,6 +152,7 @@ def autoscale(deployment_id: int, *, now: datetime | None = None) -> Decision | 
         if decision.wanted > d.replicas:
             _scale_up(d, a, decision, now)
         elif decision.wanted < d.replicas:
+            d.scale_state.pop("capped", None)  # the episode is over: a new cap is news again
             _set_count(d, decision.wanted, now, f"Scaling down {d.replicas} → "
                                                 f"{decision.wanted}: {why} for "
                                                 f"{a.scale_down_delay_s} s.")
@@ -194,31 +195,36 @@ def _stabilise(d: Deployment, a: Autoscaling, wanted: int, now: datetime, why: s
 
 def _scale_up(d: Deployment, a: Autoscaling, decision: Decision, now: datetime) -> None:
     """Admit the most replicas up to the decision that the quota and the target hold."""
-    refusal = ""
+    refusal = code = ""
     for count in range(decision.wanted, d.replicas, -1):
         try:
             with transaction.atomic():
                 admission.admit_spec(team=d.team, owner=d.owner, replicas=count, cpu=d.cpu,
                                      memory_mb=d.memory_mb, gpus=d.gpus)
         except DomainError as exc:
-            refusal = refusal or str(exc)
+            refusal, code = refusal or str(exc), code or exc.code
             continue
         if count < decision.wanted:
             _capped(d, f"Scale-up capped at {count} of the {decision.wanted} replicas wanted "
-                       f"({decision.reason}): {refusal}")
+                       f"({decision.reason}): {refusal}", key=f"{count}: {code}")
         else:
             d.scale_state.pop("capped", None)
         _set_count(d, count, now, f"Scaling up {d.replicas} → {count}: {decision.reason}.",
                    admitted=True)
         return
-    _capped(d, f"Cannot scale up to {decision.wanted} replicas ({decision.reason}): {refusal}")
+    _capped(d, f"Cannot scale up to {decision.wanted} replicas ({decision.reason}): {refusal}",
+            key=f"{d.replicas}: {code}")
 
 
-def _capped(d: Deployment, message: str) -> None:
-    """An event when the scale-up stops short, once per distinct reason."""
-    if (d.scale_state or {}).get("capped") != message:
+def _capped(d: Deployment, message: str, *, key: str = "") -> None:
+    """An event when the scale-up stops short, once per distinct reason: ``key`` (the count
+    it stopped at and the refusal's code, quota or target) leaves out the figures of
+    ``message`` (the load, what the count tried needs), which differ at every look while the
+    cap stays the same."""
+    key = key or message
+    if (d.scale_state or {}).get("capped") != key:
         event(d, message, kind=Kind.WARNING, revision=d.revision)
-        d.scale_state = {**(d.scale_state or {}), "capped": message}
+        d.scale_state = {**(d.scale_state or {}), "capped": key}
 
 
 def _set_count(d: Deployment, count: int, now: datetime, message: str, *,

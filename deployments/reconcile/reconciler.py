@@ -73,6 +73,10 @@ class Reconciler(Replicas, Outcomes):
         signature = []
         with transaction.atomic():
             rows = {r.runtime_id: r for r in Replica.objects.filter(deployment=d)}
+            # Before the loop below updates the rows in place: a replica turning ready (or
+            # not) must bump ``routing_version``, or the edge keeps routing without it.
+            old_sig = sorted((r.runtime_id, r.revision, r.url or None, r.ready)
+                             for r in rows.values())
             for s in states:
                 if self.places and s.id not in rows:
                     continue  # removed meanwhile: the placing runtime's rows are its state
@@ -94,8 +98,6 @@ class Reconciler(Replicas, Outcomes):
             current = Deployment.objects.select_for_update().get(pk=d.pk)
             new_traffic = current.traffic if traffic is None else traffic
             new_shadow = current.shadow if shadow is None else shadow
-            old_sig = sorted((r.runtime_id, r.revision, r.url or None, r.ready)
-                             for r in rows.values())
             if sorted(signature) != old_sig or new_traffic != current.traffic \
                     or new_shadow != current.shadow:
                 Deployment.objects.filter(pk=d.pk).update(

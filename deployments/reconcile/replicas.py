@@ -14,14 +14,16 @@ from typing import Any
 from django.conf import settings
 
 from core import replica_keys
+from core.errors import InvalidInput
 from serving import sockets
 from teams import audit
-from workers.runtimes import ReplicaSpec, ReplicaStatus, Runtime
+from workers.runtimes import ReplicaSpec, ReplicaStatus, Runtime, ScalingHint
 
 from .. import admission, retries
 from ..events import event, set_status
 from ..hosts_runtime import PlacementPending
 from ..models import Deployment, DeploymentEvent, DeploymentStatus, Revision
+from ..spec import Autoscaling
 from .outcomes import Outcome
 
 Kind = DeploymentEvent.Kind
@@ -39,6 +41,20 @@ def ready_status(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 def probe(url: str | None, timeout: float = 1.0) -> bool:
     return bool(url) and ready_status(url or "", timeout)[0] == 200
+
+
+def scaling_hint(stored: dict[str, Any] | None) -> ScalingHint | None:
+    """``Deployment.autoscaling`` as the runtimes take it (None: a fixed count, or settings
+    that no longer parse, e.g. above a lowered MODELPORT_MAX_REPLICAS: the scaler reports
+    those; a replica still starts)."""
+    try:
+        a = Autoscaling.parse(stored or None)
+    except InvalidInput:
+        return None
+    if a is None:
+        return None
+    return ScalingHint(min_replicas=a.min_replicas, max_replicas=a.max_replicas,
+                       metric=str(a.metric), target=float(a.target))
 
 
 class Replicas:
@@ -65,7 +81,8 @@ class Replicas:
                            model_name=d.model.name,
                            model_version=str(target.model_version.version),
                            cpu=float(d.cpu), memory_mb=d.memory_mb,
-                           installation=getattr(self.runtime, "installation", ""))
+                           installation=getattr(self.runtime, "installation", ""),
+                           autoscaling=scaling_hint(d.autoscaling))
         if d.gpus and self.places:
             spec.gpus = d.gpus  # the placing runtime allocates devices on the chosen host
         elif d.gpus:

@@ -16,6 +16,7 @@ from .base import (
     ReplicaState,
     ReplicaStatus,
     Runtime,
+    ScalingHint,
     wait_ready,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "ReplicaState",
     "ReplicaStatus",
     "Runtime",
+    "ScalingHint",
     "wait_ready",
 ]

@@ -51,6 +51,19 @@ class ReplicaStatus(StrEnum):
     LOST = "lost"  # on a Docker host that stopped answering (several plain Docker hosts)
 
 
+@dataclass(frozen=True)
+class ScalingHint:
+    """A deployment's autoscaling (``deployments.spec.Autoscaling``) as a runtime with its own
+    autoscaler may express it: Kubernetes renders a HorizontalPodAutoscaler for ``metric``
+    "cpu" (``target``: average CPU utilization, percent). For "concurrency" and "rps" the
+    platform's scaler alone moves the replica count; Docker and Swarm ignore the hint."""
+
+    min_replicas: int
+    max_replicas: int
+    metric: str = "concurrency"  # concurrency | rps | cpu
+    target: float = 4
+
+
 @dataclass
 class ReplicaSpec:
     """What one replica of one deployment revision should be."""
@@ -76,6 +89,8 @@ class ReplicaSpec:
     # The installation it belongs to (a runtime scoped to one sets it to its own at start):
     # part of its name, so two installations' replicas of a same-named deployment never meet.
     installation: str = ""
+    # The deployment's autoscaling, for runtimes that express it natively (None: a fixed count).
+    autoscaling: ScalingHint | None = None
 
     @property
     def name(self) -> str:

@@ -62,14 +62,33 @@ def memory_quantity(mb: int) -> str:
 
 @dataclass
 class Autoscaling:
-    """An optional HorizontalPodAutoscaler per revision (autoscaling/v2, CPU utilization).
+    """An optional HorizontalPodAutoscaler per revision (autoscaling/v2, CPU utilization):
+    the target's setting for every deployment, or a deployment's own ``autoscaling`` with
+    metric "cpu" (``autoscaling_for``).
 
     With it, Kubernetes may add pods beyond the replicas Modelport asked for; those pods get no
     replica index, so the reconciler neither counts nor removes them, and they only receive
-    traffic through the revision's Service: use ``url_mode="service"`` with autoscaling."""
+    traffic through the revision's Service: use ``url_mode="service"`` with autoscaling. The
+    HPA's floor is the larger of ``min_replicas`` and the replicas Modelport asked for (the
+    platform's scaler moves those)."""
 
     max_replicas: int
     cpu_utilization: int = 70
+    min_replicas: int = 1
+
+
+def autoscaling_for(spec: ReplicaSpec, default: Autoscaling | None) -> Autoscaling | None:
+    """The HPA a revision gets: for a deployment with its own autoscaling, one when its metric
+    is "cpu" (averageUtilization = its target) and none for "concurrency" or "rps" (an HPA
+    would need a custom-metrics adapter for those: the platform's scaler drives the count);
+    for a deployment without, the target's ``default``."""
+    hint = spec.autoscaling
+    if hint is None:
+        return default
+    if hint.metric != "cpu":
+        return None
+    return Autoscaling(max_replicas=hint.max_replicas, min_replicas=hint.min_replicas,
+                       cpu_utilization=max(1, min(100, round(hint.target))))
 
 
 # --- object builders (plain dicts: what is sent is what the schema tests validate) ---------------
@@ -233,7 +252,9 @@ def build_secret(spec: ReplicaSpec, *, namespace: str,
 
 def build_hpa(spec: ReplicaSpec, autoscaling: Autoscaling, *, namespace: str, min_replicas: int,
               extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """``min_replicas``: the replicas Modelport asked for (the HPA never goes below them)."""
     name = object_name(spec)
+    floor = max(1, int(min_replicas), int(autoscaling.min_replicas))
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -241,8 +262,8 @@ def build_hpa(spec: ReplicaSpec, autoscaling: Autoscaling, *, namespace: str, mi
                      "labels": object_labels(spec, extra_labels)},
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": max(1, int(min_replicas)),
-            "maxReplicas": max(int(min_replicas), int(autoscaling.max_replicas), 1),
+            "minReplicas": floor,
+            "maxReplicas": max(floor, int(autoscaling.max_replicas)),
             "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
                 "type": "Utilization",
                 "averageUtilization": int(autoscaling.cpu_utilization)}}}],

@@ -76,6 +76,7 @@ from .kube_manifests import (
     CONTAINER_NAME,
     CONTAINER_PORT,
     Autoscaling,
+    autoscaling_for,
     build_deployment,
     build_hpa,
     build_secret,
@@ -212,8 +213,7 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
                                     build_service(spec, namespace=self.namespace,
                                                   service_type=self.service_type,
                                                   extra_labels=self.extra_labels))
-        if self.autoscaling is not None:
-            self._ensure_hpa(spec)
+        self._ensure_hpa(spec, autoscaling_for(spec, self.autoscaling))
         return self._pod_for_index(spec)
 
     def _upsert_secret(self, body: dict[str, Any]) -> None:
@@ -263,7 +263,7 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
         """Set the indices annotation and the replica count in one patch guarded by the
         object's resourceVersion (False: someone else changed it first; re-read and retry)."""
         replicas = len(indices)
-        if self.autoscaling is not None and adding:  # keep the pods the HPA added
+        if adding and self._hpa(current.metadata.name) is not None:  # keep the pods it added
             replicas = max(replicas, int(current.spec.replicas or 0))
         body = {"metadata": {"resourceVersion": current.metadata.resource_version,
                              "annotations": {ANN_INDICES: format_indices(indices)}},
@@ -277,35 +277,54 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
             raise self._error(f"scaling deployment {current.metadata.name}", exc) from exc
         return True
 
-    def _ensure_hpa(self, spec: ReplicaSpec) -> None:
-        assert self.autoscaling is not None
-        current = self._read(self.apps.read_namespaced_deployment,
-                             object_name(spec))
+    def _ensure_hpa(self, spec: ReplicaSpec, autoscaling: Autoscaling | None) -> None:
+        """The revision's HPA as ``autoscaling`` says: created, brought in line with the
+        deployment's settings (bounds, CPU target) and the replicas asked for, or deleted when
+        the deployment's own autoscaling no longer wants one (metric changed from cpu)."""
+        name = object_name(spec)
+        if autoscaling is None:
+            if spec.autoscaling is not None:  # its own autoscaling, not by CPU: no HPA
+                self._delete(self.autoscaling_api.delete_namespaced_horizontal_pod_autoscaler,
+                             name)
+            return
+        current = self._read(self.apps.read_namespaced_deployment, name)
         floor = len(parse_indices((current.metadata.annotations or {}).get(ANN_INDICES))) \
             if current is not None else 1
-        body = build_hpa(spec, self.autoscaling, namespace=self.namespace, min_replicas=floor,
+        body = build_hpa(spec, autoscaling, namespace=self.namespace, min_replicas=floor,
                          extra_labels=self.extra_labels)
-        existing = self._read(self.autoscaling_api.read_namespaced_horizontal_pod_autoscaler,
-                              body["metadata"]["name"])
+        existing = self._hpa(name)
         if existing is None:
             self._create_if_missing(
                 self.autoscaling_api.create_namespaced_horizontal_pod_autoscaler, body)
-        elif (existing.spec.min_replicas or 1) != body["spec"]["minReplicas"]:
-            self._set_hpa_floor(body["metadata"]["name"], floor)
+            return
+        wanted = body["spec"]
+        metrics = [self.api_client.sanitize_for_serialization(m)
+                   for m in existing.spec.metrics or []]
+        if ((existing.spec.min_replicas or 1), existing.spec.max_replicas, metrics) != (
+                wanted["minReplicas"], wanted["maxReplicas"], wanted["metrics"]):
+            self._patch_hpa(name, {"spec": {k: wanted[k] for k in
+                                            ("minReplicas", "maxReplicas", "metrics")}})
 
-    def _set_hpa_floor(self, name: str, floor: int) -> None:
-        """The HPA never goes below the replicas the reconciler asked for."""
-        assert self.autoscaling is not None
-        floor = max(1, floor)
+    def _hpa(self, name: str) -> Any:
+        return self._read(self.autoscaling_api.read_namespaced_horizontal_pod_autoscaler, name)
+
+    def _patch_hpa(self, name: str, body: dict[str, Any]) -> None:
         try:
             self.autoscaling_api.patch_namespaced_horizontal_pod_autoscaler(
-                name, self.namespace,
-                {"spec": {"minReplicas": floor,
-                          "maxReplicas": max(floor, self.autoscaling.max_replicas)}},
-                _request_timeout=self.request_timeout_s)
+                name, self.namespace, body, _request_timeout=self.request_timeout_s)
         except ApiException as exc:
             if exc.status != 404:
                 raise self._error(f"updating autoscaler {name}", exc) from exc
+
+    def _set_hpa_floor(self, name: str, floor: int) -> None:
+        """The HPA never goes below the replicas the reconciler asked for."""
+        existing = self._hpa(name)
+        if existing is None:
+            return
+        floor = max(1, floor)
+        if (existing.spec.min_replicas or 1) != floor:
+            self._patch_hpa(name, {"spec": {"minReplicas": floor, "maxReplicas": max(
+                floor, int(existing.spec.max_replicas or floor))}})
 
     def _pod_for_index(self, spec: ReplicaSpec) -> ReplicaState:
         """The pod holding replica index `spec.replica`; else label the oldest pod of the
@@ -424,7 +443,7 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
     def _after_drop(self, name: str, left: set[int] | None) -> None:
         if left is not None and not left:
             self.delete_revision(name)
-        elif left and self.autoscaling is not None:
+        elif left:
             self._set_hpa_floor(name, len(left))
 
     def delete_revision(self, name: str) -> None:
