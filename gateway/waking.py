@@ -59,7 +59,9 @@ def fresh_route(name: str) -> Route | None:
 
 
 def wake_refused(name: str, exc: Exception) -> Refusal:
-    return Refusal(503, f"Deployment '{name}' is scaled to zero and cannot wake now: {exc}",
+    return Refusal(503, f"Deployment '{name}' is scaled to zero and cannot wake now: its "
+                        f"team's quota or target has no room for a replica ({exc}). Ask for "
+                        "more quota or stop another deployment.",
                    "wake_refused", {"Retry-After": "30"})
 
 
