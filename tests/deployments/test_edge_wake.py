@@ -138,6 +138,14 @@ def test_strangers_and_bad_tokens_never_wake_it(front, asleep, stranger):
     assert replicas(asleep) == 0 and woken(asleep) == 0
 
 
+def test_metadata_and_readiness_never_wake_it(front, asleep, engineer):
+    headers = bearer(engineer)
+    for path in ("/v2/health/ready", "/v2/models/iris"):
+        r = requests.get(f"{front.base}/serve/{asleep.name}{path}", headers=headers, timeout=5)
+        assert r.status_code == 503, (path, r.text)
+    assert replicas(asleep) == 0 and woken(asleep) == 0
+
+
 def test_no_room_in_the_quota_refuses_the_wake(front, asleep, team, engineer):
     TeamQuota.objects.filter(team=team).update(cpu=0.25)  # one replica needs 0.5
     r = score(front, asleep.name, bearer(engineer))
