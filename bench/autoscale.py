@@ -11,12 +11,12 @@ Engine, replicas without a network (the default). Warm image: the serving image 
 found) before any timing, and a warm-up deployment runs once.
 
 1. **Wake from zero**, for an iris LogisticRegression and a 100-tree random forest (breast
-   cancer, as bench/batch.py makes it): an autoscaled deployment (``min_replicas`` 1,
-   ``idle_to_zero_after_s`` 10, the shortest allowed) is left idle until the scaler takes it to
-   zero (status idle, its container gone); then one request is timed from sending to its
-   answer (200, a prediction) through the edge. ``--wakes`` times each: p50 and p95 against the
-   goal p50 < 2 s, p95 < 3 s. The deployment's events split each wake (woken → replica
-   started → ready).
+   cancer, as bench/batch.py makes it), ``--cpu`` per replica: an autoscaled deployment
+   (``min_replicas`` 1, ``idle_to_zero_after_s`` 10, the shortest allowed) is left idle
+   until the scaler takes it to zero (status idle, its container gone); then one request is
+   timed from sending to its answer (200, a prediction) through the edge. ``--wakes`` times
+   each: p50 and p95 against the goal p50 < 2 s, p95 < 3 s. The deployment's events split
+   each wake (woken → image checked → replica started → ready).
 2. **A burst** (``wrk``, ``--connections`` connections for ``--burst-seconds``, through the
    edge) on the iris deployment with a small concurrency target (1 request in flight per
    replica, max 3): the time from the burst's start (and from the scaler's decision) until the
@@ -116,7 +116,7 @@ def add_forest(team_slug: str, tmp: Path) -> tuple[str, list[str], list[list[flo
     return registered.name, list(x.columns), x.iloc[:2].values.tolist()
 
 
-def deploy(team_slug: str, model: str, name: str, autoscaling: dict) -> int:
+def deploy(team_slug: str, model: str, name: str, autoscaling: dict, cpu: float = 0.5) -> int:
     """Through the service (the API's autoscaling field comes with another part of issue 21)."""
     from deployments import services
     from teams.models import Membership, Team
@@ -124,7 +124,7 @@ def deploy(team_slug: str, model: str, name: str, autoscaling: dict) -> int:
     team = Team.objects.get(slug=team_slug)
     actor = Membership.objects.filter(team=team).first().user
     d = services.create_deployment(actor=actor, team=team, name=name, model=model, version=1,
-                                   resources={"cpu": 0.5, "memory_mb": 512},
+                                   resources={"cpu": cpu, "memory_mb": 512},
                                    autoscaling=autoscaling)
     return d.pk
 
@@ -248,6 +248,9 @@ def main() -> int:
     ap.add_argument("--wakes", type=int, default=10, help="wakes per model (10)")
     ap.add_argument("--burst-seconds", type=int, default=40, help="the burst's length (40)")
     ap.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
+    ap.add_argument("--cpu", type=float, default=1.0,
+                    help="CPU limit of the woken replicas (1; a replica's start is CPU-bound: "
+                         "at 0.5 it takes twice as long)")
     ap.add_argument("--skip-forest", action="store_true", help="iris only")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -316,7 +319,7 @@ def run(args, tmp: Path, procs: list, names: list[str]) -> int:
     for label, model, columns, rows in models if args.wakes else ():
         name = f"bench-as-{label.split()[0].lower()}-{run_id}"
         names.append(name)
-        pk = deploy(team, model, name, asleep)
+        pk = deploy(team, model, name, asleep, cpu=args.cpu)
         wait_for(lambda pk=pk: state(pk)[2] >= 1, 300, f"{name} first replica")
         print(f"{label}: {args.wakes} wakes from zero ...", flush=True)
         wakes[label] = measure_wakes(base, token, name, pk, bs.body_for(columns, rows, 1),
@@ -339,7 +342,8 @@ def run(args, tmp: Path, procs: list, names: list[str]) -> int:
 
 def report(wakes: dict[str, list[float]], surge: dict, args) -> None:
     load = os.getloadavg()
-    print(f"\nWake from zero → first answer (warm image, through the edge, N={args.wakes}; "
+    print(f"\nWake from zero → first answer (warm image, through the edge, {args.cpu:g} CPU per "
+          f"replica, N={args.wakes}; "
           f"goal p50 < {GOAL_P50_S:g} s, p95 < {GOAL_P95_S:g} s)")
     print(f"{'model':<14} {'p50 s':>7} {'p95 s':>7} {'min s':>7} {'max s':>7}  goal")
     for label, times in wakes.items():
