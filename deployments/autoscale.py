@@ -273,20 +273,25 @@ def wake(deployment_id: int) -> bool:
         assert a is not None
         count = a.min_replicas
         try:
-            admission.admit_spec(team=d.team, owner=d.owner, replicas=count, cpu=d.cpu,
-                                 memory_mb=d.memory_mb, gpus=d.gpus)
+            with transaction.atomic():  # a savepoint: the refusal's note below is kept
+                admission.admit_spec(team=d.team, owner=d.owner, replicas=count, cpu=d.cpu,
+                                     memory_mb=d.memory_mb, gpus=d.gpus)
         except Conflict as exc:
             _capped(d, f"Cannot wake: {exc}")
             d.save(update_fields=["scale_state"])
-            raise
-        now = timezone.now()
-        d.scale_state = {"wanted": [[now.timestamp(), count]]}
-        _set_count_no_pass(d, count, now)
-        set_status(d, DeploymentStatus.STARTING, "Waking: a request arrived; starting "
-                                                 f"{count} replica(s).", 50)
-        _sample(d, count, 0, None, now, force=True)
-        pk = d.pk
-        transaction.on_commit(lambda: task(WAKE).delay(pk))
+            refused: Conflict | None = exc
+        else:
+            refused = None
+            now = timezone.now()
+            d.scale_state = {"wanted": [[now.timestamp(), count]]}
+            _set_count_no_pass(d, count, now)
+            set_status(d, DeploymentStatus.STARTING, "Waking: a request arrived; starting "
+                                                     f"{count} replica(s).", 50)
+            _sample(d, count, 0, None, now, force=True)
+            pk = d.pk
+            transaction.on_commit(lambda: task(WAKE).delay(pk))
+    if refused is not None:  # raised out of the block: the event and the note are committed
+        raise refused
     return True
 
 

@@ -38,7 +38,7 @@ from yarl import URL
 
 from core import replica_keys
 
-from . import ingest_socket, mlflow_port, routes, shadowing, v2
+from . import ingest_socket, mlflow_port, routes, shadowing, v2, waking
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
@@ -101,9 +101,9 @@ class Exchange:
     """One gateway request on its way to a replica and back: the retry state of
     ``Edge.handle`` between callbacks."""
 
-    __slots__ = ("attempts", "body", "done", "edge", "forward", "key", "last_error", "method",
-                 "name", "path", "pinned", "request_id", "revision", "route", "started",
-                 "target", "traffic", "tried")
+    __slots__ = ("attempts", "body", "done", "edge", "forward", "held", "key", "last_error",
+                 "method", "name", "path", "pinned", "request_id", "revision", "route",
+                 "started", "target", "traffic", "tried")
 
     def __init__(self, edge: Edge, name: str, forward: list[tuple[bytes, bytes]],
                  key: str | None, request_id: bytes, body: bytes | None,
@@ -128,6 +128,7 @@ class Exchange:
         self.method = b"POST" if self.traffic else b"GET"
         self.path = b"/invocations"
         self.pinned = 0
+        self.held = False  # waited once for the deployment to wake (gateway/waking.py)
 
     def refuse(self, refusal: routes.Refusal) -> None:
         """Answer with the gateway's own refusal; once the caller was admitted (a route is
@@ -143,6 +144,15 @@ class Exchange:
         elif self.body is None:
             self.refuse(routes.Refusal(413, f"Request body over {self.edge.max_body} bytes.",
                                         "payload_too_large", {}))
+        else:
+            self.proceed(route)
+
+    def proceed(self, route: routes.Route) -> None:
+        """On to a replica for an admitted caller — or, when the deployment is scaled to zero
+        or waking with none ready, held until one is (``gateway.waking``)."""
+        if not self.held and waking.holds(route, self.traffic):
+            self.held, self.route = True, route
+            self.edge.wakes.hold(self, route)
         elif self.target is None:
             self.route = route
             self.relay()
@@ -155,6 +165,12 @@ class Exchange:
             self.path, self.pinned = where
             self.relay()
 
+    def resume(self, route: routes.Route) -> None:
+        """The deployment woke: relay the held request on the fresh route."""
+        self.tried.clear()
+        self.attempts, self.last_error = 0, ""
+        self.proceed(route)
+
     def relay(self) -> None:
         """Send the body to a replica picked by the traffic split: at most two attempts, the
         second on another replica (or the same one when a pooled connection had gone stale)."""
@@ -164,6 +180,12 @@ class Exchange:
         if picked is None and self.last_error == "the replica closed the connection":
             picked = (route.pick_in(self.pinned, set()) if self.pinned
                       else route.pick(self.key, set()))
+        if picked is None and not self.held and self.traffic and route.wakes:
+            # its replicas went away since the route was read (scaled to zero a moment ago):
+            # wait for the wake like a request that found none
+            self.held = True
+            self.edge.wakes.hold(self, route)
+            return
         if picked is None:
             self.refuse(routes.no_ready_replica(self.name) if not self.tried
                         else routes.unavailable(self.name, self.last_error))
@@ -236,6 +258,7 @@ class Edge:
         self.web_base = ""
         self.threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelport-edge")
         self.chores: list[asyncio.Task] = []
+        self.wakes = waking.Wakes(self._sync)
         self.lookups: set[asyncio.Task] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -270,6 +293,7 @@ class Edge:
     async def shutdown(self) -> None:
         for chore in self.chores:
             chore.cancel()
+        self.wakes.close()
         if self.ingest is not None:
             await self.ingest.stop()
         if self.mlflow is not None:

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 
-from deployments.models import Deployment, Replica, Revision, TrafficSample
+from deployments.models import Deployment, DeploymentStatus, Replica, Revision, TrafficSample
 from monitoring.gateway_errors import GATEWAY_CODES, GATEWAY_ERRORS
 from teams.authentication import authenticate_token
 from teams.models import ApiToken, Membership
@@ -74,6 +74,9 @@ class Route:
     served: dict[str, int] = field(default_factory=dict)
     urls: dict[int, list[str]] = field(default_factory=dict)
     v2_paths: dict[tuple[str, str], object] = field(default_factory=dict)  # gateway.v2's memo
+    # Autoscaled and neither stopped nor failed: with no ready replica, a request waits while
+    # the deployment wakes (gateway/waking.py) instead of the 503. Refreshed on every check.
+    wakes: bool = False
 
     def pick(self, key: str | None, exclude: set[str]) -> Picked | None:
         """A (revision, url) by the traffic split, sticky by ``key`` (the route key header);
@@ -241,16 +244,18 @@ def route_for(name: str) -> Route | None:
         return route
     row = Deployment.objects.filter(name=name).values_list(
         "pk", "routing_version", "team_id", "traffic", "shadow", "revision",
-        "model__name").first()
+        "model__name", "autoscaling", "stopped", "status").first()
     if row is None:
         _routes.pop(name, None)
         return None
-    pk, routing_version, team_id, traffic, shadow, current, model = row
+    pk, routing_version, team_id, traffic, shadow, current, model, scaling, stopped, status = row
     version = (pk, routing_version)
+    wakes = bool(scaling) and not stopped and status != DeploymentStatus.FAILED
     if route is not None and route.version == version:
-        route.checked, route.revision = now, current
+        route.checked, route.revision, route.wakes = now, current, wakes
         return route
     route = _load(name, version, team_id, traffic, shadow, current, model)
+    route.wakes = wakes
     with _lock:
         _routes[name] = route
     return route

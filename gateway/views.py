@@ -15,7 +15,7 @@ from rest_framework import exceptions
 
 from core import replica_keys
 
-from . import routes, shadowing, v2
+from . import routes, shadowing, v2, waking
 from .replica_http import ReplicaClient
 from .routes import Refusal, Route
 
@@ -61,6 +61,12 @@ def _serve(request: HttpRequest, name: str, found: v2.Target | None) -> HttpResp
     route = routes.route_for(name)
     if route is None or not (admin or route.team_id in teams):
         return _error(routes.not_found(name), v2_form)
+    if waking.holds(route, found is None or found.traffic):  # asleep or waking: wait for it
+        woken = waking.hold(route)
+        if isinstance(woken, Refusal):
+            routes.refused(route, None, woken.status)
+            return _error(woken, v2_form)
+        route = woken
     path, pinned = "/invocations", 0
     if found is not None:
         where = v2.upstream(route, name, found)
