@@ -89,7 +89,7 @@ def normalise(raw: Any) -> Any:
         raise InvalidInput('autoscaling.target must be a number or {"type": "in_flight", '
                            '"value": 4} (type: in_flight, rps or cpu).', field="autoscaling")
     kind = target.get("type", raw.get("metric", spec.ScaleMetric.CONCURRENCY.value))
-    if kind not in TARGET_TYPES:
+    if not isinstance(kind, str) or kind not in TARGET_TYPES:
         raise InvalidInput(f"autoscaling.target.type must be one of in_flight, rps, cpu "
                            f"(got {kind!r}).", field="autoscaling")
     metric = TARGET_TYPES[kind]

@@ -149,6 +149,12 @@ def seed(tmp: Path) -> Seed:
         shadow={"revision": shadowed.revision, "percent": 50})
     deployments.stop(actor=users["engineer"],
                      deployment=deployments.get_visible(admin, "churn-prod"))
+    # scratch-1 autoscales and sleeps (scaled to zero): reads show the object and status idle.
+    scaled = deployments.update_deployment(
+        actor=users["engineer"], deployment=deployments.get_visible(admin, "scratch-1"),
+        autoscaling={"max_replicas": 3, "idle_to_zero_after_s": 600})
+    Deployment.objects.filter(pk=scaled.pk).update(replicas=0, status="idle",
+                                                   scaled_at=timezone.now())
 
     rules = []
     # Several rules: the fuzzer deletes some early, the rest keep GET and PATCH reaching code.
