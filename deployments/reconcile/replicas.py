@@ -128,6 +128,7 @@ class Replicas:
         model server reports that the model failed to load (it stays up answering 503)."""
         deadline = time.monotonic() + settings.MODELPORT_READY_TIMEOUT_S
         self.load_error = ""
+        checked = 0.0
         while state.url and time.monotonic() < deadline:
             status, body = ready_status(state.url)
             if status == 200:
@@ -136,9 +137,15 @@ class Replicas:
             if status == 503 and "failed to load" in body:
                 self.load_error = body[:2000]
                 return False
-            if not self.runtime.get_replica(state.id).alive or not self.still_current():
-                return False
-            time.sleep(0.1)  # a ready replica takes traffic ~0.05 s later on average
+            # A probe of a socket not yet bound costs a failed connect; asking the runtime
+            # and the database is dearer, so only every quarter second.
+            if time.monotonic() - checked >= 0.25:
+                if not self.runtime.get_replica(state.id).alive or not self.still_current():
+                    return False
+                checked = time.monotonic()
+            # A woken deployment has a request waiting on this: a ready replica takes traffic
+            # ~0.015 s later on average.
+            time.sleep(0.03)
         return False
 
     def start_and_wait(self, target: Revision, model_dir: str, missing: list[int],
