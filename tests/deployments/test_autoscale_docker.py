@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -61,12 +63,12 @@ def _database_url() -> str:
 def _stop(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         if process.poll() is None:
-            os.killpg(process.pid, 15)
+            os.killpg(process.pid, signal.SIGTERM)
     for process in processes:
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -203,8 +205,9 @@ def _status(d: Deployment) -> str:
 
 
 def wrk(stack: Stack, name: str, token: str, *, conns: int, seconds: int,
-        tmp: Path) -> dict[str, int]:
-    """One bounded wrk run through the edge: requests, non-2xx answers and socket errors."""
+        tmp: Path) -> dict[str, Any]:
+    """One bounded wrk run through the edge: requests, non-2xx answers, socket errors (and
+    wrk's output, for a failure message)."""
     script = tmp / f"wrk-{uuid.uuid4().hex[:6]}.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f'wrk.headers["Authorization"] = "Bearer {token}"\n'
@@ -219,7 +222,7 @@ def wrk(stack: Stack, name: str, token: str, *, conns: int, seconds: int,
     return {"requests": int(total.group(1)) if total else 0,
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": sum(int(g) for g in errs.groups()) if errs else 0,
-            "output": out}  # type: ignore[dict-item]
+            "output": out}
 
 
 class Burst(threading.Thread):
