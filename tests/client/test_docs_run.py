@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import site
 import subprocess
 import sys
@@ -31,12 +30,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from deployments.models import Deployment
 from teams import services as teams
 from tests.e2e.test_model_journey import COLUMNS, ROWS, iris_zip
 from tests.factories import PASSWORD, AdminFactory, UserFactory, make_token
+from tests.procs import database_url, stop_processes
 
 from .docs_blocks import Block, blocks
 
@@ -52,22 +51,8 @@ BLOCK_TIMEOUT_S = 900
 
 
 # --- the platform ---------------------------------------------------------------------------------
-def _database_url() -> str:
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture
@@ -90,7 +75,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "DJANGO_"))}
     env.update({
         "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-        "DATABASE_URL": _database_url(), "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
         "MODELPORT_DATA_DIR": str(settings.MODELPORT_DATA_DIR),
         "MODELPORT_BASE_URL": live_server.url, "MODELPORT_RUNTIME": "docker",
         "MODELPORT_DOCKER_NETWORK": "host", "MODELPORT_PORT_RANGE": PORT_RANGE,
@@ -117,7 +102,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
     try:
         yield tails
     finally:
-        _stop(processes)
+        stop_processes(processes)
         app.conf.task_always_eager, app.conf.task_eager_propagates = eager
         for name in DEPLOYMENTS:
             for container in docker_client.containers.list(

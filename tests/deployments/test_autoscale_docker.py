@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +31,6 @@ from typing import Any
 
 import pytest
 import requests
-from django.db import connection
 
 from deployments import autoscale, services
 from deployments.models import Deployment, Replica, ScaleSample
@@ -41,6 +39,7 @@ from quotas.models import TeamQuota
 from quotas.services import get_quota, usage
 from tests.deployments.conftest import COLUMNS, ROWS, make_version
 from tests.factories import make_token
+from tests.procs import database_url, stop_processes
 from tests.test_make_run import _free_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow,
@@ -54,22 +53,8 @@ BODY = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": ROWS}})
 WAIT_S = 180  # generous: a shared 2-core machine
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class Stack:
@@ -114,7 +99,7 @@ def stack(settings, redis_url, docker_client, platform_serving_image, tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "DJANGO_"))}
     env.update({
         "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-        "DATABASE_URL": _database_url(), "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
         "MODELPORT_DATA_DIR": str(data), "MODELPORT_BASE_URL": base,
         "MODELPORT_RUNTIME": "docker", "MODELPORT_DOCKER_NETWORK": "none",
         "MODELPORT_PORT_RANGE": PORT_RANGE,
@@ -144,7 +129,7 @@ def stack(settings, redis_url, docker_client, platform_serving_image, tmp_path
         _until("the edge answers", lambda: _healthy(base), result, timeout=60)
         yield result
     finally:
-        _stop(processes)
+        stop_processes(processes)
         app.conf.task_always_eager, app.conf.task_eager_propagates = eager
         for name in result.names:  # only the containers this test's deployments created
             for c in docker_client.containers.list(

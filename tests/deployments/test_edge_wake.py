@@ -26,8 +26,8 @@ from quotas.models import TeamQuota
 from teams.models import AuditEvent
 from tests.deployments.test_edge import Front, _start, _wait_up, bearer, eventually, score
 from tests.deployments.test_gateway import add_replica, client_for, post
+from tests.procs import database_url, stop_processes
 from tests.test_make_run import _free_port
-from tests.workers.test_celery_worker import _database_url, _stop
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 AUTO = {"min_replicas": 1, "max_replicas": 2, "metric": "concurrency", "target": 1,
@@ -43,10 +43,10 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     (tmp / "data" / "run").mkdir(parents=True)
     logs.mkdir()
     with django_db_blocker.unblock():
-        database_url = _database_url()
+        db_url = database_url()
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update({"DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-                "MODELPORT_DATA_DIR": str(tmp / "data"), "DATABASE_URL": database_url,
+                "MODELPORT_DATA_DIR": str(tmp / "data"), "DATABASE_URL": db_url,
                 "REDIS_URL": redis_url, "MODELPORT_WAKE_QUEUE": str(QUEUE),
                 "MODELPORT_WAKE_TIMEOUT_S": str(TIMEOUT_S), "MLFLOW_PORT": ""})
     socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
@@ -60,7 +60,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     _wait_up(f"{base}/healthz", procs, logs)
     yield Front(base, procs, logs, tmp / "data")
-    _stop(*procs)
+    stop_processes(procs)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from quotas.models import Reservation
 from teams.models import AuditEvent
 from tests.deployments.conftest import COLUMNS, ROWS, remove_containers
 from tests.deployments.test_edge import bearer
-from tests.e2e.test_model_journey import _database_url, _stop
+from tests.procs import database_url, stop_processes
 from tests.test_make_run import _free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow,
@@ -76,7 +76,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "DJANGO_"))}
     env.update({
         "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-        "DATABASE_URL": _database_url(), "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
         "MODELPORT_DATA_DIR": str(settings.MODELPORT_DATA_DIR),
         "MODELPORT_BASE_URL": live_server.url, "MODELPORT_RUNTIME": "docker",
         "MODELPORT_DOCKER_NETWORK": "none",
@@ -115,7 +115,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
             pytest.fail("the edge did not start:\n" + platform.tails())
         yield platform
     finally:
-        _stop(procs)
+        stop_processes(procs)
         app.conf.task_always_eager, app.conf.task_eager_propagates = eager
         remove_containers(docker_client, names)
         routes.invalidate()

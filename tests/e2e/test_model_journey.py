@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +34,6 @@ from typing import Any
 
 import pytest
 import requests
-from django.db import connection
 from django.db.models import Sum
 
 from deployments.models import Deployment
@@ -44,6 +42,7 @@ from quotas.models import ResourceRequest
 from teams.roles import Role
 from tests.e2e.conftest import ARTIFACTS
 from tests.factories import PASSWORD, AdminFactory, MembershipFactory, TeamFactory, UserFactory
+from tests.procs import database_url, stop_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.docker, pytest.mark.redis, pytest.mark.postgres,
               pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -92,22 +91,8 @@ def iris_zip(tmp_path: Path, name: str, c: float) -> Path:
 
 
 # --- real Celery workers ------------------------------------------------------------------------
-def _database_url() -> str:
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture
@@ -132,7 +117,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "DJANGO_"))}
     env.update({
         "DJANGO_SETTINGS_MODULE": "config.settings.dev", "DJANGO_DEBUG": "0",
-        "DATABASE_URL": _database_url(), "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
         "MODELPORT_DATA_DIR": str(settings.MODELPORT_DATA_DIR),
         "MODELPORT_BASE_URL": live_server.url, "MODELPORT_RUNTIME": "docker",
         "MODELPORT_DOCKER_NETWORK": "host", "MODELPORT_PORT_RANGE": PORT_RANGE,
@@ -164,7 +149,7 @@ def platform(live_server, redis_url, docker_client, platform_serving_image, sett
     try:
         yield tails
     finally:
-        _stop(processes)
+        stop_processes(processes)
         app.conf.task_always_eager, app.conf.task_eager_propagates = eager
         for container in docker_client.containers.list(
                 all=True, filters={"label": f"modelport.deployment={DEPLOYMENT}"}):

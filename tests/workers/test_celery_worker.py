@@ -7,7 +7,6 @@ are committed and visible across processes).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,20 +14,15 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
 
+from tests.procs import database_url as _database_url
+from tests.procs import stop_processes
 from workers.models import WorkerHeartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "postgresql":
-        auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-        return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    return f"sqlite:///{db['NAME']}"
 
 
 def _environment(tmp_path: Path, broker_env: dict[str, str]) -> dict[str, str]:
@@ -40,22 +34,17 @@ def _environment(tmp_path: Path, broker_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _stop(*processes: subprocess.Popen) -> None:
+    """``tests.procs.stop_processes``, as the modules that import it from here call it."""
+    stop_processes(processes)
+
+
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "celery", "-A", "config", *argv], cwd=ROOT,
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def _stop(*processes: subprocess.Popen) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _wait_for_heartbeat(processes: list[subprocess.Popen], logs: list[Path],
