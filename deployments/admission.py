@@ -32,6 +32,14 @@ def admit_spec(*, team: Team, owner: str, replicas: int, cpu: Decimal, memory_mb
                      memory_mb=total_memory_mb, gpus=total_gpus, deployments=1)
 
 
+def shrink_spec(*, owner: str, replicas: int, cpu: Decimal, memory_mb: int, gpus: int,
+                actor=None) -> None:
+    """Set ``owner``'s reservation to fewer replicas: only gives back, so neither the quota nor
+    the target's capacity is checked (both may be below use after an operator lowered them)."""
+    quotas.resize(owner=owner, actor=actor, cpu=Decimal(cpu) * replicas,
+                  memory_mb=memory_mb * replicas, gpus=gpus * replicas, deployments=1)
+
+
 def check_target(*, owner: str, cpu: Decimal, memory_mb: int, gpus: int) -> None:
     """The deployment's execution target must hold it, when the target has registered
     capacity: ``Conflict(code="target_capacity_exceeded")`` otherwise."""

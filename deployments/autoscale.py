@@ -113,6 +113,26 @@ def want(a: Autoscaling, current: int, total: float | None) -> tuple[int, str]:
     return a.clamp(math.ceil(total / a.target - 1e-9) if total > 0 else a.min_replicas), why
 
 
+def settings_of(d: Deployment) -> Autoscaling:
+    """The deployment's autoscaling, its counts held within today's ``MODELPORT_MAX_REPLICAS``
+    (stored settings stay valid when an operator lowers it: a sleeping deployment still wakes)."""
+    limit = settings.MODELPORT_MAX_REPLICAS
+    stored = dict(d.autoscaling)
+    for key in ("min_replicas", "max_replicas"):
+        if isinstance(stored.get(key), int) and not isinstance(stored.get(key), bool):
+            stored[key] = max(1, min(stored[key], limit))
+    a = Autoscaling.parse(stored)
+    assert a is not None  # only called for autoscaled deployments
+    return a
+
+
+def seed(d: Deployment, count: int, now: datetime) -> None:
+    """A count the platform set itself (created, started, resized by a user): the scaler's
+    window starts from it, so it is neither undone at the next tick nor idle at once."""
+    d.scaled_at = now
+    d.scale_state = {"wanted": [[now.timestamp(), count]]}
+
+
 # --- the beat tick ------------------------------------------------------------------------------
 def autoscale_all() -> int:
     """Beat: one look at every running autoscaled deployment; how many changed count."""
@@ -136,8 +156,7 @@ def autoscale(deployment_id: int, *, now: datetime | None = None) -> Decision | 
              .select_related("team").filter(pk=deployment_id).first())
         if d is None or d.stopped or not d.autoscaling:
             return None
-        a = Autoscaling.parse(d.autoscaling)
-        assert a is not None
+        a = settings_of(d)
         ready = Replica.objects.filter(deployment=d, ready=True, revision=d.revision).count()
         if d.replicas == 0 or not _steady(d):
             _sample(d, d.replicas, ready, None, now)
@@ -231,8 +250,10 @@ def _set_count(d: Deployment, count: int, now: datetime, message: str, *,
                admitted: bool = False) -> None:
     before = d.replicas
     if not admitted:  # scaling down or to zero: give back what the fewer replicas free
-        admission.admit_spec(team=d.team, owner=d.owner, replicas=count, cpu=d.cpu,
-                             memory_mb=d.memory_mb, gpus=d.gpus)
+        # (never refused: a target whose capacity was lowered below its use must still let
+        # a deployment shrink)
+        admission.shrink_spec(owner=d.owner, replicas=count, cpu=d.cpu,
+                              memory_mb=d.memory_mb, gpus=d.gpus)
     d.replicas, d.scaled_at = count, now
     d.save(update_fields=["replicas", "scaled_at", "scale_state"])
     event(d, message, revision=d.revision)
@@ -269,8 +290,7 @@ def wake(deployment_id: int) -> bool:
              .filter(pk=deployment_id).first())
         if d is None or d.stopped or d.replicas > 0 or not d.autoscaling:
             return False
-        a = Autoscaling.parse(d.autoscaling)
-        assert a is not None
+        a = settings_of(d)
         count = a.min_replicas
         try:
             with transaction.atomic():  # a savepoint: the refusal's note below is kept

@@ -67,8 +67,9 @@ class Deployment(models.Model):
         default=dict, blank=True,
         help_text='The scaler\'s memory: {"wanted": [[unix time, count], ...]} over the '
                   'scale-down window, "capped": why the last scale-up stopped short.')
-    scaled_at = models.DateTimeField(null=True, blank=True,
-                                     help_text="When the scaler last changed the count.")
+    scaled_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the count last changed: the scaler, a wake, or a user.")
     cpu = models.DecimalField(max_digits=7, decimal_places=2, default=1)
     memory_mb = models.PositiveIntegerField(default=1024)
     gpus = models.PositiveIntegerField(default=0)

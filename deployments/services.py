@@ -25,7 +25,7 @@ from teams.access import require_platform_admin, require_team_role
 from teams.models import Team
 from teams.roles import Role
 
-from . import admission, passes, retries
+from . import admission, autoscale, passes, retries
 from .events import event
 from .models import (
     Deployment,
@@ -134,6 +134,9 @@ def create_deployment(*, actor: Actor, team: Team, name: str, model: str,
                                           created_by=cast(User | None, actor))
     except IntegrityError:
         raise Conflict(f"A deployment named '{name}' already exists.", code="name_taken") from None
+    if scaling:
+        autoscale.seed(d, count, timezone.now())
+        d.save(update_fields=["scaled_at", "scale_state"])
     admission.admit_spec(team=team, owner=d.owner, replicas=count, cpu=cpu,
                          memory_mb=memory_mb, gpus=gpus, actor=actor)
     new_revision(d, resolved, actor=actor, reason="created")
@@ -199,6 +202,8 @@ def update_deployment(*, actor: Actor, deployment: Deployment, version: int | st
         current.spec if current else {"replicas": 1})
     d.version, d.alias, d.replicas, d.strategy = pinned, new_alias, new_replicas, new_strategy
     d.autoscaling = scaling.as_dict() if scaling else {}
+    if scaling is not None and resized:  # the scaler starts from the count set here
+        autoscale.seed(d, new_replicas, timezone.now())
     d.cpu, d.memory_mb, d.gpus = cpu, memory_mb, gpus
     ignored = {"model_version", "rollback_of"} | (set() if count_in_revision else {"replicas"})
     changed = (current is None or current.model_version_id != target.pk
@@ -393,6 +398,8 @@ def start(*, actor: Actor, deployment: Deployment) -> Deployment:
                          memory_mb=d.memory_mb, gpus=d.gpus, actor=actor)
     d.stopped = False
     d.status, d.status_message, d.progress = DeploymentStatus.PENDING, "Starting.", 0
+    if d.autoscaling:  # a full idle period and scale-down window from now
+        autoscale.seed(d, d.replicas, timezone.now())
     d.save()
     event(d, "Start requested.", revision=d.revision)
     retries.rerun_failed(d, actor=actor, why="Started")  # a failed revision is tried again

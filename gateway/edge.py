@@ -180,7 +180,7 @@ class Exchange:
         if picked is None and self.last_error == "the replica closed the connection":
             picked = (route.pick_in(self.pinned, set()) if self.pinned
                       else route.pick(self.key, set()))
-        if picked is None and not self.held and self.traffic and route.wakes:
+        if picked is None and not self.held and not self.tried and self.traffic and route.wakes:
             # its replicas went away since the route was read (scaled to zero a moment ago):
             # wait for the wake like a request that found none
             self.held = True

@@ -244,13 +244,17 @@ def route_for(name: str) -> Route | None:
         return route
     row = Deployment.objects.filter(name=name).values_list(
         "pk", "routing_version", "team_id", "traffic", "shadow", "revision",
-        "model__name", "autoscaling", "stopped", "status").first()
+        "model__name", "autoscaling", "stopped", "status", "replicas").first()
     if row is None:
         _routes.pop(name, None)
         return None
-    pk, routing_version, team_id, traffic, shadow, current, model, scaling, stopped, status = row
+    (pk, routing_version, team_id, traffic, shadow, current, model, scaling, stopped, status,
+     count) = row
     version = (pk, routing_version)
-    wakes = bool(scaling) and not stopped and status != DeploymentStatus.FAILED
+    # Held, not refused, only while asleep or waking: a building, degraded or failed
+    # deployment answers its 503 at once.
+    wakes = bool(scaling) and not stopped and (
+        count == 0 or status in (DeploymentStatus.IDLE, DeploymentStatus.STARTING))
     if route is not None and route.version == version:
         route.checked, route.revision, route.wakes = now, current, wakes
         return route

@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='deployment',
             name='scaled_at',
-            field=models.DateTimeField(blank=True, help_text='When the scaler last changed the count.', null=True),
+            field=models.DateTimeField(blank=True, help_text='When the count last changed: the scaler, a wake, or a user.', null=True),
         ),
         migrations.AddField(
             model_name='trafficsample',

@@ -35,7 +35,7 @@ from ..models import (
 from ..revisions import model_dir_for
 from . import strategies
 from .outcomes import Outcome, Outcomes
-from .replicas import Replicas, probe
+from .replicas import Replicas, in_flight, probe
 
 log = logging.getLogger(__name__)
 Kind = DeploymentEvent.Kind
@@ -119,9 +119,24 @@ class Reconciler(Replicas, Outcomes):
             self.draining.update(s.id for s in states)
             self.publish()
             time.sleep(settings.MODELPORT_DRAIN_SECONDS)
+            self.wait_in_flight(states)
         for s in states:
             self.remove_container(s.id)
             self.draining.discard(s.id)
+
+    def wait_in_flight(self, states: list[Any]) -> None:
+        """Out of routing, a replica may still be answering a slow request (a long prediction
+        the gateway sent before the drain): wait until none is, at most the gateway's own
+        timeout, so neither a scale-down nor a scale to zero cuts one off."""
+        keys = dict(Revision.objects.filter(deployment=self.d,
+                                            number__in={s.revision for s in states})
+                    .values_list("number", "replica_key"))
+        deadline = time.monotonic() + settings.MODELPORT_GATEWAY_TIMEOUT_S
+        busy = [s for s in states if s.url]
+        while busy and time.monotonic() < deadline:
+            busy = [s for s in busy if in_flight(s.url, keys.get(s.revision, "")) > 0]
+            if busy:
+                time.sleep(0.2)
 
     def ingest_env(self) -> dict[str, str]:
         """What the hooks give replicas (monitoring: where they ship their prediction log, one

@@ -39,6 +39,25 @@ def ready_status(url: str, timeout: float = 2.0) -> tuple[int, str]:
     return status, body[:4000].decode("utf-8", "replace")
 
 
+def in_flight(url: str, key: str = "", timeout: float = 1.0) -> float:
+    """Prediction requests the replica is still answering (its ``modelport_requests_in_flight``
+    gauge); 0 when it cannot tell (gone, no such metric): draining never waits on silence."""
+    try:
+        status, body = sockets.request(url.rstrip("/") + "/metrics", timeout=timeout,
+                                       headers={replica_keys.HEADER: key} if key else None)
+    except (OSError, http.client.HTTPException, ValueError):
+        return 0.0
+    if status != 200:
+        return 0.0
+    for line in body.decode("utf-8", "replace").splitlines():
+        if line.startswith("modelport_requests_in_flight "):
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                return 0.0
+    return 0.0
+
+
 def probe(url: str | None, timeout: float = 1.0) -> bool:
     return bool(url) and ready_status(url or "", timeout)[0] == 200
 

@@ -163,7 +163,8 @@ def test_idle_goes_to_zero_gives_the_quota_back_and_a_request_wakes_it(
 
 def test_a_recent_request_keeps_it_awake(fast, engineer, team, v1, upstreams):
     d, _ = running(engineer, team, upstreams, idle_to_zero_after_s=60)
-    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1),
+                                              scaled_at=None)
     traffic(d, in_flight=0.5, seconds=1, at=timezone.now() - timedelta(seconds=30))
     autoscale.autoscale(d.pk)
     d.refresh_from_db()
@@ -173,7 +174,8 @@ def test_a_recent_request_keeps_it_awake(fast, engineer, team, v1, upstreams):
 def test_a_wake_over_the_quota_is_refused_with_the_numbers(fast, engineer, team, v1,
                                                           upstreams):
     d, runtime = running(engineer, team, upstreams, idle_to_zero_after_s=60)
-    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1),
+                                              scaled_at=None)
     autoscale.autoscale(d.pk)
     reconcile_deployment(d.pk, runtime)
     get_quota(team)
@@ -201,7 +203,8 @@ def test_changing_the_bounds_resizes_in_place(fast, engineer, team, v1, upstream
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_wakes_raise_the_count_once(fast, engineer, team, v1, upstreams):
     d, runtime = running(engineer, team, upstreams, idle_to_zero_after_s=60)
-    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1),
+                                              scaled_at=None)
     autoscale.autoscale(d.pk)
     reconcile_deployment(d.pk, runtime)
     results: list[bool] = []
