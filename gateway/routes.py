@@ -253,7 +253,7 @@ def route_for(name: str) -> Route | None:
     version = (pk, routing_version)
     # Held, not refused, only while asleep or waking: a building, degraded or failed
     # deployment answers its 503 at once.
-    wakes = bool(scaling) and not stopped and (
+    wakes = bool(scaling) and not stopped and status != DeploymentStatus.FAILED and (
         count == 0 or status in (DeploymentStatus.IDLE, DeploymentStatus.STARTING))
     if route is not None and route.version == version:
         route.checked, route.revision, route.wakes = now, current, wakes

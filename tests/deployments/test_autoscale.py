@@ -226,3 +226,39 @@ def test_concurrent_wakes_raise_the_count_once(fast, engineer, team, v1, upstrea
     d.refresh_from_db()
     assert d.replicas == 1
     assert AuditEvent.objects.filter(action="deployment.woken").count() == 1
+
+
+def test_a_count_a_user_sets_is_not_undone_at_the_next_look(fast, engineer, team, v1,
+                                                           upstreams):
+    d, _ = running(engineer, team, upstreams)
+    services.update_deployment(actor=engineer, deployment=d, replicas=3)
+    traffic(d, in_flight=0.5)  # light load: alone it would want 1 replica
+    assert autoscale.autoscale(d.pk) is None
+    d.refresh_from_db()
+    assert d.replicas == 3  # held for scale_down_delay_s like any count the scaler set
+
+
+def test_only_a_deployment_asleep_or_waking_holds_requests(fast, engineer, team, v1,
+                                                          upstreams):
+    from gateway import routes
+
+    d, _ = running(engineer, team, upstreams, idle_to_zero_after_s=60)
+    for status, count, held in (("healthy", 1, False), ("degraded", 1, False),
+                                ("building", 1, False), ("idle", 0, True),
+                                ("starting", 1, True), ("failed", 0, False)):
+        Deployment.objects.filter(pk=d.pk).update(status=status, replicas=count)
+        routes.invalidate()
+        assert routes.route_for(d.name).wakes is held, status
+
+
+def test_stored_bounds_above_a_lowered_replica_limit_still_wake(fast, engineer, team, v1,
+                                                               upstreams, settings):
+    d, runtime = running(engineer, team, upstreams, max_replicas=4, idle_to_zero_after_s=60)
+    Deployment.objects.filter(pk=d.pk).update(created_at=timezone.now() - timedelta(hours=1),
+                                              scaled_at=None)
+    autoscale.autoscale(d.pk)
+    reconcile_deployment(d.pk, runtime)
+    settings.MODELPORT_MAX_REPLICAS = 2  # an operator lowered it below the stored max of 4
+    assert autoscale.wake(d.pk) is True
+    d.refresh_from_db()
+    assert d.replicas == 1
