@@ -19,6 +19,7 @@ import io
 import uuid
 from datetime import timedelta
 
+import docker
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,6 +56,11 @@ def host_containers(client, job: BatchJob, host: str | None = None) -> list:
     labels = [f"modelport.job={job.name}"]
     if host:
         labels.append(f"modelport.host={host}")
+    for _ in range(10):
+        try:
+            return client.containers.list(all=True, filters={"label": labels})
+        except docker.errors.NotFound:  # removed by a host worker between listing and inspect
+            continue
     return client.containers.list(all=True, filters={"label": labels})
 
 
