@@ -29,8 +29,9 @@ _pg_bin() {
 
 services_start() {
   # prometheus: the real server and promtool for tests/monitoring/test_prometheus_*.py;
-  # wrk: the bounded bursts of tests/deployments/test_autoscale_docker.py.
-  _apt_install redis-server chromium debootstrap prometheus wrk
+  # wrk: the bounded bursts of tests/deployments/test_autoscale_docker.py;
+  # docker-registry: the registry test hosts pull images from (tests/netlab.py).
+  _apt_install redis-server chromium debootstrap prometheus wrk docker-registry
   chmod 755 "$SERVICES_DIR"
   local pgbin; pgbin=$(_pg_bin)
   mkdir -p "$SERVICES_DIR/pg"; chown postgres:postgres "$SERVICES_DIR/pg"
@@ -57,6 +58,9 @@ services_start() {
 
 services_stop() {
   set +e
+  # Test hosts (tests/netlab.py) of a test run that died before its own clean-up: namespaces,
+  # their dockerds, the registry.
+  .venv/bin/python -m tests.netlab sweep 2>/dev/null || python3 -m tests.netlab sweep
   # Containers the tests labelled, in case a test died before its own cleanup.
   local leftover; leftover=$(docker ps -aq --filter label=modelport.managed=1 2>/dev/null)
   [ -n "$leftover" ] && docker rm -f $leftover >/dev/null 2>&1
