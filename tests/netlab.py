@@ -206,7 +206,7 @@ class LabHost:
                 client = docker.DockerClient(base_url=self.docker_host, timeout=120)
                 client.ping()
                 return client
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 if self.dockerd.poll() is not None or time.monotonic() > deadline:
                     raise LabUnavailable(
                         f"dockerd of {self.name} did not start: "
