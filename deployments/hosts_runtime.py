@@ -24,8 +24,8 @@ MODELPORT_IMAGE_REGISTRY) ``ensure_image`` builds the serving image on this work
 Engine, pushes it and returns the registry reference, which the revision records and each host
 worker pulls (``host_side.host_image``); without one it only names the image and each host
 builds it on its own engine. Stats are not collected from remote hosts (zeros); logs are the
-last lines each host reported. The runtime factory builds it for such targets: ``DeploymentsConfig.ready()``
-registers it there (``workers.factory.register_target_runtime``).
+last lines each host reported. The runtime factory builds it for such targets:
+``DeploymentsConfig.ready()`` registers it there (``workers.factory.register_target_runtime``).
 """
 
 from __future__ import annotations
