@@ -30,7 +30,9 @@ _pg_bin() {
 services_start() {
   # prometheus: the real server and promtool for tests/monitoring/test_prometheus_*.py;
   # wrk: the bounded bursts of tests/deployments/test_autoscale_docker.py.
-  _apt_install redis-server chromium debootstrap prometheus wrk
+  # docker-registry: the image registry of tests/registry_fixture.py (serving images reach
+  # other engines through it, tests/workers/test_registry_images.py).
+  _apt_install redis-server chromium debootstrap prometheus wrk docker-registry
   chmod 755 "$SERVICES_DIR"
   local pgbin; pgbin=$(_pg_bin)
   mkdir -p "$SERVICES_DIR/pg"; chown postgres:postgres "$SERVICES_DIR/pg"

@@ -6,7 +6,7 @@ bridge address, which the hosts' engines then need as ``--insecure-registry``).
     with running_registry("127.0.0.1:0") as reg:   # port 0: a free port is picked
         reg.address   # "127.0.0.1:41234", what image references start with
 
-``registry`` is the pytest fixture (a loopback registry per test module). Skips when the
+``registry`` is the pytest fixture (one loopback registry per test session). Skips when the
 binary is missing (fails under MODELPORT_REQUIRE_SERVICES=1).
 """
 
@@ -123,7 +123,9 @@ def running_registry(address: str = "127.0.0.1:0", *, timeout: float = 30) -> It
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def registry() -> Iterator[Registry]:
+    """One loopback registry for the session: modules that push the shared serving image push
+    its layers once."""
     with running_registry("127.0.0.1:0") as reg:
         yield reg
