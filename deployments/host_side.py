@@ -23,10 +23,8 @@ from compute.models import Host
 from core import replica_keys
 from teams import audit
 from workers.runtimes import ReplicaSpec
-from workers.runtimes.registry_push import is_registry_ref
 
 from . import hooks, passes
-from .hosts_runtime import image_tag
 from .models import Deployment, DeploymentEvent, Replica, Revision
 from .reconcile import model_dir_for
 
@@ -138,8 +136,6 @@ def host_image(*, runtime: Any, row: Any, image: str, requirements: list[str]) -
     """The image this host runs: the registry reference the platform pushed (the revision's
     ``image``), pulled onto this engine when missing — progress on the replica's message, which
     the reconciler shows while it waits — else the serving image built on this engine."""
-    if not image or not is_registry_ref(image) or image == image_tag(requirements):
-        return str(runtime.ensure_image(requirements))
     last = [0.0]
 
     def progress(line: str) -> None:
@@ -150,8 +146,7 @@ def host_image(*, runtime: Any, row: Any, image: str, requirements: list[str]) -
                 message=f"{row.host.name if row.host else ''}: {line}"[:2000])
         logger.info("%s: %s", row.runtime_id, line)
 
-    runtime.ensure_pulled(image, progress)
-    return image
+    return str(runtime.image_for(image, requirements, progress))
 
 
 def remove_on_host(*, host_id: int, replica_id: str, runtime: Any) -> None:

@@ -58,7 +58,6 @@ from workers.runtimes.base import (
     missing_state,
 )
 from workers.runtimes.images import ImageBuilder, normalize_requirements
-from workers.runtimes.registry_push import RegistryPublisher
 
 from .models import Deployment, Replica
 
@@ -119,8 +118,7 @@ class HostsRuntime(Runtime):
         self.installation = installation_id() if installation is None else installation
         self.registry = (factory.image_registry(getattr(target, "settings", None))
                          if registry is None else registry)
-        self._image_builder = image_builder  # built on first use: this worker's engine
-        self._publisher: RegistryPublisher | None = None
+        self._image_builder = image_builder  # default: this worker's engine
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -131,16 +129,8 @@ class HostsRuntime(Runtime):
             if on_log:
                 on_log(f"image {tag}: each host worker builds it on its own engine when missing")
             return tag
-        if self._image_builder is None:
-            self._image_builder = factory.worker_image_builder()
-        if self._publisher is None:
-            self._publisher = factory.registry_publisher(self._image_builder.client,
-                                                         self.registry)
-        local = self._image_builder.ensure_image(requirements, on_log)
-        ref = self._publisher.publish(local, on_log)
-        if on_log:
-            on_log(f"image {ref}: the hosts pull it from {self.registry}")
-        return ref
+        return factory.push_serving_image(self.registry, requirements, on_log,
+                                          builder=self._image_builder)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:

@@ -25,7 +25,7 @@ from django.conf import settings
 from teams.services import platform_settings
 
 from .installation import installation_id, runtime_scope
-from .runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError, Runtime
+from .runtimes.base import LABEL_INSTALLATION, LogFn, ReplicaRuntimeError, Runtime
 from .runtimes.docker import DockerRuntime
 from .runtimes.images import REPO_ROOT, ImageBuilder
 from .runtimes.local import LocalRuntime
@@ -39,6 +39,7 @@ __all__ = [
     "image_registry",
     "ingest_socket",
     "package_policy",
+    "push_serving_image",
     "register_target_runtime",
     "registry_auth",
     "registry_publisher",
@@ -122,6 +123,19 @@ def registry_auth() -> dict[str, str] | None:
 
 def registry_publisher(client: Any, registry: str) -> RegistryPublisher:
     return RegistryPublisher(client, registry, auth_config=registry_auth())
+
+
+def push_serving_image(registry: str, requirements: list[str], on_log: LogFn | None = None, *,
+                       builder: ImageBuilder | None = None) -> str:
+    """The serving image for ``requirements``, built on this worker's engine (cached there) and
+    pushed to ``registry``: the reference engines elsewhere pull (several plain Docker hosts'
+    replicas and batch chunks). A push of what the registry holds costs a request per layer."""
+    builder = builder or worker_image_builder()
+    local = builder.ensure_image(requirements, on_log)
+    ref = registry_publisher(builder.client, registry).publish(local, on_log)
+    if on_log:
+        on_log(f"image {ref}: the hosts pull it from {registry}")
+    return ref
 
 
 def worker_image_builder() -> ImageBuilder:

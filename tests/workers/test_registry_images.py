@@ -30,6 +30,7 @@ from tests.registry_fixture import Registry, free_port, registry  # noqa: F401 -
 from tests.workers.conftest import TEST_LABEL, TEST_PORT_RANGE
 from workers.runtimes.base import ReplicaRuntimeError, ReplicaSpec, wait_ready
 from workers.runtimes.docker import DockerRuntime
+from workers.runtimes.images import ImageBuilder, normalize_requirements
 from workers.runtimes.registry_push import RegistryPublisher, is_registry_ref, split_ref
 from workers.runtimes.swarm import SwarmRuntime
 
@@ -137,18 +138,19 @@ def test_the_platform_pushes_and_a_second_engine_pulls_and_serves(
         _untag(docker_client, ref)
 
 
-def test_a_host_builds_itself_when_the_revision_names_no_registry_image() -> None:
-    class Runtime:
-        def ensure_image(self, requirements: list[str]) -> str:
-            return "built-here"
+def test_a_host_builds_itself_when_the_image_names_no_registry(tmp_path: Path) -> None:
+    def pull(image: str, on_log: Any = None) -> None:
+        raise AssertionError(f"nothing to pull without a registry ({image})")
 
-        def ensure_pulled(self, image: str, on_log: Any = None) -> None:
-            raise AssertionError("nothing to pull without a registry")
-
-    row = SimpleNamespace(pk=0, runtime_id="x", host=None)
-    for image in ("", "modelport/serving:abc-def"):
-        assert host_image(runtime=Runtime(), row=row, image=image, requirements=[]) == \
-            "built-here"
+    for repository in ("modelport/serving", "registry.example.com/serving"):
+        # Not an engine: image_for decides before it would call one.
+        rt = DockerRuntime(object(), network="host", state_dir=tmp_path / "runtime",
+                           image_builder=ImageBuilder(None, "base:x", repository=repository))
+        rt.ensure_image = lambda requirements, on_log=None: "built-here"  # type: ignore[method-assign]
+        rt.ensure_pulled = pull  # type: ignore[method-assign]
+        own_name = rt.images.tag_for(normalize_requirements(["scikit-learn==1.5.0"]))
+        for image in ("", "modelport/serving:abc-def", own_name):
+            assert rt.image_for(image, ["scikit-learn==1.5.0"]) == "built-here", image
 
 
 def test_a_registry_that_does_not_answer_fails_the_start_naming_it(

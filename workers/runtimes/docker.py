@@ -56,7 +56,7 @@ from .docker_spec import (
     run_kwargs,
     socket_healthcheck,
 )
-from .images import ImageBuilder
+from .images import ImageBuilder, normalize_requirements
 from .ports import PortAllocator
 from .registry_push import image_present, is_registry_ref, pull_image
 
@@ -160,6 +160,17 @@ class DockerRuntime(Runtime):
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
         return self.images.ensure_image(requirements, on_log)
+
+    def image_for(self, image: str, requirements: list[str],
+                  on_log: LogFn | None = None) -> str:
+        """What a host worker runs: ``image`` when the platform pushed it to a registry
+        (pulled when missing — never built here), else the serving image for
+        ``requirements`` built on this engine (no registry: each host builds)."""
+        if image and is_registry_ref(image) \
+                and image != self.images.tag_for(normalize_requirements(requirements)):
+            self.ensure_pulled(image, on_log)
+            return image
+        return self.ensure_image(requirements)
 
     def ensure_pulled(self, image: str, on_log: LogFn | None = None) -> None:
         """Pull ``image`` when it names a registry and is not on this engine yet (a host of
