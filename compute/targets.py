@@ -38,11 +38,14 @@ ENDPOINT_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe
 SETTINGS_KEYS = {
     TargetKind.DOCKER: {"network", "port_range", "placement", "registry"},
     TargetKind.SWARM: {"network", "overlay_network", "egress_network", "port_range",
-                       "gpu_resource", "registry"},
+                       "gpu_resource", "registry", "bind_host", "constraints"},
     TargetKind.KUBERNETES: {"image_pull_secrets", "registry", "service_account",
                             "node_selector", "url_mode", "service_type", "gpu_resource",
                             "network_policy", "batch_data_claim"},
 }
+# A Swarm placement constraint: node.role==worker, node.labels.gpu!=true, engine.labels.x==y
+_CONSTRAINT = re.compile(r"^(node|engine)\.[A-Za-z0-9_.-]+\s*(==|!=)\s*[^\s=!][^\n]*$")
+MAX_CONSTRAINTS = 20
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 MAX_CPU = Decimal("100000")
@@ -62,6 +65,32 @@ def _check_registry(value: Any) -> None:
         raise InvalidInput("settings.registry is host[:port][/prefix] of an image registry, "
                            "without a scheme, e.g. registry.example.com:5000/modelport (the "
                            "host needs a dot or a port, or is localhost).", field="settings")
+
+
+def _check_swarm_nodes(raw: dict[str, Any]) -> None:
+    """``bind_host`` and ``constraints`` of a swarm target (several nodes)."""
+    if "bind_host" in raw:
+        if raw["bind_host"] not in ("127.0.0.1", "0.0.0.0"):  # noqa: S104 - a setting
+            raise InvalidInput('settings.bind_host is "127.0.0.1" (one node) or "0.0.0.0" '
+                               "(several nodes: a replica listens on its node's addresses and "
+                               "is reached at the address the node advertised).",
+                               field="settings")
+        if raw.get("network", "host") != "host":
+            raise InvalidInput("settings.bind_host applies to host mode (in overlay mode "
+                               "replicas listen on 8080 in their own network namespace).",
+                               field="settings")
+    if "constraints" in raw:
+        items = raw["constraints"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_CONSTRAINTS:
+            raise InvalidInput("settings.constraints is a list of 1 to "
+                               f"{MAX_CONSTRAINTS} Swarm placement constraints, e.g. "
+                               '["node.role==worker"].', field="settings")
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or len(item) > 200 or not _CONSTRAINT.match(item):
+                raise InvalidInput(f"settings.constraints[{i}] ({item!r}) is not a Swarm "
+                                   "placement constraint: node.<attribute>==<value> or !=, "
+                                   "e.g. node.role==worker, node.labels.zone!=b.",
+                                   field="settings")
 
 
 def _target_settings(kind: str, raw: Any) -> dict[str, Any]:
@@ -126,6 +155,7 @@ def _target_settings(kind: str, raw: Any) -> dict[str, Any]:
         if kind == TargetKind.DOCKER and raw.get("placement") != "hosts":
             raise InvalidInput('settings.registry of a docker target applies to "placement": '
                                '"hosts" (one engine builds its own images).', field="settings")
+    _check_swarm_nodes(raw)
     if "gpu_resource" in raw and (not isinstance(raw["gpu_resource"], str)
                                   or not raw["gpu_resource"].strip()):
         raise InvalidInput("settings.gpu_resource is the Swarm generic resource name, e.g. "

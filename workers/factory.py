@@ -279,6 +279,8 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         gpu_resource=options.get("gpu_resource") or DEFAULT_GPU_RESOURCE,
         # Built on the manager's engine, pushed there, pulled by whichever node runs a task.
         publisher=registry_publisher(client, registry) if registry else None,
+        bind_host=options.get("bind_host") or "127.0.0.1",
+        constraints=list(options.get("constraints") or []),
         **_scope(),
     )
 

@@ -148,7 +148,16 @@ class Replicas:
         deadline = time.monotonic() + settings.MODELPORT_READY_TIMEOUT_S
         self.load_error = ""
         checked = 0.0
-        while state.url and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if not state.url:
+                # Placed by an orchestrator (a swarm in host mode on several nodes): the address
+                # is known once a node took the task.
+                state = self.runtime.get_replica(state.id)
+                if not state.alive or not self.still_current():
+                    return False
+                if not state.url:
+                    time.sleep(0.25)
+                    continue
             status, body = ready_status(state.url)
             if status == 200:
                 event(self.d, f"Replica {state.id} is ready.", revision=target.number)

@@ -212,7 +212,7 @@ def test_overlay_mode_joins_the_named_network_and_listens_on_8080(swarm_runtime:
         container["Env"]
     assert container["Hostname"] == "mp-fraud-r3-1"
     assert kwargs["update_config"]["Order"] == "start-first"
-    assert kwargs["endpoint_spec"]["Mode"] == "vip"
+    assert kwargs["endpoint_spec"]["Mode"] == "dnsrr"  # no IPVS needed, one task anyway
     assert template["Resources"]["Reservations"]["GenericResources"] == [
         {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]
     # Swarm picks the devices (and the NVIDIA runtime names them): only the count is ours.

@@ -44,6 +44,7 @@ of it on any network. What the model's code can reach depends on the network mod
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from docker.types import (
     EndpointSpec,
     Healthcheck,
     Mount,
+    Placement,
     Resources,
     RestartPolicy,
     RollbackConfig,
@@ -76,7 +78,6 @@ from .base import (
     BackendHealth,
     LegacyOwner,
     LogFn,
-    NodeInfo,
     ReplicaRuntimeError,
     ReplicaSpec,
     ReplicaState,
@@ -102,7 +103,9 @@ from .images import ImageBuilder
 from .ports import PortAllocator
 from .registry_push import RegistryPublisher
 from .swarm_batch import SwarmBatchRuntime
+from .swarm_models import ModelImages
 from .swarm_networks import OVERLAY, isolation_warnings, network_attrs
+from .swarm_nodes import WILDCARDS, NodeAddresses, current_task, node_info
 
 NETWORK_MODES = (HOST_NETWORK, OVERLAY)
 DEFAULT_GPU_RESOURCE = "NVIDIA-GPU"
@@ -129,12 +132,19 @@ class SwarmRuntime(Runtime):
     """Runs replicas as Swarm services through a manager's Docker endpoint.
 
     network="host": every service joins the node's host network and its one task binds
-    `bind_host` (127.0.0.1) on a port from `port_range`; url http://127.0.0.1:<port>. For a
-    single node (tests, CI): the allocator can only check ports on the machine it runs on.
+    `bind_host` on a port from `port_range` (unique across the swarm: the allocator reads the
+    managed services' port labels). 127.0.0.1 (one node: tests, CI) gives
+    http://127.0.0.1:<port>; 0.0.0.0 (several nodes) gives http://<the task's node
+    address>:<port>, read again at every listing, so a task Swarm moves is followed.
     network="overlay": every service joins `overlay_network` (an attachable, internal overlay
     network Modelport's gateway also joins); the model server listens on 8080 and the url is
-    http://<service name>:8080 (Swarm's DNS + VIP for the service). Replicas granted egress
-    also join `egress_network`.
+    http://<service name>:8080, resolved by Swarm's DNS to the one task's address (endpoint
+    mode dnsrr: a single-task service gains nothing from a virtual IP, and VIPs need IPVS in
+    the nodes' kernels). Replicas granted egress also join `egress_network`.
+
+    `constraints` (e.g. ``node.role==worker``) go to every service's placement. With a
+    `publisher` (a registry) the serving image is pushed and the model is baked into a thin
+    layer on top of it (``swarm_models``): no node needs the platform's disk.
 
     `installation` (see ``Runtime``): services are named ``mp-<id[:8]>-…`` and labelled with the
     id, and only this installation's are listed, adopted or removed.
@@ -152,7 +162,8 @@ class SwarmRuntime(Runtime):
                  gpu_resource: str = DEFAULT_GPU_RESOURCE, restart_attempts: int = 3,
                  healthcheck: bool = True, egress_network: str = "",
                  installation: str = "", legacy_owner: LegacyOwner | None = None,
-                 publisher: RegistryPublisher | None = None) -> None:
+                 publisher: RegistryPublisher | None = None,
+                 constraints: list[str] | None = None) -> None:
         if client is None:
             client = docker.from_env()
         if network not in NETWORK_MODES:
@@ -162,6 +173,9 @@ class SwarmRuntime(Runtime):
         if egress_network and network != OVERLAY:
             raise ValueError("an egress network applies to overlay mode (in host mode replicas "
                              "already share the node's network)")
+        if bind_host != "127.0.0.1" and bind_host not in WILDCARDS:
+            raise ValueError("bind_host is 127.0.0.1 (one node) or 0.0.0.0 (each node's "
+                             "addresses; which node runs a task is Swarm's choice)")
         if egress_network and egress_network == overlay_network:
             raise ValueError("the egress network must differ from the replicas' overlay network")
         self.client = client
@@ -182,6 +196,9 @@ class SwarmRuntime(Runtime):
         self.installation = installation
         self.legacy_owner = legacy_owner
         self.publisher = publisher
+        self.constraints = list(constraints or [])
+        self.nodes = NodeAddresses(client)
+        self.models = ModelImages(self.images, publisher) if publisher else None
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
@@ -204,6 +221,11 @@ class SwarmRuntime(Runtime):
         if not spec.image:
             raise ReplicaRuntimeError("the swarm runtime needs spec.image (see ensure_image)")
         spec = self.scoped(spec)
+        if spec.model_dir and self.models is not None:
+            # A registry: the nodes share no disk with the platform, the model travels baked.
+            spec = dataclasses.replace(
+                spec, image=self.models.image_for(spec.image or "", spec.model_dir),
+                model_dir=None)
         name = spec.name
         existing = self._get(name)
         if existing is not None:
@@ -282,7 +304,8 @@ class SwarmRuntime(Runtime):
             restart_policy=RestartPolicy(condition="on-failure", delay=1_000_000_000,
                                          max_attempts=self.restart_attempts,
                                          window=600_000_000_000),
-            networks=self._networks(spec, port))
+            networks=self._networks(spec, port),
+            placement=Placement(constraints=self.constraints) if self.constraints else None)
         # An in-place update (by an operator: `docker service update`) starts the new task
         # first and rolls back on failure. In host mode the one port cannot be bound twice,
         # so there the update stops the old task first.
@@ -293,7 +316,7 @@ class SwarmRuntime(Runtime):
             "update_config": UpdateConfig(parallelism=1, order=order, failure_action="rollback",
                                           monitor=30_000_000_000),
             "rollback_config": RollbackConfig(parallelism=1, order=order),
-            "endpoint_spec": EndpointSpec(mode="dnsrr" if port is not None else "vip"),
+            "endpoint_spec": EndpointSpec(mode="dnsrr"),
         }
 
     def _networks(self, spec: ReplicaSpec, port: int | None) -> list[str]:
@@ -416,14 +439,29 @@ class SwarmRuntime(Runtime):
             warnings = self.isolation_warnings()
         except Exception as exc:  # noqa: BLE001 - reported, the target is still reachable
             warnings = [f"Could not check the replicas' networks: {exc}"]
+        warnings += self._multi_node_warnings(len(nodes))
         return BackendHealth(reachable=True, version=version,
-                             nodes=sorted((_node(n.attrs) for n in nodes),
+                             nodes=sorted((node_info(n.attrs) for n in nodes),
                                           key=lambda n: n.name), warnings=warnings)
+
+    def _multi_node_warnings(self, nodes: int) -> list[str]:
+        """What a swarm of several nodes needs that one node does not."""
+        if nodes < 2:
+            return []
+        warnings = []
+        if self.network == HOST_NETWORK and self.bind_host not in WILDCARDS:
+            warnings.append(f"{nodes} nodes, but host-mode replicas listen on 127.0.0.1 of "
+                            "their node: replicas on other nodes are unreachable. Set "
+                            'settings.bind_host to "0.0.0.0".')
+        if self.publisher is None:
+            warnings.append(f"{nodes} nodes, but no registry: images and model files exist "
+                            "on the manager only. Set settings.registry.")
+        return warnings
 
     # --- helpers ----------------------------------------------------------------------------
     def _local_container(self, service: Any, *, running: bool = False) -> Any | None:
         """The container of the service's current task, if it is on this endpoint's node."""
-        task = _current_task(self._tasks([service]).get(service.id, []))
+        task = current_task(self._tasks([service]).get(service.id, []))
         status = (task or {}).get("Status") or {}
         container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
         if not container_id or (running and status.get("State") != "running"):
@@ -492,7 +530,7 @@ class SwarmRuntime(Runtime):
         spec = service.attrs.get("Spec") or {}
         labels = spec.get("Labels") or {}
         history = tasks.get(service.id, [])
-        task = _current_task(history)
+        task = current_task(history)
         wanted = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1)
         task_status = (task or {}).get("Status") or {}
         raw = task_status.get("State", "")
@@ -517,8 +555,12 @@ class SwarmRuntime(Runtime):
                 status = ReplicaStatus.DEAD
         running = status in (ReplicaStatus.RUNNING, ReplicaStatus.STARTING)
         port = labels.get(LABEL_PORT, "")
+        url: str | None
         if port.isdigit():
-            url: str | None = f"http://{self.bind_host}:{port}"
+            host = self.bind_host
+            if host in WILDCARDS:  # wherever Swarm placed the task; none yet: no url yet
+                host = self.nodes.address((task or {}).get("NodeID", ""))
+            url = f"http://{host}:{port}" if host else None
         else:
             url = f"http://{service.name}:{CONTAINER_PORT}"
         message = task_status.get("Err") or ""
@@ -552,41 +594,3 @@ class SwarmRuntime(Runtime):
             labels=dict(labels),
         )
 
-
-def _current_task(tasks: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The task Swarm wants running (the newest, if a replacement overlaps), else the newest
-    (Swarm gave up: max restart attempts reached)."""
-    if not tasks:
-        return None
-    newest = sorted(tasks, key=lambda t: (t.get("CreatedAt") or "",
-                                          (t.get("Version") or {}).get("Index", 0)),
-                    reverse=True)
-    for task in newest:
-        # A replacement waiting out the restart delay is desired "ready", then "running".
-        if task.get("DesiredState") in ("running", "ready"):
-            return task
-    return newest[0]
-
-
-def _node(attrs: dict[str, Any]) -> NodeInfo:
-    description = attrs.get("Description") or {}
-    resources = description.get("Resources") or {}
-    gpus = 0
-    for item in resources.get("GenericResources") or []:
-        discrete = item.get("DiscreteResourceSpec") or {}
-        named = item.get("NamedResourceSpec") or {}
-        if "GPU" in str(discrete.get("Kind", "")).upper():
-            gpus += int(discrete.get("Value") or 0)
-        elif "GPU" in str(named.get("Kind", "")).upper():
-            gpus += 1
-    spec = attrs.get("Spec") or {}
-    status = attrs.get("Status") or {}
-    return NodeInfo(
-        name=str(description.get("Hostname") or attrs.get("ID", "")[:12]),
-        role=str(spec.get("Role") or ""),
-        state=str(status.get("State") or ""),
-        available=spec.get("Availability") == "active" and status.get("State") == "ready",
-        cpu=int(resources.get("NanoCPUs") or 0) / 1e9,
-        memory_mb=int(resources.get("MemoryBytes") or 0) // (1024 * 1024),
-        gpus=gpus,
-    )
