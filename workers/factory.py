@@ -267,6 +267,11 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
     state_dir = _data_dir(settings) / "runtime"
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
     registry = image_registry(options)
+    # Without a registry (one node) the image is built on the manager's engine, where the task
+    # runs. With one, it is built on this worker's own engine and pushed from there, like the
+    # Kubernetes runtime's: the manager needs no base image and no build, nodes only pull.
+    builder = (worker_image_builder() if registry
+               else _image_builder(settings, client, base_image))
     return SwarmRuntime(
         client,
         network=options.get("network") or "host",
@@ -274,11 +279,11 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         egress_network=options.get("egress_network") or "",
         port_range=_port_range(settings, options.get("port_range")),
         base_image=base_image,
-        image_builder=_image_builder(settings, client, base_image),
+        image_builder=builder,
         state_dir=state_dir,
         gpu_resource=options.get("gpu_resource") or DEFAULT_GPU_RESOURCE,
-        # Built on the manager's engine, pushed there, pulled by whichever node runs a task.
-        publisher=registry_publisher(client, registry) if registry else None,
+        # Pushed there, pulled by whichever node runs a task (the model baked in, too).
+        publisher=registry_publisher(builder.client, registry) if registry else None,
         bind_host=options.get("bind_host") or "127.0.0.1",
         constraints=list(options.get("constraints") or []),
         **_scope(),

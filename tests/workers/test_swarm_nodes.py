@@ -27,16 +27,20 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from serving.sockets import request
-from tests.conftest import missing_service
-from tests.registry_fixture import free_port
+from tests.swarm_lab import (
+    FIGURES,
+    HEARTBEAT_S,
+    SwarmLab,
+    running_task,
+    set_availability,
+    swarm_lab,  # noqa: F401 - fixture
+)
 from tests.workers.conftest import TEST_LABEL
 from tests.workers.test_runtime_docker import IRIS_COLUMNS, ROWS, spec_for, wait_for
 from workers.runtimes.base import ReplicaStatus, wait_ready
@@ -44,104 +48,24 @@ from workers.runtimes.base import ReplicaStatus, wait_ready
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 PORT_RANGE = (23500, 23999)
-ADDRESS_POOL = "198.18.0.0/16"  # RFC 2544 benchmarking range: the overlays of the lab swarm
-GWBRIDGE_SUBNET = "198.18.255.0/24"  # each node's docker_gwbridge (its own namespace)
 OVERLAY_SUBNET = "198.18.10.0/24"
-HEARTBEAT_S = 2  # docker swarm update --dispatcher-heartbeat 2s (default 5s)
 KEY_HEADER = "X-Modelport-Replica-Key"
 REPLICA_KEY = "swarm-nodes-replica-key-" + "0" * 40
-FIGURES: dict[str, float] = {}
-
-
-@dataclass
-class SwarmLab:
-    net: Any  # tests.netlab.NetLab
-    registry: str
-    manager: Any  # docker client of the manager's own engine
-    clients: dict[str, Any]  # node id -> docker client of that node's engine
-    hosts: dict[str, Any]  # node id -> LabHost
-    workers: list[str]  # node ids of the two workers
-    manager_id: str
-
-    def address(self, node_id: str) -> str:
-        return self.hosts[node_id].address
-
-
-def _gwbridge(client: Any) -> None:
-    """docker_gwbridge on a benchmarking-range subnet, before Swarm makes one of its own."""
-    from docker.types import IPAMConfig, IPAMPool
-
-    client.networks.create(
-        "docker_gwbridge", driver="bridge",
-        ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=GWBRIDGE_SUBNET)]),
-        options={"com.docker.network.bridge.name": "docker_gwbridge",
-                 "com.docker.network.bridge.enable_icc": "false",
-                 "com.docker.network.bridge.enable_ip_masquerade": "false"})
 
 
 @pytest.fixture(scope="module")
-def swarm_lab(docker_client: Any) -> Iterator[SwarmLab]:
-    """Three namespaces, three dockerds, a registry on the bridge; ``swarm init`` on the
-    manager, the two workers joined with the manager's worker token. All removed afterwards
-    (the lab's teardown stops the engines; nothing was created on this machine's engine
-    except the registry tags, which are removed)."""
-    from tests.netlab import LabUnavailable, NetLab
-
-    try:
-        net = NetLab()
-    except LabUnavailable as exc:
-        missing_service(f"needs network namespaces for the swarm's nodes: {exc}")
-    try:
-        started = time.monotonic()
-        registry = net.start_registry(free_port())
-        lab_hosts = [net.add_host(name) for name in ("sw-manager", "sw-worker1", "sw-worker2")]
-        engines = [host.start_docker() for host in lab_hosts]
-        for engine in engines:
-            _gwbridge(engine)
-        manager, manager_host = engines[0], lab_hosts[0]
-        manager.swarm.init(advertise_addr=manager_host.address,
-                           listen_addr=f"{manager_host.address}:2377",
-                           default_addr_pool=[ADDRESS_POOL], subnet_size=24,
-                           dispatcher_heartbeat_period=HEARTBEAT_S * 10**9)
-        token = manager.swarm.attrs["JoinTokens"]["Worker"]
-        for host, engine in zip(lab_hosts[1:], engines[1:], strict=True):
-            engine.swarm.join(remote_addrs=[f"{manager_host.address}:2377"], join_token=token,
-                              advertise_addr=host.address, listen_addr=f"{host.address}:2377")
-        ids = {engine.info()["Swarm"]["NodeID"]: (host, engine)
-               for host, engine in zip(lab_hosts, engines, strict=True)}
-        assert wait_for(lambda: sum(n.attrs["Status"]["State"] == "ready"
-                                    for n in manager.nodes.list()) == 3, timeout=60), \
-            [n.attrs["Status"] for n in manager.nodes.list()]
-        FIGURES["swarm up (3 engines, init, 2 joins) s"] = time.monotonic() - started
-        manager_id = manager.info()["Swarm"]["NodeID"]
-        yield SwarmLab(net=net, registry=registry, manager=manager,
-                       clients={i: e for i, (_, e) in ids.items()},
-                       hosts={i: h for i, (h, _) in ids.items()},
-                       workers=[i for i in ids if i != manager_id], manager_id=manager_id)
-    finally:
-        net.close()
-        for image in docker_client.images.list():
-            for tag in image.tags:
-                if tag.startswith(f"{net.platform_address}:"):  # the lab registry's tags
-                    with contextlib.suppress(Exception):
-                        docker_client.images.remove(tag, noprune=True)
-        print("\nswarm lab figures:", json.dumps(FIGURES, indent=1))  # noqa: T201
-
-
-@pytest.fixture(scope="module")
-def lab_runtime(swarm_lab: SwarmLab, docker_client: Any, base_image: str,
+def lab_runtime(swarm_lab: SwarmLab, docker_client: Any, base_image: str,  # noqa: F811
                 tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Host mode on several nodes, the way a target with settings {"network": "host",
-    "bind_host": "0.0.0.0", "registry": <lab registry>, "constraints": ["node.role==worker"]}
-    makes it — except that images are built on this machine's engine (the suite's shared
-    serving image) rather than on the manager's: the manager has no base image, and pushing
-    from either engine is the same thing to the nodes."""
+    """Host mode on several nodes, as the factory makes it for a target with settings
+    {"network": "host", "bind_host": "0.0.0.0", "registry": <lab registry>/mp,
+    "constraints": ["node.role==worker"]}: images built on this worker's own engine (the
+    suite's shared serving image) and pushed from there; the manager builds nothing."""
     from workers.runtimes.images import ImageBuilder
     from workers.runtimes.registry_push import RegistryPublisher
     from workers.runtimes.swarm import SwarmRuntime
 
     return SwarmRuntime(
-        swarm_lab.manager, network="host", bind_host="0.0.0.0",  # noqa: S104
+        swarm_lab.manager, network="host", bind_host="0.0.0.0",
         port_range=PORT_RANGE, state_dir=tmp_path_factory.mktemp("swarm-lab"),
         image_builder=ImageBuilder(docker_client, base_image),
         publisher=RegistryPublisher(docker_client, f"{swarm_lab.registry}/mp"),
@@ -165,12 +89,6 @@ def invoke(url: str, key: str | None) -> tuple[int, Any]:
     return status, json.loads(answer)
 
 
-def running_task(lab: SwarmLab, service: str) -> dict[str, Any] | None:
-    tasks = lab.manager.api.tasks(filters={"service": service, "desired-state": "running"})
-    running = [t for t in tasks if t["Status"]["State"] == "running"]
-    return running[0] if running else None
-
-
 def serve(runtime: Any, lab: SwarmLab, deployment: str, image: str, model_dir: Path,
           replica: int = 0) -> tuple[Any, str]:
     """Start one replica, wait until it answers at its node's address: (state, node id)."""
@@ -188,11 +106,6 @@ def serve(runtime: Any, lab: SwarmLab, deployment: str, image: str, model_dir: P
     FIGURES.setdefault(f"replica start → ready (first on its node: pull) s #{replica}",
                        time.monotonic() - started)
     return state, node
-
-
-def set_availability(lab: SwarmLab, node_id: str, availability: str) -> None:
-    node = lab.manager.nodes.get(node_id)
-    node.update({**node.attrs["Spec"], "Availability": availability})
 
 
 def follow_move(runtime: Any, lab: SwarmLab, replica_id: str, away_from: str,
@@ -214,7 +127,8 @@ def follow_move(runtime: Any, lab: SwarmLab, replica_id: str, away_from: str,
 
 
 def test_replicas_land_on_workers_with_the_model_baked_and_answer_at_their_node(
-        swarm_lab: SwarmLab, lab_runtime: Any, lab_image: str, iris_model_dir: Path) -> None:
+        swarm_lab: SwarmLab, lab_runtime: Any, lab_image: str,  # noqa: F811
+        iris_model_dir: Path) -> None:
     lab, runtime = swarm_lab, lab_runtime
     assert lab_image.startswith(f"{lab.registry}/mp/serving:")
     health = runtime.describe()
@@ -252,7 +166,8 @@ def test_replicas_land_on_workers_with_the_model_baked_and_answer_at_their_node(
 
 
 def test_a_drained_workers_replica_moves_and_answers_on_the_other(
-        swarm_lab: SwarmLab, lab_runtime: Any, lab_image: str, iris_model_dir: Path) -> None:
+        swarm_lab: SwarmLab, lab_runtime: Any, lab_image: str,  # noqa: F811
+        iris_model_dir: Path) -> None:
     lab, runtime = swarm_lab, lab_runtime
     state, node = serve(runtime, lab, "sw-drain", lab_image, iris_model_dir)
     service_id = lab.manager.services.get(state.id).id
@@ -277,7 +192,8 @@ def test_a_drained_workers_replica_moves_and_answers_on_the_other(
 
 
 def test_a_cut_off_workers_replica_is_rescheduled_and_the_stale_one_removed_on_return(
-        swarm_lab: SwarmLab, lab_runtime: Any, lab_image: str, iris_model_dir: Path) -> None:
+        swarm_lab: SwarmLab, lab_runtime: Any, lab_image: str,  # noqa: F811
+        iris_model_dir: Path) -> None:
     lab, runtime = swarm_lab, lab_runtime
     state, node = serve(runtime, lab, "sw-lost", lab_image, iris_model_dir)
     host = lab.hosts[node]
@@ -311,7 +227,8 @@ def test_a_cut_off_workers_replica_is_rescheduled_and_the_stale_one_removed_on_r
 
 
 def test_the_overlay_carries_a_request_from_another_node_by_service_name(
-        swarm_lab: SwarmLab, lab_image: str, docker_client: Any, base_image: str,
+        swarm_lab: SwarmLab, lab_image: str, docker_client: Any,  # noqa: F811
+        base_image: str,
         iris_model_dir: Path, tmp_path: Path) -> None:
     from docker.types import IPAMConfig, IPAMPool
 
