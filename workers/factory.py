@@ -14,6 +14,7 @@ wiring sits beside it rather than in it."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from .runtimes.base import LABEL_INSTALLATION, LogFn, ReplicaRuntimeError, Runti
 from .runtimes.docker import DockerRuntime
 from .runtimes.images import REPO_ROOT, ImageBuilder
 from .runtimes.local import LocalRuntime
-from .runtimes.registry_push import RegistryPublisher
+from .runtimes.registry_push import RegistryPublisher, registry_of
 from .runtimes.swarm import DEFAULT_GPU_RESOURCE, SwarmRuntime
 from .runtimes.wheelhouse import PackagePolicy
 
@@ -272,6 +273,10 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
     # Kubernetes runtime's: the manager needs no base image and no build, nodes only pull.
     builder = (worker_image_builder() if registry
                else _image_builder(settings, client, base_image))
+    auth = registry_auth() if registry else None
+    if auth:  # create_service sends it to the manager, which hands it to the nodes that pull
+        with contextlib.suppress(AttributeError, TypeError):
+            client.api._auth_configs.add_auth(registry_of(f"{registry}/x"), auth)
     return SwarmRuntime(
         client,
         network=options.get("network") or "host",

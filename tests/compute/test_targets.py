@@ -104,6 +104,14 @@ def test_only_platform_admins_change_targets(engineer, default_target):
     ({"settings": {"network": "overlay", "overlay_network": "models",
                    "egress_network": "models"}}, "settings", "egress_network"),
     ({"settings": {"network": "host", "egress_network": "out"}}, "settings", "egress_network"),
+    ({"settings": {"bind_host": "10.1.2.3"}}, "settings", "bind_host"),
+    ({"settings": {"network": "overlay", "overlay_network": "models", "bind_host": "0.0.0.0"}},
+     "settings", "applies to host mode"),
+    ({"settings": {"constraints": "node.role==worker"}}, "settings", "list of 1 to 20"),
+    ({"settings": {"constraints": []}}, "settings", "list of 1 to 20"),
+    ({"settings": {"constraints": ["node.role==worker", "node.role=manager"]}}, "settings",
+     "constraints[1]"),
+    ({"settings": {"constraints": ["role==worker"]}}, "settings", "constraints[0]"),
     ({"kind": "kubernetes", "endpoint": "", "namespace": "m", "in_cluster": True,
       "settings": {"network_policy": {"ingest_port": 0}}}, "settings", "ingest_port"),
     ({"kind": "kubernetes", "endpoint": "", "namespace": "m", "in_cluster": True,
@@ -212,6 +220,24 @@ def test_each_target_gets_its_own_runtime(admin_user, monkeypatch, settings, def
     assert isinstance(runtime, SwarmRuntime)
     assert (runtime.network, runtime.overlay_network, runtime.egress_network,
             runtime.gpu_resource) == ("overlay", "models", "outbound", "AMD-GPU")
+    assert runtime.constraints == [] and runtime.publisher is None
+    nodes = targets.create_target(
+        actor=admin_user, name="swarm-n", kind="swarm", endpoint="tcp://127.0.0.1:9",
+        settings={"network": "host", "bind_host": "0.0.0.0", "registry": "reg.example:5000/mp",
+                  "constraints": ["node.role==worker", "node.labels.zone != b"]})
+    settings.MODELPORT_IMAGE_REGISTRY_USERNAME = "puller"
+    settings.MODELPORT_IMAGE_REGISTRY_PASSWORD = "secret"
+    runtime = runtime_for_target(nodes)
+    assert runtime.bind_host == "0.0.0.0"
+    # The manager gets the registry credentials with create_service, for the nodes' pulls.
+    assert runtime.client.api._auth_configs.resolve_authconfig("reg.example:5000")[
+        "username"] == "puller"
+    assert runtime.constraints == ["node.role==worker", "node.labels.zone != b"]
+    # With a registry the image is built on this worker's engine and pushed from there.
+    assert runtime.client.api.base_url == "http://127.0.0.1:9"
+    assert runtime.images.client.api.base_url != "http://127.0.0.1:9"
+    assert runtime.publisher.client is runtime.images.client
+    assert runtime.publisher.registry == "reg.example:5000/mp"
     policy = {"platform_namespace": "ml", "client_pods": {"role": "gateway"}}
     k8s = targets.create_target(actor=admin_user, name="k8s", kind="kubernetes",
                                  namespace="models", kube_context="prod",

@@ -37,9 +37,9 @@ of it on any network. What the model's code can reach depends on the network mod
   and nothing beyond: no outside world, no node ports, no Docker socket. A deployment a
   platform admin granted egress also joins ``egress_network`` (an ordinary overlay network),
   which leads out.
-* host mode (single-node tests and CI): the replica shares the node's network and reaches
-  whatever the node reaches. ``describe()`` says so on the target's health, as it says when the
-  overlay network is not internal.
+* host mode (one node on 127.0.0.1; several nodes on 0.0.0.0, reached at the node's address):
+  the replica shares the node's network and reaches whatever the node reaches. ``describe()``
+  says so on the target's health, as it says when the overlay network is not internal.
 """
 
 from __future__ import annotations
