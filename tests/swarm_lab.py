@@ -1,7 +1,7 @@
 """A real three-node Docker Swarm for tests: one manager and two workers, each a network
 namespace with its own Docker Engine (``tests/netlab.py``), joined over the lab's bridge, and
-the lab's TLS registry the nodes pull from. Once per session (``swarm_lab``); import the fixture
-into a test module: ``from tests.swarm_lab import swarm_lab  # noqa: F401``.
+the lab's TLS registry the nodes pull from. Once per session (``swarm_lab``, shared by every
+module that imports it: ``from tests.swarm_lab import swarm_lab  # noqa: F401``).
 
 ``swarm init --advertise-addr <manager> --listen-addr <manager>:2377`` with the dispatcher
 heartbeat shortened to ``HEARTBEAT_S`` (default 5 s: a cut-off node is declared down after a
@@ -65,8 +65,29 @@ def _wait_for(predicate: Any, timeout: float) -> Any:
     return value
 
 
+_SHARED: dict[str, Any] = {"users": 0}
+
+
 @pytest.fixture(scope="session")
 def swarm_lab(docker_client: Any) -> Iterator[SwarmLab]:
+    """One lab for the whole session. Each test module that imports this fixture gets its own
+    definition of it (fixtures defined in a module are that module's), so the lab itself is
+    shared here and closed when the last of them is torn down."""
+    if "lab" not in _SHARED:
+        stack = contextlib.ExitStack()
+        _SHARED["lab"] = stack.enter_context(contextlib.contextmanager(_lab)(docker_client))
+        _SHARED["stack"] = stack
+    _SHARED["users"] += 1
+    try:
+        yield _SHARED["lab"]
+    finally:
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            _SHARED.pop("lab")
+            _SHARED.pop("stack").close()
+
+
+def _lab(docker_client: Any) -> Iterator[SwarmLab]:
     from tests.netlab import LabUnavailable, NetLab
 
     try:
