@@ -316,3 +316,33 @@ def test_egress_on_an_internal_overlay_without_an_egress_network_is_refused(
     # An overlay that leads out already needs no egress network (its health warns instead).
     SwarmRuntime(swarm, network="overlay",
                  overlay_network=ordinary)._check_egress_without_network(granted)
+
+
+def test_node_addresses_come_from_one_listing_and_a_managers_wildcard_falls_back() -> None:
+    """No engine: ``NodeAddresses`` over a stand-in API counting its ``nodes()`` calls."""
+    from workers.runtimes.swarm_nodes import NodeAddresses, node_address
+
+    class Api:
+        calls = 0
+        listing = [{"ID": "w1", "Status": {"Addr": "198.51.100.3"}},
+                   {"ID": "m1", "Status": {"Addr": "0.0.0.0"},
+                    "ManagerStatus": {"Addr": "198.51.100.2:2377"}}]
+
+        def nodes(self) -> list[dict[str, Any]]:
+            self.calls += 1
+            return self.listing
+
+    class Client:
+        api = Api()
+
+    nodes = NodeAddresses(Client(), ttl=60)
+    assert nodes.address("w1") == "198.51.100.3"
+    assert nodes.address("m1") == "198.51.100.2"  # advertised nothing: the manager address
+    assert nodes.address("") == "" and Client.api.calls == 1  # cached
+    Client.api.listing = [*Client.api.listing, {"ID": "w2", "Status": {"Addr": "198.51.100.4"}}]
+    assert nodes.address("w2") == "198.51.100.4" and Client.api.calls == 2  # a new node: re-read
+    assert nodes.address("gone") == "" and node_address({"Status": {}}) == ""
+    from workers.runtimes.swarm import SwarmRuntime
+
+    with pytest.raises(ValueError, match="bind_host"):
+        SwarmRuntime(Client(), bind_host="198.51.100.3")
