@@ -145,6 +145,10 @@ def test_replicas_land_on_workers_with_the_model_baked_and_answer_at_their_node(
         status, answer = invoke(state.url, None)  # on the node's network: the key is needed
         assert status == 403 and answer["error_code"] == "PERMISSION_DENIED"
 
+    # Its logs come through the manager from the worker that runs it.
+    assert wait_for(lambda: "model loaded" in runtime.logs(states[0].id, tail=50), timeout=30), \
+        runtime.logs(states[0].id, tail=50)
+
     # The model travels in the image: the task spec holds the baked image and no bind mount,
     # so the replica never reads this machine's disk (which the lab's namespaces share).
     spec = lab.manager.services.get(states[0].id).attrs["Spec"]
