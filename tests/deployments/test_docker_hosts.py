@@ -51,9 +51,13 @@ class Hosts:
 
 
 @pytest.fixture
-def hosts(docker_client, docker_env, settings):
-    """A multi-host docker target and two hosts registered by their own heartbeat."""
+def hosts(docker_client, docker_env, settings, live_server):
+    """A multi-host docker target and two hosts registered by their own heartbeat. The host
+    workers fetch their models from the live platform over HTTP, as remote hosts do
+    (MODELPORT_HOST_MODEL_SOURCE=fetch), into the host cache they bind-mount."""
     settings.MODELPORT_HOST_LOST_SECONDS = 600
+    settings.MODELPORT_HOST_MODEL_SOURCE = "fetch"
+    settings.MODELPORT_PLATFORM_URL = live_server.url
     target = ExecutionTarget.objects.create(name="hosts", kind="docker",
                                             settings={"placement": "hosts"})
     suffix = uuid.uuid4().hex[:6]
@@ -106,6 +110,10 @@ def test_replicas_are_placed_by_free_capacity_and_spread_over_hosts(hosts, docke
         running = docker_client.containers.list(filters={"label": [
             f"modelport.deployment={name}", f"modelport.host={host}"]})
         assert sorted(c.name for c in running) == sorted(ids)
+        for c in running:  # the model fetched over HTTP into the host cache, mounted read-only
+            [mount] = [m for m in c.attrs["Mounts"] if m["Destination"] == "/model"]
+            assert mount["Source"].endswith(f"/host-cache/models/{v1.artifact_sha256}")
+            assert mount["RW"] is False
     for host in hosts.names:  # each host reports what runs there
         assert tasks.host_heartbeat(host)["stale_removed"] == []
     rows = Replica.objects.filter(deployment__name=name)
