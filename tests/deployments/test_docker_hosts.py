@@ -221,3 +221,26 @@ def test_stopping_a_deployment_removes_its_containers_on_every_host(hosts, docke
     assert not docker_client.containers.list(all=True,
                                              filters={"label": f"modelport.deployment={name}"})
     assert not Replica.objects.filter(deployment=d).exists()
+
+
+def test_a_host_that_cannot_fetch_the_model_fails_the_start_with_the_reason(hosts, settings,
+                                                                           docker_client,
+                                                                           engineer, v1):
+    """The platform unreachable from the hosts: no container starts, the deployment's events
+    say why, and the hosts' model caches hold nothing."""
+    settings.MODELPORT_PLATFORM_URL = "http://127.0.0.1:9"  # nothing listens there
+    name = f"mh-{uuid.uuid4().hex[:6]}"
+    deploy(bearer_client(engineer), name, replicas=1, target="hosts")
+    d = Deployment.objects.get(name=name)
+    reconcile_deployment(d.pk)
+    d.refresh_from_db()
+    messages = list(d.events.values_list("message", flat=True))
+    assert any("ModelFetchFailed: model iris v1: the platform is unreachable at "
+               "http://127.0.0.1:9/api/v1/hosts/" in m for m in messages), messages
+    assert d.status != "healthy"
+    assert not docker_client.containers.list(all=True,
+                                             filters={"label": f"modelport.deployment={name}"})
+    from deployments import host_models
+
+    root = host_models.cache_root()
+    assert not root.exists() or [p.name for p in root.iterdir()] in ([], [".locks"])
