@@ -113,7 +113,10 @@ def _fetch(version: ModelVersion, *, host: str, root: Path,
         download.unlink()
         for path in [unpacked, *unpacked.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        os.rename(unpacked, root / sha)
+        target = root / sha
+        if target.exists():  # an incomplete entry (no MLmodel) left by hand: replaced
+            os.rename(target, staging / "old")
+        os.rename(unpacked, target)
         log.info("host %s: fetched %s (sha256 %s…) in %.1f s", host, what, sha[:12],
                  time.monotonic() - started)
     finally:

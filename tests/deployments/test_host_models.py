@@ -330,3 +330,16 @@ def test_a_version_without_an_artifact_is_not_fetched(platform, iris_model):
     version = bare.versions.create(version=9, status="failed", source_format="mlflow")
     with pytest.raises(host_models.ModelFetchFailed, match="no stored artifact"):
         host_models.model_dir_on_host(version, host=platform.host.name)
+
+
+def test_an_incomplete_cache_entry_is_fetched_again(platform, v1):
+    """A directory without MLmodel under the artifact's name (left by hand) is no cache hit:
+    the model is fetched and replaces it."""
+    platform.place(v1)
+    broken = host_models.cache_root() / v1.artifact_sha256
+    broken.mkdir(parents=True)
+    (broken / "junk").write_text("x")
+    path = host_models.model_dir_on_host(v1, host=platform.host.name)
+    assert (path / "MLmodel").is_file() and not (path / "junk").exists()
+    assert platform.streams == [v1.artifact_name]
+    assert cached(host_models.cache_root()) == [v1.artifact_sha256]
