@@ -82,7 +82,10 @@ def model_dir_on_host(version: ModelVersion, *, host: str,
             if not (target / "MLmodel").exists():  # another start fetched it meanwhile
                 _fetch(version, host=host, root=root, progress=progress)
                 _touch(target)
-                evict(host=host)
+                try:  # the cache bound is best effort: it never fails a start
+                    evict(host=host)
+                except OSError:
+                    log.warning("host %s: model cache eviction failed", host, exc_info=True)
     _touch(target)
     return target
 
