@@ -23,9 +23,8 @@ from core import replica_keys
 from teams import audit
 from workers.runtimes import ReplicaSpec
 
-from . import hooks, passes
+from . import hooks, host_models, passes
 from .models import Deployment, DeploymentEvent, Replica, Revision
-from .reconcile import model_dir_for
 
 logger = logging.getLogger(__name__)
 HOST_LOG_LINES = 100
@@ -93,7 +92,8 @@ def report_host(*, host: Any, runtime: Any) -> dict[str, Any]:
 
 def start_on_host(*, replica_id: int, runtime: Any) -> Any:
     """On the host worker: start the replica placed here (image built on this engine when
-    missing, model files unpacked here, GPU devices allocated at placement) and report it."""
+    missing, model files fetched from the platform or unpacked from shared storage
+    (``host_models``), GPU devices allocated at placement) and report it."""
     row = (Replica.objects.select_related("deployment__model", "deployment__team", "host")
            .filter(pk=replica_id).first())
     if row is None or row.host_status != "placing":
@@ -104,8 +104,11 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
                                                                          number=row.revision)
         version = revision.model_version
         image = runtime.ensure_image(list(version.requirements or []))
+        model_dir = host_models.model_dir_on_host(
+            version, host=row.host.name if row.host else settings.MODELPORT_HOST_NAME,
+            progress=partial(_say, row.pk))
         spec = ReplicaSpec(deployment=d.name, revision=row.revision, replica=row.index,
-                           image=image, model_dir=str(model_dir_for(version)),
+                           image=image, model_dir=str(model_dir),
                            model_name=d.model.name, model_version=str(version.version),
                            cpu=float(row.cpu), memory_mb=row.memory_mb,
                            installation=runtime.installation)
@@ -130,6 +133,11 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
     return state
 
 
+def _say(replica_id: int, message: str) -> None:
+    """Progress of a start on the replica's row (the deployment page shows it)."""
+    Replica.objects.filter(pk=replica_id, host_status="placing").update(message=message)
+
+
 def remove_on_host(*, host_id: int, replica_id: str, runtime: Any) -> None:
     """On the host worker: stop the replica gracefully (its last prediction logs ship), remove
     it, then its row — which the reconciler waits for."""
@@ -140,6 +148,24 @@ def remove_on_host(*, host_id: int, replica_id: str, runtime: Any) -> None:
     runtime.remove_replica(replica_id)
     Replica.objects.filter(runtime_id=replica_id, host_id=host_id,
                            host_status="removing").delete()
+
+
+def placed_artifact(*, host: str, sha256: str) -> Any | None:
+    """The model version with artifact ``sha256`` when a replica is placed on ``host`` that
+    runs it (any state but removing), else None: a host downloads only what it is to run."""
+    placed = (Replica.objects.filter(host__name=host).exclude(host_status="removing")
+              .values_list("deployment_id", "revision"))
+    pairs = set(placed)
+    if not pairs:
+        return None
+    revisions = (Revision.objects.filter(deployment_id__in={d for d, _ in pairs},
+                                         model_version__artifact_sha256=sha256)
+                 .select_related("model_version__model"))
+    for revision in revisions:
+        if (revision.deployment_id, revision.number) in pairs \
+                and revision.model_version.artifact_name:
+            return revision.model_version
+    return None
 
 
 def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:

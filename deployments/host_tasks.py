@@ -19,7 +19,7 @@ from compute import inventory
 from compute.models import Host
 from workers import factory
 
-from . import host_side
+from . import host_models, host_side
 from .models import Replica
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _host_runtime(host_name: str) -> Any | None:
 def host_heartbeat(host_name: str) -> dict[str, Any] | None:
     """On a host worker (sent to its own queue by its HostHeartbeat step): register or refresh
     the host in the capacity registry from `docker info`, report its replicas, remove stale
-    containers."""
+    containers and cached models no replica here uses (above the cache bound)."""
     runtime = _host_runtime(host_name)
     if runtime is None:
         return None
@@ -48,7 +48,13 @@ def host_heartbeat(host_name: str) -> dict[str, Any] | None:
         name=host_name, info=runtime.client.info(),
         queue=settings.MODELPORT_HOST_QUEUE if settings.MODELPORT_HOST_NAME else "",
         address=runtime.bind_host)
-    return host_side.report_host(host=host, runtime=runtime)
+    report = host_side.report_host(host=host, runtime=runtime)
+    if settings.MODELPORT_HOST_MODEL_SOURCE == "fetch":
+        try:  # after the report: a replica removed from this host frees its model here
+            report["models_evicted"] = host_models.evict(host=host_name)
+        except OSError:  # the cache is best effort; the next heartbeat tries again
+            log.warning("host %s: model cache eviction failed", host_name, exc_info=True)
+    return report
 
 
 @shared_task(name="workers.tasks.start_host_replica", ignore_result=True, acks_late=True)

@@ -379,6 +379,21 @@ MODELPORT_HOST_LOST_SECONDS = env_float("MODELPORT_HOST_LOST_SECONDS", 60, minim
 # How long one reconcile waits for a host worker to start a replica (an image build included)
 # before leaving it to the next pass; below the task soft time limit.
 MODELPORT_HOST_START_TIMEOUT_S = env_int("MODELPORT_HOST_START_TIMEOUT_S", 300, minimum=1)
+# Where a host worker gets the model files of the replicas it starts (docs/beyond-one-host.md,
+# "How a host gets a model"): "fetch" downloads each version's artifact from the platform
+# (MODELPORT_PLATFORM_URL, authenticated by the host's token, SHA-256 checked) into a cache on
+# this host; "shared" unpacks from the platform's artifact storage, for hosts that mount the
+# platform's data dir (NFS).
+MODELPORT_HOST_MODEL_SOURCE = env_choice("MODELPORT_HOST_MODEL_SOURCE", "fetch",
+                                         ("fetch", "shared"))
+# The platform's address as this host reaches it; empty: MODELPORT_BASE_URL.
+MODELPORT_PLATFORM_URL = env_str("MODELPORT_PLATFORM_URL", "")
+# The host's model cache; empty: <MODELPORT_DATA_DIR>/host-cache/models. Above CACHE_MB,
+# models no replica on the host uses are removed, least recently used first.
+MODELPORT_HOST_CACHE_DIR = env_str("MODELPORT_HOST_CACHE_DIR", "")
+MODELPORT_HOST_CACHE_MB = env_int("MODELPORT_HOST_CACHE_MB", 20480, minimum=0)
+# A model download fails when the platform sends nothing for this long.
+MODELPORT_HOST_FETCH_TIMEOUT_S = env_int("MODELPORT_HOST_FETCH_TIMEOUT_S", 60, minimum=1)
 CELERY_BEAT_SCHEDULE["hosts-check"] = {
     "task": "workers.tasks.check_hosts",
     "schedule": timedelta(seconds=MODELPORT_HOST_HEARTBEAT_SECONDS),
