@@ -106,7 +106,6 @@ class LabPlatform:
         env = {**self.host_env, "MODELPORT_HOST_NAME": host,
                "MODELPORT_HOST_ADDRESS": lab_host.address, "DOCKER_HOST": lab_host.docker_host,
                "MODELPORT_DATA_DIR": str(data)}
-        env["MODELPORT_DATA_DIR"] = self.env["MODELPORT_DATA_DIR"]  # INTERIM until fetch lands
         self.workers[host] = lab_host.popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
              "--concurrency", "2", "--without-gossip", "--without-mingle",

@@ -83,6 +83,10 @@ def test_replicas_on_two_hosts_serve_through_the_edge_and_ship_logs(lab_platform
         on_engine = platform.lab.clients[host].containers.list(
             filters={"label": f"modelport.deployment={name}"})
         assert [c.name for c in on_engine] == [r.runtime_id for r in rows]
+        # The model came over HTTP into the host's own cache, not from the platform's disk.
+        mounts = [m["Source"] for c in on_engine for m in c.attrs["Mounts"]]
+        own = str(platform.lab.hosts[host].dir)
+        assert mounts and all(m.startswith(own) for m in mounts), mounts
 
     answers = [predict(platform, session, name) for _ in range(20)]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers[:3]]
@@ -210,3 +214,45 @@ def test_a_host_whose_engine_dies_is_lost_and_its_replica_moves(lab_platform, en
         assert predict(platform, session, name).status_code == 200
     finally:
         platform.lab.clients[victim] = platform.lab.hosts[victim].start_docker()
+
+
+def test_canary_and_rollback_span_hosts_without_a_failed_request(lab_platform, engineer, v1, v2):
+    platform = lab_platform
+    hosts_up(platform, "lab-a", "lab-b")
+    session = api(platform, engineer)
+    name = deploy_spread(platform, session)
+    traffic = Traffic(platform, session, name, clients=2)
+    revisions: Counter[str] = Counter()
+    try:
+        response = session.patch(f"{platform.web}/api/v1/deployments/{name}/", json={
+            "version": 2, "strategy": {"type": "canary", "steps": [50, 100], "interval_s": 3}},
+            timeout=30)
+        assert response.status_code == 202, response.text
+
+        def canary_on_both_hosts():
+            rows = Replica.objects.filter(deployment__name=name, revision=2, ready=True)
+            return {r.host.name for r in rows.select_related("host")} == {"lab-a", "lab-b"}
+        platform.wait("revision 2 ready on both hosts", canary_on_both_hosts, timeout=300)
+        for _ in range(20):
+            revisions[predict(platform, session, name).headers.get("x-modelport-revision", "")] \
+                += 1
+        platform.wait("the canary to finish", lambda: Deployment.objects.filter(
+            name=name, status="healthy", revision=2, traffic=[{"revision": 2, "percent": 100}])
+            .exists(), timeout=300)
+        assert Deployment.objects.get(name=name).events.filter(
+            kind="traffic", message__startswith="Canary: 50%").exists()
+
+        response = session.post(f"{platform.web}/api/v1/deployments/{name}/rollback/", json={},
+                                timeout=30)
+        assert response.status_code == 202 and response.json()["revision"] == 3, response.text
+        platform.wait("the rollback to finish", lambda: Deployment.objects.filter(
+            name=name, status="healthy", revision=3, traffic=[{"revision": 3, "percent": 100}])
+            .exists(), timeout=300)
+        assert sorted(placed(name)) == ["lab-a", "lab-b"]
+        assert {r.revision for rows in placed(name).values() for r in rows} == {3}
+        time.sleep(2)
+    finally:
+        traffic.stop()
+    assert "2" in revisions, revisions
+    assert len(traffic.results) > 30
+    assert traffic.failed() == [], Counter(f[2] for f in traffic.failed())
