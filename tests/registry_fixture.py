@@ -73,6 +73,11 @@ class Registry:
             return []
 
 
+def tag_of(ref: str) -> str:
+    """The tag of ``repo:tag`` or of a pinned ``repo:tag@sha256:…``."""
+    return ref.partition("@")[0].rpartition(":")[2]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

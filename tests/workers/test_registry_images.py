@@ -26,7 +26,7 @@ from deployments.host_side import host_image
 from deployments.hosts_runtime import HostsRuntime
 from serving.sockets import request
 from tests.extra_dockerd import extra_dockerd
-from tests.registry_fixture import Registry, free_port, registry  # noqa: F401 - fixture
+from tests.registry_fixture import Registry, free_port, registry, tag_of  # noqa: F401 - fixture
 from tests.workers.conftest import TEST_LABEL, TEST_PORT_RANGE
 from workers.runtimes.base import ReplicaRuntimeError, ReplicaSpec, wait_ready
 from workers.runtimes.docker import DockerRuntime
@@ -57,12 +57,15 @@ def _host_runtime(client: Any, tmp_path: Path) -> DockerRuntime:
 def _untag(client: Any, ref: str) -> None:
     """Drop the registry tag from the platform's engine (the image itself is shared)."""
     with contextlib.suppress(Exception):
-        client.images.remove(ref, noprune=True)
+        client.images.remove(ref.partition("@")[0], noprune=True)
 
 
 def test_ref_helpers() -> None:
     assert split_ref("127.0.0.1:5000/mp/serving:abc") == ("127.0.0.1:5000/mp/serving", "abc")
     assert split_ref("127.0.0.1:5000/mp/serving") == ("127.0.0.1:5000/mp/serving", "latest")
+    pinned = "127.0.0.1:5000/mp/serving:abc@sha256:" + "0" * 64
+    assert split_ref(pinned) == ("127.0.0.1:5000/mp/serving", "sha256:" + "0" * 64)
+    assert is_registry_ref(pinned)
     assert is_registry_ref("127.0.0.1:5000/mp/serving:abc")
     assert is_registry_ref("registry.example.com/serving:abc")
     assert not is_registry_ref("modelport/serving:abc")
@@ -85,8 +88,10 @@ def test_the_platform_pushes_and_a_second_engine_pulls_and_serves(
     ref = hosts.ensure_image(iris_requirements, lines.append)
     push_s = time.monotonic() - started
     try:
-        assert ref == f"{prefix}/{serving_image.rsplit('/', 1)[-1]}", lines[-10:]
-        assert split_ref(ref)[1] in registry.tags("mp/serving")
+        # Pinned to the pushed manifest: a host verifies it gets exactly this build.
+        assert ref.startswith(f"{prefix}/{serving_image.rsplit('/', 1)[-1]}@sha256:"), \
+            lines[-10:]
+        assert tag_of(ref) in registry.tags("mp/serving")
         assert any(line.startswith("pushing ") for line in lines)
         assert any(line.startswith("pushed ") for line in lines)
         size_mb = docker_client.images.get(serving_image).attrs["Size"] / 1e6
@@ -191,7 +196,7 @@ def test_swarm_services_name_the_registry_image(
     ref = rt.ensure_image(iris_requirements)
     try:
         assert ref.startswith(f"{prefix}/serving:")
-        assert split_ref(ref)[1] in registry.tags("swarm/serving")
+        assert tag_of(ref) in registry.tags("swarm/serving")
         kwargs = rt.service_spec(_spec("t-swarm", ref, None), 21001)
         assert kwargs["task_template"]["ContainerSpec"]["Image"] == ref
         # Batch jobs on that swarm take the same image.

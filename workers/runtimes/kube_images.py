@@ -87,7 +87,8 @@ class KubeImages:
     def _publish(self, local_ref: str, on_log: LogFn | None) -> str:
         if not self.registry:
             return local_ref
-        return self._publisher().publish(local_ref, on_log)
+        # Unpinned: the model layer is baked FROM this name (and pods name the model image).
+        return self._publisher().publish(local_ref, on_log, pin=False)
 
     def _push(self, ref: str, on_log: LogFn | None) -> str:
         if not self.registry:
