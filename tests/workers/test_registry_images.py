@@ -221,3 +221,39 @@ def test_explicit_credentials_go_with_pushes_pulls_and_service_creation() -> Non
         assert (found["username"], found["password"]) == ("ci", "s3cret")
     finally:
         client.close()
+
+
+def test_a_registry_with_authentication_takes_the_configured_credentials(
+        docker_client: Any, base_image: str, tmp_path: Path) -> None:
+    """Basic auth over plain HTTP on loopback (tests only): a push or a pull without the
+    credentials fails naming the registry; with ``auth_config`` (what
+    MODELPORT_IMAGE_REGISTRY_USERNAME/_PASSWORD give) both work. The base image stands in
+    for a serving image: smaller, same mechanism."""
+    import docker
+
+    from tests.registry_fixture import running_registry
+
+    with running_registry(users={"ci": "s3cret"}) as reg:
+        prefix = f"{reg.address}/auth"
+        anonymous = RegistryPublisher(docker_client, prefix)
+        ref = anonymous.ref_for(base_image)
+        client = docker.from_env(timeout=300)  # its own auth store
+        try:
+            with pytest.raises(ReplicaRuntimeError, match=f"pushing {ref} to registry {prefix}"):
+                anonymous.publish(base_image)
+            pinned = RegistryPublisher(client, prefix, auth_config={
+                "username": "ci", "password": "s3cret"}).publish(base_image)
+            assert pinned.startswith(f"{ref}@sha256:")
+            with extra_dockerd() as engine:
+                bare = _host_runtime(engine.client, tmp_path)
+                with pytest.raises(ReplicaRuntimeError,
+                                   match=f"pulling {pinned} from registry {reg.address}"):
+                    bare.ensure_pulled(pinned)
+                rt = DockerRuntime(engine.client, network="host", state_dir=tmp_path / "rt2",
+                                   registry_auth={"username": "ci", "password": "s3cret"})
+                rt.ensure_pulled(pinned)
+                assert engine.client.images.get(pinned).id == \
+                    docker_client.images.get(base_image).id
+        finally:
+            client.close()
+            _untag(docker_client, ref)
