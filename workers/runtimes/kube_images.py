@@ -28,6 +28,7 @@ class KubeImages:
 
     image_builder: Any
     registry: str | None
+    registry_auth: dict[str, str] | None
     _lock: threading.Lock
     _pushed: set[str]
     _model_digests: dict[tuple[str, int], str]
@@ -80,7 +81,8 @@ class KubeImages:
     def _publisher(self) -> RegistryPublisher:
         publisher: RegistryPublisher | None = getattr(self, "_registry_publisher", None)
         if publisher is None:
-            publisher = RegistryPublisher(self.image_builder.client, self.registry or "")
+            publisher = RegistryPublisher(self.image_builder.client, self.registry or "",
+                                          auth_config=self.registry_auth)
             self._registry_publisher = publisher
         return publisher
 
