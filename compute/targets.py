@@ -36,9 +36,9 @@ TARGET_FIELDS = ["name", "kind", "endpoint", "kube_context", "in_cluster", "name
                  "settings", "cpu", "memory_mb", "gpus", "enabled", "is_default"]
 ENDPOINT_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
 SETTINGS_KEYS = {
-    TargetKind.DOCKER: {"network", "port_range", "placement"},
+    TargetKind.DOCKER: {"network", "port_range", "placement", "registry"},
     TargetKind.SWARM: {"network", "overlay_network", "egress_network", "port_range",
-                       "gpu_resource"},
+                       "gpu_resource", "registry"},
     TargetKind.KUBERNETES: {"image_pull_secrets", "registry", "service_account",
                             "node_selector", "url_mode", "service_type", "gpu_resource",
                             "network_policy", "batch_data_claim"},
@@ -46,6 +46,23 @@ SETTINGS_KEYS = {
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 MAX_CPU = Decimal("100000")
+# host[:port][/prefix] of an image registry, as Docker reads a reference: the host has a dot or
+# a port or is localhost (otherwise "name/x" would mean a Docker Hub account).
+_REGISTRY = re.compile(
+    r"^(?P<host>(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?)"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+
+def _check_registry(value: Any) -> None:
+    """A target's ``registry`` setting (also checked for kubernetes targets)."""
+    match = _REGISTRY.match(value) if isinstance(value, str) else None
+    host = match.group("host") if match else ""
+    if not match or not ("." in host or ":" in host or host == "localhost") or len(value) > 90:
+        raise InvalidInput("settings.registry is host[:port][/prefix] of an image registry, "
+                           "without a scheme, at most 90 characters, e.g. "
+                           "registry.example.com:5000/modelport (the host needs a dot or a "
+                           "port, or is localhost).", field="settings")
 
 
 def _target_settings(kind: str, raw: Any) -> dict[str, Any]:
@@ -105,6 +122,11 @@ def _target_settings(kind: str, raw: Any) -> dict[str, Any]:
         raise InvalidInput('settings.placement of a docker target is "hosts" (several plain '
                            "Docker hosts, each with a host worker) or absent (one host).",
                            field="settings")
+    if "registry" in raw:
+        _check_registry(raw["registry"])
+        if kind == TargetKind.DOCKER and raw.get("placement") != "hosts":
+            raise InvalidInput('settings.registry of a docker target applies to "placement": '
+                               '"hosts" (one engine builds its own images).', field="settings")
     if "gpu_resource" in raw and (not isinstance(raw["gpu_resource"], str)
                                   or not raw["gpu_resource"].strip()):
         raise InvalidInput("settings.gpu_resource is the Swarm generic resource name, e.g. "
@@ -178,10 +200,10 @@ def _validate_target(values: dict[str, Any]) -> dict[str, Any]:
                            f"targets, not {kind}.", field="namespace")
     options = values.get("settings")
     if isinstance(options, dict) and options.get("placement") == "hosts" and (
-            endpoint or set(options) - {"placement"}):
+            endpoint or set(options) - {"placement", "registry"}):
         raise InvalidInput('A "placement": "hosts" target takes no endpoint, network or port '
-                           "range: each host's worker uses its own Docker Engine "
-                           "(MODELPORT_HOST_ADDRESS, MODELPORT_PORT_RANGE on that host).",
+                           "range (only a registry): each host's worker uses its own Docker "
+                           "Engine (MODELPORT_HOST_ADDRESS, MODELPORT_PORT_RANGE on that host).",
                            field="settings")
     cpu, memory_mb, gpus = _capacity(values)
     return {"name": name, "kind": kind, "endpoint": endpoint, "kube_context": context,

@@ -7,6 +7,7 @@ reconciler reschedules their replicas. The tasks that run these are ``deployment
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -103,7 +104,8 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         revision = Revision.objects.select_related("model_version").get(deployment=d,
                                                                          number=row.revision)
         version = revision.model_version
-        image = runtime.ensure_image(list(version.requirements or []))
+        image = host_image(runtime=runtime, row=row, image=revision.image,
+                           requirements=list(version.requirements or []))
         model_dir = host_models.model_dir_on_host(
             version, host=row.host.name if row.host else settings.MODELPORT_HOST_NAME,
             progress=partial(_say, row.pk))
@@ -136,6 +138,23 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
 def _say(replica_id: int, message: str) -> None:
     """Progress of a start on the replica's row (the deployment page shows it)."""
     Replica.objects.filter(pk=replica_id, host_status="placing").update(message=message)
+
+
+def host_image(*, runtime: Any, row: Any, image: str, requirements: list[str]) -> str:
+    """The image this host runs: the registry reference the platform pushed (the revision's
+    ``image``), pulled onto this engine when missing — progress on the replica's message, which
+    the reconciler shows while it waits — else the serving image built on this engine."""
+    last = [0.0]
+
+    def progress(line: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or line.startswith(("pulling ", "pulled ")):
+            last[0] = now
+            Replica.objects.filter(pk=row.pk, host_status="placing").update(
+                message=f"{row.host.name if row.host else ''}: {line}"[:2000])
+        logger.info("%s: %s", row.runtime_id, line)
+
+    return str(runtime.image_for(image, requirements, progress))
 
 
 def remove_on_host(*, host_id: int, replica_id: str, runtime: Any) -> None:

@@ -19,10 +19,13 @@ runs there. The reconciler (queue ``deployments``) drives this runtime like any 
   ``lost``.
 
 The rows are this runtime's state, so the reconciler's ``publish`` never creates or clobbers
-them (``places_replicas``). Image builds happen on each host (``ensure_image`` only names the
-image). Stats are not collected from remote hosts (zeros); logs are the last lines each host
-reported. The runtime factory builds it for such targets: ``DeploymentsConfig.ready()``
-registers it there (``workers.factory.register_target_runtime``).
+them (``places_replicas``). Images: with a registry (the target's ``registry`` setting, else
+MODELPORT_IMAGE_REGISTRY) ``ensure_image`` builds the serving image on this worker's own Docker
+Engine, pushes it and returns the registry reference, which the revision records and each host
+worker pulls (``host_side.host_image``); without one it only names the image and each host
+builds it on its own engine. Stats are not collected from remote hosts (zeros); logs are the
+last lines each host reported. The runtime factory builds it for such targets:
+``DeploymentsConfig.ready()`` registers it there (``workers.factory.register_target_runtime``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from django.utils import timezone
 from compute import inventory, placement
 from compute.models import Host
 from core.errors import Conflict
+from workers import factory
 from workers.installation import installation_id
 from workers.runtimes.base import (
     BackendHealth,
@@ -105,19 +109,28 @@ class HostsRuntime(Runtime):
     places_replicas = True  # the reconciler leaves Replica rows and GPU devices to this runtime
 
     def __init__(self, target: Any, *, dispatch: Dispatch | None = None,
-                 poll_interval: float = 0.2, installation: str | None = None) -> None:
+                 poll_interval: float = 0.2, installation: str | None = None,
+                 registry: str | None = None, image_builder: ImageBuilder | None = None) -> None:
         self.target = target
         self.dispatch = dispatch or send_to_host
         self.poll_interval = poll_interval
         # Names its replicas as the host workers' Docker runtimes (same database, same id) do.
         self.installation = installation_id() if installation is None else installation
+        self.registry = (factory.image_registry(getattr(target, "settings", None))
+                         if registry is None else registry)
+        self._image_builder = image_builder  # default: this worker's engine
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        tag = image_tag(requirements)
-        if on_log:
-            on_log(f"image {tag}: each host worker builds it on its own engine when missing")
-        return tag
+        """Without a registry: the tag each host builds on its own engine. With one: built
+        here, pushed, and the registry reference (what the hosts pull)."""
+        if not self.registry:
+            tag = image_tag(requirements)
+            if on_log:
+                on_log(f"image {tag}: each host worker builds it on its own engine when missing")
+            return tag
+        return factory.push_serving_image(self.registry, requirements, on_log,
+                                          builder=self._image_builder)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:

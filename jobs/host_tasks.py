@@ -80,7 +80,8 @@ def _host_runtime(host_name: str) -> HostBatchRuntime | None:
 @shared_task(name="workers.tasks.start_host_chunk", ignore_result=True, acks_late=True)
 def start_host_chunk(row_id: int) -> str:
     """On a host worker: start the chunk placed on this host (a ``HostChunk`` row id); the
-    image is built on this engine when missing."""
+    image is pulled from the registry the platform pushed it to, else built on this engine when
+    missing."""
     row = HostChunk.objects.select_related("host").filter(pk=row_id).first()
     if row is None or row.state != HostChunk.State.PLACING:
         return "gone"  # removed, or started already (a redelivered task)
@@ -89,7 +90,8 @@ def start_host_chunk(row_id: int) -> str:
         return "ignored"
     attempt = row.attempt
     try:
-        image = runtime.ensure_batch_image(list(row.requirements or []))
+        image = runtime.docker.image_for(str((row.spec or {}).get("image") or ""),
+                                         list(row.requirements or []))
         spec = BatchSpec(**{**row.spec, "image": image, "installation": runtime.installation})
         state = runtime.start_chunk(spec, row.index, attempt)
         # run() returns the container as created (before it started): read it again.

@@ -38,6 +38,7 @@ from compute import inventory
 from compute import placement as host_placement
 from compute.models import GpuAllocation, Host
 from core.errors import Conflict
+from workers import factory
 from workers.installation import installation_id
 from workers.runtimes.base import LogFn
 from workers.runtimes.batch import BatchRuntime, BatchSpec, ChunkPhase, ChunkState
@@ -76,10 +77,14 @@ class HostsBatchRuntime(BatchRuntime):
         self.dispatch = dispatch or send_to_host
         # Names its containers as the host workers' runtimes (same database, same id) do.
         self.installation = installation_id()
+        self.registry = factory.image_registry(getattr(target, "settings", None))
 
     def ensure_batch_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        """The image's tag as every host's builder names it; each host builds it on its own
-        engine when it is missing (the start task)."""
+        """With a registry (as for the target's replicas): built on this worker's engine,
+        pushed, the reference the hosts pull. Without: the image's tag as every host's builder
+        names it; each host builds it on its own engine when it is missing (the start task)."""
+        if self.registry:
+            return factory.push_serving_image(self.registry, requirements, on_log)
         builder = ImageBuilder(None, settings.MODELPORT_SERVING_BASE_IMAGE, ca_bundle=None,
                                offline=True)
         return builder.tag_for(normalize_requirements(requirements))

@@ -25,21 +25,27 @@ from django.conf import settings
 from teams.services import platform_settings
 
 from .installation import installation_id, runtime_scope
-from .runtimes.base import LABEL_INSTALLATION, ReplicaRuntimeError, Runtime
+from .runtimes.base import LABEL_INSTALLATION, LogFn, ReplicaRuntimeError, Runtime
 from .runtimes.docker import DockerRuntime
 from .runtimes.images import REPO_ROOT, ImageBuilder
 from .runtimes.local import LocalRuntime
+from .runtimes.registry_push import RegistryPublisher
 from .runtimes.swarm import DEFAULT_GPU_RESOURCE, SwarmRuntime
 from .runtimes.wheelhouse import PackagePolicy
 
 __all__ = [
     "get_runtime",
     "host_worker_runtime",
+    "image_registry",
     "ingest_socket",
     "package_policy",
+    "push_serving_image",
     "register_target_runtime",
+    "registry_auth",
+    "registry_publisher",
     "replica_network",
     "runtime_for_target",
+    "worker_image_builder",
 ]
 
 RUNTIME_NAMES = ("auto", "docker", "local")
@@ -100,6 +106,45 @@ def _image_builder(settings: object, client: Any, base_image: str) -> ImageBuild
                         container_labels={LABEL_INSTALLATION: installation_id()})
 
 
+def image_registry(options: dict[str, Any] | None) -> str:
+    """Where a multi-engine target's serving images go: its ``registry`` setting, else
+    MODELPORT_IMAGE_REGISTRY; "" for none (each engine builds or has its own)."""
+    value = (options or {}).get("registry") or getattr(settings, "MODELPORT_IMAGE_REGISTRY", "")
+    return str(value or "").strip().rstrip("/")
+
+
+def registry_auth() -> dict[str, str] | None:
+    """MODELPORT_IMAGE_REGISTRY_USERNAME/_PASSWORD as the Docker SDK's ``auth_config``; None:
+    the Docker config of the process (``docker login``) supplies credentials, if any."""
+    user = getattr(settings, "MODELPORT_IMAGE_REGISTRY_USERNAME", "")
+    password = getattr(settings, "MODELPORT_IMAGE_REGISTRY_PASSWORD", "")
+    return {"username": user, "password": password} if user and password else None
+
+
+def registry_publisher(client: Any, registry: str) -> RegistryPublisher:
+    return RegistryPublisher(client, registry, auth_config=registry_auth())
+
+
+def push_serving_image(registry: str, requirements: list[str], on_log: LogFn | None = None, *,
+                       builder: ImageBuilder | None = None) -> str:
+    """The serving image for ``requirements``, built on this worker's engine (cached there) and
+    pushed to ``registry``: the reference engines elsewhere pull (several plain Docker hosts'
+    replicas and batch chunks). A push of what the registry holds costs a request per layer."""
+    builder = builder or worker_image_builder()
+    local = builder.ensure_image(requirements, on_log)
+    ref = registry_publisher(builder.client, registry).publish(local, on_log)
+    if on_log:
+        on_log(f"image {ref}: the hosts pull it from {registry}")
+    return ref
+
+
+def worker_image_builder() -> ImageBuilder:
+    """An ImageBuilder on this worker's own Docker Engine (what the default runtime uses):
+    where images for engines elsewhere are built before they are pushed to a registry."""
+    base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
+    return _image_builder(settings, _client(settings, None), base_image)
+
+
 def _scope() -> dict[str, Any]:
     """``installation`` and ``legacy_owner`` for a runtime of this installation."""
     return runtime_scope()
@@ -124,7 +169,8 @@ def _port_range(settings: object, value: Any) -> tuple[int, int]:
 def _docker(settings: object, *, endpoint: str | None = None, network: str | None = None,
             port_range: list[int] | tuple[int, int] | None = None,
             timeout: int | None = None, host_name: str = "",
-            bind_host: str = "127.0.0.1") -> DockerRuntime:
+            bind_host: str = "127.0.0.1",
+            registry_auth: dict[str, str] | None = None) -> DockerRuntime:
     client = _client(settings, endpoint, timeout)
     state_dir = _data_dir(settings) / "runtime"
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
@@ -149,6 +195,7 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
         socket_dir=_data_dir(settings) / "run" / "replicas",
         ingest_socket=ingest_socket(settings),
         egress_network=getattr(settings, "MODELPORT_DOCKER_EGRESS_NETWORK", "host"),
+        registry_auth=registry_auth,
         **_scope(),
     )
 
@@ -156,9 +203,11 @@ def _docker(settings: object, *, endpoint: str | None = None, network: str | Non
 def host_worker_runtime(host_name: str) -> DockerRuntime:
     """The runtime a host worker (several plain Docker hosts) uses for its own replicas: this
     machine's Docker Engine, replicas bound to MODELPORT_HOST_ADDRESS, named and labelled
-    with ``host_name``."""
+    with ``host_name``. It pulls the images the platform pushed to a registry (credentials:
+    this machine's ``docker login``, or MODELPORT_IMAGE_REGISTRY_USERNAME/_PASSWORD)."""
     return _docker(settings, host_name=host_name, network="host",
-                   bind_host=getattr(settings, "MODELPORT_HOST_ADDRESS", "") or "127.0.0.1")
+                   bind_host=getattr(settings, "MODELPORT_HOST_ADDRESS", "") or "127.0.0.1",
+                   registry_auth=registry_auth())
 
 
 def _local(settings: object) -> LocalRuntime:
@@ -217,6 +266,7 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
     client = _client(settings, endpoint, timeout)
     state_dir = _data_dir(settings) / "runtime"
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
+    registry = image_registry(options)
     return SwarmRuntime(
         client,
         network=options.get("network") or "host",
@@ -227,6 +277,8 @@ def _swarm(settings: object, endpoint: str | None, options: dict[str, Any], *,
         image_builder=_image_builder(settings, client, base_image),
         state_dir=state_dir,
         gpu_resource=options.get("gpu_resource") or DEFAULT_GPU_RESOURCE,
+        # Built on the manager's engine, pushed there, pulled by whichever node runs a task.
+        publisher=registry_publisher(client, registry) if registry else None,
         **_scope(),
     )
 
@@ -243,6 +295,7 @@ def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runti
     # docker.from_env() does not connect yet: without an engine, building fails and says so.
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
     kwargs["image_builder"] = _image_builder(settings, _client(settings, None), base_image)
+    kwargs["registry_auth"] = registry_auth()  # MODELPORT_IMAGE_REGISTRY_USERNAME/_PASSWORD
     kwargs["installation"] = installation_id()  # objects from before ids are left alone
     kwargs["batch_data_root"] = str(_data_dir(settings))  # the jobs' work dirs live under it
     accepted = inspect.signature(KubernetesRuntime).parameters

@@ -394,6 +394,14 @@ MODELPORT_HOST_CACHE_DIR = env_str("MODELPORT_HOST_CACHE_DIR", "")
 MODELPORT_HOST_CACHE_MB = env_int("MODELPORT_HOST_CACHE_MB", 20480, minimum=0)
 # A model download fails when the platform sends nothing for this long.
 MODELPORT_HOST_FETCH_TIMEOUT_S = env_int("MODELPORT_HOST_FETCH_TIMEOUT_S", 60, minimum=1)
+# Where serving images go for targets whose engines are elsewhere (several plain Docker hosts,
+# a Swarm): host[:port][/prefix] of a registry the operators run (docs/beyond-one-host.md "How
+# images reach hosts"). The platform's worker builds each image once and pushes it there; hosts
+# and nodes pull it. A target's own "registry" setting wins; empty: each host builds itself.
+MODELPORT_IMAGE_REGISTRY = env_str("MODELPORT_IMAGE_REGISTRY", "")
+# Credentials for that registry when the worker's Docker config (`docker login`) has none.
+MODELPORT_IMAGE_REGISTRY_USERNAME = env_str("MODELPORT_IMAGE_REGISTRY_USERNAME", "")
+MODELPORT_IMAGE_REGISTRY_PASSWORD = env_str("MODELPORT_IMAGE_REGISTRY_PASSWORD", "")
 CELERY_BEAT_SCHEDULE["hosts-check"] = {
     "task": "workers.tasks.check_hosts",
     "schedule": timedelta(seconds=MODELPORT_HOST_HEARTBEAT_SECONDS),

@@ -63,6 +63,47 @@ def test_a_hosts_target_takes_no_endpoint_and_only_the_hosts_placement(admin_use
     assert health["reachable"] is False and "no host worker" in health["message"]
 
 
+def test_a_registry_setting_is_host_port_prefix_on_hosts_and_swarm_targets(admin_user):
+    api = bearer_client(admin_user)
+    for bad in ("http://registry.example.com", "registry/mp", "Registry.example.com/MP",
+                "registry.example.com/mp:tag", "", 5000):
+        answer = api.post("/api/v1/targets/", {"name": "fleet", "kind": "docker", "settings": {
+            "placement": "hosts", "registry": bad}}, format="json")
+        assert answer.status_code == 400 and "settings.registry" in str(answer.json()), bad
+    one_host = api.post("/api/v1/targets/", {"name": "fleet", "kind": "docker", "settings": {
+        "registry": "registry.example.com"}}, format="json")
+    assert one_host.status_code == 400 and "placement" in str(one_host.json())
+    assert not ExecutionTarget.objects.filter(name="fleet").exists()
+    for name, kind, settings in (
+            ("fleet", "docker", {"placement": "hosts", "registry": "198.51.100.1:5000/mp"}),
+            ("swarm-r", "swarm", {"registry": "registry.example.com"}),
+            ("local-r", "docker", {"placement": "hosts", "registry": "localhost:5000"})):
+        ok = api.post("/api/v1/targets/", {"name": name, "kind": kind, "settings": settings},
+                      format="json")
+        assert ok.status_code == 201, ok.json()
+
+
+def test_the_registry_comes_from_the_target_else_the_global_setting(settings):
+    from deployments.hosts_runtime import HostsRuntime
+    from workers import factory
+
+    settings.MODELPORT_IMAGE_REGISTRY = "registry.example.com/all"
+    fleet = ExecutionTarget(name="fleet", kind="docker", settings={"placement": "hosts"})
+    assert HostsRuntime(fleet, installation="x").registry == "registry.example.com/all"
+    fleet.settings["registry"] = "198.51.100.1:5000/mp/"
+    assert HostsRuntime(fleet, installation="x").registry == "198.51.100.1:5000/mp"
+    swarm = ExecutionTarget(name="s", kind="swarm", endpoint="unix:///nonexistent.sock",
+                            settings={})
+    runtime = factory.runtime_for_target(swarm)
+    assert runtime.publisher is not None
+    assert runtime.publisher.registry == "registry.example.com/all"
+    settings.MODELPORT_IMAGE_REGISTRY = ""
+    assert HostsRuntime(ExecutionTarget(name="f", kind="docker",
+                                        settings={"placement": "hosts"}),
+                        installation="x").registry == ""
+    assert factory.runtime_for_target(swarm).publisher is None
+
+
 def test_host_names_must_be_usable_in_queue_and_container_names(monkeypatch):
     pattern = r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?"
     monkeypatch.setenv("MODELPORT_HOST_NAME", "Gpu_1!")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -55,8 +56,11 @@ from .docker_spec import (
     run_kwargs,
     socket_healthcheck,
 )
-from .images import ImageBuilder
+from .images import ImageBuilder, normalize_requirements
 from .ports import PortAllocator
+from .registry_push import image_present, is_registry_ref, pull_image
+
+_log = logging.getLogger(__name__)
 
 _STATUS = {
     # Created but never started: start_replica creates and starts in one call (under the
@@ -118,7 +122,8 @@ class DockerRuntime(Runtime):
                  ingest_socket: str | os.PathLike[str] | None = None,
                  egress_network: str = HOST_NETWORK,
                  installation: str = "",
-                 legacy_owner: LegacyOwner | None = None) -> None:
+                 legacy_owner: LegacyOwner | None = None,
+                 registry_auth: dict[str, str] | None = None) -> None:
         if client is None:
             client = docker.from_env()
         self.client = client
@@ -146,6 +151,7 @@ class DockerRuntime(Runtime):
         self.egress_network = egress_network or HOST_NETWORK
         self.installation = installation
         self.legacy_owner = legacy_owner
+        self.registry_auth = registry_auth
 
     def container_name(self, spec: ReplicaSpec) -> str:
         name = self.scoped(spec).name
@@ -154,6 +160,26 @@ class DockerRuntime(Runtime):
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
         return self.images.ensure_image(requirements, on_log)
+
+    def image_for(self, image: str, requirements: list[str],
+                  on_log: LogFn | None = None) -> str:
+        """What a host worker runs: ``image`` when the platform pushed it to a registry
+        (pulled when missing — never built here), else the serving image for
+        ``requirements`` built on this engine (no registry: each host builds)."""
+        if image and is_registry_ref(image) \
+                and image != self.images.tag_for(normalize_requirements(requirements)):
+            self.ensure_pulled(image, on_log)
+            return image
+        return self.ensure_image(requirements)
+
+    def ensure_pulled(self, image: str, on_log: LogFn | None = None) -> None:
+        """Pull ``image`` when it names a registry and is not on this engine yet (a host of
+        several plain Docker hosts runs what the platform pushed); progress to ``on_log``
+        (default: this module's logger). An image without a registry is left to
+        ``ensure_image`` / the run, which names it when missing."""
+        if not is_registry_ref(image) or image_present(self.client, image):
+            return
+        pull_image(self.client, image, on_log or _log.info, auth_config=self.registry_auth)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start_replica(self, spec: ReplicaSpec) -> ReplicaState:
@@ -167,6 +193,7 @@ class DockerRuntime(Runtime):
             if state.alive and existing.status != "created":  # created: a start that failed
                 return state
             existing.remove(force=True)
+        self.ensure_pulled(str(spec.image))  # before the ports are locked: a pull takes a while
 
         labels = self._replica_labels(spec)
         volumes = self._replica_volumes(spec)

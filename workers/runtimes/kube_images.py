@@ -3,7 +3,9 @@ pushed to the registry the cluster pulls from, and the model baked into a thin,
 content-addressed layer on top of it (see ``kubernetes.py`` for why the model travels that way).
 
 A mixin of ``KubernetesRuntime``: it uses the runtime's ``image_builder`` (the Docker runtime's
-``ImageBuilder``), ``registry``, ``_lock`` and the caches ``_pushed`` and ``_model_digests``.
+``ImageBuilder``), ``registry``, ``_lock`` and the caches ``_pushed`` and ``_model_digests``;
+tagging and pushing is ``registry_push.RegistryPublisher``'s, shared with Swarm and several
+plain Docker hosts.
 No Django import.
 """
 
@@ -18,6 +20,7 @@ from docker.errors import ImageNotFound
 
 from .base import LogFn, ReplicaRuntimeError
 from .images import tree_digest
+from .registry_push import RegistryPublisher
 
 
 class KubeImages:
@@ -25,9 +28,11 @@ class KubeImages:
 
     image_builder: Any
     registry: str | None
+    registry_auth: dict[str, str] | None
     _lock: threading.Lock
     _pushed: set[str]
     _model_digests: dict[tuple[str, int], str]
+    _registry_publisher: RegistryPublisher | None
 
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
         if self.image_builder is None:
@@ -73,39 +78,24 @@ class KubeImages:
             self._model_digests[key] = tree_digest([path], path)
         return self._model_digests[key]
 
+    def _publisher(self) -> RegistryPublisher:
+        publisher: RegistryPublisher | None = getattr(self, "_registry_publisher", None)
+        if publisher is None:
+            publisher = RegistryPublisher(self.image_builder.client, self.registry or "",
+                                          auth_config=self.registry_auth)
+            self._registry_publisher = publisher
+        return publisher
+
     def _publish(self, local_ref: str, on_log: LogFn | None) -> str:
         if not self.registry:
             return local_ref
-        name = local_ref.rsplit("/", 1)[-1]
-        ref = f"{self.registry}/{name}"
-        image = self.image_builder.client.images.get(local_ref)
-        with self._lock:  # keyed by image id: a rebuild under the same tag is pushed again
-            if f"{ref}@{image.id}" in self._pushed:
-                return ref
-        repo, _, tag = ref.rpartition(":")
-        image.tag(repo, tag=tag)
-        self._push(ref, on_log)
-        with self._lock:
-            self._pushed.add(f"{ref}@{image.id}")
-        return ref
+        # Unpinned: the model layer is baked FROM this name (and pods name the model image).
+        return self._publisher().publish(local_ref, on_log, pin=False)
 
     def _push(self, ref: str, on_log: LogFn | None) -> str:
         if not self.registry:
             return ref
-        log = on_log or (lambda _line: None)
-        repo, _, tag = ref.rpartition(":")
-        log(f"pushing {ref}")
-        try:
-            for chunk in self.image_builder.client.images.push(repo, tag=tag, stream=True,
-                                                               decode=True):
-                if "error" in chunk or "errorDetail" in chunk:
-                    raise ReplicaRuntimeError(f"pushing {ref} failed: "
-                                              f"{chunk.get('error') or chunk['errorDetail']}")
-        except ReplicaRuntimeError:
-            raise
-        except Exception as exc:  # docker.errors.APIError, connection errors
-            raise ReplicaRuntimeError(f"pushing {ref} failed: {exc}") from exc
-        log(f"pushed {ref}")
+        self._publisher().push(ref, on_log)
         with self._lock:
             self._pushed.add(ref)
         return ref

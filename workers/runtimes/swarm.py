@@ -100,6 +100,7 @@ from .docker_spec import (
 )
 from .images import ImageBuilder
 from .ports import PortAllocator
+from .registry_push import RegistryPublisher
 from .swarm_batch import SwarmBatchRuntime
 from .swarm_networks import OVERLAY, isolation_warnings, network_attrs
 
@@ -150,7 +151,8 @@ class SwarmRuntime(Runtime):
                  extra_labels: dict[str, str] | None = None,
                  gpu_resource: str = DEFAULT_GPU_RESOURCE, restart_attempts: int = 3,
                  healthcheck: bool = True, egress_network: str = "",
-                 installation: str = "", legacy_owner: LegacyOwner | None = None) -> None:
+                 installation: str = "", legacy_owner: LegacyOwner | None = None,
+                 publisher: RegistryPublisher | None = None) -> None:
         if client is None:
             client = docker.from_env()
         if network not in NETWORK_MODES:
@@ -179,17 +181,22 @@ class SwarmRuntime(Runtime):
         self.healthcheck = healthcheck
         self.installation = installation
         self.legacy_owner = legacy_owner
+        self.publisher = publisher
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        """Built on the manager's engine. A multi-node swarm needs the image on every node
-        (a registry); a single node runs the local image as is."""
-        return self.images.ensure_image(requirements, on_log)
+        """Built on the manager's engine. With a registry (``publisher``: the target's
+        ``registry`` setting or MODELPORT_IMAGE_REGISTRY) it is pushed there and services name
+        the registry reference, so whichever node Swarm picks pulls it; without one, a single
+        node runs the local image as is."""
+        local = self.images.ensure_image(requirements, on_log)
+        return self.publisher.publish(local, on_log) if self.publisher else local
 
     def batch_runtime(self) -> BatchRuntime:
         """Batch jobs on this swarm: replicated-job services (``swarm_batch``)."""
         return SwarmBatchRuntime(self.client, image_builder=self.images,
-                                 extra_labels=self.extra_labels, gpu_resource=self.gpu_resource,
+                                 publisher=self.publisher, extra_labels=self.extra_labels,
+                                 gpu_resource=self.gpu_resource,
                                  installation=self.installation)
 
     # --- lifecycle --------------------------------------------------------------------------

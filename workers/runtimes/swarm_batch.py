@@ -76,6 +76,7 @@ from .batch import (
 )
 from .docker_spec import DOCKER_SOCKET_PATHS, HARDENING, MODEL_MOUNT
 from .images import ImageBuilder
+from .registry_push import RegistryPublisher
 
 LABEL_CHUNKS = "modelport.job-chunks"  # on the service: the chunk each slot runs
 LABEL_SUBMITTED = "modelport.job-submitted"  # ns since the epoch: orders a job's submissions
@@ -134,9 +135,11 @@ class SwarmBatchRuntime(BatchRuntime):
                  extra_labels: dict[str, str] | None = None,
                  gpu_resource: str = DEFAULT_GPU_RESOURCE, installation: str = "",
                  entry_module: str = "serving.batch", python: str = "python",
-                 reservations: bool = False, remove_wait_s: float = 60.0) -> None:
+                 reservations: bool = False, remove_wait_s: float = 60.0,
+                 publisher: RegistryPublisher | None = None) -> None:
         self.client = client if client is not None else docker.from_env()
         self.images = image_builder or ImageBuilder(self.client, base_image)
+        self.publisher = publisher
         self.extra_labels = dict(extra_labels or {})
         self.gpu_resource = gpu_resource
         self.installation = installation
@@ -146,9 +149,10 @@ class SwarmBatchRuntime(BatchRuntime):
         self.remove_wait_s = remove_wait_s
 
     def ensure_batch_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        """The replicas' serving image, built on the manager's engine (a multi-node swarm
-        needs it in a registry every node pulls from, as for replicas)."""
-        return self.images.ensure_image(requirements, on_log)
+        """The replicas' serving image, built on the manager's engine and, with a registry
+        (``publisher``), pushed there for every node to pull, as for replicas."""
+        local = self.images.ensure_image(requirements, on_log)
+        return self.publisher.publish(local, on_log) if self.publisher else local
 
     # --- labels and lookups -----------------------------------------------------------------
     def _scope(self, job: str) -> dict[str, str]:
