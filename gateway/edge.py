@@ -39,7 +39,8 @@ from yarl import URL
 from core import replica_keys
 
 from . import ingest_socket, mlflow_port, routes, shadowing, v2, waking
-from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
+from .ejection import Ejections
+from .upstream import EXPIRE_EVERY_S, Answer, ConnectFailed, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
 
@@ -103,7 +104,7 @@ class Exchange:
 
     __slots__ = ("attempts", "body", "done", "edge", "forward", "held", "key", "last_error",
                  "method", "name", "path", "pinned", "request_id", "revision", "route",
-                 "started", "target", "traffic", "tried")
+                 "started", "target", "traffic", "tried", "url")
 
     def __init__(self, edge: Edge, name: str, forward: list[tuple[bytes, bytes]],
                  key: str | None, request_id: bytes, body: bytes | None,
@@ -117,6 +118,7 @@ class Exchange:
         self.done = done
         self.route: routes.Route | None = None
         self.tried: set[str] = set()
+        self.url = ""  # the replica of the current attempt
         self.last_error = ""
         self.attempts = 0
         self.revision = 0
@@ -175,8 +177,14 @@ class Exchange:
         """Send the body to a replica picked by the traffic split: at most two attempts, the
         second on another replica (or the same one when a pooled connection had gone stale)."""
         route: routes.Route = self.route  # type: ignore[assignment]  # set by admit(); no check on the hot path
-        picked = (route.pick_in(self.pinned, self.tried) if self.pinned
-                  else route.pick(self.key, self.tried))
+        tried = self.tried
+        ejected = self.edge.ejected
+        exclude = ejected.exclude(tried) if ejected.until else tried
+        picked = (route.pick_in(self.pinned, exclude) if self.pinned
+                  else route.pick(self.key, exclude))
+        if picked is None and exclude is not tried:  # all left are ejected: a try beats a 503
+            picked = (route.pick_in(self.pinned, tried) if self.pinned
+                      else route.pick(self.key, tried))
         if picked is None and self.last_error == "the replica closed the connection":
             picked = (route.pick_in(self.pinned, set()) if self.pinned
                       else route.pick(self.key, set()))
@@ -191,6 +199,7 @@ class Exchange:
                         else routes.unavailable(self.name, self.last_error))
             return
         self.revision, url = picked
+        self.url = url
         self.tried.add(url)
         self.attempts += 1
         self.started = time.monotonic()
@@ -221,6 +230,8 @@ class Exchange:
                 return
             if self.traffic:
                 routes.count(deployment_id, self.revision, 502, elapsed_ms, False)
+            if isinstance(error, ConnectFailed):  # its host is likely gone: stop picking it
+                self.edge.ejected.eject(self.url, error.reason)
             self.last_error = str(error)
             if self.attempts < 2:
                 self.relay()  # the replica went away: once more on another one
@@ -252,6 +263,7 @@ class Edge:
         self.max_body = max_body or settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
         self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
         self.replicas = Pool()
+        self.ejected = Ejections(float(settings.MODELPORT_GATEWAY_EJECT_S))
         self.ingest: ingest_socket.IngestSocket | None = None
         self.mlflow: mlflow_port.MlflowPort | None = None
         self.web: aiohttp.ClientSession | None = None

@@ -53,6 +53,15 @@ class UpstreamError(Exception):
     """The replica could not be reached or dropped the connection (retry elsewhere)."""
 
 
+class ConnectFailed(UpstreamError):
+    """No connection could be opened: timed out, unreachable or refused (``reason``). The
+    address is likely gone with its host: the edge ejects it (``gateway.ejection``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class UpstreamTimeout(Exception):
     """The replica accepted the request but did not answer in time."""
 
@@ -72,6 +81,15 @@ class Answer:
 OnAnswer = Callable[[Answer | None, Exception | None], None]
 
 
+def reason_of(exc: BaseException) -> str:
+    """A connect failure's kind: timeout, refused or unreachable."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    return "unreachable"
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time. ``send`` takes a callback,
     not a future: the edge answers a cached request without a task or an await, and the
@@ -84,6 +102,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.on_answer: OnAnswer | None = None
         self.deadline = 0.0
+        self.sent_at = 0.0
         self.closed = False
         self.idle_since = 0.0
         self._content_type = b"application/json"
@@ -138,7 +157,8 @@ class _Connection(asyncio.Protocol):
     # use
     def send(self, data: bytes, timeout: float, on_answer: OnAnswer) -> None:
         self.on_answer = on_answer
-        self.deadline = time.monotonic() + timeout
+        self.sent_at = now = time.monotonic()
+        self.deadline = now + timeout
         self.pool.busy.add(self)
         self.transport.write(data)  # type: ignore[union-attr]  # pooled only once connected
 
@@ -196,13 +216,35 @@ class Pool:
 
     async def _connect_and_send(self, address: Address, data: bytes, timeout: float,
                                 on_answer: OnAnswer) -> None:
+        began = time.monotonic()
         try:
             connection = await asyncio.wait_for(self._open(address), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            on_answer(None, UpstreamError(f"cannot connect to {address} "
-                                          f"({exc.__class__.__name__})"))
+            reason = reason_of(exc)
+            on_answer(None, ConnectFailed(f"cannot connect to {address} "
+                                          f"({exc.__class__.__name__})", reason))
+            self.lost(address, began, reason)
             return
         connection.send(data, timeout, on_answer)
+
+    def lost(self, address: Address, since: float, reason: str) -> None:
+        """A connect to ``address`` failed: close its idle connections (a request sent on one
+        would wait the whole timeout). When the host went silent (a TCP connect timed out or
+        found no route), also fail — as a dropped connection, so the edge retries them on
+        another replica — the requests sent there before this connect began and still
+        unanswered: a black hole answers none of them; the gateway timeout is far longer than
+        this connect timeout. A refused connect leaves them be: the host answered, so their
+        connections got their own reset if the replica died."""
+        idle = self.idle.pop(address, None)
+        for connection in idle or ():
+            connection.close()
+        if address.unix or reason == "refused":
+            return
+        for connection in [c for c in self.busy
+                           if c.address == address and c.sent_at < since]:
+            connection.close()
+            connection._fail(UpstreamError(f"{address} stopped answering (a new connection "
+                                           "to it failed)"))
 
     async def _open(self, address: Address) -> _Connection:
         loop = asyncio.get_running_loop()
