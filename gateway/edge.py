@@ -40,7 +40,7 @@ from core import replica_keys
 
 from . import ingest_socket, mlflow_port, routes, shadowing, v2, waking
 from .ejection import Ejections
-from .upstream import EXPIRE_EVERY_S, Answer, ConnectFailed, Pool, UpstreamTimeout
+from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
 
@@ -104,7 +104,7 @@ class Exchange:
 
     __slots__ = ("attempts", "body", "done", "edge", "forward", "held", "key", "last_error",
                  "method", "name", "path", "pinned", "request_id", "revision", "route",
-                 "started", "target", "traffic", "tried", "url")
+                 "started", "target", "traffic", "tried")
 
     def __init__(self, edge: Edge, name: str, forward: list[tuple[bytes, bytes]],
                  key: str | None, request_id: bytes, body: bytes | None,
@@ -118,7 +118,6 @@ class Exchange:
         self.done = done
         self.route: routes.Route | None = None
         self.tried: set[str] = set()
-        self.url = ""  # the replica of the current attempt
         self.last_error = ""
         self.attempts = 0
         self.revision = 0
@@ -199,7 +198,6 @@ class Exchange:
                         else routes.unavailable(self.name, self.last_error))
             return
         self.revision, url = picked
-        self.url = url
         self.tried.add(url)
         self.attempts += 1
         self.started = time.monotonic()
@@ -230,8 +228,6 @@ class Exchange:
                 return
             if self.traffic:
                 routes.count(deployment_id, self.revision, 502, elapsed_ms, False)
-            if isinstance(error, ConnectFailed):  # its host is likely gone: stop picking it
-                self.edge.ejected.eject(self.url, error.reason)
             self.last_error = str(error)
             if self.attempts < 2:
                 self.relay()  # the replica went away: once more on another one
@@ -263,7 +259,10 @@ class Edge:
         self.max_body = max_body or settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
         self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
         self.replicas = Pool()
+        # a replica address whose connect failed is not picked for a while (its host is
+        # likely gone): the pool reports it (gateway/upstream.py, gateway/ejection.py)
         self.ejected = Ejections(float(settings.MODELPORT_GATEWAY_EJECT_S))
+        self.replicas.on_lost = self.ejected.eject
         self.ingest: ingest_socket.IngestSocket | None = None
         self.mlflow: mlflow_port.MlflowPort | None = None
         self.web: aiohttp.ClientSession | None = None
