@@ -115,9 +115,10 @@ def _relay(request: HttpRequest, name: str, route: Route, path: str, pinned: int
                 # its host is likely gone: stop picking it (gateway/ejection.py), and drop its
                 # idle connections. Requests other threads sent there before wait their read
                 # timeout: a blocked thread cannot be failed early cheaply (the edge does).
-                _ejected.eject(url, "timeout" if isinstance(
-                    exc, urllib3.exceptions.ConnectTimeoutError) else reason_of(
-                    exc.__cause__ or exc))
+                # (NewConnectionError is a ConnectTimeoutError subclass: its cause says which)
+                _ejected.eject(url, reason_of(exc.__cause__) if isinstance(
+                    exc, urllib3.exceptions.NewConnectionError) and exc.__cause__ is not None
+                    else "timeout")
                 _pool.drop_idle(url)
             last_error = f"{exc.__class__.__name__}"
             if traffic:

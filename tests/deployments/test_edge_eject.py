@@ -31,6 +31,8 @@ from gateway.edge import Edge, Exchange, Reply
 from gateway.upstream import Address
 from monitoring.gateway_errors import GATEWAY_EJECTIONS
 from tests.conftest import missing_service
+from tests.deployments.conftest import dead_url
+from tests.deployments.test_gateway import add_replica, client_for, deployment, post  # noqa: F401
 
 EJECT_S = 2.0
 
@@ -298,3 +300,30 @@ def test_a_slow_replica_that_accepts_the_probe_is_neither_ejected_nor_cut_off(se
     assert statuses == [200, 200, 200]
     assert ejected == {}
     assert opened > 3  # the three requests and a probe (one per connect timeout per address)
+
+
+@pytest.mark.django_db
+def test_the_django_path_ejects_too(deployment, engineer, upstreams, monkeypatch):  # noqa: F811
+    """gunicorn alone (no edge): a replica whose connect failed is not picked again while
+    ejected; every caller still gets the live replica's answer."""
+    from gateway import views
+
+    monkeypatch.setattr(views, "_ejected", views.Ejections(60))
+    dead = dead_url()
+    add_replica(deployment, dead, index=0)
+    add_replica(deployment, upstreams("alive"), index=1)
+    tried: list[str] = []
+    post_to = views._pool.post
+
+    def recorded(url: str, *args, **kwargs):
+        tried.append(url)
+        return post_to(url, *args, **kwargs)
+
+    monkeypatch.setattr(views._pool, "post", recorded)
+    refused_before = _ejections("refused")
+    client = client_for(engineer)
+    for _ in range(12):
+        response = post(client)
+        assert response.status_code == 200 and response.json()["predictions"] == ["alive"]
+    assert tried.count(dead) == 1  # the first pick of it; then ejected
+    assert _ejections("refused") - refused_before == 1
