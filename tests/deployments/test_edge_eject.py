@@ -172,7 +172,7 @@ def test_a_cut_host_is_ejected_and_only_requests_in_flight_at_the_cut_can_fail(h
     settings.MODELPORT_GATEWAY_EJECT_S = EJECT_S
     settings.MODELPORT_GATEWAY_TIMEOUT_S = 30  # a request left waiting would show as a 504
     silent_before = _ejections("timeout") + _ejections("unreachable")
-    outcomes: list[tuple[float, int]] = []
+    outcomes: list[tuple[float, int, float]] = []  # (answered at, status, seconds taken)
     at_cut: dict[str, float] = {}
 
     async def scenario() -> None:
@@ -186,8 +186,9 @@ def test_a_cut_host_is_ejected_and_only_requests_in_flight_at_the_cut_can_fail(h
 
         async def client() -> None:  # steady traffic: one request after another
             while not stop.is_set():
+                began = time.monotonic()
                 reply = await driver.request(route)
-                outcomes.append((time.monotonic(), reply.status))
+                outcomes.append((time.monotonic(), reply.status, time.monotonic() - began))
                 await asyncio.sleep(0.02)
 
         clients = [asyncio.create_task(client()) for _ in range(4)]
@@ -220,8 +221,10 @@ def test_a_cut_host_is_ejected_and_only_requests_in_flight_at_the_cut_can_fail(h
     # what a pulled cable looks like from here)
     ejections = _ejections("timeout") + _ejections("unreachable") - silent_before
     assert ejections >= 2
-    failed = [status for t, status in outcomes if t > at_cut["t"] and status != 200]
-    print(f"\nrequests after the cut: {sum(1 for t, _ in outcomes if t > at_cut['t'])}, "
+    failed = [status for t, status, _ in outcomes if t > at_cut["t"] and status != 200]
+    slowest = max(took for t, _, took in outcomes if t > at_cut["t"])
+    print(f"\nrequests after the cut: {sum(1 for t, _, _ in outcomes if t > at_cut['t'])}, "
+          f"slowest {slowest:.2f} s, "
           f"failed: {len(failed)} {failed}, in flight to the hole at the cut: "
           f"{at_cut['in_flight']}, attempts at the hole after the cut: {len(to_hole)}, "
           f"ejections: {ejections:.0f}")
