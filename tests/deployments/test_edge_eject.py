@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import pytest
 import uvloop
 
-from gateway import routes
+from gateway import routes, views
 from gateway.edge import Edge, Exchange, Reply
 from gateway.upstream import Address
 from monitoring.gateway_errors import GATEWAY_EJECTIONS
+from monitoring.prom import exposition
 from tests.conftest import missing_service
 from tests.deployments.conftest import dead_url
 from tests.deployments.test_gateway import add_replica, client_for, deployment, post  # noqa: F401
@@ -309,8 +310,6 @@ def test_a_slow_replica_that_accepts_the_probe_is_neither_ejected_nor_cut_off(se
 def test_the_django_path_ejects_too(deployment, engineer, upstreams, monkeypatch):  # noqa: F811
     """gunicorn alone (no edge): a replica whose connect failed is not picked again while
     ejected; every caller still gets the live replica's answer."""
-    from gateway import views
-
     monkeypatch.setattr(views, "_ejected", views.Ejections(60))
     dead = dead_url()
     add_replica(deployment, dead, index=0)
@@ -330,3 +329,4 @@ def test_the_django_path_ejects_too(deployment, engineer, upstreams, monkeypatch
         assert response.status_code == 200 and response.json()["predictions"] == ["alive"]
     assert tried.count(dead) == 1  # the first pick of it; then ejected
     assert _ejections("refused") - refused_before == 1
+    assert b'modelport_gateway_ejections_total{reason="refused"}' in exposition()
