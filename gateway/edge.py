@@ -174,7 +174,9 @@ class Exchange:
 
     def relay(self) -> None:
         """Send the body to a replica picked by the traffic split: at most two attempts, the
-        second on another replica (or the same one when a pooled connection had gone stale)."""
+        second on another replica (or the same one when a pooled connection had gone stale).
+        Replicas ejected after a failed connect (``gateway.ejection``) are skipped unless
+        nothing else is left."""
         route: routes.Route = self.route  # type: ignore[assignment]  # set by admit(); no check on the hot path
         tried = self.tried
         ejected = self.edge.ejected

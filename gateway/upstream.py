@@ -188,9 +188,10 @@ class Pool:
     probe per address per ``connect_timeout``; a slow but alive replica accepts it and is left
     be). Either failure (``lost``) reports the URL to ``on_lost`` (the edge ejects it,
     ``gateway.ejection``), closes the address's idle connections, and — unless the connect was
-    refused: then the host answered and the replica's own connections got their reset — fails
-    the requests sent there before, as dropped connections the edge retries elsewhere: a black
-    hole answers none of them, and the gateway timeout is far longer."""
+    refused (the host answered, so the replica's own connections got their reset) or the
+    address is a local socket file — fails the requests sent there before, as dropped
+    connections the edge retries elsewhere: a black hole answers none of them, and the gateway
+    timeout is far longer."""
 
     def __init__(self, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
@@ -259,8 +260,8 @@ class Pool:
             self.on_lost(url, reason)
         for connection in self.idle.pop(address, None) or ():
             connection.close()
-        if reason == "refused":
-            return
+        if reason == "refused" or address.unix:  # the peer answered, or is a local process
+            return  # (whose death closes its connections): its requests get their own reset
         for connection in [c for c in self.busy if c.address == address and c.sent_at < since]:
             connection.close()
             connection._fail(UpstreamError(f"{address} stopped answering (a new connection "
