@@ -8,6 +8,10 @@ connection, the whole gateway timeout. Like Envoy's outlier detection, the proce
 failure stops picking the address for ``MODELPORT_GATEWAY_EJECT_S`` and then tries it again
 (one request pays a connect timeout and retries; the address is ejected again if still gone).
 
+Only replicas on a network (``http://host:port``) are ejected: a replica on this machine's
+socket file refuses at once when it is gone (a retry costs microseconds), and ejecting it while
+it restarts would only skew the traffic split for a while.
+
 Per process and in memory: no database write on the hot path, nothing shared to go stale.
 When every replica is ejected the gateway picks among them anyway: a try beats a 503.
 """

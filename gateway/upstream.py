@@ -186,8 +186,8 @@ class Pool:
     notices in two ways: a connect that fails, and a request on a TCP connection silent for
     ``connect_timeout``, which makes it probe the address with a new connection (at most one
     probe per address per ``connect_timeout``; a slow but alive replica accepts it and is left
-    be). Either failure (``lost``) reports the URL to ``on_lost`` (the edge ejects it,
-    ``gateway.ejection``), closes the address's idle connections, and — unless the connect was
+    be). Either failure (``lost``) reports a TCP address's URL to ``on_lost`` (the edge ejects
+    it, ``gateway.ejection``), closes the address's idle connections, and — unless the connect was
     refused (the host answered, so the replica's own connections got their reset) or the
     address is a local socket file — fails the requests sent there before, as dropped
     connections the edge retries elsewhere: a black hole answers none of them, and the gateway
@@ -255,8 +255,10 @@ class Pool:
         self.give_back(connection)
 
     def lost(self, address: Address, url: str, since: float, reason: str) -> None:
-        """A connect to ``address`` begun at ``since`` failed (see the class docstring)."""
-        if self.on_lost is not None:
+        """A connect to ``address`` begun at ``since`` failed (see the class docstring). A
+        local socket file is not reported: its connect fails at once, so a retry costs
+        nothing, and a replica restarting there would only skew the split for a while."""
+        if self.on_lost is not None and not address.unix:
             self.on_lost(url, reason)
         for connection in self.idle.pop(address, None) or ():
             connection.close()

@@ -14,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
 from core import replica_keys
+from serving.sockets import is_unix_url
 
 from . import routes, shadowing, v2, waking
 from .ejection import Ejections
@@ -111,7 +112,7 @@ def _relay(request: HttpRequest, name: str, route: Route, path: str, pinned: int
                 method=method)
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 urllib3.exceptions.ProtocolError) as exc:
-            if not isinstance(exc, urllib3.exceptions.ProtocolError):
+            if not isinstance(exc, urllib3.exceptions.ProtocolError) and not is_unix_url(url):
                 # its host is likely gone: stop picking it (gateway/ejection.py), and drop its
                 # idle connections. Requests other threads sent there before wait their read
                 # timeout: a blocked thread cannot be failed early cheaply (the edge does).
