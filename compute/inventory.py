@@ -10,6 +10,7 @@ mutation checks the actor's role, runs in a transaction and is audited.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -373,10 +374,14 @@ def _host_target() -> ExecutionTarget | None:
 
 @transaction.atomic
 def record_host_heartbeat(*, name: str, info: dict[str, Any], queue: str = "",
-                          address: str = "") -> Any:
+                          address: str = "", observed_at: datetime | None = None) -> Any:
     """A host worker's heartbeat: register its Docker host in the capacity registry (CPU and
     memory from ``docker info`` — later edits in the console stick, e.g. to keep headroom for
-    the host itself —, GPUs as above) or refresh it; a lost host comes back."""
+    the host itself —, GPUs as above) or refresh it; a lost host comes back.
+
+    ``observed_at``: when the engine answered ``info``. A heartbeat whose engine answered
+    before the host was marked lost is late (a slow task, or one racing the check that found
+    the engine dead): it changes nothing, so a lost host never flaps back on an old answer."""
     now = timezone.now()
     cpu = Decimal(str(info.get("NCPU") or 0)).quantize(Decimal("0.001"))
     memory_mb = int(info.get("MemTotal") or 0) // (1024 * 1024)
@@ -389,6 +394,9 @@ def record_host_heartbeat(*, name: str, info: dict[str, Any], queue: str = "",
                                    memory_mb=memory_mb, **values)
         audit.record(actor=None, action="host.registered", obj=host,
                      after=audit.snapshot(host, HOST_WORKER_FIELDS))
+    elif host.state == Host.State.LOST and observed_at is not None \
+            and host.lost_at is not None and observed_at < host.lost_at:
+        return host
     else:
         before = audit.snapshot(host, HOST_WORKER_FIELDS)
         was_lost = host.state == Host.State.LOST

@@ -202,29 +202,57 @@ def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:
             host = Host.objects.select_for_update().filter(pk=pk, state=Host.State.ALIVE).first()
             if host is None or (host.last_heartbeat and host.last_heartbeat >= cutoff):
                 continue
-            before = audit.snapshot(host, [*HOST_WORKER_FIELDS, "last_heartbeat"])
-            host.state, host.lost_at = Host.State.LOST, now
-            host.save(update_fields=["state", "lost_at", "updated_at"])
-            rows = list(Replica.objects.filter(host=host).exclude(host_status="removing")
-                        .values_list("runtime_id", "deployment_id"))
-            Replica.objects.filter(host=host).exclude(host_status="removing").update(
-                host_status="lost", status="lost", ready=False)
             silent = (f"{(now - host.last_heartbeat).total_seconds():.0f} s"
                       if host.last_heartbeat else "ever")
-            audit.record(actor=None, action="host.lost", obj=host, before=before,
-                         after={**audit.snapshot(host, HOST_WORKER_FIELDS),
-                                "replicas": sorted(r for r, _ in rows)})
-            deployments = sorted({d for _, d in rows})
-            for d in Deployment.objects.filter(pk__in=deployments):
-                mine = sorted(r for r, dep in rows if dep == d.pk)
-                DeploymentEvent.objects.create(
-                    deployment=d, kind=DeploymentEvent.Kind.WARNING, revision=d.revision,
-                    message=f"Host {host.name} lost (no heartbeat for {silent}): "
-                            f"{len(mine)} replica(s) marked lost ({', '.join(mine)}); "
-                            "rescheduling them on other hosts.")
-            Deployment.objects.filter(pk__in=deployments).update(
-                routing_version=F("routing_version") + 1)
-            for d_pk in deployments:
-                transaction.on_commit(partial(passes.enqueue_reconcile, d_pk))
+            _lose(host, now, f"no heartbeat for {silent}")
             lost.append(host)
     return lost
+
+
+ENGINE_DOWN = "engine not answering"
+
+
+def mark_engine_down(*, name: str, error: str, now: datetime | None = None) -> Any | None:
+    """On the host worker: its Docker Engine did not answer the heartbeat's ``info``. The
+    host is lost at once — not after MODELPORT_HOST_LOST_SECONDS of silence — since nothing
+    it runs can be started, stopped or trusted to serve (a dead engine's containers are gone
+    or orphaned): its replicas leave routing and are rescheduled, as in ``mark_lost_hosts``,
+    with the reason ``engine not answering``. The host comes back when its engine answers
+    a heartbeat again (``inventory.record_host_heartbeat``); its stale containers are then
+    removed by ``report_host``. None when the host is unknown or lost already."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        host = Host.objects.select_for_update().filter(name=name, state=Host.State.ALIVE) \
+            .exclude(queue="").first()
+        if host is None:
+            return None
+        _lose(host, now, f"{ENGINE_DOWN}: {error}"[:300])
+    logger.warning("host %s lost: its Docker Engine is not answering (%s)", name, error)
+    return host
+
+
+def _lose(host: Any, now: datetime, why: str) -> None:
+    """Host and replicas lost (in the caller's transaction, the host row locked): audit,
+    events, routes reloaded, a reconcile per deployment to reschedule them."""
+    before = audit.snapshot(host, [*HOST_WORKER_FIELDS, "last_heartbeat"])
+    host.state, host.lost_at = Host.State.LOST, now
+    host.save(update_fields=["state", "lost_at", "updated_at"])
+    rows = list(Replica.objects.filter(host=host).exclude(host_status="removing")
+                .values_list("runtime_id", "deployment_id"))
+    Replica.objects.filter(host=host).exclude(host_status="removing").update(
+        host_status="lost", status="lost", ready=False)
+    audit.record(actor=None, action="host.lost", obj=host, before=before,
+                 after={**audit.snapshot(host, HOST_WORKER_FIELDS),
+                        "replicas": sorted(r for r, _ in rows), "reason": why})
+    deployments = sorted({d for _, d in rows})
+    for d in Deployment.objects.filter(pk__in=deployments):
+        mine = sorted(r for r, dep in rows if dep == d.pk)
+        DeploymentEvent.objects.create(
+            deployment=d, kind=DeploymentEvent.Kind.WARNING, revision=d.revision,
+            message=f"Host {host.name} lost ({why}): "
+                    f"{len(mine)} replica(s) marked lost ({', '.join(mine)}); "
+                    "rescheduling them on other hosts.")
+    Deployment.objects.filter(pk__in=deployments).update(
+        routing_version=F("routing_version") + 1)
+    for d_pk in deployments:
+        transaction.on_commit(partial(passes.enqueue_reconcile, d_pk))

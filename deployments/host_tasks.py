@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from compute import inventory
 from compute.models import Host
@@ -40,14 +41,23 @@ def _host_runtime(host_name: str) -> Any | None:
 def host_heartbeat(host_name: str) -> dict[str, Any] | None:
     """On a host worker (sent to its own queue by its HostHeartbeat step): register or refresh
     the host in the capacity registry from `docker info`, report its replicas, remove stale
-    containers and cached models no replica here uses (above the cache bound)."""
+    containers and cached models no replica here uses (above the cache bound). An engine that
+    does not answer loses the host at once (``host_side.mark_engine_down``)."""
     runtime = _host_runtime(host_name)
     if runtime is None:
         return None
+    asked = timezone.now()  # an answer is no newer than this (a loss marked later stands)
+    try:
+        info = runtime.client.info()
+    except Exception as exc:  # noqa: BLE001 - any failure: the engine does not answer
+        host_side.mark_engine_down(name=host_name, error=f"{exc.__class__.__name__}: {exc}")
+        return None
     host = inventory.record_host_heartbeat(
-        name=host_name, info=runtime.client.info(),
+        name=host_name, info=info,
         queue=settings.MODELPORT_HOST_QUEUE if settings.MODELPORT_HOST_NAME else "",
-        address=runtime.bind_host)
+        address=runtime.bind_host, observed_at=asked)
+    if host.state == Host.State.LOST:  # a late heartbeat: the host was lost after its answer
+        return None
     report = host_side.report_host(host=host, runtime=runtime)
     if settings.MODELPORT_HOST_MODEL_SOURCE == "fetch":
         try:  # after the report: a replica removed from this host frees its model here

@@ -471,6 +471,9 @@ MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
 # Empty: <MODELPORT_DATA_DIR>/run/ingest/ingest.sock (workers.factory.ingest_socket).
 MODELPORT_INGEST_SOCKET = env_str("MODELPORT_INGEST_SOCKET", "")
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
+# A replica address whose connect failed (timeout, unreachable, refused) is not picked by that
+# gateway process for this long, then tried again (gateway/ejection.py); 0 turns ejection off.
+MODELPORT_GATEWAY_EJECT_S = env_float("MODELPORT_GATEWAY_EJECT_S", 5, minimum=0)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.
 MODELPORT_GATEWAY_AUTH_TTL_S = env_float("MODELPORT_GATEWAY_AUTH_TTL_S", 5, minimum=0)
