@@ -173,7 +173,7 @@ def lab_platform(lab: Lab, redis_url: str, settings: Any, tmp_path: Path,
                 conn.default_channel.queue_purge(queue)
     target = ExecutionTarget.objects.create(
         name="lab-hosts", kind="docker",
-        settings={"placement": "hosts", "registry": lab.registry})
+        settings={"placement": "hosts", "registry": f"{lab.registry}/mp"})
     web_port, edge_port = _free_port(), _free_port()
     address = lab.address
     web = f"http://{address}:{web_port}"
@@ -220,8 +220,6 @@ def lab_platform(lab: Lab, redis_url: str, settings: Any, tmp_path: Path,
         platform.start("beat", ["-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
                                 "--schedule", str(beat / "schedule")])
         platform.web, platform.edge = web, f"http://{address}:{edge_port}"
-        _interim_preload(lab, platform_serving_image)
-        _interim_preload(lab, settings.MODELPORT_SERVING_BASE_IMAGE)
         _wait_http(f"{web}/healthz", platform)
         _wait_http(f"{platform.edge}/healthz", platform)
         yield platform
@@ -234,17 +232,6 @@ def lab_platform(lab: Lab, redis_url: str, settings: Any, tmp_path: Path,
                 with contextlib.suppress(Exception):
                     container.remove(force=True, v=True)
         routes.invalidate()
-
-
-def _interim_preload(lab: Lab, image: str) -> None:  # INTERIM until the registry push lands
-    import docker
-    main = docker.from_env()
-    repo, _, tag = f"{lab.registry}/{image.split('/', 1)[-1]}".rpartition(":")
-    main.images.get(image).tag(repo, tag)
-    for _ in main.images.push(repo, tag=tag, stream=True, decode=True):
-        pass
-    for client in lab.clients.values():
-        client.images.pull(repo, tag=tag).tag(*image.rsplit(":", 1))
 
 
 def unique(prefix: str) -> str:

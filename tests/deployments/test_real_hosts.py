@@ -233,7 +233,11 @@ def test_canary_and_rollback_span_hosts_without_a_failed_request(lab_platform, e
             rows = Replica.objects.filter(deployment__name=name, revision=2, ready=True)
             return {r.host.name for r in rows.select_related("host")} == {"lab-a", "lab-b"}
         platform.wait("revision 2 ready on both hosts", canary_on_both_hosts, timeout=300)
-        for _ in range(20):
+        platform.wait("the canary's first step", lambda: any(
+            t["revision"] == 2 and 0 < t["percent"] < 100
+            for t in Deployment.objects.get(name=name).traffic), timeout=120)
+        time.sleep(1.5)  # the edge re-reads a changed route within a second
+        for _ in range(40):
             revisions[predict(platform, session, name).headers.get("x-modelport-revision", "")] \
                 += 1
         platform.wait("the canary to finish", lambda: Deployment.objects.filter(
