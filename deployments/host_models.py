@@ -77,16 +77,19 @@ def model_dir_on_host(version: ModelVersion, *, host: str,
         raise ModelFetchFailed(f"{version} has no stored artifact with a SHA-256 to fetch.")
     root = cache_root()
     target = root / sha
-    if not (target / "MLmodel").exists():
-        with _lock(root, sha):
-            if not (target / "MLmodel").exists():  # another start fetched it meanwhile
-                _fetch(version, host=host, root=root, progress=progress)
-                _touch(target)
-                try:  # the cache bound is best effort: it never fails a start
-                    evict(host=host)
-                except OSError:
-                    log.warning("host %s: model cache eviction failed", host, exc_info=True)
-    _touch(target)
+    fetched = False
+    # Always under the artifact's lock: eviction takes it too, and re-checks what replicas use
+    # under it; this start's replica row exists already, so a model returned here is kept.
+    with _lock(root, sha):
+        if not (target / "MLmodel").exists():  # not cached, or another start fetched it
+            _fetch(version, host=host, root=root, progress=progress)
+            fetched = True
+        _touch(target)
+    if fetched:
+        try:  # the cache bound is best effort: it never fails a start
+            evict(host=host)
+        except OSError:
+            log.warning("host %s: model cache eviction failed", host, exc_info=True)
     return target
 
 
@@ -212,6 +215,7 @@ def evict(*, host: str, limit_mb: int | None = None) -> list[str]:
     root = cache_root()
     if not root.is_dir():
         return []
+    _sweep_leftovers(root)
     limit = (settings.MODELPORT_HOST_CACHE_MB if limit_mb is None else limit_mb) * MB
     entries = [p for p in root.iterdir() if p.is_dir() and len(p.name) == 64]
     sizes = {p.name: _size(p) for p in entries}
@@ -228,11 +232,26 @@ def evict(*, host: str, limit_mb: int | None = None) -> list[str]:
         with _lock(root, entry.name, wait=False) as mine:
             if not mine:  # being fetched or used for a start right now
                 continue
-            trash = root / f".evict-{entry.name}"
-            os.rename(entry, trash)  # gone from the cache at once, even if the rmtree fails
+            if entry.name in used_on_host(host):  # placed here since ``keep`` was read
+                continue
+            # gone from the cache at once, even if the rmtree fails; a unique name, so an
+            # earlier failed removal never blocks this one
+            trash = Path(tempfile.mkdtemp(dir=root, prefix=f".evict-{entry.name[:12]}-"))
+            os.rename(entry, trash / "model")
             shutil.rmtree(trash, ignore_errors=True)
         total -= sizes[entry.name]
         removed.append(entry.name)
         log.info("host %s: removed cached model %s… (%.1f MB, unused)", host, entry.name[:12],
                  sizes[entry.name] / MB)
     return removed
+
+
+def _sweep_leftovers(root: Path, older_than_s: float = 3600) -> None:
+    """Staging and trash directories a killed worker left (``.fetch-*``, ``.evict-*``): they
+    are not in the cache and not counted, so nothing else would ever remove them."""
+    cutoff = time.time() - older_than_s
+    for path in root.glob(".*-*"):
+        if path.name.startswith((".fetch-", ".evict-")) and path.is_dir():
+            with suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 from collections import deque
@@ -80,13 +81,23 @@ class Answer:
 OnAnswer = Callable[[Answer | None, Exception | None], None]
 
 
+# Connect errors that say something about the replica's address. Anything else (EMFILE,
+# EADDRNOTAVAIL, ENOBUFS, …) is this process's own trouble: ejecting healthy replicas for it,
+# and failing what they are serving, would only spread it.
+LOCAL = "local"
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
+                errno.ETIMEDOUT}
+
+
 def reason_of(exc: BaseException) -> str:
-    """A connect failure's kind: timeout, refused or unreachable."""
+    """A connect failure's kind: timeout, refused, unreachable — or local (not the replica's)."""
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
-    return "unreachable"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return "unreachable"
+    return LOCAL
 
 
 class _Connection(asyncio.Protocol):
@@ -258,13 +269,19 @@ class Pool:
         """A connect to ``address`` begun at ``since`` failed (see the class docstring). A
         local socket file is not reported: its connect fails at once, so a retry costs
         nothing, and a replica restarting there would only skew the split for a while."""
+        if reason == LOCAL:
+            return  # this process's own failure: nothing learned about the replica
         if self.on_lost is not None and not address.unix:
             self.on_lost(url, reason)
         for connection in self.idle.pop(address, None) or ():
             connection.close()
         if reason == "refused" or address.unix:  # the peer answered, or is a local process
             return  # (whose death closes its connections): its requests get their own reset
-        for connection in [c for c in self.busy if c.address == address and c.sent_at < since]:
+        # Only requests already silent for a connect timeout: a request sent a moment ago to an
+        # address one connect failed for (a Service fronting several pods, a full accept
+        # queue) still has its chance; the silence check comes back for it.
+        silent = min(since, time.monotonic() - self.connect_timeout)
+        for connection in [c for c in self.busy if c.address == address and c.sent_at < silent]:
             connection.close()
             connection._fail(UpstreamError(f"{address} stopped answering (a new connection "
                                            "to it failed)"))

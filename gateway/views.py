@@ -20,7 +20,7 @@ from . import routes, shadowing, v2, waking
 from .ejection import Ejections
 from .replica_http import ReplicaClient
 from .routes import Refusal, Route
-from .upstream import reason_of
+from .upstream import LOCAL, reason_of
 
 _pool = ReplicaClient(maxsize=32)
 _ejected = Ejections(float(settings.MODELPORT_GATEWAY_EJECT_S))
@@ -117,10 +117,12 @@ def _relay(request: HttpRequest, name: str, route: Route, path: str, pinned: int
                 # idle connections. Requests other threads sent there before wait their read
                 # timeout: a blocked thread cannot be failed early cheaply (the edge does).
                 # (NewConnectionError is a ConnectTimeoutError subclass: its cause says which)
-                _ejected.eject(url, reason_of(exc.__cause__) if isinstance(
-                    exc, urllib3.exceptions.NewConnectionError) and exc.__cause__ is not None
-                    else "timeout")
-                _pool.drop_idle(url)
+                reason = reason_of(exc.__cause__) if isinstance(
+                    exc, urllib3.exceptions.NewConnectionError) and exc.__cause__ is not None \
+                    else "timeout"
+                if reason != LOCAL:  # EMFILE and the like are this process's, not the replica's
+                    _ejected.eject(url, reason)
+                    _pool.drop_idle(url)
             last_error = f"{exc.__class__.__name__}"
             if traffic:
                 routes.record(route.version[0], revision, 502,

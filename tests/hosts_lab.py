@@ -78,7 +78,24 @@ def lab(redis_url: str) -> Iterator[Lab]:
     try:
         yield Lab(net, registry, hosts, clients)
     finally:
+        _untag_registry_images(registry)
         net.close()
+
+
+def _untag_registry_images(registry: str) -> None:
+    """The platform's worker pushed from this machine's engine: its tags of the lab registry
+    go with the lab (the image layers stay: other tags share them)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{registry}/"):
+                    with contextlib.suppress(Exception):
+                        client.images.remove(tag, noprune=True)
+    finally:
+        client.close()
 
 
 class LabPlatform:

@@ -343,3 +343,10 @@ def test_an_incomplete_cache_entry_is_fetched_again(platform, v1):
     assert (path / "MLmodel").is_file() and not (path / "junk").exists()
     assert platform.streams == [v1.artifact_name]
     assert cached(host_models.cache_root()) == [v1.artifact_sha256]
+
+
+def test_host_tokens_differ_between_installations_sharing_a_secret(monkeypatch):
+    """A staging copy of production keeps the secret key but has its own installation id."""
+    ours = host_tokens.host_token("h-a")
+    monkeypatch.setattr(host_tokens, "_installation", lambda: "another-installation-id")
+    assert host_tokens.host_token("h-a") != ours

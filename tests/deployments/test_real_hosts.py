@@ -171,6 +171,14 @@ def test_a_host_cut_off_under_steady_traffic_is_lost_rescheduled_and_cleaned_whe
 
     cut = time.monotonic()
     platform.lab.hosts[victim].link(False)
+    try:
+        _lose_and_come_back(platform, session, name, victim, lost_row, traffic, cut)
+    finally:
+        traffic.stop()
+        platform.lab.hosts[victim].link(True)  # the session's lab goes on with every host
+
+
+def _lose_and_come_back(platform, session, name, victim, lost_row, traffic, cut) -> None:
     platform.wait(f"{victim} to be lost", lambda: Host.objects.get(name=victim).state == "lost",
                   timeout=60)
     assert AuditEvent.objects.filter(action="host.lost", object_repr=victim).exists()
