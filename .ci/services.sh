@@ -30,8 +30,8 @@ _pg_bin() {
 services_start() {
   # prometheus: the real server and promtool for tests/monitoring/test_prometheus_*.py;
   # wrk: the bounded bursts of tests/deployments/test_autoscale_docker.py;
-  # docker-registry: the registry test hosts pull images from (tests/netlab.py) and the one
-  # of tests/registry_fixture.py (tests/workers/test_registry_images.py).
+  # docker-registry: the registry serving images reach other engines through
+  # (tests/registry_fixture.py, tests/netlab.py).
   _apt_install redis-server chromium debootstrap prometheus wrk docker-registry
   chmod 755 "$SERVICES_DIR"
   local pgbin; pgbin=$(_pg_bin)

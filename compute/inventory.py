@@ -371,12 +371,21 @@ def _host_target() -> ExecutionTarget | None:
             .order_by("name").first())
 
 
+NOT_READ = object()  # record_host_heartbeat without ``lost_seen``: every answer counts
+
+
 @transaction.atomic
 def record_host_heartbeat(*, name: str, info: dict[str, Any], queue: str = "",
-                          address: str = "") -> Any:
+                          address: str = "", lost_seen: Any = NOT_READ) -> Any:
     """A host worker's heartbeat: register its Docker host in the capacity registry (CPU and
     memory from ``docker info`` — later edits in the console stick, e.g. to keep headroom for
-    the host itself —, GPUs as above) or refresh it; a lost host comes back."""
+    the host itself —, GPUs as above) or refresh it; a lost host comes back.
+
+    ``lost_seen``: the host's ``lost_at`` as read *before* its engine was asked. A host marked
+    lost since then (by beat, or by the check that found the engine dead) got this answer
+    from before its loss — a slow task, or one racing that check: it changes nothing, so a
+    lost host never flaps back on an old answer. Compared as values, not clocks: the host's
+    and the platform's clocks may disagree."""
     now = timezone.now()
     cpu = Decimal(str(info.get("NCPU") or 0)).quantize(Decimal("0.001"))
     memory_mb = int(info.get("MemTotal") or 0) // (1024 * 1024)
@@ -389,6 +398,9 @@ def record_host_heartbeat(*, name: str, info: dict[str, Any], queue: str = "",
                                    memory_mb=memory_mb, **values)
         audit.record(actor=None, action="host.registered", obj=host,
                      after=audit.snapshot(host, HOST_WORKER_FIELDS))
+    elif host.state == Host.State.LOST and lost_seen is not NOT_READ \
+            and host.lost_at != lost_seen:
+        return host
     else:
         before = audit.snapshot(host, HOST_WORKER_FIELDS)
         was_lost = host.state == Host.State.LOST

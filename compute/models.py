@@ -47,7 +47,9 @@ class ExecutionTarget(models.Model):
     docker, a bridge network name; swarm: "overlay"), ``overlay_network`` and
     ``egress_network`` (swarm), ``port_range`` ([first, last], host networking),
     ``gpu_resource`` (swarm generic resource), ``network_policy`` (kubernetes: who the platform
-    is, for the model pods' NetworkPolicies); the rest of the kubernetes runtime's arguments.
+    is, for the model pods' NetworkPolicies), ``registry`` (several Docker hosts, swarm,
+    kubernetes: where serving images are pushed for the engines to pull); the rest of the
+    kubernetes runtime's arguments.
     Capacity 0 means "not limited here" (the capacity registry and team quotas still apply).
     """
 

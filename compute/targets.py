@@ -61,10 +61,11 @@ def _check_registry(value: Any) -> None:
     """A target's ``registry`` setting (also checked for kubernetes targets)."""
     match = _REGISTRY.match(value) if isinstance(value, str) else None
     host = match.group("host") if match else ""
-    if not match or not ("." in host or ":" in host or host == "localhost") or len(value) > 200:
+    if not match or not ("." in host or ":" in host or host == "localhost") or len(value) > 90:
         raise InvalidInput("settings.registry is host[:port][/prefix] of an image registry, "
-                           "without a scheme, e.g. registry.example.com:5000/modelport (the "
-                           "host needs a dot or a port, or is localhost).", field="settings")
+                           "without a scheme, at most 90 characters, e.g. "
+                           "registry.example.com:5000/modelport (the host needs a dot or a "
+                           "port, or is localhost).", field="settings")
 
 
 def _check_swarm_nodes(raw: dict[str, Any]) -> None:

@@ -24,9 +24,8 @@ from core import replica_keys
 from teams import audit
 from workers.runtimes import ReplicaSpec
 
-from . import hooks, passes
+from . import hooks, host_models, passes
 from .models import Deployment, DeploymentEvent, Replica, Revision
-from .reconcile import model_dir_for
 
 logger = logging.getLogger(__name__)
 HOST_LOG_LINES = 100
@@ -94,7 +93,8 @@ def report_host(*, host: Any, runtime: Any) -> dict[str, Any]:
 
 def start_on_host(*, replica_id: int, runtime: Any) -> Any:
     """On the host worker: start the replica placed here (image built on this engine when
-    missing, model files unpacked here, GPU devices allocated at placement) and report it."""
+    missing, model files fetched from the platform or unpacked from shared storage
+    (``host_models``), GPU devices allocated at placement) and report it."""
     row = (Replica.objects.select_related("deployment__model", "deployment__team", "host")
            .filter(pk=replica_id).first())
     if row is None or row.host_status != "placing":
@@ -106,8 +106,11 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
         version = revision.model_version
         image = host_image(runtime=runtime, row=row, image=revision.image,
                            requirements=list(version.requirements or []))
+        model_dir = host_models.model_dir_on_host(
+            version, host=row.host.name if row.host else settings.MODELPORT_HOST_NAME,
+            progress=partial(_say, row.pk))
         spec = ReplicaSpec(deployment=d.name, revision=row.revision, replica=row.index,
-                           image=image, model_dir=str(model_dir_for(version)),
+                           image=image, model_dir=str(model_dir),
                            model_name=d.model.name, model_version=str(version.version),
                            cpu=float(row.cpu), memory_mb=row.memory_mb,
                            installation=runtime.installation)
@@ -130,6 +133,11 @@ def start_on_host(*, replica_id: int, runtime: Any) -> Any:
     if not updated:  # removed while it started: do not leave it behind
         runtime.remove_replica(state.id)
     return state
+
+
+def _say(replica_id: int, message: str) -> None:
+    """Progress of a start on the replica's row (the deployment page shows it)."""
+    Replica.objects.filter(pk=replica_id, host_status="placing").update(message=message)
 
 
 def host_image(*, runtime: Any, row: Any, image: str, requirements: list[str]) -> str:
@@ -161,6 +169,24 @@ def remove_on_host(*, host_id: int, replica_id: str, runtime: Any) -> None:
                            host_status="removing").delete()
 
 
+def placed_artifact(*, host: str, sha256: str) -> Any | None:
+    """The model version with artifact ``sha256`` when a replica is placed on ``host`` that
+    runs it (any state but removing), else None: a host downloads only what it is to run."""
+    placed = (Replica.objects.filter(host__name=host).exclude(host_status="removing")
+              .values_list("deployment_id", "revision"))
+    pairs = set(placed)
+    if not pairs:
+        return None
+    revisions = (Revision.objects.filter(deployment_id__in={d for d, _ in pairs},
+                                         model_version__artifact_sha256=sha256)
+                 .select_related("model_version__model"))
+    for revision in revisions:
+        if (revision.deployment_id, revision.number) in pairs \
+                and revision.model_version.artifact_name:
+            return revision.model_version
+    return None
+
+
 def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:
     """Beat: Docker hosts whose worker has not reported for MODELPORT_HOST_LOST_SECONDS are
     lost. Their replicas are marked lost (out of routing at once), each deployment gets an
@@ -176,29 +202,57 @@ def mark_lost_hosts(*, now: datetime | None = None) -> list[Any]:
             host = Host.objects.select_for_update().filter(pk=pk, state=Host.State.ALIVE).first()
             if host is None or (host.last_heartbeat and host.last_heartbeat >= cutoff):
                 continue
-            before = audit.snapshot(host, [*HOST_WORKER_FIELDS, "last_heartbeat"])
-            host.state, host.lost_at = Host.State.LOST, now
-            host.save(update_fields=["state", "lost_at", "updated_at"])
-            rows = list(Replica.objects.filter(host=host).exclude(host_status="removing")
-                        .values_list("runtime_id", "deployment_id"))
-            Replica.objects.filter(host=host).exclude(host_status="removing").update(
-                host_status="lost", status="lost", ready=False)
             silent = (f"{(now - host.last_heartbeat).total_seconds():.0f} s"
                       if host.last_heartbeat else "ever")
-            audit.record(actor=None, action="host.lost", obj=host, before=before,
-                         after={**audit.snapshot(host, HOST_WORKER_FIELDS),
-                                "replicas": sorted(r for r, _ in rows)})
-            deployments = sorted({d for _, d in rows})
-            for d in Deployment.objects.filter(pk__in=deployments):
-                mine = sorted(r for r, dep in rows if dep == d.pk)
-                DeploymentEvent.objects.create(
-                    deployment=d, kind=DeploymentEvent.Kind.WARNING, revision=d.revision,
-                    message=f"Host {host.name} lost (no heartbeat for {silent}): "
-                            f"{len(mine)} replica(s) marked lost ({', '.join(mine)}); "
-                            "rescheduling them on other hosts.")
-            Deployment.objects.filter(pk__in=deployments).update(
-                routing_version=F("routing_version") + 1)
-            for d_pk in deployments:
-                transaction.on_commit(partial(passes.enqueue_reconcile, d_pk))
+            _lose(host, now, f"no heartbeat for {silent}")
             lost.append(host)
     return lost
+
+
+ENGINE_DOWN = "engine not answering"
+
+
+def mark_engine_down(*, name: str, error: str, now: datetime | None = None) -> Any | None:
+    """On the host worker: its Docker Engine did not answer the heartbeat's ``info``. The
+    host is lost at once — not after MODELPORT_HOST_LOST_SECONDS of silence — since nothing
+    it runs can be started, stopped or trusted to serve (a dead engine's containers are gone
+    or orphaned): its replicas leave routing and are rescheduled, as in ``mark_lost_hosts``,
+    with the reason ``engine not answering``. The host comes back when its engine answers
+    a heartbeat again (``inventory.record_host_heartbeat``); its stale containers are then
+    removed by ``report_host``. None when the host is unknown or lost already."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        host = Host.objects.select_for_update().filter(name=name, state=Host.State.ALIVE) \
+            .exclude(queue="").first()
+        if host is None:
+            return None
+        _lose(host, now, f"{ENGINE_DOWN}: {error}"[:300])
+    logger.warning("host %s lost: its Docker Engine is not answering (%s)", name, error)
+    return host
+
+
+def _lose(host: Any, now: datetime, why: str) -> None:
+    """Host and replicas lost (in the caller's transaction, the host row locked): audit,
+    events, routes reloaded, a reconcile per deployment to reschedule them."""
+    before = audit.snapshot(host, [*HOST_WORKER_FIELDS, "last_heartbeat"])
+    host.state, host.lost_at = Host.State.LOST, now
+    host.save(update_fields=["state", "lost_at", "updated_at"])
+    rows = list(Replica.objects.filter(host=host).exclude(host_status="removing")
+                .values_list("runtime_id", "deployment_id"))
+    Replica.objects.filter(host=host).exclude(host_status="removing").update(
+        host_status="lost", status="lost", ready=False)
+    audit.record(actor=None, action="host.lost", obj=host, before=before,
+                 after={**audit.snapshot(host, HOST_WORKER_FIELDS),
+                        "replicas": sorted(r for r, _ in rows), "reason": why})
+    deployments = sorted({d for _, d in rows})
+    for d in Deployment.objects.filter(pk__in=deployments):
+        mine = sorted(r for r, dep in rows if dep == d.pk)
+        DeploymentEvent.objects.create(
+            deployment=d, kind=DeploymentEvent.Kind.WARNING, revision=d.revision,
+            message=f"Host {host.name} lost ({why}): "
+                    f"{len(mine)} replica(s) marked lost ({', '.join(mine)}); "
+                    "rescheduling them on other hosts.")
+    Deployment.objects.filter(pk__in=deployments).update(
+        routing_version=F("routing_version") + 1)
+    for d_pk in deployments:
+        transaction.on_commit(partial(passes.enqueue_reconcile, d_pk))

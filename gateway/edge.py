@@ -39,6 +39,7 @@ from yarl import URL
 from core import replica_keys
 
 from . import ingest_socket, mlflow_port, routes, shadowing, v2, waking
+from .ejection import Ejections
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
 log = logging.getLogger("modelport.edge")
@@ -173,10 +174,18 @@ class Exchange:
 
     def relay(self) -> None:
         """Send the body to a replica picked by the traffic split: at most two attempts, the
-        second on another replica (or the same one when a pooled connection had gone stale)."""
+        second on another replica (or the same one when a pooled connection had gone stale).
+        Replicas ejected after a failed connect (``gateway.ejection``) are skipped unless
+        nothing else is left."""
         route: routes.Route = self.route  # type: ignore[assignment]  # set by admit(); no check on the hot path
-        picked = (route.pick_in(self.pinned, self.tried) if self.pinned
-                  else route.pick(self.key, self.tried))
+        tried = self.tried
+        ejected = self.edge.ejected
+        exclude = ejected.exclude(tried) if ejected.until else tried
+        picked = (route.pick_in(self.pinned, exclude) if self.pinned
+                  else route.pick(self.key, exclude))
+        if picked is None and exclude is not tried:  # all left are ejected: a try beats a 503
+            picked = (route.pick_in(self.pinned, tried) if self.pinned
+                      else route.pick(self.key, tried))
         if picked is None and self.last_error == "the replica closed the connection":
             picked = (route.pick_in(self.pinned, set()) if self.pinned
                       else route.pick(self.key, set()))
@@ -252,6 +261,10 @@ class Edge:
         self.max_body = max_body or settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440
         self.timeout = float(settings.MODELPORT_GATEWAY_TIMEOUT_S)
         self.replicas = Pool()
+        # a replica address whose connect failed is not picked for a while (its host is
+        # likely gone): the pool reports it (gateway/upstream.py, gateway/ejection.py)
+        self.ejected = Ejections(float(settings.MODELPORT_GATEWAY_EJECT_S))
+        self.replicas.on_lost = self.ejected.eject
         self.ingest: ingest_socket.IngestSocket | None = None
         self.mlflow: mlflow_port.MlflowPort | None = None
         self.web: aiohttp.ClientSession | None = None

@@ -7,6 +7,7 @@ each (the connect), so keep-alive pooling, timeouts and errors stay urllib3's ow
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 
@@ -65,3 +66,21 @@ class ReplicaClient:
                     socket_path=socket_path))
         return pool.urlopen(method, path, body=body, headers=headers, timeout=timeout,
                             preload_content=True, redirect=False, retries=False)
+
+    def drop_idle(self, url: str) -> None:
+        """Close the idle pooled connections to ``url`` (its host stopped accepting new ones:
+        a request sent on an old one would wait its whole read timeout)."""
+        pool: urllib3.HTTPConnectionPool | None = (
+            self.unix.get(url) if is_unix_url(url) else self.tcp.connection_from_url(url))
+        if pool is None or pool.pool is None:
+            return
+        idle = []
+        while True:
+            try:
+                idle.append(pool.pool.get(block=False))
+            except queue.Empty:
+                break
+        for connection in idle:
+            if connection is not None:
+                connection.close()
+            pool.pool.put(None)  # keep the slot: a new connection is opened when needed

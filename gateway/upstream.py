@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -53,6 +54,14 @@ class UpstreamError(Exception):
     """The replica could not be reached or dropped the connection (retry elsewhere)."""
 
 
+class ConnectFailed(UpstreamError):
+    """No connection could be opened: timed out, unreachable or refused (``reason``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class UpstreamTimeout(Exception):
     """The replica accepted the request but did not answer in time."""
 
@@ -72,18 +81,39 @@ class Answer:
 OnAnswer = Callable[[Answer | None, Exception | None], None]
 
 
+# Connect errors that say something about the replica's address. Anything else (EMFILE,
+# EADDRNOTAVAIL, ENOBUFS, …) is this process's own trouble: ejecting healthy replicas for it,
+# and failing what they are serving, would only spread it.
+LOCAL = "local"
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
+                errno.ETIMEDOUT}
+
+
+def reason_of(exc: BaseException) -> str:
+    """A connect failure's kind: timeout, refused, unreachable — or local (not the replica's)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return "unreachable"
+    return LOCAL
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time. ``send`` takes a callback,
     not a future: the edge answers a cached request without a task or an await, and the
     callback runs straight from the parser when the replica's answer is complete."""
 
-    def __init__(self, pool: Pool, address: Address) -> None:
+    def __init__(self, pool: Pool, address: Address, url: str) -> None:
         self.pool = pool
         self.address = address
+        self.url = url
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.on_answer: OnAnswer | None = None
         self.deadline = 0.0
+        self.sent_at = 0.0
         self.closed = False
         self.idle_since = 0.0
         self._content_type = b"application/json"
@@ -138,7 +168,8 @@ class _Connection(asyncio.Protocol):
     # use
     def send(self, data: bytes, timeout: float, on_answer: OnAnswer) -> None:
         self.on_answer = on_answer
-        self.deadline = time.monotonic() + timeout
+        self.sent_at = now = time.monotonic()
+        self.deadline = now + timeout
         self.pool.busy.add(self)
         self.transport.write(data)  # type: ignore[union-attr]  # pooled only once connected
 
@@ -159,7 +190,19 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle connections per replica (``http+unix://…`` or ``http://host:port``)."""
+    """Idle connections per replica (``http+unix://…`` or ``http://host:port``).
+
+    A replica on another host can vanish without a word — its link cut, its machine off: a
+    connect then times out, and a request already written gets no answer, ever. The pool
+    notices in two ways: a connect that fails, and a request on a TCP connection silent for
+    ``connect_timeout``, which makes it probe the address with a new connection (at most one
+    probe per address per ``connect_timeout``; a slow but alive replica accepts it and is left
+    be). Either failure (``lost``) reports a TCP address's URL to ``on_lost`` (the edge ejects
+    it, ``gateway.ejection``), closes the address's idle connections, and — unless the connect was
+    refused (the host answered, so the replica's own connections got their reset) or the
+    address is a local socket file — fails the requests sent there before, as dropped
+    connections the edge retries elsewhere: a black hole answers none of them, and the gateway
+    timeout is far longer."""
 
     def __init__(self, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
@@ -167,6 +210,8 @@ class Pool:
         self._connecting: set[asyncio.Task] = set()
         self.busy: set[_Connection] = set()  # waiting for an answer; see ``expire``
         self.opened = {"unix": 0, "tcp": 0}  # connections opened, by transport
+        self.on_lost: Callable[[str, str], object] | None = None  # (url, reason)
+        self._probed: dict[Address, float] = {}  # when each address was last probed
 
     def send(self, url: str, path: bytes, body: bytes, headers: list[tuple[bytes, bytes]],
              timeout: float, on_answer: OnAnswer, method: bytes = b"POST") -> None:
@@ -189,22 +234,59 @@ class Pool:
         if connection is not None:
             connection.send(data, timeout, on_answer)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._connect_and_send(address, data, timeout, on_answer))
+        self._spawn(self._connect_and_send(address, url, data, timeout, on_answer))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
-    async def _connect_and_send(self, address: Address, data: bytes, timeout: float,
+    async def _connect_and_send(self, address: Address, url: str, data: bytes, timeout: float,
                                 on_answer: OnAnswer) -> None:
+        began = time.monotonic()
         try:
-            connection = await asyncio.wait_for(self._open(address), self.connect_timeout)
+            connection = await asyncio.wait_for(self._open(address, url), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
-            on_answer(None, UpstreamError(f"cannot connect to {address} "
-                                          f"({exc.__class__.__name__})"))
+            reason = reason_of(exc)
+            self.lost(address, url, began, reason)
+            on_answer(None, ConnectFailed(f"cannot connect to {address} "
+                                          f"({exc.__class__.__name__})", reason))
             return
         connection.send(data, timeout, on_answer)
 
-    async def _open(self, address: Address) -> _Connection:
+    async def _probe(self, address: Address, url: str) -> None:
+        """A new connection to an address whose requests went silent: kept in the idle pool
+        when it opens, ``lost`` when it does not."""
+        began = time.monotonic()
+        try:
+            connection = await asyncio.wait_for(self._open(address, url), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.lost(address, url, began, reason_of(exc))
+            return
+        self.give_back(connection)
+
+    def lost(self, address: Address, url: str, since: float, reason: str) -> None:
+        """A connect to ``address`` begun at ``since`` failed (see the class docstring). A
+        local socket file is not reported: its connect fails at once, so a retry costs
+        nothing, and a replica restarting there would only skew the split for a while."""
+        if reason == LOCAL:
+            return  # this process's own failure: nothing learned about the replica
+        if self.on_lost is not None and not address.unix:
+            self.on_lost(url, reason)
+        for connection in self.idle.pop(address, None) or ():
+            connection.close()
+        if reason == "refused" or address.unix:  # the peer answered, or is a local process
+            return  # (whose death closes its connections): its requests get their own reset
+        # Only requests already silent for a connect timeout: a request sent a moment ago to an
+        # address one connect failed for (a Service fronting several pods, a full accept
+        # queue) still has its chance; the silence check comes back for it.
+        silent = min(since, time.monotonic() - self.connect_timeout)
+        for connection in [c for c in self.busy if c.address == address and c.sent_at < silent]:
+            connection.close()
+            connection._fail(UpstreamError(f"{address} stopped answering (a new connection "
+                                           "to it failed)"))
+
+    async def _open(self, address: Address, url: str) -> _Connection:
         loop = asyncio.get_running_loop()
         if address.unix:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -212,24 +294,36 @@ class Pool:
             try:
                 await connect_async(sock, address.host)
                 _, connection = await loop.create_unix_connection(
-                    lambda: _Connection(self, address), sock=sock)
+                    lambda: _Connection(self, address, url), sock=sock)
             except BaseException:
                 sock.close()
                 raise
             self.opened["unix"] += 1
             return connection
-        _, connection = await loop.create_connection(lambda: _Connection(self, address),
+        _, connection = await loop.create_connection(lambda: _Connection(self, address, url),
                                                      address.host, address.port)
         self.opened["tcp"] += 1
         return connection
 
     def expire(self) -> None:
         """Fail the requests past their timeout with ``UpstreamTimeout`` (and close their
-        connections). The edge calls this every ``EXPIRE_EVERY_S``: one check for all
+        connections), and probe the TCP addresses with a request silent for
+        ``connect_timeout``. The edge calls this every ``EXPIRE_EVERY_S``: one check for all
         requests instead of a timer armed and cancelled per request."""
         now = time.monotonic()
-        for connection in [c for c in self.busy if c.deadline <= now]:
-            connection.time_out()
+        silent_since = now - self.connect_timeout
+        suspects: dict[Address, str] = {}
+        for connection in list(self.busy):
+            if connection.deadline <= now:
+                connection.time_out()
+            elif connection.sent_at < silent_since and not connection.address.unix:
+                suspects[connection.address] = connection.url
+        for address, url in suspects.items():
+            if self._probed.get(address, 0.0) < silent_since:
+                if len(self._probed) > 4096:
+                    self._probed.clear()
+                self._probed[address] = now
+                self._spawn(self._probe(address, url))
 
     def _take(self, address: Address) -> _Connection | None:
         idle = self.idle.get(address)

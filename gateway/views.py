@@ -14,12 +14,16 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
 from core import replica_keys
+from serving.sockets import is_unix_url
 
 from . import routes, shadowing, v2, waking
+from .ejection import Ejections
 from .replica_http import ReplicaClient
 from .routes import Refusal, Route
+from .upstream import LOCAL, reason_of
 
 _pool = ReplicaClient(maxsize=32)
+_ejected = Ejections(float(settings.MODELPORT_GATEWAY_EJECT_S))
 
 
 def _error(refusal: Refusal, v2_form: bool = False) -> JsonResponse:
@@ -90,7 +94,10 @@ def _relay(request: HttpRequest, name: str, route: Route, path: str, pinned: int
     last_error = ""
     revision = 0
     for _attempt in range(2):
-        picked = route.pick_in(pinned, tried) if pinned else route.pick(key, tried)
+        exclude = _ejected.exclude(tried)
+        picked = route.pick_in(pinned, exclude) if pinned else route.pick(key, exclude)
+        if picked is None and exclude is not tried:  # all left are ejected: a try beats a 503
+            picked = route.pick_in(pinned, tried) if pinned else route.pick(key, tried)
         if picked is None:
             break
         revision, url = picked
@@ -105,6 +112,17 @@ def _relay(request: HttpRequest, name: str, route: Route, path: str, pinned: int
                 method=method)
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 urllib3.exceptions.ProtocolError) as exc:
+            if not isinstance(exc, urllib3.exceptions.ProtocolError) and not is_unix_url(url):
+                # its host is likely gone: stop picking it (gateway/ejection.py), and drop its
+                # idle connections. Requests other threads sent there before wait their read
+                # timeout: a blocked thread cannot be failed early cheaply (the edge does).
+                # (NewConnectionError is a ConnectTimeoutError subclass: its cause says which)
+                reason = reason_of(exc.__cause__) if isinstance(
+                    exc, urllib3.exceptions.NewConnectionError) and exc.__cause__ is not None \
+                    else "timeout"
+                if reason != LOCAL:  # EMFILE and the like are this process's, not the replica's
+                    _ejected.eject(url, reason)
+                    _pool.drop_idle(url)
             last_error = f"{exc.__class__.__name__}"
             if traffic:
                 routes.record(route.version[0], revision, 502,

@@ -39,6 +39,11 @@ GATEWAY_ERRORS = Counter(
     "modelport_gateway_errors", "Requests the gateway answered with its own failure instead of "
     "a replica's answer: 502 replicas unreachable, 503 no ready replica (or the control plane "
     "not answering), 504 timed out, 500 a gateway bug", ["deployment", "code"], registry=None)
+# Replica addresses a gateway process stopped picking after a connect failure
+# (gateway/ejection.py), by the failure's kind: timeout, unreachable, refused.
+GATEWAY_EJECTIONS = Counter(
+    "modelport_gateway_ejections", "Replica addresses ejected from picking after a connect "
+    "failure (for MODELPORT_GATEWAY_EJECT_S)", ["reason"], registry=None)
 
 COLUMNS = tuple(f"gateway_{code}" for code in GATEWAY_CODES)
 SAMPLE_FIELDS = ("id", "deployment_id", "revision", "at", "gateway_requests", *COLUMNS)

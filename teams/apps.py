@@ -1,5 +1,7 @@
 from django.apps import AppConfig
 
+from core import host_tokens
+
 
 class TeamsConfig(AppConfig):
     name = "teams"
@@ -9,5 +11,7 @@ class TeamsConfig(AppConfig):
         # app registry: these import models, which load only after ready() may run
         from . import lockout  # noqa: PLC0415 - app registry
         from .api import schema  # noqa: F401, PLC0415 - app registry; registers OpenAPI auth
+        from .installation import installation_id  # noqa: PLC0415 - app registry
 
         lockout.connect_signals()
+        host_tokens.register_installation(installation_id)

@@ -70,14 +70,47 @@ def _addresses_in_use() -> list[ipaddress.IPv4Interface]:
     return found
 
 
+def _block_file(block: ipaddress.IPv4Network) -> Path:
+    return STATE_ROOT / "blocks" / str(block.network_address)
+
+
 def _free_block() -> ipaddress.IPv4Network:
+    """A /28 nothing on the machine uses, reserved by creating its file (O_EXCL): two labs
+    starting at once never pick the same block. A reservation whose owner is gone is taken."""
     used = _addresses_in_use()
     blocks = [b for i, b in enumerate(DOC_RANGE.subnets(new_prefix=28)) if i not in RESERVED_BLOCKS]
     random.shuffle(blocks)
+    (STATE_ROOT / "blocks").mkdir(parents=True, exist_ok=True)
     for block in blocks:
-        if not any(a.network.overlaps(block) for a in used):
-            return block
+        if any(a.network.overlaps(block) for a in used):
+            continue
+        reservation = _block_file(block)
+        with contextlib.suppress(OSError, ValueError):
+            if not _alive(int(reservation.read_text())):
+                reservation.unlink()
+        try:
+            fd = os.open(reservation, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return block
     raise LabUnavailable("every /28 of 198.51.100.0/24 is in use on this machine")
+
+
+def _release_block(block: ipaddress.IPv4Network) -> None:
+    with contextlib.suppress(OSError):
+        _block_file(block).unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 class Relay:
@@ -126,8 +159,8 @@ class Relay:
         except OSError:
             data = b""
         if data and peer is not None:
-            try:
-                peer.setblocking(True)
+            try:  # bounded: a peer that stopped reading (a cut host) must not stall the rest
+                peer.settimeout(2)
                 peer.sendall(data)
                 peer.setblocking(False)
                 return
@@ -193,7 +226,9 @@ class LabHost:
         """Start this host's own dockerd and return a docker SDK client for it."""
         import docker
 
-        args = ["dockerd", "--data-root", str(self.dir / "data"),
+        config = self.dir / "daemon.json"  # never the machine's /etc/docker/daemon.json
+        config.write_text("{}\n")
+        args = ["dockerd", "--config-file", str(config), "--data-root", str(self.dir / "data"),
                 "--exec-root", str(self.dir / "x"), "-H", self.docker_host,
                 "--pidfile", str(self.dir / "dockerd.pid"), "--bridge=none",
                 "--iptables=false", "--ip-masq=false", "--log-level=warn"]
@@ -241,6 +276,14 @@ class LabHost:
         _stop_dockerd(self.dir, self.dockerd)
 
 
+def _runs_from(pid: int, directory: Path) -> bool:
+    """Whether process ``pid`` is one of this lab directory's (its command line names it)."""
+    try:
+        return str(directory).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _stop_dockerd(directory: Path, process: subprocess.Popen | None) -> None:
     """Stop a lab dockerd (it stops its containers), then whatever of its containerd is left,
     then unmount what it left under its directory."""
@@ -256,7 +299,7 @@ def _stop_dockerd(directory: Path, process: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    elif pid is not None:
+    elif pid is not None and _runs_from(pid, directory):  # not a reused pid
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
             for _ in range(200):
@@ -402,8 +445,10 @@ class NetLab:
                 relay.close()
         if self.registry is not None and self.registry.poll() is None:
             self.registry.terminate()
-            self.registry.wait(timeout=20)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.registry.wait(timeout=20)
         _remove_lab(self.dir, self.name)
+        _release_block(self.block)
 
 
 def _remove_lab(directory: Path, name: str) -> None:
@@ -430,13 +475,17 @@ def sweep() -> list[str]:
     """Remove labs whose owning process is gone (a killed test run)."""
     removed = []
     for lab in sorted(STATE_ROOT.glob("mpl*")) if STATE_ROOT.exists() else []:
+        block = None
         try:
-            owner = int(json.loads((lab / "lab.json").read_text())["owner"])
-            os.kill(owner, 0)
-            continue  # still running
+            record = json.loads((lab / "lab.json").read_text())
+            block = ipaddress.ip_network(record["block"])
+            if _alive(int(record["owner"])):
+                continue  # still running
         except (OSError, ValueError, KeyError):
             pass
         _remove_lab(lab, lab.name)
+        if block is not None:
+            _release_block(block)
         removed.append(lab.name)
     return removed
 

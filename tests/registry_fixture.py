@@ -45,6 +45,11 @@ http:
   addr: {address}
   secret: {secret}
 """
+AUTH = """auth:
+  htpasswd:
+    realm: modelport-test
+    path: {path}
+"""
 
 
 @dataclass
@@ -73,6 +78,11 @@ class Registry:
             return []
 
 
+def tag_of(ref: str) -> str:
+    """The tag of ``repo:tag`` or of a pinned ``repo:tag@sha256:…``."""
+    return ref.partition("@")[0].rpartition(":")[2]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -83,14 +93,31 @@ def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/v2/", timeout=1) as answer:
             return bool(answer.status == 200)
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401  # it answers, asking for credentials
     except (OSError, urllib.error.URLError):
         return False
 
 
+def _bcrypt(password: str) -> str:
+    """The htpasswd entry Distribution accepts (bcrypt only), from libxcrypt through
+    ``crypt`` (no bcrypt package needed)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2 ** 10))
+
+
 @contextlib.contextmanager
-def running_registry(address: str = "127.0.0.1:0", *, timeout: float = 30) -> Iterator[Registry]:
+def running_registry(address: str = "127.0.0.1:0", *, timeout: float = 30,
+                     users: dict[str, str] | None = None) -> Iterator[Registry]:
     """Start ``docker-registry serve`` on ``address`` (port 0: a free one), wait until
-    ``/v2/`` answers, yield it; stop it and delete its storage afterwards."""
+    ``/v2/`` answers, yield it; stop it and delete its storage afterwards. ``users``
+    (name → password): basic authentication from an htpasswd file (bcrypt), over plain HTTP —
+    tests only; production puts TLS in front of it."""
     if not Path(BINARY).is_file():
         missing_service(f"{BINARY} is missing (apt-get install docker-registry)")
     host, _, port = address.rpartition(":")
@@ -99,8 +126,14 @@ def running_registry(address: str = "127.0.0.1:0", *, timeout: float = 30) -> It
     directory = Path(tempfile.mkdtemp(prefix="mp-registry-"))
     (directory / "data").mkdir()
     config = directory / "config.yml"
-    config.write_text(CONFIG.format(root=directory / "data", address=address,
-                                    secret=secrets.token_hex(16)))
+    text = CONFIG.format(root=directory / "data", address=address,
+                         secret=secrets.token_hex(16))
+    if users:
+        htpasswd = directory / "htpasswd"
+        htpasswd.write_text("".join(f"{name}:{_bcrypt(password)}\n"
+                                    for name, password in users.items()))
+        text += AUTH.format(path=htpasswd)
+    config.write_text(text)
     with (directory / "registry.log").open("wb") as log:
         process = subprocess.Popen([BINARY, "serve", str(config)], stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -307,6 +307,7 @@ def _kubernetes(settings: object, target: Any, options: dict[str, Any]) -> Runti
     # docker.from_env() does not connect yet: without an engine, building fails and says so.
     base_image = getattr(settings, "MODELPORT_SERVING_BASE_IMAGE", "modelport/base:bookworm")
     kwargs["image_builder"] = _image_builder(settings, _client(settings, None), base_image)
+    kwargs["registry_auth"] = registry_auth()  # MODELPORT_IMAGE_REGISTRY_USERNAME/_PASSWORD
     kwargs["installation"] = installation_id()  # objects from before ids are left alone
     kwargs["batch_data_root"] = str(_data_dir(settings))  # the jobs' work dirs live under it
     accepted = inspect.signature(KubernetesRuntime).parameters

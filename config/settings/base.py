@@ -379,6 +379,21 @@ MODELPORT_HOST_LOST_SECONDS = env_float("MODELPORT_HOST_LOST_SECONDS", 60, minim
 # How long one reconcile waits for a host worker to start a replica (an image build included)
 # before leaving it to the next pass; below the task soft time limit.
 MODELPORT_HOST_START_TIMEOUT_S = env_int("MODELPORT_HOST_START_TIMEOUT_S", 300, minimum=1)
+# Where a host worker gets the model files of the replicas it starts (docs/beyond-one-host.md,
+# "How a host gets a model"): "fetch" downloads each version's artifact from the platform
+# (MODELPORT_PLATFORM_URL, authenticated by the host's token, SHA-256 checked) into a cache on
+# this host; "shared" unpacks from the platform's artifact storage, for hosts that mount the
+# platform's data dir (NFS).
+MODELPORT_HOST_MODEL_SOURCE = env_choice("MODELPORT_HOST_MODEL_SOURCE", "fetch",
+                                         ("fetch", "shared"))
+# The platform's address as this host reaches it; empty: MODELPORT_BASE_URL.
+MODELPORT_PLATFORM_URL = env_str("MODELPORT_PLATFORM_URL", "")
+# The host's model cache; empty: <MODELPORT_DATA_DIR>/host-cache/models. Above CACHE_MB,
+# models no replica on the host uses are removed, least recently used first.
+MODELPORT_HOST_CACHE_DIR = env_str("MODELPORT_HOST_CACHE_DIR", "")
+MODELPORT_HOST_CACHE_MB = env_int("MODELPORT_HOST_CACHE_MB", 20480, minimum=0)
+# A model download fails when the platform sends nothing for this long.
+MODELPORT_HOST_FETCH_TIMEOUT_S = env_int("MODELPORT_HOST_FETCH_TIMEOUT_S", 60, minimum=1)
 # Where serving images go for targets whose engines are elsewhere (several plain Docker hosts,
 # a Swarm): host[:port][/prefix] of a registry the operators run (docs/beyond-one-host.md "How
 # images reach hosts"). The platform's worker builds each image once and pushes it there; hosts
@@ -456,6 +471,9 @@ MODELPORT_WEB_UPSTREAM = env_str("MODELPORT_WEB_UPSTREAM", "")
 # Empty: <MODELPORT_DATA_DIR>/run/ingest/ingest.sock (workers.factory.ingest_socket).
 MODELPORT_INGEST_SOCKET = env_str("MODELPORT_INGEST_SOCKET", "")
 MODELPORT_GATEWAY_TIMEOUT_S = env_float("MODELPORT_GATEWAY_TIMEOUT_S", 60, minimum=0.1)
+# A replica address whose connect failed (timeout, unreachable, refused) is not picked by that
+# gateway process for this long, then tried again (gateway/ejection.py); 0 turns ejection off.
+MODELPORT_GATEWAY_EJECT_S = env_float("MODELPORT_GATEWAY_EJECT_S", 5, minimum=0)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.
 MODELPORT_GATEWAY_AUTH_TTL_S = env_float("MODELPORT_GATEWAY_AUTH_TTL_S", 5, minimum=0)

@@ -1,7 +1,13 @@
+from django.urls import path
+
 from core.rest import Router
 
-from . import views
+from . import host_artifacts, views
 
 router = Router()
 router.register("deployments", views.DeploymentViewSet, basename="deployment")
-urlpatterns = router.urls
+urlpatterns = [
+    path("hosts/<str:host>/artifacts/<str:sha256>/", host_artifacts.HostArtifactView.as_view(),
+         name="host-artifact"),
+    *router.urls,
+]

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from compute.models import Host
 from workers.runtimes import ReplicaStatus, Runtime
 
 from .. import admission, hooks, retries
@@ -71,6 +72,7 @@ class Reconciler(Replicas, Outcomes):
         now = timezone.now()
         seen = []
         signature = []
+        lost_since = 0
         with transaction.atomic():
             rows = {r.runtime_id: r for r in Replica.objects.filter(deployment=d)}
             # Before the loop below updates the rows in place: a replica turning ready (or
@@ -95,10 +97,17 @@ class Reconciler(Replicas, Outcomes):
                 seen.append(s.id)
                 signature.append((s.id, s.revision, s.url, ready))
             Replica.objects.filter(deployment=d).exclude(runtime_id__in=seen).delete()
+            if self.places:
+                # A host lost since ``observe`` (beat's check, or its engine found dead) marked
+                # these rows lost before the saves above overwrote them: never ready while the
+                # host is lost. (Lost later, its UPDATE waits for this transaction, then wins.)
+                lost_since = Replica.objects.filter(deployment=d, host__state=Host.State.LOST) \
+                    .exclude(host_status="removing").exclude(status="lost", ready=False) \
+                    .update(ready=False, status="lost", host_status="lost")
             current = Deployment.objects.select_for_update().get(pk=d.pk)
             new_traffic = current.traffic if traffic is None else traffic
             new_shadow = current.shadow if shadow is None else shadow
-            if sorted(signature) != old_sig or new_traffic != current.traffic \
+            if lost_since or sorted(signature) != old_sig or new_traffic != current.traffic \
                     or new_shadow != current.shadow:
                 Deployment.objects.filter(pk=d.pk).update(
                     traffic=new_traffic, shadow=new_shadow,

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # no operation reaches a real Docker Engine, cluster or tracking server.
 UNREACHABLE_DOCKER = "tcp://127.0.0.1:9"
 UNREACHABLE_MLFLOW = "http://127.0.0.1:9"
+HOST_ARTIFACT = "/api/v1/hosts/{host}/artifacts/{sha256}/"
 EXAMPLE = {"dataframe_split": {"columns": ["x1", "x2"], "data": [[1.5, 2.0], [0.5, 1.0]]}}
 
 
@@ -45,6 +46,11 @@ class Seed:
     admin_token: str
     viewer_token: str
     ingest_token: str
+    # The platform's secret key (gunicorn gets it) and the seeded host's token derived from it.
+    secret_key: str = ""
+    host_token: str = ""
+    hosts: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
     teams: list[str] = field(default_factory=list)
     usernames: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
@@ -73,7 +79,8 @@ def _model_dir(root: Path) -> Path:
 
 def seed(tmp: Path) -> Seed:
     """Make the rows; enqueued work (reconciles) is dropped by the caller's monkeypatch."""
-    from compute.models import ExecutionTarget
+    from compute.models import ExecutionTarget, Host
+    from core import host_tokens
     from deployments import services as deployments
     from deployments.models import Deployment, DeploymentEvent, Replica, Revision, RevisionState
     from monitoring import alerts, ingest
@@ -139,6 +146,14 @@ def seed(tmp: Path) -> Seed:
         Replica.objects.create(deployment=d, runtime_id=f"{name}-r1-0", revision=1, index=0,
                                status="running", ready=True, url="http://127.0.0.1:9")
         DeploymentEvent.objects.create(deployment=d, revision=1, message="Replica 0 is ready.")
+    # A host worker's host with iris-prod's replica placed on it: the artifact endpoint serves
+    # it the stored artifact (with the host's token).
+    host = Host.objects.create(name="fuzz-host", queue="host.fuzz-host", cpu=8, memory_mb=8192,
+                               last_heartbeat=timezone.now())
+    Replica.objects.create(deployment=deployments.get_visible(admin, "iris-prod"),
+                           runtime_id="iris-prod-r1-0.fuzz-host", revision=1, index=1,
+                           status="running", ready=False, host=host, host_status="running")
+    secret_key = secrets.token_urlsafe(50)
     # iris-canary shadows v2 behind v1: promote and discard have a shadow to act on.
     shadowed = deployments.update_deployment(
         actor=users["engineer"], deployment=deployments.get_visible(admin, "iris-canary"),
@@ -185,6 +200,8 @@ def seed(tmp: Path) -> Seed:
         deployment=deployments.get_visible(admin, "iris-prod"))
     return Seed(
         admin_token=admin_secret, viewer_token=viewer_secret, ingest_token=ingest_token,
+        secret_key=secret_key, host_token=host_tokens.host_token(host.name, secret=secret_key),
+        hosts=[host.name], artifacts=[stored.sha256],
         teams=["fuzz-team", "other-team"], usernames=["mia", "eve", "vic"],
         models=["iris", "churn"], aliases=["staging", "production"],
         deployments=["iris-prod", "iris-canary", "churn-prod"], targets=["default", "spare"],
@@ -216,7 +233,7 @@ def database_url() -> str:
 
 
 @contextlib.contextmanager
-def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
+def gunicorn(data_dir: Path, *, log: Path, secret_key: str | None = None) -> Iterator[str]:
     """gunicorn serving ``config.wsgi`` with production settings on a free loopback port.
 
     No REDIS_URL: Celery uses the embedded broker (a Redis server on a socket under
@@ -231,7 +248,7 @@ def gunicorn(data_dir: Path, *, log: Path) -> Iterator[str]:
            if k not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE", "MODELPORT_DEFAULT_TARGET"}}
     env.update({
         "DJANGO_SETTINGS_MODULE": "config.settings.production",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_SECRET_KEY": secret_key or secrets.token_urlsafe(50),
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DJANGO_SECURE_SSL_REDIRECT": "0",
         "DJANGO_SECURE_HSTS_SECONDS": "0",
@@ -322,7 +339,8 @@ _BY_COLLECTION = {("name", "models"): "models", ("name", "deployments"): "deploy
                   ("id", "audit"): "audit_ids", ("id", "transition-requests"): "transition_ids",
                   ("id", "alert-rules"): "alert_rule_ids", ("id", "alerts"): "alert_ids",
                   ("id", "resource-requests"): "resource_request_ids",
-                  ("id", "jobs"): "job_ids", ("id", "job-schedules"): "job_schedule_ids"}
+                  ("id", "jobs"): "job_ids", ("id", "job-schedules"): "job_schedule_ids",
+                  ("host", "hosts"): "hosts", ("sha256", "artifacts"): "artifacts"}
 
 
 def _dictionary_for(path: str, parameter: str) -> str:
@@ -339,8 +357,9 @@ def _dictionary_for(path: str, parameter: str) -> str:
 def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.8,
                         checks_off: dict[tuple[str, str], list[str]] | None = None) -> str:
     """schemathesis.toml: the admin's token on every request (the ingest endpoint gets the
-    deployment's ingest token), and each path parameter a seeded value most of the time, a
-    generated one otherwise (unknown names and malformed values are tried too).
+    deployment's ingest token, the host artifact endpoint the seeded host's token), and each
+    path parameter a seeded value most of the time, a generated one otherwise (unknown names
+    and malformed values are tried too).
     ``checks_off``: (method, path) → checks not run there."""
     values = {**{k: v for k, v in vars(seed).items() if isinstance(v, list)},
               "versions": [1, 2, 3]}
@@ -376,6 +395,8 @@ def schemathesis_config(seed: Seed, paths: list[str], *, probability: float = 0.
                              f"probability = {probability} }}" for p in parameters)
         lines += ["", "[[operations]]", f"include-path = '{path}'",
                   f"parameters = {{ {bindings} }}"]
+        if path == HOST_ARTIFACT and seed.host_token:  # the seeded host's token, not a user's
+            lines.append(f'headers = {{ Authorization = "Bearer {seed.host_token}" }}')
     for (method, path), checks in (checks_off or {}).items():
         lines += ["", "[[operations]]", f"include-path = '{path}'",
                   f"include-method = '{method}'"]

@@ -148,7 +148,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path, se
         seeded, paths, checks_off={op: checks for op, (checks, _) in CHECKS_OFF.items()}))
     report = tmp_path / "schemathesis.ndjson"
     st = Path(sys.executable).with_name("st")
-    with gunicorn(settings.MODELPORT_DATA_DIR, log=tmp_path / "gunicorn.log") as url:
+    with gunicorn(settings.MODELPORT_DATA_DIR, log=tmp_path / "gunicorn.log",
+                  secret_key=seeded.secret_key) as url:
         run = subprocess.run(
             [str(st), "--config-file", str(config), "run", f"{url}/api/v1/schema/",
              "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),

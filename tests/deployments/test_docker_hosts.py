@@ -51,9 +51,13 @@ class Hosts:
 
 
 @pytest.fixture
-def hosts(docker_client, docker_env, settings):
-    """A multi-host docker target and two hosts registered by their own heartbeat."""
+def hosts(docker_client, docker_env, settings, live_server):
+    """A multi-host docker target and two hosts registered by their own heartbeat. The host
+    workers fetch their models from the live platform over HTTP, as remote hosts do
+    (MODELPORT_HOST_MODEL_SOURCE=fetch), into the host cache they bind-mount."""
     settings.MODELPORT_HOST_LOST_SECONDS = 600
+    settings.MODELPORT_HOST_MODEL_SOURCE = "fetch"
+    settings.MODELPORT_PLATFORM_URL = live_server.url
     target = ExecutionTarget.objects.create(name="hosts", kind="docker",
                                             settings={"placement": "hosts"})
     suffix = uuid.uuid4().hex[:6]
@@ -106,6 +110,10 @@ def test_replicas_are_placed_by_free_capacity_and_spread_over_hosts(hosts, docke
         running = docker_client.containers.list(filters={"label": [
             f"modelport.deployment={name}", f"modelport.host={host}"]})
         assert sorted(c.name for c in running) == sorted(ids)
+        for c in running:  # the model fetched over HTTP into the host cache, mounted read-only
+            [mount] = [m for m in c.attrs["Mounts"] if m["Destination"] == "/model"]
+            assert mount["Source"].endswith(f"/host-cache/models/{v1.artifact_sha256}")
+            assert mount["RW"] is False
     for host in hosts.names:  # each host reports what runs there
         assert tasks.host_heartbeat(host)["stale_removed"] == []
     rows = Replica.objects.filter(deployment__name=name)
@@ -213,3 +221,26 @@ def test_stopping_a_deployment_removes_its_containers_on_every_host(hosts, docke
     assert not docker_client.containers.list(all=True,
                                              filters={"label": f"modelport.deployment={name}"})
     assert not Replica.objects.filter(deployment=d).exists()
+
+
+def test_a_host_that_cannot_fetch_the_model_fails_the_start_with_the_reason(hosts, settings,
+                                                                           docker_client,
+                                                                           engineer, v1):
+    """The platform unreachable from the hosts: no container starts, the deployment's events
+    say why, and the hosts' model caches hold nothing."""
+    settings.MODELPORT_PLATFORM_URL = "http://127.0.0.1:9"  # nothing listens there
+    name = f"mh-{uuid.uuid4().hex[:6]}"
+    deploy(bearer_client(engineer), name, replicas=1, target="hosts")
+    d = Deployment.objects.get(name=name)
+    reconcile_deployment(d.pk)
+    d.refresh_from_db()
+    messages = list(d.events.values_list("message", flat=True))
+    assert any("ModelFetchFailed: model iris v1: the platform is unreachable at "
+               "http://127.0.0.1:9/api/v1/hosts/" in m for m in messages), messages
+    assert d.status != "healthy"
+    assert not docker_client.containers.list(all=True,
+                                             filters={"label": f"modelport.deployment={name}"})
+    from deployments import host_models
+
+    root = host_models.cache_root()
+    assert not root.exists() or [p.name for p in root.iterdir()] in ([], [".locks"])

@@ -79,6 +79,9 @@ class Recorder:
 def test_a_replica_started_on_a_host_gets_the_ingest_environment(settings, no_enqueue,
                                                                  engineer, team, v1):
     settings.MODELPORT_HOST_START_TIMEOUT_S = 1
+    # The model from the shared storage: no platform listens here (fetching it over HTTP is
+    # tests/deployments/test_host_models.py).
+    settings.MODELPORT_HOST_MODEL_SOURCE = "shared"
     target = ExecutionTarget.objects.create(name="hosts", kind="docker",
                                             settings={"placement": "hosts"})
     Host.objects.create(name="h-a", queue="host.h-a", target=target, cpu=8, memory_mb=16384,

@@ -40,7 +40,9 @@ class HostWorkers:
         logs.mkdir(exist_ok=True)
 
     def start(self, host: str) -> None:
-        env = {**self.env, "MODELPORT_HOST_NAME": host}
+        # Each host its own model cache, as on separate machines.
+        env = {**self.env, "MODELPORT_HOST_NAME": host,
+               "MODELPORT_HOST_CACHE_DIR": str(self.cache(host))}
         log = (self.logs / f"{host}.log").open("a")
         # The command docs/beyond-one-host.md gives for each Docker host.
         self.procs[host] = subprocess.Popen(
@@ -48,6 +50,9 @@ class HostWorkers:
              "--concurrency", "2", "--without-gossip", "--without-mingle",
              "--hostname", f"host@{host}", "-Q", f"host.{host}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def cache(self, host: str) -> Path:
+        return self.logs.parent / "host-cache" / host
 
     def kill(self, host: str) -> None:
         import signal
@@ -65,9 +70,10 @@ class HostWorkers:
 
 
 @pytest.fixture
-def workers(tmp_path, redis_url, docker_client, docker_env, settings):
-    """Host workers share the test's database, data dir (artifacts, unpacked models) and Redis;
-    tasks this process sends to a host queue go through Redis (not eagerly)."""
+def workers(tmp_path, redis_url, docker_client, docker_env, settings, live_server):
+    """Host workers share the test's database, data dir and Redis; tasks this process sends to
+    a host queue go through Redis (not eagerly). They fetch their models from the live
+    platform over HTTP (its host tokens derive from the same secret key)."""
     import redis as redis_lib
 
     from config.celery import app
@@ -82,7 +88,9 @@ def workers(tmp_path, redis_url, docker_client, docker_env, settings):
     env.update({"MODELPORT_DATA_DIR": str(settings.MODELPORT_DATA_DIR),
                 "MODELPORT_RUNTIME": "docker", "MODELPORT_DOCKER_NETWORK": "host",
                 "MODELPORT_PORT_RANGE": "23000-23499", "MODELPORT_HOST_HEARTBEAT_SECONDS": "1",
-                "MODELPORT_HOST_TARGET": target.name, "MODELPORT_STOP_TIMEOUT_S": "2"})
+                "MODELPORT_HOST_TARGET": target.name, "MODELPORT_STOP_TIMEOUT_S": "2",
+                "MODELPORT_HOST_MODEL_SOURCE": "fetch", "MODELPORT_PLATFORM_URL": live_server.url,
+                "DJANGO_SECRET_KEY": settings.SECRET_KEY})
     eager = app.conf.task_always_eager
     app.conf.task_always_eager = False
     control = HostWorkers(env, tmp_path / "logs")
@@ -135,6 +143,8 @@ def test_host_workers_place_lose_reschedule_and_clean_up(workers, docker_client,
     assert sorted(spread) == [a, b] and all(len(ids) == 1 for ids in spread.values())
     [on_b] = spread[b]
     assert invoke(gateway_client(engineer), name).status_code == 200
+    for host in (a, b):  # each host fetched the model into its own cache
+        assert (workers.cache(host) / v1.artifact_sha256 / "MLmodel").is_file()
 
     # Host b's worker dies: no heartbeat for MODELPORT_HOST_LOST_SECONDS → lost.
     workers.kill(b)

@@ -17,8 +17,7 @@ from jobs import host_tasks
 from jobs.models import HostChunk
 from tests.jobs.conftest import iris_frame, run_to_end
 from tests.jobs.test_hosts_docker import make_job, output_of, two_hosts  # noqa: F401 - fixture
-from tests.registry_fixture import Registry, registry  # noqa: F401 - fixture
-from workers.runtimes.registry_push import split_ref
+from tests.registry_fixture import Registry, registry, tag_of  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.django_db(transaction=True),
               pytest.mark.timeout(900)]
@@ -51,7 +50,7 @@ def test_chunks_on_hosts_run_the_pushed_image(two_hosts, registry: Registry,  # 
         assert len(images) == 1, images
         ref = images.pop()
         assert ref.startswith(f"{prefix}/serving:"), ref
-        assert split_ref(ref)[1] in registry.tags("jobs/serving")
+        assert tag_of(ref) in registry.tags("jobs/serving")
         assert len(output_of(engineer, job)) == 2_000
     finally:
         for image in docker_jobs.images.list(name=f"{prefix}/serving"):

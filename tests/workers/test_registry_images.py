@@ -26,7 +26,7 @@ from deployments.host_side import host_image
 from deployments.hosts_runtime import HostsRuntime
 from serving.sockets import request
 from tests.extra_dockerd import extra_dockerd
-from tests.registry_fixture import Registry, free_port, registry  # noqa: F401 - fixture
+from tests.registry_fixture import Registry, free_port, registry, tag_of  # noqa: F401 - fixture
 from tests.workers.conftest import TEST_LABEL, TEST_PORT_RANGE
 from workers.runtimes.base import ReplicaRuntimeError, ReplicaSpec, wait_ready
 from workers.runtimes.docker import DockerRuntime
@@ -57,12 +57,15 @@ def _host_runtime(client: Any, tmp_path: Path) -> DockerRuntime:
 def _untag(client: Any, ref: str) -> None:
     """Drop the registry tag from the platform's engine (the image itself is shared)."""
     with contextlib.suppress(Exception):
-        client.images.remove(ref, noprune=True)
+        client.images.remove(ref.partition("@")[0], noprune=True)
 
 
 def test_ref_helpers() -> None:
     assert split_ref("127.0.0.1:5000/mp/serving:abc") == ("127.0.0.1:5000/mp/serving", "abc")
     assert split_ref("127.0.0.1:5000/mp/serving") == ("127.0.0.1:5000/mp/serving", "latest")
+    pinned = "127.0.0.1:5000/mp/serving:abc@sha256:" + "0" * 64
+    assert split_ref(pinned) == ("127.0.0.1:5000/mp/serving", "sha256:" + "0" * 64)
+    assert is_registry_ref(pinned)
     assert is_registry_ref("127.0.0.1:5000/mp/serving:abc")
     assert is_registry_ref("registry.example.com/serving:abc")
     assert not is_registry_ref("modelport/serving:abc")
@@ -85,8 +88,10 @@ def test_the_platform_pushes_and_a_second_engine_pulls_and_serves(
     ref = hosts.ensure_image(iris_requirements, lines.append)
     push_s = time.monotonic() - started
     try:
-        assert ref == f"{prefix}/{serving_image.rsplit('/', 1)[-1]}", lines[-10:]
-        assert split_ref(ref)[1] in registry.tags("mp/serving")
+        # Pinned to the pushed manifest: a host verifies it gets exactly this build.
+        assert ref.startswith(f"{prefix}/{serving_image.rsplit('/', 1)[-1]}@sha256:"), \
+            lines[-10:]
+        assert tag_of(ref) in registry.tags("mp/serving")
         assert any(line.startswith("pushing ") for line in lines)
         assert any(line.startswith("pushed ") for line in lines)
         size_mb = docker_client.images.get(serving_image).attrs["Size"] / 1e6
@@ -175,8 +180,10 @@ def test_a_push_to_a_registry_that_does_not_answer_names_it(
     publisher = RegistryPublisher(docker_client, f"{address}/mp")
     ref = publisher.ref_for(serving_image)
     try:
-        with pytest.raises(ReplicaRuntimeError, match=f"pushing {ref} to registry {address}"):
+        with pytest.raises(ReplicaRuntimeError, match=f"pushing {ref} to registry {address}") \
+                as caught:
             publisher.publish(serving_image)
+        assert "connection refused" in str(caught.value)  # a transient cause: retried
     finally:
         _untag(docker_client, ref)
 
@@ -191,7 +198,7 @@ def test_swarm_services_name_the_registry_image(
     ref = rt.ensure_image(iris_requirements)
     try:
         assert ref.startswith(f"{prefix}/serving:")
-        assert split_ref(ref)[1] in registry.tags("swarm/serving")
+        assert tag_of(ref) in registry.tags("swarm/serving")
         kwargs = rt.service_spec(_spec("t-swarm", ref, None), 21001)
         assert kwargs["task_template"]["ContainerSpec"]["Image"] == ref
         # Batch jobs on that swarm take the same image.
@@ -214,3 +221,39 @@ def test_explicit_credentials_go_with_pushes_pulls_and_service_creation() -> Non
         assert (found["username"], found["password"]) == ("ci", "s3cret")
     finally:
         client.close()
+
+
+def test_a_registry_with_authentication_takes_the_configured_credentials(
+        docker_client: Any, base_image: str, tmp_path: Path) -> None:
+    """Basic auth over plain HTTP on loopback (tests only): a push or a pull without the
+    credentials fails naming the registry; with ``auth_config`` (what
+    MODELPORT_IMAGE_REGISTRY_USERNAME/_PASSWORD give) both work. The base image stands in
+    for a serving image: smaller, same mechanism."""
+    import docker
+
+    from tests.registry_fixture import running_registry
+
+    with running_registry(users={"ci": "s3cret"}) as reg:
+        prefix = f"{reg.address}/auth"
+        anonymous = RegistryPublisher(docker_client, prefix)
+        ref = anonymous.ref_for(base_image)
+        client = docker.from_env(timeout=300)  # its own auth store
+        try:
+            with pytest.raises(ReplicaRuntimeError, match=f"pushing {ref} to registry {prefix}"):
+                anonymous.publish(base_image)
+            pinned = RegistryPublisher(client, prefix, auth_config={
+                "username": "ci", "password": "s3cret"}).publish(base_image)
+            assert pinned.startswith(f"{ref}@sha256:")
+            with extra_dockerd() as engine:
+                bare = _host_runtime(engine.client, tmp_path)
+                with pytest.raises(ReplicaRuntimeError,
+                                   match=f"pulling {pinned} from registry {reg.address}"):
+                    bare.ensure_pulled(pinned)
+                rt = DockerRuntime(engine.client, network="host", state_dir=tmp_path / "rt2",
+                                   registry_auth={"username": "ci", "password": "s3cret"})
+                rt.ensure_pulled(pinned)
+                assert engine.client.images.get(pinned).id == \
+                    docker_client.images.get(base_image).id
+        finally:
+            client.close()
+            _untag(docker_client, ref)

@@ -28,6 +28,7 @@ class KubeImages:
 
     image_builder: Any
     registry: str | None
+    registry_auth: dict[str, str] | None
     _lock: threading.Lock
     _pushed: set[str]
     _model_digests: dict[tuple[str, int], str]
@@ -80,14 +81,16 @@ class KubeImages:
     def _publisher(self) -> RegistryPublisher:
         publisher: RegistryPublisher | None = getattr(self, "_registry_publisher", None)
         if publisher is None:
-            publisher = RegistryPublisher(self.image_builder.client, self.registry or "")
+            publisher = RegistryPublisher(self.image_builder.client, self.registry or "",
+                                          auth_config=self.registry_auth)
             self._registry_publisher = publisher
         return publisher
 
     def _publish(self, local_ref: str, on_log: LogFn | None) -> str:
         if not self.registry:
             return local_ref
-        return self._publisher().publish(local_ref, on_log)
+        # Unpinned: the model layer is baked FROM this name (and pods name the model image).
+        return self._publisher().publish(local_ref, on_log, pin=False)
 
     def _push(self, ref: str, on_log: LogFn | None) -> str:
         if not self.registry:

@@ -133,6 +133,7 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
                  config_file: str | None = None,
                  image_pull_secrets: Iterable[str] = (),
                  registry: str | None = None,
+                 registry_auth: dict[str, str] | None = None,
                  image_builder: Any = None,
                  service_type: str = "ClusterIP",
                  url_mode: str = "pod",
@@ -163,6 +164,7 @@ class KubernetesRuntime(KubeApi, KubeImages, NetworkPolicies, Runtime):
         self.api_client = api_client or load_client(in_cluster, config_file, context)
         self.image_pull_secrets = [s for s in image_pull_secrets if s]
         self.registry = registry.rstrip("/") if registry else None
+        self.registry_auth = registry_auth  # else the worker's `docker login`
         self.image_builder = image_builder
         self.service_type = service_type
         self.url_mode = url_mode

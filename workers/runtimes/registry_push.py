@@ -29,8 +29,12 @@ __all__ = ["RegistryPublisher", "image_present", "is_registry_ref", "pull_image"
 
 
 def split_ref(ref: str) -> tuple[str, str]:
-    """``(repository, tag)`` of an image reference (tag "latest" when none); a port in the
-    registry part is not a tag."""
+    """``(repository, tag)`` of an image reference (tag "latest" when none; the digest of a
+    pinned ``repo:tag@sha256:…``, which is what the engine pulls then); a port in the registry
+    part is not a tag."""
+    if "@" in ref:
+        named, _, digest = ref.partition("@")
+        return split_ref(named)[0], digest
     repo, sep, tag = ref.rpartition(":")
     if not sep or "/" in tag:
         return ref, "latest"
@@ -89,13 +93,19 @@ class _Progress:
             self.log(f"{layer}: {status} {chunk['progress']}")
 
 
-def _stream(chunks: Iterable[dict[str, Any]], what: str, log: LogFn) -> None:
+def _stream(chunks: Iterable[dict[str, Any]], what: str, log: LogFn) -> str:
+    """Follow a push/pull stream; the manifest digest a push reports ("" if none)."""
     progress = _Progress(log)
+    digest = ""
     for chunk in chunks:
         if "error" in chunk or "errorDetail" in chunk:
             detail = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message")
             raise ReplicaRuntimeError(f"{what} failed: {detail}")
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and str(aux.get("Digest", "")).startswith("sha256:"):
+            digest = str(aux["Digest"])
         progress.feed(chunk)
+    return digest
 
 
 def pull_image(client: Any, ref: str, on_log: LogFn | None = None, *,
@@ -139,7 +149,7 @@ class RegistryPublisher:
         self.registry = registry.rstrip("/")
         self.auth_config = auth_config
         self._lock = threading.Lock()
-        self._pushed: set[str] = set()
+        self._pushed: dict[str, str] = {}  # "<ref>#<image id>" -> the pinned reference
         if auth_config:  # also sent with what names the image later (Swarm's create_service)
             with contextlib.suppress(AttributeError, TypeError):
                 client.api._auth_configs.add_auth(registry_of(self.ref_for("x")), auth_config)
@@ -149,38 +159,43 @@ class RegistryPublisher:
         (``<registry>/serving:abc``)."""
         return f"{self.registry}/{local_ref.rsplit('/', 1)[-1]}"
 
-    def publish(self, local_ref: str, on_log: LogFn | None = None) -> str:
-        """Tag the local image for the registry and push it; the registry reference."""
+    def publish(self, local_ref: str, on_log: LogFn | None = None, *, pin: bool = True) -> str:
+        """Tag the local image for the registry and push it; the registry reference, pinned
+        to the pushed manifest's digest (``<registry>/serving:abc@sha256:…``) unless ``pin`` is
+        false: an engine pulling it verifies it got exactly what was built here, whoever
+        re-pushed the tag meanwhile."""
         ref = self.ref_for(local_ref)
         try:
             image = self.client.images.get(local_ref)
         except ImageNotFound as exc:
             raise ReplicaRuntimeError(f"image {local_ref} is not on the worker's Docker Engine "
                                       "(build it first)") from exc
-        key = f"{ref}@{image.id}"
+        key = f"{ref}#{image.id}"
         with self._lock:
-            if key in self._pushed:
-                return ref
-        repo, tag = split_ref(ref)
-        image.tag(repo, tag=tag)
-        self.push(ref, on_log)
-        with self._lock:
-            self._pushed.add(key)
-        return ref
+            pushed = self._pushed.get(key)
+        if pushed is None:
+            repo, tag = split_ref(ref)
+            image.tag(repo, tag=tag)
+            pushed = self.push(ref, on_log)
+            with self._lock:
+                self._pushed[key] = pushed
+        return pushed if pin else ref
 
     def push(self, ref: str, on_log: LogFn | None = None) -> str:
-        """Push ``ref`` (already tagged on the engine) with progress lines; the reference."""
+        """Push ``ref`` (already tagged on the engine) with progress lines; the reference
+        pinned to the digest the registry reported (``ref`` itself if it reported none)."""
         log = on_log or (lambda _line: None)
         repo, tag = split_ref(ref)
         what = f"pushing {ref} to registry {self.registry}"
         log(f"pushing {ref}")
         started = time.monotonic()
         try:
-            _stream(self.client.api.push(repo, tag=tag, stream=True, decode=True,
-                                         auth_config=self.auth_config), what, log)
+            digest = _stream(self.client.api.push(repo, tag=tag, stream=True, decode=True,
+                                                  auth_config=self.auth_config), what, log)
         except ReplicaRuntimeError:
             raise
         except Exception as exc:  # docker.errors.APIError, connection errors
             raise ReplicaRuntimeError(f"{what} failed: {_reason(exc)}") from exc
-        log(f"pushed {ref} in {time.monotonic() - started:.1f}s")
-        return ref
+        log(f"pushed {ref} in {time.monotonic() - started:.1f}s"
+            + (f" ({digest})" if digest else ""))
+        return f"{ref}@{digest}" if digest else ref
