@@ -202,10 +202,10 @@ class SwarmRuntime(Runtime):
 
     # --- images -----------------------------------------------------------------------------
     def ensure_image(self, requirements: list[str], on_log: LogFn | None = None) -> str:
-        """Built on the manager's engine. With a registry (``publisher``: the target's
-        ``registry`` setting or MODELPORT_IMAGE_REGISTRY) it is pushed there and services name
-        the registry reference, so whichever node Swarm picks pulls it; without one, a single
-        node runs the local image as is."""
+        """Built by ``image_builder`` (the factory: the manager's engine without a registry,
+        the worker's own with one). With a registry (``publisher``) it is pushed there and
+        services name the pinned registry reference, so whichever node Swarm picks pulls it;
+        without one, a single node runs the local image as is."""
         local = self.images.ensure_image(requirements, on_log)
         return self.publisher.publish(local, on_log) if self.publisher else local
 

@@ -27,7 +27,7 @@ class ModelImages:
         self.builder = builder
         self.publisher = publisher
         self._lock = threading.Lock()
-        self._pushed: set[str] = set()
+        self._pushed: dict[str, str] = {}  # tag -> the reference pinned to its digest
         self._digests: dict[tuple[str, int], str] = {}
 
     def image_for(self, serving_image: str, model_dir: str, on_log: LogFn | None = None) -> str:
@@ -43,7 +43,7 @@ class ModelImages:
         ref = f"{self.publisher.registry}/model:{digest}"
         with self._lock:
             if ref in self._pushed:
-                return ref
+                return self._pushed[ref]
             try:
                 client.images.get(ref)
             except ImageNotFound:
@@ -51,9 +51,10 @@ class ModelImages:
                     raise ReplicaRuntimeError(
                         f"model directory {model_dir} does not exist") from None
                 self.builder.bake_model(serving_image, model_dir, ref, on_log)
-            self.publisher.push(ref, on_log)
-            self._pushed.add(ref)
-        return ref
+            # Pinned to the pushed manifest's digest, like the serving image: a node runs
+            # exactly what was baked here.
+            self._pushed[ref] = self.publisher.push(ref, on_log)
+        return self._pushed[ref]
 
     def _model_digest(self, model_dir: str) -> str:
         path = Path(model_dir)
