@@ -237,7 +237,7 @@ def test_the_overlay_carries_a_request_from_another_node_by_service_name(
     from docker.types import IPAMConfig, IPAMPool
 
     from workers.runtimes.images import ImageBuilder
-    from workers.runtimes.registry_push import RegistryPublisher
+    from workers.runtimes.registry_push import RegistryPublisher, pull_image
     from workers.runtimes.swarm import SwarmRuntime
 
     lab = swarm_lab
@@ -260,7 +260,7 @@ def test_the_overlay_carries_a_request_from_another_node_by_service_name(
     # The client: a container on the *other* worker's engine, joined to the overlay only.
     other = next(n for n in lab.workers if n != task["NodeID"])
     client_engine = lab.clients[other]
-    client_engine.images.pull(*lab_image.rsplit(":", 1))
+    pull_image(client_engine, lab_image)  # the pinned reference (…:tag@sha256:…)
     script = (
         "import json, sys, time, urllib.request as u\n"
         "url, key = sys.argv[1], sys.argv[2]\n"
