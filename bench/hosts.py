@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -82,7 +83,7 @@ class Run:
         self.clients: dict[str, Any] = {}
         self.procs: Any = None
         self.session: Any = None
-        self.team = self.target = ""
+        self.team = self.target = self.image = ""
         self.hosts: list[str] = []
 
     # --- the API --------------------------------------------------------------------------
@@ -183,9 +184,27 @@ def seconds(pattern: str, text: str) -> float | None:
     return float(found[-1]) if found else None
 
 
+STAMP = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):[^\]]*\] .*"
+
+
+def between(first: str, last: str, text: str) -> float | None:
+    """Seconds between the last log line matching ``first`` and the next matching ``last``
+    (the host worker's log timestamps: ms, where its own "in N.N s" has 0.1 s)."""
+    from datetime import datetime
+
+    starts = [m for m in re.finditer(STAMP + first, text, re.M)]
+    if not starts:
+        return None
+    end = re.search(STAMP + last, text[starts[-1].end():], re.M)
+    if end is None:
+        return None
+    at = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in (starts[-1], end)]
+    return (at[1] - at[0]).total_seconds()
+
+
 def deploy_split(run: Run, host: str, model: str, label: str) -> dict:
     """Deploy ``model`` (1 replica), wait healthy, delete it; the phases in seconds."""
-    from deployments.models import DeploymentEvent
+    from deployments.models import DeploymentEvent, Revision
 
     name = f"bh-{uuid.uuid4().hex[:6]}"
     log = run.host_log(host)
@@ -201,10 +220,12 @@ def deploy_split(run: Run, host: str, model: str, label: str) -> dict:
     builds = "\n".join(DeploymentEvent.objects.filter(
         deployment__name=name, kind="build").values_list("message", flat=True))
     pk = min(watch.placed)
+    run.image = run.image or Revision.objects.filter(deployment__name=name).exclude(
+        image="").values_list("image", flat=True).first() or ""
     row = {"label": label, "total": watch.healthy - sent,
            "push": seconds(r"pushed \S+ in ([\d.]+)s", builds),
-           "pull": seconds(r"pulled \S+ in ([\d.]+)s", text),
-           "fetch": seconds(r"fetched model .* in ([\d.]+) s", text),
+           "pull": between(r": pulling ", r": pulled ", text),
+           "fetch": between(r"fetching model ", r"fetched model ", text),
            "to_placed": watch.placed[pk] - sent,
            "placed_to_started": watch.started[pk] - watch.placed[pk],
            "started_to_ready": watch.ready[pk] - watch.started[pk],
@@ -255,13 +276,13 @@ def fetch_figures(run: Run, host: str, iris_dir: Path, sizes: list[int]) -> list
         sent = run.deploy(name, model)
         run.procs.wait(f"{name} healthy", lambda name=name: _healthy(name), timeout=600)
         healthy = time.monotonic() - sent
-        bridge = seconds(r"fetched model .* in ([\d.]+) s", log_tail(log, offset))
+        bridge = between(r"fetching model ", r"fetched model ", log_tail(log, offset))
         cache = run.tmp / f"loopback-cache-{mb}"
         with override_settings(MODELPORT_HOST_CACHE_DIR=str(cache),
                                MODELPORT_PLATFORM_URL=run.procs.web,
                                MODELPORT_HOST_MODEL_SOURCE="fetch"):
             started = time.monotonic()
-            host_models.model_dir_on_host(version, host=host)
+            host_models.model_dir_on_host(version, host=host)  # logs nothing: level WARNING
             loopback = time.monotonic() - started
         shutil.rmtree(cache, ignore_errors=True)
         rows.append({"mb": version.artifact_size / MB, "bridge": bridge, "loopback": loopback,
@@ -389,7 +410,6 @@ def measure(args, run: Run) -> int:
     from django.conf import settings
 
     from compute.models import ExecutionTarget
-    from deployments.models import Revision
     from tests.lab_processes import LabProcesses, lab_environments
     from tests.netlab import NetLab
 
@@ -435,14 +455,13 @@ def measure(args, run: Run) -> int:
     deploys.append(deploy_split(run, a, iris, "warm image, cache emptied"))
 
     print("2. artifact fetch 10 MB / 200 MB ...", flush=True)
+    logging.getLogger("deployments.host_models").setLevel(logging.WARNING)
     fetches = fetch_figures(run, a, run.tmp / "iris", [10] if args.skip_big else [10, 200])
 
     print("3. host cut under steady load ...", flush=True)
-    image = Revision.objects.exclude(image="").filter(
-        deployment__target__name=run.target).values_list("image", flat=True).first()
     for host in others:
         run.host_up(host)
-        run.clients[host].api.pull(image)  # image present: the recovery is timed, not a pull
+        run.clients[host].api.pull(run.image)  # image present: the recovery is timed, not a pull
     name = f"bh-cut-{rid}"
     run.deploy(name, iris, replicas=2)
     run.procs.wait(f"{name} healthy", lambda: _healthy(name), timeout=600)
