@@ -26,7 +26,8 @@ them over the bridge). All deployments go through the REST API on a docker targe
 3. **A host cut under steady load**: hosts A, B, C up, image pre-pulled on each, iris with 2
    replicas spread; ``--clients`` threads send one prediction at a time through the edge; a
    host holding a replica has its link cut (``ip link set … down``). Failed requests, the
-   requests in flight at the cut, the time until the host is lost and until the deployment
+   requests in flight at the cut, the latency of those answered after it (over 1 s, max),
+   the time until the host is lost and until the deployment
    has 2 ready replicas on the other hosts. The link comes back (its stale container is
    removed), then the same with the edge restarted with ``MODELPORT_GATEWAY_EJECT_S=0``
    (passive ejection off): the anchor.
@@ -343,10 +344,12 @@ def cut_under_load(run: Run, name: str, clients: int, label: str) -> dict:
         traffic.stop()
         run.net.hosts[victim].link(True)
     failed = [r for r in traffic.results if r[2] != 200]
+    during = [done - sent for sent, done, _ in traffic.results if done >= cut]
     row = {"label": label, "victim": victim, "answered": len(traffic.results),
            "failed": len(failed), "in_flight": traffic.in_flight_at(cut),
            "last_failure": max((r[1] - cut for r in failed), default=None),
-           "kinds": sorted({str(r[2]) for r in failed}), "lost": lost, "recovered": back}
+           "kinds": sorted({str(r[2]) for r in failed}), "lost": lost, "recovered": back,
+           "over_1s": sum(1 for t in during if t > 1), "max": max(during, default=0.0)}
     client = run.clients[victim]
     run.procs.wait(f"{victim} alive again", lambda: host_in(victim, "alive"), timeout=90)
     run.procs.wait("its stale container removed", lambda: not any(
@@ -499,12 +502,14 @@ def report(deploys: list[dict], fetches: list[dict], cuts: list[dict], args) -> 
         print(f"{f['mb']:>12.1f} {fmt(f['bridge']):>14} {fmt(f['loopback']):>10} "
               f"{f['healthy']:>16.2f}")
     print(f"\n3. Host cut under steady load ({args.clients} clients, one request at a time, "
-          "through the edge; 2 replicas; s after the cut)")
+          "through the edge; 2 replicas; s after the cut; >1 s and max: latency of the requests "
+          "answered after the cut)")
     print(f"{'edge':<24} {'answered':>9} {'failed':>7} {'in flight':>10} {'last fail':>10} "
-          f"{'host lost':>10} {'2 ready':>8}  kinds")
+          f"{'host lost':>10} {'2 ready':>8} {'>1 s':>5} {'max s':>6}  kinds")
     for c in cuts:
         print(f"{c['label']:<24} {c['answered']:>9} {c['failed']:>7} {c['in_flight']:>10} "
-              f"{fmt(c['last_failure']):>10} {c['lost']:>10.2f} {c['recovered']:>8.2f}  "
+              f"{fmt(c['last_failure']):>10} {c['lost']:>10.2f} {c['recovered']:>8.2f} "
+              f"{c['over_1s']:>5} {c['max']:>6.2f}  "
               f"{','.join(c['kinds']) or '-'}")
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
 
