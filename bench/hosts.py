@@ -27,10 +27,9 @@ them over the bridge). All deployments go through the REST API on a docker targe
    replicas spread; ``--clients`` threads send one prediction at a time through the edge; a
    host holding a replica has its link cut (``ip link set … down``). Failed requests, the
    requests in flight at the cut, the latency of those answered after it (over 1 s, max),
-   the time until the host is lost and until the deployment
-   has 2 ready replicas on the other hosts. The link comes back (its stale container is
-   removed), then the same with the edge restarted with ``MODELPORT_GATEWAY_EJECT_S=0``
-   (passive ejection off): the anchor.
+   the time until the host is lost and until the deployment has 2 ready replicas on the
+   other hosts. The link comes back (its stale container is removed), then the same with the
+   edge restarted with ``MODELPORT_GATEWAY_EJECT_S=0`` (passive ejection off): the anchor.
 
 Prints a table with the load average (2 cores shared here: compare runs on the same machine
 state). Everything it started — namespaces, dockerds, the registry, processes, containers —
