@@ -39,7 +39,6 @@ is removed at the end, also on Ctrl-C or an error. Database rows stay (as the ot
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import re
@@ -60,16 +59,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def _by_path(name: str, file: str):
-    """A bench module by path: ``gateway`` would shadow the package."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench import autoscale  # noqa: E402 - after the path: loads bench/gateway.py by path
 
-
-bg = _by_path("bench_gateway", "gateway.py")
+bg = autoscale.bg
 MB = 1 << 20
 BODY = {"dataframe_split": {"columns": bg.COLUMNS, "data": bg.ROWS}}
 
