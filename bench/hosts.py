@@ -360,6 +360,7 @@ def main() -> int:
         sys.exit("bench/hosts.py needs DATABASE_URL (PostgreSQL) and REDIS_URL: the test "
                  "hosts reach them over the bridge")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with `&`
     tmp = Path(tempfile.mkdtemp(prefix="modelport-bench-hosts-"))
     run = Run(tmp)
     try:
