@@ -9,7 +9,6 @@ when the link is back. Nothing is mocked.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
@@ -23,6 +22,7 @@ from teams.models import AuditEvent
 from tests.deployments.conftest import COLUMNS, ROWS
 from tests.factories import make_token
 from tests.hosts_lab import LabPlatform, unique
+from tests.lab_processes import Traffic
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow,
               pytest.mark.django_db(transaction=True)]
@@ -99,43 +99,11 @@ def test_replicas_on_two_hosts_serve_through_the_edge_and_ship_logs(lab_platform
     platform.wait("prediction logs from both hosts", logged, timeout=60)
 
 
-class Traffic:
-    """Steady requests through the edge from ``clients`` threads, each one request at a time;
-    every answer (or error) recorded with its send time."""
-
-    def __init__(self, platform: LabPlatform, session: requests.Session, name: str,
-                 clients: int = 4) -> None:
-        self.platform, self.name = platform, name
-        self.headers = dict(session.headers)
-        self.results: list[tuple[float, float, int | str]] = []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for thread in self.threads:
-            thread.start()
-
-    def _run(self) -> None:
-        session = requests.Session()
-        session.headers.update(self.headers)
-        while not self.stopping.is_set():
-            sent = time.monotonic()
-            try:
-                status: int | str = predict(self.platform, session, self.name, timeout=60)\
-                    .status_code
-            except requests.RequestException as exc:
-                status = exc.__class__.__name__
-            self.results.append((sent, time.monotonic(), status))
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=90)
-
-    def failed(self, since: float = 0) -> list[tuple[float, float, int | str]]:
-        return [r for r in self.results if r[0] >= since - 60 and r[2] != 200]
-
-    def in_flight_at(self, moment: float) -> int:
-        return sum(1 for sent, done, _ in self.results if sent <= moment <= done)
+def steady(platform: LabPlatform, session: requests.Session, name: str,
+            clients: int = 4) -> Traffic:
+    """Steady predictions through the edge (``tests/lab_processes.py``'s ``Traffic``)."""
+    return Traffic(lambda s: predict(platform, s, name, timeout=60).status_code,
+                   dict(session.headers), clients=clients)
 
 
 def deploy_spread(platform: LabPlatform, session: requests.Session, replicas: int = 2) -> str:
@@ -166,7 +134,7 @@ def test_a_host_cut_off_under_steady_traffic_is_lost_rescheduled_and_cleaned_whe
     spread = placed(name)
     [victim, *_] = sorted(spread)
     [lost_row] = spread[victim]
-    traffic = Traffic(platform, session, name)
+    traffic = steady(platform, session, name)
     time.sleep(3)
 
     cut = time.monotonic()
@@ -229,7 +197,7 @@ def test_canary_and_rollback_span_hosts_without_a_failed_request(lab_platform, e
     hosts_up(platform, "lab-a", "lab-b")
     session = api(platform, engineer)
     name = deploy_spread(platform, session)
-    traffic = Traffic(platform, session, name, clients=2)
+    traffic = steady(platform, session, name, clients=2)
     revisions: Counter[str] = Counter()
     try:
         response = session.patch(f"{platform.web}/api/v1/deployments/{name}/", json={
