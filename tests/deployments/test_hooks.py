@@ -68,6 +68,9 @@ class Recorder:
     def ensure_image(self, requirements, on_log=None) -> str:
         return "modelport/serving:fake"
 
+    def image_for(self, image, requirements, on_log=None) -> str:
+        return self.ensure_image(requirements, on_log)
+
     def start_replica(self, spec) -> ReplicaState:
         self.specs.append(spec)
         return ReplicaState(id=spec.name, deployment=spec.deployment, revision=spec.revision,
