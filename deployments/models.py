@@ -7,9 +7,13 @@ API reads never call the container runtime.
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 from compute.models import RuntimeKind
 from core.replica_keys import new_key
@@ -353,3 +357,78 @@ class ShadowSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment_id} shadow r{self.revision} @ {self.at:%H:%M:%S}"
+
+
+class ConsumerKeyQuerySet(models.QuerySet):
+    def visible_to(self, user) -> ConsumerKeyQuerySet:
+        if is_platform_admin(user):
+            return self
+        if not user or not user.is_authenticated:
+            return self.none()
+        return self.filter(team__memberships__user=user)
+
+
+class ConsumerKey(models.Model):
+    """A key for one calling application (named after it), good only for the listed deployments
+    of its team at the gateway — never the API. Only the SHA-256 digest of the secret is stored;
+    ``rate_per_s``/``burst`` (a token bucket at the edge) limit it when set."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="consumer_keys")
+    name = models.CharField(max_length=100, validators=[name_validator],
+                            help_text="The calling service, e.g. 'search-api'.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    deployments = models.ManyToManyField(Deployment, related_name="consumer_keys")
+    rate_per_s = models.FloatField(null=True, blank=True,
+                                   help_text="Sustained requests per second; empty: no limit.")
+    burst = models.PositiveIntegerField(null=True, blank=True,
+                                        help_text="Requests allowed at once above the rate.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ConsumerKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["team", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], condition=Q(revoked_at__isnull=True),
+                                    name="unique_active_consumer_key_name"),
+            models.CheckConstraint(condition=Q(rate_per_s__isnull=True) | Q(rate_per_s__gt=0),
+                                   name="consumer_key_rate_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+
+class ConsumerTraffic(models.Model):
+    """What the gateway saw of one consumer key on one deployment over about a second (written
+    with ``TrafficSample``, at most once a second per gateway process): requests admitted and
+    requests refused 429 by the key's rate limit. The deployment page sums these per key."""
+
+    key = models.ForeignKey(ConsumerKey, on_delete=models.CASCADE, related_name="traffic")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE,
+                                   related_name="consumer_traffic")
+    at = models.DateTimeField(db_index=True)
+    requests = models.PositiveIntegerField(default=0)
+    limited = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["deployment", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.key_id} on {self.deployment_id} @ {self.at:%H:%M:%S}"

@@ -1,8 +1,9 @@
 """API token secrets: generation, hashing and lookup.
 
-A token reads ``mpt_<prefix>_<secret>``. The prefix (public, indexed) finds the row; the whole
-string is compared by SHA-256 digest in constant time. Secrets are 256-bit random, so a fast hash
-is the right tool here (no password stretching needed), as GitHub and PyPI do for their tokens.
+A token reads ``mpt_<prefix>_<secret>`` (a consumer key ``mpk_…``). The prefix (public,
+indexed) finds the row; the whole string is compared by SHA-256 digest in constant time.
+Secrets are 256-bit random, so a fast hash is the right tool here (no password stretching
+needed), as GitHub and PyPI do for their tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 TOKEN_SCHEME = "mpt"
+CONSUMER_SCHEME = "mpk"  # consumer keys (deployments.ConsumerKey): the gateway only
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,15 @@ def digest_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def generate() -> NewSecret:
+def generate(scheme: str = TOKEN_SCHEME) -> NewSecret:
     prefix = secrets.token_hex(6)
-    token = f"{TOKEN_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
+    token = f"{scheme}_{prefix}_{secrets.token_urlsafe(32)}"
     return NewSecret(token=token, prefix=prefix, digest=digest_of(token))
 
 
-def parse_prefix(token: str) -> str | None:
+def parse_prefix(token: str, scheme: str = TOKEN_SCHEME) -> str | None:
     parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != TOKEN_SCHEME or len(parts[1]) != 12:
+    if len(parts) != 3 or parts[0] != scheme or len(parts[1]) != 12:
         return None
     return parts[1]
 
