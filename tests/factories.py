@@ -62,3 +62,17 @@ def make_token(user, *, name: str = "test", days: int = 30) -> tuple[ApiToken, s
                                     digest=secret.digest,
                                     expires_at=timezone.now() + timedelta(days=days))
     return token, secret.token
+
+
+def make_consumer_key(team, deployments, *, name: str = "search-api", rate_per_s=None,
+                      burst=None, expires_at=None):
+    """A consumer key row for ``deployments`` plus its secret, made directly (the service path
+    is tested on its own)."""
+    from deployments.models import ConsumerKey  # tests only: factories span every app
+
+    secret = tokens.generate(tokens.CONSUMER_SCHEME)
+    key = ConsumerKey.objects.create(team=team, name=name, prefix=secret.prefix,
+                                     digest=secret.digest, rate_per_s=rate_per_s, burst=burst,
+                                     expires_at=expires_at)
+    key.deployments.set(deployments)
+    return key, secret.token
