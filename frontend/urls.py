@@ -1,6 +1,14 @@
 from django.urls import path
 
-from . import client_views, dashboard_views, quota_views, search_views, user_views, views
+from . import (
+               cli_login_views,
+               client_views,
+               dashboard_views,
+               quota_views,
+               search_views,
+               user_views,
+               views,
+)
 
 app_name = "frontend"
 urlpatterns = [
@@ -15,6 +23,7 @@ urlpatterns = [
     path("teams/<slug:slug>/people/", user_views.member_candidates, name="member-candidates"),
     path("users/", user_views.user_list, name="users"),
     path("welcome/<uidb64>/<token>/", user_views.WelcomeView.as_view(), name="welcome"),
+    path("cli/login/", cli_login_views.cli_login_page, name="cli-login"),
     path("tokens/", views.token_list, name="tokens"),
     path("tokens/<uuid:token_id>/revoke", views.token_revoke, name="token-revoke"),
     path("audit/", views.audit_log, name="audit"),

@@ -112,6 +112,28 @@ class ApiToken(models.Model):
         return "expired" if self.is_expired else "active"
 
 
+class CliLoginCode(models.Model):
+    """A one-time code of ``modelport login --sso``: a signed-in user allowed the command line
+    on their computer, and the CLI trades the code (with its PKCE verifier) for an API token.
+    Only the code's SHA-256 digest is stored; it is bound to the user, the PKCE challenge and
+    the token's name, expires within minutes and works once (``used_at``)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="+")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    code_challenge = models.CharField(max_length=43, editable=False)
+    token_name = models.CharField(max_length=100)
+    token_days = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    token = models.ForeignKey(ApiToken, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")
+
+    def __str__(self) -> str:
+        return f"CLI sign-in of {self.user} ({self.token_name})"
+
+
 class AuditEventQuerySet(models.QuerySet):
     def visible_to(self, user) -> AuditEventQuerySet:
         """Platform admins see everything; maintainers see their teams' events."""

@@ -21,17 +21,18 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from packaging.utils import canonicalize_name
 
-from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from core.errors import Conflict, DomainError, InvalidInput, NotFound, PermissionDenied
 from core.netguard import parse_allow_entry
 
-from . import audit, tokens, welcome
+from . import audit, cli_login, tokens, welcome
 from .access import get_visible_team, require_platform_admin, require_team_role
-from .models import ApiToken, Membership, PlatformSettings, Team, slug_validator
+from .models import ApiToken, CliLoginCode, Membership, PlatformSettings, Team, slug_validator
 from .roles import Role, is_platform_admin
 
 TEAM_FIELDS = ["slug", "name", "description"]
 MEMBERSHIP_FIELDS = ["team", "user", "role"]
 TOKEN_FIELDS = ["name", "prefix", "user", "expires_at", "revoked_at"]
+CLI_CODE_SCHEME = "mpc"  # one-time codes of modelport login --sso, never a credential
 
 
 # --- Teams ------------------------------------------------------------------------------------
@@ -177,15 +178,8 @@ def create_token(*, actor, name: str,
         raise InvalidInput("A token needs a name.", field="name")
     if len(name) > 100:
         raise InvalidInput("Token names are at most 100 characters.", field="name")
-    days = settings.MODELPORT_TOKEN_DEFAULT_DAYS if expires_in_days is None else expires_in_days
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise InvalidInput("expires_in_days must be a whole number of days, at least 1.",
-                           field="expires_in_days")
-    if days > settings.MODELPORT_TOKEN_MAX_DAYS:
-        raise InvalidInput(f"expires_in_days may be at most {settings.MODELPORT_TOKEN_MAX_DAYS}.",
-                           field="expires_in_days")
-    if ApiToken.objects.active().filter(user=actor, name=name).exists():
-        raise Conflict(f"You already have an active token named '{name}'.", code="name_taken")
+    days = _token_days(expires_in_days)
+    _check_token_name_free(actor, name)
     secret = tokens.generate()
     token = ApiToken.objects.create(user=actor, name=name, prefix=secret.prefix,
                                     digest=secret.digest,
@@ -193,6 +187,22 @@ def create_token(*, actor, name: str,
     audit.record(actor=actor, action="token.created", obj=token,
                  after=audit.snapshot(token, TOKEN_FIELDS))
     return token, secret.token
+
+
+def _token_days(expires_in_days: int | None) -> int:
+    days = settings.MODELPORT_TOKEN_DEFAULT_DAYS if expires_in_days is None else expires_in_days
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise InvalidInput("expires_in_days must be a whole number of days, at least 1.",
+                           field="expires_in_days")
+    if days > settings.MODELPORT_TOKEN_MAX_DAYS:
+        raise InvalidInput(f"expires_in_days may be at most {settings.MODELPORT_TOKEN_MAX_DAYS}.",
+                           field="expires_in_days")
+    return days
+
+
+def _check_token_name_free(user, name: str) -> None:
+    if ApiToken.objects.active().filter(user=user, name=name).exists():
+        raise Conflict(f"You already have an active token named '{name}'.", code="name_taken")
 
 
 @transaction.atomic
@@ -208,6 +218,75 @@ def revoke_token(*, actor, token: ApiToken) -> ApiToken:
     audit.record(actor=actor, action="token.revoked", obj=token, before=before,
                  after=audit.snapshot(token, TOKEN_FIELDS))
     return token
+
+
+# --- modelport login --sso (teams/cli_login.py: the flow's shapes) ---------------------------
+CLI_LOGIN_FIELDS = ["user", "token_name", "token_days", "expires_at", "used_at"]
+
+
+@transaction.atomic
+def approve_cli_login(*, actor, code_challenge: str, token_name: str,
+                      expires_in_days: int | None = None) -> str:
+    """The signed-in ``actor`` allowed the command line to act as them: a one-time code, bound
+    to them, the CLI's PKCE challenge and the token's name, that the CLI trades for a token
+    within ``cli_login.CODE_TTL``. Returns the code; only its digest is stored."""
+    if not actor or not actor.is_authenticated or not actor.is_active:
+        raise PermissionDenied("Log in to allow the command line.")
+    code_challenge = cli_login.check_challenge(code_challenge)
+    token_name = cli_login.check_token_name(token_name)
+    days = _token_days(expires_in_days)
+    _check_token_name_free(actor, token_name)
+    secret = tokens.generate(CLI_CODE_SCHEME)
+    row = CliLoginCode.objects.create(
+        user=actor, digest=secret.digest, code_challenge=code_challenge, token_name=token_name,
+        token_days=None if expires_in_days is None else days,
+        expires_at=timezone.now() + cli_login.CODE_TTL)
+    audit.record(actor=actor, action="cli_login.approved", obj=row,
+                 after=audit.snapshot(row, CLI_LOGIN_FIELDS))
+    return secret.token
+
+
+def redeem_cli_login(*, code: str, code_verifier: str) -> tuple[ApiToken, str]:
+    """The CLI trades a code for an API token of the user who approved it (``create_token``,
+    audited). Unknown, used and expired codes are refused; a wrong verifier is refused and
+    burns the code (whoever holds a stolen code cannot try again)."""
+    refusal: DomainError | None = None
+    with transaction.atomic():
+        row = (CliLoginCode.objects.select_for_update().select_related("user")
+               .filter(digest=tokens.digest_of(code or "")).first())
+        if row is None:
+            raise InvalidInput("This sign-in code is unknown; run 'modelport login --sso' again.",
+                               code="code_unknown")
+        if row.used_at is not None:
+            raise InvalidInput("This sign-in code was used already; run 'modelport login --sso' "
+                               "again.", code="code_used")
+        now = timezone.now()
+        if row.expires_at <= now:
+            raise InvalidInput("This sign-in code has expired (codes last "
+                               f"{int(cli_login.CODE_TTL.total_seconds())} s); run 'modelport "
+                               "login --sso' again.", code="code_expired")
+        if not row.user.is_active:
+            raise PermissionDenied("This account is deactivated.", code="account_disabled")
+        before = audit.snapshot(row, CLI_LOGIN_FIELDS)
+        row.used_at = now
+        if not cli_login.verifier_matches(code_verifier or "", row.code_challenge):
+            row.save(update_fields=["used_at"])
+            audit.record(actor=None, action="cli_login.refused", obj=row, before=before,
+                         after={**audit.snapshot(row, CLI_LOGIN_FIELDS),
+                                "reason": "wrong_verifier"})
+            refusal = InvalidInput("code_verifier does not match the code's challenge; the code "
+                                   "is spent, run 'modelport login --sso' again.",
+                                   code="wrong_verifier")
+        else:
+            token, secret = create_token(actor=row.user, name=row.token_name,
+                                         expires_in_days=row.token_days)
+            row.token = token
+            row.save(update_fields=["used_at", "token"])
+            audit.record(actor=row.user, action="cli_login.redeemed", obj=row, before=before,
+                         after={**audit.snapshot(row, CLI_LOGIN_FIELDS), "token": str(token.pk)})
+    if refusal is not None:
+        raise refusal  # after the commit: the spent code stays spent
+    return token, secret
 
 
 # --- Users (platform admins, from Django admin) ------------------------------------------------

@@ -81,6 +81,18 @@ class ApiTokenCreatedSerializer(serializers.Serializer):
     expires_at = serializers.DateTimeField()
 
 
+class CliLoginRedeemSerializer(StrictTypes, serializers.Serializer):
+    code = serializers.CharField(max_length=200, help_text="The one-time code the portal sent "
+                                 "to the CLI's loopback address.")
+    code_verifier = serializers.CharField(min_length=43, max_length=128,
+                                          help_text="The PKCE verifier (RFC 7636) whose S256 "
+                                          "challenge the portal page was given.")
+
+
+class CliLoginTokenSerializer(ApiTokenCreatedSerializer):
+    username = serializers.CharField(help_text="Whom the token acts as.")
+
+
 class AuditEventSerializer(serializers.ModelSerializer):
     actor = serializers.CharField(source="actor_username")
     team = serializers.CharField(source="team_slug")

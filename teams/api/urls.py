@@ -11,6 +11,7 @@ router.register("audit", views.AuditEventViewSet, basename="audit")
 
 members = views.MemberViewSet
 urlpatterns = [
+    path("cli-login/", views.CliLoginView.as_view(), name="cli-login"),
     path("platform/settings/", views.PlatformSettingsView.as_view(), name="platform-settings"),
     path("teams/<slug:team_slug>/members/",
          members.as_view({"get": "list", "post": "create"}), name="team-members"),

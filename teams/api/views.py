@@ -4,6 +4,7 @@ from django.db.models import Count
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -211,3 +212,31 @@ class PlatformSettingsView(APIView):
         serializer.is_valid(raise_exception=True)
         row = services.update_platform_settings(actor=request.user, **serializer.validated_data)
         return Response(s.PlatformSettingsSerializer(row).data)
+
+
+@extend_schema(
+    summary="Trade a one-time code of 'modelport login --sso' for an API token",
+    description="No authentication: the code (sent by the portal to the CLI's loopback "
+                "address after the signed-in user allowed it) and the PKCE verifier are the "
+                "proof. 400 with code `code_unknown`, `code_used`, `code_expired` or "
+                "`wrong_verifier` (which spends the code); 403 `account_disabled`; 409 "
+                "`name_taken`. The token is shown only in this response.",
+    request=s.CliLoginRedeemSerializer, responses={201: s.CliLoginTokenSerializer}, auth=[],
+)
+class CliLoginView(APIView):
+    authentication_classes: list = []  # no session: nothing here a cross-site form could use
+    permission_classes = [AllowAny]
+    throttle_classes = [TokenCreateThrottle]
+    throttle_scope = "token_create"
+
+    @api_errors(403, 409, 429)
+    def post(self, request: Request) -> Response:
+        serializer = s.CliLoginRedeemSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token, secret = services.redeem_cli_login(**serializer.validated_data)
+        body = s.CliLoginTokenSerializer(
+            {"id": token.id, "name": token.name, "token": secret, "expires_at": token.expires_at,
+             "username": token.user.get_username()})
+        response = Response(body.data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
