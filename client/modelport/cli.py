@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cli_jobs, cli_scale, errors
+from . import cli_jobs, cli_scale, errors, login
 from .client import Client
 from .login import cmd_login
 from .output import Output, bar, json_arg, table
@@ -374,13 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    login = sub.add_parser("login", help="get a token with your password and save it")
-    login.add_argument("--url", dest="login_url", help="platform URL")
-    login.add_argument("--username")
-    login.add_argument("--password-stdin", action="store_true")
-    login.add_argument("--token-name",
-                       help="default: cli@<host> <UTC time> <random>, new each login")
-    login.add_argument("--expires-in-days", type=int)
+    login.add_parser(sub)
 
     sub.add_parser("info", help="platform version, runtime, MLflow URI, limits") \
         .set_defaults(func=cmd_info)
