@@ -222,6 +222,7 @@ class PlatformSettingsView(APIView):
                 "`wrong_verifier` (which spends the code); 403 `account_disabled`; 409 "
                 "`name_taken`. The token is shown only in this response.",
     request=s.CliLoginRedeemSerializer, responses={201: s.CliLoginTokenSerializer}, auth=[],
+    tags=["tokens"],
 )
 class CliLoginView(APIView):
     authentication_classes: list = []  # no session: nothing here a cross-site form could use

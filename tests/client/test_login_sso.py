@@ -47,7 +47,7 @@ def _run(target, **kwargs):
     def run() -> None:
         try:
             result["value"] = target(stream=Stream(), **kwargs)
-        except BaseException as exc:  # noqa: BLE001 (handed to the test)
+        except BaseException as exc:
             result["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
