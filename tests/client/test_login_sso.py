@@ -6,10 +6,15 @@ browser played by plain HTTP calls carrying a portal session (Chromium does it f
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -99,6 +104,30 @@ def test_no_answer_times_out_and_nothing_is_left_listening():
     thread.join(15)
     assert isinstance(result["error"], errors.TimeoutExpired)
     assert _closed(int(_query(url)["port"]))
+
+
+def test_ctrl_c_stops_the_command_and_its_listener(tmp_path):
+    """The real command in its own process, interrupted while it waits for the browser."""
+    env = {**os.environ, "MODELPORT_CONFIG": str(tmp_path / "c.json"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "client")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelport.cli", "login", "--sso", "--no-browser", "--url",
+         "http://platform.invalid"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        line = ""
+        while "/cli/login/?" not in line:
+            line = process.stderr.readline()
+            assert line, "the command ended without printing the address"
+        port = int(_query(line.split()[-1])["port"])
+        assert not _closed(port)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 130
+        assert _closed(port) and not (tmp_path / "c.json").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 @pytest.mark.django_db(transaction=True)

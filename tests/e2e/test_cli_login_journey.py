@@ -5,12 +5,15 @@ browser half is ``tests/e2e/cli_login_flow.py`` (an SSO sign-in can replace the 
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
+from teams.cli_login import s256
 from teams.models import ApiToken, AuditEvent
 from tests.e2e.cli_login_flow import approve_in_browser, password_sign_in, start_cli_login
+from tests.e2e.harness import checked_page
 from tests.factories import PASSWORD, MembershipFactory, TeamFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -57,3 +60,20 @@ def test_cancel_in_the_browser_ends_the_cli_without_a_token(live_server, page, t
     page.get_by_text("was not signed in").wait_for()
     assert cli.finish() == 3  # PermissionDenied
     assert not config.exists() and ApiToken.objects.count() == 0
+
+
+@pytest.mark.parametrize("viewport", ["mobile", "desktop"])
+def test_the_allow_page_and_its_refusal_pass_axe(live_server, browser, viewport):
+    UserFactory(username="cora")
+    query = urlencode({"port": 49152, "state": "s" * 32, "code_challenge": s256("v" * 43),
+                       "name": "cli on laptop"})
+    with checked_page(browser, live_server.url, viewport, folder="cli-login") as checked:
+        checked.login("cora", PASSWORD, check=None)
+        checked.goto(f"/cli/login/?{query}")
+        checked.page.get_by_role("button", name="Allow").wait_for()
+        checked.check("allow")
+        with checked.expecting(400):
+            checked.goto("/cli/login/?port=80")
+            checked.page.get_by_text("port must be a whole number").wait_for()
+            checked.check("bad-port")
+    assert ApiToken.objects.count() == 0
