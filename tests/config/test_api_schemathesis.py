@@ -98,6 +98,9 @@ CHECKS_OFF: dict[tuple[str, str], tuple[list[str], str]] = {
         ["positive_data_acceptance"], f"{_STATE}: until in the future, at most 30 days ahead"),
     ("POST", "/api/v1/alerts/{id}/acknowledge/"): (
         ["positive_data_acceptance"], f"{_STATE}: only a firing alert, and only once (409)"),
+    ("POST", "/api/v1/cli-login/"): (
+        ["positive_data_acceptance"], f"{_STATE}: a code the portal issued (unused, not "
+                                      "expired) and the verifier of its challenge"),
     # Reached once the seed held an autoscaled deployment (the stateful walk changed course).
     ("GET", "/api/v1/tokens/{id}/"): (
         ["use_after_free"], "DELETE revokes a token rather than erasing it: it stays readable "
