@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -36,7 +37,7 @@ def deployments(team, v1):
     routes.invalidate()
 
 
-def post(secret: str, name: str = "iris-keyed", path: str = "/invocations") -> object:
+def post(secret: str, name: str = "iris-keyed", path: str = "/invocations") -> Any:
     return Client(HTTP_AUTHORIZATION=f"Bearer {secret}").post(
         f"/serve/{name}{path}", data=SCORE, content_type="application/json")
 
