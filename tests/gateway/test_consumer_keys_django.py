@@ -167,3 +167,15 @@ def test_limit_split_across_processes(deployments, team, upstreams, settings, mo
     _, secret = make_consumer_key(team, [deployments[0]], rate_per_s=0.001, burst=4)
     codes = [post(secret).status_code for _ in range(4)]
     assert codes == [200, 200, 429, 429]
+
+
+def test_prune_drops_old_consumer_traffic(deployments, team, settings):
+    from monitoring import rollups
+
+    key, _ = make_consumer_key(team, [deployments[0]])
+    now = timezone.now()
+    old = now - timedelta(days=settings.MODELPORT_MONITORING_RAW_RETENTION_DAYS, minutes=1)
+    for at in (old, now):
+        ConsumerTraffic.objects.create(key=key, deployment=deployments[0], at=at, requests=1)
+    assert rollups.prune(now=now)["consumer_traffic"] == 1
+    assert ConsumerTraffic.objects.get().at == now
