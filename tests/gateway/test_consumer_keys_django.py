@@ -7,6 +7,7 @@ The edge answers alike (tests/gateway/test_consumer_keys_edge.py)."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -179,3 +180,15 @@ def test_prune_drops_old_consumer_traffic(deployments, team, settings):
         ConsumerTraffic.objects.create(key=key, deployment=deployments[0], at=at, requests=1)
     assert rollups.prune(now=now)["consumer_traffic"] == 1
     assert ConsumerTraffic.objects.get().at == now
+
+
+def test_cached_key_costs_no_query(deployments, team, django_assert_num_queries):
+    """A cached key's check, deployment check and bucket: no query (the revocation check is
+    once a second, the route's own check once a second per deployment)."""
+    _, secret = make_consumer_key(team, [deployments[0]], rate_per_s=5, burst=5)
+    route = routes.route_for("iris-keyed")
+    routes.consumer(secret)
+    routes._last_revoke_check[0] = time.monotonic()  # the once-a-second check is not due
+    with django_assert_num_queries(0):
+        keyed = routes.consumer(secret)
+        assert routes.key_refusal(keyed, route, "iris-keyed") is None
