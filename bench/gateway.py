@@ -17,7 +17,8 @@ temporary data dir, on the real Docker Engine. Then, all through the real API:
    The same row, as an Open Inference Protocol (v2) JSON request
    (``POST /serve/{name}/v2/models/<model>/infer``, one ``[1, 4]`` FP64 tensor), goes through
    the gateway in the same runs: the report sets it beside ``/invocations`` through the
-   gateway (target: within 10 %);
+   gateway (target: within 10 %); and through a consumer key with a rate limit it never
+   hits, beside the personal token (``bench/gateway_keys.py``; target ≤ 5 µs CPU a request);
 3. rolls out version 2, then times POST rollback → traffic on the new revision, and → healthy.
 
 With ``--make-run`` the platform is the real ``make run`` instead (demo off, a temporary data
@@ -48,7 +49,6 @@ import importlib.util
 import json
 import os
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -63,18 +63,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def _bench_serving():
-    """bench/serving.py's helpers (wrk runner, process wrapper) — imported by path: its module
-    name would shadow the ``serving`` package."""
-    spec = importlib.util.spec_from_file_location("bench_serving", REPO_ROOT / "bench" /
-                                                  "serving.py")
+def _bench_module(name: str):
+    """bench/<name>.py, imported by path (``serving`` would shadow the ``serving`` package):
+    serving.py's helpers (wrk runner, process wrapper), gateway_cpu.py, gateway_keys.py."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" /
+                                                  f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-bs = _bench_serving()
+bs, bk = _bench_module("serving"), _bench_module("gateway_keys")
+_cpu = _bench_module("gateway_cpu")
+_tree, cpu_split, replica_cgroup = _cpu.tree, _cpu.cpu_split, _cpu.replica_cgroup
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
 
@@ -135,23 +137,6 @@ class MakeRun:
             except Exception:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait()
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, pending = [], [root]
-    while pending:
-        pid = pending.pop()
-        found.append(pid)
-        pending.extend(children.get(pid, []))
-    return found
 
 
 def setup_django(data_dir: Path) -> None:
@@ -374,6 +359,7 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
                ("gateway", f"{base}/serve/{name}/invocations", auth, replica_cgroup(name), body),
                ("v2", f"{base}/serve/{name}/v2/models/{model}/infer", auth,
                 replica_cgroup(name), v2_body)]
+    bk.add_target(targets, name)  # a consumer key beside the token: gateway_keys.py
     for _label, url, headers, _cg, data in targets:  # warm up (connections, route, token caches)
         bs.run_wrk(url, 4, 1, data, tmp, headers=headers)
     ratios: list[float] = []
@@ -387,7 +373,7 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
             pair = {}
             # v2 and /invocations through the gateway take turns going first: neither always
             # meets the machine right after the direct cell.
-            order = targets if turn % 2 == 0 else [targets[0], targets[2], targets[1]]
+            order = targets if turn % 2 == 0 else [targets[0], *targets[:0:-1]]
             for label, url, headers, container, data in order:
                 running = pids()
                 lines = platform.output_lines() if args.make_run else {}
@@ -412,9 +398,10 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
             pairs.append((pair["gateway"]["rps"] / max(pair["direct"]["rps"], 1e-9), pair))
             v2_ratios.setdefault(conns, []).append(
                 pair["v2"]["rps"] / max(pair["gateway"]["rps"], 1e-9))
+            bk.note(pair, conns)
         pairs.sort(key=lambda p: p[0])
         _, median = pairs[(len(pairs) - 1) // 2]
-        for label in ("direct", "gateway", "v2"):
+        for label in ("direct", "gateway", "key", "v2"):
             cells[(label, conns)] = median[label]
         if conns == 16:
             ratios = [ratio for ratio, _ in pairs]
@@ -443,6 +430,7 @@ def run(args, duration: int, tmp: Path, procs: list, cleanup: list) -> int:
              "DATABASE_URL/REDIS_URL from the environment")
     report(duration, deploy_s, cells, switched, healthy, transport, ratios, setup)
     report_v2(cells, v2_ratios)
+    bk.report(cells, bk.micro())
     return 0
 
 
@@ -517,49 +505,6 @@ def tcp_twin(name: str, tmp: Path, cleanup: list, base: str) -> str:
     if not wait_ready(state.url, timeout=120):
         raise RuntimeError(f"the TCP twin did not become ready: {runtime.logs(state.id)}")
     return state.url
-
-
-def replica_cgroup(name: str) -> Path | None:
-    """The replica container's cpuacct cgroup directory (cgroup v1 or v2), when readable."""
-    import docker
-
-    container = docker.from_env().containers.list(
-        filters={"label": f"modelport.deployment={name}"})[0]
-    for candidate in (Path("/sys/fs/cgroup/cpuacct/docker") / container.id,
-                      Path("/sys/fs/cgroup/system.slice") / f"docker-{container.id}.scope"):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def cpu_split(pids: dict[str, int], replica: Path | None) -> dict[str, float]:
-    """CPU seconds so far: each platform process (with its live children: gunicorn's and
-    Celery's workers), the replica's container, finished children (the wrk runs), and the whole
-    machine (busy time from /proc/stat)."""
-    # The supervisor's tree holds every other process: count it alone.
-    split = {name: sum(cpu_seconds(pid) for pid in ([root] if name == "supervise"
-                                                     else _tree(root)))
-             for name, root in pids.items()}
-    if replica is not None:
-        if (replica / "cpuacct.usage").exists():
-            split["replica"] = int((replica / "cpuacct.usage").read_text()) / 1e9
-        else:
-            usage = (replica / "cpu.stat").read_text().split()
-            split["replica"] = int(usage[usage.index("usage_usec") + 1]) / 1e6
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    split["wrk"] = children.ru_utime + children.ru_stime
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    split["machine"] = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    return split
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (from /proc; 0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(duration: int, deploy_s: float, cells: dict, switched: list, healthy: list,

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
@@ -34,11 +34,10 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from rest_framework import exceptions
-from yarl import URL
 
 from core import replica_keys
 
-from . import ingest_socket, mlflow_port, routes, shadowing, v2, waking
+from . import consumers, edge_web, ingest_socket, mlflow_port, routes, shadowing, v2, waking
 from .ejection import Ejections
 from .upstream import EXPIRE_EVERY_S, Answer, Pool, UpstreamTimeout
 
@@ -51,11 +50,6 @@ T = TypeVar("T")
 
 _SERVE_PATH = re.compile(r"^/serve/([^/]+)(/invocations|/v2(?:/.*)?)$")
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,64}$")
-# Not passed on either way (RFC 9110 §7.6.1), plus Expect: the edge already answered it.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
-                        b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
-                        b"upgrade", b"expect", b"proxy-connection"})
-SKIP_ANSWER = HOP_BY_HOP | {b"date"}  # uvicorn writes its own Date
 FORWARD = {name.lower().encode(): name.encode() for name in routes.FORWARD_HEADERS
            if name != "X-Request-ID"}
 JSON = [(b"content-type", b"application/json")]
@@ -102,9 +96,9 @@ class Exchange:
     """One gateway request on its way to a replica and back: the retry state of
     ``Edge.handle`` between callbacks."""
 
-    __slots__ = ("attempts", "body", "done", "edge", "forward", "held", "key", "last_error",
-                 "method", "name", "path", "pinned", "request_id", "revision", "route",
-                 "started", "target", "traffic", "tried")
+    __slots__ = ("attempts", "body", "done", "edge", "forward", "held", "key", "keyed",
+                 "last_error", "method", "name", "path", "pinned", "request_id", "revision",
+                 "route", "started", "target", "traffic", "tried")
 
     def __init__(self, edge: Edge, name: str, forward: list[tuple[bytes, bytes]],
                  key: str | None, request_id: bytes, body: bytes | None,
@@ -130,6 +124,7 @@ class Exchange:
         self.path = b"/invocations"
         self.pinned = 0
         self.held = False  # waited once for the deployment to wake (gateway/waking.py)
+        self.keyed: consumers.Keyed | None = None  # admitted by a rate-limited consumer key
 
     def refuse(self, refusal: routes.Refusal) -> None:
         """Answer with the gateway's own refusal; once the caller was admitted (a route is
@@ -142,7 +137,20 @@ class Exchange:
         admin, teams = caller
         if route is None or not (admin or route.team_id in teams):
             self.refuse(routes.not_found(self.name))
-        elif self.body is None:
+        else:
+            self.enter(route)
+
+    def admit_key(self, keyed: consumers.Keyed, route: routes.Route | None) -> None:
+        """A consumer key (never a user): 404 off its deployments, 429 over its rate limit."""
+        refusal = routes.key_refusal(keyed, route, self.name)
+        if refusal is not None:
+            self.refuse(refusal)
+        else:
+            self.keyed = keyed if keyed.bucket is not None else None
+            self.enter(route)  # type: ignore[arg-type]  # key_refusal refused a None route
+
+    def enter(self, route: routes.Route) -> None:
+        if self.body is None:
             self.refuse(routes.Refusal(413, f"Request body over {self.edge.max_body} bytes.",
                                         "payload_too_large", {}))
         else:
@@ -250,6 +258,9 @@ class Exchange:
             (b"x-request-id", self.request_id)]
         if answer.header_length is not None:
             headers.append((b"inference-header-content-length", answer.header_length))
+        if self.keyed is not None:
+            headers += [(b"x-ratelimit-limit", self.keyed.limit),
+                        (b"x-ratelimit-remaining", consumers.remaining(self.keyed))]
         self.done(Reply(answer.status, headers, answer.body))
 
 
@@ -273,6 +284,7 @@ class Edge:
         self.chores: list[asyncio.Task] = []
         self.wakes = waking.Wakes(self._sync)
         self.lookups: set[asyncio.Task] = set()
+        consumers.set_shares(settings.MODELPORT_EDGE_WORKERS)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -352,7 +364,7 @@ class Edge:
             if match is not None:
                 await self.serve(scope, receive, send, match.group(1), match.group(2))
             else:
-                await self.forward(scope, receive, send)
+                await edge_web.forward(self, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -448,21 +460,30 @@ class Edge:
         raw, digest = known
         exchange = Exchange(self, name, forward, route_key.decode("latin-1") or None,
                             request_id, body, done, target)
-        caller = routes.cached_caller(digest)
         route = routes.cached_route(name)
-        if caller is None or route is None:
-            task = asyncio.get_running_loop().create_task(
-                self._look_up(exchange, raw, caller, route))
-            self.lookups.add(task)
-            task.add_done_callback(self.lookups.discard)
-            return
-        exchange.admit(caller, route)
+        keyed = caller = None
+        if raw.startswith(consumers.PREFIX):  # a consumer key: /serve/ of its deployments only
+            keyed = consumers.cached(digest)
+            if keyed is not None and route is not None:
+                exchange.admit_key(keyed, route)
+                return
+        else:
+            caller = routes.cached_caller(digest)
+            if caller is not None and route is not None:
+                exchange.admit(caller, route)
+                return
+        task = asyncio.get_running_loop().create_task(
+            self._look_up(exchange, raw, digest, caller, keyed, route))
+        self.lookups.add(task)
+        task.add_done_callback(self.lookups.discard)
 
-    async def _look_up(self, exchange: Exchange, raw: str,
-                       caller: routes.Caller | None,
+    async def _look_up(self, exchange: Exchange, raw: str, digest: str,
+                       caller: routes.Caller | None, keyed: consumers.Keyed | None,
                        route: routes.Route | None) -> None:
         try:
-            if caller is None:
+            if raw.startswith(consumers.PREFIX):
+                keyed = keyed or await self._sync(consumers.look_up, raw, digest)
+            elif caller is None:
                 caller = await self._sync(routes.caller, raw)
             if route is None:
                 route = await self._sync(routes.route_for, exchange.name)
@@ -477,7 +498,10 @@ class Edge:
                      "not answering); try again shortly.", "control_plane_unavailable",
                 {"Retry-After": "5"}))
             return
-        exchange.admit(caller, route)
+        if keyed is not None:
+            exchange.admit_key(keyed, route)
+        else:
+            exchange.admit(caller, route)  # type: ignore[arg-type]  # set above when no digest
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole request body, or None once it passes ``max_body``."""
@@ -495,93 +519,3 @@ class Edge:
                 return None
             parts.append(chunk)
         return b"".join(parts)
-
-    # --- everything else: Django ----------------------------------------------------------------
-
-    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Stream the request to Django and its answer back. The client's address goes along
-        as the last ``X-Forwarded-For`` entry (``core.middleware`` trusts it only from a
-        unix-socket peer, i.e. this process)."""
-        headers: list[tuple[str, str]] = []
-        forwarded_for = ""
-        chunked = False
-        declared = 0
-        for key, value in scope["headers"]:
-            if key == b"x-forwarded-for":
-                forwarded_for = value.decode("latin-1")
-            elif key == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif key not in HOP_BY_HOP:
-                headers.append((key.decode("latin-1"), value.decode("latin-1")))
-                if key == b"content-length" and value.isdigit():
-                    declared = int(value)
-        # No request to Django may be larger than an upload (MODELPORT_MAX_UPLOAD_MB, plus the
-        # multipart envelope core.uploads allows): refused here before any of it is read,
-        # or once a chunked body, which must be buffered for WSGI, grows past it.
-        limit = (settings.MODELPORT_MAX_UPLOAD_MB + 1) * 1048576
-
-        async def too_large() -> None:
-            body = orjson.dumps({"detail": "Request body over the upload limit of "
-                                           f"{settings.MODELPORT_MAX_UPLOAD_MB} MB "
-                                           "(MODELPORT_MAX_UPLOAD_MB).", "code": "too_large"})
-            await send({"type": "http.response.start", "status": 413, "headers": [
-                *JSON, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
-
-        if declared > limit:
-            await too_large()
-            return
-        client = scope.get("client")
-        if client:
-            forwarded_for = f"{forwarded_for}, {client[0]}" if forwarded_for else client[0]
-        if forwarded_for:
-            headers.append(("X-Forwarded-For", forwarded_for))
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        data: Any
-        if chunked:  # WSGI needs a length: read the body first, up to the limit
-            parts = []
-            size = 0
-            while True:
-                message = await receive()
-                part = message.get("body", b"")
-                size += len(part)
-                if size > limit:
-                    await too_large()
-                    return
-                parts.append(part)
-                if not message.get("more_body"):
-                    break
-            data = b"".join(parts)
-        else:
-            data = _stream(receive) if scope["method"] not in ("GET", "HEAD") else None
-        try:
-            async with self.web.request(  # type: ignore[union-attr]  # opened at startup
-                    scope["method"], URL(self.web_base + target.decode("latin-1"), encoded=True),
-                    headers=headers, data=data, allow_redirects=False) as upstream:
-                await send({"type": "http.response.start", "status": upstream.status,
-                            "headers": [(k, v) for k, v in upstream.raw_headers
-                                        if k.lower() not in SKIP_ANSWER]})
-                async for chunk in upstream.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk,
-                                "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                FileNotFoundError) as exc:
-            log.warning("web server not answering: %s", exc)
-            body = orjson.dumps({"detail": "Modelport's web server is not answering; try "
-                                           "again in a few seconds.", "code": "web_unavailable"})
-            await send({"type": "http.response.start", "status": 502, "headers": [
-                *JSON, (b"content-length", str(len(body)).encode()), (b"retry-after", b"2")]})
-            await send({"type": "http.response.body", "body": body})
-
-
-async def _stream(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body"):
-            return

@@ -33,7 +33,7 @@ from teams.authentication import authenticate_token
 from teams.models import ApiToken, Membership
 from teams.roles import is_platform_admin
 
-from . import shadowing
+from . import consumers, shadowing
 from .shadowing import Shadow
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,19 @@ def record(deployment_id: int, revision: int, status: int, elapsed_ms: float,
 
 
 def flush() -> None:
-    """Write what was counted since the last flush (one INSERT, at most once a second)."""
+    """Write what was counted since the last flush (one INSERT per table, at most once a
+    second): the traffic samples and the consumer keys' counts (``gateway.consumers``)."""
     with _lock:
         taken = dict(_stats)
         _stats.clear()
         _last_flush[0] = time.monotonic()
+    now = timezone.now()
+    try:
+        consumers.flush(now)
+    except Exception:  # noqa: BLE001 - e.g. the key or deployment was deleted meanwhile
+        log.warning("could not store consumer key traffic")
     if not taken:
         return
-    now = timezone.now()
     rows = []
     for (deployment_id, revision), (n, errors, times, answered, codes, busy) in taken.items():
         times = sorted(times)
@@ -271,6 +276,7 @@ def invalidate(name: str | None = None) -> None:
             _routes.clear()
             _auth.clear()
             _stats.clear()
+            consumers.reset()
         else:
             _routes.pop(name, None)
     if name is None:
@@ -278,21 +284,31 @@ def invalidate(name: str | None = None) -> None:
 
 
 def forget_revoked(now: float) -> None:
-    """At most once every ``REVOKE_CHECK_S`` (and only with tokens cached): drop the tokens
-    revoked lately from this process's cache — one small query, so a revocation stops working
-    here within about a second instead of waiting for the entry's TTL."""
+    """At most once every ``REVOKE_CHECK_S`` (and only with tokens or consumer keys cached):
+    drop the tokens and keys revoked lately from this process's cache — one small query each,
+    so a revocation stops working here within about a second instead of waiting for the
+    entry's TTL."""
     if now - _last_revoke_check[0] < REVOKE_CHECK_S:
         return
-    if not _auth:  # nothing cached, nothing to drop
-        _last_revoke_check[0] = now
-        return
     _last_revoke_check[0] = now
+    if not _auth and not consumers.any_cached():  # nothing cached, nothing to drop
+        return
     since = timezone.now() - timedelta(seconds=REVOKE_LOOKBACK_S)
+    consumers.forget_revoked(since)
+    if not _auth:
+        return
     revoked = list(ApiToken.objects.filter(revoked_at__gte=since)
                    .values_list("digest", flat=True))
     with _lock:
         for digest in revoked:
             _auth.pop(digest, None)
+
+
+def maybe_flush() -> None:
+    """Flush when the last flush is ``FLUSH_S`` old (the Django path after an answer that was
+    not proxied, e.g. a 429: ``record`` flushes only after proxied ones)."""
+    if time.monotonic() - _last_flush[0] >= FLUSH_S:
+        flush()
 
 
 def token_digest(raw: str) -> str:
@@ -333,6 +349,14 @@ def caller(raw: str) -> Caller:
     return admin, teams
 
 
+def consumer(raw: str) -> consumers.Keyed:
+    """The check of consumer key ``raw`` (``gateway.consumers``), cached like ``caller``'s;
+    AuthenticationFailed when invalid, revoked or expired."""
+    digest = token_digest(raw)
+    forget_revoked(time.monotonic())
+    return consumers.cached(digest) or consumers.look_up(raw, digest)
+
+
 class Refusal(NamedTuple):
     """An answer the gateway gives itself (the same from the Django path and the edge)."""
 
@@ -359,6 +383,26 @@ def token_refused(exc: exceptions.AuthenticationFailed) -> Refusal:
     codes = exc.get_codes()
     return Refusal(401, str(exc.detail), codes if isinstance(codes, str) else "token_invalid",
                    BEARER_CHALLENGE)
+
+
+def key_refusal(keyed: consumers.Keyed, route: Route | None, name: str) -> Refusal | None:
+    """None when consumer key ``keyed`` may call deployment ``name`` now (the request counted
+    as admitted); else 404 — a deployment it does not list, as for an outsider's token — or
+    429 over its rate limit (counted as limited)."""
+    if route is None or not consumers.admits(keyed, route.version[0], route.team_id):
+        return not_found(name)
+    wait = consumers.take(keyed, route.version[0], name)
+    return rate_limited(keyed, wait) if wait else None
+
+
+def rate_limited(keyed: consumers.Keyed, wait: float) -> Refusal:
+    """429 for a consumer key over its rate limit (``gateway.consumers``)."""
+    seconds = consumers.retry_after(wait)
+    return Refusal(429, f"Consumer key '{keyed.label}' is over its rate limit of "
+                        f"{keyed.rate:g} requests/s (burst {keyed.burst}); retry in {seconds} s.",
+                   "rate_limited", {"Retry-After": str(seconds),
+                                    "X-RateLimit-Limit": keyed.limit.decode(),
+                                    "X-RateLimit-Remaining": "0"})
 
 
 def not_found(name: str) -> Refusal:

@@ -16,7 +16,7 @@ from rest_framework import exceptions
 from core import replica_keys
 from serving.sockets import is_unix_url
 
-from . import routes, shadowing, v2, waking
+from . import consumers, routes, shadowing, v2, waking
 from .ejection import Ejections
 from .replica_http import ReplicaClient
 from .routes import Refusal, Route
@@ -56,15 +56,37 @@ def _serve(request: HttpRequest, name: str, found: v2.Target | None) -> HttpResp
     v2_form = found is not None
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw:
         return _error(routes.not_authenticated(), v2_form)
+    keyed = None
     try:
-        admin, teams = routes.caller(raw.strip())
+        if raw.startswith(consumers.PREFIX):  # a consumer key: /serve/ of its deployments only
+            keyed = routes.consumer(raw)
+        else:
+            admin, teams = routes.caller(raw)
     except exceptions.AuthenticationFailed as exc:
         return _error(routes.token_refused(exc), v2_form)
     route = routes.route_for(name)
+    if keyed is not None:
+        refusal = routes.key_refusal(keyed, route, name)
+        if refusal is not None:
+            routes.maybe_flush()  # nothing proxied: the counts would wait for the next request
+            return _error(refusal, v2_form)
+        response = _admitted(request, name, route, found)  # type: ignore[arg-type]  # key_refusal refused None
+        if keyed.bucket is not None:
+            response["X-RateLimit-Limit"] = keyed.limit.decode()
+            response["X-RateLimit-Remaining"] = consumers.remaining(keyed).decode()
+        return response
     if route is None or not (admin or route.team_id in teams):
         return _error(routes.not_found(name), v2_form)
+    return _admitted(request, name, route, found)
+
+
+def _admitted(request: HttpRequest, name: str, route: Route,
+              found: v2.Target | None) -> HttpResponse:
+    """On to a replica for an admitted caller (token or consumer key)."""
+    v2_form = found is not None
     if waking.holds(route, found is None or found.traffic):  # asleep or waking: wait for it
         woken = waking.hold(route)
         if isinstance(woken, Refusal):

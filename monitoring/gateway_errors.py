@@ -44,6 +44,14 @@ GATEWAY_ERRORS = Counter(
 GATEWAY_EJECTIONS = Counter(
     "modelport_gateway_ejections", "Replica addresses ejected from picking after a connect "
     "failure (for MODELPORT_GATEWAY_EJECT_S)", ["reason"], registry=None)
+# Consumer keys (gateway/consumers.py), by deployment and key ("team/name"): requests admitted
+# (added by the batch at each once-a-second flush) and requests refused 429 by the key's limit.
+CONSUMER_REQUESTS = Counter(
+    "modelport_gateway_consumer_requests", "Requests a consumer key made that the gateway "
+    "admitted", ["deployment", "key"], registry=None)
+RATE_LIMITED = Counter(
+    "modelport_gateway_rate_limited", "Requests refused 429 because the consumer key was over "
+    "its rate limit", ["deployment", "key"], registry=None)
 
 COLUMNS = tuple(f"gateway_{code}" for code in GATEWAY_CODES)
 SAMPLE_FIELDS = ("id", "deployment_id", "revision", "at", "gateway_requests", *COLUMNS)

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from core.prom_files import FilesCollector
 from deployments.models import Deployment, Replica
 
-from .gateway_errors import GATEWAY_EJECTIONS, GATEWAY_ERRORS
+from .gateway_errors import CONSUMER_REQUESTS, GATEWAY_EJECTIONS, GATEWAY_ERRORS, RATE_LIMITED
 from .models import Alert, AlertRule, AlertState, PredictionRecord, RollupCursor
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -124,6 +124,8 @@ REGISTRY.register(DATABASE)
 # Counted where the gateway answers (the edge, or gunicorn's Django path).
 REGISTRY.register(GATEWAY_ERRORS)
 REGISTRY.register(GATEWAY_EJECTIONS)
+REGISTRY.register(CONSUMER_REQUESTS)
+REGISTRY.register(RATE_LIMITED)
 
 
 def exposition() -> bytes:

@@ -23,6 +23,12 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
 
 
+def on_starting(server):
+    """The workers learn how many they are: the Django path's gateway splits each consumer
+    key's rate limit over them (gateway/consumers.py ``shares``)."""
+    os.environ["MODELPORT_WEB_WORKERS"] = str(server.cfg.workers)
+
+
 def child_exit(server, worker):
     """A worker exited (or was recycled after max_requests): its counts join the folder's
     archive, so /metrics keeps them without reading one more file per dead worker

@@ -477,6 +477,11 @@ MODELPORT_GATEWAY_EJECT_S = env_float("MODELPORT_GATEWAY_EJECT_S", 5, minimum=0)
 # How long a gateway process trusts a token check (memberships, deactivation); revocations are
 # picked up within about a second regardless.
 MODELPORT_GATEWAY_AUTH_TTL_S = env_float("MODELPORT_GATEWAY_AUTH_TTL_S", 5, minimum=0)
+# How many gateway processes share one consumer key's rate limit (each enforces 1/N of its rate
+# and burst, gateway/consumers.py). 0: the edge's worker count (MODELPORT_EDGE_WORKERS) at the
+# edge, gunicorn's worker count on the Django path. Set the total when several edge or web
+# containers serve one installation.
+MODELPORT_GATEWAY_PROCESSES = env_int("MODELPORT_GATEWAY_PROCESSES", 0, minimum=0)
 MODELPORT_CRASH_LOOP_RESTARTS = env_int("MODELPORT_CRASH_LOOP_RESTARTS", 3, minimum=1)
 # Canary: roll back when the new revision's error rate exceeds the old one's by this much, or its
 # p95 latency is this many times the old one's (once it has served MIN_REQUESTS).
