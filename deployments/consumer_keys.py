@@ -39,6 +39,7 @@ _UNSET: Any = object()  # "leave as it is" for update_consumer_key
 # A sane ceiling: far above what one model replica serves, low enough to catch a typo (1e9).
 MAX_RATE_PER_S = 100_000.0
 MAX_BURST = 1_000_000
+KEY_STATUSES = [("active", "active"), ("expired", "expired"), ("revoked", "revoked")]
 KEY_FIELDS = ["name", "prefix", "rate_per_s", "burst", "expires_at", "revoked_at"]
 # The windows the API and the pages offer for "who calls this model".
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}

@@ -53,7 +53,7 @@ class ConsumerKeySerializer(serializers.ModelSerializer):
     team = serializers.CharField(source="team.slug")
     deployments = serializers.SerializerMethodField()
     rate_limit = serializers.SerializerMethodField()
-    status = serializers.ChoiceField(choices=["active", "expired", "revoked"])
+    status = serializers.ChoiceField(choices=keys.KEY_STATUSES)
     created_by = serializers.CharField(source="created_by.username", default=None,
                                        allow_null=True)
 
@@ -137,8 +137,7 @@ class ConsumerKeyFilterSet(django_filters.FilterSet):
     deployment = django_filters.CharFilter(field_name="deployments__name",
                                            label="Deployment (name)")
     status = django_filters.ChoiceFilter(
-        choices=[("active", "active"), ("expired", "expired"), ("revoked", "revoked")],
-        method="filter_status", label="Status")
+        choices=keys.KEY_STATUSES, method="filter_status", label="Status")
 
     class Meta:
         model = ConsumerKey
