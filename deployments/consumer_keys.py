@@ -284,3 +284,19 @@ def callers(*, actor: Actor, deployment: Deployment, since: Sequence[datetime],
     widest = since.index(earliest)
     out.sort(key=lambda c: (-(c.requests[widest] + c.limited[widest]), c.name))
     return out
+
+
+def panel(*, actor: Actor, deployment: Deployment, windows: Sequence[tuple[str, datetime]],
+          until: datetime | None = None) -> dict[str, Any]:
+    """What a page's "Callers" panel shows: per key and window (label, start) the requests
+    and 429s, with each key's share of the busiest key's traffic in the last window (a bar)."""
+    rows = callers(actor=actor, deployment=deployment, since=[start for _, start in windows],
+                   until=until)
+    labels = [label for label, _ in windows]
+    top = max((c.requests[-1] + c.limited[-1] for c in rows), default=0)
+    return {"labels": labels, "rows": [
+        {**c.as_dict(labels), "cells": [{"label": label, "requests": r, "limited": lim}
+                                        for label, r, lim in zip(labels, c.requests, c.limited,
+                                                                 strict=True)],
+         "share": round(100 * (c.requests[-1] + c.limited[-1]) / top) if top else 0}
+        for c in rows]}

@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.lazy_imports import lazy_module
-from deployments.models import Deployment, Replica, Revision
+from deployments.models import ConsumerTraffic, Deployment, Replica, Revision
 from deployments.runtime_health import deployment_runtime
 from registry import reference as reference_stats
 
@@ -380,12 +380,15 @@ def prune(*, now: datetime | None = None, chunk: int = 20000) -> dict[str, int]:
             break
         deleted += PredictionRecord.objects.filter(id__in=ids).delete()[0]
     traffic_samples = gateway_errors.prune(before=raw_cutoff)
+    # The gateway's per-consumer-key seconds: as long as the raw samples they sit beside.
+    consumer_traffic = ConsumerTraffic.objects.filter(at__lt=raw_cutoff).delete()[0]
     rollup_cutoff = now - timedelta(days=settings.MODELPORT_MONITORING_ROLLUP_RETENTION_DAYS)
     minutes = MinuteRollup.objects.filter(minute__lt=rollup_cutoff).delete()[0]
     sketches = FeatureSketch.objects.filter(hour__lt=rollup_cutoff).delete()[0]
     replica_stats = ReplicaStat.objects.filter(at__lt=raw_cutoff).delete()[0]
     return {"records": deleted, "rollups": minutes, "sketches": sketches,
-            "replica_stats": replica_stats, "traffic_samples": traffic_samples}
+            "replica_stats": replica_stats, "traffic_samples": traffic_samples,
+            "consumer_traffic": consumer_traffic}
 
 
 # --- Replica CPU and memory ------------------------------------------------------------------
