@@ -269,13 +269,13 @@ def callers(*, actor: Actor, deployment: Deployment, since: Sequence[datetime],
         sums[f"l{i}"] = Sum("limited", filter=window, default=0)
     rows = (ConsumerTraffic.objects.filter(deployment=deployment, at__gte=earliest, at__lt=until)
             .values("key_id").annotate(last_seen=Max("at"), **sums))
-    traffic = {row["key_id"]: row for row in rows}
+    traffic: dict[Any, dict[str, Any]] = {row["key_id"]: dict(row) for row in rows}
     keys = ConsumerKey.objects.filter(Q(pk__in=list(traffic))
                                       | Q(deployments=deployment, revoked_at__isnull=True)) \
         .distinct()
     out = []
     for key in keys:
-        row = traffic.get(key.pk, {})
+        row: dict[str, Any] = traffic.get(key.pk, {})
         out.append(Caller(key_id=str(key.pk), name=key.name, status=key.status,
                           rate_per_s=key.rate_per_s, burst=key.burst,
                           requests=[int(row.get(f"r{i}", 0)) for i in range(len(since))],

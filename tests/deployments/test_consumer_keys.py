@@ -13,7 +13,7 @@ from deployments import consumer_keys as keys
 from deployments.models import ConsumerKey
 from teams import tokens
 from teams.models import AuditEvent
-from tests.deployments.keys_fixtures import churn, foreign, search, traffic  # noqa: F401
+from tests.deployments.keys_fixtures import traffic
 from tests.factories import make_consumer_key
 
 pytestmark = pytest.mark.django_db
@@ -159,7 +159,7 @@ def test_callers_sum_per_key_and_window(viewer, outsider, team, search, churn):
     app, _ = make_consumer_key(team, [search], name="search-api", rate_per_s=1)
     batch, _ = make_consumer_key(team, [search, churn], name="nightly")
     idle, _ = make_consumer_key(team, [search], name="idle-app")
-    gone, _ = make_consumer_key(team, [churn], name="gone")
+    make_consumer_key(team, [churn], name="gone")
     traffic(app, search, now - timedelta(minutes=5), 10, 3)
     traffic(app, search, now - timedelta(hours=3), 100, 7)
     traffic(batch, search, now - timedelta(minutes=1), 2)

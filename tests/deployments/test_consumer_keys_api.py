@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from deployments.models import ConsumerKey
 from teams.models import AuditEvent
-from tests.deployments.keys_fixtures import churn, foreign, search, traffic  # noqa: F401
+from tests.deployments.keys_fixtures import traffic
 from tests.factories import make_consumer_key
 
 pytestmark = pytest.mark.django_db

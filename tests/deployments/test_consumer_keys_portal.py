@@ -12,7 +12,7 @@ from django.utils import timezone
 from deployments.models import ConsumerKey
 from teams import tokens
 from teams.models import AuditEvent
-from tests.deployments.keys_fixtures import churn, foreign, search, traffic  # noqa: F401
+from tests.deployments.keys_fixtures import traffic
 from tests.factories import make_consumer_key
 
 pytestmark = pytest.mark.django_db
