@@ -115,3 +115,18 @@ def test_deployment_page_shows_callers(viewer, team, search):
     assert "search-api" in section and "2/s, burst 4" in section
     assert "<td>120</td><td><strong>17</strong></td>" in section
     assert "<td>1120 <meter" in section
+
+
+def test_console_lists_keys_and_revokes_through_the_service(admin_user, team, search):
+    key, secret = make_consumer_key(team, [search], name="search-api", rate_per_s=3, burst=3)
+    console = logged_in(admin_user)
+    listing = console.get("/admin/deployments/consumerkey/").content.decode()
+    assert "search-api" in listing and key.prefix in listing
+    detail = console.get(f"/admin/deployments/consumerkey/{key.pk}/change/").content.decode()
+    assert key.digest not in detail and secret not in detail
+    console.post("/admin/deployments/consumerkey/", {"action": "revoke",
+                                                     "_selected_action": [str(key.pk)]})
+    key.refresh_from_db()
+    assert key.status == "revoked"
+    event = AuditEvent.objects.get(action="consumer_key.revoked")
+    assert event.actor_username == admin_user.username
