@@ -222,7 +222,8 @@ class ConsumerKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def partial_update(self, request: Request, pk: str) -> Response:
         key = self.get_object()
-        body = ConsumerKeyUpdateSerializer(data=request.data, partial=True)
+        # Not partial: every field is optional already, and a rate_limit given is whole.
+        body = ConsumerKeyUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         changes = _limit(data)

@@ -112,6 +112,8 @@ def test_patch_limits_and_deployments(api_as, maintainer, team, search, churn):
     assert response.json()["rate_limit"] is None
     response = api.patch(f"{URL}{key.pk}/", {"deployments": ["nope"]}, format="json")
     assert response.status_code == 400 and "nope" in response.json()["deployments"][0]
+    response = api.patch(f"{URL}{key.pk}/", {"rate_limit": {}}, format="json")  # found by
+    assert response.status_code == 400 and "per_second" in response.json()["rate_limit"]  # fuzz
     response = api.patch(f"{URL}{key.pk}/", {"secret": "mine"}, format="json")
     assert response.status_code == 200  # unknown fields are ignored, the secret never changes
 
