@@ -14,7 +14,6 @@ import django_filters
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import (
-    OpenApiResponse,
     extend_schema,
     extend_schema_field,
     extend_schema_view,
@@ -252,8 +251,7 @@ class CallersView(APIView):
 
     @extend_schema(summary="Per consumer key: requests, 429s and last seen over a window",
                    parameters=[CallersQuerySerializer],
-                   responses={200: CallersSerializer,
-                              404: OpenApiResponse(description="No such deployment.")})
+                   responses={200: CallersSerializer})
     def get(self, request: Request, name: str) -> Response:
         d = services.get_visible(request.user, name)
         window = query(CallersQuerySerializer, request)["window"]
