@@ -197,3 +197,10 @@ def test_admin_console_ignores_consumer_keys(client, team, search):
     _, secret = make_consumer_key(team, [search])
     response = client.get("/admin/", HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_mlflow_route_refuses_consumer_keys_by_name(client, team, search):
+    _, secret = make_consumer_key(team, [search])
+    response = client.get("/mlflow/api/2.0/mlflow/experiments/search",
+                          HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert response.status_code == 401 and "only at /serve/" in response.json()["message"]
