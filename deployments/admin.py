@@ -8,8 +8,16 @@ from django.http import HttpRequest
 from core.admin import ReadOnlyInline
 from core.errors import DomainError
 
-from . import services
-from .models import Deployment, DeploymentEvent, Replica, Revision, ScaleSample, ShadowSample
+from . import consumer_keys, services
+from .models import (
+    ConsumerKey,
+    Deployment,
+    DeploymentEvent,
+    Replica,
+    Revision,
+    ScaleSample,
+    ShadowSample,
+)
 
 
 class RevisionInline(ReadOnlyInline):
@@ -124,3 +132,35 @@ class ShadowSampleAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+@admin.register(ConsumerKey)
+class ConsumerKeyAdmin(admin.ModelAdmin):
+    """Keys of calling services across teams: read, and revoke through the service (audited).
+    Teams create and change their own keys (portal, API, CLI); the secret is shown to them
+    only."""
+
+    list_display = ["name", "team", "prefix", "rate_per_s", "burst", "status", "expires_at",
+                    "last_used_at"]
+    list_select_related = ["team"]
+    list_filter = ["revoked_at", "team"]
+    search_fields = ["name", "prefix", "team__slug"]
+    readonly_fields = ["id", "team", "name", "prefix", "deployments", "rate_per_s", "burst",
+                       "created_at", "created_by", "expires_at", "revoked_at", "last_used_at"]
+    exclude = ["digest"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # revoke instead, so the audit trail keeps the key
+
+    @admin.action(description="Revoke selected consumer keys")
+    def revoke(self, request: HttpRequest, queryset) -> None:
+        count = 0
+        for key in queryset.select_related("team"):
+            if key.revoked_at is None:
+                consumer_keys.revoke_consumer_key(actor=request.user, key=key)
+                count += 1
+        self.message_user(request, f"Revoked {count} consumer key(s).", messages.SUCCESS)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from teams.models import Team
 from teams.roles import Role, at_least, is_platform_admin
 
-from . import retries, services
+from . import consumer_keys, retries, services
 from .forms import AutoscalingForm, DeploymentEditForm
 from .models import Deployment, Replica
 from .reconcile import strategies
@@ -47,6 +47,14 @@ def scaling_of(d: Deployment, replicas: list[Replica]) -> dict[str, Any] | None:
             "capped": (d.scale_state or {}).get("capped", "")}
 
 
+def callers_panel(request: HttpRequest, d: Deployment) -> dict[str, Any]:
+    """Who calls ``d`` with a consumer key over the last hour and day."""
+    now = timezone.now()
+    return consumer_keys.panel(actor=request.user, deployment=d, until=now, windows=[
+        ("last hour", now - consumer_keys.WINDOWS["1h"]),
+        ("last 24 h", now - consumer_keys.WINDOWS["24h"])])
+
+
 def page_context(request: HttpRequest, d: Deployment, *,
                  edit_form: DeploymentEditForm | None = None,
                  scaling_form: AutoscalingForm | None = None, full: bool = False) -> dict:
@@ -69,7 +77,7 @@ def page_context(request: HttpRequest, d: Deployment, *,
             "retry": retry, "rollout": rollout,
             "can_retry": can_change_ and retries.retryable(d, current),
             "busy": d.status in ("pending", "building", "starting")} | (
-        {"drift": services.alias_drift(d),
+        {"drift": services.alias_drift(d), "callers": callers_panel(request, d),
          "edit_form": edit_form or (DeploymentEditForm(deployment=d) if can_change_ else None),
          "scaling_form": scaling_form or (AutoscalingForm(deployment=d) if can_change_
                                           else None)}

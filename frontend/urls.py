@@ -1,13 +1,14 @@
 from django.urls import path
 
 from . import (
-               cli_login_views,
-               client_views,
-               dashboard_views,
-               quota_views,
-               search_views,
-               user_views,
-               views,
+    cli_login_views,
+    client_views,
+    dashboard_views,
+    key_views,
+    quota_views,
+    search_views,
+    user_views,
+    views,
 )
 
 app_name = "frontend"
@@ -28,6 +29,11 @@ urlpatterns = [
     path("tokens/<uuid:token_id>/revoke", views.token_revoke, name="token-revoke"),
     path("audit/", views.audit_log, name="audit"),
     path("teams/<slug:slug>/quota/", quota_views.team_quota, name="team-quota"),
+    path("teams/<slug:slug>/consumer-keys/", key_views.consumer_keys, name="consumer-keys"),
+    path("teams/<slug:slug>/consumer-keys/<uuid:key_id>/edit/", key_views.consumer_key_edit,
+         name="consumer-key-edit"),
+    path("teams/<slug:slug>/consumer-keys/<uuid:key_id>/revoke/", key_views.consumer_key_revoke,
+         name="consumer-key-revoke"),
     path("resource-requests/", quota_views.resource_requests, name="quota-requests"),
     path("resource-requests/<int:request_id>/decide", quota_views.decide_request,
          name="quota-decide"),

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework.exceptions import AuthenticationFailed
 
 from core.errors import DomainError
+from deployments import consumer_keys
 from deployments.models import Deployment, Revision
 from jobs.models import JobSchedule
 from registry.models import RegisteredModel
@@ -181,7 +182,11 @@ def deployment_page(request: HttpRequest, name: str) -> HttpResponse:
         rule.verdict_text = alerts.verdict_text(rule)  # type: ignore[attr-defined]
     recent_alerts = (Alert.objects.filter(rule__deployment=deployment)
                      .select_related("rule", "acknowledged_by")[:20])
+    callers = consumer_keys.panel(actor=request.user, deployment=deployment, until=end,
+                                  windows=[("this range" if choice == "custom" else choice,
+                                            start)])
     return render(request, "monitoring/deployment.html", {
+        "callers": callers,
         "deployment": deployment, "panels": panels, "comparing": len(panels) == 2,
         "compare": compare, "revisions": revisions, "range": choice, "ranges": list(RANGES),
         "start": start, "end": end, "step": step, "rules": rules, "alerts": recent_alerts,

@@ -14,7 +14,13 @@ _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def authenticate_token(raw: str) -> ApiToken:
-    """The active token for ``raw`` or ``AuthenticationFailed`` saying why not."""
+    """The active token for ``raw`` or ``AuthenticationFailed`` saying why not. A consumer key
+    (``mpk_…``) is never an API token: it is refused by name, so a service that sends its key
+    to the API learns why (the gateway checks keys itself before it gets here)."""
+    if raw.startswith(f"{tokens.CONSUMER_SCHEME}_"):
+        raise exceptions.AuthenticationFailed(
+            "Consumer keys are accepted only at /serve/<deployment>/…; call the API with a "
+            "personal API token (mpt_…).", code="consumer_key_not_accepted")
     prefix = tokens.parse_prefix(raw)
     token = (ApiToken.objects.select_related("user").filter(prefix=prefix).first()
              if prefix else None)

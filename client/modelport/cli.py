@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import cli_jobs, cli_scale, errors, login
+from . import cli_jobs, cli_keys, cli_scale, errors, login
 from .client import Client
 from .login import cmd_login
 from .output import Output, bar, json_arg, table
@@ -534,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota_request.set_defaults(func=cmd_quota_request)
     cli_jobs.add_parser(sub)
     cli_scale.add_parser(sub)
+    cli_keys.add_parser(sub)
     _global_options_anywhere(parser)
     return parser
 

@@ -374,6 +374,44 @@ class Client(JobsMixin):
     def metrics(self, name: str, **window: Any) -> JSON:
         return self.request("GET", f"/deployments/{name}/metrics/", params=window)
 
+    # --- consumer keys (for the services that call a model) --------------------------------------
+    def consumer_keys(self, *, team: str | None = None, deployment: str | None = None,
+                      status: str | None = None) -> list[JSON]:
+        return list(self._all("/consumer-keys/", {"team": team, "deployment": deployment,
+                                                  "status": status}))
+
+    def create_consumer_key(self, *, team: str, name: str, deployments: list[str],
+                            rate_per_s: float | None = None, burst: int | None = None,
+                            expires_at: str | None = None) -> JSON:
+        """A key for one calling service, usable only at ``/serve/`` of ``deployments``;
+        the answer's ``secret`` is shown this once."""
+        body: JSON = {"team": team, "name": name, "deployments": deployments}
+        if rate_per_s is not None:
+            body["rate_limit"] = {"per_second": rate_per_s, "burst": burst}
+        elif burst is not None:
+            raise errors.BadRequest("a burst needs a rate (rate_per_s)")
+        if expires_at:
+            body["expires_at"] = expires_at
+        return self.request("POST", "/consumer-keys/", json=body)
+
+    def update_consumer_key(self, key_id: str, *, deployments: list[str] | None = None,
+                            rate_limit: Any = ...) -> JSON:
+        """Change a key's deployments or ``rate_limit`` (``{"per_second", "burst"}``; None
+        lifts the limit); the secret never changes."""
+        body: JSON = {}
+        if deployments is not None:
+            body["deployments"] = deployments
+        if rate_limit is not ...:
+            body["rate_limit"] = rate_limit
+        return self.request("PATCH", f"/consumer-keys/{key_id}/", json=body)
+
+    def revoke_consumer_key(self, key_id: str) -> JSON:
+        return self.request("POST", f"/consumer-keys/{key_id}/revoke/")
+
+    def callers(self, name: str, *, window: str = "24h") -> JSON:
+        """Per consumer key: requests, 429s and last seen on deployment ``name``."""
+        return self.request("GET", f"/deployments/{name}/callers/", params={"window": window})
+
     # --- quotas -----------------------------------------------------------------------------------
     def quota(self, team: str) -> JSON:
         return self.request("GET", f"/teams/{team}/quota/")

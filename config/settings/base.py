@@ -276,6 +276,7 @@ SPECTACULAR_SETTINGS = {
         # Two fields named metric: the alert rules' and autoscaling's.
         "MetricEnum": "monitoring.alerts.METRICS",
         "ScaleMetricEnum": "deployments.spec.SCALE_METRICS",
+        "ConsumerKeyStatusEnum": "deployments.consumer_keys.KEY_STATUSES",
     },
 }
 

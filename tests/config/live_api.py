@@ -65,6 +65,7 @@ class Seed:
     transition_ids: list[int] = field(default_factory=list)
     job_ids: list[int] = field(default_factory=list)
     job_schedule_ids: list[int] = field(default_factory=list)
+    consumer_key_ids: list[str] = field(default_factory=list)
     # What the deleting operations draw from, so the rows the rest draw from stay.
     disposable: dict[str, list] = field(default_factory=dict)
 
@@ -82,7 +83,14 @@ def seed(tmp: Path) -> Seed:
     from compute.models import ExecutionTarget, Host
     from core import host_tokens
     from deployments import services as deployments
-    from deployments.models import Deployment, DeploymentEvent, Replica, Revision, RevisionState
+    from deployments.models import (
+        ConsumerTraffic,
+        Deployment,
+        DeploymentEvent,
+        Replica,
+        Revision,
+        RevisionState,
+    )
     from monitoring import alerts, ingest
     from monitoring.models import Alert
     from quotas import requests as quota_requests
@@ -92,7 +100,7 @@ def seed(tmp: Path) -> Seed:
     from registry.models import ModelVersion
     from teams import services as teams
     from teams.models import AuditEvent
-    from tests.factories import AdminFactory, UserFactory, make_token
+    from tests.factories import AdminFactory, UserFactory, make_consumer_key, make_token
 
     admin = AdminFactory(username="fuzz-admin")
     team = teams.create_team(actor=admin, slug="fuzz-team", name="Fuzz team")
@@ -195,6 +203,12 @@ def seed(tmp: Path) -> Seed:
     # Tokens the fuzzer may read and revoke; never the one it authenticates with.
     spare_tokens = [str(make_token(admin, name=f"spare-{i}")[0].pk) for i in range(3)]
     _, viewer_secret = make_token(users["viewer"], name="fuzz-viewer")
+    # Consumer keys the fuzzer may read, change and revoke (one rate-limited, one with traffic).
+    consumer_keys = [make_consumer_key(team, [deployments.get_visible(admin, name)],
+                                       name=f"caller-{i}", rate_per_s=5 if i else None)[0]
+                     for i, name in enumerate(("iris-prod", "iris-canary", "churn-prod"))]
+    ConsumerTraffic.objects.create(key=consumer_keys[0], deployment=consumer_keys[0]
+                                   .deployments.get(), at=timezone.now(), requests=3, limited=1)
     transitions = list(registry.AliasTransitionRequest.objects.values_list("pk", flat=True))
     ingest_token = ingest.issue_ingest_token(
         deployment=deployments.get_visible(admin, "iris-prod"))
@@ -209,6 +223,7 @@ def seed(tmp: Path) -> Seed:
         audit_ids=list(AuditEvent.objects.order_by("pk").values_list("pk", flat=True)[:5]),
         alert_rule_ids=rules[:3], alert_ids=alert_ids, resource_request_ids=requests,
         transition_ids=transitions, job_ids=job_ids, job_schedule_ids=schedule_ids[:2],
+        consumer_key_ids=[str(key.pk) for key in consumer_keys],
         disposable={"DELETE /api/v1/job-schedules/{id}/": schedule_ids[2:],
                     "DELETE /api/v1/deployments/{name}/": ["scratch-1", "scratch-2"],
                     "DELETE /api/v1/models/{name}/": ["scratch"],
@@ -340,6 +355,7 @@ _BY_COLLECTION = {("name", "models"): "models", ("name", "deployments"): "deploy
                   ("id", "alert-rules"): "alert_rule_ids", ("id", "alerts"): "alert_ids",
                   ("id", "resource-requests"): "resource_request_ids",
                   ("id", "jobs"): "job_ids", ("id", "job-schedules"): "job_schedule_ids",
+                  ("id", "consumer-keys"): "consumer_key_ids",
                   ("host", "hosts"): "hosts", ("sha256", "artifacts"): "artifacts"}
 
 

@@ -101,6 +101,15 @@ CHECKS_OFF: dict[tuple[str, str], tuple[list[str], str]] = {
     ("POST", "/api/v1/cli-login/"): (
         ["positive_data_acceptance"], f"{_STATE}: a code the portal issued (unused, not "
                                       "expired) and the verifier of its challenge"),
+    ("POST", "/api/v1/consumer-keys/"): (
+        ["positive_data_acceptance"], f"{_STATE}: deployments named are the team's, an active "
+                                      "key name not taken, expires_at in the future"),
+    ("PATCH", "/api/v1/consumer-keys/{id}/"): (
+        ["positive_data_acceptance"], f"{_STATE}: deployments named are the key's team's; a "
+                                      "revoked key changes no more (409)"),
+    ("GET", "/api/v1/consumer-keys/{id}/"): (
+        ["use_after_free"], "DELETE revokes a consumer key rather than erasing it: it stays "
+                            "readable with status revoked, like tokens"),
     # Reached once the seed held an autoscaled deployment (the stateful walk changed course).
     ("GET", "/api/v1/tokens/{id}/"): (
         ["use_after_free"], "DELETE revokes a token rather than erasing it: it stays readable "

@@ -18,6 +18,7 @@ import pytest
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
 from serving.sockets import bind_unix, unix_url
 from teams.roles import Role
+from tests.deployments.keys_fixtures import churn, foreign, search  # noqa: F401 - fixtures
 from tests.factories import MembershipFactory, TeamFactory, UserFactory
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import pytest
 
+from deployments.models import ConsumerKey
 from monitoring.models import AlertRule
 from notifications import services as notifications
 from quotas import services as quota_services
 from quotas.requests import file_request
 from teams.roles import Role
 from tests.e2e.harness import checked_page
-from tests.factories import PASSWORD, AdminFactory, MembershipFactory, UserFactory, make_token
+from tests.factories import (
+    PASSWORD,
+    AdminFactory,
+    MembershipFactory,
+    UserFactory,
+    make_consumer_key,
+    make_token,
+)
 from tests.frontend.conftest import make_alias, make_deployment, make_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -23,6 +31,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 LONG = "customer-lifetime-value-gradient-boosted-regressor-europe-west"
 RULE = "{rule}"
 JOB = "{job}"
+KEY = "{key}"
 INFO_SUMMARY = "What a client or the CLI needs to know about this platform"  # GET /api/v1/info/
 PAGES = [
     ("dashboard", "/"),
@@ -47,6 +56,9 @@ PAGES = [
     ("teams", "/teams/"),
     ("team", "/teams/ml-search/"),
     ("quota", "/teams/ml-search/quota/"),
+    ("consumer-keys", "/teams/ml-search/consumer-keys/"),
+    ("consumer-key-edit", f"/teams/ml-search/consumer-keys/{KEY}/edit/"),
+    ("consumer-key-revoke", f"/teams/ml-search/consumer-keys/{KEY}/revoke/"),
     ("resource-requests", "/resource-requests/"),
     ("capacity", "/capacity/"),
     ("capacity-targets", "/capacity/targets/"),
@@ -69,7 +81,7 @@ def seed(team) -> dict[str, str]:
     churn = make_model(team, "churn", versions=2,
                        description="Churn risk from the last 90 days of account activity")
     make_alias(churn, "production", 2)
-    make_deployment(churn, "churn-prod", firing=True)
+    prod = make_deployment(churn, "churn-prod", firing=True)
     _idle(churn)
     make_deployment(make_model(team, LONG, versions=1), "customer-lifetime-value-eu-west-canary",
                     ready=1)
@@ -79,7 +91,28 @@ def seed(team) -> dict[str, str]:
     make_token(admin, name="ci-pipeline")
     notifications.notify(users=[admin], text="Resource request from ML Search: 1 GPU",
                          link="/resource-requests/", email=False)
-    return {RULE: str(AlertRule.objects.get(name="errors high").pk), JOB: str(_job(churn))}
+    return {RULE: str(AlertRule.objects.get(name="errors high").pk), JOB: str(_job(churn)),
+            KEY: _consumer_key(prod)}
+
+
+def _consumer_key(d) -> str:
+    """A rate-limited key calling churn-prod (its Callers panels) and a revoked one."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import ConsumerTraffic
+
+    key, _ = make_consumer_key(d.team, [d], name="search-api", rate_per_s=20, burst=40)
+    old, _ = make_consumer_key(d.team, [d], name="legacy-batch")
+    ConsumerKey.objects.filter(pk=old.pk).update(revoked_at=timezone.now())
+    now = timezone.now()
+    for minutes, requests, limited in ((2, 1200, 35), (30, 900, 0), (300, 5000, 12)):
+        ConsumerTraffic.objects.create(key=key, deployment=d, requests=requests,
+                                       limited=limited, at=now - timedelta(minutes=minutes))
+    ConsumerTraffic.objects.create(key=old, deployment=d, requests=80, limited=0,
+                                   at=now - timedelta(hours=3))
+    return str(key.pk)
 
 
 def _idle(model) -> None:
