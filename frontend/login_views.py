@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
@@ -50,6 +49,6 @@ class LoginView(auth_views.LoginView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context.update(sso_enabled=sso.enabled(), sso_provider=sso.provider_name(),
-                       password_form=sso.password_form_shown(),
-                       password_for_all=settings.MODELPORT_PASSWORD_LOGIN == "all")
+                       password_off=not sso.password_form_shown(),
+                       password_for_all=sso.password_for_all())
         return context

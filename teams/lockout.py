@@ -25,7 +25,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from rest_framework import exceptions
 
-from . import audit
+from . import audit, sso
 
 LOGIN_TEMPLATE = "frontend/login.html"
 
@@ -74,7 +74,8 @@ def lockout_response(request: HttpRequest, original_response: HttpResponse | Non
         username = get_client_username(request, credentials) or ""
         form = AuthenticationForm(request, initial={"username": username})
         response = render(request, LOGIN_TEMPLATE, {
-            "form": form, "lockout": text,
+            "form": form, "lockout": text, "sso_enabled": sso.enabled(),
+            "sso_provider": sso.provider_name(), "password_for_all": sso.password_for_all(),
             "next": request.POST.get("next", request.GET.get("next", "")),
         }, status=429)
     response["Retry-After"] = str(seconds)

@@ -178,3 +178,7 @@ def password_refusal(user) -> str | None:
 
 def password_form_shown() -> bool:
     return settings.MODELPORT_PASSWORD_LOGIN != "off"
+
+
+def password_for_all() -> bool:
+    return settings.MODELPORT_PASSWORD_LOGIN == "all"
