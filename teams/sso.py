@@ -182,3 +182,21 @@ def password_form_shown() -> bool:
 
 def password_for_all() -> bool:
     return settings.MODELPORT_PASSWORD_LOGIN == "all"
+
+
+def form_action_origins() -> list[str]:
+    """Origins the portal's forms may lead to besides its own: the provider's, because Log out
+    (a POST) redirects to its end-session endpoint and CSP ``form-action`` covers redirects."""
+    if not enabled():
+        return []
+    origins = {_origin_text(issuer())}
+    with _lock:
+        cached = _cache.get(issuer())
+    if cached and cached[1].end_session_endpoint:
+        origins.add(_origin_text(cached[1].end_session_endpoint))
+    return sorted(origins)
+
+
+def _origin_text(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -103,6 +103,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",  # outside the gateway: every response gets the policy
+    "teams.middleware.SsoFormActionMiddleware",  # the IdP's origin in form-action (Log out)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.RequestContextMiddleware",
     "core.middleware.ApiRequestGuardMiddleware",

@@ -266,6 +266,17 @@ def test_logout_ends_the_provider_session(idp, client):
     assert pages[0] == "login"  # asked for the password again
 
 
+def test_the_portal_forms_may_lead_to_the_provider_only_while_sso_is_on(settings, client):
+    def form_action(answer) -> str:
+        return next(part for part in answer["Content-Security-Policy"].split(";")
+                    if "form-action" in part).strip()
+
+    assert form_action(client.get("/login/")) == "form-action 'self'"
+    settings.MODELPORT_OIDC_ISSUER = "https://idp.corp.example/realms/main"
+    answer = client.get("/login/")
+    assert form_action(answer) == "form-action 'self' https://idp.corp.example"
+
+
 def test_logout_after_a_password_login_stays_local(idp, client):
     UserFactory(username="carol")
     client.post("/login/", {"username": "carol", "password": PASSWORD})
