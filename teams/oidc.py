@@ -142,7 +142,8 @@ class ModelportOIDCBackend(OIDCAuthenticationBackend):
         info = super().get_userinfo(access_token, id_token, payload)
         if not isinstance(info, dict) or info.get("sub") != payload.get("sub"):
             raise SuspiciousOperation("the userinfo answer is about another subject")
-        return info
+        # Claims from the (verified) ID token too: Entra ID and Okta put groups/roles there.
+        return {**payload, **info}
 
     def verify_claims(self, claims) -> bool:
         return bool(claims.get("sub"))

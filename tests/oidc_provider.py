@@ -50,6 +50,9 @@ def node_modules() -> Path:
     for tool in ("node", "npm"):
         if not shutil.which(tool):
             missing_service(f"needs Node.js and npm for the OpenID provider ({tool} not found)")
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    if int(version.strip().lstrip("v").split(".")[0] or 0) < 20:
+        missing_service(f"needs Node.js >= 20 for oidc-provider 9 (found {version.strip()})")
     lock = (HERE / "package-lock.json").read_bytes()
     folder = CACHE / hashlib.sha256(lock).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
