@@ -22,6 +22,7 @@ from django.db.models import Max
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework import exceptions
 
@@ -104,3 +105,12 @@ def _record_lockout(sender: Any, request: Any = None, username: str | None = Non
 
 def connect_signals() -> None:
     receiver(user_locked_out, dispatch_uid="modelport-audit-lockout")(_record_lockout)
+
+
+def not_a_password_attempt(request: Any, credentials: dict | None) -> bool:
+    """``AXES_WHITELIST_CALLABLE``: a single sign-on callback is not a password guess (the
+    provider checks the password and throttles it), so a refused one — a deactivated account,
+    a bad token — is neither counted nor locked out, and never locks out the password sign-ins
+    of others from the same address."""
+    path = getattr(request, "path", "") or ""
+    return path == reverse("oidc_authentication_callback") and "username" not in (credentials or {})

@@ -229,6 +229,7 @@ AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True  # each failure, for the console (Axes → Access failures)
 AXES_CLIENT_IP_CALLABLE = "core.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
 AXES_LOCKOUT_CALLABLE = "teams.lockout.lockout_response"
+AXES_WHITELIST_CALLABLE = "teams.lockout.not_a_password_attempt"  # SSO callbacks: no password
 AXES_VERBOSE = False
 
 LOGIN_URL = "login"

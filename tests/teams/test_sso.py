@@ -455,3 +455,17 @@ def test_group_map_syntax_is_checked(monkeypatch):
         monkeypatch.setenv("X", bad)
         with pytest.raises(ImproperlyConfigured, match="X"):
             env_group_map("X", roles)
+
+
+def test_refused_sso_sign_ins_do_not_lock_out_others_from_the_same_address(idp, client):
+    sso_login(client, requests.Session(), "bob")
+    bob = get_user_model().objects.get(sso_identity__subject="bob")
+    bob.is_active = False
+    bob.save()
+    for _ in range(7):
+        client.logout()
+        answer, _ = sso_login(client, requests.Session(), "bob")
+        assert answer["Location"] == "/login/"
+    client.logout()
+    answer, _ = sso_login(client, requests.Session(), "alice")
+    assert answer.status_code == 302 and answer["Location"] == "/", messages_of(client)
