@@ -20,6 +20,7 @@ import jwt
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import SuspiciousOperation
+from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -87,6 +88,8 @@ class ModelportOIDCBackend(OIDCAuthenticationBackend):
                                 f"sign-in ({type(exc).__name__})")
         except DomainError as exc:
             return self._refuse(str(exc))
+        except IntegrityError:  # the same first sign-in twice at once: one of them wins
+            return self._refuse("this account was being created by another sign-in; try again")
 
     def _refuse(self, reason: str) -> None:
         log.warning("SSO sign-in refused: %s", reason)

@@ -469,3 +469,19 @@ def test_refused_sso_sign_ins_do_not_lock_out_others_from_the_same_address(idp, 
     client.logout()
     answer, _ = sso_login(client, requests.Session(), "alice")
     assert answer.status_code == 302 and answer["Location"] == "/", messages_of(client)
+
+
+@pytest.mark.parametrize(("env", "error"), [
+    ({"MODELPORT_PASSWORD_LOGIN": "off"}, "MODELPORT_PASSWORD_LOGIN=off needs single sign-on"),
+    ({"MODELPORT_OIDC_ISSUER": "https://idp.example"}, "also set MODELPORT_OIDC_CLIENT_ID"),
+    ({"MODELPORT_OIDC_GROUP_MAP": "ml-search"}, "MODELPORT_OIDC_GROUP_MAP: 'ml-search' is not"),
+])
+def test_settings_that_would_lock_everyone_out_stop_the_start(env, error, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import config.settings.base"], capture_output=True, text=True,
+        env={**os.environ, "MODELPORT_DATA_DIR": str(tmp_path), **env}, timeout=60)
+    assert result.returncode != 0 and error in result.stderr, result.stderr[-1500:]
