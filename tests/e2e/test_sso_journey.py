@@ -11,6 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from teams.models import AuditEvent
+from tests.e2e.harness import AXE_RUN, axe_source
 from tests.factories import TeamFactory
 from tests.oidc_provider import configure, run_provider
 
@@ -58,6 +59,8 @@ def test_sign_in_with_the_provider_then_log_out_of_both(live_server, idp, page, 
     _no_fonts(page)
     base = live_server.url
     page.goto(f"{base}/login/")
+    page.evaluate(axe_source())
+    assert page.evaluate(AXE_RUN) == []  # the login page with both ways in is accessible
     screenshot("sso-01-login-page")
     page.get_by_role("button", name="Sign in with Test IdP").click()
     _provider_sign_in(page, idp.issuer, "alice", consent=True)
