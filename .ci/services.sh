@@ -33,6 +33,11 @@ services_start() {
   # docker-registry: the registry serving images reach other engines through
   # (tests/registry_fixture.py, tests/netlab.py).
   _apt_install redis-server chromium debootstrap prometheus wrk docker-registry
+  # Node.js and npm: the OpenID provider of the SSO tests (tests/oidc/, oidc-provider 9 wants
+  # Node >= 20; tests/oidc_provider.py runs `npm ci` from the committed lock file).
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    _apt_install nodejs npm
+  fi
   chmod 755 "$SERVICES_DIR"
   local pgbin; pgbin=$(_pg_bin)
   mkdir -p "$SERVICES_DIR/pg"; chown postgres:postgres "$SERVICES_DIR/pg"

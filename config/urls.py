@@ -1,11 +1,12 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
+from frontend.login_views import LoginView, PolicyAdminAuthenticationForm
 from gateway import views as gateway_views
 from monitoring import views as monitoring_views
 from registry.mlflow_route import mlflow_route
+from teams import oidc
 
 from . import system
 from .api_docs import RedocView, SwaggerUIView
@@ -33,6 +34,7 @@ handler500 = "config.error_views.server_error"
 admin.site.site_header = "Modelport console"
 admin.site.site_title = "Modelport console"
 admin.site.index_title = "Platform administration"
+admin.site.login_form = PolicyAdminAuthenticationForm  # MODELPORT_PASSWORD_LOGIN applies here too
 
 urlpatterns = [
     path("healthz", system.healthz, name="healthz"),
@@ -41,9 +43,12 @@ urlpatterns = [
     path("metrics/replicas", monitoring_views.replica_metrics, name="prometheus-replica-metrics"),
     path("api/v1/", include((api_v1, "api-v1"))),
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(template_name="frontend/login.html",
-                                                redirect_authenticated_user=True), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", LoginView.as_view(), name="login"),
+    path("logout/", oidc.PortalLogoutView.as_view(), name="logout"),
+    # Single sign-on (404 while MODELPORT_OIDC_ISSUER is unset); the provider redirects to
+    # /oidc/callback/, the redirect URI to register.
+    path("oidc/authenticate/", oidc.SsoLoginView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", oidc.SsoCallbackView.as_view(), name="oidc_authentication_callback"),
     path("models/", include("registry.urls")),
     path("deployments/", include("deployments.urls")),
     path("jobs/", include("jobs.urls")),

@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from core.admin import ServiceErrorsMixin
 
 from . import audit, services
-from .models import ApiToken, AuditEvent, Installation, Membership, Team
+from .models import ApiToken, AuditEvent, Installation, Membership, SsoIdentity, Team
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -32,8 +32,8 @@ class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 1
     autocomplete_fields = ["user"]
-    fields = ["user", "role", "created_at"]
-    readonly_fields = ["created_at"]
+    fields = ["user", "role", "sso_managed", "created_at"]
+    readonly_fields = ["sso_managed", "created_at"]
 
 
 @admin.register(Team)
@@ -210,3 +210,23 @@ class AuditedUserAdmin(DjangoUserAdmin):
     def delete_queryset(self, request, queryset):
         for user in queryset:
             self.delete_model(request, user)
+
+
+@admin.register(SsoIdentity)
+class SsoIdentityAdmin(admin.ModelAdmin):
+    """Read-only: which provider account each user signs in with, and their last groups.
+    Written only by single sign-on (``sso_accounts.create_sso_user``, ``sync_sso_memberships``)."""
+
+    list_display = ["user", "subject", "issuer", "admin_granted", "last_login_at"]
+    search_fields = ["user__username", "subject", "user__email"]
+    readonly_fields = ["user", "issuer", "subject", "groups", "admin_granted", "created_at",
+                       "last_login_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from . import lockout, tokens
+from . import lockout, sso, tokens
 from .models import ApiToken
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -70,14 +70,23 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 
 class TokenBasicAuthentication(authentication.BasicAuthentication):
     """HTTP Basic, accepted only where a script obtains its first token; brute force is
-    refused with 429 after ``AXES_FAILURE_LIMIT`` failures (``teams.lockout``)."""
+    refused with 429 after ``AXES_FAILURE_LIMIT`` failures (``teams.lockout``), and a password
+    the sign-in policy does not allow (``MODELPORT_PASSWORD_LOGIN``) with 401 saying why."""
 
     def authenticate_credentials(self, userid, password, request=None):
+        if not sso.password_form_shown():
+            raise exceptions.AuthenticationFailed(sso.password_refusal(None),
+                                                  code="password_login_disabled")
         try:
             user, auth = super().authenticate_credentials(userid, password, request)
         except exceptions.AuthenticationFailed:
             lockout.refuse_if_locked_out(request, {"username": userid})
             raise exceptions.AuthenticationFailed("Invalid username or password.",
                                                   code="bad_credentials") from None
+        reason = sso.password_refusal(user)
+        if reason:
+            raise exceptions.AuthenticationFailed(
+                f"{reason} Scripts use an API token ('Authorization: Bearer <token>').",
+                code="password_login_disabled")
         lockout.signed_in(request, user)
         return user, auth

@@ -22,10 +22,11 @@ from django.db.models import Max
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework import exceptions
 
-from . import audit
+from . import audit, sso
 
 LOGIN_TEMPLATE = "frontend/login.html"
 
@@ -74,7 +75,8 @@ def lockout_response(request: HttpRequest, original_response: HttpResponse | Non
         username = get_client_username(request, credentials) or ""
         form = AuthenticationForm(request, initial={"username": username})
         response = render(request, LOGIN_TEMPLATE, {
-            "form": form, "lockout": text,
+            "form": form, "lockout": text, "sso_enabled": sso.enabled(),
+            "sso_provider": sso.provider_name(), "password_for_all": sso.password_for_all(),
             "next": request.POST.get("next", request.GET.get("next", "")),
         }, status=429)
     response["Retry-After"] = str(seconds)
@@ -103,3 +105,12 @@ def _record_lockout(sender: Any, request: Any = None, username: str | None = Non
 
 def connect_signals() -> None:
     receiver(user_locked_out, dispatch_uid="modelport-audit-lockout")(_record_lockout)
+
+
+def not_a_password_attempt(request: Any, credentials: dict | None) -> bool:
+    """``AXES_WHITELIST_CALLABLE``: a single sign-on callback is not a password guess (the
+    provider checks the password and throttles it), so a refused one — a deactivated account,
+    a bad token — is neither counted nor locked out, and never locks out the password sign-ins
+    of others from the same address."""
+    path = getattr(request, "path", "") or ""
+    return path == reverse("oidc_authentication_callback") and "username" not in (credentials or {})

@@ -52,6 +52,9 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
                              related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
+    # Set by single sign-on: this membership follows the user's provider groups (added, changed,
+    # removed at each login). Memberships added by hand are never touched by the sync.
+    sso_managed = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -63,6 +66,31 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.team} ({self.role})"
+
+
+class SsoIdentity(models.Model):
+    """Which provider account a user signs in with: the issuer and the ``sub`` claim, which a
+    provider never reassigns (an email address can be). ``admin_granted`` records that single
+    sign-on made the user a platform admin, so that only such a grant is withdrawn when the
+    admin group is gone."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="sso_identity")
+    issuer = models.CharField(max_length=300)
+    subject = models.CharField(max_length=255)
+    groups = models.JSONField(default=list, blank=True)
+    admin_granted = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "SSO identity"
+        verbose_name_plural = "SSO identities"
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"],
+                                               name="unique_sso_identity")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"
 
 
 class ApiTokenQuerySet(models.QuerySet):

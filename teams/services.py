@@ -26,7 +26,14 @@ from core.netguard import parse_allow_entry
 
 from . import audit, cli_login, tokens, welcome
 from .access import get_visible_team, require_platform_admin, require_team_role
-from .models import ApiToken, CliLoginCode, Membership, PlatformSettings, Team, slug_validator
+from .models import (
+    ApiToken,
+    CliLoginCode,
+    Membership,
+    PlatformSettings,
+    Team,
+    slug_validator,
+)
 from .roles import Role, is_platform_admin
 
 TEAM_FIELDS = ["slug", "name", "description"]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures", "tests.hosts_lab"]
+pytest_plugins = ["tests.fixtures", "tests.hosts_lab", "tests.oidc_provider"]
 
 REQUIRE_SERVICES = os.environ.get("MODELPORT_REQUIRE_SERVICES") == "1"
 

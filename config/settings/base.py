@@ -14,6 +14,7 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 from csp.constants import NONCE
+from django.core.exceptions import ImproperlyConfigured
 from whitenoise.compress import Compressor
 
 from config import embedded_broker
@@ -23,6 +24,7 @@ from .env import (
     env_choice,
     env_combinations,
     env_float,
+    env_group_map,
     env_int,
     env_list,
     env_path,
@@ -101,6 +103,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",  # outside the gateway: every response gets the policy
+    "teams.middleware.SsoFormActionMiddleware",  # the IdP's origin in form-action (Log out)
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.RequestContextMiddleware",
     "core.middleware.ApiRequestGuardMiddleware",
@@ -209,6 +212,8 @@ CONTENT_SECURITY_POLICY = {
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username/IP before the check
     "django.contrib.auth.backends.ModelBackend",
+    # OpenID Connect (below); answers only a provider's callback, and nothing while SSO is off.
+    "teams.oidc.ModelportOIDCBackend",
 ]
 # After this many failed sign-ins within the cool-off window, that username from that IP is
 # refused (portal: a message; API: 429 with Retry-After) until the window has passed.
@@ -224,11 +229,46 @@ AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True  # each failure, for the console (Axes → Access failures)
 AXES_CLIENT_IP_CALLABLE = "core.middleware.client_ip"  # the edge's X-Forwarded-For on a socket
 AXES_LOCKOUT_CALLABLE = "teams.lockout.lockout_response"
+AXES_WHITELIST_CALLABLE = "teams.lockout.not_a_password_attempt"  # SSO callbacks: no password
 AXES_VERBOSE = False
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "frontend:dashboard"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Single sign-on: OpenID Connect (mozilla-django-oidc; teams/sso.py, teams/oidc.py) -------
+# Off while MODELPORT_OIDC_ISSUER is empty. The endpoints come from the issuer's
+# /.well-known/openid-configuration, read at first use and cached (teams.sso.discovery).
+MODELPORT_OIDC_ISSUER = env_str("MODELPORT_OIDC_ISSUER", "").rstrip("/")
+MODELPORT_OIDC_PROVIDER_NAME = env_str("MODELPORT_OIDC_PROVIDER_NAME", "single sign-on")
+MODELPORT_OIDC_GROUPS_CLAIM = env_str("MODELPORT_OIDC_GROUPS_CLAIM", "groups")
+MODELPORT_OIDC_ADMIN_GROUPS = env_list("MODELPORT_OIDC_ADMIN_GROUPS", [])
+# IdP group → team slug and role: "ml-search:maintainer=search/maintainer,ml-all=search/viewer".
+MODELPORT_OIDC_GROUP_MAP = env_group_map("MODELPORT_OIDC_GROUP_MAP",
+                                         ("viewer", "engineer", "maintainer"))
+# A first SSO login may take over an existing local account with the same, provider-verified
+# email address (off: a new account is made; matching is by the provider's `sub` afterwards).
+MODELPORT_OIDC_LINK_BY_EMAIL = env_bool("MODELPORT_OIDC_LINK_BY_EMAIL", False)
+MODELPORT_OIDC_DISCOVERY_TTL_S = env_int("MODELPORT_OIDC_DISCOVERY_TTL_S", 3600, minimum=0)
+OIDC_RP_CLIENT_ID = env_str("MODELPORT_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = env_str("MODELPORT_OIDC_CLIENT_SECRET", "")
+OIDC_RP_SCOPES = env_str("MODELPORT_OIDC_SCOPES", "openid email profile groups")
+OIDC_RP_SIGN_ALGO = env_str("MODELPORT_OIDC_SIGN_ALGO", "RS256")
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_STORE_ID_TOKEN = True  # the id_token_hint of RP-initiated logout
+OIDC_TIMEOUT = env_int("MODELPORT_OIDC_TIMEOUT_S", 10, minimum=1)
+OIDC_OP_LOGOUT_URL_METHOD = "teams.oidc.provider_logout_url"
+LOGIN_REDIRECT_URL_FAILURE = "login"
+# Who may sign in with a password (portal form, console, HTTP Basic on POST /api/v1/tokens/):
+# all (default), admins (platform admins and superusers only: break-glass), off.
+MODELPORT_PASSWORD_LOGIN = env_choice("MODELPORT_PASSWORD_LOGIN", "all", ("all", "admins", "off"))
+if MODELPORT_OIDC_ISSUER and not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+    raise ImproperlyConfigured("MODELPORT_OIDC_ISSUER is set: also set MODELPORT_OIDC_CLIENT_ID "
+                               "and MODELPORT_OIDC_CLIENT_SECRET.")
+if MODELPORT_PASSWORD_LOGIN == "off" and not MODELPORT_OIDC_ISSUER:
+    raise ImproperlyConfigured("MODELPORT_PASSWORD_LOGIN=off needs single sign-on "
+                               "(MODELPORT_OIDC_ISSUER): nobody could sign in.")
 
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -130,3 +130,26 @@ def env_port_range(name: str, default: tuple[int, int]) -> tuple[int, int]:
         raise ImproperlyConfigured(
             f"{name}={value!r} must be an ascending range within 1024-65535.")
     return low, high
+
+
+def env_group_map(name: str, roles: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``group=team/role`` entries, comma-separated, as ``(group, team, role)``. A group name
+    may hold colons (``ml-search:maintainer``); ``=`` and ``/`` separate the parts."""
+    value = _raw(name) or ""
+    entries: list[tuple[str, str, str]] = []
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        group, sep, target = item.rpartition("=")
+        team, slash, role = target.partition("/")
+        group, team, role = group.strip(), team.strip(), role.strip()
+        if not sep or not slash or not group or not team or not role:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not 'group=team-slug/role' "
+                "(e.g. ml-search:maintainer=search/maintainer).")
+        if role not in roles:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} names role {role!r}; use one of {', '.join(roles)}.")
+        entries.append((group, team, role))
+    return entries

@@ -43,10 +43,13 @@ class MembershipSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username")
     email = serializers.EmailField(source="user.email", read_only=True)
     role = serializers.ChoiceField(choices=Role.choices)
+    sso_managed = serializers.BooleanField(
+        read_only=True, help_text="Follows the user's identity-provider groups at each sign-in "
+        "(MODELPORT_OIDC_GROUP_MAP): a change by hand lasts until their next sign-in.")
 
     class Meta:
         model = Membership
-        fields = ["username", "email", "role", "created_at"]
+        fields = ["username", "email", "role", "sso_managed", "created_at"]
         read_only_fields = ["created_at"]
 
 
