@@ -5,12 +5,15 @@ next sign-in asks for the password again; an account the provider disables is re
 
 from __future__ import annotations
 
+import json
 import re
 
+import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
-from teams.models import AuditEvent
+from teams.models import ApiToken, AuditEvent
+from tests.e2e.cli_login_flow import approve_in_browser, start_cli_login
 from tests.e2e.harness import AXE_RUN, axe_source
 from tests.factories import TeamFactory
 from tests.oidc_provider import configure, run_provider
@@ -104,3 +107,28 @@ def test_a_non_admin_password_is_refused_when_passwords_are_for_admins(live_serv
     page.get_by_role("button", name="Log in").click()
     page.get_by_text("Password sign-in is reserved for platform admins. "
                      "Sign in with Test IdP.").wait_for()
+
+
+def test_the_cli_signs_in_with_the_provider_and_stores_a_working_token(
+        live_server, idp, page, tmp_path):
+    """``modelport login --sso`` (the real CLI) where passwords are for admins only: the
+    browser goes from the CLI's address to the login page, on to the provider and back to the
+    Allow page; the CLI ends with a token of the SSO account that works on the API."""
+    TeamFactory(slug="ml-search", name="ML Search")
+    _no_fonts(page)
+    config = tmp_path / "modelport.json"
+    cli = start_cli_login(live_server.url, config)
+
+    def sso_sign_in(page) -> None:
+        page.get_by_role("button", name="Sign in with Test IdP").click()
+        _provider_sign_in(page, idp.issuer, "alice", consent=True)
+
+    approve_in_browser(page, cli.url, sign_in=sso_sign_in)
+    assert cli.finish() == 0, "".join(cli.stderr)
+    saved = json.loads(config.read_text())
+    token = ApiToken.objects.get(pk=saved["token_id"])
+    assert token.user.sso_identity.subject == "alice" and token.is_active
+    teams = httpx.get(f"{live_server.url}/api/v1/teams/",
+                      headers={"Authorization": f"Bearer {saved['token']}"})
+    assert teams.status_code == 200
+    assert [t["slug"] for t in teams.json()["results"]] == ["ml-search"]  # mapped at sign-in
