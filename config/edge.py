@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.upstream:
         parser.error("--upstream (or MODELPORT_WEB_UPSTREAM) is required")
     os.environ["MODELPORT_WEB_UPSTREAM"] = args.upstream  # for the factory, in every worker
+    # every worker splits consumer keys' rate limits by the worker count (gateway/consumers.py)
+    os.environ["MODELPORT_EDGE_WORKERS"] = str(args.workers)
+    settings.MODELPORT_EDGE_WORKERS = args.workers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s edge %(levelname)s %(message)s")
     log.info("edge on http://%s:%s -> web %s (%d worker%s)", args.host, args.port,
              args.upstream, args.workers, "" if args.workers == 1 else "s")

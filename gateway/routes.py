@@ -293,7 +293,10 @@ def forget_revoked(now: float) -> None:
     _last_revoke_check[0] = now
     if not _auth and not consumers.any_cached():  # nothing cached, nothing to drop
         return
-    since = timezone.now() - timedelta(seconds=REVOKE_LOOKBACK_S)
+    # a cache entry lives up to the auth TTL: look back at least that far, so a revocation
+    # seen late (an idle Django worker checks only on a request) still drops its entry
+    lookback = max(REVOKE_LOOKBACK_S, settings.MODELPORT_GATEWAY_AUTH_TTL_S + 1)
+    since = timezone.now() - timedelta(seconds=lookback)
     consumers.forget_revoked(since)
     if not _auth:
         return

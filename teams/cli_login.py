@@ -21,6 +21,7 @@ CODE_TTL = timedelta(minutes=2)
 # The CLI listens on 127.0.0.1 at a port the OS picked: never a privileged one.
 PORT_MIN, PORT_MAX = 1024, 65535
 _STATE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_WHOLE = re.compile(r"[0-9]{1,6}")  # ASCII only: str.isdigit() admits "²", int() does not
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of a SHA-256 digest, no padding
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636 section 4.1
 TOKEN_NAME_MAX = 100
@@ -38,7 +39,7 @@ def verifier_matches(verifier: str, challenge: str) -> bool:
 
 def check_port(value: str | int | None) -> int:
     text = str(value if value is not None else "")
-    if not text.isdigit() or not PORT_MIN <= int(text) <= PORT_MAX:
+    if not _WHOLE.fullmatch(text) or not PORT_MIN <= int(text) <= PORT_MAX:
         raise InvalidInput(f"port must be a whole number from {PORT_MIN} to {PORT_MAX}.",
                            field="port")
     return int(text)
@@ -72,7 +73,7 @@ def check_days(value: str | None) -> int | None:
     if value in (None, ""):
         return None
     maximum = settings.MODELPORT_TOKEN_MAX_DAYS
-    if not str(value).isdigit() or not 1 <= int(str(value)) <= maximum:
+    if not _WHOLE.fullmatch(str(value)) or not 1 <= int(str(value)) <= maximum:
         raise InvalidInput(f"expires_in_days must be a whole number from 1 to {maximum}.",
                            field="expires_in_days")
     return int(str(value))

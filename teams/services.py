@@ -244,6 +244,8 @@ def approve_cli_login(*, actor, code_challenge: str, token_name: str,
     days = _token_days(expires_in_days)
     _check_token_name_free(actor, token_name)
     secret = tokens.generate(CLI_CODE_SCHEME)
+    # codes older than a day are spent or dead; the audit log keeps who approved what
+    CliLoginCode.objects.filter(expires_at__lt=timezone.now() - timedelta(days=1)).delete()
     row = CliLoginCode.objects.create(
         user=actor, digest=secret.digest, code_challenge=code_challenge, token_name=token_name,
         token_days=None if expires_in_days is None else days,

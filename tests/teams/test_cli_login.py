@@ -194,6 +194,8 @@ def test_a_post_without_the_csrf_token_is_refused(browser):
     ({"code_challenge": "abc"}, "code_challenge"), ({"name": ""}, "name"),
     ({"name": "x" * 101}, "name"), ({"expires_in_days": 0}, "expires_in_days"),
     ({"expires_in_days": 100000}, "expires_in_days"),
+    # digits str.isdigit() accepts but int() refuses: a 400, not a 500
+    ({"port": "8080\u00b2"}, "port"), ({"expires_in_days": "\u00b2"}, "expires_in_days"),
 ])
 def test_bad_parameters_are_a_clear_400_page_and_nothing_is_written(browser, override, field):
     _, challenge = pkce()
@@ -257,3 +259,11 @@ def test_the_token_gets_the_lifetime_that_was_approved(cora):
     token, secret = services.redeem_cli_login(code=code, code_verifier=verifier)
     assert timedelta(days=2, hours=23) < token.expires_at - timezone.now() <= timedelta(days=3)
     assert tokens.matches(secret, token.digest)
+
+
+def test_approving_clears_codes_that_expired_over_a_day_ago():
+    cora = UserFactory(username="cora")
+    services.approve_cli_login(actor=cora, code_challenge=pkce()[1], token_name="old")
+    CliLoginCode.objects.update(expires_at=timezone.now() - timedelta(days=2))
+    services.approve_cli_login(actor=cora, code_challenge=pkce()[1], token_name="new")
+    assert list(CliLoginCode.objects.values_list("token_name", flat=True)) == ["new"]
