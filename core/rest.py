@@ -132,6 +132,21 @@ class StrictTypes(_Serializer):
         return super().to_internal_value(data)
 
 
+class NoUnknownFields(_Serializer):
+    """Mixin for bodies where a misspelt field must not pass silently (DRF drops unknown keys):
+    a key created with ``"rate_per_s": 2`` instead of ``rate_limit`` would be unlimited."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = {name for name, field in self.fields.items() if not field.read_only}
+            unknown = sorted(str(name) for name in data if name not in known)
+            if unknown:
+                raise exceptions.ValidationError({
+                    name: [f"Unknown field '{name}'; expected one of: "
+                           f"{', '.join(sorted(known))}."] for name in unknown})
+        return super().to_internal_value(data)
+
+
 class CoresField(serializers.DecimalField):
     """CPU cores as a JSON number, rounded up to the field's step (millicores by default:
     0.0001 → 0.001) rather than refused for its digits — a float has more of them than any

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 
 from core.errors import InvalidInput
 from core.openapi import api_errors
-from core.rest import FilterBackend, StrictTypes, identifier, query
+from core.rest import FilterBackend, NoUnknownFields, StrictTypes, identifier, query
 from teams.access import get_visible_team
 from teams.models import slug_validator
 
@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 
 # --- Serializers --------------------------------------------------------------------------------
-class RateLimitSerializer(StrictTypes, serializers.Serializer):
+class RateLimitSerializer(NoUnknownFields, StrictTypes, serializers.Serializer):
     per_second = serializers.FloatField(min_value=0.001, max_value=keys.MAX_RATE_PER_S,
                                         help_text="Sustained requests per second.")
     burst = serializers.IntegerField(required=False, allow_null=True, min_value=1,
@@ -85,7 +85,7 @@ class ConsumerKeyCreatedSerializer(ConsumerKeySerializer):
         return self.context["secret"]
 
 
-class ConsumerKeyCreateSerializer(StrictTypes, serializers.Serializer):
+class ConsumerKeyCreateSerializer(NoUnknownFields, StrictTypes, serializers.Serializer):
     team = identifier(slug_validator, "team slug", max_length=50)
     name = identifier(name_validator, "key name", max_length=50,
                       help_text="The calling service, e.g. 'search-api'.")
@@ -99,7 +99,7 @@ class ConsumerKeyCreateSerializer(StrictTypes, serializers.Serializer):
                                            help_text="Omit or null: never expires.")
 
 
-class ConsumerKeyUpdateSerializer(StrictTypes, serializers.Serializer):
+class ConsumerKeyUpdateSerializer(NoUnknownFields, StrictTypes, serializers.Serializer):
     deployments = serializers.ListField(child=serializers.CharField(max_length=50),
                                         min_length=1, max_length=100, required=False)
     rate_limit = RateLimitSerializer(required=False, allow_null=True,

@@ -57,6 +57,9 @@ def test_rate_defaults_and_no_limit(api_as, maintainer, search):
     ({"rate_limit": {"per_second": 5, "burst": 0}}, "rate_limit"),
     ({"expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
     ({"expires_at": "soon"}, "expires_at"),
+    # a misspelt limit must not leave the key silently unlimited
+    ({"rate_per_s": 2, "burst": 3}, "rate_per_s"),
+    ({"rate_limit": {"per_second": 2, "bursts": 3}}, "rate_limit"),
 ])
 def test_bad_bodies_are_400_naming_the_field(api_as, maintainer, search, foreign, body, field):
     response = api_as(maintainer).post(URL, {"team": "ml-search", "name": "search-api",
@@ -115,7 +118,8 @@ def test_patch_limits_and_deployments(api_as, maintainer, team, search, churn):
     response = api.patch(f"{URL}{key.pk}/", {"rate_limit": {}}, format="json")  # found by
     assert response.status_code == 400 and "per_second" in response.json()["rate_limit"]  # fuzz
     response = api.patch(f"{URL}{key.pk}/", {"secret": "mine"}, format="json")
-    assert response.status_code == 200  # unknown fields are ignored, the secret never changes
+    assert response.status_code == 400 and "secret" in response.json()  # it never changes
+    assert key.digest == type(key).objects.get(pk=key.pk).digest
 
 
 def test_revoke_by_delete_and_by_post(api_as, maintainer, team, search):
