@@ -21,6 +21,10 @@ SHM = "/dev/shm"  # noqa: S108 - gunicorn's recommended worker_tmp_dir in contai
 worker_tmp_dir = SHM if os.path.isdir(SHM) else None
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
+# gunicorn 25+ opens a control socket at ~/.gunicorn/gunicorn.ctl by default: one path for every
+# installation of the same user (a colleague's `make run`, CI, a bench), so a second start would
+# take over the first one's socket. Nothing here uses it; the supervisor signals processes.
+control_socket_disable = True
 
 
 def on_starting(server):
