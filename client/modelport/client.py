@@ -118,25 +118,15 @@ class Client(JobsMixin):
         body: JSON = {"name": name}
         if expires_in_days:
             body["expires_in_days"] = expires_in_days
-        response = self._http.post("/api/v1/tokens/", json=body, auth=(username, password),
-                                   headers={"Authorization": ""})
-        if response.status_code >= 400:
-            raise errors.from_response(response.status_code, response.json())
-        return response.json()
+        return self.request("POST", "/tokens/", json=body, auth=(username, password),
+                            headers={"Authorization": ""})
 
     def redeem_cli_login(self, code: str, code_verifier: str) -> JSON:
         """Trade the one-time code of ``modelport login --sso`` for a token (no credentials:
         the code and the PKCE verifier are the proof)."""
-        response = self._http.post("/api/v1/cli-login/",
-                                   json={"code": code, "code_verifier": code_verifier},
-                                   headers={"Authorization": ""})
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text
-        if response.status_code >= 400:
-            raise errors.from_response(response.status_code, body)
-        return body
+        return self.request("POST", "/cli-login/",
+                            json={"code": code, "code_verifier": code_verifier},
+                            headers={"Authorization": ""})
 
     def tokens(self) -> list[JSON]:
         return list(self._all("/tokens/"))
