@@ -24,7 +24,14 @@ from deployments.models import Deployment, DeploymentStatus
 from gateway import routes
 from quotas.models import TeamQuota
 from teams.models import AuditEvent
-from tests.deployments.test_edge import Front, _start, _wait_up, bearer, eventually, score
+from tests.deployments.test_edge import (
+    Front,
+    _wait_up,
+    bearer,
+    eventually,
+    score,
+    start_web_and_edge,
+)
 from tests.deployments.test_gateway import add_replica, client_for, post
 from tests.procs import database_url, stop_processes
 from tests.test_make_run import _free_port
@@ -51,12 +58,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
                 "MODELPORT_WAKE_TIMEOUT_S": str(TIMEOUT_S), "MLFLOW_PORT": ""})
     socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
     port = _free_port()
-    procs = [
-        _start("web", ["-m", "gunicorn", "config.wsgi", "--bind", socket, "--workers", "1",
-                       "--threads", "4"], env, logs),
-        _start("edge", ["-m", "config.edge", "--port", str(port), "--upstream", socket],
-               env, logs),
-    ]
+    procs = start_web_and_edge(env, logs, socket, port)
     base = f"http://127.0.0.1:{port}"
     _wait_up(f"{base}/healthz", procs, logs)
     yield Front(base, procs, logs, tmp / "data")

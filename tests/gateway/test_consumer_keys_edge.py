@@ -22,7 +22,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from deployments.models import ConsumerKey, ConsumerTraffic, Deployment, Revision
-from tests.deployments.test_edge import Front, _start, _wait_up, eventually
+from tests.deployments.test_edge import Front, _wait_up, eventually, start_web_and_edge
 from tests.deployments.test_gateway import add_replica
 from tests.factories import make_consumer_key, make_token
 from tests.test_make_run import _free_ports
@@ -51,12 +51,7 @@ def front(django_db_setup, django_db_blocker, redis_url, tmp_path_factory):
                 "MODELPORT_METRICS_TOKEN": METRICS_TOKEN})
     socket = f"unix:{tmp / 'data' / 'run' / 'web.sock'}"
     (port,) = _free_ports(1)
-    procs = [
-        _start("web", ["-m", "gunicorn", "config.wsgi", "--bind", socket, "--workers", "1",
-                       "--threads", "4"], env, logs),
-        _start("edge", ["-m", "config.edge", "--port", str(port), "--upstream", socket],
-               env, logs),
-    ]
+    procs = start_web_and_edge(env, logs, socket, port)
     base = f"http://127.0.0.1:{port}"
     _wait_up(f"{base}/healthz", procs, logs)
     yield Front(base, procs, logs, tmp / "data")
